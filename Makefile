@@ -1,0 +1,62 @@
+# Tongban — the commands in README.md. Everything runs inside .venv, created on demand.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PROTOS := $(wildcard proto/tongban/v1/*.proto)
+
+.PHONY: serve test lint typecheck pytest proto proto-check bench demo clean
+
+# Runtime install: enough to run a node.
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+# Development install: tests, linters and the pinned code generators.
+$(VENV)/.dev: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test,dev]'
+	touch $(VENV)/.runtime $@
+
+serve: $(VENV)/.runtime  ## start a node on embedded PostgreSQL with the demo departments
+	$(BIN)/tongban serve --demo
+
+demo: $(VENV)/.runtime  ## run the end-to-end story against a fresh node
+	$(BIN)/tongban demo
+
+test: $(VENV)/.dev proto-check lint typecheck pytest  ## everything CI checks
+
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(VENV)/.dev
+	$(BIN)/mypy
+
+pytest: $(VENV)/.dev
+	$(BIN)/pytest
+
+proto: $(VENV)/.dev  ## regenerate the gRPC/protobuf code in proto/tongban/v1
+	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto \
+	  --python_out=proto --grpc_python_out=proto --mypy_out=proto --mypy_grpc_out=proto \
+	  $(PROTOS)
+
+proto-check: $(VENV)/.dev  ## fail if the generated code is not what `make proto` writes
+	@rm -rf .proto-check && mkdir -p .proto-check
+	@PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto \
+	  --python_out=.proto-check --grpc_python_out=.proto-check \
+	  --mypy_out=.proto-check --mypy_grpc_out=.proto-check $(PROTOS) >/dev/null
+	@for f in .proto-check/tongban/v1/*; do \
+	  cmp -s $$f proto/tongban/v1/$$(basename $$f) || { \
+	    echo "proto/tongban/v1/$$(basename $$f) is stale: run 'make proto' and commit"; \
+	    rm -rf .proto-check; exit 1; }; done
+	@rm -rf .proto-check
+
+bench: $(VENV)/.dev  ## run the benchmarks; each figure is printed beside its baseline
+	$(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .proto-check

@@ -1,0 +1,54 @@
+"""Errors the client raises: the node's reason code and message, carried over the wire."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+from google.rpc import error_details_pb2, status_pb2
+
+from tongban.errors import TongbanError
+
+__all__ = ["ExchangeError", "from_rpc_error"]
+
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+class ExchangeError(TongbanError):
+    """A call failed. ``reason`` is the node's stable code (``ErrorInfo.reason``) when it
+    sent one; otherwise a code derived from the gRPC status (e.g. ``UNAVAILABLE`` when the
+    TLS handshake failed or the node is down). ``code`` is the gRPC status code."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        reason: str,
+        code: grpc.StatusCode,
+        metadata: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message, metadata=metadata)
+        self.reason = reason
+        self.status = code.name
+        self.code = code
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError) -> ExchangeError:
+    """Translate a gRPC error, reading ``ErrorInfo`` from the status details if present."""
+    code = error.code()
+    message = error.details() or code.name
+    trailers: Any = error.trailing_metadata() or ()
+    for key, value in trailers:
+        if key == _DETAILS_KEY and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info) and info.domain == "tongban":
+                    return ExchangeError(
+                        status.message or message,
+                        reason=info.reason,
+                        code=code,
+                        metadata=dict(info.metadata),
+                    )
+    return ExchangeError(message, reason=code.name, code=code)

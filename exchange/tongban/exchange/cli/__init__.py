@@ -1,0 +1,139 @@
+"""The ``tongban`` command.
+
+Exit codes: 0 success, 1 the command failed (a message and a reason code say why),
+2 usage error. Every command takes ``--json`` for machine-readable output on stdout: one
+JSON object (or one per line for streaming commands such as ``demo``); failures are
+``{"ok": false, "reason": ..., "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tongban.errors import TongbanError
+from tongban.exchange.departments import Level
+from tongban.exchange.settings import parse_listen_address
+
+__all__ = ["main"]
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but usage errors honour --json and always exit 2."""
+
+    def error(self, message: str) -> NoReturn:
+        if "--json" in sys.argv[1:]:
+            out = {"ok": False, "reason": "USAGE", "message": message}
+            print(json.dumps(out, ensure_ascii=False))
+        else:
+            self.print_usage(sys.stderr)
+            print(f"tongban: error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _listen(value: str) -> str:
+    try:
+        parse_listen_address(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"invalid address {value!r}: {e}") from None
+    return value
+
+
+def _data_dir(value: str) -> Path:
+    if not value.strip() or "\x00" in value:
+        raise argparse.ArgumentTypeError("the data directory must be a non-empty path")
+    return Path(value)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument(
+        "--data-dir",
+        type=_data_dir,
+        default=None,
+        help="data directory (default: $TONGBAN_DATA_DIR or ./var/tongban)",
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("-v", "--verbose", action="store_true", help="log progress to stderr")
+
+    parser = _Parser(
+        prog="tongban",
+        description="Tongban exchange node: share data, enter once, verify licences, audit.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    sub.add_parser(
+        "init", parents=[common], help="create the data dir, root CA and node certificate"
+    )
+
+    serve = sub.add_parser("serve", parents=[common], help="run an exchange node")
+    serve.add_argument("--grpc-listen", type=_listen, help="gRPC address (default 127.0.0.1:50051)")
+    serve.add_argument("--http-listen", type=_listen, help="HTTP address (default 127.0.0.1:8080)")
+    serve.add_argument(
+        "--demo", action="store_true", help="register the story's departments and write bundles"
+    )
+
+    demo = sub.add_parser("demo", parents=[common], help="run the end-to-end story on a fresh node")
+    demo.set_defaults(demo=True)
+
+    dept = sub.add_parser("dept", help="manage the department registry")
+    dept_sub = dept.add_subparsers(dest="dept_command", required=True, parser_class=_Parser)
+    add = dept_sub.add_parser(
+        "add", parents=[common], help="register a department, write its bundle"
+    )
+    add.add_argument("code", help="department code, e.g. samr-county")
+    add.add_argument("--name", required=True, help="department name, e.g. 县市场监督管理局")
+    add.add_argument("--level", required=True, choices=[level.value for level in Level])
+    add.add_argument("--parent", help="code of the parent department")
+    add.add_argument("--role", action="append", default=[], choices=["auditor"], help="extra role")
+    add.add_argument(
+        "--out", type=_data_dir, help="bundle directory (default DATA_DIR/bundles/CODE)"
+    )
+    add.add_argument("--grpc-endpoint", type=_listen, help="node address written into the bundle")
+    dept_sub.add_parser("list", parents=[common], help="list registered departments")
+    suspend = dept_sub.add_parser("suspend", parents=[common], help="refuse a department's calls")
+    suspend.add_argument("code")
+    activate = dept_sub.add_parser("activate", parents=[common], help="lift a suspension")
+    activate.add_argument("code")
+
+    ca = sub.add_parser("ca", help="the exchange root CA")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, parser_class=_Parser)
+    ca_sub.add_parser("export", parents=[common], help="print the root CA certificate (PEM)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``tongban`` command; return its exit code."""
+    args = _build_parser().parse_args(argv)
+    # gRPC core logs every failed TLS handshake and fork at INFO on stderr; the node
+    # reports what matters itself (metrics, log lines). GRPC_VERBOSITY still overrides.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose or args.command == "serve" else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    from tongban.exchange.cli import commands  # imported late: keeps --help fast
+
+    try:
+        result: Any = asyncio.run(commands.run(args))
+    except TongbanError as e:
+        if args.json:
+            print(json.dumps(e.to_dict(), ensure_ascii=False), flush=True)
+        else:
+            print(f"tongban: {e.diagnostics()}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

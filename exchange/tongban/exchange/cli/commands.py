@@ -1,0 +1,178 @@
+"""What each ``tongban`` subcommand does. Parsing and exit codes live in ``__init__``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from tongban.exchange.datadir import ca_certificate_pem, init_data_dir, is_initialised
+from tongban.exchange.db.database import Database
+from tongban.exchange.departments import DepartmentStore, Level, Status
+from tongban.exchange.enrolment import enrol_demo_departments, enrol_department
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.node import Node
+from tongban.exchange.settings import Settings, load_settings
+from tongban.signing.clock import SystemClock
+
+__all__ = ["run"]
+
+
+def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
+    if args.json:
+        print(json.dumps({"ok": True, **payload}, ensure_ascii=False, default=str), flush=True)
+    elif human:
+        print(human, flush=True)
+
+
+def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+    return load_settings(data_dir=args.data_dir, **extra)
+
+
+async def run(args: argparse.Namespace) -> int:
+    if args.command == "init":
+        return await _init(args)
+    if args.command == "serve":
+        return await _serve(args)
+    if args.command == "demo":
+        from tongban.exchange.cli.demo import run_demo
+
+        return await run_demo(args)
+    if args.command == "dept":
+        return await _dept(args)
+    if args.command == "ca":
+        return await _ca_export(args)
+    raise InvalidArgument(f"Unknown command {args.command!r}.")  # argparse prevents this
+
+
+async def _init(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    result = await asyncio.to_thread(init_data_dir, settings, SystemClock().now())
+    verb = "initialised" if result.created else "already initialised"
+    _emit(
+        args,
+        {
+            "created": result.created,
+            "data_dir": str(result.data_dir),
+            "ca_fingerprint": result.ca_fingerprint,
+            "node_fingerprint": result.node_fingerprint,
+        },
+        f"{result.data_dir}: {verb}\n  root CA sha256 {result.ca_fingerprint}",
+    )
+    return 0
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    settings = _settings(args, grpc_listen=args.grpc_listen, http_listen=args.http_listen)
+    clock = SystemClock()
+    if not is_initialised(settings.data_dir):
+        await asyncio.to_thread(init_data_dir, settings, clock.now())
+    node = Node(settings, clock=clock)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await node.start()
+    try:
+        enrolled = []
+        if args.demo:
+            assert node.db is not None
+            enrolled = await enrol_demo_departments(node.db, settings, clock.now())
+        bundles = settings.data_dir / "bundles"
+        _emit(
+            args,
+            {
+                "event": "ready",
+                "node": settings.node_name,
+                "grpc": f"{settings.grpc_listen.host}:{node.grpc_port}",
+                "http": f"{settings.http_listen.host}:{node.http_port}",
+                "data_dir": str(settings.data_dir),
+                "bundles": str(bundles),
+                "enrolled": [dept.code for dept, _ in enrolled],
+            },
+            f"tongban node {settings.node_name} ready: gRPC {settings.grpc_listen.host}:"
+            f"{node.grpc_port} (mutual TLS), HTTP http://{settings.http_listen.host}:"
+            f"{node.http_port}/healthz\n  department bundles in {bundles}"
+            + (f" (new: {', '.join(d.code for d, _ in enrolled)})" if enrolled else "")
+            + "\n  stop with Ctrl-C",
+        )
+        await stop.wait()
+        # A second signal while draining stops at once.
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: asyncio.ensure_future(node.stop(grace=0)))
+    finally:
+        await node.stop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    _emit(args, {"event": "stopped"}, "")
+    return 0
+
+
+async def _dept(args: argparse.Namespace) -> int:
+    settings = _settings(args, grpc_listen=getattr(args, "grpc_endpoint", None))
+    async with await Database.open(settings, pool_size=2) as db:
+        store = DepartmentStore(db.pool)
+        if args.dept_command == "add":
+            department, bundle = await enrol_department(
+                db,
+                settings,
+                code=args.code,
+                name=args.name,
+                level=Level(args.level),
+                parent=args.parent,
+                roles=args.role,
+                out=args.out,
+                now=SystemClock().now(),
+            )
+            _emit(
+                args,
+                {"department": department.to_dict(), "bundle": str(bundle)},
+                f"registered {department.code} ({department.name}); bundle written to {bundle}",
+            )
+        elif args.dept_command == "list":
+            departments = await store.list()
+            lines = [
+                f"{d.code:<20} {d.level.value:<9} {d.status.value:<10} "
+                f"{','.join(sorted(d.roles)) or '-':<8} {d.parent or '-':<12} {d.name}"
+                for d in departments
+            ]
+            header = f"{'CODE':<20} {'LEVEL':<9} {'STATUS':<10} {'ROLES':<8} {'PARENT':<12} NAME"
+            _emit(
+                args,
+                {"departments": [d.to_dict() for d in departments]},
+                "\n".join([header, *lines]) if lines else "no departments registered",
+            )
+        else:
+            status = Status.SUSPENDED if args.dept_command == "suspend" else Status.ACTIVE
+            department = await store.set_status(args.code, status)
+            _emit(
+                args,
+                {"department": department.to_dict()},
+                f"{department.code} is now {department.status.value}",
+            )
+    return 0
+
+
+async def _ca_export(args: argparse.Namespace) -> int:
+    pem = ca_certificate_pem(_settings(args))
+    if args.json:
+        _emit(args, {"certificate": pem.decode()}, "")
+    else:
+        sys.stdout.write(pem.decode())
+    return 0
+
+
+def fresh_demo_dir(given: Path | None) -> Path:
+    """Return the demo's data dir: ``given`` if absent or empty, else a new temporary one."""
+    if given is None:
+        return Path(tempfile.mkdtemp(prefix="tongban-demo-"))
+    if given.exists() and any(given.iterdir()):
+        raise InvalidArgument(
+            f"The demo needs a fresh data dir and {given} is not empty; give a new path."
+        )
+    return given

@@ -1,0 +1,183 @@
+"""``tongban demo``: the story of DESIGN.md, run against a fresh node over real gRPC.
+
+Each step prints its title and outcome (``--json``: one object per line with ``step``,
+``title``, ``ok`` and details). Later capabilities add their steps here. The node is
+stopped at the end and its data dir is left for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from tongban.client import Bundle, ExchangeClient, ExchangeError
+from tongban.errors import TongbanError
+from tongban.exchange.cli.commands import fresh_demo_dir
+from tongban.exchange.datadir import init_data_dir
+from tongban.exchange.departments import DepartmentStore, Status
+from tongban.exchange.enrolment import DEMO_DEPARTMENTS, bundle_dir, enrol_demo_departments
+from tongban.exchange.node import Node
+from tongban.exchange.settings import load_settings
+from tongban.signing.certs import (
+    certificate_pem,
+    create_root_ca,
+    issue_department_tls_certificate,
+)
+from tongban.signing.clock import SystemClock
+from tongban.signing.keys import generate_private_key, private_key_pem
+
+__all__ = ["run_demo"]
+
+
+@dataclass
+class _Outcome:
+    ok: bool
+    summary: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class _Steps:
+    def __init__(self, as_json: bool) -> None:
+        self._json = as_json
+        self.failed = 0
+
+    async def run(self, step: str, title: str, body: Callable[[], Awaitable[_Outcome]]) -> None:
+        started = time.perf_counter()
+        try:
+            outcome = await body()
+        except TongbanError as e:
+            outcome = _Outcome(False, e.diagnostics(), {"reason": e.reason})
+        elapsed_ms = round((time.perf_counter() - started) * 1000, 1)
+        if not outcome.ok:
+            self.failed += 1
+        if self._json:
+            line = {
+                "step": step,
+                "title": title,
+                "ok": outcome.ok,
+                "summary": outcome.summary,
+                "ms": elapsed_ms,
+                **outcome.details,
+            }
+            print(json.dumps(line, ensure_ascii=False, default=str), flush=True)
+        else:
+            mark = "ok  " if outcome.ok else "FAIL"
+            print(f"[{mark}] {step:<5} {title}\n         {outcome.summary}", flush=True)
+
+
+async def run_demo(args: argparse.Namespace) -> int:
+    data_dir = fresh_demo_dir(args.data_dir)
+    settings = load_settings(
+        data_dir=data_dir, grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0"
+    )
+    clock = SystemClock()
+    steps = _Steps(args.json)
+    init_data_dir(settings, clock.now())
+    node = Node(settings, clock=clock)
+    await node.start()
+    try:
+        target = f"127.0.0.1:{node.grpc_port}"
+        assert node.db is not None
+        db = node.db
+
+        async def node_up() -> _Outcome:
+            return _Outcome(
+                True,
+                f"node {settings.node_name} on gRPC {target} (mutual TLS), HTTP "
+                f"127.0.0.1:{node.http_port}, {db.where}",
+                {"grpc": target, "http_port": node.http_port, "data_dir": str(data_dir)},
+            )
+
+        async def enrol() -> _Outcome:
+            enrolled = await enrol_demo_departments(db, settings, clock.now())
+            codes = [dept.code for dept, _ in enrolled]
+            return _Outcome(
+                len(codes) == len(DEMO_DEPARTMENTS),
+                f"registered {', '.join(codes)}; bundles in {data_dir / 'bundles'}",
+                {"departments": codes},
+            )
+
+        async def authenticate() -> _Outcome:
+            seen = []
+            for demo in DEMO_DEPARTMENTS:
+                bundle = Bundle.load(bundle_dir(settings, demo.code))
+                async with ExchangeClient(bundle, target=target, officer_id="demo-01") as client:
+                    me = await client.who_am_i()
+                if me.department != demo.code or me.name != demo.name:
+                    return _Outcome(False, f"{demo.code} was recognised as {me.department}")
+                seen.append(f"{me.department}={me.name}")
+            return _Outcome(True, "each department known by its certificate: " + ", ".join(seen))
+
+        async def foreign() -> _Outcome:
+            # A certificate for "samr" from a CA the exchange never trusted.
+            now = clock.now()
+            ca_key = generate_private_key()
+            ca_cert = create_root_ca(common_name="Not the exchange", key=ca_key, now=now)
+            key = generate_private_key()
+            cert = issue_department_tls_certificate(
+                ca_cert=ca_cert,
+                ca_key=ca_key,
+                code="samr",
+                name="冒名部门",
+                public_key=key.public_key(),
+                now=now,
+            )
+            real = Bundle.load(bundle_dir(settings, "samr"))
+            forged = Bundle(
+                department="samr",
+                name="冒名部门",
+                endpoint=target,
+                server_name=real.server_name,
+                ca_pem=real.ca_pem,
+                tls_cert_pem=certificate_pem(cert),
+                tls_key_pem=private_key_pem(key),
+                seal_cert_pem=certificate_pem(cert),
+                seal_key_pem=private_key_pem(key),
+            )
+            async with ExchangeClient(forged, target=target, timeout=5) as client:
+                try:
+                    await client.who_am_i()
+                except ExchangeError as e:
+                    return _Outcome(True, f"refused at the TLS handshake ({e.reason})")
+            return _Outcome(False, "a certificate from a foreign CA was accepted")
+
+        async def suspension() -> _Outcome:
+            store = DepartmentStore(db.pool)
+            bundle = Bundle.load(bundle_dir(settings, "hrss"))
+            await store.set_status("hrss", Status.SUSPENDED)
+            try:
+                async with ExchangeClient(bundle, target=target) as client:
+                    try:
+                        await client.who_am_i()
+                    except ExchangeError as e:
+                        refused = e.reason
+                    else:
+                        return _Outcome(False, "a suspended department was served")
+            finally:
+                await store.set_status("hrss", Status.ACTIVE)
+            async with ExchangeClient(bundle, target=target) as client:
+                await client.who_am_i()
+            return _Outcome(
+                refused == "DEPARTMENT_SUSPENDED",
+                f"suspended hrss was refused ({refused}); served again once reactivated",
+                {"reason": refused},
+            )
+
+        await steps.run("0.1", "An exchange node starts on embedded PostgreSQL", node_up)
+        await steps.run("0.2", "The story's departments are registered", enrol)
+        await steps.run("0.3", "Each department is known by its certificate", authenticate)
+        await steps.run("0.4", "A certificate from another CA is refused", foreign)
+        await steps.run("0.5", "A suspended department is refused at once", suspension)
+    finally:
+        await node.stop()
+    if args.json:
+        print(json.dumps({"step": "end", "ok": steps.failed == 0, "data_dir": str(data_dir)}))
+    else:
+        verdict = "all steps passed" if steps.failed == 0 else f"{steps.failed} step(s) FAILED"
+        print(f"\n{verdict}; node stopped; data dir left at {data_dir}", file=sys.stdout)
+    return 0 if steps.failed == 0 else 1

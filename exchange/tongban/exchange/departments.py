@@ -1,0 +1,234 @@
+"""The department registry (部门): who may call the exchange, known by certificate.
+
+The rules (code format, level hierarchy) are plain functions; ``DepartmentStore`` is the
+thin asyncpg layer over the ``department`` table.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from tongban.exchange.errors import (
+    DepartmentExists,
+    DepartmentNotFound,
+    InvalidArgument,
+)
+
+__all__ = [
+    "Department",
+    "DepartmentStore",
+    "Level",
+    "Status",
+    "validate_code",
+    "validate_name",
+    "validate_parent",
+]
+
+CODE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
+ROLES = frozenset({"auditor"})
+
+
+class Level(enum.StrEnum):
+    """Administrative level, highest first."""
+
+    PROVINCE = "province"
+    CITY = "city"
+    COUNTY = "county"
+    TOWNSHIP = "township"
+
+    @property
+    def rank(self) -> int:
+        return list(Level).index(self)
+
+
+class Status(enum.StrEnum):
+    ACTIVE = "active"
+    SUSPENDED = "suspended"
+
+
+@dataclass(frozen=True)
+class Department:
+    code: str
+    name: str
+    level: Level
+    parent: str | None
+    roles: frozenset[str]
+    status: Status
+    tls_fingerprint: bytes
+    seal_fingerprint: bytes | None
+    created_at: datetime
+    updated_at: datetime
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "code": self.code,
+            "name": self.name,
+            "level": self.level.value,
+            "parent": self.parent,
+            "roles": sorted(self.roles),
+            "status": self.status.value,
+            "tls_fingerprint": self.tls_fingerprint.hex(),
+            "seal_fingerprint": self.seal_fingerprint.hex() if self.seal_fingerprint else None,
+            "created_at": self.created_at.isoformat(),
+            "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def validate_code(code: str) -> str:
+    """Return ``code`` if it is a valid department code; raise InvalidArgument."""
+    if not CODE_PATTERN.match(code):
+        raise InvalidArgument(
+            f"Department code {code[:80]!r} is not valid: use 2-63 lowercase letters, digits "
+            "and '-', starting with a letter (for example samr-county)."
+        )
+    return code
+
+
+def validate_name(name: str) -> str:
+    """Return the NFC-normalised name; raise InvalidArgument if empty, too long or unprintable."""
+    normalised = unicodedata.normalize("NFC", name.strip())
+    if not 1 <= len(normalised) <= 200:
+        raise InvalidArgument("A department name must have 1 to 200 characters.")
+    if any(unicodedata.category(ch) in {"Cc", "Cf", "Cs", "Co", "Cn"} for ch in normalised):
+        raise InvalidArgument(
+            "A department name may not contain control, format or unassigned characters."
+        )
+    return normalised
+
+
+def validate_parent(level: Level, parent: Department | None) -> None:
+    """Raise InvalidArgument unless ``parent`` is above ``level`` (or absent)."""
+    if parent is None:
+        return
+    if parent.level.rank >= level.rank:
+        raise InvalidArgument(
+            f"Parent {parent.code} is at {parent.level.value} level, which is not above "
+            f"{level.value}; choose a parent at a higher level."
+        )
+
+
+def validate_roles(roles: Sequence[str]) -> frozenset[str]:
+    unknown = set(roles) - ROLES
+    if unknown:
+        raise InvalidArgument(
+            f"Unknown role {sorted(unknown)[0]!r}; known roles: {', '.join(sorted(ROLES))}."
+        )
+    return frozenset(roles)
+
+
+_COLUMNS = (
+    "code, name, level, parent, roles, status, tls_fingerprint, seal_fingerprint, "
+    "created_at, updated_at"
+)
+
+
+def _row(row: asyncpg.Record) -> Department:
+    return Department(
+        code=row["code"],
+        name=row["name"],
+        level=Level(row["level"]),
+        parent=row["parent"],
+        roles=frozenset(row["roles"]),
+        status=Status(row["status"]),
+        tls_fingerprint=bytes(row["tls_fingerprint"]),
+        seal_fingerprint=bytes(row["seal_fingerprint"]) if row["seal_fingerprint"] else None,
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class DepartmentStore:
+    """Reads and writes the ``department`` table through the given pool."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def get(self, code: str) -> Department:
+        """Return the department; raise DepartmentNotFound."""
+        row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM department WHERE code = $1", code)  # noqa: S608 - fixed column list
+        if row is None:
+            raise DepartmentNotFound(f"No department {code!r} is registered.")
+        return _row(row)
+
+    async def find(self, code: str) -> Department | None:
+        row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM department WHERE code = $1", code)  # noqa: S608
+        return None if row is None else _row(row)
+
+    async def list(self) -> list[Department]:
+        rows = await self._pool.fetch(f"SELECT {_COLUMNS} FROM department ORDER BY code")  # noqa: S608
+        return [_row(row) for row in rows]
+
+    async def add(
+        self,
+        *,
+        code: str,
+        name: str,
+        level: Level,
+        parent: str | None,
+        roles: Sequence[str],
+        tls_fingerprint: bytes,
+        seal_fingerprint: bytes | None,
+    ) -> Department:
+        """Register a department; raise DepartmentExists, DepartmentNotFound (parent) or
+        InvalidArgument."""
+        validate_code(code)
+        name = validate_name(name)
+        role_set = validate_roles(roles)
+        async with self._pool.acquire() as conn, conn.transaction():
+            parent_dept = None
+            if parent is not None:
+                row = await conn.fetchrow(
+                    f"SELECT {_COLUMNS} FROM department WHERE code = $1 FOR SHARE",  # noqa: S608
+                    parent,
+                )
+                if row is None:
+                    raise DepartmentNotFound(
+                        f"Parent department {parent!r} is not registered; add it first."
+                    )
+                parent_dept = _row(row)
+            validate_parent(level, parent_dept)
+            try:
+                row = await conn.fetchrow(
+                    f"""
+                    INSERT INTO department
+                        (code, name, level, parent, roles, tls_fingerprint, seal_fingerprint)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7)
+                    RETURNING {_COLUMNS}
+                    """,  # noqa: S608
+                    code,
+                    name,
+                    level.value,
+                    parent,
+                    sorted(role_set),
+                    tls_fingerprint,
+                    seal_fingerprint,
+                )
+            except asyncpg.UniqueViolationError as e:
+                if e.constraint_name == "department_pkey":
+                    raise DepartmentExists(f"Department {code!r} is already registered.") from e
+                raise DepartmentExists(
+                    "That certificate is already registered to another department."
+                ) from e
+        assert row is not None
+        return _row(row)
+
+    async def set_status(self, code: str, status: Status) -> Department:
+        """Set a department's status; raise DepartmentNotFound."""
+        row = await self._pool.fetchrow(
+            f"""
+            UPDATE department SET status = $2, updated_at = now()
+            WHERE code = $1 RETURNING {_COLUMNS}
+            """,  # noqa: S608
+            code,
+            status.value,
+        )
+        if row is None:
+            raise DepartmentNotFound(f"No department {code!r} is registered.")
+        return _row(row)

@@ -1,0 +1,50 @@
+"""Prometheus metrics of one node, in a registry of its own (never the global one)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["NodeMetrics"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class NodeMetrics:
+    """The node's metrics; ``registry`` is what /metrics serves."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.rpc_total = Counter(
+            "tongban_grpc_requests",
+            "gRPC calls served, by method and status code.",
+            ["method", "code"],
+            registry=self.registry,
+        )
+        self.rpc_seconds = Histogram(
+            "tongban_grpc_request_duration_seconds",
+            "Time from receiving a gRPC call to its last response, by method.",
+            ["method"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.auth_refused = Counter(
+            "tongban_auth_refused",
+            "Calls refused at authentication, by reason code.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.db_pool_size = Gauge(
+            "tongban_db_pool_connections",
+            "Connections open in the node's PostgreSQL pool.",
+            registry=self.registry,
+        )
+        self.db_pool_idle = Gauge(
+            "tongban_db_pool_idle_connections",
+            "Idle connections in the node's PostgreSQL pool.",
+            registry=self.registry,
+        )
+        self.up = Gauge(
+            "tongban_node_up",
+            "1 while the node serves, 0 while it drains.",
+            registry=self.registry,
+        )

@@ -1,0 +1,178 @@
+"""One exchange node: gRPC (mutual TLS) and HTTP listeners over one database.
+
+``Node.start()`` opens the database (starting embedded PostgreSQL if needed), applies
+migrations, and binds both listeners; ``Node.stop()`` stops accepting, lets in-flight calls
+finish within the grace period, and closes the database (stopping an embedded server that
+no other process uses). Use ``async with Node(settings) as node``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from types import TracebackType
+
+import grpc
+from aiohttp import web
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from tongban.exchange.datadir import load_node_credentials
+from tongban.exchange.db.database import Database
+from tongban.exchange.errors import AddressInUse
+from tongban.exchange.http import build_http_app
+from tongban.exchange.metrics import NodeMetrics
+from tongban.exchange.server.auth import Authenticator
+from tongban.exchange.server.interceptor import ExchangeInterceptor
+from tongban.exchange.server.node_service import NodeService
+from tongban.exchange.settings import Settings
+from tongban.signing.clock import Clock, SystemClock
+from tongban.v1 import node_pb2, node_pb2_grpc
+
+__all__ = ["Node"]
+
+_log = logging.getLogger(__name__)
+
+_MAX_MESSAGE = 16 * 1024 * 1024
+
+
+class Node:
+    """An exchange node; see the module docstring for its lifecycle."""
+
+    def __init__(self, settings: Settings, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.clock: Clock = clock or SystemClock()
+        self.metrics = NodeMetrics()
+        self.db: Database | None = None
+        self._auth: Authenticator | None = None
+        self._grpc: grpc.aio.Server | None = None
+        self._http: web.AppRunner | None = None
+        self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self.grpc_port = 0
+        self.http_port = 0
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        """Open the database and bind the listeners; on failure, undo what was started."""
+        credentials = load_node_credentials(self.settings)
+        try:
+            self.db = await Database.open(self.settings)
+            self._auth = Authenticator(self.db.pool, self.clock)
+            await self._auth.start()
+            await self._start_grpc(
+                credentials.key_pem, credentials.cert_chain_pem, credentials.ca_pem
+            )
+            await self._start_http()
+        except BaseException:
+            await self._close()
+            raise
+        self.metrics.up.set(1)
+        _log.info(
+            "node %s serving gRPC on %s:%d and HTTP on %s:%d (%s)",
+            self.settings.node_name,
+            self.settings.grpc_listen.host,
+            self.grpc_port,
+            self.settings.http_listen.host,
+            self.http_port,
+            self.db.where,
+        )
+
+    async def _start_grpc(self, key_pem: bytes, chain_pem: bytes, ca_pem: bytes) -> None:
+        assert self._auth is not None
+        server = grpc.aio.server(
+            interceptors=[ExchangeInterceptor(self._auth, self.metrics)],
+            options=[
+                ("grpc.max_receive_message_length", _MAX_MESSAGE),
+                ("grpc.max_send_message_length", _MAX_MESSAGE),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        node_pb2_grpc.add_NodeServiceServicer_to_server(
+            NodeService(self.settings.node_name, self.clock), server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        services = (
+            node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        )
+        reflection.enable_server_reflection(services, server)
+        credentials = grpc.ssl_server_credentials(
+            [(key_pem, chain_pem)], root_certificates=ca_pem, require_client_auth=True
+        )
+        address = str(self.settings.grpc_listen)
+        try:
+            port = server.add_secure_port(address, credentials)
+        except RuntimeError as e:
+            raise AddressInUse(
+                f"Cannot listen for gRPC on {address}: the address is in use or not local; "
+                "choose another with --grpc-listen."
+            ) from e
+        if port == 0:
+            raise AddressInUse(f"Cannot listen for gRPC on {address}; choose another address.")
+        await server.start()
+        self._grpc = server
+        self.grpc_port = port
+        for service in services[:2]:
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    async def _start_http(self) -> None:
+        assert self.db is not None
+        app = build_http_app(self.db, self.metrics, self.settings.node_name)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._http = runner
+        listen = self.settings.http_listen
+        site = web.TCPSite(runner, listen.host, listen.port, reuse_port=False)
+        try:
+            await site.start()
+        except OSError as e:
+            raise AddressInUse(
+                f"Cannot listen for HTTP on {listen}: {e.strerror}; choose another with "
+                "--http-listen."
+            ) from e
+        server = site._server  # aiohttp exposes the bound port only here
+        assert isinstance(server, asyncio.base_events.Server)
+        self.http_port = server.sockets[0].getsockname()[1]
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain and stop; idempotent."""
+        if self._stopped.is_set():
+            return
+        self.metrics.up.set(0)
+        await self._health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            wait = self.settings.shutdown_grace_seconds if grace is None else grace
+            await self._grpc.stop(wait)
+        await self._close()
+        self._stopped.set()
+        _log.info("node %s stopped", self.settings.node_name)
+
+    async def _close(self) -> None:
+        if self._http is not None:
+            await self._http.cleanup()
+            self._http = None
+        if self._grpc is not None:
+            await self._grpc.stop(0)
+            self._grpc = None
+        if self._auth is not None:
+            await self._auth.stop()
+            self._auth = None
+        if self.db is not None:
+            await self.db.close()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    async def __aenter__(self) -> Node:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()

@@ -1,0 +1,31 @@
+"""Who is calling: set by the interceptor for each RPC, read by the services."""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from dataclasses import dataclass
+
+from tongban.exchange.departments import Department
+
+__all__ = ["Caller", "current_caller"]
+
+
+@dataclass(frozen=True)
+class Caller:
+    """The authenticated department (from its certificate) and the officer it named."""
+
+    department: Department
+    officer_id: str | None
+    cert_fingerprint: bytes
+
+
+_current: ContextVar[Caller] = ContextVar("tongban_caller")
+
+
+def current_caller() -> Caller:
+    """Return the caller of the RPC being served; LookupError outside an authenticated RPC."""
+    return _current.get()
+
+
+def set_caller(caller: Caller) -> None:
+    _current.set(caller)

@@ -1,0 +1,183 @@
+"""The one place where calls are authenticated and errors become gRPC statuses.
+
+Every handler is wrapped so that, in order: the caller is authenticated from its client
+certificate (except for health checks and reflection, which need only a valid TLS client
+certificate); the call runs with the caller in a context variable; a ``TongbanError``
+becomes its status with a ``google.rpc.ErrorInfo`` (reason, domain ``tongban``, metadata)
+and its message; anything else is logged with an incident id and becomes ``INTERNAL``
+with that id and no detail, so no stack trace or internal text reaches a caller.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from tongban.errors import TongbanError
+from tongban.exchange.metrics import NodeMetrics
+from tongban.exchange.server.auth import Authenticator
+from tongban.exchange.server.caller import set_caller
+
+__all__ = ["ERROR_DOMAIN", "OFFICER_METADATA", "ExchangeInterceptor", "status_details"]
+
+_log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "tongban"
+OFFICER_METADATA = "x-tongban-officer"
+_UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def status_details(error: TongbanError) -> tuple[grpc.StatusCode, tuple[tuple[str, bytes], ...]]:
+    """Return the status code and the ``grpc-status-details-bin`` trailer for ``error``."""
+    code = grpc.StatusCode[error.status]
+    info = error_details_pb2.ErrorInfo(
+        reason=error.reason, domain=ERROR_DOMAIN, metadata=error.metadata
+    )
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    return code, (("grpc-status-details-bin", status.SerializeToString()),)
+
+
+class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    def __init__(self, authenticator: Authenticator, metrics: NodeMetrics) -> None:
+        self._auth = authenticator
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        # Handlers are typed loosely by grpc-stubs (sync signatures); on grpc.aio they are
+        # coroutine functions or async generators, which is what we wrap.
+        handler: Any = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        method: str = getattr(handler_call_details, "method", "")
+        authenticate = not method.startswith(_UNAUTHENTICATED_PREFIXES)
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._unary(handler.unary_unary, method, authenticate), **kwargs
+            )
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._unary(handler.stream_unary, method, authenticate), **kwargs
+            )
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(
+                self._stream(handler.unary_stream, method, authenticate), **kwargs
+            )
+        return grpc.stream_stream_rpc_method_handler(
+            self._stream(handler.stream_stream, method, authenticate), **kwargs
+        )
+
+    def _unary(
+        self, behaviour: Callable[[Any, Context], Awaitable[Any]], method: str, authenticate: bool
+    ) -> Callable[[Any, Context], Awaitable[Any]]:
+        async def wrapped(request: Any, context: Context) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                if authenticate:
+                    await self._authenticate(context)
+                return await behaviour(request, context)
+            except grpc.aio.AbortError:
+                raise  # the behaviour aborted on purpose, with its own status
+            except TongbanError as e:
+                code = grpc.StatusCode[e.status]
+                await self._abort(context, e)
+            except Exception as e:  # noqa: BLE001 - the one boundary: logged, then INTERNAL
+                code = grpc.StatusCode.INTERNAL
+                await self._abort_internal(context, method, e)
+            finally:
+                self._observe(method, code, started)
+
+        return wrapped
+
+    def _stream(
+        self,
+        behaviour: Callable[[Any, Context], AsyncIterator[Any]],
+        method: str,
+        authenticate: bool,
+    ) -> Callable[[Any, Context], AsyncIterator[Any]]:
+        async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
+            started = time.perf_counter()
+            code = grpc.StatusCode.OK
+            try:
+                if authenticate:
+                    await self._authenticate(context)
+                async for response in behaviour(request, context):
+                    yield response
+            except grpc.aio.AbortError:
+                raise
+            except TongbanError as e:
+                code = grpc.StatusCode[e.status]
+                await self._abort(context, e)
+            except Exception as e:  # noqa: BLE001 - the one boundary: logged, then INTERNAL
+                code = grpc.StatusCode.INTERNAL
+                await self._abort_internal(context, method, e)
+            finally:
+                self._observe(method, code, started)
+
+        return wrapped
+
+    async def _authenticate(self, context: Context) -> None:
+        certs: list[bytes] = list(context.auth_context().get("x509_pem_cert", ()))
+        if not certs:
+            # Mutual TLS is required by the server, so this means a misconfigured listener.
+            raise _NoClientCertificate(
+                "The call carried no client certificate; connect with the department's bundle."
+            )
+        officer = None
+        for key, value in context.invocation_metadata() or ():
+            if key == OFFICER_METADATA:
+                officer = value if isinstance(value, str) else value.decode("utf-8", "replace")
+        try:
+            caller = await self._auth.authenticate(certs[0], officer)
+        except TongbanError as e:
+            self._metrics.auth_refused.labels(e.reason).inc()
+            raise
+        set_caller(caller)
+
+    async def _abort(self, context: Context, error: TongbanError) -> NoReturn:
+        code, trailers = status_details(error)
+        await context.abort(code, error.message, trailing_metadata=trailers)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def _abort_internal(self, context: Context, method: str, error: Exception) -> NoReturn:
+        incident = secrets.token_hex(6)
+        _log.error("incident %s in %s", incident, method, exc_info=error)
+        internal = _Internal(
+            f"The node failed to handle this call (incident {incident}); "
+            "retry later or give the incident id to the operator.",
+            metadata={"incident": incident},
+        )
+        await self._abort(context, internal)
+
+    def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
+        self._metrics.rpc_total.labels(method, code.name).inc()
+        self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+
+
+class _NoClientCertificate(TongbanError):
+    reason = "CLIENT_CERTIFICATE_REQUIRED"
+    status = "UNAUTHENTICATED"
+
+
+class _Internal(TongbanError):
+    reason = "INTERNAL"
+    status = "INTERNAL"

@@ -1,0 +1,169 @@
+"""Node settings: one frozen object, read once at start from ``TONGBAN_*`` variables.
+
+Command-line options override the environment. Every bad value is reported as one
+sentence naming the variable, what was given and what is expected.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from tongban.exchange.errors import ConfigInvalid
+
+__all__ = ["ListenAddress", "Settings", "load_settings", "parse_listen_address"]
+
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+)
+
+
+@dataclass(frozen=True)
+class ListenAddress:
+    """A TCP listen address. ``port`` 0 asks the system for a free port."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_listen_address(text: str) -> ListenAddress:
+    """Parse ``HOST:PORT`` (``[V6]:PORT`` for IPv6); raise ValueError with the reason."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port_text = text[1:].partition("]:")
+        if not sep:
+            raise ValueError("expected [IPV6]:PORT")
+        ipaddress.IPv6Address(host)
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep or not host:
+            raise ValueError("expected HOST:PORT such as 127.0.0.1:50051")
+        if not _HOSTNAME.match(host):
+            ipaddress.IPv4Address(host)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("the port must be a number from 0 to 65535")
+    return ListenAddress(host, int(port_text))
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Everything a node reads at start. Frozen: pass it down, never re-read it."""
+
+    model_config = SettingsConfigDict(env_prefix="TONGBAN_", frozen=True, extra="forbid")
+
+    data_dir: Path = Field(default=Path("var/tongban"))
+    """Where the node keeps its CA, credentials, bundles and (embedded mode) PostgreSQL."""
+
+    database_url: SecretStr | None = None
+    """An external PostgreSQL (``postgresql://...``). Unset: embedded PostgreSQL in the data dir."""
+
+    grpc_listen: Annotated[ListenAddress, NoDecode] = ListenAddress("127.0.0.1", 50051)
+    """The gRPC (mutual TLS) listen address."""
+
+    http_listen: Annotated[ListenAddress, NoDecode] = ListenAddress("127.0.0.1", 8080)
+    """The HTTP listen address for /healthz, /metrics and public verification."""
+
+    key_passphrase: SecretStr | None = None
+    """Passphrase of the encrypted keys in the data dir. Unset: ``tongban init`` generates one
+    into ``<data_dir>/secrets/key-passphrase`` (mode 0600); move it to a secret store in
+    production and set this variable instead."""
+
+    node_name: str = "node-1"
+    """This node's name, in its certificate's URI SAN and its log lines."""
+
+    node_hostnames: Annotated[tuple[str, ...], NoDecode] = ("localhost",)
+    """DNS names (comma-separated) written into the node's TLS certificate at ``init``."""
+
+    node_ips: Annotated[tuple[str, ...], NoDecode] = ("127.0.0.1", "::1")
+    """IP addresses (comma-separated) written into the node's TLS certificate at ``init``."""
+
+    db_pool_size: int = Field(default=10, ge=1, le=200)
+    """Connections in the node's PostgreSQL pool."""
+
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
+    """How long in-flight calls may run after SIGTERM before they are cancelled."""
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("grpc_listen", "http_listen", mode="before")
+    @classmethod
+    def _listen(cls, value: Any) -> Any:
+        return parse_listen_address(value) if isinstance(value, str) else value
+
+    @field_validator("node_hostnames", "node_ips", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("node_hostnames")
+    @classmethod
+    def _hostnames(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _HOSTNAME.match(name):
+                raise ValueError(f"{name!r} is not a DNS name")
+        return value
+
+    @field_validator("node_ips")
+    @classmethod
+    def _ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for ip in value:
+            ipaddress.ip_address(ip)
+        return value
+
+    @field_validator("node_name")
+    @classmethod
+    def _node_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value):
+            raise ValueError("use lowercase letters, digits and '-', at most 63 characters")
+        return value
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().startswith(
+            ("postgresql://", "postgres://")
+        ):
+            raise ValueError("expected a URL starting with postgresql://")
+        return value
+
+    @property
+    def passphrase_file(self) -> Path:
+        return self.data_dir / "secrets" / "key-passphrase"
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment, apply non-None ``overrides``, and validate.
+
+    Raises ConfigInvalid with one sentence per bad value.
+    """
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as e:
+        raise ConfigInvalid(_describe(e, given)) from None
+
+
+def _describe(error: ValidationError, given: dict[str, Any]) -> str:
+    sentences = []
+    for item in error.errors(include_url=False):
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        source = f"--{field.replace('_', '-')}" if field in given else f"TONGBAN_{field.upper()}"
+        reason = str(item["msg"]).removeprefix("Value error, ")
+        value = item.get("input")
+        shown = "" if "passphrase" in field or "url" in field else f"={value!r}"
+        sentences.append(f"{source}{shown}: {reason}.")
+    return " ".join(sentences)

@@ -1,0 +1,76 @@
+"""Fixtures shared by all tests: one real PostgreSQL per run, fresh databases per test,
+initialised data dirs, and nodes started over real gRPC with real certificates."""
+
+from __future__ import annotations
+
+import os
+
+# Before grpc is imported: its core logs each failed handshake (several tests make them).
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
+import shutil
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from tongban.exchange.datadir import init_data_dir
+from tongban.exchange.db.embedded import EmbeddedPostgres
+from tongban.exchange.settings import Settings, load_settings
+from tongban.signing.clock import SystemClock
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[EmbeddedPostgres]:
+    """One embedded PostgreSQL for the whole run.
+
+    Not under pytest's tmp dir: pytest keeps its root at mode 0700, and as root the server
+    runs as another user who must be able to reach its data dir.
+    """
+    root = Path(tempfile.mkdtemp(prefix="tongban-test-pg-"))
+    server = EmbeddedPostgres(root)
+    server.start()
+    yield server
+    server.stop()
+    shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def admin_dsn(pg_server: EmbeddedPostgres) -> str:
+    return pg_server.dsn("postgres")
+
+
+@pytest_asyncio.fixture
+async def database_url(admin_dsn: str) -> AsyncIterator[str]:
+    """A new, empty database for one test, dropped afterwards."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    yield admin_dsn.replace("/postgres?", f"/{name}?")
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    """Settings for a node on a fresh database with an initialised data dir."""
+    result = load_settings(
+        data_dir=tmp_path / "data",
+        database_url=database_url,
+        grpc_listen="127.0.0.1:0",
+        http_listen="127.0.0.1:0",
+        key_passphrase="test passphrase",
+        shutdown_grace_seconds=1.0,
+    )
+    init_data_dir(result, SystemClock().now())
+    return result
