@@ -22,8 +22,6 @@ from tongban.signing.certs import (
 from tongban.signing.clock import FixedClock, SystemClock
 from tongban.signing.keys import generate_private_key, private_key_pem
 
-pytestmark = pytest.mark.asyncio
-
 
 def _target(node: Node) -> str:
     return f"127.0.0.1:{node.grpc_port}"

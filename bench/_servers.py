@@ -1,0 +1,192 @@
+"""The two servers under load, each a subprocess with an explicit start and stop.
+
+Both run in their own process group, so a Ctrl-C at the terminal reaches only the
+benchmark, which then stops each server once (SIGTERM) and waits for it, rather than every
+process reacting to the same signal at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+__all__ = ["EchoServer", "NodeServer", "echo_server", "node_server", "postgres_processes"]
+
+_REPO = Path(__file__).resolve().parent.parent
+_TONGBAN = Path(sys.executable).parent / "tongban"
+_READY_TIMEOUT = 120.0
+_STOP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class EchoServer:
+    target: str
+    process: psutil.Process
+
+
+@dataclass(frozen=True)
+class NodeServer:
+    target: str
+    bundles: Path
+    data_dir: Path
+    process: psutil.Process
+    postmaster: psutil.Process | None
+    """The embedded PostgreSQL's main process (not a child of the node), if found."""
+
+    def postgres(self) -> list[psutil.Process]:
+        """The PostgreSQL processes serving this node now (postmaster and its children)."""
+        if self.postmaster is None:
+            return []
+        try:
+            return [self.postmaster, *self.postmaster.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+
+def postgres_processes(data_dir: Path) -> list[psutil.Process]:
+    """Return the postmasters whose command line names ``data_dir`` (normally zero or one).
+
+    Backends rename themselves (``postgres: user db ...``), so only the postmaster can be
+    found by its command line; its children are the rest.
+    """
+    found = []
+    for process in psutil.process_iter(["name", "cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if process.info["name"] == "postgres" and any(str(data_dir) in a for a in cmdline):
+            found.append(process)
+    return found
+
+
+def _server_env() -> dict[str, str]:
+    # The node's defaults are what is measured: drop any TONGBAN_* settings of the caller's
+    # shell (an external TONGBAN_DATABASE_URL, a DEBUG log level).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
+    env["GRPC_VERBOSITY"] = "ERROR"
+    return env
+
+
+async def _stop(process: asyncio.subprocess.Process, name: str) -> None:
+    """SIGTERM ``process`` and wait for it; SIGKILL it after ``_STOP_TIMEOUT`` seconds."""
+    if process.returncode is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), _STOP_TIMEOUT)
+    except TimeoutError:
+        print(
+            f"warning: {name} did not stop within {_STOP_TIMEOUT:.0f} s; killing it",
+            file=sys.stderr,
+        )
+        process.kill()
+        await process.wait()
+
+
+@asynccontextmanager
+async def echo_server() -> AsyncIterator[EchoServer]:
+    """Run ``bench._echo_server`` for the duration of the block."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench._echo_server",
+        cwd=_REPO,
+        env=_server_env(),
+        stdout=asyncio.subprocess.PIPE,
+        process_group=0,
+    )
+    try:
+        assert process.stdout is not None
+        line = await asyncio.wait_for(process.stdout.readline(), _READY_TIMEOUT)
+        if not line.strip().isdigit():
+            raise RuntimeError(f"the echo server did not print its port (got {line!r})")
+        yield EchoServer(f"127.0.0.1:{int(line)}", psutil.Process(process.pid))
+    finally:
+        await _stop(process, "the echo server")
+
+
+@asynccontextmanager
+async def node_server() -> AsyncIterator[NodeServer]:
+    """Run ``tongban serve --demo`` on a fresh data dir for the duration of the block.
+
+    The data dir and the node's log live in a new temporary directory, removed afterwards
+    unless PostgreSQL is still running in it (then a warning names it). Raises RuntimeError
+    with the end of the node's log if the node exits or says nothing before it is ready.
+    """
+    work = Path(tempfile.mkdtemp(prefix="tongban-bench-"))
+    data_dir = work / "data"
+    log_path = work / "node.log"
+    env = _server_env()
+    env["TONGBAN_KEY_PASSPHRASE"] = "tongban-bench"  # a throwaway data dir
+    process: asyncio.subprocess.Process | None = None
+    try:
+        with log_path.open("wb") as log:
+            # stderr goes straight to a file: no pipe to fill, and the log survives a failure.
+            process = await asyncio.create_subprocess_exec(
+                str(_TONGBAN),
+                *("serve", "--json", "--demo", "--data-dir", str(data_dir)),
+                *("--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                process_group=0,
+            )
+        ready = await _wait_ready(process, log_path)
+        node_process = psutil.Process(process.pid)
+        postmasters = postgres_processes(data_dir)
+        yield NodeServer(
+            target=ready["grpc"],
+            bundles=Path(ready["bundles"]),
+            data_dir=data_dir,
+            process=node_process,
+            postmaster=postmasters[0] if postmasters else None,
+        )
+    finally:
+        if process is not None:
+            await _stop(process, "the node")
+        await asyncio.to_thread(_clean_up, work, data_dir)
+
+
+async def _wait_ready(process: asyncio.subprocess.Process, log_path: Path) -> dict[str, str]:
+    assert process.stdout is not None
+    try:
+        line = await asyncio.wait_for(process.stdout.readline(), _READY_TIMEOUT)
+    except TimeoutError:
+        line = b""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        event = None
+    if not isinstance(event, dict) or event.get("event") != "ready":
+        raise RuntimeError(
+            f"the node did not report ready (stdout: {line[:200]!r}); end of its log:\n"
+            + _tail(log_path)
+        )
+    return {key: str(value) for key, value in event.items()}
+
+
+def _tail(log_path: Path, lines: int = 30) -> str:
+    return "\n".join(log_path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _clean_up(work: Path, data_dir: Path) -> None:
+    # The node stops its PostgreSQL before it exits; allow the postmaster a moment to go.
+    _, left = psutil.wait_procs(postgres_processes(data_dir), timeout=5.0)
+    if left:
+        pids = ", ".join(str(p.pid) for p in left)
+        print(
+            f"warning: PostgreSQL is still running for {data_dir} (pid {pids}) after the node "
+            f"stopped; left {work} in place",
+            file=sys.stderr,
+        )
+        return
+    shutil.rmtree(work, ignore_errors=True)

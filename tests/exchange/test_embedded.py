@@ -1,0 +1,74 @@
+"""The embedded PostgreSQL lifecycle: reuse across restarts, last user out stops it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tongban.exchange.db.embedded import EmbeddedPostgres
+
+
+@pytest.fixture
+def root() -> Iterator[Path]:
+    # Outside pytest's 0700 tmp root: as root, PostgreSQL runs as another user.
+    path = Path(tempfile.mkdtemp(prefix="tongban-test-embedded-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_last_user_out_stops_the_server(root: Path) -> None:
+    first = EmbeddedPostgres(root)
+    second = EmbeddedPostgres(root)
+    first.start()
+    pid = first.server_pid()
+    assert _alive(pid)
+    second.start()
+    assert second.server_pid() == pid, "the second user joins the running server"
+    first.stop()
+    assert _alive(pid), "another user still holds it"
+    second.stop()
+    assert not _alive(pid)
+    second.stop()  # idempotent
+
+
+def test_restart_reuses_the_data(root: Path) -> None:
+    with EmbeddedPostgres(root) as pg:
+        assert (pg.pgdata / "PG_VERSION").exists()
+        first_dsn = pg.dsn()
+    with EmbeddedPostgres(root) as pg:
+        assert pg.dsn() == first_dsn
+
+
+def test_a_half_initialised_pgdata_is_redone(root: Path) -> None:
+    (root / "pg").mkdir()
+    (root / "pg" / "junk").write_text("left by an initdb that died")
+    with EmbeddedPostgres(root) as pg:
+        assert (pg.pgdata / "PG_VERSION").exists()
+        assert not (pg.pgdata / "junk").exists()
+
+
+def test_long_paths_get_a_short_socket_dir(root: Path) -> None:
+    deep = root / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    with EmbeddedPostgres(deep) as pg:
+        assert "host=/" in pg.dsn()
+        assert str(deep) not in pg.dsn()
+
+
+def test_start_twice_is_a_programming_error(root: Path) -> None:
+    with EmbeddedPostgres(root) as pg, pytest.raises(RuntimeError, match="twice"):
+        pg.start()

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+import pytest_asyncio
+
+from tongban.exchange.db import migrate
+from tongban.exchange.db.migrate import Migration, apply_migrations, load_migrations
+from tongban.exchange.errors import MigrationFailed
+
+
+@pytest_asyncio.fixture
+async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=4) as created:
+        yield created
+
+
+def test_packaged_migrations_are_numbered_from_one() -> None:
+    versions = [m.version for m in load_migrations()]
+    assert versions == list(range(1, len(versions) + 1))
+
+
+async def test_applying_twice_is_a_no_op(pool: asyncpg.Pool) -> None:
+    first = await apply_migrations(pool)
+    assert [m.version for m in first] == [m.version for m in load_migrations()]
+    assert await apply_migrations(pool) == []
+    count = await pool.fetchval("SELECT count(*) FROM schema_migration")
+    assert count == len(first)
+
+
+async def test_nodes_starting_together_apply_each_migration_once(pool: asyncpg.Pool) -> None:
+    results = await asyncio.gather(*(apply_migrations(pool) for _ in range(3)))
+    assert sorted(len(r) for r in results) == [0, 0, len(load_migrations())]
+
+
+async def test_an_edited_migration_is_refused(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await apply_migrations(pool)
+    original = load_migrations()
+    edited = [Migration(m.version, m.name, m.sql + "\n-- edited") for m in original]
+    monkeypatch.setattr(migrate, "load_migrations", lambda: edited)
+    with pytest.raises(MigrationFailed, match="changed after it was applied"):
+        await apply_migrations(pool)
+
+
+async def test_a_failing_migration_rolls_back_entirely(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = [
+        *load_migrations(),
+        Migration(99, "broken", "CREATE TABLE half_done (x int); SELECT no_such_function();"),
+    ]
+    monkeypatch.setattr(migrate, "load_migrations", lambda: broken)
+    with pytest.raises(MigrationFailed, match="rolled back"):
+        await apply_migrations(pool)
+    assert await pool.fetchval("SELECT to_regclass('half_done')") is None
+    assert await pool.fetchval("SELECT count(*) FROM schema_migration WHERE version = 99") == 0
+
+
+async def test_a_database_from_a_newer_version_is_refused(pool: asyncpg.Pool) -> None:
+    await apply_migrations(pool)
+    await pool.execute(
+        "INSERT INTO schema_migration (version, name, checksum) VALUES (9999, 'future', 'x')"
+    )
+    with pytest.raises(MigrationFailed, match="newer version"):
+        await apply_migrations(pool)

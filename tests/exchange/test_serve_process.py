@@ -1,0 +1,147 @@
+"""``tongban serve`` as a user runs it: a process on embedded PostgreSQL, stopped by signal."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tests.cli_helpers import TONGBAN, cli_env, tongban
+from tongban.client import Bundle, ExchangeClient
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Outside pytest's 0700 tmp root: as root, PostgreSQL runs as another user.
+    root = Path(tempfile.mkdtemp(prefix="tongban-test-serve-"))
+    yield root / "data"
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def _postgres_for(data_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if (
+            proc.info["status"] != psutil.STATUS_ZOMBIE
+            and any("postgres" in part for part in cmdline[:1])
+            and any(str(data_dir) in part for part in cmdline)
+        ):
+            found.append(proc)
+    return found
+
+
+class Served:
+    def __init__(self, data_dir: Path, *extra: str, sig: int = signal.SIGTERM) -> None:
+        self.data_dir = data_dir
+        self.sig = sig
+        self.proc = subprocess.Popen(
+            [
+                TONGBAN,
+                "serve",
+                "--json",
+                "--data-dir",
+                str(data_dir),
+                "--grpc-listen",
+                "127.0.0.1:0",
+                "--http-listen",
+                "127.0.0.1:0",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=cli_env(TONGBAN_SHUTDOWN_GRACE_SECONDS="2"),
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert line, "serve exited before it was ready"
+        self.ready: dict[str, Any] = json.loads(line)
+
+    def stop(self) -> tuple[int, list[dict[str, Any]]]:
+        self.proc.send_signal(self.sig)
+        out, _ = self.proc.communicate(timeout=60)
+        return self.proc.returncode, [json.loads(x) for x in out.splitlines() if x.strip()]
+
+
+def test_serve_answers_and_exits_cleanly_on_sigterm(data_dir: Path) -> None:
+    served = Served(data_dir, "--demo")
+    try:
+        assert served.ready["event"] == "ready"
+        assert "samr" in served.ready["enrolled"]
+        http = served.ready["http"]
+        with urllib.request.urlopen(f"http://{http}/healthz", timeout=10) as response:
+            assert response.status == 200
+            assert json.load(response)["status"] == "ok"
+        assert _postgres_for(data_dir), "embedded PostgreSQL runs in the data dir"
+    finally:
+        code, lines = served.stop()
+    assert code == 0
+    assert lines[-1]["event"] == "stopped"
+    deadline = time.monotonic() + 10
+    while _postgres_for(data_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _postgres_for(data_dir) == [], "no postgres process is left behind"
+
+
+def test_sigint_also_stops_cleanly(data_dir: Path) -> None:
+    served = Served(data_dir, sig=signal.SIGINT)
+    code, _ = served.stop()
+    assert code == 0
+    assert _postgres_for(data_dir) == []
+
+
+async def test_restart_keeps_departments_and_the_cli_joins_a_running_node(
+    data_dir: Path,
+) -> None:
+    served = Served(data_dir, "--demo")
+    try:
+        # A CLI command while the node runs joins its PostgreSQL and leaves it running.
+        env = cli_env()
+        added = tongban(
+            "dept",
+            "add",
+            "extra",
+            "--name",
+            "新部门",
+            "--level",
+            "county",
+            "--data-dir",
+            str(data_dir),
+            "--json",
+            env=env,
+        )
+        assert added.code == 0, added.stdout
+        assert _postgres_for(data_dir)
+        async with ExchangeClient(
+            Bundle.load(Path(added.json()["bundle"])), target=served.ready["grpc"]
+        ) as client:
+            assert (await client.who_am_i()).department == "extra"
+    finally:
+        assert served.stop()[0] == 0
+
+    again = Served(data_dir, "--demo")
+    try:
+        assert again.ready["enrolled"] == [], "the demo departments are still registered"
+        async with ExchangeClient(
+            Bundle.load(data_dir / "bundles" / "samr"), target=again.ready["grpc"]
+        ) as client:
+            assert (await client.who_am_i()).department == "samr"
+    finally:
+        assert again.stop()[0] == 0
+    # With no node running, the CLI starts PostgreSQL itself and stops it afterwards.
+    listed = tongban("dept", "list", "--data-dir", str(data_dir), "--json", env=cli_env())
+    codes = [d["code"] for d in listed.json()["departments"]]
+    assert "extra" in codes
+    assert "samr" in codes
+    assert _postgres_for(data_dir) == []

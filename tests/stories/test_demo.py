@@ -1,0 +1,32 @@
+"""``tongban demo``: every step of the story implemented so far passes, as a user sees it."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from tests.cli_helpers import cli_env, tongban
+
+
+def test_demo_runs_every_step() -> None:
+    root = Path(tempfile.mkdtemp(prefix="tongban-test-demo-"))
+    try:
+        result = tongban("demo", "--json", "--data-dir", str(root / "demo"), env=cli_env())
+        lines = result.lines()
+        assert result.code == 0, result.stdout + result.stderr
+        steps = [line for line in lines if line["step"] != "end"]
+        assert [s["step"] for s in steps] == ["0.1", "0.2", "0.3", "0.4", "0.5"]
+        assert all(s["ok"] for s in steps), steps
+        assert lines[-1] == {"step": "end", "ok": True, "data_dir": str(root / "demo")}
+        assert (root / "demo" / "bundles" / "samr" / "bundle.json").exists()
+        assert next(s for s in steps if s["step"] == "0.5")["reason"] == "DEPARTMENT_SUSPENDED"
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_demo_refuses_a_used_data_dir(tmp_path: Path) -> None:
+    (tmp_path / "something").write_text("x")
+    result = tongban("demo", "--json", "--data-dir", str(tmp_path), env=cli_env())
+    assert result.code == 1
+    assert result.json()["reason"] == "INVALID_ARGUMENT"
