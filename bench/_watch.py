@@ -39,6 +39,16 @@ class CpuUse:
     """All cores, every process and the kernel; at most ``100 * cores``."""
     cores: int
 
+    @property
+    def others(self) -> float:
+        """What the rest of the machine used: other processes, kernel threads (loopback
+        networking among them); the noise, when it is large."""
+        return max(0.0, self.machine_busy - sum(self.by_group.values()))
+
+    @property
+    def idle(self) -> float:
+        return max(0.0, 100 * self.cores - self.machine_busy)
+
 
 class CpuMeter:
     """CPU time used by each group, and by the whole machine, between ``start()`` and ``stop()``.
