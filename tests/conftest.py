@@ -18,10 +18,13 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.datadir import init_data_dir
 from tongban.exchange.db.embedded import EmbeddedPostgres
+from tongban.exchange.enrolment import bundle_dir, enrol_demo_departments
+from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings, load_settings
-from tongban.signing.clock import SystemClock
+from tongban.signing.clock import FixedClock, SystemClock
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +77,18 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     )
     init_data_dir(result, SystemClock().now())
     return result
+
+
+@pytest_asyncio.fixture
+async def node(settings: Settings) -> AsyncIterator[Node]:
+    """A running node with the story's departments enrolled; its clock is a FixedClock."""
+    async with Node(settings, clock=FixedClock(SystemClock().now())) as running:
+        assert running.db is not None
+        await enrol_demo_departments(running.db, settings, SystemClock().now())
+        yield running
+
+
+def client_for(node: Node, code: str, officer: str | None = None) -> ExchangeClient:
+    """A client for department ``code`` of the demo, connected to ``node``."""
+    bundle = Bundle.load(bundle_dir(node.settings, code))
+    return ExchangeClient(bundle, target=f"127.0.0.1:{node.grpc_port}", officer_id=officer)

@@ -348,3 +348,27 @@ def test_expired_issuer_is_reported_as_expired() -> None:
     )
     with pytest.raises(CertificateExpired, match="issuing CA certificate CN=Short Root"):
         verify_certificate(leaf, roots=[short_ca], now=NOW + timedelta(days=2), usage="seal")
+
+
+def test_node_signing_certificate_verifies_as_seal_not_as_tls() -> None:
+    from datetime import UTC, datetime
+
+    from tongban.signing import (
+        CertificateInvalid,
+        create_root_ca,
+        generate_private_key,
+        issue_node_signing_certificate,
+        verify_certificate,
+    )
+
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    ca_key = generate_private_key()
+    ca = create_root_ca(common_name="Root", key=ca_key, now=now)
+    key = generate_private_key()
+    cert = issue_node_signing_certificate(
+        ca_cert=ca, ca_key=ca_key, node_name="node-1", public_key=key.public_key(), now=now
+    )
+    chain = verify_certificate(cert, roots=[ca], now=now, usage="seal")
+    assert chain[0] == cert
+    with pytest.raises(CertificateInvalid):
+        verify_certificate(cert, roots=[ca], now=now, usage="tls-client")

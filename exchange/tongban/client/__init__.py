@@ -7,8 +7,20 @@ credential bundle::
         me = await client.who_am_i()
 """
 
+from tongban.client.answers import verify_answer
 from tongban.client.bundle import Bundle, BundleInvalid, write_bundle
-from tongban.client.client import ExchangeClient, Identity
+from tongban.client.client import Answer, ExchangeClient, Identity, PublishCounts, Record
 from tongban.client.errors import ExchangeError
 
-__all__ = ["Bundle", "BundleInvalid", "ExchangeClient", "ExchangeError", "Identity", "write_bundle"]
+__all__ = [
+    "Answer",
+    "Bundle",
+    "BundleInvalid",
+    "ExchangeClient",
+    "ExchangeError",
+    "Identity",
+    "PublishCounts",
+    "Record",
+    "verify_answer",
+    "write_bundle",
+]

@@ -3,18 +3,33 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.client.bundle import Bundle
 from tongban.client.errors import ExchangeError, from_rpc_error
-from tongban.v1 import node_pb2, node_pb2_grpc
+from tongban.client.values import from_field_value, to_field_value
+from tongban.v1 import (
+    catalogue_pb2,
+    catalogue_pb2_grpc,
+    grants_pb2,
+    grants_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    records_pb2,
+    records_pb2_grpc,
+)
 
-__all__ = ["ExchangeClient", "Identity"]
+__all__ = ["Answer", "ExchangeClient", "Identity", "PublishCounts", "Record"]
 
 OFFICER_METADATA = "x-tongban-officer"
 _OFFICER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
@@ -25,6 +40,66 @@ _LEVELS = {
     node_pb2.LEVEL_COUNTY: "county",
     node_pb2.LEVEL_TOWNSHIP: "township",
 }
+
+
+@dataclass(frozen=True)
+class Record:
+    key: str
+    fields: dict[str, object]
+    version: int
+    valid_from: datetime
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A query's answer. ``signed_payload`` and ``signature`` are set when it was asked
+    signed: keep both to prove later what the exchange answered (see ``verify_answer``)."""
+
+    dataset: str
+    dataset_version: int
+    records: list[Record]
+    missing_keys: list[str]
+    answered_at: datetime
+    signed_payload: bytes
+    signature: str
+
+    def by_key(self) -> dict[str, Record]:
+        return {record.key: record for record in self.records}
+
+
+@dataclass(frozen=True)
+class PublishCounts:
+    inserted: int
+    updated: int
+    unchanged: int
+    deleted: int
+
+
+def _timestamp(at: datetime) -> Timestamp:
+    if at.tzinfo is None:
+        raise ValueError("datetimes sent to the exchange must carry a time zone")
+    stamp = Timestamp()
+    stamp.FromDatetime(at.astimezone(UTC))
+    return stamp
+
+
+def _publish_request(
+    dataset: str,
+    upserts: Iterable[tuple[str, Mapping[str, object]]],
+    deletes: Iterable[str],
+) -> records_pb2.PublishRecordsRequest:
+    changes = [
+        records_pb2.RecordChange(
+            key=key, fields={name: to_field_value(value) for name, value in values.items()}
+        )
+        for key, values in upserts
+    ]
+    changes += [records_pb2.RecordChange(key=key, delete=True) for key in deletes]
+    return records_pb2.PublishRecordsRequest(dataset=dataset, changes=changes)
+
+
+def _publish_counts(reply: records_pb2.PublishRecordsResponse) -> PublishCounts:
+    return PublishCounts(reply.inserted, reply.updated, reply.unchanged, reply.deleted)
 
 
 @dataclass(frozen=True)
@@ -81,20 +156,27 @@ class ExchangeClient:
             options=[("grpc.ssl_target_name_override", bundle.server_name)],
         )
         self._node = node_pb2_grpc.NodeServiceStub(self._channel)
+        self._catalogue = catalogue_pb2_grpc.CatalogueServiceStub(self._channel)
+        self._records = records_pb2_grpc.RecordServiceStub(self._channel)
+        self._grants = grants_pb2_grpc.GrantServiceStub(self._channel)
+        self._query = query_pb2_grpc.QueryServiceStub(self._channel)
 
     @classmethod
     def from_bundle_dir(cls, path: Path, **kwargs: object) -> ExchangeClient:
         """Load the bundle at ``path`` (raises BundleInvalid) and make a client."""
         return cls(Bundle.load(path), **kwargs)  # type: ignore[arg-type]
 
-    async def who_am_i(self) -> Identity:
-        """Return the department the node recognised from our certificate."""
+    async def _call(self, method: Any, request: Any) -> Any:
         try:
-            reply: node_pb2.WhoAmIResponse = await self._node.WhoAmI(
-                node_pb2.WhoAmIRequest(), timeout=self._timeout, metadata=self._metadata
-            )
+            return await method(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
+
+    async def who_am_i(self) -> Identity:
+        """Return the department the node recognised from our certificate."""
+        reply: node_pb2.WhoAmIResponse = await self._call(
+            self._node.WhoAmI, node_pb2.WhoAmIRequest()
+        )
         dept = reply.department
         return Identity(
             department=dept.code,
@@ -104,7 +186,176 @@ class ExchangeClient:
             roles=tuple(dept.roles),
             officer_id=reply.officer_id or None,
             node=reply.node,
-            server_time=reply.server_time.ToDatetime().replace(tzinfo=UTC),
+            server_time=reply.server_time.ToDatetime(tzinfo=UTC),
+        )
+
+    # -- catalogue ----------------------------------------------------------------------
+
+    async def register_dataset(
+        self, spec: catalogue_pb2.DatasetSpec, *, publish: bool = False
+    ) -> catalogue_pb2.Dataset:
+        """Register a dataset we own, or a new version of it."""
+        request = catalogue_pb2.RegisterDatasetRequest(spec=spec, publish=publish)
+        result: catalogue_pb2.Dataset = await self._call(self._catalogue.RegisterDataset, request)
+        return result
+
+    async def get_dataset(self, code: str, version: int = 0) -> catalogue_pb2.Dataset:
+        request = catalogue_pb2.GetDatasetRequest(code=code, version=version)
+        result: catalogue_pb2.Dataset = await self._call(self._catalogue.GetDataset, request)
+        return result
+
+    async def list_datasets(
+        self,
+        *,
+        owner: str = "",
+        keyword: str = "",
+        share_class: int = 0,
+        subject_kind: int = 0,
+        limit: int = 10_000,
+    ) -> list[catalogue_pb2.Dataset]:
+        """Datasets we may see that match the filters, following pages up to ``limit``."""
+        found: list[catalogue_pb2.Dataset] = []
+        token = ""
+        while len(found) < limit:
+            request = catalogue_pb2.ListDatasetsRequest(
+                owner=owner,
+                keyword=keyword,
+                share_class=share_class,  # type: ignore[arg-type]
+                subject_kind=subject_kind,  # type: ignore[arg-type]
+                page_size=min(500, limit - len(found)),
+                page_token=token,
+            )
+            page: catalogue_pb2.ListDatasetsResponse = await self._call(
+                self._catalogue.ListDatasets, request
+            )
+            found.extend(page.datasets)
+            token = page.next_page_token
+            if not token:
+                break
+        return found
+
+    async def set_published(self, code: str, published: bool = True) -> catalogue_pb2.Dataset:
+        request = catalogue_pb2.SetPublishedRequest(code=code, published=published)
+        result: catalogue_pb2.Dataset = await self._call(self._catalogue.SetPublished, request)
+        return result
+
+    # -- records ------------------------------------------------------------------------
+
+    async def publish_records(
+        self,
+        dataset: str,
+        upserts: Iterable[tuple[str, Mapping[str, object]]] = (),
+        deletes: Iterable[str] = (),
+    ) -> PublishCounts:
+        """Upsert ``(key, fields)`` pairs and delete keys, all or nothing."""
+        request = _publish_request(dataset, upserts, deletes)
+        reply: records_pb2.PublishRecordsResponse = await self._call(
+            self._records.PublishRecords, request
+        )
+        return _publish_counts(reply)
+
+    async def stream_records(
+        self, dataset: str, batches: AsyncIterable[Sequence[tuple[str, Mapping[str, object]]]]
+    ) -> PublishCounts:
+        """Bulk load: each batch is committed as it arrives (all or nothing per batch)."""
+
+        async def requests() -> AsyncIterator[records_pb2.PublishRecordsRequest]:
+            async for batch in batches:
+                yield _publish_request(dataset, batch, ())
+
+        try:
+            reply: records_pb2.PublishRecordsResponse = await self._records.StreamRecords(
+                requests(), timeout=None, metadata=self._metadata
+            )
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        return _publish_counts(reply)
+
+    # -- grants -------------------------------------------------------------------------
+
+    async def request_grant(
+        self, dataset: str, fields: Sequence[str], purpose: str, legal_basis: str, expiry: datetime
+    ) -> grants_pb2.Grant:
+        request = grants_pb2.RequestGrantRequest(
+            dataset=dataset,
+            fields=list(fields),
+            purpose=purpose,
+            legal_basis=legal_basis,
+            expiry=_timestamp(expiry),
+        )
+        result: grants_pb2.Grant = await self._call(self._grants.RequestGrant, request)
+        return result
+
+    async def decide_grant(
+        self,
+        grant_id: str,
+        *,
+        approve: bool,
+        fields: Sequence[str] = (),
+        expiry: datetime | None = None,
+        reason: str = "",
+    ) -> grants_pb2.Grant:
+        request = grants_pb2.DecideGrantRequest(
+            id=grant_id, approve=approve, fields=list(fields), reason=reason
+        )
+        if expiry is not None:
+            request.expiry.CopyFrom(_timestamp(expiry))
+        result: grants_pb2.Grant = await self._call(self._grants.DecideGrant, request)
+        return result
+
+    async def revoke_grant(self, grant_id: str, reason: str = "") -> grants_pb2.Grant:
+        request = grants_pb2.RevokeGrantRequest(id=grant_id, reason=reason)
+        result: grants_pb2.Grant = await self._call(self._grants.RevokeGrant, request)
+        return result
+
+    async def list_grants(
+        self, *, dataset: str = "", overdue: bool = False
+    ) -> list[grants_pb2.Grant]:
+        request = grants_pb2.ListGrantsRequest(dataset=dataset, overdue=overdue)
+        reply: grants_pb2.ListGrantsResponse = await self._call(self._grants.ListGrants, request)
+        return list(reply.grants)
+
+    # -- queries ------------------------------------------------------------------------
+
+    async def query(
+        self,
+        dataset: str,
+        keys: Sequence[str],
+        *,
+        fields: Sequence[str],
+        purpose: str,
+        case_id: str,
+        sign: bool = False,
+        as_of: datetime | None = None,
+    ) -> Answer:
+        """Fetch ``fields`` of the records with ``keys``, for ``purpose`` in case ``case_id``."""
+        request = query_pb2.QueryRequest(
+            dataset=dataset,
+            keys=list(keys),
+            fields=list(fields),
+            purpose=purpose,
+            case_id=case_id,
+            sign=sign,
+        )
+        if as_of is not None:
+            request.as_of.CopyFrom(_timestamp(as_of))
+        reply: query_pb2.QueryResponse = await self._call(self._query.Query, request)
+        return Answer(
+            dataset=reply.dataset,
+            dataset_version=reply.dataset_version,
+            records=[
+                Record(
+                    key=r.key,
+                    fields={name: from_field_value(v) for name, v in r.fields.items()},
+                    version=r.version,
+                    valid_from=r.valid_from.ToDatetime(tzinfo=UTC),
+                )
+                for r in reply.records
+            ],
+            missing_keys=list(reply.missing_keys),
+            answered_at=reply.answered_at.ToDatetime(tzinfo=UTC),
+            signed_payload=reply.signed_payload,
+            signature=reply.signature,
         )
 
     async def close(self) -> None:

@@ -6,6 +6,9 @@ Layout::
     secrets/key-passphrase  generated passphrase (only when TONGBAN_KEY_PASSPHRASE is unset)
     ca/ca.crt, ca/ca.key    exchange root CA (key: encrypted PKCS#8)
     node/node.crt, node.key this node's TLS certificate (serverAuth + clientAuth) and key
+    node/sign.crt, sign.key this node's signing certificate (signed answers) and key
+    secrets/log-hmac.key    the key of the subject-id HMACs in the access log (32 bytes;
+                            every node of one exchange needs the same one)
     bundles/<code>/         department credential bundles written by ``dept add``
     pg/                     embedded PostgreSQL (when TONGBAN_DATABASE_URL is unset)
 
@@ -34,12 +37,14 @@ from tongban.signing.certs import (
     certificate_pem,
     create_root_ca,
     issue_department_tls_certificate,
+    issue_node_signing_certificate,
     issue_node_tls_certificate,
     issue_seal_certificate,
     load_pem_certificates,
     save_certificate,
 )
 from tongban.signing.keys import (
+    LocalSigner,
     PrivateKey,
     generate_private_key,
     load_private_key,
@@ -52,11 +57,14 @@ __all__ = [
     "DepartmentCredentials",
     "InitResult",
     "NodeCredentials",
+    "ensure_node_keys",
     "init_data_dir",
     "is_initialised",
     "issue_department_credentials",
     "load_ca",
+    "load_log_key",
     "load_node_credentials",
+    "load_node_signing",
 ]
 
 _MARKER = "tongban.json"
@@ -137,6 +145,7 @@ def init_data_dir(settings: Settings, now: datetime) -> InitResult:
             "choose another --data-dir or fix its permissions."
         ) from e
     if is_initialised(root):
+        ensure_node_keys(settings, now)
         ca = load_ca(settings)
         node = x509.load_pem_x509_certificate((root / "node" / "node.crt").read_bytes())
         return InitResult(
@@ -183,6 +192,7 @@ def init_data_dir(settings: Settings, now: datetime) -> InitResult:
         tmp = root / f".{_MARKER}.tmp"
         tmp.write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         tmp.rename(root / _MARKER)
+        ensure_node_keys(settings, now)
     except OSError as e:
         raise DataDirUnusable(
             f"Initialising {root} failed ({e.strerror}); fix the cause and run init again."
@@ -264,3 +274,54 @@ def issue_department_credentials(
     return DepartmentCredentials(
         bundle, certificate_fingerprint(tls_cert), certificate_fingerprint(seal_cert)
     )
+
+
+@dataclass(frozen=True)
+class NodeSigning:
+    """The node's answer-signing key and its certificate chain (leaf first)."""
+
+    signer: LocalSigner
+    chain: tuple[x509.Certificate, ...]
+
+
+def ensure_node_keys(settings: Settings, now: datetime) -> None:
+    """Create the node signing key and the log HMAC key if this data dir lacks them
+    (data dirs initialised by an earlier version). Idempotent."""
+    root = settings.data_dir
+    sign_key, sign_crt = root / "node" / "sign.key", root / "node" / "sign.crt"
+    if not sign_crt.exists():
+        ca = load_ca(settings)
+        key = generate_private_key("P-256")
+        cert = issue_node_signing_certificate(
+            ca_cert=ca.cert,
+            ca_key=ca.key,
+            node_name=settings.node_name,
+            public_key=key.public_key(),
+            now=now,
+        )
+        save_private_key(sign_key, key, _passphrase(settings, create=False))
+        save_certificate(sign_crt, [cert, ca.cert])
+    log_key = root / "secrets" / "log-hmac.key"
+    if not log_key.exists():
+        log_key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(log_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+
+
+def load_node_signing(settings: Settings) -> NodeSigning:
+    _require_initialised(settings)
+    root = settings.data_dir
+    key = load_private_key(root / "node" / "sign.key", _passphrase(settings, create=False))
+    chain = load_pem_certificates((root / "node" / "sign.crt").read_bytes())
+    return NodeSigning(LocalSigner(key), tuple(chain))
+
+
+def load_log_key(settings: Settings) -> bytes:
+    _require_initialised(settings)
+    try:
+        return (settings.data_dir / "secrets" / "log-hmac.key").read_bytes()
+    except OSError as e:
+        raise DataDirUnusable(
+            f"Cannot read the access-log key in {settings.data_dir / 'secrets'}: {e.strerror}."
+        ) from e

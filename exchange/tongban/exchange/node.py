@@ -17,17 +17,43 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tongban.exchange.datadir import load_node_credentials
+from tongban.exchange.audit.log import AccessLog, SubjectHasher
+from tongban.exchange.catalogue.calendar import WorkingCalendar
+from tongban.exchange.datadir import (
+    ensure_node_keys,
+    load_log_key,
+    load_node_credentials,
+    load_node_signing,
+)
 from tongban.exchange.db.database import Database
+from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.errors import AddressInUse
 from tongban.exchange.http import build_http_app
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.auth import Authenticator
 from tongban.exchange.server.interceptor import ExchangeInterceptor
 from tongban.exchange.server.node_service import NodeService
+from tongban.exchange.server.sharing_services import (
+    CatalogueService,
+    GrantService,
+    QueryService,
+    RecordService,
+)
 from tongban.exchange.settings import Settings
+from tongban.exchange.sharing.service import Sharing
 from tongban.signing.clock import Clock, SystemClock
-from tongban.v1 import node_pb2, node_pb2_grpc
+from tongban.v1 import (
+    catalogue_pb2,
+    catalogue_pb2_grpc,
+    grants_pb2,
+    grants_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    records_pb2,
+    records_pb2_grpc,
+)
 
 __all__ = ["Node"]
 
@@ -45,6 +71,9 @@ class Node:
         self.metrics = NodeMetrics()
         self.db: Database | None = None
         self._auth: Authenticator | None = None
+        self._changes: ChangeListener | None = None
+        self.access_log: AccessLog | None = None
+        self.sharing: Sharing | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -54,11 +83,28 @@ class Node:
 
     async def start(self) -> None:
         """Open the database and bind the listeners; on failure, undo what was started."""
+        ensure_node_keys(self.settings, self.clock.now())
         credentials = load_node_credentials(self.settings)
         try:
             self.db = await Database.open(self.settings)
-            self._auth = Authenticator(self.db.pool, self.clock)
-            await self._auth.start()
+            self._changes = ChangeListener(self.db.pool)
+            self._auth = Authenticator(self.db.pool, self._changes, self.clock)
+            self.access_log = AccessLog(self.db.pool)
+            self.sharing = Sharing(
+                self.db.pool,
+                self._changes,
+                self.access_log,
+                SubjectHasher(load_log_key(self.settings)),
+                load_node_signing(self.settings),
+                self.clock,
+                self.settings.node_name,
+                WorkingCalendar(
+                    frozenset(self.settings.holidays), frozenset(self.settings.makeup_workdays)
+                ),
+                self.settings.grant_answer_days,
+            )
+            await self._changes.start()
+            await self.access_log.start()
             await self._start_grpc(
                 credentials.key_pem, credentials.cert_chain_pem, credentials.ca_pem
             )
@@ -87,12 +133,30 @@ class Node:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        assert self.sharing is not None
         node_pb2_grpc.add_NodeServiceServicer_to_server(
             NodeService(self.settings.node_name, self.clock), server
         )
+        catalogue_pb2_grpc.add_CatalogueServiceServicer_to_server(
+            CatalogueService(self.sharing, self.clock), server
+        )
+        records_pb2_grpc.add_RecordServiceServicer_to_server(RecordService(self.sharing), server)
+        grants_pb2_grpc.add_GrantServiceServicer_to_server(
+            GrantService(self.sharing, self.clock), server
+        )
+        query_pb2_grpc.add_QueryServiceServicer_to_server(QueryService(self.sharing), server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (
-            node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+            *(
+                module.DESCRIPTOR.services_by_name[name].full_name
+                for module, name in (
+                    (node_pb2, "NodeService"),
+                    (catalogue_pb2, "CatalogueService"),
+                    (records_pb2, "RecordService"),
+                    (grants_pb2, "GrantService"),
+                    (query_pb2, "QueryService"),
+                )
+            ),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
@@ -113,7 +177,7 @@ class Node:
         await server.start()
         self._grpc = server
         self.grpc_port = port
-        for service in services[:2]:
+        for service in services[:-1]:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
 
@@ -156,9 +220,13 @@ class Node:
         if self._grpc is not None:
             await self._grpc.stop(0)
             self._grpc = None
-        if self._auth is not None:
-            await self._auth.stop()
-            self._auth = None
+        if self.access_log is not None:
+            await self.access_log.stop()
+            self.access_log = None
+        if self._changes is not None:
+            await self._changes.stop()
+            self._changes = None
+        self._auth = None
         if self.db is not None:
             await self.db.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -99,12 +100,21 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    grant_answer_days: int = Field(default=5, ge=1, le=60)
+    """Working days an owner has to answer a grant request (政务数据共享条例: 5 by default)."""
+
+    holidays: Annotated[tuple[date, ...], NoDecode] = ()
+    """Public holidays (comma-separated YYYY-MM-DD) that are not working days."""
+
+    makeup_workdays: Annotated[tuple[date, ...], NoDecode] = ()
+    """Weekend days that are working days (调休), comma-separated YYYY-MM-DD."""
+
     @field_validator("grpc_listen", "http_listen", mode="before")
     @classmethod
     def _listen(cls, value: Any) -> Any:
         return parse_listen_address(value) if isinstance(value, str) else value
 
-    @field_validator("node_hostnames", "node_ips", mode="before")
+    @field_validator("node_hostnames", "node_ips", "holidays", "makeup_workdays", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)

@@ -42,6 +42,7 @@ __all__ = [
     "create_root_ca",
     "department_code",
     "issue_department_tls_certificate",
+    "issue_node_signing_certificate",
     "issue_node_tls_certificate",
     "issue_seal_certificate",
     "load_pem_certificates",
@@ -295,6 +296,43 @@ def issue_seal_certificate(
         subject=subject,
         public_key=public_key,
         san=[x509.UniformResourceIdentifier(DEPT_URI_PREFIX + code)],
+        key_usage=_key_usage(digital_signature=True, content_commitment=True),
+        eku=[DOCUMENT_SIGNING],
+        now=now,
+        validity=validity,
+    )
+
+
+def issue_node_signing_certificate(
+    *,
+    ca_cert: x509.Certificate,
+    ca_key: PrivateKey,
+    node_name: str,
+    public_key: PublicKey,
+    now: datetime,
+    validity: timedelta = timedelta(days=825),
+) -> x509.Certificate:
+    """Return the certificate an exchange node signs its answers with (signed query
+    responses, later checkpoints). Kept apart from the node's TLS key so that no key
+    serves two protocols.
+
+    Subject CN=node_name, O=Tongban Exchange; SAN ``urn:tongban:node:<node_name>``;
+    KeyUsage digitalSignature + contentCommitment (critical); EKU documentSigning, so it
+    verifies with ``usage="seal"``. Raises as ``issue_node_tls_certificate`` does.
+    """
+    _check_code(node_name, "Node name")
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _EXCHANGE_ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, node_name),
+        ]
+    )
+    return _issue(
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        subject=subject,
+        public_key=public_key,
+        san=[x509.UniformResourceIdentifier(NODE_URI_PREFIX + node_name)],
         key_usage=_key_usage(digital_signature=True, content_commitment=True),
         eku=[DOCUMENT_SIGNING],
         now=now,

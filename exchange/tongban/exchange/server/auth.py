@@ -9,13 +9,11 @@ validity at our clock (a second line behind TLS, and the one that uses the injec
 Both lookups are cached: certificates by their PEM bytes (parsing costs more than the
 call), departments by code. Department entries are dropped when PostgreSQL notifies a
 change on ``tongban_department`` (any node, CLI or SQL edit), so a suspension takes effect
-at once on every node. When the notification connection is down, the department cache
-is bypassed: slower, never stale.
+at once on every node (see ``tongban.exchange.db.notify``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
 from collections import OrderedDict
@@ -23,9 +21,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from asyncpg.pool import PoolConnectionProxy
 from cryptography import x509
 
+from tongban.exchange.db.notify import ChangeListener, KeyedCache
 from tongban.exchange.departments import Department, DepartmentStore, Status
 from tongban.exchange.errors import (
     DepartmentSuspended,
@@ -42,7 +40,7 @@ __all__ = ["Authenticator", "validate_officer_id"]
 
 _log = logging.getLogger(__name__)
 
-_NOTIFY_CHANNEL = "tongban_department"
+NOTIFY_CHANNEL = "tongban_department"
 _CERT_CACHE_SIZE = 10_000
 OFFICER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 
@@ -75,39 +73,12 @@ def validate_officer_id(value: str | None) -> str | None:
 class Authenticator:
     """Maps a peer certificate to a ``Caller`` or raises the reason it may not call."""
 
-    def __init__(self, pool: asyncpg.Pool, clock: Clock) -> None:
-        self._pool = pool
+    def __init__(self, pool: asyncpg.Pool, listener: ChangeListener, clock: Clock) -> None:
         self._store = DepartmentStore(pool)
         self._clock = clock
         self._certs: OrderedDict[bytes, _CertInfo] = OrderedDict()
-        self._departments: dict[str, Department] = {}
-        self._listener: PoolConnectionProxy[asyncpg.Record] | None = None
-        self._listening = False
-        self._stopped = False
-        self._retry: asyncio.TimerHandle | None = None
-        self._release_later: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        """Open the notification connection that keeps the department cache fresh."""
-        await self._listen()
-
-    async def stop(self) -> None:
-        """Stop listening and release the notification connection."""
-        self._stopped = True
-        self._listening = False
-        self._departments.clear()
-        if self._retry is not None:
-            self._retry.cancel()
-        for task in list(self._release_later):
-            task.cancel()
-        if self._release_later:
-            await asyncio.gather(*self._release_later, return_exceptions=True)
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            listener.remove_termination_listener(self._on_listener_lost)
-            if not listener.is_closed():
-                await listener.remove_listener(_NOTIFY_CHANNEL, self._on_notify)
-            await self._pool.release(listener)
+        self._departments: KeyedCache[str, Department] = KeyedCache(listener)
+        listener.subscribe(NOTIFY_CHANNEL, self._departments.invalidate)
 
     async def authenticate(self, cert_pem: bytes, officer_id: str | None) -> Caller:
         """Return the caller; raise DepartmentUnknown, NotRegisteredCertificate,
@@ -137,8 +108,6 @@ class Authenticator:
             )
         return Caller(department, validate_officer_id(officer_id), info.fingerprint)
 
-    # -- certificates ---------------------------------------------------------------
-
     def _cert_info(self, cert_pem: bytes) -> _CertInfo:
         info = self._certs.get(cert_pem)
         if info is not None:
@@ -159,59 +128,12 @@ class Authenticator:
             self._certs.popitem(last=False)
         return info
 
-    # -- departments ----------------------------------------------------------------
-
     async def _department(self, code: str) -> Department | None:
-        if self._listening:
-            cached = self._departments.get(code)
-            if cached is not None:
-                return cached
+        cached = self._departments.get(code)
+        if cached is not None:
+            return cached
+        generation = self._departments.generation
         department = await self._store.find(code)
-        if department is not None and self._listening:
-            self._departments[code] = department
+        if department is not None:
+            self._departments.put(code, department, generation)
         return department
-
-    async def _listen(self) -> None:
-        if self._stopped:
-            return
-        try:
-            conn = await self._pool.acquire()
-            conn.add_termination_listener(self._on_listener_lost)
-            await conn.add_listener(_NOTIFY_CHANNEL, self._on_notify)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
-            _log.warning("department cache off: cannot listen for changes (%s); retrying", e)
-            self._schedule_relisten()
-            return
-        # Held for the node's lifetime and released in stop().
-        self._listener = conn
-        self._departments.clear()
-        self._listening = True
-
-    def _on_notify(self, conn: object, pid: int, channel: str, payload: object) -> None:
-        self._departments.pop(str(payload), None)
-
-    def _on_listener_lost(self, conn: object) -> None:
-        if self._stopped:
-            return
-        # Without notifications the cache could go stale: bypass it until we listen again.
-        self._listening = False
-        self._departments.clear()
-        lost, self._listener = self._listener, None
-        if lost is not None:
-            self._release_later.add(
-                asyncio.get_running_loop().create_task(self._pool.release(lost))
-            )
-        _log.warning("department change notifications lost; listening again in 1 s")
-        self._schedule_relisten()
-
-    def _schedule_relisten(self) -> None:
-        if self._stopped:
-            return
-        loop = asyncio.get_running_loop()
-
-        def relisten() -> None:
-            task = loop.create_task(self._listen())
-            self._release_later.add(task)
-            task.add_done_callback(self._release_later.discard)
-
-        self._retry = loop.call_later(1.0, relisten)

@@ -1,0 +1,434 @@
+"""gRPC servicers of the catalogue, records, grants and queries: messages in and out.
+
+Each method reads the caller (set by the interceptor), converts the request to the
+``Sharing`` layer's types, and converts the answer back. Errors are ``TongbanError``s,
+mapped to statuses by the interceptor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tongban.client.values import from_field_value, to_field_value
+from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema
+from tongban.exchange.catalogue.subject_ids import SubjectKind
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.server.caller import current_caller
+from tongban.exchange.sharing.datasets import DatasetSpec
+from tongban.exchange.sharing.model import DatasetEntry, Grant, GrantStatus, LegalBasis, ShareClass
+from tongban.exchange.sharing.records import PublishCounts
+from tongban.exchange.sharing.service import QueryInput, RawChange, Sharing
+from tongban.signing.clock import Clock
+from tongban.v1 import (
+    catalogue_pb2,
+    catalogue_pb2_grpc,
+    grants_pb2,
+    grants_pb2_grpc,
+    query_pb2,
+    query_pb2_grpc,
+    records_pb2,
+    records_pb2_grpc,
+    values_pb2,
+)
+
+__all__ = [
+    "CatalogueService",
+    "GrantService",
+    "QueryService",
+    "RecordService",
+    "dataset_message",
+    "grant_message",
+]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_FIELD_TYPES = {
+    values_pb2.FIELD_TYPE_STRING: FieldType.STRING,
+    values_pb2.FIELD_TYPE_INTEGER: FieldType.INTEGER,
+    values_pb2.FIELD_TYPE_DECIMAL: FieldType.DECIMAL,
+    values_pb2.FIELD_TYPE_BOOLEAN: FieldType.BOOLEAN,
+    values_pb2.FIELD_TYPE_DATE: FieldType.DATE,
+    values_pb2.FIELD_TYPE_DATETIME: FieldType.DATETIME,
+}
+_FIELD_TYPES_BACK = {v: k for k, v in _FIELD_TYPES.items()}
+_SHARE = {
+    catalogue_pb2.SHARE_CLASS_UNSPECIFIED: ShareClass.UNCONDITIONAL,  # shared by default
+    catalogue_pb2.SHARE_CLASS_UNCONDITIONAL: ShareClass.UNCONDITIONAL,
+    catalogue_pb2.SHARE_CLASS_CONDITIONAL: ShareClass.CONDITIONAL,
+    catalogue_pb2.SHARE_CLASS_NOT_SHARED: ShareClass.NOT_SHARED,
+}
+_SHARE_BACK = {
+    ShareClass.UNCONDITIONAL: catalogue_pb2.SHARE_CLASS_UNCONDITIONAL,
+    ShareClass.CONDITIONAL: catalogue_pb2.SHARE_CLASS_CONDITIONAL,
+    ShareClass.NOT_SHARED: catalogue_pb2.SHARE_CLASS_NOT_SHARED,
+}
+_KINDS = {
+    catalogue_pb2.SUBJECT_KIND_ENTERPRISE: SubjectKind.ENTERPRISE,
+    catalogue_pb2.SUBJECT_KIND_PERSON: SubjectKind.PERSON,
+    catalogue_pb2.SUBJECT_KIND_OTHER: SubjectKind.OTHER,
+}
+_KINDS_BACK = {v: k for k, v in _KINDS.items()}
+_GRANT_STATUS = {
+    GrantStatus.PENDING: grants_pb2.GRANT_STATUS_PENDING,
+    GrantStatus.APPROVED: grants_pb2.GRANT_STATUS_APPROVED,
+    GrantStatus.REFUSED: grants_pb2.GRANT_STATUS_REFUSED,
+    GrantStatus.REVOKED: grants_pb2.GRANT_STATUS_REVOKED,
+    GrantStatus.EXPIRED: grants_pb2.GRANT_STATUS_EXPIRED,
+}
+_GRANT_STATUS_BACK = {v: k for k, v in _GRANT_STATUS.items()}
+
+
+def _ts(at: datetime | None) -> Timestamp | None:
+    if at is None:
+        return None
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+def _when(stamp: Timestamp, name: str) -> datetime | None:
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return None
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{name} is not a valid instant.", metadata={"field": name}) from None
+
+
+# -- catalogue -------------------------------------------------------------------------
+
+
+def _spec_from_message(message: catalogue_pb2.DatasetSpec) -> DatasetSpec:
+    fields = []
+    for index, f in enumerate(message.fields):
+        kind = _FIELD_TYPES.get(f.type)
+        if kind is None:
+            raise InvalidArgument(
+                f"Field {index} ({f.name[:64]!r}) has no type; choose string, integer, "
+                "decimal, boolean, date or datetime.",
+                metadata={"field": f.name[:64]},
+            )
+        fields.append(
+            FieldSpec(
+                name=f.name,
+                type=kind,
+                description=f.description,
+                personal=f.personal,
+                required=f.required,
+                max_length=f.max_length or None,
+            )
+        )
+    subject_kind = _KINDS.get(message.subject_kind)
+    if subject_kind is None:
+        raise InvalidArgument(
+            "Say whom the records are about: subject_kind enterprise (USCC), person (citizen "
+            "id) or other.",
+            metadata={"field": "subject_kind"},
+        )
+    basis = None
+    if message.HasField("legal_basis"):
+        basis = LegalBasis(message.legal_basis.law, message.legal_basis.article)
+    return DatasetSpec(
+        code=message.code,
+        title=message.title,
+        description=message.description,
+        schema=build_schema(fields, message.key_field),
+        subject_kind=subject_kind,
+        update_frequency=message.update_frequency,
+        share_class=_SHARE.get(message.share_class, ShareClass.UNCONDITIONAL),
+        conditions=message.conditions,
+        legal_basis=basis,
+    )
+
+
+def dataset_message(entry: DatasetEntry) -> catalogue_pb2.Dataset:
+    spec = catalogue_pb2.DatasetSpec(
+        code=entry.code,
+        title=entry.title,
+        description=entry.description,
+        fields=[
+            catalogue_pb2.FieldSpec(
+                name=f.name,
+                type=_FIELD_TYPES_BACK[f.type],
+                description=f.description,
+                personal=f.personal,
+                required=f.required,
+                max_length=f.max_length or 0,
+            )
+            for f in entry.schema.fields
+        ],
+        key_field=entry.schema.key_field,
+        subject_kind=_KINDS_BACK[entry.subject_kind],
+        update_frequency=entry.update_frequency,
+        share_class=_SHARE_BACK[entry.share_class],
+        conditions=entry.conditions,
+    )
+    if entry.legal_basis is not None:
+        spec.legal_basis.CopyFrom(
+            catalogue_pb2.LegalBasis(law=entry.legal_basis.law, article=entry.legal_basis.article)
+        )
+    return catalogue_pb2.Dataset(
+        spec=spec,
+        owner=entry.owner,
+        version=entry.version,
+        published=entry.published,
+        created_at=_ts(entry.created_at),
+        version_created_at=_ts(entry.version_created_at),
+    )
+
+
+class CatalogueService(catalogue_pb2_grpc.CatalogueServiceServicer):
+    def __init__(self, sharing: Sharing, clock: Clock) -> None:
+        self._sharing = sharing
+        self._clock = clock
+
+    async def RegisterDataset(
+        self, request: catalogue_pb2.RegisterDatasetRequest, context: Context
+    ) -> catalogue_pb2.Dataset:
+        caller = current_caller()
+        entry = await self._sharing.datasets.register(
+            caller.department.code,
+            _spec_from_message(request.spec),
+            publish=request.publish,
+            now=self._clock.now(),
+        )
+        return dataset_message(entry)
+
+    async def GetDataset(
+        self, request: catalogue_pb2.GetDatasetRequest, context: Context
+    ) -> catalogue_pb2.Dataset:
+        entry = await self._sharing.datasets.get_visible(
+            request.code, current_caller().department.code, request.version or None
+        )
+        return dataset_message(entry)
+
+    async def ListDatasets(
+        self, request: catalogue_pb2.ListDatasetsRequest, context: Context
+    ) -> catalogue_pb2.ListDatasetsResponse:
+        entries, token = await self._sharing.datasets.search(
+            current_caller().department.code,
+            owner=request.owner or None,
+            keyword=request.keyword or None,
+            share_class=(
+                _SHARE[request.share_class]
+                if request.share_class != catalogue_pb2.SHARE_CLASS_UNSPECIFIED
+                else None
+            ),
+            subject_kind=_KINDS.get(request.subject_kind),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return catalogue_pb2.ListDatasetsResponse(
+            datasets=[dataset_message(e) for e in entries], next_page_token=token
+        )
+
+    async def SetPublished(
+        self, request: catalogue_pb2.SetPublishedRequest, context: Context
+    ) -> catalogue_pb2.Dataset:
+        entry = await self._sharing.datasets.set_published(
+            request.code, current_caller().department.code, request.published, self._clock.now()
+        )
+        return dataset_message(entry)
+
+
+# -- records ---------------------------------------------------------------------------
+
+
+def _changes(request: records_pb2.PublishRecordsRequest) -> list[RawChange]:
+    out = []
+    for change in request.changes:
+        if change.delete:
+            out.append(RawChange(change.key, None))
+        else:
+            values = {name: from_field_value(v) for name, v in change.fields.items()}
+            out.append(RawChange(change.key, values))
+    return out
+
+
+def _counts(counts: PublishCounts) -> records_pb2.PublishRecordsResponse:
+    return records_pb2.PublishRecordsResponse(
+        inserted=counts.inserted,
+        updated=counts.updated,
+        unchanged=counts.unchanged,
+        deleted=counts.deleted,
+    )
+
+
+class RecordService(records_pb2_grpc.RecordServiceServicer):
+    def __init__(self, sharing: Sharing) -> None:
+        self._sharing = sharing
+
+    async def PublishRecords(
+        self, request: records_pb2.PublishRecordsRequest, context: Context
+    ) -> records_pb2.PublishRecordsResponse:
+        counts = await self._sharing.publish(current_caller(), request.dataset, _changes(request))
+        return _counts(counts)
+
+    async def StreamRecords(
+        self, request_iterator: AsyncIterator[records_pb2.PublishRecordsRequest], context: Context
+    ) -> records_pb2.PublishRecordsResponse:
+        caller = current_caller()
+        total = PublishCounts()
+        dataset = None
+        async for request in request_iterator:
+            if dataset is None:
+                dataset = request.dataset
+            elif request.dataset and request.dataset != dataset:
+                raise InvalidArgument(
+                    "One stream loads one dataset; open another stream for another.",
+                    metadata={"field": "dataset"},
+                )
+            counts = await self._sharing.publish(caller, dataset, _changes(request))
+            total.inserted += counts.inserted
+            total.updated += counts.updated
+            total.unchanged += counts.unchanged
+            total.deleted += counts.deleted
+        if dataset is None:
+            raise InvalidArgument("The stream carried no batches.")
+        return _counts(total)
+
+
+# -- grants ----------------------------------------------------------------------------
+
+
+def grant_message(grant: Grant, now: datetime) -> grants_pb2.Grant:
+    return grants_pb2.Grant(
+        id=str(grant.id),
+        dataset=grant.dataset,
+        owner=grant.owner,
+        consumer=grant.consumer,
+        requested_fields=list(grant.requested_fields),
+        fields=list(grant.fields),
+        purpose=grant.purpose,
+        legal_basis=grant.legal_basis,
+        requested_expiry=_ts(grant.requested_expiry),
+        expires_at=_ts(grant.expires_at),
+        status=_GRANT_STATUS[grant.status_at(now)],
+        decision_reason=grant.decision_reason,
+        requested_at=_ts(grant.requested_at),
+        due_at=_ts(grant.due_at),
+        decided_at=_ts(grant.decided_at),
+        requested_by=grant.requested_by or "",
+        decided_by=grant.decided_by or "",
+    )
+
+
+class GrantService(grants_pb2_grpc.GrantServiceServicer):
+    def __init__(self, sharing: Sharing, clock: Clock) -> None:
+        self._sharing = sharing
+        self._clock = clock
+
+    async def RequestGrant(
+        self, request: grants_pb2.RequestGrantRequest, context: Context
+    ) -> grants_pb2.Grant:
+        caller = current_caller()
+        entry = await self._sharing.datasets.get_visible(request.dataset, caller.department.code)
+        expiry = _when(request.expiry, "expiry")
+        if expiry is None:
+            raise InvalidArgument("A grant request names its expiry.", metadata={"field": "expiry"})
+        now = self._clock.now()
+        grant = await self._sharing.grants.request(
+            entry=entry,
+            consumer=caller.department.code,
+            fields=list(request.fields),
+            purpose=request.purpose,
+            legal_basis=request.legal_basis,
+            expiry=expiry,
+            officer=caller.officer_id,
+            now=now,
+        )
+        return grant_message(grant, now)
+
+    async def DecideGrant(
+        self, request: grants_pb2.DecideGrantRequest, context: Context
+    ) -> grants_pb2.Grant:
+        caller = current_caller()
+        now = self._clock.now()
+        target = await self._sharing.grants.get(request.id, caller.department.code)
+        entry = await self._sharing.datasets.get(target.dataset)
+        assert entry is not None  # a grant's dataset exists (foreign key)
+        grant = await self._sharing.grants.decide(
+            grant_id=request.id,
+            owner=caller.department.code,
+            approve=request.approve,
+            fields=list(request.fields),
+            expiry=_when(request.expiry, "expiry"),
+            reason=request.reason,
+            officer=caller.officer_id,
+            now=now,
+            entry_of=entry,
+        )
+        return grant_message(grant, now)
+
+    async def RevokeGrant(
+        self, request: grants_pb2.RevokeGrantRequest, context: Context
+    ) -> grants_pb2.Grant:
+        caller = current_caller()
+        now = self._clock.now()
+        grant = await self._sharing.grants.revoke(
+            grant_id=request.id,
+            caller=caller.department.code,
+            reason=request.reason,
+            officer=caller.officer_id,
+            now=now,
+        )
+        return grant_message(grant, now)
+
+    async def ListGrants(
+        self, request: grants_pb2.ListGrantsRequest, context: Context
+    ) -> grants_pb2.ListGrantsResponse:
+        now = self._clock.now()
+        grants = await self._sharing.grants.list(
+            caller=current_caller().department.code,
+            dataset=request.dataset or None,
+            overdue=request.overdue,
+            status=_GRANT_STATUS_BACK.get(request.status),
+            now=now,
+        )
+        return grants_pb2.ListGrantsResponse(grants=[grant_message(g, now) for g in grants])
+
+
+# -- queries ---------------------------------------------------------------------------
+
+
+class QueryService(query_pb2_grpc.QueryServiceServicer):
+    def __init__(self, sharing: Sharing) -> None:
+        self._sharing = sharing
+
+    async def Query(
+        self, request: query_pb2.QueryRequest, context: Context
+    ) -> query_pb2.QueryResponse:
+        result = await self._sharing.query(
+            current_caller(),
+            QueryInput(
+                dataset=request.dataset,
+                keys=list(request.keys),
+                fields=list(request.fields),
+                purpose=request.purpose,
+                case_id=request.case_id,
+                sign=request.sign,
+                as_of=_when(request.as_of, "as_of") if request.HasField("as_of") else None,
+            ),
+        )
+        return query_pb2.QueryResponse(
+            dataset=result.entry.code,
+            dataset_version=result.entry.version,
+            records=[
+                values_pb2.Record(
+                    key=r.key,
+                    fields={name: to_field_value(v) for name, v in r.values.items()},
+                    version=r.version,
+                    valid_from=_ts(r.valid_from),
+                )
+                for r in result.records
+            ],
+            missing_keys=result.missing_keys,
+            answered_at=_ts(result.answered_at),
+            signed_payload=result.signed_payload,
+            signature=result.signature,
+        )

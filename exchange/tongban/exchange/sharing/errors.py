@@ -1,0 +1,75 @@
+"""Errors of the sharing domain, each with a stable reason code."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from tongban.errors import TongbanError
+from tongban.exchange.sharing.policy import DENIAL_REASONS, Denied
+
+__all__ = [
+    "DatasetNotFound",
+    "DuplicateKey",
+    "GrantNotFound",
+    "GrantStateInvalid",
+    "NotOwner",
+    "NotSharedNeedsBasis",
+    "QueryDenied",
+    "SchemaIncompatible",
+    "TooManyKeys",
+]
+
+
+class DatasetNotFound(TongbanError):
+    reason = "DATASET_NOT_FOUND"
+    status = "NOT_FOUND"
+
+
+class NotOwner(TongbanError):
+    reason = "NOT_OWNER"
+    status = "PERMISSION_DENIED"
+
+
+class NotSharedNeedsBasis(TongbanError):
+    reason = "NOT_SHARED_NEEDS_BASIS"
+    status = "INVALID_ARGUMENT"
+
+
+class SchemaIncompatible(TongbanError):
+    reason = "SCHEMA_INCOMPATIBLE"
+    status = "FAILED_PRECONDITION"
+
+
+class DuplicateKey(TongbanError):
+    reason = "DUPLICATE_KEY"
+    status = "INVALID_ARGUMENT"
+
+
+class TooManyKeys(TongbanError):
+    reason = "TOO_MANY_KEYS"
+    status = "INVALID_ARGUMENT"
+
+
+class GrantNotFound(TongbanError):
+    reason = "GRANT_NOT_FOUND"
+    status = "NOT_FOUND"
+
+
+class GrantStateInvalid(TongbanError):
+    reason = "GRANT_STATE_INVALID"
+    status = "FAILED_PRECONDITION"
+
+
+class QueryDenied(TongbanError):
+    """A policy denial; its reason is the decision's (GRANT_REQUIRED, NOT_SHARED, ...)."""
+
+    def __init__(
+        self, reason: str, message: str, metadata: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message, metadata=metadata)
+        self.reason = reason
+        self.status = DENIAL_REASONS.get(reason, "PERMISSION_DENIED")
+
+    @classmethod
+    def from_decision(cls, denied: Denied) -> QueryDenied:
+        return cls(denied.reason, denied.message, denied.metadata)

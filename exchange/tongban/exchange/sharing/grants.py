@@ -1,0 +1,286 @@
+"""Grants (有条件共享): requests, decisions within a deadline, revocation."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import asyncpg
+
+from tongban.exchange.catalogue.calendar import WorkingCalendar
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.sharing.errors import GrantNotFound, GrantStateInvalid, NotOwner
+from tongban.exchange.sharing.model import (
+    DatasetEntry,
+    Grant,
+    GrantStatus,
+    ShareClass,
+    normalise_purpose,
+)
+
+__all__ = ["GrantStore"]
+
+MAX_GRANT_LIFETIME = timedelta(days=3 * 366)
+
+_SELECT = """
+    SELECT id, dataset, owner, consumer, requested_fields, fields, purpose, legal_basis,
+           requested_expiry, expires_at, status, decision_reason, requested_at, due_at,
+           decided_at, requested_by, decided_by
+    FROM data_grant
+"""
+
+
+def _grant(row: asyncpg.Record) -> Grant:
+    return Grant(
+        id=row["id"],
+        dataset=row["dataset"],
+        owner=row["owner"],
+        consumer=row["consumer"],
+        requested_fields=tuple(row["requested_fields"]),
+        fields=tuple(row["fields"]),
+        purpose=row["purpose"],
+        legal_basis=row["legal_basis"],
+        requested_expiry=row["requested_expiry"],
+        expires_at=row["expires_at"],
+        status=GrantStatus(row["status"]),
+        decision_reason=row["decision_reason"],
+        requested_at=row["requested_at"],
+        due_at=row["due_at"],
+        decided_at=row["decided_at"],
+        requested_by=row["requested_by"],
+        decided_by=row["decided_by"],
+    )
+
+
+def _parse_id(text: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(text)
+    except ValueError:
+        raise GrantNotFound(f"{text[:60]!r} is not a grant id.") from None
+
+
+def _fields(entry: DatasetEntry, fields: Sequence[str]) -> tuple[str, ...]:
+    if not fields:
+        raise InvalidArgument("Name the fields the grant is for.", metadata={"field": "fields"})
+    unique = tuple(dict.fromkeys(fields))
+    for name in unique:
+        if entry.schema.field(name) is None:
+            raise InvalidArgument(
+                f"Dataset {entry.code} has no field {name[:64]!r}.", metadata={"field": name[:64]}
+            )
+    return unique
+
+
+class GrantStore:
+    def __init__(self, pool: asyncpg.Pool, calendar: WorkingCalendar, answer_days: int) -> None:
+        self._pool = pool
+        self._calendar = calendar
+        self._answer_days = answer_days
+
+    async def request(
+        self,
+        *,
+        entry: DatasetEntry,
+        consumer: str,
+        fields: Sequence[str],
+        purpose: str,
+        legal_basis: str,
+        expiry: datetime,
+        officer: str | None,
+        now: datetime,
+    ) -> Grant:
+        """Record a pending request, due ``answer_days`` working days from now."""
+        if entry.share_class is not ShareClass.CONDITIONAL:
+            raise InvalidArgument(
+                f"Dataset {entry.code} is {entry.share_class.value}; only conditional datasets "
+                "are shared under grants.",
+                metadata={"dataset": entry.code},
+            )
+        if consumer == entry.owner:
+            raise InvalidArgument("An owner needs no grant on its own dataset.")
+        chosen = _fields(entry, fields)
+        purpose = normalise_purpose(purpose)
+        if not 1 <= len(purpose) <= 200:
+            raise InvalidArgument(
+                "A grant names a purpose of 1 to 200 characters.", metadata={"field": "purpose"}
+            )
+        basis = legal_basis.strip()
+        if not 1 <= len(basis) <= 500:
+            raise InvalidArgument(
+                "A grant request cites its legal basis (1 to 500 characters).",
+                metadata={"field": "legal_basis"},
+            )
+        if not now < expiry <= now + MAX_GRANT_LIFETIME:
+            raise InvalidArgument(
+                "The expiry must be in the future and within three years.",
+                metadata={"field": "expiry"},
+            )
+        row = await self._pool.fetchrow(
+            """
+            INSERT INTO data_grant (id, dataset, owner, consumer, requested_fields, purpose,
+                legal_basis, requested_expiry, status, requested_at, due_at, requested_by)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11)
+            RETURNING *
+            """,
+            uuid.uuid4(),
+            entry.code,
+            entry.owner,
+            consumer,
+            list(chosen),
+            purpose,
+            basis,
+            expiry,
+            now,
+            self._calendar.add_working_days(now, self._answer_days),
+            officer,
+        )
+        assert row is not None
+        return _grant(row)
+
+    async def decide(
+        self,
+        *,
+        grant_id: str,
+        owner: str,
+        approve: bool,
+        fields: Sequence[str],
+        expiry: datetime | None,
+        reason: str,
+        officer: str | None,
+        now: datetime,
+        entry_of: DatasetEntry,
+    ) -> Grant:
+        """Approve (a subset of fields, an expiry no later than asked) or refuse (with a reason)."""
+        gid = _parse_id(grant_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_SELECT + " WHERE id = $1 FOR UPDATE", gid)
+            if row is None:
+                raise GrantNotFound(f"No grant {grant_id} exists.")
+            grant = _grant(row)
+            if grant.owner != owner:
+                raise NotOwner(
+                    f"Only {grant.owner}, the owner of {grant.dataset}, decides this grant."
+                )
+            if grant.status is not GrantStatus.PENDING:
+                raise GrantStateInvalid(f"Grant {grant_id} is {grant.status.value}, not pending.")
+            reason = reason.strip()[:500]
+            if approve:
+                chosen = _fields(entry_of, fields) if fields else grant.requested_fields
+                extra = [name for name in chosen if name not in grant.requested_fields]
+                if extra:
+                    raise InvalidArgument(
+                        f"{', '.join(extra)} were not requested; approve a subset of "
+                        f"{', '.join(grant.requested_fields)}.",
+                        metadata={"field": extra[0]},
+                    )
+                until = expiry or grant.requested_expiry
+                if not now < until <= grant.requested_expiry:
+                    raise InvalidArgument(
+                        "The expiry must be in the future and no later than requested.",
+                        metadata={"field": "expiry"},
+                    )
+                row = await conn.fetchrow(
+                    "UPDATE data_grant SET status = 'approved', fields = $2, expires_at = $3,"
+                    " decision_reason = $4, decided_at = $5, decided_by = $6 WHERE id = $1"
+                    " RETURNING *",
+                    gid,
+                    list(chosen),
+                    until,
+                    reason,
+                    now,
+                    officer,
+                )
+            else:
+                if not reason:
+                    raise InvalidArgument(
+                        "A refusal must give its reason.", metadata={"field": "reason"}
+                    )
+                row = await conn.fetchrow(
+                    "UPDATE data_grant SET status = 'refused', decision_reason = $2,"
+                    " decided_at = $3, decided_by = $4 WHERE id = $1 RETURNING *",
+                    gid,
+                    reason,
+                    now,
+                    officer,
+                )
+        assert row is not None
+        return _grant(row)
+
+    async def revoke(
+        self, *, grant_id: str, caller: str, reason: str, officer: str | None, now: datetime
+    ) -> Grant:
+        """Revoke a pending or approved grant (owner or consumer); effective at once."""
+        gid = _parse_id(grant_id)
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(_SELECT + " WHERE id = $1 FOR UPDATE", gid)
+            if row is None or caller not in (row["owner"], row["consumer"]):
+                raise GrantNotFound(f"No grant {grant_id} of yours exists.")
+            grant = _grant(row)
+            if grant.status not in (GrantStatus.PENDING, GrantStatus.APPROVED):
+                raise GrantStateInvalid(
+                    f"Grant {grant_id} is {grant.status.value}; nothing to revoke."
+                )
+            row = await conn.fetchrow(
+                "UPDATE data_grant SET status = 'revoked', decision_reason = $2, decided_at = $3,"
+                " decided_by = $4 WHERE id = $1 RETURNING *",
+                gid,
+                reason.strip()[:500] or "revoked",
+                now,
+                officer,
+            )
+        assert row is not None
+        return _grant(row)
+
+    async def get(self, grant_id: str, party: str) -> Grant:
+        """The grant if ``party`` is its owner or consumer; else GrantNotFound."""
+        row = await self._pool.fetchrow(_SELECT + " WHERE id = $1", _parse_id(grant_id))
+        if row is None or party not in (row["owner"], row["consumer"]):
+            raise GrantNotFound(f"No grant {grant_id[:60]} of yours exists.")
+        return _grant(row)
+
+    async def for_consumer(self, consumer: str, dataset: str) -> list[Grant]:
+        rows = await self._pool.fetch(
+            _SELECT + " WHERE consumer = $1 AND dataset = $2", consumer, dataset
+        )
+        return [_grant(row) for row in rows]
+
+    async def list(
+        self,
+        *,
+        caller: str | None,
+        dataset: str | None = None,
+        overdue: bool = False,
+        status: GrantStatus | None = None,
+        now: datetime,
+    ) -> list[Grant]:
+        """Grants where ``caller`` is owner or consumer (all grants when caller is None)."""
+        clauses: list[str] = []
+        args: list[object] = []
+        if caller is not None:
+            args.append(caller)
+            clauses.append(f"(owner = ${len(args)} OR consumer = ${len(args)})")
+        if dataset:
+            args.append(dataset)
+            clauses.append(f"dataset = ${len(args)}")
+        if overdue:
+            args.append(now)
+            clauses.append(f"status = 'pending' AND due_at < ${len(args)}")
+        if status is GrantStatus.EXPIRED:
+            args.append(now)
+            clauses.append(f"status = 'approved' AND expires_at <= ${len(args)}")
+        elif status is GrantStatus.APPROVED:
+            args.append(now)
+            clauses.append(f"status = 'approved' AND expires_at > ${len(args)}")
+        elif status is not None:
+            args.append(status.value)
+            clauses.append(f"status = ${len(args)}")
+        where = (" WHERE " + " AND ".join(clauses)) if clauses else ""
+        rows = await self._pool.fetch(_SELECT + where + " ORDER BY requested_at LIMIT 1000", *args)
+        return [_grant(row) for row in rows]
+
+    async def overdue_count(self, now: datetime) -> int:
+        count = await self._pool.fetchval(
+            "SELECT count(*) FROM data_grant WHERE status = 'pending' AND due_at < $1", now
+        )
+        return int(count or 0)

@@ -1,0 +1,157 @@
+"""The shared record store: upserts and deletions with full version history."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+
+from tongban.exchange.catalogue.schema import value_from_json, value_to_json
+from tongban.exchange.sharing.model import DatasetEntry
+
+__all__ = ["Change", "PublishCounts", "RecordStore", "StoredRecord"]
+
+_RETRIES = 3
+_COLUMNS = ("dataset", "key", "version", "data", "deleted", "valid_from", "valid_to")
+
+
+@dataclass(frozen=True)
+class Change:
+    """An upsert (``values`` validated against the schema) or a deletion (``values`` None)."""
+
+    key: str
+    values: dict[str, object] | None
+
+
+@dataclass
+class PublishCounts:
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    # (key, new version) of every change that made a version, for events later.
+    versions: list[tuple[str, int]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class StoredRecord:
+    key: str
+    version: int
+    valid_from: datetime
+    data: dict[str, Any]  # JSON storage form; see ``values``
+
+    def values(self, entry: DatasetEntry, fields: Sequence[str]) -> dict[str, object]:
+        """The asked ``fields`` as Python values (fields absent from an older version: None)."""
+        out: dict[str, object] = {}
+        for name in fields:
+            spec = entry.schema.field(name)
+            assert spec is not None  # the policy admitted only schema fields
+            out[name] = value_from_json(spec.type, self.data.get(name))
+        return out
+
+
+def _storage_form(entry: DatasetEntry, values: dict[str, object]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for spec in entry.schema.fields:
+        out[spec.name] = value_to_json(spec.type, values.get(spec.name))
+    return out
+
+
+class RecordStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def publish(
+        self, entry: DatasetEntry, changes: Sequence[Change], now: datetime
+    ) -> PublishCounts:
+        """Apply ``changes`` (distinct keys, already validated) in one transaction."""
+        for attempt in range(_RETRIES):
+            try:
+                return await self._publish_once(entry, changes, now)
+            except asyncpg.UniqueViolationError:
+                # Another publisher created one of these keys between our read and write.
+                if attempt == _RETRIES - 1:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _publish_once(
+        self, entry: DatasetEntry, changes: Sequence[Change], now: datetime
+    ) -> PublishCounts:
+        counts = PublishCounts()
+        keys = [change.key for change in changes]
+        async with self._pool.acquire() as conn, conn.transaction():
+            rows = await conn.fetch(
+                "SELECT key, version, data, deleted FROM record WHERE dataset = $1"
+                " AND key = ANY($2::text[]) AND valid_to IS NULL FOR UPDATE",
+                entry.code,
+                keys,
+            )
+            current = {row["key"]: row for row in rows}
+            superseded: list[str] = []
+            new_rows: list[tuple[object, ...]] = []
+            for change in changes:
+                row = current.get(change.key)
+                live = row is not None and not row["deleted"]
+                version = row["version"] + 1 if row is not None else 1
+                if change.values is None:
+                    if not live:
+                        counts.unchanged += 1
+                        continue
+                    new_rows.append((entry.code, change.key, version, None, True, now, None))
+                    counts.deleted += 1
+                else:
+                    stored = _storage_form(entry, change.values)
+                    if live and row is not None and json.loads(row["data"]) == stored:
+                        counts.unchanged += 1
+                        continue
+                    data = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+                    new_rows.append((entry.code, change.key, version, data, False, now, None))
+                    if live:
+                        counts.updated += 1
+                    else:
+                        counts.inserted += 1
+                if row is not None:
+                    superseded.append(change.key)
+                counts.versions.append((change.key, version))
+            if superseded:
+                await conn.execute(
+                    "UPDATE record SET valid_to = $3 WHERE dataset = $1"
+                    " AND key = ANY($2::text[]) AND valid_to IS NULL",
+                    entry.code,
+                    superseded,
+                    now,
+                )
+            if new_rows:
+                await conn.copy_records_to_table("record", records=new_rows, columns=_COLUMNS)
+        return counts
+
+    async def fetch(
+        self, dataset: str, keys: Sequence[str], as_of: datetime | None = None
+    ) -> dict[str, StoredRecord]:
+        """The live records for ``keys`` now (or at ``as_of``), by key; absent keys are absent."""
+        if as_of is None:
+            rows = await self._pool.fetch(
+                "SELECT key, version, data, valid_from FROM record WHERE dataset = $1"
+                " AND key = ANY($2::text[]) AND valid_to IS NULL AND NOT deleted",
+                dataset,
+                list(keys),
+            )
+        else:
+            rows = await self._pool.fetch(
+                "SELECT * FROM (SELECT DISTINCT ON (key) key, version, data, deleted, valid_from"
+                " FROM record WHERE dataset = $1 AND key = ANY($2::text[]) AND valid_from <= $3"
+                " ORDER BY key, version DESC) AS at_time WHERE NOT deleted",
+                dataset,
+                list(keys),
+                as_of,
+            )
+        return {
+            row["key"]: StoredRecord(
+                row["key"], row["version"], row["valid_from"], json.loads(row["data"])
+            )
+            for row in rows
+        }

@@ -1,0 +1,338 @@
+"""The sharing service: the catalogue, records, grants and queries, composed.
+
+This layer knows no gRPC: the servicers in ``tongban.exchange.server.sharing_services``
+translate messages to these calls and back. It owns the read caches (catalogue entries
+and grants, kept fresh by PostgreSQL notifications) and the order of a query:
+
+    decide (pure policy) → fetch → write the access log → sign → answer
+
+with the log written, durably, before anything is returned (DESIGN.md rule 2), for
+denials as well as answers.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import asyncpg
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tongban.errors import TongbanError
+from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.catalogue.calendar import WorkingCalendar
+from tongban.exchange.catalogue.canonical import canonical_json
+from tongban.exchange.catalogue.errors import InvalidSubjectId, RecordInvalid
+from tongban.exchange.catalogue.schema import FieldType, validate_record, value_to_json
+from tongban.exchange.catalogue.subject_ids import validate_subject_id
+from tongban.exchange.datadir import NodeSigning
+from tongban.exchange.db.notify import ChangeListener, KeyedCache
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.server.caller import Caller
+from tongban.exchange.sharing.datasets import DatasetStore
+from tongban.exchange.sharing.errors import (
+    DatasetNotFound,
+    DuplicateKey,
+    NotOwner,
+    QueryDenied,
+    TooManyKeys,
+)
+from tongban.exchange.sharing.grants import GrantStore
+from tongban.exchange.sharing.model import DatasetEntry, Grant, ShareClass
+from tongban.exchange.sharing.policy import Allowed, Denied, QueryIntent, decide
+from tongban.exchange.sharing.records import Change, PublishCounts, RecordStore, StoredRecord
+from tongban.signing.certs import certificate_fingerprint
+from tongban.signing.clock import Clock
+from tongban.signing.jose import sign_jws
+
+__all__ = ["MAX_BATCH", "MAX_KEYS", "QueryInput", "QueryResult", "RawChange", "Sharing"]
+
+MAX_KEYS = 1000
+MAX_BATCH = 10_000
+DATASET_CHANNEL = "tongban_dataset"
+GRANT_CHANNEL = "tongban_grant"
+
+
+@dataclass(frozen=True)
+class QueryInput:
+    dataset: str
+    keys: Sequence[str]
+    fields: Sequence[str]
+    purpose: str
+    case_id: str
+    sign: bool = False
+    as_of: datetime | None = None
+
+
+@dataclass(frozen=True)
+class AnsweredRecord:
+    key: str
+    version: int
+    valid_from: datetime
+    values: dict[str, object]
+
+
+@dataclass(frozen=True)
+class QueryResult:
+    entry: DatasetEntry
+    records: list[AnsweredRecord]
+    missing_keys: list[str]
+    answered_at: datetime
+    signed_payload: bytes = b""
+    signature: str = ""
+
+
+@dataclass(frozen=True)
+class RawChange:
+    """A change as received: values are Python values not yet checked against the schema."""
+
+    key: str
+    values: dict[str, object] | None = field(default=None)
+
+
+class Sharing:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        listener: ChangeListener,
+        access_log: AccessLog,
+        hasher: SubjectHasher,
+        signing: NodeSigning,
+        clock: Clock,
+        node_name: str,
+        calendar: WorkingCalendar,
+        answer_days: int,
+    ) -> None:
+        self.datasets = DatasetStore(pool)
+        self.records = RecordStore(pool)
+        self.grants = GrantStore(pool, calendar, answer_days)
+        self._log = access_log
+        self._hasher = hasher
+        self._signing = signing
+        self._clock = clock
+        self._node = node_name
+        self._entries: KeyedCache[str, tuple[DatasetEntry | None]] = KeyedCache(listener)
+        self._grants: KeyedCache[tuple[str, str], list[Grant]] = KeyedCache(listener)
+        listener.subscribe(DATASET_CHANNEL, self._entries.invalidate)
+        listener.subscribe(GRANT_CHANNEL, self._on_grant_change)
+        self._x5c = [
+            base64.b64encode(cert.public_bytes(Encoding.DER)).decode() for cert in signing.chain
+        ]
+        self._kid = certificate_fingerprint(signing.chain[0]).hex()[:16]
+
+    # -- cached reads -----------------------------------------------------------------
+
+    async def current_entry(self, code: str) -> DatasetEntry | None:
+        cached = self._entries.get(code)
+        if cached is not None:
+            return cached[0]
+        generation = self._entries.generation
+        entry = await self.datasets.get(code)
+        self._entries.put(code, (entry,), generation)
+        return entry
+
+    async def grants_of(self, consumer: str, dataset: str) -> list[Grant]:
+        key = (consumer, dataset)
+        cached = self._grants.get(key)
+        if cached is not None:
+            return cached
+        generation = self._grants.generation
+        grants = await self.grants.for_consumer(consumer, dataset)
+        self._grants.put(key, grants, generation)
+        return grants
+
+    def _on_grant_change(self, payload: str) -> None:
+        consumer, _, dataset = payload.partition(" ")
+        self._grants.invalidate((consumer, dataset))
+
+    # -- records ----------------------------------------------------------------------
+
+    async def publish(
+        self, caller: Caller, dataset: str, changes: Sequence[RawChange]
+    ) -> PublishCounts:
+        """Validate every change, then apply all in one transaction (or none)."""
+        entry = await self.datasets.get(dataset)
+        if entry is None:
+            raise DatasetNotFound(f"No dataset {dataset[:100]!r} is in the catalogue.")
+        if entry.owner != caller.department.code:
+            raise NotOwner(f"Only {entry.owner} publishes records of {entry.code}.")
+        if not changes:
+            raise InvalidArgument("The batch has no changes.", metadata={"field": "changes"})
+        if len(changes) > MAX_BATCH:
+            raise InvalidArgument(
+                f"A batch holds at most {MAX_BATCH:,} changes; split it (or use StreamRecords).",
+                metadata={"field": "changes"},
+            )
+        validated: list[Change] = []
+        seen: dict[str, int] = {}
+        key_field = entry.schema.key_field
+        for index, raw in enumerate(changes):
+            where = {"index": str(index)}
+            try:
+                key = validate_subject_id(entry.subject_kind, raw.key)
+            except InvalidSubjectId as e:
+                raise InvalidSubjectId(
+                    f"Record {index}: {e.message}", metadata={**e.metadata, **where}
+                ) from None
+            if key in seen:
+                raise DuplicateKey(
+                    f"Records {seen[key]} and {index} both have key {key}; send each key once "
+                    "per batch.",
+                    metadata={"key": key, **where},
+                )
+            seen[key] = index
+            if raw.values is None:
+                validated.append(Change(key, None))
+                continue
+            values = dict(raw.values)
+            given_key = values.get(key_field)
+            if given_key is not None and given_key != raw.key and given_key != key:
+                raise RecordInvalid(
+                    f"Record {index}: field {key_field} is {str(given_key)[:40]!r} but the "
+                    f"record key is {key}.",
+                    metadata={"field": key_field, "problem": "key_mismatch", **where},
+                )
+            values[key_field] = key
+            try:
+                validated.append(Change(key, validate_record(entry.schema, values)))
+            except RecordInvalid as e:
+                raise RecordInvalid(
+                    f"Record {index} ({key}): {e.message}", metadata={**e.metadata, **where}
+                ) from None
+        return await self.records.publish(entry, validated, self._clock.now())
+
+    # -- queries ----------------------------------------------------------------------
+
+    async def query(self, caller: Caller, q: QueryInput) -> QueryResult:
+        """Answer ``q`` for ``caller`` or raise QueryDenied (or another TongbanError);
+        either way the access log has the entries before this returns or raises."""
+        now = self._clock.now()
+        me = caller.department.code
+        intent = QueryIntent(me, q.dataset, tuple(q.fields), q.purpose, q.case_id)
+        entry = await self.current_entry(q.dataset)
+        keys: list[str] = []
+        try:
+            keys = self._keys(entry, q.keys)
+        except TongbanError as e:
+            await self._log_decision(caller, intent, entry, [], now, "denied", e.reason)
+            raise
+        grants: list[Grant] = []
+        if entry is not None and entry.share_class is ShareClass.CONDITIONAL and entry.owner != me:
+            grants = await self.grants_of(me, entry.code)
+        decision = decide(intent, entry, grants, now)
+        if isinstance(decision, Denied):
+            await self._log_decision(caller, intent, entry, keys, now, "denied", decision.reason)
+            raise QueryDenied.from_decision(decision)
+        assert entry is not None
+        if q.as_of is not None and q.as_of.tzinfo is None:
+            raise InvalidArgument("as_of must carry a time zone.", metadata={"field": "as_of"})
+        found = await self.records.fetch(entry.code, keys, q.as_of)
+        await self._log_decision(caller, intent, entry, keys, now, "allowed", None, decision)
+        records = [_answer(found[k], entry, decision.fields) for k in keys if k in found]
+        result = QueryResult(entry, records, [k for k in keys if k not in found], now)
+        if q.sign:
+            return self._signed(result, caller, intent, decision.fields)
+        return result
+
+    def _keys(self, entry: DatasetEntry | None, given: Sequence[str]) -> list[str]:
+        if not given:
+            raise InvalidArgument("Name at least one subject key.", metadata={"field": "keys"})
+        if len(given) > MAX_KEYS:
+            raise TooManyKeys(
+                f"A query names at most {MAX_KEYS:,} keys ({len(given):,} given); split it.",
+                metadata={"field": "keys"},
+            )
+        unique = list(dict.fromkeys(given))
+        if entry is None:
+            return []  # the policy answers DATASET_NOT_FOUND; nothing to attribute to subjects
+        return [validate_subject_id(entry.subject_kind, key) for key in unique]
+
+    async def _log_decision(
+        self,
+        caller: Caller,
+        intent: QueryIntent,
+        entry: DatasetEntry | None,
+        keys: Sequence[str],
+        now: datetime,
+        decision: str,
+        reason: str | None,
+        allowed: Allowed | None = None,
+    ) -> None:
+        fields = allowed.fields if allowed is not None else tuple(intent.fields)
+        base = {
+            "at": now,
+            "node": self._node,
+            "caller": caller.department.code,
+            "officer": caller.officer_id,
+            "action": "query",
+            "dataset": entry.code if entry is not None else intent.dataset,
+            "fields": tuple(fields),
+            "purpose": intent.purpose,
+            "case_id": intent.case_id,
+            "decision": decision,
+            "reason": reason,
+        }
+        subjects: Sequence[bytes | None] = [self._hasher(k) for k in keys] or [None]
+        await self._log.append(
+            [AccessEntry(subject_hmac=subject, **base) for subject in subjects]  # type: ignore[arg-type]
+        )
+
+    def _signed(
+        self, result: QueryResult, caller: Caller, intent: QueryIntent, fields: Sequence[str]
+    ) -> QueryResult:
+        entry = result.entry
+        payload = {
+            "answered_at": _instant(result.answered_at),
+            "caller": caller.department.code,
+            "case_id": intent.case_id.strip(),
+            "dataset": entry.code,
+            "dataset_version": entry.version,
+            "fields": list(fields),
+            "missing_keys": result.missing_keys,
+            "node": self._node,
+            "purpose": intent.purpose,
+            "records": [
+                {
+                    "fields": {
+                        name: _signable(entry, name, value) for name, value in record.values.items()
+                    },
+                    "key": record.key,
+                    "valid_from": _instant(record.valid_from),
+                    "version": record.version,
+                }
+                for record in result.records
+            ],
+        }
+        body = canonical_json(payload)
+        signature = sign_jws(
+            body,
+            self._signing.signer,
+            headers={"typ": "tongban-answer+jws", "kid": self._kid, "x5c": self._x5c},
+            detached=True,
+        )
+        return QueryResult(
+            entry, result.records, result.missing_keys, result.answered_at, body, signature
+        )
+
+
+def _answer(stored: StoredRecord, entry: DatasetEntry, fields: Sequence[str]) -> AnsweredRecord:
+    return AnsweredRecord(
+        stored.key, stored.version, stored.valid_from, stored.values(entry, fields)
+    )
+
+
+def _instant(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _signable(entry: DatasetEntry, name: str, value: object) -> object:
+    """JSON form for the signed payload: the storage form, with integers as decimal strings
+    (RFC 8785 numbers are IEEE doubles and cannot carry every 64-bit integer)."""
+    spec = entry.schema.field(name)
+    assert spec is not None
+    stored = value_to_json(spec.type, value)
+    if spec.type is FieldType.INTEGER and stored is not None:
+        return str(stored)
+    return stored
