@@ -1,4 +1,4 @@
-"""``python -m bench``: run the foundation benchmark (see ``bench.foundation``)."""
+"""``python -m bench``: run the benchmark (see ``bench.foundation`` and ``bench.sharing``)."""
 
 from __future__ import annotations
 

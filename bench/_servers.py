@@ -53,6 +53,18 @@ class NodeServer:
         except psutil.NoSuchProcess:
             return []
 
+    def dsn(self) -> str:
+        """The asyncpg DSN of the node's own database on its embedded PostgreSQL.
+
+        The Unix socket directory is line 5 of ``postmaster.pid``: the data dir's ``pg``
+        folder, or a short directory under the temp dir when that path is too long.
+        """
+        pid_file = self.data_dir / "pg" / "postmaster.pid"
+        lines = pid_file.read_text().splitlines()
+        if len(lines) < 5 or not lines[4].strip():
+            raise RuntimeError(f"{pid_file} names no socket directory")
+        return f"postgresql://postgres@/tongban?host={lines[4].strip()}"
+
 
 def postgres_processes(data_dir: Path) -> list[psutil.Process]:
     """Return the postmasters whose command line names ``data_dir`` (normally zero or one).
@@ -146,7 +158,7 @@ async def node_server() -> AsyncIterator[NodeServer]:
         yield NodeServer(
             target=ready["grpc"],
             bundles=Path(ready["bundles"]),
-            data_dir=data_dir,
+            data_dir=Path(ready["data_dir"]),
             process=node_process,
             postmaster=postmasters[0] if postmasters else None,
         )

@@ -17,8 +17,13 @@ What is measured, all in one run on one machine:
    client certificates, since grpc does not cache TLS sessions unless asked), one WhoAmI,
    close; against the same loop over plaintext to the echo server, which isolates the
    handshake cost from connection setup in grpc itself.
-4. **node peak RSS** while phases 2 and 3 run, polled every 100 ms, against the 300 MB
-   budget; the embedded PostgreSQL's RSS beside it, for information.
+4. **node peak RSS** over every phase that runs against the node (2 and 3 here, and the
+   sharing phases), polled every 100 ms, against the 300 MB budget; the embedded
+   PostgreSQL's RSS beside it, for information.
+
+Then, on the same node and against the same echo baseline, the sharing phases 5-8 of
+``bench.sharing``: bulk publishing, the audited key query, 1,000-key queries and the
+access log's growth. The issue's targets are printed as met or missed, never asserted.
 
 Phases 1 and 2 use 64 concurrent callers on one channel (one HTTP/2 connection), from one
 asyncio loop in this process; phase 3 uses 8. CPU use is recorded over each measured
@@ -43,38 +48,19 @@ from typing import Any
 import grpc
 import psutil
 
+from bench import sharing
+from bench._client import FRESH_CONNECTION, Department
+from bench._config import Config
 from bench._echo_server import ECHO_METHOD, identity
 from bench._load import LoadResult, run_load
 from bench._servers import EchoServer, NodeServer, echo_server, node_server
-from bench._watch import CpuMeter, CpuUse, PeakRss, ProcessGroup
-from tongban.client import Bundle
+from bench._table import LABEL, cpu_header, cpu_row, load_row
+from bench._watch import CpuMeter, PeakRss, ProcessGroup
 from tongban.v1 import node_pb2, node_pb2_grpc
 
 __all__ = ["Config", "main", "run"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-
-
-@dataclass(frozen=True)
-class Config:
-    concurrency: int = 64
-    """Concurrent callers on the long-lived channel (phases 1 and 2)."""
-    warmup_seconds: float = 2.0
-    """Load before each measured window of phases 1 and 2, discarded."""
-    duration_seconds: float = 8.0
-    """Length of the measured window of phases 1 and 2."""
-    connect_workers: int = 8
-    """Concurrent workers in the new-connection phases."""
-    connect_warmup_seconds: float = 1.0
-    connect_duration_seconds: float = 4.0
-    payload_bytes: int = 200
-    """Size of the echo request (and so of its response)."""
-    department: str = "samr"
-    """Whose bundle the node is called with."""
-    officer_id: str = "bench-01"
-    call_timeout_seconds: float = 30.0
-    """Deadline of each call: a hung server fails the run instead of stalling it."""
-    node_rss_budget_mb: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -88,17 +74,16 @@ class Report:
     tls_connect: LoadResult
     plain_connect: LoadResult
     node_peak_rss_mb: float
+    """Over every phase against the node (foundation and sharing)."""
     postgres_peak_rss_mb: float
     rss_samples: int
-
-
-# A channel with its own subchannel pool opens its own connection; channels sharing the
-# global pool (the default) to the same target may share one and skip the handshake.
-_FRESH_CONNECTION = ("grpc.use_local_subchannel_pool", 1)
+    """Samples of the watcher over phases 2 and 3 (the sharing phases have their own)."""
+    sharing: sharing.SharingReport
 
 
 async def run(config: Config) -> Report:
-    """Start both servers, run the four phases, stop the servers; return the figures.
+    """Start both servers, run the four phases, then the sharing phases on the same node;
+    stop the servers; return the figures.
 
     Raises RuntimeError if a server does not start or WhoAmI names someone else, and an
     ExceptionGroup holding the error if a call fails under load.
@@ -107,9 +92,8 @@ async def run(config: Config) -> Report:
     loadavg = os.getloadavg()
     bench = psutil.Process()
     async with echo_server() as echo, node_server() as node:
-        bundle = Bundle.load(node.bundles / config.department)
-        tls = _TlsTarget.from_bundle(node.target, bundle)
-        await _check_identity(tls, config)
+        tls = Department.of(node, config.department, config)
+        await _check_identity(tls)
 
         echo_result = await _echo_load(echo, config, _cpu(bench, echo=echo))
 
@@ -120,10 +104,13 @@ async def run(config: Config) -> Report:
         with PeakRss(node_groups) as rss:
             node_result = await _node_load(tls, config, _cpu(bench, node=node))
             tls_result = await _connect_load(
-                lambda: _tls_connect_call(tls, config), config, _cpu(bench, node=node)
+                lambda: _tls_connect_call(tls), config, _cpu(bench, node=node)
             )
         plain_result = await _connect_load(
             lambda: _plain_connect_call(echo, config), config, _cpu(bench, echo=echo)
+        )
+        sharing_report = await sharing.run(
+            node, config, lambda: _cpu(bench, node=node), node_groups
         )
     return Report(
         started=started,
@@ -133,9 +120,10 @@ async def run(config: Config) -> Report:
         node=node_result,
         tls_connect=tls_result,
         plain_connect=plain_result,
-        node_peak_rss_mb=rss.peak_mb["node"],
-        postgres_peak_rss_mb=rss.peak_mb["postgres"],
+        node_peak_rss_mb=max(rss.peak_mb["node"], sharing_report.node_peak_rss_mb),
+        postgres_peak_rss_mb=max(rss.peak_mb["postgres"], sharing_report.postgres_peak_rss_mb),
         rss_samples=rss.samples,
+        sharing=sharing_report,
     )
 
 
@@ -151,47 +139,16 @@ def _cpu(
     return CpuMeter(groups)
 
 
-@dataclass(frozen=True)
-class _TlsTarget:
-    """Where and how to open a mutual-TLS channel to the node, as one department."""
-
-    target: str
-    server_name: str
-    credentials: grpc.ChannelCredentials  # made once and shared, as a real client would
-
-    @classmethod
-    def from_bundle(cls, target: str, bundle: Bundle) -> _TlsTarget:
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=bundle.ca_pem,
-            private_key=bundle.tls_key_pem,
-            certificate_chain=bundle.tls_cert_pem,
-        )
-        return cls(target, bundle.server_name, credentials)
-
-    def channel(self, *options: tuple[str, Any]) -> grpc.aio.Channel:
-        return grpc.aio.secure_channel(
-            self.target,
-            self.credentials,
-            options=[("grpc.ssl_target_name_override", self.server_name), *options],
-        )
-
-
-def _metadata(config: Config) -> tuple[tuple[str, str], ...]:
-    return (("x-tongban-officer", config.officer_id),)
-
-
-async def _check_identity(tls: _TlsTarget, config: Config) -> None:
+async def _check_identity(tls: Department) -> None:
     # Measure the authenticated path, not a fast refusal: one call must name our department.
     async with tls.channel() as channel:
         reply = await node_pb2_grpc.NodeServiceStub(channel).WhoAmI(
-            node_pb2.WhoAmIRequest(),
-            metadata=_metadata(config),
-            timeout=config.call_timeout_seconds,
+            node_pb2.WhoAmIRequest(), metadata=tls.metadata, timeout=tls.timeout
         )
-    if reply.department.code != config.department or reply.officer_id != config.officer_id:
+    if reply.department.code != tls.code or reply.officer_id != tls.officer_id:
         raise RuntimeError(
             f"WhoAmI answered department {reply.department.code!r}, officer "
-            f"{reply.officer_id!r}; expected {config.department!r}, {config.officer_id!r}"
+            f"{reply.officer_id!r}; expected {tls.code!r}, {tls.officer_id!r}"
         )
 
 
@@ -214,14 +171,14 @@ async def _echo_load(echo: EchoServer, config: Config, cpu: CpuMeter) -> LoadRes
         )
 
 
-async def _node_load(tls: _TlsTarget, config: Config, cpu: CpuMeter) -> LoadResult:
+async def _node_load(tls: Department, config: Config, cpu: CpuMeter) -> LoadResult:
     request = node_pb2.WhoAmIRequest()
-    metadata = _metadata(config)
+    metadata = tls.metadata
     async with tls.channel() as channel:
         stub = node_pb2_grpc.NodeServiceStub(channel)
 
         async def call() -> None:
-            await stub.WhoAmI(request, metadata=metadata, timeout=config.call_timeout_seconds)
+            await stub.WhoAmI(request, metadata=metadata, timeout=tls.timeout)
 
         return await run_load(
             call,
@@ -232,17 +189,15 @@ async def _node_load(tls: _TlsTarget, config: Config, cpu: CpuMeter) -> LoadResu
         )
 
 
-async def _tls_connect_call(tls: _TlsTarget, config: Config) -> None:
-    async with tls.channel(_FRESH_CONNECTION) as channel:
+async def _tls_connect_call(tls: Department) -> None:
+    async with tls.channel(FRESH_CONNECTION) as channel:
         await node_pb2_grpc.NodeServiceStub(channel).WhoAmI(
-            node_pb2.WhoAmIRequest(),
-            metadata=_metadata(config),
-            timeout=config.call_timeout_seconds,
+            node_pb2.WhoAmIRequest(), metadata=tls.metadata, timeout=tls.timeout
         )
 
 
 async def _plain_connect_call(echo: EchoServer, config: Config) -> None:
-    async with grpc.aio.insecure_channel(echo.target, options=[_FRESH_CONNECTION]) as channel:
+    async with grpc.aio.insecure_channel(echo.target, options=[FRESH_CONNECTION]) as channel:
         method = channel.unary_unary(
             ECHO_METHOD, request_serializer=identity, response_deserializer=identity
         )
@@ -263,7 +218,6 @@ async def _connect_load(
 
 # --- output -----------------------------------------------------------------------------
 
-_LABEL = 44
 _NOISE_PERCENT = 30  # kernel threads alone take ~10-15% of a core under loopback load
 _CLIENT_BOUND_PERCENT = 90
 
@@ -279,60 +233,59 @@ def _results(report: Report) -> dict[str, LoadResult]:
     return {key: getattr(report, key) for key, _, _, _ in _ROWS}
 
 
-def _load_row(label: str, result: LoadResult, unit: str, baseline: LoadResult | None) -> str:
-    row = (
-        f"{label:<{_LABEL}}{result.rate:>8,.0f} {unit:<8}"
-        f"p50 {result.p50_ms:5.1f} ms  p99 {result.p99_ms:5.1f} ms"
-    )
-    if baseline is not None:
-        row += f"   {result.rate / baseline.rate:4.0%} of baseline"
-    return row
-
-
-def _cpu_row(label: str, cpu: CpuUse) -> str:
-    cells = [cpu.by_group.get(group) for group in ("bench", "server", "postgres")]
-    cells += [cpu.others, cpu.idle]
-    return f"{label:<{_LABEL}}" + "".join(
-        f"{'-':>9}" if value is None else f"{value:>8.0f}%" for value in cells
-    )
-
-
 def format_report(report: Report) -> str:
-    """Return the human table: header, figures beside their baselines, CPU use, notes."""
+    """Return the human table: header, figures beside their baselines, CPU use, targets,
+    notes."""
     c = report.config
+    s = report.sharing
     cores = os.cpu_count() or 1
     lines = [
-        f"Tongban foundation benchmark  {report.started:%Y-%m-%d %H:%M:%S %Z}",
+        f"Tongban benchmark (foundation + sharing)  {report.started:%Y-%m-%d %H:%M:%S %Z}",
         f"{cores} CPUs (load average before the run "
         + " ".join(f"{load:.2f}" for load in report.loadavg)
         + f"), Python {platform.python_version()}, grpcio {grpc.__version__}",
         f"{c.concurrency} callers on one channel, {c.warmup_seconds:g} s warm-up, "
         f"{c.duration_seconds:g} s measured; new connections: {c.connect_workers} workers, "
         f"{c.connect_warmup_seconds:g} s warm-up, {c.connect_duration_seconds:g} s measured",
+        f"sharing: {c.records:,} records of 10 string fields published as {c.department}; "
+        f"queries as {c.consumer} for {len(c.query_fields)} fields",
         "",
     ]
     results = _results(report)
     for key, label, unit, baseline in _ROWS:
-        lines.append(_load_row(label, results[key], unit, results.get(baseline or "")))
+        lines.append(load_row(label, results[key], unit, results.get(baseline or "")))
+    lines += sharing.rows(s, report.echo, c)
     lines += [
-        f"{'node peak RSS':<{_LABEL}}{report.node_peak_rss_mb:>8,.0f} MB      "
-        f"(budget {c.node_rss_budget_mb:g} MB)",
-        f"{'embedded PostgreSQL peak RSS':<{_LABEL}}{report.postgres_peak_rss_mb:>8,.0f} MB      "
+        f"{'node peak RSS, all phases':<{LABEL}}{report.node_peak_rss_mb:>8,.0f} MB"
+        f"{'':<9}(budget {c.node_rss_budget_mb:g} MB)",
+        f"{'node peak RSS, audited query phase':<{LABEL}}{s.query_node_peak_rss_mb:>8,.0f} MB"
+        f"{'':<9}(budget {c.node_rss_budget_mb:g} MB)",
+        f"{'embedded PostgreSQL peak RSS, all phases':<{LABEL}}"
+        f"{report.postgres_peak_rss_mb:>8,.0f} MB{'':<9}"
         "(sum over its processes; shared memory counted in each)",
         "",
         f"CPU in each measured window, % of one core ({cores} cores = {100 * cores}%):",
-        f"{'':<{_LABEL}}"
-        + "".join(f"{h:>9}" for h in ("bench", "server", "postgres", "other", "idle")),
+        cpu_header(),
     ]
-    noisy, client_bound = [], []
+    metered = []
     for key, label, _, _ in _ROWS:
         cpu = results[key].cpu
         assert cpu is not None  # every phase is run with a meter
-        lines.append(_cpu_row(label, cpu))
+        metered.append((label, cpu))
+    metered += sharing.cpu_rows(s)
+    noisy, client_bound = [], []
+    for label, cpu in metered:
+        lines.append(cpu_row(label, cpu))
         if cpu.others >= _NOISE_PERCENT:
             noisy.append(label)
         if cpu.by_group["bench"] >= _CLIENT_BOUND_PERCENT:
             client_bound.append(label)
+    lines += ["", "Targets from the issue (this run):"]
+    for target in sharing.targets(s, report.echo, c, report.node_peak_rss_mb):
+        lines.append(
+            f"  {target.what:<{LABEL - 2}}{target.target:<22}{target.measured:<20}"
+            + ("met" if target.met else "MISSED")
+        )
     if noisy:
         lines += [
             "",
@@ -378,6 +331,7 @@ def _as_json(report: Report) -> dict[str, Any]:
             "ratio_to_plaintext": report.tls_connect.rate / report.plain_connect.rate,
         },
         "plaintext_connect_call": load(report.plain_connect),
+        **sharing.as_json(report.sharing, report.echo, report.config, report.node_peak_rss_mb),
         "node_peak_rss_mb": report.node_peak_rss_mb,
         "node_rss_budget_mb": report.config.node_rss_budget_mb,
         "postgres_peak_rss_mb": report.postgres_peak_rss_mb,

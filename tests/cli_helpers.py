@@ -43,3 +43,19 @@ def tongban(*args: str, env: dict[str, str] | None = None, timeout: float = 120)
         check=False,
     )
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+async def atongban(*args: str, env: dict[str, str] | None = None, within: float = 120) -> Result:
+    """``tongban`` as a subprocess without blocking the event loop (for in-process nodes)."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        TONGBAN,
+        *args,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env if env is not None else cli_env(),
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), within)
+    assert proc.returncode is not None
+    return Result(proc.returncode, out.decode(), err.decode())

@@ -1,91 +1,23 @@
-"""The data of the DESIGN.md story: a restaurant company, its owner, and their datasets."""
+"""The story's data, shared with ``tongban demo``."""
 
-from __future__ import annotations
-
-from datetime import date
-from decimal import Decimal
-
-from tongban.exchange.catalogue.subject_ids import citizen_id_check_digit, uscc_check_character
-from tongban.v1 import catalogue_pb2, values_pb2
-
-# 统一社会信用代码 of the new company and 公民身份号码 of its legal representative, with
-# their real check characters.
-COMPANY_USCC = "91330102MA2K8Q7R1" + uscc_check_character("91330102MA2K8Q7R1")
-OWNER_ID = "33010219850312002" + citizen_id_check_digit("33010219850312002")
-CASE_ID = "SPJY-2026-000123"
-PURPOSE = "食品经营许可审批"
-
-T = values_pb2
-
-
-def field(
-    name: str,
-    kind: values_pb2.FieldType.ValueType,
-    description: str,
-    *,
-    personal: bool = False,
-    required: bool = False,
-) -> catalogue_pb2.FieldSpec:
-    return catalogue_pb2.FieldSpec(
-        name=name,
-        type=kind,
-        description=description,
-        personal=personal,
-        required=required,
-    )
-
-
-ENTERPRISE = catalogue_pb2.DatasetSpec(
-    code="samr.enterprise",
-    title="市场主体登记信息",
-    description="企业名称、法定代表人、住所、注册资本等登记事项",
-    fields=[
-        field("uscc", T.FIELD_TYPE_STRING, "统一社会信用代码", required=True),
-        field("name", T.FIELD_TYPE_STRING, "企业名称", required=True),
-        field("legal_representative", T.FIELD_TYPE_STRING, "法定代表人"),
-        field("legal_representative_id", T.FIELD_TYPE_STRING, "法定代表人身份证号", personal=True),
-        field("address", T.FIELD_TYPE_STRING, "住所"),
-        field("registered_capital", T.FIELD_TYPE_DECIMAL, "注册资本（万元）"),
-        field("established", T.FIELD_TYPE_DATE, "成立日期"),
-        field("business_scope", T.FIELD_TYPE_STRING, "经营范围"),
-    ],
-    key_field="uscc",
-    subject_kind=catalogue_pb2.SUBJECT_KIND_ENTERPRISE,
-    update_frequency="实时",
-    share_class=catalogue_pb2.SHARE_CLASS_UNCONDITIONAL,
+from tongban.exchange.cli.story_data import (
+    CASE_ID,
+    COMPANY,
+    COMPANY_USCC,
+    ENTERPRISE,
+    OWNER,
+    OWNER_ID,
+    PERSON,
+    PURPOSE,
 )
 
-COMPANY = {
-    "name": "杭州味道餐饮管理有限公司",
-    "legal_representative": "王晓明",
-    "legal_representative_id": OWNER_ID,
-    "address": "浙江省杭州市上城区解放路88号",
-    "registered_capital": Decimal("50.00"),
-    "established": date(2026, 11, 2),
-    "business_scope": "餐饮服务；食品销售",
-}
-
-PERSON = catalogue_pb2.DatasetSpec(
-    code="police.person",
-    title="人口基础信息",
-    description="公民身份号码、姓名、性别、出生日期、户籍地址",
-    fields=[
-        field("citizen_id", T.FIELD_TYPE_STRING, "公民身份号码", required=True, personal=True),
-        field("name", T.FIELD_TYPE_STRING, "姓名", personal=True),
-        field("gender", T.FIELD_TYPE_STRING, "性别", personal=True),
-        field("birth_date", T.FIELD_TYPE_DATE, "出生日期", personal=True),
-        field("household_address", T.FIELD_TYPE_STRING, "户籍地址", personal=True),
-    ],
-    key_field="citizen_id",
-    subject_kind=catalogue_pb2.SUBJECT_KIND_PERSON,
-    update_frequency="每日",
-    share_class=catalogue_pb2.SHARE_CLASS_CONDITIONAL,
-    conditions="仅限审批、监管部门依法办理行政许可时核验身份，须经申请批准",
-)
-
-OWNER = {
-    "name": "王晓明",
-    "gender": "男",
-    "birth_date": date(1985, 3, 12),
-    "household_address": "浙江省杭州市西湖区文三路1号",
-}
+__all__ = [
+    "CASE_ID",
+    "COMPANY",
+    "COMPANY_USCC",
+    "ENTERPRISE",
+    "OWNER",
+    "OWNER_ID",
+    "PERSON",
+    "PURPOSE",
+]

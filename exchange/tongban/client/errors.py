@@ -51,4 +51,11 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> ExchangeError:
                         code=code,
                         metadata=dict(info.metadata),
                     )
+    if code is grpc.StatusCode.UNAVAILABLE:
+        message = (
+            "The exchange node cannot be reached, or it refused our certificate at the TLS "
+            f"handshake; check the endpoint and the bundle ({message[:200]})."
+        )
+    elif code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        message = "The exchange node did not answer in time; retry later."
     return ExchangeError(message, reason=code.name, code=code)

@@ -43,6 +43,22 @@ class NodeMetrics:
             "Idle connections in the node's PostgreSQL pool.",
             registry=self.registry,
         )
+        self.query_decisions = Counter(
+            "tongban_query_decisions",
+            "Query decisions, by decision (allowed/denied) and reason code.",
+            ["decision", "reason"],
+            registry=self.registry,
+        )
+        self.access_log_entries = Counter(
+            "tongban_access_log_entries",
+            "Access-log entries written (committed).",
+            registry=self.registry,
+        )
+        self.grants_overdue = Gauge(
+            "tongban_grants_overdue",
+            "Grant requests not answered by their due date (working days).",
+            registry=self.registry,
+        )
         self.up = Gauge(
             "tongban_node_up",
             "1 while the node serves, 0 while it drains.",

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta, timezone
 from types import TracebackType
 
+import asyncpg
 import grpc
 from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -27,7 +29,7 @@ from tongban.exchange.datadir import (
 )
 from tongban.exchange.db.database import Database
 from tongban.exchange.db.notify import ChangeListener
-from tongban.exchange.errors import AddressInUse
+from tongban.exchange.errors import AddressInUse, DatabaseUnavailable
 from tongban.exchange.http import build_http_app
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.auth import Authenticator
@@ -89,7 +91,9 @@ class Node:
             self.db = await Database.open(self.settings)
             self._changes = ChangeListener(self.db.pool)
             self._auth = Authenticator(self.db.pool, self._changes, self.clock)
-            self.access_log = AccessLog(self.db.pool)
+            self.access_log = AccessLog(
+                self.db.pool, on_written=self.metrics.access_log_entries.inc
+            )
             self.sharing = Sharing(
                 self.db.pool,
                 self._changes,
@@ -102,6 +106,8 @@ class Node:
                     frozenset(self.settings.holidays), frozenset(self.settings.makeup_workdays)
                 ),
                 self.settings.grant_answer_days,
+                timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
+                on_decision=lambda d, r: self.metrics.query_decisions.labels(d, r or "").inc(),
             )
             await self._changes.start()
             await self.access_log.start()
@@ -183,7 +189,9 @@ class Node:
 
     async def _start_http(self) -> None:
         assert self.db is not None
-        app = build_http_app(self.db, self.metrics, self.settings.node_name)
+        app = build_http_app(
+            self.db, self.metrics, self.settings.node_name, before_scrape=[self._count_overdue]
+        )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         self._http = runner
@@ -199,6 +207,14 @@ class Node:
         server = site._server  # aiohttp exposes the bound port only here
         assert isinstance(server, asyncio.base_events.Server)
         self.http_port = server.sockets[0].getsockname()[1]
+
+    async def _count_overdue(self) -> None:
+        assert self.sharing is not None
+        try:
+            overdue = await self.sharing.grants.overdue_count(self.clock.now())
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise DatabaseUnavailable("Cannot count overdue grants.") from e
+        self.metrics.grants_overdue.set(overdue)
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop; idempotent."""

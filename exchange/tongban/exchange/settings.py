@@ -103,6 +103,10 @@ class Settings(BaseSettings):
     grant_answer_days: int = Field(default=5, ge=1, le=60)
     """Working days an owner has to answer a grant request (政务数据共享条例: 5 by default)."""
 
+    working_utc_offset_hours: int = Field(default=8, ge=-12, le=14)
+    """The offices' time zone as hours from UTC (8: China Standard Time, no daylight saving);
+    a working day ends at midnight there."""
+
     holidays: Annotated[tuple[date, ...], NoDecode] = ()
     """Public holidays (comma-separated YYYY-MM-DD) that are not working days."""
 

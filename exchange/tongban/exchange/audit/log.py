@@ -16,7 +16,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -97,8 +97,15 @@ def _cut(text: str | None) -> str | None:
 class AccessLog:
     """Durable, batched appends to ``access_log``; ``start()`` before use, ``stop()`` after."""
 
-    def __init__(self, pool: asyncpg.Pool, *, timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        timeout: float = 5.0,
+        on_written: Callable[[int], object] | None = None,
+    ) -> None:
         self._pool = pool
+        self._on_written = on_written
         self._timeout = timeout
         self._queue: list[tuple[Sequence[AccessEntry], asyncio.Future[None]]] = []
         self._wake = asyncio.Event()
@@ -161,6 +168,8 @@ class AccessLog:
             return
         self.batches += 1
         self.entries += len(rows)
+        if self._on_written is not None:
+            self._on_written(len(rows))
         for _, done in batch:
             if not done.done():
                 done.set_result(None)

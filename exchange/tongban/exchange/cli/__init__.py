@@ -103,6 +103,10 @@ def _build_parser() -> argparse.ArgumentParser:
     activate = dept_sub.add_parser("activate", parents=[common], help="lift a suspension")
     activate.add_argument("code")
 
+    from tongban.exchange.cli.sharing_cmds import add_parsers
+
+    add_parsers(sub, common, _Parser)
+
     ca = sub.add_parser("ca", help="the exchange root CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, parser_class=_Parser)
     ca_sub.add_parser("export", parents=[common], help="print the root CA certificate (PEM)")
@@ -111,10 +115,12 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tongban`` command; return its exit code."""
-    args = _build_parser().parse_args(argv)
     # gRPC core logs every failed TLS handshake and fork at INFO on stderr; the node
-    # reports what matters itself (metrics, log lines). GRPC_VERBOSITY still overrides.
+    # reports what matters itself (metrics, log lines). It reads this when gRPC is first
+    # imported, hence before the parser (whose commands import the client) is built.
+    # GRPC_VERBOSITY set by the user still wins.
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    args = _build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose or args.command == "serve" else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

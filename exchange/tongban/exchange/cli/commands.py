@@ -20,17 +20,18 @@ from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings, load_settings
 from tongban.signing.clock import SystemClock
 
-__all__ = ["run"]
+__all__ = ["emit", "fresh_demo_dir", "run", "settings_from_args"]
 
 
-def _emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
+def emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
     if args.json:
         print(json.dumps({"ok": True, **payload}, ensure_ascii=False, default=str), flush=True)
     elif human:
         print(human, flush=True)
 
 
-def _settings(args: argparse.Namespace, **extra: Any) -> Settings:
+def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
+    """Settings from the environment, with --data-dir and ``extra`` options on top."""
     return load_settings(data_dir=args.data_dir, **extra)
 
 
@@ -47,14 +48,18 @@ async def run(args: argparse.Namespace) -> int:
         return await _dept(args)
     if args.command == "ca":
         return await _ca_export(args)
+    if args.command in ("catalogue", "query", "grant"):
+        from tongban.exchange.cli.sharing_cmds import run_sharing
+
+        return await run_sharing(args)
     raise InvalidArgument(f"Unknown command {args.command!r}.")  # argparse prevents this
 
 
 async def _init(args: argparse.Namespace) -> int:
-    settings = _settings(args)
+    settings = settings_from_args(args)
     result = await asyncio.to_thread(init_data_dir, settings, SystemClock().now())
     verb = "initialised" if result.created else "already initialised"
-    _emit(
+    emit(
         args,
         {
             "created": result.created,
@@ -68,7 +73,7 @@ async def _init(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    settings = _settings(args, grpc_listen=args.grpc_listen, http_listen=args.http_listen)
+    settings = settings_from_args(args, grpc_listen=args.grpc_listen, http_listen=args.http_listen)
     clock = SystemClock()
     if not is_initialised(settings.data_dir):
         await asyncio.to_thread(init_data_dir, settings, clock.now())
@@ -84,7 +89,7 @@ async def _serve(args: argparse.Namespace) -> int:
             assert node.db is not None
             enrolled = await enrol_demo_departments(node.db, settings, clock.now())
         bundles = settings.data_dir / "bundles"
-        _emit(
+        emit(
             args,
             {
                 "event": "ready",
@@ -109,12 +114,12 @@ async def _serve(args: argparse.Namespace) -> int:
         await node.stop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    _emit(args, {"event": "stopped"}, "")
+    emit(args, {"event": "stopped"}, "")
     return 0
 
 
 async def _dept(args: argparse.Namespace) -> int:
-    settings = _settings(args, grpc_listen=getattr(args, "grpc_endpoint", None))
+    settings = settings_from_args(args, grpc_listen=getattr(args, "grpc_endpoint", None))
     async with await Database.open(settings, pool_size=2) as db:
         store = DepartmentStore(db.pool)
         if args.dept_command == "add":
@@ -129,7 +134,7 @@ async def _dept(args: argparse.Namespace) -> int:
                 out=args.out,
                 now=SystemClock().now(),
             )
-            _emit(
+            emit(
                 args,
                 {"department": department.to_dict(), "bundle": str(bundle)},
                 f"registered {department.code} ({department.name}); bundle written to {bundle}",
@@ -142,7 +147,7 @@ async def _dept(args: argparse.Namespace) -> int:
                 for d in departments
             ]
             header = f"{'CODE':<20} {'LEVEL':<9} {'STATUS':<10} {'ROLES':<8} {'PARENT':<12} NAME"
-            _emit(
+            emit(
                 args,
                 {"departments": [d.to_dict() for d in departments]},
                 "\n".join([header, *lines]) if lines else "no departments registered",
@@ -150,7 +155,7 @@ async def _dept(args: argparse.Namespace) -> int:
         else:
             status = Status.SUSPENDED if args.dept_command == "suspend" else Status.ACTIVE
             department = await store.set_status(args.code, status)
-            _emit(
+            emit(
                 args,
                 {"department": department.to_dict()},
                 f"{department.code} is now {department.status.value}",
@@ -159,9 +164,9 @@ async def _dept(args: argparse.Namespace) -> int:
 
 
 async def _ca_export(args: argparse.Namespace) -> int:
-    pem = ca_certificate_pem(_settings(args))
+    pem = ca_certificate_pem(settings_from_args(args))
     if args.json:
-        _emit(args, {"certificate": pem.decode()}, "")
+        emit(args, {"certificate": pem.decode()}, "")
     else:
         sys.stdout.write(pem.decode())
     return 0

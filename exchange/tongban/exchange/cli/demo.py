@@ -13,12 +13,15 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
-from tongban.client import Bundle, ExchangeClient, ExchangeError
+from tongban.client import Bundle, ExchangeClient, ExchangeError, verify_answer
 from tongban.errors import TongbanError
+from tongban.exchange.audit.log import SubjectHasher
+from tongban.exchange.cli import story_data as story
 from tongban.exchange.cli.commands import fresh_demo_dir
-from tongban.exchange.datadir import init_data_dir
+from tongban.exchange.datadir import ca_certificate_pem, init_data_dir, load_log_key
 from tongban.exchange.departments import DepartmentStore, Status
 from tongban.exchange.enrolment import DEMO_DEPARTMENTS, bundle_dir, enrol_demo_departments
 from tongban.exchange.node import Node
@@ -168,11 +171,116 @@ async def run_demo(args: argparse.Namespace) -> int:
                 {"reason": refused},
             )
 
+        def client(code: str, officer: str) -> ExchangeClient:
+            bundle = Bundle.load(bundle_dir(settings, code))
+            return ExchangeClient(bundle, target=target, officer_id=officer)
+
+        async def police_data() -> _Outcome:
+            async with client("police", "GA-0001") as police:
+                dataset = await police.register_dataset(story.PERSON, publish=True)
+                await police.publish_records("police.person", [(story.OWNER_ID, story.OWNER)])
+            return _Outcome(
+                True,
+                f"police.person ({dataset.spec.title}) is in the catalogue as conditional: "
+                "shared only under a grant",
+            )
+
+        async def step_1() -> _Outcome:
+            async with client("samr", "SC-0001") as samr:
+                await samr.register_dataset(story.ENTERPRISE, publish=True)
+                counts = await samr.publish_records(
+                    "samr.enterprise", [(story.COMPANY_USCC, story.COMPANY)]
+                )
+            return _Outcome(
+                counts.inserted == 1,
+                f"{story.COMPANY['name']} ({story.COMPANY_USCC}) published to samr.enterprise "
+                "(unconditional: shared by default)",
+                {"uscc": story.COMPANY_USCC},
+            )
+
+        async def step_3() -> _Outcome:
+            now = clock.now()
+            async with client("approval", "SP-0007") as approval:
+                company = await approval.query(
+                    "samr.enterprise",
+                    [story.COMPANY_USCC],
+                    fields=["name", "legal_representative", "legal_representative_id", "address"],
+                    purpose=story.PURPOSE,
+                    case_id=story.CASE_ID,
+                    sign=True,
+                )
+                grant = await approval.request_grant(
+                    "police.person",
+                    ["name", "gender"],
+                    story.PURPOSE,
+                    "《食品经营许可和备案管理办法》第十二条",
+                    now + timedelta(days=180),
+                )
+            async with client("police", "GA-0002") as police:
+                await police.decide_grant(
+                    grant.id, approve=True, reason="办理食品经营许可需核验身份"
+                )
+            async with client("approval", "SP-0007") as approval:
+                person = await approval.query(
+                    "police.person",
+                    [story.OWNER_ID],
+                    fields=["name", "gender"],
+                    purpose=story.PURPOSE,
+                    case_id=story.CASE_ID,
+                )
+            proof = verify_answer(
+                company.signed_payload,
+                company.signature,
+                ca_pem=ca_certificate_pem(settings),
+                now=clock.now(),
+            )
+            fields = company.by_key()[story.COMPANY_USCC].fields
+            who = person.by_key()[story.OWNER_ID].fields
+            return _Outcome(
+                fields["legal_representative_id"] == story.OWNER_ID and who["name"] == "王晓明",
+                f"company: {fields['name']}, legal representative {fields['legal_representative']}"
+                f" (signed answer verified: {proof['dataset']} v{proof['dataset_version']}); "
+                f"identity under grant {grant.id[:8]}: {who['name']} {who['gender']} — "
+                "nothing submitted on paper",
+                {"grant": grant.id, "fields_received": sorted(fields) + sorted(who)},
+            )
+
+        async def step_7() -> _Outcome:
+            async with client("tax", "SW-0042") as tax:
+                try:
+                    await tax.query(
+                        "police.person",
+                        [story.OWNER_ID],
+                        fields=["name", "household_address"],
+                        purpose="税务稽查",
+                        case_id="SW-2026-77",
+                    )
+                except ExchangeError as e:
+                    refused = e.reason
+                else:
+                    return _Outcome(False, "tax read conditional data without a grant")
+            logged = await db.pool.fetchval(
+                "SELECT count(*) FROM access_log WHERE caller = 'tax' AND decision = 'denied'"
+                " AND reason = $1 AND subject_hmac = $2",
+                refused,
+                SubjectHasher(load_log_key(settings))(story.OWNER_ID),
+            )
+            return _Outcome(
+                refused == "GRANT_REQUIRED" and logged == 1,
+                f"tax was refused ({refused}); the denial is in the access log ({logged} entry, "
+                "subject id stored only as a keyed hash)",
+                {"reason": refused},
+            )
+
         await steps.run("0.1", "An exchange node starts on embedded PostgreSQL", node_up)
         await steps.run("0.2", "The story's departments are registered", enrol)
         await steps.run("0.3", "Each department is known by its certificate", authenticate)
         await steps.run("0.4", "A certificate from another CA is refused", foreign)
         await steps.run("0.5", "A suspended department is refused at once", suspension)
+        await steps.run("0.6", "Police share population data on conditions", police_data)
+        await steps.run("1", "samr registers the company; it is published once", step_1)
+        await steps.run("3", "Approval gets the company and the owner's identity, no paper", step_3)
+        await steps.run("7", "Tax asks for personal data without a grant: denied, logged", step_7)
     finally:
         await node.stop()
     if args.json:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone, tzinfo
 
 import asyncpg
 
@@ -73,10 +73,17 @@ def _fields(entry: DatasetEntry, fields: Sequence[str]) -> tuple[str, ...]:
 
 
 class GrantStore:
-    def __init__(self, pool: asyncpg.Pool, calendar: WorkingCalendar, answer_days: int) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        calendar: WorkingCalendar,
+        answer_days: int,
+        office_zone: tzinfo = timezone(timedelta(hours=8)),
+    ) -> None:
         self._pool = pool
         self._calendar = calendar
         self._answer_days = answer_days
+        self._zone = office_zone
 
     async def request(
         self,
@@ -132,7 +139,8 @@ class GrantStore:
             basis,
             expiry,
             now,
-            self._calendar.add_working_days(now, self._answer_days),
+            # Working days end at midnight where the offices are, not in UTC.
+            self._calendar.add_working_days(now.astimezone(self._zone), self._answer_days),
             officer,
         )
         assert row is not None

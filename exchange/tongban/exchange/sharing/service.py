@@ -13,9 +13,9 @@ denials as well as answers.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 
 import asyncpg
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -104,10 +104,13 @@ class Sharing:
         node_name: str,
         calendar: WorkingCalendar,
         answer_days: int,
+        office_zone: tzinfo,
+        on_decision: Callable[[str, str | None], object] | None = None,
     ) -> None:
+        self._on_decision = on_decision
         self.datasets = DatasetStore(pool)
         self.records = RecordStore(pool)
-        self.grants = GrantStore(pool, calendar, answer_days)
+        self.grants = GrantStore(pool, calendar, answer_days, office_zone)
         self._log = access_log
         self._hasher = hasher
         self._signing = signing
@@ -274,6 +277,8 @@ class Sharing:
             "decision": decision,
             "reason": reason,
         }
+        if self._on_decision is not None:
+            self._on_decision(decision, reason)
         subjects: Sequence[bytes | None] = [self._hasher(k) for k in keys] or [None]
         await self._log.append(
             [AccessEntry(subject_hmac=subject, **base) for subject in subjects]  # type: ignore[arg-type]

@@ -1,0 +1,41 @@
+"""The printed table's rows: one style for every phase, so the figures line up."""
+
+from __future__ import annotations
+
+from bench._load import LoadResult
+from bench._watch import CpuUse
+
+__all__ = ["LABEL", "cpu_header", "cpu_row", "latency_row", "load_row", "rate_row"]
+
+LABEL = 44
+"""Width of the label column."""
+_CPU_COLUMNS = ("bench", "server", "postgres", "other", "idle")
+
+
+def rate_row(label: str, rate: float, unit: str, detail: str = "") -> str:
+    """``label``, a rate in its unit, then free text in the latency columns."""
+    return f"{label:<{LABEL}}{rate:>8,.0f} {unit:<10}{detail}".rstrip()
+
+
+def load_row(label: str, result: LoadResult, unit: str, baseline: LoadResult | None) -> str:
+    detail = f"p50 {result.p50_ms:5.1f} ms  p99 {result.p99_ms:5.1f} ms"
+    if baseline is not None:
+        detail += f"   {result.rate / baseline.rate:4.0%} of baseline"
+    return rate_row(label, result.rate, unit, detail)
+
+
+def latency_row(label: str, p50_ms: float, max_ms: float, detail: str = "") -> str:
+    """A row of latencies only (sequential calls have no meaningful rate)."""
+    return f"{label:<{LABEL}}{'':>8} {'':<10}p50 {p50_ms:5.1f} ms  max {max_ms:5.1f} ms{detail}"
+
+
+def cpu_header() -> str:
+    return f"{'':<{LABEL}}" + "".join(f"{h:>9}" for h in _CPU_COLUMNS)
+
+
+def cpu_row(label: str, cpu: CpuUse) -> str:
+    cells = [cpu.by_group.get(group) for group in _CPU_COLUMNS[:3]]
+    cells += [cpu.others, cpu.idle]
+    return f"{label:<{LABEL}}" + "".join(
+        f"{'-':>9}" if value is None else f"{value:>8.0f}%" for value in cells
+    )

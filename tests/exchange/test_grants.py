@@ -1,0 +1,113 @@
+"""Grant deadlines in working days, overdue requests, decisions and their limits."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+import aiohttp
+import pytest
+
+from tests.conftest import client_for
+from tests.stories.restaurant import PERSON, PURPOSE
+from tongban.client import ExchangeError
+from tongban.exchange.node import Node
+from tongban.signing.clock import FixedClock
+
+CST = timezone(timedelta(hours=8))
+
+
+async def _metric(node: Node, name: str) -> str:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{node.http_port}/metrics") as response,
+    ):
+        text = await response.text()
+    return next(line for line in text.splitlines() if line.startswith(name + " "))
+
+
+async def test_deadline_overdue_and_decisions(node: Node) -> None:
+    assert isinstance(node.clock, FixedClock)
+    # Friday 2026-11-27 20:00 UTC is already Saturday 04:00 in China: the five working days
+    # run Mon 30 Nov .. Fri 4 Dec, due at the end of Friday, China time.
+    node.clock.set(datetime(2026, 11, 27, 20, 0, tzinfo=UTC))
+    async with client_for(node, "police") as police:
+        await police.register_dataset(PERSON, publish=True)
+    async with client_for(node, "approval", "SP-1") as approval:
+        grant = await approval.request_grant(
+            "police.person",
+            ["name", "gender"],
+            PURPOSE,
+            "依法核验",
+            node.clock.now() + timedelta(days=90),
+        )
+    due = grant.due_at.ToDatetime(tzinfo=UTC).astimezone(CST)
+    assert (due.date().isoformat(), due.hour, due.minute) == ("2026-12-04", 23, 59)
+    assert grant.requested_by == "SP-1"
+
+    assert await _metric(node, "tongban_grants_overdue") == "tongban_grants_overdue 0.0"
+    node.clock.set(datetime(2026, 12, 5, 1, 0, tzinfo=UTC))  # Saturday morning in China
+    async with client_for(node, "police") as police:
+        overdue = await police.list_grants(overdue=True)
+        assert [g.id for g in overdue] == [grant.id]
+        assert await _metric(node, "tongban_grants_overdue") == "tongban_grants_overdue 1.0"
+
+        with pytest.raises(ExchangeError) as wider:
+            await police.decide_grant(grant.id, approve=True, fields=["name", "household_address"])
+        assert wider.value.reason == "INVALID_ARGUMENT"
+        with pytest.raises(ExchangeError) as later:
+            await police.decide_grant(
+                grant.id, approve=True, expiry=node.clock.now() + timedelta(days=365)
+            )
+        assert later.value.reason == "INVALID_ARGUMENT"
+        with pytest.raises(ExchangeError) as no_reason:
+            await police.decide_grant(grant.id, approve=False)
+        assert no_reason.value.reason == "INVALID_ARGUMENT"
+        refused = await police.decide_grant(grant.id, approve=False, reason="用途不明确")
+        assert refused.decision_reason == "用途不明确"
+        assert await police.list_grants(overdue=True) == []
+    async with client_for(node, "tax") as tax:
+        # Someone else's grant does not exist for them.
+        with pytest.raises(ExchangeError) as foreign:
+            await tax.revoke_grant(grant.id)
+        assert foreign.value.reason == "GRANT_NOT_FOUND"
+        with pytest.raises(ExchangeError) as not_an_id:
+            await tax.revoke_grant("not-a-uuid")
+        assert not_an_id.value.reason == "GRANT_NOT_FOUND"
+
+
+async def test_grants_are_only_for_conditional_data(node: Node) -> None:
+    from tests.stories.restaurant import ENTERPRISE
+
+    async with client_for(node, "samr") as samr:
+        await samr.register_dataset(ENTERPRISE, publish=True)
+    async with client_for(node, "tax") as tax:
+        with pytest.raises(ExchangeError) as needless:
+            await tax.request_grant(
+                "samr.enterprise", ["name"], PURPOSE, "依法", node.clock.now() + timedelta(days=9)
+            )
+    assert needless.value.reason == "INVALID_ARGUMENT"
+    assert "unconditional" in needless.value.message
+
+
+async def test_an_expired_grant_stops_queries(node: Node) -> None:
+    from tests.stories.restaurant import OWNER, OWNER_ID
+
+    assert isinstance(node.clock, FixedClock)
+    async with client_for(node, "police") as police:
+        await police.register_dataset(PERSON, publish=True)
+        await police.publish_records("police.person", [(OWNER_ID, OWNER)])
+        async with client_for(node, "approval") as approval:
+            grant = await approval.request_grant(
+                "police.person", ["name"], PURPOSE, "依法", node.clock.now() + timedelta(days=2)
+            )
+            await police.decide_grant(grant.id, approve=True)
+            answer = await approval.query(
+                "police.person", [OWNER_ID], fields=["name"], purpose=PURPOSE, case_id="E-1"
+            )
+            assert answer.records
+            node.clock.advance(timedelta(days=3))
+            with pytest.raises(ExchangeError) as expired:
+                await approval.query(
+                    "police.person", [OWNER_ID], fields=["name"], purpose=PURPOSE, case_id="E-2"
+                )
+    assert expired.value.reason == "GRANT_EXPIRED"
