@@ -27,6 +27,20 @@ def _target(node: Node) -> str:
     return f"127.0.0.1:{node.grpc_port}"
 
 
+def _raw_channel(
+    node: Node, bundle: Bundle, *, client_certificate: bool = True
+) -> grpc.aio.Channel:
+    """A plain gRPC channel (no typed client), to send what the client would refuse to."""
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=bundle.ca_pem,
+        private_key=bundle.tls_key_pem if client_certificate else None,
+        certificate_chain=bundle.tls_cert_pem if client_certificate else None,
+    )
+    return grpc.aio.secure_channel(
+        _target(node), credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+    )
+
+
 def _with_cert(bundle: Bundle, cert: x509.Certificate, key_pem: bytes) -> Bundle:
     return Bundle(
         department=bundle.department,
@@ -85,29 +99,14 @@ async def test_certificate_from_a_foreign_ca_fails_the_handshake(
 
 
 async def test_expired_certificate_fails_the_handshake(node: Node, settings: Settings) -> None:
-    ca = load_ca(settings)
-    key = generate_private_key()
-    long_ago = SystemClock().now() - timedelta(days=30)
-    cert = issue_department_tls_certificate(
-        ca_cert=ca.cert,
-        ca_key=ca.key,
-        code="samr",
-        name="县市场监督管理局",
-        public_key=key.public_key(),
-        now=long_ago,
-        validity=timedelta(days=1),
-    )
-    bundle = _with_cert(Bundle.load(bundle_path(settings, "samr")), cert, private_key_pem(key))
+    bundle = _bundle_with_new_cert(settings, "samr", like="samr", days_ago=30, days=1)
     error = await _call(bundle, node)
     assert error.code is grpc.StatusCode.UNAVAILABLE
 
 
 async def test_no_client_certificate_fails_the_handshake(node: Node, settings: Settings) -> None:
     bundle = Bundle.load(bundle_path(settings, "samr"))
-    credentials = grpc.ssl_channel_credentials(root_certificates=bundle.ca_pem)
-    async with grpc.aio.secure_channel(
-        _target(node), credentials, options=[("grpc.ssl_target_name_override", "localhost")]
-    ) as channel:
+    async with _raw_channel(node, bundle, client_certificate=False) as channel:
         from tongban.v1 import node_pb2, node_pb2_grpc
 
         with pytest.raises(grpc.aio.AioRpcError) as caught:
@@ -147,39 +146,35 @@ async def test_suspended_department_is_refused_until_reactivated(
             pytest.fail("a reactivated department stayed refused")
 
 
-async def test_valid_certificate_of_an_unregistered_department_is_refused(
-    node: Node, settings: Settings
-) -> None:
+def _bundle_with_new_cert(
+    settings: Settings, code: str, *, like: str, days_ago: int = 0, days: int = 825
+) -> Bundle:
+    """``like``'s bundle with a fresh certificate for ``code`` from the exchange's own CA."""
     ca = load_ca(settings)
     key = generate_private_key()
     cert = issue_department_tls_certificate(
         ca_cert=ca.cert,
         ca_key=ca.key,
-        code="ghost",
-        name="未登记部门",
+        code=code,
+        name="部门",
         public_key=key.public_key(),
-        now=SystemClock().now(),
+        now=SystemClock().now() - timedelta(days=days_ago),
+        validity=timedelta(days=days),
     )
-    bundle = _with_cert(Bundle.load(bundle_path(settings, "samr")), cert, private_key_pem(key))
-    error = await _call(bundle, node)
+    return _with_cert(Bundle.load(bundle_path(settings, like)), cert, private_key_pem(key))
+
+
+async def test_valid_certificate_of_an_unregistered_department_is_refused(
+    node: Node, settings: Settings
+) -> None:
+    error = await _call(_bundle_with_new_cert(settings, "ghost", like="samr"), node)
     assert error.code is grpc.StatusCode.UNAUTHENTICATED
     assert error.reason == "DEPARTMENT_UNKNOWN"
 
 
 async def test_a_replaced_certificate_is_no_longer_accepted(node: Node, settings: Settings) -> None:
     """Another valid certificate for a registered code is not the registered one."""
-    ca = load_ca(settings)
-    key = generate_private_key()
-    cert = issue_department_tls_certificate(
-        ca_cert=ca.cert,
-        ca_key=ca.key,
-        code="police",
-        name="县公安局",
-        public_key=key.public_key(),
-        now=SystemClock().now(),
-    )
-    bundle = _with_cert(Bundle.load(bundle_path(settings, "police")), cert, private_key_pem(key))
-    error = await _call(bundle, node)
+    error = await _call(_bundle_with_new_cert(settings, "police", like="police"), node)
     assert error.code is grpc.StatusCode.UNAUTHENTICATED
     assert error.reason == "CERTIFICATE_NOT_REGISTERED"
 
@@ -201,14 +196,7 @@ async def test_malformed_officer_id_is_refused_by_the_node(
     from tongban.v1 import node_pb2, node_pb2_grpc
 
     bundle = Bundle.load(bundle_path(settings, "samr"))
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=bundle.ca_pem,
-        private_key=bundle.tls_key_pem,
-        certificate_chain=bundle.tls_cert_pem,
-    )
-    async with grpc.aio.secure_channel(
-        _target(node), credentials, options=[("grpc.ssl_target_name_override", "localhost")]
-    ) as channel:
+    async with _raw_channel(node, bundle) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await node_pb2_grpc.NodeServiceStub(channel).WhoAmI(
                 node_pb2.WhoAmIRequest(), timeout=5, metadata=(("x-tongban-officer", officer),)
@@ -230,14 +218,7 @@ async def test_health_and_reflection_are_served(node: Node, settings: Settings) 
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
     bundle = Bundle.load(bundle_path(settings, "samr"))
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=bundle.ca_pem,
-        private_key=bundle.tls_key_pem,
-        certificate_chain=bundle.tls_cert_pem,
-    )
-    async with grpc.aio.secure_channel(
-        _target(node), credentials, options=[("grpc.ssl_target_name_override", "localhost")]
-    ) as channel:
+    async with _raw_channel(node, bundle) as channel:
         health = await health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service="tongban.v1.NodeService"), timeout=5
         )
