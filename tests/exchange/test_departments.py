@@ -28,7 +28,8 @@ def _fp(seed: str) -> bytes:
 @pytest_asyncio.fixture
 async def store(database_url: str) -> AsyncIterator[DepartmentStore]:
     async with asyncpg.create_pool(database_url, min_size=1, max_size=2) as pool:
-        await apply_migrations(pool)
+        async with pool.acquire() as conn:
+            await apply_migrations(conn)
         yield DepartmentStore(pool)
 
 

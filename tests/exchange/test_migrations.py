@@ -18,33 +18,38 @@ async def pool(database_url: str) -> AsyncIterator[asyncpg.Pool]:
         yield created
 
 
+async def _apply(pool: asyncpg.Pool) -> list[Migration]:
+    async with pool.acquire() as conn:
+        return await apply_migrations(conn)
+
+
 def test_packaged_migrations_are_numbered_from_one() -> None:
     versions = [m.version for m in load_migrations()]
     assert versions == list(range(1, len(versions) + 1))
 
 
 async def test_applying_twice_is_a_no_op(pool: asyncpg.Pool) -> None:
-    first = await apply_migrations(pool)
+    first = await _apply(pool)
     assert [m.version for m in first] == [m.version for m in load_migrations()]
-    assert await apply_migrations(pool) == []
+    assert await _apply(pool) == []
     count = await pool.fetchval("SELECT count(*) FROM schema_migration")
     assert count == len(first)
 
 
 async def test_nodes_starting_together_apply_each_migration_once(pool: asyncpg.Pool) -> None:
-    results = await asyncio.gather(*(apply_migrations(pool) for _ in range(3)))
+    results = await asyncio.gather(*(_apply(pool) for _ in range(3)))
     assert sorted(len(r) for r in results) == [0, 0, len(load_migrations())]
 
 
 async def test_an_edited_migration_is_refused(
     pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await apply_migrations(pool)
+    await _apply(pool)
     original = load_migrations()
     edited = [Migration(m.version, m.name, m.sql + "\n-- edited") for m in original]
     monkeypatch.setattr(migrate, "load_migrations", lambda: edited)
     with pytest.raises(MigrationFailed, match="changed after it was applied"):
-        await apply_migrations(pool)
+        await _apply(pool)
 
 
 async def test_a_failing_migration_rolls_back_entirely(
@@ -56,15 +61,15 @@ async def test_a_failing_migration_rolls_back_entirely(
     ]
     monkeypatch.setattr(migrate, "load_migrations", lambda: broken)
     with pytest.raises(MigrationFailed, match="rolled back"):
-        await apply_migrations(pool)
+        await _apply(pool)
     assert await pool.fetchval("SELECT to_regclass('half_done')") is None
     assert await pool.fetchval("SELECT count(*) FROM schema_migration WHERE version = 99") == 0
 
 
 async def test_a_database_from_a_newer_version_is_refused(pool: asyncpg.Pool) -> None:
-    await apply_migrations(pool)
+    await _apply(pool)
     await pool.execute(
         "INSERT INTO schema_migration (version, name, checksum) VALUES (9999, 'future', 'x')"
     )
     with pytest.raises(MigrationFailed, match="newer version"):
-        await apply_migrations(pool)
+        await _apply(pool)

@@ -234,9 +234,14 @@ async def test_history_answers_what_we_knew_then(node: Node, samr: ExchangeClien
     assert gone.missing_keys == [COMPANY_USCC]
 
 
-async def test_no_answer_without_its_log_entry(node: Node, samr: ExchangeClient) -> None:
-    assert node.db is not None
-    await node.db.pool.execute("ALTER TABLE access_log RENAME TO access_log_away")
+async def test_no_answer_without_its_log_entry(
+    node: Node, samr: ExchangeClient, database_url: str
+) -> None:
+    import asyncpg
+
+    # The schema's owner (not the node's role) takes the log table away.
+    owner = await asyncpg.connect(database_url)
+    await owner.execute("ALTER TABLE access_log RENAME TO access_log_away")
     try:
         async with client_for(node, "tax") as tax:
             error = await _reason(
@@ -251,7 +256,8 @@ async def test_no_answer_without_its_log_entry(node: Node, samr: ExchangeClient)
         assert error.reason == "AUDIT_UNAVAILABLE"
         assert error.code is grpc.StatusCode.UNAVAILABLE
     finally:
-        await node.db.pool.execute("ALTER TABLE access_log_away RENAME TO access_log")
+        await owner.execute("ALTER TABLE access_log_away RENAME TO access_log")
+        await owner.close()
     async with client_for(node, "tax") as tax:
         answer = await tax.query(
             "samr.enterprise", [COMPANY_USCC], fields=["name"], purpose=PURPOSE, case_id="A-2"
@@ -259,7 +265,10 @@ async def test_no_answer_without_its_log_entry(node: Node, samr: ExchangeClient)
     assert answer.records
 
 
-async def test_access_log_is_append_only(node: Node, samr: ExchangeClient) -> None:
+async def test_access_log_is_append_only(
+    node: Node, samr: ExchangeClient, database_url: str
+) -> None:
+    """The node's role may not change the log, and triggers stop even the owner."""
     import asyncpg
 
     async with client_for(node, "tax") as tax:
@@ -267,10 +276,24 @@ async def test_access_log_is_append_only(node: Node, samr: ExchangeClient) -> No
             "samr.enterprise", [COMPANY_USCC], fields=["name"], purpose=PURPOSE, case_id="L-1"
         )
     assert node.db is not None
-    for statement in (
-        "UPDATE access_log SET reason = 'x'",
-        "DELETE FROM access_log",
-        "TRUNCATE access_log",
-    ):
+    owner = await asyncpg.connect(database_url)
+    try:
+        for table, column in (
+            ("access_log", "idx"),
+            ("log_node", "idx"),
+            ("log_checkpoint", "size"),
+        ):
+            for statement in (
+                f"UPDATE {table} SET {column} = {column}",
+                f"DELETE FROM {table}",
+                f"TRUNCATE {table}",
+            ):
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await node.db.pool.execute(statement)
+                with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                    await owner.execute(statement)
         with pytest.raises(asyncpg.InsufficientPrivilegeError):
-            await node.db.pool.execute(statement)
+            await owner.execute("UPDATE log_state SET size = 0")
+        assert await node.db.pool.fetchval("SELECT current_user") == "tongban_node"
+    finally:
+        await owner.close()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["NodeMetrics"]
@@ -13,6 +15,9 @@ class NodeMetrics:
     """The node's metrics; ``registry`` is what /metrics serves."""
 
     def __init__(self) -> None:
+        self._rpc_children: dict[tuple[str, str], Any] = {}
+        self._latency_children: dict[str, Any] = {}
+        self._decision_children: dict[tuple[str, str], Any] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.rpc_total = Counter(
             "tongban_grpc_requests",
@@ -64,3 +69,24 @@ class NodeMetrics:
             "1 while the node serves, 0 while it drains.",
             registry=self.registry,
         )
+
+    # Children are looked up once per label set: ``labels()`` costs microseconds, and it
+    # would otherwise run several times on every call.
+
+    def observe_rpc(self, method: str, code: str, seconds: float) -> None:
+        key = (method, code)
+        counter = self._rpc_children.get(key)
+        if counter is None:
+            counter = self._rpc_children[key] = self.rpc_total.labels(method, code)
+        counter.inc()
+        histogram = self._latency_children.get(method)
+        if histogram is None:
+            histogram = self._latency_children[method] = self.rpc_seconds.labels(method)
+        histogram.observe(seconds)
+
+    def count_decision(self, decision: str, reason: str | None) -> None:
+        key = (decision, reason or "")
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.query_decisions.labels(*key)
+        child.inc()

@@ -107,7 +107,7 @@ class Node:
                 ),
                 self.settings.grant_answer_days,
                 timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
-                on_decision=lambda d, r: self.metrics.query_decisions.labels(d, r or "").inc(),
+                on_decision=self.metrics.count_decision,
             )
             await self._changes.start()
             await self.access_log.start()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tongban.exchange.catalogue import MAX_SAFE_INTEGER, canonical_json
@@ -157,3 +157,29 @@ def test_matches_pythons_sorted_compact_json_on_the_bmp(value: object) -> None:
     # with ensure_ascii=False is exactly RFC 8785's: an independent oracle.
     expected = json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True)
     assert canonical_json(value) == expected.encode("utf-8")
+
+
+# The fast path (json.dumps) must give exactly what the reference writer gives.
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.text(st.characters(exclude_categories=["Cs"])),
+    lambda children: (
+        st.lists(children, max_size=4)
+        | st.dictionaries(
+            st.text(st.characters(exclude_categories=["Cs"]), max_size=4), children, max_size=4
+        )
+    ),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_json_values)
+def test_fast_path_equals_the_reference_writer(value: object) -> None:
+    from tongban.exchange.catalogue.canonical import _write
+
+    reference: list[str] = []
+    _write(value, reference)
+    assert canonical_json(value) == "".join(reference).encode("utf-8")

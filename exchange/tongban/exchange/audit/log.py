@@ -1,39 +1,36 @@
-"""Writing access-log entries durably, in group commits.
+"""Appending access-log entries to the Merkle tree, durably, in group commits.
 
 Rule 2 of DESIGN.md: no answer without its audit entry. ``AccessLog.append`` returns only
-once the entries are committed to PostgreSQL; a request handler awaits it before it
-answers, and if it raises (``AuditUnavailable``) the request fails.
+once the entries are committed to PostgreSQL with their tree indices; a request handler
+awaits it before it answers, and if it raises (``AuditUnavailable``) the request fails.
 
-Concurrent requests share commits: one writer task takes everything queued while the
-previous commit was in flight and writes it with one COPY (one transaction, one WAL flush),
-so throughput grows with concurrency while each caller waits for about one commit. The
-subject id is logged only as HMAC-SHA256 under the exchange's log key (rule 10).
+One writer task per node is the sequencer. It takes everything queued while the previous
+commit was in flight and, in one transaction: locks the tree head (``log_state``), assigns
+the next contiguous indices, encodes each entry as its leaf, writes the entries and every
+newly completed perfect-subtree hash (COPY), and moves the head (size, root, frontier).
+So indices have no gaps and no entry is acknowledged that is not in the tree; a node
+killed mid-batch loses only unacknowledged entries. Nodes sharing a database serialise
+on the head row, so the log stays one log.
+
+The subject id is logged only as HMAC-SHA256 under the exchange's log key (rule 10).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import datetime
-from typing import Literal
 
 import asyncpg
 
 from tongban.errors import TongbanError
+from tongban.exchange.audit.leaf import COLUMNS, AccessEntry, encode_leaf
+from tongban.exchange.audit.merkle import Frontier, leaf_hash
 
 __all__ = ["AccessEntry", "AccessLog", "AuditUnavailable", "SubjectHasher"]
 
 _log = logging.getLogger(__name__)
-
-_COLUMNS = (
-    "at", "node", "caller", "officer", "action", "dataset", "fields",
-    "purpose", "case_id", "subject_hmac", "decision", "reason",
-)  # fmt: skip
-_TEXT_LIMIT = 200  # logged purposes and case ids are cut here (denials may carry junk)
 
 
 class AuditUnavailable(TongbanError):
@@ -50,52 +47,14 @@ class SubjectHasher:
         self._key = key
 
     def __call__(self, subject_id: str) -> bytes:
-        return hmac.new(self._key, subject_id.encode("utf-8"), hashlib.sha256).digest()
+        return hmac.digest(self._key, subject_id.encode("utf-8"), "sha256")
 
 
-@dataclass(frozen=True)
-class AccessEntry:
-    at: datetime
-    node: str
-    caller: str
-    officer: str | None
-    action: str
-    dataset: str | None
-    fields: tuple[str, ...]
-    purpose: str | None
-    case_id: str | None
-    subject_hmac: bytes | None
-    decision: Literal["allowed", "denied"]
-    reason: str | None
-
-    def row(self) -> tuple[object, ...]:
-        return (
-            self.at,
-            self.node,
-            self.caller,
-            self.officer,
-            self.action,
-            _cut(self.dataset),
-            [_cut(name) or "" for name in self.fields[:200]],
-            _cut(self.purpose),
-            _cut(self.case_id),
-            self.subject_hmac,
-            self.decision,
-            self.reason,
-        )
-
-
-def _retrieve(done: asyncio.Future[None]) -> None:
-    if not done.cancelled():
-        done.exception()
-
-
-def _cut(text: str | None) -> str | None:
-    return None if text is None else text[:_TEXT_LIMIT]
+_Pending = tuple[Sequence[AccessEntry], "asyncio.Future[range]"]
 
 
 class AccessLog:
-    """Durable, batched appends to ``access_log``; ``start()`` before use, ``stop()`` after."""
+    """Durable, sequenced appends; ``start()`` before use, ``stop()`` after."""
 
     def __init__(
         self,
@@ -105,12 +64,13 @@ class AccessLog:
         on_written: Callable[[int], object] | None = None,
     ) -> None:
         self._pool = pool
-        self._on_written = on_written
         self._timeout = timeout
-        self._queue: list[tuple[Sequence[AccessEntry], asyncio.Future[None]]] = []
+        self._on_written = on_written
+        self._queue: list[_Pending] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None
         self._closing = False
+        self.grown = asyncio.Event()  # set after every commit (the checkpointer waits on it)
         self.batches = 0
         self.entries = 0
 
@@ -125,19 +85,20 @@ class AccessLog:
             await self._writer
             self._writer = None
 
-    async def append(self, entries: Sequence[AccessEntry]) -> None:
-        """Return once ``entries`` are committed; raise AuditUnavailable otherwise."""
+    async def append(self, entries: Sequence[AccessEntry]) -> range:
+        """Return the tree indices of ``entries`` once committed; raise AuditUnavailable."""
         if not entries:
-            return
+            return range(0)
         if self._closing or self._writer is None:
             raise AuditUnavailable("The access log is not running; the node is shutting down.")
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append((entries, done))
+        done: asyncio.Future[range] = asyncio.get_running_loop().create_future()
+        self._queue.append(([e.bounded() for e in entries], done))
         self._wake.set()
         try:
-            await asyncio.wait_for(asyncio.shield(done), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                return await done
         except TimeoutError:
-            done.add_done_callback(_retrieve)  # it may still fail later; nobody waits now
+            # The writer may still commit these entries; the caller is told they were not.
             raise AuditUnavailable(
                 f"The access log could not be written within {self._timeout:.0f} s, so the "
                 "request was not served; retry later."
@@ -153,12 +114,11 @@ class AccessLog:
             if self._closing and not self._queue:
                 return
 
-    async def _write(self, batch: list[tuple[Sequence[AccessEntry], asyncio.Future[None]]]) -> None:
-        rows = [entry.row() for entries, _ in batch for entry in entries]
+    async def _write(self, batch: list[_Pending]) -> None:
         try:
-            await self._pool.copy_records_to_table("access_log", records=rows, columns=_COLUMNS)
+            start, count = await self._sequence([e for entries, _ in batch for e in entries])
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
-            _log.error("access log write failed for %d entries: %s", len(rows), e)
+            _log.error("access log write failed for %d requests: %s", len(batch), e)
             error = AuditUnavailable(
                 "The access log cannot be written, so the request was not served; retry later."
             )
@@ -167,9 +127,41 @@ class AccessLog:
                     done.set_exception(error)
             return
         self.batches += 1
-        self.entries += len(rows)
+        self.entries += count
         if self._on_written is not None:
-            self._on_written(len(rows))
-        for _, done in batch:
+            self._on_written(count)
+        self.grown.set()
+        for entries, done in batch:
             if not done.done():
-                done.set_result(None)
+                done.set_result(range(start, start + len(entries)))
+            start += len(entries)
+
+    async def _sequence(self, entries: list[AccessEntry]) -> tuple[int, int]:
+        """Append ``entries`` to the tree in one transaction; return (first index, count)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            head = await conn.fetchrow("SELECT size, frontier FROM log_state FOR UPDATE")
+            assert head is not None  # created by the migration
+            frontier = Frontier(head["size"], [bytes(h) for h in head["frontier"]])
+            first = frontier.size
+            rows: list[tuple[object, ...]] = []
+            nodes: list[tuple[int, int, bytes]] = []
+            for entry in entries:
+                leaf = encode_leaf(entry)
+                rows.append((frontier.size, leaf, *entry.columns()))
+                nodes.extend(
+                    (level, index, digest)
+                    for (level, index), digest in frontier.append(leaf_hash(leaf))
+                )
+            await conn.copy_records_to_table(
+                "access_log", records=rows, columns=("idx", "leaf", *COLUMNS)
+            )
+            await conn.copy_records_to_table(
+                "log_node", records=nodes, columns=("level", "idx", "hash")
+            )
+            await conn.execute(
+                "UPDATE log_state SET size = $1, root = $2, frontier = $3",
+                frontier.size,
+                frontier.root(),
+                frontier.roots,
+            )
+        return first, len(entries)

@@ -6,6 +6,7 @@ library they use, so a signature over the bytes verifies on both sides.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 
@@ -27,6 +28,8 @@ _SHORT_ESCAPES = {
     "\r": "\\r",
 }
 _SURROGATE = re.compile(r"[\uD800-\uDFFF]")
+# Member names with these characters may sort differently by code point and by UTF-16.
+_HIGH = re.compile(r"[\uE000-\U0010FFFF]")
 
 
 def canonical_json(value: object) -> bytes:
@@ -44,9 +47,38 @@ def canonical_json(value: object) -> bytes:
     keys) and ``ValueError`` for an integer beyond ±(2**53 - 1) or a string that is not
     valid Unicode (an unpaired surrogate).
     """
+    if _fast_path_ok(value):
+        # The standard library writes exactly the JCS form for such values: minimal
+        # escapes with lower-case \u00xx, literal UTF-8 otherwise, members sorted by code
+        # point (the same order as UTF-16 code units when no name has a character at or
+        # above U+E000 next to one above U+FFFF; _fast_path_ok sends those the slow way).
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"), sort_keys=True).encode(
+            "utf-8"
+        )
     out: list[str] = []
     _write(value, out)
     return "".join(out).encode("utf-8")
+
+
+def _fast_path_ok(value: object) -> bool:
+    """Check ``value`` as ``_write`` would (raising the same errors); return whether
+    ``json.dumps`` produces its canonical form."""
+    if value is None or isinstance(value, bool):
+        return True
+    if isinstance(value, int):
+        return abs(value) <= MAX_SAFE_INTEGER  # beyond it, the slow path raises precisely
+    if isinstance(value, str):
+        return _SURROGATE.search(value) is None
+    if isinstance(value, list | tuple):
+        return all(_fast_path_ok(item) for item in value)
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, str) or _SURROGATE.search(key) or _HIGH.search(key):
+                return False
+            if not _fast_path_ok(item):
+                return False
+        return True
+    return False  # floats and other types: the slow path raises TypeError
 
 
 def _write(value: object, out: list[str]) -> None:

@@ -59,19 +59,13 @@ class Database:
             where = f"embedded PostgreSQL in {embedded.pgdata}"
         size = pool_size or settings.db_pool_size
         try:
-            pool = await _create_pool(dsn, where, size)
+            role = await _prepare(dsn, where, migrate=migrate)
+            pool = await _create_pool(dsn, where, size, role)
         except BaseException:
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
             raise
-        db = cls(pool, embedded, where)
-        if migrate:
-            try:
-                await apply_migrations(pool)
-            except BaseException:
-                await db.close()
-                raise
-        return db
+        return cls(pool, embedded, where)
 
     async def ping(self, within: float = 2.0) -> None:
         """Raise DatabaseUnavailable unless the database answers within ``within`` seconds."""
@@ -106,7 +100,56 @@ class Database:
         await self.close()
 
 
-async def _create_pool(dsn: str, where: str, size: int) -> asyncpg.Pool:
+NODE_ROLE = "tongban_node"
+
+
+async def _prepare(dsn: str, where: str, *, migrate: bool) -> str | None:
+    """Apply migrations as the login user (the schema's owner); return the role the node's
+    sessions take (``tongban_node``: may append to the log but not change it), or None if
+    the database has no such role or the login user may not take it."""
+    try:
+        conn = await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+        raise DatabaseUnavailable(
+            f"Cannot connect to the database ({where}): {_short(e)}. "
+            "Check TONGBAN_DATABASE_URL and that the server is running."
+        ) from e
+    try:
+        if migrate:
+            await apply_migrations(conn)
+        usable = await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)"
+            " AND pg_has_role(current_user, $1, 'MEMBER')",
+            NODE_ROLE,
+        )
+    finally:
+        await conn.close()
+    if not usable:
+        _log.warning(
+            "role %s is missing or not granted to the login user; the node runs with the "
+            "login role, and only triggers keep the log append-only",
+            NODE_ROLE,
+        )
+        return None
+    return NODE_ROLE
+
+
+async def _keep_session(conn: object) -> None:
+    """Skip asyncpg's reset query on release (a round trip per query).
+
+    Safe because nothing in the node leaves session state on a pooled connection: advisory
+    locks are transaction-scoped, LISTENs are removed before release, no SET is issued
+    (the role is a startup parameter), and no cursor outlives its transaction. asyncpg
+    still clears its own listener tables and refuses a connection left in a transaction.
+    """
+
+
+async def _create_pool(dsn: str, where: str, size: int, role: str | None) -> asyncpg.Pool:
+    # The role is a startup parameter, so it is also what RESET ALL returns to when the
+    # pool recycles a connection.
+    server_settings = {"application_name": "tongban"}
+    if role is not None:
+        server_settings["role"] = role
     try:
         pool = await asyncpg.create_pool(
             dsn,
@@ -114,7 +157,8 @@ async def _create_pool(dsn: str, where: str, size: int) -> asyncpg.Pool:
             max_size=size,
             timeout=_CONNECT_TIMEOUT,
             command_timeout=60,
-            server_settings={"application_name": "tongban"},
+            server_settings=server_settings,
+            reset=_keep_session,
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
         raise DatabaseUnavailable(

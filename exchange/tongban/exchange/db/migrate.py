@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 
 import asyncpg
+from asyncpg.pool import PoolConnectionProxy
 
 from tongban.exchange.errors import MigrationFailed
 
@@ -54,57 +55,59 @@ def load_migrations() -> list[Migration]:
     return found
 
 
-async def apply_migrations(pool: asyncpg.Pool) -> list[Migration]:
-    """Apply pending migrations; return those applied now (empty when up to date)."""
+async def apply_migrations(
+    conn: asyncpg.Connection | PoolConnectionProxy[asyncpg.Record],
+) -> list[Migration]:
+    """Apply pending migrations over ``conn``; return those applied now (empty when up to
+    date). Runs as the connection's user, who should own the schema."""
     migrations = load_migrations()
     applied_now: list[Migration] = []
-    async with pool.acquire() as conn:
-        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
-        try:
-            await conn.execute(
-                """
-                CREATE TABLE IF NOT EXISTS schema_migration (
-                    version    integer PRIMARY KEY,
-                    name       text NOT NULL,
-                    checksum   text NOT NULL,
-                    applied_at timestamptz NOT NULL DEFAULT now()
-                )
-                """
+    await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+    try:
+        await conn.execute(
+            """
+            CREATE TABLE IF NOT EXISTS schema_migration (
+                version    integer PRIMARY KEY,
+                name       text NOT NULL,
+                checksum   text NOT NULL,
+                applied_at timestamptz NOT NULL DEFAULT now()
             )
-            rows = await conn.fetch("SELECT version, name, checksum FROM schema_migration")
-            done = {row["version"]: row for row in rows}
-            known = {m.version for m in migrations}
-            for version in sorted(set(done) - known):
-                raise MigrationFailed(
-                    f"The database has migration {version:04d} which this tongban does not "
-                    "know; it was written by a newer version. Upgrade tongban."
-                )
-            for migration in migrations:
-                row = done.get(migration.version)
-                if row is not None:
-                    if row["checksum"] != migration.checksum:
-                        raise MigrationFailed(
-                            f"Migration {migration.version:04d}_{migration.name} was changed "
-                            "after it was applied; add a new migration instead of editing one."
-                        )
-                    continue
-                try:
-                    async with conn.transaction():
-                        await conn.execute(migration.sql)
-                        await conn.execute(
-                            "INSERT INTO schema_migration (version, name, checksum) "
-                            "VALUES ($1, $2, $3)",
-                            migration.version,
-                            migration.name,
-                            migration.checksum,
-                        )
-                except asyncpg.PostgresError as e:
+            """
+        )
+        rows = await conn.fetch("SELECT version, name, checksum FROM schema_migration")
+        done = {row["version"]: row for row in rows}
+        known = {m.version for m in migrations}
+        for version in sorted(set(done) - known):
+            raise MigrationFailed(
+                f"The database has migration {version:04d} which this tongban does not "
+                "know; it was written by a newer version. Upgrade tongban."
+            )
+        for migration in migrations:
+            row = done.get(migration.version)
+            if row is not None:
+                if row["checksum"] != migration.checksum:
                     raise MigrationFailed(
-                        f"Migration {migration.version:04d}_{migration.name} failed and was "
-                        f"rolled back: {e.__class__.__name__} ({e.sqlstate}): {e}"
-                    ) from e
-                _log.info("applied migration %04d_%s", migration.version, migration.name)
-                applied_now.append(migration)
-        finally:
-            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+                        f"Migration {migration.version:04d}_{migration.name} was changed "
+                        "after it was applied; add a new migration instead of editing one."
+                    )
+                continue
+            try:
+                async with conn.transaction():
+                    await conn.execute(migration.sql)
+                    await conn.execute(
+                        "INSERT INTO schema_migration (version, name, checksum) "
+                        "VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        migration.checksum,
+                    )
+            except asyncpg.PostgresError as e:
+                raise MigrationFailed(
+                    f"Migration {migration.version:04d}_{migration.name} failed and was "
+                    f"rolled back: {e.__class__.__name__} ({e.sqlstate}): {e}"
+                ) from e
+            _log.info("applied migration %04d_%s", migration.version, migration.name)
+            applied_now.append(migration)
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied_now

@@ -52,6 +52,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(self, authenticator: Authenticator, metrics: NodeMetrics) -> None:
         self._auth = authenticator
         self._metrics = metrics
+        self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(
         self,
@@ -60,10 +61,18 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Any:
         # Handlers are typed loosely by grpc-stubs (sync signatures); on grpc.aio they are
         # coroutine functions or async generators, which is what we wrap.
+        method: str = getattr(handler_call_details, "method", "")
+        wrapped = self._wrapped.get(method)
+        if wrapped is not None:
+            return wrapped  # a method's handler never changes; wrap it once
         handler: Any = await continuation(handler_call_details)
         if handler is None:
             return None
-        method: str = getattr(handler_call_details, "method", "")
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = wrapped
+        return wrapped
+
+    def _wrap(self, handler: Any, method: str) -> Any:
         authenticate = not method.startswith(_UNAUTHENTICATED_PREFIXES)
         kwargs = {
             "request_deserializer": handler.request_deserializer,
@@ -169,8 +178,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         await self._abort(context, internal)
 
     def _observe(self, method: str, code: grpc.StatusCode, started: float) -> None:
-        self._metrics.rpc_total.labels(method, code.name).inc()
-        self._metrics.rpc_seconds.labels(method).observe(time.perf_counter() - started)
+        self._metrics.observe_rpc(method, code.name, time.perf_counter() - started)
 
 
 class _NoClientCertificate(TongbanError):

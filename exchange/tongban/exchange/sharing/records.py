@@ -10,12 +10,13 @@ from typing import Any
 
 import asyncpg
 
-from tongban.exchange.catalogue.schema import value_from_json, value_to_json
+from tongban.exchange.catalogue.schema import FieldType, value_from_json, value_to_json
 from tongban.exchange.sharing.model import DatasetEntry
 
 __all__ = ["Change", "PublishCounts", "RecordStore", "StoredRecord"]
 
 _RETRIES = 3
+_AS_STORED = frozenset({FieldType.STRING, FieldType.INTEGER, FieldType.BOOLEAN})
 _COLUMNS = ("dataset", "key", "version", "data", "deleted", "valid_from", "valid_to")
 
 
@@ -50,7 +51,13 @@ class StoredRecord:
         for name in fields:
             spec = entry.schema.field(name)
             assert spec is not None  # the policy admitted only schema fields
-            out[name] = value_from_json(spec.type, self.data.get(name))
+            stored = self.data.get(name)
+            # Strings, integers and booleans are stored as themselves, validated on the way
+            # in; only the other types need converting back.
+            if stored is None or spec.type in _AS_STORED:
+                out[name] = stored
+            else:
+                out[name] = value_from_json(spec.type, stored)
         return out
 
 
@@ -134,24 +141,36 @@ class RecordStore:
     ) -> dict[str, StoredRecord]:
         """The live records for ``keys`` now (or at ``as_of``), by key; absent keys are absent."""
         if as_of is None:
-            rows = await self._pool.fetch(
-                "SELECT key, version, data, valid_from FROM record WHERE dataset = $1"
-                " AND key = ANY($2::text[]) AND valid_to IS NULL AND NOT deleted",
-                dataset,
-                list(keys),
-            )
-        else:
-            rows = await self._pool.fetch(
-                "SELECT * FROM (SELECT DISTINCT ON (key) key, version, data, deleted, valid_from"
-                " FROM record WHERE dataset = $1 AND key = ANY($2::text[]) AND valid_from <= $3"
-                " ORDER BY key, version DESC) AS at_time WHERE NOT deleted",
-                dataset,
-                list(keys),
-                as_of,
-            )
-        return {
-            row["key"]: StoredRecord(
-                row["key"], row["version"], row["valid_from"], json.loads(row["data"])
-            )
-            for row in rows
-        }
+            return await self._fetch_current(dataset, keys)
+        return await self._fetch_at(dataset, keys, as_of)
+
+    async def _fetch_current(self, dataset: str, keys: Sequence[str]) -> dict[str, StoredRecord]:
+        rows = await self._pool.fetch(
+            "SELECT key, version, data, valid_from FROM record WHERE dataset = $1"
+            " AND key = ANY($2::text[]) AND valid_to IS NULL AND NOT deleted",
+            dataset,
+            list(keys),
+        )
+        return _by_key(rows)
+
+    async def _fetch_at(
+        self, dataset: str, keys: Sequence[str], as_of: datetime
+    ) -> dict[str, StoredRecord]:
+        rows = await self._pool.fetch(
+            "SELECT * FROM (SELECT DISTINCT ON (key) key, version, data, deleted, valid_from"
+            " FROM record WHERE dataset = $1 AND key = ANY($2::text[]) AND valid_from <= $3"
+            " ORDER BY key, version DESC) AS at_time WHERE NOT deleted",
+            dataset,
+            list(keys),
+            as_of,
+        )
+        return _by_key(rows)
+
+
+def _by_key(rows: Sequence[asyncpg.Record]) -> dict[str, StoredRecord]:
+    return {
+        row["key"]: StoredRecord(
+            row["key"], row["version"], row["valid_from"], json.loads(row["data"])
+        )
+        for row in rows
+    }

@@ -13,6 +13,7 @@ denials as well as answers.
 from __future__ import annotations
 
 import base64
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -26,7 +27,7 @@ from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.catalogue.canonical import canonical_json
 from tongban.exchange.catalogue.errors import InvalidSubjectId, RecordInvalid
 from tongban.exchange.catalogue.schema import FieldType, validate_record, value_to_json
-from tongban.exchange.catalogue.subject_ids import validate_subject_id
+from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.db.notify import ChangeListener, KeyedCache
 from tongban.exchange.errors import InvalidArgument
@@ -250,7 +251,7 @@ class Sharing:
         unique = list(dict.fromkeys(given))
         if entry is None:
             return []  # the policy answers DATASET_NOT_FOUND; nothing to attribute to subjects
-        return [validate_subject_id(entry.subject_kind, key) for key in unique]
+        return [_valid_subject_id(entry.subject_kind, key) for key in unique]
 
     async def _log_decision(
         self,
@@ -320,6 +321,13 @@ class Sharing:
         return QueryResult(
             entry, result.records, result.missing_keys, result.answered_at, body, signature
         )
+
+
+@functools.lru_cache(maxsize=65_536)
+def _valid_subject_id(kind: SubjectKind, key: str) -> str:
+    """``validate_subject_id``, remembered: the same subjects are asked for again and again.
+    (Invalid ids raise, and exceptions are not cached.)"""
+    return validate_subject_id(kind, key)
 
 
 def _answer(stored: StoredRecord, entry: DatasetEntry, fields: Sequence[str]) -> AnsweredRecord:
