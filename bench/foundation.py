@@ -294,6 +294,11 @@ def format_report(report: Report) -> str:
             + ".",
             "  Those rows are depressed by other work; compare ratios from a quieter run.",
         ]
+        if sharing.WRITE_PHASES.intersection(noisy):
+            lines.append(
+                "  In the write phases (bulk publish, COPY) part of it is the kernel writing"
+                " back their own data."
+            )
     if client_bound:
         lines += [
             "",

@@ -452,12 +452,19 @@ def rows(report: SharingReport, echo: LoadResult, config: Config) -> list[str]:
     ]
 
 
+_PUBLISH_CPU = "bulk publish (StreamRecords)"
+_COPY_CPU = "COPY (baseline)"
+WRITE_PHASES = frozenset({_PUBLISH_CPU, _COPY_CPU})
+"""CPU rows of the phases that write much: the kernel's writeback of their own data shows
+in "other" (kworker threads), so there it is not only noise."""
+
+
 def cpu_rows(report: SharingReport) -> list[tuple[str, CpuUse]]:
     """(label, CPU use) of each sharing phase that was metered."""
     assert report.query.cpu is not None  # the phase is run with a meter
     return [
-        ("bulk publish (StreamRecords)", report.publish.cpu),
-        ("COPY (baseline)", report.copy.cpu),
+        (_PUBLISH_CPU, report.publish.cpu),
+        (_COPY_CPU, report.copy.cpu),
         (query_label(report), report.query.cpu),
     ]
 
