@@ -17,6 +17,8 @@ from tongban.client.bundle import Bundle
 from tongban.client.errors import ExchangeError, from_rpc_error
 from tongban.client.values import from_field_value, to_field_value
 from tongban.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     catalogue_pb2,
     catalogue_pb2_grpc,
     grants_pb2,
@@ -160,6 +162,7 @@ class ExchangeClient:
         self._records = records_pb2_grpc.RecordServiceStub(self._channel)
         self._grants = grants_pb2_grpc.GrantServiceStub(self._channel)
         self._query = query_pb2_grpc.QueryServiceStub(self._channel)
+        self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)
 
     @classmethod
     def from_bundle_dir(cls, path: Path, **kwargs: object) -> ExchangeClient:
@@ -357,6 +360,54 @@ class ExchangeClient:
             signed_payload=reply.signed_payload,
             signature=reply.signature,
         )
+
+    # -- the access log (auditor role, except declare_covert_case) ----------------------
+
+    async def audit_search(self, request: audit_pb2.SearchRequest) -> audit_pb2.SearchResponse:
+        result: audit_pb2.SearchResponse = await self._call(self._audit.Search, request)
+        return result
+
+    async def audit_entry(self, index: int, tree_size: int = 0) -> audit_pb2.EntryWithProof:
+        request = audit_pb2.GetEntryRequest(index=index, tree_size=tree_size)
+        result: audit_pb2.EntryWithProof = await self._call(self._audit.GetEntry, request)
+        return result
+
+    async def audit_checkpoint(self, size: int = 0) -> audit_pb2.Checkpoint:
+        request = audit_pb2.GetCheckpointRequest(size=size)
+        result: audit_pb2.Checkpoint = await self._call(self._audit.GetCheckpoint, request)
+        return result
+
+    async def audit_consistency(self, old_size: int, new_size: int) -> audit_pb2.ConsistencyProof:
+        request = audit_pb2.ConsistencyProofRequest(old_size=old_size, new_size=new_size)
+        result: audit_pb2.ConsistencyProof = await self._call(
+            self._audit.GetConsistencyProof, request
+        )
+        return result
+
+    async def subject_accesses(
+        self, subject_id: str, page_token: str = ""
+    ) -> audit_pb2.SubjectAccessesResponse:
+        request = audit_pb2.SubjectAccessesRequest(subject_id=subject_id, page_token=page_token)
+        result: audit_pb2.SubjectAccessesResponse = await self._call(
+            self._audit.SubjectAccesses, request
+        )
+        return result
+
+    async def audit_anomalies(self, start: datetime, end: datetime) -> audit_pb2.AnomaliesResponse:
+        request = audit_pb2.AnomaliesRequest(to=_timestamp(end))
+        getattr(request, "from").CopyFrom(_timestamp(start))
+        result: audit_pb2.AnomaliesResponse = await self._call(self._audit.Anomalies, request)
+        return result
+
+    async def declare_covert_case(
+        self, case_id: str, until: datetime, legal_basis: str
+    ) -> audit_pb2.CovertCase:
+        """Hide our accesses for ``case_id`` from the subject view until ``until``."""
+        request = audit_pb2.DeclareCovertCaseRequest(
+            case_id=case_id, until=_timestamp(until), legal_basis=legal_basis
+        )
+        result: audit_pb2.CovertCase = await self._call(self._audit.DeclareCovertCase, request)
+        return result
 
     async def close(self) -> None:
         await self._channel.close(None)

@@ -7,6 +7,8 @@ Layout::
     ca/ca.crt, ca/ca.key    exchange root CA (key: encrypted PKCS#8)
     node/node.crt, node.key this node's TLS certificate (serverAuth + clientAuth) and key
     node/sign.crt, sign.key this node's signing certificate (signed answers) and key
+    node/log.key            the Ed25519 key that signs the access log's checkpoints (every
+                            node of one exchange needs the same one)
     secrets/log-hmac.key    the key of the subject-id HMACs in the access log (32 bytes;
                             every node of one exchange needs the same one)
     bundles/<code>/         department credential bundles written by ``dept add``
@@ -28,6 +30,7 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tongban.client.bundle import Bundle
 from tongban.exchange.errors import DataDirNotInitialised, DataDirUnusable
@@ -63,8 +66,10 @@ __all__ = [
     "issue_department_credentials",
     "load_ca",
     "load_log_key",
+    "load_log_signer",
     "load_node_credentials",
     "load_node_signing",
+    "log_origin",
 ]
 
 _MARKER = "tongban.json"
@@ -301,6 +306,11 @@ def ensure_node_keys(settings: Settings, now: datetime) -> None:
         )
         save_private_key(sign_key, key, _passphrase(settings, create=False))
         save_certificate(sign_crt, [cert, ca.cert])
+    log_signing = root / "node" / "log.key"
+    if not log_signing.exists():
+        save_private_key(
+            log_signing, generate_private_key("Ed25519"), _passphrase(settings, create=False)
+        )
     log_key = root / "secrets" / "log-hmac.key"
     if not log_key.exists():
         log_key.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -325,3 +335,26 @@ def load_log_key(settings: Settings) -> bytes:
         raise DataDirUnusable(
             f"Cannot read the access-log key in {settings.data_dir / 'secrets'}: {e.strerror}."
         ) from e
+
+
+def load_log_signer(settings: Settings) -> Ed25519PrivateKey:
+    """The Ed25519 key that signs checkpoints of the access log."""
+    _require_initialised(settings)
+    key = load_private_key(
+        settings.data_dir / "node" / "log.key", _passphrase(settings, create=False)
+    )
+    if not isinstance(key, Ed25519PrivateKey):
+        raise DataDirUnusable(
+            f"{settings.data_dir / 'node' / 'log.key'} is not an Ed25519 key; checkpoints "
+            "are signed with Ed25519 (C2SP signed notes)."
+        )
+    return key
+
+
+def log_origin(settings: Settings) -> str:
+    """The log's origin line (and checkpoint key name): TONGBAN_LOG_ORIGIN, or one derived
+    from the exchange root CA, so that every node of one exchange names the same log."""
+    if settings.log_origin:
+        return settings.log_origin
+    ca = load_pem_certificates(ca_certificate_pem(settings))[0]
+    return f"tongban.exchange/{certificate_fingerprint(ca).hex()[:16]}/access-log"

@@ -19,19 +19,24 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tongban.exchange.audit.checkpoints import Checkpointer
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
+from tongban.exchange.audit.store import AuditStore
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.datadir import (
     ensure_node_keys,
     load_log_key,
+    load_log_signer,
     load_node_credentials,
     load_node_signing,
+    log_origin,
 )
 from tongban.exchange.db.database import Database
 from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.errors import AddressInUse, DatabaseUnavailable
 from tongban.exchange.http import build_http_app
 from tongban.exchange.metrics import NodeMetrics
+from tongban.exchange.server.audit_service import AuditService
 from tongban.exchange.server.auth import Authenticator
 from tongban.exchange.server.interceptor import ExchangeInterceptor
 from tongban.exchange.server.node_service import NodeService
@@ -45,6 +50,8 @@ from tongban.exchange.settings import Settings
 from tongban.exchange.sharing.service import Sharing
 from tongban.signing.clock import Clock, SystemClock
 from tongban.v1 import (
+    audit_pb2,
+    audit_pb2_grpc,
     catalogue_pb2,
     catalogue_pb2_grpc,
     grants_pb2,
@@ -75,6 +82,8 @@ class Node:
         self._auth: Authenticator | None = None
         self._changes: ChangeListener | None = None
         self.access_log: AccessLog | None = None
+        self.checkpointer: Checkpointer | None = None
+        self._hasher: SubjectHasher | None = None
         self.sharing: Sharing | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
@@ -91,6 +100,7 @@ class Node:
             self.db = await Database.open(self.settings)
             self._changes = ChangeListener(self.db.pool)
             self._auth = Authenticator(self.db.pool, self._changes, self.clock)
+            self._hasher = SubjectHasher(load_log_key(self.settings))
             self.access_log = AccessLog(
                 self.db.pool, on_written=self.metrics.access_log_entries.inc
             )
@@ -98,7 +108,7 @@ class Node:
                 self.db.pool,
                 self._changes,
                 self.access_log,
-                SubjectHasher(load_log_key(self.settings)),
+                self._hasher,
                 load_node_signing(self.settings),
                 self.clock,
                 self.settings.node_name,
@@ -109,8 +119,17 @@ class Node:
                 timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
                 on_decision=self.metrics.count_decision,
             )
+            self.checkpointer = Checkpointer(
+                self.db.pool,
+                load_log_signer(self.settings),
+                log_origin(self.settings),
+                self.clock,
+                signer=self.settings.node_name,
+                interval=self.settings.checkpoint_interval_seconds,
+            )
             await self._changes.start()
             await self.access_log.start()
+            await self.checkpointer.start(self.access_log.grown)
             await self._start_grpc(
                 credentials.key_pem, credentials.cert_chain_pem, credentials.ca_pem
             )
@@ -151,6 +170,21 @@ class Node:
             GrantService(self.sharing, self.clock), server
         )
         query_pb2_grpc.add_QueryServiceServicer_to_server(QueryService(self.sharing), server)
+        assert self.checkpointer is not None
+        assert self.access_log is not None
+        assert self.db is not None
+        assert self._hasher is not None
+        audit_pb2_grpc.add_AuditServiceServicer_to_server(
+            AuditService(
+                AuditStore(self.db.pool),
+                self.checkpointer,
+                self.access_log,
+                self._hasher,
+                self.clock,
+                self.settings.node_name,
+            ),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (
             *(
@@ -161,6 +195,7 @@ class Node:
                     (records_pb2, "RecordService"),
                     (grants_pb2, "GrantService"),
                     (query_pb2, "QueryService"),
+                    (audit_pb2, "AuditService"),
                 )
             ),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -238,7 +273,10 @@ class Node:
             self._grpc = None
         if self.access_log is not None:
             await self.access_log.stop()
-            self.access_log = None
+        if self.checkpointer is not None:
+            await self.checkpointer.stop()
+            self.checkpointer = None
+        self.access_log = None
         if self._changes is not None:
             await self._changes.stop()
             self._changes = None

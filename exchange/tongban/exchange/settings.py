@@ -100,6 +100,13 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
+    log_origin: str | None = None
+    """The access log's origin (C2SP checkpoint origin and key name). Unset: derived from
+    the exchange root CA, so all nodes of one exchange agree."""
+
+    checkpoint_interval_seconds: float = Field(default=0.5, gt=0, le=60)
+    """How soon after the log grows a new checkpoint is signed."""
+
     grant_answer_days: int = Field(default=5, ge=1, le=60)
     """Working days an owner has to answer a grant request (政务数据共享条例: 5 by default)."""
 
@@ -136,6 +143,13 @@ class Settings(BaseSettings):
     def _ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for ip in value:
             ipaddress.ip_address(ip)
+        return value
+
+    @field_validator("log_origin")
+    @classmethod
+    def _origin(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[!-*,-~]{1,200}", value):
+            raise ValueError("use 1-200 printable ASCII characters without spaces or '+'")
         return value
 
     @field_validator("node_name")

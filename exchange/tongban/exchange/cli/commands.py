@@ -48,6 +48,10 @@ async def run(args: argparse.Namespace) -> int:
         return await _dept(args)
     if args.command == "ca":
         return await _ca_export(args)
+    if args.command == "audit":
+        from tongban.exchange.cli.audit_cmds import run_audit
+
+        return await run_audit(args)
     if args.command in ("catalogue", "query", "grant"):
         from tongban.exchange.cli.sharing_cmds import run_sharing
 

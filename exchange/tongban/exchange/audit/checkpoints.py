@@ -1,0 +1,138 @@
+"""Signing checkpoints of the access log (C2SP tlog-checkpoint in a C2SP signed note).
+
+A node signs a new checkpoint soon after the log grows (``interval``), and on demand
+(``sign_now``). Signers serialise on a transaction-scoped advisory lock, so with several
+nodes on one database only one signs at a time and no size is signed twice; every
+checkpoint is kept (``log_checkpoint``), so consistency between any two can be proved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from tongban.errors import TongbanError
+from tongban.exchange.audit.note import checkpoint_body, sign_note, verifier_key
+from tongban.signing.clock import Clock
+
+__all__ = ["CheckpointNotFound", "CheckpointRow", "Checkpointer"]
+
+_log = logging.getLogger(__name__)
+
+# pg_advisory_xact_lock key for checkpoint signers: "tbckpt" in ASCII.
+_SIGNER_LOCK = int.from_bytes(b"tbckpt", "big")
+
+
+class CheckpointNotFound(TongbanError):
+    reason = "CHECKPOINT_NOT_FOUND"
+    status = "NOT_FOUND"
+
+
+@dataclass(frozen=True)
+class CheckpointRow:
+    size: int
+    root: bytes
+    note: str
+    signed_at: datetime
+
+
+def _row(row: asyncpg.Record) -> CheckpointRow:
+    return CheckpointRow(row["size"], bytes(row["root"]), row["note"], row["signed_at"])
+
+
+class Checkpointer:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        key: Ed25519PrivateKey,
+        origin: str,
+        clock: Clock,
+        *,
+        signer: str,
+        interval: float = 0.5,
+    ) -> None:
+        self._pool = pool
+        self._key = key
+        self.origin = origin
+        self._clock = clock
+        self._signer = signer
+        self._interval = interval
+        self._task: asyncio.Task[None] | None = None
+        self.verifier_key = verifier_key(origin, key.public_key())
+
+    async def start(self, grown: asyncio.Event) -> None:
+        """Sign a checkpoint now (the log may have grown while no node ran), then keep
+        signing after growth."""
+        await self.sign_now()
+        self._task = asyncio.get_running_loop().create_task(self._run(grown), name="checkpoints")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            await self.sign_now()  # cover what this node appended last
+
+    async def _run(self, grown: asyncio.Event) -> None:
+        while True:
+            await grown.wait()
+            grown.clear()
+            await asyncio.sleep(self._interval)  # let a burst of appends land together
+            try:
+                await self.sign_now()
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+                _log.warning("checkpoint not signed (%s); retrying after the next append", e)
+
+    async def sign_now(self) -> CheckpointRow:
+        """Sign the current tree head unless a checkpoint already covers it; return the
+        latest checkpoint."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _SIGNER_LOCK)
+            head = await conn.fetchrow("SELECT size, root FROM log_state")
+            assert head is not None
+            latest = await conn.fetchrow(
+                "SELECT size, root, note, signed_at FROM log_checkpoint ORDER BY size DESC LIMIT 1"
+            )
+            if latest is not None and latest["size"] >= head["size"]:
+                return _row(latest)
+            root = bytes(head["root"])
+            note = sign_note(
+                checkpoint_body(self.origin, head["size"], root), self.origin, self._key
+            )
+            row = await conn.fetchrow(
+                "INSERT INTO log_checkpoint (size, root, note, signed_at, signer)"
+                " VALUES ($1, $2, $3, $4, $5) RETURNING size, root, note, signed_at",
+                head["size"],
+                root,
+                note,
+                self._clock.now(),
+                self._signer,
+            )
+        assert row is not None
+        return _row(row)
+
+    async def latest(self) -> CheckpointRow:
+        row = await self._pool.fetchrow(
+            "SELECT size, root, note, signed_at FROM log_checkpoint ORDER BY size DESC LIMIT 1"
+        )
+        if row is None:
+            raise CheckpointNotFound("The log has no checkpoint yet; a node signs one at start.")
+        return _row(row)
+
+    async def at_size(self, size: int) -> CheckpointRow:
+        row = await self._pool.fetchrow(
+            "SELECT size, root, note, signed_at FROM log_checkpoint WHERE size = $1", size
+        )
+        if row is None:
+            raise CheckpointNotFound(
+                f"No checkpoint was signed at size {size}; ask for the latest or another size."
+            )
+        return _row(row)

@@ -1,0 +1,316 @@
+"""Reading the access log: search, entries with proofs, consistency, the subject view."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import asyncpg
+
+from tongban.exchange.audit.merkle import (
+    NodeId,
+    ProofRequestInvalid,
+    consistency_nodes,
+    consistency_proof,
+    inclusion_nodes,
+    inclusion_proof,
+)
+from tongban.exchange.errors import InvalidArgument
+
+__all__ = ["AuditStore", "LogEntry", "SearchFilters", "SubjectAccess", "fetch_nodes"]
+
+MAX_PAGE = 1000
+_COLUMNS = (
+    "idx, leaf, at, node, caller, officer, action, dataset, fields, purpose, case_id,"
+    " subject_hmac, decision, reason"
+)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    index: int
+    leaf: bytes
+    at: datetime
+    node: str
+    caller: str
+    officer: str | None
+    action: str
+    dataset: str | None
+    fields: tuple[str, ...]
+    purpose: str | None
+    case_id: str | None
+    subject_hmac: bytes | None
+    decision: str
+    reason: str | None
+
+    def to_dict(self) -> dict[str, object]:
+        """The JSON form of ``tongban audit export``: index, the exact leaf, decoded fields."""
+        return {
+            "index": self.index,
+            "leaf": base64.b64encode(self.leaf).decode(),
+            "at": self.at.isoformat(),
+            "node": self.node,
+            "caller": self.caller,
+            "officer": self.officer,
+            "action": self.action,
+            "dataset": self.dataset,
+            "fields": list(self.fields),
+            "purpose": self.purpose,
+            "case_id": self.case_id,
+            "subject_hmac": base64.b64encode(self.subject_hmac).decode()
+            if self.subject_hmac
+            else None,
+            "decision": self.decision,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class SubjectAccess:
+    entry: LogEntry
+    department_name: str
+
+
+@dataclass(frozen=True)
+class SearchFilters:
+    subject_hmac: bytes | None = None
+    caller: str | None = None
+    officer: str | None = None
+    dataset: str | None = None
+    purpose: str | None = None
+    case_id: str | None = None
+    decision: str | None = None
+    start: datetime | None = None
+    end: datetime | None = None
+
+    def where(self, first_arg: int) -> tuple[list[str], list[object]]:
+        """SQL conditions and their arguments, numbered from ``$first_arg``."""
+        clauses: list[str] = []
+        args: list[object] = []
+        if self.decision not in (None, "", "allowed", "denied"):
+            raise InvalidArgument(
+                "decision must be 'allowed', 'denied' or empty.", metadata={"field": "decision"}
+            )
+        for column, value in (
+            ("subject_hmac", self.subject_hmac),
+            ("caller", self.caller),
+            ("officer", self.officer),
+            ("dataset", self.dataset),
+            ("purpose", self.purpose),
+            ("case_id", self.case_id),
+            ("decision", self.decision),
+        ):
+            if value:
+                args.append(value)
+                clauses.append(f"{column} = ${first_arg + len(args) - 1}")
+        for op, instant in ((">=", self.start), ("<", self.end)):
+            if instant is not None:
+                args.append(instant)
+                clauses.append(f"at {op} ${first_arg + len(args) - 1}")
+        if self.start and self.end and self.start >= self.end:
+            raise InvalidArgument("The start of the period must be before its end.")
+        return clauses, args
+
+
+def _entry(row: asyncpg.Record) -> LogEntry:
+    return LogEntry(
+        index=row["idx"],
+        leaf=bytes(row["leaf"]),
+        at=row["at"],
+        node=row["node"],
+        caller=row["caller"],
+        officer=row["officer"],
+        action=row["action"],
+        dataset=row["dataset"],
+        fields=tuple(row["fields"]),
+        purpose=row["purpose"],
+        case_id=row["case_id"],
+        subject_hmac=bytes(row["subject_hmac"]) if row["subject_hmac"] is not None else None,
+        decision=row["decision"],
+        reason=row["reason"],
+    )
+
+
+def encode_token(index: int) -> str:
+    return base64.urlsafe_b64encode(str(index).encode()).decode().rstrip("=")
+
+
+def decode_token(token: str) -> int:
+    """The index after which the next page starts (-1 for the first page)."""
+    if not token:
+        return -1
+    try:
+        return int(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
+    except (ValueError, UnicodeDecodeError, binascii.Error):
+        raise InvalidArgument(
+            "The page token is not one this node issued; start again without it.",
+            metadata={"field": "page_token"},
+        ) from None
+
+
+def _page_size(page_size: int) -> int:
+    if not 0 <= page_size <= MAX_PAGE:
+        raise InvalidArgument(
+            f"page_size must be 1 to {MAX_PAGE:,} (0 means 100); use Export for more.",
+            metadata={"field": "page_size"},
+        )
+    return page_size or 100
+
+
+async def fetch_nodes(
+    pool: asyncpg.Pool, wanted: Sequence[Sequence[NodeId]]
+) -> dict[NodeId, bytes]:
+    """The stored hashes of the perfect nodes named in ``wanted``, in one query."""
+    ids = sorted({node for group in wanted for node in group})
+    rows = await pool.fetch(
+        "SELECT n.level, n.idx, n.hash FROM log_node n"
+        " JOIN unnest($1::smallint[], $2::bigint[]) AS w(level, idx)"
+        " ON n.level = w.level AND n.idx = w.idx",
+        [level for level, _ in ids],
+        [index for _, index in ids],
+    )
+    return {(row["level"], row["idx"]): bytes(row["hash"]) for row in rows}
+
+
+class AuditStore:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.pool = pool
+
+    async def size(self) -> int:
+        return int(await self._pool.fetchval("SELECT size FROM log_state"))
+
+    async def search(
+        self, filters: SearchFilters, *, page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[LogEntry], str]:
+        """Entries matching ``filters`` by index; the page and the next page token."""
+        size = _page_size(page_size)
+        clauses, args = filters.where(2)
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM access_log WHERE idx > $1"  # noqa: S608 - built from fixed names
+            + "".join(f" AND {c}" for c in clauses)
+            + f" ORDER BY idx LIMIT {size + 1}",
+            decode_token(page_token),
+            *args,
+        )
+        entries = [_entry(row) for row in rows[:size]]
+        return entries, (encode_token(entries[-1].index) if len(rows) > size else "")
+
+    async def export(self, filters: SearchFilters, *, chunk: int = 1000) -> AsyncIterator[LogEntry]:
+        """Every matching entry, by index, read a chunk at a time."""
+        token = ""
+        while True:
+            entries, token = await self.search(filters, page_size=chunk, page_token=token)
+            for entry in entries:
+                yield entry
+            if not token:
+                return
+
+    async def entry(self, index: int) -> LogEntry:
+        row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM access_log WHERE idx = $1", index)  # noqa: S608
+        if row is None:
+            raise ProofRequestInvalid(
+                f"There is no entry {index}; the log has {await self.size():,} entries.",
+                metadata={"index": str(index)},
+            )
+        return _entry(row)
+
+    async def _nodes(self, wanted: Sequence[Sequence[NodeId]]) -> dict[NodeId, bytes]:
+        return await fetch_nodes(self._pool, wanted)
+
+    async def inclusion(self, index: int, tree_size: int) -> list[bytes]:
+        """RFC 9162 inclusion proof of ``index`` in the tree of ``tree_size`` entries."""
+        wanted = inclusion_nodes(index, tree_size)  # raises ProofRequestInvalid when out of range
+        return inclusion_proof(index, tree_size, await self._nodes(wanted))
+
+    async def consistency(self, old_size: int, new_size: int) -> list[bytes]:
+        head = await self.size()
+        if new_size > head:
+            raise ProofRequestInvalid(
+                f"The log has {head:,} entries; a consistency proof can reach at most that size.",
+                metadata={"new_size": str(new_size)},
+            )
+        wanted = consistency_nodes(old_size, new_size)
+        return consistency_proof(old_size, new_size, await self._nodes(wanted))
+
+    async def subject_accesses(
+        self, subject_hmac: bytes, now: datetime, *, page_size: int = 100, page_token: str = ""
+    ) -> tuple[list[SubjectAccess], str, int]:
+        """Accesses to one subject, without entries of covert cases still under embargo;
+        returns the page, the next page token and how many entries are withheld."""
+        size = _page_size(page_size)
+        rows = await self._pool.fetch(
+            f"""
+            SELECT {", ".join("a." + c.strip() for c in _COLUMNS.split(","))},
+                   coalesce(d.name, a.caller) AS department_name
+            FROM access_log a
+            LEFT JOIN department d ON d.code = a.caller
+            WHERE a.subject_hmac = $1 AND a.idx > $2
+              AND NOT EXISTS (
+                  SELECT 1 FROM covert_case c
+                  WHERE c.caller = a.caller AND c.case_id = a.case_id AND c.until > $3)
+            ORDER BY a.idx LIMIT {size + 1}
+            """,  # noqa: S608 - built from fixed names
+            subject_hmac,
+            decode_token(page_token),
+            now,
+        )
+        withheld = await self._pool.fetchval(
+            "SELECT count(*) FROM access_log a JOIN covert_case c"
+            " ON c.caller = a.caller AND c.case_id = a.case_id"
+            " WHERE a.subject_hmac = $1 AND c.until > $2",
+            subject_hmac,
+            now,
+        )
+        accesses = [SubjectAccess(_entry(row), row["department_name"]) for row in rows[:size]]
+        token = encode_token(accesses[-1].entry.index) if len(rows) > size else ""
+        return accesses, token, int(withheld or 0)
+
+    async def declare_covert(
+        self,
+        *,
+        caller: str,
+        case_id: str,
+        until: datetime,
+        legal_basis: str,
+        officer: str | None,
+        now: datetime,
+    ) -> None:
+        """Hide ``caller``'s accesses for ``case_id`` from the subject view until ``until``
+        (declaring again changes the end date)."""
+        case_id = case_id.strip()
+        if not 1 <= len(case_id) <= 64:
+            raise InvalidArgument("Name the case (1-64 characters).", metadata={"field": "case_id"})
+        if until <= now:
+            raise InvalidArgument(
+                "The embargo must end in the future.", metadata={"field": "until"}
+            )
+        if until > now.replace(year=now.year + 5):
+            raise InvalidArgument(
+                "An embargo may last at most five years; declare it again to extend it.",
+                metadata={"field": "until"},
+            )
+        basis = legal_basis.strip()
+        if not 1 <= len(basis) <= 500:
+            raise InvalidArgument(
+                "A covert case must cite its legal basis (1-500 characters).",
+                metadata={"field": "legal_basis"},
+            )
+        await self._pool.execute(
+            """
+            INSERT INTO covert_case (caller, case_id, until, legal_basis, declared_at, declared_by)
+            VALUES ($1, $2, $3, $4, $5, $6)
+            ON CONFLICT (caller, case_id) DO UPDATE
+                SET until = EXCLUDED.until, legal_basis = EXCLUDED.legal_basis,
+                    declared_at = EXCLUDED.declared_at, declared_by = EXCLUDED.declared_by
+            """,
+            caller,
+            case_id,
+            until,
+            basis,
+            now,
+            officer,
+        )

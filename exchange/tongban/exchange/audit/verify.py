@@ -1,0 +1,167 @@
+"""Verifying the whole access log: nothing altered, nothing removed.
+
+Recomputes the Merkle tree from the stored leaves and checks, in one pass:
+
+- indices run 0, 1, 2, ... with no gap (a deleted row shows as a missing index);
+- each leaf is a canonical version-1 entry and the searchable columns equal what it says
+  (an edited column shows as a mismatch at its index);
+- each leaf's hash equals the stored level-0 node (an edited leaf shows at its index);
+- at every signed checkpoint, its signature verifies under the log's key and the
+  recomputed root equals the signed root (a rewrite that also fixed the stored hashes
+  still cannot match a signature);
+- consecutive checkpoints are consistent (RFC 9162 proof from the stored nodes);
+- the tree head (size, root) equals the recomputation.
+
+Raises ``LogCorrupt`` naming the first bad index, or returns a report.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import asyncpg
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from tongban.errors import TongbanError
+from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf
+from tongban.exchange.audit.merkle import (
+    Frontier,
+    ProofInvalid,
+    consistency_nodes,
+    consistency_proof,
+    leaf_hash,
+    verify_consistency,
+)
+from tongban.exchange.audit.note import NoteInvalid, open_checkpoint
+from tongban.exchange.audit.store import fetch_nodes
+
+__all__ = ["LogCorrupt", "VerifyReport", "verify_log"]
+
+_CHUNK = 20_000
+
+
+class LogCorrupt(TongbanError):
+    reason = "LOG_CORRUPT"
+    status = "DATA_LOSS"
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    size: int
+    root: bytes
+    checkpoints: int
+    seconds: float
+
+
+def _corrupt(index: int, what: str) -> LogCorrupt:
+    return LogCorrupt(
+        f"The access log was altered: entry {index} {what}.",
+        metadata={"first_bad_index": str(index)},
+    )
+
+
+async def verify_log(
+    pool: asyncpg.Pool,
+    *,
+    origin: str,
+    verifier: Ed25519PublicKey,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """Check the log end to end; return a report or raise LogCorrupt."""
+    started = time.perf_counter()
+    head = await pool.fetchrow("SELECT size, root FROM log_state")
+    assert head is not None
+    total = int(head["size"])
+    checkpoints = []
+    for row in await pool.fetch("SELECT size, root, note FROM log_checkpoint ORDER BY size"):
+        try:
+            signed = open_checkpoint(row["note"], [(origin, verifier)], origin=origin)
+        except NoteInvalid as e:
+            raise LogCorrupt(
+                f"The checkpoint at size {row['size']} does not verify under the log's key: "
+                f"{e.message}.",
+                metadata={"checkpoint_size": str(row["size"])},
+            ) from None
+        if signed.size != row["size"] or signed.root != bytes(row["root"]):
+            raise LogCorrupt(
+                f"The stored size or root of the checkpoint at size {row['size']} differs "
+                "from what its note signs.",
+                metadata={"checkpoint_size": str(row["size"])},
+            )
+        if signed.size > total:
+            raise LogCorrupt(
+                f"A checkpoint signs {signed.size:,} entries but the log has {total:,}: "
+                f"entries from {total} on were removed.",
+                metadata={"first_bad_index": str(total)},
+            )
+        checkpoints.append(signed)
+
+    frontier = Frontier(0, [])
+    due = [c for c in checkpoints if c.size > 0]
+    next_checkpoint = 0
+    last = -1
+    while True:
+        rows = await pool.fetch(
+            "SELECT a.idx, a.leaf, a.at, a.node, a.caller, a.officer, a.action, a.dataset,"
+            " a.fields, a.purpose, a.case_id, a.subject_hmac, a.decision, a.reason, n.hash"
+            " FROM access_log a LEFT JOIN log_node n ON n.level = 0 AND n.idx = a.idx"
+            " WHERE a.idx > $1 ORDER BY a.idx LIMIT $2",
+            last,
+            _CHUNK,
+        )
+        if not rows:
+            break
+        for row in rows:
+            index = row["idx"]
+            if index != frontier.size:
+                raise _corrupt(frontier.size, "is missing (deleted)")
+            leaf = bytes(row["leaf"])
+            try:
+                entry = decode_leaf(leaf)
+            except LeafInvalid as e:
+                raise _corrupt(index, f"is not a valid leaf ({e.message})") from None
+            columns = (
+                row["at"], row["node"], row["caller"], row["officer"], row["action"],
+                row["dataset"], list(row["fields"]), row["purpose"], row["case_id"],
+                bytes(row["subject_hmac"]) if row["subject_hmac"] is not None else None,
+                row["decision"], row["reason"],
+            )  # fmt: skip
+            if columns != entry.columns():
+                raise _corrupt(index, "has columns that differ from its leaf")
+            digest = leaf_hash(leaf)
+            if row["hash"] is None or bytes(row["hash"]) != digest:
+                raise _corrupt(index, "has a leaf whose hash differs from the stored tree")
+            frontier.append(digest)
+            while next_checkpoint < len(due) and due[next_checkpoint].size == frontier.size:
+                if frontier.root() != due[next_checkpoint].root:
+                    raise LogCorrupt(
+                        f"The entries before index {frontier.size} no longer match the "
+                        f"checkpoint signed at size {frontier.size}.",
+                        metadata={
+                            "first_bad_index": "unknown",
+                            "checkpoint_size": str(frontier.size),
+                        },
+                    )
+                next_checkpoint += 1
+        last = rows[-1]["idx"]
+        if progress is not None:
+            progress(frontier.size, total)
+    if frontier.size != total:
+        raise _corrupt(frontier.size, "is missing (deleted)")
+    if frontier.root() != bytes(head["root"]):
+        raise LogCorrupt("The tree head's root differs from the recomputed tree.")
+    for old, new in itertools.pairwise(checkpoints):
+        nodes = await fetch_nodes(pool, consistency_nodes(old.size, new.size))
+        try:
+            verify_consistency(
+                old.size, new.size, old.root, new.root, consistency_proof(old.size, new.size, nodes)
+            )
+        except ProofInvalid as e:
+            raise LogCorrupt(
+                f"Checkpoints {old.size} and {new.size} are not consistent: {e.message}.",
+                metadata={"checkpoint_size": str(new.size)},
+            ) from None
+    return VerifyReport(total, frontier.root(), len(checkpoints), time.perf_counter() - started)

@@ -1,0 +1,237 @@
+"""``tongban audit``: the access log, read and verified directly from the node's database.
+
+For operators and auditors on the node's host (``--data-dir``, as the other operator
+commands). Departments with the auditor role use ``AuditService`` over gRPC instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from tongban.exchange.audit.anomalies import find_anomalies
+from tongban.exchange.audit.checkpoints import Checkpointer
+from tongban.exchange.audit.log import SubjectHasher
+from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
+from tongban.exchange.audit.note import open_checkpoint
+from tongban.exchange.audit.store import AuditStore, SearchFilters
+from tongban.exchange.audit.verify import verify_log
+from tongban.exchange.cli.commands import emit, settings_from_args
+from tongban.exchange.datadir import load_log_key, load_log_signer, log_origin
+from tongban.exchange.db.database import Database
+from tongban.exchange.errors import InvalidArgument
+from tongban.signing.clock import SystemClock
+
+__all__ = ["add_parsers", "run_audit"]
+
+_CST = timezone(timedelta(hours=8))  # how instants are shown and bare dates are read
+
+
+def _instant(value: str) -> datetime:
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date or instant") from None
+    if parsed.tzinfo is None:
+        # A bare date or time is read in the offices' zone (China Standard Time).
+        parsed = parsed.replace(tzinfo=_CST)
+    return parsed
+
+
+def _index(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"{value!r} is not an entry index (0, 1, 2, ...)")
+    return int(value)
+
+
+def add_parsers(
+    sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
+) -> None:
+    filters = parser_class(add_help=False)
+    filters.add_argument("--subject", help="a subject id (USCC, citizen id); hashed, never stored")
+    filters.add_argument("--caller", help="department code")
+    filters.add_argument("--officer")
+    filters.add_argument("--dataset")
+    filters.add_argument("--purpose")
+    filters.add_argument("--case", dest="case_id")
+    filters.add_argument("--decision", choices=["allowed", "denied"])
+    filters.add_argument(
+        "--from", dest="start", type=_instant, help="ISO instant or date (CST if no zone)"
+    )
+    filters.add_argument("--to", dest="end", type=_instant)
+
+    audit = sub.add_parser("audit", help="the tamper-evident access log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=parser_class)
+    search = audit_sub.add_parser("search", parents=[common, filters], help="search entries")
+    search.add_argument("--limit", type=int, default=100, help="at most this many (1-1000)")
+    export = audit_sub.add_parser("export", parents=[common, filters], help="export entries")
+    export.add_argument("--format", choices=["jsonl"], default="jsonl")
+    export.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    audit_sub.add_parser("checkpoint", parents=[common], help="print the latest signed checkpoint")
+    audit_sub.add_parser("key", parents=[common], help="print the log's verifier key")
+    prove = audit_sub.add_parser(
+        "prove", parents=[common], help="an entry with its inclusion proof"
+    )
+    prove.add_argument("index", type=_index)
+    prove.add_argument("--size", type=_index, default=0, help="under the checkpoint of this size")
+    audit_sub.add_parser("verify", parents=[common], help="recompute and check the whole log")
+    anomalies = audit_sub.add_parser("anomalies", parents=[common], help="unusual access patterns")
+    anomalies.add_argument("--from", dest="start", type=_instant)
+    anomalies.add_argument("--to", dest="end", type=_instant)
+
+
+async def run_audit(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    async with await Database.open(settings, pool_size=2) as db:
+        store = AuditStore(db.pool)
+        command = args.audit_command
+        if command in ("search", "export"):
+            subject = SubjectHasher(load_log_key(settings))(args.subject) if args.subject else None
+            filters = SearchFilters(
+                subject_hmac=subject,
+                caller=args.caller,
+                officer=args.officer,
+                dataset=args.dataset,
+                purpose=args.purpose,
+                case_id=args.case_id,
+                decision=args.decision,
+                start=args.start,
+                end=args.end,
+            )
+            if command == "search":
+                return await _search(args, store, filters)
+            return await _export(args, store, filters)
+        origin = log_origin(settings)
+        signer = load_log_signer(settings)
+        checkpoints = Checkpointer(db.pool, signer, origin, SystemClock(), signer="cli")
+        if command == "key":
+            emit(
+                args,
+                {"verifier_key": checkpoints.verifier_key, "origin": origin},
+                checkpoints.verifier_key,
+            )
+        elif command == "checkpoint":
+            row = await checkpoints.sign_now()
+            if args.json:
+                emit(
+                    args,
+                    {
+                        "size": row.size,
+                        "root": base64.b64encode(row.root).decode(),
+                        "note": row.note,
+                    },
+                    "",
+                )
+            else:
+                sys.stdout.write(row.note)
+        elif command == "prove":
+            row = await (checkpoints.at_size(args.size) if args.size else checkpoints.sign_now())
+            entry = await store.entry(args.index)
+            proof = await store.inclusion(args.index, row.size)
+            signed = open_checkpoint(row.note, [(origin, signer.public_key())], origin=origin)
+            verify_inclusion(leaf_hash(entry.leaf), entry.index, signed.size, proof, signed.root)
+            emit(
+                args,
+                {
+                    "entry": entry.to_dict(),
+                    "tree_size": row.size,
+                    "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
+                    "checkpoint": row.note,
+                },
+                f"entry {entry.index} is in the log of {row.size:,} entries (proof of "
+                f"{len(proof)} hashes verified against the signed checkpoint)\n"
+                + json.dumps(entry.to_dict(), ensure_ascii=False, indent=2)
+                + "\ninclusion proof:\n"
+                + "\n".join(base64.b64encode(h).decode() for h in proof)
+                + "\ncheckpoint:\n"
+                + row.note,
+            )
+        elif command == "verify":
+
+            def progress(done: int, total: int) -> None:
+                if not args.json and sys.stderr.isatty():
+                    print(f"\rverified {done:,} of {total:,} entries", end="", file=sys.stderr)
+
+            await checkpoints.sign_now()
+            report = await verify_log(
+                db.pool, origin=origin, verifier=signer.public_key(), progress=progress
+            )
+            emit(
+                args,
+                {
+                    "size": report.size,
+                    "root": base64.b64encode(report.root).decode(),
+                    "checkpoints": report.checkpoints,
+                    "seconds": round(report.seconds, 3),
+                },
+                f"\rthe access log is intact: {report.size:,} entries, {report.checkpoints} signed "
+                f"checkpoints consistent, root {base64.b64encode(report.root).decode()} "
+                f"({report.seconds:.1f} s)",
+            )
+        elif command == "anomalies":
+            end = args.end or SystemClock().now()
+            start = args.start or end - timedelta(days=1)
+            found = await find_anomalies(db.pool, start=start, end=end)
+            emit(
+                args,
+                {
+                    "anomalies": [
+                        {
+                            "kind": a.kind,
+                            "department": a.department,
+                            "officer": a.officer,
+                            "detail": a.detail,
+                            "count": a.count,
+                            "baseline": a.baseline,
+                            "first_at": a.first_at.isoformat(),
+                        }
+                        for a in found
+                    ]
+                },
+                "\n".join(
+                    f"{a.kind:<14} {a.department:<12} {a.officer or '-':<12} {a.detail}"
+                    for a in found
+                )
+                or "no anomalies",
+            )
+        else:  # pragma: no cover - argparse limits the choices
+            raise InvalidArgument(f"Unknown audit command {command!r}.")
+    return 0
+
+
+async def _search(args: argparse.Namespace, store: AuditStore, filters: SearchFilters) -> int:
+    if not 1 <= args.limit <= 1000:
+        raise InvalidArgument("--limit must be 1 to 1,000; use `tongban audit export` for more.")
+    entries, _ = await store.search(filters, page_size=args.limit)
+    lines = [
+        f"{e.index:>8}  {e.at.astimezone(_CST):%Y-%m-%d %H:%M:%S}  {e.caller:<10} "
+        f"{e.officer or '-':<10} {e.decision:<7} {e.reason or '':<18} {e.dataset or '-':<18} "
+        f"{e.purpose or ''} {e.case_id or ''}"
+        for e in entries
+    ]
+    emit(args, {"entries": [e.to_dict() for e in entries]}, "\n".join(lines) or "no entries")
+    return 0
+
+
+async def _export(args: argparse.Namespace, store: AuditStore, filters: SearchFilters) -> int:
+    out = args.out.open("w", encoding="utf-8") if args.out else sys.stdout
+    count = 0
+    try:
+        async for entry in store.export(filters):
+            out.write(json.dumps(entry.to_dict(), ensure_ascii=False) + "\n")
+            count += 1
+    finally:
+        if args.out:
+            out.close()
+    if args.out:
+        emit(
+            args,
+            {"exported": count, "file": str(args.out)},
+            f"exported {count:,} entries to {args.out}",
+        )
+    return 0

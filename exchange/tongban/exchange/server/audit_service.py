@@ -1,0 +1,274 @@
+"""``tongban.v1.AuditService``: the access log for auditors, and covert cases for all.
+
+Auditors' own reads of a subject's history are logged too (action ``audit.search`` or
+``audit.subject``), so the subject view shows when an auditor looked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tongban.errors import TongbanError
+from tongban.exchange.audit.anomalies import find_anomalies
+from tongban.exchange.audit.checkpoints import Checkpointer, CheckpointRow
+from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.store import AuditStore, LogEntry, SearchFilters
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.server.caller import Caller, current_caller
+from tongban.signing.clock import Clock
+from tongban.v1 import audit_pb2, audit_pb2_grpc
+
+__all__ = ["AuditService", "AuditorRoleRequired"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AuditorRoleRequired(TongbanError):
+    reason = "AUDITOR_ROLE_REQUIRED"
+    status = "PERMISSION_DENIED"
+
+
+def _ts(at: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+def _when(stamp: Timestamp, name: str) -> datetime | None:
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return None
+    try:
+        return stamp.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise InvalidArgument(f"{name} is not a valid instant.", metadata={"field": name}) from None
+
+
+def entry_message(entry: LogEntry) -> audit_pb2.Entry:
+    return audit_pb2.Entry(
+        index=entry.index,
+        leaf=entry.leaf,
+        at=_ts(entry.at),
+        node=entry.node,
+        caller=entry.caller,
+        officer=entry.officer or "",
+        action=entry.action,
+        dataset=entry.dataset or "",
+        fields=list(entry.fields),
+        purpose=entry.purpose or "",
+        case_id=entry.case_id or "",
+        subject_hmac=entry.subject_hmac or b"",
+        decision=entry.decision,
+        reason=entry.reason or "",
+    )
+
+
+class AuditService(audit_pb2_grpc.AuditServiceServicer):
+    def __init__(
+        self,
+        store: AuditStore,
+        checkpointer: Checkpointer,
+        access_log: AccessLog,
+        hasher: SubjectHasher,
+        clock: Clock,
+        node_name: str,
+    ) -> None:
+        self._store = store
+        self._checkpoints = checkpointer
+        self._log = access_log
+        self._hasher = hasher
+        self._clock = clock
+        self._node = node_name
+
+    def _auditor(self) -> Caller:
+        caller = current_caller()
+        if "auditor" not in caller.department.roles:
+            raise AuditorRoleRequired(
+                "Only departments with the auditor role may read the access log; ask the "
+                "operator to grant the role.",
+                metadata={"department": caller.department.code},
+            )
+        return caller
+
+    async def _log_read(self, caller: Caller, action: str, subject_id: str, purpose: str) -> bytes:
+        subject = self._hasher(subject_id.strip())
+        await self._log.append(
+            [
+                AccessEntry(
+                    at=self._clock.now(),
+                    node=self._node,
+                    caller=caller.department.code,
+                    officer=caller.officer_id,
+                    action=action,
+                    dataset=None,
+                    fields=(),
+                    purpose=purpose,
+                    case_id=None,
+                    subject_hmac=subject,
+                    decision="allowed",
+                    reason=None,
+                )
+            ]
+        )
+        return subject
+
+    async def _filters(self, request: audit_pb2.SearchRequest, caller: Caller) -> SearchFilters:
+        subject = None
+        if request.subject_id:
+            subject = await self._log_read(caller, "audit.search", request.subject_id, "audit")
+        return SearchFilters(
+            subject_hmac=subject,
+            caller=request.caller or None,
+            officer=request.officer or None,
+            dataset=request.dataset or None,
+            purpose=request.purpose or None,
+            case_id=request.case_id or None,
+            decision=request.decision or None,
+            start=_when(getattr(request, "from"), "from"),
+            end=_when(request.to, "to"),
+        )
+
+    async def Search(
+        self, request: audit_pb2.SearchRequest, context: Context
+    ) -> audit_pb2.SearchResponse:
+        caller = self._auditor()
+        entries, token = await self._store.search(
+            await self._filters(request, caller),
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return audit_pb2.SearchResponse(
+            entries=[entry_message(e) for e in entries], next_page_token=token
+        )
+
+    async def Export(
+        self, request: audit_pb2.SearchRequest, context: Context
+    ) -> AsyncIterator[audit_pb2.Entry]:
+        caller = self._auditor()
+        async for entry in self._store.export(await self._filters(request, caller)):
+            yield entry_message(entry)
+
+    def _checkpoint_message(self, row: CheckpointRow) -> audit_pb2.Checkpoint:
+        return audit_pb2.Checkpoint(
+            size=row.size,
+            root=row.root,
+            note=row.note,
+            signed_at=_ts(row.signed_at),
+            verifier_key=self._checkpoints.verifier_key,
+        )
+
+    async def GetEntry(
+        self, request: audit_pb2.GetEntryRequest, context: Context
+    ) -> audit_pb2.EntryWithProof:
+        self._auditor()
+        entry = await self._store.entry(request.index)
+        if request.tree_size:
+            checkpoint = await self._checkpoints.at_size(request.tree_size)
+        else:
+            checkpoint = await self._checkpoints.latest()
+            if checkpoint.size <= entry.index:
+                checkpoint = await self._checkpoints.sign_now()  # on demand
+        proof = await self._store.inclusion(entry.index, checkpoint.size)
+        return audit_pb2.EntryWithProof(
+            entry=entry_message(entry),
+            checkpoint=self._checkpoint_message(checkpoint),
+            inclusion_proof=proof,
+        )
+
+    async def GetCheckpoint(
+        self, request: audit_pb2.GetCheckpointRequest, context: Context
+    ) -> audit_pb2.Checkpoint:
+        self._auditor()
+        if request.size:
+            return self._checkpoint_message(await self._checkpoints.at_size(request.size))
+        return self._checkpoint_message(await self._checkpoints.sign_now())
+
+    async def GetConsistencyProof(
+        self, request: audit_pb2.ConsistencyProofRequest, context: Context
+    ) -> audit_pb2.ConsistencyProof:
+        self._auditor()
+        proof = await self._store.consistency(request.old_size, request.new_size)
+        return audit_pb2.ConsistencyProof(
+            old_size=request.old_size, new_size=request.new_size, proof=proof
+        )
+
+    async def SubjectAccesses(
+        self, request: audit_pb2.SubjectAccessesRequest, context: Context
+    ) -> audit_pb2.SubjectAccessesResponse:
+        caller = self._auditor()
+        if not request.subject_id.strip():
+            raise InvalidArgument(
+                "Name the subject (USCC or citizen id).", metadata={"field": "subject_id"}
+            )
+        subject = await self._log_read(caller, "audit.subject", request.subject_id, "subject view")
+        accesses, token, withheld = await self._store.subject_accesses(
+            subject, self._clock.now(), page_size=request.page_size, page_token=request.page_token
+        )
+        return audit_pb2.SubjectAccessesResponse(
+            accesses=[
+                audit_pb2.SubjectAccess(
+                    index=a.entry.index,
+                    at=_ts(a.entry.at),
+                    department=a.entry.caller,
+                    department_name=a.department_name,
+                    officer=a.entry.officer or "",
+                    dataset=a.entry.dataset or "",
+                    fields=list(a.entry.fields),
+                    purpose=a.entry.purpose or "",
+                    case_id=a.entry.case_id or "",
+                    decision=a.entry.decision,
+                    reason=a.entry.reason or "",
+                )
+                for a in accesses
+            ],
+            next_page_token=token,
+            withheld=withheld,
+        )
+
+    async def Anomalies(
+        self, request: audit_pb2.AnomaliesRequest, context: Context
+    ) -> audit_pb2.AnomaliesResponse:
+        self._auditor()
+        end = _when(request.to, "to") or self._clock.now()
+        start = _when(getattr(request, "from"), "from") or end - timedelta(days=1)
+        found = await find_anomalies(self._store.pool, start=start, end=end)
+        return audit_pb2.AnomaliesResponse(
+            anomalies=[
+                audit_pb2.Anomaly(
+                    kind=a.kind,
+                    department=a.department,
+                    officer=a.officer or "",
+                    detail=a.detail,
+                    count=a.count,
+                    baseline=a.baseline,
+                    first_at=_ts(a.first_at),
+                )
+                for a in found
+            ]
+        )
+
+    async def DeclareCovertCase(
+        self, request: audit_pb2.DeclareCovertCaseRequest, context: Context
+    ) -> audit_pb2.CovertCase:
+        caller = current_caller()
+        until = _when(request.until, "until")
+        if until is None:
+            raise InvalidArgument("Give the end of the embargo.", metadata={"field": "until"})
+        await self._store.declare_covert(
+            caller=caller.department.code,
+            case_id=request.case_id,
+            until=until,
+            legal_basis=request.legal_basis,
+            officer=caller.officer_id,
+            now=self._clock.now(),
+        )
+        return audit_pb2.CovertCase(
+            department=caller.department.code,
+            case_id=request.case_id.strip(),
+            until=_ts(until),
+            legal_basis=request.legal_basis.strip(),
+        )
