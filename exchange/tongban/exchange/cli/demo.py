@@ -19,9 +19,18 @@ from typing import Any
 from tongban.client import Bundle, ExchangeClient, ExchangeError, verify_answer
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import SubjectHasher
+from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
+from tongban.exchange.audit.note import open_checkpoint, parse_verifier_key
+from tongban.exchange.audit.verify import verify_log
 from tongban.exchange.cli import story_data as story
 from tongban.exchange.cli.commands import fresh_demo_dir
-from tongban.exchange.datadir import ca_certificate_pem, init_data_dir, load_log_key
+from tongban.exchange.datadir import (
+    ca_certificate_pem,
+    init_data_dir,
+    load_log_key,
+    load_log_signer,
+    log_origin,
+)
 from tongban.exchange.departments import DepartmentStore, Status
 from tongban.exchange.enrolment import DEMO_DEPARTMENTS, bundle_dir, enrol_demo_departments
 from tongban.exchange.node import Node
@@ -33,6 +42,7 @@ from tongban.signing.certs import (
 )
 from tongban.signing.clock import SystemClock
 from tongban.signing.keys import generate_private_key, private_key_pem
+from tongban.v1 import audit_pb2
 
 __all__ = ["run_demo"]
 
@@ -272,6 +282,42 @@ async def run_demo(args: argparse.Namespace) -> int:
                 {"reason": refused},
             )
 
+        async def step_8() -> _Outcome:
+            assert node.checkpointer is not None
+            await node.checkpointer.sign_now()
+            report = await verify_log(
+                db.pool,
+                origin=log_origin(settings),
+                verifier=load_log_signer(settings).public_key(),
+            )
+            async with client("audit", "JW-0001") as audit:
+                found = await audit.audit_search(audit_pb2.SearchRequest(subject_id=story.OWNER_ID))
+                queries = [e for e in found.entries if e.action == "query"]
+                for entry in queries:  # each checked as an outsider would: key, note, proof
+                    proved = await audit.audit_entry(entry.index)
+                    name, key = parse_verifier_key(proved.checkpoint.verifier_key)
+                    signed = open_checkpoint(proved.checkpoint.note, [(name, key)], origin=name)
+                    verify_inclusion(
+                        leaf_hash(proved.entry.leaf),
+                        proved.entry.index,
+                        signed.size,
+                        list(proved.inclusion_proof),
+                        signed.root,
+                    )
+                view = await audit.subject_accesses(story.OWNER_ID)
+            accesses = [
+                f"{a.department_name}（{a.purpose}，{a.decision}）"
+                for a in view.accesses
+                if a.dataset
+            ]
+            return _Outcome(
+                len(accesses) == len(queries) >= 2,
+                f"log intact: {report.size} entries under {report.checkpoints} signed "
+                f"checkpoints; {len(queries)} accesses to the owner's data, each proved in the "
+                f"tree; the owner's view lists: {'; '.join(accesses)}",
+                {"log_size": report.size, "accesses": len(queries)},
+            )
+
         await steps.run("0.1", "An exchange node starts on embedded PostgreSQL", node_up)
         await steps.run("0.2", "The story's departments are registered", enrol)
         await steps.run("0.3", "Each department is known by its certificate", authenticate)
@@ -281,6 +327,9 @@ async def run_demo(args: argparse.Namespace) -> int:
         await steps.run("1", "samr registers the company; it is published once", step_1)
         await steps.run("3", "Approval gets the company and the owner's identity, no paper", step_3)
         await steps.run("7", "Tax asks for personal data without a grant: denied, logged", step_7)
+        await steps.run(
+            "8", "The auditor verifies the log; the owner sees who accessed their data", step_8
+        )
     finally:
         await node.stop()
     if args.json:
