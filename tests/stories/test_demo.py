@@ -26,6 +26,7 @@ def test_demo_runs_every_step() -> None:
             "1",
             "3",
             "7",
+            "8",
         ]
         assert all(s["ok"] for s in steps), steps
         assert lines[-1] == {"step": "end", "ok": True, "data_dir": str(root / "demo")}
