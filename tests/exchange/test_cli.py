@@ -260,3 +260,19 @@ def test_port_in_use(tmp_path: Path, env: dict[str, str]) -> None:
             assert result.code == 1, result.stdout + result.stderr
             assert result.json()["reason"] == "LISTEN_FAILED"
             assert str(port) in result.json()["message"]
+
+
+def test_a_malformed_ca_certificate_in_the_data_dir(tmp_path: Path, env: dict[str, str]) -> None:
+    data = tmp_path / "d"
+    assert tongban("init", "--data-dir", str(data), env=env).code == 0
+    (data / "ca" / "ca.crt").write_text(
+        "-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n"
+    )
+    result = tongban(
+        "dept", "add", "tax", "--name", "县税务局", "--level", "county",
+        "--data-dir", str(data), "--json", env=env,
+    )  # fmt: skip
+    assert result.code == 1
+    assert result.json()["reason"] == "CERTIFICATE_INVALID"
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (data / "bundles" / "tax").exists()

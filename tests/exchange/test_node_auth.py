@@ -251,3 +251,25 @@ async def test_department_added_while_serving_can_call_at_once(
     )
     async with ExchangeClient(Bundle.load(path), target=_target(node)) as client:
         assert (await client.who_am_i()).department == "samr-town"
+
+
+async def test_a_bundle_with_a_garbled_certificate_fails_cleanly(
+    node: Node, settings: Settings
+) -> None:
+    real = Bundle.load(bundle_path(settings, "samr"))
+    garbled = Bundle(
+        department=real.department,
+        name=real.name,
+        endpoint=real.endpoint,
+        server_name=real.server_name,
+        ca_pem=real.ca_pem,
+        tls_cert_pem=b"-----BEGIN CERTIFICATE-----\nZ2FyYmFnZQ==\n-----END CERTIFICATE-----\n",
+        tls_key_pem=real.tls_key_pem,
+        seal_cert_pem=real.seal_cert_pem,
+        seal_key_pem=real.seal_key_pem,
+    )
+    error = await _call(garbled, node)
+    assert error.code is grpc.StatusCode.UNAVAILABLE
+    # The node keeps serving others.
+    async with ExchangeClient(real, target=_target(node)) as client:
+        assert (await client.who_am_i()).department == "samr"
