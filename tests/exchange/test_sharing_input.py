@@ -297,3 +297,42 @@ async def test_access_log_is_append_only(
         assert await node.db.pool.fetchval("SELECT current_user") == "tongban_node"
     finally:
         await owner.close()
+
+
+async def test_stream_records_commits_each_batch_in_order(node: Node, samr: ExchangeClient) -> None:
+    from tongban.exchange.catalogue.subject_ids import uscc_check_character
+
+    def key(i: int) -> str:
+        first17 = f"9133010{i:010d}"
+        return first17 + uscc_check_character(first17)
+
+    async def batches() -> AsyncIterator[list[tuple[str, dict[str, object]]]]:
+        for b in range(3):
+            yield [(key(b * 100 + i), {"name": f"公司{b}-{i}"}) for i in range(100)]
+        # The same keys again: the later batch wins, in order.
+        yield [(key(i), {"name": f"改名{i}"}) for i in range(10)]
+
+    counts = await samr.stream_records("samr.enterprise", batches())
+    assert (counts.inserted, counts.updated) == (300, 10)
+    async with client_for(node, "tax") as tax:
+        answer = await tax.query(
+            "samr.enterprise", [key(3)], fields=["name"], purpose=PURPOSE, case_id="S-1"
+        )
+    assert answer.by_key()[key(3)].fields["name"] == "改名3"
+
+    async def bad_second() -> AsyncIterator[list[tuple[str, dict[str, object]]]]:
+        yield [(key(1000), {"name": "先到"})]
+        yield [(key(1001), {"name": "a\x00b"})]
+
+    error = await _reason(samr.stream_records("samr.enterprise", bad_second()))
+    assert error.reason == "RECORD_INVALID"
+    async with client_for(node, "tax") as tax:
+        answer = await tax.query(
+            "samr.enterprise",
+            [key(1000), key(1001)],
+            fields=["name"],
+            purpose=PURPOSE,
+            case_id="S-2",
+        )
+    assert [r.key for r in answer.records] == [key(1000)]  # the committed batch stays
+    assert answer.missing_keys == [key(1001)]

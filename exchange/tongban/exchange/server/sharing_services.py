@@ -7,6 +7,7 @@ mapped to statuses by the interceptor.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
@@ -275,22 +276,39 @@ class RecordService(records_pb2_grpc.RecordServiceServicer):
         caller = current_caller()
         total = PublishCounts()
         dataset = None
-        async for request in request_iterator:
-            if dataset is None:
-                dataset = request.dataset
-            elif request.dataset and request.dataset != dataset:
-                raise InvalidArgument(
-                    "One stream loads one dataset; open another stream for another.",
-                    metadata={"field": "dataset"},
-                )
-            counts = await self._sharing.publish(caller, dataset, _changes(request))
-            total.inserted += counts.inserted
-            total.updated += counts.updated
-            total.unchanged += counts.unchanged
-            total.deleted += counts.deleted
+        writing: asyncio.Task[PublishCounts] | None = None
+        try:
+            async for request in request_iterator:
+                if dataset is None:
+                    dataset = request.dataset
+                elif request.dataset and request.dataset != dataset:
+                    raise InvalidArgument(
+                        "One stream loads one dataset; open another stream for another.",
+                        metadata={"field": "dataset"},
+                    )
+                # Validate this batch while the previous one is being written; batches are
+                # still written one after another, in order.
+                batch = await self._sharing.prepare(caller, dataset, _changes(request))
+                if writing is not None:
+                    previous, writing = writing, None
+                    _add(total, await previous)
+                writing = asyncio.ensure_future(self._sharing.apply(batch))
+            if writing is not None:
+                previous, writing = writing, None
+                _add(total, await previous)
+        finally:
+            if writing is not None:  # a later batch was refused: the one in flight still lands
+                await writing
         if dataset is None:
             raise InvalidArgument("The stream carried no batches.")
         return _counts(total)
+
+
+def _add(total: PublishCounts, counts: PublishCounts) -> None:
+    total.inserted += counts.inserted
+    total.updated += counts.updated
+    total.unchanged += counts.unchanged
+    total.deleted += counts.deleted
 
 
 # -- grants ----------------------------------------------------------------------------

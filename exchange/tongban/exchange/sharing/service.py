@@ -86,6 +86,14 @@ class QueryResult:
 
 
 @dataclass(frozen=True)
+class PreparedBatch:
+    """Changes validated against ``entry``'s schema, ready to write."""
+
+    entry: DatasetEntry
+    changes: list[Change]
+
+
+@dataclass(frozen=True)
 class RawChange:
     """A change as received: values are Python values not yet checked against the schema."""
 
@@ -157,6 +165,17 @@ class Sharing:
         self, caller: Caller, dataset: str, changes: Sequence[RawChange]
     ) -> PublishCounts:
         """Validate every change, then apply all in one transaction (or none)."""
+        batch = await self.prepare(caller, dataset, changes)
+        return await self.apply(batch)
+
+    async def apply(self, batch: PreparedBatch) -> PublishCounts:
+        """Write a prepared batch in one transaction."""
+        return await self.records.publish(batch.entry, batch.changes, self._clock.now())
+
+    async def prepare(
+        self, caller: Caller, dataset: str, changes: Sequence[RawChange]
+    ) -> PreparedBatch:
+        """Check the caller owns ``dataset`` and validate every change; write nothing."""
         entry = await self.datasets.get(dataset)
         if entry is None:
             raise DatasetNotFound(f"No dataset {dataset[:100]!r} is in the catalogue.")
@@ -205,7 +224,7 @@ class Sharing:
                 raise RecordInvalid(
                     f"Record {index} ({key}): {e.message}", metadata={**e.metadata, **where}
                 ) from None
-        return await self.records.publish(entry, validated, self._clock.now())
+        return PreparedBatch(entry, validated)
 
     # -- queries ----------------------------------------------------------------------
 
