@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import contextlib
+
 import aiohttp
 
 from tests.exchange.conftest import bundle_path
@@ -43,3 +45,33 @@ async def test_healthz_reports_an_unreachable_database(node: Node) -> None:
         "node": node.settings.node_name,
         "reason": "DATABASE_UNAVAILABLE",
     }
+
+
+async def test_anomalies_are_exported_as_metrics(node: Node, settings: Settings) -> None:
+    from datetime import timedelta
+
+    from tests.conftest import client_for
+    from tests.stories.restaurant import OWNER, OWNER_ID, PERSON
+    from tongban.client import ExchangeError
+    from tongban.signing.clock import FixedClock
+
+    async with client_for(node, "police") as police:
+        await police.register_dataset(PERSON, publish=True)
+        await police.publish_records("police.person", [(OWNER_ID, OWNER)])
+    async with client_for(node, "tax", "SW-1") as tax:
+        for i in range(12):  # a burst of denials
+            try:
+                await tax.query(
+                    "police.person", [OWNER_ID], fields=["name"], purpose="p", case_id=f"c{i}"
+                )
+            except ExchangeError:
+                pass
+    assert isinstance(node.clock, FixedClock)
+    node.clock.advance(timedelta(seconds=1))
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{node.http_port}/metrics") as response,
+    ):
+        text = await response.text()
+    assert 'tongban_audit_anomalies{kind="denial_burst"} 1.0' in text
+    assert 'tongban_audit_anomalies{kind="volume_jump"} 0.0' in text

@@ -64,6 +64,12 @@ class NodeMetrics:
             "Grant requests not answered by their due date (working days).",
             registry=self.registry,
         )
+        self.audit_anomalies = Gauge(
+            "tongban_audit_anomalies",
+            "Anomalies in the access log over the last 24 hours, by kind.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.up = Gauge(
             "tongban_node_up",
             "1 while the node serves, 0 while it drains.",

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from types import TracebackType
+from typing import get_args
 
 import asyncpg
 import grpc
@@ -19,6 +20,7 @@ from aiohttp import web
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tongban.exchange.audit.anomalies import AnomalyKind, find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.store import AuditStore
@@ -69,6 +71,7 @@ __all__ = ["Node"]
 _log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 16 * 1024 * 1024
+ANOMALY_KINDS = get_args(AnomalyKind)
 
 
 class Node:
@@ -84,6 +87,7 @@ class Node:
         self.access_log: AccessLog | None = None
         self.checkpointer: Checkpointer | None = None
         self._hasher: SubjectHasher | None = None
+        self._anomalies_at: datetime | None = None
         self.sharing: Sharing | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
@@ -225,7 +229,10 @@ class Node:
     async def _start_http(self) -> None:
         assert self.db is not None
         app = build_http_app(
-            self.db, self.metrics, self.settings.node_name, before_scrape=[self._count_overdue]
+            self.db,
+            self.metrics,
+            self.settings.node_name,
+            before_scrape=[self._count_overdue, self._count_anomalies],
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -250,6 +257,20 @@ class Node:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise DatabaseUnavailable("Cannot count overdue grants.") from e
         self.metrics.grants_overdue.set(overdue)
+
+    async def _count_anomalies(self) -> None:
+        """Refresh the anomaly gauges from the last 24 hours, at most once a minute."""
+        assert self.db is not None
+        now = self.clock.now()
+        if self._anomalies_at is not None and now - self._anomalies_at < timedelta(minutes=1):
+            return
+        try:
+            found = await find_anomalies(self.db.pool, start=now - timedelta(days=1), end=now)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise DatabaseUnavailable("Cannot read the access log for anomalies.") from e
+        self._anomalies_at = now
+        for kind in ANOMALY_KINDS:
+            self.metrics.audit_anomalies.labels(kind).set(sum(a.kind == kind for a in found))
 
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop; idempotent."""
