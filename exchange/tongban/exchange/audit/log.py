@@ -50,7 +50,9 @@ class SubjectHasher:
         return hmac.digest(self._key, subject_id.encode("utf-8"), "sha256")
 
 
-_Pending = tuple[Sequence[AccessEntry], "asyncio.Future[range]"]
+# An entry ready to sequence: its searchable columns, its leaf bytes and the leaf's hash.
+_Prepared = tuple[AccessEntry, bytes, bytes]
+_Pending = tuple[list[_Prepared], "asyncio.Future[range]"]
 
 
 class AccessLog:
@@ -92,7 +94,14 @@ class AccessLog:
         if self._closing or self._writer is None:
             raise AuditUnavailable("The access log is not running; the node is shutting down.")
         done: asyncio.Future[range] = asyncio.get_running_loop().create_future()
-        self._queue.append(([e.bounded() for e in entries], done))
+        # Encode and hash here, in the caller, so that this work overlaps the writer's
+        # wait on the database instead of queueing behind it.
+        prepared = []
+        for entry in entries:
+            bounded = entry.bounded()
+            leaf = encode_leaf(bounded)
+            prepared.append((bounded, leaf, leaf_hash(leaf)))
+        self._queue.append((prepared, done))
         self._wake.set()
         try:
             async with asyncio.timeout(self._timeout):
@@ -116,7 +125,7 @@ class AccessLog:
 
     async def _write(self, batch: list[_Pending]) -> None:
         try:
-            start, count = await self._sequence([e for entries, _ in batch for e in entries])
+            start, count = await self._sequence([p for prepared, _ in batch for p in prepared])
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
             _log.error("access log write failed for %d requests: %s", len(batch), e)
             error = AuditUnavailable(
@@ -136,7 +145,7 @@ class AccessLog:
                 done.set_result(range(start, start + len(entries)))
             start += len(entries)
 
-    async def _sequence(self, entries: list[AccessEntry]) -> tuple[int, int]:
+    async def _sequence(self, entries: list[_Prepared]) -> tuple[int, int]:
         """Append ``entries`` to the tree in one transaction; return (first index, count)."""
         async with self._pool.acquire() as conn, conn.transaction():
             head = await conn.fetchrow("SELECT size, frontier FROM log_state FOR UPDATE")
@@ -145,12 +154,10 @@ class AccessLog:
             first = frontier.size
             rows: list[tuple[object, ...]] = []
             nodes: list[tuple[int, int, bytes]] = []
-            for entry in entries:
-                leaf = encode_leaf(entry)
+            for entry, leaf, digest in entries:
                 rows.append((frontier.size, leaf, *entry.columns()))
                 nodes.extend(
-                    (level, index, digest)
-                    for (level, index), digest in frontier.append(leaf_hash(leaf))
+                    (level, index, node) for (level, index), node in frontier.append(digest)
                 )
             await conn.copy_records_to_table(
                 "access_log", records=rows, columns=("idx", "leaf", *COLUMNS)

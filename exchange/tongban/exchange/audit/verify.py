@@ -17,6 +17,8 @@ Raises ``LogCorrupt`` naming the first bad index, or returns a report.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import Callable
@@ -103,52 +105,64 @@ async def verify_log(
     due = [c for c in checkpoints if c.size > 0]
     next_checkpoint = 0
     last = -1
-    while True:
-        rows = await pool.fetch(
+
+    async def chunk_after(index: int) -> list[asyncpg.Record]:
+        return await pool.fetch(
             "SELECT a.idx, a.leaf, a.at, a.node, a.caller, a.officer, a.action, a.dataset,"
             " a.fields, a.purpose, a.case_id, a.subject_hmac, a.decision, a.reason, n.hash"
             " FROM access_log a LEFT JOIN log_node n ON n.level = 0 AND n.idx = a.idx"
             " WHERE a.idx > $1 ORDER BY a.idx LIMIT $2",
-            last,
+            index,
             _CHUNK,
         )
-        if not rows:
-            break
-        for row in rows:
-            index = row["idx"]
-            if index != frontier.size:
-                raise _corrupt(frontier.size, "is missing (deleted)")
-            leaf = bytes(row["leaf"])
-            try:
-                entry = decode_leaf(leaf)
-            except LeafInvalid as e:
-                raise _corrupt(index, f"is not a valid leaf ({e.message})") from None
-            columns = (
-                row["at"], row["node"], row["caller"], row["officer"], row["action"],
-                row["dataset"], list(row["fields"]), row["purpose"], row["case_id"],
-                bytes(row["subject_hmac"]) if row["subject_hmac"] is not None else None,
-                row["decision"], row["reason"],
-            )  # fmt: skip
-            if columns != entry.columns():
-                raise _corrupt(index, "has columns that differ from its leaf")
-            digest = leaf_hash(leaf)
-            if row["hash"] is None or bytes(row["hash"]) != digest:
-                raise _corrupt(index, "has a leaf whose hash differs from the stored tree")
-            frontier.append(digest)
-            while next_checkpoint < len(due) and due[next_checkpoint].size == frontier.size:
-                if frontier.root() != due[next_checkpoint].root:
-                    raise LogCorrupt(
-                        f"The entries before index {frontier.size} no longer match the "
-                        f"checkpoint signed at size {frontier.size}.",
-                        metadata={
-                            "first_bad_index": "unknown",
-                            "checkpoint_size": str(frontier.size),
-                        },
-                    )
-                next_checkpoint += 1
-        last = rows[-1]["idx"]
-        if progress is not None:
-            progress(frontier.size, total)
+
+    # Read the next chunk while checking this one: the database works while Python checks.
+    reading = asyncio.ensure_future(chunk_after(last))
+    try:
+        while True:
+            rows = await reading
+            if not rows:
+                break
+            reading = asyncio.ensure_future(chunk_after(rows[-1]["idx"]))
+            await asyncio.sleep(0)  # let the read go out before the checks hold the loop
+            for row in rows:
+                index = row["idx"]
+                if index != frontier.size:
+                    raise _corrupt(frontier.size, "is missing (deleted)")
+                leaf = bytes(row["leaf"])
+                try:
+                    entry = decode_leaf(leaf)
+                except LeafInvalid as e:
+                    raise _corrupt(index, f"is not a valid leaf ({e.message})") from None
+                columns = (
+                    row["at"], row["node"], row["caller"], row["officer"], row["action"],
+                    row["dataset"], list(row["fields"]), row["purpose"], row["case_id"],
+                    bytes(row["subject_hmac"]) if row["subject_hmac"] is not None else None,
+                    row["decision"], row["reason"],
+                )  # fmt: skip
+                if columns != entry.columns():
+                    raise _corrupt(index, "has columns that differ from its leaf")
+                digest = leaf_hash(leaf)
+                if row["hash"] is None or bytes(row["hash"]) != digest:
+                    raise _corrupt(index, "has a leaf whose hash differs from the stored tree")
+                frontier.append(digest)
+                while next_checkpoint < len(due) and due[next_checkpoint].size == frontier.size:
+                    if frontier.root() != due[next_checkpoint].root:
+                        raise LogCorrupt(
+                            f"The entries before index {frontier.size} no longer match the "
+                            f"checkpoint signed at size {frontier.size}.",
+                            metadata={
+                                "first_bad_index": "unknown",
+                                "checkpoint_size": str(frontier.size),
+                            },
+                        )
+                    next_checkpoint += 1
+            if progress is not None:
+                progress(frontier.size, total)
+    finally:
+        reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
     if frontier.size != total:
         raise _corrupt(frontier.size, "is missing (deleted)")
     if frontier.root() != bytes(head["root"]):
