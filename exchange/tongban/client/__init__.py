@@ -9,13 +9,14 @@ credential bundle::
 
 from tongban.client.answers import verify_answer
 from tongban.client.bundle import Bundle, BundleInvalid, write_bundle
-from tongban.client.client import Answer, ExchangeClient, Identity, PublishCounts, Record
+from tongban.client.client import Answer, Event, ExchangeClient, Identity, PublishCounts, Record
 from tongban.client.errors import ExchangeError
 
 __all__ = [
     "Answer",
     "Bundle",
     "BundleInvalid",
+    "Event",
     "ExchangeClient",
     "ExchangeError",
     "Identity",

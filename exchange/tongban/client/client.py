@@ -21,6 +21,8 @@ from tongban.v1 import (
     audit_pb2_grpc,
     catalogue_pb2,
     catalogue_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     grants_pb2,
     grants_pb2_grpc,
     node_pb2,
@@ -31,7 +33,7 @@ from tongban.v1 import (
     records_pb2_grpc,
 )
 
-__all__ = ["Answer", "ExchangeClient", "Identity", "PublishCounts", "Record"]
+__all__ = ["Answer", "Event", "ExchangeClient", "Identity", "PublishCounts", "Record"]
 
 OFFICER_METADATA = "x-tongban-officer"
 _OFFICER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
@@ -67,6 +69,21 @@ class Answer:
 
     def by_key(self) -> dict[str, Record]:
         return {record.key: record for record in self.records}
+
+
+@dataclass(frozen=True)
+class Event:
+    """A change to a subscribed dataset; ``event_id`` is the same on every re-delivery."""
+
+    subscription_id: str
+    dataset: str
+    position: int
+    event_id: str
+    key: str
+    version: int
+    op: str
+    fields: dict[str, object]
+    at: datetime
 
 
 @dataclass(frozen=True)
@@ -163,6 +180,7 @@ class ExchangeClient:
         self._grants = grants_pb2_grpc.GrantServiceStub(self._channel)
         self._query = query_pb2_grpc.QueryServiceStub(self._channel)
         self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)
+        self._events = events_pb2_grpc.SubscriptionServiceStub(self._channel)
 
     @classmethod
     def from_bundle_dir(cls, path: Path, **kwargs: object) -> ExchangeClient:
@@ -360,6 +378,55 @@ class ExchangeClient:
             signed_payload=reply.signed_payload,
             signature=reply.signature,
         )
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    async def subscribe(
+        self,
+        dataset: str,
+        *,
+        fields: Sequence[str],
+        purpose: str,
+        after_position: int | None = None,
+    ) -> AsyncIterator[Event]:
+        """Changes to ``dataset`` as they happen (at least once; acknowledge what you have
+        applied with ``acknowledge``). Without ``after_position`` the stream resumes after
+        the subscription's acknowledged position. Raises ExchangeError when refused or when
+        the grant behind it ends."""
+        request = events_pb2.SubscribeRequest(dataset=dataset, fields=list(fields), purpose=purpose)
+        if after_position is not None:
+            request.after_position = after_position
+        stream = self._events.Subscribe(request, metadata=self._metadata)
+        try:
+            async for message in stream:
+                yield Event(
+                    subscription_id=message.subscription_id,
+                    dataset=message.dataset,
+                    position=message.position,
+                    event_id=message.event_id,
+                    key=message.key,
+                    version=message.version,
+                    op=message.op,
+                    fields={name: from_field_value(v) for name, v in message.fields.items()},
+                    at=message.at.ToDatetime(tzinfo=UTC),
+                )
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            stream.cancel()
+
+    async def acknowledge(self, subscription_id: str, position: int) -> int:
+        """Acknowledge every event up to ``position``; return the acknowledged position."""
+        request = events_pb2.AcknowledgeRequest(subscription_id=subscription_id, position=position)
+        reply: events_pb2.AcknowledgeResponse = await self._call(self._events.Acknowledge, request)
+        return reply.acked_position
+
+    async def list_subscriptions(self) -> list[events_pb2.Subscription]:
+        request = events_pb2.ListSubscriptionsRequest()
+        reply: events_pb2.ListSubscriptionsResponse = await self._call(
+            self._events.ListSubscriptions, request
+        )
+        return list(reply.subscriptions)
 
     # -- the access log (auditor role, except declare_covert_case) ----------------------
 

@@ -40,6 +40,7 @@ from tongban.exchange.http import build_http_app
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.audit_service import AuditService
 from tongban.exchange.server.auth import Authenticator
+from tongban.exchange.server.events_service import SubscriptionService
 from tongban.exchange.server.interceptor import ExchangeInterceptor
 from tongban.exchange.server.node_service import NodeService
 from tongban.exchange.server.sharing_services import (
@@ -49,6 +50,7 @@ from tongban.exchange.server.sharing_services import (
     RecordService,
 )
 from tongban.exchange.settings import Settings
+from tongban.exchange.sharing.events import EventStore, EventWaker
 from tongban.exchange.sharing.service import Sharing
 from tongban.signing.clock import Clock, SystemClock
 from tongban.v1 import (
@@ -56,6 +58,8 @@ from tongban.v1 import (
     audit_pb2_grpc,
     catalogue_pb2,
     catalogue_pb2_grpc,
+    events_pb2,
+    events_pb2_grpc,
     grants_pb2,
     grants_pb2_grpc,
     node_pb2,
@@ -88,6 +92,7 @@ class Node:
         self.checkpointer: Checkpointer | None = None
         self._hasher: SubjectHasher | None = None
         self._anomalies_at: datetime | None = None
+        self._waker: EventWaker | None = None
         self.sharing: Sharing | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
@@ -104,6 +109,8 @@ class Node:
             self.db = await Database.open(self.settings)
             self._changes = ChangeListener(self.db.pool)
             self._auth = Authenticator(self.db.pool, self._changes, self.clock)
+            # Everything that subscribes to notifications does so before the listener starts.
+            self._waker = EventWaker(self._changes)
             self._hasher = SubjectHasher(load_log_key(self.settings))
             self.access_log = AccessLog(
                 self.db.pool, on_written=self.metrics.access_log_entries.inc
@@ -178,6 +185,11 @@ class Node:
         assert self.access_log is not None
         assert self.db is not None
         assert self._hasher is not None
+        assert self._waker is not None
+        events_pb2_grpc.add_SubscriptionServiceServicer_to_server(
+            SubscriptionService(self.sharing, EventStore(self.db.pool), self._waker, self.clock),
+            server,
+        )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditService(
                 AuditStore(self.db.pool),
@@ -200,6 +212,7 @@ class Node:
                     (grants_pb2, "GrantService"),
                     (query_pb2, "QueryService"),
                     (audit_pb2, "AuditService"),
+                    (events_pb2, "SubscriptionService"),
                 )
             ),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

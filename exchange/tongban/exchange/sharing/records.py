@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -134,6 +135,7 @@ class RecordStore:
                 )
             if new_rows:
                 await conn.copy_records_to_table("record", records=new_rows, columns=_COLUMNS)
+                await _write_events(conn, entry.code, new_rows)
         return counts
 
     async def fetch(
@@ -165,6 +167,49 @@ class RecordStore:
             as_of,
         )
         return _by_key(rows)
+
+
+EVENT_NAMESPACE = uuid.UUID("6f1f9a52-3c1e-5b0e-9d55-74f0b4a6c2d1")
+_EVENT_COLUMNS = ("dataset", "position", "event_id", "key", "version", "op", "data", "at")
+
+
+def event_id(dataset: str, key: str, version: int) -> uuid.UUID:
+    """The event of a record version: the same on every replay (UUIDv5)."""
+    return uuid.uuid5(EVENT_NAMESPACE, f"{dataset}\n{key}\n{version}")
+
+
+async def _write_events(conn: Any, dataset: str, new_rows: list[tuple[object, ...]]) -> None:
+    """Append one event per new record version, in the caller's transaction (the outbox)."""
+    await conn.execute(
+        "INSERT INTO dataset_stream (dataset) VALUES ($1) ON CONFLICT DO NOTHING", dataset
+    )
+    start = await conn.fetchval(
+        "SELECT next_position FROM dataset_stream WHERE dataset = $1 FOR UPDATE", dataset
+    )
+    events = []
+    for offset, (_, key, version, data, deleted, valid_from, _) in enumerate(new_rows):
+        assert isinstance(key, str)
+        assert isinstance(version, int)
+        op = "delete" if deleted else "upsert"
+        events.append(
+            (
+                dataset,
+                start + offset,
+                event_id(dataset, key, version),
+                key,
+                version,
+                op,
+                data,
+                valid_from,
+            )
+        )
+    await conn.copy_records_to_table("event_outbox", records=events, columns=_EVENT_COLUMNS)
+    await conn.execute(
+        "UPDATE dataset_stream SET next_position = $2 WHERE dataset = $1",
+        dataset,
+        start + len(events),
+    )
+    await conn.execute("SELECT pg_notify('tongban_events', $1)", dataset)
 
 
 def _by_key(rows: Sequence[asyncpg.Record]) -> dict[str, StoredRecord]:

@@ -226,6 +226,39 @@ class Sharing:
                 ) from None
         return PreparedBatch(entry, validated)
 
+    # -- subscriptions ------------------------------------------------------------------
+
+    async def authorize(
+        self, caller: Caller, dataset: str, fields: Sequence[str], purpose: str, case_id: str
+    ) -> tuple[DatasetEntry, Allowed]:
+        """The policy decision for a use that is not a query (a subscription): allowed, or
+        QueryDenied raised after the denial is logged."""
+        now = self._clock.now()
+        me = caller.department.code
+        intent = QueryIntent(me, dataset, tuple(fields), purpose, case_id)
+        entry = await self.current_entry(dataset)
+        grants: list[Grant] = []
+        if entry is not None and entry.share_class is ShareClass.CONDITIONAL and entry.owner != me:
+            grants = await self.grants_of(me, entry.code)
+        decision = decide(intent, entry, grants, now)
+        if isinstance(decision, Denied):
+            await self._log_decision(
+                caller, intent, entry, [], now, "denied", decision.reason, action="subscribe"
+            )
+            raise QueryDenied.from_decision(decision)
+        assert entry is not None
+        return entry, decision
+
+    async def log_delivery(
+        self, caller: Caller, entry: DatasetEntry, allowed: Allowed, purpose: str,
+        case_id: str, keys: Sequence[str],
+    ) -> None:  # fmt: skip
+        """Log events delivered to a subscriber, one entry per subject, before they leave."""
+        intent = QueryIntent(caller.department.code, entry.code, allowed.fields, purpose, case_id)
+        await self._log_decision(
+            caller, intent, entry, keys, self._clock.now(), "allowed", None, allowed, action="event"
+        )
+
     # -- queries ----------------------------------------------------------------------
 
     async def query(self, caller: Caller, q: QueryInput) -> QueryResult:
@@ -282,6 +315,8 @@ class Sharing:
         decision: str,
         reason: str | None,
         allowed: Allowed | None = None,
+        *,
+        action: str = "query",
     ) -> None:
         fields = allowed.fields if allowed is not None else tuple(intent.fields)
         base = {
@@ -289,7 +324,7 @@ class Sharing:
             "node": self._node,
             "caller": caller.department.code,
             "officer": caller.officer_id,
-            "action": "query",
+            "action": action,
             "dataset": entry.code if entry is not None else intent.dataset,
             "fields": tuple(fields),
             "purpose": intent.purpose,

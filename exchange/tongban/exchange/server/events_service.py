@@ -1,0 +1,132 @@
+"""``tongban.v1.SubscriptionService``: change events to subscribers, governed like queries.
+
+Each round of a stream reads the next events from the outbox, decides again (so a grant
+revoked or expired ends the stream at once), logs the delivery per subject, then sends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tongban.client.values import to_field_value
+from tongban.errors import TongbanError
+from tongban.exchange.server.caller import current_caller
+from tongban.exchange.sharing.events import EventStore, EventWaker
+from tongban.exchange.sharing.records import StoredRecord
+from tongban.exchange.sharing.service import Sharing
+from tongban.signing.clock import Clock
+from tongban.v1 import events_pb2, events_pb2_grpc
+
+__all__ = ["PositionOutOfRange", "SubscriptionService"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class PositionOutOfRange(TongbanError):
+    reason = "POSITION_OUT_OF_RANGE"
+    status = "OUT_OF_RANGE"
+
+
+def _ts(at: Any) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
+
+
+class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
+    def __init__(
+        self, sharing: Sharing, events: EventStore, waker: EventWaker, clock: Clock
+    ) -> None:
+        self._sharing = sharing
+        self._events = events
+        self._waker = waker
+        self._clock = clock
+
+    async def Subscribe(
+        self, request: events_pb2.SubscribeRequest, context: Context
+    ) -> AsyncIterator[events_pb2.Event]:
+        caller = current_caller()
+        fields = list(request.fields)
+        case_id = "subscription"
+        entry, allowed = await self._sharing.authorize(
+            caller, request.dataset, fields, request.purpose, case_id
+        )
+        subscription = await self._events.open(
+            caller.department.code, entry.code, allowed.fields, request.purpose, self._clock.now()
+        )
+        case_id = f"subscription:{subscription.id}"
+        end = await self._events.end_position(entry.code)
+        cursor = (
+            request.after_position
+            if request.HasField("after_position")
+            else subscription.acked_position
+        )
+        if not -1 <= cursor < end and not (cursor == -1 and end == 0):
+            raise PositionOutOfRange(
+                f"Position {cursor} is outside {entry.code}'s events (-1 to {end - 1}); "
+                "resume from your last acknowledged position.",
+                metadata={"end": str(end)},
+            )
+        while True:
+            rows = await self._events.after(entry.code, cursor)
+            if not rows:
+                await self._waker.wait(entry.code)
+                continue
+            # Decide again each round: a revoked or expired grant stops delivery at once.
+            entry, allowed = await self._sharing.authorize(
+                caller, entry.code, allowed.fields, request.purpose, case_id
+            )
+            await self._sharing.log_delivery(
+                caller, entry, allowed, request.purpose, case_id, [r.key for r in rows]
+            )
+            for row in rows:
+                values = (
+                    StoredRecord(row.key, row.version, row.at, row.data).values(
+                        entry, allowed.fields
+                    )
+                    if row.data is not None
+                    else {}
+                )
+                yield events_pb2.Event(
+                    subscription_id=str(subscription.id),
+                    dataset=entry.code,
+                    position=row.position,
+                    event_id=str(row.event_id),
+                    key=row.key,
+                    version=row.version,
+                    op=row.op,
+                    fields={name: to_field_value(v) for name, v in values.items()},
+                    at=_ts(row.at),
+                )
+                cursor = row.position
+
+    async def Acknowledge(
+        self, request: events_pb2.AcknowledgeRequest, context: Context
+    ) -> events_pb2.AcknowledgeResponse:
+        acked = await self._events.acknowledge(
+            request.subscription_id, current_caller().department.code, request.position
+        )
+        return events_pb2.AcknowledgeResponse(acked_position=acked)
+
+    async def ListSubscriptions(
+        self, request: events_pb2.ListSubscriptionsRequest, context: Context
+    ) -> events_pb2.ListSubscriptionsResponse:
+        rows = await self._events.of_consumer(current_caller().department.code)
+        return events_pb2.ListSubscriptionsResponse(
+            subscriptions=[
+                events_pb2.Subscription(
+                    id=str(r.id),
+                    dataset=r.dataset,
+                    fields=list(r.fields),
+                    purpose=r.purpose,
+                    acked_position=r.acked_position,
+                    lag_events=r.lag_events,
+                    lag_seconds=r.lag_seconds,
+                )
+                for r in rows
+            ]
+        )
