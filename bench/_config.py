@@ -1,4 +1,5 @@
-"""The benchmark's settings, shared by every phase (``bench.foundation``, ``bench.sharing``)."""
+"""The benchmark's settings, shared by every phase (``bench.foundation``, ``bench.sharing``,
+``bench.audit``)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,38 @@ class Config:
     query_target_of_echo: float = 0.40
     query_target_p99_ms: float = 50.0
     batch_target_ms: float = 100.0
+
+    # -- the access-log phases (bench.audit), in process on their own PostgreSQL ---------
+    audit_entries: int = 1_000_000
+    """Entries appended in the throughput phase (and COPYed for its baseline)."""
+    audit_fallback_entries: int = 200_000
+    """If the appends are projected, at this many, to take over ``audit_budget_seconds``
+    for all ``audit_entries``, the phase stops here (and says so)."""
+    audit_budget_seconds: float = 180.0
+    audit_append_tasks: int = 256
+    """Concurrent tasks appending in the throughput phase."""
+    audit_entries_per_call: int = 1
+    """Entries per ``AccessLog.append`` call in the throughput phase (1: a query's entry,
+    as on the node; the sequencer group-commits what the tasks have queued)."""
+    audit_copy_batch: int | None = None
+    """Rows per COPY of the baseline; None: the sequencer's mean batch in the same run."""
+    audit_latency_tasks: int = 64
+    audit_latency_warmup_seconds: float = 1.0
+    audit_latency_seconds: float = 5.0
+    audit_alone_calls: int = 100
+    """Sequential single-entry appends (and single-row INSERTs) on an idle log."""
+    audit_proofs: int = 500
+    audit_checkpoint_rounds: int = 20
+    audit_checkpoint_interval: float = 0.5
+    audit_checkpoint_trickle_per_s: float = 100.0
+    """Background appends while checkpoint latency is measured (0: none), so the entry
+    lands at a random point of the checkpointer's cycle, as on a node with traffic."""
+    audit_read_chunk: int = 20_000
+    """Rows per read of the verify baselines (what ``verify_log`` reads at a time)."""
+
+    audit_append_target_per_s: float = 50_000.0
+    audit_latency_target_p99_ms: float = 20.0
+    audit_proof_target_ms: float = 5.0
+    audit_checkpoint_target_s: float = 1.0
+    audit_verify_target_s: float = 30.0
+    """For 1,000,000 entries (judged at the log's actual size, pro rata)."""

@@ -24,6 +24,8 @@ What is measured, all in one run on one machine:
 Then, on the same node and against the same echo baseline, the sharing phases 5-8 of
 ``bench.sharing``: bulk publishing, the audited key query, 1,000-key queries and the
 access log's growth. The issue's targets are printed as met or missed, never asserted.
+``python -m bench`` then runs the access-log phases of ``bench.audit`` (in process, on
+their own PostgreSQL, once both servers have stopped) into the same results file.
 
 Phases 1 and 2 use 64 concurrent callers on one channel (one HTTP/2 connection), from one
 asyncio loop in this process; phase 3 uses 8. CPU use is recorded over each measured
@@ -48,7 +50,7 @@ from typing import Any
 import grpc
 import psutil
 
-from bench import sharing
+from bench import audit, sharing
 from bench._client import FRESH_CONNECTION, Department
 from bench._config import Config
 from bench._echo_server import ECHO_METHOD, identity
@@ -344,18 +346,27 @@ def _as_json(report: Report) -> dict[str, Any]:
     }
 
 
-def write_json(report: Report, directory: Path = RESULTS_DIR) -> Path:
-    """Write the report's figures to ``directory``/foundation-<UTC timestamp>.json."""
+def write_json(
+    report: Report, directory: Path = RESULTS_DIR, extra: Mapping[str, Any] | None = None
+) -> Path:
+    """Write the report's figures (and ``extra`` figures, such as the audit phases') to
+    ``directory``/foundation-<UTC timestamp>.json."""
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"foundation-{report.started:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(_as_json(report), indent=2) + "\n", encoding="utf-8")
+    figures = {**_as_json(report), **(extra or {})}
+    path.write_text(json.dumps(figures, indent=2) + "\n", encoding="utf-8")
     return path
 
 
-def main() -> int:
-    """Run the benchmark, print the table, write the JSON; return the exit status."""
+def main(*, with_audit: bool = False) -> int:
+    """Run the benchmark, print the table, write the JSON; return the exit status.
+
+    With ``with_audit``, the access-log phases (``bench.audit``) run afterwards, once the
+    servers have stopped, and their figures go into the same results file under "audit".
+    """
+    config = Config()
     try:
-        report = asyncio.run(run(Config()))
+        report = asyncio.run(run(config))
     except KeyboardInterrupt:
         print("interrupted; servers stopped", file=sys.stderr)
         return 130
@@ -363,7 +374,22 @@ def main() -> int:
         print(f"bench failed: {e}", file=sys.stderr)
         return 1
     print(format_report(report))
-    path = write_json(report)
+    extra: dict[str, Any] = {}
+    status = 0
+    if with_audit:
+        print()
+        try:
+            audit_report = audit.run_sync(config)
+        except KeyboardInterrupt:
+            print("interrupted; PostgreSQL stopped", file=sys.stderr)
+            status = 130
+        except audit.FAILURES as e:
+            print(f"bench failed in the audit phases: {audit.describe(e)}", file=sys.stderr)
+            status = 1
+        else:
+            print(audit.format_report(audit_report))
+            extra["audit"] = audit.as_json(audit_report)
+    path = write_json(report, extra=extra)
     shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
     print(f"\nfigures written to {shown}")
-    return 0
+    return status
