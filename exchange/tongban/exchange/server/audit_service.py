@@ -7,11 +7,10 @@ Auditors' own reads of a subject's history are logged too (action ``audit.search
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.errors import TongbanError
 from tongban.exchange.audit.anomalies import find_anomalies
@@ -20,6 +19,7 @@ from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.audit.store import AuditStore, LogEntry, SearchFilters
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.server.caller import Caller, current_caller
+from tongban.exchange.server.timestamps import instant, timestamp
 from tongban.signing.clock import Clock
 from tongban.v1 import audit_pb2, audit_pb2_grpc
 
@@ -33,26 +33,11 @@ class AuditorRoleRequired(TongbanError):
     status = "PERMISSION_DENIED"
 
 
-def _ts(at: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return stamp
-
-
-def _when(stamp: Timestamp, name: str) -> datetime | None:
-    if stamp.seconds == 0 and stamp.nanos == 0:
-        return None
-    try:
-        return stamp.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise InvalidArgument(f"{name} is not a valid instant.", metadata={"field": name}) from None
-
-
 def entry_message(entry: LogEntry) -> audit_pb2.Entry:
     return audit_pb2.Entry(
         index=entry.index,
         leaf=entry.leaf,
-        at=_ts(entry.at),
+        at=timestamp(entry.at),
         node=entry.node,
         caller=entry.caller,
         officer=entry.officer or "",
@@ -128,8 +113,8 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             purpose=request.purpose or None,
             case_id=request.case_id or None,
             decision=request.decision or None,
-            start=_when(getattr(request, "from"), "from"),
-            end=_when(request.to, "to"),
+            start=instant(getattr(request, "from"), "from"),
+            end=instant(request.to, "to"),
         )
 
     async def Search(
@@ -157,7 +142,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             size=row.size,
             root=row.root,
             note=row.note,
-            signed_at=_ts(row.signed_at),
+            signed_at=timestamp(row.signed_at),
             verifier_key=self._checkpoints.verifier_key,
         )
 
@@ -212,7 +197,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             accesses=[
                 audit_pb2.SubjectAccess(
                     index=a.entry.index,
-                    at=_ts(a.entry.at),
+                    at=timestamp(a.entry.at),
                     department=a.entry.caller,
                     department_name=a.department_name,
                     officer=a.entry.officer or "",
@@ -233,8 +218,8 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: audit_pb2.AnomaliesRequest, context: Context
     ) -> audit_pb2.AnomaliesResponse:
         self._auditor()
-        end = _when(request.to, "to") or self._clock.now()
-        start = _when(getattr(request, "from"), "from") or end - timedelta(days=1)
+        end = instant(request.to, "to") or self._clock.now()
+        start = instant(getattr(request, "from"), "from") or end - timedelta(days=1)
         found = await find_anomalies(self._store.pool, start=start, end=end)
         return audit_pb2.AnomaliesResponse(
             anomalies=[
@@ -245,7 +230,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
                     detail=a.detail,
                     count=a.count,
                     baseline=a.baseline,
-                    first_at=_ts(a.first_at),
+                    first_at=timestamp(a.first_at),
                 )
                 for a in found
             ]
@@ -255,7 +240,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: audit_pb2.DeclareCovertCaseRequest, context: Context
     ) -> audit_pb2.CovertCase:
         caller = current_caller()
-        until = _when(request.until, "until")
+        until = instant(request.until, "until")
         if until is None:
             raise InvalidArgument("Give the end of the embargo.", metadata={"field": "until"})
         await self._store.declare_covert(
@@ -269,6 +254,6 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         return audit_pb2.CovertCase(
             department=caller.department.code,
             case_id=request.case_id.strip(),
-            until=_ts(until),
+            until=timestamp(until),
             legal_basis=request.legal_basis.strip(),
         )

@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.client.values import to_field_value
 from tongban.errors import TongbanError
 from tongban.exchange.server.caller import current_caller
+from tongban.exchange.server.timestamps import timestamp
 from tongban.exchange.sharing.events import EventStore, EventWaker
 from tongban.exchange.sharing.records import StoredRecord
 from tongban.exchange.sharing.service import Sharing
@@ -29,12 +29,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class PositionOutOfRange(TongbanError):
     reason = "POSITION_OUT_OF_RANGE"
     status = "OUT_OF_RANGE"
-
-
-def _ts(at: Any) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return stamp
 
 
 class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
@@ -100,7 +94,7 @@ class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
                     version=row.version,
                     op=row.op,
                     fields={name: to_field_value(v) for name, v in values.items()},
-                    at=_ts(row.at),
+                    at=timestamp(row.at),
                 )
                 cursor = row.position
 

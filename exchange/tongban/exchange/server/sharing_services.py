@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.client.values import from_field_value, to_field_value
 from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema
 from tongban.exchange.catalogue.subject_ids import SubjectKind
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.server.caller import current_caller
+from tongban.exchange.server.timestamps import instant, timestamp
 from tongban.exchange.sharing.datasets import DatasetSpec
 from tongban.exchange.sharing.model import DatasetEntry, Grant, GrantStatus, LegalBasis, ShareClass
 from tongban.exchange.sharing.records import PublishCounts
@@ -82,23 +82,6 @@ _GRANT_STATUS = {
     GrantStatus.EXPIRED: grants_pb2.GRANT_STATUS_EXPIRED,
 }
 _GRANT_STATUS_BACK = {v: k for k, v in _GRANT_STATUS.items()}
-
-
-def _ts(at: datetime | None) -> Timestamp | None:
-    if at is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(at)
-    return stamp
-
-
-def _when(stamp: Timestamp, name: str) -> datetime | None:
-    if stamp.seconds == 0 and stamp.nanos == 0:
-        return None
-    try:
-        return stamp.ToDatetime(tzinfo=UTC)
-    except (ValueError, OverflowError):
-        raise InvalidArgument(f"{name} is not a valid instant.", metadata={"field": name}) from None
 
 
 # -- catalogue -------------------------------------------------------------------------
@@ -178,8 +161,8 @@ def dataset_message(entry: DatasetEntry) -> catalogue_pb2.Dataset:
         owner=entry.owner,
         version=entry.version,
         published=entry.published,
-        created_at=_ts(entry.created_at),
-        version_created_at=_ts(entry.version_created_at),
+        created_at=timestamp(entry.created_at),
+        version_created_at=timestamp(entry.version_created_at),
     )
 
 
@@ -324,13 +307,13 @@ def grant_message(grant: Grant, now: datetime) -> grants_pb2.Grant:
         fields=list(grant.fields),
         purpose=grant.purpose,
         legal_basis=grant.legal_basis,
-        requested_expiry=_ts(grant.requested_expiry),
-        expires_at=_ts(grant.expires_at),
+        requested_expiry=timestamp(grant.requested_expiry),
+        expires_at=timestamp(grant.expires_at),
         status=_GRANT_STATUS[grant.status_at(now)],
         decision_reason=grant.decision_reason,
-        requested_at=_ts(grant.requested_at),
-        due_at=_ts(grant.due_at),
-        decided_at=_ts(grant.decided_at),
+        requested_at=timestamp(grant.requested_at),
+        due_at=timestamp(grant.due_at),
+        decided_at=timestamp(grant.decided_at),
         requested_by=grant.requested_by or "",
         decided_by=grant.decided_by or "",
     )
@@ -346,7 +329,7 @@ class GrantService(grants_pb2_grpc.GrantServiceServicer):
     ) -> grants_pb2.Grant:
         caller = current_caller()
         entry = await self._sharing.datasets.get_visible(request.dataset, caller.department.code)
-        expiry = _when(request.expiry, "expiry")
+        expiry = instant(request.expiry, "expiry")
         if expiry is None:
             raise InvalidArgument("A grant request names its expiry.", metadata={"field": "expiry"})
         now = self._clock.now()
@@ -375,7 +358,7 @@ class GrantService(grants_pb2_grpc.GrantServiceServicer):
             owner=caller.department.code,
             approve=request.approve,
             fields=list(request.fields),
-            expiry=_when(request.expiry, "expiry"),
+            expiry=instant(request.expiry, "expiry"),
             reason=request.reason,
             officer=caller.officer_id,
             now=now,
@@ -430,7 +413,7 @@ class QueryService(query_pb2_grpc.QueryServiceServicer):
                 purpose=request.purpose,
                 case_id=request.case_id,
                 sign=request.sign,
-                as_of=_when(request.as_of, "as_of") if request.HasField("as_of") else None,
+                as_of=instant(request.as_of, "as_of") if request.HasField("as_of") else None,
             ),
         )
         return query_pb2.QueryResponse(
@@ -441,12 +424,12 @@ class QueryService(query_pb2_grpc.QueryServiceServicer):
                     key=r.key,
                     fields={name: to_field_value(v) for name, v in r.values.items()},
                     version=r.version,
-                    valid_from=_ts(r.valid_from),
+                    valid_from=timestamp(r.valid_from),
                 )
                 for r in result.records
             ],
             missing_keys=result.missing_keys,
-            answered_at=_ts(result.answered_at),
+            answered_at=timestamp(result.answered_at),
             signed_payload=result.signed_payload,
             signature=result.signature,
         )
