@@ -1,0 +1,1 @@
+"""Adapters beside legacy department systems: publish their records, write changes back."""
