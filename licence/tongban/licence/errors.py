@@ -1,0 +1,144 @@
+"""Errors raised by ``tongban.licence``; each has a stable ``reason`` code.
+
+A failed verification always says which check failed: every ``VerificationFailed``
+carries ``check`` (one of ``CHECKS``), so a verifier can show "signature", "status" or
+"validity" rather than a bare "invalid".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Literal
+
+from tongban.errors import TongbanError
+
+__all__ = [
+    "CHECKS",
+    "Check",
+    "DisclosureInvalid",
+    "LicenceError",
+    "LicenceExpired",
+    "LicenceFormatInvalid",
+    "LicenceNotYetValid",
+    "LicenceNumberInvalid",
+    "LicenceRevoked",
+    "LicenceSuspended",
+    "LicenceTypeUnknown",
+    "PayloadTooLarge",
+    "SignatureInvalid",
+    "SignerUntrusted",
+    "StatusUnavailable",
+    "TrustListExpired",
+    "VerificationFailed",
+]
+
+Check = Literal["format", "signature", "issuer", "disclosure", "validity", "status", "trust-list"]
+CHECKS: tuple[Check, ...] = (
+    "format",
+    "signature",
+    "issuer",
+    "disclosure",
+    "validity",
+    "status",
+    "trust-list",
+)
+
+
+class LicenceError(TongbanError):
+    """Base of licence errors that are not verification results (bad requests, unknown
+    types)."""
+
+    reason = "LICENCE_ERROR"
+    status = "INVALID_ARGUMENT"
+
+
+class LicenceTypeUnknown(LicenceError):
+    reason = "LICENCE_TYPE_UNKNOWN"
+    status = "NOT_FOUND"
+
+
+class LicenceNumberInvalid(LicenceError):
+    reason = "LICENCE_NUMBER_INVALID"
+    status = "INVALID_ARGUMENT"
+
+
+class VerificationFailed(TongbanError):
+    """A licence, presentation, QR code, status list or trust list did not verify.
+
+    ``check`` names the failed check; subclasses fix it.
+    """
+
+    reason = "VERIFICATION_FAILED"
+    status = "FAILED_PRECONDITION"
+    check: Check = "format"
+
+    def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
+        super().__init__(message, metadata={"check": self.check, **(metadata or {})})
+
+
+class LicenceFormatInvalid(VerificationFailed):
+    """Not parseable: wrong prefix, bad base45/base64url, truncated, malformed CBOR/JSON,
+    wrong ``typ``, missing claims."""
+
+    reason = "LICENCE_FORMAT_INVALID"
+    status = "INVALID_ARGUMENT"
+    check = "format"
+
+
+class PayloadTooLarge(VerificationFailed):
+    """A compressed payload inflates beyond the cap (a decompression bomb)."""
+
+    reason = "PAYLOAD_TOO_LARGE"
+    status = "INVALID_ARGUMENT"
+    check = "format"
+
+
+class SignatureInvalid(VerificationFailed):
+    reason = "LICENCE_SIGNATURE_INVALID"
+    check = "signature"
+
+
+class SignerUntrusted(VerificationFailed):
+    """The signing certificate is not in the trust list, does not chain to the exchange
+    root, or is not a seal certificate of the claimed issuer."""
+
+    reason = "SIGNER_UNTRUSTED"
+    check = "issuer"
+
+
+class DisclosureInvalid(VerificationFailed):
+    reason = "DISCLOSURE_INVALID"
+    check = "disclosure"
+
+
+class LicenceExpired(VerificationFailed):
+    reason = "LICENCE_EXPIRED"
+    check = "validity"
+
+
+class LicenceNotYetValid(VerificationFailed):
+    reason = "LICENCE_NOT_YET_VALID"
+    check = "validity"
+
+
+class LicenceRevoked(VerificationFailed):
+    reason = "LICENCE_REVOKED"
+    check = "status"
+
+
+class LicenceSuspended(VerificationFailed):
+    reason = "LICENCE_SUSPENDED"
+    check = "status"
+
+
+class StatusUnavailable(VerificationFailed):
+    """The status list could not be fetched or verified, or is past its expiry."""
+
+    reason = "STATUS_UNAVAILABLE"
+    status = "UNAVAILABLE"
+    check = "status"
+
+
+class TrustListExpired(VerificationFailed):
+    reason = "TRUST_LIST_EXPIRED"
+    check = "trust-list"
