@@ -18,6 +18,7 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
+from tests.kafka_broker import TansuBroker
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.datadir import init_data_dir
 from tongban.exchange.db.embedded import EmbeddedPostgres
@@ -82,6 +83,48 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
 @pytest_asyncio.fixture
 async def node(settings: Settings) -> AsyncIterator[Node]:
     """A running node with the story's departments enrolled; its clock is a FixedClock."""
+    async with Node(settings, clock=FixedClock(SystemClock().now())) as running:
+        assert running.db is not None
+        await enrol_demo_departments(running.db, settings, SystemClock().now())
+        yield running
+
+
+@pytest.fixture(scope="session")
+def kafka_broker() -> Iterator[TansuBroker]:
+    """One Kafka-protocol broker for the run (tests that stop a broker start their own)."""
+    broker = TansuBroker()
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def kafka_settings(settings: Settings, bootstrap: str) -> Settings:
+    """``settings`` in Kafka mode, with topics of their own so tests never share one."""
+    return load_settings(
+        **{name: getattr(settings, name) for name in _NODE_FIELDS},
+        kafka_bootstrap=bootstrap,
+        kafka_idempotence=False,  # Tansu has no InitProducerId
+        kafka_topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+    )
+
+
+_NODE_FIELDS = (
+    "data_dir",
+    "database_url",
+    "grpc_listen",
+    "http_listen",
+    "key_passphrase",
+    "shutdown_grace_seconds",
+)
+
+
+@pytest_asyncio.fixture(params=["embedded", "kafka"])
+async def events_node(
+    request: pytest.FixtureRequest, settings: Settings, kafka_broker: TansuBroker
+) -> AsyncIterator[Node]:
+    """A node like ``node``, once fed from PostgreSQL alone and once through Kafka."""
+    if request.param == "kafka":
+        settings = kafka_settings(settings, kafka_broker.bootstrap)
     async with Node(settings, clock=FixedClock(SystemClock().now())) as running:
         assert running.db is not None
         await enrol_demo_departments(running.db, settings, SystemClock().now())

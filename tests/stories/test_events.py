@@ -1,6 +1,7 @@
-"""Step 2 of DESIGN.md, embedded mode: tax, social security and public security receive
-the new company by subscription — nobody types it again — with only the fields each
-subscribed to, at least once, resumable, and every delivery in the access log."""
+"""Step 2 of DESIGN.md, in both modes (PostgreSQL alone, and through Kafka): tax, social
+security and public security receive the new company by subscription — nobody types it
+again — with only the fields each subscribed to, at least once, resumable, and every
+delivery in the access log."""
 
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ async def _take(stream: AsyncIterator[Event], n: int) -> list[Event]:
     return got
 
 
-async def test_step_2_departments_receive_the_company_without_reentry(node: Node) -> None:
+async def test_step_2_departments_receive_the_company_without_reentry(events_node: Node) -> None:
+    node = events_node
     async with client_for(node, "samr", "SC-1") as samr:
         await samr.register_dataset(ENTERPRISE, publish=True)
     wanted = {
@@ -107,7 +109,8 @@ async def test_step_2_departments_receive_the_company_without_reentry(node: Node
     }
 
 
-async def test_conditional_data_flows_only_within_a_live_grant(node: Node) -> None:
+async def test_conditional_data_flows_only_within_a_live_grant(events_node: Node) -> None:
+    node = events_node
     async with client_for(node, "police") as police:
         await police.register_dataset(PERSON, publish=True)
         await police.publish_records("police.person", [(OWNER_ID, OWNER)])

@@ -10,6 +10,7 @@ from tongban.errors import TongbanError
 
 __all__ = [
     "AddressInUse",
+    "BrokerUnavailable",
     "ConfigInvalid",
     "DataDirNotInitialised",
     "DataDirUnusable",
@@ -101,3 +102,10 @@ class NotRegisteredCertificate(TongbanError):
 class DepartmentSuspended(TongbanError):
     reason = "DEPARTMENT_SUSPENDED"
     status = "PERMISSION_DENIED"
+
+
+class BrokerUnavailable(TongbanError):
+    """Kafka cannot be reached or refused a request; the relay retries with backoff."""
+
+    reason = "BROKER_UNAVAILABLE"
+    status = "UNAVAILABLE"

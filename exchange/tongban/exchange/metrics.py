@@ -70,6 +70,33 @@ class NodeMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.subscription_lag_events = Gauge(
+            "tongban_subscription_lag_events",
+            "Events of a subscription's dataset not yet acknowledged by the subscriber.",
+            ["consumer", "dataset", "subscription"],
+            registry=self.registry,
+        )
+        self.subscription_lag_seconds = Gauge(
+            "tongban_subscription_lag_seconds",
+            "Age of the oldest event a subscriber has not acknowledged (0 when none).",
+            ["consumer", "dataset", "subscription"],
+            registry=self.registry,
+        )
+        self.outbox_unpublished = Gauge(
+            "tongban_outbox_unpublished_events",
+            "Change events committed but not yet published to Kafka (Kafka mode).",
+            registry=self.registry,
+        )
+        self.relay_published = Counter(
+            "tongban_relay_published_events",
+            "Change events this node's relay published to Kafka (acknowledged).",
+            registry=self.registry,
+        )
+        self.relay_errors = Counter(
+            "tongban_relay_errors",
+            "Failed attempts of this node's relay to publish to Kafka (each is retried).",
+            registry=self.registry,
+        )
         self.up = Gauge(
             "tongban_node_up",
             "1 while the node serves, 0 while it drains.",

@@ -37,6 +37,9 @@ from tongban.exchange.db.database import Database
 from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.errors import AddressInUse, DatabaseUnavailable
 from tongban.exchange.http import build_http_app
+from tongban.exchange.kafka.feed import KafkaFeed
+from tongban.exchange.kafka.relay import OutboxRelay
+from tongban.exchange.kafka.topics import KafkaTopics
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.audit_service import AuditService
 from tongban.exchange.server.auth import Authenticator
@@ -50,7 +53,7 @@ from tongban.exchange.server.sharing_services import (
     RecordService,
 )
 from tongban.exchange.settings import Settings
-from tongban.exchange.sharing.events import EventStore, EventWaker
+from tongban.exchange.sharing.events import EventFeed, EventStore, EventWaker, PostgresFeed
 from tongban.exchange.sharing.service import Sharing
 from tongban.signing.clock import Clock, SystemClock
 from tongban.v1 import (
@@ -93,6 +96,9 @@ class Node:
         self._hasher: SubjectHasher | None = None
         self._anomalies_at: datetime | None = None
         self._waker: EventWaker | None = None
+        self._events: EventStore | None = None
+        self._feed: EventFeed | None = None
+        self.relay: OutboxRelay | None = None
         self.sharing: Sharing | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
@@ -111,6 +117,8 @@ class Node:
             self._auth = Authenticator(self.db.pool, self._changes, self.clock)
             # Everything that subscribes to notifications does so before the listener starts.
             self._waker = EventWaker(self._changes)
+            self._events = EventStore(self.db.pool)
+            self._feed = self._event_feed(self.db.pool, self._changes, self._events, self._waker)
             self._hasher = SubjectHasher(load_log_key(self.settings))
             self.access_log = AccessLog(
                 self.db.pool, on_written=self.metrics.access_log_entries.inc
@@ -141,6 +149,8 @@ class Node:
             await self._changes.start()
             await self.access_log.start()
             await self.checkpointer.start(self.access_log.grown)
+            if self.relay is not None:
+                await self.relay.start()
             await self._start_grpc(
                 credentials.key_pem, credentials.cert_chain_pem, credentials.ca_pem
             )
@@ -158,6 +168,34 @@ class Node:
             self.http_port,
             self.db.where,
         )
+
+    def _event_feed(
+        self, pool: asyncpg.Pool, changes: ChangeListener, store: EventStore, waker: EventWaker
+    ) -> EventFeed:
+        """PostgreSQL alone by default; with Kafka configured, a relay and a Kafka feed."""
+        bootstrap = self.settings.kafka_bootstrap
+        if bootstrap is None:
+            return PostgresFeed(store, waker)
+        client_id = f"tongban-{self.settings.node_name}"
+        topics = KafkaTopics(
+            bootstrap,
+            self.settings.kafka_topic_prefix,
+            self.settings.kafka_partitions,
+            self.settings.kafka_replication,
+            client_id,
+        )
+        self.relay = OutboxRelay(
+            pool,
+            changes,
+            topics,
+            self.clock,
+            bootstrap=bootstrap,
+            client_id=client_id,
+            idempotence=self.settings.kafka_idempotence,
+            on_published=self.metrics.relay_published.inc,
+            on_error=self.metrics.relay_errors.inc,
+        )
+        return KafkaFeed(store, waker, topics, bootstrap=bootstrap, client_id=client_id)
 
     async def _start_grpc(self, key_pem: bytes, chain_pem: bytes, ca_pem: bytes) -> None:
         assert self._auth is not None
@@ -185,9 +223,10 @@ class Node:
         assert self.access_log is not None
         assert self.db is not None
         assert self._hasher is not None
-        assert self._waker is not None
+        assert self._events is not None
+        assert self._feed is not None
         events_pb2_grpc.add_SubscriptionServiceServicer_to_server(
-            SubscriptionService(self.sharing, EventStore(self.db.pool), self._waker, self.clock),
+            SubscriptionService(self.sharing, self._events, self._feed, self.clock),
             server,
         )
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
@@ -245,7 +284,7 @@ class Node:
             self.db,
             self.metrics,
             self.settings.node_name,
-            before_scrape=[self._count_overdue, self._count_anomalies],
+            before_scrape=[self._count_overdue, self._count_anomalies, self._measure_events],
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -285,6 +324,22 @@ class Node:
         for kind in ANOMALY_KINDS:
             self.metrics.audit_anomalies.labels(kind).set(sum(a.kind == kind for a in found))
 
+    async def _measure_events(self) -> None:
+        """Refresh the subscription lag gauges and, in Kafka mode, the relay backlog."""
+        assert self._events is not None
+        try:
+            subscriptions = await self._events.of_consumer(None)
+            unpublished = await self._events.unpublished() if self.relay is not None else 0
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise DatabaseUnavailable("Cannot read the subscriptions' lag.") from e
+        self.metrics.subscription_lag_events.clear()
+        self.metrics.subscription_lag_seconds.clear()
+        for sub in subscriptions:
+            labels = (sub.consumer, sub.dataset, str(sub.id))
+            self.metrics.subscription_lag_events.labels(*labels).set(sub.lag_events)
+            self.metrics.subscription_lag_seconds.labels(*labels).set(sub.lag_seconds)
+        self.metrics.outbox_unpublished.set(unpublished)
+
     async def stop(self, grace: float | None = None) -> None:
         """Drain and stop; idempotent."""
         if self._stopped.is_set():
@@ -305,6 +360,9 @@ class Node:
         if self._grpc is not None:
             await self._grpc.stop(0)
             self._grpc = None
+        if self.relay is not None:
+            await self.relay.stop()
+            self.relay = None
         if self.access_log is not None:
             await self.access_log.stop()
         if self.checkpointer is not None:

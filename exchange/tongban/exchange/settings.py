@@ -120,6 +120,26 @@ class Settings(BaseSettings):
     makeup_workdays: Annotated[tuple[date, ...], NoDecode] = ()
     """Weekend days that are working days (调休), comma-separated YYYY-MM-DD."""
 
+    kafka_bootstrap: str | None = None
+    """Kafka bootstrap servers (``host:port``, comma-separated). Set: change events are
+    relayed from the outbox to Kafka and subscribers are fed from Kafka. Unset (the
+    default): subscribers are fed from PostgreSQL alone."""
+
+    kafka_idempotence: bool = True
+    """Use Kafka's idempotent producer. Keep it on for Apache Kafka; turn it off only for
+    brokers without ``InitProducerId`` (the Tansu test broker). Subscribers deduplicate by
+    position and event id either way."""
+
+    kafka_topic_prefix: str = "tongban.events."
+    """Topic of a dataset's events: this prefix + the dataset code."""
+
+    kafka_partitions: int = Field(default=3, ge=1, le=1000)
+    """Partitions of a topic the node creates (events are keyed by subject key, so one
+    subject's events stay in order)."""
+
+    kafka_replication: int = Field(default=1, ge=1, le=10)
+    """Replication factor of a topic the node creates (3 for a production cluster)."""
+
     @field_validator("grpc_listen", "http_listen", mode="before")
     @classmethod
     def _listen(cls, value: Any) -> Any:
@@ -143,6 +163,22 @@ class Settings(BaseSettings):
     def _ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for ip in value:
             ipaddress.ip_address(ip)
+        return value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        for server in value.split(","):
+            parse_listen_address(server)
+        return ",".join(part.strip() for part in value.split(","))
+
+    @field_validator("kafka_topic_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9._-]{0,100}", value):
+            raise ValueError("use letters, digits, '.', '_' and '-' (Kafka topic characters)")
         return value
 
     @field_validator("log_origin")

@@ -6,6 +6,7 @@ revoked or expired ends the stream at once), logs the delivery per subject, then
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from tongban.client.values import to_field_value
 from tongban.errors import TongbanError
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import timestamp
-from tongban.exchange.sharing.events import EventStore, EventWaker
+from tongban.exchange.sharing.events import EventFeed, EventStore
 from tongban.exchange.sharing.records import StoredRecord
 from tongban.exchange.sharing.service import Sharing
 from tongban.signing.clock import Clock
@@ -32,12 +33,10 @@ class PositionOutOfRange(TongbanError):
 
 
 class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
-    def __init__(
-        self, sharing: Sharing, events: EventStore, waker: EventWaker, clock: Clock
-    ) -> None:
+    def __init__(self, sharing: Sharing, events: EventStore, feed: EventFeed, clock: Clock) -> None:
         self._sharing = sharing
         self._events = events
-        self._waker = waker
+        self._feed = feed
         self._clock = clock
 
     async def Subscribe(
@@ -65,38 +64,34 @@ class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
                 "resume from your last acknowledged position.",
                 metadata={"end": str(end)},
             )
-        while True:
-            rows = await self._events.after(entry.code, cursor)
-            if not rows:
-                await self._waker.wait(entry.code)
-                continue
-            # Decide again each round: a revoked or expired grant stops delivery at once.
-            entry, allowed = await self._sharing.authorize(
-                caller, entry.code, allowed.fields, request.purpose, case_id
-            )
-            await self._sharing.log_delivery(
-                caller, entry, allowed, request.purpose, case_id, [r.key for r in rows]
-            )
-            for row in rows:
-                values = (
-                    StoredRecord(row.key, row.version, row.at, row.data).values(
-                        entry, allowed.fields
+        async with contextlib.aclosing(self._feed.batches(entry.code, cursor)) as batches:
+            async for rows in batches:
+                # Decide again each round: a revoked or expired grant stops delivery at once.
+                entry, allowed = await self._sharing.authorize(
+                    caller, entry.code, allowed.fields, request.purpose, case_id
+                )
+                await self._sharing.log_delivery(
+                    caller, entry, allowed, request.purpose, case_id, [r.key for r in rows]
+                )
+                for row in rows:
+                    values = (
+                        StoredRecord(row.key, row.version, row.at, row.data).values(
+                            entry, allowed.fields
+                        )
+                        if row.data is not None
+                        else {}
                     )
-                    if row.data is not None
-                    else {}
-                )
-                yield events_pb2.Event(
-                    subscription_id=str(subscription.id),
-                    dataset=entry.code,
-                    position=row.position,
-                    event_id=str(row.event_id),
-                    key=row.key,
-                    version=row.version,
-                    op=row.op,
-                    fields={name: to_field_value(v) for name, v in values.items()},
-                    at=timestamp(row.at),
-                )
-                cursor = row.position
+                    yield events_pb2.Event(
+                        subscription_id=str(subscription.id),
+                        dataset=entry.code,
+                        position=row.position,
+                        event_id=str(row.event_id),
+                        key=row.key,
+                        version=row.version,
+                        op=row.op,
+                        fields={name: to_field_value(v) for name, v in values.items()},
+                        at=timestamp(row.at),
+                    )
 
     async def Acknowledge(
         self, request: events_pb2.AcknowledgeRequest, context: Context

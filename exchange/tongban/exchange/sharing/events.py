@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncGenerator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 
@@ -21,7 +22,15 @@ from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.sharing.model import normalise_purpose
 
-__all__ = ["EVENTS_CHANNEL", "EventRow", "EventStore", "EventWaker", "SubscriptionRow"]
+__all__ = [
+    "EVENTS_CHANNEL",
+    "EventFeed",
+    "EventRow",
+    "EventStore",
+    "EventWaker",
+    "PostgresFeed",
+    "SubscriptionRow",
+]
 
 EVENTS_CHANNEL = "tongban_events"
 
@@ -54,11 +63,17 @@ class EventWaker:
 
     def __init__(self, listener: ChangeListener) -> None:
         self._waiting: dict[str, set[asyncio.Event]] = {}
+        self._last: dict[str, float] = {}
         listener.subscribe(EVENTS_CHANNEL, self._notified)
 
     def _notified(self, dataset: str) -> None:
+        self._last[dataset] = time.monotonic()
         for event in self._waiting.get(dataset, ()):
             event.set()
+
+    def last_notified(self, dataset: str) -> float:
+        """When (``time.monotonic()``) ``dataset`` last had new events; 0 if never seen."""
+        return self._last.get(dataset, 0.0)
 
     async def wait(self, dataset: str, within: float = 1.0) -> None:
         """Return when ``dataset`` has new events, or after ``within`` seconds."""
@@ -144,6 +159,21 @@ class EventStore:
             for r in rows
         ]
 
+    async def kafka_start(self, topic: str) -> dict[int, int]:
+        """The offset per partition of ``topic`` after the relay's last acknowledged batch."""
+        rows = await self._pool.fetch(
+            "SELECT partition, next_offset FROM kafka_progress WHERE topic = $1", topic
+        )
+        return {r["partition"]: r["next_offset"] for r in rows}
+
+    async def unpublished(self) -> int:
+        """Events in the outbox the relay has not yet published to Kafka."""
+        return int(
+            await self._pool.fetchval(
+                "SELECT count(*) FROM event_outbox WHERE published_at IS NULL"
+            )
+        )
+
     async def acknowledge(self, subscription_id: str, consumer: str, position: int) -> int:
         """Move the acknowledged position forward (never back); return it."""
         try:
@@ -174,7 +204,8 @@ class EventStore:
         )
         return int(value)
 
-    async def of_consumer(self, consumer: str) -> list[SubscriptionRow]:
+    async def of_consumer(self, consumer: str | None) -> list[SubscriptionRow]:
+        """The subscriptions of ``consumer`` (None: of everyone), with their lag."""
         rows = await self._pool.fetch(
             """
             SELECT s.*,
@@ -184,7 +215,8 @@ class EventStore:
                        WHERE e.dataset = s.dataset AND e.position = s.acked_position + 1
                    )), 0) AS lag_seconds
             FROM subscription s LEFT JOIN dataset_stream ds ON ds.dataset = s.dataset
-            WHERE s.consumer = $1 ORDER BY s.dataset, s.purpose
+            WHERE $1::text IS NULL OR s.consumer = $1
+            ORDER BY s.consumer, s.dataset, s.purpose
             """,
             consumer,
         )
@@ -201,3 +233,30 @@ class EventStore:
             )
             for r in rows
         ]
+
+
+class EventFeed(Protocol):
+    """Where a subscription stream gets its events from."""
+
+    def batches(self, dataset: str, after: int) -> AsyncGenerator[list[EventRow], None]:
+        """Yield the events of ``dataset`` after position ``after``, forever: each batch
+        non-empty, contiguous, continuing exactly where the previous one ended."""
+        ...
+
+
+class PostgresFeed:
+    """Embedded mode: events read from the outbox by position, woken by NOTIFY."""
+
+    def __init__(self, store: EventStore, waker: EventWaker) -> None:
+        self._store = store
+        self._waker = waker
+
+    async def batches(self, dataset: str, after: int) -> AsyncGenerator[list[EventRow], None]:
+        cursor = after
+        while True:
+            rows = await self._store.after(dataset, cursor)
+            if not rows:
+                await self._waker.wait(dataset)
+                continue
+            yield rows
+            cursor = rows[-1].position

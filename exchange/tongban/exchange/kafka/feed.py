@@ -1,0 +1,156 @@
+"""Kafka mode: subscription streams fed from Kafka, with PostgreSQL as the source of truth.
+
+A stream first reads the outbox from its resume position up to now (PostgreSQL), then
+tails the dataset's topic from the offsets the relay recorded *before* that read. Every
+event committed after the read reaches Kafka after those offsets, so nothing falls
+between the two (docs/events.md has the argument). From then on the node reads Kafka,
+which many nodes and consumers can share.
+
+Kafka's partitions each keep their subjects in order but interleave with each other, and
+a relay that restarts may publish an event twice; the stream puts events back in
+position order with a small buffer and drops what it has already delivered. If the next
+position does not arrive within ``gap_seconds`` of PostgreSQL announcing it (the broker
+is down, or lost a message), the stream reads it from the outbox instead: Kafka is the
+fast path, never the only one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from tongban.exchange.errors import BrokerUnavailable
+from tongban.exchange.kafka.topics import KafkaTopics, decode_event
+from tongban.exchange.sharing.events import EventRow, EventStore, EventWaker
+
+__all__ = ["KafkaFeed"]
+
+_log = logging.getLogger(__name__)
+
+#: Poll the outbox at least this often even without a notification (a lost NOTIFY).
+_SAFETY_POLL = 10.0
+
+
+class KafkaFeed:
+    """Feeds subscription streams from Kafka; see the module docstring."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        waker: EventWaker,
+        topics: KafkaTopics,
+        *,
+        bootstrap: str,
+        client_id: str,
+        gap_seconds: float = 2.0,
+    ) -> None:
+        self._store = store
+        self._waker = waker
+        self._topics = topics
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._gap = gap_seconds
+        self.gap_fills = 0
+        """Batches read from the outbox because Kafka had not delivered them in time."""
+
+    async def batches(self, dataset: str, after: int) -> AsyncGenerator[list[EventRow], None]:
+        topic = self._topics.name(dataset)
+        start = await self._store.kafka_start(topic)
+        cursor = after
+        # Catch up from the outbox: everything committed before the tail's start offsets.
+        while rows := await self._store.after(dataset, cursor):
+            yield rows
+            cursor = rows[-1].position
+        consumer = await self._consumer(dataset, topic, start)
+        try:
+            async for batch in self._tail(dataset, consumer, cursor):
+                yield batch
+        finally:
+            # Shielded: a stream is often closed by cancellation, which may come twice.
+            await asyncio.shield(_close(consumer))
+
+    async def _consumer(self, dataset: str, topic: str, start: dict[int, int]) -> AIOKafkaConsumer:
+        counts = await self._topics.ensure([dataset])
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            enable_auto_commit=False,
+            # A broker that lost the topic (restarted, retention) restarts from its start.
+            auto_offset_reset="earliest",
+            request_timeout_ms=10_000,
+        )
+        try:
+            await consumer.start()
+        except KafkaError as e:
+            await asyncio.shield(_close(consumer))
+            raise BrokerUnavailable(
+                f"Cannot reach Kafka at {self._bootstrap} to feed the subscription; retry."
+            ) from e
+        except BaseException:
+            await asyncio.shield(_close(consumer))
+            raise
+        partitions = [TopicPartition(topic, p) for p in range(counts[topic])]
+        consumer.assign(partitions)
+        for tp in partitions:
+            consumer.seek(tp, start.get(tp.partition, 0))
+        return consumer
+
+    async def _tail(
+        self, dataset: str, consumer: AIOKafkaConsumer, cursor: int
+    ) -> AsyncGenerator[list[EventRow], None]:
+        pending: dict[int, EventRow] = {}
+        advanced = time.monotonic()
+        polled = advanced
+        while True:
+            try:
+                got = await consumer.getmany(timeout_ms=200, max_records=2000)
+            except KafkaError as e:
+                _log.warning("Kafka read for %s failed (%s); retrying", dataset, e)
+                got = {}
+                await asyncio.sleep(0.5)
+            for messages in got.values():
+                for message in messages:
+                    if message.value is None:
+                        continue
+                    try:
+                        _, row = decode_event(message.value)
+                    except ValueError as e:
+                        _log.warning("skipping a malformed message on %s: %s", dataset, e)
+                        continue
+                    if row.position > cursor:
+                        pending[row.position] = row
+            ready: list[EventRow] = []
+            while cursor + 1 in pending:
+                cursor += 1
+                ready.append(pending.pop(cursor))
+            now = time.monotonic()
+            if not ready and self._late(dataset, advanced, polled, now):
+                polled = now
+                ready = await self._store.after(dataset, cursor)
+                if ready:
+                    self.gap_fills += 1
+                    cursor = ready[-1].position
+                    pending = {p: r for p, r in pending.items() if p > cursor}
+            if ready:
+                advanced = now
+                yield ready
+
+    def _late(self, dataset: str, advanced: float, polled: float, now: float) -> bool:
+        """Whether to read the outbox: PostgreSQL announced events more than the gap
+        ago and Kafka has brought nothing since, or the safety poll is due."""
+        announced = self._waker.last_notified(dataset)
+        if announced > max(advanced, polled) and now - announced > self._gap:
+            return True
+        return now - max(advanced, polled) > _SAFETY_POLL
+
+
+async def _close(consumer: AIOKafkaConsumer) -> None:
+    with contextlib.suppress(KafkaError, OSError, TimeoutError):
+        async with asyncio.timeout(5):
+            await consumer.stop()

@@ -1,0 +1,261 @@
+"""The outbox relay: publishes committed change events to Kafka, then marks them published.
+
+Every node runs a relay, and one of them leads: the one holding a PostgreSQL session
+advisory lock on a connection of its own. When that connection ends (the node died, the
+network split), PostgreSQL frees the lock and another node's relay takes over, starting
+from the events not yet marked. So events are published in position order per dataset
+by one relay at a time; a relay that dies between the broker's acknowledgement and the
+mark makes the next leader publish those events again, with the same ids and positions
+(at-least-once; consumers drop duplicates by position or event id).
+
+While the broker is down the outbox grows; the relay retries with exponential backoff
+(0.1 s doubling to 5 s) and drains the backlog when the broker returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+from asyncpg.pool import PoolConnectionProxy
+
+from tongban.exchange.db.notify import ChangeListener
+from tongban.exchange.errors import BrokerUnavailable
+from tongban.exchange.kafka.topics import KafkaTopics, encode_event
+from tongban.exchange.sharing.events import EVENTS_CHANNEL, EventRow
+from tongban.signing.clock import Clock
+
+__all__ = ["RELAY_LOCK", "OutboxRelay"]
+
+_log = logging.getLogger(__name__)
+
+#: The advisory lock key the leading relay holds (the bytes of "tb-relay" as a bigint).
+RELAY_LOCK = int.from_bytes(b"tb-relay", "big", signed=True)
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_FIRST_BACKOFF = 0.1
+_MAX_BACKOFF = 5.0
+
+_UNPUBLISHED = """
+    SELECT dataset, position, event_id, key, version, op, data::text AS data, at
+    FROM event_outbox WHERE published_at IS NULL
+    ORDER BY dataset, position LIMIT $1
+"""
+
+_MARK = """
+    UPDATE event_outbox SET published_at = $3
+    FROM unnest($1::text[], $2::bigint[]) AS u (dataset, position)
+    WHERE event_outbox.dataset = u.dataset AND event_outbox.position = u.position
+"""
+
+_PROGRESS = """
+    INSERT INTO kafka_progress (topic, partition, next_offset, updated_at)
+    SELECT t, p, o, $4 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS u (t, p, o)
+    ON CONFLICT (topic, partition) DO UPDATE
+        SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at
+"""
+
+
+class OutboxRelay:
+    """Relays the outbox to Kafka while this node leads; see the module docstring.
+
+    ``start()`` spawns the loop, ``stop()`` ends it, flushing nothing half-done: events
+    sent but not marked are sent again by the next leader.
+    """
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        listener: ChangeListener,
+        topics: KafkaTopics,
+        clock: Clock,
+        *,
+        bootstrap: str,
+        client_id: str,
+        idempotence: bool,
+        batch: int = 1000,
+        on_published: Callable[[int], None] | None = None,
+        on_error: Callable[[], None] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._topics = topics
+        self._clock = clock
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._idempotence = idempotence
+        self._batch = batch
+        self._on_published = on_published or (lambda n: None)
+        self._on_error = on_error or (lambda: None)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.leading = False
+        listener.subscribe(EVENTS_CHANNEL, lambda _dataset: self._wake.set())
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox-relay")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self) -> None:
+        backoff = _FIRST_BACKOFF
+        while True:
+            try:
+                async with self._leadership() as conn:
+                    backoff = _FIRST_BACKOFF
+                    await self._relay(conn)
+            except _DB_ERRORS as e:
+                _log.warning("outbox relay lost its database connection (%s); retrying", e)
+            self.leading = False
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    @contextlib.asynccontextmanager
+    async def _leadership(self) -> Any:
+        """Yield a connection holding the relay lock, waiting until this node gets it."""
+        conn = await self._pool.acquire()
+        try:
+            # Polled: PostgreSQL has no way to be told when another session's lock frees.
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):  # noqa: ASYNC110
+                await asyncio.sleep(1.0)
+            self.leading = True
+            _log.info("this node now relays the event outbox to Kafka")
+            try:
+                yield conn
+            finally:
+                self.leading = False
+                if not conn.is_closed():
+                    # Shielded: the lock must not outlive the relay on a pooled connection.
+                    await asyncio.shield(self._unlock(conn))
+        finally:
+            await self._pool.release(conn)
+
+    @staticmethod
+    async def _unlock(conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+        with contextlib.suppress(*_DB_ERRORS):
+            await conn.execute("SELECT pg_advisory_unlock($1)", RELAY_LOCK)
+
+    async def _relay(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+        producer: AIOKafkaProducer | None = None
+        backoff = _FIRST_BACKOFF
+        try:
+            while True:
+                self._wake.clear()
+                rows = await conn.fetch(_UNPUBLISHED, self._batch)
+                if not rows:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(1.0):
+                            await self._wake.wait()
+                    continue
+                try:
+                    if producer is None:
+                        producer = await self._producer()
+                    offsets = await self._send(producer, rows)
+                except (KafkaError, BrokerUnavailable) as e:
+                    self._on_error()
+                    _log.warning(
+                        "Kafka unavailable (%s); %d+ events wait in the outbox, retrying in %.1f s",
+                        e,
+                        len(rows),
+                        backoff,
+                    )
+                    self._topics.forget()
+                    if producer is not None:
+                        await _stop_quietly(producer)
+                        producer = None
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _MAX_BACKOFF)
+                    continue
+                backoff = _FIRST_BACKOFF
+                await self._mark(conn, rows, offsets, self._clock.now())
+                self._on_published(len(rows))
+        finally:
+            if producer is not None:
+                await _stop_quietly(producer)
+
+    async def _producer(self) -> AIOKafkaProducer:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            client_id=self._client_id,
+            acks="all",
+            enable_idempotence=self._idempotence,
+            linger_ms=5,
+            request_timeout_ms=10_000,
+            retry_backoff_ms=200,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await _stop_quietly(producer)
+            raise
+        return producer
+
+    async def _send(
+        self, producer: AIOKafkaProducer, rows: list[asyncpg.Record]
+    ) -> dict[tuple[str, int], int]:
+        """Send ``rows`` in order and wait for every acknowledgement; return the offset
+        after the last one per (topic, partition)."""
+        await self._topics.ensure({r["dataset"] for r in rows})
+        futures = []
+        for r in rows:
+            row = EventRow(
+                r["position"], r["event_id"], r["key"], r["version"], r["op"], None, r["at"]
+            )
+            key, value = encode_event(r["dataset"], row, r["data"])
+            futures.append(
+                await producer.send(
+                    self._topics.name(r["dataset"]),
+                    value=value,
+                    key=key,
+                    headers=[("event_id", str(r["event_id"]).encode())],
+                )
+            )
+        # Wait for all, so no failure goes unretrieved; then raise the first.
+        results = await asyncio.gather(*futures, return_exceptions=True)
+        acknowledged = []
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+            acknowledged.append(result)
+        offsets: dict[tuple[str, int], int] = {}
+        for metadata in acknowledged:
+            place = (metadata.topic, metadata.partition)
+            offsets[place] = max(offsets.get(place, 0), metadata.offset + 1)
+        return offsets
+
+    @staticmethod
+    async def _mark(
+        conn: PoolConnectionProxy[asyncpg.Record],
+        rows: list[asyncpg.Record],
+        offsets: dict[tuple[str, int], int],
+        now: datetime,
+    ) -> None:
+        async with conn.transaction():
+            await conn.execute(
+                _MARK, [r["dataset"] for r in rows], [r["position"] for r in rows], now
+            )
+            places = sorted(offsets)
+            await conn.execute(
+                _PROGRESS,
+                [t for t, _ in places],
+                [p for _, p in places],
+                [offsets[place] for place in places],
+                now,
+            )
+
+
+async def _stop_quietly(producer: AIOKafkaProducer) -> None:
+    with contextlib.suppress(KafkaError, OSError, TimeoutError):
+        async with asyncio.timeout(5):
+            await producer.stop()
