@@ -15,6 +15,7 @@ from tongban.errors import TongbanError
 __all__ = [
     "CHECKS",
     "Check",
+    "ClaimInvalid",
     "DisclosureInvalid",
     "LicenceError",
     "LicenceExpired",
@@ -27,8 +28,10 @@ __all__ = [
     "PayloadTooLarge",
     "SignatureInvalid",
     "SignerUntrusted",
+    "StatusListFull",
     "StatusUnavailable",
     "TrustListExpired",
+    "TrustListUnavailable",
     "VerificationFailed",
 ]
 
@@ -142,3 +145,29 @@ class StatusUnavailable(VerificationFailed):
 class TrustListExpired(VerificationFailed):
     reason = "TRUST_LIST_EXPIRED"
     check = "trust-list"
+
+
+class ClaimInvalid(LicenceError):
+    """A licence claim is missing, unknown to the licence type, of the wrong type or too
+    long, or names a claim the credential does not hold. ``metadata`` carries ``claim``
+    (the field name) and ``problem`` (``missing``, ``unknown``, ``type``, ``length``,
+    ``value``, ``holder_id`` or ``not_in_licence``)."""
+
+    reason = "LICENCE_CLAIM_INVALID"
+    status = "INVALID_ARGUMENT"
+
+
+class TrustListUnavailable(VerificationFailed):
+    """No trust list is at hand (none was ever cached, or the cache cannot be read), so no
+    licence signer can be trusted."""
+
+    reason = "TRUST_LIST_UNAVAILABLE"
+    status = "UNAVAILABLE"
+    check = "trust-list"
+
+
+class StatusListFull(LicenceError):
+    """Every index of a status list is allocated; new licences need a new list."""
+
+    reason = "STATUS_LIST_FULL"
+    status = "RESOURCE_EXHAUSTED"
