@@ -1,0 +1,479 @@
+"""The trust list: which seal certificates may issue licences, per department.
+
+A trust list is a compact JWS signed by an exchange node's signing key (the node signing
+certificate: EKU documentSigning, URI SAN ``urn:tongban:node:<name>``), so a verifier
+that trusts only the exchange root CA can learn, offline, which departments' seal
+certificates are current. Header: ``alg`` ES256, ``typ`` "tongban-trust-list+jwt",
+``x5c`` the node's chain (leaf first, root excluded). Payload::
+
+    {"iss": "urn:tongban:node:<name>", "iat": ..., "next_update": ..., "exp": ...,
+     "departments": {"<code>": {"seal_certificates": ["<base64 DER>", ...],
+                                "status_list_certificates": ["<base64 DER>", ...]}}}
+
+``exp`` lies well ahead (30 days by default) so verification keeps working offline for a
+long time; ``next_update`` comes sooner (1 day) and says when to fetch a fresh list.
+Dropping a certificate from the list withdraws it once verifiers have refreshed: within
+``next_update`` for verifiers that are online, at worst ``exp``.
+
+A department seal certificate is listed only under the department its SAN names; a
+department's status lists may be signed by its seal key or by a node key, so status-list
+certificates are not tied to the department.
+
+``TrustListCache`` keeps the last good list on disk for verifiers that go offline.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from tongban.licence._jose import (
+    ALGORITHM,
+    MAX_CHAIN_LENGTH,
+    check_algorithm,
+    decode_header,
+    dumps_compact,
+    encode_x5c,
+    load_b64_certificate,
+    loads_strict,
+    verified_signer,
+    verify_signature,
+)
+from tongban.licence.errors import (
+    LicenceFormatInvalid,
+    SignerUntrusted,
+    TrustListExpired,
+    TrustListUnavailable,
+    VerificationFailed,
+)
+from tongban.signing import (
+    DEPT_URI_PREFIX,
+    NODE_URI_PREFIX,
+    CertificateInvalid,
+    Signer,
+    department_code,
+    sign_jws,
+)
+from tongban.signing._atomic import write_atomic
+
+__all__ = [
+    "DEFAULT_LIFETIME",
+    "DEFAULT_REFRESH",
+    "MAX_TRUST_LIST_LENGTH",
+    "TYP",
+    "TrustList",
+    "TrustListCache",
+    "TrustListEntry",
+    "sign_trust_list",
+    "verify_trust_list",
+]
+
+#: The JWS ``typ`` of a trust list.
+TYP = "tongban-trust-list+jwt"
+#: How long a trust list stays valid by default.
+DEFAULT_LIFETIME = timedelta(days=30)
+#: How soon verifiers should fetch a fresh list by default.
+DEFAULT_REFRESH = timedelta(days=1)
+#: Longest trust list token accepted, in characters (about 1,500 certificates).
+MAX_TRUST_LIST_LENGTH = 1024 * 1024
+
+_MAX_CERTIFICATES_PER_LIST = 16  # per department and kind
+_MAX_DATE = 253402300799  # 9999-12-31T23:59:59Z
+_CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
+_DEPT_CODE = re.compile(r"[a-z][a-z0-9-]{1,62}")  # as tongban.signing department codes
+
+
+@dataclass(frozen=True)
+class TrustListEntry:
+    """What one department is trusted for."""
+
+    department: str
+    """The department code (``samr``)."""
+    seal_certificates: tuple[x509.Certificate, ...]
+    """Seal certificates that may issue this department's licences."""
+    status_list_certificates: tuple[x509.Certificate, ...] = ()
+    """Certificates that may sign this department's status lists."""
+
+
+@dataclass(frozen=True)
+class TrustList:
+    """A verified trust list."""
+
+    issuer: str
+    """The signing node's name."""
+    issued_at: datetime
+    next_update: datetime
+    """When to fetch a fresh list."""
+    expires_at: datetime
+    """After this the list must not be used."""
+    entries: Mapping[str, TrustListEntry]
+    """By department code."""
+    signer: x509.Certificate
+    """The node signing certificate (the ``x5c`` leaf)."""
+    token: str = field(repr=False)
+    """The exact signed token, to store or forward."""
+
+    def certificates_for(self, dept: str) -> tuple[x509.Certificate, ...]:
+        """Return the seal certificates trusted to issue department ``dept``'s licences
+        (empty if the department is not listed, so nothing of it verifies)."""
+        entry = self.entries.get(dept)
+        return entry.seal_certificates if entry else ()
+
+    def status_list_certificates_for(self, dept: str) -> tuple[x509.Certificate, ...]:
+        """Return the certificates trusted to sign department ``dept``'s status lists
+        (empty if none are listed)."""
+        entry = self.entries.get(dept)
+        return entry.status_list_certificates if entry else ()
+
+    def all_seal_certificates(self) -> frozenset[x509.Certificate]:
+        """Return every listed seal certificate: the ``trusted`` set for
+        ``verify_sd_jwt``."""
+        return frozenset(c for e in self.entries.values() for c in e.seal_certificates)
+
+    def all_status_list_certificates(self) -> frozenset[x509.Certificate]:
+        """Return every listed status-list signing certificate."""
+        return frozenset(c for e in self.entries.values() for c in e.status_list_certificates)
+
+    def needs_refresh(self, now: datetime) -> bool:
+        """Return whether ``now`` is at or past ``next_update`` (time to fetch a new
+        list; this one stays usable until ``expires_at``)."""
+        return now >= self.next_update
+
+
+def _node_name(cert: x509.Certificate) -> str | None:
+    """Return the node name of a node certificate (one ``urn:tongban:node:`` URI SAN and
+    no department URI), else None."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+        return None
+    uris = san.get_values_for_type(x509.UniformResourceIdentifier)
+    nodes = [u.removeprefix(NODE_URI_PREFIX) for u in uris if u.startswith(NODE_URI_PREFIX)]
+    if len(nodes) != 1 or any(u.startswith(DEPT_URI_PREFIX) for u in uris):
+        return None
+    return nodes[0] if nodes[0] and set(nodes[0]) <= _CODE_CHARS else None
+
+
+def _der_b64(cert: x509.Certificate) -> str:
+    return base64.b64encode(cert.public_bytes(serialization.Encoding.DER)).decode("ascii")
+
+
+def _check_entry(entry: TrustListEntry) -> None:
+    if not _DEPT_CODE.fullmatch(entry.department):
+        raise ValueError(f"{entry.department[:64]!r} is not a department code.")
+    for cert in entry.seal_certificates:
+        try:
+            code = department_code(cert)
+        except CertificateInvalid as e:
+            raise ValueError(f"A seal certificate listed for {entry.department!r}: {e}") from e
+        if code != entry.department:
+            raise ValueError(
+                f"A seal certificate of department {code!r} is listed under "
+                f"{entry.department!r}; list each certificate under its own department."
+            )
+    for kind, certs in (
+        ("seal", entry.seal_certificates),
+        ("status-list", entry.status_list_certificates),
+    ):
+        if len(certs) > _MAX_CERTIFICATES_PER_LIST:
+            raise ValueError(
+                f"Department {entry.department!r} lists {len(certs)} {kind} certificates; "
+                f"at most {_MAX_CERTIFICATES_PER_LIST} are allowed."
+            )
+
+
+def sign_trust_list(
+    entries: Sequence[TrustListEntry],
+    *,
+    signer: Signer,
+    chain: Sequence[x509.Certificate],
+    now: datetime,
+    lifetime: timedelta = DEFAULT_LIFETIME,
+    refresh: timedelta = DEFAULT_REFRESH,
+) -> str:
+    """Return a trust list token listing ``entries``, signed by ``signer`` (the node's
+    signing key) with ``chain`` (its node signing certificate first, root excluded) in
+    ``x5c``. ``iat`` is ``now``, ``next_update`` ``now + refresh``, ``exp``
+    ``now + lifetime`` clipped to the signing certificate's notAfter (past which no one
+    could verify it).
+
+    Raises ValueError for a naive ``now``; ``refresh`` not positive and shorter than
+    ``lifetime``; an empty chain or one over 4 certificates; a signer that is not ES256
+    or does not match ``chain[0]``; a leaf that is not a node certificate; a malformed
+    department code or one listed twice; a seal certificate listed under a department
+    other than its own; or more than 16 certificates of one kind for a department.
+    Raises SigningError if the signer fails.
+    """
+    if now.tzinfo is None:
+        raise ValueError("sign_trust_list needs a timezone-aware `now`.")
+    if not timedelta(0) < refresh < lifetime:
+        raise ValueError("refresh must be positive and shorter than lifetime.")
+    if signer.algorithm != ALGORITHM:
+        raise ValueError(f"Trust lists are signed with {ALGORITHM}, not {signer.algorithm}.")
+    if not 1 <= len(chain) <= MAX_CHAIN_LENGTH:
+        raise ValueError(
+            f"chain must hold the node signing certificate and at most {MAX_CHAIN_LENGTH - 1} more."
+        )
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if signer.public_key().public_bytes(*spki) != chain[0].public_key().public_bytes(*spki):
+        raise ValueError("The signer's key is not the key of the first certificate in chain.")
+    node = _node_name(chain[0])
+    if node is None:
+        raise ValueError(
+            "Trust lists are signed with a node signing certificate (one urn:tongban:node: "
+            "URI); the first certificate in chain is not one."
+        )
+    departments: dict[str, object] = {}
+    for entry in entries:
+        if entry.department in departments:
+            raise ValueError(f"Department {entry.department!r} is listed twice.")
+        _check_entry(entry)
+        departments[entry.department] = {
+            "seal_certificates": [_der_b64(c) for c in entry.seal_certificates],
+            "status_list_certificates": [_der_b64(c) for c in entry.status_list_certificates],
+        }
+    expires = min(now + lifetime, chain[0].not_valid_after_utc)
+    payload = {
+        "iss": NODE_URI_PREFIX + node,
+        "iat": int(now.timestamp()),
+        "next_update": int(min(now + refresh, expires).timestamp()),
+        "exp": int(expires.timestamp()),
+        "departments": departments,
+    }
+    return sign_jws(
+        dumps_compact(payload).encode("utf-8"),
+        signer,
+        headers={"typ": TYP, "x5c": encode_x5c(chain)},
+    )
+
+
+def _date(payload: Mapping[str, object], name: str) -> datetime:
+    value = payload.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_DATE:
+        raise LicenceFormatInvalid(
+            f"The trust list claim {name!r} is missing or not an integer NumericDate."
+        )
+    return datetime.fromtimestamp(value, UTC)
+
+
+def _certificates(value: object, dept: str, kind: str) -> tuple[x509.Certificate, ...]:
+    if not isinstance(value, list) or len(value) > _MAX_CERTIFICATES_PER_LIST:
+        raise LicenceFormatInvalid(
+            f"The trust list's {kind} for {dept!r} is not a list of at most "
+            f"{_MAX_CERTIFICATES_PER_LIST} certificates."
+        )
+    certs = []
+    for item in value:
+        cert = load_b64_certificate(item)
+        if cert is None:
+            raise LicenceFormatInvalid(
+                f"The trust list's {kind} for {dept!r} holds an entry that is not base64 DER."
+            )
+        certs.append(cert)
+    return tuple(certs)
+
+
+def _entries(payload: Mapping[str, object]) -> dict[str, TrustListEntry]:
+    departments = payload.get("departments")
+    if not isinstance(departments, dict):
+        raise LicenceFormatInvalid("The trust list has no 'departments' object.")
+    out: dict[str, TrustListEntry] = {}
+    for dept, value in departments.items():
+        if not isinstance(value, dict) or set(value) != {
+            "seal_certificates",
+            "status_list_certificates",
+        }:
+            raise LicenceFormatInvalid(
+                f"The trust list entry for {dept[:64]!r} is not an object with exactly "
+                "'seal_certificates' and 'status_list_certificates'."
+            )
+        entry = TrustListEntry(
+            department=dept,
+            seal_certificates=_certificates(value["seal_certificates"], dept, "seal certificates"),
+            status_list_certificates=_certificates(
+                value["status_list_certificates"], dept, "status-list certificates"
+            ),
+        )
+        try:
+            _check_entry(entry)
+        except ValueError as e:
+            raise LicenceFormatInvalid(f"The trust list is inconsistent: {e}") from e
+        out[dept] = entry
+    return out
+
+
+def verify_trust_list(token: str, *, roots: Sequence[x509.Certificate], now: datetime) -> TrustList:
+    """Return the trust list in ``token`` once it checks out: ``typ`` and ``alg``, the
+    ``x5c`` chain validates to one of ``roots`` at ``now`` for usage "seal" and its leaf
+    is a node signing certificate, the signature, ``iss`` names that node, and ``now`` is
+    before ``exp``.
+
+    Raises LicenceFormatInvalid (malformed, wrong ``typ``, a seal certificate listed
+    under another department); SignatureInvalid (alg not ES256, bad signature);
+    SignerUntrusted (chain does not validate, signer not a node, ``iss`` not the signer);
+    TrustListExpired at or past ``exp``; ValueError for a naive ``now``.
+    """
+    if now.tzinfo is None:
+        raise ValueError("verify_trust_list needs a timezone-aware `now`.")
+    if not isinstance(token, str) or len(token) > MAX_TRUST_LIST_LENGTH or not token.isascii():
+        raise LicenceFormatInvalid(
+            f"The trust list is not ASCII text of at most {MAX_TRUST_LIST_LENGTH} characters."
+        )
+    header = decode_header(token, "trust list")
+    if header.get("typ") != TYP:
+        raise LicenceFormatInvalid(
+            f"The token's typ is {header.get('typ')!r}, not {TYP!r}: it is not a trust list."
+        )
+    check_algorithm(header, "trust list")
+    leaf = verified_signer(header, roots=roots, now=now, what="trust list")
+    node = _node_name(leaf)
+    if node is None:
+        raise SignerUntrusted(
+            f"The trust list is signed by {leaf.subject.rfc4514_string()}, which is not an "
+            "exchange node; only nodes sign trust lists.",
+            metadata={"signer": leaf.subject.rfc4514_string()[:200]},
+        )
+    payload_bytes = verify_signature(token, leaf, "trust list")
+    try:
+        payload = loads_strict(payload_bytes)
+    except ValueError as e:
+        raise LicenceFormatInvalid(f"The trust list payload is not valid JSON ({e}).") from e
+    if not isinstance(payload, dict):
+        raise LicenceFormatInvalid("The trust list payload is not a JSON object.")
+    if payload.get("iss") != NODE_URI_PREFIX + node:
+        raise SignerUntrusted(
+            f"The trust list claims issuer {payload.get('iss')!r} but is signed by node {node!r}.",
+            metadata={"node": node},
+        )
+    issued_at, next_update = _date(payload, "iat"), _date(payload, "next_update")
+    expires_at = _date(payload, "exp")
+    if not issued_at <= next_update <= expires_at:
+        raise LicenceFormatInvalid("The trust list's iat, next_update and exp are out of order.")
+    entries = _entries(payload)
+    if now >= expires_at:
+        raise TrustListExpired(
+            f"The trust list expired at {expires_at.isoformat()} (checked at "
+            f"{now.isoformat()}); fetch a fresh one from the exchange.",
+            metadata={"expires_at": expires_at.isoformat()},
+        )
+    return TrustList(
+        issuer=node,
+        issued_at=issued_at,
+        next_update=next_update,
+        expires_at=expires_at,
+        entries=MappingProxyType(entries),
+        signer=leaf,
+        token=token,
+    )
+
+
+class TrustListCache:
+    """The last good trust list, kept in one file so that verification keeps working
+    offline until the list's ``exp``.
+
+    The file holds the token as received; it is verified again when read (so a file
+    altered on disk is refused), and written atomically (readers see the old list or the
+    new one). A verified list is remembered in memory while the file is unchanged.
+    """
+
+    def __init__(self, path: Path) -> None:
+        """Use ``path`` (created with its parent directories on the first ``store``)."""
+        self._path = path
+        self._lock = threading.Lock()
+        self._memo: tuple[str, tuple[x509.Certificate, ...], TrustList] | None = None
+
+    @property
+    def path(self) -> Path:
+        """The cache file."""
+        return self._path
+
+    def _read(self) -> str | None:
+        try:
+            with self._path.open("rb") as f:
+                data = f.read(MAX_TRUST_LIST_LENGTH + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise TrustListUnavailable(
+                f"The cached trust list {self._path} could not be read ({e.strerror}); "
+                "check its owner and mode."
+            ) from e
+        try:
+            return data.decode("ascii")
+        except UnicodeDecodeError as e:
+            raise LicenceFormatInvalid(
+                f"The cached trust list {self._path} is not a trust list token."
+            ) from e
+
+    def _verify(self, token: str, roots: Sequence[x509.Certificate], now: datetime) -> TrustList:
+        key = tuple(roots)
+        with self._lock:
+            memo = self._memo
+        if memo is not None and memo[0] == token and memo[1] == key:
+            trust_list = memo[2]
+            if now >= trust_list.expires_at:
+                raise TrustListExpired(
+                    f"The cached trust list expired at {trust_list.expires_at.isoformat()}; "
+                    "fetch a fresh one from the exchange.",
+                    metadata={"expires_at": trust_list.expires_at.isoformat()},
+                )
+            # The signer's chain may have expired since; this re-check is cached and cheap.
+            verified_signer(
+                decode_header(token, "trust list"), roots=roots, now=now, what="trust list"
+            )
+            return trust_list
+        trust_list = verify_trust_list(token, roots=roots, now=now)
+        with self._lock:
+            self._memo = (token, key, trust_list)
+        return trust_list
+
+    def load(self, *, roots: Sequence[x509.Certificate], now: datetime) -> TrustList:
+        """Return the cached trust list, verified at ``now`` against ``roots``.
+
+        Raises TrustListUnavailable if none has been stored or the file cannot be read;
+        TrustListExpired once it is past its ``exp``; otherwise what
+        ``verify_trust_list`` raises if the file does not verify.
+        """
+        token = self._read()
+        if token is None:
+            raise TrustListUnavailable(
+                f"No trust list has been cached at {self._path}; fetch one from the exchange "
+                "while online."
+            )
+        return self._verify(token, roots, now)
+
+    def store(self, token: str, *, roots: Sequence[x509.Certificate], now: datetime) -> TrustList:
+        """Verify ``token`` and keep it unless the cached list is newer, and return the
+        list now in effect. An older list (smaller ``iat``) never replaces a newer one
+        still valid, so a lagging or replayed answer cannot roll the cache back.
+
+        Raises what ``verify_trust_list`` raises for ``token`` (nothing is written then).
+        """
+        offered = verify_trust_list(token, roots=roots, now=now)
+        current_token = self._read_quietly()
+        if current_token is not None and current_token != token:
+            try:
+                current = self._verify(current_token, roots, now)
+            except VerificationFailed:  # expired, damaged or no longer trusted: replace it
+                current = None
+            if current is not None and current.issued_at > offered.issued_at:
+                return current
+        write_atomic(self._path, token.encode("ascii"), mode=0o644, dir_mode=0o755)
+        with self._lock:
+            self._memo = (token, tuple(roots), offered)
+        return offered
+
+    def _read_quietly(self) -> str | None:
+        try:
+            return self._read()
+        except (TrustListUnavailable, LicenceFormatInvalid):
+            return None
