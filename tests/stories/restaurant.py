@@ -1,10 +1,16 @@
 """The story's data, shared with ``tongban demo``."""
 
 from tongban.exchange.cli.story_data import (
+    APPROVAL_DECISION,
     CASE_ID,
     COMPANY,
     COMPANY_USCC,
+    DECISION,
+    DECISION_NO,
     ENTERPRISE,
+    INSPECTION,
+    INSPECTION_NO,
+    INSPECTION_RESULT,
     OWNER,
     OWNER_ID,
     PERSON,
@@ -12,10 +18,16 @@ from tongban.exchange.cli.story_data import (
 )
 
 __all__ = [
+    "APPROVAL_DECISION",
     "CASE_ID",
     "COMPANY",
     "COMPANY_USCC",
+    "DECISION",
+    "DECISION_NO",
     "ENTERPRISE",
+    "INSPECTION",
+    "INSPECTION_NO",
+    "INSPECTION_RESULT",
     "OWNER",
     "OWNER_ID",
     "PERSON",

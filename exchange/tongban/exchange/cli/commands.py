@@ -52,7 +52,7 @@ async def run(args: argparse.Namespace) -> int:
         from tongban.exchange.cli.audit_cmds import run_audit
 
         return await run_audit(args)
-    if args.command in ("catalogue", "query", "grant"):
+    if args.command in ("catalogue", "query", "grant", "subscription"):
         from tongban.exchange.cli.sharing_cmds import run_sharing
 
         return await run_sharing(args)

@@ -8,15 +8,16 @@ stopped at the end and its data dir is left for inspection.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from tongban.client import Bundle, ExchangeClient, ExchangeError, verify_answer
+from tongban.client import Bundle, Event, ExchangeClient, ExchangeError, verify_answer
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import SubjectHasher
 from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
@@ -83,6 +84,22 @@ class _Steps:
             print(f"[{mark}] {step:<5} {title}\n         {outcome.summary}", flush=True)
 
 
+async def _first_event(stream: AsyncIterator[Event], within: float = 15.0) -> Event:
+    """The first event of a subscription stream; the stream is closed after it."""
+    try:
+        async with asyncio.timeout(within):
+            async for event in stream:
+                return event
+    except TimeoutError:
+        pass
+    raise DemoFailed(f"No event arrived within {within:.0f} s.")
+
+
+class DemoFailed(TongbanError):
+    reason = "DEMO_STEP_FAILED"
+    status = "INTERNAL"
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     data_dir = fresh_demo_dir(args.data_dir)
     settings = load_settings(
@@ -97,12 +114,13 @@ async def run_demo(args: argparse.Namespace) -> int:
         target = f"127.0.0.1:{node.grpc_port}"
         assert node.db is not None
         db = node.db
+        mode = "Kafka" if settings.kafka_bootstrap else "PostgreSQL"
 
         async def node_up() -> _Outcome:
             return _Outcome(
                 True,
                 f"node {settings.node_name} on gRPC {target} (mutual TLS), HTTP "
-                f"127.0.0.1:{node.http_port}, {db.where}",
+                f"127.0.0.1:{node.http_port}, {db.where}; events fed from {mode}",
                 {"grpc": target, "http_port": node.http_port, "data_dir": str(data_dir)},
             )
 
@@ -206,6 +224,59 @@ async def run_demo(args: argparse.Namespace) -> int:
                 f"{story.COMPANY['name']} ({story.COMPANY_USCC}) published to samr.enterprise "
                 "(unconditional: shared by default)",
                 {"uscc": story.COMPANY_USCC},
+            )
+
+        async def step_2() -> _Outcome:
+            wanted = {
+                "tax": ["name", "address", "legal_representative"],
+                "hrss": ["name", "address"],
+                "police": ["name", "legal_representative", "legal_representative_id"],
+            }
+            received: dict[str, Event] = {}
+            for code, fields in wanted.items():
+                async with client(code, f"{code.upper()}-0001") as department:
+                    event = await _first_event(
+                        department.subscribe(
+                            "samr.enterprise", fields=fields, purpose="登记信息同步"
+                        )
+                    )
+                    await department.acknowledge(event.subscription_id, event.position)
+                    received[code] = event
+            logged = await db.pool.fetchval(
+                "SELECT count(DISTINCT caller) FROM access_log WHERE action = 'event'"
+                " AND subject_hmac = $1",
+                SubjectHasher(load_log_key(settings))(story.COMPANY_USCC),
+            )
+            exact = all(set(received[c].fields) == set(f) for c, f in wanted.items())
+            one_id = len({e.event_id for e in received.values()}) == 1
+            return _Outcome(
+                exact and one_id and logged == len(wanted),
+                f"{', '.join(received)} each received {story.COMPANY['name']} by subscription "
+                f"with only the fields they asked for (one event id); {logged} deliveries in "
+                "the access log — nobody typed it again",
+                {"event_id": received["tax"].event_id, "mode": mode},
+            )
+
+        async def step_4_push() -> _Outcome:
+            async with client("approval", "SP-0007") as approval:
+                await approval.register_dataset(story.DECISION, publish=True)
+                await approval.publish_records(
+                    "approval.decision", [(story.DECISION_NO, story.APPROVAL_DECISION)]
+                )
+            async with client("regulator", "JG-0003") as regulator:
+                decision = await _first_event(
+                    regulator.subscribe(
+                        "approval.decision",
+                        fields=["decision_no", "applicant_uscc", "decision"],
+                        purpose="事中事后监管",
+                    )
+                )
+                await regulator.acknowledge(decision.subscription_id, decision.position)
+            return _Outcome(
+                decision.fields.get("applicant_uscc") == story.COMPANY_USCC,
+                f"the regulator's supervision system received decision {decision.key} "
+                f"({decision.fields.get('decision')}) by subscription (审管互通)",
+                {"decision_no": decision.key},
             )
 
         async def step_3() -> _Outcome:
@@ -325,7 +396,13 @@ async def run_demo(args: argparse.Namespace) -> int:
         await steps.run("0.5", "A suspended department is refused at once", suspension)
         await steps.run("0.6", "Police share population data on conditions", police_data)
         await steps.run("1", "samr registers the company; it is published once", step_1)
+        await steps.run(
+            "2", "Tax, social security and police receive the company, no re-entry", step_2
+        )
         await steps.run("3", "Approval gets the company and the owner's identity, no paper", step_3)
+        await steps.run(
+            "4", "The approval decision is pushed to the regulator (审管互通)", step_4_push
+        )
         await steps.run("7", "Tax asks for personal data without a grant: denied, logged", step_7)
         await steps.run(
             "8", "The auditor verifies the log; the owner sees who accessed their data", step_8

@@ -8,6 +8,8 @@ operator's view of every grant, read from the database.
 from __future__ import annotations
 
 import argparse
+import uuid
+from dataclasses import asdict
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -21,6 +23,7 @@ from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.cli.commands import emit, settings_from_args
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.sharing.events import EventStore, SubscriptionRow
 from tongban.exchange.sharing.grants import GrantStore
 from tongban.signing.clock import SystemClock
 from tongban.v1 import catalogue_pb2, grants_pb2, values_pb2
@@ -228,6 +231,18 @@ def add_parsers(
     revoke.add_argument("id")
     revoke.add_argument("--reason", default="")
 
+    subscription = sub.add_parser(
+        "subscription", help="subscriptions to change events (enter once, 一次录入)"
+    )
+    subscription_sub = subscription.add_subparsers(
+        dest="subscription_command", required=True, metavar="COMMAND"
+    )
+    subscription_sub.add_parser(
+        "list",
+        parents=[common, optional_dept],
+        help="subscriptions with their lag (events not acknowledged, age of the oldest)",
+    )
+
 
 # -- running -------------------------------------------------------------------------------
 
@@ -265,6 +280,8 @@ async def run_sharing(args: argparse.Namespace) -> int:
         return await _catalogue(args)
     if args.command == "query":
         return await _query(args)
+    if args.command == "subscription":
+        return await _subscription_list(args)
     return await _grant(args)
 
 
@@ -432,4 +449,40 @@ async def _grant_list_operator(args: argparse.Namespace) -> int:
         for g in grants
     ]
     emit(args, {"grants": rows}, "\n".join(_grant_line(r) for r in rows) or "no grants")
+    return 0
+
+
+async def _subscription_list(args: argparse.Namespace) -> int:
+    """Subscriptions and their lag: the department's own over gRPC (``--as``), or every
+    department's from the database (operator view)."""
+    if args.bundle is not None:
+        consumer = Bundle.load(args.bundle).department
+        async with _client(args) as client:
+            found = [
+                SubscriptionRow(
+                    id=uuid.UUID(s.id),
+                    consumer=consumer,
+                    dataset=s.dataset,
+                    fields=tuple(s.fields),
+                    purpose=s.purpose,
+                    acked_position=s.acked_position,
+                    lag_events=s.lag_events,
+                    lag_seconds=s.lag_seconds,
+                )
+                for s in await client.list_subscriptions()
+            ]
+    else:
+        settings = settings_from_args(args)
+        async with await Database.open(settings, pool_size=2) as db:
+            found = await EventStore(db.pool).of_consumer(None)
+    rows = [
+        dict(asdict(s), id=str(s.id), fields=list(s.fields), lag_seconds=round(s.lag_seconds, 3))
+        for s in found
+    ]
+    lines = [
+        f"{s.consumer:<10} {s.dataset:<24} acked {s.acked_position:<7} "
+        f"lag {s.lag_events} events, {s.lag_seconds:.1f} s  {s.purpose}"
+        for s in found
+    ]
+    emit(args, {"subscriptions": rows}, "\n".join(lines) or "no subscriptions")
     return 0

@@ -91,3 +91,65 @@ OWNER = {
     "birth_date": date(1985, 3, 12),
     "household_address": "浙江省杭州市西湖区文三路1号",
 }
+
+# Step 4 (审管互通): approval decisions and inspection results are datasets like any other,
+# so the regulator subscribes to the bureau's decisions and the bureau to the regulator's
+# inspection results. Both are keyed by document number (a decision or an inspection is
+# not a person or a company); the company they concern is a field.
+DECISION_NO = "杭上市监食许〔2026〕0123号"
+INSPECTION_NO = "杭上市监检〔2026〕0456号"
+
+DECISION = catalogue_pb2.DatasetSpec(
+    code="approval.decision",
+    title="行政许可决定",
+    description="审批部门作出的行政许可决定，推送监管部门（审管互通）",
+    fields=[
+        field("decision_no", T.FIELD_TYPE_STRING, "许可决定文号", required=True),
+        field("service_item", T.FIELD_TYPE_STRING, "事项名称", required=True),
+        field("applicant_uscc", T.FIELD_TYPE_STRING, "申请人统一社会信用代码", required=True),
+        field("applicant_name", T.FIELD_TYPE_STRING, "申请人名称"),
+        field("decision", T.FIELD_TYPE_STRING, "决定（准予/不予许可）", required=True),
+        field("licence_number", T.FIELD_TYPE_STRING, "证照编号"),
+        field("decided_on", T.FIELD_TYPE_DATE, "决定日期", required=True),
+        field("case_id", T.FIELD_TYPE_STRING, "办件编号"),
+    ],
+    key_field="decision_no",
+    subject_kind=catalogue_pb2.SUBJECT_KIND_OTHER,
+    update_frequency="实时",
+    share_class=catalogue_pb2.SHARE_CLASS_UNCONDITIONAL,
+)
+
+INSPECTION = catalogue_pb2.DatasetSpec(
+    code="regulator.inspection",
+    title="监督检查结果",
+    description="监管部门对许可事项的事中事后检查结果，回推审批部门",
+    fields=[
+        field("inspection_no", T.FIELD_TYPE_STRING, "检查文书编号", required=True),
+        field("decision_no", T.FIELD_TYPE_STRING, "对应许可决定文号"),
+        field("uscc", T.FIELD_TYPE_STRING, "统一社会信用代码", required=True),
+        field("result", T.FIELD_TYPE_STRING, "检查结果", required=True),
+        field("follow_up", T.FIELD_TYPE_STRING, "处理措施"),
+        field("inspected_on", T.FIELD_TYPE_DATE, "检查日期", required=True),
+    ],
+    key_field="inspection_no",
+    subject_kind=catalogue_pb2.SUBJECT_KIND_OTHER,
+    update_frequency="实时",
+    share_class=catalogue_pb2.SHARE_CLASS_UNCONDITIONAL,
+)
+
+APPROVAL_DECISION = {
+    "service_item": "食品经营许可",
+    "applicant_uscc": COMPANY_USCC,
+    "applicant_name": COMPANY["name"],
+    "decision": "准予许可",
+    "decided_on": date(2026, 11, 20),
+    "case_id": CASE_ID,
+}
+
+INSPECTION_RESULT = {
+    "decision_no": DECISION_NO,
+    "uscc": COMPANY_USCC,
+    "result": "不符合要求",
+    "follow_up": "建议撤销食品经营许可",
+    "inspected_on": date(2026, 11, 23),
+}
