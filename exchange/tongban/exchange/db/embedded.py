@@ -215,6 +215,14 @@ class EmbeddedPostgres:
 
     def _run(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
         run_as = self._run_as()
+        user, group = run_as.uid, run_as.gid
+        setpriv = shutil.which("setpriv")
+        if user is not None and setpriv is not None:
+            # Switch user with setpriv rather than subprocess's user=: that makes Python
+            # fork() instead of vfork(), and a fork of a process running gRPC threads runs
+            # gRPC's fork handlers in the child, which can crash it before exec.
+            args = [setpriv, f"--reuid={user}", f"--regid={group}", "--clear-groups", *args]
+            user = group = None
         with tempfile.TemporaryFile("w+") as out:
             # Output to a file, not a pipe: pg_ctl's postmaster inherits the descriptors
             # and a pipe would never close.
@@ -225,8 +233,8 @@ class EmbeddedPostgres:
                     stderr=subprocess.STDOUT,
                     text=True,
                     timeout=timeout,
-                    user=run_as.uid,
-                    group=run_as.gid,
+                    user=user,
+                    group=group,
                     start_new_session=True,
                     cwd="/",
                     check=False,

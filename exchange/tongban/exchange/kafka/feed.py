@@ -130,16 +130,18 @@ class KafkaFeed:
                 cursor += 1
                 ready.append(pending.pop(cursor))
             now = time.monotonic()
-            if not ready and self._late(dataset, advanced, polled, now):
-                polled = now
-                ready = await self._store.after(dataset, cursor)
-                if ready:
-                    self.gap_fills += 1
-                    cursor = ready[-1].position
-                    pending = {p: r for p, r in pending.items() if p > cursor}
             if ready:
                 advanced = now
                 yield ready
+            elif self._late(dataset, advanced, polled, now):
+                # Read the outbox to its end (Kafka may be down with a long backlog).
+                polled = now
+                while filled := await self._store.after(dataset, cursor):
+                    self.gap_fills += 1
+                    cursor = filled[-1].position
+                    pending = {p: r for p, r in pending.items() if p > cursor}
+                    advanced = time.monotonic()
+                    yield filled
 
     def _late(self, dataset: str, advanced: float, polled: float, now: float) -> bool:
         """Whether to read the outbox: PostgreSQL announced events more than the gap
