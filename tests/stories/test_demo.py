@@ -24,7 +24,9 @@ def test_demo_runs_every_step() -> None:
             "0.5",
             "0.6",
             "1",
+            "2",
             "3",
+            "4",
             "7",
             "8",
         ]

@@ -398,18 +398,19 @@ class ExchangeClient:
             request.after_position = after_position
         stream = self._events.Subscribe(request, metadata=self._metadata)
         try:
-            async for message in stream:
-                yield Event(
-                    subscription_id=message.subscription_id,
-                    dataset=message.dataset,
-                    position=message.position,
-                    event_id=message.event_id,
-                    key=message.key,
-                    version=message.version,
-                    op=message.op,
-                    fields={name: from_field_value(v) for name, v in message.fields.items()},
-                    at=message.at.ToDatetime(tzinfo=UTC),
-                )
+            async for batch in stream:
+                for message in batch.events:
+                    yield Event(
+                        subscription_id=message.subscription_id,
+                        dataset=message.dataset,
+                        position=message.position,
+                        event_id=message.event_id,
+                        key=message.key,
+                        version=message.version,
+                        op=message.op,
+                        fields={name: from_field_value(v) for name, v in message.fields.items()},
+                        at=message.at.ToDatetime(tzinfo=UTC),
+                    )
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
         finally:

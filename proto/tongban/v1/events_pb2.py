@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tongban.v1 import values_pb2 as tongban_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tongban/v1/events.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tongban/v1/values.proto\"t\n\x10SubscribeRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x1b\n\x0e\x61\x66ter_position\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_position\"\x9d\x02\n\x05\x45vent\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12\n\n\x02op\x18\x07 \x01(\t\x12-\n\x06\x66ields\x18\x08 \x03(\x0b\x32\x1d.tongban.v1.Event.FieldsEntry\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x45\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.tongban.v1.FieldValue:\x02\x38\x01\"?\n\x12\x41\x63knowledgeRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x03\"-\n\x13\x41\x63knowledgeResponse\x12\x16\n\x0e\x61\x63ked_position\x18\x01 \x01(\x03\"\x1a\n\x18ListSubscriptionsRequest\"\x8d\x01\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x63ked_position\x18\x05 \x01(\x03\x12\x12\n\nlag_events\x18\x06 \x01(\x03\x12\x13\n\x0blag_seconds\x18\x07 \x01(\x01\"L\n\x19ListSubscriptionsResponse\x12/\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x18.tongban.v1.Subscription2\x87\x02\n\x13SubscriptionService\x12>\n\tSubscribe\x12\x1c.tongban.v1.SubscribeRequest\x1a\x11.tongban.v1.Event0\x01\x12N\n\x0b\x41\x63knowledge\x12\x1e.tongban.v1.AcknowledgeRequest\x1a\x1f.tongban.v1.AcknowledgeResponse\x12`\n\x11ListSubscriptions\x12$.tongban.v1.ListSubscriptionsRequest\x1a%.tongban.v1.ListSubscriptionsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17tongban/v1/events.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tongban/v1/values.proto\"t\n\x10SubscribeRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\x12\x0f\n\x07purpose\x18\x03 \x01(\t\x12\x1b\n\x0e\x61\x66ter_position\x18\x04 \x01(\x03H\x00\x88\x01\x01\x42\x11\n\x0f_after_position\"\x9d\x02\n\x05\x45vent\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x03\x12\x10\n\x08\x65vent_id\x18\x04 \x01(\t\x12\x0b\n\x03key\x18\x05 \x01(\t\x12\x0f\n\x07version\x18\x06 \x01(\x04\x12\n\n\x02op\x18\x07 \x01(\t\x12-\n\x06\x66ields\x18\x08 \x03(\x0b\x32\x1d.tongban.v1.Event.FieldsEntry\x12&\n\x02\x61t\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x45\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12%\n\x05value\x18\x02 \x01(\x0b\x32\x16.tongban.v1.FieldValue:\x02\x38\x01\"/\n\nEventBatch\x12!\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x11.tongban.v1.Event\"?\n\x12\x41\x63knowledgeRequest\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12\x10\n\x08position\x18\x02 \x01(\x03\"-\n\x13\x41\x63knowledgeResponse\x12\x16\n\x0e\x61\x63ked_position\x18\x01 \x01(\x03\"\x1a\n\x18ListSubscriptionsRequest\"\x8d\x01\n\x0cSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x16\n\x0e\x61\x63ked_position\x18\x05 \x01(\x03\x12\x12\n\nlag_events\x18\x06 \x01(\x03\x12\x13\n\x0blag_seconds\x18\x07 \x01(\x01\"L\n\x19ListSubscriptionsResponse\x12/\n\rsubscriptions\x18\x01 \x03(\x0b\x32\x18.tongban.v1.Subscription2\x8c\x02\n\x13SubscriptionService\x12\x43\n\tSubscribe\x12\x1c.tongban.v1.SubscribeRequest\x1a\x16.tongban.v1.EventBatch0\x01\x12N\n\x0b\x41\x63knowledge\x12\x1e.tongban.v1.AcknowledgeRequest\x1a\x1f.tongban.v1.AcknowledgeResponse\x12`\n\x11ListSubscriptions\x12$.tongban.v1.ListSubscriptionsRequest\x1a%.tongban.v1.ListSubscriptionsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,16 +41,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EVENT']._serialized_end=501
   _globals['_EVENT_FIELDSENTRY']._serialized_start=432
   _globals['_EVENT_FIELDSENTRY']._serialized_end=501
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=503
-  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=566
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=568
-  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=613
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=615
-  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=641
-  _globals['_SUBSCRIPTION']._serialized_start=644
-  _globals['_SUBSCRIPTION']._serialized_end=785
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=787
-  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=863
-  _globals['_SUBSCRIPTIONSERVICE']._serialized_start=866
-  _globals['_SUBSCRIPTIONSERVICE']._serialized_end=1129
+  _globals['_EVENTBATCH']._serialized_start=503
+  _globals['_EVENTBATCH']._serialized_end=550
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_start=552
+  _globals['_ACKNOWLEDGEREQUEST']._serialized_end=615
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_start=617
+  _globals['_ACKNOWLEDGERESPONSE']._serialized_end=662
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_start=664
+  _globals['_LISTSUBSCRIPTIONSREQUEST']._serialized_end=690
+  _globals['_SUBSCRIPTION']._serialized_start=693
+  _globals['_SUBSCRIPTION']._serialized_end=834
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_start=836
+  _globals['_LISTSUBSCRIPTIONSRESPONSE']._serialized_end=912
+  _globals['_SUBSCRIPTIONSERVICE']._serialized_start=915
+  _globals['_SUBSCRIPTIONSERVICE']._serialized_end=1183
 # @@protoc_insertion_point(module_scope)

@@ -34,12 +34,14 @@ class SubscriptionServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> SubscriptionServiceAsyncStub: ...
-    Subscribe: _grpc.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.Event]
+    Subscribe: _grpc.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.EventBatch]
     """Stream changes of a dataset, from a position on. Creates the subscription (one per
     consumer, dataset and purpose) on first use. Delivery is at least once: after a
     disconnect, subscribe again and the stream resumes after the last acknowledged
     position; a re-delivered event has the same event_id. Each delivered event is written
     to the access log. A grant revoked or expired ends the stream with PERMISSION_DENIED.
+    Events come in batches (one message per batch, positions contiguous and increasing),
+    so that a busy stream pays gRPC's per-message cost once per batch, not per event.
     """
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_events_pb2.AcknowledgeRequest, _events_pb2.AcknowledgeResponse]
     """Acknowledge everything up to and including a position."""
@@ -49,12 +51,14 @@ class SubscriptionServiceStub:
 @_typing.type_check_only
 class SubscriptionServiceAsyncStub(SubscriptionServiceStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Subscribe: _aio.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.Event]  # type: ignore[assignment]
+    Subscribe: _aio.UnaryStreamMultiCallable[_events_pb2.SubscribeRequest, _events_pb2.EventBatch]  # type: ignore[assignment]
     """Stream changes of a dataset, from a position on. Creates the subscription (one per
     consumer, dataset and purpose) on first use. Delivery is at least once: after a
     disconnect, subscribe again and the stream resumes after the last acknowledged
     position; a re-delivered event has the same event_id. Each delivered event is written
     to the access log. A grant revoked or expired ends the stream with PERMISSION_DENIED.
+    Events come in batches (one message per batch, positions contiguous and increasing),
+    so that a busy stream pays gRPC's per-message cost once per batch, not per event.
     """
     Acknowledge: _aio.UnaryUnaryMultiCallable[_events_pb2.AcknowledgeRequest, _events_pb2.AcknowledgeResponse]  # type: ignore[assignment]
     """Acknowledge everything up to and including a position."""
@@ -67,12 +71,14 @@ class SubscriptionServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _events_pb2.SubscribeRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_abc.Iterator[_events_pb2.Event], _abc.AsyncIterator[_events_pb2.Event]]:
+    ) -> _typing.Union[_abc.Iterator[_events_pb2.EventBatch], _abc.AsyncIterator[_events_pb2.EventBatch]]:
         """Stream changes of a dataset, from a position on. Creates the subscription (one per
         consumer, dataset and purpose) on first use. Delivery is at least once: after a
         disconnect, subscribe again and the stream resumes after the last acknowledged
         position; a re-delivered event has the same event_id. Each delivered event is written
         to the access log. A grant revoked or expired ends the stream with PERMISSION_DENIED.
+        Events come in batches (one message per batch, positions contiguous and increasing),
+        so that a busy stream pays gRPC's per-message cost once per batch, not per event.
         """
 
     @_abc_1.abstractmethod

@@ -17,7 +17,6 @@ fast path, never the only one.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator
@@ -26,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from tongban.exchange.errors import BrokerUnavailable
+from tongban.exchange.kafka._lifecycle import close_detached, start_or_close
 from tongban.exchange.kafka.topics import KafkaTopics, decode_event
 from tongban.exchange.sharing.events import EventRow, EventStore, EventWaker
 
@@ -72,8 +72,7 @@ class KafkaFeed:
             async for batch in self._tail(dataset, consumer, cursor):
                 yield batch
         finally:
-            # Shielded: a stream is often closed by cancellation, which may come twice.
-            await asyncio.shield(_close(consumer))
+            await close_detached(consumer.stop)
 
     async def _consumer(self, dataset: str, topic: str, start: dict[int, int]) -> AIOKafkaConsumer:
         counts = await self._topics.ensure([dataset])
@@ -86,15 +85,11 @@ class KafkaFeed:
             request_timeout_ms=10_000,
         )
         try:
-            await consumer.start()
+            await start_or_close(consumer.start, consumer.stop)
         except KafkaError as e:
-            await asyncio.shield(_close(consumer))
             raise BrokerUnavailable(
                 f"Cannot reach Kafka at {self._bootstrap} to feed the subscription; retry."
             ) from e
-        except BaseException:
-            await asyncio.shield(_close(consumer))
-            raise
         partitions = [TopicPartition(topic, p) for p in range(counts[topic])]
         consumer.assign(partitions)
         for tp in partitions:
@@ -150,9 +145,3 @@ class KafkaFeed:
         if announced > max(advanced, polled) and now - announced > self._gap:
             return True
         return now - max(advanced, polled) > _SAFETY_POLL
-
-
-async def _close(consumer: AIOKafkaConsumer) -> None:
-    with contextlib.suppress(KafkaError, OSError, TimeoutError):
-        async with asyncio.timeout(5):
-            await consumer.stop()

@@ -28,6 +28,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.errors import BrokerUnavailable
+from tongban.exchange.kafka._lifecycle import close_detached, start_or_close
 from tongban.exchange.kafka.topics import KafkaTopics, encode_event
 from tongban.exchange.sharing.events import EVENTS_CHANNEL, EventRow
 from tongban.signing.clock import Clock
@@ -172,7 +173,7 @@ class OutboxRelay:
                     )
                     self._topics.forget()
                     if producer is not None:
-                        await _stop_quietly(producer)
+                        await close_detached(producer.stop)
                         producer = None
                     await asyncio.sleep(backoff)
                     backoff = min(backoff * 2, _MAX_BACKOFF)
@@ -182,7 +183,7 @@ class OutboxRelay:
                 self._on_published(len(rows))
         finally:
             if producer is not None:
-                await _stop_quietly(producer)
+                await close_detached(producer.stop)
 
     async def _producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
@@ -194,11 +195,7 @@ class OutboxRelay:
             request_timeout_ms=10_000,
             retry_backoff_ms=200,
         )
-        try:
-            await producer.start()
-        except BaseException:
-            await _stop_quietly(producer)
-            raise
+        await start_or_close(producer.start, producer.stop)
         return producer
 
     async def _send(
@@ -253,9 +250,3 @@ class OutboxRelay:
                 [offsets[place] for place in places],
                 now,
             )
-
-
-async def _stop_quietly(producer: AIOKafkaProducer) -> None:
-    with contextlib.suppress(KafkaError, OSError, TimeoutError):
-        async with asyncio.timeout(5):
-            await producer.stop()

@@ -24,6 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from tongban.exchange.errors import BrokerUnavailable
+from tongban.exchange.kafka._lifecycle import close_detached, start_or_close
 from tongban.exchange.sharing.events import EventRow
 
 __all__ = ["KafkaTopics", "decode_event", "encode_event"]
@@ -105,7 +106,13 @@ class KafkaTopics:
             request_timeout_ms=10_000,
         )
         try:
-            await admin.start()
+            await start_or_close(admin.start, admin.close)
+        except KafkaError as e:
+            raise BrokerUnavailable(
+                f"Cannot reach Kafka at {self._bootstrap} ({type(e).__name__}); check "
+                "TONGBAN_KAFKA_BOOTSTRAP and that the brokers are running."
+            ) from e
+        try:
             response = await admin.create_topics(
                 [NewTopic(t, self._partitions, self._replication) for t in topics]
             )
@@ -122,7 +129,7 @@ class KafkaTopics:
                 "TONGBAN_KAFKA_BOOTSTRAP and that the brokers are running."
             ) from e
         finally:
-            await admin.close()
+            await close_detached(admin.close)
         counts = {d["topic"]: len(d["partitions"]) for d in described if not d["error_code"]}
         for topic in topics:
             if not counts.get(topic):

@@ -6,17 +6,20 @@ revoked or expired ends the stream at once), logs the delivery per subject, then
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 
 from tongban.client.values import to_field_value
 from tongban.errors import TongbanError
-from tongban.exchange.server.caller import current_caller
+from tongban.exchange.server.caller import Caller, current_caller
 from tongban.exchange.server.timestamps import timestamp
-from tongban.exchange.sharing.events import EventFeed, EventStore
+from tongban.exchange.sharing.events import EventFeed, EventRow, EventStore, SubscriptionRow
+from tongban.exchange.sharing.model import DatasetEntry
+from tongban.exchange.sharing.policy import Allowed
 from tongban.exchange.sharing.records import StoredRecord
 from tongban.exchange.sharing.service import Sharing
 from tongban.signing.clock import Clock
@@ -41,7 +44,7 @@ class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
 
     async def Subscribe(
         self, request: events_pb2.SubscribeRequest, context: Context
-    ) -> AsyncIterator[events_pb2.Event]:
+    ) -> AsyncIterator[events_pb2.EventBatch]:
         caller = current_caller()
         fields = list(request.fields)
         case_id = "subscription"
@@ -64,34 +67,81 @@ class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
                 "resume from your last acknowledged position.",
                 metadata={"end": str(end)},
             )
-        async with contextlib.aclosing(self._feed.batches(entry.code, cursor)) as batches:
-            async for rows in batches:
-                # Decide again each round: a revoked or expired grant stops delivery at once.
-                entry, allowed = await self._sharing.authorize(
-                    caller, entry.code, allowed.fields, request.purpose, case_id
-                )
-                await self._sharing.log_delivery(
-                    caller, entry, allowed, request.purpose, case_id, [r.key for r in rows]
-                )
-                for row in rows:
-                    values = (
-                        StoredRecord(row.key, row.version, row.at, row.data).values(
-                            entry, allowed.fields
-                        )
-                        if row.data is not None
-                        else {}
+        # Pipelined: the next batch is read, authorised and logged while this one is sent.
+        ready: asyncio.Queue[events_pb2.EventBatch | BaseException] = asyncio.Queue(maxsize=2)
+        prepare = asyncio.get_running_loop().create_task(
+            self._prepare(
+                caller, entry, allowed, request.purpose, case_id, subscription, cursor, ready
+            )
+        )
+        try:
+            while True:
+                item = await ready.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            prepare.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await prepare
+
+    async def _prepare(
+        self,
+        caller: Caller,
+        entry: DatasetEntry,
+        allowed: Allowed,
+        purpose: str,
+        case_id: str,
+        subscription: SubscriptionRow,
+        cursor: int,
+        ready: asyncio.Queue[events_pb2.EventBatch | BaseException],
+    ) -> None:
+        """Fill ``ready`` with batches to send; put the error that ends the stream last."""
+        try:
+            async with contextlib.aclosing(self._feed.batches(entry.code, cursor)) as batches:
+                async for rows in batches:
+                    # Decide again each batch: a revoked or expired grant stops delivery.
+                    entry, allowed = await self._sharing.authorize(
+                        caller, entry.code, allowed.fields, purpose, case_id
                     )
-                    yield events_pb2.Event(
-                        subscription_id=str(subscription.id),
-                        dataset=entry.code,
-                        position=row.position,
-                        event_id=str(row.event_id),
-                        key=row.key,
-                        version=row.version,
-                        op=row.op,
-                        fields={name: to_field_value(v) for name, v in values.items()},
-                        at=timestamp(row.at),
+                    await self._sharing.log_delivery(
+                        caller, entry, allowed, purpose, case_id, [r.key for r in rows]
                     )
+                    await ready.put(self._batch(subscription, entry, allowed.fields, rows))
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - handed to the stream, which raises it
+            await ready.put(e)
+
+    @staticmethod
+    def _batch(
+        subscription: SubscriptionRow,
+        entry: DatasetEntry,
+        fields: Sequence[str],
+        rows: Sequence[EventRow],
+    ) -> events_pb2.EventBatch:
+        subscription_id = str(subscription.id)
+        batch = events_pb2.EventBatch()
+        for row in rows:
+            values = (
+                StoredRecord(row.key, row.version, row.at, row.data).values(entry, fields)
+                if row.data is not None
+                else {}
+            )
+            batch.events.append(
+                events_pb2.Event(
+                    subscription_id=subscription_id,
+                    dataset=entry.code,
+                    position=row.position,
+                    event_id=str(row.event_id),
+                    key=row.key,
+                    version=row.version,
+                    op=row.op,
+                    fields={name: to_field_value(v) for name, v in values.items()},
+                    at=timestamp(row.at),
+                )
+            )
+        return batch
 
     async def Acknowledge(
         self, request: events_pb2.AcknowledgeRequest, context: Context

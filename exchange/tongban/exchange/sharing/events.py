@@ -75,8 +75,12 @@ class EventWaker:
         """When (``time.monotonic()``) ``dataset`` last had new events; 0 if never seen."""
         return self._last.get(dataset, 0.0)
 
-    async def wait(self, dataset: str, within: float = 1.0) -> None:
-        """Return when ``dataset`` has new events, or after ``within`` seconds."""
+    async def wait(self, dataset: str, within: float = 1.0, *, since: float = 0.0) -> None:
+        """Return when ``dataset`` has new events, or after ``within`` seconds; at once if
+        it was notified after ``since`` (a ``last_notified`` value read before the caller
+        looked, so that a notification arriving meanwhile is not missed)."""
+        if self._last.get(dataset, 0.0) > since > 0.0:
+            return
         event = asyncio.Event()
         self._waiting.setdefault(dataset, set()).add(event)
         try:
@@ -138,7 +142,7 @@ class EventStore:
         )
         return int(value or 0)
 
-    async def after(self, dataset: str, position: int, limit: int = 500) -> list[EventRow]:
+    async def after(self, dataset: str, position: int, limit: int = 1000) -> list[EventRow]:
         rows = await self._pool.fetch(
             "SELECT position, event_id, key, version, op, data, at FROM event_outbox"
             " WHERE dataset = $1 AND position > $2 ORDER BY position LIMIT $3",
@@ -180,10 +184,23 @@ class EventStore:
             sid = uuid.UUID(subscription_id)
         except ValueError:
             raise InvalidArgument(f"{subscription_id[:60]!r} is not a subscription id.") from None
-        row = await self._pool.fetchrow(
-            "SELECT dataset, acked_position FROM subscription WHERE id = $1 AND consumer = $2",
+        # One statement on the common path; the reason for a refusal is looked up after.
+        value = await self._pool.fetchval(
+            """
+            UPDATE subscription s SET acked_position = greatest(s.acked_position, $3)
+            FROM dataset_stream ds
+            WHERE s.id = $1 AND s.consumer = $2 AND ds.dataset = s.dataset
+              AND $3 >= -1 AND $3 < ds.next_position
+            RETURNING s.acked_position
+            """,
             sid,
             consumer,
+            position,
+        )
+        if value is not None:
+            return int(value)
+        row = await self._pool.fetchrow(
+            "SELECT dataset FROM subscription WHERE id = $1 AND consumer = $2", sid, consumer
         )
         if row is None:
             raise InvalidArgument(
@@ -191,18 +208,10 @@ class EventStore:
                 metadata={"field": "subscription_id"},
             )
         end = await self.end_position(row["dataset"])
-        if not -1 <= position < end:
-            raise InvalidArgument(
-                f"Position {position} is beyond the end of {row['dataset']} (last is {end - 1}).",
-                metadata={"field": "position"},
-            )
-        value = await self._pool.fetchval(
-            "UPDATE subscription SET acked_position = greatest(acked_position, $2)"
-            " WHERE id = $1 RETURNING acked_position",
-            sid,
-            position,
+        raise InvalidArgument(
+            f"Position {position} is beyond the end of {row['dataset']} (last is {end - 1}).",
+            metadata={"field": "position"},
         )
-        return int(value)
 
     async def of_consumer(self, consumer: str | None) -> list[SubscriptionRow]:
         """The subscriptions of ``consumer`` (None: of everyone), with their lag."""
@@ -254,9 +263,10 @@ class PostgresFeed:
     async def batches(self, dataset: str, after: int) -> AsyncGenerator[list[EventRow], None]:
         cursor = after
         while True:
+            seen = self._waker.last_notified(dataset) or time.monotonic()
             rows = await self._store.after(dataset, cursor)
             if not rows:
-                await self._waker.wait(dataset)
+                await self._waker.wait(dataset, since=seen)
                 continue
             yield rows
             cursor = rows[-1].position
