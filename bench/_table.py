@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from bench._load import LoadResult
 from bench._watch import CpuUse
 
@@ -29,12 +31,14 @@ def latency_row(label: str, p50_ms: float, max_ms: float, detail: str = "") -> s
     return f"{label:<{LABEL}}{'':>8} {'':<10}p50 {p50_ms:5.1f} ms  max {max_ms:5.1f} ms{detail}"
 
 
-def cpu_header() -> str:
-    return f"{'':<{LABEL}}" + "".join(f"{h:>9}" for h in _CPU_COLUMNS)
+def cpu_header(extra: Sequence[str] = ()) -> str:
+    """The CPU columns' heads; ``extra`` groups (such as a broker) go before "other"."""
+    heads = (*_CPU_COLUMNS[:3], *extra, *_CPU_COLUMNS[3:])
+    return f"{'':<{LABEL}}" + "".join(f"{h:>9}" for h in heads)
 
 
-def cpu_row(label: str, cpu: CpuUse) -> str:
-    cells = [cpu.by_group.get(group) for group in _CPU_COLUMNS[:3]]
+def cpu_row(label: str, cpu: CpuUse, extra: Sequence[str] = ()) -> str:
+    cells = [cpu.by_group.get(group) for group in (*_CPU_COLUMNS[:3], *extra)]
     cells += [cpu.others, cpu.idle]
     return f"{label:<{LABEL}}" + "".join(
         f"{'-':>9}" if value is None else f"{value:>8.0f}%" for value in cells

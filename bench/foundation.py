@@ -25,7 +25,9 @@ Then, on the same node and against the same echo baseline, the sharing phases 5-
 ``bench.sharing``: bulk publishing, the audited key query, 1,000-key queries and the
 access log's growth. The issue's targets are printed as met or missed, never asserted.
 ``python -m bench`` then runs the access-log phases of ``bench.audit`` (in process, on
-their own PostgreSQL, once both servers have stopped) into the same results file.
+their own PostgreSQL, once both servers have stopped) and the change-events phases of
+``bench.events`` (on nodes of their own, embedded and Kafka mode) into the same results
+file.
 
 Phases 1 and 2 use 64 concurrent callers on one channel (one HTTP/2 connection), from one
 asyncio loop in this process; phase 3 uses 8. CPU use is recorded over each measured
@@ -50,7 +52,7 @@ from typing import Any
 import grpc
 import psutil
 
-from bench import audit, sharing
+from bench import audit, events, sharing
 from bench._client import FRESH_CONNECTION, Department
 from bench._config import Config
 from bench._echo_server import ECHO_METHOD, identity
@@ -358,13 +360,22 @@ def write_json(
     return path
 
 
-def main(*, with_audit: bool = False) -> int:
+def main(*, with_audit: bool = False, with_events: bool = False) -> int:
     """Run the benchmark, print the table, write the JSON; return the exit status.
 
     With ``with_audit``, the access-log phases (``bench.audit``) run afterwards, once the
-    servers have stopped, and their figures go into the same results file under "audit".
+    servers have stopped, and their figures go into the same results file under "audit";
+    with ``with_events``, then the change-events phases (``bench.events``, on nodes of
+    their own), under "events".
     """
     config = Config()
+    events_config = config
+    if with_events:
+        try:
+            events_config = events.configured(config)
+        except ValueError as e:  # a bad BENCH_EVENTS_* variable: say so before the run
+            print(f"bench: {e}", file=sys.stderr)
+            return 2
     try:
         report = asyncio.run(run(config))
     except KeyboardInterrupt:
@@ -389,6 +400,19 @@ def main(*, with_audit: bool = False) -> int:
         else:
             print(audit.format_report(audit_report))
             extra["audit"] = audit.as_json(audit_report)
+    if with_events and status != 130:
+        print()
+        try:
+            events_report = asyncio.run(events.run(events_config))
+        except KeyboardInterrupt:
+            print("interrupted; servers stopped", file=sys.stderr)
+            status = 130
+        except events.FAILURES as e:
+            print(f"bench failed in the events phases: {events.describe(e)}", file=sys.stderr)
+            status = 1
+        else:
+            print(events.format_report(events_report))
+            extra["events"] = events.as_json(events_report)
     path = write_json(report, extra=extra)
     shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
     print(f"\nfigures written to {shown}")
