@@ -1,25 +1,29 @@
-"""``python -m bench [audit | events]``: run the benchmark.
+"""``python -m bench [audit | events | cluster]``: run the benchmark.
 
 With no argument, every phase: ``bench.foundation`` and ``bench.sharing`` against a node,
 then the access-log phases of ``bench.audit`` in this process, then the change-events
 phases of ``bench.events`` on nodes of their own; one results file. With ``audit`` or
-``events``, only those phases (their own results file).
+``events``, only those phases (their own results file). ``cluster`` (not part of the full
+run) measures several nodes on one PostgreSQL and subscriber failover (``bench.cluster``).
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import audit, events, foundation
+from bench import audit, cluster, events, foundation
 
-USAGE = """usage: python -m bench [audit | events]
+USAGE = """usage: python -m bench [audit | events | cluster]
 
   (no argument)  every phase: foundation, sharing, the access log's, then change events
   audit          only the access-log phases (in process, on their own PostgreSQL)
   events         only the change-events phases (embedded and Kafka mode, a node each;
                  BENCH_EVENTS_SECONDS, BENCH_EVENTS_MAX_SECONDS, BENCH_EVENTS_BACKLOG,
                  BENCH_EVENTS_RATE, BENCH_EVENTS_WARMUP_SECONDS and BENCH_EVENTS_MODES
-                 shorten or narrow a run)"""
+                 shorten or narrow a run)
+  cluster        1, 2 and 3 nodes on one PostgreSQL (audited query throughput) and a
+                 subscriber's failover when its node is killed; not in the full run
+                 (BENCH_CLUSTER_SECONDS, BENCH_CLUSTER_ROUNDS, BENCH_CLUSTER_KAFKA=1)"""
 
 
 def main(argv: list[str]) -> int:
@@ -29,6 +33,8 @@ def main(argv: list[str]) -> int:
         return audit.main()
     if argv == ["events"]:
         return events.main()
+    if argv == ["cluster"]:
+        return cluster.main()
     if argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0

@@ -1,0 +1,161 @@
+"""The deployment files in ``docker/``, checked without a Docker engine: the compose file
+against the Compose Specification's JSON schema (the copy vendored in check-jsonschema,
+offline) and against what the nodes actually read; the Dockerfile with hadolint and with
+the project's own rules; the example adapter's mapping with the adapter SDK's loader."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema  # type: ignore[import-untyped]  # no stubs; used for one validator
+import pytest
+import yaml
+
+from tongban.adapters.mapping import load_mapping
+from tongban.exchange.settings import Settings
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+COMPOSE = DOCKER / "compose.yaml"
+DOCKERFILE = DOCKER / "Dockerfile"
+HADOLINT = Path(sys.executable).parent / "hadolint"
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    document: dict[str, Any] = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    return document
+
+
+def _nodes(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("command", ["serve"])[0] == "serve"
+        and service.get("image", "").startswith("tongban-node")
+    }
+
+
+def test_compose_file_follows_the_compose_specification(compose: dict[str, Any]) -> None:
+    vendored = resources.files("check_jsonschema.builtin_schemas.vendor")
+    schema = json.loads(vendored.joinpath("compose-spec.json").read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(compose), key=lambda e: list(e.absolute_path))
+    assert not errors, "\n".join(
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors
+    )
+
+
+def test_compose_runs_several_nodes_of_one_exchange(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    nodes = _nodes(compose)
+    assert len(nodes) >= 2
+    known = {f"TONGBAN_{name.upper()}" for name in Settings.model_fields}
+    names, shared = set(), set()
+    for name, node in nodes.items():
+        env = node["environment"]
+        unknown = {k for k in env if k.startswith("TONGBAN_")} - known
+        assert not unknown, f"{name}: settings the node does not read: {unknown}"
+        names.add(env["TONGBAN_NODE_NAME"])
+        shared.add(
+            (env["TONGBAN_DATABASE_URL"], env["TONGBAN_KAFKA_BOOTSTRAP"], env["TONGBAN_LOG_ORIGIN"])
+            if "TONGBAN_LOG_ORIGIN" in env
+            else (env["TONGBAN_DATABASE_URL"], env["TONGBAN_KAFKA_BOOTSTRAP"])
+        )
+        assert "tongban-data:/var/lib/tongban" in node["volumes"]  # one data dir: one CA
+        assert node["depends_on"]["init"]["condition"] == "service_completed_successfully"
+        assert int(env["TONGBAN_SHUTDOWN_GRACE_SECONDS"]) < int(
+            node["stop_grace_period"].removesuffix("s")
+        )
+    assert len(names) == len(nodes), "every node needs a name of its own"
+    assert len(shared) == 1, "every node must share one database and one Kafka"
+
+    # Every dependency, volume and bind mount named exists.
+    for name, service in services.items():
+        for dependency in service.get("depends_on", {}):
+            assert dependency in services, f"{name} depends on unknown {dependency}"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (DOCKER / source).exists(), f"{name} mounts missing {source}"
+            else:
+                assert source in compose["volumes"], f"{name} uses undeclared volume {source}"
+
+    # No moving tags: every image names a version.
+    for name, service in services.items():
+        image = service["image"]
+        _, _, tag = image.partition(":")
+        assert re.search(r"\d", tag), f"{name}: pin {image} to a version"
+        assert tag != "latest", f"{name}: pin {image} to a version"
+
+
+def test_the_load_balancer_and_prometheus_reach_every_node(compose: dict[str, Any]) -> None:
+    nodes = set(_nodes(compose))
+    haproxy = (DOCKER / "haproxy.cfg").read_text()
+    assert set(re.findall(r"^\s*server \S+ (\S+):50051\b", haproxy, re.MULTILINE)) == nodes
+    assert re.search(r"^\s*mode tcp\b", haproxy, re.MULTILINE)  # TLS passes through
+    assert "option httpchk GET /healthz" in haproxy
+    prometheus = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
+    (job,) = [j for j in prometheus["scrape_configs"] if j["job_name"] == "tongban"]
+    assert job["metrics_path"] == "/metrics"
+    targets = {t for group in job["static_configs"] for t in group["targets"]}
+    assert targets == {f"{node}:8080" for node in nodes}
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    done = subprocess.run(
+        [str(HADOLINT), "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_dockerfile_keeps_the_projects_rules() -> None:
+    lines = _instructions(DOCKERFILE.read_text())
+    args = {m[1]: m[2] for m in (re.match(r"ARG (\w+)=(\S+)", line) for line in lines) if m}
+    bases = [re.sub(r"\$\{(\w+)\}", lambda m: args[m[1]], line.split()[1]) for line in lines
+             if line.startswith("FROM ")]  # fmt: skip
+    assert bases
+    for base in bases:  # a slim Python base pinned to a patch release, never `latest`
+        assert re.fullmatch(r"python:3\.11\.\d+-slim(-\w+)?(@sha256:[0-9a-f]{64})?", base), base
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users, "the image must not run as root"
+    assert users[-1].split(":")[0] not in ("root", "0")
+    (healthcheck,) = [line for line in lines if line.startswith("HEALTHCHECK ")]
+    assert "/healthz" in healthcheck
+    for line in lines:
+        assert not re.match(r"ADD\s+(--\S+\s+)*https?://", line), "fetch nothing with ADD"
+    assert any(re.match(r"RUN .*pip install .*tongban-\*\.whl", line) for line in lines)
+    assert lines[-2:] == ['ENTRYPOINT ["tongban"]', 'CMD ["serve"]']
+
+
+def _instructions(text: str) -> list[str]:
+    """The Dockerfile's instructions, continuation lines joined, comments dropped."""
+    joined = re.sub(r"\\\n(\s*#.*\n)*", " ", text)
+    return [
+        re.sub(r"\s+", " ", line.strip())
+        for line in joined.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+
+
+def test_example_adapter_mapping_loads_and_matches_its_sample_export() -> None:
+    mapping = load_mapping(DOCKER / "adapter" / "samr.yaml")
+    assert mapping.exchange is not None
+    assert mapping.exchange.endpoint == "exchange:50051"
+    (stream,) = mapping.streams
+    assert stream.dataset == "samr.enterprise"
+    (sample,) = sorted((DOCKER / "adapter" / "exports").glob("qydj_*.csv"))
+    with sample.open(encoding="utf-8", newline="") as f:
+        header = next(csv.reader(f))
+    columns = {field.column for field in stream.fields.values() if getattr(field, "column", None)}
+    assert columns <= set(header)
