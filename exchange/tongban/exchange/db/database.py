@@ -60,7 +60,7 @@ class Database:
         size = pool_size or settings.db_pool_size
         try:
             role = await _prepare(dsn, where, migrate=migrate)
-            pool = await _create_pool(dsn, where, size, role)
+            pool = await _create_pool(dsn, where, size, role, f"tongban-{settings.node_name}")
         except BaseException:
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
@@ -144,10 +144,14 @@ async def _keep_session(conn: object) -> None:
     """
 
 
-async def _create_pool(dsn: str, where: str, size: int, role: str | None) -> asyncpg.Pool:
+async def _create_pool(
+    dsn: str, where: str, size: int, role: str | None, application_name: str
+) -> asyncpg.Pool:
     # The role is a startup parameter, so it is also what RESET ALL returns to when the
     # pool recycles a connection.
-    server_settings = {"application_name": "tongban"}
+    # The node's name, so pg_stat_activity and pg_locks tell the nodes' sessions apart
+    # (which node holds the relay lock, which one is slow).
+    server_settings = {"application_name": application_name}
     if role is not None:
         server_settings["role"] = role
     try:
