@@ -1,4 +1,4 @@
-"""``python -m bench [audit | events | cluster]``: run the benchmark.
+"""``python -m bench [audit | events | cluster | licence | adapters]``: run the benchmark.
 
 With no argument, every phase: ``bench.foundation`` and ``bench.sharing`` against a node,
 then the access-log phases of ``bench.audit`` in this process, then the change-events
@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sys
 
-from bench import audit, cluster, events, foundation
+from bench import adapters, audit, cluster, events, foundation, licence
 
-USAGE = """usage: python -m bench [audit | events | cluster]
+USAGE = """usage: python -m bench [audit | events | cluster | licence | adapters]
 
   (no argument)  every phase: foundation, sharing, the access log's, then change events
   audit          only the access-log phases (in process, on their own PostgreSQL)
@@ -23,7 +23,14 @@ USAGE = """usage: python -m bench [audit | events | cluster]
                  shorten or narrow a run)
   cluster        1, 2 and 3 nodes on one PostgreSQL (audited query throughput) and a
                  subscriber's failover when its node is killed; not in the full run
-                 (BENCH_CLUSTER_SECONDS, BENCH_CLUSTER_ROUNDS, BENCH_CLUSTER_KAFKA=1)"""
+                 (BENCH_CLUSTER_SECONDS, BENCH_CLUSTER_ROUNDS, BENCH_CLUSTER_KAFKA=1)
+  licence        licence issue, offline QR and SD-JWT verify, PDF render + seal, in
+                 process, each beside a raw baseline (BENCH_LICENCE_ISSUE,
+                 BENCH_LICENCE_SECONDS, BENCH_LICENCE_PDFS); not in the full run yet
+  adapters       a legacy table's snapshot into the exchange through an adapter (beside
+                 an asyncpg COPY of the same rows) and legacy change -> another legacy
+                 system's latency; not in the full run (BENCH_ADAPTERS_ROWS, default
+                 1,000,000; BENCH_ADAPTERS_CHANGES; BENCH_ADAPTERS_POLL)"""
 
 
 def main(argv: list[str]) -> int:
@@ -35,6 +42,10 @@ def main(argv: list[str]) -> int:
         return events.main()
     if argv == ["cluster"]:
         return cluster.main()
+    if argv == ["licence"]:
+        return licence.main()
+    if argv == ["adapters"]:
+        return adapters.main()
     if argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0

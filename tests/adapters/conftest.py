@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import textwrap
-from collections.abc import Awaitable, Callable, Sequence
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
+import pytest_asyncio
 
 from tongban.adapters import AdapterMapping, Change, Op, load_mapping
 from tongban.adapters.transform import Validator
@@ -92,3 +95,20 @@ def clock() -> FixedClock:
 @pytest.fixture
 def sink() -> RecordingSink:
     return RecordingSink()
+
+
+@pytest_asyncio.fixture
+async def legacy_dsn(admin_dsn: str) -> AsyncIterator[str]:
+    """A database of its own for a legacy system (apart from the node's), dropped after."""
+    name = f"legacy_{uuid.uuid4().hex[:10]}"
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    yield admin_dsn.replace("/postgres?", f"/{name}?")
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+    finally:
+        await conn.close()

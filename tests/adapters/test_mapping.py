@@ -184,9 +184,15 @@ def test_known_checks_are_the_injected_validators() -> None:
 def test_the_examples_in_the_docs_load(tmp_path: Path) -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "adapters.md").read_text("utf-8")
     blocks = [b.split("```", 1)[0] for b in docs.split("```yaml\n")[1:]]
-    assert len(blocks) == 2
     (tmp_path / "xzqh.csv").write_text("110101,东城区\n", "utf-8")
     full = write_mapping(tmp_path, blocks[0])
     assert [s.name for s in full.streams] == ["enterprises"]
     drop = write_mapping(tmp_path, "adapter: licences\n" + blocks[1], name="drop.yaml")
     assert drop.stream("licences").dataset == "samr.licence"
+    # The story's complete files (the other blocks are fragments of a file).
+    story = {b.split("\n", 1)[0]: b for b in blocks if b.startswith("# ") and ".yaml" in b}
+    assert sorted(story) == ["# hrss.yaml", "# police.yaml", "# samr.yaml", "# tax.yaml"]
+    for title, text in story.items():
+        mapping = write_mapping(tmp_path, text, name=title[2:])
+        assert mapping.exchange is not None
+        assert mapping.streams or mapping.write_back

@@ -19,12 +19,11 @@ from tongban.adapters import (
     SnapshotShrank,
     SourceSchemaChanged,
     SourceUnavailable,
-    SourceUnsupported,
     StateStore,
     StreamSync,
     SyncReport,
 )
-from tongban.adapters.sources import SqliteSource, open_source
+from tongban.adapters.sources import RestSource, SqliteSource, open_source
 from tongban.signing.clock import FixedClock
 
 MAPPING = """\
@@ -397,8 +396,7 @@ async def test_discover_check_and_the_source_for_each_kind(tmp_path: Path, legac
     rest = write_mapping(
         tmp_path, "adapter: x\nsource: {kind: rest, base_url: 'https://legacy'}\n", "rest.yaml"
     )
-    with pytest.raises(SourceUnsupported):
-        open_source(rest)
+    assert isinstance(open_source(rest), RestSource)
 
     missing = write_mapping(
         tmp_path,

@@ -84,7 +84,11 @@ def test_builtin_types() -> None:
     ]
 
     assert FOOD_BUSINESS_PERMIT.name_zh == "食品经营许可证"
-    assert FOOD_BUSINESS_PERMIT.issuers == ("regulator",)
+    assert FOOD_BUSINESS_PERMIT.issuers == ("approval",)
+    assert FOOD_BUSINESS_PERMIT.revokers == ("regulator",)
+    assert FOOD_BUSINESS_PERMIT.may_change_status("regulator")
+    assert not FOOD_BUSINESS_PERMIT.may_change_status("tax")
+    assert not BUSINESS_LICENCE.may_change_status("regulator")
     assert FOOD_BUSINESS_PERMIT.disclosable_claims == {"legal_representative"}
     assert FOOD_BUSINESS_PERMIT.holder_claim == "uscc"
     assert {c.name for c in FOOD_BUSINESS_PERMIT.claims} == {
@@ -333,6 +337,8 @@ def _claim(**changes: object) -> dict[str, object]:
         {"issuers": []},
         {"issuers": ["samr", "samr"]},
         {"issuers": ["SAMR"]},
+        {"revokers": ["samr"]},  # an issuer may already change status
+        {"revokers": ["regulator", "regulator"]},
         {"validity_days": 0},
         {"validity_days": "365"},  # strict: no string-to-int coercion
         {"holder_kind": "robot"},

@@ -2,12 +2,14 @@
 
 from tongban.exchange.cli.story_data import (
     APPROVAL_DECISION,
+    BUSINESS_LICENCE_CLAIMS,
     CASE_ID,
     COMPANY,
     COMPANY_USCC,
     DECISION,
     DECISION_NO,
     ENTERPRISE,
+    FOOD_PERMIT_CLAIMS,
     INSPECTION,
     INSPECTION_NO,
     INSPECTION_RESULT,
@@ -15,16 +17,19 @@ from tongban.exchange.cli.story_data import (
     OWNER_ID,
     PERSON,
     PURPOSE,
+    SERVICE_ITEM,
 )
 
 __all__ = [
     "APPROVAL_DECISION",
+    "BUSINESS_LICENCE_CLAIMS",
     "CASE_ID",
     "COMPANY",
     "COMPANY_USCC",
     "DECISION",
     "DECISION_NO",
     "ENTERPRISE",
+    "FOOD_PERMIT_CLAIMS",
     "INSPECTION",
     "INSPECTION_NO",
     "INSPECTION_RESULT",
@@ -32,4 +37,5 @@ __all__ = [
     "OWNER_ID",
     "PERSON",
     "PURPOSE",
+    "SERVICE_ITEM",
 ]

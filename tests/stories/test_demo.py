@@ -24,9 +24,14 @@ def test_demo_runs_every_step() -> None:
             "0.5",
             "0.6",
             "1",
+            "1.1",
             "2",
             "3",
+            "3.1",
             "4",
+            "4.1",
+            "5",
+            "6",
             "7",
             "8",
         ]
@@ -34,6 +39,13 @@ def test_demo_runs_every_step() -> None:
         assert lines[-1] == {"step": "end", "ok": True, "data_dir": str(root / "demo")}
         assert (root / "demo" / "bundles" / "samr" / "bundle.json").exists()
         assert next(s for s in steps if s["step"] == "0.5")["reason"] == "DEPARTMENT_SUSPENDED"
+        # The issued licences stay in the data dir, for the operator to list.
+        listed = tongban("licence", "list", "--data-dir", str(root / "demo"), "--json")
+        assert listed.code == 0, listed.stdout + listed.stderr
+        assert sorted(item["status"] for item in listed.json()["licences"]) == [
+            "revoked",
+            "valid",
+        ]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 

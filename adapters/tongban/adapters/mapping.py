@@ -51,6 +51,7 @@ __all__ = [
     "Filter",
     "IntegerField",
     "OutboundSettings",
+    "Paging",
     "PostgresSettings",
     "RestSettings",
     "RetrySettings",
@@ -62,6 +63,7 @@ __all__ = [
     "StringField",
     "WriteBackTarget",
     "WriteColumn",
+    "WriteSubscription",
     "XlsxSettings",
     "load_mapping",
     "parse_mapping",
@@ -69,6 +71,7 @@ __all__ = [
 
 SQL_KINDS = frozenset({"postgres", "sqlite"})
 FILE_KINDS = frozenset({"csv", "xlsx"})
+WEB_KINDS = frozenset({"rest", "soap"})
 
 _NAME = r"^[a-z][a-z0-9_]{0,62}$"
 _DATASET = r"^[a-z][a-z0-9-]{1,62}\.[a-z][a-z0-9_]{0,62}$"
@@ -157,18 +160,62 @@ class XlsxSettings(_Model):
     outbound: OutboundSettings | None = None
 
 
+class Paging(_Model):
+    """How a web service hands out a long list: one page per request.
+
+    ``page``: ``?page=N&size=S`` from ``start`` (default 1); ``offset``: ``?offset=N&size=S``
+    from 0; ``next_link``: the response names the next page's URL at ``next`` (a dotted
+    path, e.g. ``links.next``) until it is missing or null; ``none``: one request returns
+    everything. A page shorter than ``size`` (the stream's ``batch_size``) is the last.
+    """
+
+    kind: Literal["none", "page", "offset", "next_link"] = "none"
+    page_param: str = Field(default="page", min_length=1)
+    offset_param: str = Field(default="offset", min_length=1)
+    size_param: str = Field(default="size", min_length=1)
+    start: int = Field(default=1, ge=0)
+    """The first page's number (``page`` paging)."""
+    next: str = Field(default="next", min_length=1)
+    """``next_link``: where the response holds the next page's URL."""
+
+
 class RestSettings(_Model):
-    """A REST service (settings only; the source itself is not implemented yet)."""
+    """A REST/JSON service, called with httpx.
+
+    Reads are ``GET base_url + stream.endpoint`` with the stream's paging; the records are
+    the JSON list at ``items`` (a dotted path; empty: the body is the list). A ``429`` is
+    waited out as its ``Retry-After`` says (up to ``max_retry_after_seconds`` a time);
+    ``5xx``, timeouts and refused connections are retried with ``retry``'s backoff.
+    """
 
     kind: Literal["rest"]
     base_url: str = Field(min_length=1)
     timeout_seconds: float = Field(default=30.0, gt=0)
     headers: dict[str, str] = Field(default_factory=dict)
     retry: RetrySettings = RetrySettings()
+    paging: Paging = Paging()
+    items: str = ""
+    """Where the records are in a response: a dotted path (``data.items``), or empty."""
+    params: dict[str, str] = Field(default_factory=dict)
+    """Query parameters sent with every read."""
+    rate_limit_per_second: float | None = Field(default=None, gt=0)
+    """At most this many requests a second (the service's published limit)."""
+    max_retry_after_seconds: float = Field(default=60.0, gt=0, le=3600)
+    """The longest single wait a ``429 Retry-After`` may impose; longer is refused."""
+    throttle_budget_seconds: float = Field(default=600.0, gt=0)
+    """How long one call may wait in total for ``429``s before giving up (retriable)."""
 
 
 class SoapSettings(_Model):
-    """A SOAP service (settings only; the source itself is not implemented yet)."""
+    """A SOAP service, called with zeep.
+
+    Reads call the operation named in the stream's ``endpoint`` (with ``arguments``, and
+    with the paging parameters for ``page``/``offset`` paging); the records are the list
+    the operation returns (or the one at ``items``). Write-back calls the target's
+    ``endpoint`` operation with the legacy columns as arguments. A SOAP fault is an
+    answer, not an outage: on read it stops the stream (``SOURCE_READ_FAILED``), on
+    write-back it rejects that command (``SOAP_FAULT``).
+    """
 
     kind: Literal["soap"]
     wsdl: str = Field(min_length=1)
@@ -176,6 +223,10 @@ class SoapSettings(_Model):
     port: str | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     retry: RetrySettings = RetrySettings()
+    paging: Paging = Paging()
+    items: str = ""
+    arguments: dict[str, Scalar] = Field(default_factory=dict)
+    """Arguments passed to every read operation."""
 
 
 SourceSettings = Annotated[
@@ -424,6 +475,19 @@ class WriteColumn(_Model):
         return self
 
 
+class WriteSubscription(_Model):
+    """The subscription a write-back target is fed by."""
+
+    fields: list[Name] = Field(default_factory=list)
+    """Fields to receive; default every field the columns map."""
+    purpose: str = Field(default="数据同步", min_length=1, max_length=200)
+    """The purpose recorded in the exchange's access log for each delivery."""
+    batch_size: int = Field(default=500, ge=1, le=10_000)
+    """Commands applied (and acknowledged) together, at most."""
+    max_wait_seconds: float = Field(default=0.05, ge=0, le=60)
+    """How long to wait for more events before applying a partial batch."""
+
+
 class WriteBackTarget(_Model):
     """Where another department's dataset is written into the legacy system."""
 
@@ -438,6 +502,13 @@ class WriteBackTarget(_Model):
     """Files: the column saying ``upsert`` or ``delete``; ``null`` for none."""
     timezone: Offset = "+08:00"
     """Datetimes are written in this offset into columns without a time zone."""
+    endpoint: str | None = Field(default=None, min_length=1)
+    """REST: the path an upsert is sent to, with ``{key}`` for the record key (e.g.
+    ``/enterprises/{key}``); SOAP: the operation to call."""
+    method: Literal["PUT", "POST"] = "PUT"
+    """REST: how an upsert is sent (a delete is ``DELETE`` on the same path)."""
+    subscribe: WriteSubscription | None = None
+    """How the runner subscribes to the dataset (default: every mapped field)."""
 
 
 # --- the file -------------------------------------------------------------------------
@@ -466,6 +537,8 @@ class AdapterMapping(_Model):
     state: str | None = None
     """The state file; default ``<adapter>.state.sqlite`` in ``base_dir``."""
     exchange: ExchangeSettings | None = None
+    poll_seconds: float = Field(default=5.0, gt=0, le=86_400)
+    """How long the runner waits between passes over each stream."""
     source: SourceSettings
     streams: list[StreamMapping] = Field(default_factory=list)
     write_back: list[WriteBackTarget] = Field(default_factory=list)
@@ -690,6 +763,11 @@ def _cross_check(
         datasets.add(target.dataset)
         if kind in SQL_KINDS and target.table is None:
             found.append(((*at, "table"), "a SQL source writes back into a table; name it"))
+        web = isinstance(mapping.source, RestSettings | SoapSettings)
+        if web and target.endpoint is None:
+            found.append(((*at,), f"a {kind} source writes back to an endpoint; name it"))
+        if not web and target.endpoint is not None:
+            found.append(((*at, "endpoint"), f"a {kind} source has no endpoints"))
         if isinstance(mapping.source, CsvSettings | XlsxSettings):
             if target.table is not None:
                 found.append(((*at, "table"), "a drop folder writes files, not tables"))
@@ -718,6 +796,8 @@ def _check_stream_source(
     mode = stream.mode
     if isinstance(mode, CursorMode) and kind in FILE_KINDS:
         found.append(((*at, "mode", "kind"), "a drop folder has no cursor; use snapshot_diff"))
+    if isinstance(mode, CursorMode) and kind in WEB_KINDS:
+        found.append(((*at, "mode", "kind"), f"a {kind} source is read whole; use snapshot_diff"))
     if isinstance(mode, SnapshotDiffMode) and kind in SQL_KINDS and mode.key_column is None:
         found.append(((*at, "mode"), "a SQL snapshot needs 'key_column' to page by"))
 

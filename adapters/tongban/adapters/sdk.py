@@ -50,6 +50,7 @@ KeyValue = int | str | Decimal | uuid.UUID
 """A source key column's value."""
 
 _EMPTY: Mapping[str, object] = MappingProxyType({})
+_EMPTY_ROWS: Mapping[str, Mapping[str, object]] = MappingProxyType({})
 _CHANGE_NAMESPACE = uuid.UUID("6f1c3b52-5d0e-4d8e-9a56-2f4f0e3c7a11")
 
 
@@ -267,6 +268,10 @@ class WriteOutcome:
 
     applied: tuple[str, ...]
     rejected: tuple[CommandRejected, ...] = ()
+    written: Mapping[str, Mapping[str, object]] = field(default_factory=lambda: _EMPTY_ROWS)
+    """Applied command id → the legacy row as the write left it (every column; for a
+    delete, the row removed), where the source can tell (SQL tables). The runner uses it
+    to recognise the adapter's own writes when a stream reads the same table."""
 
 
 class Source(Protocol):

@@ -65,7 +65,7 @@ __all__ = [
     "WriteReject",
 ]
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2  # 2: echoes
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     stream      TEXT PRIMARY KEY,
@@ -125,6 +125,13 @@ CREATE TABLE IF NOT EXISTS write_rejects (
     last_seen   TEXT NOT NULL,
     count       INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS echoes (
+    stream      TEXT NOT NULL,
+    key         TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    written_at  TEXT NOT NULL,
+    PRIMARY KEY (stream, key)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sequences (
     name        TEXT PRIMARY KEY,
     value       INTEGER NOT NULL
@@ -199,6 +206,8 @@ class BatchCommit:
     """Refs of rejects whose rows now pass (or are gone)."""
     clear_rejects_unseen_in: int | None = None
     """snapshot_diff, on completing a generation: drop rejects it did not see again."""
+    cleared_echoes: Collection[str] = ()
+    """Keys whose write-back echo the batch has read (matched or superseded)."""
 
 
 class StateStore:
@@ -214,6 +223,7 @@ class StateStore:
         self._lock_fd: int | None = lock_fd
         self.path = path
         self._clock = clock
+        self._read_only = False
 
     @classmethod
     def open(cls, path: Path | str, *, clock: Clock | None = None) -> StateStore:
@@ -246,6 +256,33 @@ class StateStore:
             raise
         return store
 
+    @classmethod
+    def open_read_only(cls, path: Path | str, *, clock: Clock | None = None) -> StateStore:
+        """Open the state file at ``path`` for reading only, without taking its lock, so
+        an operator can list rejects while the adapter runs (WAL readers never block the
+        writer). Raises ``StateStoreUnusable`` if it does not exist or cannot be read."""
+        path = Path(path)
+        if not path.is_file():
+            raise StateStoreUnusable(
+                f"The adapter state {path} does not exist; run the adapter first.",
+                metadata={"path": str(path)},
+            )
+        try:
+            conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+        except sqlite3.Error as e:
+            raise _unusable(path, "cannot be read", e) from e
+        if version > _SCHEMA_VERSION:
+            conn.close()
+            raise StateStoreUnusable(
+                f"The adapter state {path} was written by a newer tongban (schema "
+                f"{version}); upgrade tongban to use it.",
+                metadata={"path": str(path)},
+            )
+        store = cls(conn, -1, path, clock or SystemClock())
+        store._read_only = True
+        return store
+
     def _init(self) -> None:
         try:
             mode = self._conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
@@ -272,6 +309,10 @@ class StateStore:
         """Close the file and release the lock. Idempotent."""
         if self._lock_fd is None:
             return
+        if self._read_only:
+            self._conn.close()
+            self._lock_fd = None
+            return
         try:
             self._conn.close()
         finally:
@@ -294,6 +335,8 @@ class StateStore:
     def _tx(self) -> Iterator[sqlite3.Connection]:
         if self._lock_fd is None:
             raise RuntimeError("the state store is closed")
+        if self._read_only:
+            raise RuntimeError("the state store was opened read-only")
         try:
             self._conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as e:
@@ -424,11 +467,32 @@ class StateStore:
                     for r in batch.rejects
                 ],
             )
+            conn.executemany(
+                "DELETE FROM echoes WHERE stream = ? AND key = ?",
+                [(stream, key) for key in batch.cleared_echoes],
+            )
             if batch.clear_rejects_unseen_in is not None:
                 conn.execute(
                     "DELETE FROM rejects WHERE stream = ? AND seen_gen < ?",
                     (stream, batch.clear_rejects_unseen_in),
                 )
+
+    def echoes(self, stream: str, keys: Iterable[str]) -> dict[str, str]:
+        """Return, for each of ``keys`` that has one, the fingerprint of the record the
+        adapter itself wrote into the stream's table (write-back), not yet read back."""
+        rows = self._read(
+            "SELECT key, fingerprint FROM echoes WHERE stream = ? "
+            "AND key IN (SELECT value FROM json_each(?))",
+            (stream, json.dumps(list(keys))),
+        )
+        return {str(key): str(fp) for key, fp in rows}
+
+    def echo_count(self, stream: str | None = None) -> int:
+        """Return how many write-back echoes wait to be read back."""
+        rows = self._read(
+            "SELECT count(*) FROM echoes WHERE (?1 IS NULL OR stream = ?1)", (stream,)
+        )
+        return int(str(rows[0][0]))
 
     # --- rejects ----------------------------------------------------------------------
 
@@ -552,12 +616,21 @@ class StateStore:
         applied: Sequence[WriteCommand] = (),
         stale: Sequence[WriteCommand] = (),
         rejected: Sequence[tuple[WriteCommand, str, str]] = (),
+        echoes: Sequence[tuple[str, str, str]] = (),
     ) -> None:
         """Record commands as handled, in one transaction: ``applied`` (and their
         versions), ``stale`` (skipped: an equal or newer version was applied) and
-        ``rejected`` (command, reason, message; kept for replay)."""
+        ``rejected`` (command, reason, message; kept for replay); and ``echoes``
+        ((stream, key, fingerprint): what the applied commands left in a table that a
+        stream reads, so that reading it back publishes nothing)."""
         now = self._now()
         with self._tx() as conn:
+            conn.executemany(
+                "INSERT INTO echoes (stream, key, fingerprint, written_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (stream, key) DO UPDATE SET fingerprint = excluded.fingerprint, "
+                "written_at = excluded.written_at",
+                [(stream, key, fp, now) for stream, key, fp in echoes],
+            )
             outcomes = [(c, "applied") for c in applied] + [(c, "stale") for c in stale]
             outcomes += [(c, "rejected") for c, _, _ in rejected]
             conn.executemany(

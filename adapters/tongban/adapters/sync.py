@@ -24,15 +24,17 @@ skipped, refused commands kept for ``replay_write_rejects()``.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
 from tongban.adapters import _tagged_json
 from tongban.adapters.diff import ChangeKind, check_delete_ratio, classify
 from tongban.adapters.drift import check_drift, schema_drift
-from tongban.adapters.mapping import AdapterMapping, CursorMode, SnapshotDiffMode
+from tongban.adapters.mapping import SQL_KINDS, AdapterMapping, CursorMode, SnapshotDiffMode
 from tongban.adapters.sdk import (
     Batch,
     Change,
@@ -46,13 +48,16 @@ from tongban.adapters.sdk import (
     UnreadableRow,
     WriteBatch,
     WriteCommand,
+    WriteOutcome,
     change_id,
 )
 from tongban.adapters.state import BatchCommit, NewReject, StateStore
 from tongban.adapters.transform import Excluded, Record, Rejected, StreamTransform, Validator
 
 __all__ = [
+    "DELETED_ECHO",
     "ApplyReport",
+    "EchoGuard",
     "StreamSync",
     "SyncReport",
     "apply_commands",
@@ -80,6 +85,10 @@ class SyncReport:
     deletes_withheld: int = 0
     """snapshot_diff: deletes not made because some rows of the snapshot were
     unreadable (the missing keys may be among them)."""
+    echoes: int = 0
+    """Rows that are what the adapter itself wrote back into the table: not published."""
+    rows: int = 0
+    """Rows read (records, rejects and exclusions)."""
 
     @property
     def upserts(self) -> int:
@@ -98,6 +107,11 @@ class _Pending:
     rejects: list[NewReject] = field(default_factory=list)
     cleared: list[str] = field(default_factory=list)
     keyless_rejects: int = 0
+    echoes_read: list[str] = field(default_factory=list)
+
+
+_MAP_SLICE = 250
+_Mapped = tuple[Batch, list[tuple[SourceRow | UnreadableRow, Record | Rejected | Excluded]]]
 
 
 def _ref(source_key: object, key: str | None, location: str) -> str:
@@ -118,6 +132,13 @@ def _source_key(value: object) -> KeyValue | None:
 class StreamSync:
     """Publishes one stream of a source through a sink, keeping its state.
 
+    ``exclusive`` (the runner's write-back lock) is held while each batch is read and
+    committed; ``progress`` is called after each batch with the pass's report so far;
+    once ``stop`` is set, a pass ends after the batch in hand is committed. With
+    ``pipeline`` the next batch is read and mapped while one is published (turn it off
+    when the adapter writes back into the stream's own table: a row read ahead, outside
+    the lock, could miss the echo of a write made meanwhile).
+
     Raises ``ValidatorMissing`` if the stream's mapping names a check that
     ``validators`` does not supply, and ``StreamNotFound`` for an unknown stream.
     """
@@ -131,13 +152,25 @@ class StreamSync:
         sink: Sink,
         *,
         validators: Mapping[str, Validator],
+        exclusive: asyncio.Lock | None = None,
+        progress: Callable[[SyncReport], None] | None = None,
+        stop: asyncio.Event | None = None,
+        pipeline: bool = True,
     ) -> None:
         self._source = source
         self._stream = mapping.stream(stream)
         self._state = state
         self._sink = sink
         self._transform = StreamTransform(self._stream, validators)
+        self._exclusive = exclusive
+        self._progress = progress
+        self._stop = stop
+        self._pipeline = pipeline
         self.name = self._stream.name
+
+    def set_progress(self, progress: Callable[[SyncReport], None] | None) -> None:
+        """Call ``progress`` after each batch of the following passes."""
+        self._progress = progress
 
     async def run(self) -> SyncReport:
         """Make one pass: check the source's schema, then read, publish and commit batch
@@ -171,9 +204,57 @@ class StreamSync:
         if force and isinstance(checkpoint, SnapshotCheckpoint):
             # A completed checkpoint naming no source: the source starts a new generation.
             checkpoint = SnapshotCheckpoint(checkpoint.generation, "", None, complete=True)
-        async for batch in self._source.read(self.name, checkpoint):
-            await self._process(batch, report)
+        batches = aiter(self._source.read(self.name, checkpoint))
+        ahead: asyncio.Task[_Mapped | None] | None = None
+        try:
+            while True:
+                # Reading a batch and committing it happen under the adapter's write-back
+                # lock, so a row the adapter writes back is either read after its echo
+                # is recorded or not read in this batch at all.
+                async with self._exclusive or contextlib.nullcontext():
+                    mapped = await (ahead if ahead is not None else self._read_mapped(batches))
+                    ahead = None
+                    if mapped is None:
+                        break
+                    batch, outcomes = mapped
+                    pending = self._classify(batch, outcomes, report)
+                    if self._pipeline and not (self._stop is not None and self._stop.is_set()):
+                        # Read and map the next batch while this one is published: the
+                        # mapping needs no state, and the next batch is classified only
+                        # after this one is committed.
+                        ahead = asyncio.create_task(self._read_mapped(batches))
+                    await self._publish(pending.changes)
+                    self._commit(batch, pending, report)
+                if self._progress is not None:
+                    self._progress(report)
+                if self._stop is not None and self._stop.is_set():
+                    break  # a graceful stop: the batch in hand is committed
+        finally:
+            if ahead is not None:
+                ahead.cancel()
+                await asyncio.wait([ahead])
+                if not ahead.cancelled():
+                    ahead.exception()  # retrieved: the failure that matters is raised
+            closing = getattr(batches, "aclose", None)
+            if closing is not None:
+                await closing()
         return report
+
+    async def _read_mapped(self, batches: AsyncIterator[Batch]) -> _Mapped | None:
+        """The source's next batch with each row mapped, or ``None`` after the last."""
+        try:
+            batch = await anext(batches)
+        except StopAsyncIteration:
+            return None
+        mapped: list[tuple[SourceRow | UnreadableRow, Record | Rejected | Excluded]] = []
+        for start in range(0, len(batch.rows), _MAP_SLICE):
+            if start:
+                # Let the event loop move the batch being published meanwhile (gRPC's
+                # socket I/O runs on it): mapping a whole batch at once would hold the
+                # request back until it is done.
+                await asyncio.sleep(0)
+            mapped += [(row, self._map(row)) for row in batch.rows[start : start + _MAP_SLICE]]
+        return batch, mapped
 
     async def _check_schema(self) -> None:
         info = await self._source.describe(self.name)
@@ -187,21 +268,40 @@ class StreamSync:
         if previous is None or tuple(previous) != tuple(info.columns):
             self._state.save_source_schema(self.name, info.columns)
 
-    async def _process(self, batch: Batch, report: SyncReport) -> None:
+    def _classify(
+        self,
+        batch: Batch,
+        outcomes: list[tuple[SourceRow | UnreadableRow, Record | Rejected | Excluded]],
+        report: SyncReport,
+    ) -> _Pending:
+        """Compare a mapped batch with the state: what to publish, reject and commit."""
         checkpoint = batch.checkpoint
         snapshot = checkpoint if isinstance(checkpoint, SnapshotCheckpoint) else None
         pending = _Pending()
-        outcomes = [(row, self._map(row)) for row in batch.rows]
+        report.rows += len(outcomes)
         keys = {o.key for _, o in outcomes if o.key is not None}
         stored = self._state.fingerprints(self.name, keys)
+        echoes = self._state.echoes(self.name, keys) if keys else {}
         already_seen = (
             self._state.seen_in(self.name, keys, snapshot.generation) if snapshot else set()
         )
         for row, outcome in outcomes:
+            if (
+                isinstance(outcome, Record)
+                and echoes.get(outcome.key) == outcome.fingerprint
+                and not (snapshot is not None and outcome.key in pending.seen)
+            ):
+                self._echo(outcome, snapshot, pending, report)
+                continue
             self._apply_outcome(row, outcome, stored, already_seen, snapshot, pending, report)
+        pending.echoes_read += [k for k in echoes if k not in pending.echoes_read]
         if snapshot is not None and snapshot.complete:
             self._complete_snapshot(snapshot, pending, report)
-        await self._publish(pending.changes)
+        return pending
+
+    def _commit(self, batch: Batch, pending: _Pending, report: SyncReport) -> None:
+        checkpoint = batch.checkpoint
+        snapshot = checkpoint if isinstance(checkpoint, SnapshotCheckpoint) else None
         self._state.commit(
             BatchCommit(
                 stream=self.name,
@@ -215,9 +315,25 @@ class StreamSync:
                 clear_rejects_unseen_in=(
                     snapshot.generation if snapshot is not None and snapshot.complete else None
                 ),
+                cleared_echoes=pending.echoes_read,
             )
         )
         report.batches += 1
+
+    def _echo(
+        self,
+        record: Record,
+        snapshot: SnapshotCheckpoint | None,
+        pending: _Pending,
+        report: SyncReport,
+    ) -> None:
+        """The row is what the adapter wrote back into the table: take it as the record's
+        state without publishing it (it came from the exchange; publishing it again as
+        this system's own change would echo it back)."""
+        report.echoes += 1
+        pending.fingerprints[record.key] = record.fingerprint
+        if snapshot is not None:
+            pending.seen.add(record.key)
 
     def _map(self, row: SourceRow | UnreadableRow) -> Record | Rejected | Excluded:
         if isinstance(row, UnreadableRow):
@@ -340,6 +456,14 @@ class StreamSync:
             unseen.pop(key, None)
         for key in pending.fingerprints:
             unseen.pop(key, None)
+        # Rows the adapter deleted by write-back: forget them without publishing a delete.
+        gone = self._state.echoes(self.name, unseen)
+        for key, mark in gone.items():
+            if mark == DELETED_ECHO:
+                unseen.pop(key)
+                pending.deleted.append(key)
+                pending.echoes_read.append(key)
+                report.echoes += 1
         if not unseen:
             return
         keyless = pending.keyless_rejects + self._state.keyless_rejects(
@@ -439,7 +563,11 @@ class ApplyReport:
 
 
 async def apply_commands(
-    source: Source, state: StateStore, commands: Sequence[WriteCommand]
+    source: Source,
+    state: StateStore,
+    commands: Sequence[WriteCommand],
+    *,
+    echo: EchoGuard | None = None,
 ) -> ApplyReport:
     """Apply ``commands`` to the legacy system, each at most once.
 
@@ -459,11 +587,11 @@ async def apply_commands(
     handled = state.applied(unique)
     report.duplicates = [c for c in unique if c in handled]
     fresh = [c for c in unique.values() if c.id not in handled]
-    return await _apply(source, state, fresh, report)
+    return await _apply(source, state, fresh, report, echo)
 
 
 async def replay_write_rejects(
-    source: Source, state: StateStore, dataset: str | None = None
+    source: Source, state: StateStore, dataset: str | None = None, *, echo: EchoGuard | None = None
 ) -> ApplyReport:
     """Apply the refused write-back commands again (after the legacy system was fixed).
 
@@ -474,11 +602,15 @@ async def replay_write_rejects(
     while page := state.list_write_rejects(dataset, limit=1000, offset=offset):
         rejects += page
         offset += len(page)
-    return await _apply(source, state, [r.command for r in rejects], ApplyReport())
+    return await _apply(source, state, [r.command for r in rejects], ApplyReport(), echo)
 
 
 async def _apply(
-    source: Source, state: StateStore, commands: Sequence[WriteCommand], report: ApplyReport
+    source: Source,
+    state: StateStore,
+    commands: Sequence[WriteCommand],
+    report: ApplyReport,
+    echo: EchoGuard | None,
 ) -> ApplyReport:
     latest: dict[tuple[str, str], int] = {}
     for dataset in {c.dataset for c in commands}:
@@ -496,14 +628,76 @@ async def _apply(
         to_apply.append(command)
     applied: list[WriteCommand] = []
     refused: list[tuple[WriteCommand, str, str]] = []
+    echoes: list[tuple[str, str, str]] = []
     if to_apply:
         sequence = state.next_sequence("write_back")
         outcome = await source.apply(WriteBatch(sequence, tuple(to_apply)))
         by_id = {c.id: c for c in to_apply}
         applied = [by_id[i] for i in outcome.applied]
         refused = [(by_id[r.command_id], r.reason, r.message) for r in outcome.rejected]
-    state.record_commands(applied=applied, stale=stale, rejected=refused)
+        if echo is not None:
+            echoes = echo.echoes(applied, outcome)
+    state.record_commands(applied=applied, stale=stale, rejected=refused, echoes=echoes)
     report.applied += [c.id for c in applied]
     report.stale += [c.id for c in stale]
     report.rejected += [c.id for c, _, _ in refused]
     return report
+
+
+DELETED_ECHO = "-"
+"""The echo mark of a row the adapter deleted by write-back."""
+
+
+class EchoGuard:
+    """Recognises the adapter's own writes when a stream reads the table it writes back to.
+
+    A write-back target's table may also be a stream's table (a register both sides
+    keep). The row a write-back leaves there would otherwise be read as a change of this
+    system and published as its own — the record entering the exchange a second time, and
+    between two adapters doing the same, a loop. For each applied command the source
+    reports the row as written (``WriteOutcome.written``); the guard maps it with every
+    stream reading that table and returns ``(stream, key, fingerprint)``: the state store
+    keeps it with the command ids, and ``StreamSync`` takes a row with exactly that
+    fingerprint as the record's state without publishing it. A later change to the row
+    by the legacy system has another fingerprint and is published as usual.
+    """
+
+    def __init__(self, mapping: AdapterMapping, validators: Mapping[str, Validator]) -> None:
+        self._mapping = mapping
+        self._streams: dict[str, list[StreamTransform]] = {}
+        if mapping.source.kind not in SQL_KINDS:
+            return
+        for stream in mapping.streams:
+            if stream.table is not None and any(
+                t.table == stream.table for t in mapping.write_back
+            ):
+                transform = StreamTransform(stream, validators)
+                self._streams.setdefault(stream.table, []).append(transform)
+
+    @property
+    def active(self) -> bool:
+        """Whether any stream reads a table that is written back to."""
+        return bool(self._streams)
+
+    def reads(self, stream: str) -> bool:
+        """Whether ``stream`` reads a table the adapter writes back to."""
+        return any(t.stream.name == stream for ts in self._streams.values() for t in ts)
+
+    def echoes(
+        self, applied: Sequence[WriteCommand], outcome: WriteOutcome
+    ) -> list[tuple[str, str, str]]:
+        """Return ``(stream, record key, fingerprint)`` for the rows ``applied`` left in
+        tables that streams read (``DELETED_ECHO`` for rows they deleted)."""
+        found: list[tuple[str, str, str]] = []
+        for command in applied:
+            row = outcome.written.get(command.id)
+            table = self._mapping.write_back_target(command.dataset).table
+            if row is None or table is None:
+                continue
+            for transform in self._streams.get(table, ()):
+                result = transform.apply(row)
+                if not isinstance(result, Record):
+                    continue
+                mark = DELETED_ECHO if command.op is Op.DELETE else result.fingerprint
+                found.append((transform.stream.name, result.key, mark))
+        return found

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -25,6 +27,8 @@ from tongban.v1 import (
     events_pb2_grpc,
     grants_pb2,
     grants_pb2_grpc,
+    licence_pb2,
+    licence_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
     query_pb2,
@@ -37,6 +41,13 @@ __all__ = ["Answer", "Event", "ExchangeClient", "Identity", "PublishCounts", "Re
 
 OFFICER_METADATA = "x-tongban-officer"
 _OFFICER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+
+_STATUS_ACTIONS = {
+    "suspend": licence_pb2.STATUS_ACTION_SUSPEND,
+    "reinstate": licence_pb2.STATUS_ACTION_REINSTATE,
+    "revoke": licence_pb2.STATUS_ACTION_REVOKE,
+    "cancel": licence_pb2.STATUS_ACTION_CANCEL,
+}
 
 _LEVELS = {
     node_pb2.LEVEL_PROVINCE: "province",
@@ -100,6 +111,18 @@ def _timestamp(at: datetime) -> Timestamp:
     stamp = Timestamp()
     stamp.FromDatetime(at.astimezone(UTC))
     return stamp
+
+
+def _claim_json(value: object) -> object:
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"a licence claim cannot be a {type(value).__name__}")
+
+
+def _claims_json(claims: Mapping[str, object]) -> str:
+    return json.dumps(dict(claims), ensure_ascii=False, default=_claim_json)
 
 
 def _publish_request(
@@ -181,6 +204,8 @@ class ExchangeClient:
         self._query = query_pb2_grpc.QueryServiceStub(self._channel)
         self._audit = audit_pb2_grpc.AuditServiceStub(self._channel)
         self._events = events_pb2_grpc.SubscriptionServiceStub(self._channel)
+        self._licences = licence_pb2_grpc.LicenceServiceStub(self._channel)
+        self._seals = licence_pb2_grpc.SealServiceStub(self._channel)
 
     @classmethod
     def from_bundle_dir(cls, path: Path, **kwargs: object) -> ExchangeClient:
@@ -475,6 +500,150 @@ class ExchangeClient:
             case_id=case_id, until=_timestamp(until), legal_basis=legal_basis
         )
         result: audit_pb2.CovertCase = await self._call(self._audit.DeclareCovertCase, request)
+        return result
+
+    # -- licences and seals ----------------------------------------------------------
+
+    async def licence_types(self) -> list[licence_pb2.LicenceType]:
+        """The licence types the exchange knows."""
+        reply: licence_pb2.ListLicenceTypesResponse = await self._call(
+            self._licences.ListTypes, licence_pb2.ListLicenceTypesRequest()
+        )
+        return list(reply.types)
+
+    async def issue_licence(
+        self,
+        licence_type: str,
+        claims: Mapping[str, object],
+        *,
+        case_id: str = "",
+        not_before: datetime | None = None,
+        expires: datetime | None = None,
+        reason: str = "",
+    ) -> licence_pb2.Licence:
+        """Issue a licence of ``licence_type`` under our seal (dates and Decimals in
+        ``claims`` are sent as ``YYYY-MM-DD`` and exact strings)."""
+        request = licence_pb2.IssueLicenceRequest(
+            licence_type=licence_type,
+            claims_json=_claims_json(claims),
+            case_id=case_id,
+            reason=reason,
+        )
+        if not_before is not None:
+            request.not_before.CopyFrom(_timestamp(not_before))
+        if expires is not None:
+            request.expires.CopyFrom(_timestamp(expires))
+        result: licence_pb2.Licence = await self._call(self._licences.Issue, request)
+        return result
+
+    async def get_licence(self, number: str) -> licence_pb2.Licence:
+        """A licence we issued (or may change the status of), in full, with its history."""
+        request = licence_pb2.GetLicenceRequest(number=number)
+        result: licence_pb2.Licence = await self._call(self._licences.Get, request)
+        return result
+
+    async def list_licences(
+        self, holder_id: str, licence_type: str = ""
+    ) -> list[licence_pb2.Licence]:
+        """A holder's current licences (public claims only)."""
+        request = licence_pb2.ListLicencesRequest(holder_id=holder_id, licence_type=licence_type)
+        reply: licence_pb2.ListLicencesResponse = await self._call(self._licences.List, request)
+        return list(reply.licences)
+
+    async def fetch_licence(
+        self,
+        *,
+        purpose: str,
+        case_id: str,
+        disclose: Sequence[str] = (),
+        number: str = "",
+        holder_id: str = "",
+        licence_type: str = "",
+    ) -> licence_pb2.Licence:
+        """Fetch a licence for an approval (by number, or holder and type): ``sd_jwt`` is
+        a presentation with only the ``disclose`` claims."""
+        request = licence_pb2.FetchLicenceRequest(
+            number=number,
+            holder_id=holder_id,
+            licence_type=licence_type,
+            purpose=purpose,
+            case_id=case_id,
+            disclose=list(disclose),
+        )
+        result: licence_pb2.Licence = await self._call(self._licences.Fetch, request)
+        return result
+
+    async def change_licence_status(
+        self, number: str, action: str, reason: str
+    ) -> licence_pb2.Licence:
+        """``action``: suspend, reinstate, revoke or cancel."""
+        if action not in _STATUS_ACTIONS:
+            raise ExchangeError(
+                f"Unknown status action {action!r}; use {', '.join(_STATUS_ACTIONS)}.",
+                reason="INVALID_ARGUMENT",
+                code=grpc.StatusCode.INVALID_ARGUMENT,
+            )
+        request = licence_pb2.ChangeLicenceStatusRequest(
+            number=number, action=_STATUS_ACTIONS[action], reason=reason
+        )
+        result: licence_pb2.Licence = await self._call(self._licences.ChangeStatus, request)
+        return result
+
+    async def amend_licence(
+        self,
+        number: str,
+        *,
+        reason: str,
+        claims: Mapping[str, object] | None = None,
+        renew: bool = False,
+        expires: datetime | None = None,
+    ) -> licence_pb2.Licence:
+        """Amend claims or renew: a new version supersedes the current one."""
+        request = licence_pb2.AmendLicenceRequest(
+            number=number,
+            claims_json=_claims_json(claims) if claims else "",
+            renew=renew,
+            reason=reason,
+        )
+        if expires is not None:
+            request.expires.CopyFrom(_timestamp(expires))
+        result: licence_pb2.Licence = await self._call(self._licences.Amend, request)
+        return result
+
+    async def verify_licence(self, text: str) -> licence_pb2.VerificationResult:
+        """Verify an SD-JWT licence or a QR text online (status as of now)."""
+        request = licence_pb2.VerifyLicenceRequest(text=text)
+        result: licence_pb2.VerificationResult = await self._call(self._licences.Verify, request)
+        return result
+
+    async def render_licence(self, number: str) -> bytes:
+        """The licence as a PDF sealed by its issuer."""
+        request = licence_pb2.RenderLicenceRequest(number=number)
+        reply: licence_pb2.RenderLicenceResponse = await self._call(self._licences.Render, request)
+        return reply.pdf
+
+    async def resolve_materials(
+        self, service_item: str, applicant: str, case_id: str
+    ) -> licence_pb2.ResolveMaterialsResponse:
+        """Which materials of ``service_item`` are obtained electronically for ``applicant``."""
+        request = licence_pb2.ResolveMaterialsRequest(
+            service_item=service_item, applicant=applicant, case_id=case_id
+        )
+        result: licence_pb2.ResolveMaterialsResponse = await self._call(
+            self._licences.ResolveMaterials, request
+        )
+        return result
+
+    async def seal_pdf(self, pdf: bytes, *, reason: str = "", location: str = "") -> bytes:
+        """``pdf`` sealed with our department's custodial seal."""
+        request = licence_pb2.SealPdfRequest(pdf=pdf, reason=reason, location=location)
+        reply: licence_pb2.SealPdfResponse = await self._call(self._seals.SealPdf, request)
+        return reply.pdf
+
+    async def verify_pdf(self, pdf: bytes) -> licence_pb2.VerifyPdfResponse:
+        """Which departments sealed ``pdf``, when, and whether it is intact."""
+        request = licence_pb2.VerifyPdfRequest(pdf=pdf)
+        result: licence_pb2.VerifyPdfResponse = await self._call(self._seals.VerifyPdf, request)
         return result
 
     async def close(self) -> None:

@@ -64,6 +64,7 @@ __all__ = [
     "init_data_dir",
     "is_initialised",
     "issue_department_credentials",
+    "key_passphrase",
     "load_ca",
     "load_log_key",
     "load_log_signer",
@@ -130,6 +131,13 @@ def _passphrase(settings: Settings, *, create: bool) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(value + b"\n")
     return value
+
+
+def key_passphrase(settings: Settings) -> bytes:
+    """The node key passphrase (TONGBAN_KEY_PASSPHRASE, or the one ``init`` generated):
+    it also encrypts the seal keys the exchange holds in PostgreSQL. Raises
+    DataDirNotInitialised or DataDirUnusable."""
+    return _passphrase(settings, create=False)
 
 
 def init_data_dir(settings: Settings, now: datetime) -> InitResult:

@@ -19,6 +19,7 @@ from tongban.exchange.departments import (
     validate_name,
 )
 from tongban.exchange.errors import DepartmentExists
+from tongban.exchange.licensing.setup import custody_seal_from_pem, vault_for
 from tongban.exchange.settings import Settings
 
 __all__ = ["DEMO_DEPARTMENTS", "DemoDepartment", "enrol_demo_departments", "enrol_department"]
@@ -73,6 +74,16 @@ async def enrol_department(
     target = out if out is not None else bundle_dir(settings, code)
     credentials = issue_department_credentials(
         settings, code=code, name=name, endpoint=_endpoint(settings), now=now
+    )
+    # The exchange keeps the seal in custody (the unified seal service) before the
+    # department exists; a left-over custody row of a refused registration is replaced
+    # by the next enrolment of that code.
+    await custody_seal_from_pem(
+        vault_for(db.pool, settings),
+        code,
+        credentials.bundle.seal_key_pem,
+        credentials.bundle.seal_cert_pem,
+        now,
     )
     write_bundle(credentials.bundle, target)
     try:

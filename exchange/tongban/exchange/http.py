@@ -1,18 +1,120 @@
-"""The node's HTTP listener: /healthz and /metrics (later: console and public verify)."""
+"""The node's HTTP listener: /healthz, /metrics, and the public licence endpoints:
+``/verify`` (a QR text in, the verification result out, as JSON), ``/status-lists/{id}``
+(signed Token Status Lists) and ``/trust-list`` (the signed trust list)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from tongban.errors import TongbanError
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import DatabaseUnavailable
 from tongban.exchange.metrics import NodeMetrics
 
-__all__ = ["build_http_app"]
+if TYPE_CHECKING:
+    from tongban.exchange.licensing.service import Licensing
+
+__all__ = ["MAX_VERIFY_BODY", "build_http_app"]
+
+_log = logging.getLogger(__name__)
+
+#: The largest /verify request accepted (a QR holds at most 4,296 characters; an SD-JWT
+#: licence is under 64 KiB).
+MAX_VERIFY_BODY = 64 * 1024
+_STATUS_LIST_TYPE = "application/statuslist+jwt"
+_TRUST_LIST_TYPE = "application/jwt"
+
+
+def _problem(status: int, reason: str, message: str) -> web.Response:
+    return web.json_response(
+        {"verified": False, "reason": reason, "message": message}, status=status
+    )
+
+
+def _licence_routes(app: web.Application, licensing: Licensing) -> None:
+    async def verify(request: web.Request) -> web.Response:
+        try:
+            text: object
+            if request.method == "GET":
+                text = request.query.get("qr", "")
+            else:
+                if request.content_length is not None and request.content_length > MAX_VERIFY_BODY:
+                    return _problem(413, "PAYLOAD_TOO_LARGE", "The request is over 64 KiB.")
+                body = await request.content.read(MAX_VERIFY_BODY + 1)
+                if len(body) > MAX_VERIFY_BODY:
+                    return _problem(413, "PAYLOAD_TOO_LARGE", "The request is over 64 KiB.")
+                try:
+                    data = json.loads(body)
+                except (ValueError, UnicodeDecodeError):
+                    return _problem(
+                        400, "INVALID_ARGUMENT", 'Send JSON {"qr": "TB1:..."} with a QR text.'
+                    )
+                text = data.get("qr") or data.get("text") if isinstance(data, dict) else None
+            if not isinstance(text, str) or not text.strip():
+                return _problem(
+                    400,
+                    "INVALID_ARGUMENT",
+                    'Give the QR text: POST {"qr": "TB1:..."} or GET /verify?qr=TB1:...',
+                )
+            if len(text) > MAX_VERIFY_BODY:
+                return _problem(413, "PAYLOAD_TOO_LARGE", "The text is over 64 KiB.")
+            result = await licensing.verify(text)
+        except TongbanError as e:
+            code = 503 if e.status == "UNAVAILABLE" else 400
+            return _problem(code, e.reason, e.message)
+        except Exception:  # noqa: BLE001 - a public endpoint answers JSON, never a trace
+            incident = secrets.token_hex(6)
+            _log.exception("incident %s in /verify", incident)
+            return _problem(
+                500, "INTERNAL", f"The node failed to verify (incident {incident}); retry later."
+            )
+        return web.json_response(result.to_dict(), headers={"Cache-Control": "no-store"})
+
+    async def status_list(request: web.Request) -> web.Response:
+        text = request.match_info["id"]
+        if not text.isdigit() or len(text) > 9:
+            return web.json_response(
+                {"reason": "STATUS_LIST_NOT_FOUND", "message": "No such status list."}, status=404
+            )
+        try:
+            token = await licensing.status_token(int(text))
+        except TongbanError as e:
+            return web.json_response({"reason": e.reason, "message": e.message}, status=503)
+        if token is None:
+            return web.json_response(
+                {"reason": "STATUS_LIST_NOT_FOUND", "message": f"No status list {text}."},
+                status=404,
+            )
+        return web.Response(
+            body=token.token.encode("ascii"),
+            headers={
+                "Content-Type": _STATUS_LIST_TYPE,
+                "Cache-Control": f"max-age={int(token.ttl.total_seconds())}",
+            },
+        )
+
+    async def trust_list(request: web.Request) -> web.Response:
+        try:
+            current = await licensing.trust_list()
+        except TongbanError as e:
+            return web.json_response({"reason": e.reason, "message": e.message}, status=503)
+        return web.Response(
+            body=current.token.encode("ascii"),
+            headers={"Content-Type": _TRUST_LIST_TYPE, "Cache-Control": "max-age=3600"},
+        )
+
+    app.router.add_get("/verify", verify)
+    app.router.add_post("/verify", verify)
+    app.router.add_get("/status-lists/{id}", status_list)
+    app.router.add_get("/trust-list", trust_list)
 
 
 def build_http_app(
@@ -20,8 +122,10 @@ def build_http_app(
     metrics: NodeMetrics,
     node_name: str,
     before_scrape: Sequence[Callable[[], Awaitable[None]]] = (),
+    licensing: Licensing | None = None,
 ) -> web.Application:
-    """The node's HTTP routes; ``before_scrape`` hooks refresh gauges read from the database."""
+    """The node's HTTP routes; ``before_scrape`` hooks refresh gauges read from the database;
+    with ``licensing``, the public licence endpoints too."""
 
     async def healthz(request: web.Request) -> web.Response:
         try:
@@ -46,4 +150,6 @@ def build_http_app(
     app = web.Application(client_max_size=1024 * 1024)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
+    if licensing is not None:
+        _licence_routes(app, licensing)
     return app

@@ -26,6 +26,7 @@ from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.store import AuditStore
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.datadir import (
+    ca_certificate_pem,
     ensure_node_keys,
     load_log_key,
     load_log_signer,
@@ -40,11 +41,16 @@ from tongban.exchange.http import build_http_app
 from tongban.exchange.kafka.feed import KafkaFeed
 from tongban.exchange.kafka.relay import OutboxRelay
 from tongban.exchange.kafka.topics import KafkaTopics
+from tongban.exchange.licensing.feed import LicenceFeed
+from tongban.exchange.licensing.service import Licensing
+from tongban.exchange.licensing.setup import ensure_status_key, vault_for
+from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.audit_service import AuditService
 from tongban.exchange.server.auth import Authenticator
 from tongban.exchange.server.events_service import SubscriptionService
 from tongban.exchange.server.interceptor import ExchangeInterceptor
+from tongban.exchange.server.licence_service import LicenceService, SealService
 from tongban.exchange.server.node_service import NodeService
 from tongban.exchange.server.sharing_services import (
     CatalogueService,
@@ -55,6 +61,8 @@ from tongban.exchange.server.sharing_services import (
 from tongban.exchange.settings import Settings
 from tongban.exchange.sharing.events import EventFeed, EventStore, EventWaker, PostgresFeed
 from tongban.exchange.sharing.service import Sharing
+from tongban.licence import BUILTIN_REGISTRY
+from tongban.signing.certs import load_pem_certificates
 from tongban.signing.clock import Clock, SystemClock
 from tongban.v1 import (
     audit_pb2,
@@ -65,6 +73,8 @@ from tongban.v1 import (
     events_pb2_grpc,
     grants_pb2,
     grants_pb2_grpc,
+    licence_pb2,
+    licence_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
     query_pb2,
@@ -100,6 +110,7 @@ class Node:
         self._feed: EventFeed | None = None
         self.relay: OutboxRelay | None = None
         self.sharing: Sharing | None = None
+        self.licensing: Licensing | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -137,6 +148,23 @@ class Node:
                 self.settings.grant_answer_days,
                 timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
                 on_decision=self.metrics.count_decision,
+            )
+            vault = vault_for(self.db.pool, self.settings)
+            await ensure_status_key(vault, self.settings, self.clock.now())
+            self.licensing = Licensing(
+                self.db.pool,
+                vault=vault,
+                # The base URL is known once the HTTP listener is bound (_start_http).
+                status_lists=StatusLists(self.db.pool, vault, "http://localhost"),
+                registry=BUILTIN_REGISTRY,
+                feed=LicenceFeed(self.sharing.datasets),
+                records=self.sharing.records,
+                access_log=self.access_log,
+                hasher=self._hasher,
+                node_signing=load_node_signing(self.settings),
+                roots=load_pem_certificates(ca_certificate_pem(self.settings)),
+                clock=self.clock,
+                node_name=self.settings.node_name,
             )
             self.checkpointer = Checkpointer(
                 self.db.pool,
@@ -240,6 +268,13 @@ class Node:
             ),
             server,
         )
+        assert self.licensing is not None
+        licence_pb2_grpc.add_LicenceServiceServicer_to_server(
+            LicenceService(self.licensing, self.sharing, self.clock), server
+        )
+        licence_pb2_grpc.add_SealServiceServicer_to_server(
+            SealService(self.licensing, self.clock), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (
             *(
@@ -252,6 +287,8 @@ class Node:
                     (query_pb2, "QueryService"),
                     (audit_pb2, "AuditService"),
                     (events_pb2, "SubscriptionService"),
+                    (licence_pb2, "LicenceService"),
+                    (licence_pb2, "SealService"),
                 )
             ),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -285,6 +322,7 @@ class Node:
             self.metrics,
             self.settings.node_name,
             before_scrape=[self._count_overdue, self._count_anomalies, self._measure_events],
+            licensing=self.licensing,
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -301,6 +339,10 @@ class Node:
         server = site._server  # aiohttp exposes the bound port only here
         assert isinstance(server, asyncio.base_events.Server)
         self.http_port = server.sockets[0].getsockname()[1]
+        if self.licensing is not None:
+            self.licensing.status_lists.base_url = self.settings.public_url or (
+                f"http://{self.settings.node_hostnames[0]}:{self.http_port}"
+            )
 
     async def _count_overdue(self) -> None:
         assert self.sharing is not None
@@ -373,8 +415,15 @@ class Node:
             await self._changes.stop()
             self._changes = None
         self._auth = None
+        self.licensing = None
         if self.db is not None:
             await self.db.close()
+
+    async def caches_settled(self) -> None:
+        """Return once this node has seen every change committed before the call (a
+        department suspended, a grant revoked by another connection or node)."""
+        if self._changes is not None:
+            await self._changes.barrier()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

@@ -78,6 +78,11 @@ class Settings(BaseSettings):
     http_listen: Annotated[ListenAddress, NoDecode] = ListenAddress("127.0.0.1", 8080)
     """The HTTP listen address for /healthz, /metrics and public verification."""
 
+    public_url: str | None = None
+    """The base URL verifiers reach this node's HTTP listener at (``https://tongban.example
+    .gov.cn``); status list URIs in licences start with it. Unset:
+    ``http://<first node hostname>:<HTTP port>``."""
+
     key_passphrase: SecretStr | None = None
     """Passphrase of the encrypted keys in the data dir. Unset: ``tongban init`` generates one
     into ``<data_dir>/secrets/key-passphrase`` (mode 0600); move it to a secret store in
@@ -194,6 +199,15 @@ class Settings(BaseSettings):
         if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,62}", value):
             raise ValueError("use lowercase letters, digits and '-', at most 63 characters")
         return value
+
+    @field_validator("public_url")
+    @classmethod
+    def _public_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", value.strip()):
+            raise ValueError("expected a URL such as https://tongban.example.gov.cn")
+        return value.strip().rstrip("/")
 
     @field_validator("database_url")
     @classmethod

@@ -1,1 +1,182 @@
-"""Electronic licences (电子证照): types, issuance, status lists, QR, rendering, verification."""
+"""Electronic licences (电子证照): types, issuance, status lists, QR, rendering, verification.
+
+The public API is re-exported here. Rendering (``render_licence``, ``LicenceDocument``
+...) is loaded on first use: it imports pyHanko and a CJK font parser, which verifiers
+that never draw a PDF should not pay for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from tongban.licence.errors import (
+    CHECKS,
+    Check,
+    ClaimInvalid,
+    DisclosureInvalid,
+    LicenceCancelled,
+    LicenceError,
+    LicenceExpired,
+    LicenceFormatInvalid,
+    LicenceNotYetValid,
+    LicenceNumberInvalid,
+    LicenceRevoked,
+    LicenceSuperseded,
+    LicenceSuspended,
+    LicenceTypeUnknown,
+    PayloadTooLarge,
+    SignatureInvalid,
+    SignerUntrusted,
+    StatusListFull,
+    StatusUnavailable,
+    TrustListExpired,
+    TrustListUnavailable,
+    VerificationFailed,
+)
+from tongban.licence.numbers import (
+    LicenceNumber,
+    check_licence_number,
+    make_licence_number,
+    parse_licence_number,
+    random_serial,
+)
+from tongban.licence.qr import QR_PREFIX, QrClaims, VerifiedQr, encode_qr, qr_png, verify_qr
+from tongban.licence.sdjwt import (
+    IssuedSdJwt,
+    StatusReference,
+    VerifiedSdJwt,
+    issue_sd_jwt,
+    present,
+    verify_sd_jwt,
+)
+from tongban.licence.status_cache import StatusListCache
+from tongban.licence.status_list import (
+    MIN_SIZE,
+    IndexAllocator,
+    LicenceStatus,
+    StatusList,
+    sign_status_list,
+    verify_status_list,
+)
+from tongban.licence.trust_list import (
+    TrustList,
+    TrustListCache,
+    TrustListEntry,
+    sign_trust_list,
+    verify_trust_list,
+)
+from tongban.licence.types import (
+    BUILTIN_REGISTRY,
+    BUILTIN_TYPES,
+    BUSINESS_LICENCE,
+    FOOD_BUSINESS_PERMIT,
+    ClaimField,
+    LicenceType,
+    LicenceTypeRegistry,
+    default_expiry,
+    split_claims,
+    validate_claims,
+)
+from tongban.licence.verify import StatusLookup, VerificationResult, verify_licence
+
+if TYPE_CHECKING:
+    from tongban.licence.render import (
+        LicenceDocument,
+        LicenceTextUnsupported,
+        LicenceTooLong,
+        render_and_seal,
+        render_and_seal_async,
+        render_licence,
+    )
+
+_LAZY = frozenset(
+    {
+        "LicenceDocument",
+        "LicenceTextUnsupported",
+        "LicenceTooLong",
+        "render_and_seal",
+        "render_and_seal_async",
+        "render_licence",
+    }
+)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'tongban.licence' has no attribute {name!r}")
+    return getattr(importlib.import_module("tongban.licence.render"), name)
+
+
+__all__ = [
+    "BUILTIN_REGISTRY",
+    "BUILTIN_TYPES",
+    "BUSINESS_LICENCE",
+    "CHECKS",
+    "FOOD_BUSINESS_PERMIT",
+    "MIN_SIZE",
+    "QR_PREFIX",
+    "Check",
+    "ClaimField",
+    "ClaimInvalid",
+    "DisclosureInvalid",
+    "IndexAllocator",
+    "IssuedSdJwt",
+    "LicenceCancelled",
+    "LicenceDocument",
+    "LicenceError",
+    "LicenceExpired",
+    "LicenceFormatInvalid",
+    "LicenceNotYetValid",
+    "LicenceNumber",
+    "LicenceNumberInvalid",
+    "LicenceRevoked",
+    "LicenceStatus",
+    "LicenceSuperseded",
+    "LicenceSuspended",
+    "LicenceTextUnsupported",
+    "LicenceTooLong",
+    "LicenceType",
+    "LicenceTypeRegistry",
+    "LicenceTypeUnknown",
+    "PayloadTooLarge",
+    "QrClaims",
+    "SignatureInvalid",
+    "SignerUntrusted",
+    "StatusList",
+    "StatusListCache",
+    "StatusListFull",
+    "StatusLookup",
+    "StatusReference",
+    "StatusUnavailable",
+    "TrustList",
+    "TrustListCache",
+    "TrustListEntry",
+    "TrustListExpired",
+    "TrustListUnavailable",
+    "VerificationFailed",
+    "VerificationResult",
+    "VerifiedQr",
+    "VerifiedSdJwt",
+    "check_licence_number",
+    "default_expiry",
+    "encode_qr",
+    "issue_sd_jwt",
+    "make_licence_number",
+    "parse_licence_number",
+    "present",
+    "qr_png",
+    "random_serial",
+    "render_and_seal",
+    "render_and_seal_async",
+    "render_licence",
+    "sign_status_list",
+    "sign_trust_list",
+    "split_claims",
+    "validate_claims",
+    "verify_licence",
+    "verify_qr",
+    "verify_sd_jwt",
+    "verify_status_list",
+    "verify_trust_list",
+]

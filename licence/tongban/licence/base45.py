@@ -7,6 +7,9 @@ byte mode or as base64.
 
 from __future__ import annotations
 
+import functools
+import struct
+
 from tongban.licence.errors import LicenceFormatInvalid
 
 __all__ = ["ALPHABET", "b45decode", "b45encode"]
@@ -14,23 +17,29 @@ __all__ = ["ALPHABET", "b45decode", "b45encode"]
 #: The 45 characters of RFC 9285 section 4.2, in value order.
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 _VALUES = {c: i for i, c in enumerate(ALPHABET)}
+# Every ASCII character to its value's byte, or 0xff for characters outside the alphabet.
+_TABLE = {i: _VALUES.get(chr(i), 0xFF) for i in range(128)}
 _BYTE = 256
 _PAIR = 65536
+
+
+@functools.cache
+def _triples() -> tuple[str, ...]:
+    # The three characters of every 16-bit value, built once (65,536 short strings).
+    return tuple(
+        ALPHABET[n % 45] + ALPHABET[n // 45 % 45] + ALPHABET[n // 2025] for n in range(_PAIR)
+    )
 
 
 def b45encode(data: bytes) -> str:
     """Return the base45 text of ``data`` (3 characters per 2 bytes, 2 for a final odd
     byte). Never raises."""
-    out: list[str] = []
-    for i in range(0, len(data) - 1, 2):
-        n = data[i] * _BYTE + data[i + 1]
-        c, n = divmod(n, 45 * 45)
-        e, d = divmod(n, 45)
-        out += (ALPHABET[d], ALPHABET[e], ALPHABET[c])
+    whole = len(data) - len(data) % 2
+    text = "".join(map(_triples().__getitem__, struct.unpack(f">{whole // 2}H", data[:whole])))
     if len(data) % 2:
         e, d = divmod(data[-1], 45)
-        out += (ALPHABET[d], ALPHABET[e])
-    return "".join(out)
+        text += ALPHABET[d] + ALPHABET[e]
+    return text
 
 
 def b45decode(text: str) -> bytes:
@@ -41,27 +50,37 @@ def b45decode(text: str) -> bytes:
     (length mod 3 == 1), or a group encodes a value too large for its bytes (over 65535
     for three characters, over 255 for a final two), as RFC 9285 section 4.2 requires.
     """
-    try:
-        values = [_VALUES[c] for c in text]
-    except KeyError as e:
+    raw = text.translate(_TABLE).encode("latin-1", "replace") if text.isascii() else b"\xff"
+    if b"\xff" in raw or b"?" in raw:
+        bad = next((c for c in text if c not in _VALUES), text[:1])
         raise LicenceFormatInvalid(
-            f"The text is not base45: {e.args[0]!r} is not in the base45 alphabet "
+            f"The text is not base45: {bad!r} is not in the base45 alphabet "
             "(digits, upper-case A-Z, space and $%*+-./:)."
-        ) from e
-    if len(values) % 3 == 1:
+        )
+    if len(raw) % 3 == 1:
         raise LicenceFormatInvalid(
-            f"The base45 text is {len(values)} characters long, which no data encodes "
+            f"The base45 text is {len(raw)} characters long, which no data encodes "
             "(it may be truncated)."
         )
-    out = bytearray()
-    for i in range(0, len(values), 3):
-        group = values[i : i + 3]
-        n = group[0] + group[1] * 45 + (group[2] * 45 * 45 if len(group) == 3 else 0)
-        limit = _PAIR if len(group) == 3 else _BYTE
-        if n >= limit:
+    whole = len(raw) - len(raw) % 3
+    # Whole groups at C speed: three strided slices, one comprehension, one pack.
+    pairs = [
+        a + b * 45 + c * 2025
+        for a, b, c in zip(raw[0:whole:3], raw[1:whole:3], raw[2:whole:3], strict=True)
+    ]
+    if pairs and max(pairs) >= _PAIR:
+        i = 3 * next(k for k, n in enumerate(pairs) if n >= _PAIR)
+        raise LicenceFormatInvalid(
+            f"The base45 group {text[i : i + 3]!r} at position {i} encodes {pairs[i // 3]}, "
+            f"more than {_PAIR - 1}; the text is not valid base45."
+        )
+    out = struct.pack(f">{len(pairs)}H", *pairs)
+    if whole < len(raw):
+        n = raw[whole] + raw[whole + 1] * 45
+        if n >= _BYTE:
             raise LicenceFormatInvalid(
-                f"The base45 group {text[i : i + 3]!r} at position {i} encodes {n}, more "
-                f"than {limit - 1}; the text is not valid base45."
+                f"The base45 group {text[whole:]!r} at position {whole} encodes {n}, more "
+                f"than {_BYTE - 1}; the text is not valid base45."
             )
-        out += n.to_bytes(len(group) - 1, "big")
-    return bytes(out)
+        out += bytes((n,))
+    return out

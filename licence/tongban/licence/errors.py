@@ -17,12 +17,14 @@ __all__ = [
     "Check",
     "ClaimInvalid",
     "DisclosureInvalid",
+    "LicenceCancelled",
     "LicenceError",
     "LicenceExpired",
     "LicenceFormatInvalid",
     "LicenceNotYetValid",
     "LicenceNumberInvalid",
     "LicenceRevoked",
+    "LicenceSuperseded",
     "LicenceSuspended",
     "LicenceTypeUnknown",
     "PayloadTooLarge",
@@ -131,6 +133,21 @@ class LicenceRevoked(VerificationFailed):
 
 class LicenceSuspended(VerificationFailed):
     reason = "LICENCE_SUSPENDED"
+    check = "status"
+
+
+class LicenceCancelled(VerificationFailed):
+    """The holder gave the licence up, or it was withdrawn after the business ended
+    (注销). Status lists carry it as INVALID; only the issuing registry knows why."""
+
+    reason = "LICENCE_CANCELLED"
+    check = "status"
+
+
+class LicenceSuperseded(VerificationFailed):
+    """A newer version of the licence (amended or renewed) replaced this one."""
+
+    reason = "LICENCE_SUPERSEDED"
     check = "status"
 
 

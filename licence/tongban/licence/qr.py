@@ -27,9 +27,12 @@ certificate with that ``kid`` rather than the first one found.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
+import threading
 import zlib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -225,6 +228,7 @@ class VerifiedQr:
     """The status found (always VALID), or None if no status lookup was given."""
 
 
+@functools.lru_cache(maxsize=1024)
 def certificate_kid(certificate: x509.Certificate) -> bytes:
     """Return the QR ``kid`` of ``certificate``: the first 8 bytes of the SHA-256 of its
     DER encoding."""
@@ -285,6 +289,48 @@ def _at(seconds: int) -> str:
         return f"{seconds} (seconds since 1970)"
 
 
+# Path validation costs more than the signature check, and a verifier sees the same few
+# seal certificates again and again. A certificate that validated at one instant validates
+# at any instant inside its own and its issuers' validity (nothing else in path
+# validation depends on the time), so the result is reused only inside that window.
+_SEAL_CACHE_SIZE = 256
+_seal_cache: OrderedDict[
+    tuple[x509.Certificate, tuple[x509.Certificate, ...]], tuple[datetime, datetime, str]
+] = OrderedDict()
+_seal_cache_lock = threading.Lock()
+
+
+def _seal_department(
+    certificate: x509.Certificate, roots: Sequence[x509.Certificate], now: datetime
+) -> str:
+    """Return the department of seal ``certificate`` once it validates to ``roots`` at
+    ``now`` for usage "seal"; raises CertificateInvalid."""
+    key = (certificate, tuple(roots))
+    with _seal_cache_lock:
+        hit = _seal_cache.get(key)
+        if hit is not None:
+            _seal_cache.move_to_end(key)
+    if hit is not None and hit[0] <= now <= hit[1]:
+        return hit[2]
+    chain = verify_certificate(certificate, roots=roots, now=now, usage="seal")
+    department = department_code(certificate)
+    window = (
+        max(c.not_valid_before_utc for c in chain),
+        min(c.not_valid_after_utc for c in chain),
+        department,
+    )
+    with _seal_cache_lock:
+        _seal_cache[key] = window
+        while len(_seal_cache) > _SEAL_CACHE_SIZE:
+            _seal_cache.popitem(last=False)
+    return department
+
+
+@functools.lru_cache(maxsize=256)
+def _public_key(certificate: x509.Certificate) -> object:
+    return certificate.public_key()  # parsing the key costs a tenth of the check
+
+
 def _signer_certificate(
     claims: QrClaims,
     signed_by: Sequence[x509.Certificate],
@@ -296,8 +342,7 @@ def _signer_certificate(
     problems: list[str] = []
     for certificate in signed_by:
         try:
-            verify_certificate(certificate, roots=roots, now=now, usage="seal")
-            department = department_code(certificate)
+            department = _seal_department(certificate, roots, now)
         except CertificateInvalid as e:
             problems.append(e.message)
             continue
@@ -391,7 +436,7 @@ def verify_qr(
         )
     signed_by = []
     for certificate in candidates:
-        key = certificate.public_key()
+        key = _public_key(certificate)
         if not isinstance(key, ec.EllipticCurvePublicKey):
             continue  # cannot have made an ES256 signature
         try:

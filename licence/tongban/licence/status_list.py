@@ -17,7 +17,7 @@ import binascii
 import json
 import random
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from enum import IntEnum
 
@@ -395,16 +395,19 @@ def verify_status_list(
     roots: Sequence[x509.Certificate],
     now: datetime,
     issuer: str | None = None,
+    trusted: Collection[x509.Certificate] | None = None,
 ) -> StatusList:
     """Return the status list carried by Status List Token ``token`` once it checks out:
     ``typ`` statuslist+jwt; ES256 signature by the ``x5c`` leaf; the leaf a seal
-    certificate chaining to ``roots`` (and of department ``issuer``, if given); ``sub``
-    equal to ``uri``; ``now`` before ``exp``.
+    certificate chaining to ``roots`` (and of department ``issuer``, if given; one of
+    ``trusted``, the trust list's status-list certificates, if given); ``sub`` equal to
+    ``uri``; ``now`` before ``exp``.
 
     Raises LicenceFormatInvalid for a malformed token, wrong ``typ``, missing claims or a
     malformed ``lst``; PayloadTooLarge if the token or list exceeds the size caps;
-    SignerUntrusted if the leaf does not chain to ``roots``, is not a seal certificate
-    or belongs to another department; SignatureInvalid if the signature does not verify;
+    SignerUntrusted if the leaf does not chain to ``roots``, is not a seal certificate,
+    belongs to another department or is not one of ``trusted``; SignatureInvalid if the
+    signature does not verify;
     StatusUnavailable if ``sub`` names another list or the token has expired; ValueError
     for a naive ``now``.
     """
@@ -433,6 +436,12 @@ def verify_status_list(
         raise SignerUntrusted(
             f"The status list is signed by department {department!r}, not by the licence "
             f"issuer {issuer!r}."
+        )
+    if trusted is not None and leaf not in trusted:
+        raise SignerUntrusted(
+            f"The status list signer ({leaf.subject.rfc4514_string()}) is not a status-list "
+            "certificate on the trust list; refresh the trust list.",
+            metadata={"signer": leaf.subject.rfc4514_string()[:200]},
         )
     key = leaf.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey):

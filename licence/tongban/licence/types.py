@@ -114,7 +114,12 @@ class LicenceType(BaseModel):
     """The SD-JWT VC type URI (``urn:tongban:licence:business-licence:1``); a new
     version of the schema gets a new URI."""
     issuers: Annotated[tuple[Annotated[str, Field(pattern=_DEPT_CODE)], ...], Field(min_length=1)]
-    """Codes of the departments that may issue it."""
+    """Codes of the departments that may issue it (and amend, renew and change the
+    status of what they issued)."""
+    revokers: tuple[Annotated[str, Field(pattern=_DEPT_CODE)], ...] = ()
+    """Codes of further departments that may suspend, reinstate or revoke licences of
+    this type without issuing them (a regulator supervising what an approval bureau
+    issued, 审管分离)."""
     holder_kind: HolderKind
     """Who holds it: an enterprise (id: USCC) or a person (id: citizen id)."""
     claims: Annotated[tuple[ClaimField, ...], Field(min_length=1, max_length=64)]
@@ -131,7 +136,13 @@ class LicenceType(BaseModel):
             raise ValueError("at most one claim may be the holder_id")
         if len(set(self.issuers)) != len(self.issuers):
             raise ValueError("issuers must be distinct")
+        if len(set(self.revokers)) != len(self.revokers) or set(self.revokers) & set(self.issuers):
+            raise ValueError("revokers must be distinct and not also issuers")
         return self
+
+    def may_change_status(self, department: str) -> bool:
+        """Whether ``department`` may suspend, reinstate or revoke licences of this type."""
+        return department in self.issuers or department in self.revokers
 
     def claim(self, name: str) -> ClaimField:
         """Return the schema of claim ``name``; raises ClaimInvalid (problem
@@ -504,7 +515,10 @@ FOOD_BUSINESS_PERMIT = LicenceType(
     name_en="Food business permit",
     number_prefix="JY",
     vct="urn:tongban:licence:food-business-permit:1",
-    issuers=("regulator",),
+    # The approval bureau issues (相对集中行政许可权); the market regulator supervises and
+    # may suspend or revoke (DESIGN.md step 6).
+    issuers=("approval",),
+    revokers=("regulator",),
     holder_kind="enterprise",
     claims=(
         _field("operator_name", "string", "经营者名称", "operator name", max_length=100),

@@ -1,8 +1,8 @@
-"""Sources for legacy systems: SQL databases and drop folders of CSV/Excel exports.
+"""Sources for legacy systems: SQL databases, drop folders of CSV/Excel exports, and
+REST and SOAP services.
 
 ``open_source(mapping)`` returns the source the mapping's ``source.kind`` names; use it
-with ``async with``. REST and SOAP sources are configured in the mapping but not built
-yet.
+with ``async with``.
 """
 
 from __future__ import annotations
@@ -12,11 +12,14 @@ from tongban.adapters.mapping import AdapterMapping
 from tongban.adapters.sdk import Source
 from tongban.adapters.sources.files import DropFolderSource, detect_encoding
 from tongban.adapters.sources.sql import PostgresSource, SqliteSource, quote_ident
+from tongban.adapters.sources.web import RestSource, SoapSource
 from tongban.signing.clock import Clock
 
 __all__ = [
     "DropFolderSource",
     "PostgresSource",
+    "RestSource",
+    "SoapSource",
     "SqliteSource",
     "detect_encoding",
     "open_source",
@@ -25,10 +28,7 @@ __all__ = [
 
 
 def open_source(mapping: AdapterMapping, *, clock: Clock | None = None) -> Source:
-    """Return the source for ``mapping.source`` (not yet entered).
-
-    Raises ``SourceUnsupported`` for a kind with no source implementation (rest, soap).
-    """
+    """Return the source for ``mapping.source`` (not yet entered)."""
     kind = mapping.source.kind
     if kind == "postgres":
         return PostgresSource(mapping)
@@ -36,7 +36,11 @@ def open_source(mapping: AdapterMapping, *, clock: Clock | None = None) -> Sourc
         return SqliteSource(mapping)
     if kind in ("csv", "xlsx"):
         return DropFolderSource(mapping, clock=clock)
+    if kind == "rest":
+        return RestSource(mapping, clock=clock)
+    if kind == "soap":
+        return SoapSource(mapping)
     raise SourceUnsupported(
-        f"Sources of kind {kind} are not implemented yet; use postgres, sqlite, csv or xlsx.",
+        f"Sources of kind {kind} are not known; use postgres, sqlite, csv, xlsx, rest or soap.",
         metadata={"kind": kind},
     )

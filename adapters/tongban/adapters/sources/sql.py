@@ -261,6 +261,14 @@ class _SqlSource:
         cached = self._tables.get(stream.table)
         return cached if cached is not None else await self.describe(stream.name)
 
+    async def estimate(self, stream: str) -> int:
+        """Return how many rows the stream's table holds now (a progress bar's total)."""
+        config = self._mapping.stream(stream)
+        assert config.table is not None
+        table = self._qualified(config.table)
+        rows = await self._select(config, f"SELECT count(*) AS n FROM {table}", [])  # noqa: S608
+        return int(str(rows[0]["n"]))
+
     def read(self, stream: str, checkpoint: Checkpoint | None) -> AsyncIterator[Batch]:
         """Yield the stream's rows after ``checkpoint`` (see the module docstring)."""
         config = self._mapping.stream(stream)
@@ -467,7 +475,10 @@ class _SqlSource:
         assert key_column is not None
         if command.op is Op.DELETE:
             value = self._fit(key_column, command.key, target)
-            return f"DELETE FROM {table} WHERE {key} = {self._param(1)}", [value]  # noqa: S608
+            return (
+                f"DELETE FROM {table} WHERE {key} = {self._param(1)} RETURNING *",  # noqa: S608
+                [value],
+            )
         values = row_values(target, command)
         names = list(values)
         params = []
@@ -482,7 +493,7 @@ class _SqlSource:
         placeholders = ", ".join(self._param(i + 1) for i in range(len(names)))
         sql = (
             f"INSERT INTO {table} ({', '.join(self._quote(n) for n in names)}) "  # noqa: S608
-            f"VALUES ({placeholders}) ON CONFLICT ({key}) {conflict}"
+            f"VALUES ({placeholders}) ON CONFLICT ({key}) {conflict} RETURNING *"
         )
         return sql, params
 
@@ -573,6 +584,11 @@ def _pg_failure(e: BaseException) -> Exception | None:
     """Return ``_Transient`` or ``_QueryFailed`` for an asyncpg or socket error."""
     if isinstance(e, OSError):
         return _Transient(type(e).__name__, {})
+    if isinstance(e, asyncpg.exceptions.InvalidCachedStatementError):
+        # A write-back table changed shape since this connection prepared its upsert
+        # (whose RETURNING row type is cached); asyncpg has dropped the plan, so the
+        # batch succeeds when run again.
+        return _Transient("the table changed since the statement was prepared", {})
     if isinstance(e, asyncpg.PostgresError):
         state = str(e.sqlstate)
         metadata = {"sqlstate": state}
@@ -709,11 +725,12 @@ class PostgresSource(_SqlSource):
         pool = self._require_pool()
         applied: list[str] = []
         rejected: list[CommandRejected] = []
+        written: dict[str, Mapping[str, object]] = {}
         try:
             async with pool.acquire() as conn:
                 try:
                     async with conn.transaction():
-                        await self._write_commands(conn, batch, tables, applied, rejected)
+                        await self._write_commands(conn, batch, tables, applied, rejected, written)
                 except asyncpg.exceptions.InternalClientError as e:
                     raise _broken(conn) from e
         except (OSError, asyncpg.PostgresError) as e:
@@ -725,7 +742,7 @@ class PostgresSource(_SqlSource):
                 f"write-back tables, their unique constraints and the adapter's grants.",
                 metadata={"source": self._label, **getattr(failure, "metadata", {})},
             ) from e
-        return WriteOutcome(tuple(applied), tuple(rejected))
+        return WriteOutcome(tuple(applied), tuple(rejected), written)
 
     async def _write_commands(
         self,
@@ -734,6 +751,7 @@ class PostgresSource(_SqlSource):
         tables: Mapping[str, StreamInfo],
         applied: list[str],
         rejected: list[CommandRejected],
+        written: dict[str, Mapping[str, object]],
     ) -> None:
         for command in batch.commands:
             target = self._mapping.write_back_target(command.dataset)
@@ -743,18 +761,21 @@ class PostgresSource(_SqlSource):
                 rejected.append(_unfit_rejection(command, e))
                 continue
             refusal = await self._execute_one(conn, sql, params)
-            if refusal is None:
-                applied.append(command.id)
-            else:
+            if isinstance(refusal, tuple):
                 rejected.append(CommandRejected(command.id, *refusal))
+            else:
+                applied.append(command.id)
+                if refusal is not None:
+                    written[command.id] = refusal
 
     async def _execute_one(
         self, conn: asyncpg.pool.PoolConnectionProxy[asyncpg.Record], sql: str, params: list[object]
-    ) -> tuple[str, str] | None:
-        """Run one command in a savepoint; return (reason, message) if the row is refused."""
+    ) -> tuple[str, str] | dict[str, object] | None:
+        """Run one command in a savepoint; return (reason, message) if the row is refused,
+        else the row as written (``None`` when the statement touched none)."""
         try:
             async with conn.transaction():
-                await conn.execute(sql, *params)
+                row = await conn.fetchrow(sql, *params)
         except asyncpg.PostgresError as e:
             state = str(e.sqlstate)
             if state.startswith("23"):
@@ -777,7 +798,7 @@ class PostgresSource(_SqlSource):
                 "A value cannot be sent to its legacy column's type; map another field or "
                 "add a format, then replay.",
             )
-        return None
+        return None if row is None else dict(row)
 
 
 # --- SQLite ---------------------------------------------------------------------------
@@ -949,6 +970,7 @@ class SqliteSource(_SqlSource):
     def _write_sync(self, batch: WriteBatch, tables: Mapping[str, StreamInfo]) -> WriteOutcome:
         applied: list[str] = []
         rejected: list[CommandRejected] = []
+        written: dict[str, Mapping[str, object]] = {}
         try:
             conn = self._connect(write=True)
         except sqlite3.Error as e:
@@ -964,7 +986,8 @@ class SqliteSource(_SqlSource):
                     continue
                 conn.execute("SAVEPOINT command")
                 try:
-                    conn.execute(sql, [_sqlite_param(p) for p in params])
+                    cursor = conn.execute(sql, [_sqlite_param(p) for p in params])
+                    rows = cursor.fetchall()
                 except (sqlite3.IntegrityError, sqlite3.DataError) as e:
                     conn.execute("ROLLBACK TO command")
                     conn.execute("RELEASE command")
@@ -985,6 +1008,9 @@ class SqliteSource(_SqlSource):
                     continue
                 conn.execute("RELEASE command")
                 applied.append(command.id)
+                if rows:
+                    names = [d[0] for d in cursor.description]
+                    written[command.id] = dict(zip(names, rows[0], strict=True))
             conn.execute("COMMIT")
         except sqlite3.Error as e:
             if conn.in_transaction:
@@ -999,4 +1025,4 @@ class SqliteSource(_SqlSource):
             ) from e
         finally:
             conn.close()
-        return WriteOutcome(tuple(applied), tuple(rejected))
+        return WriteOutcome(tuple(applied), tuple(rejected), written)

@@ -52,6 +52,16 @@ async def run(args: argparse.Namespace) -> int:
         from tongban.exchange.cli.audit_cmds import run_audit
 
         return await run_audit(args)
+    if args.command in ("licence", "seal"):
+        from tongban.exchange.cli import licence_cmds
+
+        if args.command == "licence":
+            return await licence_cmds.run_licence(args)
+        return await licence_cmds.run_seal(args)
+    if args.command == "adapter":
+        from tongban.exchange.cli.adapter_cmds import run_adapter
+
+        return await run_adapter(args)
     if args.command in ("catalogue", "query", "grant", "subscription"):
         from tongban.exchange.cli.sharing_cmds import run_sharing
 

@@ -153,3 +153,28 @@ INSPECTION_RESULT = {
     "follow_up": "建议撤销食品经营许可",
     "inspected_on": date(2026, 11, 23),
 }
+
+# Licences of the story: samr's business licence (step 1) and the bureau's food business
+# permit (step 4), as the issuing systems send their claims.
+BUSINESS_LICENCE_CLAIMS = {
+    "name": COMPANY["name"],
+    "uscc": COMPANY_USCC,
+    "legal_representative": COMPANY["legal_representative"],
+    "address": COMPANY["address"],
+    "registered_capital": COMPANY["registered_capital"],
+    "entity_type": "有限责任公司（自然人独资）",
+    "business_scope": COMPANY["business_scope"],
+    "established": COMPANY["established"],
+}
+
+FOOD_PERMIT_CLAIMS = {
+    "operator_name": COMPANY["name"],
+    "uscc": COMPANY_USCC,
+    "legal_representative": COMPANY["legal_representative"],
+    "premises_address": COMPANY["address"],
+    "main_business": "餐饮服务经营者",
+    "business_items": "热食类食品制售；冷食类食品制售",
+}
+
+#: The service item of step 3 (its materials are in tongban.exchange.licensing.materials).
+SERVICE_ITEM = "food-business-permit"

@@ -12,13 +12,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Callable, Coroutine
 from typing import Generic, TypeVar
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-__all__ = ["ChangeListener", "KeyedCache"]
+__all__ = ["BARRIER_CHANNEL", "ChangeListener", "KeyedCache"]
+
+#: Markers sent by ``ChangeListener.barrier`` to itself.
+BARRIER_CHANNEL = "tongban_barrier"
 
 _log = logging.getLogger(__name__)
 
@@ -35,7 +39,34 @@ class ChangeListener:
         self._stopped = False
         self._retry: asyncio.TimerHandle | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._barriers: dict[str, asyncio.Future[None]] = {}
         self.live = False
+        self.subscribe(BARRIER_CHANNEL, self._barrier_reached)
+
+    async def barrier(self, within: float = 5.0) -> None:
+        """Return once every notification committed before this call has been handled.
+
+        PostgreSQL delivers notifications in commit order, so when our own marker
+        arrives, everything committed earlier (a department suspended by another
+        connection, a grant revoked) has reached the subscribers. Returns at once while
+        not listening (caches are bypassed then). Raises TimeoutError after ``within``.
+        """
+        if not self.live:
+            return
+        token = uuid.uuid4().hex
+        reached = asyncio.get_running_loop().create_future()
+        self._barriers[token] = reached
+        try:
+            await self._pool.execute("SELECT pg_notify($1, $2)", BARRIER_CHANNEL, token)
+            async with asyncio.timeout(within):
+                await reached
+        finally:
+            self._barriers.pop(token, None)
+
+    def _barrier_reached(self, token: str) -> None:
+        reached = self._barriers.get(token)
+        if reached is not None and not reached.done():
+            reached.set_result(None)
 
     def subscribe(self, channel: str, on_change: Callable[[str], None]) -> None:
         """Call ``on_change(payload)`` for each notification on ``channel``."""

@@ -89,53 +89,63 @@ class RecordStore:
     async def _publish_once(
         self, entry: DatasetEntry, changes: Sequence[Change], now: datetime
     ) -> PublishCounts:
+        async with self._pool.acquire() as conn, conn.transaction():
+            return await self.publish_in(conn, entry, changes, now)
+
+    async def publish_in(
+        self, conn: Any, entry: DatasetEntry, changes: Sequence[Change], now: datetime
+    ) -> PublishCounts:
+        """Apply ``changes`` (distinct keys, already validated) and write their events,
+        inside the caller's transaction on ``conn``: for writers whose own rows and the
+        change events must commit together (licence issuance). Raises
+        asyncpg.UniqueViolationError if another publisher created one of the keys
+        concurrently (the caller retries its transaction)."""
         counts = PublishCounts()
         keys = [change.key for change in changes]
-        async with self._pool.acquire() as conn, conn.transaction():
-            rows = await conn.fetch(
-                "SELECT key, version, data, deleted FROM record WHERE dataset = $1"
-                " AND key = ANY($2::text[]) AND valid_to IS NULL FOR UPDATE",
-                entry.code,
-                keys,
-            )
-            current = {row["key"]: row for row in rows}
-            superseded: list[str] = []
-            new_rows: list[tuple[object, ...]] = []
-            for change in changes:
-                row = current.get(change.key)
-                live = row is not None and not row["deleted"]
-                version = row["version"] + 1 if row is not None else 1
-                if change.values is None:
-                    if not live:
-                        counts.unchanged += 1
-                        continue
-                    new_rows.append((entry.code, change.key, version, None, True, now, None))
-                    counts.deleted += 1
+        rows = await conn.fetch(
+            "SELECT key, version, data, deleted FROM record WHERE dataset = $1"
+            " AND key = ANY($2::text[]) AND valid_to IS NULL FOR UPDATE",
+            entry.code,
+            keys,
+        )
+        current = {row["key"]: row for row in rows}
+        superseded: list[str] = []
+        new_rows: list[tuple[object, ...]] = []
+        for change in changes:
+            row = current.get(change.key)
+            live = row is not None and not row["deleted"]
+            version = row["version"] + 1 if row is not None else 1
+            if change.values is None:
+                if not live:
+                    counts.unchanged += 1
+                    continue
+                new_rows.append((entry.code, change.key, version, None, True, now, None))
+                counts.deleted += 1
+            else:
+                stored = _storage_form(entry, change.values)
+                if live and row is not None and json.loads(row["data"]) == stored:
+                    counts.unchanged += 1
+                    continue
+                data = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
+                new_rows.append((entry.code, change.key, version, data, False, now, None))
+                if live:
+                    counts.updated += 1
                 else:
-                    stored = _storage_form(entry, change.values)
-                    if live and row is not None and json.loads(row["data"]) == stored:
-                        counts.unchanged += 1
-                        continue
-                    data = json.dumps(stored, ensure_ascii=False, separators=(",", ":"))
-                    new_rows.append((entry.code, change.key, version, data, False, now, None))
-                    if live:
-                        counts.updated += 1
-                    else:
-                        counts.inserted += 1
-                if row is not None:
-                    superseded.append(change.key)
-                counts.versions.append((change.key, version))
-            if superseded:
-                await conn.execute(
-                    "UPDATE record SET valid_to = $3 WHERE dataset = $1"
-                    " AND key = ANY($2::text[]) AND valid_to IS NULL",
-                    entry.code,
-                    superseded,
-                    now,
-                )
-            if new_rows:
-                await conn.copy_records_to_table("record", records=new_rows, columns=_COLUMNS)
-                await _write_events(conn, entry.code, new_rows)
+                    counts.inserted += 1
+            if row is not None:
+                superseded.append(change.key)
+            counts.versions.append((change.key, version))
+        if superseded:
+            await conn.execute(
+                "UPDATE record SET valid_to = $3 WHERE dataset = $1"
+                " AND key = ANY($2::text[]) AND valid_to IS NULL",
+                entry.code,
+                superseded,
+                now,
+            )
+        if new_rows:
+            await conn.copy_records_to_table("record", records=new_rows, columns=_COLUMNS)
+            await _write_events(conn, entry.code, new_rows)
         return counts
 
     async def fetch(

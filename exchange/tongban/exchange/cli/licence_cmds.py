@@ -1,0 +1,530 @@
+"""``tongban licence ...`` and ``tongban seal ...``: electronic licences and seals.
+
+Issuing, getting, listing and changing status act as the department of ``--as BUNDLE``
+over gRPC. ``licence list`` without ``--as`` is the operator's view, read from the data
+dir's database. ``licence verify`` and ``licence trust-list`` are what a verifier outside
+government runs: they need only the exchange root CA certificate and (online) the node's
+HTTP address; ``--offline`` verifies with the cached trust list and status lists alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from cryptography import x509
+from google.protobuf.json_format import MessageToDict
+
+from tongban.client import Bundle, ExchangeClient
+from tongban.exchange.cli.commands import emit, settings_from_args
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.licensing.service import status_refs
+from tongban.licence import (
+    BUILTIN_REGISTRY,
+    QR_PREFIX,
+    LicenceFormatInvalid,
+    StatusListCache,
+    StatusUnavailable,
+    TrustList,
+    TrustListCache,
+    TrustListUnavailable,
+    VerificationFailed,
+    VerificationResult,
+    qr_png,
+    verify_licence,
+)
+from tongban.licence.verify import failure
+from tongban.signing import load_pem_certificates
+from tongban.signing._atomic import write_atomic
+from tongban.v1 import licence_pb2
+
+__all__ = ["add_parsers", "run_licence", "run_seal"]
+
+_FORMATS = ("sd-jwt", "qr", "qr-png", "pdf", "json")
+_STATUS_COMMANDS = ("suspend", "reinstate", "revoke", "cancel")
+_MAX_FETCH = 4 * 1024 * 1024
+_MAX_FILE = 16 * 1024 * 1024
+
+
+def _default_cache() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tongban" / "verifier"
+
+
+def add_parsers(
+    sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
+) -> None:
+    """Add ``licence`` and ``seal`` to the ``tongban`` parser."""
+    dept = parser_class(add_help=False)
+    dept.add_argument("--as", dest="bundle", type=Path, required=True, metavar="BUNDLE",
+                      help="act as the department of this bundle directory")  # fmt: skip
+    dept.add_argument("--endpoint", help="node address (default: the bundle's)")
+    dept.add_argument("--officer", help="officer id (工号) sent with the calls")
+    optional_dept = parser_class(add_help=False)
+    optional_dept.add_argument("--as", dest="bundle", type=Path, metavar="BUNDLE",
+                               help="act as this department (default: operator view)")  # fmt: skip
+    optional_dept.add_argument("--endpoint", help="node address (default: the bundle's)")
+    optional_dept.add_argument("--officer", help="officer id (工号) sent with the calls")
+    verifier = parser_class(add_help=False)
+    verifier.add_argument("--url", help="the node's HTTP address, e.g. http://127.0.0.1:8080")
+    verifier.add_argument("--ca", type=Path, help="the exchange root CA certificate (PEM)")
+    verifier.add_argument("--cache-dir", type=Path, default=None,
+                          help="verifier cache (default ~/.cache/tongban/verifier)")  # fmt: skip
+
+    licence = sub.add_parser("licence", help="electronic licences (电子证照)")
+    lsub = licence.add_subparsers(dest="licence_command", required=True, parser_class=parser_class)
+    lsub.add_parser("types", parents=[common], help="the licence types and their claims")
+    issue = lsub.add_parser("issue", parents=[common, dept], help="issue a licence")
+    issue.add_argument("licence_type", help="e.g. business-licence")
+    issue.add_argument("--claims", type=Path, required=True, help="a JSON file of the claims")
+    issue.add_argument("--case", dest="case_id", default="", help="the case (办件编号)")
+    issue.add_argument("--reason", default="", help="e.g. the approval decision's number")
+    get = lsub.add_parser("get", parents=[common, dept], help="a licence, in a format")
+    get.add_argument("number")
+    get.add_argument("--format", choices=_FORMATS, default="json")
+    get.add_argument("--out", type=Path, help="write the licence here (default: stdout)")
+    get.add_argument("--purpose", help="fetch for an approval with this purpose (logged)")
+    get.add_argument("--case", dest="case_id", help="... and this case id")
+    get.add_argument("--disclose", default="", help="claims to disclose when fetching (a,b)")
+    listing = lsub.add_parser("list", parents=[common, optional_dept], help="list licences")
+    listing.add_argument("--holder", help="the holder's USCC or citizen id")
+    for action in _STATUS_COMMANDS:
+        change = lsub.add_parser(action, parents=[common, dept], help=f"{action} a licence")
+        change.add_argument("number")
+        change.add_argument("--reason", required=True)
+    verify = lsub.add_parser("verify", parents=[common, verifier], help="verify a licence")
+    verify.add_argument("file", nargs="?", type=Path, help="an SD-JWT, QR text or PNG file")
+    verify.add_argument("--qr", help="the QR text (TB1:...)")
+    verify.add_argument("--offline", action="store_true",
+                        help="use only the cached trust list and status lists")  # fmt: skip
+    trust = lsub.add_parser("trust-list", parents=[common, verifier],
+                            help="show (or --refresh) the cached trust list")  # fmt: skip
+    trust.add_argument("--refresh", action="store_true", help="fetch a fresh one from --url")
+
+    seal = sub.add_parser("seal", help="electronic seals (电子印章) on PDF documents")
+    ssub = seal.add_subparsers(dest="seal_command", required=True, parser_class=parser_class)
+    spdf = ssub.add_parser("pdf", parents=[common, dept], help="seal a PDF with our seal")
+    spdf.add_argument("input", type=Path)
+    spdf.add_argument("output", type=Path)
+    spdf.add_argument("--reason", default="")
+    sverify = ssub.add_parser("verify", parents=[common], help="check a sealed PDF")
+    sverify.add_argument("file", type=Path)
+    sverify.add_argument("--ca", type=Path, help="the exchange root CA (default: the data dir's)")
+    enrol = ssub.add_parser("enrol", parents=[common],
+                            help="give a registered department a custodial seal")  # fmt: skip
+    enrol.add_argument("code")
+
+
+def _client(args: argparse.Namespace) -> ExchangeClient:
+    return ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
+
+
+def _licence_dict(licence: licence_pb2.Licence) -> dict[str, Any]:
+    data = MessageToDict(licence, preserving_proto_field_name=True)
+    data["claims"] = json.loads(data.pop("claims_json", "{}") or "{}")
+    return data
+
+
+def _read(path: Path, what: str, limit: int = _MAX_FILE) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as e:
+        raise InvalidArgument(f"Cannot read the {what} {path}: {e.strerror}.") from None
+    if len(data) > limit:
+        raise InvalidArgument(f"The {what} {path} is over {limit // (1024 * 1024)} MiB.")
+    return data
+
+
+def _write(path: Path | None, data: bytes) -> None:
+    if path is None:
+        os.write(1, data)
+        return
+    try:
+        write_atomic(path, data, mode=0o644, dir_mode=0o755)
+    except OSError as e:
+        raise InvalidArgument(f"Cannot write {path}: {e.strerror}.") from None
+
+
+async def run_licence(args: argparse.Namespace) -> int:
+    command = args.licence_command
+    if command == "types":
+        return _types(args)
+    if command == "verify":
+        return await _verify(args)
+    if command == "trust-list":
+        return await _trust_list(args)
+    if command == "list" and args.bundle is None:
+        return await _operator_list(args)
+    async with _client(args) as client:
+        if command == "issue":
+            try:
+                claims = json.loads(_read(args.claims, "claims file", 64 * 1024))
+            except ValueError:
+                raise InvalidArgument(f"{args.claims} is not a JSON object of claims.") from None
+            if not isinstance(claims, dict):
+                raise InvalidArgument(f"{args.claims} is not a JSON object of claims.")
+            licence = await client.issue_licence(
+                args.licence_type, claims, case_id=args.case_id, reason=args.reason
+            )
+            emit(args, {"licence": _licence_dict(licence)},
+                 f"issued {licence.number} ({licence.licence_type}) to {licence.holder_name} "
+                 f"({licence.holder_id})")  # fmt: skip
+        elif command == "get":
+            await _get(args, client)
+        elif command == "list":
+            found = await client.list_licences(args.holder or "")
+            _emit_list(args, [_licence_dict(item) for item in found])
+        else:
+            licence = await client.change_licence_status(args.number, command, args.reason)
+            emit(args, {"licence": _licence_dict(licence)},
+                 f"{licence.number} is now {licence.status}")  # fmt: skip
+    return 0
+
+
+def _types(args: argparse.Namespace) -> int:
+    types = [json.loads(t.model_dump_json()) for t in BUILTIN_REGISTRY]
+    lines = []
+    for t in BUILTIN_REGISTRY:
+        also = f"; status also changed by {', '.join(t.revokers)}" if t.revokers else ""
+        lines.append(f"{t.code:<22} {t.name_zh}  issued by {', '.join(t.issuers)}{also}")
+        for c in t.claims:
+            flags = ",".join(
+                f for f, on in (("required", c.required), ("disclosable", c.disclosable),
+                                ("holder", c.holder_id)) if on
+            )  # fmt: skip
+            lines.append(f"    {c.name:<22} {c.type:<8} {c.label_zh} [{flags}]")
+    emit(args, {"types": types}, "\n".join(lines))
+    return 0
+
+
+def _emit_list(args: argparse.Namespace, items: list[dict[str, Any]]) -> None:
+    lines = [
+        f"{i['number']:<28} {i['licence_type']:<22} {i['status']:<10} {i['holder_id']} "
+        f"{i.get('holder_name', '')}"
+        for i in items
+    ]
+    emit(args, {"licences": items}, "\n".join(lines) or "no licences")
+
+
+async def _operator_list(args: argparse.Namespace) -> int:
+    from tongban.exchange.db.database import Database
+    from tongban.exchange.licensing.service import read_licences
+
+    settings = settings_from_args(args)
+    async with await Database.open(settings, pool_size=1) as db:
+        items = await read_licences(db.pool, args.holder)
+    _emit_list(args, items)
+    return 0
+
+
+async def _get(args: argparse.Namespace, client: ExchangeClient) -> None:
+    if args.purpose or args.case_id:
+        disclose = [c.strip() for c in args.disclose.split(",") if c.strip()]
+        licence = await client.fetch_licence(
+            number=args.number,
+            purpose=args.purpose or "",
+            case_id=args.case_id or "",
+            disclose=disclose,
+        )
+    else:
+        licence = await client.get_licence(args.number)
+    fmt = args.format
+    if fmt == "json":
+        if args.out is not None:
+            _write(args.out, json.dumps(_licence_dict(licence), ensure_ascii=False).encode())
+        emit(args, {"licence": _licence_dict(licence)},
+             "" if args.out else json.dumps(_licence_dict(licence), ensure_ascii=False,
+                                            indent=2))  # fmt: skip
+        return
+    if fmt == "sd-jwt":
+        data = licence.sd_jwt.encode("ascii")
+    elif fmt == "qr":
+        data = licence.qr.encode("ascii")
+    elif fmt == "qr-png":
+        data = qr_png(licence.qr, scale=6)
+    else:
+        data = await client.render_licence(licence.number)
+    if args.out is None and args.json:
+        raise InvalidArgument("With --json, give --out for the licence file.")
+    _write(args.out, data + (b"\n" if args.out is None and fmt in ("sd-jwt", "qr") else b""))
+    if args.out is not None:
+        emit(args, {"number": licence.number, "format": fmt, "out": str(args.out),
+                    "bytes": len(data)},
+             f"wrote {licence.number} as {fmt} to {args.out} ({len(data):,} bytes)")  # fmt: skip
+
+
+# -- verification (a verifier outside government) -------------------------------------
+
+
+class _Verifier:
+    """The verifier's cache: root CA, trust list, status lists, and where to fetch."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.dir: Path = args.cache_dir or _default_cache()
+        self.trust = TrustListCache(self.dir / "trust-list.jwt")
+        self.status = StatusListCache(self.dir / "status-lists")
+        self.args = args
+
+    def roots(self) -> list[x509.Certificate]:
+        stored = self.dir / "ca.crt"
+        given: Path | None = self.args.ca
+        if given is None and self.args.data_dir is not None:
+            candidate = self.args.data_dir / "ca" / "ca.crt"
+            given = candidate if candidate.exists() else None
+        if given is not None:
+            pem = _read(given, "CA certificate", 64 * 1024)
+            try:
+                roots = load_pem_certificates(pem)
+            except ValueError:
+                raise InvalidArgument(f"{given} is not a PEM certificate.") from None
+            if not roots:
+                raise InvalidArgument(f"{given} holds no PEM certificate.")
+            if not stored.exists() or stored.read_bytes() != pem:
+                write_atomic(stored, pem, mode=0o644, dir_mode=0o755)
+            return roots
+        if stored.exists():
+            return load_pem_certificates(stored.read_bytes())
+        raise InvalidArgument(
+            "No exchange root CA certificate: give --ca FILE (from `tongban ca export`) once; "
+            "it is kept in the verifier cache."
+        )
+
+    def url(self) -> str | None:
+        source = self.dir / "source.json"
+        if self.args.url:
+            url = str(self.args.url).rstrip("/")
+            write_atomic(source, json.dumps({"url": url}).encode(), mode=0o644, dir_mode=0o755)
+            return url
+        try:
+            value = json.loads(source.read_text()).get("url")
+        except (OSError, ValueError, AttributeError):
+            return None
+        return value if isinstance(value, str) else None
+
+    async def fetch(self, url: str, what: str, error: type[VerificationFailed]) -> str:
+        try:
+            timeout = aiohttp.ClientTimeout(total=10)
+            async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as response:
+                if response.status != 200:
+                    raise error(f"Fetching the {what} from {url} gave HTTP {response.status}.")
+                body = await response.content.read(_MAX_FETCH + 1)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            raise error(
+                f"The {what} could not be fetched from {url} ({type(e).__name__}); check the "
+                "address, or verify --offline with the cached one."
+            ) from None
+        if len(body) > _MAX_FETCH:
+            raise error(f"The {what} from {url} is over {_MAX_FETCH // (1024 * 1024)} MiB.")
+        return body.decode("ascii", "replace")
+
+    async def refresh_trust_list(self, roots: list[x509.Certificate]) -> TrustList:
+        url = self.url()
+        if url is None:
+            raise TrustListUnavailable(
+                "No node address to fetch the trust list from: give --url once (it is "
+                "remembered in the verifier cache)."
+            )
+        token = await self.fetch(url + "/trust-list", "trust list", TrustListUnavailable)
+        return self.trust.store(token, roots=roots, now=datetime.now(UTC))
+
+
+async def _verify(args: argparse.Namespace) -> int:
+    if (args.file is None) == (args.qr is None):
+        raise InvalidArgument("Give a licence FILE or --qr TEXT (one of them).")
+    if args.qr is not None:
+        text = args.qr.strip()
+    else:
+        raw = _read(args.file, "licence file")
+        if raw.startswith(b"%PDF"):
+            raise InvalidArgument(
+                f"{args.file} is a PDF: check its seal with `tongban seal verify`, or scan its "
+                "QR code and pass --qr."
+            )
+        if raw.startswith(b"\x89PNG"):
+            text = _decode_png(raw, args.file)
+        else:
+            text = raw.decode("utf-8", "replace").strip()
+    verifier = _Verifier(args)
+    roots = verifier.roots()
+    now = datetime.now(UTC)
+    try:
+        if args.offline:
+            trust_list = verifier.trust.load(roots=roots, now=now)
+        else:
+            try:
+                trust_list = verifier.trust.load(roots=roots, now=now)
+                if trust_list.needs_refresh(now):
+                    trust_list = await verifier.refresh_trust_list(roots)
+            except TrustListUnavailable:
+                trust_list = await verifier.refresh_trust_list(roots)
+    except VerificationFailed as e:
+        result = failure(e, "unknown")
+        return _report(args, result)
+    status_certs = frozenset(
+        c for entry in trust_list.entries.values() for c in entry.status_list_certificates
+    )
+    if not args.offline:
+        for uri, _index in status_refs(text):
+            try:
+                token = await verifier.fetch(uri, "status list", StatusUnavailable)
+                verifier.status.store(token, uri=uri, roots=roots, trusted=status_certs, now=now)
+            except VerificationFailed as e:
+                return _report(args, failure(e, "unknown"))
+
+    def lookup(issuer: str, uri: str, index: int) -> int | None:
+        trusted = trust_list.status_list_certificates_for(issuer)
+        status_list = verifier.status.load(uri, roots=roots, trusted=trusted, now=now)
+        return None if status_list is None else status_list.get(index)
+
+    result = verify_licence(
+        text, roots=roots, trust_list=trust_list, registry=BUILTIN_REGISTRY, now=now,
+        status=lookup,
+    )  # fmt: skip
+    return _report(args, result)
+
+
+def _decode_png(raw: bytes, path: Path) -> str:
+    try:
+        import zxingcpp  # optional: reads QR codes from images
+        from PIL import Image
+    except ImportError:
+        raise InvalidArgument(
+            f"{path} is an image; reading QR codes from images needs the zxing-cpp package. "
+            "Scan it and pass --qr instead."
+        ) from None
+    import io
+
+    with Image.open(io.BytesIO(raw)) as image:
+        found = [r.text for r in zxingcpp.read_barcodes(image) if r.text.startswith(QR_PREFIX)]
+    if not found:
+        raise LicenceFormatInvalid(f"No licence QR code was found in {path}.")
+    return str(found[0])
+
+
+def _report(args: argparse.Namespace, result: VerificationResult) -> int:
+    data = result.to_dict()
+    if args.json:
+        print(json.dumps({"ok": result.verified, **data}, ensure_ascii=False), flush=True)
+    elif result.verified:
+        print(f"VERIFIED: {result.message}", flush=True)
+    else:
+        print(
+            f"NOT VERIFIED ({result.check} check, {result.reason}): {result.message}",
+            flush=True,
+        )
+    return 0 if result.verified else 1
+
+
+async def _trust_list(args: argparse.Namespace) -> int:
+    verifier = _Verifier(args)
+    roots = verifier.roots()
+    now = datetime.now(UTC)
+    if args.refresh:
+        trust_list = await verifier.refresh_trust_list(roots)
+    else:
+        trust_list = verifier.trust.load(roots=roots, now=now)
+    entries = {
+        code: {
+            "seal_certificates": [c.subject.rfc4514_string() for c in e.seal_certificates],
+            "status_list_certificates": [
+                c.subject.rfc4514_string() for c in e.status_list_certificates
+            ],
+        }
+        for code, e in trust_list.entries.items()
+    }
+    emit(
+        args,
+        {
+            "issuer": trust_list.issuer,
+            "issued_at": trust_list.issued_at.isoformat(),
+            "next_update": trust_list.next_update.isoformat(),
+            "expires_at": trust_list.expires_at.isoformat(),
+            "departments": entries,
+            "cache": str(verifier.trust.path),
+        },
+        f"trust list from node {trust_list.issuer}, issued {trust_list.issued_at:%Y-%m-%d %H:%M}"
+        f" UTC; refresh after {trust_list.next_update:%Y-%m-%d %H:%M}; valid until "
+        f"{trust_list.expires_at:%Y-%m-%d %H:%M}\n"
+        + "\n".join(
+            f"  {code}: {', '.join(v['seal_certificates'])}" for code, v in entries.items()
+        ),
+    )
+    return 0
+
+
+# -- seals ----------------------------------------------------------------------------
+
+
+async def run_seal(args: argparse.Namespace) -> int:
+    if args.seal_command == "verify":
+        return await _seal_verify(args)
+    if args.seal_command == "enrol":
+        return await _seal_enrol(args)
+    pdf = _read(args.input, "PDF")
+    async with _client(args) as client:
+        sealed = await client.seal_pdf(pdf, reason=args.reason)
+    _write(args.output, sealed)
+    emit(args, {"out": str(args.output), "bytes": len(sealed)},
+         f"sealed {args.input} as {args.bundle.name}: {args.output}")  # fmt: skip
+    return 0
+
+
+async def _seal_verify(args: argparse.Namespace) -> int:
+    from tongban.exchange.datadir import ca_certificate_pem
+    from tongban.exchange.licensing.documents import verify_document
+
+    pdf = _read(args.file, "PDF")
+    if args.ca is not None:
+        pem = _read(args.ca, "CA certificate", 64 * 1024)
+    else:
+        pem = ca_certificate_pem(settings_from_args(args))
+    result = await verify_document(pdf, load_pem_certificates(pem), datetime.now(UTC))
+    seals = [
+        {
+            "field": s.field_name,
+            "department": s.department_code,
+            "signer": s.signer_name,
+            "signed_at": s.signing_time.isoformat() if s.signing_time else None,
+            "intact": s.intact,
+            "coverage": s.coverage,
+            "pades_level": s.pades_level,
+        }
+        for s in result.seals
+    ]
+    payload = {"verified": result.verified, "check": result.check, "reason": result.reason,
+               "message": result.message, "seals": seals}  # fmt: skip
+    if args.json:
+        print(json.dumps({"ok": result.verified, **payload}, ensure_ascii=False), flush=True)
+    elif result.verified:
+        lines = [f"VERIFIED: {result.message}"] + [
+            f"  {s['signer']} ({s['department']}) sealed at {s['signed_at']}, "
+            f"{s['pades_level']}, covers {s['coverage']}"
+            for s in seals
+        ]
+        print("\n".join(lines), flush=True)
+    else:
+        print(f"NOT VERIFIED ({result.check} check, {result.reason}): {result.message}")
+    return 0 if result.verified else 1
+
+
+async def _seal_enrol(args: argparse.Namespace) -> int:
+    from tongban.exchange.db.database import Database
+    from tongban.exchange.licensing.setup import enrol_seal, vault_for
+
+    settings = settings_from_args(args)
+    async with await Database.open(settings, pool_size=1) as db:
+        fingerprint = await enrol_seal(
+            vault_for(db.pool, settings), db.pool, settings, args.code, datetime.now(UTC)
+        )
+    emit(
+        args,
+        {"department": args.code, "seal_fingerprint": fingerprint.hex()},
+        f"{args.code} now has a custodial seal (certificate sha256 {fingerprint.hex()})",
+    )
+    return 0

@@ -1,0 +1,90 @@
+"""Putting keys into custody: a department's seal at enrolment (or later, for departments
+registered before the seal service), and the exchange's status-list key at node start."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import asyncpg
+from cryptography.hazmat.primitives import serialization
+
+from tongban.exchange.datadir import key_passphrase, load_ca
+from tongban.exchange.departments import DepartmentStore
+from tongban.exchange.errors import DepartmentNotFound
+from tongban.exchange.licensing.custody import (
+    STATUS_LIST_HOLDER,
+    SealVault,
+    issue_status_list_certificate,
+)
+from tongban.exchange.settings import Settings
+from tongban.signing import (
+    PrivateKey,
+    certificate_fingerprint,
+    generate_private_key,
+    issue_seal_certificate,
+    load_pem_certificates,
+)
+
+__all__ = ["custody_seal_from_pem", "enrol_seal", "ensure_status_key", "vault_for"]
+
+
+async def custody_seal_from_pem(
+    vault: SealVault, code: str, key_pem: bytes, cert_pem: bytes, now: datetime
+) -> None:
+    """Take department ``code``'s seal (unencrypted PKCS#8 PEM and its certificate, as a
+    freshly issued bundle holds them) into custody."""
+    key = serialization.load_pem_private_key(key_pem, None)
+    chain = tuple(load_pem_certificates(cert_pem))
+    await vault.enrol(code, key, chain, now)  # type: ignore[arg-type]  # P-256 seal keys
+
+
+async def enrol_seal(
+    vault: SealVault, pool: asyncpg.Pool, settings: Settings, code: str, now: datetime
+) -> bytes:
+    """Issue department ``code`` a new seal key and certificate from the exchange CA, take
+    it into custody and register its fingerprint; return the fingerprint. For departments
+    registered before the seal service (``SEAL_NOT_ENROLLED``) and for seal rotation.
+
+    Raises DepartmentNotFound, or a data dir / key error."""
+    department = await DepartmentStore(pool).find(code)
+    if department is None:
+        raise DepartmentNotFound(f"No department {code!r} is registered.")
+    ca = load_ca(settings)
+    key: PrivateKey = generate_private_key("P-256")
+    cert = issue_seal_certificate(
+        ca_cert=ca.cert,
+        ca_key=ca.key,
+        code=code,
+        name=department.name,
+        public_key=key.public_key(),
+        now=now,
+    )
+    await vault.enrol(code, key, (cert,), now)
+    fingerprint = certificate_fingerprint(cert)
+    await pool.execute(
+        "UPDATE department SET seal_fingerprint = $2 WHERE code = $1", code, fingerprint
+    )
+    return fingerprint
+
+
+async def ensure_status_key(vault: SealVault, settings: Settings, now: datetime) -> None:
+    """Create the exchange's status-list key and certificate if the database has none
+    (the first node to start makes it; the others find it)."""
+    chains = await vault.chains()
+    if STATUS_LIST_HOLDER in chains:
+        return
+    ca = load_ca(settings)
+    key = generate_private_key("P-256")
+    cert = issue_status_list_certificate(
+        ca_cert=ca.cert,
+        ca_key=ca.key,
+        node_name=settings.node_name,
+        public_key=key.public_key(),
+        now=now,
+    )
+    await vault.enrol(STATUS_LIST_HOLDER, key, (cert,), now, replace=False)
+
+
+def vault_for(pool: asyncpg.Pool, settings: Settings) -> SealVault:
+    """The seal vault over ``pool``, opened with the node key passphrase."""
+    return SealVault(pool, key_passphrase(settings))

@@ -1,0 +1,323 @@
+"""Verifying a licence as a relying party does: one entry point for an SD-JWT VC (or a
+presentation of one) and for the offline QR text, returning a ``VerificationResult``
+rather than raising, so that a forged, expired or revoked licence is an answer with the
+failed check named, never a crash.
+
+Checks, in order (each failure names its ``check`` and ``reason``):
+
+1. ``format``: the text is an SD-JWT (``<jwt>~...~``) or a ``TB1:`` QR text; it parses
+   within the caps (a QR payload that would inflate past 64 KiB is refused unread);
+2. ``signature`` / ``issuer``: the signature verifies under a seal certificate that
+   chains to the exchange root and is on the trust list (every certificate with the QR's
+   ``kid`` is tried); the claimed issuer is the certificate's department;
+3. ``disclosure`` (SD-JWT): every disclosure matches a signed digest;
+4. ``validity``: not before ``nbf``, not at or after ``exp``;
+5. ``format``: the licence type (``vct``/``lty``) is one the verifier knows;
+6. ``status``: the status list bit (0 valid, 1 revoked, 2 suspended), looked up by the
+   caller's ``StatusLookup``; a lookup may raise a more precise ``VerificationFailed``
+   (the issuing registry knows a licence was cancelled or superseded).
+
+The trust list must be current (``TrustList`` is returned only by a verification that
+checked its expiry); an expired cached list is the caller's ``TrustListExpired``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any, Literal
+
+from cryptography import x509
+
+from tongban.licence.errors import (
+    LicenceError,
+    LicenceFormatInvalid,
+    LicenceRevoked,
+    LicenceSuspended,
+    StatusUnavailable,
+    VerificationFailed,
+)
+from tongban.licence.qr import QR_PREFIX, certificate_kid, verify_qr
+from tongban.licence.sdjwt import verify_sd_jwt
+from tongban.licence.status_list import LicenceStatus
+from tongban.licence.trust_list import TrustList
+from tongban.licence.types import LicenceTypeRegistry
+
+__all__ = [
+    "LicenceFormat",
+    "StatusLookup",
+    "VerificationResult",
+    "failure",
+    "verify_licence",
+]
+
+LicenceFormat = Literal["sd-jwt", "qr", "unknown"]
+#: Given the issuing department, the status list URI and the index, return the status
+#: value, or None if the list is not at hand. May raise ``VerificationFailed``.
+StatusLookup = Callable[[str, str, int], int | None]
+
+_STATUS_NAMES = {
+    LicenceStatus.VALID: "valid",
+    LicenceStatus.INVALID: "revoked",
+    LicenceStatus.SUSPENDED: "suspended",
+}
+_STATUS_BY_REASON = {
+    "LICENCE_REVOKED": "revoked",
+    "LICENCE_SUSPENDED": "suspended",
+    "LICENCE_CANCELLED": "cancelled",
+    "LICENCE_SUPERSEDED": "superseded",
+    "STATUS_UNAVAILABLE": "unknown",
+}
+
+
+@dataclass(frozen=True)
+class VerificationResult:
+    """What a verifier learns. ``verified`` is True only if every check passed (and the
+    status was checked, unless the caller asked for no status check)."""
+
+    verified: bool
+    format: LicenceFormat
+    message: str
+    """One sentence: what was verified, or what failed and what to do."""
+    check: str = ""
+    """The failed check (``format``, ``signature``, ``issuer``, ``disclosure``,
+    ``validity``, ``status``, ``trust-list``), empty when verified."""
+    reason: str = ""
+    """The stable reason code of the failure, empty when verified."""
+    licence_number: str = ""
+    licence_type: str = ""
+    """The licence type code."""
+    issuer: str = ""
+    """The issuing department's code."""
+    holder_id: str = ""
+    holder_name: str = ""
+    claims: Mapping[str, object] = field(default_factory=lambda: MappingProxyType({}))
+    """The verified claims: the clear and disclosed claims of an SD-JWT; the QR's few."""
+    status: str = "unchecked"
+    """``valid``, ``revoked``, ``suspended``, ``cancelled``, ``superseded``, ``unknown``
+    (status list unavailable) or ``unchecked``."""
+    not_before: datetime | None = None
+    expires: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the result as JSON-ready data (instants as RFC 3339 strings)."""
+        return {
+            "verified": self.verified,
+            "format": self.format,
+            "check": self.check,
+            "reason": self.reason,
+            "message": self.message,
+            "licence_number": self.licence_number,
+            "licence_type": self.licence_type,
+            "issuer": self.issuer,
+            "holder_id": self.holder_id,
+            "holder_name": self.holder_name,
+            "claims": dict(self.claims),
+            "status": self.status,
+            "not_before": self.not_before.isoformat() if self.not_before else None,
+            "expires": self.expires.isoformat() if self.expires else None,
+        }
+
+
+def failure(
+    error: VerificationFailed | LicenceError, fmt: LicenceFormat, **known: Any
+) -> VerificationResult:
+    """Return the unverified result for ``error`` (its check, reason and message)."""
+    check = error.metadata.get("check", "format")
+    return VerificationResult(
+        verified=False,
+        format=fmt,
+        message=error.message,
+        check=check,
+        reason=error.reason,
+        status=_STATUS_BY_REASON.get(error.reason, known.pop("status", "unchecked")),
+        **known,
+    )
+
+
+def _status(lookup: StatusLookup | None, issuer: str, uri: str, index: int, number: str) -> str:
+    if lookup is None:
+        return "unchecked"
+    value = lookup(issuer, uri, index)
+    where = f"index {index} of {uri}"
+    if value is None:
+        raise StatusUnavailable(
+            f"The status of licence {number} ({where}) is not at hand; fetch the status "
+            "list while online and check again."
+        )
+    if value == LicenceStatus.INVALID:
+        raise LicenceRevoked(f"Licence {number} has been revoked ({where}).")
+    if value == LicenceStatus.SUSPENDED:
+        raise LicenceSuspended(f"Licence {number} is suspended ({where}).")
+    if value != LicenceStatus.VALID:
+        raise StatusUnavailable(
+            f"The status list gives licence {number} the status {value}, which has no "
+            "meaning for licences."
+        )
+    return _STATUS_NAMES[LicenceStatus.VALID]
+
+
+_kids_memo: tuple[TrustList, list[tuple[bytes, x509.Certificate]]] | None = None
+
+
+def _kids(trust_list: TrustList) -> list[tuple[bytes, x509.Certificate]]:
+    """The (kid, certificate) pairs of the trust list's seals, computed once per list."""
+    global _kids_memo  # one entry: a verifier uses one trust list at a time
+    memo = _kids_memo
+    if memo is not None and memo[0] is trust_list:
+        return memo[1]
+    pairs = [(certificate_kid(c), c) for c in trust_list.all_seal_certificates()]
+    _kids_memo = (trust_list, pairs)
+    return pairs
+
+
+def _at(seconds: int) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def verify_licence(
+    text: str,
+    *,
+    roots: Sequence[x509.Certificate],
+    trust_list: TrustList,
+    registry: LicenceTypeRegistry,
+    now: datetime,
+    status: StatusLookup | None,
+) -> VerificationResult:
+    """Return the result of verifying ``text`` (an SD-JWT VC or presentation, or a
+    ``TB1:`` QR text) at ``now`` against the exchange ``roots`` and ``trust_list``,
+    checking its status with ``status`` (None: no status check, status "unchecked").
+
+    Never raises for bad input; raises ValueError only for a naive ``now``.
+    """
+    if now.tzinfo is None:
+        raise ValueError("verify_licence needs a timezone-aware `now`.")
+    text = text.strip() if isinstance(text, str) else text
+    if not isinstance(text, str) or not text:
+        return failure(LicenceFormatInvalid("No licence text was given."), "unknown")
+    if text.startswith(QR_PREFIX):
+        return _verify_qr(text, roots, trust_list, registry, now, status)
+    if "~" in text and "." in text.split("~", 1)[0]:
+        return _verify_sd_jwt(text, roots, trust_list, registry, now, status)
+    return failure(
+        LicenceFormatInvalid(
+            f"This is neither a licence QR text (starting {QR_PREFIX!r}) nor an SD-JWT "
+            "licence (<jwt>~<disclosure>~...~); check what was scanned or pasted."
+        ),
+        "unknown",
+    )
+
+
+def _verify_qr(
+    text: str,
+    roots: Sequence[x509.Certificate],
+    trust_list: TrustList,
+    registry: LicenceTypeRegistry,
+    now: datetime,
+    lookup: StatusLookup | None,
+) -> VerificationResult:
+    certificates = _kids(trust_list)
+    try:
+        verified = verify_qr(text, certificates=certificates, roots=roots, now=now)
+    except VerificationFailed as e:
+        return failure(e, "qr")
+    claims = verified.claims
+    known: dict[str, Any] = {
+        "licence_number": claims.licence_number,
+        "licence_type": claims.licence_type,
+        "issuer": claims.issuer,
+        "holder_id": claims.holder_id,
+        "holder_name": claims.holder_name,
+        "claims": MappingProxyType({"holder_name": claims.holder_name}),
+        "not_before": _at(claims.not_before),
+        "expires": _at(claims.expires),
+    }
+    try:
+        licence_type = registry.get(claims.licence_type)
+        if claims.issuer not in licence_type.issuers:
+            raise LicenceFormatInvalid(
+                f"Department {claims.issuer!r} does not issue {licence_type.name_en} "
+                f"({licence_type.name_zh}) licences, yet sealed this one.",
+                metadata={"check": "issuer"},
+            )
+        found = _status(
+            lookup, claims.issuer, claims.status_uri, claims.status_index, claims.licence_number
+        )
+    except (VerificationFailed, LicenceError) as e:
+        return failure(e, "qr", **known)
+    return VerificationResult(
+        verified=True,
+        format="qr",
+        message=(
+            f"{licence_type.name_zh} {claims.licence_number} of {claims.holder_name}, issued by "
+            f"{claims.issuer}: signature, issuer and validity verified; status {found}."
+        ),
+        status=found,
+        **known,
+    )
+
+
+def _verify_sd_jwt(
+    text: str,
+    roots: Sequence[x509.Certificate],
+    trust_list: TrustList,
+    registry: LicenceTypeRegistry,
+    now: datetime,
+    lookup: StatusLookup | None,
+) -> VerificationResult:
+    try:
+        verified = verify_sd_jwt(
+            text, roots=roots, trusted=trust_list.all_seal_certificates(), now=now
+        )
+    except VerificationFailed as e:
+        return failure(e, "sd-jwt")
+    claims = {**verified.clear_claims, **verified.disclosed_claims}
+    number = claims.get("licence_number")
+    known: dict[str, Any] = {
+        "licence_number": number if isinstance(number, str) else "",
+        "issuer": verified.department,
+        "holder_id": verified.subject,
+        "claims": MappingProxyType(claims),
+        "not_before": verified.not_before,
+        "expires": verified.expires_at,
+    }
+    try:
+        licence_type = registry.by_vct(verified.vct)
+        known["licence_type"] = licence_type.code
+        name = next(
+            (
+                claims[c.name]
+                for c in licence_type.claims
+                if c.type == "string" and not c.holder_id and c.name in claims
+            ),
+            "",
+        )
+        known["holder_name"] = name if isinstance(name, str) else ""
+        if verified.department not in licence_type.issuers:
+            raise LicenceFormatInvalid(
+                f"Department {verified.department!r} does not issue {licence_type.name_en} "
+                f"({licence_type.name_zh}) licences, yet sealed this one.",
+                metadata={"check": "issuer"},
+            )
+        found = _status(
+            lookup,
+            verified.department,
+            verified.status.uri,
+            verified.status.idx,
+            known["licence_number"] or "(unnumbered)",
+        )
+    except (VerificationFailed, LicenceError) as e:
+        return failure(e, "sd-jwt", **known)
+    return VerificationResult(
+        verified=True,
+        format="sd-jwt",
+        message=(
+            f"{licence_type.name_zh} {known['licence_number']} of {known['holder_name']}, "
+            f"issued by {verified.department}: signature, issuer, disclosures and validity "
+            f"verified; status {found}."
+        ),
+        status=found,
+        **known,
+    )
