@@ -73,6 +73,8 @@ class EmbeddedPostgres:
     """
 
     def __init__(self, root: Path, *, start_timeout: float = 60.0) -> None:
+        # Absolute: pg_ctl runs with "/" as its working directory.
+        root = root.expanduser().absolute()
         self._root = root
         self.pgdata = root / "pg"
         self._start_timeout = start_timeout
