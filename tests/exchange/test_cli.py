@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import socket
 import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
-from tests.cli_helpers import cli_env, tongban
+from tests.cli_helpers import TONGBAN, cli_env, tongban
 
 
 @pytest.fixture
@@ -276,3 +280,42 @@ def test_a_malformed_ca_certificate_in_the_data_dir(tmp_path: Path, env: dict[st
     assert result.json()["reason"] == "CERTIFICATE_INVALID"
     assert "Traceback" not in result.stdout + result.stderr
     assert not (data / "bundles" / "tax").exists()
+
+
+def test_a_relative_data_dir_works_with_embedded_postgres() -> None:
+    # Outside pytest's 0700 tmp root: as root, PostgreSQL runs as another user.
+    root = Path(tempfile.mkdtemp(prefix="tongban-test-rel-"))
+    try:
+        env = cli_env(TONGBAN_KEY_PASSPHRASE="cli test")
+        assert (
+            subprocess.run(
+                [TONGBAN, "init", "--data-dir", "d"], cwd=root, env=env, capture_output=True
+            ).returncode
+            == 0
+        )
+        listed = subprocess.run(
+            [TONGBAN, "dept", "list", "--data-dir", "d", "--json"],
+            cwd=root,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        assert json.loads(listed.stdout)["departments"] == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_a_closed_pipe_ends_quietly() -> None:
+    """``tongban … | head``: the reader goes away; no traceback, exit 141 like Unix tools."""
+    proc = subprocess.Popen(
+        [TONGBAN, "licence", "types"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env(),
+    )
+    assert proc.stdout is not None
+    proc.stdout.close()  # before the command has written anything
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141
+    assert b"Traceback" not in err
