@@ -18,6 +18,7 @@ from tongban.exchange.catalogue import (
     RecordInvalid,
     SchemaInvalid,
     build_schema,
+    canonical_to_json,
     schema_from_json,
     schema_to_json,
     validate_record,
@@ -270,6 +271,28 @@ def test_decimals_have_one_canonical_form(given: Decimal | int, canonical: str) 
 def test_storage_forms(type_: FieldType, value: object, stored: object) -> None:
     assert value_to_json(type_, value) == stored
     assert value_from_json(type_, stored) == value
+    # The publish path's shortcut for values already canonical agrees.
+    assert canonical_to_json(value_from_json(type_, stored)) == stored
+
+
+@given(
+    st.one_of(
+        st.decimals(allow_nan=False, allow_infinity=False, places=6).map(
+            lambda d: (FieldType.DECIMAL, d)
+        ),
+        st.datetimes(timezones=st.just(UTC)).map(lambda d: (FieldType.DATETIME, d)),
+        st.dates().map(lambda d: (FieldType.DATE, d)),
+        st.integers(min_value=-(2**63), max_value=2**63 - 1).map(lambda i: (FieldType.INTEGER, i)),
+        st.booleans().map(lambda b: (FieldType.BOOLEAN, b)),
+    )
+)
+def test_canonical_to_json_matches_value_to_json(typed: tuple[FieldType, object]) -> None:
+    type_, value = typed
+    try:
+        expected = value_to_json(type_, value)
+    except RecordInvalid:
+        return  # not a value of the type (e.g. too many digits): never canonical
+    assert canonical_to_json(value_from_json(type_, expected)) == expected
 
 
 def test_value_to_json_refuses_invalid_values() -> None:

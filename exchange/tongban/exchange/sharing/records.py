@@ -11,7 +11,7 @@ from typing import Any
 
 import asyncpg
 
-from tongban.exchange.catalogue.schema import FieldType, value_from_json, value_to_json
+from tongban.exchange.catalogue.schema import FieldType, canonical_to_json, value_from_json
 from tongban.exchange.sharing.model import DatasetEntry
 
 __all__ = ["Change", "PublishCounts", "RecordStore", "StoredRecord"]
@@ -63,10 +63,8 @@ class StoredRecord:
 
 
 def _storage_form(entry: DatasetEntry, values: dict[str, object]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for spec in entry.schema.fields:
-        out[spec.name] = value_to_json(spec.type, values.get(spec.name))
-    return out
+    """The JSON storage form of a validated record (its values are canonical)."""
+    return {spec.name: canonical_to_json(values.get(spec.name)) for spec in entry.schema.fields}
 
 
 class RecordStore:
