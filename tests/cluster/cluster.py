@@ -59,6 +59,9 @@ def _node_env(settings: Settings, name: str) -> dict[str, str]:
         TONGBAN_NODE_NAME=name,
         TONGBAN_SHUTDOWN_GRACE_SECONDS="1",
         TONGBAN_DB_POOL_SIZE="6",
+        # One public URL for the whole exchange (licences' status list URIs), as behind
+        # a load balancer.
+        TONGBAN_PUBLIC_URL="http://exchange.test:8080",
     )
     if settings.kafka_bootstrap is not None:
         env.update(
