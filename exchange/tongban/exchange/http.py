@@ -1,6 +1,7 @@
-"""The node's HTTP listener: /healthz, /metrics, and the public licence endpoints:
+"""The node's HTTP listener: /healthz, /metrics, the public licence endpoints:
 ``/verify`` (a QR text in, the verification result out, as JSON), ``/status-lists/{id}``
-(signed Token Status Lists) and ``/trust-list`` (the signed trust list)."""
+(signed Token Status Lists) and ``/trust-list`` (the signed trust list), and the web
+console under ``/console/`` (``tongban.exchange.web``)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tongban.exchange.metrics import NodeMetrics
 
 if TYPE_CHECKING:
     from tongban.exchange.licensing.service import Licensing
+    from tongban.exchange.web import WebConsole
 
 __all__ = ["MAX_VERIFY_BODY", "build_http_app"]
 
@@ -123,9 +125,11 @@ def build_http_app(
     node_name: str,
     before_scrape: Sequence[Callable[[], Awaitable[None]]] = (),
     licensing: Licensing | None = None,
+    console: WebConsole | None = None,
 ) -> web.Application:
     """The node's HTTP routes; ``before_scrape`` hooks refresh gauges read from the database;
-    with ``licensing``, the public licence endpoints too."""
+    with ``licensing``, the public licence endpoints too; with ``console``, the web console
+    under ``/console/`` (docs/web.md)."""
 
     async def healthz(request: web.Request) -> web.Response:
         try:
@@ -152,4 +156,6 @@ def build_http_app(
     app.router.add_get("/metrics", metrics_view)
     if licensing is not None:
         _licence_routes(app, licensing)
+    if console is not None:
+        console.add_routes(app)
     return app

@@ -61,6 +61,7 @@ from tongban.exchange.server.sharing_services import (
 from tongban.exchange.settings import Settings
 from tongban.exchange.sharing.events import EventFeed, EventStore, EventWaker, PostgresFeed
 from tongban.exchange.sharing.service import Sharing
+from tongban.exchange.web import WebConsole
 from tongban.licence import BUILTIN_REGISTRY
 from tongban.signing.certs import load_pem_certificates
 from tongban.signing.clock import Clock, SystemClock
@@ -317,12 +318,34 @@ class Node:
 
     async def _start_http(self) -> None:
         assert self.db is not None
+        console = None
+        if (
+            self.licensing is not None
+            and self.sharing is not None
+            and self.access_log is not None
+            and self._hasher is not None
+            and self.checkpointer is not None
+        ):
+            console = WebConsole(
+                pool=self.db.pool,
+                licensing=self.licensing,
+                sharing=self.sharing,
+                access_log=self.access_log,
+                hasher=self._hasher,
+                checkpointer=self.checkpointer,
+                log_key=load_log_key(self.settings),
+                log_origin=log_origin(self.settings),
+                log_verifier=load_log_signer(self.settings).public_key(),
+                clock=self.clock,
+                node_name=self.settings.node_name,
+            )
         app = build_http_app(
             self.db,
             self.metrics,
             self.settings.node_name,
             before_scrape=[self._count_overdue, self._count_anomalies, self._measure_events],
             licensing=self.licensing,
+            console=console,
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()

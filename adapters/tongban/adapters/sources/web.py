@@ -177,12 +177,62 @@ class _Paged:
             )
         return config
 
+    # -- reading, the same for both: a stream is read whole, page by page ------------
+
+    _kind: str
+    """``rest`` or ``soap``: names the source in its checkpoints."""
+
+    async def _page(
+        self, stream: StreamMapping, position: KeyValue | None
+    ) -> tuple[list[SourceRow | UnreadableRow], KeyValue | None, bool]:
+        """Return one page's rows, the position after it, and whether it was the last."""
+        raise NotImplementedError
+
+    async def discover(self) -> list[StreamInfo]:
+        """Return each stream's endpoint with the fields of its first record."""
+        found: list[StreamInfo] = []
+        for stream in self._mapping.streams:
+            rows, _, _ = await self._page(stream, None)
+            first = next((r for r in rows if isinstance(r, SourceRow)), None)
+            names = list(first.values) if first is not None else []
+            found.append(StreamInfo(str(stream.endpoint), tuple(_json_columns(first, names))))
+        return found
+
+    def read(self, stream: str, checkpoint: Checkpoint | None) -> AsyncIterator[Batch]:
+        """Yield the endpoint's records page by page as one snapshot generation."""
+        config = self._checked(stream)
+        snapshot = checkpoint if isinstance(checkpoint, SnapshotCheckpoint) else None
+        return self._read(config, snapshot)
+
+    async def _read(
+        self, stream: StreamMapping, checkpoint: SnapshotCheckpoint | None
+    ) -> AsyncIterator[Batch]:
+        source_id = f"{self._kind}:{stream.endpoint}"
+        generation, position = self._start(stream, checkpoint, source_id)
+        while True:
+            rows, after, last = await self._page(stream, position)
+            position = after
+            yield Batch(
+                tuple(rows), SnapshotCheckpoint(generation, source_id, position, complete=last)
+            )
+            if last:
+                return
+
+    async def fetch(self, stream: str, source_keys: Sequence[KeyValue]) -> list[SourceRow]:
+        """Not offered: web service streams replay by reading a full snapshot again."""
+        raise SourceUnsupported(
+            "A web service stream cannot fetch rows by key; it replays by a full read.",
+            metadata={"stream": stream},
+        )
+
 
 # --- REST -------------------------------------------------------------------------------
 
 
 class RestSource(_Paged):
     """A REST/JSON service. Use as ``async with RestSource(mapping) as source``."""
+
+    _kind = "rest"
 
     def __init__(self, mapping: AdapterMapping, *, clock: Clock | None = None) -> None:
         assert isinstance(mapping.source, RestSettings)
@@ -364,47 +414,10 @@ class RestSource(_Paged):
         if not self._mapping.streams:
             await self._request("GET", "/", "check")  # reachable: any answer but 5xx
 
-    async def discover(self) -> list[StreamInfo]:
-        """Return each stream's endpoint with the fields of its first record."""
-        found: list[StreamInfo] = []
-        for stream in self._mapping.streams:
-            rows, _, _ = await self._page(stream, None)
-            first = next((r for r in rows if isinstance(r, SourceRow)), None)
-            names = list(first.values) if first is not None else []
-            found.append(StreamInfo(str(stream.endpoint), tuple(_json_columns(first, names))))
-        return found
-
     async def describe(self, stream: str) -> StreamInfo | None:
         """``None``: a JSON service declares no schema to check for drift."""
         self._checked(stream)
         return None
-
-    def read(self, stream: str, checkpoint: Checkpoint | None) -> AsyncIterator[Batch]:
-        """Yield the endpoint's records page by page as one snapshot generation."""
-        config = self._checked(stream)
-        snapshot = checkpoint if isinstance(checkpoint, SnapshotCheckpoint) else None
-        return self._read(config, snapshot)
-
-    async def _read(
-        self, stream: StreamMapping, checkpoint: SnapshotCheckpoint | None
-    ) -> AsyncIterator[Batch]:
-        source_id = f"rest:{stream.endpoint}"
-        generation, position = self._start(stream, checkpoint, source_id)
-        while True:
-            rows, after, last = await self._page(stream, position)
-            position = after
-            yield Batch(
-                tuple(rows), SnapshotCheckpoint(generation, source_id, position, complete=last)
-            )
-            if last:
-                return
-
-    async def fetch(self, stream: str, source_keys: Sequence[KeyValue]) -> list[SourceRow]:
-        """Not offered: web service streams replay by reading a full snapshot again."""
-        raise SourceUnsupported(
-            "A web service stream cannot fetch rows by key; it replays by a full read.",
-            metadata={"stream": stream},
-        )
 
     async def apply(self, batch: WriteBatch) -> WriteOutcome:
         """Send each command to its target endpoint (see the module docstring)."""
@@ -485,6 +498,8 @@ def _json_columns(first: SourceRow | None, names: list[str]) -> list[Any]:
 
 class SoapSource(_Paged):
     """A SOAP service, called with zeep in worker threads. Use with ``async with``."""
+
+    _kind = "soap"
 
     def __init__(self, mapping: AdapterMapping) -> None:
         assert isinstance(mapping.source, SoapSettings)
@@ -613,44 +628,10 @@ class SoapSource(_Paged):
             assert target.endpoint is not None
             self._operation(target.endpoint, f"Write-back of {target.dataset}")
 
-    async def discover(self) -> list[StreamInfo]:
-        found: list[StreamInfo] = []
-        for stream in self._mapping.streams:
-            rows, _, _ = await self._page(stream, None)
-            first = next((r for r in rows if isinstance(r, SourceRow)), None)
-            names = list(first.values) if first is not None else []
-            found.append(StreamInfo(str(stream.endpoint), tuple(_json_columns(first, names))))
-        return found
-
     async def describe(self, stream: str) -> StreamInfo | None:
         """``None``: the WSDL's types are checked by zeep on every call instead."""
         self._checked(stream)
         return None
-
-    def read(self, stream: str, checkpoint: Checkpoint | None) -> AsyncIterator[Batch]:
-        config = self._checked(stream)
-        snapshot = checkpoint if isinstance(checkpoint, SnapshotCheckpoint) else None
-        return self._read(config, snapshot)
-
-    async def _read(
-        self, stream: StreamMapping, checkpoint: SnapshotCheckpoint | None
-    ) -> AsyncIterator[Batch]:
-        source_id = f"soap:{stream.endpoint}"
-        generation, position = self._start(stream, checkpoint, source_id)
-        while True:
-            rows, after, last = await self._page(stream, position)
-            position = after
-            yield Batch(
-                tuple(rows), SnapshotCheckpoint(generation, source_id, position, complete=last)
-            )
-            if last:
-                return
-
-    async def fetch(self, stream: str, source_keys: Sequence[KeyValue]) -> list[SourceRow]:
-        raise SourceUnsupported(
-            "A web service stream cannot fetch rows by key; it replays by a full read.",
-            metadata={"stream": stream},
-        )
 
     async def apply(self, batch: WriteBatch) -> WriteOutcome:
         """Call each command's target operation (see the module docstring)."""

@@ -62,6 +62,10 @@ async def run(args: argparse.Namespace) -> int:
         from tongban.exchange.cli.adapter_cmds import run_adapter
 
         return await run_adapter(args)
+    if args.command in ("web", "subject"):
+        from tongban.exchange.cli.web_cmds import run_web
+
+        return await run_web(args)
     if args.command in ("catalogue", "query", "grant", "subscription"):
         from tongban.exchange.cli.sharing_cmds import run_sharing
 

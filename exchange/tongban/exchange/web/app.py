@@ -1,0 +1,741 @@
+"""The web console's routes (server-rendered, jinja2 with autoescape; docs/web.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import csv
+import io
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import asyncpg
+import jinja2
+from aiohttp import BodyPartReader, web
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from tongban.errors import TongbanError
+from tongban.exchange.audit.anomalies import MAX_PERIOD, find_anomalies
+from tongban.exchange.audit.checkpoints import Checkpointer
+from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
+from tongban.exchange.audit.note import open_checkpoint
+from tongban.exchange.audit.store import AuditStore, SearchFilters
+from tongban.exchange.audit.verify import verify_log
+from tongban.exchange.departments import Department, DepartmentStore
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.licensing.service import Licensing
+from tongban.exchange.sharing.model import ShareClass
+from tongban.exchange.sharing.service import Sharing
+from tongban.exchange.web.i18n import translator
+from tongban.exchange.web.sessions import LinkInvalid, LinkKind, LinkStore, Session, SessionKey
+from tongban.exchange.web.uploads import MAX_UPLOAD, UploadUnreadable, licence_text_from_upload
+from tongban.licence import VerificationResult
+from tongban.signing.clock import Clock
+
+__all__ = ["WebConsole"]
+
+_log = logging.getLogger(__name__)
+
+_CST = timezone(timedelta(hours=8))
+_COOKIE = "tongban_session"
+_LANG_COOKIE = "tongban_lang"
+_PAGE = 50
+_DRAIN = 64 * 1024 * 1024  # read (and drop) at most this much of an oversized upload
+_VOLUME_DAYS = 14
+_FILTERS = ("subject", "caller", "officer", "dataset", "purpose", "case", "decision", "from", "to")
+_FORGED_CHECKS = {"signature", "issuer", "trust-list", "disclosure"}
+_COLOURS = ("#1f5fa8", "#c0392b", "#2e8b57", "#b8860b", "#6a3d9a", "#008b8b", "#d2691e", "#555")
+
+
+@dataclass
+class _VerifyJob:
+    done: int = 0
+    total: int = 0
+    state: str = "running"  # running, ok, corrupt, failed
+    message: str = ""
+    result: dict[str, object] = field(default_factory=dict)
+
+
+def _outcome(result: VerificationResult) -> str:
+    if result.verified:
+        return "valid"
+    if result.status in ("revoked", "suspended", "cancelled", "superseded"):
+        return result.status
+    if result.check == "validity":
+        return "expired"
+    if result.check in _FORGED_CHECKS:
+        return "forged"
+    if result.check == "format":
+        return "unreadable"
+    return "invalid"
+
+
+def _instant(value: str, name: str) -> datetime | None:
+    value = value.strip()
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidArgument(
+            f"'{name}' must be a date or time like 2025-06-01 or 2025-06-01T09:30.",
+            metadata={"field": name},
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=_CST)
+
+
+class WebConsole:
+    """The console's pages on the node's HTTP app; see docs/web.md."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        licensing: Licensing,
+        sharing: Sharing,
+        access_log: AccessLog,
+        hasher: SubjectHasher,
+        checkpointer: Checkpointer,
+        log_key: bytes,
+        log_origin: str,
+        log_verifier: Ed25519PublicKey,
+        clock: Clock,
+        node_name: str,
+    ) -> None:
+        self._pool = pool
+        self._licensing = licensing
+        self._sharing = sharing
+        self._log = access_log
+        self._hasher = hasher
+        self._checkpoints = checkpointer
+        self._store = AuditStore(pool)
+        self._departments = DepartmentStore(pool)
+        self._links = LinkStore(pool)
+        self._keys = SessionKey(log_key)
+        self._origin = log_origin
+        self._verifier = log_verifier
+        self._clock = clock
+        self._node = node_name
+        self._jobs: dict[str, _VerifyJob] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._env = jinja2.Environment(
+            loader=jinja2.PackageLoader("tongban.exchange.web", "templates"),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+        )
+        self._env.filters["cst"] = lambda d: d.astimezone(_CST).strftime("%Y-%m-%d %H:%M:%S")
+        self._env.filters["b64"] = lambda b: base64.b64encode(b).decode() if b else ""
+
+    # ---- wiring -------------------------------------------------------------------------
+
+    def add_routes(self, app: web.Application) -> None:
+        app.middlewares.append(self._errors)
+        r = app.router
+        r.add_get("/", self._to_console)
+        r.add_get("/console", self._to_console)
+        r.add_get("/console/", self._home)
+        r.add_get("/console/verify", self._verify)
+        r.add_post("/console/verify", self._verify)
+        r.add_get("/console/link/{kind}", self._link_form)
+        r.add_post("/console/link/{kind}", self._link_open)
+        r.add_post("/console/logout", self._logout)
+        r.add_get("/console/audit", self._audit_search)
+        r.add_get("/console/audit/entry/{index}", self._audit_entry)
+        r.add_get("/console/audit/export.{fmt}", self._audit_export)
+        r.add_get("/console/audit/verify", self._audit_verify_page)
+        r.add_post("/console/audit/verify", self._audit_verify_start)
+        r.add_get("/console/audit/verify/status", self._audit_verify_status)
+        r.add_get("/console/audit/anomalies", self._audit_anomalies)
+        r.add_get("/console/audit/volume", self._audit_volume)
+        r.add_get("/console/subject", self._subject)
+        r.add_get("/console/catalogue", self._catalogue)
+        r.add_static("/console/static", str(_static_dir()), append_version=False)
+        app.on_cleanup.append(self._cancel_jobs)
+
+    async def _cancel_jobs(self, app: web.Application) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # ---- helpers ------------------------------------------------------------------------
+
+    @staticmethod
+    async def _to_console(request: web.Request) -> web.Response:
+        raise web.HTTPSeeOther("/console/")
+
+    def _lang(self, request: web.Request) -> str:
+        asked = request.query.get("lang")
+        if asked in ("zh", "en"):
+            return asked
+        cookie = request.cookies.get(_LANG_COOKIE)
+        if cookie in ("zh", "en"):
+            return cookie
+        accept = request.headers.get("Accept-Language", "").lower()
+        return "en" if accept.startswith("en") else "zh"
+
+    def _session(self, request: web.Request) -> Session | None:
+        value = request.cookies.get(_COOKIE)
+        return self._keys.open(value, self._clock.now()) if value else None
+
+    def _page(
+        self, request: web.Request, template: str, status: int = 200, **context: Any
+    ) -> web.Response:
+        lang = self._lang(request)
+        html = self._env.get_template(template).render(
+            t=translator(lang),
+            lang=lang,
+            path=request.path,
+            query=dict(request.query),
+            session=self._session(request),
+            **context,
+        )
+        response = web.Response(
+            text=html,
+            status=status,
+            content_type="text/html",
+            headers={
+                "Cache-Control": "no-store",
+                "Content-Security-Policy": "default-src 'self'; img-src 'self' data: blob:; "
+                "media-src 'self' blob:; style-src 'self'; script-src 'self'; "
+                "frame-ancestors 'none'; form-action 'self'",
+                "X-Content-Type-Options": "nosniff",
+                "Referrer-Policy": "no-referrer",
+            },
+        )
+        if request.query.get("lang") in ("zh", "en"):
+            response.set_cookie(
+                _LANG_COOKIE, lang, max_age=365 * 86400, samesite="Strict", httponly=True
+            )
+        return response
+
+    def _message(
+        self, request: web.Request, status: int, message: str, *, reason: str = ""
+    ) -> web.Response:
+        return self._page(request, "message.html", status=status, message=message, reason=reason)
+
+    async def _department_session(
+        self, request: web.Request, *, auditor: bool
+    ) -> tuple[Session, Department] | web.Response:
+        t = translator(self._lang(request))
+        session = self._session(request)
+        if session is None or session.kind != "login":
+            return self._message(request, 401, t("login.required"), reason="LOGIN_REQUIRED")
+        department = await self._departments.find(session.principal)
+        if department is None or department.status.value != "active":
+            return self._message(request, 403, t("login.required"), reason="DEPARTMENT_INACTIVE")
+        if auditor and "auditor" not in department.roles:
+            return self._message(request, 403, t("login.auditor"), reason="AUDITOR_ROLE_REQUIRED")
+        return session, department
+
+    async def _log_view(
+        self,
+        caller: str,
+        officer: str | None,
+        action: str,
+        subject_hmac: bytes | None,
+        purpose: str,
+    ) -> None:
+        """Write a page view of personal data to the access log before the page is sent."""
+        await self._log.append(
+            [
+                AccessEntry(
+                    at=self._clock.now(),
+                    node=self._node,
+                    caller=caller,
+                    officer=officer,
+                    action=action,
+                    dataset=None,
+                    fields=(),
+                    purpose=purpose,
+                    case_id=None,
+                    subject_hmac=subject_hmac,
+                    decision="allowed",
+                    reason=None,
+                )
+            ]
+        )
+
+    # ---- errors -------------------------------------------------------------------------
+
+    @web.middleware
+    async def _errors(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if not request.path.startswith("/console"):
+            return await handler(request)
+        t = translator(self._lang(request))
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            return self._message(request, 404, t("error.not_found"), reason="NOT_FOUND")
+        except web.HTTPException:
+            raise
+        except TongbanError as e:
+            status = 503 if e.status == "UNAVAILABLE" else 400
+            return self._message(request, status, e.message, reason=e.reason)
+        except Exception:  # noqa: BLE001 - a page, never a stack trace; the log has it
+            incident = secrets.token_hex(6)
+            _log.exception("incident %s on %s", incident, request.path)
+            return self._message(
+                request, 500, t("error.internal", incident=incident), reason="INTERNAL"
+            )
+
+    # ---- pages --------------------------------------------------------------------------
+
+    async def _home(self, request: web.Request) -> web.Response:
+        return self._page(request, "home.html")
+
+    async def _verify(self, request: web.Request) -> web.StreamResponse:
+        t = translator(self._lang(request))
+        if request.method == "GET" and "qr" not in request.query:
+            return self._page(request, "verify.html", result=None, outcome=None, text="")
+        if request.method == "GET":
+            text = request.query.get("qr", "")
+        else:
+            given = await self._verify_input(request)
+            if isinstance(given, web.StreamResponse):
+                return given
+            text = given
+        text = text.strip()
+        if not text:
+            return self._page(
+                request, "verify.html", status=400, result=None, outcome=None, text="",
+                error=t("verify.none"),
+            )  # fmt: skip
+        if len(text) > 64 * 1024:
+            raise UploadUnreadable("The text is over 64 KiB; it is not a licence.")
+        result = await self._licensing.verify(text)
+        issuer = await self._departments.find(result.issuer) if result.issuer else None
+        return self._page(
+            request,
+            "verify.html",
+            result=result,
+            outcome=_outcome(result),
+            issuer_name=issuer.name if issuer else "",
+            checked_at=self._clock.now(),
+            text="" if text.count(".") >= 2 else text,
+        )
+
+    async def _verify_input(self, request: web.Request) -> str | web.StreamResponse:
+        """The text to verify from a posted form: the text field, else the uploaded file."""
+        t = translator(self._lang(request))
+        too_large = self._message(
+            request, 413, t("error.too_large", mb=MAX_UPLOAD // 2**20), reason="PAYLOAD_TOO_LARGE"
+        )
+        if request.content_length is not None and request.content_length > MAX_UPLOAD + 65536:
+            # Read and drop what the browser sends, so that it gets the page, not a reset.
+            await _drain(request)
+            return too_large
+        if request.content_type != "multipart/form-data":
+            form = await request.post()
+            return str(form.get("qr", ""))
+        text = ""
+        reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader) or part.name is None:
+                continue
+            data = bytearray()
+            while chunk := await part.read_chunk(65536):
+                data += chunk
+                if len(data) > MAX_UPLOAD:
+                    await _drain(request)
+                    return too_large
+            if part.name == "qr" and data.strip():
+                text = data.decode("utf-8", "replace")
+            elif part.name == "file" and data and not text:
+                text = await licence_text_from_upload(bytes(data))
+        return text
+
+    async def _link_form(self, request: web.Request) -> web.Response:
+        kind = _kind(request)
+        return self._page(request, "link.html", kind=kind, token=request.query.get("token", ""))
+
+    async def _link_open(self, request: web.Request) -> web.Response:
+        kind = _kind(request)
+        form = await request.post()
+        try:
+            session = await self._links.consume(kind, str(form.get("token", "")), self._clock.now())
+        except LinkInvalid as e:
+            return self._message(request, 403, e.message, reason=e.reason)
+        to = "/console/subject"
+        if kind == "login":
+            department = await self._departments.find(session.principal)
+            auditor = department is not None and "auditor" in department.roles
+            to = "/console/audit" if auditor else "/console/catalogue"
+        response = web.HTTPSeeOther(to)
+        response.set_cookie(
+            _COOKIE,
+            self._keys.seal(session),
+            max_age=int((session.expires - self._clock.now()).total_seconds()),
+            httponly=True,
+            samesite="Strict",
+            path="/console",
+            secure=request.secure,
+        )
+        raise response
+
+    async def _logout(self, request: web.Request) -> web.Response:
+        response = web.HTTPSeeOther("/console/")
+        response.del_cookie(_COOKIE, path="/console")
+        raise response
+
+    # ---- audit --------------------------------------------------------------------------
+
+    async def _filters(self, request: web.Request, who: Session, action: str) -> SearchFilters:
+        q = request.query
+        for name in _FILTERS:
+            if len(q.get(name, "")) > 200:
+                raise InvalidArgument(f"'{name}' is too long (at most 200 characters).")
+        decision = q.get("decision", "").strip() or None
+        if decision not in (None, "allowed", "denied"):
+            raise InvalidArgument("'decision' must be allowed, denied or empty.")
+        subject = q.get("subject", "").strip()
+        filters = SearchFilters(
+            subject_hmac=self._hasher(subject) if subject else None,
+            caller=q.get("caller", "").strip() or None,
+            officer=q.get("officer", "").strip() or None,
+            dataset=q.get("dataset", "").strip() or None,
+            purpose=q.get("purpose", "").strip() or None,
+            case_id=q.get("case", "").strip() or None,
+            decision=decision,
+            start=_instant(q.get("from", ""), "from"),
+            end=_instant(q.get("to", ""), "to"),
+        )
+        filters.where(1)  # validate (start before end) before anything is logged
+        if filters.subject_hmac is not None:
+            await self._log_view(who.principal, who.officer, action, filters.subject_hmac, "audit")
+        return filters
+
+    async def _audit_search(self, request: web.Request) -> web.Response:
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        session, _ = auth
+        searched = any(request.query.get(n, "").strip() for n in _FILTERS) or (
+            "page" in request.query
+        )
+        entries: list[Any] = []
+        token = ""
+        if searched:
+            filters = await self._filters(request, session, "audit.search")
+            entries, token = await self._store.search(
+                filters, page_size=_PAGE, page_token=request.query.get("page", "")
+            )
+        params = {k: v for k, v in request.query.items() if k in _FILTERS and v}
+        return self._page(
+            request,
+            "audit_search.html",
+            entries=entries,
+            searched=searched,
+            next_token=token,
+            params=params,
+            logged=bool(params.get("subject")),
+        )
+
+    async def _audit_entry(self, request: web.Request) -> web.Response:
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        session, _ = auth
+        text = request.match_info["index"]
+        if not text.isdigit() or len(text) > 18:
+            raise InvalidArgument("The entry index must be a whole number (0, 1, 2, ...).")
+        entry = await self._store.entry(int(text))
+        checkpoint = await self._checkpoints.latest()
+        if checkpoint.size <= entry.index:
+            checkpoint = await self._checkpoints.sign_now()
+        proof = await self._store.inclusion(entry.index, checkpoint.size)
+        signed = open_checkpoint(
+            checkpoint.note, [(self._origin, self._verifier)], origin=self._origin
+        )
+        verify_inclusion(leaf_hash(entry.leaf), entry.index, signed.size, proof, signed.root)
+        if entry.subject_hmac is not None:
+            await self._log_view(
+                session.principal, session.officer, "audit.entry", entry.subject_hmac, "audit"
+            )
+        return self._page(
+            request,
+            "audit_entry.html",
+            entry=entry,
+            proof=proof,
+            checkpoint=checkpoint,
+            verifier_key=self._checkpoints.verifier_key,
+        )
+
+    async def _audit_export(self, request: web.Request) -> web.StreamResponse:
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        session, _ = auth
+        fmt = request.match_info["fmt"]
+        if fmt not in ("csv", "jsonl"):
+            raise web.HTTPNotFound
+        filters = await self._filters(request, session, "audit.export")
+        stamp = self._clock.now().astimezone(_CST).strftime("%Y%m%d-%H%M%S")
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/csv; charset=utf-8"
+                if fmt == "csv"
+                else "application/jsonl; charset=utf-8",
+                "Content-Disposition": f'attachment; filename="access-log-{stamp}.{fmt}"',
+                "Cache-Control": "no-store",
+            }
+        )
+        await response.prepare(request)
+        columns = list(_export_columns())
+        if fmt == "csv":
+            await response.write("\ufeff".encode() + _csv_line(columns))  # BOM: Excel reads UTF-8
+        async for entry in self._store.export(filters):
+            row = entry.to_dict()
+            if fmt == "csv":
+                row["fields"] = " ".join(entry.fields)
+                await response.write(_csv_line([row[c] for c in columns]))
+            else:
+                await response.write((json.dumps(row, ensure_ascii=False) + "\n").encode())
+        await response.write_eof()
+        return response
+
+    async def _audit_verify_page(self, request: web.Request) -> web.Response:
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        job = request.query.get("job", "")
+        return self._page(
+            request,
+            "audit_verify.html",
+            job=job if job in self._jobs else "",
+            state=self._jobs.get(job),
+        )
+
+    async def _audit_verify_start(self, request: web.Request) -> web.Response:
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        running = [k for k, j in self._jobs.items() if j.state == "running"]
+        if running:  # one full check at a time per node
+            raise web.HTTPSeeOther(f"/console/audit/verify?job={running[0]}")
+        job_id = secrets.token_urlsafe(9)
+        job = _VerifyJob()
+        self._jobs = {job_id: job}  # keep only the latest result
+        task = asyncio.get_running_loop().create_task(self._run_verify(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        raise web.HTTPSeeOther(f"/console/audit/verify?job={job_id}")
+
+    async def _run_verify(self, job: _VerifyJob) -> None:
+        def progress(done: int, total: int) -> None:
+            job.done, job.total = done, total
+
+        try:
+            await self._checkpoints.sign_now()
+            report = await verify_log(
+                self._pool, origin=self._origin, verifier=self._verifier, progress=progress
+            )
+        except TongbanError as e:
+            job.state, job.message = (
+                ("corrupt" if e.reason == "LOG_CORRUPT" else "failed"),
+                e.message,
+            )
+            return
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            job.state, job.message = (
+                "failed",
+                f"The database could not be read ({type(e).__name__}).",
+            )
+            return
+        job.state = "ok"
+        job.done = job.total = report.size
+        job.result = {
+            "size": report.size,
+            "checkpoints": report.checkpoints,
+            "seconds": round(report.seconds, 2),
+            "root": base64.b64encode(report.root).decode(),
+        }
+
+    async def _audit_verify_status(self, request: web.Request) -> web.Response:
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return web.json_response({"state": "refused"}, status=auth.status)
+        job = self._jobs.get(request.query.get("job", ""))
+        if job is None:
+            return web.json_response({"state": "unknown"}, status=404)
+        t = translator(self._lang(request))
+        text = (
+            t("verifylog.ok", **job.result)
+            if job.state == "ok"
+            else t("verifylog.bad", message=job.message)
+            if job.state in ("corrupt", "failed")
+            else t("verifylog.running")
+        )
+        return web.json_response(
+            {"state": job.state, "done": job.done, "total": job.total, "text": text},
+            headers={"Cache-Control": "no-store"},
+        )
+
+    async def _audit_anomalies(self, request: web.Request) -> web.Response:
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        end = _instant(request.query.get("to", ""), "to") or self._clock.now()
+        start = _instant(request.query.get("from", ""), "from") or end - timedelta(days=1)
+        if start >= end or end - start > MAX_PERIOD:
+            raise InvalidArgument("The period must be 1 second to 31 days long.")
+        found = await find_anomalies(self._pool, start=start, end=end)
+        return self._page(request, "audit_anomalies.html", anomalies=found, start=start, end=end)
+
+    async def _audit_volume(self, request: web.Request) -> web.Response:
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        today = self._clock.now().astimezone(_CST).date()
+        first = today - timedelta(days=_VOLUME_DAYS - 1)
+        start = datetime(first.year, first.month, first.day, tzinfo=_CST)
+        rows = await self._pool.fetch(
+            "SELECT (at AT TIME ZONE '+08:00')::date AS day, caller, count(*) AS n"
+            " FROM access_log WHERE at >= $1 GROUP BY 1, 2 ORDER BY 2, 1",
+            start,
+        )
+        days = [first + timedelta(days=i) for i in range(_VOLUME_DAYS)]
+        series: dict[str, list[int]] = {}
+        for row in rows:
+            counts = series.setdefault(row["caller"], [0] * _VOLUME_DAYS)
+            offset = (row["day"] - first).days
+            if 0 <= offset < _VOLUME_DAYS:
+                counts[offset] = int(row["n"])
+        return self._page(
+            request, "audit_volume.html", chart=_chart(days, series), days=_VOLUME_DAYS
+        )
+
+    # ---- subject and catalogue -------------------------------------------------------------
+
+    async def _subject(self, request: web.Request) -> web.Response:
+        t = translator(self._lang(request))
+        session = self._session(request)
+        if session is None or session.kind != "subject":
+            return self._message(
+                request, 401, t("login.required").split("（")[0].split(" (")[0],
+                reason="LINK_REQUIRED",
+            )  # fmt: skip
+        subject = self._hasher(session.principal)
+        # The view itself is logged first, so it is part of what the subject sees.
+        await self._log_view("subject", None, "subject.view", subject, "subject view")
+        accesses, token, withheld = await self._store.subject_accesses(
+            subject, self._clock.now(), page_size=1000, page_token=request.query.get("page", "")
+        )
+        return self._page(
+            request,
+            "subject.html",
+            subject_id=session.principal,
+            accesses=accesses,
+            withheld=withheld,
+            next_token=token,
+        )
+
+    async def _catalogue(self, request: web.Request) -> web.Response:
+        auth = await self._department_session(request, auditor=False)
+        if isinstance(auth, web.Response):
+            return auth
+        _, department = auth
+        q = request.query
+        share = q.get("class", "")
+        try:
+            share_class = ShareClass(share) if share else None
+        except ValueError:
+            raise InvalidArgument("Choose a share class from the list.") from None
+        datasets, token = await self._sharing.datasets.search(
+            department.code,
+            keyword=q.get("keyword", "").strip() or None,
+            owner=q.get("owner", "").strip() or None,
+            share_class=share_class,
+            page_size=_PAGE,
+            page_token=q.get("page", ""),
+        )
+        now = self._clock.now()
+        pending = [
+            g
+            for g in await self._sharing.grants.list(caller=department.code, now=now)
+            if g.status.value == "pending"
+        ]
+        return self._page(
+            request,
+            "catalogue.html",
+            datasets=datasets,
+            next_token=token,
+            department=department,
+            pending=pending,
+            now=now,
+        )
+
+
+def _kind(request: web.Request) -> LinkKind:
+    kind = request.match_info["kind"]
+    if kind == "login":
+        return "login"
+    if kind == "subject":
+        return "subject"
+    raise web.HTTPNotFound
+
+
+async def _drain(request: web.Request) -> None:
+    seen = 0
+    while seen < _DRAIN and (chunk := await request.content.read(1 << 20)):
+        seen += len(chunk)
+
+
+def _static_dir() -> Any:
+    from importlib import resources
+
+    return resources.files("tongban.exchange.web") / "static"
+
+
+def _export_columns() -> tuple[str, ...]:
+    return (
+        "index", "at", "node", "caller", "officer", "action", "dataset", "fields", "purpose",
+        "case_id", "subject_hmac", "decision", "reason", "leaf",
+    )  # fmt: skip
+
+
+def _csv_line(values: Sequence[object]) -> bytes:
+    out = io.StringIO()
+    csv.writer(out).writerow(["" if v is None else v for v in values])
+    return out.getvalue().encode()
+
+
+def _chart(days: list[Any], series: dict[str, list[int]]) -> dict[str, Any]:
+    """Lines of an inline SVG chart: one polyline per department, scaled to 640 by 240."""
+    width, height, left, bottom = 640, 240, 40, 24
+    top = max((max(v) for v in series.values()), default=0) or 1
+    step = (width - left - 10) / max(len(days) - 1, 1)
+
+    def x(i: int) -> float:
+        return round(left + i * step, 1)
+
+    def y(n: int) -> float:
+        return round(height - bottom - n * (height - bottom - 10) / top, 1)
+
+    lines = [
+        {
+            "name": name,
+            "colour": _COLOURS[i % len(_COLOURS)],
+            "points": " ".join(f"{x(j)},{y(n)}" for j, n in enumerate(counts)),
+            "total": sum(counts),
+        }
+        for i, (name, counts) in enumerate(sorted(series.items()))
+    ]
+    ticks = [{"x": x(i), "label": d.strftime("%m-%d")} for i, d in enumerate(days) if i % 2 == 0]
+    return {
+        "width": width,
+        "height": height,
+        "lines": lines,
+        "ticks": ticks,
+        "top": top,
+        "y_top": y(top),
+        "y_zero": y(0),
+        "left": left,
+    }

@@ -1,0 +1,184 @@
+"""The console's words, in Chinese (the default) and English."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+__all__ = ["LANGUAGES", "translator"]
+
+LANGUAGES = ("zh", "en")
+
+_TEXT: dict[str, tuple[str, str]] = {
+    "title": ("通办 政务数据共享与电子证照", "Tongban data sharing and e-licences"),
+    "skip": ("跳到正文", "Skip to content"),
+    "nav.home": ("首页", "Home"),
+    "nav.verify": ("核验证照", "Verify a licence"),
+    "nav.audit": ("审计", "Audit"),
+    "nav.subject": ("我的数据", "My data"),
+    "nav.catalogue": ("目录", "Catalogue"),
+    "nav.logout": ("退出", "Sign out"),
+    "lang.other": ("English", "中文"),
+    "home.lead": (
+        "核验电子证照、查询访问日志、查看谁访问了您的数据、浏览共享目录。",
+        "Verify e-licences, search the access log, see who accessed your data, browse the catalogue.",  # noqa: E501
+    ),
+    "home.verify": ("任何人可用，无需登录。", "For anyone; no sign-in."),
+    "home.audit": ("审计人员，需登录链接。", "For auditors; needs a sign-in link."),
+    "home.subject": (
+        "企业或个人，凭一次性链接查看。",
+        "For companies and citizens, with a one-time link.",
+    ),
+    "home.catalogue": ("部门人员，需登录链接。", "For department staff; needs a sign-in link."),
+    "verify.title": ("核验电子证照", "Verify an e-licence"),
+    "verify.text": ("二维码内容或 SD-JWT", "QR text or SD-JWT"),
+    "verify.file": (
+        "或上传证照 PDF、二维码图片或 SD-JWT 文件",
+        "Or upload the licence PDF, a picture of its QR code, or an SD-JWT file",
+    ),
+    "verify.submit": ("核验", "Verify"),
+    "verify.camera": ("用摄像头扫码", "Scan with the camera"),
+    "verify.camera.none": (
+        "此浏览器不能扫码，请上传图片。",
+        "This browser cannot scan; upload a picture.",
+    ),
+    "verify.check": ("未通过的检查", "Failed check"),
+    "verify.issuer": ("发证部门", "Issuing department"),
+    "verify.number": ("证照编号", "Licence number"),
+    "verify.type": ("证照类型", "Licence type"),
+    "verify.holder": ("持证主体", "Holder"),
+    "verify.claims": ("披露的信息", "Disclosed claims"),
+    "verify.validity": ("有效期", "Validity"),
+    "verify.fresh": (
+        "签名以本节点缓存的信任列表核验；状态于 {at} 实时查询登记簿。",
+        "Signature checked against this node's cached trust list; status read live from the registry at {at}.",  # noqa: E501
+    ),
+    "verify.none": ("请粘贴二维码内容或上传文件。", "Paste the QR text or upload a file."),
+    "outcome.valid": ("有效", "Valid"),
+    "outcome.revoked": ("已吊销", "Revoked"),
+    "outcome.suspended": ("已暂停", "Suspended"),
+    "outcome.expired": ("已过期", "Expired"),
+    "outcome.forged": ("伪造或被篡改", "Forged or altered"),
+    "outcome.cancelled": ("已注销", "Cancelled"),
+    "outcome.superseded": ("已被新版本替代", "Superseded"),
+    "outcome.unreadable": ("无法识别", "Unreadable"),
+    "outcome.invalid": ("未通过核验", "Not verified"),
+    "login.title": ("登录", "Sign in"),
+    "login.continue": ("继续", "Continue"),
+    "login.explain": (
+        "此链接只能使用一次。点击继续后，本浏览器将保持登录。",
+        "This link works once. Continue to sign this browser in.",
+    ),
+    "login.required": (
+        "此页需要登录。请向运维人员索取登录链接（tongban web login-link）。",
+        "This page needs a sign-in. Ask the operator for a sign-in link (tongban web login-link).",
+    ),
+    "login.auditor": (
+        "此页仅供具有审计角色的部门使用。",
+        "This page is for departments with the auditor role only.",
+    ),
+    "audit.title": ("访问日志", "Access log"),
+    "audit.subject": ("主体标识（统一社会信用代码或身份证号）", "Subject id (USCC or citizen id)"),
+    "audit.caller": ("部门", "Department"),
+    "audit.officer": ("经办人", "Officer"),
+    "audit.dataset": ("数据集", "Dataset"),
+    "audit.purpose": ("用途", "Purpose"),
+    "audit.case": ("办件编号", "Case"),
+    "audit.decision": ("结果", "Decision"),
+    "audit.from": ("起始", "From"),
+    "audit.to": ("截止", "To"),
+    "audit.any": ("全部", "Any"),
+    "audit.search": ("查询", "Search"),
+    "audit.index": ("序号", "Index"),
+    "audit.at": ("时间", "Time"),
+    "audit.action": ("操作", "Action"),
+    "audit.next": ("下一页", "Next page"),
+    "audit.first": ("第一页", "First page"),
+    "audit.export": ("导出", "Export"),
+    "audit.none": ("没有符合条件的记录。", "No entries match."),
+    "audit.verify": ("核验整个日志", "Verify the log"),
+    "audit.anomalies": ("异常报告", "Anomaly report"),
+    "audit.volume": ("访问量", "Access volume"),
+    "audit.logged": (
+        "您对个人数据的查看已记入访问日志。",
+        "Your view of personal data has been written to the access log.",
+    ),
+    "entry.title": ("日志条目 {index}", "Log entry {index}"),
+    "entry.proof": ("包含证明", "Inclusion proof"),
+    "entry.checkpoint": ("签名检查点", "Signed checkpoint"),
+    "entry.proved": (
+        "已核验：该条目包含在 {size} 条记录的日志中，检查点签名有效。",
+        "Verified: the entry is in the log of {size} entries under a validly signed checkpoint.",
+    ),
+    "entry.leaf": ("叶子（Base64）", "Leaf (Base64)"),
+    "verifylog.title": ("核验整个日志", "Verify the whole log"),
+    "verifylog.explain": (
+        "重新计算默克尔树，检查每个条目、每个签名检查点及其一致性。",
+        "Recompute the Merkle tree and check every entry, every signed checkpoint and their consistency.",  # noqa: E501
+    ),
+    "verifylog.start": ("开始核验", "Start"),
+    "verifylog.running": ("正在核验…", "Verifying…"),
+    "verifylog.ok": (
+        "日志完整：{size} 条记录，{checkpoints} 个签名检查点一致，用时 {seconds} 秒。",
+        "The log is intact: {size} entries, {checkpoints} signed checkpoints consistent ({seconds} s).",  # noqa: E501
+    ),
+    "verifylog.bad": ("日志被改动：{message}", "The log was altered: {message}"),
+    "anomalies.title": ("异常报告", "Anomaly report"),
+    "anomalies.none": ("该时段没有发现异常。", "No anomalies in this period."),
+    "anomalies.kind": ("类型", "Kind"),
+    "anomalies.detail": ("说明", "Detail"),
+    "anomalies.count": ("次数", "Count"),
+    "anomalies.baseline": ("基线", "Baseline"),
+    "volume.title": (
+        "各部门每日访问量（近 {days} 天）",
+        "Accesses per department per day (last {days} days)",
+    ),
+    "volume.none": ("该时段没有访问。", "No accesses in this period."),
+    "subject.title": ("谁访问了我的数据", "Who accessed my data"),
+    "subject.for": ("主体：{id}", "Subject: {id}"),
+    "subject.withheld": (
+        "另有 {n} 条记录属于依法保密的案件，保密期满后显示。",
+        "{n} more entries belong to cases kept confidential by law; they appear when the embargo ends.",  # noqa: E501
+    ),
+    "subject.none": ("没有访问记录。", "No accesses recorded."),
+    "subject.self": ("您本人（网页查看）", "You (web console)"),
+    "catalogue.title": ("共享目录", "Catalogue"),
+    "catalogue.keyword": ("关键词", "Keyword"),
+    "catalogue.class": ("共享类型", "Share class"),
+    "catalogue.owner": ("提供部门", "Owner"),
+    "catalogue.fields": ("字段", "Fields"),
+    "catalogue.basis": ("法律依据", "Legal basis"),
+    "catalogue.none": ("没有符合条件的数据集。", "No datasets match."),
+    "catalogue.grants": ("本部门的待办申请", "Your department's pending requests"),
+    "catalogue.overdue": ("已超期", "Overdue"),
+    "catalogue.due": ("答复期限", "Due"),
+    "catalogue.consumer": ("申请部门", "Requested by"),
+    "catalogue.nogrants": ("没有待办申请。", "No pending requests."),
+    "class.unconditional": ("无条件共享", "Unconditional"),
+    "class.conditional": ("有条件共享", "Conditional"),
+    "class.not_shared": ("不予共享", "Not shared"),
+    "decision.allowed": ("允许", "Allowed"),
+    "decision.denied": ("拒绝", "Denied"),
+    "error.title": ("出错了", "Something went wrong"),
+    "error.too_large": (
+        "文件太大：最多 {mb} MB。证照 PDF 通常小于 1 MB。",
+        "The file is too large: at most {mb} MB. A licence PDF is usually under 1 MB.",
+    ),
+    "error.not_found": ("没有这个页面。", "There is no such page."),
+    "error.internal": (
+        "服务出错（事件 {incident}），请稍后重试。",
+        "The service failed (incident {incident}); please retry later.",
+    ),
+    "error.back": ("返回", "Back"),
+}
+
+
+def translator(lang: str) -> Callable[..., str]:
+    """``t(key, **values)`` in ``lang`` (falls back to the key itself if unknown)."""
+    which = 1 if lang == "en" else 0
+
+    def t(key: str, **values: object) -> str:
+        pair = _TEXT.get(key)
+        text = pair[which] if pair else key
+        return text.format(**values) if values else text
+
+    return t
