@@ -35,7 +35,7 @@ from tongban.exchange.sharing.service import Sharing
 from tongban.exchange.web.i18n import translator
 from tongban.exchange.web.sessions import LinkInvalid, LinkKind, LinkStore, Session, SessionKey
 from tongban.exchange.web.uploads import MAX_UPLOAD, UploadUnreadable, licence_text_from_upload
-from tongban.licence import VerificationResult
+from tongban.licence import BUILTIN_REGISTRY, VerificationResult
 from tongban.signing.clock import Clock
 
 __all__ = ["WebConsole"]
@@ -318,6 +318,7 @@ class WebConsole:
             result=result,
             outcome=_outcome(result),
             issuer_name=issuer.name if issuer else "",
+            type_names=_type_names(result.licence_type),
             checked_at=self._clock.now(),
             text="" if text.count(".") >= 2 else text,
         )
@@ -739,3 +740,10 @@ def _chart(days: list[Any], series: dict[str, list[int]]) -> dict[str, Any]:
         "y_zero": y(0),
         "left": left,
     }
+
+
+def _type_names(code: str) -> tuple[str, str]:
+    """(Chinese, English) names of a licence type, or the code twice if unknown."""
+    known = {t.code: t for t in BUILTIN_REGISTRY}
+    kind = known.get(code)
+    return (kind.name_zh, kind.name_en) if kind is not None else (code, code)
