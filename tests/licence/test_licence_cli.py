@@ -84,6 +84,16 @@ async def test_issue_get_revoke_and_verify_from_the_command_line(
         "--cache-dir", str(cache), "--json",
     )  # fmt: skip
     assert from_png.json()["licence_number"] == number
+    # The PDF itself: its QR code is read from the rendered page.
+    from_pdf = await atongban(
+        "licence", "verify", str(tmp_path / "licence.pdf"), "--offline",
+        "--cache-dir", str(cache), "--json",
+    )  # fmt: skip
+    assert (from_pdf.code, from_pdf.json()["licence_number"]) == (0, number)
+    not_a_licence = tmp_path / "notes.txt"
+    not_a_licence.write_text("hello", encoding="utf-8")
+    unreadable = await atongban("licence", "verify", str(not_a_licence), "--json")
+    assert (unreadable.code, unreadable.json()["reason"]) == (1, "UPLOAD_UNREADABLE")
 
     revoked = await atongban(
         "licence", "revoke", number, "--reason", "吊销", *dept("samr"), "--json"

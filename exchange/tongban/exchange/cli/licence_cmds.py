@@ -26,8 +26,6 @@ from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.licensing.service import status_refs
 from tongban.licence import (
     BUILTIN_REGISTRY,
-    QR_PREFIX,
-    LicenceFormatInvalid,
     StatusListCache,
     StatusUnavailable,
     TrustList,
@@ -340,16 +338,11 @@ async def _verify(args: argparse.Namespace) -> int:
     if args.qr is not None:
         text = args.qr.strip()
     else:
-        raw = _read(args.file, "licence file")
-        if raw.startswith(b"%PDF"):
-            raise InvalidArgument(
-                f"{args.file} is a PDF: check its seal with `tongban seal verify`, or scan its "
-                "QR code and pass --qr."
-            )
-        if raw.startswith(b"\x89PNG"):
-            text = _decode_png(raw, args.file)
-        else:
-            text = raw.decode("utf-8", "replace").strip()
+        # A licence PDF (its QR code is read from the rendered page), an image of the QR
+        # code, or a file holding the QR text or an SD-JWT.
+        from tongban.exchange.web.uploads import licence_text_from_upload
+
+        text = await licence_text_from_upload(_read(args.file, "licence file"))
     verifier = _Verifier(args)
     roots = verifier.roots()
     now = datetime.now(UTC)
@@ -387,24 +380,6 @@ async def _verify(args: argparse.Namespace) -> int:
         status=lookup,
     )  # fmt: skip
     return _report(args, result)
-
-
-def _decode_png(raw: bytes, path: Path) -> str:
-    try:
-        import zxingcpp  # optional: reads QR codes from images
-        from PIL import Image
-    except ImportError:
-        raise InvalidArgument(
-            f"{path} is an image; reading QR codes from images needs the zxing-cpp package. "
-            "Scan it and pass --qr instead."
-        ) from None
-    import io
-
-    with Image.open(io.BytesIO(raw)) as image:
-        found = [r.text for r in zxingcpp.read_barcodes(image) if r.text.startswith(QR_PREFIX)]
-    if not found:
-        raise LicenceFormatInvalid(f"No licence QR code was found in {path}.")
-    return str(found[0])
 
 
 def _report(args: argparse.Namespace, result: VerificationResult) -> int:
