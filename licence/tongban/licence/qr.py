@@ -44,6 +44,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tongban.licence._inflate import inflate_capped
 from tongban.licence.base45 import b45decode, b45encode
 from tongban.licence.errors import (
     LicenceExpired,
@@ -263,25 +264,6 @@ def encode_qr(claims: QrClaims, signer: Signer, certificate: x509.Certificate) -
     return text
 
 
-def _inflate(data: bytes) -> bytes:
-    inflater = zlib.decompressobj()
-    try:
-        # max_length bounds memory: a bomb stops at the cap instead of being inflated.
-        out = inflater.decompress(data, MAX_INFLATED_BYTES)
-    except zlib.error as e:
-        raise LicenceFormatInvalid(f"The QR payload is not zlib data ({e}).") from e
-    if inflater.unconsumed_tail or (not inflater.eof and len(out) >= MAX_INFLATED_BYTES):
-        raise PayloadTooLarge(
-            f"The QR payload inflates beyond {MAX_INFLATED_BYTES} bytes; it is not a licence QR "
-            "code (possibly a decompression bomb)."
-        )
-    if not inflater.eof:
-        raise LicenceFormatInvalid("The QR payload is a truncated zlib stream.")
-    if inflater.unused_data:
-        raise LicenceFormatInvalid("The QR payload has data after its zlib stream.")
-    return out
-
-
 def _at(seconds: int) -> str:
     try:
         return datetime.fromtimestamp(seconds, UTC).isoformat()
@@ -417,7 +399,7 @@ def verify_qr(
         raise PayloadTooLarge(
             f"The QR text is {len(text)} characters, more than any QR code holds ({MAX_QR_CHARS})."
         )
-    cose = _inflate(b45decode(text[len(QR_PREFIX) :]))
+    cose = inflate_capped(b45decode(text[len(QR_PREFIX) :]), MAX_INFLATED_BYTES, "The QR payload")
     try:
         message = decode_cose(cose)
     except CoseFormatInvalid as e:

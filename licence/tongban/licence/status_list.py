@@ -25,6 +25,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tongban.licence._inflate import inflate_capped
 from tongban.licence.errors import (
     LicenceFormatInvalid,
     PayloadTooLarge,
@@ -185,7 +186,10 @@ class StatusList:
                 f"The status list lst is {len(compressed)} bytes compressed, over the "
                 f"{MAX_COMPRESSED_BYTES}-byte cap."
             )
-        return cls.from_bytes(_inflate(compressed), bits=bits)
+        raw = inflate_capped(compressed, MAX_LIST_BYTES, "The status list lst")
+        if not raw:
+            raise LicenceFormatInvalid("The status list is empty.")
+        return cls.from_bytes(raw, bits=bits)
 
 
 def _b64(data: bytes) -> str:
@@ -202,26 +206,6 @@ def _unb64(text: str) -> bytes:
     if _b64(data) != text:
         raise LicenceFormatInvalid("The status list lst is not canonical unpadded base64url.")
     return data
-
-
-def _inflate(data: bytes) -> bytes:
-    inflater = zlib.decompressobj()
-    try:
-        # max_length bounds memory: a bomb stops at the cap instead of being inflated.
-        out = inflater.decompress(data, MAX_LIST_BYTES)
-    except zlib.error as e:
-        raise LicenceFormatInvalid(f"The status list lst is not zlib data ({e}).") from e
-    if inflater.unconsumed_tail or (not inflater.eof and len(out) >= MAX_LIST_BYTES):
-        raise PayloadTooLarge(
-            f"The status list inflates beyond {MAX_LIST_BYTES} bytes; refusing it."
-        )
-    if not inflater.eof:
-        raise LicenceFormatInvalid("The status list lst is a truncated zlib stream.")
-    if inflater.unused_data:
-        raise LicenceFormatInvalid("The status list lst has data after its zlib stream.")
-    if not out:
-        raise LicenceFormatInvalid("The status list is empty.")
-    return out
 
 
 class IndexAllocator:
