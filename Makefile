@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROTOS := $(wildcard proto/tongban/v1/*.proto)
 
-.PHONY: serve test lint typecheck pytest proto proto-check bench demo clean
+.PHONY: serve test test-year-ahead system-packages lint typecheck pytest proto proto-check bench demo clean
 
 # Runtime install: enough to run a node.
 $(VENV)/.runtime: pyproject.toml
@@ -27,7 +27,12 @@ serve: $(VENV)/.runtime  ## start a node on embedded PostgreSQL with the demo de
 demo: $(VENV)/.runtime  ## run the end-to-end story against a fresh node
 	$(BIN)/tongban demo
 
-test: $(VENV)/.dev proto-check lint typecheck pytest  ## everything CI checks
+test: system-packages $(VENV)/.dev proto-check lint typecheck pytest  ## everything CI checks
+
+# The Debian packages the tests need (poppler-utils, chromium, fonts-noto-cjk, faketime):
+# installed when missing and run as root; otherwise stops here naming the apt-get line.
+system-packages:
+	@scripts/system-packages
 
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
@@ -36,8 +41,14 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
-pytest: $(VENV)/.dev
+pytest: system-packages $(VENV)/.dev
 	$(BIN)/pytest
+
+# No test may depend on the wall clock being before or after some date: run the suite
+# with every process (the node, PostgreSQL, chromium) a year ahead. Not part of `test`
+# (it doubles CI time); run it when touching anything with dates or certificates.
+test-year-ahead: system-packages $(VENV)/.dev
+	FAKETIME_DONT_RESET=1 faketime -f '+365d' $(BIN)/pytest
 
 proto: $(VENV)/.dev  ## regenerate the gRPC/protobuf code in proto/tongban/v1
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto \

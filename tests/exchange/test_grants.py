@@ -25,11 +25,20 @@ async def _metric(node: Node, name: str) -> str:
     return next(line for line in text.splitlines() if line.startswith(name + " "))
 
 
+def _next_friday_20_utc(now: datetime) -> datetime:
+    """Return the first Friday 20:00 UTC at least a day after ``now``."""
+    day = (now + timedelta(days=1)).date()
+    day += timedelta(days=(4 - day.weekday()) % 7)
+    return datetime(day.year, day.month, day.day, 20, 0, tzinfo=UTC)
+
+
 async def test_deadline_overdue_and_decisions(node: Node) -> None:
     assert isinstance(node.clock, FixedClock)
-    # Friday 2026-11-27 20:00 UTC is already Saturday 04:00 in China: the five working days
-    # run Mon 30 Nov .. Fri 4 Dec, due at the end of Friday, China time.
-    node.clock.set(datetime(2026, 11, 27, 20, 0, tzinfo=UTC))
+    # A Friday 20:00 UTC is already Saturday 04:00 in China: the five working days run
+    # Monday .. Friday of the next week, due at the end of that Friday, China time. The
+    # Friday is the first one after today, so the certificates just issued are valid.
+    friday = _next_friday_20_utc(node.clock.now())
+    node.clock.set(friday)
     async with client_for(node, "police") as police:
         await police.register_dataset(PERSON, publish=True)
     async with client_for(node, "approval", "SP-1") as approval:
@@ -41,11 +50,12 @@ async def test_deadline_overdue_and_decisions(node: Node) -> None:
             node.clock.now() + timedelta(days=90),
         )
     due = grant.due_at.ToDatetime(tzinfo=UTC).astimezone(CST)
-    assert (due.date().isoformat(), due.hour, due.minute) == ("2026-12-04", 23, 59)
+    due_friday = (friday + timedelta(days=7)).date()
+    assert (due.date(), due.hour, due.minute) == (due_friday, 23, 59)
     assert grant.requested_by == "SP-1"
 
     assert await _metric(node, "tongban_grants_overdue") == "tongban_grants_overdue 0.0"
-    node.clock.set(datetime(2026, 12, 5, 1, 0, tzinfo=UTC))  # Saturday morning in China
+    node.clock.set(friday + timedelta(days=7, hours=5))  # Saturday 09:00 in China
     async with client_for(node, "police") as police:
         overdue = await police.list_grants(overdue=True)
         assert [g.id for g in overdue] == [grant.id]
