@@ -133,7 +133,7 @@ class Node:
             self._feed = self._event_feed(self.db.pool, self._changes, self._events, self._waker)
             self._hasher = SubjectHasher(load_log_key(self.settings))
             self.access_log = AccessLog(
-                self.db.pool, on_written=self.metrics.access_log_entries.inc
+                self.db.log_pool, on_written=self.metrics.access_log_entries.inc
             )
             self.sharing = Sharing(
                 self.db.pool,

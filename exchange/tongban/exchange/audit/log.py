@@ -12,15 +12,23 @@ So indices have no gaps and no entry is acknowledged that is not in the tree; a 
 killed mid-batch loses only unacknowledged entries. Nodes sharing a database serialise
 on the head row, so the log stays one log.
 
+A request that changes state (issuing a licence, changing its status) appends its entries
+inside its own transaction instead (``AccessLog.transaction``): the change and its entries
+commit together or not at all, so no "allowed" entry outlives a rolled-back change, and
+the request never waits for a second connection while it holds one. Both paths take the
+same head lock, so the tree stays one sequence.
+
 The subject id is logged only as HMAC-SHA256 under the exchange's log key (rule 10).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 import asyncpg
 
@@ -28,7 +36,7 @@ from tongban.errors import TongbanError
 from tongban.exchange.audit.leaf import COLUMNS, AccessEntry, encode_leaf
 from tongban.exchange.audit.merkle import Frontier, leaf_hash
 
-__all__ = ["AccessEntry", "AccessLog", "AuditUnavailable", "SubjectHasher"]
+__all__ = ["AccessEntry", "AccessLog", "AuditUnavailable", "LogTransaction", "SubjectHasher"]
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +61,30 @@ class SubjectHasher:
 # An entry ready to sequence: its searchable columns, its leaf bytes and the leaf's hash.
 _Prepared = tuple[AccessEntry, bytes, bytes]
 _Pending = tuple[list[_Prepared], "asyncio.Future[range]"]
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+
+
+def _prepare(entries: Sequence[AccessEntry]) -> list[_Prepared]:
+    prepared = []
+    for entry in entries:
+        bounded = entry.bounded()
+        leaf = encode_leaf(bounded)
+        prepared.append((bounded, leaf, leaf_hash(leaf)))
+    return prepared
+
+
+class LogTransaction:
+    """The entries a transaction will append as it commits (see ``AccessLog.transaction``)."""
+
+    def __init__(self) -> None:
+        self._prepared: list[_Prepared] = []
+        self.indices = range(0)
+        """The entries' tree indices, known once the transaction has committed."""
+
+    def record(self, entries: Sequence[AccessEntry]) -> None:
+        """Add ``entries``; they are encoded now and written when the transaction ends."""
+        self._prepared.extend(_prepare(entries))
 
 
 class AccessLog:
@@ -96,12 +128,7 @@ class AccessLog:
         done: asyncio.Future[range] = asyncio.get_running_loop().create_future()
         # Encode and hash here, in the caller, so that this work overlaps the writer's
         # wait on the database instead of queueing behind it.
-        prepared = []
-        for entry in entries:
-            bounded = entry.bounded()
-            leaf = encode_leaf(bounded)
-            prepared.append((bounded, leaf, leaf_hash(leaf)))
-        self._queue.append((prepared, done))
+        self._queue.append((_prepare(entries), done))
         self._wake.set()
         try:
             async with asyncio.timeout(self._timeout):
@@ -112,6 +139,45 @@ class AccessLog:
                 f"The access log could not be written within {self._timeout:.0f} s, so the "
                 "request was not served; retry later."
             ) from None
+
+    @contextlib.asynccontextmanager
+    async def transaction(self, conn: Any) -> AsyncIterator[LogTransaction]:
+        """Open a transaction on ``conn`` whose recorded entries join the log as it commits.
+
+        The body does its work on ``conn`` and calls ``record()``; when it ends without an
+        exception, the entries are appended on ``conn`` in the same transaction, which then
+        commits: the work and its entries are durable together, or neither is. If the
+        body raises, nothing is appended and the transaction rolls back.
+
+        The append takes the tree head lock, held from then until the commit (one round
+        trip), so every other append waits that long; keep slow work out of the caller's
+        transaction. Raises AuditUnavailable (and rolls back) if the head is not free
+        within the log's timeout or the database fails during the append.
+        """
+        if self._closing or self._writer is None:
+            raise AuditUnavailable("The access log is not running; the node is shutting down.")
+        recorded = LogTransaction()
+        async with conn.transaction():
+            yield recorded
+            if recorded._prepared:
+                try:
+                    await conn.execute(f"SET LOCAL lock_timeout = '{int(self._timeout * 1000)}ms'")
+                    first, count = await self._sequence_on(conn, recorded._prepared)
+                except _DB_ERRORS as e:
+                    _log.error("access log append in a transaction failed: %s", e)
+                    raise AuditUnavailable(
+                        "The access log cannot be written, so the change was not made; retry later."
+                    ) from None
+                recorded.indices = range(first, first + count)
+        if recorded.indices:
+            self._written(len(recorded.indices))
+
+    def _written(self, count: int) -> None:
+        self.batches += 1
+        self.entries += count
+        if self._on_written is not None:
+            self._on_written(count)
+        self.grown.set()
 
     async def _run(self) -> None:
         while True:
@@ -126,7 +192,7 @@ class AccessLog:
     async def _write(self, batch: list[_Pending]) -> None:
         try:
             start, count = await self._sequence([p for prepared, _ in batch for p in prepared])
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+        except _DB_ERRORS as e:
             _log.error("access log write failed for %d requests: %s", len(batch), e)
             error = AuditUnavailable(
                 "The access log cannot be written, so the request was not served; retry later."
@@ -135,11 +201,7 @@ class AccessLog:
                 if not done.done():
                     done.set_exception(error)
             return
-        self.batches += 1
-        self.entries += count
-        if self._on_written is not None:
-            self._on_written(count)
-        self.grown.set()
+        self._written(count)
         for entries, done in batch:
             if not done.done():
                 done.set_result(range(start, start + len(entries)))
@@ -148,27 +210,30 @@ class AccessLog:
     async def _sequence(self, entries: list[_Prepared]) -> tuple[int, int]:
         """Append ``entries`` to the tree in one transaction; return (first index, count)."""
         async with self._pool.acquire() as conn, conn.transaction():
-            head = await conn.fetchrow("SELECT size, frontier FROM log_state FOR UPDATE")
-            assert head is not None  # created by the migration
-            frontier = Frontier(head["size"], [bytes(h) for h in head["frontier"]])
-            first = frontier.size
-            rows: list[tuple[object, ...]] = []
-            nodes: list[tuple[int, int, bytes]] = []
-            for entry, leaf, digest in entries:
-                rows.append((frontier.size, leaf, *entry.columns()))
-                nodes.extend(
-                    (level, index, node) for (level, index), node in frontier.append(digest)
-                )
-            await conn.copy_records_to_table(
-                "access_log", records=rows, columns=("idx", "leaf", *COLUMNS)
-            )
-            await conn.copy_records_to_table(
-                "log_node", records=nodes, columns=("level", "idx", "hash")
-            )
-            await conn.execute(
-                "UPDATE log_state SET size = $1, root = $2, frontier = $3",
-                frontier.size,
-                frontier.root(),
-                frontier.roots,
-            )
+            return await self._sequence_on(conn, entries)
+
+    @staticmethod
+    async def _sequence_on(conn: Any, entries: list[_Prepared]) -> tuple[int, int]:
+        """Append ``entries`` in the transaction open on ``conn``; return (first, count)."""
+        head = await conn.fetchrow("SELECT size, frontier FROM log_state FOR UPDATE")
+        assert head is not None  # created by the migration
+        frontier = Frontier(head["size"], [bytes(h) for h in head["frontier"]])
+        first = frontier.size
+        rows: list[tuple[object, ...]] = []
+        nodes: list[tuple[int, int, bytes]] = []
+        for entry, leaf, digest in entries:
+            rows.append((frontier.size, leaf, *entry.columns()))
+            nodes.extend((level, index, node) for (level, index), node in frontier.append(digest))
+        await conn.copy_records_to_table(
+            "access_log", records=rows, columns=("idx", "leaf", *COLUMNS)
+        )
+        await conn.copy_records_to_table(
+            "log_node", records=nodes, columns=("level", "idx", "hash")
+        )
+        await conn.execute(
+            "UPDATE log_state SET size = $1, root = $2, frontier = $3",
+            frontier.size,
+            frontier.root(),
+            frontier.roots,
+        )
         return first, len(entries)

@@ -20,17 +20,29 @@ __all__ = ["Database"]
 _log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT = 10.0
+_LOG_POOL_SIZE = 1  # the access-log writer
 
 
 class Database:
-    """A connection pool plus, in embedded mode, this process's hold on the server.
+    """Two connection pools plus, in embedded mode, this process's hold on the server.
+
+    ``pool`` serves requests. ``log_pool`` (one connection) belongs to the access-log
+    writer, so entries are never written late because requests hold every connection of
+    ``pool``.
 
     Open with ``await Database.open(settings)`` (or ``async with``); ``close()`` closes the
-    pool and leaves the embedded server (stopping it if this was its last user).
+    pools and leaves the embedded server (stopping it if this was its last user).
     """
 
-    def __init__(self, pool: asyncpg.Pool, embedded: EmbeddedPostgres | None, where: str) -> None:
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        embedded: EmbeddedPostgres | None,
+        where: str,
+        log_pool: asyncpg.Pool | None = None,
+    ) -> None:
         self.pool = pool
+        self.log_pool = log_pool or pool
         self.embedded = embedded
         self.where = where
         self._closed = False
@@ -58,14 +70,19 @@ class Database:
             dsn = embedded.dsn()
             where = f"embedded PostgreSQL in {embedded.pgdata}"
         size = pool_size or settings.db_pool_size
+        name = f"tongban-{settings.node_name}"
+        pool: asyncpg.Pool | None = None
         try:
             role = await _prepare(dsn, where, migrate=migrate)
-            pool = await _create_pool(dsn, where, size, role, f"tongban-{settings.node_name}")
+            pool = await _create_pool(dsn, where, size, role, name)
+            log_pool = await _create_pool(dsn, where, _LOG_POOL_SIZE, role, name + "-log")
         except BaseException:
+            if pool is not None:
+                pool.terminate()
             if embedded is not None:
                 await asyncio.to_thread(embedded.stop)
             raise
-        return cls(pool, embedded, where)
+        return cls(pool, embedded, where, log_pool)
 
     async def ping(self, within: float = 2.0) -> None:
         """Raise DatabaseUnavailable unless the database answers within ``within`` seconds."""
@@ -76,15 +93,16 @@ class Database:
             raise DatabaseUnavailable(f"The database ({self.where}) does not answer.") from e
 
     async def close(self) -> None:
-        """Close the pool and leave the embedded server. Idempotent."""
+        """Close the pools and leave the embedded server. Idempotent."""
         if self._closed:
             return
         self._closed = True
-        try:
-            await asyncio.wait_for(self.pool.close(), timeout=10)
-        except TimeoutError:
-            _log.warning("database pool did not close in 10 s; terminating connections")
-            self.pool.terminate()
+        for pool in dict.fromkeys((self.pool, self.log_pool)):
+            try:
+                await asyncio.wait_for(pool.close(), timeout=10)
+            except TimeoutError:
+                _log.warning("database pool did not close in 10 s; terminating connections")
+                pool.terminate()
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
 

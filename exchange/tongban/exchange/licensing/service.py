@@ -39,6 +39,7 @@ from tongban.exchange.licensing.feed import LicenceFeed, dataset_code, record_va
 from tongban.exchange.licensing.status import StatusLists, StatusToken
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.errors import QueryDenied
+from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import MAX_CASE_ID
 from tongban.exchange.sharing.records import RecordStore
 from tongban.licence import (
@@ -249,7 +250,27 @@ class Licensing:
         fields: Sequence[str] = (),
         denied: str | None = None,
     ) -> None:
-        entries = [
+        """Append the entries of a read or a refusal, which changes nothing (a change records
+        its entries in its own transaction: ``_entries`` and ``AccessLog.transaction``)."""
+        await self._log.append(
+            self._entries(caller, action, dataset=dataset, holders=holders, now=now,
+                          purpose=purpose, case_id=case_id, fields=fields, denied=denied)
+        )  # fmt: skip
+
+    def _entries(
+        self,
+        caller: Caller,
+        action: str,
+        *,
+        dataset: str | None,
+        holders: Sequence[str | None],
+        now: datetime,
+        purpose: str | None = None,
+        case_id: str | None = None,
+        fields: Sequence[str] = (),
+        denied: str | None = None,
+    ) -> list[AccessEntry]:
+        return [
             AccessEntry(
                 at=now,
                 node=self._node,
@@ -266,7 +287,6 @@ class Licensing:
             )
             for holder in (holders or [None])
         ]
-        await self._log.append(entries)
 
     # -- issuance -----------------------------------------------------------------------
 
@@ -321,7 +341,7 @@ class Licensing:
             t.code: await self._feed.entry(caller.department.code, t, now) for t, *_ in prepared
         }
         views: list[LicenceView] = []
-        async with self._pool.acquire() as conn, conn.transaction():
+        async with self._pool.acquire() as conn, self._log.transaction(conn) as log:
             slots = await self.status_lists.allocate(conn, len(prepared))
             rows, history, changes = [], [], []
             for (licence_type, claims, holder, nbf, exp, case_id, reason), slot in zip(
@@ -348,14 +368,16 @@ class Licensing:
             await self._publish(conn, entries, changes, now)
             for code in entries:
                 batch = [v for v in views if v.licence_type == code]
-                await self._audit(
-                    caller,
-                    "licence-issue",
-                    dataset=entries[code].code,
-                    holders=[v.holder_id for v in batch],
-                    now=now,
-                    purpose="电子证照颁发",
-                    case_id=batch[0].case_id if len(batch) == 1 else None,
+                log.record(
+                    self._entries(
+                        caller,
+                        "licence-issue",
+                        dataset=entries[code].code,
+                        holders=[v.holder_id for v in batch],
+                        now=now,
+                        purpose="电子证照颁发",
+                        case_id=batch[0].case_id if len(batch) == 1 else None,
+                    )
                 )
         return views
 
@@ -661,6 +683,24 @@ class Licensing:
 
     # -- status changes, amendment, renewal ---------------------------------------------
 
+    async def _before_change(
+        self,
+        number: str,
+        now: datetime,
+        may: Callable[[Caller, LicenceView], LicenceType],
+        caller: Caller,
+    ) -> tuple[LicenceType, DatasetEntry]:
+        """Check ``may`` and find the licence's feed dataset before a change takes a pooled
+        connection: the feed registers the dataset on first use with a connection of its
+        own, and nothing may wait for a second connection while holding one. A licence's
+        type and issuer never change, so what this finds stays true in the transaction.
+        Raises LicenceNotFound or what ``may`` raises."""
+        view = await self._load(number)
+        if view is None:
+            raise LicenceNotFound(f"No licence {number} exists.")
+        licence_type = may(caller, view)
+        return licence_type, await self._feed.entry(view.issuer, licence_type, now)
+
     async def change_status(
         self, caller: Caller, number: str, action: StatusAction, reason: str
     ) -> LicenceView:
@@ -671,11 +711,11 @@ class Licensing:
         reason = _text(reason, "reason", limit=_MAX_REASON, required=True)
         allowed_from, to_status, bit = _TRANSITIONS[action]
         now = self._clock.now()
-        async with self._pool.acquire() as conn, conn.transaction():
+        licence_type, entry = await self._before_change(number, now, self._may_manage, caller)
+        async with self._pool.acquire() as conn, self._log.transaction(conn) as log:
             view = await self._load(number, conn=conn, lock=True)
             if view is None:
                 raise LicenceNotFound(f"No licence {number} exists.")
-            licence_type = self._may_manage(caller, view)
             if action is StatusAction.CANCEL and caller.department.code not in (
                 licence_type.issuers
             ):
@@ -706,10 +746,11 @@ class Licensing:
                 caller.department.code, caller.officer_id, now,
             )  # fmt: skip
             changed = LicenceView(**{**view.__dict__, "status": to_status, "updated_at": now})
-            entry = await self._feed.entry(view.issuer, licence_type, now)
             await self._publish(conn, {licence_type.code: entry}, [(licence_type, changed)], now)
-            await self._audit(caller, f"licence-{action.value}", dataset=entry.code,
-                              holders=[view.holder_id], now=now, purpose=reason)  # fmt: skip
+            log.record(
+                self._entries(caller, f"licence-{action.value}", dataset=entry.code,
+                              holders=[view.holder_id], now=now, purpose=reason)
+            )  # fmt: skip
         return LicenceView(**{**changed.__dict__, "history": await self.history(number)})
 
     async def amend(
@@ -731,11 +772,14 @@ class Licensing:
         number = self._normal_number(number)
         reason = _text(reason, "reason", limit=_MAX_REASON, required=True)
         now = self._clock.now()
-        async with self._pool.acquire() as conn, conn.transaction():
+        licence_type, entry = await self._before_change(
+            number, now, lambda c, v: self._issuable(c, v.licence_type), caller
+        )
+        seal = await self.vault.get(caller.department.code)
+        async with self._pool.acquire() as conn, self._log.transaction(conn) as log:
             old = await self._load(number, conn=conn, lock=True)
             if old is None:
                 raise LicenceNotFound(f"No licence {number} exists.")
-            licence_type = self._issuable(caller, old.licence_type)
             if old.issuer != caller.department.code:
                 raise LicenceNotPermitted(f"Licence {number} was issued by {old.issuer}.")
             if old.status != "valid":
@@ -760,7 +804,6 @@ class Licensing:
             )
             if new_expires is not None and new_expires <= not_before:
                 raise InvalidArgument("The licence must expire after it starts.")
-            seal = await self.vault.get(caller.department.code)
             slot = (await self.status_lists.allocate(conn, 1))[0]
             view = self._sign(seal, licence_type, number, old.version + 1, new_claims, holder,
                               not_before, new_expires, slot, now, old.case_id)  # fmt: skip
@@ -787,10 +830,11 @@ class Licensing:
                 number, view.version, action, "valid", "valid", reason,
                 caller.department.code, caller.officer_id, now,
             )  # fmt: skip
-            entry = await self._feed.entry(view.issuer, licence_type, now)
             await self._publish(conn, {licence_type.code: entry}, [(licence_type, view)], now)
-            await self._audit(caller, f"licence-{action}", dataset=entry.code,
-                              holders=[holder], now=now, purpose=reason)  # fmt: skip
+            log.record(
+                self._entries(caller, f"licence-{action}", dataset=entry.code,
+                              holders=[holder], now=now, purpose=reason)
+            )  # fmt: skip
         return LicenceView(**{**view.__dict__, "history": await self.history(number)})
 
     # -- trust list, status lists, verification ------------------------------------------
