@@ -21,11 +21,16 @@ import pytest_asyncio
 from tests.kafka_broker import TansuBroker
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.datadir import init_data_dir
+from tongban.exchange.db import guard
 from tongban.exchange.db.embedded import EmbeddedPostgres
 from tongban.exchange.enrolment import bundle_dir, enrol_demo_departments
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings, load_settings
 from tongban.signing.clock import FixedClock, SystemClock
+
+# A task that acquires a pooled connection while it holds one fails the test at once
+# (it can deadlock the node under load; see docs/architecture.md, "Connections").
+guard.STRICT_POOL = True
 
 
 @pytest.fixture(scope="session")

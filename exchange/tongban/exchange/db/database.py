@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from tongban.exchange.db.embedded import EmbeddedPostgres
+from tongban.exchange.db.guard import one_per_task
 from tongban.exchange.db.migrate import apply_migrations
 from tongban.exchange.errors import DatabaseUnavailable
 from tongban.exchange.settings import Settings
@@ -181,6 +182,7 @@ async def _create_pool(
             command_timeout=60,
             server_settings=server_settings,
             reset=_keep_session,
+            setup=one_per_task,
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
         raise DatabaseUnavailable(

@@ -19,6 +19,8 @@ from typing import Generic, TypeVar
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
+from tongban.exchange.db.guard import held_for_long
+
 __all__ = ["BARRIER_CHANNEL", "ChangeListener", "KeyedCache"]
 
 #: Markers sent by ``ChangeListener.barrier`` to itself.
@@ -101,6 +103,7 @@ class ChangeListener:
             return
         try:
             conn = await self._pool.acquire()
+            held_for_long(conn)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             _log.warning("change notifications unavailable (%s); caches off, retrying", e)
             self._schedule_retry()

@@ -26,6 +26,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from asyncpg.pool import PoolConnectionProxy
 
+from tongban.exchange.db.guard import held_for_long
 from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.errors import BrokerUnavailable
 from tongban.exchange.kafka._lifecycle import close_detached, start_or_close
@@ -126,6 +127,7 @@ class OutboxRelay:
     async def _leadership(self) -> Any:
         """Yield a connection holding the relay lock, waiting until this node gets it."""
         conn = await self._pool.acquire()
+        held_for_long(conn)
         try:
             # Polled: PostgreSQL has no way to be told when another session's lock frees.
             while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", RELAY_LOCK):  # noqa: ASYNC110

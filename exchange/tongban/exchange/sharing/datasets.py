@@ -218,9 +218,20 @@ class DatasetStore:
                 if current.owner != owner:
                     raise NotOwner(f"Dataset {spec.code} belongs to {current.owner}.")
                 if _same(current, spec):
-                    if publish and not current.published:
-                        return await self.set_published(spec.code, owner, True, now)
-                    return current
+                    if not publish or current.published:
+                        return current
+                    # Publish here, on this connection: never wait for a second one.
+                    await conn.execute(
+                        "UPDATE dataset SET published = true, updated_at = $2 WHERE code = $1",
+                        spec.code,
+                        now,
+                    )
+                    row = await conn.fetchrow(
+                        _SELECT + " WHERE d.code = $1 AND v.version = d.current_version",
+                        spec.code,
+                    )
+                    assert row is not None
+                    return _entry(row)
                 check_evolution(current, spec)
                 version = current.version + 1
             await conn.execute(
