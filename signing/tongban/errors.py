@@ -25,6 +25,8 @@ class TongbanError(Exception):
 
     reason: str = "INTERNAL"
     status: str = "INTERNAL"
+    retry_after: float | None = None
+    """Seconds after which the same call may succeed (sent to callers as RetryInfo)."""
 
     def __init__(self, message: str, *, metadata: Mapping[str, str] | None = None) -> None:
         super().__init__(message)

@@ -27,11 +27,13 @@ class ExchangeError(TongbanError):
         reason: str,
         code: grpc.StatusCode,
         metadata: Mapping[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message, metadata=metadata)
         self.reason = reason
         self.status = code.name
         self.code = code
+        self.retry_after = retry_after
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> ExchangeError:
@@ -42,15 +44,23 @@ def from_rpc_error(error: grpc.aio.AioRpcError) -> ExchangeError:
     for key, value in trailers:
         if key == _DETAILS_KEY and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
+            found: error_details_pb2.ErrorInfo | None = None
+            retry_after = None
             for detail in status.details:
                 info = error_details_pb2.ErrorInfo()
+                retry = error_details_pb2.RetryInfo()
                 if detail.Unpack(info) and info.domain == "tongban":
-                    return ExchangeError(
-                        status.message or message,
-                        reason=info.reason,
-                        code=code,
-                        metadata=dict(info.metadata),
-                    )
+                    found = info
+                elif detail.Unpack(retry):
+                    retry_after = retry.retry_delay.ToTimedelta().total_seconds()
+            if found is not None:
+                return ExchangeError(
+                    status.message or message,
+                    reason=found.reason,
+                    code=code,
+                    metadata=dict(found.metadata),
+                    retry_after=retry_after,
+                )
     if code is grpc.StatusCode.UNAVAILABLE:
         message = (
             "The exchange node cannot be reached, or it refused our certificate at the TLS "

@@ -22,6 +22,7 @@ from tongban.exchange.errors import (
 )
 
 __all__ = [
+    "CallLimits",
     "Department",
     "DepartmentStore",
     "Level",
@@ -54,6 +55,42 @@ class Status(enum.StrEnum):
 
 
 @dataclass(frozen=True)
+class CallLimits:
+    """A department's own limits on its calls; None takes the node's default."""
+
+    concurrent: int | None = None
+    """Calls in progress at once (unary and client-streaming; not subscriptions)."""
+    per_second: float | None = None
+    """Calls started per second, sustained (a burst of one second's worth is allowed)."""
+    subscriptions: int | None = None
+    """Open subscriptions (Subscribe and Export streams)."""
+
+    def __post_init__(self) -> None:
+        if self.concurrent is not None and not 1 <= self.concurrent <= 100_000:
+            raise InvalidArgument(
+                "The concurrent-call limit must be between 1 and 100,000.",
+                metadata={"field": "concurrent"},
+            )
+        if self.per_second is not None and not 0 < self.per_second <= 1_000_000:
+            raise InvalidArgument(
+                "The calls-per-second limit must be above 0 and at most 1,000,000.",
+                metadata={"field": "per_second"},
+            )
+        if self.subscriptions is not None and not 0 <= self.subscriptions <= 100_000:
+            raise InvalidArgument(
+                "The subscription limit must be between 0 and 100,000.",
+                metadata={"field": "subscriptions"},
+            )
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "concurrent": self.concurrent,
+            "per_second": self.per_second,
+            "subscriptions": self.subscriptions,
+        }
+
+
+@dataclass(frozen=True)
 class Department:
     code: str
     name: str
@@ -65,6 +102,7 @@ class Department:
     seal_fingerprint: bytes | None
     created_at: datetime
     updated_at: datetime
+    limits: CallLimits = CallLimits()
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -78,6 +116,7 @@ class Department:
             "seal_fingerprint": self.seal_fingerprint.hex() if self.seal_fingerprint else None,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
+            "limits": self.limits.to_dict(),
         }
 
 
@@ -125,7 +164,7 @@ def validate_roles(roles: Sequence[str]) -> frozenset[str]:
 
 _COLUMNS = (
     "code, name, level, parent, roles, status, tls_fingerprint, seal_fingerprint, "
-    "created_at, updated_at"
+    "created_at, updated_at, max_concurrent_calls, calls_per_second, max_subscriptions"
 )
 
 
@@ -141,6 +180,9 @@ def _row(row: asyncpg.Record) -> Department:
         seal_fingerprint=bytes(row["seal_fingerprint"]) if row["seal_fingerprint"] else None,
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        limits=CallLimits(
+            row["max_concurrent_calls"], row["calls_per_second"], row["max_subscriptions"]
+        ),
     )
 
 
@@ -217,6 +259,25 @@ class DepartmentStore:
                     "That certificate is already registered to another department."
                 ) from e
         assert row is not None
+        return _row(row)
+
+    async def set_limits(self, code: str, limits: CallLimits) -> Department:
+        """Set a department's own call limits (None: the node's default); every node
+        applies them at once (the registry notifies its change). Raises
+        DepartmentNotFound."""
+        row = await self._pool.fetchrow(
+            f"""
+            UPDATE department SET max_concurrent_calls = $2, calls_per_second = $3,
+                max_subscriptions = $4, updated_at = now()
+            WHERE code = $1 RETURNING {_COLUMNS}
+            """,  # noqa: S608
+            code,
+            limits.concurrent,
+            limits.per_second,
+            limits.subscriptions,
+        )
+        if row is None:
+            raise DepartmentNotFound(f"No department {code!r} is registered.")
         return _row(row)
 
     async def set_status(self, code: str, status: Status) -> Department:

@@ -38,6 +38,12 @@ class NodeMetrics:
             ["reason"],
             registry=self.registry,
         )
+        self.calls_refused = Counter(
+            "tongban_calls_refused",
+            "Calls refused by a department's limits, by department and reason code.",
+            ["department", "reason"],
+            registry=self.registry,
+        )
         self.db_pool_size = Gauge(
             "tongban_db_pool_connections",
             "Connections open in the node's PostgreSQL pool.",

@@ -22,7 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tongban.exchange.audit.anomalies import AnomalyKind, find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
-from tongban.exchange.audit.log import AccessLog, SubjectHasher
+from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.audit.store import AuditStore
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.datadir import (
@@ -48,9 +48,11 @@ from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.audit_service import AuditService
 from tongban.exchange.server.auth import Authenticator
+from tongban.exchange.server.caller import Caller
 from tongban.exchange.server.events_service import SubscriptionService
 from tongban.exchange.server.interceptor import ExchangeInterceptor
 from tongban.exchange.server.licence_service import LicenceService, SealService
+from tongban.exchange.server.limits import CallLimiter
 from tongban.exchange.server.node_service import NodeService
 from tongban.exchange.server.sharing_services import (
     CatalogueService,
@@ -226,10 +228,46 @@ class Node:
         )
         return KafkaFeed(store, waker, topics, bootstrap=bootstrap, client_id=client_id)
 
+    def _call_limiter(self) -> CallLimiter:
+        """Each department's limits on its calls, refusals counted and logged."""
+        log = self.access_log
+        assert log is not None
+
+        async def log_refusal(caller: Caller, method: str, reason: str, count: int) -> None:
+            what = "call" if count == 1 else "calls"
+            await log.append(
+                [
+                    AccessEntry(
+                        at=self.clock.now(),
+                        node=self.settings.node_name,
+                        caller=caller.department.code,
+                        officer=caller.officer_id,
+                        action="call.refused",
+                        dataset=None,
+                        fields=(),
+                        purpose=f"{count} {what} refused, the latest to {method}",
+                        case_id=None,
+                        subject_hmac=None,
+                        decision="denied",
+                        reason=reason,
+                    )
+                ]
+            )
+
+        return CallLimiter(
+            concurrent=self.settings.dept_max_concurrent_calls,
+            per_second=self.settings.dept_calls_per_second,
+            subscriptions=self.settings.dept_max_subscriptions,
+            on_refused=log_refusal,
+            count_refused=lambda department, reason: self.metrics.calls_refused.labels(
+                department, reason
+            ).inc(),
+        )
+
     async def _start_grpc(self, key_pem: bytes, chain_pem: bytes, ca_pem: bytes) -> None:
         assert self._auth is not None
         server = grpc.aio.server(
-            interceptors=[ExchangeInterceptor(self._auth, self.metrics)],
+            interceptors=[ExchangeInterceptor(self._auth, self.metrics, self._call_limiter())],
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.max_send_message_length", _MAX_MESSAGE),

@@ -100,6 +100,18 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     """Connections in the node's PostgreSQL pool."""
 
+    dept_max_concurrent_calls: int = Field(default=64, ge=1, le=100_000)
+    """Calls one department may have in progress at once (unary and client-streaming);
+    past it a call is refused RESOURCE_EXHAUSTED / RATE_LIMITED. A department's own limit
+    in the registry (`tongban dept limits`) takes precedence."""
+
+    dept_calls_per_second: float = Field(default=2000.0, gt=0, le=1_000_000)
+    """Calls one department may start per second, sustained (bursts of one second's worth
+    are allowed); past it a call is refused with a RetryInfo delay."""
+
+    dept_max_subscriptions: int = Field(default=16, ge=0, le=100_000)
+    """Open subscriptions (Subscribe, Export) one department may hold at once."""
+
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
     """How long in-flight calls may run after SIGTERM before they are cancelled."""
 

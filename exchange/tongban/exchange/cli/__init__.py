@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -36,6 +36,22 @@ class _Parser(argparse.ArgumentParser):
             self.print_usage(sys.stderr)
             print(f"tongban: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _limit(kind: type[int] | type[float]) -> Callable[[str], float | None]:
+    """A limit's parser: a number, or 'default' (the node's setting) as None."""
+
+    def parse(text: str) -> float | None:
+        if text == "default":
+            return None
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a number; give one, or 'default' for the node's setting"
+            ) from None
+
+    return parse
 
 
 def _listen(value: str) -> str:
@@ -102,6 +118,21 @@ def _build_parser() -> argparse.ArgumentParser:
     suspend.add_argument("code")
     activate = dept_sub.add_parser("activate", parents=[common], help="lift a suspension")
     activate.add_argument("code")
+    limits = dept_sub.add_parser(
+        "limits",
+        parents=[common],
+        help="show or set a department's own call limits (fairness; 'default' resets one)",
+    )
+    limits.add_argument("code")
+    # An option not given is absent from the namespace (SUPPRESS): that limit is kept.
+    for option, kind, what in (
+        ("--concurrent", int, "calls in progress at once"),
+        ("--per-second", float, "calls started per second"),
+        ("--subscriptions", int, "open subscriptions"),
+    ):
+        limits.add_argument(
+            option, type=_limit(kind), default=argparse.SUPPRESS, help=f"{what}, or 'default'"
+        )
 
     from tongban.exchange.cli.sharing_cmds import add_parsers
 

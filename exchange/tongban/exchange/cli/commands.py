@@ -13,7 +13,7 @@ from typing import Any
 
 from tongban.exchange.datadir import ca_certificate_pem, init_data_dir, is_initialised
 from tongban.exchange.db.database import Database
-from tongban.exchange.departments import DepartmentStore, Level, Status
+from tongban.exchange.departments import CallLimits, DepartmentStore, Level, Status
 from tongban.exchange.enrolment import enrol_demo_departments, enrol_department
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.node import Node
@@ -169,6 +169,29 @@ async def _dept(args: argparse.Namespace) -> int:
                 args,
                 {"departments": [d.to_dict() for d in departments]},
                 "\n".join([header, *lines]) if lines else "no departments registered",
+            )
+        elif args.dept_command == "limits":
+            department = await store.get(args.code)
+            own = department.limits
+            if any(hasattr(args, n) for n in ("concurrent", "per_second", "subscriptions")):
+                own = CallLimits(
+                    getattr(args, "concurrent", own.concurrent),
+                    getattr(args, "per_second", own.per_second),
+                    getattr(args, "subscriptions", own.subscriptions),
+                )
+                department = await store.set_limits(args.code, own)
+            shown = {
+                "concurrent": (own.concurrent, settings.dept_max_concurrent_calls),
+                "per_second": (own.per_second, settings.dept_calls_per_second),
+                "subscriptions": (own.subscriptions, settings.dept_max_subscriptions),
+            }
+            emit(
+                args,
+                {"department": department.to_dict()},
+                "\n".join(
+                    f"{name:<14} {f'{value:g}' if value is not None else f'{default:g} (default)'}"
+                    for name, (value, default) in shown.items()
+                ),
             )
         else:
             status = Status.SUSPENDED if args.dept_command == "suspend" else Status.ACTIVE

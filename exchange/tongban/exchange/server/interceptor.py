@@ -2,7 +2,10 @@
 
 Every handler is wrapped so that, in order: the caller is authenticated from its client
 certificate (except for health checks and reflection, which need only a valid TLS client
-certificate); the call runs with the caller in a context variable; a ``TongbanError``
+certificate); the department's call limits admit the call (``limits.CallLimiter``); each
+request message is checked (one that does not decode is answered INVALID_ARGUMENT /
+MALFORMED_REQUEST, on streams too, and ``request_checks`` applies the rules every field
+keeps); the call runs with the caller in a context variable; a ``TongbanError``
 becomes its status with a ``google.rpc.ErrorInfo`` (reason, domain ``tongban``, metadata)
 and its message; anything else is logged with an incident id and becomes ``INTERNAL``
 with that id and no detail, so no stack trace or internal text reaches a caller.
@@ -18,14 +21,23 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import any_pb2
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from tongban.errors import TongbanError
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.auth import Authenticator
-from tongban.exchange.server.caller import set_caller
+from tongban.exchange.server.caller import Caller, set_caller
+from tongban.exchange.server.limits import CallLimiter
+from tongban.exchange.server.request_checks import check_request
 
-__all__ = ["ERROR_DOMAIN", "OFFICER_METADATA", "ExchangeInterceptor", "status_details"]
+__all__ = [
+    "ERROR_DOMAIN",
+    "OFFICER_METADATA",
+    "ExchangeInterceptor",
+    "MalformedRequest",
+    "status_details",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -44,14 +56,67 @@ def status_details(error: TongbanError) -> tuple[grpc.StatusCode, tuple[tuple[st
     )
     detail = any_pb2.Any()
     detail.Pack(info)
-    status = status_pb2.Status(code=code.value[0], message=error.message, details=[detail])
+    details = [detail]
+    if error.retry_after is not None:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(max(1, round(error.retry_after * 1000)))
+        details.append(any_pb2.Any())
+        details[-1].Pack(retry)
+    status = status_pb2.Status(code=code.value[0], message=error.message, details=details)
     return code, (("grpc-status-details-bin", status.SerializeToString()),)
 
 
+class MalformedRequest(TongbanError):
+    reason = "MALFORMED_REQUEST"
+    status = "INVALID_ARGUMENT"
+
+
+class _Undecodable:
+    """What a request that protobuf could not decode becomes, until the handler sees it."""
+
+    def __init__(self, message_type: str) -> None:
+        self.message_type = message_type
+
+
+def _lenient(deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
+    """``deserialize`` that returns an ``_Undecodable`` instead of raising: grpc would
+    answer a raised DecodeError UNKNOWN with the exception's text."""
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserialize(data) if deserialize is not None else data
+        except Exception:  # noqa: BLE001 - any parser failure means the bytes are garbage
+            return _Undecodable(method.rsplit("/", 1)[-1])
+
+    return parse
+
+
+def _checked(request: Any) -> Any:
+    if isinstance(request, _Undecodable):
+        raise MalformedRequest(
+            f"The {request.message_type} request is not a valid protobuf message of its "
+            "type; build it from the tongban.v1 .proto files."
+        )
+    if isinstance(request, Message):
+        check_request(request)
+    return request
+
+
+async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for request in requests:
+        yield _checked(request)
+
+
 class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
-    def __init__(self, authenticator: Authenticator, metrics: NodeMetrics) -> None:
+    def __init__(
+        self,
+        authenticator: Authenticator,
+        metrics: NodeMetrics,
+        limiter: CallLimiter | None = None,
+    ) -> None:
         self._auth = authenticator
         self._metrics = metrics
+        self._limiter = limiter
         self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(
@@ -75,34 +140,53 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _wrap(self, handler: Any, method: str) -> Any:
         authenticate = not method.startswith(_UNAUTHENTICATED_PREFIXES)
         kwargs = {
-            "request_deserializer": handler.request_deserializer,
+            "request_deserializer": _lenient(handler.request_deserializer, method),
             "response_serializer": handler.response_serializer,
         }
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._unary(handler.unary_unary, method, authenticate), **kwargs
+                self._unary(handler.unary_unary, method, authenticate, streamed=False), **kwargs
             )
         if handler.stream_unary is not None:
             return grpc.stream_unary_rpc_method_handler(
-                self._unary(handler.stream_unary, method, authenticate), **kwargs
+                self._unary(handler.stream_unary, method, authenticate, streamed=True), **kwargs
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                self._stream(handler.unary_stream, method, authenticate), **kwargs
+                self._stream(handler.unary_stream, method, authenticate, streamed=False),
+                **kwargs,
             )
         return grpc.stream_stream_rpc_method_handler(
-            self._stream(handler.stream_stream, method, authenticate), **kwargs
+            self._stream(handler.stream_stream, method, authenticate, streamed=True), **kwargs
         )
 
+    async def _admit(
+        self, context: Context, method: str, authenticate: bool, *, stream: bool
+    ) -> Callable[[], None] | None:
+        """Authenticate the caller and pass the department's limits; return the release
+        of its place (None when nothing was taken)."""
+        if not authenticate:
+            return None
+        caller = await self._authenticate(context)
+        if self._limiter is None:
+            return None
+        return await self._limiter.enter(caller, method, stream=stream)
+
     def _unary(
-        self, behaviour: Callable[[Any, Context], Awaitable[Any]], method: str, authenticate: bool
+        self,
+        behaviour: Callable[[Any, Context], Awaitable[Any]],
+        method: str,
+        authenticate: bool,
+        *,
+        streamed: bool,
     ) -> Callable[[Any, Context], Awaitable[Any]]:
         async def wrapped(request: Any, context: Context) -> Any:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            release = None
             try:
-                if authenticate:
-                    await self._authenticate(context)
+                release = await self._admit(context, method, authenticate, stream=False)
+                request = _checked_stream(request) if streamed else _checked(request)
                 return await behaviour(request, context)
             except grpc.aio.AbortError:
                 raise  # the behaviour aborted on purpose, with its own status
@@ -113,6 +197,8 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = grpc.StatusCode.INTERNAL
                 await self._abort_internal(context, method, e)
             finally:
+                if release is not None:
+                    release()
                 self._observe(method, code, started)
 
         return wrapped
@@ -122,13 +208,16 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         behaviour: Callable[[Any, Context], AsyncIterator[Any]],
         method: str,
         authenticate: bool,
+        *,
+        streamed: bool,
     ) -> Callable[[Any, Context], AsyncIterator[Any]]:
         async def wrapped(request: Any, context: Context) -> AsyncIterator[Any]:
             started = time.perf_counter()
             code = grpc.StatusCode.OK
+            release = None
             try:
-                if authenticate:
-                    await self._authenticate(context)
+                release = await self._admit(context, method, authenticate, stream=True)
+                request = _checked_stream(request) if streamed else _checked(request)
                 async for response in behaviour(request, context):
                     yield response
             except grpc.aio.AbortError:
@@ -140,11 +229,13 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 code = grpc.StatusCode.INTERNAL
                 await self._abort_internal(context, method, e)
             finally:
+                if release is not None:
+                    release()
                 self._observe(method, code, started)
 
         return wrapped
 
-    async def _authenticate(self, context: Context) -> None:
+    async def _authenticate(self, context: Context) -> Caller:
         certs: list[bytes] = list(context.auth_context().get("x509_pem_cert", ()))
         if not certs:
             # Mutual TLS is required by the server, so this means a misconfigured listener.
@@ -161,6 +252,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             self._metrics.auth_refused.labels(e.reason).inc()
             raise
         set_caller(caller)
+        return caller
 
     async def _abort(self, context: Context, error: TongbanError) -> NoReturn:
         code, trailers = status_details(error)

@@ -1,0 +1,299 @@
+"""Per-department call limits and the checks every request gets before a service sees it."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from tests.cli_helpers import cli_env, tongban
+from tests.conftest import client_for
+from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS, ENTERPRISE
+from tongban.client import Bundle, ExchangeError
+from tongban.exchange.departments import CallLimits, Department, DepartmentStore, Level, Status
+from tongban.exchange.enrolment import bundle_dir
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.node import Node
+from tongban.exchange.server.caller import Caller
+from tongban.exchange.server.limits import CallLimiter, RateLimited, TooManySubscriptions
+from tongban.exchange.server.request_checks import MAX_STRING, check_request
+from tongban.v1 import catalogue_pb2, query_pb2
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _caller(code: str = "tax", limits: CallLimits | None = None) -> Caller:
+    department = Department(
+        code, "x", Level.COUNTY, None, frozenset(), Status.ACTIVE, b"", None, NOW, NOW,
+        limits or CallLimits(),
+    )  # fmt: skip
+    return Caller(department, None, b"")
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_the_rate_refills_and_the_retry_delay_says_when() -> None:
+    clock = _Clock()
+    logged: list[tuple[str, str, int]] = []
+    counted: list[tuple[str, str]] = []
+
+    async def log(caller: Caller, method: str, reason: str, count: int) -> None:
+        logged.append((caller.department.code, reason, count))
+
+    limiter = CallLimiter(
+        concurrent=100,
+        per_second=10,
+        subscriptions=1,
+        on_refused=log,
+        count_refused=lambda d, r: counted.append((d, r)),
+        clock=clock,
+    )
+    tax = _caller()
+    for _ in range(10):  # a burst of one second's worth
+        (await limiter.enter(tax, "/m", stream=False))()
+    with pytest.raises(RateLimited) as refused:
+        await limiter.enter(tax, "/m", stream=False)
+    assert refused.value.retry_after == pytest.approx(0.1)
+    assert refused.value.status == "RESOURCE_EXHAUSTED"
+    # Another department is not affected.
+    (await limiter.enter(_caller("samr"), "/m", stream=False))()
+    for _ in range(5):
+        with pytest.raises(RateLimited):
+            await limiter.enter(tax, "/m", stream=False)
+    clock.now += 0.15  # one call's worth refilled (and half of another)
+    (await limiter.enter(tax, "/m", stream=False))()
+    with pytest.raises(RateLimited):
+        await limiter.enter(tax, "/m", stream=False)
+    # Six refusals counted; one log entry in the first second, then a summary.
+    assert counted == [("tax", "RATE_LIMITED")] * 7
+    assert logged == [("tax", "RATE_LIMITED", 1)]
+    clock.now += 1.0
+    for _ in range(10):
+        (await limiter.enter(tax, "/m", stream=False))()
+    with pytest.raises(RateLimited):
+        await limiter.enter(tax, "/m", stream=False)
+    assert logged[-1] == ("tax", "RATE_LIMITED", 7)
+
+
+async def test_calls_in_progress_and_subscriptions_are_bounded() -> None:
+    limiter = CallLimiter(concurrent=2, per_second=1000, subscriptions=1, clock=_Clock())
+    tax = _caller()
+    first = await limiter.enter(tax, "/m", stream=False)
+    second = await limiter.enter(tax, "/m", stream=False)
+    with pytest.raises(RateLimited) as busy:
+        await limiter.enter(tax, "/m", stream=False)
+    assert busy.value.retry_after is not None
+    assert busy.value.retry_after > 0
+    first()
+    first()  # releasing twice frees one place, not two
+    third = await limiter.enter(tax, "/m", stream=False)
+    with pytest.raises(RateLimited):
+        await limiter.enter(tax, "/m", stream=False)
+    second()
+    third()
+    # A subscription does not take a call's place, and is bounded on its own.
+    stream = await limiter.enter(tax, "/s", stream=True)
+    with pytest.raises(TooManySubscriptions):
+        await limiter.enter(tax, "/s", stream=True)
+    stream()
+    (await limiter.enter(tax, "/s", stream=True))()
+    # The department's own limits take precedence over the node's.
+    generous = _caller(limits=CallLimits(concurrent=5, subscriptions=0))
+    held = [await limiter.enter(generous, "/m", stream=False) for _ in range(5)]
+    with pytest.raises(TooManySubscriptions):
+        await limiter.enter(generous, "/s", stream=True)
+    for release in held:
+        release()
+
+
+def test_limits_out_of_range_are_refused() -> None:
+    with pytest.raises(InvalidArgument):
+        CallLimits(concurrent=0)
+    with pytest.raises(InvalidArgument):
+        CallLimits(per_second=0)
+    with pytest.raises(InvalidArgument):
+        CallLimits(subscriptions=-1)
+
+
+def test_every_request_field_is_checked_from_its_descriptor() -> None:
+    check_request(query_pb2.QueryRequest(dataset="samr.enterprise", keys=["x"], purpose="p"))
+    cases: list[tuple[Any, str]] = [
+        (query_pb2.QueryRequest(dataset="samr\x00enterprise"), "dataset"),
+        (query_pb2.QueryRequest(keys=["ok", "bad\x00"]), "keys[1]"),
+        (query_pb2.QueryRequest(purpose="x" * (MAX_STRING + 1)), "purpose"),
+        (catalogue_pb2.ListDatasetsRequest(share_class=-1), "share_class"),  # type: ignore[arg-type]
+        (catalogue_pb2.ListDatasetsRequest(subject_kind=99), "subject_kind"),  # type: ignore[arg-type]
+    ]
+    for message, field in cases:
+        with pytest.raises(InvalidArgument) as refused:
+            check_request(message)
+        assert refused.value.metadata["field"] == field
+
+
+async def _until_applied(node: Node, code: str, limits: CallLimits) -> None:
+    """Set ``code``'s own limits. Called before ``code`` makes its first call, so the node
+    has not cached the department yet and reads the limits with it."""
+    assert node.db is not None
+    await DepartmentStore(node.db.pool).set_limits(code, limits)
+
+
+async def test_a_department_past_its_rate_is_refused_and_others_are_not(node: Node) -> None:
+    await _until_applied(node, "tax", CallLimits(per_second=5))
+    async with client_for(node, "tax") as tax, client_for(node, "samr") as samr:
+        results = await asyncio.gather(*(tax.who_am_i() for _ in range(20)), return_exceptions=True)
+        refused = [r for r in results if isinstance(r, ExchangeError)]
+        assert refused, "20 calls at once against a limit of 5 per second"
+        assert all(
+            isinstance(r, ExchangeError) or getattr(r, "department", None) == "tax" for r in results
+        )
+        for error in refused:
+            assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert error.reason == "RATE_LIMITED"
+            assert error.retry_after is not None
+            assert 0 < error.retry_after <= 1
+        # samr's calls at the same moment all pass.
+        assert len(await asyncio.gather(*(samr.who_am_i() for _ in range(20)))) == 20
+    assert node.db is not None
+    row = await node.db.pool.fetchrow(
+        "SELECT decision, reason, purpose FROM access_log WHERE action = 'call.refused'"
+        " AND caller = 'tax'"
+    )
+    assert row is not None
+    assert (row["decision"], row["reason"]) == ("denied", "RATE_LIMITED")
+    assert "WhoAmI" in row["purpose"]
+
+
+async def test_calls_in_progress_past_the_limit_are_refused(node: Node) -> None:
+    await _until_applied(node, "samr", CallLimits(concurrent=2))
+    async with client_for(node, "samr", "SC-1") as samr:
+        results = await asyncio.gather(
+            *(
+                samr.issue_licence("business-licence", BUSINESS_LICENCE_CLAIMS, reason="设立登记")
+                for _ in range(12)
+            ),
+            return_exceptions=True,
+        )
+    refused = [r for r in results if isinstance(r, ExchangeError)]
+    issued = [r for r in results if not isinstance(r, BaseException)]
+    assert refused
+    assert issued
+    assert {r.reason for r in refused} == {"RATE_LIMITED"}
+    # Every licence issued is in the log; none refused left a trace but its refusal.
+    assert node.db is not None
+    logged = await node.db.pool.fetchval(
+        "SELECT count(*) FROM access_log WHERE action = 'licence-issue'"
+    )
+    assert logged == len(issued)
+
+
+async def test_subscriptions_per_department_are_bounded(node: Node) -> None:
+    await _until_applied(node, "tax", CallLimits(subscriptions=1))
+    async with client_for(node, "samr") as samr:
+        await samr.register_dataset(ENTERPRISE, publish=True)
+    async with client_for(node, "tax") as tax:
+        first = tax.subscribe("samr.enterprise", fields=["name"], purpose="税务登记")
+        opened = asyncio.ensure_future(first.__anext__())
+        await asyncio.sleep(0.5)  # the first stream is open and waiting for events
+        with pytest.raises(ExchangeError) as second:
+            await tax.subscribe("samr.enterprise", fields=["name"], purpose="税务登记").__anext__()
+        assert second.value.reason == "TOO_MANY_SUBSCRIPTIONS"
+        assert second.value.code is grpc.StatusCode.RESOURCE_EXHAUSTED
+        opened.cancel()
+        await asyncio.gather(opened, return_exceptions=True)
+        await first.aclose()  # type: ignore[attr-defined]
+
+
+def test_dept_limits_command(tmp_path: Path, database_url: str) -> None:
+    env = cli_env(TONGBAN_DATABASE_URL=database_url, TONGBAN_KEY_PASSPHRASE="limits test")
+    data = str(tmp_path / "d")
+    assert tongban("init", "--data-dir", data, env=env).code == 0
+    added = tongban(
+        "dept", "add", "tax", "--name", "税务局", "--level", "county", "--data-dir", data, env=env
+    )
+    assert added.code == 0, added.stderr
+    shown = tongban("dept", "limits", "tax", "--data-dir", data, env=env)
+    assert shown.code == 0, shown.stderr
+    assert "64 (default)" in shown.stdout
+    set_ = tongban(
+        "dept", "limits", "tax", "--per-second", "50", "--concurrent", "8",
+        "--data-dir", data, "--json", env=env,
+    )  # fmt: skip
+    assert set_.code == 0, set_.stderr
+    assert set_.json()["department"]["limits"] == {
+        "concurrent": 8,
+        "per_second": 50.0,
+        "subscriptions": None,
+    }
+    reset = tongban(
+        "dept", "limits", "tax", "--concurrent", "default", "--data-dir", data, "--json", env=env
+    )
+    assert reset.json()["department"]["limits"]["concurrent"] is None
+    assert reset.json()["department"]["limits"]["per_second"] == 50.0
+    for bad, says in (("0", "between 1 and 100,000"), ("lots", "not a number")):
+        refused = tongban("dept", "limits", "tax", "--concurrent", bad, "--data-dir", data, env=env)
+        assert refused.code != 0
+        assert says in refused.stderr
+        assert "Traceback" not in refused.stderr
+
+
+def _raw_channel(node: Node, code: str) -> grpc.aio.Channel:
+    bundle = Bundle.load(bundle_dir(node.settings, code))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=bundle.ca_pem,
+        private_key=bundle.tls_key_pem,
+        certificate_chain=bundle.tls_cert_pem,
+    )
+    return grpc.aio.secure_channel(
+        f"127.0.0.1:{node.grpc_port}",
+        credentials,
+        options=[("grpc.ssl_target_name_override", bundle.server_name)],
+    )
+
+
+def _reason(error: grpc.aio.AioRpcError) -> str:
+    trailers: Any = error.trailing_metadata() or ()
+    for key, value in trailers:
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            for detail in status_pb2.Status.FromString(value).details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return str(info.reason)
+    return ""
+
+
+async def test_undecodable_requests_are_malformed_on_unary_and_streaming_calls(
+    node: Node,
+) -> None:
+    garbage = b"\x0a\xff\xff\xff\xff\x0f"  # field 1, a length far past the end
+    async with _raw_channel(node, "samr") as channel:
+        query = channel.unary_unary("/tongban.v1.QueryService/Query", None, None)
+        with pytest.raises(grpc.aio.AioRpcError) as unary:
+            await query(garbage)
+        bad_utf8 = b"\x0a\x02\xc3\x28"  # dataset = two bytes that are not UTF-8
+        with pytest.raises(grpc.aio.AioRpcError) as utf8:
+            await query(bad_utf8)
+        stream = channel.stream_unary("/tongban.v1.RecordService/StreamRecords", None, None)
+        with pytest.raises(grpc.aio.AioRpcError) as streamed:
+            await stream(iter([garbage]))
+        subscribe = channel.unary_stream("/tongban.v1.SubscriptionService/Subscribe", None, None)
+        with pytest.raises(grpc.aio.AioRpcError) as server_streamed:
+            async for _ in subscribe(garbage):
+                pass
+    for caught in (unary, utf8, streamed, server_streamed):
+        error = caught.value
+        assert error.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert _reason(error) == "MALFORMED_REQUEST"
+        assert "DecodeError" not in (error.details() or "")
+    async with client_for(node, "samr") as samr:
+        assert (await samr.who_am_i()).department == "samr"
