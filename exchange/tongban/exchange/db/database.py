@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import asyncpg
 
 from tongban.exchange.db.embedded import EmbeddedPostgres
+from tongban.exchange.db.fair_pool import create_fair_pool, share_of
 from tongban.exchange.db.guard import one_per_task
 from tongban.exchange.db.migrate import apply_migrations
 from tongban.exchange.errors import DatabaseUnavailable
@@ -174,8 +175,9 @@ async def _create_pool(
     if role is not None:
         server_settings["role"] = role
     try:
-        pool = await asyncpg.create_pool(
+        pool = await create_fair_pool(
             dsn,
+            share=share_of(size),
             min_size=1,
             max_size=size,
             timeout=_CONNECT_TIMEOUT,

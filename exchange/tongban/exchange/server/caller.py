@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextvars import ContextVar
 from dataclasses import dataclass
 
+from tongban.exchange.db.fair_pool import department as pool_department
 from tongban.exchange.departments import Department
 
 __all__ = ["Caller", "current_caller"]
@@ -29,3 +30,5 @@ def current_caller() -> Caller:
 
 def set_caller(caller: Caller) -> None:
     _current.set(caller)
+    # The pool gives each department a share of its connections (db/fair_pool.py).
+    pool_department.set(caller.department.code)

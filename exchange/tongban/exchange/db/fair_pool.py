@@ -1,0 +1,93 @@
+"""A connection pool that no one department can empty.
+
+Requests of one department could otherwise hold every pooled connection — 64 licence
+issues queued on the status list's row lock each hold one — while another department's
+query waits for any connection at all. ``FairPool`` gives each department a share: at
+most ``share`` connections held at once by calls made for one department (the task's
+``department`` context variable, set by the gRPC interceptor for each authenticated
+call). A call past its department's share waits for one of that department's own
+connections to come back, never for another department's; it waits holding no
+connection, so this cannot deadlock. Work done for no department (the access-log writer,
+the change listener, the Kafka relay, CLI commands) is not limited.
+
+With the default pool of 10 and a share of half the pool, two departments at full
+speed still leave connections for a third.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextvars import ContextVar
+from typing import Any
+
+import asyncpg
+from asyncpg import connection as _connection
+from asyncpg import protocol as _protocol
+
+__all__ = ["FairPool", "department", "share_of"]
+
+department: ContextVar[str | None] = ContextVar("tongban_pool_department", default=None)
+"""Whose work the current task does: a department code, or None for the node's own."""
+
+
+def share_of(size: int) -> int:
+    """Connections one department may hold from a pool of ``size``: half, at least one."""
+    return max(1, size // 2)
+
+
+class FairPool(asyncpg.Pool):
+    """``asyncpg.Pool`` with a per-department share (see the module docstring)."""
+
+    def __init__(self, *args: Any, share: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._share = share
+        self._gates: dict[str, asyncio.Semaphore] = {}
+        self._held: dict[int, asyncio.Semaphore] = {}
+
+    # asyncpg's own method names and signatures: every acquire, pool.fetch() included,
+    # goes through _acquire, and every release through release.
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109
+        code = department.get()
+        if code is None:
+            return await super()._acquire(timeout)  # type: ignore[misc]
+        gate = self._gates.get(code)
+        if gate is None:
+            gate = self._gates[code] = asyncio.Semaphore(self._share)
+        # A department past its share waits here, holding nothing.
+        async with asyncio.timeout(timeout):
+            await gate.acquire()
+        try:
+            proxy = await super()._acquire(timeout)  # type: ignore[misc]
+        except BaseException:
+            gate.release()
+            raise
+        self._held[id(proxy)] = gate
+        return proxy
+
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        gate = self._held.pop(id(connection), None)
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            if gate is not None:
+                gate.release()
+
+
+async def create_fair_pool(
+    dsn: str, *, share: int, min_size: int, max_size: int, **kwargs: Any
+) -> FairPool:
+    """``asyncpg.create_pool`` for a ``FairPool``."""
+    pool = FairPool(
+        dsn,
+        share=share,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        loop=None,
+        connection_class=_connection.Connection,
+        record_class=_protocol.Record,
+        **kwargs,
+    )
+    await pool
+    return pool
