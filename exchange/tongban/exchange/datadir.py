@@ -11,6 +11,8 @@ Layout::
                             node of one exchange needs the same one)
     secrets/log-hmac.key    the key of the subject-id HMACs in the access log (32 bytes;
                             every node of one exchange needs the same one)
+    secrets/db-node.password  the password of the node's database login (tongban_node),
+                            made on first use; the migrating login sets it
     bundles/<code>/         department credential bundles written by ``dept add``
     pg/                     embedded PostgreSQL (when TONGBAN_DATABASE_URL is unset)
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -131,6 +134,38 @@ def _passphrase(settings: Settings, *, create: bool) -> bytes:
     with os.fdopen(fd, "wb") as f:
         f.write(value + b"\n")
     return value
+
+
+_PASSWORD = re.compile(r"[A-Za-z0-9_-]{32,200}")
+
+
+def node_password(settings: Settings) -> str | None:
+    """The password of the node's database login (``secrets/db-node.password``), made on
+    first use; None if the data dir cannot hold it (then the node logs in as the migrating
+    user, see ``db.database``)."""
+    path = settings.data_dir / "secrets" / "db-node.password"
+    try:
+        if not path.exists():
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            staged = path.with_name(f".db-node.password.{secrets.token_hex(4)}")
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+            try:
+                os.link(staged, path)  # exclusive: another process may have made one first
+            except FileExistsError:
+                pass
+            finally:
+                staged.unlink()
+        password = path.read_text().strip()
+    except OSError:
+        return None
+    if not _PASSWORD.fullmatch(password):
+        raise DataDirUnusable(
+            f"{path} is not a password tongban made (32+ URL-safe characters); delete it "
+            "and start the node again to make a new one."
+        )
+    return password
 
 
 def key_passphrase(settings: Settings) -> bytes:

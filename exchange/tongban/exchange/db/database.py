@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from dataclasses import dataclass
 from types import TracebackType
 from urllib.parse import urlsplit
 
 import asyncpg
 
+from tongban.exchange.datadir import node_password
 from tongban.exchange.db.embedded import EmbeddedPostgres
 from tongban.exchange.db.fair_pool import create_fair_pool, share_of
 from tongban.exchange.db.guard import one_per_task
@@ -75,9 +77,9 @@ class Database:
         name = f"tongban-{settings.node_name}"
         pool: asyncpg.Pool | None = None
         try:
-            role = await _prepare(dsn, where, migrate=migrate)
-            pool = await _create_pool(dsn, where, size, role, name)
-            log_pool = await _create_pool(dsn, where, _LOG_POOL_SIZE, role, name + "-log")
+            login = await _prepare(dsn, where, migrate=migrate, password=node_password(settings))
+            pool = await _create_pool(dsn, where, size, login, name)
+            log_pool = await _create_pool(dsn, where, _LOG_POOL_SIZE, login, name + "-log")
         except BaseException:
             if pool is not None:
                 pool.terminate()
@@ -123,10 +125,26 @@ class Database:
 NODE_ROLE = "tongban_node"
 
 
-async def _prepare(dsn: str, where: str, *, migrate: bool) -> str | None:
-    """Apply migrations as the login user (the schema's owner); return the role the node's
-    sessions take (``tongban_node``: may append to the log but not change it), or None if
-    the database has no such role or the login user may not take it."""
+@dataclass(frozen=True)
+class _Login:
+    """How the node's pools log in: as ``tongban_node`` itself (``password`` set), or as
+    the migrating login taking ``role`` at session start (the weaker fallback), or as the
+    login alone (``role`` None)."""
+
+    role: str | None
+    password: str | None = None
+
+
+async def _prepare(dsn: str, where: str, *, migrate: bool, password: str | None) -> _Login:
+    """Apply migrations as the login user (the schema's owner); return how the node's
+    sessions log in.
+
+    With ``password`` (the node's own, from its data dir) and a login user allowed to
+    manage roles, ``tongban_node`` is given LOGIN and that password and the node logs in
+    as it: a session that is not a superuser, owns no table and cannot SET ROLE to one
+    that does, so SQL run by the node cannot change the log. Otherwise the node's
+    sessions start as ``tongban_node`` from the login user, who could SET ROLE back: a
+    warning says so."""
     try:
         conn = await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
@@ -137,21 +155,46 @@ async def _prepare(dsn: str, where: str, *, migrate: bool) -> str | None:
     try:
         if migrate:
             await apply_migrations(conn)
-        usable = await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)"
-            " AND pg_has_role(current_user, $1, 'MEMBER')",
-            NODE_ROLE,
+        exists = await conn.fetchval(
+            "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", NODE_ROLE
         )
+        power = await conn.fetchrow(
+            "SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+        )
+        member = exists and await conn.fetchval(
+            "SELECT pg_has_role(current_user, $1, 'MEMBER')", NODE_ROLE
+        )
+        if exists and power is not None and password is not None:
+            # Only a superuser may state the attributes a superuser could have granted.
+            strip = " NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+            try:
+                # A utility statement takes no parameters; node_password() checked the
+                # password is URL-safe base64, so it needs no quoting.
+                await conn.execute(
+                    f"ALTER ROLE {NODE_ROLE} LOGIN{strip if power['rolsuper'] else ''}"
+                    f" PASSWORD '{password}'"
+                )
+            except asyncpg.InsufficientPrivilegeError:
+                pass  # falls back to the session role, with the warning below
+            else:
+                return _Login(NODE_ROLE, password)
     finally:
         await conn.close()
-    if not usable:
+    if not member:
         _log.warning(
             "role %s is missing or not granted to the login user; the node runs with the "
             "login role, and only triggers keep the log append-only",
             NODE_ROLE,
         )
-        return None
-    return NODE_ROLE
+        return _Login(None)
+    _log.warning(
+        "the login user may not manage roles, so the node's sessions start as %s from it "
+        "and could SET ROLE back; give %s LOGIN and a password and point "
+        "TONGBAN_DATABASE_URL at it for a node that cannot change the log (docs/deploy.md)",
+        NODE_ROLE,
+        NODE_ROLE,
+    )
+    return _Login(NODE_ROLE)
 
 
 async def _keep_session(conn: object) -> None:
@@ -165,15 +208,17 @@ async def _keep_session(conn: object) -> None:
 
 
 async def _create_pool(
-    dsn: str, where: str, size: int, role: str | None, application_name: str
+    dsn: str, where: str, size: int, login: _Login, application_name: str
 ) -> asyncpg.Pool:
-    # The role is a startup parameter, so it is also what RESET ALL returns to when the
-    # pool recycles a connection.
     # The node's name, so pg_stat_activity and pg_locks tell the nodes' sessions apart
     # (which node holds the relay lock, which one is slow).
     server_settings = {"application_name": application_name}
-    if role is not None:
-        server_settings["role"] = role
+    credentials: dict[str, str] = {}
+    if login.password is not None and login.role is not None:
+        credentials = {"user": login.role, "password": login.password}  # over the DSN's
+    elif login.role is not None:
+        # A startup parameter, so it is also what RESET ALL returns to.
+        server_settings["role"] = login.role
     try:
         pool = await create_fair_pool(
             dsn,
@@ -185,6 +230,7 @@ async def _create_pool(
             server_settings=server_settings,
             reset=_keep_session,
             setup=one_per_task,
+            **credentials,
         )
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
         raise DatabaseUnavailable(
