@@ -1,26 +1,37 @@
-"""``python -m bench [audit | events | cluster | licence | adapters]``: run the benchmark.
+"""``python -m bench [audit | events | fairness | burst | cluster | licence | adapters]``:
+run the benchmark.
 
 With no argument, every phase: ``bench.foundation`` and ``bench.sharing`` against a node,
 then the access-log phases of ``bench.audit`` in this process, then the change-events
-phases of ``bench.events`` on nodes of their own; one results file. With ``audit`` or
-``events``, only those phases (their own results file). ``cluster`` (not part of the full
-run) measures several nodes on one PostgreSQL and subscriber failover (``bench.cluster``).
+phases of ``bench.events``, then ``bench.fairness`` and ``bench.burst``, each on nodes of
+their own; one results file. With ``audit``, ``events``, ``fairness`` or ``burst``, only
+those phases (their own results file). ``cluster`` (not part of the full run) measures
+several nodes on one PostgreSQL and subscriber failover (``bench.cluster``).
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import adapters, audit, cluster, events, foundation, licence
+from bench import adapters, audit, burst, cluster, events, fairness, foundation, licence
 
-USAGE = """usage: python -m bench [audit | events | cluster | licence | adapters]
+USAGE = """usage: python -m bench [audit | events | fairness | burst | cluster | licence | adapters]
 
-  (no argument)  every phase: foundation, sharing, the access log's, then change events
+  (no argument)  every phase: foundation, sharing, the access log's, change events,
+                 fairness and burst
   audit          only the access-log phases (in process, on their own PostgreSQL)
   events         only the change-events phases (embedded and Kafka mode, a node each;
                  BENCH_EVENTS_SECONDS, BENCH_EVENTS_MAX_SECONDS, BENCH_EVENTS_BACKLOG,
                  BENCH_EVENTS_RATE, BENCH_EVENTS_WARMUP_SECONDS and BENCH_EVENTS_MODES
                  shorten or narrow a run)
+  fairness       tax's 64-caller audited query alone, then while samr bulk-loads
+                 (StreamRecords) and issues licences at full speed, on the node's default
+                 per-department limits; p99 with samr beside p99 alone
+                 (BENCH_FAIRNESS_SECONDS, BENCH_FAIRNESS_RECORDS, BENCH_FAIRNESS_ISSUERS)
+  burst          samr's Issue calls from 16, 64 and 256 callers beside one caller, and the
+                 longest wait of tax's calls meanwhile; samr's own concurrency limit raised
+                 to 256 (BENCH_BURST_LEVELS, BENCH_BURST_MIN_CALLS,
+                 BENCH_BURST_BASELINE_CALLS)
   cluster        1, 2 and 3 nodes on one PostgreSQL (audited query throughput) and a
                  subscriber's failover when its node is killed; not in the full run
                  (BENCH_CLUSTER_SECONDS, BENCH_CLUSTER_ROUNDS, BENCH_CLUSTER_KAFKA=1)
@@ -35,11 +46,15 @@ USAGE = """usage: python -m bench [audit | events | cluster | licence | adapters
 
 def main(argv: list[str]) -> int:
     if not argv:
-        return foundation.main(with_audit=True, with_events=True)
+        return foundation.main(with_audit=True, with_events=True, with_limits=True)
     if argv == ["audit"]:
         return audit.main()
     if argv == ["events"]:
         return events.main()
+    if argv == ["fairness"]:
+        return fairness.main()
+    if argv == ["burst"]:
+        return burst.main()
     if argv == ["cluster"]:
         return cluster.main()
     if argv == ["licence"]:

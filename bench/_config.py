@@ -1,5 +1,5 @@
 """The benchmark's settings, shared by every phase (``bench.foundation``, ``bench.sharing``,
-``bench.audit``, ``bench.events``)."""
+``bench.audit``, ``bench.events``, ``bench.fairness``, ``bench.burst``)."""
 
 from __future__ import annotations
 
@@ -135,3 +135,26 @@ class Config:
     window lands a hair either side of the offered rate)."""
     events_embedded_target_p95_ms: float = 200.0
     events_kafka_target_p95_ms: float = 1_000.0
+
+    # -- the fairness phases (bench.fairness), on a node with its default limits -------
+    # The tax load is phase 6's (concurrency, windows, dataset, records, fields, query_via);
+    # BENCH_FAIRNESS_* environment variables override some fields (bench.fairness.configured).
+    fairness_dataset: str = "samr.bench_load"
+    """Where ``department`` bulk-loads in phase B: its own dataset, not the one queried."""
+    fairness_issuers: int = 16
+    """Callers of ``department`` issuing business licences in a loop in phase B."""
+    fairness_target_p99_ratio: float = 2.0
+    """The issue's target: the consumer's p99 in B at most this multiple of its p99 in A."""
+
+    # -- the burst phases (bench.burst), on a node with its default limits ---------------
+    # BENCH_BURST_* environment variables override some of these (bench.burst.configured).
+    burst_levels: tuple[int, ...] = (16, 64, 256)
+    """Concurrent Issue callers of ``department``, one burst each."""
+    burst_calls_per_caller: int = 4
+    burst_min_calls: int = 256
+    """Each burst makes max(``burst_calls_per_caller`` x C, ``burst_min_calls``) calls, so
+    that even the smallest has enough latencies for a p99."""
+    burst_baseline_calls: int = 128
+    """Issue calls of the one-caller baseline."""
+    burst_idle_seconds: float = 3.0
+    """The consumer's catalogue loop alone (its waits' baseline)."""

@@ -1,6 +1,13 @@
 """The servers under load, each a subprocess with an explicit start and stop: the echo
 server, the node, and (for the change-events benchmark's Kafka mode) a Kafka broker.
 
+The node's per-department call limits (``TONGBAN_DEPT_*``: 64 calls in progress and 2,000
+calls started per second by default) are raised to ``RAISED_LIMITS`` unless a phase asks
+for the node's defaults: the throughput phases drive one department at whatever rate the
+machine allows (the WhoAmI phase can pass 2,000 calls/s on a quicker machine), and a
+refused call would end their run. The limiter still admits every call there, so its cost
+is in their figures; only ``bench.fairness`` and ``bench.burst`` measure the limits.
+
 Each runs in its own process group, so a Ctrl-C at the terminal reaches only the
 benchmark, which then stops each server once (SIGTERM) and waits for it, rather than every
 process reacting to the same signal at once.
@@ -17,14 +24,18 @@ import socket
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 __all__ = [
+    "RAISED_LIMITS",
     "EchoServer",
     "KafkaBroker",
     "NodeServer",
@@ -38,6 +49,13 @@ _REPO = Path(__file__).resolve().parent.parent
 _TONGBAN = Path(sys.executable).parent / "tongban"
 _READY_TIMEOUT = 120.0
 _STOP_TIMEOUT = 30.0
+
+RAISED_LIMITS: Mapping[str, str] = {
+    "TONGBAN_DEPT_CALLS_PER_SECOND": "1000000",
+    "TONGBAN_DEPT_MAX_CONCURRENT_CALLS": "100000",
+}
+"""The node's environment for the throughput phases: per-department limits no load
+generator on one machine reaches (the settings' maxima)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +74,8 @@ class KafkaBroker:
 @dataclass(frozen=True)
 class NodeServer:
     target: str
+    http: str
+    """``host:port`` of the node's HTTP listener (``/metrics``)."""
     bundles: Path
     data_dir: Path
     process: psutil.Process
@@ -70,6 +90,23 @@ class NodeServer:
             return [self.postmaster, *self.postmaster.children(recursive=True)]
         except psutil.NoSuchProcess:
             return []
+
+    async def calls_refused(self) -> Counter[tuple[str, str]]:
+        """The node's ``tongban_calls_refused`` counters now, by (department, reason), read
+        from its ``/metrics``. Raises aiohttp.ClientError if the node does not answer."""
+        async with (
+            aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session,
+            session.get(f"http://{self.http}/metrics") as response,
+        ):
+            response.raise_for_status()
+            text = await response.text()
+        refused: Counter[tuple[str, str]] = Counter()
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == "tongban_calls_refused_total":
+                    key = (sample.labels["department"], sample.labels["reason"])
+                    refused[key] = int(sample.value)
+        return refused
 
     def dsn(self) -> str:
         """The asyncpg DSN of the node's own database on its embedded PostgreSQL.
@@ -146,12 +183,16 @@ async def echo_server() -> AsyncIterator[EchoServer]:
 
 @asynccontextmanager
 async def node_server(
-    env: Mapping[str, str] | None = None, profile: Path | None = None
+    env: Mapping[str, str] | None = None,
+    profile: Path | None = None,
+    *,
+    default_limits: bool = False,
 ) -> AsyncIterator[NodeServer]:
     """Run ``tongban serve --demo`` on a fresh data dir for the duration of the block.
 
     ``env`` adds settings to the node's environment (``TONGBAN_KAFKA_BOOTSTRAP`` for Kafka
-    mode); otherwise it runs on its defaults. With ``profile``, the node runs under
+    mode); otherwise it runs on its defaults, except for the per-department call limits,
+    which are ``RAISED_LIMITS`` unless ``default_limits``. With ``profile``, the node runs under
     cProfile and writes its statistics there when it stops (it runs slower). The data dir
     and the node's log live in a new temporary directory, removed afterwards unless
     PostgreSQL is still running in it (then a warning names it). Raises RuntimeError with
@@ -162,6 +203,8 @@ async def node_server(
     log_path = work / "node.log"
     node_env = _server_env()
     node_env["TONGBAN_KEY_PASSPHRASE"] = "tongban-bench"  # a throwaway data dir
+    if not default_limits:
+        node_env.update(RAISED_LIMITS)
     node_env.update(env or {})
     process: asyncio.subprocess.Process | None = None
     try:
@@ -181,6 +224,7 @@ async def node_server(
         postmasters = postgres_processes(data_dir)
         yield NodeServer(
             target=ready["grpc"],
+            http=ready["http"],
             bundles=Path(ready["bundles"]),
             data_dir=Path(ready["data_dir"]),
             process=node_process,

@@ -4,8 +4,10 @@ PostgreSQL, and how long a subscriber takes to fail over when its node is killed
 One embedded PostgreSQL (``EmbeddedPostgres``, in a temporary directory) holds the
 exchange; one data dir is initialised once and shared by every node (as the nodes of one
 exchange share their CA and log keys); each node is a ``tongban serve`` process with its
-own ports and ``TONGBAN_NODE_NAME``, on ``TONGBAN_DATABASE_URL``. With
-``BENCH_CLUSTER_KAFKA=1`` a Tansu broker is started too and the nodes run in Kafka mode.
+own ports and ``TONGBAN_NODE_NAME``, on ``TONGBAN_DATABASE_URL``, with the per-department
+call limits raised out of reach (``bench._servers.RAISED_LIMITS``, as for every throughput
+phase). With ``BENCH_CLUSTER_KAFKA=1`` a Tansu broker is started too and the nodes run in
+Kafka mode.
 
 **Throughput.** ``samr`` publishes 10,000 enterprises to ``samr.enterprise``; ``tax``
 queries one random key at a time (3 fields, a purpose and a case: every answer is an
@@ -57,7 +59,7 @@ import psutil
 
 from bench._client import Department
 from bench._load import LoadResult, run_load
-from bench._servers import kafka_broker, postgres_processes
+from bench._servers import RAISED_LIMITS, kafka_broker, postgres_processes
 from bench._table import LABEL, cpu_header, cpu_row, load_row
 from bench._watch import CpuMeter, CpuUse
 from tongban.client import Bundle, Event, ExchangeError
@@ -154,6 +156,7 @@ class _Exchange:
             TONGBAN_NODE_NAME=name,
             TONGBAN_SHUTDOWN_GRACE_SECONDS="2",
         )
+        env.update(RAISED_LIMITS)
         if self.kafka is not None:
             env.update(TONGBAN_KAFKA_BOOTSTRAP=self.kafka, TONGBAN_KAFKA_IDEMPOTENCE="false")
         return env

@@ -8,9 +8,15 @@ What is measured, all in one run on one machine:
    library, nothing else. Everything else is read as a fraction of it, which is what stays
    comparable across noisy machines and runs.
 2. **WhoAmI over mutual TLS (node)**: ``tongban serve --demo`` on a fresh data dir and
-   embedded PostgreSQL, called as the ``samr`` department. WhoAmI is the cheapest
-   authenticated call (TLS, the interceptor, certificate → department from the caches,
-   metrics, protobuf), so its ratio to the echo is the price of the node's front door.
+   embedded PostgreSQL, called as the ``samr`` department, with the per-department call
+   limits raised out of reach (``TONGBAN_DEPT_CALLS_PER_SECOND`` and
+   ``TONGBAN_DEPT_MAX_CONCURRENT_CALLS``, ``bench._servers.RAISED_LIMITS``): one
+   department's WhoAmI load can pass the default 2,000 calls/s on a quicker machine, and
+   a refused call would end the run. The limiter still admits each call, so its cost is
+   measured; ``bench.fairness`` and ``bench.burst`` run on the node's defaults. WhoAmI is
+   the cheapest authenticated call (TLS, the interceptor, certificate → department from
+   the caches, the limiter, metrics, protobuf), so its ratio to the echo is the price of
+   the node's front door.
    The design target for the later audited query is >= 40% of the echo; this no-op is
    reported as it is.
 3. **new connection + call**: a fresh channel per call (TCP + full TLS 1.3 handshake with
@@ -25,9 +31,10 @@ Then, on the same node and against the same echo baseline, the sharing phases 5-
 ``bench.sharing``: bulk publishing, the audited key query, 1,000-key queries and the
 access log's growth. The issue's targets are printed as met or missed, never asserted.
 ``python -m bench`` then runs the access-log phases of ``bench.audit`` (in process, on
-their own PostgreSQL, once both servers have stopped) and the change-events phases of
-``bench.events`` (on nodes of their own, embedded and Kafka mode) into the same results
-file.
+their own PostgreSQL, once both servers have stopped), the change-events phases of
+``bench.events`` (on nodes of their own, embedded and Kafka mode), and the fairness and
+burst phases of ``bench.fairness`` and ``bench.burst`` (on nodes of their own, on the
+default per-department limits) into the same results file.
 
 Phases 1 and 2 use 64 concurrent callers on one channel (one HTTP/2 connection), from one
 asyncio loop in this process; phase 3 uses 8. CPU use is recorded over each measured
@@ -52,7 +59,7 @@ from typing import Any
 import grpc
 import psutil
 
-from bench import audit, events, sharing
+from bench import audit, burst, events, fairness, sharing
 from bench._client import FRESH_CONNECTION, Department
 from bench._config import Config
 from bench._echo_server import ECHO_METHOD, identity
@@ -360,22 +367,27 @@ def write_json(
     return path
 
 
-def main(*, with_audit: bool = False, with_events: bool = False) -> int:
+def main(*, with_audit: bool = False, with_events: bool = False, with_limits: bool = False) -> int:
     """Run the benchmark, print the table, write the JSON; return the exit status.
 
     With ``with_audit``, the access-log phases (``bench.audit``) run afterwards, once the
     servers have stopped, and their figures go into the same results file under "audit";
     with ``with_events``, then the change-events phases (``bench.events``, on nodes of
-    their own), under "events".
+    their own), under "events"; with ``with_limits``, then the fairness and burst phases
+    (``bench.fairness``, ``bench.burst``, on nodes of their own with the default limits),
+    under "fairness" and "burst".
     """
     config = Config()
-    events_config = config
-    if with_events:
-        try:
+    events_config = fairness_config = burst_config = config
+    try:  # a bad BENCH_* variable: say so before the run
+        if with_events:
             events_config = events.configured(config)
-        except ValueError as e:  # a bad BENCH_EVENTS_* variable: say so before the run
-            print(f"bench: {e}", file=sys.stderr)
-            return 2
+        if with_limits:
+            fairness_config = fairness.configured(config)
+            burst_config = burst.configured(config)
+    except ValueError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
     try:
         report = asyncio.run(run(config))
     except KeyboardInterrupt:
@@ -413,7 +425,40 @@ def main(*, with_audit: bool = False, with_events: bool = False) -> int:
         else:
             print(events.format_report(events_report))
             extra["events"] = events.as_json(events_report)
+    if with_limits and status != 130:
+        status = _limits_phases(fairness_config, burst_config, extra) or status
     path = write_json(report, extra=extra)
     shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
     print(f"\nfigures written to {shown}")
+    return status
+
+
+def _limits_phases(fairness_config: Config, burst_config: Config, extra: dict[str, Any]) -> int:
+    """Run the fairness, then the burst phases, printing each and adding its figures to
+    ``extra``; return 130 if interrupted, 1 if one failed, else 0."""
+    status = 0
+    print()
+    try:
+        fairness_report = asyncio.run(fairness.run(fairness_config))
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+    except fairness.FAILURES as e:
+        print(f"bench failed in the fairness phases: {fairness.describe(e)}", file=sys.stderr)
+        status = 1
+    else:
+        print(fairness.format_report(fairness_report))
+        extra["fairness"] = fairness.as_json(fairness_report)
+    print()
+    try:
+        burst_report = asyncio.run(burst.run(burst_config))
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+    except burst.FAILURES as e:
+        print(f"bench failed in the burst phases: {burst.describe(e)}", file=sys.stderr)
+        status = 1
+    else:
+        print(burst.format_report(burst_report))
+        extra["burst"] = burst.as_json(burst_report)
     return status

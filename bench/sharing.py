@@ -48,7 +48,18 @@ from tongban.client import ExchangeClient
 from tongban.exchange.catalogue.subject_ids import uscc_check_character
 from tongban.v1 import catalogue_pb2, query_pb2, query_pb2_grpc, values_pb2
 
-__all__ = ["AuditGrowth", "Latencies", "SharingReport", "Target", "Throughput", "run"]
+__all__ = [
+    "AuditGrowth",
+    "Latencies",
+    "SharingReport",
+    "Target",
+    "Throughput",
+    "dataset_spec",
+    "generate_records",
+    "run",
+    "single_key_query",
+    "uscc",
+]
 
 PURPOSE = "bench"
 CASE_ID = "B-1"
@@ -147,14 +158,14 @@ async def run(
     owner = Department.of(node, config.department, config)
     consumer = Department.of(node, config.consumer, config)
     rng = random.Random(config.seed)
-    rows = _generate(config.records, rng)
+    rows = generate_records(config.records, rng)
     keys = [key for key, _ in rows]
     db = await asyncpg.connect(node.dsn())
     try:
         with PeakRss(rss_groups) as rss:
             copy = await _copy_baseline(db, rows, config, meter())
             async with owner.client() as client:
-                await client.register_dataset(_spec(config.dataset), publish=True)
+                await client.register_dataset(dataset_spec(config.dataset), publish=True)
                 publish = await _publish(client, rows, config, meter())
             with PeakRss(rss_groups) as query_rss:
                 query, query_audit = await _query_load(consumer, keys, config, meter(), db)
@@ -180,7 +191,8 @@ async def run(
 # --- the data ---------------------------------------------------------------------------
 
 
-def _spec(code: str) -> catalogue_pb2.DatasetSpec:
+def dataset_spec(code: str) -> catalogue_pb2.DatasetSpec:
+    """The bench dataset (the 10 fields of ``generate_records``) registered as ``code``."""
     return catalogue_pb2.DatasetSpec(
         code=code,
         title="基准测试市场主体",
@@ -216,17 +228,18 @@ _SCOPES = (
 )
 
 
-def _uscc(i: int) -> str:
+def uscc(i: int) -> str:
+    """The ``i``-th generated enterprise's USCC (valid check character; ``i`` < 10**10)."""
     first17 = f"9133010{i:010d}"
     assert len(first17) == 17
     return first17 + uscc_check_character(first17)
 
 
-def _generate(count: int, rng: random.Random) -> list[Row]:
+def generate_records(count: int, rng: random.Random) -> list[Row]:
     """``count`` records of the 10 fields, keyed by valid USCCs, the same for every seed."""
     rows: list[Row] = []
     for i in range(count):
-        key = _uscc(i)
+        key = uscc(i)
         established = date(1990, 1, 1) + timedelta(days=rng.randrange(12_000))
         rows.append(
             (
@@ -297,7 +310,7 @@ async def _publish(
 
 
 @asynccontextmanager
-async def _single_key_query(
+async def single_key_query(
     consumer: Department, keys: list[str], config: Config
 ) -> AsyncIterator[Callable[[], Awaitable[None]]]:
     """Yield the call of phase 6, through the raw stub or the typed client."""
@@ -342,7 +355,7 @@ async def _query_load(
     consumer: Department, keys: list[str], config: Config, cpu: CpuMeter, db: asyncpg.Connection
 ) -> tuple[LoadResult, AuditGrowth]:
     completed = 0
-    async with _single_key_query(consumer, keys, config) as query:
+    async with single_key_query(consumer, keys, config) as query:
 
         async def call() -> None:
             nonlocal completed
