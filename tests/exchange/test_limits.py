@@ -141,6 +141,24 @@ def test_every_request_field_is_checked_from_its_descriptor() -> None:
         assert refused.value.metadata["field"] == field
 
 
+def test_the_fast_path_still_finds_long_strings_and_bad_enums() -> None:
+    from tongban.v1 import records_pb2, values_pb2
+
+    batch = records_pb2.PublishRecordsRequest(dataset="samr.bench")
+    for i in range(100):
+        change = batch.changes.add(key=f"k{i}")
+        change.fields["name"].CopyFrom(values_pb2.FieldValue(string_value="企业"))
+    check_request(batch, may_hold_nul=False)
+    batch.changes[57].fields["name"].string_value = "x" * (MAX_STRING + 1)
+    with pytest.raises(InvalidArgument) as long:
+        check_request(batch, may_hold_nul=False)
+    assert long.value.metadata["field"] == "changes[57].fields['name'].string_value"
+    batch.changes[57].fields["name"].string_value = "a\x00b"
+    with pytest.raises(InvalidArgument) as nul:
+        check_request(batch)
+    assert nul.value.metadata["field"] == "changes[57].fields['name'].string_value"
+
+
 async def _until_applied(node: Node, code: str, limits: CallLimits) -> None:
     """Set ``code``'s own limits. Called before ``code`` makes its first call, so the node
     has not cached the department yet and reads the limits with it."""

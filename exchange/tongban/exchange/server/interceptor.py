@@ -29,7 +29,7 @@ from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.auth import Authenticator
 from tongban.exchange.server.caller import Caller, set_caller
 from tongban.exchange.server.limits import CallLimiter
-from tongban.exchange.server.request_checks import check_request
+from tongban.exchange.server.request_checks import check_request_async
 
 __all__ = [
     "ERROR_DOMAIN",
@@ -78,33 +78,48 @@ class _Undecodable:
         self.message_type = message_type
 
 
+class _Decoded:
+    """A decoded request, with whether its bytes held a zero byte (see request_checks)."""
+
+    __slots__ = ("may_hold_nul", "message")
+
+    def __init__(self, message: Any, may_hold_nul: bool) -> None:
+        self.message = message
+        self.may_hold_nul = may_hold_nul
+
+
 def _lenient(deserialize: Callable[[bytes], Any] | None, method: str) -> Callable[[bytes], Any]:
-    """``deserialize`` that returns an ``_Undecodable`` instead of raising: grpc would
-    answer a raised DecodeError UNKNOWN with the exception's text."""
+    """``deserialize`` that returns an ``_Undecodable`` instead of raising (grpc would
+    answer a raised DecodeError UNKNOWN with the exception's text), and a ``_Decoded``
+    otherwise."""
 
     def parse(data: bytes) -> Any:
         try:
-            return deserialize(data) if deserialize is not None else data
+            message = deserialize(data) if deserialize is not None else data
         except Exception:  # noqa: BLE001 - any parser failure means the bytes are garbage
             return _Undecodable(method.rsplit("/", 1)[-1])
+        return _Decoded(message, b"\x00" in data)
 
     return parse
 
 
-def _checked(request: Any) -> Any:
+async def _checked(request: Any) -> Any:
+    """The request message, once the checks every request gets have passed."""
     if isinstance(request, _Undecodable):
         raise MalformedRequest(
             f"The {request.message_type} request is not a valid protobuf message of its "
             "type; build it from the tongban.v1 .proto files."
         )
-    if isinstance(request, Message):
-        check_request(request)
+    if isinstance(request, _Decoded):
+        if isinstance(request.message, Message):
+            await check_request_async(request.message, may_hold_nul=request.may_hold_nul)
+        return request.message
     return request
 
 
 async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
     async for request in requests:
-        yield _checked(request)
+        yield await _checked(request)
 
 
 class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -186,7 +201,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             release = None
             try:
                 release = await self._admit(context, method, authenticate, stream=False)
-                request = _checked_stream(request) if streamed else _checked(request)
+                request = _checked_stream(request) if streamed else await _checked(request)
                 return await behaviour(request, context)
             except grpc.aio.AbortError:
                 raise  # the behaviour aborted on purpose, with its own status
@@ -217,7 +232,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             release = None
             try:
                 release = await self._admit(context, method, authenticate, stream=True)
-                request = _checked_stream(request) if streamed else _checked(request)
+                request = _checked_stream(request) if streamed else await _checked(request)
                 async for response in behaviour(request, context):
                     yield response
             except grpc.aio.AbortError:

@@ -12,10 +12,20 @@ done once, from the message descriptors, and cover methods added later:
 
 Invalid UTF-8 in a string field does not get this far: protobuf refuses to decode it,
 and the interceptor answers MALFORMED_REQUEST.
+
+The walk visits only fields that can hold a string or an enum (a plan per message type,
+made once), and names a field only when it fails. When the request's bytes hold no zero
+byte, no string can hold a NUL; then a sub-message that can hold no enum and is no longer
+than ``MAX_STRING`` bytes cannot break a rule, and is skipped without a look inside (its
+size is computed in C). A bulk load of 5,000 records then costs 5,000 size computations
+instead of a walk through ~50,000 field values. ``check_request_async`` also hands the
+event loop back every ``_STEP`` messages, so other departments' calls run in between.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
 from functools import cache
 from typing import Any
 
@@ -24,88 +34,166 @@ from google.protobuf.message import Message
 
 from tongban.exchange.errors import InvalidArgument
 
-__all__ = ["MAX_STRING", "check_request"]
+__all__ = ["MAX_STRING", "check_request", "check_request_async"]
 
 MAX_STRING = 256 * 1024
 """The longest string any request field may hold (an SD-JWT with its chain is ~10 KB)."""
 
-_STRING = FieldDescriptor.TYPE_STRING
-_ENUM = FieldDescriptor.TYPE_ENUM
-_MESSAGE = FieldDescriptor.TYPE_MESSAGE
+_STEP = 2_000  # messages visited between returns to the event loop
+
+_STRING, _ENUM, _MESSAGE, _MAP = range(4)
+
+# One field to look at: (name, kind, descriptor, repeated).
+_Planned = tuple[str, int, Any, bool]
 
 
-def check_request(message: Message) -> None:
-    """Raise InvalidArgument naming the first field that breaks a rule above."""
-    _check(message, "")
+def check_request(message: Message, *, may_hold_nul: bool = True) -> None:
+    """Raise InvalidArgument naming the first field that breaks a rule above.
+    ``may_hold_nul=False`` says the message's encoding holds no zero byte."""
+    for _ in _walk(message, may_hold_nul):
+        pass
+
+
+async def check_request_async(message: Message, *, may_hold_nul: bool = True) -> None:
+    """``check_request``, letting other tasks run during a long walk."""
+    for _ in _walk(message, may_hold_nul):
+        await asyncio.sleep(0)
 
 
 @cache
-def _worth_walking(descriptor: Descriptor) -> bool:
-    """Whether messages of ``descriptor`` can hold a string or an enum at any depth."""
-    return _reaches_checked(descriptor, set())
+def _holds_enum(descriptor: Descriptor) -> bool:
+    """Whether messages of ``descriptor`` can hold an enum at any depth."""
+    return _reaches(descriptor, frozenset(), (FieldDescriptor.TYPE_ENUM,))
 
 
-def _reaches_checked(descriptor: Descriptor, seen: set[str]) -> bool:
+@cache
+def _plan(descriptor: Descriptor) -> tuple[_Planned, ...]:
+    """The fields of ``descriptor`` that can hold a string or an enum at any depth."""
+    planned: list[_Planned] = []
+    field: Any
+    for field in descriptor.fields:
+        repeated = bool(field.is_repeated)
+        if field.type == FieldDescriptor.TYPE_STRING:
+            planned.append((field.name, _STRING, field, repeated))
+        elif field.type == FieldDescriptor.TYPE_ENUM:
+            planned.append((field.name, _ENUM, field.enum_type, repeated))
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            entry = field.message_type
+            if entry.GetOptions().map_entry:
+                key, value = entry.fields_by_name["key"], entry.fields_by_name["value"]
+                if key.type == FieldDescriptor.TYPE_STRING or _value_checked(value):
+                    planned.append((field.name, _MAP, field, True))
+            elif _reaches(entry, frozenset()):
+                planned.append((field.name, _MESSAGE, field, repeated))
+    return tuple(planned)
+
+
+def _value_checked(field: Any) -> bool:
+    if field.type in (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_ENUM):
+        return True
+    return field.type == FieldDescriptor.TYPE_MESSAGE and _reaches(field.message_type, frozenset())
+
+
+_CHECKED_TYPES = (FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_ENUM)
+
+
+def _reaches(
+    descriptor: Any, seen: frozenset[str], types: tuple[int, ...] = _CHECKED_TYPES
+) -> bool:
+    """Whether messages of ``descriptor`` can hold a field of ``types`` at any depth."""
     if descriptor.full_name in seen:
         return False
-    seen.add(descriptor.full_name)
-    field: Any  # descriptor attributes are typed optional; a set type makes them present
+    seen = seen | {descriptor.full_name}
     for field in descriptor.fields:
-        if field.type in (_STRING, _ENUM):
+        if field.type in types:
             return True
-        if field.type == _MESSAGE and _reaches_checked(field.message_type, seen):
+        if field.type == FieldDescriptor.TYPE_MESSAGE and _reaches(field.message_type, seen, types):
             return True
     return False
 
 
-def _check(message: Message, prefix: str) -> None:
-    if not _worth_walking(message.DESCRIPTOR):
-        return
-    field: Any
-    value: Any
-    for field, value in message.ListFields():
-        name = prefix + field.name
-        if field.message_type is not None and field.message_type.GetOptions().map_entry:
-            _check_map(field, value, name)
-        elif field.is_repeated:
-            for index, item in enumerate(value):
-                _check_value(field, item, f"{name}[{index}]")
-        else:
-            _check_value(field, value, name)
+def _walk(root: Message, may_hold_nul: bool) -> Iterator[None]:
+    """Check ``root``; yield every ``_STEP`` messages visited."""
+    # A stack of (message, its path parts): the path is joined only for an error.
+    stack: list[tuple[Message, tuple[str, ...]]] = [(root, ())]
+    visited = 0
+    while stack:
+        message, path = stack.pop()
+        visited += 1
+        if visited % _STEP == 0:
+            yield
+        if (
+            not may_hold_nul
+            and not _holds_enum(message.DESCRIPTOR)
+            and message.ByteSize() <= MAX_STRING
+        ):
+            continue  # no NUL, no enum, and too short for an over-long string
+        for name, kind, field, repeated in _plan(message.DESCRIPTOR):
+            if kind == _STRING:
+                if repeated:
+                    for index, text in enumerate(getattr(message, name)):
+                        _string(text, path, f"{name}[{index}]")
+                else:
+                    _string(getattr(message, name), path, name)
+            elif kind == _ENUM:
+                values = getattr(message, name) if repeated else (getattr(message, name),)
+                for index, number in enumerate(values):
+                    if field.values_by_number.get(number) is None:
+                        _enum_error(field, number, path, f"{name}[{index}]" if repeated else name)
+            elif kind == _MAP:
+                _map(getattr(message, name), field, path, name, stack)
+            elif repeated:
+                for index, item in enumerate(getattr(message, name)):
+                    stack.append((item, (*path, f"{name}[{index}]")))
+            elif message.HasField(name):
+                stack.append((getattr(message, name), (*path, name)))
 
 
-def _check_map(field: Any, value: Any, name: str) -> None:
-    key_field = field.message_type.fields_by_name["key"]
+def _map(
+    entries: Any,
+    field: Any,
+    path: tuple[str, ...],
+    name: str,
+    stack: list[tuple[Message, tuple[str, ...]]],
+) -> None:
     value_field = field.message_type.fields_by_name["value"]
-    for key, item in value.items():
-        if key_field.type == _STRING:
-            _check_string(key, f"{name} key")
-        _check_value(value_field, item, f"{name}[{str(key)[:40]!r}]")
+    for key, value in entries.items():
+        if isinstance(key, str):
+            _string(key, path, f"{name} key")
+        where = f"{name}[{str(key)[:40]!r}]"
+        if value_field.type == FieldDescriptor.TYPE_STRING:
+            _string(value, path, where)
+        elif value_field.type == FieldDescriptor.TYPE_ENUM:
+            if value_field.enum_type.values_by_number.get(value) is None:
+                _enum_error(value_field.enum_type, value, path, where)
+        elif value_field.type == FieldDescriptor.TYPE_MESSAGE:
+            stack.append((value, (*path, where)))
 
 
-def _check_value(field: Any, value: Any, name: str) -> None:
-    if field.type == _STRING:
-        _check_string(value, name)
-    elif field.type == _ENUM:
-        if field.enum_type.values_by_number.get(value) is None:
-            raise InvalidArgument(
-                f"Field {name} holds {value}, which is not a value of {field.enum_type.name}; "
-                f"use one of {', '.join(v.name for v in field.enum_type.values)}.",
-                metadata={"field": name},
-            )
-    elif field.type == _MESSAGE:
-        _check(value, name + ".")
-
-
-def _check_string(value: str, name: str) -> None:
+def _string(value: str, path: tuple[str, ...], name: str) -> None:
     if "\x00" in value:
+        field = _name(path, name)
         raise InvalidArgument(
-            f"Field {name} contains a NUL character, which no field may hold; remove it.",
-            metadata={"field": name},
+            f"Field {field} contains a NUL character, which no field may hold; remove it.",
+            metadata={"field": field},
         )
     if len(value) > MAX_STRING:
+        field = _name(path, name)
         raise InvalidArgument(
-            f"Field {name} holds {len(value):,} characters; no field may hold more than "
+            f"Field {field} holds {len(value):,} characters; no field may hold more than "
             f"{MAX_STRING:,}.",
-            metadata={"field": name},
+            metadata={"field": field},
         )
+
+
+def _enum_error(enum: Any, number: int, path: tuple[str, ...], name: str) -> None:
+    field = _name(path, name)
+    raise InvalidArgument(
+        f"Field {field} holds {number}, which is not a value of {enum.name}; use one of "
+        f"{', '.join(v.name for v in enum.values)}.",
+        metadata={"field": field},
+    )
+
+
+def _name(path: tuple[str, ...], name: str) -> str:
+    return ".".join((*path, name))
