@@ -67,6 +67,32 @@ def test_long_paths_get_a_short_socket_dir(root: Path) -> None:
     with EmbeddedPostgres(deep) as pg:
         assert "host=/" in pg.dsn()
         assert str(deep) not in pg.dsn()
+        socket_dir = Path(pg.dsn().split("host=", 1)[1])
+        # A fresh private directory (mkdtemp), not a name someone could have made first.
+        assert socket_dir.name.startswith("tongban-pg-")
+        assert not socket_dir.is_symlink()
+        assert socket_dir.stat().st_mode & 0o077 == 0
+    assert not socket_dir.exists(), "removed when the server stops"
+
+
+def test_a_planted_socket_dir_is_not_used(root: Path) -> None:
+    import hashlib
+    import tempfile
+
+    deep = root / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    # What the old, predictable name would have been: a symlink planted there is ignored.
+    digest = hashlib.sha256(str((deep / "pg").resolve()).encode()).hexdigest()[:16]
+    planted = Path(tempfile.gettempdir()) / f"tongban-pg-{digest}"
+    target = root / "elsewhere"
+    target.mkdir()
+    planted.symlink_to(target)
+    try:
+        with EmbeddedPostgres(deep) as pg:
+            assert str(planted) not in pg.dsn()
+        assert list(target.iterdir()) == []
+    finally:
+        planted.unlink()
 
 
 def test_start_twice_is_a_programming_error(root: Path) -> None:

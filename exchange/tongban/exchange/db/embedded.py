@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import hashlib
 import importlib.util
 import logging
 import os
@@ -126,8 +125,12 @@ class EmbeddedPostgres:
                 _log.info("embedded PostgreSQL left running for other processes")
             else:
                 if self._is_running():
+                    socket_dir = self._socket_dir
                     self._pg_ctl("stop", "-m", "fast", "-w", "-t", "60")
                     _log.info("embedded PostgreSQL stopped")
+                    if socket_dir is not None and socket_dir != self.pgdata:
+                        with contextlib.suppress(OSError):
+                            socket_dir.rmdir()  # only if empty: the server removed its socket
             finally:
                 self._release_users_lock()
 
@@ -304,14 +307,16 @@ class EmbeddedPostgres:
         _log.info("embedded PostgreSQL initialised in %s", self.pgdata)
 
     def _choose_socket_dir(self) -> Path:
+        """PGDATA, or when its path is too long for a socket, a new private directory
+        under the temp dir: made by ``mkdtemp`` (a fresh, unpredictable name, mode 0700),
+        so no one can plant a symlink or a directory of their own there beforehand.
+        Other processes find it in ``postmaster.pid``."""
         if len(str(self.pgdata)) <= _SOCKET_PATH_MAX - len("/.s.PGSQL.5432"):
             return self.pgdata
-        digest = hashlib.sha256(str(self.pgdata.resolve()).encode()).hexdigest()[:16]
-        short = Path(tempfile.gettempdir()) / f"tongban-pg-{digest}"
-        short.mkdir(mode=0o700, exist_ok=True)
+        short = Path(tempfile.mkdtemp(prefix="tongban-pg-"))
         run_as = self._run_as()
         if run_as.uid is not None and run_as.gid is not None:
-            os.chown(short, run_as.uid, run_as.gid)
+            os.chown(short, run_as.uid, run_as.gid, follow_symlinks=False)
         return short
 
     def _launch(self) -> None:
