@@ -15,6 +15,7 @@ from tongban.exchange.departments import DepartmentStore, Level, Status
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings
 from tongban.signing.certs import (
+    certificate_fingerprint,
     certificate_pem,
     create_root_ca,
     issue_department_tls_certificate,
@@ -167,9 +168,22 @@ def _bundle_with_new_cert(
 async def test_valid_certificate_of_an_unregistered_department_is_refused(
     node: Node, settings: Settings
 ) -> None:
-    error = await _call(_bundle_with_new_cert(settings, "ghost", like="samr"), node)
+    ghost = _bundle_with_new_cert(settings, "ghost", like="samr")
+    error = await _call(ghost, node)
     assert error.code is grpc.StatusCode.UNAUTHENTICATED
     assert error.reason == "DEPARTMENT_UNKNOWN"
+    for _ in range(5):  # a burst of the same refusal: one entry, then a summary later
+        assert (await _call(ghost, node)).reason == "DEPARTMENT_UNKNOWN"
+    # The refusal is in the access log with the certificate's fingerprint.
+    assert node.db is not None
+    rows = await node.db.pool.fetch(
+        "SELECT caller, decision, reason, purpose FROM access_log WHERE action = 'auth.refused'"
+    )
+    fingerprint = certificate_fingerprint(x509.load_pem_x509_certificate(ghost.tls_cert_pem)).hex()
+    assert [(r["caller"], r["decision"], r["reason"]) for r in rows] == [
+        ("ghost", "denied", "DEPARTMENT_UNKNOWN")
+    ]
+    assert rows[0]["purpose"] == f"1 refusal of certificate sha256:{fingerprint}"
 
 
 async def test_a_replaced_certificate_is_no_longer_accepted(node: Node, settings: Settings) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import get_args
@@ -17,9 +19,11 @@ from typing import get_args
 import asyncpg
 import grpc
 from aiohttp import web
+from cryptography import x509
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tongban.errors import TongbanError
 from tongban.exchange.audit.anomalies import AnomalyKind, find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
@@ -65,7 +69,11 @@ from tongban.exchange.sharing.events import EventFeed, EventStore, EventWaker, P
 from tongban.exchange.sharing.service import Sharing
 from tongban.exchange.web import WebConsole
 from tongban.licence import BUILTIN_REGISTRY
-from tongban.signing.certs import load_pem_certificates
+from tongban.signing.certs import (
+    certificate_fingerprint,
+    department_code,
+    load_pem_certificates,
+)
 from tongban.signing.clock import Clock, SystemClock
 from tongban.v1 import (
     audit_pb2,
@@ -228,6 +236,49 @@ class Node:
         )
         return KafkaFeed(store, waker, topics, bootstrap=bootstrap, client_id=client_id)
 
+    def _auth_refusal_logger(self) -> Callable[[bytes, TongbanError], Awaitable[None]]:
+        """Log refused authentications in the access log, so they feed the anomaly report:
+        caller = the department the certificate names (or "unknown"), purpose = the
+        certificate's SHA-256 fingerprint. At most one entry per certificate and reason
+        per second, saying how many refusals it stands for."""
+        log = self.access_log
+        assert log is not None
+        last: dict[tuple[bytes, str], tuple[float, int]] = {}
+
+        async def log_refusal(cert_pem: bytes, error: TongbanError) -> None:
+            now = time.monotonic()
+            key = (cert_pem, error.reason)
+            logged_at, count = last.get(key, (-1e9, 0))
+            count += 1
+            if now - logged_at < 1.0:
+                last[key] = (logged_at, count)
+                return
+            if len(last) > 10_000:
+                last.clear()
+            last[key] = (now, 0)
+            fingerprint, department = _certificate_names(cert_pem)
+            what = "refusal" if count == 1 else "refusals"
+            await log.append(
+                [
+                    AccessEntry(
+                        at=self.clock.now(),
+                        node=self.settings.node_name,
+                        caller=department,
+                        officer=None,
+                        action="auth.refused",
+                        dataset=None,
+                        fields=(),
+                        purpose=f"{count} {what} of certificate sha256:{fingerprint}",
+                        case_id=None,
+                        subject_hmac=None,
+                        decision="denied",
+                        reason=error.reason,
+                    )
+                ]
+            )
+
+        return log_refusal
+
     def _call_limiter(self) -> CallLimiter:
         """Each department's limits on its calls, refusals counted and logged."""
         log = self.access_log
@@ -267,7 +318,14 @@ class Node:
     async def _start_grpc(self, key_pem: bytes, chain_pem: bytes, ca_pem: bytes) -> None:
         assert self._auth is not None
         server = grpc.aio.server(
-            interceptors=[ExchangeInterceptor(self._auth, self.metrics, self._call_limiter())],
+            interceptors=[
+                ExchangeInterceptor(
+                    self._auth,
+                    self.metrics,
+                    self._call_limiter(),
+                    on_auth_refused=self._auth_refusal_logger(),
+                )
+            ],
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -500,3 +558,17 @@ class Node:
         tb: TracebackType | None,
     ) -> None:
         await self.stop()
+
+
+def _certificate_names(cert_pem: bytes) -> tuple[str, str]:
+    """The certificate's SHA-256 fingerprint (hex) and the department it names, as far as
+    they can be read ("unreadable" / "unknown" otherwise)."""
+    try:
+        cert = x509.load_pem_x509_certificate(cert_pem)
+    except ValueError:
+        return "unreadable", "unknown"
+    fingerprint = certificate_fingerprint(cert).hex()
+    try:
+        return fingerprint, department_code(cert)
+    except TongbanError:
+        return fingerprint, "unknown"

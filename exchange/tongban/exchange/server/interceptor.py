@@ -128,10 +128,12 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         authenticator: Authenticator,
         metrics: NodeMetrics,
         limiter: CallLimiter | None = None,
+        on_auth_refused: Callable[[bytes, TongbanError], Awaitable[None]] | None = None,
     ) -> None:
         self._auth = authenticator
         self._metrics = metrics
         self._limiter = limiter
+        self._on_auth_refused = on_auth_refused
         self._wrapped: dict[str, Any] = {}
 
     async def intercept_service(
@@ -265,6 +267,8 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             caller = await self._auth.authenticate(certs[0], officer)
         except TongbanError as e:
             self._metrics.auth_refused.labels(e.reason).inc()
+            if self._on_auth_refused is not None:
+                await self._on_auth_refused(certs[0], e)
             raise
         set_caller(caller)
         return caller
