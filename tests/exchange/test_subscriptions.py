@@ -78,6 +78,7 @@ async def test_lag_in_the_cli_and_metrics(node: Node) -> None:
     ]
     assert len(lag) == 1
     assert lag[0].endswith(" 1.0")
+    assert "subscription=" not in text  # no per-subscription series on /metrics
 
 
 async def test_bad_subscriptions_get_a_clear_status(events_node: Node) -> None:

@@ -78,14 +78,16 @@ class NodeMetrics:
         )
         self.subscription_lag_events = Gauge(
             "tongban_subscription_lag_events",
-            "Events of a subscription's dataset not yet acknowledged by the subscriber.",
-            ["consumer", "dataset", "subscription"],
+            "Most events of a dataset not yet acknowledged by one of the consumer's "
+            "subscriptions to it.",
+            ["consumer", "dataset"],
             registry=self.registry,
         )
         self.subscription_lag_seconds = Gauge(
             "tongban_subscription_lag_seconds",
-            "Age of the oldest event a subscriber has not acknowledged (0 when none).",
-            ["consumer", "dataset", "subscription"],
+            "Age of the oldest event of a dataset one of the consumer's subscriptions has "
+            "not acknowledged (0 when none).",
+            ["consumer", "dataset"],
             registry=self.registry,
         )
         self.outbox_unpublished = Gauge(

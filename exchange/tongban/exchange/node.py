@@ -493,12 +493,21 @@ class Node:
             unpublished = await self._events.unpublished() if self.relay is not None else 0
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
             raise DatabaseUnavailable("Cannot read the subscriptions' lag.") from e
+        # One series per consumer and dataset, the worst of its subscriptions: /metrics
+        # is unauthenticated, so it names no subscription, and its size does not grow
+        # with the number of subscriptions (bounded per department as well).
+        worst: dict[tuple[str, str], tuple[float, float]] = {}
+        for sub in subscriptions:
+            events, seconds = worst.get((sub.consumer, sub.dataset), (0, 0))
+            worst[sub.consumer, sub.dataset] = (
+                max(events, sub.lag_events),
+                max(seconds, sub.lag_seconds),
+            )
         self.metrics.subscription_lag_events.clear()
         self.metrics.subscription_lag_seconds.clear()
-        for sub in subscriptions:
-            labels = (sub.consumer, sub.dataset, str(sub.id))
-            self.metrics.subscription_lag_events.labels(*labels).set(sub.lag_events)
-            self.metrics.subscription_lag_seconds.labels(*labels).set(sub.lag_seconds)
+        for labels, (events, seconds) in worst.items():
+            self.metrics.subscription_lag_events.labels(*labels).set(events)
+            self.metrics.subscription_lag_seconds.labels(*labels).set(seconds)
         self.metrics.outbox_unpublished.set(unpublished)
 
     async def stop(self, grace: float | None = None) -> None:
