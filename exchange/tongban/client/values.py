@@ -50,7 +50,8 @@ def to_field_value(value: object) -> values_pb2.FieldValue:
 
 
 def from_field_value(value: values_pb2.FieldValue) -> object:
-    """Decode a FieldValue; raise ValueNotSupported for a malformed decimal or date."""
+    """Decode a FieldValue; raise ValueNotSupported for a malformed decimal, date or
+    datetime."""
     kind = value.WhichOneof("kind")
     if kind is None or kind == "null_value":
         return None
@@ -72,4 +73,10 @@ def from_field_value(value: values_pb2.FieldValue) -> object:
             raise ValueNotSupported(
                 f"{value.date_value[:40]!r} is not a date (YYYY-MM-DD)."
             ) from None
-    return value.datetime_value.ToDatetime(tzinfo=UTC)
+    try:
+        return value.datetime_value.ToDatetime(tzinfo=UTC)
+    except (ValueError, OverflowError):
+        raise ValueNotSupported(
+            "The datetime value is not an instant a Timestamp can hold (years 1 to 9999, "
+            "nanos 0 to 999,999,999)."
+        ) from None

@@ -21,7 +21,7 @@ import bisect
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from typing import Literal
 
 import asyncpg
@@ -30,11 +30,14 @@ from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.errors import InvalidArgument
 
 __all__ = [
+    "EARLIEST",
+    "LATEST",
     "MAX_PERIOD",
     "AccessRow",
     "Anomaly",
     "AnomalyKind",
     "AnomalyRules",
+    "check_instant",
     "evaluate",
     "find_anomalies",
 ]
@@ -42,9 +45,24 @@ __all__ = [
 MAX_PERIOD = timedelta(days=31)
 """The longest period ``find_anomalies`` reads at once (it holds the period's rows)."""
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+"""The instants a period may start or end at: the log holds nothing outside, and the
+baseline and office-day arithmetic stays far from the ends of ``datetime``."""
+
 AnomalyKind = Literal["volume_jump", "many_subjects", "out_of_hours", "denial_burst"]
 
 _ONE_DAY = timedelta(days=1)
+
+
+def check_instant(at: datetime, field: str) -> datetime:
+    """``at``, if a period may start or end there; else InvalidArgument naming ``field``."""
+    if not EARLIEST <= at <= LATEST:
+        raise InvalidArgument(
+            f"{field} must lie between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}.",
+            metadata={"field": field},
+        )
+    return at
 
 
 @dataclass(frozen=True)
@@ -205,6 +223,8 @@ async def find_anomalies(
     ``start`` is not before ``end`` or the period is longer than 31 days.
     """
     _require_aware(start, end)
+    check_instant(start, "from")
+    check_instant(end, "to")
     if start >= end:
         raise InvalidArgument(
             f"The period must start before it ends; got {start.isoformat()} to {end.isoformat()}."

@@ -27,6 +27,7 @@ _log = logging.getLogger(__name__)
 
 # pg_advisory_xact_lock key for checkpoint signers: "tbckpt" in ASCII.
 _SIGNER_LOCK = int.from_bytes(b"tbckpt", "big")
+_MAX_SIZE = 2**63 - 1  # log_checkpoint.size is a bigint
 
 
 class CheckpointNotFound(TongbanError):
@@ -128,9 +129,12 @@ class Checkpointer:
         return _row(row)
 
     async def at_size(self, size: int) -> CheckpointRow:
-        row = await self._pool.fetchrow(
-            "SELECT size, root, note, signed_at FROM log_checkpoint WHERE size = $1", size
-        )
+        """The checkpoint signed at ``size``; CheckpointNotFound if there is none."""
+        row = None
+        if 0 <= size <= _MAX_SIZE:
+            row = await self._pool.fetchrow(
+                "SELECT size, root, note, signed_at FROM log_checkpoint WHERE size = $1", size
+            )
         if row is None:
             raise CheckpointNotFound(
                 f"No checkpoint was signed at size {size}; ask for the latest or another size."

@@ -35,6 +35,7 @@ import asyncpg
 from tongban.errors import TongbanError
 from tongban.exchange.audit.leaf import COLUMNS, AccessEntry, encode_leaf
 from tongban.exchange.audit.merkle import Frontier, leaf_hash
+from tongban.exchange.pagetokens import PageTokens
 
 __all__ = ["AccessEntry", "AccessLog", "AuditUnavailable", "LogTransaction", "SubjectHasher"]
 
@@ -56,6 +57,10 @@ class SubjectHasher:
 
     def __call__(self, subject_id: str) -> bytes:
         return hmac.digest(self._key, subject_id.encode("utf-8"), "sha256")
+
+    def page_tokens(self) -> PageTokens:
+        """The node's page tokens, under a key derived from the log key (never the key)."""
+        return PageTokens.from_log_key(self._key)
 
 
 # An entry ready to sequence: its searchable columns, its leaf bytes and the leaf's hash.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,10 +18,23 @@ from tongban.exchange.audit.merkle import (
     inclusion_proof,
 )
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.pagetokens import PageTokenInvalid, PageTokens, peek_unverified
 
-__all__ = ["AuditStore", "LogEntry", "SearchFilters", "SubjectAccess", "fetch_nodes"]
+__all__ = [
+    "MAX_INDEX",
+    "AuditStore",
+    "LogEntry",
+    "SearchFilters",
+    "SubjectAccess",
+    "decode_token",
+    "fetch_nodes",
+]
 
 MAX_PAGE = 1000
+MAX_INDEX = 2**63 - 1  # indices and sizes are bigint columns
+# The scopes of the page tokens: a token of one listing is refused by the other.
+_SEARCH = "audit.search"
+_SUBJECT = "audit.subject"
 _COLUMNS = (
     "idx, leaf, at, node, caller, officer, action, dataset, fields, purpose, case_id,"
     " subject_hmac, decision, reason"
@@ -134,21 +146,27 @@ def _entry(row: asyncpg.Record) -> LogEntry:
     )
 
 
-def encode_token(index: int) -> str:
-    return base64.urlsafe_b64encode(str(index).encode()).decode().rstrip("=")
-
-
 def decode_token(token: str) -> int:
-    """The index after which the next page starts (-1 for the first page)."""
-    if not token:
+    """The index a log page token claims (-1 for ""), WITHOUT checking its tag: a form
+    check for the web console's links. ``AuditStore`` checks the tag when the token is
+    used. Raises PageTokenInvalid if ``token`` is not a log page token at all."""
+    position = peek_unverified(token)
+    if position is None:
         return -1
-    try:
-        return int(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode())
-    except (ValueError, UnicodeDecodeError, binascii.Error):
-        raise InvalidArgument(
+    if not (position.isascii() and position.isdigit()):
+        raise PageTokenInvalid(
             "The page token is not one this node issued; start again without it.",
             metadata={"field": "page_token"},
-        ) from None
+        )
+    return int(position)
+
+
+def _years_after(at: datetime, years: int) -> datetime:
+    """``at`` moved ``years`` on (29 February becomes the 28th in a common year)."""
+    try:
+        return at.replace(year=at.year + years)
+    except ValueError:
+        return at.replace(year=at.year + years, day=28)
 
 
 def _page_size(page_size: int) -> int:
@@ -176,9 +194,20 @@ async def fetch_nodes(
 
 
 class AuditStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, tokens: PageTokens | None = None) -> None:
+        """``tokens`` sign the page tokens (default: valid in this process only)."""
         self._pool = pool
         self.pool = pool
+        self._tokens = tokens or PageTokens.ephemeral()
+
+    def with_tokens(self, tokens: PageTokens) -> AuditStore:
+        """This store, issuing and accepting the page tokens of ``tokens``."""
+        return AuditStore(self._pool, tokens)
+
+    def _after(self, scope: str, token: str) -> int:
+        """The index after which the page of ``token`` starts (-1 for the first page)."""
+        position = self._tokens.open(scope, token)
+        return -1 if position is None else int(position)
 
     async def size(self) -> int:
         return int(await self._pool.fetchval("SELECT size FROM log_state"))
@@ -193,11 +222,12 @@ class AuditStore:
             f"SELECT {_COLUMNS} FROM access_log WHERE idx > $1"  # noqa: S608 - built from fixed names
             + "".join(f" AND {c}" for c in clauses)
             + f" ORDER BY idx LIMIT {size + 1}",
-            decode_token(page_token),
+            self._after(_SEARCH, page_token),
             *args,
         )
         entries = [_entry(row) for row in rows[:size]]
-        return entries, (encode_token(entries[-1].index) if len(rows) > size else "")
+        more = len(rows) > size
+        return entries, (self._tokens.issue(_SEARCH, str(entries[-1].index)) if more else "")
 
     async def export(self, filters: SearchFilters, *, chunk: int = 1000) -> AsyncIterator[LogEntry]:
         """Every matching entry, by index, read a chunk at a time."""
@@ -210,7 +240,13 @@ class AuditStore:
                 return
 
     async def entry(self, index: int) -> LogEntry:
-        row = await self._pool.fetchrow(f"SELECT {_COLUMNS} FROM access_log WHERE idx = $1", index)  # noqa: S608
+        """The entry at ``index``; ProofRequestInvalid if the log has none there."""
+        row = None
+        if 0 <= index <= MAX_INDEX:
+            row = await self._pool.fetchrow(
+                f"SELECT {_COLUMNS} FROM access_log WHERE idx = $1",  # noqa: S608
+                index,
+            )
         if row is None:
             raise ProofRequestInvalid(
                 f"There is no entry {index}; the log has {await self.size():,} entries.",
@@ -255,7 +291,7 @@ class AuditStore:
             ORDER BY a.idx LIMIT {size + 1}
             """,  # noqa: S608 - built from fixed names
             subject_hmac,
-            decode_token(page_token),
+            self._after(_SUBJECT, page_token),
             now,
         )
         withheld = await self._pool.fetchval(
@@ -266,7 +302,8 @@ class AuditStore:
             now,
         )
         accesses = [SubjectAccess(_entry(row), row["department_name"]) for row in rows[:size]]
-        token = encode_token(accesses[-1].entry.index) if len(rows) > size else ""
+        more = len(rows) > size
+        token = self._tokens.issue(_SUBJECT, str(accesses[-1].entry.index)) if more else ""
         return accesses, token, int(withheld or 0)
 
     async def declare_covert(
@@ -288,7 +325,7 @@ class AuditStore:
             raise InvalidArgument(
                 "The embargo must end in the future.", metadata={"field": "until"}
             )
-        if until > now.replace(year=now.year + 5):
+        if until > _years_after(now, 5):
             raise InvalidArgument(
                 "An embargo may last at most five years; declare it again to extend it.",
                 metadata={"field": "until"},

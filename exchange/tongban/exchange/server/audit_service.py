@@ -13,10 +13,10 @@ from typing import Any
 import grpc
 
 from tongban.errors import TongbanError
-from tongban.exchange.audit.anomalies import find_anomalies
+from tongban.exchange.audit.anomalies import check_instant, find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer, CheckpointRow
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
-from tongban.exchange.audit.store import AuditStore, LogEntry, SearchFilters
+from tongban.exchange.audit.store import MAX_INDEX, AuditStore, LogEntry, SearchFilters
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.server.caller import Caller, current_caller
 from tongban.exchange.server.timestamps import instant, timestamp
@@ -52,6 +52,16 @@ def entry_message(entry: LogEntry) -> audit_pb2.Entry:
     )
 
 
+def _index(value: int, field: str) -> int:
+    """``value`` if an index or size of the log can be that large; else InvalidArgument."""
+    if value > MAX_INDEX:
+        raise InvalidArgument(
+            f"{field} is {value:,}; the log's indices and sizes stop at {MAX_INDEX:,}.",
+            metadata={"field": field},
+        )
+    return value
+
+
 class AuditService(audit_pb2_grpc.AuditServiceServicer):
     def __init__(
         self,
@@ -62,7 +72,8 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         clock: Clock,
         node_name: str,
     ) -> None:
-        self._store = store
+        # Page tokens under the node's key, so any node of the exchange accepts them.
+        self._store = store.with_tokens(hasher.page_tokens())
         self._checkpoints = checkpointer
         self._log = access_log
         self._hasher = hasher
@@ -150,9 +161,10 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: audit_pb2.GetEntryRequest, context: Context
     ) -> audit_pb2.EntryWithProof:
         self._auditor()
-        entry = await self._store.entry(request.index)
-        if request.tree_size:
-            checkpoint = await self._checkpoints.at_size(request.tree_size)
+        tree_size = _index(request.tree_size, "tree_size")
+        entry = await self._store.entry(_index(request.index, "index"))
+        if tree_size:
+            checkpoint = await self._checkpoints.at_size(tree_size)
         else:
             checkpoint = await self._checkpoints.latest()
             if checkpoint.size <= entry.index:
@@ -169,14 +181,17 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
     ) -> audit_pb2.Checkpoint:
         self._auditor()
         if request.size:
-            return self._checkpoint_message(await self._checkpoints.at_size(request.size))
+            size = _index(request.size, "size")
+            return self._checkpoint_message(await self._checkpoints.at_size(size))
         return self._checkpoint_message(await self._checkpoints.sign_now())
 
     async def GetConsistencyProof(
         self, request: audit_pb2.ConsistencyProofRequest, context: Context
     ) -> audit_pb2.ConsistencyProof:
         self._auditor()
-        proof = await self._store.consistency(request.old_size, request.new_size)
+        proof = await self._store.consistency(
+            _index(request.old_size, "old_size"), _index(request.new_size, "new_size")
+        )
         return audit_pb2.ConsistencyProof(
             old_size=request.old_size, new_size=request.new_size, proof=proof
         )
@@ -218,7 +233,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: audit_pb2.AnomaliesRequest, context: Context
     ) -> audit_pb2.AnomaliesResponse:
         self._auditor()
-        end = instant(request.to, "to") or self._clock.now()
+        end = check_instant(instant(request.to, "to") or self._clock.now(), "to")
         start = instant(getattr(request, "from"), "from") or end - timedelta(days=1)
         found = await find_anomalies(self._store.pool, start=start, end=end)
         return audit_pb2.AnomaliesResponse(

@@ -13,6 +13,7 @@ with that id and no detail, so no stack trace or internal text reaches a caller.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import secrets
 import time
@@ -207,6 +208,11 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 return await behaviour(request, context)
             except grpc.aio.AbortError:
                 raise  # the behaviour aborted on purpose, with its own status
+            except NotImplementedError:
+                # A generated servicer base class's answer for a method it does not have
+                # (grpc's async health service has no List).
+                code = grpc.StatusCode.UNIMPLEMENTED
+                await self._abort(context, _unimplemented(method))
             except TongbanError as e:
                 code = grpc.StatusCode[e.status]
                 await self._abort(context, e)
@@ -235,10 +241,19 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 release = await self._admit(context, method, authenticate, stream=True)
                 request = _checked_stream(request) if streamed else await _checked(request)
-                async for response in behaviour(request, context):
-                    yield response
+                responses = behaviour(request, context)
+                if inspect.isawaitable(responses):
+                    # A servicer that sends with context.write() (grpc's health Watch) is a
+                    # plain coroutine, not an async generator.
+                    await responses
+                else:
+                    async for response in responses:
+                        yield response
             except grpc.aio.AbortError:
                 raise
+            except NotImplementedError:
+                code = grpc.StatusCode.UNIMPLEMENTED
+                await self._abort(context, _unimplemented(method))
             except TongbanError as e:
                 code = grpc.StatusCode[e.status]
                 await self._abort(context, e)
@@ -295,6 +310,15 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 class _NoClientCertificate(TongbanError):
     reason = "CLIENT_CERTIFICATE_REQUIRED"
     status = "UNAUTHENTICATED"
+
+
+class _Unimplemented(TongbanError):
+    reason = "UNIMPLEMENTED"
+    status = "UNIMPLEMENTED"
+
+
+def _unimplemented(method: str) -> TongbanError:
+    return _Unimplemented(f"This node does not implement {method}; see the reflection service.")
 
 
 class _Internal(TongbanError):

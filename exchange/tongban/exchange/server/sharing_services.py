@@ -8,13 +8,13 @@ mapped to statuses by the interceptor.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 
-from tongban.client.values import from_field_value, to_field_value
+from tongban.client.values import ValueNotSupported, from_field_value, to_field_value
 from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema
 from tongban.exchange.catalogue.subject_ids import SubjectKind
 from tongban.exchange.errors import InvalidArgument
@@ -47,6 +47,7 @@ __all__ = [
 ]
 
 Context = grpc.aio.ServicerContext[Any, Any]
+T = TypeVar("T")
 
 _FIELD_TYPES = {
     values_pb2.FIELD_TYPE_STRING: FieldType.STRING,
@@ -84,12 +85,26 @@ _GRANT_STATUS = {
 _GRANT_STATUS_BACK = {v: k for k, v in _GRANT_STATUS.items()}
 
 
+def _enum(mapping: Mapping[Any, T], number: int, field: str) -> T:
+    """``mapping[number]``, or InvalidArgument naming ``field``: proto3 enums are open, so
+    a request can carry a number the enum does not define."""
+    try:
+        return mapping[number]
+    except KeyError:
+        raise InvalidArgument(
+            f"{field} is {number}, which is not one of its values; use one the .proto names.",
+            metadata={"field": field},
+        ) from None
+
+
 # -- catalogue -------------------------------------------------------------------------
 
 
 def _spec_from_message(message: catalogue_pb2.DatasetSpec) -> DatasetSpec:
     fields = []
     for index, f in enumerate(message.fields):
+        if f.type != values_pb2.FIELD_TYPE_UNSPECIFIED:
+            _enum(_FIELD_TYPES, f.type, f"fields[{index}].type")  # a number no type has
         kind = _FIELD_TYPES.get(f.type)
         if kind is None:
             raise InvalidArgument(
@@ -107,6 +122,8 @@ def _spec_from_message(message: catalogue_pb2.DatasetSpec) -> DatasetSpec:
                 max_length=f.max_length or None,
             )
         )
+    if message.subject_kind != catalogue_pb2.SUBJECT_KIND_UNSPECIFIED:
+        _enum(_KINDS, message.subject_kind, "subject_kind")  # a number no kind has
     subject_kind = _KINDS.get(message.subject_kind)
     if subject_kind is None:
         raise InvalidArgument(
@@ -124,7 +141,7 @@ def _spec_from_message(message: catalogue_pb2.DatasetSpec) -> DatasetSpec:
         schema=build_schema(fields, message.key_field),
         subject_kind=subject_kind,
         update_frequency=message.update_frequency,
-        share_class=_SHARE.get(message.share_class, ShareClass.UNCONDITIONAL),
+        share_class=_enum(_SHARE, message.share_class, "share_class"),
         conditions=message.conditions,
         legal_basis=basis,
     )
@@ -199,11 +216,15 @@ class CatalogueService(catalogue_pb2_grpc.CatalogueServiceServicer):
             owner=request.owner or None,
             keyword=request.keyword or None,
             share_class=(
-                _SHARE[request.share_class]
+                _enum(_SHARE, request.share_class, "share_class")
                 if request.share_class != catalogue_pb2.SHARE_CLASS_UNSPECIFIED
                 else None
             ),
-            subject_kind=_KINDS.get(request.subject_kind),
+            subject_kind=(
+                _enum(_KINDS, request.subject_kind, "subject_kind")
+                if request.subject_kind != catalogue_pb2.SUBJECT_KIND_UNSPECIFIED
+                else None
+            ),
             page_size=request.page_size,
             page_token=request.page_token,
         )
@@ -225,12 +246,21 @@ class CatalogueService(catalogue_pb2_grpc.CatalogueServiceServicer):
 
 def _changes(request: records_pb2.PublishRecordsRequest) -> list[RawChange]:
     out = []
-    for change in request.changes:
+    for index, change in enumerate(request.changes):
         if change.delete:
             out.append(RawChange(change.key, None))
-        else:
-            values = {name: from_field_value(v) for name, v in change.fields.items()}
-            out.append(RawChange(change.key, values))
+            continue
+        values = {}
+        for name, value in change.fields.items():
+            try:
+                values[name] = from_field_value(value)
+            except ValueNotSupported as e:
+                where = f"changes[{index}].fields[{name[:40]!r}]"
+                raise ValueNotSupported(
+                    f"Record {index}, field {name[:40]!r}: {e.message}",
+                    metadata={"field": where, "index": str(index)},
+                ) from None
+        out.append(RawChange(change.key, values))
     return out
 
 
@@ -388,7 +418,11 @@ class GrantService(grants_pb2_grpc.GrantServiceServicer):
             caller=current_caller().department.code,
             dataset=request.dataset or None,
             overdue=request.overdue,
-            status=_GRANT_STATUS_BACK.get(request.status),
+            status=(
+                _enum(_GRANT_STATUS_BACK, request.status, "status")
+                if request.status != grants_pb2.GRANT_STATUS_UNSPECIFIED
+                else None
+            ),
             now=now,
         )
         return grants_pb2.ListGrantsResponse(grants=[grant_message(g, now) for g in grants])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import re
 import unicodedata
@@ -15,6 +14,7 @@ import asyncpg
 from tongban.exchange.catalogue.schema import DatasetSchema, schema_from_json, schema_to_json
 from tongban.exchange.catalogue.subject_ids import SubjectKind
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.pagetokens import PageTokens
 from tongban.exchange.sharing.errors import (
     DatasetNotFound,
     NotOwner,
@@ -23,10 +23,19 @@ from tongban.exchange.sharing.errors import (
 )
 from tongban.exchange.sharing.model import DatasetEntry, LegalBasis, ShareClass
 
-__all__ = ["DatasetSpec", "DatasetStore", "check_evolution", "validate_spec"]
+__all__ = [
+    "MAX_VERSION",
+    "DatasetSpec",
+    "DatasetStore",
+    "check_evolution",
+    "is_dataset_code",
+    "validate_spec",
+]
 
 DATASET_CODE = re.compile(r"^([a-z][a-z0-9-]{1,62})\.([a-z][a-z0-9_]{0,62})$")
 MAX_PAGE = 500
+MAX_VERSION = 2**31 - 1  # dataset_version.version is an integer column
+_TOKENS = "catalogue.datasets"  # the scope of the catalogue's page tokens
 
 
 @dataclass(frozen=True)
@@ -187,9 +196,16 @@ def _same(entry: DatasetEntry, spec: DatasetSpec) -> bool:
     )
 
 
+def is_dataset_code(code: str) -> bool:
+    """Whether ``code`` has the form every catalogued code has (so it may be looked up)."""
+    return DATASET_CODE.match(code) is not None
+
+
 class DatasetStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, tokens: PageTokens | None = None) -> None:
+        """``tokens`` sign the search's page tokens (default: valid in this process only)."""
         self._pool = pool
+        self._tokens = tokens or PageTokens.ephemeral()
 
     async def register(
         self, owner: str, spec: DatasetSpec, *, publish: bool, now: datetime
@@ -272,7 +288,17 @@ class DatasetStore:
         return _entry(row)
 
     async def get(self, code: str, version: int | None = None) -> DatasetEntry | None:
-        """The current (or given) version, published or not; None if there is none."""
+        """The current (or given) version, published or not; None if there is none.
+
+        Raises InvalidArgument for a version below 1 or above ``MAX_VERSION``.
+        """
+        if version is not None and not 1 <= version <= MAX_VERSION:
+            raise InvalidArgument(
+                f"version must be 1 to {MAX_VERSION:,} (0 or unset for the current one).",
+                metadata={"field": "version"},
+            )
+        if not is_dataset_code(code):
+            return None  # no such code was ever registered; PostgreSQL need not be asked
         if version is None:
             row = await self._pool.fetchrow(
                 _SELECT + " WHERE d.code = $1 AND v.version = d.current_version", code
@@ -332,7 +358,7 @@ class DatasetStore:
                 f"page_size must be 1 to {MAX_PAGE}.", metadata={"field": "page_size"}
             )
         size = page_size or 100
-        after = _decode_token(page_token)
+        after = self._tokens.open(_TOKENS, page_token) or ""
         clauses = ["v.version = d.current_version", "(d.published OR d.owner = $1)", "d.code > $2"]
         args: list[object] = [viewer, after]
         if owner:
@@ -359,23 +385,7 @@ class DatasetStore:
         )
         entries = [_entry(row) for row in rows[:size]]
         more = len(rows) > size
-        return entries, (_encode_token(entries[-1].code) if more else "")
-
-
-def _encode_token(code: str) -> str:
-    return base64.urlsafe_b64encode(code.encode()).decode().rstrip("=")
-
-
-def _decode_token(token: str) -> str:
-    if not token:
-        return ""
-    try:
-        return base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidArgument(
-            "The page token is not one this node issued; start again without it.",
-            metadata={"field": "page_token"},
-        ) from None
+        return entries, (self._tokens.issue(_TOKENS, entries[-1].code) if more else "")
 
 
 def fields_of(entry: DatasetEntry) -> Sequence[str]:

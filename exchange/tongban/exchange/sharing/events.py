@@ -33,6 +33,7 @@ __all__ = [
 ]
 
 EVENTS_CHANNEL = "tongban_events"
+_MAX_POSITION = 2**63 - 1  # positions are bigint columns
 
 
 @dataclass(frozen=True)
@@ -183,14 +184,22 @@ class EventStore:
         try:
             sid = uuid.UUID(subscription_id)
         except ValueError:
-            raise InvalidArgument(f"{subscription_id[:60]!r} is not a subscription id.") from None
+            raise InvalidArgument(
+                f"{subscription_id[:60]!r} is not a subscription id (a UUID).",
+                metadata={"field": "subscription_id"},
+            ) from None
+        if not -1 <= position <= _MAX_POSITION:
+            raise InvalidArgument(
+                f"Position {position} is not one: positions count from 0 (-1: none yet).",
+                metadata={"field": "position"},
+            )
         # One statement on the common path; the reason for a refusal is looked up after.
         value = await self._pool.fetchval(
             """
-            UPDATE subscription s SET acked_position = greatest(s.acked_position, $3)
+            UPDATE subscription s SET acked_position = greatest(s.acked_position, $3::bigint)
             FROM dataset_stream ds
             WHERE s.id = $1 AND s.consumer = $2 AND ds.dataset = s.dataset
-              AND $3 >= -1 AND $3 < ds.next_position
+              AND $3::bigint >= -1 AND $3::bigint < ds.next_position
             RETURNING s.acked_position
             """,
             sid,

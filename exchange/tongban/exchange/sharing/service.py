@@ -32,7 +32,7 @@ from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.db.notify import ChangeListener, KeyedCache
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.server.caller import Caller
-from tongban.exchange.sharing.datasets import DatasetStore
+from tongban.exchange.sharing.datasets import DatasetStore, is_dataset_code
 from tongban.exchange.sharing.errors import (
     DatasetNotFound,
     DuplicateKey,
@@ -117,7 +117,7 @@ class Sharing:
         on_decision: Callable[[str, str | None], object] | None = None,
     ) -> None:
         self._on_decision = on_decision
-        self.datasets = DatasetStore(pool)
+        self.datasets = DatasetStore(pool, hasher.page_tokens())
         self.records = RecordStore(pool)
         self.grants = GrantStore(pool, calendar, answer_days, office_zone)
         self._log = access_log
@@ -137,6 +137,8 @@ class Sharing:
     # -- cached reads -----------------------------------------------------------------
 
     async def current_entry(self, code: str) -> DatasetEntry | None:
+        if not is_dataset_code(code):
+            return None  # never cached: garbage codes would only crowd out real ones
         cached = self._entries.get(code)
         if cached is not None:
             return cached[0]
