@@ -14,6 +14,7 @@ import zxingcpp
 from cryptography import x509
 from PIL import Image
 
+from tongban.licence import StatusReference, claimed_status
 from tongban.licence.base45 import b45decode, b45encode
 from tongban.licence.errors import (
     LicenceExpired,
@@ -423,3 +424,33 @@ def test_encode_refuses_mismatched_signer_or_issuer() -> None:
 def test_claims_validate(change: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="QrClaims"):
         dataclasses.replace(CLAIMS, **change)  # type: ignore[arg-type]
+
+
+# --- reading the status reference without verifying ------------------------------------------
+
+
+def test_claimed_status_reads_the_reference_without_verifying() -> None:
+    expected = StatusReference(idx=CLAIMS.status_index, uri=CLAIMS.status_uri)
+    assert claimed_status(TEXT) == expected
+    # Unverified by design: a forged QR's claim is read too (verification refuses it).
+    assert claimed_status(_signed(CLAIMS.to_cbor(), OTHER_SIGNER, SEAL)) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        QR_PREFIX,
+        QR_PREFIX + b45encode(b"base45, not zlib"),
+        QR_PREFIX + b45encode(zlib.compress(b"\0" * 1_000_000, 9)),  # a bomb that fits a QR
+        QR_PREFIX + b45encode(zlib.compress(b"\0" * 100_000_000)),  # one that does not
+        QR_PREFIX + b45encode(zlib.compress(b"\x81" * 5000 + b"\0")),  # CBOR 5,000 deep
+        _pack(cbor2.dumps({"hello": "world"})),
+        _signed(b"\xa0"),  # no claims
+        TEXT[:-9],
+        TEXT + "\0",
+    ],
+)
+def test_claimed_status_of_a_malformed_qr_is_none_and_quick(text: str) -> None:
+    start = time.perf_counter()
+    assert claimed_status(text) is None
+    assert time.perf_counter() - start < 0.5

@@ -18,6 +18,7 @@ from tongban.exchange.catalogue.subject_ids import (
     uscc_check_character,
     validate_subject_id,
 )
+from tongban.licence import claimed_status
 from tongban.licence.errors import (
     ClaimInvalid,
     DisclosureInvalid,
@@ -33,6 +34,7 @@ from tongban.licence.sdjwt import (
     MAX_SD_JWT_LENGTH,
     TYP,
     IssuedSdJwt,
+    StatusReference,
     VerifiedSdJwt,
     issue_sd_jwt,
     present,
@@ -714,3 +716,59 @@ def test_issue_refuses_ed25519_signer() -> None:
     )
     with pytest.raises(ValueError, match="ES256"):
         _issue(signer=LocalSigner(ed_key), chain=[ed_seal])
+
+
+# --- reading the status reference without verifying ------------------------------------------
+
+
+def test_claimed_status_reads_the_reference_without_verifying() -> None:
+    issued = _issue()
+    assert claimed_status(issued.serialization) == StatusReference(idx=7, uri=STATUS_URI)
+    assert claimed_status(f"  {issued.jwt}~\n") == StatusReference(idx=7, uri=STATUS_URI)
+    # Unverified by design: a forged licence's claim is read too (verification refuses it).
+    payload = _base_payload(status={"status_list": {"idx": 9, "uri": "u"}})
+    forged = _craft(payload, signer=LocalSigner(generate_private_key()))
+    assert claimed_status(forged) == StatusReference(idx=9, uri="u")
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"[" * 5000 + b"]" * 5000,  # deeper than Python's recursion limit
+        b'{"status": {"status_list": {"idx": -1, "uri": "u"}}}',
+        b'{"status": {"status_list": {"idx": 1.0, "uri": "u"}}}',
+        b'{"status": {"status_list": {"idx": true, "uri": "u"}}}',
+        b'{"status": {"status_list": {"idx": 1, "uri": ""}}}',
+        b'{"status": {"status_list": {"idx": 1e400, "uri": "u"}}}',
+        b'{"status": {"status_list": {"idx": 1, "uri": "u"}}, "status": 2}',  # duplicate
+        b"{}",
+        b"\xff\xfe",
+    ],
+)
+def test_claimed_status_of_a_malformed_payload_is_none(payload: bytes) -> None:
+    text = f"{_b64(b'{}')}.{_b64(payload)}.{_b64(bytes(64))}~"
+    assert claimed_status(text) is None
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "~", "a.b~", "a.b.c.d~", "e30.e30.e30", "é.e30.e30~", "e30.e30=.e30~", "x" * 70_000],
+)
+def test_claimed_status_of_malformed_text_is_none(text: str) -> None:
+    assert claimed_status(text) is None
+
+
+def test_a_damaged_certificate_in_x5c_is_refused_not_a_crash() -> None:
+    # cryptography parses a certificate's names lazily: a damaged subject loads, then
+    # raised ValueError where verification first read it (found by tests/web fuzzing).
+    jwt = _issue().jwt
+    header_b64, payload_b64, signature_b64 = jwt.split(".")
+    header = json.loads(_unb64(header_b64))
+    der = base64.b64decode(header["x5c"][0])
+    for position in range(len(der)):
+        damaged = bytearray(der)
+        damaged[position] ^= 0x10
+        header["x5c"] = [base64.b64encode(damaged).decode()]
+        text = f"{_b64(json.dumps(header).encode())}.{payload_b64}.{signature_b64}~"
+        with pytest.raises(VerificationFailed):
+            _verify(text)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from tongban.exchange.licensing.service import Licensing
     from tongban.exchange.web import WebConsole
 
-__all__ = ["MAX_VERIFY_BODY", "build_http_app"]
+__all__ = ["MAX_VERIFY_BODY", "build_http_app", "http_status"]
 
 _log = logging.getLogger(__name__)
 
@@ -33,12 +34,68 @@ _log = logging.getLogger(__name__)
 MAX_VERIFY_BODY = 64 * 1024
 _STATUS_LIST_TYPE = "application/statuslist+jwt"
 _TRUST_LIST_TYPE = "application/jwt"
+# ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() may refuse.
+_LIST_ID = re.compile(r"[0-9]{1,9}")
+
+
+#: The HTTP status of each gRPC status code (google/rpc/code.proto's "HTTP Mapping").
+_HTTP_STATUS = {
+    "OK": 200,
+    "CANCELLED": 499,
+    "INVALID_ARGUMENT": 400,
+    "FAILED_PRECONDITION": 400,
+    "OUT_OF_RANGE": 400,
+    "UNAUTHENTICATED": 401,
+    "PERMISSION_DENIED": 403,
+    "NOT_FOUND": 404,
+    "ALREADY_EXISTS": 409,
+    "ABORTED": 409,
+    "RESOURCE_EXHAUSTED": 429,
+    "UNIMPLEMENTED": 501,
+    "UNAVAILABLE": 503,
+    "DEADLINE_EXCEEDED": 504,
+}
+#: Reason codes for the refusals aiohttp raises itself (no route, wrong method, too big).
+_HTTP_REASONS = {
+    400: ("INVALID_ARGUMENT", "The request is malformed; send it again as the API describes."),
+    404: ("NOT_FOUND", "There is nothing at this path; check the URL."),
+    405: ("METHOD_NOT_ALLOWED", "This path does not accept that method; check the API."),
+    413: ("PAYLOAD_TOO_LARGE", "The request body is too large."),
+}
+
+
+def http_status(error: TongbanError) -> int:
+    """Return the HTTP status for ``error``'s gRPC-style ``status`` (INVALID_ARGUMENT 400,
+    UNAUTHENTICATED 401, PERMISSION_DENIED 403, NOT_FOUND 404, RESOURCE_EXHAUSTED 429,
+    UNAVAILABLE 503, ...); 500 for INTERNAL, UNKNOWN and DATA_LOSS. The one mapping used
+    by the public endpoints and the web console alike."""
+    return _HTTP_STATUS.get(error.status, 500)
 
 
 def _problem(status: int, reason: str, message: str) -> web.Response:
     return web.json_response(
         {"verified": False, "reason": reason, "message": message}, status=status
     )
+
+
+def _refusal(status: int, reason: str, message: str) -> web.Response:
+    return web.json_response({"reason": reason, "message": message}, status=status)
+
+
+@web.middleware
+async def _json_refusals(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """aiohttp's own refusals (no such path, wrong method, body too large) as JSON with a
+    reason code, like every other refusal; the console renders its own (web/app.py)."""
+    try:
+        return await handler(request)
+    except web.HTTPException as e:
+        known = _HTTP_REASONS.get(e.status)
+        if known is None or request.path.startswith("/console"):
+            raise
+        reason, message = known
+        return _refusal(e.status, reason, message)
 
 
 def _licence_routes(app: web.Application, licensing: Licensing) -> None:
@@ -70,8 +127,7 @@ def _licence_routes(app: web.Application, licensing: Licensing) -> None:
                 return _problem(413, "PAYLOAD_TOO_LARGE", "The text is over 64 KiB.")
             result = await licensing.verify(text)
         except TongbanError as e:
-            code = 503 if e.status == "UNAVAILABLE" else 400
-            return _problem(code, e.reason, e.message)
+            return _problem(http_status(e), e.reason, e.message)
         except Exception:  # noqa: BLE001 - a public endpoint answers JSON, never a trace
             incident = secrets.token_hex(6)
             _log.exception("incident %s in /verify", incident)
@@ -82,19 +138,16 @@ def _licence_routes(app: web.Application, licensing: Licensing) -> None:
 
     async def status_list(request: web.Request) -> web.Response:
         text = request.match_info["id"]
-        if not text.isdigit() or len(text) > 9:
-            return web.json_response(
-                {"reason": "STATUS_LIST_NOT_FOUND", "message": "No such status list."}, status=404
+        if not _LIST_ID.fullmatch(text):
+            return _refusal(
+                404, "STATUS_LIST_NOT_FOUND", "No such status list; its id is a whole number."
             )
         try:
             token = await licensing.status_token(int(text))
         except TongbanError as e:
-            return web.json_response({"reason": e.reason, "message": e.message}, status=503)
+            return _refusal(http_status(e), e.reason, e.message)
         if token is None:
-            return web.json_response(
-                {"reason": "STATUS_LIST_NOT_FOUND", "message": f"No status list {text}."},
-                status=404,
-            )
+            return _refusal(404, "STATUS_LIST_NOT_FOUND", f"No status list {int(text)}.")
         return web.Response(
             body=token.token.encode("ascii"),
             headers={
@@ -107,7 +160,7 @@ def _licence_routes(app: web.Application, licensing: Licensing) -> None:
         try:
             current = await licensing.trust_list()
         except TongbanError as e:
-            return web.json_response({"reason": e.reason, "message": e.message}, status=503)
+            return _refusal(http_status(e), e.reason, e.message)
         return web.Response(
             body=current.token.encode("ascii"),
             headers={"Content-Type": _TRUST_LIST_TYPE, "Cache-Control": "max-age=3600"},
@@ -151,7 +204,7 @@ def build_http_app(
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application(client_max_size=1024 * 1024)
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[_json_refusals])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     if licensing is not None:

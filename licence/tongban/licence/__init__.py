@@ -78,7 +78,12 @@ from tongban.licence.types import (
     split_claims,
     validate_claims,
 )
-from tongban.licence.verify import StatusLookup, VerificationResult, verify_licence
+from tongban.licence.verify import (
+    StatusLookup,
+    VerificationResult,
+    claimed_status,
+    verify_licence,
+)
 
 if TYPE_CHECKING:
     from tongban.licence.render import (
@@ -159,6 +164,7 @@ __all__ = [
     "VerifiedQr",
     "VerifiedSdJwt",
     "check_licence_number",
+    "claimed_status",
     "default_expiry",
     "encode_qr",
     "issue_sd_jwt",

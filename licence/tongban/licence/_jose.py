@@ -21,10 +21,11 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.utils import CryptographyDeprecationWarning
 
 from tongban.licence.errors import (
     LicenceFormatInvalid,
@@ -185,16 +186,32 @@ def check_algorithm(header: dict[str, object], what: str) -> None:
 
 
 def load_b64_certificate(item: object) -> x509.Certificate | None:
-    """Return the certificate in canonical standard-base64 DER ``item``, else None."""
+    """Return the certificate in canonical standard-base64 DER ``item``, else None
+    (also for a certificate whose names, extensions or key cannot be parsed)."""
     if not isinstance(item, str):
         return None
     try:
         der = base64.b64decode(item, validate=True)
         if base64.b64encode(der).decode("ascii") != item:
             return None
-        return x509.load_der_x509_certificate(der)
-    except ValueError:  # binascii.Error is a ValueError
+        cert = x509.load_der_x509_certificate(der)
+        # cryptography parses these on first use: read them now, so that a damaged
+        # certificate is refused here, not met as a ValueError deep in verification.
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        _ = cert.extensions, cert.signature_hash_algorithm
+        cert.public_key()
+    except (  # binascii.Error is a ValueError
+        ValueError,
+        UnsupportedAlgorithm,
+        x509.InvalidVersion,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+        CryptographyDeprecationWarning,  # raised where warnings are errors (the tests)
+    ):
         return None
+    # RFC 5280 serials are positive; cryptography only warns (for now) when loading others.
+    return cert if cert.serial_number > 0 else None
 
 
 def _parse_x5c(header: dict[str, object], what: str) -> tuple[x509.Certificate, ...]:

@@ -59,7 +59,14 @@ from tongban.licence.errors import (
 )
 from tongban.licence.status_list import LicenceStatus
 from tongban.signing.certs import department_code, verify_certificate
-from tongban.signing.cose import CoseFormatInvalid, decode_cbor, decode_cose, sign_cose, verify_cose
+from tongban.signing.cose import (
+    CoseFormatInvalid,
+    CoseSign1,
+    decode_cbor,
+    decode_cose,
+    sign_cose,
+    verify_cose,
+)
 from tongban.signing.errors import CertificateInvalid
 from tongban.signing.errors import SignatureInvalid as CoseSignatureInvalid
 from tongban.signing.keys import Signer
@@ -75,6 +82,7 @@ __all__ = [
     "certificate_kid",
     "encode_qr",
     "qr_png",
+    "unverified_qr_claims",
     "verify_qr",
 ]
 
@@ -361,6 +369,35 @@ def _check_status(claims: QrClaims, lookup: StatusLookup) -> LicenceStatus:
     return LicenceStatus.VALID
 
 
+def _open(text: str) -> CoseSign1:
+    """The COSE_Sign1 message in QR ``text``, within the caps; raise LicenceFormatInvalid
+    or PayloadTooLarge (see ``verify_qr``)."""
+    if not text.startswith(QR_PREFIX):
+        raise LicenceFormatInvalid(
+            f"The QR text does not start with {QR_PREFIX!r}, so it is not a Tongban licence QR "
+            "code (or is from an unsupported format version)."
+        )
+    if len(text) > MAX_QR_CHARS:
+        raise PayloadTooLarge(
+            f"The QR text is {len(text)} characters, more than any QR code holds ({MAX_QR_CHARS})."
+        )
+    cose = inflate_capped(b45decode(text[len(QR_PREFIX) :]), MAX_INFLATED_BYTES, "The QR payload")
+    try:
+        return decode_cose(cose)
+    except CoseFormatInvalid as e:
+        raise LicenceFormatInvalid(f"The QR payload is not a valid COSE_Sign1: {e.message}") from e
+
+
+def unverified_qr_claims(text: str) -> QrClaims:
+    """Return the claims QR ``text`` carries WITHOUT checking its signature or anything
+    else: for a caller that prefetches what verification will need (the status), never
+    for a decision. Parsed within the same caps as ``verify_qr``.
+
+    Raises LicenceFormatInvalid or PayloadTooLarge as ``verify_qr`` does for the format.
+    """
+    return QrClaims.from_cbor(_open(text).payload)
+
+
 def verify_qr(
     text: str,
     *,
@@ -390,20 +427,7 @@ def verify_qr(
     """
     if now.tzinfo is None:
         raise ValueError("verify_qr needs a timezone-aware `now`.")
-    if not text.startswith(QR_PREFIX):
-        raise LicenceFormatInvalid(
-            f"The QR text does not start with {QR_PREFIX!r}, so it is not a Tongban licence QR "
-            "code (or is from an unsupported format version)."
-        )
-    if len(text) > MAX_QR_CHARS:
-        raise PayloadTooLarge(
-            f"The QR text is {len(text)} characters, more than any QR code holds ({MAX_QR_CHARS})."
-        )
-    cose = inflate_capped(b45decode(text[len(QR_PREFIX) :]), MAX_INFLATED_BYTES, "The QR payload")
-    try:
-        message = decode_cose(cose)
-    except CoseFormatInvalid as e:
-        raise LicenceFormatInvalid(f"The QR payload is not a valid COSE_Sign1: {e.message}") from e
+    message = _open(text)
 
     candidates = [
         entry[1] if isinstance(entry, tuple) else entry

@@ -89,6 +89,7 @@ __all__ = [
     "VerifiedSdJwt",
     "issue_sd_jwt",
     "present",
+    "unverified_status",
     "verify_sd_jwt",
 ]
 
@@ -559,6 +560,26 @@ def _department_of(cert: x509.Certificate) -> str:
 
 def _at(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def unverified_status(text: str) -> StatusReference:
+    """Return the status reference SD-JWT ``text`` claims WITHOUT checking its signature
+    or anything else: for a caller that prefetches what verification will need, never for
+    a decision. Parsed within the same caps as ``verify_sd_jwt`` (length, canonical
+    base64url, strict JSON of bounded depth).
+
+    Raises LicenceFormatInvalid if the text or its payload is malformed or has no status.
+    """
+    jwt, _ = _split(text)
+    parts = jwt.split(".")
+    raw = unb64url(parts[1]) if len(parts) == 3 else None
+    try:
+        payload = loads_strict(raw) if raw is not None else None
+    except ValueError as e:
+        raise LicenceFormatInvalid(f"The licence payload is not valid JSON ({e}).") from e
+    if not isinstance(payload, dict):
+        raise LicenceFormatInvalid("The licence payload is not a base64url JSON object.")
+    return _status(payload)
 
 
 def verify_sd_jwt(

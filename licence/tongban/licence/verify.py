@@ -39,8 +39,8 @@ from tongban.licence.errors import (
     StatusUnavailable,
     VerificationFailed,
 )
-from tongban.licence.qr import QR_PREFIX, certificate_kid, verify_qr
-from tongban.licence.sdjwt import verify_sd_jwt
+from tongban.licence.qr import QR_PREFIX, certificate_kid, unverified_qr_claims, verify_qr
+from tongban.licence.sdjwt import StatusReference, unverified_status, verify_sd_jwt
 from tongban.licence.status_list import LicenceStatus
 from tongban.licence.trust_list import TrustList
 from tongban.licence.types import LicenceTypeRegistry
@@ -49,6 +49,7 @@ __all__ = [
     "LicenceFormat",
     "StatusLookup",
     "VerificationResult",
+    "claimed_status",
     "failure",
     "verify_licence",
 ]
@@ -175,6 +176,25 @@ def _kids(trust_list: TrustList) -> list[tuple[bytes, x509.Certificate]]:
 
 def _at(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
+
+
+def claimed_status(text: str) -> StatusReference | None:
+    """Return the status reference licence ``text`` (SD-JWT or QR) claims, read WITHOUT
+    verifying anything, or None if the text is malformed or claims none: for a verifier
+    that fetches statuses before it calls ``verify_licence``, which decides whether to
+    believe the claim.
+
+    Parsed within the caps verification uses, so a compression bomb or deeply nested
+    payload is refused, never expanded; never raises.
+    """
+    text = text.strip()
+    try:
+        if text.startswith(QR_PREFIX):
+            claims = unverified_qr_claims(text)
+            return StatusReference(idx=claims.status_index, uri=claims.status_uri)
+        return unverified_status(text)
+    except VerificationFailed:  # verification reports what is wrong with the text
+        return None
 
 
 def verify_licence(

@@ -13,14 +13,12 @@ from __future__ import annotations
 import enum
 import json
 import unicodedata
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
-import cbor2
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
@@ -43,7 +41,6 @@ from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import MAX_CASE_ID
 from tongban.exchange.sharing.records import RecordStore
 from tongban.licence import (
-    QR_PREFIX,
     LicenceCancelled,
     LicenceStatus,
     LicenceSuperseded,
@@ -54,6 +51,7 @@ from tongban.licence import (
     TrustListEntry,
     VerificationResult,
     check_licence_number,
+    claimed_status,
     default_expiry,
     encode_qr,
     issue_sd_jwt,
@@ -66,9 +64,7 @@ from tongban.licence import (
     verify_licence,
     verify_trust_list,
 )
-from tongban.licence._jose import unb64url
-from tongban.licence.base45 import b45decode
-from tongban.signing import DEPT_URI_PREFIX, Clock, decode_cose
+from tongban.signing import DEPT_URI_PREFIX, Clock
 
 __all__ = [
     "HistoryEntry",
@@ -83,6 +79,8 @@ __all__ = [
 _MAX_REASON = 500
 _MAX_BATCH = 1000
 _TRUST_LIST_RESIGN = timedelta(hours=1)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST_START = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 class StatusAction(enum.StrEnum):
@@ -325,9 +323,18 @@ class Licensing:
             if holder_claim is None:
                 raise InvalidArgument(f"Licence type {licence_type.code} names no holder claim.")
             not_before = request.not_before or now
-            expires = request.expires or default_expiry(licence_type, not_before)
-            if not_before.tzinfo is None or (expires is not None and expires.tzinfo is None):
+            if not_before.tzinfo is None or (
+                request.expires is not None and request.expires.tzinfo is None
+            ):
                 raise InvalidArgument("Validity instants must carry a time zone.")
+            if not _EPOCH <= not_before <= _LATEST_START:
+                # The QR code and the SD-JWT count seconds from 1970; and a start past
+                # 9000 leaves no room for a default validity.
+                raise InvalidArgument(
+                    "The licence must start between 1970 and 9000.",
+                    metadata={"field": "not_before"},
+                )
+            expires = request.expires or default_expiry(licence_type, not_before)
             if expires is not None and expires <= not_before:
                 raise InvalidArgument(
                     "The licence must expire after it starts.", metadata={"field": "expires"}
@@ -337,6 +344,14 @@ class Licensing:
             prepared.append((licence_type, claims, str(claims[holder_claim]), not_before,
                              expires, case_id, reason))  # fmt: skip
         seal = await self.vault.get(caller.department.code)
+        seal_expires = seal.certificate.not_valid_after_utc
+        if any(p[4] is None and p[3] >= seal_expires for p in prepared):
+            # Its QR code would expire with the seal certificate, before the licence starts.
+            raise InvalidArgument(
+                f"An open-ended licence must start before {seal_expires:%Y-%m-%d}, when the "
+                "seal certificate expires; give it an expiry or an earlier start.",
+                metadata={"field": "not_before"},
+            )
         entries = {
             t.code: await self._feed.entry(caller.department.code, t, now) for t, *_ in prepared
         }
@@ -914,7 +929,7 @@ class Licensing:
 
     async def _status_of(self, uri: str, index: int) -> tuple[int | None, str | None]:
         list_id = self.status_lists.list_id(uri)
-        if list_id is None:
+        if list_id is None or index > _MAX_STATUS_INDEX:  # not a list here; an unsigned claim
             return None, None
         status = await self._pool.fetchval(
             "SELECT status FROM licence WHERE status_list = $1 AND status_index = $2",
@@ -926,22 +941,10 @@ class Licensing:
 
 def status_refs(text: str) -> list[tuple[str, int]]:
     """The status references a licence text claims, read without verifying (to prefetch
-    the statuses; verification decides whether to believe them)."""
-    refs: list[tuple[str, int]] = []
-    try:
-        if text.startswith(QR_PREFIX):
-            raw = zlib.decompressobj().decompress(b45decode(text[len(QR_PREFIX) :]), 65536)
-            claims = cbor2.loads(decode_cose(raw).payload)
-            ref = claims[65535]["status_list"]
-        else:
-            payload = unb64url(text.split("~", 1)[0].split(".")[1])
-            ref = json.loads(payload or b"{}")["status"]["status_list"]
-        uri, idx = ref["uri"], ref["idx"]
-        if isinstance(uri, str) and isinstance(idx, int) and not isinstance(idx, bool):
-            refs.append((uri, idx))
-    except (TongbanError, ValueError, LookupError, TypeError, AttributeError, IndexError):
-        pass  # verification reports what is wrong with the text
-    return refs
+    the statuses; verification decides whether to believe them), within the caps
+    verification uses (``claimed_status``): a bomb or a malformed text claims none."""
+    ref = claimed_status(text)
+    return [] if ref is None else [(ref.uri, ref.idx)]
 
 
 def _valid_holder(holder_id: str) -> str:
@@ -965,6 +968,8 @@ def _valid_holder(holder_id: str) -> str:
 
 
 _SHA256 = hashes.SHA256()
+#: The largest status index a licence row can hold (an int4 column).
+_MAX_STATUS_INDEX = 2**31 - 1
 
 _LICENCE_COLUMNS = (
     "number", "version", "licence_type", "holder_id", "holder_kind", "holder_name", "issuer",

@@ -8,16 +8,18 @@ import csv
 import io
 import json
 import logging
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
 import jinja2
 from aiohttp import BodyPartReader, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from multidict import MultiDict, MultiDictProxy
 
 from tongban.errors import TongbanError
 from tongban.exchange.audit.anomalies import MAX_PERIOD, find_anomalies
@@ -29,6 +31,7 @@ from tongban.exchange.audit.store import AuditStore, SearchFilters
 from tongban.exchange.audit.verify import verify_log
 from tongban.exchange.departments import Department, DepartmentStore
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.http import http_status
 from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.sharing.model import ShareClass
 from tongban.exchange.sharing.service import Sharing
@@ -51,6 +54,27 @@ _VOLUME_DAYS = 14
 _FILTERS = ("subject", "caller", "officer", "dataset", "purpose", "case", "decision", "from", "to")
 _FORGED_CHECKS = {"signature", "issuer", "trust-list", "disclosure"}
 _COLOURS = ("#1f5fa8", "#c0392b", "#2e8b57", "#b8860b", "#6a3d9a", "#008b8b", "#d2691e", "#555")
+# ASCII digits only: str.isdigit() also accepts "²" and "٣", which int() may refuse.
+_INDEX = re.compile(r"[0-9]{1,18}")
+_ASSETS = {"console.css": "text/css", "console.js": "text/javascript"}
+_EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9999, 1, 1, tzinfo=UTC)
+#: aiohttp's own refusals (no such page, wrong method, form too large) on console paths:
+#: their reason code and message key.
+_REFUSALS = {
+    400: ("INVALID_ARGUMENT", "error.bad_request"),
+    404: ("NOT_FOUND", "error.not_found"),
+    405: ("METHOD_NOT_ALLOWED", "error.method"),
+    413: ("PAYLOAD_TOO_LARGE", "error.form_too_large"),
+}
+
+
+class FormUnreadable(TongbanError):
+    """A posted form that is not what a browser sends (malformed multipart, a charset
+    that is not one, bytes that are not text)."""
+
+    reason = "FORM_UNREADABLE"
+    status = "INVALID_ARGUMENT"
 
 
 @dataclass
@@ -82,12 +106,43 @@ def _instant(value: str, name: str) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=_CST)
+        # Converting to UTC (the database, the page) must not leave datetime's range.
+        in_range = _EARLIEST <= parsed < _LATEST
+    except (ValueError, OverflowError):
+        in_range = False
+    if not in_range:
         raise InvalidArgument(
-            f"'{name}' must be a date or time like 2025-06-01 or 2025-06-01T09:30.",
+            f"'{name}' must be a date or time from 1970 to 9998, like 2025-06-01 or "
+            "2025-06-01T09:30.",
             metadata={"field": name},
-        ) from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=_CST)
+        )
+    return parsed
+
+
+def _no_nul(request: web.Request) -> None:
+    """Refuse a NUL character in the query: no text column can hold one."""
+    for name, value in request.query.items():
+        if "\x00" in name or "\x00" in value:
+            raise InvalidArgument(
+                f"The query parameter {name[:40]!r} contains a NUL character; remove it.",
+                metadata={"field": name[:40]},
+            )
+
+
+async def _form(request: web.Request) -> MultiDictProxy[Any]:
+    """The fields of a posted URL-encoded form (none for any other type: the console's
+    forms send nothing else, and the verify page reads its uploads itself, without the
+    temporary files aiohttp would spool); raise FormUnreadable if it cannot be parsed."""
+    if request.content_type != "application/x-www-form-urlencoded":
+        return MultiDictProxy(MultiDict())
+    try:
+        return await request.post()
+    except (ValueError, LookupError) as e:  # UnicodeDecodeError is a ValueError
+        raise FormUnreadable(
+            "The form could not be read (it is not what a browser sends); send it again "
+            "from the page."
+        ) from e
 
 
 class WebConsole:
@@ -114,7 +169,7 @@ class WebConsole:
         self._log = access_log
         self._hasher = hasher
         self._checkpoints = checkpointer
-        self._store = AuditStore(pool)
+        self._store = AuditStore(pool, hasher.page_tokens())  # the same tokens on every node
         self._departments = DepartmentStore(pool)
         self._links = LinkStore(pool)
         self._keys = SessionKey(log_key)
@@ -123,6 +178,7 @@ class WebConsole:
         self._clock = clock
         self._node = node_name
         self._jobs: dict[str, _VerifyJob] = {}
+        self._assets = _load_assets()
         self._tasks: set[asyncio.Task[None]] = set()
         self._env = jinja2.Environment(
             loader=jinja2.PackageLoader("tongban.exchange.web", "templates"),
@@ -155,7 +211,9 @@ class WebConsole:
         r.add_get("/console/audit/volume", self._audit_volume)
         r.add_get("/console/subject", self._subject)
         r.add_get("/console/catalogue", self._catalogue)
-        r.add_static("/console/static", str(_static_dir()), append_version=False)
+        # Two known files, served from memory: a path from the request never reaches the
+        # file system (aiohttp's static handler raised on names too long for it).
+        r.add_get("/console/static/{name}", self._static)
         app.on_cleanup.append(self._cancel_jobs)
 
     async def _cancel_jobs(self, app: web.Application) -> None:
@@ -271,14 +329,16 @@ class WebConsole:
             return await handler(request)
         t = translator(self._lang(request))
         try:
+            _no_nul(request)
             return await handler(request)
-        except web.HTTPNotFound:
-            return self._message(request, 404, t("error.not_found"), reason="NOT_FOUND")
-        except web.HTTPException:
-            raise
+        except web.HTTPException as e:
+            refusal = _REFUSALS.get(e.status)
+            if refusal is None:  # a redirect
+                raise
+            reason, key = refusal
+            return self._message(request, e.status, t(key), reason=reason)
         except TongbanError as e:
-            status = 503 if e.status == "UNAVAILABLE" else 400
-            return self._message(request, status, e.message, reason=e.reason)
+            return self._message(request, http_status(e), e.message, reason=e.reason)
         except Exception:  # noqa: BLE001 - a page, never a stack trace; the log has it
             incident = secrets.token_hex(6)
             _log.exception("incident %s on %s", incident, request.path)
@@ -287,6 +347,18 @@ class WebConsole:
             )
 
     # ---- pages --------------------------------------------------------------------------
+
+    async def _static(self, request: web.Request) -> web.Response:
+        asset = self._assets.get(request.match_info["name"])
+        if asset is None:
+            raise web.HTTPNotFound
+        body, kind = asset
+        return web.Response(
+            body=body,
+            content_type=kind,
+            charset="utf-8",
+            headers={"Cache-Control": "max-age=3600", "X-Content-Type-Options": "nosniff"},
+        )
 
     async def _home(self, request: web.Request) -> web.Response:
         return self._page(request, "home.html")
@@ -306,7 +378,7 @@ class WebConsole:
         if not text:
             return self._page(
                 request, "verify.html", status=400, result=None, outcome=None, text="",
-                error=t("verify.none"),
+                error=t("verify.none"), reason="INVALID_ARGUMENT",
             )  # fmt: skip
         if len(text) > 64 * 1024:
             raise UploadUnreadable("The text is over 64 KiB; it is not a licence.")
@@ -334,23 +406,29 @@ class WebConsole:
             await _drain(request)
             return too_large
         if request.content_type != "multipart/form-data":
-            form = await request.post()
+            form = await _form(request)
             return str(form.get("qr", ""))
         text = ""
-        reader = await request.multipart()
-        while (part := await reader.next()) is not None:
-            if not isinstance(part, BodyPartReader) or part.name is None:
-                continue
-            data = bytearray()
-            while chunk := await part.read_chunk(65536):
-                data += chunk
-                if len(data) > MAX_UPLOAD:
-                    await _drain(request)
-                    return too_large
-            if part.name == "qr" and data.strip():
-                text = data.decode("utf-8", "replace")
-            elif part.name == "file" and data and not text:
-                text = await licence_text_from_upload(bytes(data))
+        try:
+            reader = await request.multipart()
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader) or part.name is None:
+                    continue
+                data = bytearray()
+                while chunk := await part.read_chunk(65536):
+                    data += chunk
+                    if len(data) > MAX_UPLOAD:
+                        await _drain(request)
+                        return too_large
+                if part.name == "qr" and data.strip():
+                    text = data.decode("utf-8", "replace")
+                elif part.name == "file" and data and not text:
+                    text = await licence_text_from_upload(bytes(data))
+        except ValueError as e:  # a missing boundary, a malformed part
+            raise FormUnreadable(
+                "The upload could not be read (the form is malformed); choose the file "
+                "again and send it from the page."
+            ) from e
         return text
 
     async def _link_form(self, request: web.Request) -> web.Response:
@@ -359,7 +437,7 @@ class WebConsole:
 
     async def _link_open(self, request: web.Request) -> web.Response:
         kind = _kind(request)
-        form = await request.post()
+        form = await _form(request)
         try:
             session = await self._links.consume(kind, str(form.get("token", "")), self._clock.now())
         except LinkInvalid as e:
@@ -445,7 +523,7 @@ class WebConsole:
             return auth
         session, _ = auth
         text = request.match_info["index"]
-        if not text.isdigit() or len(text) > 18:
+        if not _INDEX.fullmatch(text):
             raise InvalidArgument("The entry index must be a whole number (0, 1, 2, ...).")
         entry = await self._store.entry(int(text))
         checkpoint = await self._checkpoints.latest()
@@ -689,10 +767,12 @@ async def _drain(request: web.Request) -> None:
         seen += len(chunk)
 
 
-def _static_dir() -> Any:
+def _load_assets() -> dict[str, tuple[bytes, str]]:
+    """The console's static files (name: content and type), read once from the package."""
     from importlib import resources
 
-    return resources.files("tongban.exchange.web") / "static"
+    root = resources.files("tongban.exchange.web") / "static"
+    return {name: ((root / name).read_bytes(), kind) for name, kind in _ASSETS.items()}
 
 
 def _export_columns() -> tuple[str, ...]:

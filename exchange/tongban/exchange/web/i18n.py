@@ -164,6 +164,18 @@ _TEXT: dict[str, tuple[str, str]] = {
         "The file is too large: at most {mb} MB. A licence PDF is usually under 1 MB.",
     ),
     "error.not_found": ("没有这个页面。", "There is no such page."),
+    "error.bad_request": (
+        "请求格式有误，请从页面重新提交。",
+        "The request is malformed; send it again from the page.",
+    ),
+    "error.method": (
+        "这个页面不接受这种请求方式，请使用页面上的表单。",
+        "This page does not accept that kind of request; use the form on the page.",
+    ),
+    "error.form_too_large": (
+        "提交的内容太大：表单最多 1 MB。",
+        "What was sent is too large: a form takes at most 1 MB.",
+    ),
     "error.internal": (
         "服务出错（事件 {incident}），请稍后重试。",
         "The service failed (incident {incident}); please retry later.",
