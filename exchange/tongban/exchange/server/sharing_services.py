@@ -23,7 +23,7 @@ from tongban.exchange.server.timestamps import instant, timestamp
 from tongban.exchange.sharing.datasets import DatasetSpec
 from tongban.exchange.sharing.model import DatasetEntry, Grant, GrantStatus, LegalBasis, ShareClass
 from tongban.exchange.sharing.records import PublishCounts
-from tongban.exchange.sharing.service import QueryInput, RawChange, Sharing
+from tongban.exchange.sharing.service import YIELD_EVERY, QueryInput, RawChange, Sharing
 from tongban.signing.clock import Clock
 from tongban.v1 import (
     catalogue_pb2,
@@ -244,9 +244,11 @@ class CatalogueService(catalogue_pb2_grpc.CatalogueServiceServicer):
 # -- records ---------------------------------------------------------------------------
 
 
-def _changes(request: records_pb2.PublishRecordsRequest) -> list[RawChange]:
+async def _changes(request: records_pb2.PublishRecordsRequest) -> list[RawChange]:
     out = []
     for index, change in enumerate(request.changes):
+        if index and index % YIELD_EVERY == 0:
+            await asyncio.sleep(0)  # let other calls run during a big batch
         if change.delete:
             out.append(RawChange(change.key, None))
             continue
@@ -280,7 +282,9 @@ class RecordService(records_pb2_grpc.RecordServiceServicer):
     async def PublishRecords(
         self, request: records_pb2.PublishRecordsRequest, context: Context
     ) -> records_pb2.PublishRecordsResponse:
-        counts = await self._sharing.publish(current_caller(), request.dataset, _changes(request))
+        counts = await self._sharing.publish(
+            current_caller(), request.dataset, await _changes(request)
+        )
         return _counts(counts)
 
     async def StreamRecords(
@@ -301,7 +305,7 @@ class RecordService(records_pb2_grpc.RecordServiceServicer):
                     )
                 # Validate this batch while the previous one is being written; batches are
                 # still written one after another, in order.
-                batch = await self._sharing.prepare(caller, dataset, _changes(request))
+                batch = await self._sharing.prepare(caller, dataset, await _changes(request))
                 if writing is not None:
                     previous, writing = writing, None
                     _add(total, await previous)
