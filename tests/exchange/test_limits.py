@@ -18,6 +18,7 @@ from tongban.client import Bundle, ExchangeError
 from tongban.exchange.departments import CallLimits, Department, DepartmentStore, Level, Status
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.fairness import BACKOFF
 from tongban.exchange.node import Node
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.server.limits import CallLimiter, RateLimited, TooManySubscriptions
@@ -315,3 +316,23 @@ async def test_undecodable_requests_are_malformed_on_unary_and_streaming_calls(
         assert "DecodeError" not in (error.details() or "")
     async with client_for(node, "samr") as samr:
         assert (await samr.who_am_i()).department == "samr"
+
+
+async def test_long_work_pauses_while_another_department_has_calls_in_progress() -> None:
+    limiter = CallLimiter(concurrent=10, per_second=1000, subscriptions=1, clock=_Clock())
+    samr, tax = _caller("samr"), _caller("tax")
+    bulk = await limiter.enter(samr, "/StreamRecords", stream=False)
+    pace = limiter.pacer("samr")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await pace(0.05)  # alone: no pause
+    assert loop.time() - started < 0.05
+    query = await limiter.enter(tax, "/Query", stream=False)
+    started = loop.time()
+    await pace(0.05)  # tax waits: a pause of BACKOFF times the slice
+    assert loop.time() - started >= 0.05 * BACKOFF * 0.9
+    query()
+    started = loop.time()
+    await pace(0.05)
+    assert loop.time() - started < 0.05
+    bulk()

@@ -167,7 +167,10 @@ class AccessLog:
             if recorded._prepared:
                 try:
                     await conn.execute(f"SET LOCAL lock_timeout = '{int(self._timeout * 1000)}ms'")
-                    first, count = await self._sequence_on(conn, recorded._prepared)
+                    # And a timer of our own, in case the server's does not fire (a server
+                    # under libfaketime; a pooler that drops SET LOCAL).
+                    async with asyncio.timeout(self._timeout + 1.0):
+                        first, count = await self._sequence_on(conn, recorded._prepared)
                 except _DB_ERRORS as e:
                     _log.error("access log append in a transaction failed: %s", e)
                     raise AuditUnavailable(

@@ -26,6 +26,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from tongban.errors import TongbanError
+from tongban.exchange.fairness import set_pacer
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.auth import Authenticator
 from tongban.exchange.server.caller import Caller, set_caller
@@ -188,7 +189,9 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         caller = await self._authenticate(context)
         if self._limiter is None:
             return None
-        return await self._limiter.enter(caller, method, stream=stream)
+        release = await self._limiter.enter(caller, method, stream=stream)
+        set_pacer(self._limiter.pacer(caller.department.code))
+        return release
 
     def _unary(
         self,

@@ -24,12 +24,14 @@ says how many were refused since the last one).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from tongban.errors import TongbanError
 from tongban.exchange.departments import CallLimits
+from tongban.exchange.fairness import BACKOFF
 from tongban.exchange.server.caller import Caller
 
 __all__ = ["CallLimiter", "RateLimited", "TooManySubscriptions"]
@@ -87,6 +89,7 @@ class CallLimiter:
         self._count_refused = count_refused
         self._clock = clock
         self._usage: dict[str, _Usage] = {}
+        self._calls = 0  # calls in progress, every department
 
     def _limits(self, caller: Caller) -> tuple[int, float, int]:
         """The department's own limits where it has them, else the node's defaults."""
@@ -140,6 +143,7 @@ class CallLimiter:
             usage.streams += 1
         else:
             usage.calls += 1
+            self._calls += 1
         released = False
 
         def release() -> None:
@@ -151,8 +155,23 @@ class CallLimiter:
                 usage.streams -= 1
             else:
                 usage.calls -= 1
+                self._calls -= 1
 
         return release
+
+    def pacer(self, code: str) -> Callable[[float], Awaitable[None]]:
+        """How ``code``'s long work is paced (``fairness.yield_fairly``): a pause of
+        ``BACKOFF`` times each slice while another department has a call in progress."""
+
+        async def pace(spent: float) -> None:
+            usage = self._usage.get(code)
+            mine = usage.calls if usage is not None else 0
+            if self._calls > mine:
+                await asyncio.sleep(spent * BACKOFF)
+            else:
+                await asyncio.sleep(0)
+
+        return pace
 
     async def _refused(
         self, caller: Caller, method: str, reason: str, usage: _Usage, now: float

@@ -8,6 +8,7 @@ mapped to statuses by the interceptor.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from tongban.client.values import ValueNotSupported, from_field_value, to_field_
 from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema
 from tongban.exchange.catalogue.subject_ids import SubjectKind
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.fairness import yield_fairly
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import instant, timestamp
 from tongban.exchange.sharing.datasets import DatasetSpec
@@ -246,9 +248,11 @@ class CatalogueService(catalogue_pb2_grpc.CatalogueServiceServicer):
 
 async def _changes(request: records_pb2.PublishRecordsRequest) -> list[RawChange]:
     out = []
+    started = time.perf_counter()
     for index, change in enumerate(request.changes):
         if index and index % YIELD_EVERY == 0:
-            await asyncio.sleep(0)  # let other calls run during a big batch
+            await yield_fairly(time.perf_counter() - started)  # let other calls run
+            started = time.perf_counter()
         if change.delete:
             out.append(RawChange(change.key, None))
             continue

@@ -12,9 +12,9 @@ denials as well as answers.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -32,6 +32,7 @@ from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.db.notify import ChangeListener, KeyedCache
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.fairness import yield_fairly
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.datasets import DatasetStore, is_dataset_code
 from tongban.exchange.sharing.errors import (
@@ -197,9 +198,12 @@ class Sharing:
         validated: list[Change] = []
         seen: dict[str, int] = {}
         key_field = entry.schema.key_field
+        started = time.perf_counter()
         for index, raw in enumerate(changes):
             if index and index % YIELD_EVERY == 0:
-                await asyncio.sleep(0)  # a big batch must not hold the loop from others
+                # A big batch must not hold the loop from other departments' calls.
+                await yield_fairly(time.perf_counter() - started)
+                started = time.perf_counter()
             where = {"index": str(index)}
             try:
                 key = validate_subject_id(entry.subject_kind, raw.key)
