@@ -41,14 +41,15 @@ lint: $(VENV)/.dev
 typecheck: $(VENV)/.dev
 	$(BIN)/mypy
 
+# One worker per core (pytest-xdist): each worker starts its own PostgreSQL and broker.
 pytest: system-packages $(VENV)/.dev
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 # No test may depend on the wall clock being before or after some date: run the suite
 # with every process (the node, PostgreSQL, chromium) a year ahead. Not part of `test`
 # (it doubles CI time); run it when touching anything with dates or certificates.
 test-year-ahead: system-packages $(VENV)/.dev
-	FAKETIME_DONT_RESET=1 faketime -f '+365d' $(BIN)/pytest
+	FAKETIME_DONT_RESET=1 faketime -f '+365d' $(BIN)/pytest -n auto
 
 proto: $(VENV)/.dev  ## regenerate the gRPC/protobuf code in proto/tongban/v1
 	PATH=$(abspath $(BIN)):$$PATH $(BIN)/python -m grpc_tools.protoc -Iproto \

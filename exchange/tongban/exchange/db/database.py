@@ -170,10 +170,16 @@ async def _prepare(dsn: str, where: str, *, migrate: bool, password: str | None)
             try:
                 # A utility statement takes no parameters; node_password() checked the
                 # password is URL-safe base64, so it needs no quoting.
-                await conn.execute(
-                    f"ALTER ROLE {NODE_ROLE} LOGIN{strip if power['rolsuper'] else ''}"
-                    f" PASSWORD '{password}'"
-                )
+                async with conn.transaction():
+                    # Nodes starting together would otherwise update the role's row at
+                    # once ("tuple concurrently updated").
+                    await conn.execute(
+                        "SELECT pg_advisory_xact_lock(hashtext('tongban_node role'))"
+                    )
+                    await conn.execute(
+                        f"ALTER ROLE {NODE_ROLE} LOGIN{strip if power['rolsuper'] else ''}"
+                        f" PASSWORD '{password}'"
+                    )
             except asyncpg.InsufficientPrivilegeError:
                 pass  # falls back to the session role, with the warning below
             else:
