@@ -782,9 +782,21 @@ def _export_columns() -> tuple[str, ...]:
     )  # fmt: skip
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: object) -> object:
+    """A text cell a spreadsheet will not run: one starting with = + - @ tab or CR gets a
+    leading apostrophe (OWASP's rule for CSV injection). The log entry keeps the
+    original; only the export's cell changes."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def _csv_line(values: Sequence[object]) -> bytes:
     out = io.StringIO()
-    csv.writer(out).writerow(["" if v is None else v for v in values])
+    csv.writer(out).writerow(["" if v is None else spreadsheet_safe(v) for v in values])
     return out.getvalue().encode()
 
 
