@@ -90,8 +90,12 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             )
         return caller
 
-    async def _log_read(self, caller: Caller, action: str, subject_id: str, purpose: str) -> bytes:
-        subject = self._hasher(subject_id.strip())
+    async def _log_read(
+        self, caller: Caller, action: str, subject_id: str, purpose: str
+    ) -> bytes | None:
+        """Log an auditor's read (of one subject's entries, or of a search without one);
+        return the subject's HMAC, or None."""
+        subject = self._hasher(subject_id.strip()) if subject_id.strip() else None
         await self._log.append(
             [
                 AccessEntry(
@@ -113,9 +117,22 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         return subject
 
     async def _filters(self, request: audit_pb2.SearchRequest, caller: Caller) -> SearchFilters:
-        subject = None
-        if request.subject_id:
-            subject = await self._log_read(caller, "audit.search", request.subject_id, "audit")
+        # Logged whatever the filters: a search of everyone is a read of everyone.
+        described = " ".join(
+            f"{name}={value}"
+            for name, value in (
+                ("caller", request.caller),
+                ("officer", request.officer),
+                ("dataset", request.dataset),
+                ("purpose", request.purpose),
+                ("case", request.case_id),
+                ("decision", request.decision),
+            )
+            if value
+        )
+        subject = await self._log_read(
+            caller, "audit.search", request.subject_id, f"audit {described}".strip()
+        )
         return SearchFilters(
             subject_hmac=subject,
             caller=request.caller or None,
@@ -205,6 +222,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
                 "Name the subject (USCC or citizen id).", metadata={"field": "subject_id"}
             )
         subject = await self._log_read(caller, "audit.subject", request.subject_id, "subject view")
+        assert subject is not None  # a subject id was given (checked above)
         accesses, token, withheld = await self._store.subject_accesses(
             subject, self._clock.now(), page_size=request.page_size, page_token=request.page_token
         )
