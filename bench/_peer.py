@@ -42,6 +42,7 @@ import grpc
 import psutil
 
 from bench._client import Department, admitted, exchange_error
+from bench._errors import describe
 from bench._servers import NodeServer
 from bench.sharing import generate_records, uscc
 from tongban.client import ExchangeClient, ExchangeError
@@ -359,10 +360,8 @@ def _describe(error: BaseException) -> str:
     if isinstance(error, BaseExceptionGroup):
         return "; ".join(_describe(e) for e in error.exceptions)
     if isinstance(error, grpc.aio.AioRpcError):
-        error = exchange_error(error)
-    if isinstance(error, ExchangeError):
-        return error.diagnostics()
-    return f"{type(error).__name__}: {error}"
+        return describe(exchange_error(error))
+    return describe(error)
 
 
 async def _serve(department: Department) -> None:

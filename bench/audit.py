@@ -66,6 +66,7 @@ import psutil
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bench._config import Config
+from bench._errors import describe
 from bench._load import LoadResult, run_load
 from bench._servers import postgres_processes
 from bench._table import LABEL, cpu_header, cpu_row, load_row, rate_row
@@ -955,11 +956,3 @@ def main() -> int:
     shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
     print(f"\nfigures written to {shown}")
     return 0
-
-
-def describe(error: BaseException) -> str:
-    if isinstance(error, BaseExceptionGroup):
-        return "; ".join(describe(e) for e in error.exceptions)
-    if isinstance(error, TongbanError):
-        return error.diagnostics()
-    return f"{type(error).__name__}: {error}"

@@ -60,6 +60,7 @@ import psutil
 
 from bench._client import Department, admitted
 from bench._config import Config
+from bench._errors import describe
 from bench._peer import LICENCE_TYPE, BurstFigures, Peer, peer, percentiles
 from bench._servers import NodeServer, node_server
 from bench._table import LABEL, cpu_header, cpu_row, rate_row
@@ -401,14 +402,6 @@ def write_json(report: BurstReport, directory: Path = RESULTS_DIR) -> Path:
 
 FAILURES = (RuntimeError, TongbanError, asyncpg.PostgresError, OSError, ExceptionGroup)
 """What ``run`` raises when the benchmark cannot complete (reported, not a traceback)."""
-
-
-def describe(error: BaseException) -> str:
-    if isinstance(error, BaseExceptionGroup):
-        return "; ".join(describe(e) for e in error.exceptions)
-    if isinstance(error, TongbanError):
-        return error.diagnostics()
-    return f"{type(error).__name__}: {error}"
 
 
 def main() -> int:

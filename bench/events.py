@@ -95,6 +95,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from bench._client import Department
 from bench._config import Config
+from bench._errors import describe
 from bench._servers import KafkaBroker, NodeServer, kafka_broker, node_server
 from bench._table import LABEL, cpu_header, cpu_row, rate_row
 from bench._watch import CpuMeter, CpuUse, PeakRss, ProcessGroup
@@ -1317,11 +1318,3 @@ def main() -> int:
     shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
     print(f"\nfigures written to {shown}")
     return 0
-
-
-def describe(error: BaseException) -> str:
-    if isinstance(error, BaseExceptionGroup):
-        return "; ".join(describe(e) for e in error.exceptions)
-    if isinstance(error, TongbanError):
-        return error.diagnostics()
-    return f"{type(error).__name__}: {error}"

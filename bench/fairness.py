@@ -55,6 +55,7 @@ import psutil
 from bench import sharing
 from bench._client import Department, admitted
 from bench._config import Config
+from bench._errors import describe
 from bench._load import LoadResult, run_load
 from bench._peer import LoadFigures, Peer, peer, percentiles
 from bench._servers import node_server
@@ -393,14 +394,6 @@ def write_json(report: FairnessReport, directory: Path = RESULTS_DIR) -> Path:
 
 FAILURES = (RuntimeError, TongbanError, aiohttp.ClientError, OSError, ExceptionGroup)
 """What ``run`` raises when the benchmark cannot complete (reported, not a traceback)."""
-
-
-def describe(error: BaseException) -> str:
-    if isinstance(error, BaseExceptionGroup):
-        return "; ".join(describe(e) for e in error.exceptions)
-    if isinstance(error, TongbanError):
-        return error.diagnostics()
-    return f"{type(error).__name__}: {error}"
 
 
 def main() -> int:

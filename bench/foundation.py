@@ -63,6 +63,7 @@ from bench import audit, burst, events, fairness, sharing
 from bench._client import FRESH_CONNECTION, Department
 from bench._config import Config
 from bench._echo_server import ECHO_METHOD, identity
+from bench._errors import describe
 from bench._load import LoadResult, run_load
 from bench._servers import EchoServer, NodeServer, echo_server, node_server
 from bench._table import LABEL, cpu_header, cpu_row, load_row
@@ -407,7 +408,7 @@ def main(*, with_audit: bool = False, with_events: bool = False, with_limits: bo
             print("interrupted; PostgreSQL stopped", file=sys.stderr)
             status = 130
         except audit.FAILURES as e:
-            print(f"bench failed in the audit phases: {audit.describe(e)}", file=sys.stderr)
+            print(f"bench failed in the audit phases: {describe(e)}", file=sys.stderr)
             status = 1
         else:
             print(audit.format_report(audit_report))
@@ -420,7 +421,7 @@ def main(*, with_audit: bool = False, with_events: bool = False, with_limits: bo
             print("interrupted; servers stopped", file=sys.stderr)
             status = 130
         except events.FAILURES as e:
-            print(f"bench failed in the events phases: {events.describe(e)}", file=sys.stderr)
+            print(f"bench failed in the events phases: {describe(e)}", file=sys.stderr)
             status = 1
         else:
             print(events.format_report(events_report))
@@ -444,7 +445,7 @@ def _limits_phases(fairness_config: Config, burst_config: Config, extra: dict[st
         print("interrupted; servers stopped", file=sys.stderr)
         return 130
     except fairness.FAILURES as e:
-        print(f"bench failed in the fairness phases: {fairness.describe(e)}", file=sys.stderr)
+        print(f"bench failed in the fairness phases: {describe(e)}", file=sys.stderr)
         status = 1
     else:
         print(fairness.format_report(fairness_report))
@@ -456,7 +457,7 @@ def _limits_phases(fairness_config: Config, burst_config: Config, extra: dict[st
         print("interrupted; servers stopped", file=sys.stderr)
         return 130
     except burst.FAILURES as e:
-        print(f"bench failed in the burst phases: {burst.describe(e)}", file=sys.stderr)
+        print(f"bench failed in the burst phases: {describe(e)}", file=sys.stderr)
         status = 1
     else:
         print(burst.format_report(burst_report))
