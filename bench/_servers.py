@@ -22,7 +22,6 @@ import shutil
 import signal
 import socket
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
@@ -33,6 +32,8 @@ from pathlib import Path
 import aiohttp
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
+
+from tongban.exchange.db.embedded import temp_root
 
 __all__ = [
     "RAISED_LIMITS",
@@ -198,7 +199,7 @@ async def node_server(
     PostgreSQL is still running in it (then a warning names it). Raises RuntimeError with
     the end of the node's log if the node exits or says nothing before it is ready.
     """
-    work = Path(tempfile.mkdtemp(prefix="tongban-bench-"))
+    work = temp_root("tongban-bench-")  # as root, PostgreSQL runs as another user
     data_dir = work / "data"
     log_path = work / "node.log"
     node_env = _server_env()

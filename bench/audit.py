@@ -52,7 +52,6 @@ import resource
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -81,6 +80,7 @@ from tongban.exchange.audit.store import AuditStore
 from tongban.exchange.audit.verify import verify_log
 from tongban.exchange.datadir import init_data_dir, load_log_signer, log_origin
 from tongban.exchange.db.database import Database
+from tongban.exchange.db.embedded import temp_root
 from tongban.exchange.settings import load_settings
 from tongban.signing.clock import SystemClock
 
@@ -273,7 +273,7 @@ async def run(config: Config) -> AuditReport:
     """
     started = datetime.now(UTC)
     loadavg = os.getloadavg()
-    work = Path(tempfile.mkdtemp(prefix="tongban-bench-audit-"))  # world-traversable parents
+    work = temp_root("tongban-bench-audit-")  # as root, PostgreSQL runs as another user
     data_dir = work / "data"
     db: Database | None = None
     try:

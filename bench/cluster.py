@@ -44,7 +44,6 @@ import shutil
 import signal
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -65,7 +64,7 @@ from bench._watch import CpuMeter, CpuUse
 from tongban.client import Bundle, Event, ExchangeError
 from tongban.exchange.catalogue.subject_ids import uscc_check_character
 from tongban.exchange.cli.story_data import COMPANY, ENTERPRISE
-from tongban.exchange.db.embedded import EmbeddedPostgres
+from tongban.exchange.db.embedded import EmbeddedPostgres, temp_root
 from tongban.v1 import query_pb2, query_pb2_grpc
 
 __all__ = ["ClusterReport", "as_json", "format_report", "main", "run"]
@@ -223,7 +222,7 @@ async def _terminate(process: asyncio.subprocess.Process) -> None:
 @asynccontextmanager
 async def _exchange(config: ClusterConfig) -> AsyncIterator[_Exchange]:
     """One PostgreSQL, an initialised data dir, optionally a broker; removed afterwards."""
-    work = Path(tempfile.mkdtemp(prefix="tongban-bench-cluster-"))
+    work = temp_root("tongban-bench-cluster-")  # as root, PostgreSQL runs as another user
     pg = EmbeddedPostgres(work / "pg")
     async with AsyncExitStack() as stack:
         await asyncio.to_thread(pg.start)

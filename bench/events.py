@@ -55,12 +55,13 @@ acknowledgement rule, run at the offered rate and then with 8 closed-loop publis
   the gap to it is the price of the exchange itself. (The node's publish rate without a
   subscriber would show only the write side, and no latency.)
 - **kafka**: aiokafka, no node: a producer with the relay's settings (acks=all, linger
-  5 ms, no idempotence) sends the exact messages the relay sent (``encode_event``, the
-  same key and event-id header) to a topic of the node's default partition count, and
-  waits for each batch's acknowledgements; a consumer assigned to every partition reads
-  with the feed's ``getmany`` (200 ms, 2,000 records). There is no acknowledgement to the
-  broker (the feed makes none either), so its latency is produce→consume, to be read
-  beside the node's receive latency, and its rate is consumed events/s.
+  5 ms, no idempotence) sends the exact messages the relay sent (``seal_event``: the
+  same key and headers, personal fields sealed) to a topic of the node's default
+  partition count, and waits for each batch's acknowledgements; a consumer assigned to
+  every partition reads with the feed's ``getmany`` (200 ms, 2,000 records). There is no
+  acknowledgement to the broker (the feed makes none either), so its latency is
+  produce→consume, to be read beside the node's receive latency, and its rate is
+  consumed events/s.
 
 CPU use is recorded over each measured window for this process, the node, PostgreSQL and
 (Kafka mode) the broker; on a 2-core machine they all compete. The issue's targets are
@@ -104,7 +105,9 @@ from tongban.client import ExchangeClient
 from tongban.errors import TongbanError
 from tongban.exchange.catalogue.subject_ids import uscc_check_character
 from tongban.exchange.cli.story_data import ENTERPRISE
-from tongban.exchange.kafka.topics import KafkaTopics, encode_event
+from tongban.exchange.kafka.connection import KafkaConnection
+from tongban.exchange.kafka.sealing import PayloadKeys, TopicFields, seal_event
+from tongban.exchange.kafka.topics import KafkaTopics
 from tongban.exchange.settings import Settings
 from tongban.exchange.sharing.events import EventRow
 
@@ -921,12 +924,17 @@ async def _kafka_baseline(
     meter: Callable[[], CpuMeter],
 ) -> tuple[FlowFigures, FlowFigures]:
     """The Kafka mode's baseline (see the module docstring), on the same broker."""
-    messages: list[tuple[bytes, bytes, bytes]] = []
+    messages: list[tuple[bytes, bytes, list[tuple[str, bytes]]]] = []
+    keys = PayloadKeys.generate()
+    fields = TopicFields(frozenset(f.name for f in ENTERPRISE.fields if not f.personal), True)
     for r in payloads:
-        row = EventRow(r["position"], r["event_id"], r["key"], r["version"], r["op"], None, r["at"])
-        key, value = encode_event(DATASET, row, r["data"])
-        messages.append((key, value, str(r["event_id"]).encode()))
-    topics = KafkaTopics(broker.bootstrap, "bench.baseline.", _PARTITIONS, 1, "bench")
+        data = json.loads(r["data"]) if r["data"] is not None else None
+        row = EventRow(r["position"], r["event_id"], r["key"], r["version"], r["op"], data, r["at"])
+        sealed = seal_event(keys, DATASET, row, fields)
+        messages.append((sealed.key, sealed.value, sealed.headers))
+    topics = KafkaTopics(
+        KafkaConnection(broker.bootstrap, "bench"), "bench.baseline.", _PARTITIONS, 1
+    )
     topic = topics.name(DATASET)
     partitions = (await topics.ensure([DATASET]))[topic]
     tracker = Tracker()
@@ -953,10 +961,10 @@ async def _kafka_baseline(
             consumer.assign([TopicPartition(topic, p) for p in range(partitions)])
             await consumer.seek_to_beginning()
 
-            async def send(batch: list[tuple[bytes, bytes, bytes]]) -> int:
+            async def send(batch: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> int:
                 futures = [
-                    await producer.send(topic, value=value, key=key, headers=[("event_id", eid)])
-                    for key, value, eid in batch
+                    await producer.send(topic, value=value, key=key, headers=headers)
+                    for key, value, headers in batch
                 ]
                 return len(await asyncio.gather(*futures))
 

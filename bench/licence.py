@@ -32,7 +32,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -54,6 +53,7 @@ from tongban.exchange.datadir import (
     load_node_signing,
 )
 from tongban.exchange.db.database import Database
+from tongban.exchange.db.embedded import temp_root
 from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.licensing.documents import licence_document
@@ -64,6 +64,7 @@ from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.settings import load_settings
 from tongban.exchange.sharing.datasets import DatasetStore
+from tongban.exchange.sharing.model import Grant
 from tongban.exchange.sharing.records import RecordStore
 from tongban.licence import (
     BUILTIN_REGISTRY,
@@ -181,7 +182,7 @@ def _ten_disclosures_type() -> LicenceType:
 
 
 async def run(config: Config) -> list[Figure]:
-    work = Path(tempfile.mkdtemp(prefix="tongban-bench-licence-"))
+    work = temp_root("tongban-bench-licence-")  # as root, PostgreSQL runs as another user
     db: Database | None = None
     log: AccessLog | None = None
     try:
@@ -210,6 +211,7 @@ async def run(config: Config) -> list[Figure]:
             roots=roots,
             clock=clock,
             node_name=settings.node_name,
+            grants_of=_no_grants,  # the bench discloses no personal claims
         )
         return await _phases(config, db, licensing, roots)
     finally:
@@ -218,6 +220,10 @@ async def run(config: Config) -> list[Figure]:
         if db is not None:
             await db.close()
         await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+async def _no_grants(consumer: str, dataset: str) -> list[Grant]:
+    return []
 
 
 async def _phases(config: Config, db: Database, licensing: Licensing, roots: Any) -> list[Figure]:

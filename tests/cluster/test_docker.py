@@ -159,3 +159,156 @@ def test_example_adapter_mapping_loads_and_matches_its_sample_export() -> None:
         header = next(csv.reader(f))
     columns = {field.column for field in stream.fields.values() if getattr(field, "column", None)}
     assert columns <= set(header)
+
+
+# -- secrets by role (issue 14, finding 10) --------------------------------------------
+
+NODE_UID = "10001"
+
+
+def _tongban_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every service that runs the tongban image: nodes, init, migrate, adapters."""
+    return {
+        name: service
+        for name, service in compose["services"].items()
+        if service.get("image", "").startswith("tongban-node")
+    }
+
+
+def _secret_names(service: dict[str, Any]) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+
+
+def _properties(path: Path) -> dict[str, str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    pairs = (line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
+def test_every_tongban_service_reads_only_settings_and_no_secret_from_the_environment(
+    compose: dict[str, Any],
+) -> None:
+    known = {f"TONGBAN_{name.upper()}" for name in Settings.model_fields}
+    for name, service in _tongban_services(compose).items():
+        env = service.get("environment", {})
+        unknown = {k for k in env if k.startswith("TONGBAN_")} - known
+        assert not unknown, f"{name}: settings tongban does not read: {unknown}"
+        for key, value in env.items():
+            # Passwords and the passphrase come from files (compose secrets), never the
+            # environment, where `docker inspect` and /proc show them.
+            assert not re.search(r"PASSWORD$|PASSPHRASE$", key), f"{name}: {key} in the env"
+            if key.endswith("DATABASE_URL"):
+                user = value.split("://", 1)[1].split("@")[0]
+                assert ":" not in user, f"{name}: {key} carries a password"
+            if key.endswith("_FILE"):
+                assert value.startswith("/run/secrets/"), f"{name}: {key} is not a secret"
+                assert value.removeprefix("/run/secrets/") in _secret_names(service), (
+                    f"{name}: {key} names a secret it is not given"
+                )
+    declared = compose["secrets"]
+    for name, service in compose["services"].items():
+        assert _secret_names(service) <= set(declared), f"{name} uses undeclared secrets"
+    for name, secret in declared.items():
+        # Secret files live in docker/secrets/, which git ignores.
+        assert secret["file"].startswith("./secrets/"), f"secret {name} outside ./secrets/"
+    assert "docker/secrets/" in (DOCKER.parent / ".gitignore").read_text().splitlines()
+
+
+def test_the_adapter_gets_its_bundle_alone_read_only(compose: dict[str, Any]) -> None:
+    adapter = compose["services"]["adapter-samr"]
+    for volume in adapter.get("volumes", []):
+        source, target = volume.split(":")[:2]
+        assert source != "tongban-data", "the adapter must not mount the nodes' data volume"
+        assert not f"{target}/".startswith("/var/lib/tongban/"), volume
+        assert source.startswith(".") or source == "adapter-state", volume
+    # Its department's bundle as a secret (read-only by nature), and no node secret.
+    assert _secret_names(adapter) == {"samr_bundle"}
+    assert compose["secrets"]["samr_bundle"]["file"] == "./secrets/bundles/samr"
+    (bundle,) = adapter["secrets"]
+    mapping = load_mapping(DOCKER / "adapter" / "samr.yaml")
+    assert mapping.exchange is not None
+    assert str(mapping.exchange.bundle) == f"/run/secrets/{bundle['target']}"
+    # Not the nodes' user: it parses untrusted files.
+    assert adapter["user"].split(":")[0] not in (NODE_UID, "0", "root")
+    for name, node in _nodes(compose).items():
+        assert "samr_bundle" not in _secret_names(node), name
+
+
+def test_only_the_migrate_service_holds_the_schema_owners_login(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    owners = {name for name, s in services.items() if "db_owner_password" in _secret_names(s)}
+    assert owners == {"postgres", "migrate"}
+    migrating = {
+        name
+        for name, s in _tongban_services(compose).items()
+        if any(k.startswith("TONGBAN_MIGRATION_") for k in s.get("environment", {}))
+    }
+    assert migrating == {"migrate"}
+    migrate = services["migrate"]
+    assert migrate["command"] == ["migrate"]
+    assert migrate["restart"] == "no"
+    assert not migrate.get("volumes"), "migrating needs no data dir"
+    owner = services["postgres"]["environment"]["POSTGRES_USER"]
+    assert f"//{owner}@" in migrate["environment"]["TONGBAN_MIGRATION_DATABASE_URL"]
+    for name, node in _nodes(compose).items():
+        env = node["environment"]
+        # The node role the migrations create (0003), with its own password.
+        assert env["TONGBAN_DATABASE_URL"].startswith("postgresql://tongban_node@"), name
+        assert "db_node_password" in _secret_names(node)
+        assert node["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    # migrate gives tongban_node the very password the nodes log in with.
+    assert (
+        migrate["environment"]["TONGBAN_DATABASE_URL"]
+        == (services["node-1"]["environment"]["TONGBAN_DATABASE_URL"])
+    )
+    assert "db_node_password" in _secret_names(migrate)
+
+
+def test_kafka_requires_sasl_ssl_and_gives_the_topics_to_the_nodes_alone(
+    compose: dict[str, Any],
+) -> None:
+    kafka = compose["services"]["kafka"]
+    assert "ports" not in kafka, "the broker is reached inside the compose network only"
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in kafka["volumes"]}
+    assert mounts["/etc/tongban-kafka/server.properties"] == "./kafka/server.properties"
+    assert kafka["entrypoint"][-1] == "/etc/tongban-kafka/start.sh"
+    assert mounts["/etc/tongban-kafka/start.sh"] == "./kafka/start.sh"
+    config = _properties(DOCKER / "kafka" / "server.properties")
+    protocols = dict(p.split(":") for p in config["listener.security.protocol.map"].split(","))
+    controller = config["controller.listener.names"]
+    for listener in config["listeners"].split(","):
+        name, _, address = listener.partition("://")
+        if name == controller:
+            # Only the container itself reaches the controller listener.
+            assert address.startswith("localhost:"), listener
+        else:
+            assert protocols[name] == "SASL_SSL", listener
+    for listener in config["advertised.listeners"].split(","):
+        assert protocols[listener.partition("://")[0]] == "SASL_SSL", listener
+    assert protocols[config["inter.broker.listener.name"]] == "SASL_SSL"
+    assert config["sasl.enabled.mechanisms"] == "SCRAM-SHA-512"
+    assert config["allow.everyone.if.no.acl.found"] == "false"
+    assert config["authorizer.class.name"].endswith("StandardAuthorizer")
+    # No password in the file: start.sh adds the broker's login from the secrets.
+    assert not [key for key in config if "password" in key or "jaas" in key]
+
+    acls = (DOCKER / "kafka" / "acls.sh").read_text(encoding="utf-8")
+    principal = re.search(r"^principal=User:(\S+)$", acls, re.MULTILINE)
+    prefix = re.search(r"^prefix=(\S+)$", acls, re.MULTILINE)
+    assert principal
+    assert prefix
+    assert prefix[1] == Settings.model_fields["kafka_topic_prefix"].default
+    assert re.search(r'--allow-principal "\$principal".*\n.*--topic "\$prefix" '
+                     r"--resource-pattern-type prefixed", acls)  # fmt: skip
+    assert acls.count("--allow-principal") == 1, "no one else is given anything"
+    assert compose["services"]["kafka-acls"]["depends_on"]["kafka"]["condition"] == (
+        "service_healthy"
+    )
+    for name, node in _nodes(compose).items():
+        env = node["environment"]
+        assert env["TONGBAN_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL", name
+        assert env["TONGBAN_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512", name
+        assert env["TONGBAN_KAFKA_SASL_USERNAME"] == principal[1], name
+        assert node["depends_on"]["kafka-acls"]["condition"] == "service_completed_successfully"

@@ -7,12 +7,12 @@ import shutil
 import socket
 import stat
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests.cli_helpers import TONGBAN, cli_env, tongban
+from tongban.exchange.db.embedded import temp_root
 
 
 @pytest.fixture
@@ -284,7 +284,7 @@ def test_a_malformed_ca_certificate_in_the_data_dir(tmp_path: Path, env: dict[st
 
 def test_a_relative_data_dir_works_with_embedded_postgres() -> None:
     # Outside pytest's 0700 tmp root: as root, PostgreSQL runs as another user.
-    root = Path(tempfile.mkdtemp(prefix="tongban-test-rel-"))
+    root = temp_root("tongban-test-rel-")
     try:
         env = cli_env(TONGBAN_KEY_PASSPHRASE="cli test")
         assert (
@@ -319,3 +319,25 @@ def test_a_closed_pipe_ends_quietly() -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 141
     assert b"Traceback" not in err
+
+
+def test_the_key_passphrase_from_a_secret_file(tmp_path: Path, env: dict[str, str]) -> None:
+    secret = tmp_path / "key-passphrase"
+    secret.write_text("from a mounted secret\n", encoding="utf-8")
+    from_file = {k: v for k, v in env.items() if k != "TONGBAN_KEY_PASSPHRASE"}
+    from_file["TONGBAN_KEY_PASSPHRASE_FILE"] = str(secret)
+    data = str(tmp_path / "d")
+    assert tongban("init", "--data-dir", data, "--json", env=from_file).json()["created"] is True
+    assert not (tmp_path / "d" / "secrets" / "key-passphrase").exists(), "none generated"
+    # The keys are under the file's passphrase: the same value given directly opens them.
+    direct = {**env, "TONGBAN_KEY_PASSPHRASE": "from a mounted secret"}
+    assert tongban("init", "--data-dir", data, "--json", env=direct).json()["created"] is False
+    assert tongban("init", "--data-dir", data, "--json", env=env).json()["reason"] == (
+        "KEY_PASSPHRASE_WRONG"
+    )
+    missing = {**from_file, "TONGBAN_KEY_PASSPHRASE_FILE": str(tmp_path / "absent")}
+    result = tongban("init", "--data-dir", str(tmp_path / "e"), "--json", env=missing)
+    assert result.code == 1
+    assert result.json()["reason"] == "DATA_DIR_UNUSABLE"
+    assert "TONGBAN_KEY_PASSPHRASE_FILE" in result.json()["message"]
+    assert not (tmp_path / "absent").exists(), "a named secret file is never generated"

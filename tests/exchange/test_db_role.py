@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import asyncpg
 import pytest
+from pydantic import SecretStr
 
+from tests.cli_helpers import atongban, cli_env
 from tests.conftest import client_for
 from tongban.client import ExchangeError
+from tongban.exchange.db.database import Database
+from tongban.exchange.enrolment import enrol_demo_departments
+from tongban.exchange.errors import MigrationFailed
 from tongban.exchange.node import Node
+from tongban.exchange.settings import Settings
+from tongban.signing.clock import FixedClock, SystemClock
 
 # Each statement a node session might be made to run (SQL injection, code execution in
 # the node) to rewrite or hide log entries, and what PostgreSQL must answer.
@@ -66,3 +75,98 @@ async def test_the_node_still_appends_to_the_log(node: Node) -> None:
             )
     assert denied.value.reason == "DATASET_NOT_FOUND"
     assert await node.db.pool.fetchval("SELECT size FROM log_state") == before + 1
+
+
+# -- the owner's login only for migrations (issue 14, finding 10) ---------------------
+
+
+def _as_node_role(database_url: str) -> str:
+    assert database_url.startswith("postgresql://postgres@")
+    return database_url.replace("postgresql://postgres@", "postgresql://tongban_node@", 1)
+
+
+async def test_migrations_run_apart_and_the_node_never_holds_the_owners_login(
+    settings: Settings, database_url: str, admin_dsn: str, tmp_path: Path
+) -> None:
+    password_file = tmp_path / "db-node.password"
+    password_file.write_text("a node password with a ' quote and spaces\n", encoding="utf-8")
+    node_url = _as_node_role(database_url)
+    env = cli_env(
+        TONGBAN_MIGRATION_DATABASE_URL=database_url,  # the owner's (here: the superuser)
+        TONGBAN_DATABASE_URL=node_url,
+        TONGBAN_DATABASE_PASSWORD_FILE=str(password_file),
+    )
+    # Nothing migrated yet: a node logging in as tongban_node refuses to start. (The role
+    # is the server's, so it may exist from another test's database.)
+    await _ensure_node_role(admin_dsn)
+    split = settings.model_copy(
+        update={"database_url": SecretStr(node_url), "database_password_file": password_file}
+    )
+    with pytest.raises(MigrationFailed, match="tongban migrate"):
+        await Database.open(split, pool_size=1)
+
+    migrated = await atongban("migrate", "--data-dir", str(settings.data_dir), "--json", env=env)
+    assert migrated.code == 0, migrated.stdout + migrated.stderr
+    answer = migrated.json()
+    assert answer["applied"][0] == "0001_departments"
+    assert answer["node_login"] is True
+    again = await atongban("migrate", "--data-dir", str(settings.data_dir), "--json", env=env)
+    assert again.json()["applied"] == []
+
+    # The node has only tongban_node's login; it checks the schema and runs.
+    async with Node(split, clock=FixedClock(SystemClock().now())) as node:
+        assert node.db is not None
+        await enrol_demo_departments(node.db, split, SystemClock().now())
+        async with node.db.pool.acquire() as conn:
+            assert await conn.fetchval("SELECT session_user") == "tongban_node"
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute("SET ROLE postgres")
+        async with client_for(node, "tax") as tax:
+            with pytest.raises(ExchangeError) as denied:
+                await tax.query(
+                    "no.such-dataset", ["x"], fields=["name"], purpose="核验", case_id="C-1"
+                )
+        assert denied.value.reason == "DATASET_NOT_FOUND"
+    # Its password came from the file: the data dir's generated one was never needed.
+    assert not (settings.data_dir / "secrets" / "db-node.password").exists()
+
+
+async def test_migrate_refuses_the_node_role_and_an_unreadable_password_file(
+    settings: Settings, database_url: str, admin_dsn: str, tmp_path: Path
+) -> None:
+    await _ensure_node_role(admin_dsn)
+    node_url = _as_node_role(database_url)
+    as_node = await atongban(
+        "migrate", "--data-dir", str(settings.data_dir), "--json",
+        env=cli_env(TONGBAN_MIGRATION_DATABASE_URL=node_url),
+    )  # fmt: skip
+    assert as_node.code == 1
+    assert as_node.json()["reason"] == "MIGRATION_FAILED"
+    assert "schema owner" in as_node.json()["message"]
+    missing = tmp_path / "nowhere.password"
+    unreadable = await atongban(
+        "migrate", "--data-dir", str(settings.data_dir), "--json",
+        env=cli_env(
+            TONGBAN_MIGRATION_DATABASE_URL=database_url,
+            TONGBAN_MIGRATION_DATABASE_PASSWORD_FILE=str(missing),
+        ),
+    )  # fmt: skip
+    assert unreadable.code == 1
+    assert unreadable.json()["reason"] == "CONFIG_INVALID"
+    assert str(missing) in unreadable.json()["message"]
+    assert "Traceback" not in unreadable.stdout + unreadable.stderr
+
+
+async def _ensure_node_role(admin_dsn: str) -> None:
+    """Make sure role tongban_node exists with LOGIN (migration 0003 makes it on the first
+    database of the run; a test may come first)."""
+    conn = await asyncpg.connect(admin_dsn)
+    try:
+        await conn.execute(
+            "DO $$ BEGIN"
+            " IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'tongban_node') THEN"
+            "  CREATE ROLE tongban_node NOLOGIN; END IF;"
+            " ALTER ROLE tongban_node LOGIN; END $$"
+        )
+    finally:
+        await conn.close()

@@ -11,13 +11,21 @@ from hypothesis import strategies as st
 
 from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema
 from tongban.exchange.catalogue.subject_ids import SubjectKind
-from tongban.exchange.sharing.model import DatasetEntry, Grant, GrantStatus, LegalBasis, ShareClass
+from tongban.exchange.sharing.model import (
+    DatasetEntry,
+    Grant,
+    GrantStatus,
+    LegalBasis,
+    PersonalBasis,
+    ShareClass,
+)
 from tongban.exchange.sharing.policy import (
     DENIAL_REASONS,
     Allowed,
     Denied,
     QueryIntent,
     decide,
+    needs_grants,
 )
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -25,10 +33,24 @@ FIELDS = ("citizen_id", "name", "gender", "address", "phone")
 PURPOSES = ("食品经营许可审批", "税务稽查", "社保登记")
 
 
-def entry(share: ShareClass, *, owner: str = "police", published: bool = True) -> DatasetEntry:
+PUBLIC_BY_LAW = PersonalBasis("企业信息公示暂行条例", "第六条", ("name",))
+
+
+def entry(
+    share: ShareClass,
+    *,
+    owner: str = "police",
+    published: bool = True,
+    personal: tuple[str, ...] = (),
+    bases: tuple[PersonalBasis, ...] = (),
+) -> DatasetEntry:
     schema = build_schema(
-        [FieldSpec("citizen_id", FieldType.STRING, required=True)]
-        + [FieldSpec(name, FieldType.STRING) for name in FIELDS[1:]],
+        [
+            FieldSpec(
+                "citizen_id", FieldType.STRING, required=True, personal="citizen_id" in personal
+            )
+        ]
+        + [FieldSpec(name, FieldType.STRING, personal=name in personal) for name in FIELDS[1:]],
         "citizen_id",
     )
     return DatasetEntry(
@@ -46,6 +68,7 @@ def entry(share: ShareClass, *, owner: str = "police", published: bool = True) -
         legal_basis=LegalBasis("法", "第一条") if share is ShareClass.NOT_SHARED else None,
         created_at=NOW,
         version_created_at=NOW,
+        personal_bases=bases,
     )
 
 
@@ -131,6 +154,74 @@ def test_examples_of_each_rule() -> None:
     assert decide(intent(), entry(ShareClass.UNCONDITIONAL), [], NOW).allowed
 
 
+def test_personal_fields_of_unconditional_data_need_a_grant_or_a_law() -> None:
+    """Issue 14, finding 2: tax got a citizen id from an unconditional dataset for the
+    purpose "=1+2". Personal fields are purpose-bound per field, whatever the class."""
+    open_data = entry(ShareClass.UNCONDITIONAL, personal=("citizen_id", "name", "phone"))
+    tax = intent(("address", "phone"), caller="tax", purpose="=1+2")
+    denied = decide(tax, open_data, [], NOW)
+    assert reason(denied) == "PERSONAL_GRANT_REQUIRED"
+    assert isinstance(denied, Denied)
+    assert denied.metadata["fields"] == "phone"
+    assert DENIAL_REASONS["PERSONAL_GRANT_REQUIRED"] == "PERMISSION_DENIED"
+    # Without the personal field, the same call is allowed, on no grounds beyond the class.
+    plain = decide(intent(("address", "gender"), caller="tax"), open_data, [], NOW)
+    assert isinstance(plain, Allowed)
+    assert plain.grounds() is None
+    # A live grant for this purpose that covers the personal fields opens them.
+    phone = grant(consumer="tax", fields=("phone",), purpose="=1+2")
+    allowed = decide(tax, open_data, [phone], NOW)
+    assert isinstance(allowed, Allowed)
+    assert allowed.grant_id == phone.id
+    assert allowed.grounds() == f"grant:{phone.id}"
+    # ... but not for another purpose, and not after it expires or is revoked.
+    assert reason(decide(intent(("phone",), caller="tax"), open_data, [phone], NOW)) == (
+        "PERSONAL_GRANT_REQUIRED"
+    )
+    assert reason(decide(tax, open_data, [phone], NOW + timedelta(days=30))) == "GRANT_EXPIRED"
+    revoked = grant(consumer="tax", fields=("phone",), purpose="=1+2", status=GrantStatus.REVOKED)
+    denied = decide(tax, open_data, [revoked], NOW)
+    assert reason(denied) == "PERSONAL_GRANT_REQUIRED"
+    assert isinstance(denied, Denied)
+    assert "revoked" in denied.message
+    # A grant that misses one of the asked personal fields does not do.
+    both = intent(("name", "phone"), caller="tax", purpose="=1+2")
+    assert reason(decide(both, open_data, [phone], NOW)) == "FIELD_NOT_GRANTED"
+    # A law the dataset cites makes a personal field shareable without a grant, and the
+    # decision names the law for the log.
+    by_law = entry(
+        ShareClass.UNCONDITIONAL, personal=("citizen_id", "name", "phone"), bases=(PUBLIC_BY_LAW,)
+    )
+    named = decide(intent(("name", "address"), caller="tax"), by_law, [], NOW)
+    assert isinstance(named, Allowed)
+    assert named.grounds() == "law:《企业信息公示暂行条例》第六条"
+    mixed = decide(both, by_law, [phone], NOW)
+    assert isinstance(mixed, Allowed)
+    assert mixed.grounds() == f"grant:{phone.id}; law:《企业信息公示暂行条例》第六条"
+    assert reason(decide(both, by_law, [], NOW)) == "PERSONAL_GRANT_REQUIRED"
+    # The owner is never bound: it holds the data.
+    assert decide(intent(("citizen_id", "phone"), caller="police"), open_data, [], NOW).allowed
+    # A conditional dataset already needs a grant for every field; a conditional grant
+    # grounds the answer.
+    conditional = decide(
+        intent(), entry(ShareClass.CONDITIONAL, personal=("name",)), [grant()], NOW
+    )
+    assert isinstance(conditional, Allowed)
+    assert conditional.grounds() is not None
+
+
+def test_needs_grants_says_when_grants_matter() -> None:
+    assert not needs_grants(entry(ShareClass.UNCONDITIONAL), "tax")
+    assert needs_grants(entry(ShareClass.UNCONDITIONAL, personal=("phone",)), "tax")
+    assert not needs_grants(entry(ShareClass.UNCONDITIONAL, personal=("phone",)), "police")
+    covered = PersonalBasis("法", "第一条", ("phone",))
+    assert not needs_grants(
+        entry(ShareClass.UNCONDITIONAL, personal=("phone",), bases=(covered,)), "tax"
+    )
+    assert needs_grants(entry(ShareClass.CONDITIONAL), "tax")
+    assert not needs_grants(entry(ShareClass.NOT_SHARED), "tax")
+
+
 share_classes = st.sampled_from(list(ShareClass))
 asked = st.lists(st.sampled_from((*FIELDS, "salary")), min_size=1, max_size=6).map(tuple)
 grant_lists = st.lists(
@@ -145,6 +236,7 @@ grant_lists = st.lists(
     max_size=4,
 )
 callers = st.sampled_from(("approval", "tax", "police"))
+personal_sets = st.lists(st.sampled_from(FIELDS), max_size=5, unique=True).map(tuple)
 
 
 @settings(max_examples=400, deadline=None)
@@ -155,6 +247,8 @@ callers = st.sampled_from(("approval", "tax", "police"))
     grants=grant_lists,
     caller=callers,
     purpose=st.sampled_from(PURPOSES),
+    personal=personal_sets,
+    by_law=st.booleans(),
 )
 def test_properties(
     share: ShareClass,
@@ -163,8 +257,13 @@ def test_properties(
     grants: list[Grant],
     caller: str,
     purpose: str,
+    personal: tuple[str, ...],
+    by_law: bool,
 ) -> None:
-    the_entry = entry(share, published=published)
+    bases = (PersonalBasis("法", "第一条", personal[:1]),) if by_law and personal else ()
+    if share is not ShareClass.UNCONDITIONAL:
+        bases = ()
+    the_entry = entry(share, published=published, personal=personal, bases=bases)
     decision = decide(intent(fields, caller=caller, purpose=purpose), the_entry, grants, NOW)
     if isinstance(decision, Denied):
         assert decision.reason in DENIAL_REASONS
@@ -192,6 +291,20 @@ def test_properties(
             assert decide(
                 intent(fields[:1], caller=caller, purpose=purpose), the_entry, grants, NOW
             ).allowed
+        if share is ShareClass.UNCONDITIONAL:
+            # Every asked personal field is covered by a cited law or by one live grant
+            # of the caller for this purpose.
+            covered = {name for basis in bases for name in basis.fields}
+            uncovered = {name for name in fields if name in personal} - covered
+            if uncovered:
+                assert decision.grant_id is not None, "personal data flowed without grounds"
+                used = next(g for g in grants if g.id == decision.grant_id)
+                assert used.consumer == caller
+                assert used.purpose == purpose
+                assert used.is_live(NOW)
+                assert uncovered <= set(used.fields)
+            else:
+                assert decision.grant_id is None
 
 
 @settings(max_examples=200, deadline=None)

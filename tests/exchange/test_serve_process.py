@@ -6,7 +6,6 @@ import json
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -18,12 +17,13 @@ import pytest
 
 from tests.cli_helpers import TONGBAN, cli_env, tongban
 from tongban.client import Bundle, ExchangeClient
+from tongban.exchange.db.embedded import temp_root
 
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
     # Outside pytest's 0700 tmp root: as root, PostgreSQL runs as another user.
-    root = Path(tempfile.mkdtemp(prefix="tongban-test-serve-"))
+    root = temp_root("tongban-test-serve-")
     yield root / "data"
     shutil.rmtree(root, ignore_errors=True)
 

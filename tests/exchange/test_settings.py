@@ -34,6 +34,14 @@ def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TONGBAN_GRPC_LISTEN", "nonsense", "TONGBAN_GRPC_LISTEN='nonsense': expected HOST:PORT"),
         ("TONGBAN_HTTP_LISTEN", "127.0.0.1:99999", "TONGBAN_HTTP_LISTEN"),
         ("TONGBAN_DATABASE_URL", "mysql://x", "TONGBAN_DATABASE_URL: expected a URL"),
+        (
+            "TONGBAN_MIGRATION_DATABASE_URL",
+            "mysql://x",
+            "TONGBAN_MIGRATION_DATABASE_URL: expected a URL",
+        ),
+        # The trust list names <public URL>/status-lists/: no dot segments, no user info.
+        ("TONGBAN_PUBLIC_URL", "https://h/a/../b", "TONGBAN_PUBLIC_URL"),
+        ("TONGBAN_PUBLIC_URL", "https://user@h", "TONGBAN_PUBLIC_URL"),
         ("TONGBAN_DB_POOL_SIZE", "0", "TONGBAN_DB_POOL_SIZE='0'"),
         ("TONGBAN_NODE_NAME", "Node One", "TONGBAN_NODE_NAME"),
         ("TONGBAN_NODE_IPS", "300.1.1.1", "TONGBAN_NODE_IPS"),

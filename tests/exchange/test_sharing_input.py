@@ -138,6 +138,7 @@ async def test_catalogue_rules(node: Node, samr: ExchangeClient) -> None:
     not_shared.CopyFrom(ENTERPRISE)
     not_shared.code = "samr.investigations"
     not_shared.share_class = catalogue_pb2.SHARE_CLASS_NOT_SHARED
+    del not_shared.personal_bases[:]  # laws for sharing personal fields: unconditional only
     error = await _reason(samr.register_dataset(not_shared))
     assert error.reason == "NOT_SHARED_NEEDS_BASIS"
     not_shared.legal_basis.law = "中华人民共和国行政处罚法"

@@ -90,6 +90,7 @@ async def test_bad_subscriptions_get_a_clear_status(events_node: Node) -> None:
         secret.CopyFrom(ENTERPRISE)
         secret.code = "samr.sanctions"
         secret.share_class = catalogue_pb2.SHARE_CLASS_NOT_SHARED
+        del secret.personal_bases[:]
         secret.legal_basis.law = "《中华人民共和国保守国家秘密法》"
         secret.legal_basis.article = "第十三条"
         await samr.register_dataset(secret, publish=True)

@@ -3,13 +3,28 @@ against a live node."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
 import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.cli_helpers import atongban, cli_env
+from tests.conftest import client_for
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS, COMPANY_USCC
-from tongban.exchange.enrolment import bundle_dir
+from tongban.client import Bundle
+from tongban.exchange.enrolment import bundle_dir, enrol_demo_departments
 from tongban.exchange.node import Node
+from tongban.exchange.settings import Settings
+from tongban.licence import issue_sd_jwt
+from tongban.signing import LocalSigner, load_pem_certificates
+from tongban.signing.clock import FixedClock, SystemClock
 
 
 def _claims_file(tmp_path: Path) -> Path:
@@ -161,3 +176,150 @@ async def test_operator_list_and_seals_from_the_command_line(node: Node, tmp_pat
     assert enrolled.code == 0, enrolled.stdout + enrolled.stderr
     unknown = await atongban("seal", "enrol", "nobody", *data_dir, "--json", env=env)
     assert unknown.json()["reason"] == "DEPARTMENT_NOT_FOUND"
+
+
+# -- a verifier fetches nothing a licence chooses (issue 14, finding 6) ---------------
+
+
+@contextlib.asynccontextmanager
+async def _bait_server(
+    redirect_to: str | None = None,
+) -> AsyncIterator[tuple[str, list[str]]]:
+    """A local HTTP server recording every request it gets (an internal admin endpoint a
+    forged licence would point a verifier at); with ``redirect_to``, it answers every
+    request with a redirect there."""
+    seen: list[str] = []
+
+    async def anything(request: web.Request) -> web.Response:
+        seen.append(request.path_qs)
+        if redirect_to is not None:
+            raise web.HTTPFound(redirect_to + request.path_qs)
+        return web.Response(text="deleted")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _payload(jwt: str) -> dict[str, Any]:
+    part = jwt.split(".")[1]
+    payload: dict[str, Any] = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    return payload
+
+
+async def _issue_sd_jwt(node: Node) -> str:
+    async with client_for(node, "samr", "SC-1") as samr:
+        licence = await samr.issue_licence("business-licence", BUSINESS_LICENCE_CLAIMS)
+    return licence.sd_jwt
+
+
+def _verifier(node: Node, cache: Path) -> list[str]:
+    return [
+        "--url", f"http://127.0.0.1:{node.http_port}",
+        "--ca", str(node.settings.data_dir / "ca" / "ca.crt"),
+        "--cache-dir", str(cache), "--json",
+    ]  # fmt: skip
+
+
+async def test_a_forged_licence_makes_the_verifier_fetch_nothing(
+    node: Node, tmp_path: Path
+) -> None:
+    issued = await _issue_sd_jwt(node)
+    jwt, rest = issued.split("~", 1)
+    header, payload_b64, signature = jwt.split(".")
+    async with _bait_server() as (bait, seen):
+        payload = _payload(jwt)
+        payload["status"]["status_list"]["uri"] = bait + "/internal-admin/delete?id=1"
+        forged_payload = _b64url(json.dumps(payload, ensure_ascii=False).encode())
+        assert forged_payload != payload_b64
+        forged = tmp_path / "forged.sd-jwt"
+        forged.write_text(f"{header}.{forged_payload}.{signature}~{rest}", encoding="ascii")
+
+        result = await atongban("licence", "verify", str(forged), *_verifier(node, tmp_path))
+
+    assert result.code == 1, result.stdout + result.stderr
+    answer = result.json()
+    assert (answer["check"], answer["reason"]) == ("signature", "LICENCE_SIGNATURE_INVALID")
+    assert seen == [], "the forged licence's status URL was requested"
+
+
+async def test_a_status_url_the_trust_list_does_not_name_is_not_fetched(
+    node: Node, tmp_path: Path
+) -> None:
+    issued = _payload((await _issue_sd_jwt(node)).split("~", 1)[0])
+    # Validly sealed by samr (its bundle holds the same seal key as the exchange's
+    # custody), but naming a status list somewhere else.
+    bundle = Bundle.load(bundle_dir(node.settings, "samr"))
+    key = serialization.load_pem_private_key(bundle.seal_key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    chain = [c for c in load_pem_certificates(bundle.seal_cert_pem) if c.issuer != c.subject]
+    registered = {"iss", "iat", "nbf", "exp", "vct", "sub", "status", "_sd", "_sd_alg"}
+    async with _bait_server() as (bait, seen):
+        elsewhere = issue_sd_jwt(
+            {k: v for k, v in issued.items() if k not in registered},
+            {},
+            signer=LocalSigner(key),
+            chain=chain,
+            vct=issued["vct"],
+            iss=issued["iss"],
+            sub=issued["sub"],
+            nbf=datetime.fromtimestamp(issued["nbf"], UTC),
+            exp=None,
+            now=datetime.now(UTC),
+            status_idx=issued["status"]["status_list"]["idx"],
+            status_uri=bait + "/status-lists/1",
+        )
+        licence = tmp_path / "elsewhere.sd-jwt"
+        licence.write_text(elsewhere.serialization, encoding="ascii")
+
+        online = await atongban("licence", "verify", str(licence), *_verifier(node, tmp_path))
+        offline = await atongban(
+            "licence", "verify", str(licence), "--offline", "--cache-dir", str(tmp_path),
+            "--json",
+        )  # fmt: skip
+
+    for result in (online, offline):
+        assert result.code == 1, result.stdout + result.stderr
+        answer = result.json()
+        assert (answer["check"], answer["reason"]) == ("status", "STATUS_URL_UNTRUSTED")
+        assert answer["status"] == "unknown"
+        assert answer["licence_number"] == issued["licence_number"]  # the signature held
+    assert seen == [], "a status URL outside the trust list's base was requested"
+    listed = await atongban("licence", "trust-list", "--cache-dir", str(tmp_path), "--json")
+    base = f"http://localhost:{node.http_port}/status-lists/"
+    assert listed.json()["departments"]["samr"]["status_base_urls"] == [base]
+
+
+async def test_status_lists_are_not_fetched_through_redirects(
+    settings: Settings, tmp_path: Path
+) -> None:
+    async with (
+        _bait_server() as (bait, seen),
+        _bait_server(redirect_to=bait) as (front, redirected),
+    ):
+        # The exchange's public URL is a front that redirects to another host.
+        fronted = settings.model_copy(update={"public_url": front})
+        async with Node(fronted, clock=FixedClock(SystemClock().now())) as running:
+            assert running.db is not None
+            await enrol_demo_departments(running.db, fronted, SystemClock().now())
+            licence = tmp_path / "licence.sd-jwt"
+            licence.write_text(await _issue_sd_jwt(running), encoding="ascii")
+            result = await atongban(
+                "licence", "verify", str(licence), *_verifier(running, tmp_path)
+            )
+    assert result.code == 1, result.stdout + result.stderr
+    answer = result.json()
+    assert (answer["check"], answer["reason"]) == ("status", "STATUS_UNAVAILABLE")
+    assert "redirect" in answer["message"]
+    assert [path.split("/")[1] for path in redirected] == ["status-lists"]
+    assert seen == [], "the redirect was followed"

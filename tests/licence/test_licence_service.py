@@ -5,7 +5,10 @@ the access log."""
 from __future__ import annotations
 
 import json
+from datetime import timedelta
+from functools import partial
 
+import grpc
 import pytest
 
 from tests.conftest import client_for
@@ -17,8 +20,11 @@ from tests.stories.restaurant import (
     PURPOSE,
 )
 from tongban.client import ExchangeError
+from tongban.errors import TongbanError
 from tongban.exchange.audit.log import SubjectHasher
+from tongban.exchange.cli.story_data import grant_licence_representative
 from tongban.exchange.datadir import load_log_key
+from tongban.exchange.licensing.authorisations import authorise
 from tongban.exchange.node import Node
 from tongban.licence import (
     MIN_SIZE,
@@ -93,7 +99,8 @@ async def test_issuance_is_logged_and_published_as_an_event(node: Node) -> None:
     data = json.loads(event["data"])
     assert data["licence_number"] == number
     assert data["licence_status"] == "valid"
-    assert "legal_representative" not in data  # never the disclosable claims
+    # The personal claim is a personal field of the dataset: there, but purpose-bound.
+    assert data["legal_representative"] == "王晓明"
     # A subscriber learns of it like of any shared data.
     async with client_for(node, "tax") as tax:
         stream = tax.subscribe(
@@ -138,6 +145,16 @@ async def test_bad_issuance_requests_are_refused_with_their_reason(node: Node) -
 async def test_fetch_for_an_approval_discloses_only_what_is_asked(node: Node) -> None:
     number = await _issue_business_licence(node)
     async with client_for(node, "approval", "SP-0007") as approval:
+        # The legal representative is a personal claim: no grant, no disclosure.
+        with pytest.raises(ExchangeError) as personal:
+            await approval.fetch_licence(
+                holder_id=COMPANY_USCC, licence_type="business-licence", purpose=PURPOSE,
+                case_id=CASE_ID, disclose=["legal_representative"],
+            )  # fmt: skip
+        assert personal.value.reason == "PERSONAL_GRANT_REQUIRED"
+        assert personal.value.code is grpc.StatusCode.PERMISSION_DENIED
+    grant = await grant_licence_representative(partial(client_for, node), node.clock.now())
+    async with client_for(node, "approval", "SP-0007") as approval:
         fetched = await approval.fetch_licence(
             holder_id=COMPANY_USCC,
             licence_type="business-licence",
@@ -153,20 +170,134 @@ async def test_fetch_for_an_approval_discloses_only_what_is_asked(node: Node) ->
         result = await approval.verify_licence(fetched.sd_jwt)
         assert result.verified, result.message
         assert json.loads(result.claims_json)["legal_representative"] == "王晓明"
+        # Purpose and case are checked by the sharing policy, with its reason codes.
         with pytest.raises(ExchangeError) as no_case:
             await approval.fetch_licence(number=number, purpose=PURPOSE, case_id="")
         assert no_case.value.reason == "CASE_REQUIRED"
+        with pytest.raises(ExchangeError) as long_purpose:
+            await approval.fetch_licence(number=number, purpose="审" * 201, case_id=CASE_ID)
+        assert long_purpose.value.reason == "INVALID_ARGUMENT"
+        assert long_purpose.value.metadata["field"] == "purpose"
     assert node.db is not None
     rows = await node.db.pool.fetch(
         "SELECT decision, reason, case_id, fields FROM access_log"
         " WHERE action = 'licence-fetch' ORDER BY idx"
     )
     assert [(r["decision"], r["reason"]) for r in rows] == [
-        ("allowed", None),
+        ("denied", "PERSONAL_GRANT_REQUIRED"),
+        ("allowed", f"grant:{grant}"),
         ("allowed", None),
         ("denied", "CASE_REQUIRED"),
+        ("denied", "INVALID_ARGUMENT"),
     ]
-    assert list(rows[0]["fields"]) == ["legal_representative"]
+    assert list(rows[1]["fields"]) == ["legal_representative"]
+
+
+async def test_a_department_without_grant_or_consent_gets_no_personal_claim(node: Node) -> None:
+    """Issue 14, finding 3: tax fetched samr's business licence with the legal
+    representative disclosed, for the purpose "随便"."""
+    number = await _issue_business_licence(node)
+    await grant_licence_representative(partial(client_for, node), node.clock.now())
+    async with client_for(node, "tax", "SW-1") as tax:
+        with pytest.raises(ExchangeError) as refused:
+            await tax.fetch_licence(
+                number=number, purpose="随便", case_id="X-1", disclose=["legal_representative"]
+            )
+        assert refused.value.reason == "PERSONAL_GRANT_REQUIRED"
+        # approval's grant is approval's, for its purpose: tax using that purpose gets nothing.
+        with pytest.raises(ExchangeError) as borrowed:
+            await tax.fetch_licence(
+                number=number, purpose=PURPOSE, case_id=CASE_ID, disclose=["legal_representative"]
+            )
+        assert borrowed.value.reason == "PERSONAL_GRANT_REQUIRED"
+        # The public claims still come, with purpose and case, as before.
+        public = await tax.fetch_licence(number=number, purpose="税务登记", case_id="X-1")
+        assert json.loads(public.claims_json)["name"] == BUSINESS_LICENCE_CLAIMS["name"]
+        assert "legal_representative" not in json.loads(public.claims_json)
+
+
+async def test_the_holder_authorises_one_use(node: Node) -> None:
+    """授权用证: the holder's one-time code opens the personal claims for one department,
+    purpose and case, once; the holder sees its making and its use."""
+    number = await _issue_business_licence(node)
+    assert node.db is not None
+    assert node.licensing is not None
+    assert node.access_log is not None
+    code, made = await authorise(
+        node.db.pool, node.access_log, SubjectHasher(load_log_key(node.settings)),
+        node="node-1", by="subject", holder_id=COMPANY_USCC, department="tax",
+        purpose="纳税信用评价", case_id="NS-9", licence_type="business-licence",
+        valid_for=timedelta(hours=1), now=node.clock.now(),
+    )  # fmt: skip
+    assert len(code) == 14
+    assert code.count("-") == 2
+
+    async def fetch(dept: str, purpose: str, case: str, given: str) -> ExchangeError | str:
+        async with client_for(node, dept, "X-1") as client:
+            try:
+                got = await client.fetch_licence(
+                    number=number, purpose=purpose, case_id=case,
+                    disclose=["legal_representative"], authorisation=given,
+                )  # fmt: skip
+            except ExchangeError as e:
+                return e
+            return str(json.loads(got.claims_json)["legal_representative"])
+
+    # Another department, another purpose, another case, a wrong or garbled code: no.
+    for dept, purpose, case, given in [
+        ("hrss", "纳税信用评价", "NS-9", code),
+        ("tax", "随便", "NS-9", code),
+        ("tax", "纳税信用评价", "NS-10", code),
+        ("tax", "纳税信用评价", "NS-9", "AAAA-BBBB-CCCC"),
+        ("tax", "纳税信用评价", "NS-9", "' OR 1=1 --" * 40),
+    ]:
+        refused = await fetch(dept, purpose, case, given)
+        assert isinstance(refused, ExchangeError), (dept, purpose, case)
+        assert refused.reason == "AUTHORISATION_INVALID"
+        assert refused.code is grpc.StatusCode.PERMISSION_DENIED
+    # The right one, once (lower case and without dashes is the same code) ...
+    assert await fetch("tax", "纳税信用评价", "NS-9", code.lower().replace("-", "")) == "王晓明"
+    again = await fetch("tax", "纳税信用评价", "NS-9", code)
+    assert isinstance(again, ExchangeError)
+    assert again.reason == "AUTHORISATION_INVALID"
+    # ... and the holder sees both the authorisation and its use.
+    [record] = await node.licensing.authorisations.of_holder(COMPANY_USCC)
+    assert record.id == made.id
+    assert record.used_number == number
+    rows = await node.db.pool.fetch(
+        "SELECT caller, action, decision, reason FROM access_log WHERE subject_hmac = $1"
+        " AND action IN ('licence-authorise', 'licence-fetch') ORDER BY idx",
+        SubjectHasher(load_log_key(node.settings))(COMPANY_USCC),
+    )
+    seen = [(r["caller"], r["action"], r["decision"], r["reason"]) for r in rows]
+    assert seen[0] == (
+        "subject",
+        "licence-authorise",
+        "allowed",
+        f"authorisation:{made.id} for tax",
+    )
+    assert ("tax", "licence-fetch", "allowed", f"authorisation:{made.id}") in seen
+    assert [s[3] for s in seen].count("AUTHORISATION_INVALID") == 6
+    # Bad requests to make one are refused with a reason, and nothing is stored.
+    for bad in (
+        {"department": "nobody"},
+        {"purpose": ""},
+        {"case_id": "x" * 65},
+        {"valid_for": timedelta(days=31)},
+        {"holder_id": "91330102MA2K8Q7R1X"},
+    ):
+        args: dict[str, object] = {
+            "holder_id": COMPANY_USCC, "department": "tax", "purpose": "p", "case_id": "c",
+            "valid_for": timedelta(hours=1), **bad,
+        }  # fmt: skip
+        with pytest.raises(TongbanError) as invalid:
+            await authorise(
+                node.db.pool, node.access_log, SubjectHasher(load_log_key(node.settings)),
+                node="node-1", by="operator", licence_type=None, now=node.clock.now(),
+                **args,  # type: ignore[arg-type]
+            )  # fmt: skip
+        assert invalid.value.reason in ("INVALID_ARGUMENT", "INVALID_SUBJECT_ID"), bad
+    assert len(await node.licensing.authorisations.of_holder(COMPANY_USCC)) == 1
 
 
 async def test_revocation_by_the_regulator_stops_verification(node: Node) -> None:

@@ -15,6 +15,7 @@ from tongban.licence.errors import (
     LicenceFormatInvalid,
     SignatureInvalid,
     SignerUntrusted,
+    StatusUrlUntrusted,
     TrustListExpired,
     TrustListUnavailable,
 )
@@ -315,6 +316,105 @@ def test_sd_jwt_verification_with_the_trust_list() -> None:
             trusted=withdrawn.all_seal_certificates(),
             now=NOW + timedelta(hours=1),
         )
+
+
+# --- where status lists may be fetched from (issue 14, finding 6) -----------------------
+
+BASE = "https://tongban.example.gov.cn/status-lists/"
+
+
+def test_status_base_urls_are_signed_and_checked() -> None:
+    entries = [
+        TrustListEntry("samr", (SAMR_SEAL,), (NODE_CERT,), (BASE, "http://10.0.0.5:8080/")),
+        TrustListEntry("regulator", (REGULATOR_SEAL,)),
+    ]
+    token = _sign(entries)
+    # A top-level claim, so that verifiers that predate it still accept the list.
+    assert _payload(token)["status_base_urls"] == {"samr": [BASE, "http://10.0.0.5:8080/"]}
+    assert set(_payload(token)["departments"]["samr"]) == {  # type: ignore[index]
+        "seal_certificates",
+        "status_list_certificates",
+    }
+    trust_list = verify_trust_list(token, roots=[CA], now=NOW)
+    assert trust_list.entries["samr"].status_base_urls == (BASE, "http://10.0.0.5:8080/")
+    assert trust_list.check_status_url("samr", BASE + "1") == BASE + "1"
+    assert trust_list.check_status_url("samr", "http://10.0.0.5:8080/a/2") == (
+        "http://10.0.0.5:8080/a/2"
+    )
+
+
+@pytest.mark.parametrize(
+    ("dept", "uri"),
+    [
+        ("samr", "http://127.0.0.1:8765/internal-admin/delete?id=1"),
+        ("samr", BASE),  # the base itself is not a list
+        ("samr", BASE + "1?id=1"),
+        ("samr", BASE + "1#x"),
+        ("samr", BASE + "../internal-admin/delete"),
+        ("samr", BASE + "./1"),
+        ("samr", BASE + "%2e%2e/admin"),
+        ("samr", BASE + "a//b"),
+        ("samr", "https://tongban.example.gov.cn/status-listsX/1"),
+        ("samr", "https://tongban.example.gov.cn.evil.example/status-lists/1"),
+        ("samr", "http://tongban.example.gov.cn/status-lists/1"),  # not https
+        ("samr", BASE + "1" * 2048),
+        ("regulator", BASE + "1"),  # lists no base at all
+        ("police", BASE + "1"),  # not on the list
+    ],
+)
+def test_status_urls_outside_the_bases_are_untrusted(dept: str, uri: str) -> None:
+    entries = [
+        TrustListEntry("samr", (SAMR_SEAL,), (NODE_CERT,), (BASE,)),
+        TrustListEntry("regulator", (REGULATOR_SEAL,)),
+    ]
+    trust_list = verify_trust_list(_sign(entries), roots=[CA], now=NOW)
+    with pytest.raises(StatusUrlUntrusted) as caught:
+        trust_list.check_status_url(dept, uri)
+    assert caught.value.reason == "STATUS_URL_UNTRUSTED"
+    assert caught.value.metadata["check"] == "status"
+
+
+def test_a_list_without_status_base_urls_still_verifies_and_names_no_base() -> None:
+    # What a node before this change signed: no claim, so status lists come from nowhere.
+    token = _sign()
+    assert "status_base_urls" not in _payload(token)
+    trust_list = verify_trust_list(token, roots=[CA], now=NOW)
+    assert trust_list.certificates_for("samr") == (SAMR_SEAL, SAMR_OLD_SEAL)
+    with pytest.raises(StatusUrlUntrusted):
+        trust_list.check_status_url("samr", BASE + "1")
+
+
+@pytest.mark.parametrize(
+    "base",
+    [
+        "https://tongban.example.gov.cn/status-lists",  # no trailing "/"
+        "https://tongban.example.gov.cn",
+        "ftp://tongban.example.gov.cn/",
+        "https://user@tongban.example.gov.cn/",
+        "https://tongban.example.gov.cn/a/../",
+        "https://tongban.example.gov.cn/?x=/",
+        "https://tongban.example.gov.cn/%2e/",
+        "",
+    ],
+)
+def test_malformed_status_base_urls_are_refused(base: str) -> None:
+    with pytest.raises(ValueError, match="base URL"):
+        _sign([TrustListEntry("samr", (SAMR_SEAL,), (), (base,))])
+    payload = _payload(_sign())
+    payload["status_base_urls"] = {"samr": [base]}
+    with pytest.raises(LicenceFormatInvalid):
+        verify_trust_list(_craft(payload), roots=[CA], now=NOW)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [[BASE], {"police": [BASE]}, {"samr": BASE}, {"samr": [1]}, {"samr": [BASE] * 17}],
+)
+def test_malformed_status_base_url_claims_are_format_invalid(value: object) -> None:
+    payload = _payload(_sign())
+    payload["status_base_urls"] = value
+    with pytest.raises(LicenceFormatInvalid):
+        verify_trust_list(_craft(payload), roots=[CA], now=NOW)
 
 
 # --- the on-disk cache -------------------------------------------------------------------

@@ -19,6 +19,7 @@ import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE
 from tongban.adapters import load_mapping
 from tongban.adapters.runner import AdapterRunner, RunSummary
 from tongban.exchange.cli.adapter_cmds import VALIDATORS
+from tongban.exchange.cli.story_data import grant_representative_ids
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.node import Node
 
@@ -268,6 +270,7 @@ async def test_steps_1_and_2_through_real_adapters(
     police, police_url = police_system
     async with client_for(node, "samr", "SC-0001") as samr:
         await samr.register_dataset(ENTERPRISE, publish=True)
+    await grant_representative_ids(partial(client_for, node), node.clock.now())
     await _samr_legacy(legacy_dsn)
     _tax_legacy(tmp_path / "legacy-tax.db")
     (tmp_path / "exports").mkdir()
@@ -351,6 +354,7 @@ async def test_adapter_run_once_as_a_command(
 ) -> None:
     async with client_for(node, "samr", "SC-0001") as samr:
         await samr.register_dataset(ENTERPRISE, publish=True)
+    await grant_representative_ids(partial(client_for, node), node.clock.now())
     await _samr_legacy(legacy_dsn)
     await _register_company(legacy_dsn)
     conn = await asyncpg.connect(legacy_dsn)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from tests.cli_helpers import cli_env, tongban
+from tongban.exchange.db.embedded import temp_root
 
 
 def test_demo_runs_every_step() -> None:
-    root = Path(tempfile.mkdtemp(prefix="tongban-test-demo-"))
+    root = temp_root("tongban-test-demo-")  # as root, PostgreSQL runs as another user
     try:
         result = tongban("demo", "--json", "--data-dir", str(root / "demo"), env=cli_env())
         lines = result.lines()

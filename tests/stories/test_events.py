@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from functools import partial
 
 import pytest
 
@@ -15,6 +16,7 @@ from tests.conftest import client_for
 from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE, OWNER, OWNER_ID, PERSON
 from tongban.client import Event, ExchangeClient, ExchangeError
 from tongban.exchange.audit.log import SubjectHasher
+from tongban.exchange.cli.story_data import grant_representative_ids
 from tongban.exchange.datadir import load_log_key
 from tongban.exchange.node import Node
 
@@ -33,18 +35,21 @@ async def test_step_2_departments_receive_the_company_without_reentry(events_nod
     node = events_node
     async with client_for(node, "samr", "SC-1") as samr:
         await samr.register_dataset(ENTERPRISE, publish=True)
+    await grant_representative_ids(partial(client_for, node), node.clock.now())
     wanted = {
         "tax": ["name", "address", "legal_representative"],
         "hrss": ["name", "address"],
         "police": ["name", "legal_representative", "legal_representative_id"],
     }
+    # The citizen id is personal: police receive it under their grant's purpose.
+    purposes = {"police": "印章刻制备案"}
     clients: dict[str, ExchangeClient] = {}
     streams: dict[str, AsyncIterator[Event]] = {}
     try:
         for code, fields in wanted.items():
             clients[code] = client_for(node, code, f"{code}-01")
             streams[code] = clients[code].subscribe(
-                "samr.enterprise", fields=fields, purpose="登记信息同步"
+                "samr.enterprise", fields=fields, purpose=purposes.get(code, "登记信息同步")
             )
         # Subscribers listen first; then samr registers the company once.
         readers = {code: asyncio.create_task(_take(streams[code], 1)) for code in wanted}

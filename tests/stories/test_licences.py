@@ -18,6 +18,7 @@ import asyncio
 import json
 import subprocess
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 
 import aiohttp
@@ -40,6 +41,10 @@ from tests.stories.restaurant import (
     SERVICE_ITEM,
 )
 from tongban.client import ExchangeError
+from tongban.exchange.cli.story_data import (
+    grant_licence_representative,
+    grant_representative_ids,
+)
 from tongban.exchange.datadir import ca_certificate_pem
 from tongban.exchange.node import Node
 from tongban.licence import (
@@ -55,6 +60,7 @@ async def _shared_data(node: Node) -> None:
     async with client_for(node, "samr", "SC-0001") as samr:
         await samr.register_dataset(ENTERPRISE, publish=True)
         await samr.publish_records("samr.enterprise", [(COMPANY_USCC, COMPANY)])
+    await grant_representative_ids(partial(client_for, node), node.clock.now())
     async with client_for(node, "police", "GA-0001") as police:
         await police.register_dataset(PERSON, publish=True)
         await police.publish_records("police.person", [(OWNER_ID, OWNER)])
@@ -80,6 +86,8 @@ async def _step_1(node: Node) -> str:
         )
     assert licence.issuer == "samr"
     assert licence.status == "valid"
+    # The legal representative on the licence is personal: approval needs samr's grant.
+    await grant_licence_representative(partial(client_for, node), node.clock.now())
     return licence.number
 
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from functools import partial
 
 import grpc
 import pytest
@@ -27,6 +28,7 @@ from tests.stories.restaurant import (
 )
 from tongban.client import ExchangeError, verify_answer
 from tongban.exchange.audit.log import SubjectHasher
+from tongban.exchange.cli.story_data import grant_representative_ids
 from tongban.exchange.datadir import ca_certificate_pem, load_log_key
 from tongban.exchange.node import Node
 from tongban.signing.errors import SignatureInvalid
@@ -37,6 +39,7 @@ async def _publish_story_data(node: Node) -> None:
         await samr.register_dataset(ENTERPRISE, publish=True)
         counts = await samr.publish_records("samr.enterprise", [(COMPANY_USCC, COMPANY)])
         assert counts.inserted == 1
+    await grant_representative_ids(partial(client_for, node), node.clock.now())
     async with client_for(node, "police", "P-0001") as police:
         await police.register_dataset(PERSON, publish=True)
         await police.publish_records("police.person", [(OWNER_ID, OWNER)])

@@ -215,6 +215,13 @@ async def test_non_auditor_sees_the_catalogue_not_the_log(
     assert page.url.endswith("/console/catalogue")
     codes = await page.locator("#datasets h2 code").all_text_contents()
     assert {"samr.enterprise", "police.person"} <= set(codes)
+    # Which personal fields are shared by law, and which only under a grant.
+    enterprise = page.locator("#datasets li", has_text="samr.enterprise")
+    marks = await enterprise.locator("small.personal").all_text_contents()
+    assert marks == [
+        "(个人信息: 依法共享 《企业信息公示暂行条例》第六条)",
+        "(个人信息: 仅凭授权共享)",
+    ]
     await page.screenshot(path=artifacts / "catalogue.png", full_page=True)
     response = await page.goto(_base(node) + "/console/audit")
     assert response is not None
@@ -261,6 +268,23 @@ async def test_subject_view_shows_the_story_and_hides_the_embargoed_case(
         await node.db.pool.fetchval("SELECT count(*) FROM access_log WHERE action = 'subject.view'")
         == 1
     )
+    # 授权用证: the holder makes a one-time code for one department, purpose and case.
+    await page.select_option("#authorise-form select[name=department]", "tax")
+    await page.fill("#authorise-form input[name=purpose]", "个人所得税汇算")
+    await page.fill("#authorise-form input[name=case_id]", "GS-2026-7")
+    await page.click("#make-code")
+    code = await page.text_content("#made-code") or ""
+    assert len(code) == 14
+    assert code.count("-") == 2
+    listed = " ".join(await page.locator("#authorisations tbody tr").all_text_contents())
+    assert "GS-2026-7" in listed
+    assert "未使用" in listed
+    authorised = await node.db.pool.fetchrow(
+        "SELECT caller, purpose, case_id FROM access_log WHERE action = 'licence-authorise'"
+    )
+    assert authorised is not None
+    assert tuple(authorised) == ("subject", "个人所得税汇算", "GS-2026-7")
+    await page.screenshot(path=artifacts / "subject-authorise.png", full_page=True)
 
     # The link works once; a forged one is refused with a message.
     await page.context.clear_cookies()

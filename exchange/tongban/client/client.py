@@ -454,7 +454,7 @@ class ExchangeClient:
         )
         return list(reply.subscriptions)
 
-    # -- the access log (auditor role, except declare_covert_case) ----------------------
+    # -- the access log (auditor role; declare_covert_case: the covert role) ------------
 
     async def audit_search(self, request: audit_pb2.SearchRequest) -> audit_pb2.SearchResponse:
         result: audit_pb2.SearchResponse = await self._call(self._audit.Search, request)
@@ -495,11 +495,32 @@ class ExchangeClient:
     async def declare_covert_case(
         self, case_id: str, until: datetime, legal_basis: str
     ) -> audit_pb2.CovertCase:
-        """Hide our accesses for ``case_id`` from the subject view until ``until``."""
+        """Hide our accesses for ``case_id`` from the subject view until ``until`` (our
+        department needs the covert role; declaring again replaces the end date)."""
         request = audit_pb2.DeclareCovertCaseRequest(
             case_id=case_id, until=_timestamp(until), legal_basis=legal_basis
         )
         result: audit_pb2.CovertCase = await self._call(self._audit.DeclareCovertCase, request)
+        return result
+
+    async def list_covert_cases(
+        self,
+        *,
+        department: str = "",
+        include_ended: bool = False,
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> audit_pb2.ListCovertCasesResponse:
+        """One page of covert cases (the declaration in force of each, newest first)."""
+        request = audit_pb2.ListCovertCasesRequest(
+            department=department,
+            include_ended=include_ended,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        result: audit_pb2.ListCovertCasesResponse = await self._call(
+            self._audit.ListCovertCases, request
+        )
         return result
 
     # -- licences and seals ----------------------------------------------------------
@@ -559,9 +580,11 @@ class ExchangeClient:
         number: str = "",
         holder_id: str = "",
         licence_type: str = "",
+        authorisation: str = "",
     ) -> licence_pb2.Licence:
         """Fetch a licence for an approval (by number, or holder and type): ``sd_jwt`` is
-        a presentation with only the ``disclose`` claims."""
+        a presentation with only the ``disclose`` claims. Personal claims need a grant
+        from the issuer for ``purpose``, or the holder's one-time ``authorisation`` code."""
         request = licence_pb2.FetchLicenceRequest(
             number=number,
             holder_id=holder_id,
@@ -569,6 +592,7 @@ class ExchangeClient:
             purpose=purpose,
             case_id=case_id,
             disclose=list(disclose),
+            authorisation=authorisation,
         )
         result: licence_pb2.Licence = await self._call(self._licences.Fetch, request)
         return result

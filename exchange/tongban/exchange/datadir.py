@@ -13,6 +13,9 @@ Layout::
                             every node of one exchange needs the same one)
     secrets/db-node.password  the password of the node's database login (tongban_node),
                             made on first use; the migrating login sets it
+    secrets/kafka-payload.keys  the keys that seal personal fields on Kafka topics (JSON:
+                            key ids, the current one, the subject pseudonym key; every
+                            node of one exchange needs the same file; docs/events.md)
     bundles/<code>/         department credential bundles written by ``dept add``
     pg/                     embedded PostgreSQL (when TONGBAN_DATABASE_URL is unset)
 
@@ -37,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tongban.client.bundle import Bundle
 from tongban.exchange.errors import DataDirNotInitialised, DataDirUnusable
+from tongban.exchange.kafka.sealing import PayloadKeys
 from tongban.exchange.settings import Settings
 from tongban.signing.certs import (
     certificate_fingerprint,
@@ -69,6 +73,7 @@ __all__ = [
     "issue_department_credentials",
     "key_passphrase",
     "load_ca",
+    "load_kafka_payload_keys",
     "load_log_key",
     "load_log_signer",
     "load_node_credentials",
@@ -77,6 +82,7 @@ __all__ = [
 ]
 
 _MARKER = "tongban.json"
+_PAYLOAD_KEYS = "kafka-payload.keys"
 
 
 @dataclass(frozen=True)
@@ -121,6 +127,11 @@ def _passphrase(settings: Settings, *, create: bool) -> bytes:
     try:
         return path.read_bytes().strip()
     except FileNotFoundError:
+        if settings.key_passphrase_file is not None:
+            raise DataDirUnusable(
+                f"TONGBAN_KEY_PASSPHRASE_FILE names {path}, which does not exist; mount the "
+                "passphrase secret there, or unset it."
+            ) from None
         if not create:
             raise DataDirNotInitialised(
                 f"No key passphrase: set TONGBAN_KEY_PASSPHRASE or run `tongban init --data-dir "
@@ -333,8 +344,8 @@ class NodeSigning:
 
 
 def ensure_node_keys(settings: Settings, now: datetime) -> None:
-    """Create the node signing key and the log HMAC key if this data dir lacks them
-    (data dirs initialised by an earlier version). Idempotent."""
+    """Create the node signing key, the log HMAC key and the Kafka payload keys if this
+    data dir lacks them (data dirs initialised by an earlier version). Idempotent."""
     root = settings.data_dir
     sign_key, sign_crt = root / "node" / "sign.key", root / "node" / "sign.crt"
     if not sign_crt.exists():
@@ -360,6 +371,49 @@ def ensure_node_keys(settings: Settings, now: datetime) -> None:
         fd = os.open(log_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as f:
             f.write(secrets.token_bytes(32))
+    payload_keys = root / "secrets" / _PAYLOAD_KEYS
+    if not payload_keys.exists():
+        try:
+            _create_payload_keys(payload_keys)
+        except OSError as e:
+            raise DataDirUnusable(
+                f"Cannot create {payload_keys} ({e.strerror}); copy the exchange's Kafka "
+                "payload keys file there, or start one node on a writable data dir."
+            ) from e
+
+
+def _create_payload_keys(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staged = path.with_name(f".{_PAYLOAD_KEYS}.{secrets.token_hex(4)}")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(PayloadKeys.generate().to_json())
+    try:
+        os.link(staged, path)  # exclusive: nodes sharing a data dir may start at once
+    except FileExistsError:
+        pass
+    finally:
+        staged.unlink()
+
+
+def load_kafka_payload_keys(settings: Settings) -> PayloadKeys:
+    """The keys that seal personal fields on Kafka topics (``secrets/kafka-payload.keys``).
+    Raises DataDirUnusable if the file cannot be read or is not a keyring."""
+    path = settings.data_dir / "secrets" / _PAYLOAD_KEYS
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise DataDirUnusable(
+            f"Cannot read the Kafka payload keys {path}: {e.strerror}; copy the exchange's "
+            "keys file there (every node needs the same one)."
+        ) from e
+    try:
+        return PayloadKeys.from_json(data)
+    except ValueError as e:
+        raise DataDirUnusable(
+            f"{path} is not a Kafka payload keyring ({e}); restore it from another node or "
+            "a backup (docs/events.md, key rotation)."
+        ) from None
 
 
 def load_node_signing(settings: Settings) -> NodeSigning:

@@ -33,7 +33,9 @@ __all__ = [
 ]
 
 CODE_PATTERN = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
-ROLES = frozenset({"auditor"})
+#: ``auditor``: reads the access log (AuditService). ``covert``: may declare its own cases
+#: covert, hiding their accesses from the subject view for a while (docs/audit-log.md).
+ROLES = frozenset({"auditor", "covert"})
 
 
 class Level(enum.StrEnum):

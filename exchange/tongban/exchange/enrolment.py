@@ -32,12 +32,13 @@ class DemoDepartment:
     roles: tuple[str, ...] = ()
 
 
-# The departments of the story in DESIGN.md (one county), plus an auditor.
+# The departments of the story in DESIGN.md (one county), plus an auditor. Police
+# investigates, so it may declare covert cases (刑事诉讼法); no other department may.
 DEMO_DEPARTMENTS = (
     DemoDepartment("samr", "县市场监督管理局"),
     DemoDepartment("tax", "县税务局"),
     DemoDepartment("hrss", "县人力资源和社会保障局"),
-    DemoDepartment("police", "县公安局"),
+    DemoDepartment("police", "县公安局", ("covert",)),
     DemoDepartment("approval", "县行政审批服务局"),
     DemoDepartment("regulator", "县综合行政执法局"),
     DemoDepartment("audit", "县纪委监委电子监察室", ("auditor",)),

@@ -20,6 +20,7 @@ __all__ = [
     "DepartmentSuspended",
     "DepartmentUnknown",
     "InvalidArgument",
+    "KafkaSecurityFailed",
     "MigrationFailed",
     "NotRegisteredCertificate",
     "TongbanError",
@@ -108,4 +109,13 @@ class BrokerUnavailable(TongbanError):
     """Kafka cannot be reached or refused a request; the relay retries with backoff."""
 
     reason = "BROKER_UNAVAILABLE"
+    status = "UNAVAILABLE"
+
+
+class KafkaSecurityFailed(BrokerUnavailable):
+    """The brokers answer, but TLS or the SASL login with them fails: a configuration
+    error (TONGBAN_KAFKA_SECURITY_PROTOCOL, _SASL_*, _CA_FILE) that retrying cannot fix.
+    Retried all the same, so the node recovers once the brokers or settings are fixed."""
+
+    reason = "BROKER_SECURITY_FAILED"
     status = "UNAVAILABLE"

@@ -105,6 +105,13 @@ class NodeMetrics:
             "Failed attempts of this node's relay to publish to Kafka (each is retried).",
             registry=self.registry,
         )
+        self.kafka_rejected = Counter(
+            "tongban_kafka_messages_rejected",
+            "Kafka messages this node's feeds did not deliver (the event was read from "
+            "PostgreSQL instead), by kind: unknown_key, not_authentic, malformed.",
+            ["kind"],
+            registry=self.registry,
+        )
         self.up = Gauge(
             "tongban_node_up",
             "1 while the node serves, 0 while it drains.",

@@ -32,6 +32,7 @@ from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.datadir import (
     ca_certificate_pem,
     ensure_node_keys,
+    load_kafka_payload_keys,
     load_log_key,
     load_log_signer,
     load_node_credentials,
@@ -42,6 +43,7 @@ from tongban.exchange.db.database import Database
 from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.errors import AddressInUse, DatabaseUnavailable
 from tongban.exchange.http import build_http_app
+from tongban.exchange.kafka.connection import kafka_connection
 from tongban.exchange.kafka.feed import KafkaFeed
 from tongban.exchange.kafka.relay import OutboxRelay
 from tongban.exchange.kafka.topics import KafkaTopics
@@ -124,6 +126,7 @@ class Node:
         self.licensing: Licensing | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
+        self.console: WebConsole | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc_port = 0
         self.http_port = 0
@@ -176,6 +179,7 @@ class Node:
                 roots=load_pem_certificates(ca_certificate_pem(self.settings)),
                 clock=self.clock,
                 node_name=self.settings.node_name,
+                grants_of=self.sharing.grants_of,
             )
             self.checkpointer = Checkpointer(
                 self.db.pool,
@@ -215,26 +219,33 @@ class Node:
         bootstrap = self.settings.kafka_bootstrap
         if bootstrap is None:
             return PostgresFeed(store, waker)
-        client_id = f"tongban-{self.settings.node_name}"
+        connection = kafka_connection(self.settings, f"tongban-{self.settings.node_name}")
+        keys = load_kafka_payload_keys(self.settings)
         topics = KafkaTopics(
-            bootstrap,
+            connection,
             self.settings.kafka_topic_prefix,
             self.settings.kafka_partitions,
             self.settings.kafka_replication,
-            client_id,
         )
         self.relay = OutboxRelay(
             pool,
             changes,
             topics,
             self.clock,
-            bootstrap=bootstrap,
-            client_id=client_id,
+            connection=connection,
+            keys=keys,
             idempotence=self.settings.kafka_idempotence,
             on_published=self.metrics.relay_published.inc,
             on_error=self.metrics.relay_errors.inc,
         )
-        return KafkaFeed(store, waker, topics, bootstrap=bootstrap, client_id=client_id)
+        return KafkaFeed(
+            store,
+            waker,
+            topics,
+            connection=connection,
+            keys=keys,
+            on_rejected=lambda kind: self.metrics.kafka_rejected.labels(kind).inc(),
+        )
 
     def _auth_refusal_logger(self) -> Callable[[bytes, TongbanError], Awaitable[None]]:
         """Log refused authentications in the access log, so they feed the anomaly report:
@@ -362,6 +373,7 @@ class Node:
                 self._hasher,
                 self.clock,
                 self.settings.node_name,
+                covert_max_days=self.settings.covert_max_days,
             ),
             server,
         )
@@ -429,12 +441,13 @@ class Node:
                 access_log=self.access_log,
                 hasher=self._hasher,
                 checkpointer=self.checkpointer,
-                log_key=load_log_key(self.settings),
                 log_origin=log_origin(self.settings),
                 log_verifier=load_log_signer(self.settings).public_key(),
                 clock=self.clock,
                 node_name=self.settings.node_name,
+                public_url=self.settings.public_url,
             )
+        self.console = console
         app = build_http_app(
             self.db,
             self.metrics,

@@ -13,7 +13,7 @@ from datetime import date
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from tongban.exchange.errors import ConfigInvalid
@@ -70,7 +70,21 @@ class Settings(BaseSettings):
     """Where the node keeps its CA, credentials, bundles and (embedded mode) PostgreSQL."""
 
     database_url: SecretStr | None = None
-    """An external PostgreSQL (``postgresql://...``). Unset: embedded PostgreSQL in the data dir."""
+    """An external PostgreSQL (``postgresql://...``). Unset: embedded PostgreSQL in the data dir.
+    Its user may be the schema's owner (the node then migrates at start and logs its pools
+    in as ``tongban_node``) or ``tongban_node`` itself (migrations run separately, with
+    ``tongban migrate``; the node never holds the owner's login)."""
+
+    database_password_file: Path | None = None
+    """A file holding the password of ``database_url``'s user (one line), used over any
+    password in the URL, so that it need be neither in the URL nor in the environment."""
+
+    migration_database_url: SecretStr | None = None
+    """The schema owner's login that ``tongban migrate`` applies migrations with and that
+    gives ``tongban_node`` its password. Unset: ``database_url``. Nodes never read it."""
+
+    migration_database_password_file: Path | None = None
+    """A file holding the password of ``migration_database_url``'s user (one line)."""
 
     grpc_listen: Annotated[ListenAddress, NoDecode] = ListenAddress("127.0.0.1", 50051)
     """The gRPC (mutual TLS) listen address."""
@@ -86,7 +100,11 @@ class Settings(BaseSettings):
     key_passphrase: SecretStr | None = None
     """Passphrase of the encrypted keys in the data dir. Unset: ``tongban init`` generates one
     into ``<data_dir>/secrets/key-passphrase`` (mode 0600); move it to a secret store in
-    production and set this variable instead."""
+    production and set this variable (or ``key_passphrase_file``) instead."""
+
+    key_passphrase_file: Path | None = None
+    """A file holding the key passphrase (a mounted secret), read where the generated
+    ``<data_dir>/secrets/key-passphrase`` would be; ``key_passphrase`` wins if both are set."""
 
     node_name: str = "node-1"
     """This node's name, in its certificate's URI SAN and its log lines."""
@@ -137,6 +155,11 @@ class Settings(BaseSettings):
     makeup_workdays: Annotated[tuple[date, ...], NoDecode] = ()
     """Weekend days that are working days (调休), comma-separated YYYY-MM-DD."""
 
+    covert_max_days: int = Field(default=365, ge=1, le=1826)
+    """The longest embargo one covert-case declaration may set, in days from the moment
+    it is made (at most 1826, five years); declaring the case again extends it, and each
+    declaration is in the access log."""
+
     kafka_bootstrap: str | None = None
     """Kafka bootstrap servers (``host:port``, comma-separated). Set: change events are
     relayed from the outbox to Kafka and subscribers are fed from Kafka. Unset (the
@@ -156,6 +179,25 @@ class Settings(BaseSettings):
 
     kafka_replication: int = Field(default=1, ge=1, le=10)
     """Replication factor of a topic the node creates (3 for a production cluster)."""
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    """How the node's Kafka clients talk to the brokers: ``SASL_SSL`` (TLS, and a SASL
+    login) in production; ``PLAINTEXT`` only inside a closed test network."""
+
+    kafka_sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
+    """The SASL mechanism (``SASL_PLAINTEXT``/``SASL_SSL``). ``PLAIN`` sends the password
+    itself, so it is accepted over ``SASL_SSL`` only."""
+
+    kafka_sasl_username: str | None = None
+    """The node's SASL user (its Kafka principal, which the topic ACLs name)."""
+
+    kafka_sasl_password_file: Path | None = None
+    """A file holding the SASL password (read at start; one line). The password is never
+    taken from the environment itself."""
+
+    kafka_ca_file: Path | None = None
+    """PEM CA bundle the brokers' TLS certificates must chain to (``SSL``/``SASL_SSL``).
+    Unset: the system's trusted CAs."""
 
     @field_validator("grpc_listen", "http_listen", mode="before")
     @classmethod
@@ -191,6 +233,53 @@ class Settings(BaseSettings):
             parse_listen_address(server)
         return ",".join(part.strip() for part in value.split(","))
 
+    @field_validator("kafka_sasl_username")
+    @classmethod
+    def _sasl_username(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not re.fullmatch(r"[!-~]{1,255}", value.strip()):
+            raise ValueError("use 1-255 printable ASCII characters without spaces")
+        return value.strip()
+
+    @model_validator(mode="after")
+    def _kafka_security(self) -> Settings:
+        """Refuse combinations that would run with less protection than the operator
+        asked for (credentials or a CA that the chosen protocol would ignore)."""
+        protocol = self.kafka_security_protocol
+        setting = "TONGBAN_KAFKA_SECURITY_PROTOCOL"
+        if protocol.startswith("SASL_"):
+            for name, value in (
+                ("kafka_sasl_username", self.kafka_sasl_username),
+                ("kafka_sasl_password_file", self.kafka_sasl_password_file),
+            ):
+                if value is None:
+                    raise ValueError(
+                        f"TONGBAN_{name.upper()} is not set: {setting}={protocol} logs in to "
+                        "Kafka with SASL and needs a user and a password file"
+                    )
+            if protocol == "SASL_PLAINTEXT" and self.kafka_sasl_mechanism == "PLAIN":
+                raise ValueError(
+                    "TONGBAN_KAFKA_SASL_MECHANISM=PLAIN would send the Kafka password in clear "
+                    f"over {setting}=SASL_PLAINTEXT; use SASL_SSL or a SCRAM mechanism"
+                )
+        else:
+            for name, value in (
+                ("kafka_sasl_username", self.kafka_sasl_username),
+                ("kafka_sasl_password_file", self.kafka_sasl_password_file),
+            ):
+                if value is not None:
+                    raise ValueError(
+                        f"TONGBAN_{name.upper()} is set but {setting}={protocol} does not log "
+                        "in with SASL; set SASL_SSL or unset it"
+                    )
+        if self.kafka_ca_file is not None and not protocol.endswith("SSL"):
+            raise ValueError(
+                f"TONGBAN_KAFKA_CA_FILE is set but {setting}={protocol} does not use TLS; set "
+                "SSL or SASL_SSL or unset it"
+            )
+        return self
+
     @field_validator("kafka_topic_prefix")
     @classmethod
     def _topic_prefix(cls, value: str) -> str:
@@ -217,11 +306,15 @@ class Settings(BaseSettings):
     def _public_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
             return None
-        if not re.fullmatch(r"https?://[A-Za-z0-9.\-\[\]:]+(/[A-Za-z0-9._~/-]*)?", value.strip()):
+        # As the trust list's status-list base URLs allow them (a host, no user info, no
+        # "." or ".." or empty path segments): the node names <public URL>/status-lists/.
+        host = r"(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+        path = r"(?:/[A-Za-z0-9_~-][A-Za-z0-9._~-]*)*/?"
+        if not re.fullmatch(rf"https?://{host}{path}", value.strip()):
             raise ValueError("expected a URL such as https://tongban.example.gov.cn")
         return value.strip().rstrip("/")
 
-    @field_validator("database_url")
+    @field_validator("database_url", "migration_database_url")
     @classmethod
     def _database_url(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not value.get_secret_value().startswith(
@@ -232,7 +325,7 @@ class Settings(BaseSettings):
 
     @property
     def passphrase_file(self) -> Path:
-        return self.data_dir / "secrets" / "key-passphrase"
+        return self.key_passphrase_file or self.data_dir / "secrets" / "key-passphrase"
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -250,7 +343,10 @@ def load_settings(**overrides: Any) -> Settings:
 def _describe(error: ValidationError, given: dict[str, Any]) -> str:
     sentences = []
     for item in error.errors(include_url=False):
-        field = str(item["loc"][0]) if item["loc"] else "?"
+        if not item["loc"]:  # a check across settings: its message names them
+            sentences.append(str(item["msg"]).removeprefix("Value error, ") + ".")
+            continue
+        field = str(item["loc"][0])
         source = f"--{field.replace('_', '-')}" if field in given else f"TONGBAN_{field.upper()}"
         reason = str(item["msg"]).removeprefix("Value error, ")
         value = item.get("input")

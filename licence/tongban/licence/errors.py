@@ -32,6 +32,7 @@ __all__ = [
     "SignerUntrusted",
     "StatusListFull",
     "StatusUnavailable",
+    "StatusUrlUntrusted",
     "TrustListExpired",
     "TrustListUnavailable",
     "VerificationFailed",
@@ -156,6 +157,15 @@ class StatusUnavailable(VerificationFailed):
 
     reason = "STATUS_UNAVAILABLE"
     status = "UNAVAILABLE"
+    check = "status"
+
+
+class StatusUrlUntrusted(VerificationFailed):
+    """The licence names a status list at an address that is not under a base URL the
+    trust list gives for its issuer, so the list was not fetched (a licence must not make
+    a verifier request an address of its choosing)."""
+
+    reason = "STATUS_URL_UNTRUSTED"
     check = "status"
 
 

@@ -8,7 +8,8 @@ certificates are current. Header: ``alg`` ES256, ``typ`` "tongban-trust-list+jwt
 
     {"iss": "urn:tongban:node:<name>", "iat": ..., "next_update": ..., "exp": ...,
      "departments": {"<code>": {"seal_certificates": ["<base64 DER>", ...],
-                                "status_list_certificates": ["<base64 DER>", ...]}}}
+                                "status_list_certificates": ["<base64 DER>", ...]}},
+     "status_base_urls": {"<code>": ["https://tongban.example/status-lists/", ...]}}
 
 ``exp`` lies well ahead (30 days by default) so verification keeps working offline for a
 long time; ``next_update`` comes sooner (1 day) and says when to fetch a fresh list.
@@ -18,6 +19,14 @@ Dropping a certificate from the list withdraws it once verifiers have refreshed:
 A department seal certificate is listed only under the department its SAN names; a
 department's status lists may be signed by its seal key or by a node key, so status-list
 certificates are not tied to the department.
+
+``status_base_urls`` names, per department, the URL prefixes its status lists are served
+under; a verifier fetches a status list only from a URI under one of them
+(``TrustList.check_status_url``), so a licence cannot make it request an address of the
+licence's choosing. It is a top-level claim rather than a key of each department's entry
+because verifiers before it refuse an entry with unknown keys but ignore unknown
+top-level claims; a list without it (from an older node) names no base, and status lists
+are then fetched from nowhere (``STATUS_URL_UNTRUSTED``) until a fresh list is fetched.
 
 ``TrustListCache`` keeps the last good list on disk for verifiers that go offline.
 """
@@ -51,6 +60,7 @@ from tongban.licence._jose import (
 from tongban.licence.errors import (
     LicenceFormatInvalid,
     SignerUntrusted,
+    StatusUrlUntrusted,
     TrustListExpired,
     TrustListUnavailable,
     VerificationFailed,
@@ -90,6 +100,17 @@ _MAX_CERTIFICATES_PER_LIST = 16  # per department and kind
 _MAX_DATE = 253402300799  # 9999-12-31T23:59:59Z
 _CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _DEPT_CODE = re.compile(r"[a-z][a-z0-9-]{1,62}")  # as tongban.signing department codes
+_MAX_URL = 2048
+# A status-list base: http(s), a host name or bracketed IP, an optional port, and a path
+# of plain segments ending in "/". No user info, query, fragment, percent-escapes or dot
+# segments, so that the prefix test of check_status_url means what it says.
+_SEGMENT = r"[A-Za-z0-9_~-][A-Za-z0-9._~-]*"
+_BASE_URL = re.compile(
+    r"https?://(?:[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+    rf"/(?:{_SEGMENT}/)*"
+)
+# What may follow the base in a status-list URI: plain segments (no "..", "?", "#", "%").
+_BELOW_BASE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
 
 
 @dataclass(frozen=True)
@@ -102,6 +123,10 @@ class TrustListEntry:
     """Seal certificates that may issue this department's licences."""
     status_list_certificates: tuple[x509.Certificate, ...] = ()
     """Certificates that may sign this department's status lists."""
+    status_base_urls: tuple[str, ...] = ()
+    """URL prefixes (``https://tongban.example/status-lists/``, ending in "/") that this
+    department's status lists are served under; a verifier fetches a status list only
+    from a URI under one of them."""
 
 
 @dataclass(frozen=True)
@@ -133,6 +158,27 @@ class TrustList:
         (empty if none are listed)."""
         entry = self.entries.get(dept)
         return entry.status_list_certificates if entry else ()
+
+    def check_status_url(self, dept: str, uri: str) -> str:
+        """Return ``uri`` if it is under one of the status-list base URLs listed for
+        department ``dept``: it starts with the base and continues with plain path
+        segments only (no query, fragment, percent-escape or dot segment).
+
+        Raises StatusUrlUntrusted otherwise, also when the department lists no base.
+        """
+        entry = self.entries.get(dept)
+        bases = entry.status_base_urls if entry else ()
+        if len(uri) <= _MAX_URL:
+            for base in bases:
+                if uri.startswith(base) and _BELOW_BASE.fullmatch(uri[len(base) :]):
+                    return uri
+        raise StatusUrlUntrusted(
+            f"The licence's status list address {uri[:200]} is not under an address the "
+            f"trust list names for {dept} ({', '.join(bases) or 'none'}), so it was not "
+            "fetched; refresh the trust list from the exchange, and if this persists the "
+            "licence's status cannot be checked with this exchange's trust list.",
+            metadata={"uri": uri[:200], "department": dept[:64]},
+        )
 
     def all_seal_certificates(self) -> frozenset[x509.Certificate]:
         """Return every listed seal certificate: the ``trusted`` set for
@@ -189,6 +235,17 @@ def _check_entry(entry: TrustListEntry) -> None:
                 f"Department {entry.department!r} lists {len(certs)} {kind} certificates; "
                 f"at most {_MAX_CERTIFICATES_PER_LIST} are allowed."
             )
+    if len(entry.status_base_urls) > _MAX_CERTIFICATES_PER_LIST:
+        raise ValueError(
+            f"Department {entry.department!r} lists {len(entry.status_base_urls)} status-list "
+            f"base URLs; at most {_MAX_CERTIFICATES_PER_LIST} are allowed."
+        )
+    for base in entry.status_base_urls:
+        if not isinstance(base, str) or len(base) > _MAX_URL or not _BASE_URL.fullmatch(base):
+            raise ValueError(
+                f"The status-list base URL {str(base)[:200]!r} of {entry.department!r} is not "
+                "an http(s) URL of a host and plain path segments ending in '/'."
+            )
 
 
 def sign_trust_list(
@@ -210,7 +267,8 @@ def sign_trust_list(
     ``lifetime``; an empty chain or one over 4 certificates; a signer that is not ES256
     or does not match ``chain[0]``; a leaf that is not a node certificate; a malformed
     department code or one listed twice; a seal certificate listed under a department
-    other than its own; or more than 16 certificates of one kind for a department.
+    other than its own; more than 16 certificates of one kind, or 16 status-list base
+    URLs, for a department; or a base URL that is not http(s) and ending in "/".
     Raises SigningError if the signer fails.
     """
     if now.tzinfo is None:
@@ -233,6 +291,7 @@ def sign_trust_list(
             "URI); the first certificate in chain is not one."
         )
     departments: dict[str, object] = {}
+    bases: dict[str, list[str]] = {}
     for entry in entries:
         if entry.department in departments:
             raise ValueError(f"Department {entry.department!r} is listed twice.")
@@ -241,6 +300,8 @@ def sign_trust_list(
             "seal_certificates": [_der_b64(c) for c in entry.seal_certificates],
             "status_list_certificates": [_der_b64(c) for c in entry.status_list_certificates],
         }
+        if entry.status_base_urls:
+            bases[entry.department] = list(entry.status_base_urls)
     expires = min(now + lifetime, chain[0].not_valid_after_utc)
     payload = {
         "iss": NODE_URI_PREFIX + node,
@@ -249,6 +310,8 @@ def sign_trust_list(
         "exp": int(expires.timestamp()),
         "departments": departments,
     }
+    if bases:
+        payload["status_base_urls"] = bases
     return sign_jws(
         dumps_compact(payload).encode("utf-8"),
         signer,
@@ -282,10 +345,30 @@ def _certificates(value: object, dept: str, kind: str) -> tuple[x509.Certificate
     return tuple(certs)
 
 
+def _base_urls(
+    payload: Mapping[str, object], departments: Mapping[str, object]
+) -> dict[str, tuple[str, ...]]:
+    value = payload.get("status_base_urls", {})
+    if not isinstance(value, dict) or not set(value) <= set(departments):
+        raise LicenceFormatInvalid(
+            "The trust list's 'status_base_urls' is not an object keyed by listed departments."
+        )
+    out = {}
+    for dept, bases in value.items():
+        if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+            raise LicenceFormatInvalid(
+                f"The trust list's status-list base URLs for {dept[:64]!r} are not a list of "
+                "strings."
+            )
+        out[dept] = tuple(bases)
+    return out
+
+
 def _entries(payload: Mapping[str, object]) -> dict[str, TrustListEntry]:
     departments = payload.get("departments")
     if not isinstance(departments, dict):
         raise LicenceFormatInvalid("The trust list has no 'departments' object.")
+    base_urls = _base_urls(payload, departments)
     out: dict[str, TrustListEntry] = {}
     for dept, value in departments.items():
         if not isinstance(value, dict) or set(value) != {
@@ -302,6 +385,7 @@ def _entries(payload: Mapping[str, object]) -> dict[str, TrustListEntry]:
             status_list_certificates=_certificates(
                 value["status_list_certificates"], dept, "status-list certificates"
             ),
+            status_base_urls=base_urls.get(dept, ()),
         )
         try:
             _check_entry(entry)

@@ -15,7 +15,13 @@ Checks, in order (each failure names its ``check`` and ``reason``):
 5. ``format``: the licence type (``vct``/``lty``) is one the verifier knows;
 6. ``status``: the status list bit (0 valid, 1 revoked, 2 suspended), looked up by the
    caller's ``StatusLookup``; a lookup may raise a more precise ``VerificationFailed``
-   (the issuing registry knows a licence was cancelled or superseded).
+   (the issuing registry knows a licence was cancelled or superseded, or the list's
+   address is not one the trust list names: ``STATUS_URL_UNTRUSTED``).
+
+The lookup is called only once checks 1-5 passed, so it never sees an address from a
+forged licence. A verifier that fetches status lists over the network verifies first with
+``status=None``, fetches from the result's ``status_reference`` only if it verified and
+``TrustList.check_status_url`` accepts the address, then verifies again with its lookup.
 
 The trust list must be current (``TrustList`` is returned only by a verification that
 checked its expiry); an expired cached list is the caller's ``TrustListExpired``.
@@ -70,6 +76,7 @@ _STATUS_BY_REASON = {
     "LICENCE_CANCELLED": "cancelled",
     "LICENCE_SUPERSEDED": "superseded",
     "STATUS_UNAVAILABLE": "unknown",
+    "STATUS_URL_UNTRUSTED": "unknown",
 }
 
 
@@ -101,6 +108,9 @@ class VerificationResult:
     (status list unavailable) or ``unchecked``."""
     not_before: datetime | None = None
     expires: datetime | None = None
+    status_reference: StatusReference | None = None
+    """Where the licence's status lives, as signed: set once the signature verified (also
+    when a later check failed), None before. Not in ``to_dict``."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-ready data (instants as RFC 3339 strings)."""
@@ -181,8 +191,9 @@ def _at(seconds: int) -> datetime:
 def claimed_status(text: str) -> StatusReference | None:
     """Return the status reference licence ``text`` (SD-JWT or QR) claims, read WITHOUT
     verifying anything, or None if the text is malformed or claims none: for a verifier
-    that fetches statuses before it calls ``verify_licence``, which decides whether to
-    believe the claim.
+    that looks statuses up in a registry of its own before it calls ``verify_licence``,
+    which decides whether to believe the claim. Never fetch the URI it names: anyone can
+    write one (use ``VerificationResult.status_reference`` after verifying instead).
 
     Parsed within the caps verification uses, so a compression bomb or deeply nested
     payload is refused, never expanded; never raises.
@@ -253,6 +264,7 @@ def _verify_qr(
         "claims": MappingProxyType({"holder_name": claims.holder_name}),
         "not_before": _at(claims.not_before),
         "expires": _at(claims.expires),
+        "status_reference": StatusReference(idx=claims.status_index, uri=claims.status_uri),
     }
     try:
         licence_type = registry.get(claims.licence_type)
@@ -302,6 +314,7 @@ def _verify_sd_jwt(
         "claims": MappingProxyType(claims),
         "not_before": verified.not_before,
         "expires": verified.expires_at,
+        "status_reference": verified.status,
     }
     try:
         licence_type = registry.by_vct(verified.vct)

@@ -6,7 +6,8 @@ The tamper-evident access log, for auditors (电子监察, 纪委监委) and dat
 Entries are the leaves of an RFC 6962/9162 Merkle tree (SHA-256); the node signs
 checkpoints in the C2SP tlog-checkpoint format as C2SP signed notes (Ed25519). Anyone
 with the log's verifier key can check an entry's inclusion and the log's consistency
-with tools we did not write. Every method but DeclareCovertCase needs the auditor role.
+with tools we did not write. DeclareCovertCase needs the covert role; every other
+method needs the auditor role.
 """
 
 from collections import abc as _abc
@@ -534,11 +535,20 @@ class CovertCase(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     UNTIL_FIELD_NUMBER: _builtins.int
     LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    DECLARED_AT_FIELD_NUMBER: _builtins.int
+    DECLARED_BY_FIELD_NUMBER: _builtins.int
+    IN_FORCE_FIELD_NUMBER: _builtins.int
     department: _builtins.str
     case_id: _builtins.str
     legal_basis: _builtins.str
+    declared_by: _builtins.str
+    """The officer who declared it (as the department named them); empty if none."""
+    in_force: _builtins.bool
+    """Whether its embargo still runs: `until` is after the time of the answer."""
     @_builtins.property
     def until(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def declared_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -546,11 +556,68 @@ class CovertCase(_message.Message):
         case_id: _builtins.str = ...,
         until: _timestamp_pb2.Timestamp | None = ...,
         legal_basis: _builtins.str = ...,
+        declared_at: _timestamp_pb2.Timestamp | None = ...,
+        declared_by: _builtins.str = ...,
+        in_force: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["until", b"until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["declared_at", b"declared_at", "until", b"until"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "department", b"department", "legal_basis", b"legal_basis", "until", b"until"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "declared_at", b"declared_at", "declared_by", b"declared_by", "department", b"department", "in_force", b"in_force", "legal_basis", b"legal_basis", "until", b"until"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CovertCase: _TypeAlias = CovertCase  # noqa: Y015
+
+@_typing.final
+class ListCovertCasesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    INCLUDE_ENDED_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    department: _builtins.str
+    """One department's cases; empty for every department's."""
+    include_ended: _builtins.bool
+    """Also cases whose embargo has ended."""
+    page_size: _builtins.int
+    """1 to 1,000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        department: _builtins.str = ...,
+        include_ended: _builtins.bool = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "include_ended", b"include_ended", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCovertCasesRequest: _TypeAlias = ListCovertCasesRequest  # noqa: Y015
+
+@_typing.final
+class ListCovertCasesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___CovertCase]: ...
+    def __init__(
+        self,
+        *,
+        cases: _abc.Iterable[Global___CovertCase] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases", b"cases", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListCovertCasesResponse: _TypeAlias = ListCovertCasesResponse  # noqa: Y015

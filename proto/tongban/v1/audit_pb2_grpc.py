@@ -74,6 +74,11 @@ class AuditServiceStub:
                 request_serializer=tongban_dot_v1_dot_audit__pb2.DeclareCovertCaseRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_audit__pb2.CovertCase.FromString,
                 _registered_method=True)
+        self.ListCovertCases = channel.unary_unary(
+                '/tongban.v1.AuditService/ListCovertCases',
+                request_serializer=tongban_dot_v1_dot_audit__pb2.ListCovertCasesRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_audit__pb2.ListCovertCasesResponse.FromString,
+                _registered_method=True)
 
 
 class AuditServiceServicer:
@@ -131,8 +136,19 @@ class AuditServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeclareCovertCase(self, request, context):
-        """A department declares one of its own cases covert (an investigation): its accesses
-        are hidden from the subject view until `until`. Any department, for its own cases.
+        """A department with the covert role declares one of its own cases covert (an
+        investigation): its accesses are hidden from the subject view until `until`, at most
+        TONGBAN_COVERT_MAX_DAYS ahead. Declaring the case again replaces the end date (the
+        latest declaration holds). Each declaration, and each refused one, is a log entry
+        (action "covert.declare"). Without the role: PERMISSION_DENIED, COVERT_ROLE_REQUIRED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListCovertCases(self, request, context):
+        """The declaration in force of each covert case, newest first, a page at a time
+        (logged as action "audit.covert").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -180,6 +196,11 @@ def add_AuditServiceServicer_to_server(servicer, server):
                     servicer.DeclareCovertCase,
                     request_deserializer=tongban_dot_v1_dot_audit__pb2.DeclareCovertCaseRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_audit__pb2.CovertCase.SerializeToString,
+            ),
+            'ListCovertCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListCovertCases,
+                    request_deserializer=tongban_dot_v1_dot_audit__pb2.ListCovertCasesRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_audit__pb2.ListCovertCasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -398,6 +419,33 @@ class AuditService:
             '/tongban.v1.AuditService/DeclareCovertCase',
             tongban_dot_v1_dot_audit__pb2.DeclareCovertCaseRequest.SerializeToString,
             tongban_dot_v1_dot_audit__pb2.CovertCase.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListCovertCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.AuditService/ListCovertCases',
+            tongban_dot_v1_dot_audit__pb2.ListCovertCasesRequest.SerializeToString,
+            tongban_dot_v1_dot_audit__pb2.ListCovertCasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,8 @@ The tamper-evident access log, for auditors (电子监察, 纪委监委) and dat
 Entries are the leaves of an RFC 6962/9162 Merkle tree (SHA-256); the node signs
 checkpoints in the C2SP tlog-checkpoint format as C2SP signed notes (Ed25519). Anyone
 with the log's verifier key can check an entry's inclusion and the log's consistency
-with tools we did not write. Every method but DeclareCovertCase needs the auditor role.
+with tools we did not write. DeclareCovertCase needs the covert role; every other
+method needs the auditor role.
 """
 
 from collections import abc as _abc
@@ -56,8 +57,15 @@ class AuditServiceStub:
     Anomalies: _grpc.UnaryUnaryMultiCallable[_audit_pb2.AnomaliesRequest, _audit_pb2.AnomaliesResponse]
     """Unusual access patterns in a period."""
     DeclareCovertCase: _grpc.UnaryUnaryMultiCallable[_audit_pb2.DeclareCovertCaseRequest, _audit_pb2.CovertCase]
-    """A department declares one of its own cases covert (an investigation): its accesses
-    are hidden from the subject view until `until`. Any department, for its own cases.
+    """A department with the covert role declares one of its own cases covert (an
+    investigation): its accesses are hidden from the subject view until `until`, at most
+    TONGBAN_COVERT_MAX_DAYS ahead. Declaring the case again replaces the end date (the
+    latest declaration holds). Each declaration, and each refused one, is a log entry
+    (action "covert.declare"). Without the role: PERMISSION_DENIED, COVERT_ROLE_REQUIRED.
+    """
+    ListCovertCases: _grpc.UnaryUnaryMultiCallable[_audit_pb2.ListCovertCasesRequest, _audit_pb2.ListCovertCasesResponse]
+    """The declaration in force of each covert case, newest first, a page at a time
+    (logged as action "audit.covert").
     """
 
 @_typing.type_check_only
@@ -82,8 +90,15 @@ class AuditServiceAsyncStub(AuditServiceStub):
     Anomalies: _aio.UnaryUnaryMultiCallable[_audit_pb2.AnomaliesRequest, _audit_pb2.AnomaliesResponse]  # type: ignore[assignment]
     """Unusual access patterns in a period."""
     DeclareCovertCase: _aio.UnaryUnaryMultiCallable[_audit_pb2.DeclareCovertCaseRequest, _audit_pb2.CovertCase]  # type: ignore[assignment]
-    """A department declares one of its own cases covert (an investigation): its accesses
-    are hidden from the subject view until `until`. Any department, for its own cases.
+    """A department with the covert role declares one of its own cases covert (an
+    investigation): its accesses are hidden from the subject view until `until`, at most
+    TONGBAN_COVERT_MAX_DAYS ahead. Declaring the case again replaces the end date (the
+    latest declaration holds). Each declaration, and each refused one, is a log entry
+    (action "covert.declare"). Without the role: PERMISSION_DENIED, COVERT_ROLE_REQUIRED.
+    """
+    ListCovertCases: _aio.UnaryUnaryMultiCallable[_audit_pb2.ListCovertCasesRequest, _audit_pb2.ListCovertCasesResponse]  # type: ignore[assignment]
+    """The declaration in force of each covert case, newest first, a page at a time
+    (logged as action "audit.covert").
     """
 
 class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -153,8 +168,21 @@ class AuditServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _audit_pb2.DeclareCovertCaseRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_audit_pb2.CovertCase, _abc.Awaitable[_audit_pb2.CovertCase]]:
-        """A department declares one of its own cases covert (an investigation): its accesses
-        are hidden from the subject view until `until`. Any department, for its own cases.
+        """A department with the covert role declares one of its own cases covert (an
+        investigation): its accesses are hidden from the subject view until `until`, at most
+        TONGBAN_COVERT_MAX_DAYS ahead. Declaring the case again replaces the end date (the
+        latest declaration holds). Each declaration, and each refused one, is a log entry
+        (action "covert.declare"). Without the role: PERMISSION_DENIED, COVERT_ROLE_REQUIRED.
+        """
+
+    @_abc_1.abstractmethod
+    def ListCovertCases(
+        self,
+        request: _audit_pb2.ListCovertCasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.ListCovertCasesResponse, _abc.Awaitable[_audit_pb2.ListCovertCasesResponse]]:
+        """The declaration in force of each covert case, newest first, a page at a time
+        (logged as action "audit.covert").
         """
 
 def add_AuditServiceServicer_to_server(servicer: AuditServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -26,35 +26,37 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tongban.v1 import values_pb2 as tongban_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atongban/v1/catalogue.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tongban/v1/values.proto\"\x8b\x01\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.tongban.v1.FieldType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08personal\x18\x04 \x01(\x08\x12\x10\n\x08required\x18\x05 \x01(\x08\x12\x12\n\nmax_length\x18\x06 \x01(\r\"*\n\nLegalBasis\x12\x0b\n\x03law\x18\x01 \x01(\t\x12\x0f\n\x07\x61rticle\x18\x02 \x01(\t\"\xb0\x02\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12%\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x15.tongban.v1.FieldSpec\x12\x11\n\tkey_field\x18\x05 \x01(\t\x12-\n\x0csubject_kind\x18\x06 \x01(\x0e\x32\x17.tongban.v1.SubjectKind\x12\x18\n\x10update_frequency\x18\x07 \x01(\t\x12+\n\x0bshare_class\x18\x08 \x01(\x0e\x32\x16.tongban.v1.ShareClass\x12\x12\n\nconditions\x18\t \x01(\t\x12+\n\x0blegal_basis\x18\n \x01(\x0b\x32\x16.tongban.v1.LegalBasis\"\xcb\x01\n\x07\x44\x61taset\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.tongban.v1.DatasetSpec\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x11\n\tpublished\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12version_created_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x16RegisterDatasetRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.tongban.v1.DatasetSpec\x12\x0f\n\x07publish\x18\x02 \x01(\x08\"2\n\x11GetDatasetRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\xb8\x01\n\x13ListDatasetsRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07keyword\x18\x02 \x01(\t\x12+\n\x0bshare_class\x18\x03 \x01(\x0e\x32\x16.tongban.v1.ShareClass\x12-\n\x0csubject_kind\x18\x04 \x01(\x0e\x32\x17.tongban.v1.SubjectKind\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"V\n\x14ListDatasetsResponse\x12%\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x13.tongban.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x13SetPublishedRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tpublished\x18\x02 \x01(\x08*\x81\x01\n\nShareClass\x12\x1b\n\x17SHARE_CLASS_UNSPECIFIED\x10\x00\x12\x1d\n\x19SHARE_CLASS_UNCONDITIONAL\x10\x01\x12\x1b\n\x17SHARE_CLASS_CONDITIONAL\x10\x02\x12\x1a\n\x16SHARE_CLASS_NOT_SHARED\x10\x03*y\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17SUBJECT_KIND_ENTERPRISE\x10\x01\x12\x17\n\x13SUBJECT_KIND_PERSON\x10\x02\x12\x16\n\x12SUBJECT_KIND_OTHER\x10\x03\x32\xb9\x02\n\x10\x43\x61talogueService\x12J\n\x0fRegisterDataset\x12\".tongban.v1.RegisterDatasetRequest\x1a\x13.tongban.v1.Dataset\x12@\n\nGetDataset\x12\x1d.tongban.v1.GetDatasetRequest\x1a\x13.tongban.v1.Dataset\x12Q\n\x0cListDatasets\x12\x1f.tongban.v1.ListDatasetsRequest\x1a .tongban.v1.ListDatasetsResponse\x12\x44\n\x0cSetPublished\x12\x1f.tongban.v1.SetPublishedRequest\x1a\x13.tongban.v1.Datasetb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1atongban/v1/catalogue.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tongban/v1/values.proto\"\x8b\x01\n\tFieldSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.tongban.v1.FieldType\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08personal\x18\x04 \x01(\x08\x12\x10\n\x08required\x18\x05 \x01(\x08\x12\x12\n\nmax_length\x18\x06 \x01(\r\"*\n\nLegalBasis\x12\x0b\n\x03law\x18\x01 \x01(\t\x12\x0f\n\x07\x61rticle\x18\x02 \x01(\t\"=\n\rPersonalBasis\x12\x0b\n\x03law\x18\x01 \x01(\t\x12\x0f\n\x07\x61rticle\x18\x02 \x01(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\"\xe3\x02\n\x0b\x44\x61tasetSpec\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12%\n\x06\x66ields\x18\x04 \x03(\x0b\x32\x15.tongban.v1.FieldSpec\x12\x11\n\tkey_field\x18\x05 \x01(\t\x12-\n\x0csubject_kind\x18\x06 \x01(\x0e\x32\x17.tongban.v1.SubjectKind\x12\x18\n\x10update_frequency\x18\x07 \x01(\t\x12+\n\x0bshare_class\x18\x08 \x01(\x0e\x32\x16.tongban.v1.ShareClass\x12\x12\n\nconditions\x18\t \x01(\t\x12+\n\x0blegal_basis\x18\n \x01(\x0b\x32\x16.tongban.v1.LegalBasis\x12\x31\n\x0epersonal_bases\x18\x0b \x03(\x0b\x32\x19.tongban.v1.PersonalBasis\"\xcb\x01\n\x07\x44\x61taset\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.tongban.v1.DatasetSpec\x12\r\n\x05owner\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12\x11\n\tpublished\x18\x04 \x01(\x08\x12.\n\ncreated_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12version_created_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"P\n\x16RegisterDatasetRequest\x12%\n\x04spec\x18\x01 \x01(\x0b\x32\x17.tongban.v1.DatasetSpec\x12\x0f\n\x07publish\x18\x02 \x01(\x08\"2\n\x11GetDatasetRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"\xb8\x01\n\x13ListDatasetsRequest\x12\r\n\x05owner\x18\x01 \x01(\t\x12\x0f\n\x07keyword\x18\x02 \x01(\t\x12+\n\x0bshare_class\x18\x03 \x01(\x0e\x32\x16.tongban.v1.ShareClass\x12-\n\x0csubject_kind\x18\x04 \x01(\x0e\x32\x17.tongban.v1.SubjectKind\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\"V\n\x14ListDatasetsResponse\x12%\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x13.tongban.v1.Dataset\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"6\n\x13SetPublishedRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tpublished\x18\x02 \x01(\x08*\x81\x01\n\nShareClass\x12\x1b\n\x17SHARE_CLASS_UNSPECIFIED\x10\x00\x12\x1d\n\x19SHARE_CLASS_UNCONDITIONAL\x10\x01\x12\x1b\n\x17SHARE_CLASS_CONDITIONAL\x10\x02\x12\x1a\n\x16SHARE_CLASS_NOT_SHARED\x10\x03*y\n\x0bSubjectKind\x12\x1c\n\x18SUBJECT_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17SUBJECT_KIND_ENTERPRISE\x10\x01\x12\x17\n\x13SUBJECT_KIND_PERSON\x10\x02\x12\x16\n\x12SUBJECT_KIND_OTHER\x10\x03\x32\xb9\x02\n\x10\x43\x61talogueService\x12J\n\x0fRegisterDataset\x12\".tongban.v1.RegisterDatasetRequest\x1a\x13.tongban.v1.Dataset\x12@\n\nGetDataset\x12\x1d.tongban.v1.GetDatasetRequest\x1a\x13.tongban.v1.Dataset\x12Q\n\x0cListDatasets\x12\x1f.tongban.v1.ListDatasetsRequest\x1a .tongban.v1.ListDatasetsResponse\x12\x44\n\x0cSetPublished\x12\x1f.tongban.v1.SetPublishedRequest\x1a\x13.tongban.v1.Datasetb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.catalogue_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SHARECLASS']._serialized_start=1265
-  _globals['_SHARECLASS']._serialized_end=1394
-  _globals['_SUBJECTKIND']._serialized_start=1396
-  _globals['_SUBJECTKIND']._serialized_end=1517
+  _globals['_SHARECLASS']._serialized_start=1379
+  _globals['_SHARECLASS']._serialized_end=1508
+  _globals['_SUBJECTKIND']._serialized_start=1510
+  _globals['_SUBJECTKIND']._serialized_end=1631
   _globals['_FIELDSPEC']._serialized_start=101
   _globals['_FIELDSPEC']._serialized_end=240
   _globals['_LEGALBASIS']._serialized_start=242
   _globals['_LEGALBASIS']._serialized_end=284
-  _globals['_DATASETSPEC']._serialized_start=287
-  _globals['_DATASETSPEC']._serialized_end=591
-  _globals['_DATASET']._serialized_start=594
-  _globals['_DATASET']._serialized_end=797
-  _globals['_REGISTERDATASETREQUEST']._serialized_start=799
-  _globals['_REGISTERDATASETREQUEST']._serialized_end=879
-  _globals['_GETDATASETREQUEST']._serialized_start=881
-  _globals['_GETDATASETREQUEST']._serialized_end=931
-  _globals['_LISTDATASETSREQUEST']._serialized_start=934
-  _globals['_LISTDATASETSREQUEST']._serialized_end=1118
-  _globals['_LISTDATASETSRESPONSE']._serialized_start=1120
-  _globals['_LISTDATASETSRESPONSE']._serialized_end=1206
-  _globals['_SETPUBLISHEDREQUEST']._serialized_start=1208
-  _globals['_SETPUBLISHEDREQUEST']._serialized_end=1262
-  _globals['_CATALOGUESERVICE']._serialized_start=1520
-  _globals['_CATALOGUESERVICE']._serialized_end=1833
+  _globals['_PERSONALBASIS']._serialized_start=286
+  _globals['_PERSONALBASIS']._serialized_end=347
+  _globals['_DATASETSPEC']._serialized_start=350
+  _globals['_DATASETSPEC']._serialized_end=705
+  _globals['_DATASET']._serialized_start=708
+  _globals['_DATASET']._serialized_end=911
+  _globals['_REGISTERDATASETREQUEST']._serialized_start=913
+  _globals['_REGISTERDATASETREQUEST']._serialized_end=993
+  _globals['_GETDATASETREQUEST']._serialized_start=995
+  _globals['_GETDATASETREQUEST']._serialized_end=1045
+  _globals['_LISTDATASETSREQUEST']._serialized_start=1048
+  _globals['_LISTDATASETSREQUEST']._serialized_end=1232
+  _globals['_LISTDATASETSRESPONSE']._serialized_start=1234
+  _globals['_LISTDATASETSRESPONSE']._serialized_end=1320
+  _globals['_SETPUBLISHEDREQUEST']._serialized_start=1322
+  _globals['_SETPUBLISHEDREQUEST']._serialized_end=1376
+  _globals['_CATALOGUESERVICE']._serialized_start=1634
+  _globals['_CATALOGUESERVICE']._serialized_end=1947
 # @@protoc_insertion_point(module_scope)

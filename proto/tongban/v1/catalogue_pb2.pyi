@@ -137,6 +137,40 @@ class LegalBasis(_message.Message):
 Global___LegalBasis: _TypeAlias = LegalBasis  # noqa: Y015
 
 @_typing.final
+class PersonalBasis(_message.Message):
+    """A law that requires or allows some personal fields (个人信息) of an UNCONDITIONAL
+    dataset to be shared without a grant, e.g. 《企业信息公示暂行条例》第六条 for the name of
+    a company's legal representative. Personal fields no basis names are shared only under
+    a grant for the caller's purpose (个人信息保护法 第三十四条; docs/personal-data.md).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LAW_FIELD_NUMBER: _builtins.int
+    ARTICLE_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    law: _builtins.str
+    article: _builtins.str
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The personal fields it covers; each must be a field of the dataset marked personal."""
+
+    def __init__(
+        self,
+        *,
+        law: _builtins.str = ...,
+        article: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["article", b"article", "fields", b"fields", "law", b"law"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PersonalBasis: _TypeAlias = PersonalBasis  # noqa: Y015
+
+@_typing.final
 class DatasetSpec(_message.Message):
     """What an owner registers."""
 
@@ -152,6 +186,7 @@ class DatasetSpec(_message.Message):
     SHARE_CLASS_FIELD_NUMBER: _builtins.int
     CONDITIONS_FIELD_NUMBER: _builtins.int
     LEGAL_BASIS_FIELD_NUMBER: _builtins.int
+    PERSONAL_BASES_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     title: _builtins.str
     description: _builtins.str
@@ -169,6 +204,12 @@ class DatasetSpec(_message.Message):
     def legal_basis(self) -> Global___LegalBasis:
         """Required for NOT_SHARED."""
 
+    @_builtins.property
+    def personal_bases(self) -> _containers.RepeatedCompositeFieldContainer[Global___PersonalBasis]:
+        """For UNCONDITIONAL datasets: the laws under which named personal fields are shared
+        without a grant. Every other personal field needs a grant, whatever the share class.
+        """
+
     def __init__(
         self,
         *,
@@ -182,10 +223,11 @@ class DatasetSpec(_message.Message):
         share_class: Global___ShareClass.ValueType = ...,
         conditions: _builtins.str = ...,
         legal_basis: Global___LegalBasis | None = ...,
+        personal_bases: _abc.Iterable[Global___PersonalBasis] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["legal_basis", b"legal_basis"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "conditions", b"conditions", "description", b"description", "fields", b"fields", "key_field", b"key_field", "legal_basis", b"legal_basis", "share_class", b"share_class", "subject_kind", b"subject_kind", "title", b"title", "update_frequency", b"update_frequency"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "conditions", b"conditions", "description", b"description", "fields", b"fields", "key_field", b"key_field", "legal_basis", b"legal_basis", "personal_bases", b"personal_bases", "share_class", b"share_class", "subject_kind", b"subject_kind", "title", b"title", "update_frequency", b"update_frequency"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -404,15 +404,23 @@ class FetchLicenceRequest(_message.Message):
     PURPOSE_FIELD_NUMBER: _builtins.int
     CASE_ID_FIELD_NUMBER: _builtins.int
     DISCLOSE_FIELD_NUMBER: _builtins.int
+    AUTHORISATION_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     """The licence number, or holder_id and licence_type (the holder's valid licence)."""
     holder_id: _builtins.str
     licence_type: _builtins.str
     purpose: _builtins.str
     case_id: _builtins.str
+    authorisation: _builtins.str
+    """The holder's one-time authorisation code (授权用证) for this department, purpose and
+    case: made by the holder in the console's subject view or `tongban subject authorise`.
+    """
     @_builtins.property
     def disclose(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """The selectively disclosable claims wanted; all others stay hidden."""
+        """The selectively disclosable claims wanted; all others stay hidden. Personal ones
+        (个人信息) need a grant on the licence type's dataset from its issuer for this
+        purpose, or the holder's authorisation below (docs/personal-data.md).
+        """
 
     def __init__(
         self,
@@ -423,10 +431,11 @@ class FetchLicenceRequest(_message.Message):
         purpose: _builtins.str = ...,
         case_id: _builtins.str = ...,
         disclose: _abc.Iterable[_builtins.str] | None = ...,
+        authorisation: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "disclose", b"disclose", "holder_id", b"holder_id", "licence_type", b"licence_type", "number", b"number", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorisation", b"authorisation", "case_id", b"case_id", "disclose", b"disclose", "holder_id", b"holder_id", "licence_type", b"licence_type", "number", b"number", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

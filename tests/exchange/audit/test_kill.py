@@ -7,7 +7,6 @@ import asyncio
 import json
 import shutil
 import signal
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,12 +16,13 @@ from tests.cli_helpers import TONGBAN, atongban, cli_env
 from tests.stories.restaurant import OWNER, OWNER_ID, PERSON
 from tongban.client import Bundle, ExchangeClient, ExchangeError
 from tongban.exchange.db.database import Database
+from tongban.exchange.db.embedded import temp_root
 from tongban.exchange.settings import load_settings
 
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
-    root = Path(tempfile.mkdtemp(prefix="tongban-test-kill-"))
+    root = temp_root("tongban-test-kill-")  # as root, PostgreSQL runs as another user
     yield root / "data"
     shutil.rmtree(root, ignore_errors=True)
 

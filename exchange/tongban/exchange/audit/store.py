@@ -161,14 +161,6 @@ def decode_token(token: str) -> int:
     return int(position)
 
 
-def _years_after(at: datetime, years: int) -> datetime:
-    """``at`` moved ``years`` on (29 February becomes the 28th in a common year)."""
-    try:
-        return at.replace(year=at.year + years)
-    except ValueError:
-        return at.replace(year=at.year + years, day=28)
-
-
 def _page_size(page_size: int) -> int:
     if not 0 <= page_size <= MAX_PAGE:
         raise InvalidArgument(
@@ -286,7 +278,7 @@ class AuditStore:
             LEFT JOIN department d ON d.code = a.caller
             WHERE a.subject_hmac = $1 AND a.idx > $2
               AND NOT EXISTS (
-                  SELECT 1 FROM covert_case c
+                  SELECT 1 FROM covert_case_current c
                   WHERE c.caller = a.caller AND c.case_id = a.case_id AND c.until > $3)
             ORDER BY a.idx LIMIT {size + 1}
             """,  # noqa: S608 - built from fixed names
@@ -295,7 +287,7 @@ class AuditStore:
             now,
         )
         withheld = await self._pool.fetchval(
-            "SELECT count(*) FROM access_log a JOIN covert_case c"
+            "SELECT count(*) FROM access_log a JOIN covert_case_current c"
             " ON c.caller = a.caller AND c.case_id = a.case_id"
             " WHERE a.subject_hmac = $1 AND c.until > $2",
             subject_hmac,
@@ -305,49 +297,3 @@ class AuditStore:
         more = len(rows) > size
         token = self._tokens.issue(_SUBJECT, str(accesses[-1].entry.index)) if more else ""
         return accesses, token, int(withheld or 0)
-
-    async def declare_covert(
-        self,
-        *,
-        caller: str,
-        case_id: str,
-        until: datetime,
-        legal_basis: str,
-        officer: str | None,
-        now: datetime,
-    ) -> None:
-        """Hide ``caller``'s accesses for ``case_id`` from the subject view until ``until``
-        (declaring again changes the end date)."""
-        case_id = case_id.strip()
-        if not 1 <= len(case_id) <= 64:
-            raise InvalidArgument("Name the case (1-64 characters).", metadata={"field": "case_id"})
-        if until <= now:
-            raise InvalidArgument(
-                "The embargo must end in the future.", metadata={"field": "until"}
-            )
-        if until > _years_after(now, 5):
-            raise InvalidArgument(
-                "An embargo may last at most five years; declare it again to extend it.",
-                metadata={"field": "until"},
-            )
-        basis = legal_basis.strip()
-        if not 1 <= len(basis) <= 500:
-            raise InvalidArgument(
-                "A covert case must cite its legal basis (1-500 characters).",
-                metadata={"field": "legal_basis"},
-            )
-        await self._pool.execute(
-            """
-            INSERT INTO covert_case (caller, case_id, until, legal_basis, declared_at, declared_by)
-            VALUES ($1, $2, $3, $4, $5, $6)
-            ON CONFLICT (caller, case_id) DO UPDATE
-                SET until = EXCLUDED.until, legal_basis = EXCLUDED.legal_basis,
-                    declared_at = EXCLUDED.declared_at, declared_by = EXCLUDED.declared_by
-            """,
-            caller,
-            case_id,
-            until,
-            basis,
-            now,
-            officer,
-        )

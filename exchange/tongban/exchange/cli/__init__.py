@@ -89,6 +89,13 @@ def _build_parser() -> argparse.ArgumentParser:
         "init", parents=[common], help="create the data dir, root CA and node certificate"
     )
 
+    sub.add_parser(
+        "migrate",
+        parents=[common],
+        help="apply the database migrations as the schema's owner "
+        "(TONGBAN_MIGRATION_DATABASE_URL) and give tongban_node its login",
+    )
+
     serve = sub.add_parser("serve", parents=[common], help="run an exchange node")
     serve.add_argument("--grpc-listen", type=_listen, help="gRPC address (default 127.0.0.1:50051)")
     serve.add_argument("--http-listen", type=_listen, help="HTTP address (default 127.0.0.1:8080)")
@@ -108,7 +115,13 @@ def _build_parser() -> argparse.ArgumentParser:
     add.add_argument("--name", required=True, help="department name, e.g. 县市场监督管理局")
     add.add_argument("--level", required=True, choices=[level.value for level in Level])
     add.add_argument("--parent", help="code of the parent department")
-    add.add_argument("--role", action="append", default=[], choices=["auditor"], help="extra role")
+    add.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        choices=["auditor", "covert"],
+        help="extra role: auditor (reads the access log), covert (may declare covert cases)",
+    )
     add.add_argument(
         "--out", type=_data_dir, help="bundle directory (default DATA_DIR/bundles/CODE)"
     )

@@ -16,6 +16,7 @@ from typing import Any
 
 from tongban.exchange.audit.anomalies import find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
+from tongban.exchange.audit.covert import CovertCase, CovertCases
 from tongban.exchange.audit.log import SubjectHasher
 from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
 from tongban.exchange.audit.note import open_checkpoint
@@ -83,6 +84,13 @@ def add_parsers(
     anomalies = audit_sub.add_parser("anomalies", parents=[common], help="unusual access patterns")
     anomalies.add_argument("--from", dest="start", type=_instant)
     anomalies.add_argument("--to", dest="end", type=_instant)
+    covert = audit_sub.add_parser(
+        "covert-cases", parents=[common], help="covert cases: the declaration in force of each"
+    )
+    covert.add_argument("--department", help="one department's cases (code)")
+    covert.add_argument(
+        "--all", dest="include_ended", action="store_true", help="also cases whose embargo ended"
+    )
 
 
 async def run_audit(args: argparse.Namespace) -> int:
@@ -106,6 +114,8 @@ async def run_audit(args: argparse.Namespace) -> int:
             if command == "search":
                 return await _search(args, store, filters)
             return await _export(args, store, filters)
+        if command == "covert-cases":
+            return await _covert_cases(args, CovertCases(db.pool))
         origin = log_origin(settings)
         signer = load_log_signer(settings)
         checkpoints = Checkpointer(db.pool, signer, origin, SystemClock(), signer="cli")
@@ -234,4 +244,34 @@ async def _export(args: argparse.Namespace, store: AuditStore, filters: SearchFi
             {"exported": count, "file": str(args.out)},
             f"exported {count:,} entries to {args.out}",
         )
+    return 0
+
+
+async def _covert_cases(args: argparse.Namespace, cases: CovertCases) -> int:
+    now = SystemClock().now()
+    found: list[CovertCase] = []
+    token = ""
+    while True:
+        page, token = await cases.list_cases(
+            now=now,
+            department=args.department,
+            include_ended=args.include_ended,
+            page_size=1000,
+            page_token=token,
+        )
+        found += page
+        if not token:
+            break
+    lines = [
+        f"{c.department:<12} {c.case_id:<20} until {c.until.astimezone(_CST):%Y-%m-%d %H:%M}  "
+        f"{'in force' if c.in_force(now) else 'ended':<8}  declared "
+        f"{c.declared_at.astimezone(_CST):%Y-%m-%d %H:%M} by {c.declared_by or '-'}  "
+        f"{c.legal_basis}"
+        for c in found
+    ]
+    emit(
+        args,
+        {"covert_cases": [c.to_dict(now) for c in found]},
+        "\n".join(lines) or "no covert cases" + ("" if args.include_ended else " in force"),
+    )
     return 0

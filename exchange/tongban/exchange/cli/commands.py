@@ -7,12 +7,12 @@ import asyncio
 import json
 import signal
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from tongban.exchange.datadir import ca_certificate_pem, init_data_dir, is_initialised
-from tongban.exchange.db.database import Database
+from tongban.exchange.db.database import Database, migrate_database
+from tongban.exchange.db.embedded import temp_root
 from tongban.exchange.departments import CallLimits, DepartmentStore, Level, Status
 from tongban.exchange.enrolment import enrol_demo_departments, enrol_department
 from tongban.exchange.errors import InvalidArgument
@@ -38,6 +38,8 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
 async def run(args: argparse.Namespace) -> int:
     if args.command == "init":
         return await _init(args)
+    if args.command == "migrate":
+        return await _migrate(args)
     if args.command == "serve":
         return await _serve(args)
     if args.command == "demo":
@@ -86,6 +88,27 @@ async def _init(args: argparse.Namespace) -> int:
             "node_fingerprint": result.node_fingerprint,
         },
         f"{result.data_dir}: {verb}\n  root CA sha256 {result.ca_fingerprint}",
+    )
+    return 0
+
+
+async def _migrate(args: argparse.Namespace) -> int:
+    report = await migrate_database(settings_from_args(args))
+    applied = ", ".join(report.applied) or "none (up to date)"
+    login = (
+        "tongban_node logs in with the node's password"
+        if report.node_login
+        else "tongban_node has no login of its own: nodes start their sessions as it from "
+        "the migrating login (see the warning above)"
+    )
+    emit(
+        args,
+        {
+            "database": report.where,
+            "applied": list(report.applied),
+            "node_login": report.node_login,
+        },
+        f"{report.where}: migrations applied: {applied}\n  {login}",
     )
     return 0
 
@@ -216,7 +239,7 @@ async def _ca_export(args: argparse.Namespace) -> int:
 def fresh_demo_dir(given: Path | None) -> Path:
     """Return the demo's data dir: ``given`` if absent or empty, else a new temporary one."""
     if given is None:
-        return Path(tempfile.mkdtemp(prefix="tongban-demo-"))
+        return temp_root("tongban-demo-")  # as root, PostgreSQL runs as another user
     if given.exists() and any(given.iterdir()):
         raise InvalidArgument(
             f"The demo needs a fresh data dir and {given} is not empty; give a new path."

@@ -236,8 +236,16 @@ async def run_demo(args: argparse.Namespace) -> int:
         async def step_1() -> _Outcome:
             async with client("samr", "SC-0001") as samr:
                 await samr.register_dataset(story.ENTERPRISE, publish=True)
+            # Personal fields are purpose-bound even in unconditional data: police and
+            # approval get the representative's citizen id under grants for their purposes.
+            granted = await story.grant_representative_ids(client, clock.now())
             ok, summary, details = await legacy.register_company()
-            return _Outcome(ok, f"{summary} (unconditional: shared by default)", details)
+            return _Outcome(
+                ok,
+                f"{summary} (unconditional: shared by default; the legal representative's "
+                f"citizen id only under {len(granted)} grants, to police and approval)",
+                details,
+            )
 
         async def step_2() -> _Outcome:
             ok, summary, details = await legacy.deliver_company()
@@ -334,11 +342,14 @@ async def run_demo(args: argparse.Namespace) -> int:
                     reason="设立登记",
                 )
             licences["business"] = licence.number
+            # The legal representative on it is a personal claim: approval asks samr for it.
+            await story.grant_licence_representative(client, clock.now())
             return _Outcome(
                 licence.status == "valid",
                 f"electronic business licence {licence.number} issued to "
                 f"{licence.holder_name} under samr's seal (SD-JWT VC + QR; status index "
-                f"{licence.status_index} of {licence.status_uri})",
+                f"{licence.status_index} of {licence.status_uri}); the legal representative "
+                "on it goes to approval under samr's grant",
                 {"licence_number": licence.number},
             )
 

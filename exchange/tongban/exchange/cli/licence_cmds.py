@@ -10,6 +10,7 @@ HTTP address; ``--offline`` verifies with the cached trust list and status lists
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 from datetime import UTC, datetime
@@ -23,11 +24,11 @@ from google.protobuf.json_format import MessageToDict
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.cli.commands import emit, settings_from_args
 from tongban.exchange.errors import InvalidArgument
-from tongban.exchange.licensing.service import status_refs
 from tongban.licence import (
     BUILTIN_REGISTRY,
     StatusListCache,
     StatusUnavailable,
+    StatusUrlUntrusted,
     TrustList,
     TrustListCache,
     TrustListUnavailable,
@@ -89,6 +90,11 @@ def add_parsers(
     get.add_argument("--purpose", help="fetch for an approval with this purpose (logged)")
     get.add_argument("--case", dest="case_id", help="... and this case id")
     get.add_argument("--disclose", default="", help="claims to disclose when fetching (a,b)")
+    get.add_argument(
+        "--authorisation",
+        default="",
+        help="the holder's one-time code (授权用证) for personal claims without a grant",
+    )
     listing = lsub.add_parser("list", parents=[common, optional_dept], help="list licences")
     listing.add_argument("--holder", help="the holder's USCC or citizen id")
     for action in _STATUS_COMMANDS:
@@ -229,6 +235,7 @@ async def _get(args: argparse.Namespace, client: ExchangeClient) -> None:
             purpose=args.purpose or "",
             case_id=args.case_id or "",
             disclose=disclose,
+            authorisation=args.authorisation,
         )
     else:
         licence = await client.get_licence(args.number)
@@ -306,9 +313,24 @@ class _Verifier:
         return value if isinstance(value, str) else None
 
     async def fetch(self, url: str, what: str, error: type[VerificationFailed]) -> str:
+        """GET ``url``, following no redirect: the address was checked, where a redirect
+        points was not (a status list's base URL comes from the trust list)."""
         try:
             timeout = aiohttp.ClientTimeout(total=10)
-            async with aiohttp.ClientSession(timeout=timeout) as http, http.get(url) as response:
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as http,
+                http.get(url, allow_redirects=False) as response,
+            ):
+                if 300 <= response.status < 400:
+                    fix = (
+                        "give the node's own address with --url"
+                        if error is TrustListUnavailable
+                        else "only the address the trust list names is fetched"
+                    )
+                    raise error(
+                        f"Fetching the {what} from {url} gave a redirect (HTTP "
+                        f"{response.status}), which is not followed; {fix}."
+                    )
                 if response.status != 200:
                     raise error(f"Fetching the {what} from {url} gave HTTP {response.status}.")
                 body = await response.content.read(_MAX_FETCH + 1)
@@ -340,12 +362,14 @@ async def _verify(args: argparse.Namespace) -> int:
     else:
         # A licence PDF (its QR code is read from the rendered page), an image of the QR
         # code, or a file holding the QR text or an SD-JWT.
-        from tongban.exchange.web.uploads import licence_text_from_upload
+        from tongban.exchange.web.uploads import RenderSlots, licence_text_from_upload
 
-        text = await licence_text_from_upload(_read(args.file, "licence file"))
+        # One file, one render: the slots bound a node's concurrent uploads.
+        text = await licence_text_from_upload(_read(args.file, "licence file"), RenderSlots(1, 0))
     verifier = _Verifier(args)
     roots = verifier.roots()
     now = datetime.now(UTC)
+    fetched = False  # whether the trust list in hand was fetched by this command
     try:
         if args.offline:
             trust_list = verifier.trust.load(roots=roots, now=now)
@@ -353,24 +377,45 @@ async def _verify(args: argparse.Namespace) -> int:
             try:
                 trust_list = verifier.trust.load(roots=roots, now=now)
                 if trust_list.needs_refresh(now):
-                    trust_list = await verifier.refresh_trust_list(roots)
+                    trust_list, fetched = await verifier.refresh_trust_list(roots), True
             except TrustListUnavailable:
-                trust_list = await verifier.refresh_trust_list(roots)
+                trust_list, fetched = await verifier.refresh_trust_list(roots), True
     except VerificationFailed as e:
         result = failure(e, "unknown")
         return _report(args, result)
-    status_certs = frozenset(
-        c for entry in trust_list.entries.values() for c in entry.status_list_certificates
-    )
+    # Nothing is fetched for a licence until its signature, issuer, disclosures and
+    # validity hold (a forged one must not make us request an address of its choosing),
+    # and then only from under a base URL the signed trust list names for its issuer.
+    checked = verify_licence(
+        text, roots=roots, trust_list=trust_list, registry=BUILTIN_REGISTRY, now=now,
+        status=None,
+    )  # fmt: skip
+    ref = checked.status_reference
+    if not checked.verified or ref is None:
+        return _report(args, checked)
     if not args.offline:
-        for uri, _index in status_refs(text):
+        try:
             try:
-                token = await verifier.fetch(uri, "status list", StatusUnavailable)
-                verifier.status.store(token, uri=uri, roots=roots, trusted=status_certs, now=now)
-            except VerificationFailed as e:
-                return _report(args, failure(e, "unknown"))
+                uri = trust_list.check_status_url(checked.issuer, ref.uri)
+            except StatusUrlUntrusted as untrusted:
+                if fetched:
+                    raise
+                # The exchange may have named a new address since the cached list.
+                try:
+                    trust_list = await verifier.refresh_trust_list(roots)
+                except VerificationFailed:
+                    raise untrusted from None
+                uri = trust_list.check_status_url(checked.issuer, ref.uri)
+            token = await verifier.fetch(uri, "status list", StatusUnavailable)
+            trusted = trust_list.status_list_certificates_for(checked.issuer)
+            verifier.status.store(token, uri=uri, roots=roots, trusted=trusted, now=now)
+        except VerificationFailed as e:
+            return _report(args, _failed(checked, e))
 
     def lookup(issuer: str, uri: str, index: int) -> int | None:
+        # Offline too: a list cached from an address the trust list no longer names
+        # is not believed.
+        trust_list.check_status_url(issuer, uri)
         trusted = trust_list.status_list_certificates_for(issuer)
         status_list = verifier.status.load(uri, roots=roots, trusted=trusted, now=now)
         return None if status_list is None else status_list.get(index)
@@ -380,6 +425,19 @@ async def _verify(args: argparse.Namespace) -> int:
         status=lookup,
     )  # fmt: skip
     return _report(args, result)
+
+
+def _failed(checked: VerificationResult, error: VerificationFailed) -> VerificationResult:
+    """``checked`` (verified but for its status) turned into the failure ``error``."""
+    failed = failure(error, checked.format)
+    return dataclasses.replace(
+        checked,
+        verified=False,
+        message=failed.message,
+        check=failed.check,
+        reason=failed.reason,
+        status=failed.status,
+    )
 
 
 def _report(args: argparse.Namespace, result: VerificationResult) -> int:
@@ -410,6 +468,7 @@ async def _trust_list(args: argparse.Namespace) -> int:
             "status_list_certificates": [
                 c.subject.rfc4514_string() for c in e.status_list_certificates
             ],
+            "status_base_urls": list(e.status_base_urls),
         }
         for code, e in trust_list.entries.items()
     }

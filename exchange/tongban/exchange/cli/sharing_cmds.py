@@ -69,6 +69,13 @@ class _LegalBasis(BaseModel):
     article: str
 
 
+class _PersonalBasis(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    law: str
+    article: str
+    fields: list[str]
+
+
 class _DatasetFile(BaseModel):
     """A dataset description, e.g. ``docs/examples/samr.enterprise.json``."""
 
@@ -83,6 +90,7 @@ class _DatasetFile(BaseModel):
     share_class: Literal["unconditional", "conditional", "not_shared"] = "unconditional"
     conditions: str = ""
     legal_basis: _LegalBasis | None = None
+    personal_bases: list[_PersonalBasis] = []
 
     def to_message(self) -> catalogue_pb2.DatasetSpec:
         spec = catalogue_pb2.DatasetSpec(
@@ -105,6 +113,10 @@ class _DatasetFile(BaseModel):
             update_frequency=self.update_frequency,
             share_class=_SHARE_CLASSES[self.share_class],
             conditions=self.conditions,
+            personal_bases=[
+                catalogue_pb2.PersonalBasis(law=b.law, article=b.article, fields=b.fields)
+                for b in self.personal_bases
+            ],
         )
         if self.legal_basis is not None:
             spec.legal_basis.law = self.legal_basis.law
@@ -285,6 +297,19 @@ async def run_sharing(args: argparse.Namespace) -> int:
     return await _grant(args)
 
 
+def _personal_lines(spec: catalogue_pb2.DatasetSpec) -> list[str]:
+    """Which personal fields others get without a grant, under which law, and which need one."""
+    if spec.share_class == catalogue_pb2.SHARE_CLASS_NOT_SHARED:
+        return []
+    by_law = [f"  {b.law} {b.article}: {', '.join(b.fields)}" for b in spec.personal_bases]
+    covered = {name for b in spec.personal_bases for name in b.fields}
+    granted = [f.name for f in spec.fields if f.personal and f.name not in covered]
+    lines = ["personal fields shared without a grant, by law:", *by_law] if by_law else []
+    if granted:
+        lines.append(f"personal fields shared only under a grant: {', '.join(granted)}")
+    return lines
+
+
 async def _catalogue(args: argparse.Namespace) -> int:
     if args.catalogue_command == "register":
         spec = load_dataset_file(args.file)
@@ -326,6 +351,7 @@ async def _catalogue(args: argparse.Namespace) -> int:
                     f"{' personal' if f.personal else '':<10}{f.description}"
                     for f in spec.fields
                 ),
+                *_personal_lines(spec),
             ]
             emit(args, {"dataset": _dataset_dict(dataset)}, "\n".join(lines))
         elif args.catalogue_command == "register":

@@ -4,9 +4,11 @@ the story tests."""
 
 from __future__ import annotations
 
-from datetime import date
+from collections.abc import Callable
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
+from tongban.client import ExchangeClient
 from tongban.exchange.catalogue.subject_ids import citizen_id_check_digit, uscc_check_character
 from tongban.v1 import catalogue_pb2, values_pb2
 
@@ -44,7 +46,7 @@ ENTERPRISE = catalogue_pb2.DatasetSpec(
     fields=[
         field("uscc", T.FIELD_TYPE_STRING, "统一社会信用代码", required=True),
         field("name", T.FIELD_TYPE_STRING, "企业名称", required=True),
-        field("legal_representative", T.FIELD_TYPE_STRING, "法定代表人"),
+        field("legal_representative", T.FIELD_TYPE_STRING, "法定代表人", personal=True),
         field("legal_representative_id", T.FIELD_TYPE_STRING, "法定代表人身份证号", personal=True),
         field("address", T.FIELD_TYPE_STRING, "住所"),
         field("registered_capital", T.FIELD_TYPE_DECIMAL, "注册资本（万元）"),
@@ -55,7 +57,63 @@ ENTERPRISE = catalogue_pb2.DatasetSpec(
     subject_kind=catalogue_pb2.SUBJECT_KIND_ENTERPRISE,
     update_frequency="实时",
     share_class=catalogue_pb2.SHARE_CLASS_UNCONDITIONAL,
+    # The legal representative's name is published by law (企业信用信息公示); the citizen
+    # id is not, so others get it only under a grant for their purpose.
+    personal_bases=[
+        catalogue_pb2.PersonalBasis(
+            law="企业信息公示暂行条例", article="第六条", fields=["legal_representative"]
+        )
+    ],
 )
+
+REPRESENTATIVE_ID_GRANTS = (
+    ("police", "GA-0001", "印章刻制备案", "《印章治安管理办法》"),
+    ("approval", "SP-0007", PURPOSE, "《食品经营许可和备案管理办法》第十二条"),
+)
+"""Who needs the legal representative's citizen id from samr.enterprise, as whom, for
+which purpose, and under which law: police record it when a seal is engraved, approval
+checks the representative's identity."""
+
+
+async def grant_representative_ids(
+    connect: Callable[[str, str], ExchangeClient], now: datetime
+) -> list[str]:
+    """Each department in ``REPRESENTATIVE_ID_GRANTS`` asks samr for the citizen id of
+    samr.enterprise's legal representatives, and samr approves; returns the grant ids.
+    ``connect(department, officer)`` opens a client."""
+    granted = []
+    for code, officer, purpose, law in REPRESENTATIVE_ID_GRANTS:
+        async with connect(code, officer) as consumer:
+            grant = await consumer.request_grant(
+                "samr.enterprise",
+                ["legal_representative_id"],
+                purpose,
+                law,
+                now + timedelta(days=365),
+            )
+        async with connect("samr", "SC-0001") as samr:
+            await samr.decide_grant(grant.id, approve=True, reason=f"{purpose}需核验法定代表人身份")
+        granted.append(grant.id)
+    return granted
+
+
+async def grant_licence_representative(
+    connect: Callable[[str, str], ExchangeClient], now: datetime
+) -> str:
+    """approval asks samr for the legal representative on business licences (a personal
+    claim) for 食品经营许可审批, and samr approves; returns the grant id."""
+    async with connect("approval", "SP-0007") as approval:
+        grant = await approval.request_grant(
+            "samr.licence_business_licence",
+            ["legal_representative"],
+            PURPOSE,
+            "《食品经营许可和备案管理办法》第十二条",
+            now + timedelta(days=365),
+        )
+    async with connect("samr", "SC-0001") as samr:
+        await samr.decide_grant(grant.id, approve=True, reason="核验法定代表人")
+    return grant.id
+
 
 COMPANY = {
     "name": "杭州味道餐饮管理有限公司",

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from types import TracebackType
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import asyncpg
 
@@ -15,11 +17,11 @@ from tongban.exchange.datadir import node_password
 from tongban.exchange.db.embedded import EmbeddedPostgres
 from tongban.exchange.db.fair_pool import create_fair_pool, share_of
 from tongban.exchange.db.guard import one_per_task
-from tongban.exchange.db.migrate import apply_migrations
-from tongban.exchange.errors import DatabaseUnavailable
+from tongban.exchange.db.migrate import apply_migrations, check_migrations
+from tongban.exchange.errors import ConfigInvalid, DatabaseUnavailable, MigrationFailed
 from tongban.exchange.settings import Settings
 
-__all__ = ["Database"]
+__all__ = ["Database", "MigrationReport", "migrate_database"]
 
 _log = logging.getLogger(__name__)
 
@@ -55,14 +57,19 @@ class Database:
     async def open(
         cls, settings: Settings, *, pool_size: int | None = None, migrate: bool = True
     ) -> Database:
-        """Connect (starting the embedded server if needed) and apply migrations.
+        """Connect (starting the embedded server if needed) and apply migrations; when the
+        login is ``tongban_node`` itself, check instead that they were applied.
 
-        Raises DatabaseUnavailable, DataDirUnusable or MigrationFailed.
+        Raises DatabaseUnavailable, DataDirUnusable, ConfigInvalid or MigrationFailed.
         """
         embedded: EmbeddedPostgres | None = None
+        dsn_password: str | None = None
         if settings.database_url is not None:
             dsn = settings.database_url.get_secret_value()
             where = _redact(dsn)
+            dsn_password = _read_password(
+                settings.database_password_file, "TONGBAN_DATABASE_PASSWORD_FILE"
+            )
         else:
             embedded = EmbeddedPostgres(settings.data_dir)
             await asyncio.to_thread(embedded.start)
@@ -77,9 +84,17 @@ class Database:
         name = f"tongban-{settings.node_name}"
         pool: asyncpg.Pool | None = None
         try:
-            login = await _prepare(dsn, where, migrate=migrate, password=node_password(settings))
-            pool = await _create_pool(dsn, where, size, login, name)
-            log_pool = await _create_pool(dsn, where, _LOG_POOL_SIZE, login, name + "-log")
+            login = await _prepare(
+                dsn,
+                where,
+                migrate=migrate,
+                password=lambda: _node_role_password(settings, dsn_password),
+                dsn_password=dsn_password,
+            )
+            pool = await _create_pool(dsn, where, size, login, name, dsn_password)
+            log_pool = await _create_pool(
+                dsn, where, _LOG_POOL_SIZE, login, name + "-log", dsn_password
+            )
         except BaseException:
             if pool is not None:
                 pool.terminate()
@@ -135,57 +150,178 @@ class _Login:
     password: str | None = None
 
 
-async def _prepare(dsn: str, where: str, *, migrate: bool, password: str | None) -> _Login:
-    """Apply migrations as the login user (the schema's owner); return how the node's
-    sessions log in.
+@dataclass(frozen=True)
+class MigrationReport:
+    """What ``migrate_database`` did."""
 
-    With ``password`` (the node's own, from its data dir) and a login user allowed to
-    manage roles, ``tongban_node`` is given LOGIN and that password and the node logs in
-    as it: a session that is not a superuser, owns no table and cannot SET ROLE to one
-    that does, so SQL run by the node cannot change the log. Otherwise the node's
-    sessions start as ``tongban_node`` from the login user, who could SET ROLE back: a
-    warning says so."""
+    where: str
+    """The database, without its password."""
+    applied: tuple[str, ...]
+    """The migrations applied now (``0009_console_sessions``), empty when up to date."""
+    node_login: bool
+    """Whether ``tongban_node`` now logs in with the node's password (else the nodes fall
+    back to starting their sessions as it from the migrating login)."""
+
+
+async def migrate_database(settings: Settings) -> MigrationReport:
+    """Apply the migrations as the schema's owner and give ``tongban_node`` LOGIN and the
+    node's password: ``tongban migrate``. The owner's login is
+    ``TONGBAN_MIGRATION_DATABASE_URL`` (else ``TONGBAN_DATABASE_URL``, else the embedded
+    server's superuser); the node's password is that of ``TONGBAN_DATABASE_URL`` when it
+    names ``tongban_node``, else the data dir's ``secrets/db-node.password``.
+
+    Raises DatabaseUnavailable, DataDirUnusable, ConfigInvalid or MigrationFailed (also
+    when the owner's login is ``tongban_node``, which may not change the schema).
+    """
+    node_dsn_password: str | None = None
+    if settings.database_url is not None:
+        node_dsn_password = _read_password(
+            settings.database_password_file, "TONGBAN_DATABASE_PASSWORD_FILE"
+        )
+    embedded: EmbeddedPostgres | None = None
+    if settings.migration_database_url is not None:
+        dsn = settings.migration_database_url.get_secret_value()
+        setting = "TONGBAN_MIGRATION_DATABASE_URL"
+        password = _read_password(
+            settings.migration_database_password_file, "TONGBAN_MIGRATION_DATABASE_PASSWORD_FILE"
+        )
+    elif settings.database_url is not None:
+        dsn, setting = settings.database_url.get_secret_value(), "TONGBAN_DATABASE_URL"
+        password = node_dsn_password
+    else:
+        embedded = EmbeddedPostgres(settings.data_dir)
+        await asyncio.to_thread(embedded.start)
+        setting, password = "the embedded PostgreSQL", None
     try:
-        conn = await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT)
+        if embedded is not None:
+            await _create_database(embedded)
+            dsn = embedded.dsn()
+        where = _redact(dsn) if embedded is None else f"embedded PostgreSQL in {embedded.pgdata}"
+        conn = await _connect(dsn, where, password, setting)
+        try:
+            if await conn.fetchval("SELECT current_user = $1", NODE_ROLE):
+                raise MigrationFailed(
+                    f"{setting} logs in as {NODE_ROLE}, which may not change the schema; set "
+                    "TONGBAN_MIGRATION_DATABASE_URL to the schema owner's login."
+                )
+            applied = await apply_migrations(conn)
+            login = await _node_login(conn, _node_role_password(settings, node_dsn_password))
+        finally:
+            await conn.close()
+    finally:
+        if embedded is not None:
+            await asyncio.to_thread(embedded.stop)
+    return MigrationReport(
+        where=where,
+        applied=tuple(f"{m.version:04d}_{m.name}" for m in applied),
+        node_login=login.password is not None,
+    )
+
+
+def _read_password(path: Path | None, setting: str) -> str | None:
+    """The password in file ``path`` (its first line), None if ``path`` is None."""
+    if path is None:
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        why = e.strerror if isinstance(e, OSError) else "not UTF-8 text"
+        raise ConfigInvalid(
+            f"{setting} names {path}, which cannot be read ({why}); mount the password "
+            "secret there or unset it."
+        ) from None
+    password = text.splitlines()[0] if text else ""
+    if not password:
+        raise ConfigInvalid(f"{setting} names {path}, which is empty; write the password there.")
+    return password
+
+
+def _node_role_password(settings: Settings, dsn_password: str | None) -> str | None:
+    """The password ``tongban_node`` logs in with: that of ``TONGBAN_DATABASE_URL`` when
+    the nodes log in as ``tongban_node`` themselves, else the data dir's (made on first
+    use; None if the data dir cannot hold it)."""
+    if settings.database_url is not None:
+        parts = urlsplit(settings.database_url.get_secret_value())
+        if parts.username is not None and unquote(parts.username) == NODE_ROLE:
+            if dsn_password is not None:
+                return dsn_password
+            return unquote(parts.password) if parts.password else None
+    return node_password(settings)
+
+
+async def _connect(
+    dsn: str, where: str, password: str | None, setting: str = "TONGBAN_DATABASE_URL"
+) -> asyncpg.Connection:
+    try:
+        return await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT, password=password)
     except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
         raise DatabaseUnavailable(
             f"Cannot connect to the database ({where}): {_short(e)}. "
-            "Check TONGBAN_DATABASE_URL and that the server is running."
+            f"Check {setting} and that the server is running."
         ) from e
+
+
+async def _prepare(
+    dsn: str,
+    where: str,
+    *,
+    migrate: bool,
+    password: Callable[[], str | None],
+    dsn_password: str | None,
+) -> _Login:
+    """Apply migrations as the login user (the schema's owner); return how the node's
+    sessions log in. When the login is ``tongban_node`` itself (the owner migrated with
+    ``tongban migrate``), only check that the schema is this version's and log in as it.
+
+    Otherwise see ``_node_login``; ``password()`` gives the node role's password."""
+    conn = await _connect(dsn, where, dsn_password)
     try:
+        if await conn.fetchval("SELECT current_user = $1", NODE_ROLE):
+            await check_migrations(conn)
+            return _Login(None)
         if migrate:
             await apply_migrations(conn)
-        exists = await conn.fetchval(
-            "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", NODE_ROLE
-        )
-        power = await conn.fetchrow(
-            "SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user"
-        )
-        member = exists and await conn.fetchval(
-            "SELECT pg_has_role(current_user, $1, 'MEMBER')", NODE_ROLE
-        )
-        if exists and power is not None and password is not None:
-            # Only a superuser may state the attributes a superuser could have granted.
-            strip = " NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
-            try:
-                # A utility statement takes no parameters; node_password() checked the
-                # password is URL-safe base64, so it needs no quoting.
-                async with conn.transaction():
-                    # Nodes starting together would otherwise update the role's row at
-                    # once ("tuple concurrently updated").
-                    await conn.execute(
-                        "SELECT pg_advisory_xact_lock(hashtext('tongban_node role'))"
-                    )
-                    await conn.execute(
-                        f"ALTER ROLE {NODE_ROLE} LOGIN{strip if power['rolsuper'] else ''}"
-                        f" PASSWORD '{password}'"
-                    )
-            except asyncpg.InsufficientPrivilegeError:
-                pass  # falls back to the session role, with the warning below
-            else:
-                return _Login(NODE_ROLE, password)
+        return await _node_login(conn, password())
     finally:
         await conn.close()
+
+
+async def _node_login(conn: asyncpg.Connection, password: str | None) -> _Login:
+    """Return how the node's sessions log in, as seen from the migrating login ``conn``.
+
+    With ``password`` (the node's own) and a login user allowed to manage roles,
+    ``tongban_node`` is given LOGIN and that password and the node logs in as it: a
+    session that is not a superuser, owns no table and cannot SET ROLE to one that does,
+    so SQL run by the node cannot change the log. Otherwise the node's sessions start as
+    ``tongban_node`` from the login user, who could SET ROLE back: a warning says so."""
+    exists = await conn.fetchval(
+        "SELECT EXISTS (SELECT FROM pg_roles WHERE rolname = $1)", NODE_ROLE
+    )
+    power = await conn.fetchrow(
+        "SELECT rolsuper, rolcreaterole FROM pg_roles WHERE rolname = current_user"
+    )
+    member = exists and await conn.fetchval(
+        "SELECT pg_has_role(current_user, $1, 'MEMBER')", NODE_ROLE
+    )
+    if exists and power is not None and password is not None:
+        # Only a superuser may state the attributes a superuser could have granted.
+        strip = " NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+        try:
+            # A utility statement takes no parameters: the server quotes the password
+            # (it may be an operator's, from TONGBAN_DATABASE_URL's password file).
+            literal = await conn.fetchval("SELECT quote_literal($1::text)", password)
+            async with conn.transaction():
+                # Nodes starting together would otherwise update the role's row at
+                # once ("tuple concurrently updated").
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('tongban_node role'))")
+                await conn.execute(
+                    f"ALTER ROLE {NODE_ROLE} LOGIN{strip if power['rolsuper'] else ''}"
+                    f" PASSWORD {literal}"
+                )
+        except asyncpg.InsufficientPrivilegeError:
+            pass  # falls back to the session role, with the warning below
+        else:
+            return _Login(NODE_ROLE, password)
     if not member:
         _log.warning(
             "role %s is missing or not granted to the login user; the node runs with the "
@@ -214,12 +350,17 @@ async def _keep_session(conn: object) -> None:
 
 
 async def _create_pool(
-    dsn: str, where: str, size: int, login: _Login, application_name: str
+    dsn: str,
+    where: str,
+    size: int,
+    login: _Login,
+    application_name: str,
+    dsn_password: str | None = None,
 ) -> asyncpg.Pool:
     # The node's name, so pg_stat_activity and pg_locks tell the nodes' sessions apart
     # (which node holds the relay lock, which one is slow).
     server_settings = {"application_name": application_name}
-    credentials: dict[str, str] = {}
+    credentials: dict[str, str] = {} if dsn_password is None else {"password": dsn_password}
     if login.password is not None and login.role is not None:
         credentials = {"user": login.role, "password": login.password}  # over the DSN's
     elif login.role is not None:

@@ -12,7 +12,12 @@ hands, because it must hold under signals and concurrent processes:
   tongban shuts it down in order after draining its own work.
 - It listens on a Unix socket only (no TCP), with trust auth for the local user: the data
   dir's permissions are the access control, as for any embedded database.
-- As root, PostgreSQL refuses to run; we run it as a system user ``tongbanpg``.
+- As root, PostgreSQL refuses to run; we run it as a system user ``tongbanpg``. It is
+  given PGDATA (which we create) and nothing else: the directories above PGDATA and above
+  the server's binaries keep their modes. If one of them does not let ``tongbanpg``
+  through, start refuses with ``DataDirUnusable`` naming that directory and the
+  ``chmod`` that would open it (search only), or another place for the data dir.
+  ``temp_root()`` makes a temporary data dir's parent that works as root.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import logging
 import os
 import pwd
 import shutil
+import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -34,7 +40,7 @@ from typing import IO
 
 from tongban.exchange.errors import DatabaseUnavailable, DataDirUnusable
 
-__all__ = ["EmbeddedPostgres"]
+__all__ = ["EmbeddedPostgres", "temp_root"]
 
 _log = logging.getLogger(__name__)
 
@@ -60,6 +66,35 @@ def _bin_dir() -> Path:
 class _RunAs:
     uid: int | None
     gid: int | None
+
+
+def temp_root(prefix: str) -> Path:
+    """Return a new temporary directory (``mkdtemp``: a fresh name, only we can list or
+    write it) that the server's user may pass through (mode 0711), to hold a throwaway
+    data dir: as root, PostgreSQL runs as another user, and a bare ``mkdtemp`` directory
+    (0700) would keep it out."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    path.chmod(0o711)
+    return path
+
+
+def _searchable(st: os.stat_result, run_as: _RunAs) -> bool:
+    """Whether ``run_as`` (its uid and primary gid only: it runs with groups cleared) may
+    search a directory of status ``st``, by its mode bits."""
+    if st.st_uid == run_as.uid:
+        return bool(st.st_mode & stat.S_IXUSR)
+    if st.st_gid == run_as.gid:
+        return bool(st.st_mode & stat.S_IXGRP)
+    return bool(st.st_mode & stat.S_IXOTH)
+
+
+def _closed_parent(path: Path, run_as: _RunAs) -> Path | None:
+    """The first directory on the way to ``path`` (from "/" down) that ``run_as`` may not
+    pass through by its mode bits, or None."""
+    for parent in reversed(path.parents):
+        if not _searchable(parent.stat(), run_as):
+            return parent
+    return None
 
 
 class EmbeddedPostgres:
@@ -209,14 +244,40 @@ class EmbeddedPostgres:
         return _RunAs(entry.pw_uid, entry.pw_gid)
 
     def _prepare_permissions(self, run_as: _RunAs) -> None:
-        """As root: give the postgres user its PGDATA and a way through its parents."""
+        """As root: give the postgres user its PGDATA, and check that it can reach PGDATA
+        and the server's binaries. Their parent directories are left as they are; raise
+        DataDirUnusable naming the one that keeps the postgres user out."""
         if run_as.uid is None or run_as.gid is None:
             return
         os.chown(self.pgdata, run_as.uid, run_as.gid)
-        for parent in [*self.pgdata.parents, *_bin_dir().parents]:
-            mode = parent.stat().st_mode
-            if mode & 0o001 == 0:
-                parent.chmod(mode | 0o001)  # search (x) only: no one else can list them
+        self._check_reachable(
+            self.pgdata, run_as, "its data", "or choose a --data-dir under directories it can enter"
+        )
+        self._check_reachable(
+            _bin_dir() / "postgres", run_as, "its programs",
+            "or install tongban where it can enter",
+        )  # fmt: skip
+
+    def _check_reachable(self, target: Path, run_as: _RunAs, what: str, instead: str) -> None:
+        closed = _closed_parent(target, run_as)
+        if closed is None:
+            return
+        # The mode bits say no; an ACL may still say yes: ask as that user.
+        test = shutil.which("test") or "/usr/bin/test"
+        if self._run([test, "-x", str(target)], timeout=30).returncode == 0:
+            return
+        st = closed.stat()
+        try:
+            owner = pwd.getpwuid(st.st_uid).pw_name
+        except KeyError:
+            owner = str(st.st_uid)
+        raise DataDirUnusable(
+            f"PostgreSQL cannot run as root, so it runs as the system user {_PG_USER!r}, "
+            f"which may not pass through {closed} (mode {stat.S_IMODE(st.st_mode):04o}, "
+            f"owner {owner}) to reach {what} ({target}); tongban leaves that directory as it "
+            f"is: allow passing through with `chmod o+x {closed}` (others still cannot list it), "
+            f"{instead}."
+        )
 
     def _run(self, args: list[str], *, timeout: float) -> subprocess.CompletedProcess[str]:
         run_as = self._run_as()
@@ -317,6 +378,16 @@ class EmbeddedPostgres:
         run_as = self._run_as()
         if run_as.uid is not None and run_as.gid is not None:
             os.chown(short, run_as.uid, run_as.gid, follow_symlinks=False)
+            try:
+                self._check_reachable(
+                    short,
+                    run_as,
+                    "its socket directory",
+                    "or set TMPDIR to a directory it can enter",
+                )
+            except BaseException:
+                short.rmdir()
+                raise
         return short
 
     def _launch(self) -> None:

@@ -18,7 +18,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from tongban.exchange.errors import MigrationFailed
 
-__all__ = ["Migration", "apply_migrations", "load_migrations"]
+__all__ = ["Migration", "apply_migrations", "check_migrations", "load_migrations"]
 
 _log = logging.getLogger(__name__)
 
@@ -75,21 +75,10 @@ async def apply_migrations(
             """
         )
         rows = await conn.fetch("SELECT version, name, checksum FROM schema_migration")
-        done = {row["version"]: row for row in rows}
-        known = {m.version for m in migrations}
-        for version in sorted(set(done) - known):
-            raise MigrationFailed(
-                f"The database has migration {version:04d} which this tongban does not "
-                "know; it was written by a newer version. Upgrade tongban."
-            )
+        done = {row["version"]: row["checksum"] for row in rows}
+        _refuse_foreign(done, migrations)
         for migration in migrations:
-            row = done.get(migration.version)
-            if row is not None:
-                if row["checksum"] != migration.checksum:
-                    raise MigrationFailed(
-                        f"Migration {migration.version:04d}_{migration.name} was changed "
-                        "after it was applied; add a new migration instead of editing one."
-                    )
+            if migration.version in done:
                 continue
             try:
                 async with conn.transaction():
@@ -111,3 +100,43 @@ async def apply_migrations(
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     return applied_now
+
+
+async def check_migrations(
+    conn: asyncpg.Connection | PoolConnectionProxy[asyncpg.Record],
+) -> None:
+    """Raise MigrationFailed unless the database has exactly this version's migrations,
+    unchanged: for a login that may not migrate (``tongban_node``), which must not run on
+    a schema it was not written for."""
+    migrations = load_migrations()
+    try:
+        rows = await conn.fetch("SELECT version, checksum FROM schema_migration")
+    except asyncpg.UndefinedTableError:
+        rows = []
+    done = {row["version"]: row["checksum"] for row in rows}
+    _refuse_foreign(done, migrations)
+    missing = [f"{m.version:04d}_{m.name}" for m in migrations if m.version not in done]
+    if missing:
+        raise MigrationFailed(
+            f"The database lacks migration {', '.join(missing)}, and this login may not "
+            "change the schema; run `tongban migrate` with the schema owner's login "
+            "(TONGBAN_MIGRATION_DATABASE_URL) first."
+        )
+
+
+def _refuse_foreign(done: dict[int, str], migrations: list[Migration]) -> None:
+    """Refuse a database with a migration this version does not know, or with one of ours
+    whose file changed after it was applied (``done``: version to checksum)."""
+    known = {m.version for m in migrations}
+    for version in sorted(set(done) - known):
+        raise MigrationFailed(
+            f"The database has migration {version:04d} which this tongban does not "
+            "know; it was written by a newer version. Upgrade tongban."
+        )
+    for migration in migrations:
+        checksum = done.get(migration.version)
+        if checksum is not None and checksum != migration.checksum:
+            raise MigrationFailed(
+                f"Migration {migration.version:04d}_{migration.name} was changed "
+                "after it was applied; add a new migration instead of editing one."
+            )

@@ -12,6 +12,13 @@ position order with a small buffer and drops what it has already delivered. If t
 position does not arrive within ``gap_seconds`` of PostgreSQL announcing it (the broker
 is down, or lost a message), the stream reads it from the outbox instead: Kafka is the
 fast path, never the only one.
+
+Messages are opened with the nodes' payload keys (``sealing``) before anything else looks
+at them. One the node cannot open — sealed with a key it does not hold, failing
+authentication (tampered, or a blob moved from another message), or not a sealed
+Tongban event — is never delivered: it is logged, counted (``on_rejected``) and skipped,
+and its position then comes from the outbox like any message Kafka lost. So a subscriber
+receives every event, and only ones a node wrote or read from PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,14 +26,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from tongban.exchange.errors import BrokerUnavailable
-from tongban.exchange.kafka._lifecycle import close_detached, start_or_close
-from tongban.exchange.kafka.topics import KafkaTopics, decode_event
+from tongban.exchange.kafka._lifecycle import close_detached
+from tongban.exchange.kafka.connection import KafkaConnection, start_client
+from tongban.exchange.kafka.sealing import MessageRejected, PayloadKeys, Rejection, open_event
+from tongban.exchange.kafka.topics import KafkaTopics
 from tongban.exchange.sharing.events import EventRow, EventStore, EventWaker
 
 __all__ = ["KafkaFeed"]
@@ -46,18 +55,22 @@ class KafkaFeed:
         waker: EventWaker,
         topics: KafkaTopics,
         *,
-        bootstrap: str,
-        client_id: str,
+        connection: KafkaConnection,
+        keys: PayloadKeys,
         gap_seconds: float = 2.0,
+        on_rejected: Callable[[Rejection], None] | None = None,
     ) -> None:
         self._store = store
         self._waker = waker
         self._topics = topics
-        self._bootstrap = bootstrap
-        self._client_id = client_id
+        self._connection = connection
+        self._keys = keys
         self._gap = gap_seconds
+        self._on_rejected = on_rejected or (lambda kind: None)
         self.gap_fills = 0
         """Batches read from the outbox because Kafka had not delivered them in time."""
+        self.opened = 0
+        """Messages read from Kafka and opened: authentic, under a key this node holds."""
 
     async def batches(self, dataset: str, after: int) -> AsyncGenerator[list[EventRow], None]:
         topic = self._topics.name(dataset)
@@ -77,19 +90,13 @@ class KafkaFeed:
     async def _consumer(self, dataset: str, topic: str, start: dict[int, int]) -> AIOKafkaConsumer:
         counts = await self._topics.ensure([dataset])
         consumer = AIOKafkaConsumer(
-            bootstrap_servers=self._bootstrap,
-            client_id=self._client_id,
+            **self._connection.kwargs,
             enable_auto_commit=False,
             # A broker that lost the topic (restarted, retention) restarts from its start.
             auto_offset_reset="earliest",
             request_timeout_ms=10_000,
         )
-        try:
-            await start_or_close(consumer.start, consumer.stop)
-        except KafkaError as e:
-            raise BrokerUnavailable(
-                f"Cannot reach Kafka at {self._bootstrap} to feed the subscription; retry."
-            ) from e
+        await start_client(self._connection, consumer.start, consumer.stop)
         partitions = [TopicPartition(topic, p) for p in range(counts[topic])]
         consumer.assign(partitions)
         for tp in partitions:
@@ -113,12 +120,8 @@ class KafkaFeed:
                 for message in messages:
                     if message.value is None:
                         continue
-                    try:
-                        _, row = decode_event(message.value)
-                    except ValueError as e:
-                        _log.warning("skipping a malformed message on %s: %s", dataset, e)
-                        continue
-                    if row.position > cursor:
+                    row = self._open(dataset, message)
+                    if row is not None and row.position > cursor:
                         pending[row.position] = row
             ready: list[EventRow] = []
             while cursor + 1 in pending:
@@ -137,6 +140,25 @@ class KafkaFeed:
                     pending = {p: r for p, r in pending.items() if p > cursor}
                     advanced = time.monotonic()
                     yield filled
+
+    def _open(self, dataset: str, message: Any) -> EventRow | None:
+        """The event of a message, or None (logged and counted) if it is not delivered."""
+        try:
+            row = open_event(self._keys, message.value, message.headers, dataset=dataset)
+        except MessageRejected as e:
+            self._on_rejected(e.kind)
+            _log.error(
+                "Kafka message %s[%d]@%d not delivered (%s): %s; subscribers get the "
+                "event from an authentic copy or from PostgreSQL",
+                message.topic,
+                message.partition,
+                message.offset,
+                e.kind,
+                e.message,
+            )
+            return None
+        self.opened += 1
+        return row
 
     def _late(self, dataset: str, advanced: float, polled: float, now: float) -> bool:
         """Whether to read the outbox: PostgreSQL announced events more than the gap

@@ -10,12 +10,17 @@ mark makes the next leader publish those events again, with the same ids and pos
 
 While the broker is down the outbox grows; the relay retries with exponential backoff
 (0.1 s doubling to 5 s) and drains the backlog when the broker returns.
+
+Every message is sealed (``sealing``): which fields may travel in clear is read from the
+catalogue for each batch, after its events, so a schema version committed before an
+event is always seen with it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable
 from datetime import datetime
@@ -26,11 +31,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 from asyncpg.pool import PoolConnectionProxy
 
+from tongban.exchange.catalogue.schema import DatasetSchema, schema_from_json
 from tongban.exchange.db.guard import held_for_long
 from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.errors import BrokerUnavailable
-from tongban.exchange.kafka._lifecycle import close_detached, start_or_close
-from tongban.exchange.kafka.topics import KafkaTopics, encode_event
+from tongban.exchange.kafka._lifecycle import close_detached
+from tongban.exchange.kafka.connection import KafkaConnection, start_client
+from tongban.exchange.kafka.sealing import PayloadKeys, TopicFields, seal_event, topic_fields
+from tongban.exchange.kafka.topics import KafkaTopics
 from tongban.exchange.sharing.events import EVENTS_CHANNEL, EventRow
 from tongban.signing.clock import Clock
 
@@ -49,6 +57,10 @@ _UNPUBLISHED = """
     SELECT dataset, position, event_id, key, version, op, data::text AS data, at
     FROM event_outbox WHERE published_at IS NULL
     ORDER BY dataset, position LIMIT $1
+"""
+
+_SCHEMAS = """
+    SELECT dataset, schema::text AS schema FROM dataset_version WHERE dataset = ANY($1::text[])
 """
 
 _MARK = """
@@ -79,8 +91,8 @@ class OutboxRelay:
         topics: KafkaTopics,
         clock: Clock,
         *,
-        bootstrap: str,
-        client_id: str,
+        connection: KafkaConnection,
+        keys: PayloadKeys,
         idempotence: bool,
         batch: int = 1000,
         on_published: Callable[[int], None] | None = None,
@@ -89,8 +101,8 @@ class OutboxRelay:
         self._pool = pool
         self._topics = topics
         self._clock = clock
-        self._bootstrap = bootstrap
-        self._client_id = client_id
+        self._connection = connection
+        self._keys = keys
         self._idempotence = idempotence
         self._batch = batch
         self._on_published = on_published or (lambda n: None)
@@ -161,10 +173,11 @@ class OutboxRelay:
                         async with asyncio.timeout(1.0):
                             await self._wake.wait()
                     continue
+                fields = await self._topic_fields(conn, {r["dataset"] for r in rows})
                 try:
                     if producer is None:
                         producer = await self._producer()
-                    offsets = await self._send(producer, rows)
+                    offsets = await self._send(producer, rows, fields)
                 except (KafkaError, BrokerUnavailable) as e:
                     self._on_error()
                     _log.warning(
@@ -189,35 +202,48 @@ class OutboxRelay:
 
     async def _producer(self) -> AIOKafkaProducer:
         producer = AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
-            client_id=self._client_id,
+            **self._connection.kwargs,
             acks="all",
             enable_idempotence=self._idempotence,
             linger_ms=5,
             request_timeout_ms=10_000,
             retry_backoff_ms=200,
         )
-        await start_or_close(producer.start, producer.stop)
+        await start_client(self._connection, producer.start, producer.stop)
         return producer
 
+    @staticmethod
+    async def _topic_fields(
+        conn: PoolConnectionProxy[asyncpg.Record], datasets: set[str]
+    ) -> dict[str, TopicFields]:
+        """What may travel in clear, per dataset, from every version of its schema."""
+        versions: dict[str, list[DatasetSchema]] = {d: [] for d in datasets}
+        for r in await conn.fetch(_SCHEMAS, sorted(datasets)):
+            versions[r["dataset"]].append(schema_from_json(json.loads(r["schema"])))
+        return {d: topic_fields(v) for d, v in versions.items()}
+
     async def _send(
-        self, producer: AIOKafkaProducer, rows: list[asyncpg.Record]
+        self,
+        producer: AIOKafkaProducer,
+        rows: list[asyncpg.Record],
+        fields: dict[str, TopicFields],
     ) -> dict[tuple[str, int], int]:
         """Send ``rows`` in order and wait for every acknowledgement; return the offset
         after the last one per (topic, partition)."""
         await self._topics.ensure({r["dataset"] for r in rows})
         futures = []
         for r in rows:
+            data = json.loads(r["data"]) if r["data"] is not None else None
             row = EventRow(
-                r["position"], r["event_id"], r["key"], r["version"], r["op"], None, r["at"]
+                r["position"], r["event_id"], r["key"], r["version"], r["op"], data, r["at"]
             )
-            key, value = encode_event(r["dataset"], row, r["data"])
+            message = seal_event(self._keys, r["dataset"], row, fields[r["dataset"]])
             futures.append(
                 await producer.send(
                     self._topics.name(r["dataset"]),
-                    value=value,
-                    key=key,
-                    headers=[("event_id", str(r["event_id"]).encode())],
+                    value=message.value,
+                    key=message.key,
+                    headers=message.headers,
                 )
             )
         # Wait for all, so no failure goes unretrieved; then raise the first.

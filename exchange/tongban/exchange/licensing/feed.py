@@ -1,7 +1,11 @@
 """Licences as change events: each licence type an issuer issues has a dataset
 ``<issuer>.licence_<type>`` (``samr.licence_business_licence``), keyed by holder id, whose
-record is the holder's current licence of that type: number, version, status, validity
-and the public claims (clear and not personal; never the selectively disclosable ones).
+record is the holder's current licence of that type: number, version, status, validity,
+the public claims (clear and not personal), and the selectively disclosable personal
+claims as personal fields. Those are purpose-bound like every personal field
+(docs/personal-data.md): others get them only under a grant from the issuer on this
+dataset for their purpose, which is also what lets them disclose those claims when they
+fetch a licence (``LicenceService/Fetch``).
 
 Issuance, amendment and every status change write that record in the same transaction
 as the licence itself, through ``RecordStore.publish_in``, so the outbox carries an
@@ -27,7 +31,7 @@ from tongban.exchange.sharing.model import DatasetEntry, ShareClass
 from tongban.exchange.sharing.records import Change
 from tongban.licence import LicenceType
 
-__all__ = ["LicenceFeed", "dataset_code", "record_values"]
+__all__ = ["LicenceFeed", "dataset_code", "personal_claims", "record_values"]
 
 _TYPES = {
     "string": FieldType.STRING,
@@ -65,6 +69,16 @@ def _public_claims(licence_type: LicenceType) -> list[str]:
     ]
 
 
+def personal_claims(licence_type: LicenceType) -> list[str]:
+    """The selectively disclosable personal claims: personal fields of the dataset."""
+    return [c.name for c in licence_type.claims if c.disclosable and c.personal]
+
+
+def _carried(licence_type: LicenceType) -> list[str]:
+    public, personal = _public_claims(licence_type), personal_claims(licence_type)
+    return [c.name for c in licence_type.claims if c.name in public or c.name in personal]
+
+
 def _spec(issuer: str, licence_type: LicenceType) -> DatasetSpec:
     holder = licence_type.holder_claim or "holder_id"
     fields = [
@@ -75,10 +89,11 @@ def _spec(issuer: str, licence_type: LicenceType) -> DatasetSpec:
                 c.name,
                 _TYPES[c.type],
                 c.label_zh,
+                personal=c.name in personal_claims(licence_type),
                 max_length=c.max_length if c.type == "string" else None,
             )
             for c in licence_type.claims
-            if c.name in _public_claims(licence_type)
+            if c.name in _carried(licence_type)
         ),
     ]
     return DatasetSpec(
@@ -115,7 +130,7 @@ def record_values(
         "not_before": not_before,
         "expires": expires,
     }
-    for name in _public_claims(licence_type):
+    for name in _carried(licence_type):
         value = claims.get(name)
         kind = licence_type.claim(name).type
         if value is not None and kind == "date":

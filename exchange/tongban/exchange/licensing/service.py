@@ -13,7 +13,7 @@ from __future__ import annotations
 import enum
 import json
 import unicodedata
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -22,23 +22,39 @@ import asyncpg
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from tongban.errors import TongbanError
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.licensing.authorisations import (
+    AuthorisationInvalid,
+    HolderAuthorisations,
+    valid_holder,
+)
 from tongban.exchange.licensing.custody import STATUS_LIST_HOLDER, Seal, SealVault
 from tongban.exchange.licensing.errors import (
     LicenceNotFound,
     LicenceNotPermitted,
     StatusChangeInvalid,
 )
-from tongban.exchange.licensing.feed import LicenceFeed, dataset_code, record_values
+from tongban.exchange.licensing.feed import (
+    LicenceFeed,
+    dataset_code,
+    personal_claims,
+    record_values,
+)
 from tongban.exchange.licensing.status import StatusLists, StatusToken
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.errors import QueryDenied
-from tongban.exchange.sharing.model import DatasetEntry
-from tongban.exchange.sharing.policy import MAX_CASE_ID
+from tongban.exchange.sharing.model import DatasetEntry, Grant
+from tongban.exchange.sharing.policy import (
+    MAX_CASE_ID,
+    Allowed,
+    Denied,
+    QueryIntent,
+    decide,
+    needs_grants,
+)
 from tongban.exchange.sharing.records import RecordStore
 from tongban.licence import (
     LicenceCancelled,
@@ -77,6 +93,11 @@ __all__ = [
 ]
 
 _MAX_REASON = 500
+#: Denials that the holder's own authorisation may overcome (a missing grant for a
+#: personal claim); purpose, case and field checks stand whatever the holder says.
+_HOLDER_MAY_ALLOW = frozenset(
+    {"PERSONAL_GRANT_REQUIRED", "FIELD_NOT_GRANTED", "GRANT_EXPIRED", "GRANT_REQUIRED"}
+)
 _MAX_BATCH = 1000
 _TRUST_LIST_RESIGN = timedelta(hours=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -218,8 +239,11 @@ class Licensing:
         roots: Sequence[x509.Certificate],
         clock: Clock,
         node_name: str,
+        grants_of: Callable[[str, str], Awaitable[list[Grant]]],
     ) -> None:
         self._pool = pool
+        self._grants_of = grants_of
+        self.authorisations = HolderAuthorisations(pool)
         self.vault = vault
         self.status_lists = status_lists
         self.registry = registry
@@ -267,6 +291,7 @@ class Licensing:
         case_id: str | None = None,
         fields: Sequence[str] = (),
         denied: str | None = None,
+        grounds: str | None = None,
     ) -> list[AccessEntry]:
         return [
             AccessEntry(
@@ -281,7 +306,7 @@ class Licensing:
                 case_id=case_id or None,
                 subject_hmac=self._hasher(holder) if holder else None,
                 decision="denied" if denied else "allowed",
-                reason=denied,
+                reason=denied or grounds,
             )
             for holder in (holders or [None])
         ]
@@ -623,18 +648,24 @@ class Licensing:
         number: str = "",
         holder_id: str = "",
         licence_type: str = "",
+        authorisation: str = "",
     ) -> tuple[LicenceView, str]:
         """Fetch a licence for an approval (免提交), by number or by holder and type;
         return the licence and a presentation of its SD-JWT holding only the disclosures
-        asked for. Purpose and case are required; the fetch (or its denial) is logged
-        with the claims disclosed.
+        asked for. The fetch (or its denial) is logged with the claims disclosed.
 
-        Raises QueryDenied (PURPOSE_REQUIRED, CASE_REQUIRED), InvalidArgument,
-        LicenceNumberInvalid, LicenceTypeUnknown, LicenceNotFound, ClaimInvalid (a claim
-        the licence does not hold)."""
+        The sharing policy decides, as for a query of the licence type's dataset
+        (``<issuer>.licence_<type>``): purpose and case are required, and disclosing a
+        personal claim needs the caller's grant on that dataset for this purpose, or the
+        holder's one-time ``authorisation`` for this department, purpose and case
+        (docs/personal-data.md).
+
+        Raises QueryDenied (PURPOSE_REQUIRED, CASE_REQUIRED, INVALID_ARGUMENT,
+        PERSONAL_GRANT_REQUIRED, FIELD_NOT_GRANTED, GRANT_EXPIRED), AuthorisationInvalid,
+        InvalidArgument, LicenceNumberInvalid, LicenceTypeUnknown, LicenceNotFound,
+        ClaimInvalid (a claim the licence does not hold)."""
         now = self._clock.now()
-        purpose = unicodedata.normalize("NFC", purpose).strip()
-        case_id = case_id.strip()
+        me = caller.department.code
         view: LicenceView | None
         if number:
             view = await self._load(self._normal_number(number))
@@ -651,37 +682,70 @@ class Licensing:
                 "Name the licence: its number, or the holder id and the licence type.",
                 metadata={"field": "number"},
             )
+        kind = self.registry.get(view.licence_type) if view is not None else None
+        entry = (
+            await self._feed.entry(view.issuer, kind, now)
+            if view is not None and kind is not None
+            else None
+        )
         subject = view.holder_id if view is not None else (holder_id or None)
-        dataset = dataset_code(view.issuer, self.registry.get(view.licence_type)) if view else None
-        denial: tuple[str, str] | None = None
-        if not purpose:
-            denial = ("PURPOSE_REQUIRED", "A licence fetch must name its purpose (办理事项).")
-        elif not case_id:
-            denial = ("CASE_REQUIRED", "A licence fetch must name the case (办件编号) it serves.")
-        elif len(case_id) > MAX_CASE_ID or not case_id.isprintable():
-            denial = ("CASE_REQUIRED", f"A case id must be 1-{MAX_CASE_ID} printable characters.")
-        if denial is not None:
-            await self._audit(caller, "licence-fetch", dataset=dataset, holders=[subject],
+        dataset = entry.code if entry is not None else None
+        personal = set(personal_claims(kind)) if kind is not None else set()
+        # The licence number stands for the public part; each personal claim is a field.
+        asked = ("licence_number", *(c for c in dict.fromkeys(disclose) if c in personal))
+        intent = QueryIntent(me, dataset or "", asked, purpose, case_id)
+        grants = await self._grants_of(me, entry.code) if entry and needs_grants(entry, me) else []
+        decision = decide(intent, entry, grants, now)
+
+        async def log(denied: str | None, grounds: str | None = None) -> None:
+            await self._log.append(
+                self._entries(caller, "licence-fetch", dataset=dataset, holders=[subject],
                               now=now, purpose=purpose, case_id=case_id, fields=disclose,
-                              denied=denial[0])  # fmt: skip
-            raise QueryDenied(denial[0], denial[1])
-        if view is None:
-            await self._audit(caller, "licence-fetch", dataset=dataset, holders=[subject],
-                              now=now, purpose=purpose, case_id=case_id, fields=disclose,
-                              denied="LICENCE_NOT_FOUND")  # fmt: skip
+                              denied=denied, grounds=grounds)
+            )  # fmt: skip
+
+        if isinstance(decision, Denied) and decision.reason == "DATASET_NOT_FOUND":
+            await log("LICENCE_NOT_FOUND")
             raise LicenceNotFound(
                 "No valid licence matches: "
                 + (f"number {number}." if number else f"{licence_type} of {holder_id}."),
             )
-        presentation = present(view.sd_jwt, list(disclose))
-        await self._audit(caller, "licence-fetch", dataset=dataset, holders=[view.holder_id],
-                          now=now, purpose=purpose, case_id=case_id,
-                          fields=list(disclose))  # fmt: skip
-        licence_type_ = self.registry.get(view.licence_type)
+        if isinstance(decision, Denied) and (
+            not authorisation or decision.reason not in _HOLDER_MAY_ALLOW
+        ):
+            await log(decision.reason)
+            raise QueryDenied.from_decision(decision)
+        assert view is not None
+        assert kind is not None
+        presentation = present(view.sd_jwt, list(disclose))  # ClaimInvalid before anything
+        if isinstance(decision, Allowed):
+            await log(None, decision.grounds())
+        else:
+            # The holder's code, spent and logged in one transaction: used once, for a
+            # fetch that is in the log, or not at all.
+            async with self._pool.acquire() as conn, self._log.transaction(conn) as tx:
+                spent = await self.authorisations.spend(
+                    conn, authorisation, department=me, holder_id=view.holder_id,
+                    purpose=purpose, case_id=case_id, licence_type=view.licence_type,
+                    number=view.number, now=now,
+                )  # fmt: skip
+                if spent is not None:
+                    tx.record(
+                        self._entries(caller, "licence-fetch", dataset=dataset,
+                                      holders=[subject], now=now, purpose=purpose,
+                                      case_id=case_id, fields=disclose,
+                                      grounds=f"authorisation:{spent.id}")
+                    )  # fmt: skip
+            if spent is None:
+                await log(AuthorisationInvalid.reason)
+                raise AuthorisationInvalid(
+                    "The holder's authorisation code is unknown, used, expired, or made for "
+                    "another department, purpose, case or licence type; ask the holder for "
+                    "a new one.",
+                    metadata={"field": "authorisation"},
+                )
         shown = {
-            k: v
-            for k, v in view.claims.items()
-            if not licence_type_.claim(k).disclosable or k in disclose
+            k: v for k, v in view.claims.items() if not kind.claim(k).disclosable or k in disclose
         }
         return LicenceView(**{**view.__dict__, "claims": shown, "sd_jwt": presentation}), (
             presentation
@@ -856,7 +920,8 @@ class Licensing:
 
     async def trust_list(self) -> TrustList:
         """The current signed trust list: the seal certificates of the departments that
-        issue licence types, and the status-list certificate, re-signed when either
+        issue licence types, the status-list certificate and the base URL status lists are
+        served under (verifiers fetch from nowhere else), re-signed when any of them
         changes or after an hour (its ``next_update`` is a day, its ``exp`` 30 days)."""
         now = self._clock.now()
         chains = await self.vault.chains()
@@ -869,10 +934,12 @@ class Licensing:
             for h in [*issuers, STATUS_LIST_HOLDER]
             for c in chains.get(h, ())
         )
+        bases = (self.status_lists.uri_base,)
         cached = self._trust_list
         if (
             cached is not None
             and cached[0] == key
+            and all(e.status_base_urls == bases for e in cached[1].entries.values())
             and now - cached[1].issued_at < _TRUST_LIST_RESIGN
             and now < cached[1].expires_at
         ):
@@ -882,6 +949,7 @@ class Licensing:
                 department=code,
                 seal_certificates=chains[code][:1],
                 status_list_certificates=status_chain[:1],
+                status_base_urls=bases,
             )
             for code in issuers
         ]
@@ -947,24 +1015,7 @@ def status_refs(text: str) -> list[tuple[str, int]]:
     return [] if ref is None else [(ref.uri, ref.idx)]
 
 
-def _valid_holder(holder_id: str) -> str:
-    text = holder_id.strip()
-    if not text:
-        raise InvalidArgument("Give the holder's id (USCC or citizen id).")
-    kind = (
-        SubjectKind.PERSON
-        if text[:1].isdigit() and len(text) == 18 and (text[6:8] in ("19", "20"))
-        else SubjectKind.ENTERPRISE
-    )
-    try:
-        return validate_subject_id(kind, text)
-    except TongbanError:
-        other = SubjectKind.ENTERPRISE if kind is SubjectKind.PERSON else SubjectKind.PERSON
-        try:
-            return validate_subject_id(other, text)
-        except TongbanError:
-            pass
-        raise
+_valid_holder = valid_holder
 
 
 _SHA256 = hashes.SHA256()

@@ -67,9 +67,15 @@ class StatusLists:
         self._allocators: dict[int, tuple[int, IndexAllocator]] = {}
         self._tokens: dict[int, tuple[int, datetime, StatusToken]] = {}
 
+    @property
+    def uri_base(self) -> str:
+        """What every list's URI starts with (``<base>/status-lists/``): the base URL the
+        trust list names, so that verifiers fetch status lists from nowhere else."""
+        return f"{self.base_url}/status-lists/"
+
     def uri(self, list_id: int) -> str:
         """The URI of list ``list_id`` (``<base>/status-lists/<id>``)."""
-        return f"{self.base_url}/status-lists/{list_id}"
+        return f"{self.uri_base}{list_id}"
 
     def list_id(self, uri: str) -> int | None:
         """The id of the list at ``uri`` (``.../status-lists/<id>``), else None."""

@@ -1,13 +1,15 @@
-"""``tongban.v1.AuditService``: the access log for auditors, and covert cases for all.
+"""``tongban.v1.AuditService``: the access log and the covert cases for auditors, and
+covert-case declarations for departments with the covert role.
 
-Auditors' own reads of a subject's history are logged too (action ``audit.search`` or
-``audit.subject``), so the subject view shows when an auditor looked.
+Auditors' own reads are logged too (action ``audit.search``, ``audit.subject`` or
+``audit.covert``), so the subject view shows when an auditor looked. Every declaration of
+a covert case, allowed or refused, is a log entry (``covert.declare``).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -15,6 +17,14 @@ import grpc
 from tongban.errors import TongbanError
 from tongban.exchange.audit.anomalies import check_instant, find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer, CheckpointRow
+from tongban.exchange.audit.covert import (
+    COVERT_ROLE,
+    CovertCase,
+    CovertCases,
+    CovertRoleRequired,
+    check_declaration,
+    declaration_entry,
+)
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.audit.store import MAX_INDEX, AuditStore, LogEntry, SearchFilters
 from tongban.exchange.errors import InvalidArgument
@@ -71,9 +81,14 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         hasher: SubjectHasher,
         clock: Clock,
         node_name: str,
+        *,
+        covert_max_days: int,
     ) -> None:
+        """``covert_max_days``: the longest embargo a declaration may set (settings)."""
         # Page tokens under the node's key, so any node of the exchange accepts them.
         self._store = store.with_tokens(hasher.page_tokens())
+        self._covert = CovertCases(store.pool, hasher.page_tokens())
+        self._covert_max_days = covert_max_days
         self._checkpoints = checkpointer
         self._log = access_log
         self._hasher = hasher
@@ -273,20 +288,82 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: audit_pb2.DeclareCovertCaseRequest, context: Context
     ) -> audit_pb2.CovertCase:
         caller = current_caller()
-        until = instant(request.until, "until")
-        if until is None:
-            raise InvalidArgument("Give the end of the embargo.", metadata={"field": "until"})
-        await self._store.declare_covert(
-            caller=caller.department.code,
-            case_id=request.case_id,
-            until=until,
-            legal_basis=request.legal_basis,
-            officer=caller.officer_id,
-            now=self._clock.now(),
-        )
-        return audit_pb2.CovertCase(
+        now = self._clock.now()
+        try:
+            if COVERT_ROLE not in caller.department.roles:
+                raise CovertRoleRequired(
+                    "Only departments with the covert role may declare a covert case; ask "
+                    "the exchange's operator to grant your department the role.",
+                    metadata={"department": caller.department.code},
+                )
+            declaration = check_declaration(
+                case_id=request.case_id,
+                until=instant(request.until, "until"),
+                legal_basis=request.legal_basis,
+                now=now,
+                max_days=self._covert_max_days,
+            )
+        except TongbanError as e:
+            # A refused declaration is an attempt to hide accesses: the log keeps it.
+            await self._log.append(
+                [
+                    declaration_entry(
+                        department=caller.department.code,
+                        officer=caller.officer_id,
+                        case_id=request.case_id,
+                        node=self._node,
+                        now=now,
+                        decision="denied",
+                        reason=e.reason,
+                    )
+                ]
+            )
+            raise
+        case = await self._covert.declare(
+            declaration,
             department=caller.department.code,
-            case_id=request.case_id.strip(),
-            until=timestamp(until),
-            legal_basis=request.legal_basis.strip(),
+            officer=caller.officer_id,
+            node=self._node,
+            now=now,
+            log=self._log,
         )
+        return _covert_message(case, now)
+
+    async def ListCovertCases(
+        self, request: audit_pb2.ListCovertCasesRequest, context: Context
+    ) -> audit_pb2.ListCovertCasesResponse:
+        caller = self._auditor()
+        department = request.department.strip()
+        described = " ".join(
+            part
+            for part in (
+                f"department={department}" if department else "",
+                "include_ended" if request.include_ended else "",
+            )
+            if part
+        )
+        now = self._clock.now()
+        cases, token = await self._covert.list_cases(
+            now=now,
+            department=department or None,
+            include_ended=request.include_ended,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        # Logged once the request is known to be valid, before the answer leaves.
+        await self._log_read(caller, "audit.covert", "", f"covert cases {described}".strip())
+        return audit_pb2.ListCovertCasesResponse(
+            cases=[_covert_message(c, now) for c in cases], next_page_token=token
+        )
+
+
+def _covert_message(case: CovertCase, now: datetime) -> audit_pb2.CovertCase:
+    return audit_pb2.CovertCase(
+        department=case.department,
+        case_id=case.case_id,
+        until=timestamp(case.until),
+        legal_basis=case.legal_basis,
+        declared_at=timestamp(case.declared_at),
+        declared_by=case.declared_by or "",
+        in_force=case.in_force(now),
+    )

@@ -233,6 +233,7 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
             number=request.number,
             holder_id=request.holder_id,
             licence_type=request.licence_type,
+            authorisation=request.authorisation,
         )
         return licence_message(view)
 

@@ -23,7 +23,14 @@ from tongban.exchange.fairness import yield_fairly
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import instant, timestamp
 from tongban.exchange.sharing.datasets import DatasetSpec
-from tongban.exchange.sharing.model import DatasetEntry, Grant, GrantStatus, LegalBasis, ShareClass
+from tongban.exchange.sharing.model import (
+    DatasetEntry,
+    Grant,
+    GrantStatus,
+    LegalBasis,
+    PersonalBasis,
+    ShareClass,
+)
 from tongban.exchange.sharing.records import PublishCounts
 from tongban.exchange.sharing.service import YIELD_EVERY, QueryInput, RawChange, Sharing
 from tongban.signing.clock import Clock
@@ -146,6 +153,9 @@ def _spec_from_message(message: catalogue_pb2.DatasetSpec) -> DatasetSpec:
         share_class=_enum(_SHARE, message.share_class, "share_class"),
         conditions=message.conditions,
         legal_basis=basis,
+        personal_bases=tuple(
+            PersonalBasis(b.law, b.article, tuple(b.fields)) for b in message.personal_bases
+        ),
     )
 
 
@@ -170,6 +180,10 @@ def dataset_message(entry: DatasetEntry) -> catalogue_pb2.Dataset:
         update_frequency=entry.update_frequency,
         share_class=_SHARE_BACK[entry.share_class],
         conditions=entry.conditions,
+        personal_bases=[
+            catalogue_pb2.PersonalBasis(law=b.law, article=b.article, fields=b.fields)
+            for b in entry.personal_bases
+        ],
     )
     if entry.legal_basis is not None:
         spec.legal_basis.CopyFrom(

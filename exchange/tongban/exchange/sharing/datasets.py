@@ -21,7 +21,7 @@ from tongban.exchange.sharing.errors import (
     NotSharedNeedsBasis,
     SchemaIncompatible,
 )
-from tongban.exchange.sharing.model import DatasetEntry, LegalBasis, ShareClass
+from tongban.exchange.sharing.model import DatasetEntry, LegalBasis, PersonalBasis, ShareClass
 
 __all__ = [
     "MAX_VERSION",
@@ -51,6 +51,10 @@ class DatasetSpec:
     share_class: ShareClass
     conditions: str
     legal_basis: LegalBasis | None
+    personal_bases: tuple[PersonalBasis, ...] = ()
+
+
+MAX_PERSONAL_BASES = 20
 
 
 def _text(value: str, what: str, *, low: int, high: int) -> str:
@@ -105,6 +109,7 @@ def validate_spec(spec: DatasetSpec, owner: str) -> DatasetSpec:
         )
     return DatasetSpec(
         code=spec.code,
+        personal_bases=_personal_bases(spec),
         title=_text(spec.title, "title", low=1, high=200),
         description=_text(spec.description, "description", low=0, high=4000),
         schema=spec.schema,
@@ -113,6 +118,67 @@ def validate_spec(spec: DatasetSpec, owner: str) -> DatasetSpec:
         share_class=spec.share_class,
         conditions=conditions,
         legal_basis=basis,
+    )
+
+
+def _personal_bases(spec: DatasetSpec) -> tuple[PersonalBasis, ...]:
+    """The cited laws, normalised; each names personal fields of the schema, once."""
+    if not spec.personal_bases:
+        return ()
+    if spec.share_class is not ShareClass.UNCONDITIONAL:
+        raise InvalidArgument(
+            "Only an unconditional dataset cites laws for sharing personal fields without a "
+            "grant; a conditional dataset shares every field under grants.",
+            metadata={"field": "personal_bases"},
+        )
+    if len(spec.personal_bases) > MAX_PERSONAL_BASES:
+        raise InvalidArgument(
+            f"A dataset cites at most {MAX_PERSONAL_BASES} laws for its personal fields.",
+            metadata={"field": "personal_bases"},
+        )
+    seen: set[str] = set()
+    bases = []
+    for basis in spec.personal_bases:
+        if not basis.fields:
+            raise InvalidArgument(
+                f"The law {basis.law[:100]!r} cited for personal fields names no field.",
+                metadata={"field": "personal_bases"},
+            )
+        for name in basis.fields:
+            field = spec.schema.field(name)
+            if field is None or not field.personal:
+                raise InvalidArgument(
+                    f"{name[:64]!r} is not a personal field of {spec.code}; a law cited for "
+                    "sharing personal fields names only fields marked personal.",
+                    metadata={"field": "personal_bases"},
+                )
+            if name in seen:
+                raise InvalidArgument(
+                    f"Field {name} is named by more than one cited law; name it once.",
+                    metadata={"field": "personal_bases"},
+                )
+            seen.add(name)
+        bases.append(
+            PersonalBasis(
+                _text(basis.law, "personal basis law", low=1, high=200),
+                _text(basis.article, "personal basis article", low=1, high=100),
+                tuple(basis.fields),
+            )
+        )
+    return tuple(bases)
+
+
+def _bases_to_json(bases: Sequence[PersonalBasis]) -> str:
+    return json.dumps(
+        [{"law": b.law, "article": b.article, "fields": list(b.fields)} for b in bases],
+        ensure_ascii=False,
+    )
+
+
+def _bases_from_json(text: str) -> tuple[PersonalBasis, ...]:
+    return tuple(
+        PersonalBasis(item["law"], item["article"], tuple(item["fields"]))
+        for item in json.loads(text)
     )
 
 
@@ -158,7 +224,8 @@ def _search_text(spec: DatasetSpec) -> str:
 _SELECT = """
     SELECT d.code, d.owner, d.published, d.created_at, v.version, v.title, v.description,
            v.schema, v.subject_kind, v.update_frequency, v.share_class, v.conditions,
-           v.legal_basis_law, v.legal_basis_article, v.created_at AS version_created_at
+           v.legal_basis_law, v.legal_basis_article, v.personal_bases,
+           v.created_at AS version_created_at
     FROM dataset d JOIN dataset_version v ON v.dataset = d.code
 """
 
@@ -180,6 +247,7 @@ def _entry(row: asyncpg.Record) -> DatasetEntry:
         published=row["published"],
         created_at=row["created_at"],
         version_created_at=row["version_created_at"],
+        personal_bases=_bases_from_json(row["personal_bases"]),
     )
 
 
@@ -193,6 +261,7 @@ def _same(entry: DatasetEntry, spec: DatasetSpec) -> bool:
         and entry.share_class == spec.share_class
         and entry.conditions == spec.conditions
         and entry.legal_basis == spec.legal_basis
+        and entry.personal_bases == spec.personal_bases
     )
 
 
@@ -254,8 +323,9 @@ class DatasetStore:
                 """
                 INSERT INTO dataset_version (dataset, version, title, description, schema,
                     key_field, subject_kind, update_frequency, share_class, conditions,
-                    legal_basis_law, legal_basis_article, search_text, created_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                    legal_basis_law, legal_basis_article, search_text, created_at,
+                    personal_bases)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
                 """,
                 spec.code,
                 version,
@@ -271,6 +341,7 @@ class DatasetStore:
                 spec.legal_basis.article if spec.legal_basis else None,
                 _search_text(spec),
                 now,
+                _bases_to_json(spec.personal_bases),
             )
             if version > 1:
                 await conn.execute(

@@ -98,15 +98,28 @@ class GrantStore:
         now: datetime,
     ) -> Grant:
         """Record a pending request, due ``answer_days`` working days from now."""
-        if entry.share_class is not ShareClass.CONDITIONAL:
-            raise InvalidArgument(
-                f"Dataset {entry.code} is {entry.share_class.value}; only conditional datasets "
-                "are shared under grants.",
-                metadata={"dataset": entry.code},
-            )
         if consumer == entry.owner:
             raise InvalidArgument("An owner needs no grant on its own dataset.")
         chosen = _fields(entry, fields)
+        if entry.share_class is ShareClass.NOT_SHARED:
+            raise InvalidArgument(
+                f"Dataset {entry.code} is not shared; no grant can open it.",
+                metadata={"dataset": entry.code},
+            )
+        if entry.share_class is ShareClass.UNCONDITIONAL:
+            # Grants on an unconditional dataset open its personal fields (个人信息) that
+            # no cited law covers; everything else needs none.
+            by_law = {name for basis in entry.personal_bases for name in basis.fields}
+            needless = [
+                name for name in chosen if name in by_law or name not in entry.personal_fields()
+            ]
+            if needless:
+                raise InvalidArgument(
+                    f"Dataset {entry.code} is unconditional and {', '.join(needless)} "
+                    f"{'needs' if len(needless) == 1 else 'need'} no grant; a grant on it "
+                    "names only personal fields that no cited law covers.",
+                    metadata={"dataset": entry.code, "field": needless[0]},
+                )
         purpose = normalise_purpose(purpose)
         if not 1 <= len(purpose) <= 200:
             raise InvalidArgument(

@@ -16,6 +16,7 @@ __all__ = [
     "Grant",
     "GrantStatus",
     "LegalBasis",
+    "PersonalBasis",
     "ShareClass",
     "normalise_purpose",
 ]
@@ -31,6 +32,21 @@ class ShareClass(enum.StrEnum):
 class LegalBasis:
     law: str
     article: str
+
+
+@dataclass(frozen=True)
+class PersonalBasis:
+    """A law under which the named personal fields of an unconditional dataset are shared
+    without a grant (docs/personal-data.md)."""
+
+    law: str
+    article: str
+    fields: tuple[str, ...]
+
+    def cited(self) -> str:
+        """How a log entry and the catalogue name it: ``《law》article``."""
+        law = self.law if self.law.startswith("《") else f"《{self.law}》"
+        return f"{law}{self.article}"
 
 
 @dataclass(frozen=True)
@@ -51,6 +67,15 @@ class DatasetEntry:
     published: bool
     created_at: datetime
     version_created_at: datetime
+    personal_bases: tuple[PersonalBasis, ...] = ()
+    """Laws under which named personal fields are shared without a grant."""
+
+    def personal_fields(self) -> tuple[str, ...]:
+        return tuple(f.name for f in self.schema.fields if f.personal)
+
+    def personal_basis_of(self, name: str) -> PersonalBasis | None:
+        """The law under which personal field ``name`` is shared without a grant, if any."""
+        return next((b for b in self.personal_bases if name in b.fields), None)
 
 
 class GrantStatus(enum.StrEnum):

@@ -9,9 +9,15 @@ stable reason code. The rules (DESIGN.md, 以共享为原则、不共享为例�
 2. The owner may always read its own dataset, published or not.
 3. Others see only published datasets; an unpublished one does not exist for them.
 4. Every asked field must exist in the current schema; at least one must be asked.
-5. ``unconditional``: allowed. ``not_shared``: denied. ``conditional``: allowed only
-   within a live (approved, unexpired) grant of the caller for the same purpose that
-   covers every asked field.
+5. ``not_shared``: denied. ``conditional``: allowed only within a live (approved,
+   unexpired) grant of the caller for the same purpose that covers every asked field.
+6. ``unconditional``: fields that are not personal are allowed. A personal field (个人信息)
+   is allowed only if a law the dataset cites for it (``personal_bases``) makes it
+   shareable, or within a live grant for the same purpose that covers it: sharing
+   personal information between departments must be necessary for a stated purpose
+   (个人信息保护法 第三十四条; docs/personal-data.md). The decision is per field.
+
+An ``Allowed`` names its grounds (the grant, the laws), which the access log records.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from tongban.exchange.sharing.model import (
     DatasetEntry,
     Grant,
     GrantStatus,
+    PersonalBasis,
     ShareClass,
     normalise_purpose,
 )
@@ -36,6 +43,7 @@ __all__ = [
     "Denied",
     "QueryIntent",
     "decide",
+    "needs_grants",
 ]
 
 MAX_PURPOSE = 200
@@ -53,6 +61,7 @@ DENIAL_REASONS: dict[str, str] = {
     "GRANT_REQUIRED": "PERMISSION_DENIED",
     "GRANT_EXPIRED": "PERMISSION_DENIED",
     "FIELD_NOT_GRANTED": "PERMISSION_DENIED",
+    "PERSONAL_GRANT_REQUIRED": "PERMISSION_DENIED",
 }
 
 
@@ -71,7 +80,16 @@ class QueryIntent:
 class Allowed:
     fields: tuple[str, ...]
     grant_id: UUID | None = None
+    bases: tuple[PersonalBasis, ...] = ()
+    """The laws under which personal fields among ``fields`` are shared without a grant."""
     allowed: bool = field(default=True, init=False)
+
+    def grounds(self) -> str | None:
+        """What allowed this beyond the share class, as the access log records it:
+        ``grant:<id>`` and ``law:《…》第…条``, joined by ``; ``; None if nothing."""
+        parts = [f"grant:{self.grant_id}"] if self.grant_id is not None else []
+        parts += [f"law:{basis.cited()}" for basis in self.bases]
+        return "; ".join(parts) or None
 
 
 @dataclass(frozen=True)
@@ -151,7 +169,7 @@ def decide(
             f"{', '.join(entry.schema.names)}.",
             {"field": unknown[0][:64]},
         )
-    if is_owner or entry.share_class is ShareClass.UNCONDITIONAL:
+    if is_owner:
         return Allowed(fields)
     if entry.share_class is ShareClass.NOT_SHARED:
         basis = entry.legal_basis
@@ -161,16 +179,62 @@ def decide(
             f"Dataset {entry.code} is not shared{cited}; other departments cannot query it.",
             {"dataset": entry.code},
         )
-    return _conditional(intent, entry, fields, grants, now)
+    if entry.share_class is ShareClass.CONDITIONAL:
+        return _granted(intent, entry, fields, fields, grants, now, personal=False)
+    return _unconditional(intent, entry, fields, grants, now)
 
 
-def _conditional(
+def needs_grants(entry: DatasetEntry | None, caller: str) -> bool:
+    """Whether ``decide`` may look at ``caller``'s grants on ``entry`` (so whether a
+    service must load them): conditional datasets, and unconditional ones with personal
+    fields that no law the dataset cites covers."""
+    if entry is None or entry.owner == caller:
+        return False
+    if entry.share_class is ShareClass.CONDITIONAL:
+        return True
+    if entry.share_class is ShareClass.NOT_SHARED:
+        return False
+    by_law = {name for basis in entry.personal_bases for name in basis.fields}
+    return any(name not in by_law for name in entry.personal_fields())
+
+
+def _unconditional(
     intent: QueryIntent,
     entry: DatasetEntry,
     fields: tuple[str, ...],
     grants: Sequence[Grant],
     now: datetime,
 ) -> Decision:
+    by_law = {name: basis for basis in entry.personal_bases for name in basis.fields}
+    personal = [name for name in fields if _is_personal(entry, name)]
+    bases = tuple(dict.fromkeys(by_law[name] for name in personal if name in by_law))
+    uncovered = tuple(name for name in personal if name not in by_law)
+    if not uncovered:
+        return Allowed(fields, bases=bases)
+    decision = _granted(intent, entry, fields, uncovered, grants, now, personal=True)
+    if isinstance(decision, Denied):
+        return decision
+    return Allowed(fields, decision.grant_id, bases)
+
+
+def _is_personal(entry: DatasetEntry, name: str) -> bool:
+    spec = entry.schema.field(name)
+    return spec is not None and spec.personal
+
+
+def _granted(
+    intent: QueryIntent,
+    entry: DatasetEntry,
+    fields: tuple[str, ...],
+    needed: tuple[str, ...],
+    grants: Sequence[Grant],
+    now: datetime,
+    *,
+    personal: bool,
+) -> Decision:
+    """Allowed if a live grant of the caller for this purpose covers every ``needed``
+    field (all asked fields of a conditional dataset; the personal fields no law covers
+    of an unconditional one)."""
     purpose = normalise_purpose(intent.purpose)
     mine = [g for g in grants if g.consumer == intent.caller and g.dataset == entry.code]
     for_purpose = [g for g in mine if normalise_purpose(g.purpose) == purpose]
@@ -183,20 +247,31 @@ def _conditional(
                 {"dataset": entry.code},
             )
         revoked = any(g.status is GrantStatus.REVOKED for g in for_purpose)
+        again = "your grant for this purpose was revoked; " if revoked else ""
+        if personal:
+            return Denied(
+                "PERSONAL_GRANT_REQUIRED",
+                f"{', '.join(needed)} of {entry.code} "
+                f"{'is' if len(needed) == 1 else 'are'} personal information (个人信息), "
+                f"shared only under a grant for the purpose it serves; {again}ask without "
+                f"{'it' if len(needed) == 1 else 'them'}, or request a grant naming this "
+                "purpose and these fields.",
+                {"dataset": entry.code, "fields": ",".join(needed)},
+            )
         return Denied(
             "GRANT_REQUIRED",
-            f"Dataset {entry.code} is shared on conditions; "
-            + ("your grant for this purpose was revoked; " if revoked else "")
-            + "request a grant naming this purpose and the fields you need.",
+            f"Dataset {entry.code} is shared on conditions; {again}"
+            "request a grant naming this purpose and the fields you need.",
             {"dataset": entry.code},
         )
-    best = max(live, key=lambda g: len(set(fields) & set(g.fields)))
-    missing = [name for name in fields if name not in best.fields]
+    best = max(live, key=lambda g: len(set(needed) & set(g.fields)))
+    missing = [name for name in needed if name not in best.fields]
     if missing:
+        instead = "without them" if personal else f"only for {', '.join(best.fields)}"
         return Denied(
             "FIELD_NOT_GRANTED",
-            f"Your grant on {entry.code} does not cover {', '.join(missing)}; ask only for "
-            f"{', '.join(best.fields)} or request a wider grant.",
+            f"Your grant on {entry.code} does not cover {', '.join(missing)}; ask {instead} "
+            "or request a wider grant.",
             {"dataset": entry.code, "fields": ",".join(missing), "grant": str(best.id)},
         )
     return Allowed(fields, best.id)

@@ -43,8 +43,8 @@ from tongban.exchange.sharing.errors import (
     TooManyKeys,
 )
 from tongban.exchange.sharing.grants import GrantStore
-from tongban.exchange.sharing.model import DatasetEntry, Grant, ShareClass
-from tongban.exchange.sharing.policy import Allowed, Denied, QueryIntent, decide
+from tongban.exchange.sharing.model import DatasetEntry, Grant
+from tongban.exchange.sharing.policy import Allowed, Denied, QueryIntent, decide, needs_grants
 from tongban.exchange.sharing.records import Change, PublishCounts, RecordStore, StoredRecord
 from tongban.signing.certs import certificate_fingerprint
 from tongban.signing.clock import Clock
@@ -250,7 +250,7 @@ class Sharing:
         intent = QueryIntent(me, dataset, tuple(fields), purpose, case_id)
         entry = await self.current_entry(dataset)
         grants: list[Grant] = []
-        if entry is not None and entry.share_class is ShareClass.CONDITIONAL and entry.owner != me:
+        if entry is not None and needs_grants(entry, me):
             grants = await self.grants_of(me, entry.code)
         decision = decide(intent, entry, grants, now)
         if isinstance(decision, Denied):
@@ -287,7 +287,7 @@ class Sharing:
             await self._log_decision(caller, intent, entry, [], now, "denied", e.reason)
             raise
         grants: list[Grant] = []
-        if entry is not None and entry.share_class is ShareClass.CONDITIONAL and entry.owner != me:
+        if entry is not None and needs_grants(entry, me):
             grants = await self.grants_of(me, entry.code)
         decision = decide(intent, entry, grants, now)
         if isinstance(decision, Denied):
@@ -342,7 +342,8 @@ class Sharing:
             "purpose": intent.purpose,
             "case_id": intent.case_id,
             "decision": decision,
-            "reason": reason,
+            # An allowed entry names its grounds: the grant, the laws for personal fields.
+            "reason": allowed.grounds() if allowed is not None and reason is None else reason,
         }
         if self._on_decision is not None:
             self._on_decision(decision, reason)

@@ -2,6 +2,6 @@
 subject view, and the catalogue, served by the node's HTTP listener (docs/web.md)."""
 
 from tongban.exchange.web.app import WebConsole
-from tongban.exchange.web.sessions import LinkStore
+from tongban.exchange.web.sessions import LinkStore, SessionStore
 
-__all__ = ["LinkStore", "WebConsole"]
+__all__ = ["LinkStore", "SessionStore", "WebConsole"]

@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -20,10 +21,12 @@ import jinja2
 from aiohttp import BodyPartReader, web
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from multidict import MultiDict, MultiDictProxy
+from yarl import URL
 
 from tongban.errors import TongbanError
 from tongban.exchange.audit.anomalies import MAX_PERIOD, find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
+from tongban.exchange.audit.covert import CovertCases
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
 from tongban.exchange.audit.note import open_checkpoint
@@ -32,12 +35,18 @@ from tongban.exchange.audit.verify import verify_log
 from tongban.exchange.departments import Department, DepartmentStore
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.http import http_status
+from tongban.exchange.licensing.authorisations import HolderAuthorisation, authorise
 from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.sharing.model import ShareClass
 from tongban.exchange.sharing.service import Sharing
 from tongban.exchange.web.i18n import translator
-from tongban.exchange.web.sessions import LinkInvalid, LinkKind, LinkStore, Session, SessionKey
-from tongban.exchange.web.uploads import MAX_UPLOAD, UploadUnreadable, licence_text_from_upload
+from tongban.exchange.web.sessions import LinkInvalid, LinkKind, Session, SessionStore
+from tongban.exchange.web.uploads import (
+    MAX_UPLOAD,
+    RenderSlots,
+    UploadUnreadable,
+    licence_text_from_upload,
+)
 from tongban.licence import BUILTIN_REGISTRY, VerificationResult
 from tongban.signing.clock import Clock
 
@@ -47,6 +56,8 @@ _log = logging.getLogger(__name__)
 
 _CST = timezone(timedelta(hours=8))
 _COOKIE = "tongban_session"
+_SESSION = web.RequestKey[Session | None]("tongban.session")
+_SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 _LANG_COOKIE = "tongban_lang"
 _PAGE = 50
 _DRAIN = 64 * 1024 * 1024  # read (and drop) at most this much of an oversized upload
@@ -67,6 +78,13 @@ _REFUSALS = {
     405: ("METHOD_NOT_ALLOWED", "error.method"),
     413: ("PAYLOAD_TOO_LARGE", "error.form_too_large"),
 }
+
+
+class CrossSiteRequest(TongbanError):
+    """A console form sent from another site (login CSRF and the like)."""
+
+    reason = "CROSS_SITE_REQUEST"
+    status = "PERMISSION_DENIED"
 
 
 class FormUnreadable(TongbanError):
@@ -120,6 +138,18 @@ def _instant(value: str, name: str) -> datetime | None:
     return parsed
 
 
+def _origin_key(url: str) -> tuple[str, str, int | None] | None:
+    """(scheme, host, port) of an origin or URL, the port filled in for http and https;
+    None for ``null``, a relative or malformed URL, or one without a host."""
+    try:
+        parsed = URL(url)
+        if not parsed.absolute or not parsed.host:
+            return None
+        return parsed.scheme.lower(), parsed.host.lower(), parsed.port
+    except ValueError:
+        return None
+
+
 def _no_nul(request: web.Request) -> None:
     """Refuse a NUL character in the query: no text column can hold one."""
     for name, value in request.query.items():
@@ -157,11 +187,11 @@ class WebConsole:
         access_log: AccessLog,
         hasher: SubjectHasher,
         checkpointer: Checkpointer,
-        log_key: bytes,
         log_origin: str,
         log_verifier: Ed25519PublicKey,
         clock: Clock,
         node_name: str,
+        public_url: str | None = None,
     ) -> None:
         self._pool = pool
         self._licensing = licensing
@@ -170,9 +200,15 @@ class WebConsole:
         self._hasher = hasher
         self._checkpoints = checkpointer
         self._store = AuditStore(pool, hasher.page_tokens())  # the same tokens on every node
+        self._covert = CovertCases(pool, hasher.page_tokens())
         self._departments = DepartmentStore(pool)
-        self._links = LinkStore(pool)
-        self._keys = SessionKey(log_key)
+        self._sessions = SessionStore(pool)
+        self._public_url = public_url
+        self._public_origin = _origin_key(public_url) if public_url else None
+        # Behind a proxy that ends TLS the request is plain HTTP, but the browser's is not.
+        self._https = bool(public_url and public_url.startswith("https://"))
+        self.renders = RenderSlots()
+        """Bounds the PDF and image decodes of uploads (docs/web.md, "Verification")."""
         self._origin = log_origin
         self._verifier = log_verifier
         self._clock = clock
@@ -209,7 +245,9 @@ class WebConsole:
         r.add_get("/console/audit/verify/status", self._audit_verify_status)
         r.add_get("/console/audit/anomalies", self._audit_anomalies)
         r.add_get("/console/audit/volume", self._audit_volume)
+        r.add_get("/console/audit/covert", self._audit_covert)
         r.add_get("/console/subject", self._subject)
+        r.add_post("/console/subject/authorise", self._subject_authorise)
         r.add_get("/console/catalogue", self._catalogue)
         # Two known files, served from memory: a path from the request never reaches the
         # file system (aiohttp's static handler raised on names too long for it).
@@ -238,8 +276,47 @@ class WebConsole:
         return "en" if accept.startswith("en") else "zh"
 
     def _session(self, request: web.Request) -> Session | None:
+        """The browser's session, as looked up before the handler ran (None if none)."""
+        return request.get(_SESSION)
+
+    async def _find_session(self, request: web.Request) -> None:
         value = request.cookies.get(_COOKIE)
-        return self._keys.open(value, self._clock.now()) if value else None
+        found = await self._sessions.find(value, self._clock.now()) if value else None
+        request[_SESSION] = found
+
+    def _secure(self, request: web.Request) -> bool:
+        """Whether cookies get the Secure flag: the browser reached the console over TLS."""
+        return self._https or request.secure
+
+    def _same_origin(self, request: web.Request) -> None:
+        """Refuse a state-changing request that another site made the browser send.
+
+        ``Sec-Fetch-Site`` decides when the browser sends it (web content cannot set it):
+        ``cross-site`` and ``same-site`` are refused, ``same-origin`` and ``none`` (the
+        user's own action) pass. Without it (older browsers, curl), an ``Origin`` that is
+        neither TONGBAN_PUBLIC_URL's origin nor the host the request was sent to is
+        refused, ``null`` included; no ``Origin`` passes. See docs/web.md, "Signing in"."""
+        if request.method in _SAFE_METHODS:
+            return
+        fetch_site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+        origin = request.headers.get("Origin")
+        if fetch_site in ("same-origin", "none"):
+            return
+        if fetch_site not in ("cross-site", "same-site"):
+            if origin is None:
+                return
+            sent_from = _origin_key(origin)
+            if sent_from is not None and sent_from in (
+                self._public_origin,
+                _origin_key(f"{sent_from[0]}://{request.host}"),
+            ):
+                return
+        where = f" at {self._public_url}" if self._public_url else " directly"
+        raise CrossSiteRequest(
+            "This form was sent from another site, so the console refused it; open the "
+            f"console{where} and send the form from its own page.",
+            metadata={"origin": (origin or "")[:100], "sec_fetch_site": fetch_site[:20]},
+        )
 
     def _page(
         self, request: web.Request, template: str, status: int = 200, **context: Any
@@ -263,12 +340,20 @@ class WebConsole:
                 "media-src 'self' blob:; style-src 'self'; script-src 'self'; "
                 "frame-ancestors 'none'; form-action 'self'",
                 "X-Content-Type-Options": "nosniff",
-                "Referrer-Policy": "no-referrer",
+                # Not no-referrer: under it browsers send "Origin: null" on the console's
+                # own forms, which the same-origin check must then refuse. No page links
+                # elsewhere, so a referrer never leaves the console's origin.
+                "Referrer-Policy": "same-origin",
             },
         )
         if request.query.get("lang") in ("zh", "en"):
             response.set_cookie(
-                _LANG_COOKIE, lang, max_age=365 * 86400, samesite="Strict", httponly=True
+                _LANG_COOKIE,
+                lang,
+                max_age=365 * 86400,
+                samesite="Strict",
+                httponly=True,
+                secure=self._secure(request),
             )
         return response
 
@@ -330,6 +415,9 @@ class WebConsole:
         t = translator(self._lang(request))
         try:
             _no_nul(request)
+            self._same_origin(request)
+            if not request.path.startswith("/console/static/"):
+                await self._find_session(request)
             return await handler(request)
         except web.HTTPException as e:
             refusal = _REFUSALS.get(e.status)
@@ -338,7 +426,10 @@ class WebConsole:
             reason, key = refusal
             return self._message(request, e.status, t(key), reason=reason)
         except TongbanError as e:
-            return self._message(request, http_status(e), e.message, reason=e.reason)
+            page = self._message(request, http_status(e), e.message, reason=e.reason)
+            if e.retry_after is not None:
+                page.headers["Retry-After"] = str(math.ceil(e.retry_after))
+            return page
         except Exception:  # noqa: BLE001 - a page, never a stack trace; the log has it
             incident = secrets.token_hex(6)
             _log.exception("incident %s on %s", incident, request.path)
@@ -423,7 +514,7 @@ class WebConsole:
                 if part.name == "qr" and data.strip():
                     text = data.decode("utf-8", "replace")
                 elif part.name == "file" and data and not text:
-                    text = await licence_text_from_upload(bytes(data))
+                    text = await licence_text_from_upload(bytes(data), self.renders)
         except ValueError as e:  # a missing boundary, a malformed part
             raise FormUnreadable(
                 "The upload could not be read (the form is malformed); choose the file "
@@ -438,10 +529,13 @@ class WebConsole:
     async def _link_open(self, request: web.Request) -> web.Response:
         kind = _kind(request)
         form = await _form(request)
+        now = self._clock.now()
         try:
-            session = await self._links.consume(kind, str(form.get("token", "")), self._clock.now())
+            token, session = await self._sessions.start(kind, str(form.get("token", "")), now)
         except LinkInvalid as e:
             return self._message(request, 403, e.message, reason=e.reason)
+        if previous := request.cookies.get(_COOKIE):  # one session per browser
+            await self._sessions.revoke(previous, now)
         to = "/console/subject"
         if kind == "login":
             department = await self._departments.find(session.principal)
@@ -450,18 +544,23 @@ class WebConsole:
         response = web.HTTPSeeOther(to)
         response.set_cookie(
             _COOKIE,
-            self._keys.seal(session),
-            max_age=int((session.expires - self._clock.now()).total_seconds()),
+            token,
+            max_age=int((session.expires - now).total_seconds()),
             httponly=True,
             samesite="Strict",
             path="/console",
-            secure=request.secure,
+            secure=self._secure(request),
         )
         raise response
 
     async def _logout(self, request: web.Request) -> web.Response:
+        """Revoke the session (on every node) and drop the cookie."""
+        if value := request.cookies.get(_COOKIE):
+            await self._sessions.revoke(value, self._clock.now())
         response = web.HTTPSeeOther("/console/")
-        response.del_cookie(_COOKIE, path="/console")
+        response.del_cookie(
+            _COOKIE, path="/console", secure=self._secure(request), httponly=True, samesite="Strict"
+        )
         raise response
 
     # ---- audit --------------------------------------------------------------------------
@@ -691,9 +790,53 @@ class WebConsole:
             request, "audit_volume.html", chart=_chart(days, series), days=_VOLUME_DAYS
         )
 
+    async def _audit_covert(self, request: web.Request) -> web.Response:
+        """The covert cases (the declaration in force of each); the look is logged."""
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        session, _ = auth
+        department = request.query.get("department", "").strip()
+        if len(department) > 63:
+            raise InvalidArgument(
+                "'department' is too long: a department code has at most 63 characters.",
+                metadata={"field": "department"},
+            )
+        include_ended = request.query.get("all", "") == "1"
+        now = self._clock.now()
+        cases, token = await self._covert.list_cases(
+            now=now,
+            department=department or None,
+            include_ended=include_ended,
+            page_size=_PAGE,
+            page_token=request.query.get("page", ""),
+        )
+        described = f"covert cases department={department}" if department else "covert cases"
+        await self._log_view(
+            session.principal,
+            session.officer,
+            "audit.covert",
+            None,
+            described + (" include_ended" if include_ended else ""),
+        )
+        params = {"department": department, "all": "1" if include_ended else ""}
+        return self._page(
+            request,
+            "audit_covert.html",
+            cases=cases,
+            now=now,
+            next_token=token,
+            params={k: v for k, v in params.items() if v},
+        )
+
     # ---- subject and catalogue -------------------------------------------------------------
 
     async def _subject(self, request: web.Request) -> web.Response:
+        return await self._subject_page(request)
+
+    async def _subject_page(
+        self, request: web.Request, *, made: tuple[str, HolderAuthorisation] | None = None
+    ) -> web.Response:
         t = translator(self._lang(request))
         session = self._session(request)
         if session is None or session.kind != "subject":
@@ -707,6 +850,7 @@ class WebConsole:
         accesses, token, withheld = await self._store.subject_accesses(
             subject, self._clock.now(), page_size=1000, page_token=request.query.get("page", "")
         )
+        departments = [d for d in await self._departments.list() if d.status.value == "active"]
         return self._page(
             request,
             "subject.html",
@@ -714,7 +858,37 @@ class WebConsole:
             accesses=accesses,
             withheld=withheld,
             next_token=token,
+            authorisations=await self._licensing.authorisations.of_holder(session.principal),
+            departments=departments,
+            licence_types=list(self._licensing.registry),
+            made=made,
+            now=self._clock.now(),
         )
+
+    async def _subject_authorise(self, request: web.Request) -> web.Response:
+        """The holder makes a one-time authorisation code (授权用证) for one department,
+        purpose and case; the page shows it once."""
+        t = translator(self._lang(request))
+        session = self._session(request)
+        if session is None or session.kind != "subject":
+            return self._message(request, 401, t("login.required"), reason="LINK_REQUIRED")
+        form = await _form(request)
+        hours = str(form.get("hours", "24")).strip()
+        licence_type = str(form.get("licence_type", "")).strip() or None
+        if licence_type is not None:
+            self._licensing.registry.get(licence_type)  # LicenceTypeUnknown: a 400 page
+        if not hours.isdigit() or not 1 <= int(hours) <= 720:
+            raise InvalidArgument(
+                "Give how long the code stays valid: 1 to 720 hours.", metadata={"field": "hours"}
+            )
+        made = await authorise(
+            self._pool, self._log, self._hasher, node=self._node, by="subject",
+            holder_id=session.principal, department=str(form.get("department", "")),
+            purpose=str(form.get("purpose", "")), case_id=str(form.get("case_id", "")),
+            licence_type=licence_type, valid_for=timedelta(hours=int(hours)),
+            now=self._clock.now(),
+        )  # fmt: skip
+        return await self._subject_page(request, made=made)
 
     async def _catalogue(self, request: web.Request) -> web.Response:
         auth = await self._department_session(request, auditor=False)

@@ -98,6 +98,7 @@ _TEXT: dict[str, tuple[str, str]] = {
     "audit.verify": ("核验整个日志", "Verify the log"),
     "audit.anomalies": ("异常报告", "Anomaly report"),
     "audit.volume": ("访问量", "Access volume"),
+    "audit.covert": ("保密案件", "Covert cases"),
     "audit.logged": (
         "您对个人数据的查看已记入访问日志。",
         "Your view of personal data has been written to the access log.",
@@ -133,6 +134,26 @@ _TEXT: dict[str, tuple[str, str]] = {
         "Accesses per department per day (last {days} days)",
     ),
     "volume.none": ("该时段没有访问。", "No accesses in this period."),
+    "covert.title": ("保密案件", "Covert cases"),
+    "covert.explain": (
+        "具有保密角色的部门可将本部门的案件声明为保密：保密期内，其访问记录不在数据主体的查询中显示。"
+        "每个案件列出当前有效的声明；每次声明都记入访问日志。",
+        "Departments with the covert role may declare their own cases covert: until the "
+        "embargo ends, those accesses are hidden from the subject's view. Each case shows the "
+        "declaration in force; every declaration is in the access log.",
+    ),
+    "covert.logged": (
+        "您对保密案件的此次查看已记入访问日志。",
+        "This look at the covert cases has been written to the access log.",
+    ),
+    "covert.all": ("包括已到期的", "Include ended ones"),
+    "covert.until": ("保密期至", "Embargo until"),
+    "covert.state": ("状态", "State"),
+    "covert.in_force": ("保密中", "In force"),
+    "covert.ended": ("已到期", "Ended"),
+    "covert.declared": ("声明时间", "Declared"),
+    "covert.basis": ("法律依据", "Legal basis"),
+    "covert.none": ("没有保密案件。", "No covert cases."),
     "subject.title": ("谁访问了我的数据", "Who accessed my data"),
     "subject.for": ("主体：{id}", "Subject: {id}"),
     "subject.withheld": (
@@ -141,12 +162,40 @@ _TEXT: dict[str, tuple[str, str]] = {
     ),
     "subject.none": ("没有访问记录。", "No accesses recorded."),
     "subject.self": ("您本人（网页查看）", "You (web console)"),
+    "subject.grounds": ("依据", "Grounds"),
+    "auth.title": ("授权用证", "Authorise use of your licence"),
+    "auth.intro": (
+        "证照上的个人信息（如法定代表人）只在签发部门授权或您本人授权时提供给其他部门。"
+        "在此为一个部门、一个用途、一个办件生成一次性授权码，交给办理您事项的窗口。",
+        "Personal claims on your licences (such as the legal representative) go to another "
+        "department only under the issuer's grant or your own authorisation. Make a one-time "
+        "code here for one department, one purpose and one case, and give it to the office "
+        "handling your case.",
+    ),
+    "auth.department": ("部门", "Department"),
+    "auth.licence_type": ("证照类型", "Licence type"),
+    "auth.any_type": ("任意", "Any"),
+    "auth.hours": ("有效小时数", "Valid for (hours)"),
+    "auth.make": ("生成授权码", "Make the code"),
+    "auth.made": (
+        "授权码（只显示这一次）：",
+        "Your code (shown only this once):",
+    ),
+    "auth.list": ("我的授权", "My authorisations"),
+    "auth.expires": ("有效期至", "Valid until"),
+    "auth.state": ("状态", "State"),
+    "auth.used": ("已使用（{number}）", "Used ({number})"),
+    "auth.expired": ("已过期", "Expired"),
+    "auth.open": ("未使用", "Not used yet"),
     "catalogue.title": ("共享目录", "Catalogue"),
     "catalogue.keyword": ("关键词", "Keyword"),
     "catalogue.class": ("共享类型", "Share class"),
     "catalogue.owner": ("提供部门", "Owner"),
     "catalogue.fields": ("字段", "Fields"),
     "catalogue.basis": ("法律依据", "Legal basis"),
+    "catalogue.personal": ("个人信息", "personal"),
+    "catalogue.by_law": ("依法共享", "shared by law,"),
+    "catalogue.by_grant": ("仅凭授权共享", "shared only under a grant"),
     "catalogue.none": ("没有符合条件的数据集。", "No datasets match."),
     "catalogue.grants": ("本部门的待办申请", "Your department's pending requests"),
     "catalogue.overdue": ("已超期", "Overdue"),

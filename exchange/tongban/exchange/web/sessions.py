@@ -1,20 +1,19 @@
-"""One-time links and signed session cookies for the web console (docs/web.md).
+"""One-time links and server-side sessions for the web console (docs/web.md).
 
 A link carries a random 256-bit token; the database keeps only its SHA-256, the kind
 (``login`` for a department officer, ``subject`` for a data subject), whom it is for, and
-its expiry. Opening the link consumes it (one UPDATE that succeeds once) and the console
-sets a session cookie: ``base64url(JSON) . base64url(HMAC-SHA256)`` under a key derived
-from the exchange's log key, so every node of one exchange accepts every node's cookies
-and nobody without the data dir can mint one.
+its expiry. Opening the link consumes it and starts a session in one statement: the
+browser's cookie carries another random 256-bit token, and table ``web_session`` keeps
+only its SHA-256 with the kind, whom it is for, the expiry and, once the browser signs
+out, when it was revoked. Every node of an exchange shares the database, so a session
+works on every node and a revoked one on none. Nothing is signed: the cookie opens a
+session only while its row says so, and no key can mint one.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
-import hmac
-import json
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,10 +25,11 @@ from tongban.errors import TongbanError
 
 __all__ = [
     "LINK_LIFETIME",
+    "SESSION_LIFETIME",
     "LinkInvalid",
     "LinkStore",
     "Session",
-    "SessionKey",
+    "SessionStore",
 ]
 
 LinkKind = Literal["login", "subject"]
@@ -40,6 +40,10 @@ SESSION_LIFETIME: dict[LinkKind, timedelta] = {
     "login": timedelta(hours=8),  # a working day
     "subject": timedelta(hours=1),
 }
+
+# secrets.token_urlsafe(32): 43 characters of base64url. Anything else in a cookie is
+# not a session, and costs no query.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 
 
 class LinkInvalid(TongbanError):
@@ -56,63 +60,6 @@ class Session:
     """The department code, or the subject id."""
     officer: str | None
     expires: datetime
-
-
-class SessionKey:
-    """Signs and opens session cookies."""
-
-    def __init__(self, log_key: bytes) -> None:
-        self._key = hmac.digest(log_key, b"tongban web session v1", "sha256")
-
-    def _mac(self, body: bytes) -> bytes:
-        return hmac.digest(self._key, body, "sha256")
-
-    def seal(self, session: Session) -> str:
-        body = json.dumps(
-            {
-                "k": session.kind,
-                "p": session.principal,
-                "o": session.officer,
-                "e": int(session.expires.timestamp()),
-            },
-            separators=(",", ":"),
-        ).encode()
-        return f"{_b64(body)}.{_b64(self._mac(body))}"
-
-    def open(self, value: str, now: datetime) -> Session | None:
-        """The session in a cookie, or None if it is absent, forged or expired."""
-        body_text, _, mac_text = value.partition(".")
-        try:
-            body, mac = _unb64(body_text), _unb64(mac_text)
-        except (ValueError, binascii.Error):
-            return None
-        if not hmac.compare_digest(mac, self._mac(body)):
-            return None
-        try:
-            data = json.loads(body)
-            kind, principal, officer, expires = data["k"], data["p"], data["o"], data["e"]
-        except (ValueError, KeyError, TypeError):
-            return None
-        if kind not in ("login", "subject") or not isinstance(principal, str):
-            return None
-        if not isinstance(expires, int) or expires <= now.timestamp():
-            return None
-        return Session(
-            kind,
-            principal,
-            officer if isinstance(officer, str) else None,
-            datetime.fromtimestamp(expires, now.tzinfo),
-        )
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _unb64(text: str) -> bytes:
-    if not text or len(text) > 4096:
-        raise ValueError("empty or too long")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _hash(token: str) -> bytes:
@@ -151,17 +98,67 @@ class LinkStore:
         )
         return token
 
-    async def consume(self, kind: LinkKind, token: str, now: datetime) -> Session:
-        """Use a link once; return the session it opens or raise LinkInvalid."""
-        if not 10 <= len(token) <= 100:
+
+class SessionStore:
+    """Console sessions in PostgreSQL (table ``web_session``)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+
+    async def start(self, kind: LinkKind, link_token: str, now: datetime) -> tuple[str, Session]:
+        """Consume the one-time link ``link_token`` and start a session, in one statement
+        (a link is never spent without a session, nor a session started twice from one
+        link). Return the cookie's token (never stored) and the session; raise
+        LinkInvalid. Expired sessions are deleted on the way."""
+        if not 10 <= len(link_token) <= 100:
             raise LinkInvalid("This link is not valid.")
+        token = secrets.token_urlsafe(32)
+        expires = now + SESSION_LIFETIME[kind]
         row = await self._pool.fetchrow(
-            "UPDATE web_link SET used_at = $3 WHERE token_hash = $1 AND kind = $2"
-            " AND used_at IS NULL AND expires_at > $3 RETURNING principal, officer",
-            _hash(token),
+            """
+            WITH used AS (
+                UPDATE web_link SET used_at = $3
+                WHERE token_hash = $1 AND kind = $2 AND used_at IS NULL AND expires_at > $3
+                RETURNING kind, principal, officer
+            ), expired AS (
+                DELETE FROM web_session WHERE expires_at <= $3
+            )
+            INSERT INTO web_session (token_hash, kind, principal, officer, created_at, expires_at)
+            SELECT $4, kind, principal, officer, $3, $5 FROM used
+            RETURNING principal, officer
+            """,
+            _hash(link_token),
             kind,
             now,
+            _hash(token),
+            expires,
         )
         if row is None:
             raise LinkInvalid("This link is not valid, was already used, or has expired.")
-        return Session(kind, row["principal"], row["officer"], now + SESSION_LIFETIME[kind])
+        return token, Session(kind, row["principal"], row["officer"], expires)
+
+    async def find(self, token: str, now: datetime) -> Session | None:
+        """The session a cookie's token opens, or None if it is malformed, unknown,
+        expired or revoked."""
+        if not _TOKEN.fullmatch(token):
+            return None
+        row = await self._pool.fetchrow(
+            "SELECT kind, principal, officer, expires_at FROM web_session"
+            " WHERE token_hash = $1 AND revoked_at IS NULL AND expires_at > $2",
+            _hash(token),
+            now,
+        )
+        if row is None:
+            return None
+        return Session(row["kind"], row["principal"], row["officer"], row["expires_at"])
+
+    async def revoke(self, token: str, now: datetime) -> None:
+        """End the session a cookie's token opens (nothing if there is none): no node
+        accepts the token afterwards."""
+        if not _TOKEN.fullmatch(token):
+            return
+        await self._pool.execute(
+            "UPDATE web_session SET revoked_at = $2 WHERE token_hash = $1 AND revoked_at IS NULL",
+            _hash(token),
+            now,
+        )
