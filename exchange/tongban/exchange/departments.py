@@ -282,6 +282,23 @@ class DepartmentStore:
             raise DepartmentNotFound(f"No department {code!r} is registered.")
         return _row(row)
 
+    async def set_roles(self, code: str, roles: Sequence[str]) -> Department:
+        """Set a department's roles (``auditor``, ``covert``); every node applies them at
+        once (the registry notifies its change). Raises InvalidArgument for an unknown
+        role, DepartmentNotFound."""
+        role_set = validate_roles(roles)
+        row = await self._pool.fetchrow(
+            f"""
+            UPDATE department SET roles = $2, updated_at = now()
+            WHERE code = $1 RETURNING {_COLUMNS}
+            """,  # noqa: S608
+            code,
+            sorted(role_set),
+        )
+        if row is None:
+            raise DepartmentNotFound(f"No department {code!r} is registered.")
+        return _row(row)
+
     async def set_status(self, code: str, status: Status) -> Department:
         """Set a department's status; raise DepartmentNotFound."""
         row = await self._pool.fetchrow(

@@ -127,6 +127,40 @@ async def test_the_operator_gives_the_covert_role_with_dept_add(node: Node) -> N
         )
 
 
+async def test_the_operator_gives_and_takes_the_role_of_a_registered_department(
+    node: Node,
+) -> None:
+    """`tongban dept roles`: effective on the running node at once (the registry notifies)."""
+    env = _cli_env(node)
+    data = str(node.settings.data_dir)
+    until = node.clock.now() + timedelta(days=30)
+    given = await atongban(
+        "dept", "roles", "tax", "--add", "covert", "--data-dir", data, "--json", env=env
+    )  # fmt: skip
+    assert given.code == 0, given.stdout + given.stderr
+    assert given.json()["department"]["roles"] == ["covert"]
+    async with client_for(node, "tax", "SW-1") as tax:
+        declared = await tax.declare_covert_case("SW-JC-1", until, LAW)
+        assert declared.in_force
+    taken = await atongban(
+        "dept", "roles", "tax", "--remove", "covert", "--data-dir", data, env=env
+    )
+    assert taken.code == 0, taken.stderr
+    assert "tax: no extra roles" in taken.stdout
+    async with client_for(node, "tax", "SW-1") as tax:
+        with pytest.raises(ExchangeError) as refused:
+            await tax.declare_covert_case("SW-JC-2", until, LAW)
+    assert refused.value.reason == "COVERT_ROLE_REQUIRED"
+    for bad, says in (
+        (["nobody", "--add", "covert"], "nobody"),
+        (["tax", "--add", "root"], "invalid choice"),
+    ):
+        wrong = await atongban("dept", "roles", *bad, "--data-dir", data, env=env)
+        assert wrong.code != 0
+        assert says in wrong.stderr
+        assert "Traceback" not in wrong.stderr
+
+
 # -- (c) the maximum embargo ----------------------------------------------------------------
 
 

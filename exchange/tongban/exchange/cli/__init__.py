@@ -127,6 +127,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--grpc-endpoint", type=_listen, help="node address written into the bundle")
     dept_sub.add_parser("list", parents=[common], help="list registered departments")
+    roles = dept_sub.add_parser(
+        "roles", parents=[common], help="show, give or take a department's extra roles"
+    )
+    roles.add_argument("code")
+    for option, what in (("--add", "give"), ("--remove", "take away")):
+        roles.add_argument(
+            option,
+            action="append",
+            default=[],
+            choices=["auditor", "covert"],
+            metavar="ROLE",
+            help=f"{what} a role: auditor or covert (repeatable)",
+        )
     suspend = dept_sub.add_parser("suspend", parents=[common], help="refuse a department's calls")
     suspend.add_argument("code")
     activate = dept_sub.add_parser("activate", parents=[common], help="lift a suspension")

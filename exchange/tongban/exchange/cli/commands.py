@@ -193,6 +193,16 @@ async def _dept(args: argparse.Namespace) -> int:
                 {"departments": [d.to_dict() for d in departments]},
                 "\n".join([header, *lines]) if lines else "no departments registered",
             )
+        elif args.dept_command == "roles":
+            department = await store.get(args.code)
+            if args.add or args.remove:
+                wanted = (department.roles | set(args.add)) - set(args.remove)
+                department = await store.set_roles(args.code, sorted(wanted))
+            emit(
+                args,
+                {"department": department.to_dict()},
+                f"{department.code}: {', '.join(sorted(department.roles)) or 'no extra roles'}",
+            )
         elif args.dept_command == "limits":
             department = await store.get(args.code)
             own = department.limits
