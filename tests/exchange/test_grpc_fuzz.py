@@ -44,7 +44,9 @@ from tests.stories.restaurant import (
     COMPANY,
     COMPANY_USCC,
     ENTERPRISE,
+    FOOD_BUSINESS_PERMIT_ITEM,
     OWNER_ID,
+    PERSON,
     PURPOSE,
     SERVICE_ITEM,
 )
@@ -186,7 +188,7 @@ def _plausible(story: Story) -> dict[str, tuple[str, ...]]:
     claims = json.dumps(BUSINESS_LICENCE_CLAIMS, ensure_ascii=False, default=str)
     return {
         "dataset": ("samr.enterprise", "samr.nothing", "tax.x"),
-        "code": ("samr.enterprise", "samr.fuzz", "business-licence"),
+        "code": ("samr.enterprise", "samr.fuzz", "business-licence", SERVICE_ITEM),
         "keys": (COMPANY_USCC, OWNER_ID),
         "key": (COMPANY_USCC,),
         "fields": fields,
@@ -606,13 +608,19 @@ def acceptable(method: Method, outcome: Outcome) -> bool:
 
 
 async def _prepare(node: Node) -> Story:
-    """A published dataset with a record, and a licence: things for requests to name."""
+    """A published dataset with a record, a licence and a service item: things for
+    requests to name."""
     async with client_for(node, "samr", "SC-1") as samr:
         await samr.register_dataset(ENTERPRISE, publish=True)
         await samr.publish_records("samr.enterprise", [(COMPANY_USCC, COMPANY)])
         licence = await samr.issue_licence(
             "business-licence", BUSINESS_LICENCE_CLAIMS, case_id=CASE_ID
         )
+    # The food permit's item, so that ResolveMaterials runs the resolver, not only refusals.
+    async with client_for(node, "police", "GA-1") as police:
+        await police.register_dataset(PERSON, publish=True)
+    async with client_for(node, "approval", "SP-1") as approval:
+        await approval.register_item(FOOD_BUSINESS_PERMIT_ITEM)
     return Story(licence.number, (licence.sd_jwt, licence.qr, "TB1:" + "A" * 40))
 
 

@@ -33,6 +33,7 @@ from tests.stories.restaurant import (
     COMPANY,
     COMPANY_USCC,
     ENTERPRISE,
+    FOOD_BUSINESS_PERMIT_ITEM,
     FOOD_PERMIT_CLAIMS,
     OWNER,
     OWNER_ID,
@@ -105,7 +106,11 @@ async def test_step_3_materials_resolve_with_nothing_submitted(node: Node) -> No
     await _shared_data(node)
     number = await _step_1(node)
     async with client_for(node, "approval", "SP-0007") as approval:
+        # The bureau registers the item it handles in the item catalogue (事项目录).
+        item = await approval.register_item(FOOD_BUSINESS_PERMIT_ITEM)
         before = await approval.resolve_materials(SERVICE_ITEM, COMPANY_USCC, CASE_ID)
+    assert (item.department, item.version) == ("approval", 1)
+    assert before.item_version == 1
     # Without a grant the identity is still paper, and says why.
     identity = next(m for m in before.materials if m.code == "legal-representative-identity")
     assert (identity.satisfied, identity.source, identity.reason) == (

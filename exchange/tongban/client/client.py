@@ -27,6 +27,8 @@ from tongban.v1 import (
     events_pb2_grpc,
     grants_pb2,
     grants_pb2_grpc,
+    items_pb2,
+    items_pb2_grpc,
     licence_pb2,
     licence_pb2_grpc,
     node_pb2,
@@ -206,6 +208,7 @@ class ExchangeClient:
         self._events = events_pb2_grpc.SubscriptionServiceStub(self._channel)
         self._licences = licence_pb2_grpc.LicenceServiceStub(self._channel)
         self._seals = licence_pb2_grpc.SealServiceStub(self._channel)
+        self._items = items_pb2_grpc.ServiceItemServiceStub(self._channel)
 
     @classmethod
     def from_bundle_dir(cls, path: Path, **kwargs: object) -> ExchangeClient:
@@ -657,6 +660,37 @@ class ExchangeClient:
             self._licences.ResolveMaterials, request
         )
         return result
+
+    # -- service items (事项目录) -------------------------------------------------------------
+
+    async def register_item(self, spec: items_pb2.ItemSpec) -> items_pb2.ServiceItem:
+        """Register a service item our department handles, or a new version of it."""
+        request = items_pb2.RegisterItemRequest(spec=spec)
+        result: items_pb2.ServiceItem = await self._call(self._items.RegisterItem, request)
+        return result
+
+    async def get_item(self, code: str, version: int = 0) -> items_pb2.ServiceItem:
+        """A service item's current version (or ``version``)."""
+        request = items_pb2.GetItemRequest(code=code, version=version)
+        result: items_pb2.ServiceItem = await self._call(self._items.GetItem, request)
+        return result
+
+    async def list_items(
+        self, *, department: str = "", limit: int = 10_000
+    ) -> list[items_pb2.ServiceItem]:
+        """Service items (of ``department`` if given), by code, following pages up to ``limit``."""
+        found: list[items_pb2.ServiceItem] = []
+        token = ""
+        while len(found) < limit:
+            request = items_pb2.ListItemsRequest(
+                department=department, page_size=min(500, limit - len(found)), page_token=token
+            )
+            page: items_pb2.ListItemsResponse = await self._call(self._items.ListItems, request)
+            found.extend(page.items)
+            token = page.next_page_token
+            if not token:
+                break
+        return found
 
     async def seal_pdf(self, pdf: bytes, *, reason: str = "", location: str = "") -> bytes:
         """``pdf`` sealed with our department's custodial seal."""

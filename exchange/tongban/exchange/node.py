@@ -48,6 +48,7 @@ from tongban.exchange.kafka.feed import KafkaFeed
 from tongban.exchange.kafka.relay import OutboxRelay
 from tongban.exchange.kafka.topics import KafkaTopics
 from tongban.exchange.licensing.feed import LicenceFeed
+from tongban.exchange.licensing.item_store import ServiceItemStore
 from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.licensing.setup import ensure_status_key, vault_for
 from tongban.exchange.licensing.status import StatusLists
@@ -57,6 +58,7 @@ from tongban.exchange.server.auth import Authenticator
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.server.events_service import SubscriptionService
 from tongban.exchange.server.interceptor import ExchangeInterceptor
+from tongban.exchange.server.items_service import ServiceItemService
 from tongban.exchange.server.licence_service import LicenceService, SealService
 from tongban.exchange.server.limits import CallLimiter
 from tongban.exchange.server.node_service import NodeService
@@ -86,6 +88,8 @@ from tongban.v1 import (
     events_pb2_grpc,
     grants_pb2,
     grants_pb2_grpc,
+    items_pb2,
+    items_pb2_grpc,
     licence_pb2,
     licence_pb2_grpc,
     node_pb2,
@@ -378,8 +382,14 @@ class Node:
             server,
         )
         assert self.licensing is not None
+        items = ServiceItemStore(
+            self.db.pool, self.sharing.datasets, self.licensing.registry, self._hasher.page_tokens()
+        )
+        items_pb2_grpc.add_ServiceItemServiceServicer_to_server(
+            ServiceItemService(items, self.clock), server
+        )
         licence_pb2_grpc.add_LicenceServiceServicer_to_server(
-            LicenceService(self.licensing, self.sharing, self.clock), server
+            LicenceService(self.licensing, self.sharing, items, self.clock), server
         )
         licence_pb2_grpc.add_SealServiceServicer_to_server(
             SealService(self.licensing, self.clock), server
@@ -398,6 +408,7 @@ class Node:
                     (events_pb2, "SubscriptionService"),
                     (licence_pb2, "LicenceService"),
                     (licence_pb2, "SealService"),
+                    (items_pb2, "ServiceItemService"),
                 )
             ),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

@@ -662,6 +662,7 @@ class MaterialResolution(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     VALUES_JSON_FIELD_NUMBER: _builtins.int
+    REQUIRED_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     name_zh: _builtins.str
     satisfied: _builtins.bool
@@ -672,6 +673,8 @@ class MaterialResolution(_message.Message):
     reason: _builtins.str
     message: _builtins.str
     values_json: _builtins.str
+    required: _builtins.bool
+    """Whether the item requires it (an optional material not obtained is not to submit)."""
     def __init__(
         self,
         *,
@@ -683,10 +686,11 @@ class MaterialResolution(_message.Message):
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
         values_json: _builtins.str = ...,
+        required: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "name_zh", b"name_zh", "reason", b"reason", "reference", b"reference", "satisfied", b"satisfied", "source", b"source", "values_json", b"values_json"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "message", b"message", "name_zh", b"name_zh", "reason", b"reason", "reference", b"reference", "required", b"required", "satisfied", b"satisfied", "source", b"source", "values_json", b"values_json"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -699,9 +703,12 @@ class ResolveMaterialsResponse(_message.Message):
     SERVICE_ITEM_FIELD_NUMBER: _builtins.int
     MATERIALS_FIELD_NUMBER: _builtins.int
     TO_SUBMIT_FIELD_NUMBER: _builtins.int
+    ITEM_VERSION_FIELD_NUMBER: _builtins.int
     service_item: _builtins.str
     to_submit: _builtins.int
-    """How many materials the applicant must still submit."""
+    """How many required materials the applicant must still submit."""
+    item_version: _builtins.int
+    """The version of the item resolved."""
     @_builtins.property
     def materials(self) -> _containers.RepeatedCompositeFieldContainer[Global___MaterialResolution]: ...
     def __init__(
@@ -710,10 +717,11 @@ class ResolveMaterialsResponse(_message.Message):
         service_item: _builtins.str = ...,
         materials: _abc.Iterable[Global___MaterialResolution] | None = ...,
         to_submit: _builtins.int = ...,
+        item_version: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["materials", b"materials", "service_item", b"service_item", "to_submit", b"to_submit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["item_version", b"item_version", "materials", b"materials", "service_item", b"service_item", "to_submit", b"to_submit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

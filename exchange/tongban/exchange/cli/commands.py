@@ -60,6 +60,10 @@ async def run(args: argparse.Namespace) -> int:
         if args.command == "licence":
             return await licence_cmds.run_licence(args)
         return await licence_cmds.run_seal(args)
+    if args.command == "item":
+        from tongban.exchange.cli.item_cmds import run_item
+
+        return await run_item(args)
     if args.command == "adapter":
         from tongban.exchange.cli.adapter_cmds import run_adapter
 

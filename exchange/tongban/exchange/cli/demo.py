@@ -355,6 +355,9 @@ async def run_demo(args: argparse.Namespace) -> int:
 
         async def step_3_materials() -> _Outcome:
             async with client("approval", "SP-0007") as approval:
+                # The bureau's item is data in the item catalogue (事项目录), registered
+                # by the department that handles it; the resolver reads it from there.
+                item = await approval.register_item(story.FOOD_BUSINESS_PERMIT_ITEM)
                 resolved = await approval.resolve_materials(
                     story.SERVICE_ITEM, story.COMPANY_USCC, story.CASE_ID
                 )
@@ -366,9 +369,11 @@ async def run_demo(args: argparse.Namespace) -> int:
             ]
             return _Outcome(
                 resolved.to_submit == 0,
-                f"{resolved.to_submit} of {len(resolved.materials)} materials to submit — "
-                + "; ".join(parts),
-                {"to_submit": resolved.to_submit},
+                f"item {item.spec.code} v{item.version} registered by {item.department} "
+                f"(promised {item.spec.promised_limit_days} of {item.spec.legal_limit_days} "
+                f"legal working days); {resolved.to_submit} of {len(resolved.materials)} "
+                "materials to submit — " + "; ".join(parts),
+                {"to_submit": resolved.to_submit, "item_version": item.version},
             )
 
         async def step_4_permit() -> _Outcome:

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from tongban.client import ExchangeClient
 from tongban.exchange.catalogue.subject_ids import citizen_id_check_digit, uscc_check_character
-from tongban.v1 import catalogue_pb2, values_pb2
+from tongban.v1 import catalogue_pb2, items_pb2, values_pb2
 
 # 统一社会信用代码 of the new company and 公民身份号码 of its legal representative, with
 # their real check characters.
@@ -234,5 +234,50 @@ FOOD_PERMIT_CLAIMS = {
     "business_items": "热食类食品制售；冷食类食品制售",
 }
 
-#: The service item of step 3 (its materials are in tongban.exchange.licensing.materials).
+#: The service item of step 3, registered by approval in the item catalogue.
 SERVICE_ITEM = "food-business-permit"
+
+#: The item itself: docs/examples/food-business-permit.item.yaml, as a message (the demo
+#: runs from an installed package, without docs/; a test keeps the two the same).
+FOOD_BUSINESS_PERMIT_ITEM = items_pb2.ItemSpec(
+    code=SERVICE_ITEM,
+    name="食品经营许可",
+    legal_basis=(
+        "《中华人民共和国食品安全法》第三十五条；《食品经营许可和备案管理办法》第十二条、第十九条"
+    ),
+    purpose=PURPOSE,
+    legal_limit_days=10,
+    promised_limit_days=5,
+    immediate=False,
+    materials=[
+        items_pb2.Material(
+            code="business-licence",
+            name="营业执照",
+            required=True,
+            licence=items_pb2.LicenceSource(
+                licence_type="business-licence", disclose=["legal_representative"]
+            ),
+        ),
+        items_pb2.Material(
+            code="registration",
+            name="市场主体登记信息（名称、住所、法定代表人）",
+            required=True,
+            dataset=items_pb2.DatasetSource(
+                dataset="samr.enterprise",
+                fields=["name", "address", "legal_representative", "legal_representative_id"],
+            ),
+        ),
+        items_pb2.Material(
+            code="legal-representative-identity",
+            name="法定代表人身份证明",
+            required=True,
+            dataset=items_pb2.DatasetSource(
+                dataset="police.person",
+                fields=["name", "gender"],
+                key_from=items_pb2.KeyFrom(
+                    material="registration", field="legal_representative_id"
+                ),
+            ),
+        ),
+    ],
+)

@@ -7,9 +7,15 @@ from tongban.errors import TongbanError
 __all__ = [
     "LicenceNotFound",
     "LicenceNotPermitted",
+    "MaterialKeyCycle",
+    "MaterialKeyInvalid",
+    "MaterialSourceUnknown",
     "SealNotEnrolled",
+    "ServiceItemInvalid",
+    "ServiceItemNotOwner",
     "ServiceItemUnknown",
     "StatusChangeInvalid",
+    "TimeLimitInvalid",
 ]
 
 
@@ -48,3 +54,50 @@ class ServiceItemUnknown(TongbanError):
 
     reason = "SERVICE_ITEM_UNKNOWN"
     status = "NOT_FOUND"
+
+
+class ServiceItemInvalid(TongbanError):
+    """A service item's spec is malformed (its code, a text, a number of days, a material
+    without a source or with a code used twice); the message names the field or material."""
+
+    reason = "SERVICE_ITEM_INVALID"
+    status = "INVALID_ARGUMENT"
+
+
+class TimeLimitInvalid(TongbanError):
+    """The promised time limit (承诺办结时限) is above the legal one (法定办结时限), or does
+    not fit whether the item is decided on the spot (即办)."""
+
+    reason = "TIME_LIMIT_INVALID"
+    status = "INVALID_ARGUMENT"
+
+
+class MaterialSourceUnknown(TongbanError):
+    """A material names a source that does not exist: a dataset not in the catalogue (or
+    not visible to the department), a field it lacks, a licence type not in the registry,
+    or a claim the type lacks. ``metadata``: material, problem."""
+
+    reason = "MATERIAL_SOURCE_UNKNOWN"
+    status = "FAILED_PRECONDITION"
+
+
+class MaterialKeyInvalid(TongbanError):
+    """A material's ``key_from`` does not name an earlier dataset material that returns
+    that field."""
+
+    reason = "MATERIAL_KEY_INVALID"
+    status = "INVALID_ARGUMENT"
+
+
+class MaterialKeyCycle(TongbanError):
+    """Materials take their keys from each other in a cycle: none can be looked up first."""
+
+    reason = "MATERIAL_KEY_CYCLE"
+    status = "INVALID_ARGUMENT"
+
+
+class ServiceItemNotOwner(TongbanError):
+    """Only the department that handles a service item registers its new versions."""
+
+    reason = "SERVICE_ITEM_NOT_OWNER"
+    status = "PERMISSION_DENIED"

@@ -2,10 +2,11 @@
 required materials the approval service can obtain electronically, and which the
 applicant must still submit, and why.
 
-A service item lists its materials; each names where it can come from: a licence of a
-type held by the applicant (fetched with the item's purpose and the case, only the
-disclosures needed), or fields of a shared dataset keyed by the applicant or by a field
-another material returned (the legal representative's id from the registration record).
+A service item (registered in the item catalogue, ``items.py``) lists its materials; each
+names where it can come from: a licence of a type held by the applicant (fetched with the
+item's purpose and the case, only the disclosures needed), fields of a shared dataset
+keyed by the applicant or by a field another material returned (the legal
+representative's id from the registration record), or the applicant.
 Each lookup goes through the same policy and access log as any fetch or query, so a
 material the caller may not see (no grant) is "submit", with the denial's reason.
 """
@@ -18,57 +19,18 @@ from dataclasses import dataclass
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import AuditUnavailable
 from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
-from tongban.exchange.licensing.errors import ServiceItemUnknown
+from tongban.exchange.licensing.items import (
+    DataSource,
+    LicenceSource,
+    Material,
+    ServiceItem,
+    SubmittedSource,
+)
 from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.service import QueryInput, Sharing
 
-__all__ = [
-    "FOOD_BUSINESS_PERMIT_ITEM",
-    "SERVICE_ITEMS",
-    "DataSource",
-    "LicenceSource",
-    "Material",
-    "MaterialResolution",
-    "ServiceItem",
-    "resolve_materials",
-    "service_item",
-]
-
-
-@dataclass(frozen=True)
-class LicenceSource:
-    """A valid licence of ``licence_type`` held by the applicant."""
-
-    licence_type: str
-    disclose: tuple[str, ...] = ()
-    """The selectively disclosable claims the approval needs."""
-
-
-@dataclass(frozen=True)
-class DataSource:
-    """Fields of a shared dataset's record, keyed by the applicant or by ``key_from``."""
-
-    dataset: str
-    fields: tuple[str, ...]
-    key_from: tuple[str, str] | None = None
-    """(material code, field): take the key from a field another material returned."""
-
-
-@dataclass(frozen=True)
-class Material:
-    code: str
-    name_zh: str
-    source: LicenceSource | DataSource
-
-
-@dataclass(frozen=True)
-class ServiceItem:
-    code: str
-    name_zh: str
-    purpose: str
-    """The purpose every lookup names (grants are for a purpose)."""
-    materials: tuple[Material, ...]
+__all__ = ["MaterialResolution", "resolve_materials"]
 
 
 @dataclass(frozen=True)
@@ -77,6 +39,7 @@ class MaterialResolution:
 
     code: str
     name_zh: str
+    required: bool
     satisfied: bool
     source: str
     """``licence``, ``shared-data``, or ``submit``."""
@@ -89,52 +52,20 @@ class MaterialResolution:
     """What was obtained (the disclosed claims or the fields)."""
 
 
-FOOD_BUSINESS_PERMIT_ITEM = ServiceItem(
-    code="food-business-permit",
-    name_zh="食品经营许可",
-    purpose="食品经营许可审批",
-    materials=(
-        Material(
-            "business-licence",
-            "营业执照",
-            LicenceSource("business-licence", disclose=("legal_representative",)),
-        ),
-        Material(
-            "registration",
-            "市场主体登记信息（名称、住所、法定代表人）",
-            DataSource(
-                "samr.enterprise",
-                ("name", "address", "legal_representative", "legal_representative_id"),
-            ),
-        ),
-        Material(
-            "legal-representative-identity",
-            "法定代表人身份证明",
-            DataSource(
-                "police.person",
-                ("name", "gender"),
-                key_from=("registration", "legal_representative_id"),
-            ),
-        ),
-    ),
-)
-
-#: The service items this exchange knows, by code.
-SERVICE_ITEMS: Mapping[str, ServiceItem] = {
-    FOOD_BUSINESS_PERMIT_ITEM.code: FOOD_BUSINESS_PERMIT_ITEM
-}
-
-
-def service_item(code: str) -> ServiceItem:
-    """Return the service item ``code``; raises ServiceItemUnknown listing the known ones."""
-    try:
-        return SERVICE_ITEMS[code]
-    except KeyError:
-        raise ServiceItemUnknown(
-            f"There is no service item {code[:100]!r}; known items: "
-            f"{', '.join(sorted(SERVICE_ITEMS))}.",
-            metadata={"service_item": code[:100]},
-        ) from None
+def _submit(material: Material, reason: str, why: str) -> MaterialResolution:
+    """The applicant submits ``material``; the message says why, and what may replace it."""
+    extras = []
+    if material.defer_days:
+        extras.append(f"it may follow within {material.defer_days} working days (容缺)")
+    if material.commitment_check_days:
+        extras.append(
+            f"a commitment may replace it, checked within {material.commitment_check_days} "
+            "working days (告知承诺)"
+        )
+    message = why + ("; " + "; ".join(extras) if extras else "")
+    return MaterialResolution(
+        material.code, material.name, material.required, False, "submit", "", reason, message, {}
+    )
 
 
 async def resolve_materials(
@@ -147,18 +78,28 @@ async def resolve_materials(
     sharing: Sharing,
 ) -> list[MaterialResolution]:
     """Resolve every material of ``item`` for ``applicant`` (a USCC) in case ``case_id``,
-    as ``caller``. Raises InvalidSubjectId for a malformed applicant id; every other
-    failure is a material to submit, with its reason."""
+    as ``caller``, in the item's order. Raises InvalidSubjectId for a malformed applicant
+    id; every other failure is a material to submit, with its reason."""
     applicant = validate_subject_id(SubjectKind.ENTERPRISE, applicant)
+    purpose = item.spec.purpose
     obtained: dict[str, Mapping[str, object]] = {}
     out: list[MaterialResolution] = []
-    for material in item.materials:
+    for material in item.spec.materials:
         source = material.source
         try:
+            if isinstance(source, SubmittedSource):
+                out.append(
+                    _submit(
+                        material,
+                        "SUBMITTED_BY_APPLICANT",
+                        "the item has no electronic source for it; the applicant submits it",
+                    )
+                )
+                continue
             if isinstance(source, LicenceSource):
                 view, _presentation = await licensing.fetch(
                     caller,
-                    purpose=item.purpose,
+                    purpose=purpose,
                     case_id=case_id,
                     disclose=source.disclose,
                     holder_id=applicant,
@@ -168,7 +109,8 @@ async def resolve_materials(
                 out.append(
                     MaterialResolution(
                         material.code,
-                        material.name_zh,
+                        material.name,
+                        material.required,
                         True,
                         "licence",
                         view.number,
@@ -178,78 +120,72 @@ async def resolve_materials(
                     )
                 )
                 continue
-            key = applicant
-            if source.key_from is not None:
-                earlier = obtained.get(source.key_from[0], {})
-                value = earlier.get(source.key_from[1])
-                if not isinstance(value, str) or not value:
-                    out.append(
-                        MaterialResolution(
-                            material.code,
-                            material.name_zh,
-                            False,
-                            "submit",
-                            "",
-                            "KEY_UNAVAILABLE",
-                            f"its key ({source.key_from[1]} of {source.key_from[0]}) could "
-                            "not be obtained electronically; the applicant submits it",
-                            {},
-                        )
-                    )
-                    continue
-                key = value
-            answer = await sharing.query(
-                caller,
-                QueryInput(
-                    dataset=source.dataset,
-                    keys=[key],
-                    fields=list(source.fields),
-                    purpose=item.purpose,
-                    case_id=case_id,
-                ),
-            )
-            if not answer.records:
-                out.append(
-                    MaterialResolution(
-                        material.code,
-                        material.name_zh,
-                        False,
-                        "submit",
-                        "",
-                        "RECORD_NOT_FOUND",
-                        f"{source.dataset} holds no record for this applicant; the applicant "
-                        "submits it",
-                        {},
-                    )
-                )
-                continue
-            record = answer.records[0]
-            obtained[material.code] = record.values
             out.append(
-                MaterialResolution(
-                    material.code,
-                    material.name_zh,
-                    True,
-                    "shared-data",
-                    f"{source.dataset} v{record.version} {record.key}",
-                    "",
-                    f"shared data from {source.dataset} ({', '.join(source.fields)})",
-                    record.values,
+                await _from_dataset(
+                    caller, material, source, applicant, case_id, purpose, obtained, sharing
                 )
             )
         except AuditUnavailable:
             raise  # no answer without its audit entry
         except TongbanError as e:
             out.append(
-                MaterialResolution(
-                    material.code,
-                    material.name_zh,
-                    False,
-                    "submit",
-                    "",
+                _submit(
+                    material,
                     e.reason,
                     f"not obtainable electronically ({e.message}); the applicant submits it",
-                    {},
                 )
             )
     return out
+
+
+async def _from_dataset(
+    caller: Caller,
+    material: Material,
+    source: DataSource,
+    applicant: str,
+    case_id: str,
+    purpose: str,
+    obtained: dict[str, Mapping[str, object]],
+    sharing: Sharing,
+) -> MaterialResolution:
+    key = applicant
+    if source.key_from is not None:
+        earlier = obtained.get(source.key_from.material, {})
+        value = earlier.get(source.key_from.field)
+        if not isinstance(value, str) or not value:
+            return _submit(
+                material,
+                "KEY_UNAVAILABLE",
+                f"its key ({source.key_from.field} of {source.key_from.material}) could not be "
+                "obtained electronically; the applicant submits it",
+            )
+        key = value
+    answer = await sharing.query(
+        caller,
+        QueryInput(
+            dataset=source.dataset,
+            keys=[key],
+            fields=list(source.fields),
+            purpose=purpose,
+            case_id=case_id,
+        ),
+    )
+    if not answer.records:
+        return _submit(
+            material,
+            "RECORD_NOT_FOUND",
+            f"{source.dataset} holds no record for this applicant; the applicant submits it",
+        )
+    record = answer.records[0]
+    obtained[material.code] = record.values
+    return MaterialResolution(
+        material.code,
+        material.name,
+        material.required,
+        True,
+        "shared-data",
+        f"{source.dataset} v{record.version} {record.key}",
+        "",
+        f"shared data from {source.dataset} ({', '.join(source.fields)})",
+        record.values,
+    )

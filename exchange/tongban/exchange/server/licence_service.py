@@ -20,7 +20,8 @@ from tongban.exchange.licensing.documents import (
     seal_document,
     verify_document,
 )
-from tongban.exchange.licensing.materials import resolve_materials, service_item
+from tongban.exchange.licensing.item_store import ServiceItemStore
+from tongban.exchange.licensing.materials import resolve_materials
 from tongban.exchange.licensing.service import IssueInput, LicenceView, Licensing, StatusAction
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import instant, timestamp
@@ -139,9 +140,12 @@ def result_message(result: VerificationResult) -> licence_pb2.VerificationResult
 
 
 class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
-    def __init__(self, licensing: Licensing, sharing: Sharing, clock: Clock) -> None:
+    def __init__(
+        self, licensing: Licensing, sharing: Sharing, items: ServiceItemStore, clock: Clock
+    ) -> None:
         self._licensing = licensing
         self._sharing = sharing
+        self._items = items
         self._clock = clock
 
     async def ListTypes(
@@ -303,7 +307,7 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
     async def ResolveMaterials(
         self, request: licence_pb2.ResolveMaterialsRequest, context: Context
     ) -> licence_pb2.ResolveMaterialsResponse:
-        item = service_item(request.service_item)
+        item = await self._items.get(request.service_item)
         resolved = await resolve_materials(
             current_caller(),
             item,
@@ -318,6 +322,7 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
                 licence_pb2.MaterialResolution(
                     code=m.code,
                     name_zh=m.name_zh,
+                    required=m.required,
                     satisfied=m.satisfied,
                     source=m.source,
                     reference=m.reference,
@@ -327,7 +332,8 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
                 )
                 for m in resolved
             ],
-            to_submit=sum(not m.satisfied for m in resolved),
+            to_submit=sum(m.required and not m.satisfied for m in resolved),
+            item_version=item.version,
         )
 
 

@@ -1,0 +1,268 @@
+"""``tongban item``: the service-item catalogue (事项目录), over gRPC with a department's
+bundle. ``register`` reads an item file (YAML or JSON, e.g.
+``docs/examples/food-business-permit.item.yaml``), checked here for its form; the node
+checks what it means (time limits, sources, keys)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from google.protobuf.json_format import MessageToDict
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tongban.client import Bundle, ExchangeClient
+from tongban.exchange.cli.commands import emit
+from tongban.exchange.errors import InvalidArgument
+from tongban.v1 import items_pb2
+
+__all__ = ["add_parsers", "load_item_file", "run_item"]
+
+_MAX_FILE = 1024 * 1024  # an item file is a few KB
+
+
+# -- the item file of `item register` (validated at the edge) -----------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class _Licence(_Strict):
+    type: str
+    disclose: list[str] = []
+
+
+class _KeyFrom(_Strict):
+    material: str
+    field: str
+
+
+class _Dataset(_Strict):
+    code: str
+    fields: list[str]
+    key_from: _KeyFrom | None = None
+
+
+class _Deferral(_Strict):
+    days: int = Field(ge=1, le=365)
+
+
+class _Commitment(_Strict):
+    check_days: int = Field(ge=1, le=365)
+
+
+class _Material(_Strict):
+    code: str
+    name: str
+    required: bool = True
+    licence: _Licence | None = None
+    dataset: _Dataset | None = None
+    submitted: bool = False
+    deferral: _Deferral | None = None
+    """容缺: may be supplied within ``days`` working days after acceptance."""
+    commitment: _Commitment | None = None
+    """告知承诺: a commitment may replace it, checked within ``check_days`` working days."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> _Material:
+        given = [s for s in ("licence", "dataset") if getattr(self, s) is not None]
+        if self.submitted:
+            given.append("submitted")
+        if len(given) != 1:
+            raise ValueError(
+                "give exactly one source: licence, dataset, or submitted: true"
+                + (f" (has {', '.join(given)})" if given else "")
+            )
+        return self
+
+    def to_message(self) -> items_pb2.Material:
+        message = items_pb2.Material(
+            code=self.code,
+            name=self.name,
+            required=self.required,
+            defer_days=self.deferral.days if self.deferral else 0,
+            commitment_check_days=self.commitment.check_days if self.commitment else 0,
+        )
+        if self.licence is not None:
+            message.licence.licence_type = self.licence.type
+            message.licence.disclose.extend(self.licence.disclose)
+        elif self.dataset is not None:
+            message.dataset.dataset = self.dataset.code
+            message.dataset.fields.extend(self.dataset.fields)
+            if self.dataset.key_from is not None:
+                message.dataset.key_from.material = self.dataset.key_from.material
+                message.dataset.key_from.field = self.dataset.key_from.field
+        else:
+            message.submitted.SetInParent()
+        return message
+
+
+class _ItemFile(_Strict):
+    """A service item, e.g. ``docs/examples/food-business-permit.item.yaml``."""
+
+    code: str
+    name: str
+    legal_basis: str
+    purpose: str
+    legal_limit_days: int = Field(ge=0, le=2**32 - 1)
+    promised_limit_days: int = Field(ge=0, le=2**32 - 1)
+    immediate: bool = False
+    materials: list[_Material]
+
+    def to_message(self) -> items_pb2.ItemSpec:
+        return items_pb2.ItemSpec(
+            code=self.code,
+            name=self.name,
+            legal_basis=self.legal_basis,
+            purpose=self.purpose,
+            legal_limit_days=self.legal_limit_days,
+            promised_limit_days=self.promised_limit_days,
+            immediate=self.immediate,
+            materials=[m.to_message() for m in self.materials],
+        )
+
+
+def load_item_file(path: Path) -> items_pb2.ItemSpec:
+    """Read and check an item file (``.yaml``/``.yml`` or ``.json``); raise
+    InvalidArgument naming each problem."""
+    try:
+        if path.stat().st_size > _MAX_FILE:
+            raise InvalidArgument(f"{path} is over 1 MiB; an item file is a few KB.")
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidArgument(f"Cannot read {path} as UTF-8 text: {e}.") from None
+    suffix = path.suffix.lower()
+    try:
+        if suffix in (".yaml", ".yml"):
+            data: Any = yaml.safe_load(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise InvalidArgument(
+                f"{path} is neither .yaml, .yml nor .json; name the item file by its format."
+            )
+    except (yaml.YAMLError, ValueError) as e:
+        raise InvalidArgument(f"{path} is not valid {suffix[1:].upper()}: {e}.") from None
+    try:
+        return _ItemFile.model_validate(data).to_message()
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in item['loc']) or '(file)'}: {item['msg']}"
+            for item in e.errors(include_url=False)[:10]
+        )
+        raise InvalidArgument(f"{path} is not a valid service item: {problems}.") from None
+
+
+# -- parsers -------------------------------------------------------------------------------
+
+
+def add_parsers(
+    sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
+) -> None:
+    """Add ``tongban item register|list|show`` to the ``tongban`` parser."""
+    dept = parser_class(add_help=False)
+    dept.add_argument(
+        "--as",
+        dest="bundle",
+        type=Path,
+        required=True,
+        metavar="BUNDLE",
+        help="act as the department of this bundle directory",
+    )
+    dept.add_argument("--endpoint", help="node address (default: the bundle's)")
+    dept.add_argument("--officer", help="officer id (工号) sent with the calls")
+
+    item = sub.add_parser("item", help="the service-item catalogue (事项目录)")
+    item_sub = item.add_subparsers(dest="item_command", required=True, parser_class=parser_class)
+    register = item_sub.add_parser(
+        "register",
+        parents=[common, dept],
+        help="register an item your department handles (or a new version) from YAML/JSON",
+    )
+    register.add_argument("file", type=Path)
+    listing = item_sub.add_parser("list", parents=[common, dept], help="list the items")
+    listing.add_argument("--department", default="", help="only this department's items")
+    show = item_sub.add_parser("show", parents=[common, dept], help="one item, with its materials")
+    show.add_argument("code")
+    show.add_argument("--version", type=int, default=0, help="a version (default: current)")
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def _client(args: argparse.Namespace) -> ExchangeClient:
+    return ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
+
+
+def _item_dict(item: items_pb2.ServiceItem) -> dict[str, Any]:
+    return MessageToDict(
+        item, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _limits(spec: items_pb2.ItemSpec) -> str:
+    if spec.immediate:
+        return f"即办 (legal limit {spec.legal_limit_days} working days)"
+    return f"promised {spec.promised_limit_days} / legal {spec.legal_limit_days} working days"
+
+
+def _material_line(m: items_pb2.Material) -> str:
+    which = m.WhichOneof("source")
+    if which == "licence":
+        source = f"licence {m.licence.licence_type}"
+        if m.licence.disclose:
+            source += f" (disclose {', '.join(m.licence.disclose)})"
+    elif which == "dataset":
+        source = f"{m.dataset.dataset} ({', '.join(m.dataset.fields)})"
+        if m.dataset.HasField("key_from"):
+            source += f" keyed by {m.dataset.key_from.field} of {m.dataset.key_from.material}"
+    else:
+        source = "submitted by the applicant"
+    extras = []
+    if m.defer_days:
+        extras.append(f"容缺 {m.defer_days} d")
+    if m.commitment_check_days:
+        extras.append(f"告知承诺 checked in {m.commitment_check_days} d")
+    need = "required" if m.required else "optional"
+    return f"  {m.code:<30} {m.name} — {source}; {need}" + (
+        f"; {', '.join(extras)}" if extras else ""
+    )
+
+
+async def run_item(args: argparse.Namespace) -> int:
+    if args.item_command == "register":
+        spec = load_item_file(args.file)  # before connecting: a bad file needs no node
+    async with _client(args) as client:
+        if args.item_command == "register":
+            item = await client.register_item(spec)
+            emit(
+                args,
+                {"item": _item_dict(item)},
+                f"registered {item.spec.code} version {item.version} "
+                f"(handled by {item.department})",
+            )
+        elif args.item_command == "list":
+            found = await client.list_items(department=args.department)
+            lines = [
+                f"{i.spec.code:<32} v{i.version:<3} {i.department:<12} {i.spec.name} — "
+                f"{_limits(i.spec)}, {len(i.spec.materials)} materials"
+                for i in found
+            ]
+            emit(args, {"items": [_item_dict(i) for i in found]}, "\n".join(lines) or "no items")
+        else:
+            item = await client.get_item(args.code, args.version)
+            spec = item.spec
+            lines = [
+                f"{spec.code} v{item.version} — {spec.name} (handled by {item.department})",
+                f"  time limit: {_limits(spec)}",
+                f"  legal basis: {spec.legal_basis}",
+                f"  purpose of lookups: {spec.purpose}",
+                "  materials:",
+                *(_material_line(m) for m in spec.materials),
+            ]
+            emit(args, {"item": _item_dict(item)}, "\n".join(lines))
+    return 0
