@@ -64,7 +64,8 @@ from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.settings import load_settings
 from tongban.exchange.sharing.datasets import DatasetStore
-from tongban.exchange.sharing.model import Grant
+from tongban.exchange.sharing.model import DatasetEntry
+from tongban.exchange.sharing.policy import Decision, QueryIntent, decide
 from tongban.exchange.sharing.records import RecordStore
 from tongban.licence import (
     BUILTIN_REGISTRY,
@@ -211,7 +212,7 @@ async def run(config: Config) -> list[Figure]:
             roots=roots,
             clock=clock,
             node_name=settings.node_name,
-            grants_of=_no_grants,  # the bench discloses no personal claims
+            decide=_without_grants,  # the bench discloses no personal claims
         )
         return await _phases(config, db, licensing, roots)
     finally:
@@ -222,8 +223,10 @@ async def run(config: Config) -> list[Figure]:
         await asyncio.to_thread(shutil.rmtree, work, True)
 
 
-async def _no_grants(consumer: str, dataset: str) -> list[Grant]:
-    return []
+async def _without_grants(
+    intent: QueryIntent, entry: DatasetEntry | None, now: datetime
+) -> Decision:
+    return decide(intent, entry, [], now)
 
 
 async def _phases(config: Config, db: Database, licensing: Licensing, roots: Any) -> list[Figure]:

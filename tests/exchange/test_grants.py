@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta, timezone
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.conftest import client_for
@@ -121,3 +123,46 @@ async def test_an_expired_grant_stops_queries(node: Node) -> None:
                     "police.person", [OWNER_ID], fields=["name"], purpose=PURPOSE, case_id="E-2"
                 )
     assert expired.value.reason == "GRANT_EXPIRED"
+
+
+async def test_a_revocation_binds_before_the_cache_hears_of_it(node: Node) -> None:
+    """Grants are cached per node and dropped when PostgreSQL's NOTIFY arrives, which on
+    another node is a moment after the revocation commits. Here the notification is held
+    back altogether (the trigger that sends it is off while the owner revokes): the next
+    query is refused all the same, because a decision that rests on a grant is confirmed
+    against the grant's committed row."""
+    from tests.stories.restaurant import OWNER, OWNER_ID
+
+    async with client_for(node, "police") as police:
+        await police.register_dataset(PERSON, publish=True)
+        await police.publish_records("police.person", [(OWNER_ID, OWNER)])
+        async with client_for(node, "approval") as approval:
+            grant = await approval.request_grant(
+                "police.person", ["name"], PURPOSE, "依法", node.clock.now() + timedelta(days=9)
+            )
+            await police.decide_grant(grant.id, approve=True)
+            for case in ("R-1", "R-2"):  # the second answer comes from the cached grant
+                answer = await approval.query(
+                    "police.person", [OWNER_ID], fields=["name"], purpose=PURPOSE, case_id=case
+                )
+                assert answer.records
+            url = node.settings.database_url
+            assert url is not None
+            owner = await asyncpg.connect(url.get_secret_value())
+            try:
+                async with owner.transaction():
+                    await owner.execute("ALTER TABLE data_grant DISABLE TRIGGER grant_notify")
+                    await owner.execute(
+                        "UPDATE data_grant SET status = 'revoked', decided_at = now()"
+                        " WHERE id = $1",
+                        uuid.UUID(grant.id),
+                    )
+                    await owner.execute("ALTER TABLE data_grant ENABLE TRIGGER grant_notify")
+            finally:
+                await owner.close()
+            with pytest.raises(ExchangeError) as revoked:
+                await approval.query(
+                    "police.person", [OWNER_ID], fields=["name"], purpose=PURPOSE, case_id="R-3"
+                )
+    assert revoked.value.reason == "GRANT_REQUIRED"
+    assert "revoked" in revoked.value.message

@@ -183,7 +183,7 @@ class Node:
                 roots=load_pem_certificates(ca_certificate_pem(self.settings)),
                 clock=self.clock,
                 node_name=self.settings.node_name,
-                grants_of=self.sharing.grants_of,
+                decide=self.sharing.decide,
             )
             self.checkpointer = Checkpointer(
                 self.db.pool,

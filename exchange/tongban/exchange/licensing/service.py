@@ -46,14 +46,13 @@ from tongban.exchange.licensing.feed import (
 from tongban.exchange.licensing.status import StatusLists, StatusToken
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.errors import QueryDenied
-from tongban.exchange.sharing.model import DatasetEntry, Grant
+from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import (
     MAX_CASE_ID,
     Allowed,
+    Decision,
     Denied,
     QueryIntent,
-    decide,
-    needs_grants,
 )
 from tongban.exchange.sharing.records import RecordStore
 from tongban.licence import (
@@ -239,10 +238,11 @@ class Licensing:
         roots: Sequence[x509.Certificate],
         clock: Clock,
         node_name: str,
-        grants_of: Callable[[str, str], Awaitable[list[Grant]]],
+        decide: Callable[[QueryIntent, DatasetEntry | None, datetime], Awaitable[Decision]],
     ) -> None:
         self._pool = pool
-        self._grants_of = grants_of
+        self._decide = decide
+        """The sharing policy's decision with the caller's grants (``Sharing.decide``)."""
         self.authorisations = HolderAuthorisations(pool)
         self.vault = vault
         self.status_lists = status_lists
@@ -694,8 +694,7 @@ class Licensing:
         # The licence number stands for the public part; each personal claim is a field.
         asked = ("licence_number", *(c for c in dict.fromkeys(disclose) if c in personal))
         intent = QueryIntent(me, dataset or "", asked, purpose, case_id)
-        grants = await self._grants_of(me, entry.code) if entry and needs_grants(entry, me) else []
-        decision = decide(intent, entry, grants, now)
+        decision = await self._decide(intent, entry, now)
 
         async def log(denied: str | None, grounds: str | None = None) -> None:
             await self._log.append(

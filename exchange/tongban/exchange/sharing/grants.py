@@ -260,6 +260,18 @@ class GrantStore:
             raise GrantNotFound(f"No grant {grant_id[:60]} of yours exists.")
         return _grant(row)
 
+    async def is_live(self, grant_id: uuid.UUID, now: datetime) -> bool:
+        """Whether grant ``grant_id`` is approved and unexpired in the committed data (one
+        primary-key read): what a cached copy may not yet know."""
+        row = await self._pool.fetchrow(
+            "SELECT status, expires_at FROM data_grant WHERE id = $1", grant_id
+        )
+        return (
+            row is not None
+            and row["status"] == GrantStatus.APPROVED.value
+            and (row["expires_at"] is None or now < row["expires_at"])
+        )
+
     async def for_consumer(self, consumer: str, dataset: str) -> list[Grant]:
         rows = await self._pool.fetch(
             _SELECT + " WHERE consumer = $1 AND dataset = $2", consumer, dataset

@@ -44,7 +44,14 @@ from tongban.exchange.sharing.errors import (
 )
 from tongban.exchange.sharing.grants import GrantStore
 from tongban.exchange.sharing.model import DatasetEntry, Grant
-from tongban.exchange.sharing.policy import Allowed, Denied, QueryIntent, decide, needs_grants
+from tongban.exchange.sharing.policy import (
+    Allowed,
+    Decision,
+    Denied,
+    QueryIntent,
+    decide,
+    needs_grants,
+)
 from tongban.exchange.sharing.records import Change, PublishCounts, RecordStore, StoredRecord
 from tongban.signing.certs import certificate_fingerprint
 from tongban.signing.clock import Clock
@@ -162,6 +169,25 @@ class Sharing:
         self._grants.put(key, grants, generation)
         return grants
 
+    async def decide(
+        self, intent: QueryIntent, entry: DatasetEntry | None, now: datetime
+    ) -> Decision:
+        """The policy's decision for ``intent`` with the caller's grants (cached).
+
+        The cache learns of grant changes by NOTIFY, which reaches other nodes a moment
+        after the change commits. So a decision that rests on a grant is confirmed
+        against the grant's committed row: a revocation committed on any node binds
+        every call that starts after it, and only grant-based decisions pay the read."""
+        me = intent.caller
+        if entry is None or not needs_grants(entry, me):
+            return decide(intent, entry, [], now)
+        decision = decide(intent, entry, await self.grants_of(me, entry.code), now)
+        grant = decision.grant_id if isinstance(decision, Allowed) else None
+        if grant is not None and not await self.grants.is_live(grant, now):
+            self._grants.invalidate((me, entry.code))
+            decision = decide(intent, entry, await self.grants_of(me, entry.code), now)
+        return decision
+
     def _on_grant_change(self, payload: str) -> None:
         consumer, _, dataset = payload.partition(" ")
         self._grants.invalidate((consumer, dataset))
@@ -249,10 +275,7 @@ class Sharing:
         me = caller.department.code
         intent = QueryIntent(me, dataset, tuple(fields), purpose, case_id)
         entry = await self.current_entry(dataset)
-        grants: list[Grant] = []
-        if entry is not None and needs_grants(entry, me):
-            grants = await self.grants_of(me, entry.code)
-        decision = decide(intent, entry, grants, now)
+        decision = await self.decide(intent, entry, now)
         if isinstance(decision, Denied):
             await self._log_decision(
                 caller, intent, entry, [], now, "denied", decision.reason, action="subscribe"
@@ -286,10 +309,7 @@ class Sharing:
         except TongbanError as e:
             await self._log_decision(caller, intent, entry, [], now, "denied", e.reason)
             raise
-        grants: list[Grant] = []
-        if entry is not None and needs_grants(entry, me):
-            grants = await self.grants_of(me, entry.code)
-        decision = decide(intent, entry, grants, now)
+        decision = await self.decide(intent, entry, now)
         if isinstance(decision, Denied):
             await self._log_decision(caller, intent, entry, keys, now, "denied", decision.reason)
             raise QueryDenied.from_decision(decision)
