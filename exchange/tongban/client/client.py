@@ -21,6 +21,8 @@ from tongban.client.values import from_field_value, to_field_value
 from tongban.v1 import (
     audit_pb2,
     audit_pb2_grpc,
+    cases_pb2,
+    cases_pb2_grpc,
     catalogue_pb2,
     catalogue_pb2_grpc,
     events_pb2,
@@ -209,6 +211,7 @@ class ExchangeClient:
         self._licences = licence_pb2_grpc.LicenceServiceStub(self._channel)
         self._seals = licence_pb2_grpc.SealServiceStub(self._channel)
         self._items = items_pb2_grpc.ServiceItemServiceStub(self._channel)
+        self._cases = cases_pb2_grpc.CaseServiceStub(self._channel)
 
     @classmethod
     def from_bundle_dir(cls, path: Path, **kwargs: object) -> ExchangeClient:
@@ -691,6 +694,42 @@ class ExchangeClient:
             if not token:
                 break
         return found
+
+    # -- cases (办件) --------------------------------------------------------------------------
+
+    async def open_case(self, item: str, applicant: str, *, reason: str = "") -> cases_pb2.Case:
+        """Open (受理) a case for ``item``, which our department handles, and ``applicant``
+        (a 统一社会信用代码 or 公民身份号码); it comes back with its due dates."""
+        request = cases_pb2.OpenCaseRequest(item=item, applicant=applicant, reason=reason)
+        result: cases_pb2.Case = await self._call(self._cases.OpenCase, request)
+        return result
+
+    async def move_case(
+        self,
+        number: str,
+        target: cases_pb2.CaseState.ValueType,
+        *,
+        reason: str = "",
+        outcome: cases_pb2.CaseOutcome.ValueType = cases_pb2.CASE_OUTCOME_UNSPECIFIED,
+        licence_number: str = "",
+    ) -> cases_pb2.Case:
+        """Move one of our cases to ``target`` (办结 with ``outcome``; an approval names the
+        licence it issued, a refusal its reason)."""
+        request = cases_pb2.MoveCaseRequest(
+            number=number,
+            target=target,
+            reason=reason,
+            outcome=outcome,
+            licence_number=licence_number,
+        )
+        result: cases_pb2.Case = await self._call(self._cases.MoveCase, request)
+        return result
+
+    async def get_case(self, number: str) -> cases_pb2.Case:
+        """One of our cases, with its history and whether it is overdue."""
+        request = cases_pb2.GetCaseRequest(number=number)
+        result: cases_pb2.Case = await self._call(self._cases.GetCase, request)
+        return result
 
     async def seal_pdf(self, pdf: bytes, *, reason: str = "", location: str = "") -> bytes:
         """``pdf`` sealed with our department's custodial seal."""

@@ -47,6 +47,8 @@ from tongban.exchange.kafka.connection import kafka_connection
 from tongban.exchange.kafka.feed import KafkaFeed
 from tongban.exchange.kafka.relay import OutboxRelay
 from tongban.exchange.kafka.topics import KafkaTopics
+from tongban.exchange.licensing.case_store import CaseStore
+from tongban.exchange.licensing.cases import CaseClock
 from tongban.exchange.licensing.feed import LicenceFeed
 from tongban.exchange.licensing.item_store import ServiceItemStore
 from tongban.exchange.licensing.service import Licensing
@@ -56,6 +58,7 @@ from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.audit_service import AuditService
 from tongban.exchange.server.auth import Authenticator
 from tongban.exchange.server.caller import Caller
+from tongban.exchange.server.cases_service import CaseService
 from tongban.exchange.server.events_service import SubscriptionService
 from tongban.exchange.server.interceptor import ExchangeInterceptor
 from tongban.exchange.server.items_service import ServiceItemService
@@ -82,6 +85,8 @@ from tongban.signing.clock import Clock, SystemClock
 from tongban.v1 import (
     audit_pb2,
     audit_pb2_grpc,
+    cases_pb2,
+    cases_pb2_grpc,
     catalogue_pb2,
     catalogue_pb2_grpc,
     events_pb2,
@@ -388,6 +393,16 @@ class Node:
         items_pb2_grpc.add_ServiceItemServiceServicer_to_server(
             ServiceItemService(items, self.clock), server
         )
+        case_clock = CaseClock(
+            WorkingCalendar(
+                frozenset(self.settings.holidays), frozenset(self.settings.makeup_workdays)
+            ),
+            timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
+        )
+        cases = CaseStore(
+            self.db.pool, items, self.access_log, self._hasher, case_clock, self.settings.node_name
+        )
+        cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseService(cases, self.clock), server)
         licence_pb2_grpc.add_LicenceServiceServicer_to_server(
             LicenceService(self.licensing, self.sharing, items, self.clock), server
         )
@@ -409,6 +424,7 @@ class Node:
                     (licence_pb2, "LicenceService"),
                     (licence_pb2, "SealService"),
                     (items_pb2, "ServiceItemService"),
+                    (cases_pb2, "CaseService"),
                 )
             ),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

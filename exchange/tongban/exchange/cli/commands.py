@@ -64,6 +64,10 @@ async def run(args: argparse.Namespace) -> int:
         from tongban.exchange.cli.item_cmds import run_item
 
         return await run_item(args)
+    if args.command == "case":
+        from tongban.exchange.cli.case_cmds import run_case
+
+        return await run_case(args)
     if args.command == "adapter":
         from tongban.exchange.cli.adapter_cmds import run_adapter
 

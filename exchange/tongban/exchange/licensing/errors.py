@@ -5,6 +5,11 @@ from __future__ import annotations
 from tongban.errors import TongbanError
 
 __all__ = [
+    "CaseDecisionInvalid",
+    "CaseNotFound",
+    "CaseNotPermitted",
+    "CaseReasonRequired",
+    "CaseTransitionInvalid",
     "LicenceNotFound",
     "LicenceNotPermitted",
     "MaterialKeyCycle",
@@ -101,3 +106,43 @@ class ServiceItemNotOwner(TongbanError):
 
     reason = "SERVICE_ITEM_NOT_OWNER"
     status = "PERMISSION_DENIED"
+
+
+class CaseNotFound(TongbanError):
+    """No case (办件) has that number."""
+
+    reason = "CASE_NOT_FOUND"
+    status = "NOT_FOUND"
+
+
+class CaseNotPermitted(TongbanError):
+    """Only the department that handles the item opens its cases, moves them and reads
+    them."""
+
+    reason = "CASE_NOT_PERMITTED"
+    status = "PERMISSION_DENIED"
+
+
+class CaseTransitionInvalid(TongbanError):
+    """The case cannot move from its state to the one asked for (送达 before 办结,
+    anything after 送达); the message names the state and the moves allowed from it."""
+
+    reason = "CASE_TRANSITION_INVALID"
+    status = "FAILED_PRECONDITION"
+
+
+class CaseDecisionInvalid(TongbanError):
+    """办结 without an outcome, an approval without the licence it issued (or with one
+    the department did not issue to the applicant), a refusal naming a licence, or an
+    outcome or licence given for a move that is not 办结."""
+
+    reason = "CASE_DECISION_INVALID"
+    status = "INVALID_ARGUMENT"
+
+
+class CaseReasonRequired(TongbanError):
+    """补正, a refusal, 不予受理 and 撤回 need a reason the applicant can read (at most 500
+    characters, no control characters)."""
+
+    reason = "CASE_REASON_REQUIRED"
+    status = "INVALID_ARGUMENT"

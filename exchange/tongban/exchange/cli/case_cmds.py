@@ -1,0 +1,177 @@
+"""``tongban case``: cases (办件) of the items a department handles, over gRPC with its
+bundle: ``open``, ``move`` and ``status`` (what a clerk at the window tells the applicant:
+state, due dates, whether overdue, and what happened when)."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tongban.client import Bundle, ExchangeClient
+from tongban.exchange.cli.commands import emit
+from tongban.v1 import cases_pb2
+
+__all__ = ["MOVES", "add_parsers", "run_case"]
+
+# What `case move CASE STATE` accepts: the state, and the outcome for 办结.
+MOVES: dict[str, tuple[cases_pb2.CaseState.ValueType, cases_pb2.CaseOutcome.ValueType]] = {
+    "accepted": (cases_pb2.CASE_STATE_ACCEPTED, cases_pb2.CASE_OUTCOME_UNSPECIFIED),
+    "correction": (cases_pb2.CASE_STATE_CORRECTION, cases_pb2.CASE_OUTCOME_UNSPECIFIED),
+    "approved": (cases_pb2.CASE_STATE_DECIDED, cases_pb2.CASE_OUTCOME_APPROVED),
+    "refused": (cases_pb2.CASE_STATE_DECIDED, cases_pb2.CASE_OUTCOME_REFUSED),
+    "delivered": (cases_pb2.CASE_STATE_DELIVERED, cases_pb2.CASE_OUTCOME_UNSPECIFIED),
+    "not-accepted": (cases_pb2.CASE_STATE_NOT_ACCEPTED, cases_pb2.CASE_OUTCOME_UNSPECIFIED),
+    "withdrawn": (cases_pb2.CASE_STATE_WITHDRAWN, cases_pb2.CASE_OUTCOME_UNSPECIFIED),
+}
+_ALIASES = {
+    "受理": "accepted",
+    "补正": "correction",
+    "准予": "approved",
+    "不予许可": "refused",
+    "送达": "delivered",
+    "不予受理": "not-accepted",
+    "撤回": "withdrawn",
+}
+_STATE_WORDS = {
+    cases_pb2.CASE_STATE_UNSPECIFIED: "—",
+    cases_pb2.CASE_STATE_ACCEPTED: "受理 accepted",
+    cases_pb2.CASE_STATE_CORRECTION: "补正 correction requested",
+    cases_pb2.CASE_STATE_DECIDED: "办结 decided",
+    cases_pb2.CASE_STATE_DELIVERED: "送达 delivered",
+    cases_pb2.CASE_STATE_NOT_ACCEPTED: "不予受理 not accepted",
+    cases_pb2.CASE_STATE_WITHDRAWN: "撤回 withdrawn",
+}
+_OVERDUE_WORDS = {
+    cases_pb2.CASE_OVERDUE_NONE: "no",
+    cases_pb2.CASE_OVERDUE_PROMISED: "YES, past the promised date (超承诺时限, yellow 黄牌)",
+    cases_pb2.CASE_OVERDUE_LEGAL: "YES, past the legal date (超法定时限, red 红牌)",
+}
+
+
+def _move_name(text: str) -> str:
+    name = _ALIASES.get(text.strip(), text.strip().lower().replace("_", "-"))
+    if name not in MOVES:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a state to move to; use one of {', '.join(MOVES)} "
+            f"(or {', '.join(_ALIASES)})"
+        )
+    return name
+
+
+def add_parsers(
+    sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
+) -> None:
+    """Add ``tongban case open|move|status`` to the ``tongban`` parser."""
+    dept = parser_class(add_help=False)
+    dept.add_argument(
+        "--as",
+        dest="bundle",
+        type=Path,
+        required=True,
+        metavar="BUNDLE",
+        help="act as the department of this bundle directory",
+    )
+    dept.add_argument("--endpoint", help="node address (default: the bundle's)")
+    dept.add_argument("--officer", help="officer id (工号) sent with the calls")
+
+    case = sub.add_parser("case", help="cases (办件) of the items your department handles")
+    case_sub = case.add_subparsers(dest="case_command", required=True, parser_class=parser_class)
+    opening = case_sub.add_parser(
+        "open", parents=[common, dept], help="accept (受理) a case for an item and an applicant"
+    )
+    opening.add_argument("item", help="the item's code (实施编码)")
+    opening.add_argument("applicant", help="统一社会信用代码 or 公民身份号码")
+    opening.add_argument("--reason", default="", help="a note for the history")
+    move = case_sub.add_parser(
+        "move",
+        parents=[common, dept],
+        help="move a case: accepted, correction, approved, refused, delivered, not-accepted, "
+        "withdrawn",
+    )
+    move.add_argument("case", help="the case number (办件编号)")
+    move.add_argument("state", type=_move_name, help="the state to move to")
+    move.add_argument("--reason", default="", help="why (required for correction, refused, …)")
+    move.add_argument("--licence", default="", help="for approved: the licence number issued")
+    status = case_sub.add_parser(
+        "status", parents=[common, dept], help="a case's state, due dates and history"
+    )
+    status.add_argument("case", help="the case number (办件编号)")
+    for each in (opening, move, status):
+        each.add_argument(
+            "--utc-offset",
+            type=int,
+            choices=range(-12, 15),
+            default=8,
+            metavar="HOURS",
+            help="show times at this offset from UTC (default 8, as the offices keep them)",
+        )
+
+
+def _client(args: argparse.Namespace) -> ExchangeClient:
+    return ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
+
+
+def _case_dict(case: cases_pb2.Case) -> dict[str, Any]:
+    return MessageToDict(
+        case, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def _local(stamp: Timestamp, zone: timezone) -> str:
+    return stamp.ToDatetime(tzinfo=UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+
+def _summary(case: cases_pb2.Case, zone: timezone) -> list[str]:
+    lines = [
+        f"{case.number} — {case.item} v{case.item_version} for {case.applicant} "
+        f"(handled by {case.department})",
+        f"  state: {_STATE_WORDS[case.state]}",
+        f"  opened: {_local(case.opened_at, zone)}",
+        f"  due: promised {_local(case.promised_due_at, zone)}, legal "
+        f"{_local(case.legal_due_at, zone)}"
+        + (f" ({case.stopped_days} working days stopped in 补正)" if case.stopped_days else ""),
+        f"  overdue: {_OVERDUE_WORDS[case.overdue]}",
+    ]
+    if case.outcome == cases_pb2.CASE_OUTCOME_APPROVED:
+        lines.append(f"  decision: approved, licence {case.licence_number}")
+    elif case.outcome == cases_pb2.CASE_OUTCOME_REFUSED:
+        lines.append(f"  decision: refused — {case.refusal_reason}")
+    return lines
+
+
+async def run_case(args: argparse.Namespace) -> int:
+    zone = timezone(timedelta(hours=args.utc_offset))
+    async with _client(args) as client:
+        if args.case_command == "open":
+            case = await client.open_case(args.item, args.applicant, reason=args.reason)
+            emit(args, {"case": _case_dict(case)}, "\n".join(["opened", *_summary(case, zone)]))
+        elif args.case_command == "move":
+            target, outcome = MOVES[args.state]
+            case = await client.move_case(
+                args.case,
+                target,
+                reason=args.reason,
+                outcome=outcome,
+                licence_number=args.licence,
+            )
+            emit(args, {"case": _case_dict(case)}, "\n".join(["moved", *_summary(case, zone)]))
+        else:
+            case = await client.get_case(args.case)
+            history = [
+                f"    {_local(t.at, zone)}  {_STATE_WORDS[t.from_state]} → "
+                f"{_STATE_WORDS[t.to_state]}  by {t.department}"
+                + (f"/{t.officer}" if t.officer else "")
+                + (f": {t.reason}" if t.reason else "")
+                for t in case.history
+            ]
+            emit(
+                args,
+                {"case": _case_dict(case)},
+                "\n".join([*_summary(case, zone), "  history:", *history]),
+            )
+    return 0

@@ -1,0 +1,146 @@
+"""gRPC servicer of cases (办件): messages in and out of ``CaseStore``. Errors are
+``TongbanError``s, mapped to statuses by the interceptor."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import grpc
+
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.licensing.case_store import CaseStore
+from tongban.exchange.licensing.cases import Case, CaseState, Move, Outcome, Overdue, Transition
+from tongban.exchange.server.caller import current_caller
+from tongban.exchange.server.timestamps import timestamp
+from tongban.signing.clock import Clock
+from tongban.v1 import cases_pb2, cases_pb2_grpc
+
+__all__ = ["CaseService", "case_message"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_STATES = {
+    CaseState.ACCEPTED: cases_pb2.CASE_STATE_ACCEPTED,
+    CaseState.CORRECTION: cases_pb2.CASE_STATE_CORRECTION,
+    CaseState.DECIDED: cases_pb2.CASE_STATE_DECIDED,
+    CaseState.DELIVERED: cases_pb2.CASE_STATE_DELIVERED,
+    CaseState.NOT_ACCEPTED: cases_pb2.CASE_STATE_NOT_ACCEPTED,
+    CaseState.WITHDRAWN: cases_pb2.CASE_STATE_WITHDRAWN,
+}
+_FROM_WIRE = {wire: state for state, wire in _STATES.items()}
+_OUTCOMES = {
+    Outcome.APPROVED: cases_pb2.CASE_OUTCOME_APPROVED,
+    Outcome.REFUSED: cases_pb2.CASE_OUTCOME_REFUSED,
+}
+_OUTCOME_FROM_WIRE = {wire: outcome for outcome, wire in _OUTCOMES.items()}
+_OVERDUE = {
+    Overdue.NONE: cases_pb2.CASE_OVERDUE_NONE,
+    Overdue.PROMISED: cases_pb2.CASE_OVERDUE_PROMISED,
+    Overdue.LEGAL: cases_pb2.CASE_OVERDUE_LEGAL,
+}
+
+
+def case_message(
+    case: Case,
+    *,
+    promised_due_at: datetime,
+    legal_due_at: datetime,
+    stopped_days: int,
+    overdue: Overdue,
+    history: Sequence[Transition] = (),
+) -> cases_pb2.Case:
+    """The message of ``case`` with its due dates as they stand now."""
+    return cases_pb2.Case(
+        number=case.number,
+        item=case.item,
+        item_version=case.item_version,
+        department=case.department,
+        applicant=case.applicant,
+        state=_STATES[case.state],
+        opened_at=timestamp(case.opened_at),
+        promised_due_at=timestamp(promised_due_at),
+        legal_due_at=timestamp(legal_due_at),
+        stopped_days=stopped_days,
+        correction_since=timestamp(case.correction_since),
+        outcome=_OUTCOMES[case.outcome] if case.outcome else cases_pb2.CASE_OUTCOME_UNSPECIFIED,
+        licence_number=case.licence_number or "",
+        refusal_reason=case.refusal_reason or "",
+        decided_at=timestamp(case.decided_at),
+        closed_at=timestamp(case.closed_at),
+        delivered_at=timestamp(case.delivered_at),
+        overdue=_OVERDUE[overdue],
+        history=[
+            cases_pb2.CaseTransition(
+                from_state=_STATES[t.from_state]
+                if t.from_state
+                else cases_pb2.CASE_STATE_UNSPECIFIED,
+                to_state=_STATES[t.to_state],
+                at=timestamp(t.at),
+                department=t.department,
+                officer=t.officer or "",
+                reason=t.reason or "",
+            )
+            for t in history
+        ],
+    )
+
+
+def _move(request: cases_pb2.MoveCaseRequest) -> Move:
+    target = _FROM_WIRE.get(request.target)
+    if target is None:
+        raise InvalidArgument(
+            "Name the state to move the case to: accepted, correction, decided, delivered, "
+            "not_accepted or withdrawn.",
+            metadata={"field": "target"},
+        )
+    outcome = _OUTCOME_FROM_WIRE.get(request.outcome)
+    if outcome is None and request.outcome != cases_pb2.CASE_OUTCOME_UNSPECIFIED:
+        raise InvalidArgument("The outcome is approved or refused.", metadata={"field": "outcome"})
+    return Move(
+        target=target,
+        reason=request.reason,
+        outcome=outcome,
+        licence_number=request.licence_number,
+    )
+
+
+class CaseService(cases_pb2_grpc.CaseServiceServicer):
+    def __init__(self, cases: CaseStore, clock: Clock) -> None:
+        self._cases = cases
+        self._clock = clock
+
+    def _message(
+        self, case: Case, now: datetime, history: Sequence[Transition] = ()
+    ) -> cases_pb2.Case:
+        promised, legal, stopped = self._cases.clock.current_due(case, now)
+        return case_message(
+            case,
+            promised_due_at=promised,
+            legal_due_at=legal,
+            stopped_days=stopped,
+            overdue=self._cases.clock.overdue(case, now),
+            history=history,
+        )
+
+    async def OpenCase(
+        self, request: cases_pb2.OpenCaseRequest, context: Context
+    ) -> cases_pb2.Case:
+        now = self._clock.now()
+        case = await self._cases.open(
+            current_caller(), request.item, request.applicant, request.reason, now=now
+        )
+        return self._message(case, now)
+
+    async def MoveCase(
+        self, request: cases_pb2.MoveCaseRequest, context: Context
+    ) -> cases_pb2.Case:
+        now = self._clock.now()
+        case = await self._cases.move(current_caller(), request.number, _move(request), now=now)
+        return self._message(case, now)
+
+    async def GetCase(self, request: cases_pb2.GetCaseRequest, context: Context) -> cases_pb2.Case:
+        now = self._clock.now()
+        case, history = await self._cases.get(current_caller(), request.number, now=now)
+        return self._message(case, now, history)
