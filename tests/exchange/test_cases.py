@@ -110,7 +110,8 @@ async def _counts(node: Node) -> tuple[int, int, int]:
     row = await node.db.pool.fetchrow(
         "SELECT (SELECT count(*) FROM service_case) AS cases,"
         " (SELECT count(*) FROM service_case_history) AS history,"
-        " (SELECT count(*) FROM access_log WHERE action LIKE 'case.%') AS logged"
+        " (SELECT count(*) FROM access_log WHERE action LIKE 'case.%'"
+        "  AND decision = 'allowed') AS logged"
     )
     assert row is not None
     return row["cases"], row["history"], row["logged"]
@@ -306,6 +307,16 @@ async def test_each_bad_input_has_its_reason_and_writes_nothing(cases_node: Node
         "unknown case": "CASE_NOT_FOUND",
         "malformed case": "CASE_NOT_FOUND",
     }
+    # Another department's read or move of the case is itself logged, as a denial.
+    assert node.db is not None
+    refusals = await node.db.pool.fetch(
+        "SELECT caller, action, case_id, reason FROM access_log"
+        " WHERE decision = 'denied' AND action LIKE 'case.%' ORDER BY idx"
+    )
+    assert [tuple(r) for r in refusals] == [
+        ("tax", "case.move", case.number, "CASE_NOT_PERMITTED"),
+        ("samr", "case.read", case.number, "CASE_NOT_PERMITTED"),
+    ]
     deliver = await _refused(
         node, "approval", "move_case", case.number, cases_pb2.CASE_STATE_DELIVERED
     )

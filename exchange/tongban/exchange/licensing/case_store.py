@@ -5,11 +5,11 @@ its access-log entry in one transaction (all of them, or none)."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import asyncpg
 
-from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.log import AccessEntry, AccessLog, LogTransaction, SubjectHasher
 from tongban.exchange.licensing.cases import (
     ACTIONS,
     Case,
@@ -91,7 +91,14 @@ class CaseStore:
         return self._clock
 
     def _entry(
-        self, caller: Caller, case: Case, action: str, reason: str, now: datetime
+        self,
+        caller: Caller,
+        case: Case,
+        action: str,
+        reason: str,
+        now: datetime,
+        *,
+        denied: bool = False,
     ) -> AccessEntry:
         return AccessEntry(
             at=now,
@@ -104,8 +111,19 @@ class CaseStore:
             purpose=None,
             case_id=case.number,
             subject_hmac=self._hasher(case.applicant),
-            decision="allowed",
+            decision="denied" if denied else "allowed",
             reason=reason,
+        )
+
+    async def _refuse(self, caller: Caller, case: Case, action: str, now: datetime) -> NoReturn:
+        """Log another department's refused read or move of ``case``, then raise."""
+        await self._log.append(
+            [self._entry(caller, case, action, CaseNotPermitted.reason, now, denied=True)]
+        )
+        raise CaseNotPermitted(
+            f"Case {case.number} is handled by {case.department}; only it moves and reads "
+            "its cases.",
+            metadata={"case": case.number, "department": case.department},
         )
 
     async def open(
@@ -170,49 +188,60 @@ class CaseStore:
         ``cases.apply_move`` raises; CaseDecisionInvalid for an approval naming a licence
         that the department did not issue to the applicant.
         """
+        moved: Case | None = None
         async with self._pool.acquire() as conn, self._log.transaction(conn) as tx:
-            case = await self._load(conn, caller, number, lock=True)
-            moved = apply_move(case, move, now=now, clock=self._clock)
-            if moved.licence_number is not None and moved.outcome is Outcome.APPROVED:
-                await self._check_licence(conn, moved)
-            await conn.execute(
-                f"""
-                UPDATE service_case SET ({_MOVED}, updated_at)
-                    = ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-                WHERE number = $1
-                """,  # noqa: S608 - the columns are constants
-                moved.number,
-                moved.state.value,
-                moved.promised_due_at,
-                moved.legal_due_at,
-                moved.stopped_days,
-                moved.correction_since,
-                moved.decided_at,
-                moved.outcome.value if moved.outcome else None,
-                moved.licence_number,
-                moved.refusal_reason,
-                moved.closed_at,
-                moved.delivered_at,
-                now,
-            )
-            seq = await conn.fetchval(
-                "SELECT coalesce(max(seq), 0) + 1 FROM service_case_history WHERE case_number = $1",
-                moved.number,
-            )
-            why = normal_reason(move.reason, required=False, what="")
-            await self._history(conn, moved, seq, case.state, caller, why, now)
-            tx.record(
-                [
-                    self._entry(
-                        caller,
-                        moved,
-                        ACTIONS[moved.state],
-                        f"{case.state.value}→{moved.state.value}"
-                        + (f":{moved.outcome}" if moved.state is CaseState.DECIDED else ""),
-                        now,
-                    )
-                ]
-            )
+            case = await self._load(conn, number, lock=True)
+            if case.department == caller.department.code:
+                moved = await self._move(conn, tx, caller, case, move, now)
+        if moved is None:  # another department's case: refused, logged with the pool free
+            await self._refuse(caller, case, "case.move", now)
+        return moved
+
+    async def _move(
+        self, conn: Any, tx: LogTransaction, caller: Caller, case: Case, move: Move,
+        now: datetime,
+    ) -> Case:  # fmt: skip
+        moved = apply_move(case, move, now=now, clock=self._clock)
+        if moved.licence_number is not None and moved.outcome is Outcome.APPROVED:
+            await self._check_licence(conn, moved)
+        await conn.execute(
+            f"""
+            UPDATE service_case SET ({_MOVED}, updated_at)
+                = ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+            WHERE number = $1
+            """,  # noqa: S608 - the columns are constants
+            moved.number,
+            moved.state.value,
+            moved.promised_due_at,
+            moved.legal_due_at,
+            moved.stopped_days,
+            moved.correction_since,
+            moved.decided_at,
+            moved.outcome.value if moved.outcome else None,
+            moved.licence_number,
+            moved.refusal_reason,
+            moved.closed_at,
+            moved.delivered_at,
+            now,
+        )
+        seq = await conn.fetchval(
+            "SELECT coalesce(max(seq), 0) + 1 FROM service_case_history WHERE case_number = $1",
+            moved.number,
+        )
+        why = normal_reason(move.reason, required=False, what="")
+        await self._history(conn, moved, seq, case.state, caller, why, now)
+        tx.record(
+            [
+                self._entry(
+                    caller,
+                    moved,
+                    ACTIONS[moved.state],
+                    f"{case.state.value}→{moved.state.value}"
+                    + (f":{moved.outcome}" if moved.state is CaseState.DECIDED else ""),
+                    now,
+                )
+            ]
+        )
         return moved
 
     async def get(
@@ -221,12 +250,19 @@ class CaseStore:
         """Case ``number`` and its history, oldest first; the read is logged (``case.read``).
         Raises CaseNotFound, CaseNotPermitted."""
         async with self._pool.acquire() as conn:
-            case = await self._load(conn, caller, number, lock=False)
-            rows = await conn.fetch(
-                "SELECT seq, from_state, to_state, at, department, officer, reason "
-                "FROM service_case_history WHERE case_number = $1 ORDER BY seq",
-                case.number,
+            case = await self._load(conn, number, lock=False)
+            foreign = case.department != caller.department.code
+            rows = (
+                []
+                if foreign
+                else await conn.fetch(
+                    "SELECT seq, from_state, to_state, at, department, officer, reason "
+                    "FROM service_case_history WHERE case_number = $1 ORDER BY seq",
+                    case.number,
+                )
             )
+        if foreign:
+            await self._refuse(caller, case, "case.read", now)
         await self._log.append([self._entry(caller, case, "case.read", case.state.value, now)])
         history = [
             Transition(
@@ -242,7 +278,7 @@ class CaseStore:
         ]
         return case, history
 
-    async def _load(self, conn: Any, caller: Caller, number: str, *, lock: bool) -> Case:
+    async def _load(self, conn: Any, number: str, *, lock: bool) -> Case:
         text = number.strip()
         row = None
         if is_case_number(text):
@@ -257,14 +293,7 @@ class CaseStore:
                 "approval-2026-7K3Q9XW2M4.",
                 metadata={"case": text[:80]},
             )
-        case = _case(row)
-        if case.department != caller.department.code:
-            raise CaseNotPermitted(
-                f"Case {case.number} is handled by {case.department}; only it moves and reads "
-                "its cases.",
-                metadata={"case": case.number, "department": case.department},
-            )
-        return case
+        return _case(row)
 
     async def _check_licence(self, conn: Any, case: Case) -> None:
         row = await conn.fetchrow(
