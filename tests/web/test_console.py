@@ -23,6 +23,7 @@ from tongban.exchange.node import Node
 from tongban.exchange.web import LinkStore
 from tongban.licence.base45 import b45decode, b45encode
 from tongban.licence.qr import qr_png
+from tongban.v1 import items_pb2
 
 
 def _base(node: Node) -> str:
@@ -237,6 +238,21 @@ async def test_subject_view_shows_the_story_and_hides_the_embargoed_case(
         await police.declare_covert_case(
             "GA-SECRET", node.clock.now() + timedelta(days=30), "《刑事诉讼法》第一百五十二条"
         )
+    # 进度查询: a case of the subject's, opened by the approval bureau.
+    async with client_for(node, "approval", "SP-1") as approval:
+        await approval.register_item(
+            items_pb2.ItemSpec(
+                code="hukou-move", name="户口迁移", legal_basis="《户口登记条例》第十条",
+                purpose="户口迁移审批", legal_limit_days=20, promised_limit_days=5,
+                materials=[
+                    items_pb2.Material(
+                        code="application", name="申请书", required=True,
+                        submitted=items_pb2.SubmittedSource(),
+                    )
+                ],
+            )
+        )  # fmt: skip
+        opened = await approval.open_case("hukou-move", OWNER_ID, reason="材料齐全")
     settings = node.settings
     env = cli_env(
         TONGBAN_DATABASE_URL=settings.database_url.get_secret_value()
@@ -261,6 +277,9 @@ async def test_subject_view_shows_the_story_and_hides_the_embargoed_case(
     assert "SW-9" in text
     assert "GA-1" in text
     assert "GA-SECRET" not in text
+    cases = " ".join(await page.locator("#cases tbody tr").all_text_contents())
+    assert opened.number in cases
+    assert "受理 (accepted)" in cases
     assert "1" in (await page.text_content("#withheld") or "")
     await page.screenshot(path=artifacts / "subject.png", full_page=True)
     assert node.db is not None

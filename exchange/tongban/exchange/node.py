@@ -136,6 +136,7 @@ class Node:
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
         self.console: WebConsole | None = None
+        self.cases: CaseStore | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc_port = 0
         self.http_port = 0
@@ -399,7 +400,7 @@ class Node:
             ),
             timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
         )
-        cases = CaseStore(
+        cases = self.cases = CaseStore(
             self.db.pool, items, self.access_log, self._hasher, case_clock, self.settings.node_name
         )
         cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseService(cases, self.clock), server)
@@ -473,6 +474,7 @@ class Node:
                 clock=self.clock,
                 node_name=self.settings.node_name,
                 public_url=self.settings.public_url,
+                cases=self.cases,
             )
         self.console = console
         app = build_http_app(

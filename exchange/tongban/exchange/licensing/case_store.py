@@ -278,6 +278,17 @@ class CaseStore:
         ]
         return case, history
 
+    async def of_applicant(self, applicant: str, limit: int = 100) -> list[Case]:
+        """The applicant's cases, newest first (进度查询: the subject view shows them to the
+        applicant, whose view is logged there)."""
+        rows = await self._pool.fetch(
+            f"SELECT {_COLUMNS} FROM service_case WHERE applicant = $1"  # noqa: S608
+            " ORDER BY opened_at DESC LIMIT $2",
+            applicant,
+            limit,
+        )
+        return [_case(row) for row in rows]
+
     async def _load(self, conn: Any, number: str, *, lock: bool) -> Case:
         text = number.strip()
         row = None

@@ -36,6 +36,7 @@ from tongban.exchange.departments import Department, DepartmentStore
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.http import http_status
 from tongban.exchange.licensing.authorisations import HolderAuthorisation, authorise
+from tongban.exchange.licensing.case_store import CaseStore
 from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.sharing.model import ShareClass
 from tongban.exchange.sharing.service import Sharing
@@ -192,8 +193,10 @@ class WebConsole:
         clock: Clock,
         node_name: str,
         public_url: str | None = None,
+        cases: CaseStore | None = None,
     ) -> None:
         self._pool = pool
+        self._cases = cases
         self._licensing = licensing
         self._sharing = sharing
         self._log = access_log
@@ -863,7 +866,28 @@ class WebConsole:
             licence_types=list(self._licensing.registry),
             made=made,
             now=self._clock.now(),
+            cases=await self._applicant_cases(session.principal),
         )
+
+    async def _applicant_cases(self, applicant: str) -> list[dict[str, Any]]:
+        """The applicant's cases with their due dates as they stand and how overdue they
+        are (进度查询)."""
+        if self._cases is None:
+            return []
+        now = self._clock.now()
+        clock = self._cases.clock
+        shown = []
+        for case in await self._cases.of_applicant(applicant):
+            promised, legal, _ = clock.current_due(case, now)
+            shown.append(
+                {
+                    "case": case,
+                    "promised": promised,
+                    "legal": legal,
+                    "overdue": clock.overdue(case, now).name.lower(),
+                }
+            )
+        return shown
 
     async def _subject_authorise(self, request: web.Request) -> web.Response:
         """The holder makes a one-time authorisation code (授权用证) for one department,

@@ -163,6 +163,15 @@ _TEXT: dict[str, tuple[str, str]] = {
     "subject.none": ("没有访问记录。", "No accesses recorded."),
     "subject.self": ("您本人（网页查看）", "You (web console)"),
     "subject.grounds": ("依据", "Grounds"),
+    "cases.title": ("我的办件", "My cases"),
+    "cases.number": ("办件编号", "Case"),
+    "cases.item": ("事项", "Service item"),
+    "cases.state": ("状态", "State"),
+    "cases.promised": ("承诺办结", "Promised by"),
+    "cases.legal": ("法定办结", "Legal limit"),
+    "cases.result": ("结果", "Result"),
+    "cases.overdue.promised": ("超承诺时限", "past the promised date"),
+    "cases.overdue.legal": ("超法定时限", "past the legal limit"),
     "auth.title": ("授权用证", "Authorise use of your licence"),
     "auth.intro": (
         "证照上的个人信息（如法定代表人）只在签发部门授权或您本人授权时提供给其他部门。"
