@@ -5,21 +5,30 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROTOS := $(wildcard proto/tongban/v1/*.proto)
 
-.PHONY: serve test test-year-ahead system-packages lint typecheck pytest proto proto-check bench demo clean
+.PHONY: lock serve test test-year-ahead system-packages lint typecheck pytest proto proto-check bench demo clean
 
 # Runtime install: enough to run a node.
-$(VENV)/.runtime: pyproject.toml
+$(VENV)/.runtime: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e .
+	$(BIN)/pip install --quiet -c constraints.txt -e .
 	touch $@
 
 # Development install: tests, linters and the pinned code generators.
-$(VENV)/.dev: pyproject.toml
+$(VENV)/.dev: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test,dev]'
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,dev]'
 	touch $(VENV)/.runtime $@
+
+# Rewrite constraints.txt from a fresh install of the newest versions pyproject.toml allows.
+# Run the whole of `make test` afterwards before committing the new file.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install --quiet --upgrade pip
+	.lock-venv/bin/pip install --quiet -e '.[test,dev]'
+	{ sed -n '/^#/p' constraints.txt; .lock-venv/bin/pip freeze --exclude-editable; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm -rf .lock-venv
 
 serve: $(VENV)/.runtime  ## start a node on embedded PostgreSQL with the demo departments
 	$(BIN)/tongban serve --demo

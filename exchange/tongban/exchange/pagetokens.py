@@ -106,6 +106,8 @@ def _split(token: str) -> tuple[bytes, bytes]:
         data = base64.b64decode(token + "=" * (-len(token) % 4), altchars=b"-_", validate=True)
     except binascii.Error:
         return b"", b""
+    if base64.urlsafe_b64encode(data).decode().rstrip("=") != token:
+        return b"", b""  # not the one spelling we issue (stray bits in the last character)
     return data[:-_TAG], data[-_TAG:]
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from tests.cli_helpers import atongban, cli_env
 from tests.conftest import client_for
+from tests.exchange.test_page_tokens import altered_token
 from tests.stories.restaurant import OWNER_ID
 from tests.stories.test_audit import _accesses_to_owner
 from tongban.client import ExchangeClient, ExchangeError
@@ -325,7 +326,7 @@ async def test_auditors_list_covert_cases_and_the_listing_is_logged(node: Node) 
         assert rest.next_page_token == ""
         assert (await audit.list_covert_cases(department="tax")).cases == []
         with pytest.raises(ExchangeError) as forged:
-            await audit.list_covert_cases(page_token=first.next_page_token[:-2] + "AA")
+            await audit.list_covert_cases(page_token=altered_token(first.next_page_token))
         assert forged.value.reason == "PAGE_TOKEN_INVALID"
         other = await audit.audit_search(audit_pb2.SearchRequest(page_size=1))
         with pytest.raises(ExchangeError) as foreign:
