@@ -89,6 +89,7 @@ def _item(code: str, *, promised: int, legal: int) -> items_pb2.ItemSpec:
         legal_limit_days=legal,
         promised_limit_days=promised,
         immediate=promised == 0,
+        issues_licence="food-business-permit",
         materials=[
             items_pb2.Material(
                 code="application",

@@ -35,6 +35,8 @@ from tongban.v1 import (
     licence_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
+    packages_pb2,
+    packages_pb2_grpc,
     query_pb2,
     query_pb2_grpc,
     records_pb2,
@@ -212,6 +214,7 @@ class ExchangeClient:
         self._seals = licence_pb2_grpc.SealServiceStub(self._channel)
         self._items = items_pb2_grpc.ServiceItemServiceStub(self._channel)
         self._cases = cases_pb2_grpc.CaseServiceStub(self._channel)
+        self._packages = packages_pb2_grpc.PackageServiceStub(self._channel)
 
     @classmethod
     def from_bundle_dir(cls, path: Path, **kwargs: object) -> ExchangeClient:
@@ -697,10 +700,15 @@ class ExchangeClient:
 
     # -- cases (办件) --------------------------------------------------------------------------
 
-    async def open_case(self, item: str, applicant: str, *, reason: str = "") -> cases_pb2.Case:
+    async def open_case(
+        self, item: str, applicant: str, *, reason: str = "", package_number: str = ""
+    ) -> cases_pb2.Case:
         """Open (受理) a case for ``item``, which our department handles, and ``applicant``
-        (a 统一社会信用代码 or 公民身份号码); it comes back with its due dates."""
-        request = cases_pb2.OpenCaseRequest(item=item, applicant=applicant, reason=reason)
+        (a 统一社会信用代码 or 公民身份号码); it comes back with its due dates. With
+        ``package_number``, the case is that package's ready step for ``item``."""
+        request = cases_pb2.OpenCaseRequest(
+            item=item, applicant=applicant, reason=reason, package_number=package_number
+        )
         result: cases_pb2.Case = await self._call(self._cases.OpenCase, request)
         return result
 
@@ -729,6 +737,30 @@ class ExchangeClient:
         """One of our cases, with its history and whether it is overdue."""
         request = cases_pb2.GetCaseRequest(number=number)
         result: cases_pb2.Case = await self._call(self._cases.GetCase, request)
+        return result
+
+    # -- packages (一件事) ------------------------------------------------------------------
+
+    async def register_package(self, spec: packages_pb2.PackageSpec) -> packages_pb2.Package:
+        """Register a package our department coordinates, or a new version of it."""
+        request = packages_pb2.RegisterPackageRequest(spec=spec)
+        result: packages_pb2.Package = await self._call(self._packages.RegisterPackage, request)
+        return result
+
+    async def open_package(
+        self, package: str, applicant: str, *, reason: str = ""
+    ) -> packages_pb2.PackageCase:
+        """Open (一次受理) ``package`` for ``applicant``: its first steps become ready."""
+        request = packages_pb2.OpenPackageRequest(
+            package=package, applicant=applicant, reason=reason
+        )
+        result: packages_pb2.PackageCase = await self._call(self._packages.OpenPackage, request)
+        return result
+
+    async def get_package_case(self, number: str) -> packages_pb2.PackageCase:
+        """An opened package and its steps (we coordinate it or handle one of its steps)."""
+        request = packages_pb2.GetPackageCaseRequest(number=number)
+        result: packages_pb2.PackageCase = await self._call(self._packages.GetPackageCase, request)
         return result
 
     async def seal_pdf(self, pdf: bytes, *, reason: str = "", location: str = "") -> bytes:

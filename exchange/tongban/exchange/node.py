@@ -47,10 +47,12 @@ from tongban.exchange.kafka.connection import kafka_connection
 from tongban.exchange.kafka.feed import KafkaFeed
 from tongban.exchange.kafka.relay import OutboxRelay
 from tongban.exchange.kafka.topics import KafkaTopics
+from tongban.exchange.licensing.case_feed import CaseFeed
 from tongban.exchange.licensing.case_store import CaseStore
 from tongban.exchange.licensing.cases import CaseClock
 from tongban.exchange.licensing.feed import LicenceFeed
 from tongban.exchange.licensing.item_store import ServiceItemStore
+from tongban.exchange.licensing.package_store import PackageStore
 from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.licensing.setup import ensure_status_key, vault_for
 from tongban.exchange.licensing.status import StatusLists
@@ -65,6 +67,7 @@ from tongban.exchange.server.items_service import ServiceItemService
 from tongban.exchange.server.licence_service import LicenceService, SealService
 from tongban.exchange.server.limits import CallLimiter
 from tongban.exchange.server.node_service import NodeService
+from tongban.exchange.server.packages_service import PackageService
 from tongban.exchange.server.sharing_services import (
     CatalogueService,
     GrantService,
@@ -99,6 +102,8 @@ from tongban.v1 import (
     licence_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
+    packages_pb2,
+    packages_pb2_grpc,
     query_pb2,
     query_pb2_grpc,
     records_pb2,
@@ -137,6 +142,7 @@ class Node:
         self._http: web.AppRunner | None = None
         self.console: WebConsole | None = None
         self.cases: CaseStore | None = None
+        self.packages: PackageStore | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc_port = 0
         self.http_port = 0
@@ -400,10 +406,31 @@ class Node:
             ),
             timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
         )
+        case_feed = CaseFeed(self.sharing.datasets)
+        packages = self.packages = PackageStore(
+            self.db.pool,
+            items,
+            self.sharing.records,
+            case_feed,
+            self.access_log,
+            self._hasher,
+            self.settings.node_name,
+        )
         cases = self.cases = CaseStore(
-            self.db.pool, items, self.access_log, self._hasher, case_clock, self.settings.node_name
+            self.db.pool,
+            items,
+            self.access_log,
+            self._hasher,
+            case_clock,
+            self.settings.node_name,
+            records=self.sharing.records,
+            feed=case_feed,
+            packages=packages,
         )
         cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseService(cases, self.clock), server)
+        packages_pb2_grpc.add_PackageServiceServicer_to_server(
+            PackageService(packages, self.clock), server
+        )
         licence_pb2_grpc.add_LicenceServiceServicer_to_server(
             LicenceService(self.licensing, self.sharing, items, self.clock), server
         )
@@ -426,6 +453,7 @@ class Node:
                     (licence_pb2, "SealService"),
                     (items_pb2, "ServiceItemService"),
                     (cases_pb2, "CaseService"),
+                    (packages_pb2, "PackageService"),
                 )
             ),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

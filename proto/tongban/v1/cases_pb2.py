@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tongban/v1/cases.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x0e\x43\x61seTransition\x12)\n\nfrom_state\x18\x01 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12\'\n\x08to_state\x18\x02 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x0f\n\x07officer\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xab\x05\n\x04\x43\x61se\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0c\n\x04item\x18\x02 \x01(\t\x12\x14\n\x0citem_version\x18\x03 \x01(\r\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x11\n\tapplicant\x18\x05 \x01(\t\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12-\n\topened_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fpromised_due_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clegal_due_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cstopped_days\x18\n \x01(\r\x12\x34\n\x10\x63orrection_since\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07outcome\x18\x0c \x01(\x0e\x32\x17.tongban.v1.CaseOutcome\x12\x16\n\x0elicence_number\x18\r \x01(\t\x12\x16\n\x0erefusal_reason\x18\x0e \x01(\t\x12.\n\ndecided_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65livered_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07overdue\x18\x12 \x01(\x0e\x32\x17.tongban.v1.CaseOverdue\x12+\n\x07history\x18\x13 \x03(\x0b\x32\x1a.tongban.v1.CaseTransition\"B\n\x0fOpenCaseRequest\x12\x0c\n\x04item\x18\x01 \x01(\t\x12\x11\n\tapplicant\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x9a\x01\n\x0fMoveCaseRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12%\n\x06target\x18\x02 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12(\n\x07outcome\x18\x04 \x01(\x0e\x32\x17.tongban.v1.CaseOutcome\x12\x16\n\x0elicence_number\x18\x05 \x01(\t\" \n\x0eGetCaseRequest\x12\x0e\n\x06number\x18\x01 \x01(\t*\xc4\x01\n\tCaseState\x12\x1a\n\x16\x43\x41SE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41SE_STATE_ACCEPTED\x10\x01\x12\x19\n\x15\x43\x41SE_STATE_CORRECTION\x10\x02\x12\x16\n\x12\x43\x41SE_STATE_DECIDED\x10\x03\x12\x18\n\x14\x43\x41SE_STATE_DELIVERED\x10\x04\x12\x1b\n\x17\x43\x41SE_STATE_NOT_ACCEPTED\x10\x05\x12\x18\n\x14\x43\x41SE_STATE_WITHDRAWN\x10\x06*`\n\x0b\x43\x61seOutcome\x12\x1c\n\x18\x43\x41SE_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41SE_OUTCOME_APPROVED\x10\x01\x12\x18\n\x14\x43\x41SE_OUTCOME_REFUSED\x10\x02*W\n\x0b\x43\x61seOverdue\x12\x15\n\x11\x43\x41SE_OVERDUE_NONE\x10\x00\x12\x19\n\x15\x43\x41SE_OVERDUE_PROMISED\x10\x01\x12\x16\n\x12\x43\x41SE_OVERDUE_LEGAL\x10\x02\x32\xbc\x01\n\x0b\x43\x61seService\x12\x39\n\x08OpenCase\x12\x1b.tongban.v1.OpenCaseRequest\x1a\x10.tongban.v1.Case\x12\x39\n\x08MoveCase\x12\x1b.tongban.v1.MoveCaseRequest\x1a\x10.tongban.v1.Case\x12\x37\n\x07GetCase\x12\x1a.tongban.v1.GetCaseRequest\x1a\x10.tongban.v1.Caseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tongban/v1/cases.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x0e\x43\x61seTransition\x12)\n\nfrom_state\x18\x01 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12\'\n\x08to_state\x18\x02 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x0f\n\x07officer\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xc3\x05\n\x04\x43\x61se\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0c\n\x04item\x18\x02 \x01(\t\x12\x14\n\x0citem_version\x18\x03 \x01(\r\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x11\n\tapplicant\x18\x05 \x01(\t\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12-\n\topened_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fpromised_due_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clegal_due_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cstopped_days\x18\n \x01(\r\x12\x34\n\x10\x63orrection_since\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07outcome\x18\x0c \x01(\x0e\x32\x17.tongban.v1.CaseOutcome\x12\x16\n\x0elicence_number\x18\r \x01(\t\x12\x16\n\x0erefusal_reason\x18\x0e \x01(\t\x12.\n\ndecided_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65livered_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07overdue\x18\x12 \x01(\x0e\x32\x17.tongban.v1.CaseOverdue\x12+\n\x07history\x18\x13 \x03(\x0b\x32\x1a.tongban.v1.CaseTransition\x12\x16\n\x0epackage_number\x18\x14 \x01(\t\"Z\n\x0fOpenCaseRequest\x12\x0c\n\x04item\x18\x01 \x01(\t\x12\x11\n\tapplicant\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0epackage_number\x18\x04 \x01(\t\"\x9a\x01\n\x0fMoveCaseRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12%\n\x06target\x18\x02 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12(\n\x07outcome\x18\x04 \x01(\x0e\x32\x17.tongban.v1.CaseOutcome\x12\x16\n\x0elicence_number\x18\x05 \x01(\t\" \n\x0eGetCaseRequest\x12\x0e\n\x06number\x18\x01 \x01(\t*\xc4\x01\n\tCaseState\x12\x1a\n\x16\x43\x41SE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41SE_STATE_ACCEPTED\x10\x01\x12\x19\n\x15\x43\x41SE_STATE_CORRECTION\x10\x02\x12\x16\n\x12\x43\x41SE_STATE_DECIDED\x10\x03\x12\x18\n\x14\x43\x41SE_STATE_DELIVERED\x10\x04\x12\x1b\n\x17\x43\x41SE_STATE_NOT_ACCEPTED\x10\x05\x12\x18\n\x14\x43\x41SE_STATE_WITHDRAWN\x10\x06*`\n\x0b\x43\x61seOutcome\x12\x1c\n\x18\x43\x41SE_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41SE_OUTCOME_APPROVED\x10\x01\x12\x18\n\x14\x43\x41SE_OUTCOME_REFUSED\x10\x02*W\n\x0b\x43\x61seOverdue\x12\x15\n\x11\x43\x41SE_OVERDUE_NONE\x10\x00\x12\x19\n\x15\x43\x41SE_OVERDUE_PROMISED\x10\x01\x12\x16\n\x12\x43\x41SE_OVERDUE_LEGAL\x10\x02\x32\xbc\x01\n\x0b\x43\x61seService\x12\x39\n\x08OpenCase\x12\x1b.tongban.v1.OpenCaseRequest\x1a\x10.tongban.v1.Case\x12\x39\n\x08MoveCase\x12\x1b.tongban.v1.MoveCaseRequest\x1a\x10.tongban.v1.Case\x12\x37\n\x07GetCase\x12\x1a.tongban.v1.GetCaseRequest\x1a\x10.tongban.v1.Caseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.cases_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CASESTATE']._serialized_start=1213
-  _globals['_CASESTATE']._serialized_end=1409
-  _globals['_CASEOUTCOME']._serialized_start=1411
-  _globals['_CASEOUTCOME']._serialized_end=1507
-  _globals['_CASEOVERDUE']._serialized_start=1509
-  _globals['_CASEOVERDUE']._serialized_end=1596
+  _globals['_CASESTATE']._serialized_start=1261
+  _globals['_CASESTATE']._serialized_end=1457
+  _globals['_CASEOUTCOME']._serialized_start=1459
+  _globals['_CASEOUTCOME']._serialized_end=1555
+  _globals['_CASEOVERDUE']._serialized_start=1557
+  _globals['_CASEOVERDUE']._serialized_end=1644
   _globals['_CASETRANSITION']._serialized_start=72
   _globals['_CASETRANSITION']._serialized_end=265
   _globals['_CASE']._serialized_start=268
-  _globals['_CASE']._serialized_end=951
-  _globals['_OPENCASEREQUEST']._serialized_start=953
-  _globals['_OPENCASEREQUEST']._serialized_end=1019
-  _globals['_MOVECASEREQUEST']._serialized_start=1022
-  _globals['_MOVECASEREQUEST']._serialized_end=1176
-  _globals['_GETCASEREQUEST']._serialized_start=1178
-  _globals['_GETCASEREQUEST']._serialized_end=1210
-  _globals['_CASESERVICE']._serialized_start=1599
-  _globals['_CASESERVICE']._serialized_end=1787
+  _globals['_CASE']._serialized_end=975
+  _globals['_OPENCASEREQUEST']._serialized_start=977
+  _globals['_OPENCASEREQUEST']._serialized_end=1067
+  _globals['_MOVECASEREQUEST']._serialized_start=1070
+  _globals['_MOVECASEREQUEST']._serialized_end=1224
+  _globals['_GETCASEREQUEST']._serialized_start=1226
+  _globals['_GETCASEREQUEST']._serialized_end=1258
+  _globals['_CASESERVICE']._serialized_start=1647
+  _globals['_CASESERVICE']._serialized_end=1835
 # @@protoc_insertion_point(module_scope)

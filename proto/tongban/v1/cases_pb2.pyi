@@ -158,6 +158,7 @@ class Case(_message.Message):
     DELIVERED_AT_FIELD_NUMBER: _builtins.int
     OVERDUE_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    PACKAGE_NUMBER_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     """办件编号, e.g. "approval-2026-7K3Q9XW2M4"."""
     item: _builtins.str
@@ -174,6 +175,8 @@ class Case(_message.Message):
     refusal_reason: _builtins.str
     overdue: Global___CaseOverdue.ValueType
     """An open case against now; a decided one against when it was decided."""
+    package_number: _builtins.str
+    """The package (一件事) the case is a step of, if any."""
     @_builtins.property
     def opened_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -220,10 +223,11 @@ class Case(_message.Message):
         delivered_at: _timestamp_pb2.Timestamp | None = ...,
         overdue: Global___CaseOverdue.ValueType = ...,
         history: _abc.Iterable[Global___CaseTransition] | None = ...,
+        package_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "correction_since", b"correction_since", "decided_at", b"decided_at", "delivered_at", b"delivered_at", "legal_due_at", b"legal_due_at", "opened_at", b"opened_at", "promised_due_at", b"promised_due_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "closed_at", b"closed_at", "correction_since", b"correction_since", "decided_at", b"decided_at", "delivered_at", b"delivered_at", "department", b"department", "history", b"history", "item", b"item", "item_version", b"item_version", "legal_due_at", b"legal_due_at", "licence_number", b"licence_number", "number", b"number", "opened_at", b"opened_at", "outcome", b"outcome", "overdue", b"overdue", "promised_due_at", b"promised_due_at", "refusal_reason", b"refusal_reason", "state", b"state", "stopped_days", b"stopped_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "closed_at", b"closed_at", "correction_since", b"correction_since", "decided_at", b"decided_at", "delivered_at", b"delivered_at", "department", b"department", "history", b"history", "item", b"item", "item_version", b"item_version", "legal_due_at", b"legal_due_at", "licence_number", b"licence_number", "number", b"number", "opened_at", b"opened_at", "outcome", b"outcome", "overdue", b"overdue", "package_number", b"package_number", "promised_due_at", b"promised_due_at", "refusal_reason", b"refusal_reason", "state", b"state", "stopped_days", b"stopped_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -236,22 +240,26 @@ class OpenCaseRequest(_message.Message):
     ITEM_FIELD_NUMBER: _builtins.int
     APPLICANT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    PACKAGE_NUMBER_FIELD_NUMBER: _builtins.int
     item: _builtins.str
     """The item's code (实施编码); its current version is used."""
     applicant: _builtins.str
     """The applicant's 统一社会信用代码 or 公民身份号码."""
     reason: _builtins.str
     """Why the case is accepted (optional)."""
+    package_number: _builtins.str
+    """The package whose ready step for this item the case opens (optional)."""
     def __init__(
         self,
         *,
         item: _builtins.str = ...,
         applicant: _builtins.str = ...,
         reason: _builtins.str = ...,
+        package_number: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "item", b"item", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "item", b"item", "package_number", b"package_number", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

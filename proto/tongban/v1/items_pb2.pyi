@@ -185,6 +185,7 @@ class ItemSpec(_message.Message):
     PROMISED_LIMIT_DAYS_FIELD_NUMBER: _builtins.int
     IMMEDIATE_FIELD_NUMBER: _builtins.int
     MATERIALS_FIELD_NUMBER: _builtins.int
+    ISSUES_LICENCE_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """实施编码, e.g. "food-business-permit" or "11330102002491285J4000117009001"."""
     name: _builtins.str
@@ -198,6 +199,11 @@ class ItemSpec(_message.Message):
     """承诺办结时限 in working days, at most the legal one; 0 for an item decided on the spot."""
     immediate: _builtins.bool
     """即办件: decided on the spot (its promised limit is 0)."""
+    issues_licence: _builtins.str
+    """The licence type an approval issues (e.g. "business-licence"): an approval (办结,
+    approved) must name the licence it issued. Empty: the item issues no licence (备案,
+    登记 without a certificate), and an approval names none.
+    """
     @_builtins.property
     def materials(self) -> _containers.RepeatedCompositeFieldContainer[Global___Material]: ...
     def __init__(
@@ -211,10 +217,11 @@ class ItemSpec(_message.Message):
         promised_limit_days: _builtins.int = ...,
         immediate: _builtins.bool = ...,
         materials: _abc.Iterable[Global___Material] | None = ...,
+        issues_licence: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "immediate", b"immediate", "legal_basis", b"legal_basis", "legal_limit_days", b"legal_limit_days", "materials", b"materials", "name", b"name", "promised_limit_days", b"promised_limit_days", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "immediate", b"immediate", "issues_licence", b"issues_licence", "legal_basis", b"legal_basis", "legal_limit_days", b"legal_limit_days", "materials", b"materials", "name", b"name", "promised_limit_days", b"promised_limit_days", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

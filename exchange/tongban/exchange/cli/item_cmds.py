@@ -111,6 +111,7 @@ class _ItemFile(_Strict):
     legal_limit_days: int = Field(ge=0, le=2**32 - 1)
     promised_limit_days: int = Field(ge=0, le=2**32 - 1)
     immediate: bool = False
+    issues_licence: str = ""
     materials: list[_Material]
 
     def to_message(self) -> items_pb2.ItemSpec:
@@ -122,6 +123,7 @@ class _ItemFile(_Strict):
             legal_limit_days=self.legal_limit_days,
             promised_limit_days=self.promised_limit_days,
             immediate=self.immediate,
+            issues_licence=self.issues_licence,
             materials=[m.to_message() for m in self.materials],
         )
 

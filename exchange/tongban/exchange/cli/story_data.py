@@ -249,6 +249,7 @@ FOOD_BUSINESS_PERMIT_ITEM = items_pb2.ItemSpec(
     legal_limit_days=10,
     promised_limit_days=5,
     immediate=False,
+    issues_licence="food-business-permit",
     materials=[
         items_pb2.Material(
             code="business-licence",

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 import asyncpg
 
 from tongban.exchange.audit.log import AccessEntry, AccessLog, LogTransaction, SubjectHasher
+from tongban.exchange.licensing.case_feed import CaseFeed
 from tongban.exchange.licensing.cases import (
     ACTIONS,
     Case,
@@ -27,17 +28,24 @@ from tongban.exchange.licensing.errors import (
     CaseDecisionInvalid,
     CaseNotFound,
     CaseNotPermitted,
+    PackageUnknown,
 )
 from tongban.exchange.licensing.item_store import ServiceItemStore
+from tongban.exchange.licensing.package_store import PackageStore
+from tongban.exchange.licensing.packages import Step
 from tongban.exchange.server.caller import Caller
+from tongban.exchange.sharing.model import DatasetEntry
+from tongban.exchange.sharing.records import RecordStore
 from tongban.licence import random_serial
 
 __all__ = ["CaseStore"]
 
+_Entries = tuple[DatasetEntry, DatasetEntry | None]  # the case stream, the package steps
+
 _COLUMNS = (
     "number, item, item_version, department, applicant, state, opened_at, promised_due_at, "
     "legal_due_at, stopped_days, correction_since, decided_at, outcome, licence_number, "
-    "refusal_reason, closed_at, delivered_at"
+    "refusal_reason, closed_at, delivered_at, package_number"
 )
 _MOVED = (
     "state, promised_due_at, legal_due_at, stopped_days, correction_since, decided_at, "
@@ -64,6 +72,7 @@ def _case(row: asyncpg.Record) -> Case:
         refusal_reason=row["refusal_reason"],
         closed_at=row["closed_at"],
         delivered_at=row["delivered_at"],
+        package_number=row["package_number"],
     )
 
 
@@ -78,6 +87,10 @@ class CaseStore:
         hasher: SubjectHasher,
         clock: CaseClock,
         node_name: str,
+        *,
+        records: RecordStore,
+        feed: CaseFeed,
+        packages: PackageStore,
     ) -> None:
         self._pool = pool
         self._items = items
@@ -85,6 +98,9 @@ class CaseStore:
         self._hasher = hasher
         self._clock = clock
         self._node = node_name
+        self._records = records
+        self._feed = feed
+        self._packages = packages
 
     @property
     def clock(self) -> CaseClock:
@@ -126,14 +142,58 @@ class CaseStore:
             metadata={"case": case.number, "department": case.department},
         )
 
+    async def _publish(
+        self,
+        conn: Any,
+        case: Case,
+        entries: _Entries,
+        steps: tuple[str, list[Step]] | None,
+        now: datetime,
+    ) -> None:
+        """Put the case's new record on its department's case stream and the changed
+        package steps on the coordinator's stream, in the caller's transaction."""
+        cases, step_entry = entries
+        await self._records.publish_in(conn, cases, [self._feed.case_change(cases, case)], now)
+        if steps and steps[1] and step_entry is not None and case.package_number:
+            changes = [
+                self._feed.step_change(step_entry, case.package_number, steps[0], step)
+                for step in steps[1]
+            ]
+            await self._records.publish_in(conn, step_entry, changes, now)
+
+    async def _entries(self, department: str, package_number: str | None, now: datetime
+                       ) -> _Entries:  # fmt: skip
+        """The stream datasets a change to a case of ``department`` writes to, looked up
+        (and registered the first time) before the change takes its connection."""
+        cases = await self._feed.cases_entry(department, now)
+        if not package_number:
+            return cases, None
+        coordinator = await self._packages.coordinator(package_number)
+        if coordinator is None:
+            raise PackageUnknown(
+                f"There is no opened package {package_number[:80]!r}; check the number.",
+                metadata={"package_number": package_number[:80]},
+            )
+        return cases, await self._feed.steps_entry(coordinator, now)
+
     async def open(
-        self, caller: Caller, item_code: str, applicant: str, reason: str, *, now: datetime
+        self,
+        caller: Caller,
+        item_code: str,
+        applicant: str,
+        reason: str,
+        *,
+        now: datetime,
+        package_number: str = "",
     ) -> Case:
-        """Open (受理) a case for the current version of ``item_code``; return it.
+        """Open (受理) a case for the current version of ``item_code``; return it. With
+        ``package_number``, the case is that package's step for the item.
 
         Raises InvalidSubjectId for a malformed applicant, ServiceItemUnknown,
-        CaseNotPermitted if the caller's department does not handle the item, and
-        CaseReasonRequired for a malformed reason.
+        CaseNotPermitted if the caller's department does not handle the item,
+        CaseReasonRequired for a malformed reason, PackageUnknown, and
+        PackageStepNotReady if the package's step for the item is not ready for this
+        applicant.
         """
         applicant = normal_applicant(applicant)
         why = normal_reason(reason, required=False, what="")
@@ -145,6 +205,8 @@ class CaseStore:
                 "cases for the item.",
                 metadata={"service_item": item.code, "department": item.department},
             )
+        package_number = package_number.strip()
+        entries = await self._entries(department, package_number, now)
         promised, legal = self._clock.due_dates(
             now, item.spec.promised_limit_days, item.spec.legal_limit_days
         )
@@ -159,13 +221,14 @@ class CaseStore:
             opened_at=now,
             promised_due_at=promised,
             legal_due_at=legal,
+            package_number=package_number or None,
         )
         async with self._pool.acquire() as conn, self._log.transaction(conn) as tx:
             await conn.execute(
                 f"""
                 INSERT INTO service_case ({_COLUMNS}, updated_at)
                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, NULL, NULL, NULL, NULL, NULL,
-                        NULL, NULL, $7)
+                        NULL, NULL, $10, $7)
                 """,  # noqa: S608 - the columns are constants
                 case.number,
                 case.item,
@@ -176,8 +239,11 @@ class CaseStore:
                 now,
                 promised,
                 legal,
+                case.package_number,
             )
+            steps = await self._packages.link(conn, case, now=now) if case.package_number else None
             await self._history(conn, case, 1, None, caller, why, now)
+            await self._publish(conn, case, entries, steps, now)
             tx.record([self._entry(caller, case, ACTIONS[case.state], "→accepted", now)])
         return case
 
@@ -188,22 +254,29 @@ class CaseStore:
         ``cases.apply_move`` raises; CaseDecisionInvalid for an approval naming a licence
         that the department did not issue to the applicant.
         """
-        moved: Case | None = None
+        # The case's department and package first: another department's move is refused
+        # (and logged) without a transaction, and the streams the change writes to are
+        # looked up before it takes its connection. Neither changes after opening.
+        before = await self._load(self._pool, number, lock=False)
+        if before.department != caller.department.code:
+            await self._refuse(caller, before, "case.move", now)
+        entries = await self._entries(before.department, before.package_number, now)
         async with self._pool.acquire() as conn, self._log.transaction(conn) as tx:
             case = await self._load(conn, number, lock=True)
-            if case.department == caller.department.code:
-                moved = await self._move(conn, tx, caller, case, move, now)
-        if moved is None:  # another department's case: refused, logged with the pool free
-            await self._refuse(caller, case, "case.move", now)
-        return moved
+            return await self._move(conn, tx, caller, case, move, entries, now)
 
     async def _move(
         self, conn: Any, tx: LogTransaction, caller: Caller, case: Case, move: Move,
-        now: datetime,
+        entries: _Entries, now: datetime,
     ) -> Case:  # fmt: skip
-        moved = apply_move(case, move, now=now, clock=self._clock)
+        issues = await conn.fetchval(
+            "SELECT issues_licence FROM service_item_version WHERE item = $1 AND version = $2",
+            case.item,
+            case.item_version,
+        )
+        moved = apply_move(case, move, now=now, clock=self._clock, issues_licence=issues or "")
         if moved.licence_number is not None and moved.outcome is Outcome.APPROVED:
-            await self._check_licence(conn, moved)
+            await self._check_licence(conn, moved, issues)
         await conn.execute(
             f"""
             UPDATE service_case SET ({_MOVED}, updated_at)
@@ -230,6 +303,8 @@ class CaseStore:
         )
         why = normal_reason(move.reason, required=False, what="")
         await self._history(conn, moved, seq, case.state, caller, why, now)
+        steps = await self._packages.follow(conn, moved, now=now) if moved.package_number else None
+        await self._publish(conn, moved, entries, steps, now)
         tx.record(
             [
                 self._entry(
@@ -306,16 +381,25 @@ class CaseStore:
             )
         return _case(row)
 
-    async def _check_licence(self, conn: Any, case: Case) -> None:
+    async def _check_licence(self, conn: Any, case: Case, licence_type: str) -> None:
+        """An approval names a licence of the item's type that the department issued to
+        the applicant, or for this case (its case_id names the case: 设立登记 issues to
+        the enterprise it creates)."""
         row = await conn.fetchrow(
-            "SELECT issuer, holder_id FROM licence WHERE number = $1 ORDER BY version DESC LIMIT 1",
+            "SELECT issuer, holder_id, case_id, licence_type FROM licence WHERE number = $1 "
+            "ORDER BY version DESC LIMIT 1",
             case.licence_number,
         )
-        if row is None or row["issuer"] != case.department or row["holder_id"] != case.applicant:
+        if (
+            row is None
+            or row["issuer"] != case.department
+            or row["licence_type"] != licence_type
+            or (row["holder_id"] != case.applicant and row["case_id"] != case.number)
+        ):
             raise CaseDecisionInvalid(
                 f"{case.department} issued no licence {case.licence_number} to the applicant "
-                f"of case {case.number}; issue it first (tongban licence issue) and name its "
-                "number.",
+                f"of case {case.number} or for the case; issue it first (tongban licence "
+                "issue, with the case number as its case id) and name its number.",
                 metadata={"field": "licence_number"},
             )
 

@@ -143,6 +143,8 @@ class Case:
     refusal_reason: str | None = None
     closed_at: datetime | None = None
     delivered_at: datetime | None = None
+    package_number: str | None = None
+    """The package (一件事) whose step the case is, if any."""
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,7 @@ def _check_transition(case: Case, target: CaseState) -> None:
     )
 
 
-def _check_decision(case: Case, move: Move) -> tuple[str | None, str | None]:
+def _check_decision(case: Case, move: Move, issues_licence: str) -> tuple[str | None, str | None]:
     """The licence number and refusal reason of a 办结 (both None for other moves)."""
     if move.target is not CaseState.DECIDED:
         if move.outcome is not None or move.licence_number.strip():
@@ -313,22 +315,34 @@ def _check_decision(case: Case, move: Move) -> tuple[str | None, str | None]:
                 metadata={"field": "licence_number"},
             )
         return None, normal_reason(move.reason, required=True, what="A refusal (不予许可)")
+    if not issues_licence:
+        if move.licence_number.strip():
+            raise CaseDecisionInvalid(
+                f"Service item {case.item} issues no licence, so its approval names none; "
+                f"decide case {case.number} as approved without a licence number.",
+                metadata={"field": "licence_number"},
+            )
+        return None, None
     if not move.licence_number.strip():
         raise CaseDecisionInvalid(
-            f"An approval names the licence it issued; give the number of the licence issued "
-            f"to the applicant of case {case.number}.",
+            f"An approval of {case.item} names the {issues_licence} it issued; give the "
+            f"number of the licence issued for case {case.number}.",
             metadata={"field": "licence_number"},
         )
     return check_licence_number(move.licence_number), None
 
 
-def apply_move(case: Case, move: Move, *, now: datetime, clock: CaseClock) -> Case:
-    """The case after ``move`` at ``now``. Raises CaseTransitionInvalid if the move is not
-    allowed from the case's state, CaseDecisionInvalid for a 办结 without what it needs
-    (or an outcome on another move), CaseReasonRequired for a missing or malformed reason,
-    and LicenceNumberInvalid for a malformed licence number."""
+def apply_move(
+    case: Case, move: Move, *, now: datetime, clock: CaseClock, issues_licence: str = ""
+) -> Case:
+    """The case after ``move`` at ``now``; ``issues_licence`` is the licence type the
+    case's item issues ("" for none: an approval then names no licence). Raises
+    CaseTransitionInvalid if the move is not allowed from the case's state,
+    CaseDecisionInvalid for a 办结 without what it needs (or an outcome on another move,
+    or a licence for an item that issues none), CaseReasonRequired for a missing or
+    malformed reason, and LicenceNumberInvalid for a malformed licence number."""
     _check_transition(case, move.target)
-    licence, refusal = _check_decision(case, move)
+    licence, refusal = _check_decision(case, move, issues_licence)
     if move.target in _REASON_NEEDED:
         normal_reason(move.reason, required=True, what=f"Moving to {move.target.label}")
     else:

@@ -146,3 +146,42 @@ class CaseReasonRequired(TongbanError):
 
     reason = "CASE_REASON_REQUIRED"
     status = "INVALID_ARGUMENT"
+
+
+class PackageInvalid(TongbanError):
+    """A package spec that cannot be registered: a bad code or name, no steps or too many,
+    an item twice, an unknown item, or ``after``/``applicant_from`` naming an item that is
+    not a step before it; the message names the step."""
+
+    reason = "PACKAGE_INVALID"
+    status = "INVALID_ARGUMENT"
+
+
+class PackageCycle(TongbanError):
+    """The steps of a package wait for each other in a cycle, so none could start."""
+
+    reason = "PACKAGE_CYCLE"
+    status = "INVALID_ARGUMENT"
+
+
+class PackageUnknown(TongbanError):
+    """No package with that code (or an opened package with that number)."""
+
+    reason = "PACKAGE_UNKNOWN"
+    status = "NOT_FOUND"
+
+
+class PackageNotPermitted(TongbanError):
+    """The package is another department's to register, to open, or to read (only its
+    coordinator and the departments of its steps read an opened package)."""
+
+    reason = "PACKAGE_NOT_PERMITTED"
+    status = "PERMISSION_DENIED"
+
+
+class PackageStepNotReady(TongbanError):
+    """A case was opened for a package step that is not ready (the steps before it are not
+    approved, or its case is already open), or for another applicant than the step's."""
+
+    reason = "PACKAGE_STEP_NOT_READY"
+    status = "FAILED_PRECONDITION"

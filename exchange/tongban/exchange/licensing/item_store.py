@@ -41,7 +41,7 @@ _LOCK_SPACE = "service_item"
 _SELECT = """
     SELECT i.code, i.department, i.created_at, v.version, v.name, v.legal_basis, v.purpose,
            v.legal_limit_days, v.promised_limit_days, v.immediate, v.materials,
-           v.created_at AS version_created_at
+           v.issues_licence, v.created_at AS version_created_at
     FROM service_item i JOIN service_item_version v ON v.item = i.code
 """
 
@@ -114,6 +114,7 @@ def _item(row: asyncpg.Record) -> ServiceItem:
             promised_limit_days=row["promised_limit_days"],
             immediate=row["immediate"],
             materials=_materials_from_json(row["materials"]),
+            issues_licence=row["issues_licence"] or "",
         ),
         department=row["department"],
         version=row["version"],
@@ -197,8 +198,9 @@ class ServiceItemStore:
             await conn.execute(
                 """
                 INSERT INTO service_item_version (item, version, name, legal_basis, purpose,
-                    legal_limit_days, promised_limit_days, immediate, materials, created_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                    legal_limit_days, promised_limit_days, immediate, materials, created_at,
+                    issues_licence)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
                 """,
                 spec.code,
                 version,
@@ -210,6 +212,7 @@ class ServiceItemStore:
                 spec.immediate,
                 _materials_to_json(spec.materials),
                 now,
+                spec.issues_licence or None,
             )
             if version > 1:
                 await conn.execute(

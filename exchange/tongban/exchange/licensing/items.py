@@ -111,6 +111,8 @@ class ItemSpec:
     promised_limit_days: int
     immediate: bool
     materials: tuple[Material, ...]
+    issues_licence: str = ""
+    """The licence type an approval issues; "": none (an approval names no licence)."""
 
 
 @dataclass(frozen=True)
@@ -258,6 +260,13 @@ def validate_item(
     legal_basis = _text(spec.legal_basis, "legal basis", high=2000)
     purpose = _text(spec.purpose, "purpose", high=200)
     _check_time_limits(spec)
+    issues = spec.issues_licence.strip()
+    if issues and issues not in {t.code for t in registry}:
+        raise ServiceItemInvalid(
+            f"issues_licence names licence type {issues[:64]!r}, which is not in the "
+            f"registry; the known types are {', '.join(t.code for t in registry)}.",
+            metadata={"field": "issues_licence"},
+        )
     if not 1 <= len(spec.materials) <= MAX_MATERIALS:
         raise ServiceItemInvalid(
             f"An item lists 1 to {MAX_MATERIALS} materials (has {len(spec.materials)}); list "
@@ -304,6 +313,7 @@ def validate_item(
         promised_limit_days=spec.promised_limit_days,
         immediate=spec.immediate,
         materials=tuple(materials),
+        issues_licence=issues,
     )
 
 

@@ -17,11 +17,11 @@ from tongban.exchange.server.timestamps import timestamp
 from tongban.signing.clock import Clock
 from tongban.v1 import cases_pb2, cases_pb2_grpc
 
-__all__ = ["CaseService", "case_message"]
+__all__ = ["STATES", "CaseService", "case_message"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
-_STATES = {
+STATES = {
     CaseState.ACCEPTED: cases_pb2.CASE_STATE_ACCEPTED,
     CaseState.CORRECTION: cases_pb2.CASE_STATE_CORRECTION,
     CaseState.DECIDED: cases_pb2.CASE_STATE_DECIDED,
@@ -29,7 +29,7 @@ _STATES = {
     CaseState.NOT_ACCEPTED: cases_pb2.CASE_STATE_NOT_ACCEPTED,
     CaseState.WITHDRAWN: cases_pb2.CASE_STATE_WITHDRAWN,
 }
-_FROM_WIRE = {wire: state for state, wire in _STATES.items()}
+_FROM_WIRE = {wire: state for state, wire in STATES.items()}
 _OUTCOMES = {
     Outcome.APPROVED: cases_pb2.CASE_OUTCOME_APPROVED,
     Outcome.REFUSED: cases_pb2.CASE_OUTCOME_REFUSED,
@@ -58,7 +58,7 @@ def case_message(
         item_version=case.item_version,
         department=case.department,
         applicant=case.applicant,
-        state=_STATES[case.state],
+        state=STATES[case.state],
         opened_at=timestamp(case.opened_at),
         promised_due_at=timestamp(promised_due_at),
         legal_due_at=timestamp(legal_due_at),
@@ -71,12 +71,13 @@ def case_message(
         closed_at=timestamp(case.closed_at),
         delivered_at=timestamp(case.delivered_at),
         overdue=_OVERDUE[overdue],
+        package_number=case.package_number or "",
         history=[
             cases_pb2.CaseTransition(
-                from_state=_STATES[t.from_state]
+                from_state=STATES[t.from_state]
                 if t.from_state
                 else cases_pb2.CASE_STATE_UNSPECIFIED,
-                to_state=_STATES[t.to_state],
+                to_state=STATES[t.to_state],
                 at=timestamp(t.at),
                 department=t.department,
                 officer=t.officer or "",
@@ -129,7 +130,12 @@ class CaseService(cases_pb2_grpc.CaseServiceServicer):
     ) -> cases_pb2.Case:
         now = self._clock.now()
         case = await self._cases.open(
-            current_caller(), request.item, request.applicant, request.reason, now=now
+            current_caller(),
+            request.item,
+            request.applicant,
+            request.reason,
+            now=now,
+            package_number=request.package_number,
         )
         return self._message(case, now)
 

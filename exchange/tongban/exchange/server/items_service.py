@@ -58,6 +58,7 @@ def spec_from_message(message: items_pb2.ItemSpec) -> ItemSpec:
         legal_limit_days=message.legal_limit_days,
         promised_limit_days=message.promised_limit_days,
         immediate=message.immediate,
+        issues_licence=message.issues_licence,
         materials=tuple(
             Material(
                 code=m.code,
@@ -107,6 +108,7 @@ def item_message(item: ServiceItem) -> items_pb2.ServiceItem:
             promised_limit_days=spec.promised_limit_days,
             immediate=spec.immediate,
             materials=[_material_message(m) for m in spec.materials],
+            issues_licence=spec.issues_licence,
         ),
         department=item.department,
         version=item.version,
