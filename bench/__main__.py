@@ -1,4 +1,5 @@
-"""``python -m bench [audit | events | fairness | burst | cluster | licence | adapters]``:
+"""``python -m bench [audit | events | fairness | burst | cluster | licence | adapters |
+cases]``:
 run the benchmark.
 
 With no argument, every phase: ``bench.foundation`` and ``bench.sharing`` against a node,
@@ -6,16 +7,19 @@ then the access-log phases of ``bench.audit`` in this process, then the change-e
 phases of ``bench.events``, then ``bench.fairness`` and ``bench.burst``, each on nodes of
 their own; one results file. With ``audit``, ``events``, ``fairness`` or ``burst``, only
 those phases (their own results file). ``cluster`` (not part of the full run) measures
-several nodes on one PostgreSQL and subscriber failover (``bench.cluster``).
+several nodes on one PostgreSQL and subscriber failover (``bench.cluster``); ``cases``
+(not part of it either) case transitions, the overdue report and the progress page
+(``bench.cases``).
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import adapters, audit, burst, cluster, events, fairness, foundation, licence
+from bench import adapters, audit, burst, cases, cluster, events, fairness, foundation, licence
 
-USAGE = """usage: python -m bench [audit | events | fairness | burst | cluster | licence | adapters]
+USAGE = """usage: python -m bench [audit | events | fairness | burst | cluster | licence |
+                          adapters | cases]
 
   (no argument)  every phase: foundation, sharing, the access log's, change events,
                  fairness and burst
@@ -41,7 +45,12 @@ USAGE = """usage: python -m bench [audit | events | fairness | burst | cluster |
   adapters       a legacy table's snapshot into the exchange through an adapter (beside
                  an asyncpg COPY of the same rows) and legacy change -> another legacy
                  system's latency; not in the full run (BENCH_ADAPTERS_ROWS, default
-                 1,000,000; BENCH_ADAPTERS_CHANGES; BENCH_ADAPTERS_POLL)"""
+                 1,000,000; BENCH_ADAPTERS_CHANGES; BENCH_ADAPTERS_POLL)
+  cases          case transitions at 64 callers (beside the audited query), the overdue
+                 report over 1,000,000 open cases (beside a count of them) and the
+                 applicant's progress page p99 (beside a primary-key SELECT); not in the
+                 full run (BENCH_CASES_ROWS, default 1,000,000; BENCH_CASES_SECONDS;
+                 BENCH_CASES_LOOKUPS; BENCH_CASES_PROFILE=DIR)"""
 
 
 def main(argv: list[str]) -> int:
@@ -61,6 +70,8 @@ def main(argv: list[str]) -> int:
         return licence.main()
     if argv == ["adapters"]:
         return adapters.main()
+    if argv == ["cases"]:
+        return cases.main()
     if argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
