@@ -817,8 +817,14 @@ async def test_console_refuses_garbage_with_a_reason(node: Node) -> None:
                 ),
                 Route(
                     partial(_page, anonymous, refusals=login_required),
-                    [Probe("GET", p) for p in [*_AUDITOR_PAGES, "/console/catalogue"]],
-                    _gets(st.sampled_from([*_AUDITOR_PAGES, "/console/catalogue"]), _FILTERS),
+                    [
+                        Probe("GET", p)
+                        for p in [*_AUDITOR_PAGES, "/console/catalogue", "/console/items"]
+                    ],
+                    _gets(
+                        st.sampled_from([*_AUDITOR_PAGES, "/console/catalogue", "/console/items"]),
+                        _FILTERS,
+                    ),
                     15,
                 ),
                 Route(
@@ -885,6 +891,12 @@ async def test_console_refuses_garbage_with_a_reason(node: Node) -> None:
                     _each_value("/console/catalogue", ["class", "keyword", "owner", "page"]),
                     _gets(st.just("/console/catalogue"), ["class", "keyword", "owner", "page"]),
                     30,
+                ),
+                Route(
+                    partial(_page, auditor, refusals=_BAD_QUERY),
+                    _each_value("/console/items", ["department", "page"]),
+                    _gets(st.just("/console/items"), ["department", "page"]),
+                    20,
                 ),
                 Route(
                     partial(_page, subject, refusals=_BAD_QUERY),

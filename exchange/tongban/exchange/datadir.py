@@ -25,6 +25,7 @@ an ``init`` that failed half-way is simply run again.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -78,6 +79,7 @@ __all__ = [
     "load_log_signer",
     "load_node_credentials",
     "load_node_signing",
+    "load_notify_secret",
     "log_origin",
 ]
 
@@ -422,6 +424,23 @@ def load_node_signing(settings: Settings) -> NodeSigning:
     key = load_private_key(root / "node" / "sign.key", _passphrase(settings, create=False))
     chain = load_pem_certificates((root / "node" / "sign.crt").read_bytes())
     return NodeSigning(LocalSigner(key), tuple(chain))
+
+
+def load_notify_secret(settings: Settings) -> bytes:
+    """The key case-notice webhooks are signed with (``secrets/case-notify.key``, made on
+    first use): give the receiver the file's text."""
+    path = settings.data_dir / "secrets" / "case-notify.key"
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(secrets.token_urlsafe(32) + "\n")
+        return path.read_text().strip().encode()
+    except OSError as e:
+        raise DataDirUnusable(
+            f"Cannot read or create {path} ({e.strerror}); check the data directory's permissions."
+        ) from e
 
 
 def load_log_key(settings: Settings) -> bytes:

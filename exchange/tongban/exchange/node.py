@@ -37,6 +37,7 @@ from tongban.exchange.datadir import (
     load_log_signer,
     load_node_credentials,
     load_node_signing,
+    load_notify_secret,
     log_origin,
 )
 from tongban.exchange.db.database import Database
@@ -52,6 +53,8 @@ from tongban.exchange.licensing.case_store import CaseStore
 from tongban.exchange.licensing.cases import CaseClock
 from tongban.exchange.licensing.feed import LicenceFeed
 from tongban.exchange.licensing.item_store import ServiceItemStore
+from tongban.exchange.licensing.notices import CaseNotices
+from tongban.exchange.licensing.notifiers import notifier_from_setting
 from tongban.exchange.licensing.package_store import PackageStore
 from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.licensing.setup import ensure_status_key, vault_for
@@ -143,6 +146,7 @@ class Node:
         self.console: WebConsole | None = None
         self.cases: CaseStore | None = None
         self.packages: PackageStore | None = None
+        self.notices: CaseNotices | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc_port = 0
         self.http_port = 0
@@ -394,7 +398,7 @@ class Node:
             server,
         )
         assert self.licensing is not None
-        items = ServiceItemStore(
+        items = self.items = ServiceItemStore(
             self.db.pool, self.sharing.datasets, self.licensing.registry, self._hasher.page_tokens()
         )
         items_pb2_grpc.add_ServiceItemServiceServicer_to_server(
@@ -416,6 +420,13 @@ class Node:
             self._hasher,
             self.settings.node_name,
         )
+        notifier = notifier_from_setting(
+            self.settings.case_notify,
+            secret=load_notify_secret(self.settings) if self.settings.case_notify else b"",
+        )
+        if notifier is not None:
+            self.notices = CaseNotices(notifier, items)
+            self.notices.start()
         cases = self.cases = CaseStore(
             self.db.pool,
             items,
@@ -426,6 +437,7 @@ class Node:
             records=self.sharing.records,
             feed=case_feed,
             packages=packages,
+            notices=self.notices,
         )
         cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseService(cases, self.clock), server)
         packages_pb2_grpc.add_PackageServiceServicer_to_server(
@@ -503,6 +515,8 @@ class Node:
                 node_name=self.settings.node_name,
                 public_url=self.settings.public_url,
                 cases=self.cases,
+                packages=self.packages,
+                items=self.items,
             )
         self.console = console
         app = build_http_app(
@@ -603,6 +617,9 @@ class Node:
         if self.relay is not None:
             await self.relay.stop()
             self.relay = None
+        if self.notices is not None:
+            await self.notices.aclose()
+            self.notices = None
         if self.access_log is not None:
             await self.access_log.stop()
         if self.checkpointer is not None:

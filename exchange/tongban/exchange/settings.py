@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     makeup_workdays: Annotated[tuple[date, ...], NoDecode] = ()
     """Weekend days that are working days (调休), comma-separated YYYY-MM-DD."""
 
+    case_notify: str = ""
+    """Where notices of case transitions go, for the applicant (docs/notifiers.md):
+    ``file:/abs/path.jsonl`` (one JSON line each) or ``webhook:https://host/path`` (POSTed,
+    signed with ``<data_dir>/secrets/case-notify.key``; http only to loopback). Empty (the
+    default): none are sent. A bad value stops the node at start."""
+
     covert_max_days: int = Field(default=365, ge=1, le=1826)
     """The longest embargo one covert-case declaration may set, in days from the moment
     it is made (at most 1826, five years); declaring the case again extends it, and each

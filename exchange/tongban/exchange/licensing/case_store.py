@@ -31,6 +31,7 @@ from tongban.exchange.licensing.errors import (
     PackageUnknown,
 )
 from tongban.exchange.licensing.item_store import ServiceItemStore
+from tongban.exchange.licensing.notices import CaseNotices
 from tongban.exchange.licensing.package_store import PackageStore
 from tongban.exchange.licensing.packages import Step
 from tongban.exchange.server.caller import Caller
@@ -91,7 +92,10 @@ class CaseStore:
         records: RecordStore,
         feed: CaseFeed,
         packages: PackageStore,
+        notices: CaseNotices | None = None,
     ) -> None:
+        """``notices`` (optional) is told of every committed transition, for the
+        applicant."""
         self._pool = pool
         self._items = items
         self._log = access_log
@@ -101,6 +105,7 @@ class CaseStore:
         self._records = records
         self._feed = feed
         self._packages = packages
+        self._notices = notices
 
     @property
     def clock(self) -> CaseClock:
@@ -245,7 +250,18 @@ class CaseStore:
             await self._history(conn, case, 1, None, caller, why, now)
             await self._publish(conn, case, entries, steps, now)
             tx.record([self._entry(caller, case, ACTIONS[case.state], "→accepted", now)])
+        self._notify(case, 1, None, caller, now)
         return case
+
+    def _notify(
+        self, case: Case, seq: int, before: CaseState | None, caller: Caller, now: datetime
+    ) -> None:
+        if self._notices is not None:
+            self._notices.send(
+                case,
+                Transition(seq, before, case.state, now, caller.department.code,
+                           caller.officer_id, None),
+            )  # fmt: skip
 
     async def move(self, caller: Caller, number: str, move: Move, *, now: datetime) -> Case:
         """Move case ``number`` as ``move`` says; return it as it now is.
@@ -263,12 +279,14 @@ class CaseStore:
         entries = await self._entries(before.department, before.package_number, now)
         async with self._pool.acquire() as conn, self._log.transaction(conn) as tx:
             case = await self._load(conn, number, lock=True)
-            return await self._move(conn, tx, caller, case, move, entries, now)
+            moved, seq = await self._move(conn, tx, caller, case, move, entries, now)
+        self._notify(moved, seq, case.state, caller, now)
+        return moved
 
     async def _move(
         self, conn: Any, tx: LogTransaction, caller: Caller, case: Case, move: Move,
         entries: _Entries, now: datetime,
-    ) -> Case:  # fmt: skip
+    ) -> tuple[Case, int]:  # fmt: skip
         issues = await conn.fetchval(
             "SELECT issues_licence FROM service_item_version WHERE item = $1 AND version = $2",
             case.item,
@@ -317,7 +335,7 @@ class CaseStore:
                 )
             ]
         )
-        return moved
+        return moved, seq
 
     async def get(
         self, caller: Caller, number: str, *, now: datetime

@@ -37,6 +37,16 @@ from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.http import http_status
 from tongban.exchange.licensing.authorisations import HolderAuthorisation, authorise
 from tongban.exchange.licensing.case_store import CaseStore
+from tongban.exchange.licensing.errors import ServiceItemUnknown
+from tongban.exchange.licensing.item_store import ServiceItemStore
+from tongban.exchange.licensing.items import (
+    DataSource,
+    LicenceSource,
+    Material,
+    ServiceItem,
+)
+from tongban.exchange.licensing.package_store import OpenedPackage, PackageStore
+from tongban.exchange.licensing.packages import Step
 from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.sharing.model import ShareClass
 from tongban.exchange.sharing.service import Sharing
@@ -194,9 +204,13 @@ class WebConsole:
         node_name: str,
         public_url: str | None = None,
         cases: CaseStore | None = None,
+        packages: PackageStore | None = None,
+        items: ServiceItemStore | None = None,
     ) -> None:
         self._pool = pool
         self._cases = cases
+        self._packages = packages
+        self._items = items
         self._licensing = licensing
         self._sharing = sharing
         self._log = access_log
@@ -252,6 +266,7 @@ class WebConsole:
         r.add_get("/console/subject", self._subject)
         r.add_post("/console/subject/authorise", self._subject_authorise)
         r.add_get("/console/catalogue", self._catalogue)
+        r.add_get("/console/items", self._item_catalogue)
         # Two known files, served from memory: a path from the request never reaches the
         # file system (aiohttp's static handler raised on names too long for it).
         r.add_get("/console/static/{name}", self._static)
@@ -867,6 +882,7 @@ class WebConsole:
             made=made,
             now=self._clock.now(),
             cases=await self._applicant_cases(session.principal),
+            **await self._applicant_packages(session.principal),
         )
 
     async def _applicant_cases(self, applicant: str) -> list[dict[str, Any]]:
@@ -888,6 +904,28 @@ class WebConsole:
                 }
             )
         return shown
+
+    async def _applicant_packages(self, applicant: str) -> dict[str, Any]:
+        """The packages (一件事) opened for the applicant, newest first, with each step's
+        item name (进度查询): ``packages`` (package, steps in order) and ``item_names``."""
+        if self._packages is None:
+            return {"packages": [], "item_names": {}}
+        opened = await self._packages.of_applicant(applicant)
+        names = await self._item_names({s.item for p in opened for s in p.steps})
+        shown: list[tuple[OpenedPackage, list[Step]]] = [(p, _in_order(p.steps)) for p in opened]
+        return {"packages": shown, "item_names": names}
+
+    async def _item_names(self, codes: set[str]) -> dict[str, str]:
+        """Item code to its current name, for the codes still in the catalogue."""
+        names: dict[str, str] = {}
+        if self._items is None:
+            return names
+        for code in sorted(codes):
+            try:
+                names[code] = (await self._items.get(code)).spec.name
+            except ServiceItemUnknown:
+                continue  # the code alone is shown
+        return names
 
     async def _subject_authorise(self, request: web.Request) -> web.Response:
         """The holder makes a one-time authorisation code (授权用证) for one department,
@@ -948,6 +986,83 @@ class WebConsole:
             pending=pending,
             now=now,
         )
+
+    async def _item_catalogue(self, request: web.Request) -> web.Response:
+        """The service items (事项目录): what each asks for and where each material comes
+        from. For departments, as the dataset catalogue is: the material sources name the
+        datasets and fields a case looks up."""
+        auth = await self._department_session(request, auditor=False)
+        if isinstance(auth, web.Response):
+            return auth
+        if self._items is None:
+            raise web.HTTPNotFound
+        department = request.query.get("department", "").strip()
+        if len(department) > 63:
+            raise InvalidArgument(
+                "'department' is too long: a department code has at most 63 characters.",
+                metadata={"field": "department"},
+            )
+        items, token = await self._items.list(
+            department=department, page_size=_PAGE, page_token=request.query.get("page", "")
+        )
+        names = {d.code: d.name for d in await self._departments.list()}
+        return self._page(
+            request,
+            "items.html",
+            items=[_item_view(item) for item in items],
+            department_names=names,
+            next_token=token,
+            params={"department": department} if department else {},
+        )
+
+
+def _in_order(steps: Sequence[Step]) -> list[Step]:
+    """The steps in the order they can be handled: those waiting for nothing first, then
+    those after them, and so on (by item code within a level)."""
+    after = {s.item: s.after for s in steps}
+    depth: dict[str, int] = {}
+
+    def level(item: str, seen: frozenset[str] = frozenset()) -> int:
+        # ``seen``: packages are checked for cycles when registered; a bad row must
+        # still not recurse forever on a page.
+        if item not in depth:
+            earlier = [a for a in after.get(item, ()) if a in after and a not in seen]
+            depth[item] = 1 + max((level(a, seen | {item}) for a in earlier), default=-1)
+        return depth[item]
+
+    return sorted(steps, key=lambda s: (level(s.item), s.item))
+
+
+def _material_view(material: Material) -> dict[str, Any]:
+    """A material with its source spelled out for the item catalogue page."""
+    source = material.source
+    if isinstance(source, LicenceSource):
+        return {
+            "m": material,
+            "kind": "licence",
+            "licence_type": source.licence_type,
+            "type_names": _type_names(source.licence_type),
+            "names": source.disclose,
+        }
+    if isinstance(source, DataSource):
+        return {
+            "m": material,
+            "kind": "dataset",
+            "dataset": source.dataset,
+            "names": source.fields,
+            "key_from": source.key_from,
+        }
+    return {"m": material, "kind": "submitted"}
+
+
+def _item_view(item: ServiceItem) -> dict[str, Any]:
+    issues = item.spec.issues_licence
+    return {
+        "item": item,
+        "issues": issues,
+        "issues_names": _type_names(issues) if issues else ("", ""),
+        "materials": [_material_view(m) for m in item.spec.materials],
+    }
 
 
 def _kind(request: web.Request) -> LinkKind:
