@@ -175,6 +175,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from tongban.exchange.cli import case_cmds
 
     case_cmds.add_parsers(sub, common, _Parser)
+    from tongban.exchange.cli import package_cmds
+
+    package_cmds.add_parsers(sub, common, _Parser)
     from tongban.exchange.cli import adapter_cmds
 
     adapter_cmds.add_parsers(sub, common, _Parser)

@@ -16,7 +16,7 @@ from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.cli.commands import emit
 from tongban.v1 import cases_pb2
 
-__all__ = ["MOVES", "add_parsers", "run_case"]
+__all__ = ["MOVES", "STATE_WORDS", "add_parsers", "run_case"]
 
 # What `case move CASE STATE` accepts: the state, and the outcome for 办结.
 MOVES: dict[str, tuple[cases_pb2.CaseState.ValueType, cases_pb2.CaseOutcome.ValueType]] = {
@@ -37,7 +37,7 @@ _ALIASES = {
     "不予受理": "not-accepted",
     "撤回": "withdrawn",
 }
-_STATE_WORDS = {
+STATE_WORDS = {
     cases_pb2.CASE_STATE_UNSPECIFIED: "—",
     cases_pb2.CASE_STATE_ACCEPTED: "受理 accepted",
     cases_pb2.CASE_STATE_CORRECTION: "补正 correction requested",
@@ -87,6 +87,12 @@ def add_parsers(
     opening.add_argument("item", help="the item's code (实施编码)")
     opening.add_argument("applicant", help="统一社会信用代码 or 公民身份号码")
     opening.add_argument("--reason", default="", help="a note for the history")
+    opening.add_argument(
+        "--package",
+        default="",
+        metavar="NUMBER",
+        help="the opened package (一件事) whose ready step for this item the case is",
+    )
     move = case_sub.add_parser(
         "move",
         parents=[common, dept],
@@ -130,7 +136,7 @@ def _summary(case: cases_pb2.Case, zone: timezone) -> list[str]:
     lines = [
         f"{case.number} — {case.item} v{case.item_version} for {case.applicant} "
         f"(handled by {case.department})",
-        f"  state: {_STATE_WORDS[case.state]}",
+        f"  state: {STATE_WORDS[case.state]}",
         f"  opened: {_local(case.opened_at, zone)}",
         f"  due: promised {_local(case.promised_due_at, zone)}, legal "
         f"{_local(case.legal_due_at, zone)}"
@@ -148,7 +154,9 @@ async def run_case(args: argparse.Namespace) -> int:
     zone = timezone(timedelta(hours=args.utc_offset))
     async with _client(args) as client:
         if args.case_command == "open":
-            case = await client.open_case(args.item, args.applicant, reason=args.reason)
+            case = await client.open_case(
+                args.item, args.applicant, reason=args.reason, package_number=args.package
+            )
             emit(args, {"case": _case_dict(case)}, "\n".join(["opened", *_summary(case, zone)]))
         elif args.case_command == "move":
             target, outcome = MOVES[args.state]
@@ -163,8 +171,8 @@ async def run_case(args: argparse.Namespace) -> int:
         else:
             case = await client.get_case(args.case)
             history = [
-                f"    {_local(t.at, zone)}  {_STATE_WORDS[t.from_state]} → "
-                f"{_STATE_WORDS[t.to_state]}  by {t.department}"
+                f"    {_local(t.at, zone)}  {STATE_WORDS[t.from_state]} → "
+                f"{STATE_WORDS[t.to_state]}  by {t.department}"
                 + (f"/{t.officer}" if t.officer else "")
                 + (f": {t.reason}" if t.reason else "")
                 for t in case.history

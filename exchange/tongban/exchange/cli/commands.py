@@ -68,6 +68,10 @@ async def run(args: argparse.Namespace) -> int:
         from tongban.exchange.cli.case_cmds import run_case
 
         return await run_case(args)
+    if args.command == "package":
+        from tongban.exchange.cli.package_cmds import run_package
+
+        return await run_package(args)
     if args.command == "adapter":
         from tongban.exchange.cli.adapter_cmds import run_adapter
 

@@ -56,7 +56,7 @@ from tongban.signing.certs import (
 from tongban.signing.clock import SystemClock
 from tongban.signing.keys import generate_private_key, private_key_pem
 from tongban.signing.pades import verify_sealed_pdf_async
-from tongban.v1 import audit_pb2
+from tongban.v1 import audit_pb2, cases_pb2
 
 __all__ = ["run_demo"]
 
@@ -546,6 +546,75 @@ async def run_demo(args: argparse.Namespace) -> int:
                 {"log_size": report.size, "accesses": len(queries)},
             )
 
+        async def step_9_package() -> _Outcome:
+            for code, item in story.ENTERPRISE_START_ITEMS:
+                async with client(code, f"{code.upper()}-0001") as handler:
+                    await handler.register_item(item)
+            async with client("approval", "SP-0007") as approval:
+                await approval.register_package(story.ENTERPRISE_START)
+                opened = await approval.open_package("enterprise-start", story.FOUNDER_ID)
+            number = opened.number
+
+            async def handle(department: str, item: str) -> tuple[int, str]:
+                """What the department's system does: learn from the coordinator's
+                package-steps stream that its step is ready, read the package (logged) for
+                the applicant, open the case, resolve the materials, decide."""
+                async with client(department, f"{department.upper()}-0001") as system:
+                    stream = system.subscribe(
+                        "approval.package_steps",
+                        fields=["package_number", "item", "state"],
+                        purpose=story.PACKAGE_PURPOSE,
+                        after_position=-1,
+                    )
+                    try:
+                        async with asyncio.timeout(15):
+                            async for event in stream:
+                                if (event.fields["package_number"], event.fields["item"]) == (
+                                    number,
+                                    item,
+                                ) and event.fields["state"] == "ready":
+                                    break
+                    except TimeoutError:
+                        raise DemoFailed(f"{department} never saw its step ready.") from None
+                    shown = await system.get_package_case(number)
+                    applicant = next(s.applicant for s in shown.steps if s.item == item)
+                    case = await system.open_case(item, applicant, package_number=number)
+                    resolved = await system.resolve_materials(item, applicant, case.number)
+                    licence = ""
+                    if item == "enterprise-registration":  # issued to the new company
+                        issued = await system.issue_licence(
+                            "business-licence",
+                            story.NEW_COMPANY_LICENCE_CLAIMS,
+                            case_id=case.number,
+                        )
+                        licence = issued.number
+                    await system.move_case(
+                        case.number,
+                        cases_pb2.CASE_STATE_DECIDED,
+                        outcome=cases_pb2.CASE_OUTCOME_APPROVED,
+                        licence_number=licence,
+                    )
+                return resolved.to_submit, applicant
+
+            first = await handle("samr", "enterprise-registration")
+            rest = await asyncio.gather(
+                *(handle(dept, item.code) for dept, item in story.ENTERPRISE_START_ITEMS[1:])
+            )
+            assert node.packages is not None
+            progress = await node.packages.of_applicant(story.FOUNDER_ID)
+            done = [p for p in progress if p.number == number and p.state.value == "done"]
+            return _Outcome(
+                bool(done)
+                and first[1] == story.FOUNDER_ID
+                and all(submit == 0 and who == story.NEW_COMPANY_USCC for submit, who in rest),
+                f"package {number} opened once by approval for the founder; samr's 设立登记 "
+                f"issued the business licence to {story.NEW_COMPANY_USCC}, and police, tax "
+                "and hrss learned from the package-steps stream, opened their cases for the "
+                f"new company and approved them with {sum(s for s, _ in rest)} materials "
+                "submitted; the founder's progress view shows the package done",
+                {"package_number": number, "submitted_after_registration": [s for s, _ in rest]},
+            )
+
         await steps.run("0.1", "An exchange node starts on embedded PostgreSQL", node_up)
         await steps.run("0.2", "The story's departments are registered", enrol)
         await steps.run("0.3", "Each department is known by its certificate", authenticate)
@@ -572,6 +641,11 @@ async def run_demo(args: argparse.Namespace) -> int:
         await steps.run("7", "Tax asks for personal data without a grant: denied, logged", step_7)
         await steps.run(
             "8", "The auditor verifies the log; the owner sees who accessed their data", step_8
+        )
+        await steps.run(
+            "9",
+            "企业开办 as one package: four departments, one trip, no re-submission",
+            step_9_package,
         )
     finally:
         await node.stop()

@@ -19,7 +19,7 @@ from tongban.exchange.cli.commands import emit
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import items_pb2
 
-__all__ = ["add_parsers", "load_item_file", "run_item"]
+__all__ = ["add_parsers", "load_item_file", "problems_of", "read_spec_file", "run_item"]
 
 _MAX_FILE = 1024 * 1024  # an item file is a few KB
 
@@ -128,9 +128,9 @@ class _ItemFile(_Strict):
         )
 
 
-def load_item_file(path: Path) -> items_pb2.ItemSpec:
-    """Read and check an item file (``.yaml``/``.yml`` or ``.json``); raise
-    InvalidArgument naming each problem."""
+def read_spec_file(path: Path) -> Any:
+    """The data of a spec file (``.yaml``/``.yml`` or ``.json``, at most 1 MiB); raise
+    InvalidArgument saying what is wrong with it."""
     try:
         if path.stat().st_size > _MAX_FILE:
             raise InvalidArgument(f"{path} is over 1 MiB; an item file is a few KB.")
@@ -149,14 +149,25 @@ def load_item_file(path: Path) -> items_pb2.ItemSpec:
             )
     except (yaml.YAMLError, ValueError) as e:
         raise InvalidArgument(f"{path} is not valid {suffix[1:].upper()}: {e}.") from None
+    return data
+
+
+def problems_of(error: ValidationError) -> str:
+    """The first ten problems pydantic found, each with its path in the file."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in item['loc']) or '(file)'}: {item['msg']}"
+        for item in error.errors(include_url=False)[:10]
+    )
+
+
+def load_item_file(path: Path) -> items_pb2.ItemSpec:
+    """Read and check an item file (``.yaml``/``.yml`` or ``.json``); raise
+    InvalidArgument naming each problem."""
+    data = read_spec_file(path)
     try:
         return _ItemFile.model_validate(data).to_message()
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in item['loc']) or '(file)'}: {item['msg']}"
-            for item in e.errors(include_url=False)[:10]
-        )
-        raise InvalidArgument(f"{path} is not a valid service item: {problems}.") from None
+        raise InvalidArgument(f"{path} is not a valid service item: {problems_of(e)}.") from None
 
 
 # -- parsers -------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 from tongban.client import ExchangeClient
 from tongban.exchange.catalogue.subject_ids import citizen_id_check_digit, uscc_check_character
-from tongban.v1 import catalogue_pb2, items_pb2, values_pb2
+from tongban.v1 import catalogue_pb2, items_pb2, packages_pb2, values_pb2
 
 # 统一社会信用代码 of the new company and 公民身份号码 of its legal representative, with
 # their real check characters.
@@ -279,6 +279,96 @@ FOOD_BUSINESS_PERMIT_ITEM = items_pb2.ItemSpec(
                     material="registration", field="legal_representative_id"
                 ),
             ),
+        ),
+    ],
+)
+
+
+# 企业开办 as one package (一件事): a founder sets up a new company. 设立登记 issues the business
+# licence to the company it creates; 公章刻制, 发票申领 and 社保登记 are then applied for by that
+# company, whose licence is their one material, obtained electronically (docs/examples/
+# enterprise-start.package.yaml is the same package as a file).
+FOUNDER_ID = "33010219900307004" + citizen_id_check_digit("33010219900307004")
+NEW_COMPANY_USCC = "91330102MA2K9B3C1" + uscc_check_character("91330102MA2K9B3C1")
+NEW_COMPANY_LICENCE_CLAIMS = {
+    **BUSINESS_LICENCE_CLAIMS,
+    "name": "杭州一次办信息科技有限公司",
+    "uscc": NEW_COMPANY_USCC,
+    "legal_representative": "陈一帆",
+    "business_scope": "信息技术服务",
+}
+PACKAGE_PURPOSE = "企业开办"
+
+
+def _start_item(
+    code: str, name: str, basis: str, *, issues: str = "", licence_material: bool = True
+) -> items_pb2.ItemSpec:
+    material = (
+        items_pb2.Material(
+            code="business-licence",
+            name="营业执照",
+            required=True,
+            licence=items_pb2.LicenceSource(licence_type="business-licence"),
+        )
+        if licence_material
+        else items_pb2.Material(
+            code="application",
+            name="公司登记（备案）申请书",
+            required=True,
+            submitted=items_pb2.SubmittedSource(),
+        )
+    )
+    return items_pb2.ItemSpec(
+        code=code,
+        name=name,
+        legal_basis=basis,
+        purpose=PACKAGE_PURPOSE,
+        legal_limit_days=15,
+        promised_limit_days=1,
+        issues_licence=issues,
+        materials=[material],
+    )
+
+
+# (department, item) in the order the package runs them.
+ENTERPRISE_START_ITEMS = (
+    (
+        "samr",
+        _start_item(
+            "enterprise-registration",
+            "公司设立登记",
+            "《中华人民共和国市场主体登记管理条例》第二十一条",
+            issues="business-licence",
+            licence_material=False,
+        ),
+    ),
+    ("police", _start_item("seal-engraving", "印章刻制备案", "《印铸刻字业暨印章管理办法》")),
+    (
+        "tax",
+        _start_item("invoice-application", "发票领用", "《中华人民共和国发票管理办法》第十五条"),
+    ),
+    (
+        "hrss",
+        _start_item(
+            "social-insurance-registration",
+            "单位参保登记",
+            "《中华人民共和国社会保险法》第五十七条",
+        ),
+    ),
+)
+ENTERPRISE_START = packages_pb2.PackageSpec(
+    code="enterprise-start",
+    name="企业开办",
+    description="设立登记、公章刻制、发票申领、社保登记，一次申请、一次办结",
+    steps=[
+        packages_pb2.PackageStepSpec(item="enterprise-registration"),
+        *(
+            packages_pb2.PackageStepSpec(
+                item=item.code,
+                after=["enterprise-registration"],
+                applicant_from="enterprise-registration",
+            )
+            for _, item in ENTERPRISE_START_ITEMS[1:]
         ),
     ],
 )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import AuditUnavailable
-from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
+from tongban.exchange.licensing.cases import normal_applicant
 from tongban.exchange.licensing.items import (
     DataSource,
     LicenceSource,
@@ -77,10 +77,11 @@ async def resolve_materials(
     licensing: Licensing,
     sharing: Sharing,
 ) -> list[MaterialResolution]:
-    """Resolve every material of ``item`` for ``applicant`` (a USCC) in case ``case_id``,
+    """Resolve every material of ``item`` for ``applicant`` (a 统一社会信用代码 or a
+    公民身份号码: 设立登记 is applied for by the founder) in case ``case_id``,
     as ``caller``, in the item's order. Raises InvalidSubjectId for a malformed applicant
     id; every other failure is a material to submit, with its reason."""
-    applicant = validate_subject_id(SubjectKind.ENTERPRISE, applicant)
+    applicant = normal_applicant(applicant)
     purpose = item.spec.purpose
     obtained: dict[str, Mapping[str, object]] = {}
     out: list[MaterialResolution] = []
