@@ -163,3 +163,16 @@ async def test_bad_requests_to_the_audit_service(node: Node) -> None:
                 break
         assert seen == list(range(len(seen)))
         assert len(seen) >= 2
+
+
+async def test_the_append_statement_matches_the_table(node: Node) -> None:
+    """The log appends rows of access_log's row type in ``_ROW`` order: a migration that
+    reorders or adds columns must change both."""
+    from tongban.exchange.audit.log import _ROW
+
+    assert node.db is not None
+    columns = await node.db.pool.fetch(
+        "SELECT column_name FROM information_schema.columns WHERE table_name = 'access_log'"
+        " ORDER BY ordinal_position"
+    )
+    assert tuple(r["column_name"] for r in columns) == _ROW

@@ -65,6 +65,18 @@ class SubjectHasher:
 
 # An entry ready to sequence: its searchable columns, its leaf bytes and the leaf's hash.
 _Prepared = tuple[AccessEntry, bytes, bytes]
+
+# access_log's columns in table order: the tuples handed to _APPEND follow it.
+_ROW = ("idx", "leaf", *COLUMNS)
+_APPEND = """
+    WITH leaves AS (
+        INSERT INTO access_log SELECT * FROM unnest($1::access_log[])
+    ), nodes AS (
+        INSERT INTO log_node (level, idx, hash)
+        SELECT * FROM unnest($2::smallint[], $3::bigint[], $4::bytea[])
+    )
+    UPDATE log_state SET size = $5, root = $6, frontier = $7
+"""
 _Pending = tuple[list[_Prepared], "asyncio.Future[range]"]
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
@@ -166,11 +178,13 @@ class AccessLog:
             yield recorded
             if recorded._prepared:
                 try:
-                    await conn.execute(f"SET LOCAL lock_timeout = '{int(self._timeout * 1000)}ms'")
-                    # And a timer of our own, in case the server's does not fire (a server
-                    # under libfaketime; a pooler that drops SET LOCAL).
+                    # The head's lock waits at most the log's timeout (lock_timeout, set
+                    # with the lock's query), and a timer of our own, in case the server's
+                    # does not fire (a server under libfaketime; a pooler).
                     async with asyncio.timeout(self._timeout + 1.0):
-                        first, count = await self._sequence_on(conn, recorded._prepared)
+                        first, count = await self._sequence_on(
+                            conn, recorded._prepared, lock_timeout_ms=int(self._timeout * 1000)
+                        )
                 except _DB_ERRORS as e:
                     _log.error("access log append in a transaction failed: %s", e)
                     raise AuditUnavailable(
@@ -221,27 +235,38 @@ class AccessLog:
             return await self._sequence_on(conn, entries)
 
     @staticmethod
-    async def _sequence_on(conn: Any, entries: list[_Prepared]) -> tuple[int, int]:
-        """Append ``entries`` in the transaction open on ``conn``; return (first, count)."""
-        head = await conn.fetchrow("SELECT size, frontier FROM log_state FOR UPDATE")
+    async def _sequence_on(
+        conn: Any, entries: list[_Prepared], *, lock_timeout_ms: int | None = None
+    ) -> tuple[int, int]:
+        """Append ``entries`` in the transaction open on ``conn``; return (first, count).
+        With ``lock_timeout_ms``, the wait for the head's lock is bounded by it (set for the
+        rest of the transaction, in the same round trip: set_config runs as the FROM list
+        is read, before the row is locked)."""
+        if lock_timeout_ms is None:
+            head = await conn.fetchrow("SELECT size, frontier FROM log_state FOR UPDATE")
+        else:
+            head = await conn.fetchrow(
+                "SELECT size, frontier FROM set_config('lock_timeout', $1, true), log_state "
+                "FOR UPDATE OF log_state",
+                f"{lock_timeout_ms}ms",
+            )
         assert head is not None  # created by the migration
         frontier = Frontier(head["size"], [bytes(h) for h in head["frontier"]])
         first = frontier.size
         rows: list[tuple[object, ...]] = []
-        nodes: list[tuple[int, int, bytes]] = []
+        levels: list[int] = []
+        indices: list[int] = []
+        hashes: list[bytes] = []
         for entry, leaf, digest in entries:
             rows.append((frontier.size, leaf, *entry.columns()))
-            nodes.extend((level, index, node) for (level, index), node in frontier.append(digest))
-        await conn.copy_records_to_table(
-            "access_log", records=rows, columns=("idx", "leaf", *COLUMNS)
-        )
-        await conn.copy_records_to_table(
-            "log_node", records=nodes, columns=("level", "idx", "hash")
-        )
+            for (level, index), node in frontier.append(digest):
+                levels.append(level)
+                indices.append(index)
+                hashes.append(node)
+        # One statement (one round trip) while the head is locked: the leaves, the new
+        # subtree hashes and the head. The rows are access_log's row type, in its
+        # column order (_ROW), which asyncpg encodes as a composite array.
         await conn.execute(
-            "UPDATE log_state SET size = $1, root = $2, frontier = $3",
-            frontier.size,
-            frontier.root(),
-            frontier.roots,
+            _APPEND, rows, levels, indices, hashes, frontier.size, frontier.root(), frontier.roots
         )
         return first, len(entries)

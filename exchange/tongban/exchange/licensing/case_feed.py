@@ -133,6 +133,11 @@ class CaseFeed:
             self._entries[spec.code] = entry
         return entry
 
+    def cached(self, code: str) -> DatasetEntry | None:
+        """The entry of dataset ``code`` if this node registered or found it already (no
+        connection taken): for use inside a transaction."""
+        return self._entries.get(code)
+
     async def cases_entry(self, department: str, now: datetime) -> DatasetEntry:
         spec = _spec(
             cases_dataset(department),

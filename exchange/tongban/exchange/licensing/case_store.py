@@ -10,7 +10,7 @@ from typing import Any, NoReturn
 import asyncpg
 
 from tongban.exchange.audit.log import AccessEntry, AccessLog, LogTransaction, SubjectHasher
-from tongban.exchange.licensing.case_feed import CaseFeed
+from tongban.exchange.licensing.case_feed import CaseFeed, cases_dataset, steps_dataset
 from tongban.exchange.licensing.cases import (
     ACTIONS,
     Case,
@@ -229,11 +229,17 @@ class CaseStore:
             package_number=package_number or None,
         )
         async with self._pool.acquire() as conn, self._log.transaction(conn) as tx:
+            # The case and its first history row (the opening) in one statement.
             await conn.execute(
                 f"""
-                INSERT INTO service_case ({_COLUMNS}, updated_at)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, NULL, NULL, NULL, NULL, NULL,
-                        NULL, NULL, $10, $7)
+                WITH opened AS (
+                    INSERT INTO service_case ({_COLUMNS}, updated_at)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 0, NULL, NULL, NULL, NULL,
+                            NULL, NULL, NULL, $10, $7)
+                )
+                INSERT INTO service_case_history (case_number, seq, from_state, to_state, at,
+                    department, officer, reason)
+                VALUES ($1, 1, NULL, $6, $7, $4, $11, $12)
                 """,  # noqa: S608 - the columns are constants
                 case.number,
                 case.item,
@@ -245,9 +251,10 @@ class CaseStore:
                 promised,
                 legal,
                 case.package_number,
+                caller.officer_id,
+                why,
             )
             steps = await self._packages.link(conn, case, now=now) if case.package_number else None
-            await self._history(conn, case, 1, None, caller, why, now)
             await self._publish(conn, case, entries, steps, now)
             tx.record([self._entry(caller, case, ACTIONS[case.state], "→accepted", now)])
         self._notify(case, 1, None, caller, now)
@@ -270,36 +277,72 @@ class CaseStore:
         ``cases.apply_move`` raises; CaseDecisionInvalid for an approval naming a licence
         that the department did not issue to the applicant.
         """
-        # The case's department and package first: another department's move is refused
-        # (and logged) without a transaction, and the streams the change writes to are
-        # looked up before it takes its connection. Neither changes after opening.
-        before = await self._load(self._pool, number, lock=False)
-        if before.department != caller.department.code:
-            await self._refuse(caller, before, "case.move", now)
-        entries = await self._entries(before.department, before.package_number, now)
-        async with self._pool.acquire() as conn, self._log.transaction(conn) as tx:
-            case = await self._load(conn, number, lock=True)
-            moved, seq = await self._move(conn, tx, caller, case, move, entries, now)
-        self._notify(moved, seq, case.state, caller, now)
-        return moved
+        # One transaction in the common case. The streams the change writes to are known
+        # to the feed once registered; the first move into one that is not (or another
+        # department's move, refused and logged with the connection returned) leaves the
+        # transaction without writing, does that outside, and tries again.
+        for _ in range(3):
+            missing: str | None = None
+            async with self._pool.acquire() as conn, self._log.transaction(conn) as tx:
+                case = await self._load(conn, number, lock=True)
+                foreign = case.department != caller.department.code
+                if not foreign:
+                    entries, missing = await self._cached_entries(conn, case)
+                    if entries is not None:
+                        moved, seq = await self._move(conn, tx, caller, case, move, entries, now)
+            if foreign:
+                await self._refuse(caller, case, "case.move", now)
+            if missing is None:
+                self._notify(moved, seq, case.state, caller, now)
+                return moved
+            await self._entries(case.department, case.package_number, now)
+        raise AssertionError("the case streams were registered but are not in the feed")
+
+    async def _cached_entries(self, conn: Any, case: Case) -> tuple[_Entries | None, str | None]:
+        """The stream datasets a move of ``case`` writes to, if the feed has them (None
+        and the first code missing otherwise)."""
+        code = cases_dataset(case.department)
+        cases = self._feed.cached(code)
+        if cases is None:
+            return None, code
+        if not case.package_number:
+            return (cases, None), None
+        coordinator = await conn.fetchval(
+            "SELECT department FROM package_case WHERE number = $1", case.package_number
+        )
+        code = steps_dataset(str(coordinator))
+        steps = self._feed.cached(code)
+        return ((cases, steps), None) if steps is not None else (None, code)
 
     async def _move(
         self, conn: Any, tx: LogTransaction, caller: Caller, case: Case, move: Move,
         entries: _Entries, now: datetime,
     ) -> tuple[Case, int]:  # fmt: skip
-        issues = await conn.fetchval(
-            "SELECT issues_licence FROM service_item_version WHERE item = $1 AND version = $2",
-            case.item,
-            case.item_version,
-        )
+        issues = None
+        if move.target is CaseState.DECIDED:  # only a decision names a licence
+            issues = await conn.fetchval(
+                "SELECT issues_licence FROM service_item_version WHERE item = $1 AND version = $2",
+                case.item,
+                case.item_version,
+            )
         moved = apply_move(case, move, now=now, clock=self._clock, issues_licence=issues or "")
-        if moved.licence_number is not None and moved.outcome is Outcome.APPROVED:
-            await self._check_licence(conn, moved, issues)
-        await conn.execute(
+        if move.target is CaseState.DECIDED and moved.licence_number is not None:
+            await self._check_licence(conn, moved, str(issues))
+        why = normal_reason(move.reason, required=False, what="")
+        # The case and its history row in one statement; the history's sequence number
+        # is the next one (the case row is locked, so no other move takes it).
+        seq = await conn.fetchval(
             f"""
-            UPDATE service_case SET ({_MOVED}, updated_at)
-                = ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-            WHERE number = $1
+            WITH moved AS (
+                UPDATE service_case SET ({_MOVED}, updated_at)
+                    = ($2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                WHERE number = $1
+            )
+            INSERT INTO service_case_history (case_number, seq, from_state, to_state, at,
+                department, officer, reason)
+            SELECT $1, coalesce(max(seq), 0) + 1, $14, $2, $13, $15, $16, $17
+            FROM service_case_history WHERE case_number = $1
+            RETURNING seq
             """,  # noqa: S608 - the columns are constants
             moved.number,
             moved.state.value,
@@ -314,13 +357,11 @@ class CaseStore:
             moved.closed_at,
             moved.delivered_at,
             now,
+            case.state.value,
+            caller.department.code,
+            caller.officer_id,
+            why,
         )
-        seq = await conn.fetchval(
-            "SELECT coalesce(max(seq), 0) + 1 FROM service_case_history WHERE case_number = $1",
-            moved.number,
-        )
-        why = normal_reason(move.reason, required=False, what="")
-        await self._history(conn, moved, seq, case.state, caller, why, now)
         steps = await self._packages.follow(conn, moved, now=now) if moved.package_number else None
         await self._publish(conn, moved, entries, steps, now)
         tx.record(
@@ -420,29 +461,3 @@ class CaseStore:
                 "issue, with the case number as its case id) and name its number.",
                 metadata={"field": "licence_number"},
             )
-
-    async def _history(
-        self,
-        conn: Any,
-        case: Case,
-        seq: int,
-        before: CaseState | None,
-        caller: Caller,
-        reason: str | None,
-        now: datetime,
-    ) -> None:
-        await conn.execute(
-            """
-            INSERT INTO service_case_history (case_number, seq, from_state, to_state, at,
-                department, officer, reason)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
-            """,
-            case.number,
-            seq,
-            before.value if before else None,
-            case.state.value,
-            now,
-            caller.department.code,
-            caller.officer_id,
-            reason,
-        )

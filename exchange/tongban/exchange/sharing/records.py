@@ -18,7 +18,6 @@ __all__ = ["Change", "PublishCounts", "RecordStore", "StoredRecord"]
 
 _RETRIES = 3
 _AS_STORED = frozenset({FieldType.STRING, FieldType.INTEGER, FieldType.BOOLEAN})
-_COLUMNS = ("dataset", "key", "version", "data", "deleted", "valid_from", "valid_to")
 
 
 @dataclass(frozen=True)
@@ -142,8 +141,7 @@ class RecordStore:
                 now,
             )
         if new_rows:
-            await conn.copy_records_to_table("record", records=new_rows, columns=_COLUMNS)
-            await _write_events(conn, entry.code, new_rows)
+            await _write_versions(conn, entry.code, new_rows, now)
         return counts
 
     async def fetch(
@@ -178,7 +176,6 @@ class RecordStore:
 
 
 EVENT_NAMESPACE = uuid.UUID("6f1f9a52-3c1e-5b0e-9d55-74f0b4a6c2d1")
-_EVENT_COLUMNS = ("dataset", "position", "event_id", "key", "version", "op", "data", "at")
 
 
 def event_id(dataset: str, key: str, version: int) -> uuid.UUID:
@@ -186,38 +183,49 @@ def event_id(dataset: str, key: str, version: int) -> uuid.UUID:
     return uuid.uuid5(EVENT_NAMESPACE, f"{dataset}\n{key}\n{version}")
 
 
-async def _write_events(conn: Any, dataset: str, new_rows: list[tuple[object, ...]]) -> None:
-    """Append one event per new record version, in the caller's transaction (the outbox)."""
-    await conn.execute(
-        "INSERT INTO dataset_stream (dataset) VALUES ($1) ON CONFLICT DO NOTHING", dataset
+# The new versions and their events in one statement (one round trip): the stream's row
+# is advanced by the number of events (an upsert, which locks it until the commit, so
+# publishers of one dataset serialise on it and positions stay contiguous), then the
+# record rows and the events at the positions it freed, then the NOTIFY that wakes the
+# feeds. Inserting the rows needs the old versions closed first (record_current is
+# unique): publish_in does that in the statement before.
+_WRITE_VERSIONS = """
+    WITH stream AS (
+        INSERT INTO dataset_stream AS s (dataset, next_position) VALUES ($1, $2)
+        ON CONFLICT (dataset) DO UPDATE SET next_position = s.next_position + $2
+        RETURNING s.next_position - $2 AS start
+    ), versions AS (
+        INSERT INTO record (dataset, key, version, data, deleted, valid_from, valid_to)
+        SELECT $1, key, version, data::jsonb, data IS NULL, $3, NULL
+        FROM unnest($4::text[], $5::integer[], $6::text[]) AS v(key, version, data)
+    ), events AS (
+        INSERT INTO event_outbox (dataset, position, event_id, key, version, op, data, at)
+        SELECT $1, stream.start + v.n - 1, v.id, v.key, v.version,
+               CASE WHEN v.data IS NULL THEN 'delete' ELSE 'upsert' END, v.data::jsonb, $3
+        FROM stream, unnest($7::uuid[], $4::text[], $5::integer[], $6::text[])
+             WITH ORDINALITY AS v(id, key, version, data, n)
     )
-    start = await conn.fetchval(
-        "SELECT next_position FROM dataset_stream WHERE dataset = $1 FOR UPDATE", dataset
-    )
-    events = []
-    for offset, (_, key, version, data, deleted, valid_from, _) in enumerate(new_rows):
+    SELECT pg_notify('tongban_events', $1)
+"""
+
+
+async def _write_versions(
+    conn: Any, dataset: str, new_rows: list[tuple[object, ...]], now: datetime
+) -> None:
+    """Insert the new record versions and append one event each, in the caller's
+    transaction (the outbox)."""
+    keys: list[str] = []
+    versions: list[int] = []
+    datas: list[str | None] = []
+    for _, key, version, data, deleted, valid_from, _ in new_rows:
         assert isinstance(key, str)
         assert isinstance(version, int)
-        op = "delete" if deleted else "upsert"
-        events.append(
-            (
-                dataset,
-                start + offset,
-                event_id(dataset, key, version),
-                key,
-                version,
-                op,
-                data,
-                valid_from,
-            )
-        )
-    await conn.copy_records_to_table("event_outbox", records=events, columns=_EVENT_COLUMNS)
-    await conn.execute(
-        "UPDATE dataset_stream SET next_position = $2 WHERE dataset = $1",
-        dataset,
-        start + len(events),
-    )
-    await conn.execute("SELECT pg_notify('tongban_events', $1)", dataset)
+        assert valid_from == now
+        keys.append(key)
+        versions.append(version)
+        datas.append(None if deleted else str(data))
+    ids = [event_id(dataset, k, v) for k, v in zip(keys, versions, strict=True)]
+    await conn.execute(_WRITE_VERSIONS, dataset, len(keys), now, keys, versions, datas, ids)
 
 
 def _by_key(rows: Sequence[asyncpg.Record]) -> dict[str, StoredRecord]:
