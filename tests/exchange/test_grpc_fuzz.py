@@ -210,6 +210,9 @@ def _plausible(story: Story) -> dict[str, tuple[str, ...]]:
         "caller": CALLERS,
         "owner": ("samr", "tax"),
         "decision": ("allowed", "denied"),
+        # Listings by department (items, covert cases, the overdue report): the callers'
+        # own and each other's (only the auditor reads another's), and the items' handler.
+        "department": (*CALLERS, "approval"),
         # The first page, and forged tokens: plain base64 positions, as tokens once were.
         "page_token": ("", "c2Ftci5h", "MA", "LTE", "!!!"),
     }

@@ -739,6 +739,34 @@ class ExchangeClient:
         result: cases_pb2.Case = await self._call(self._cases.GetCase, request)
         return result
 
+    async def overdue_report(self, department: str = "") -> cases_pb2.OverdueReportResponse:
+        """The overdue report (电子监察) now: per department, the open cases, those in 补正,
+        those past the promised date only and those past the legal date. Ours by default;
+        with the auditor role, ``department``'s or ("") every department's."""
+        request = cases_pb2.OverdueReportRequest(department=department)
+        result: cases_pb2.OverdueReportResponse = await self._call(
+            self._cases.OverdueReport, request
+        )
+        return result
+
+    async def list_overdue_cases(
+        self,
+        severity: cases_pb2.CaseOverdue.ValueType,
+        department: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> cases_pb2.ListOverdueCasesResponse:
+        """One page of the cases in 受理 past their promised date only
+        (``CASE_OVERDUE_PROMISED``) or past their legal date (``CASE_OVERDUE_LEGAL``),
+        oldest due first; whose, as for ``overdue_report``. The node logs the read."""
+        request = cases_pb2.ListOverdueCasesRequest(
+            severity=severity, department=department, page_size=page_size, page_token=page_token
+        )
+        result: cases_pb2.ListOverdueCasesResponse = await self._call(
+            self._cases.ListOverdueCases, request
+        )
+        return result
+
     # -- packages (一件事) ------------------------------------------------------------------
 
     async def register_package(self, spec: packages_pb2.PackageSpec) -> packages_pb2.Package:

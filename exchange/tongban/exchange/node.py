@@ -439,7 +439,17 @@ class Node:
             packages=packages,
             notices=self.notices,
         )
-        cases_pb2_grpc.add_CaseServiceServicer_to_server(CaseService(cases, self.clock), server)
+        cases_pb2_grpc.add_CaseServiceServicer_to_server(
+            CaseService(
+                cases,
+                self.clock,
+                pool=self.db.pool,
+                access_log=self.access_log,
+                tokens=self._hasher.page_tokens(),  # the same tokens on every node
+                node_name=self.settings.node_name,
+            ),
+            server,
+        )
         packages_pb2_grpc.add_PackageServiceServicer_to_server(
             PackageService(packages, self.clock), server
         )

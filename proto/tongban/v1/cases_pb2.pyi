@@ -319,3 +319,208 @@ class GetCaseRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCaseRequest: _TypeAlias = GetCaseRequest  # noqa: Y015
+
+@_typing.final
+class OverdueReportRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    department: _builtins.str
+    """A department's code. Empty: the caller's own department, or, for a department with
+    the auditor role, every department. Another department's code needs the auditor role.
+    """
+    def __init__(
+        self,
+        *,
+        department: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverdueReportRequest: _TypeAlias = OverdueReportRequest  # noqa: Y015
+
+@_typing.final
+class DepartmentOverdue(_message.Message):
+    """One department's open cases at the report's instant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    OPEN_FIELD_NUMBER: _builtins.int
+    IN_CORRECTION_FIELD_NUMBER: _builtins.int
+    PAST_PROMISED_FIELD_NUMBER: _builtins.int
+    PAST_LEGAL_FIELD_NUMBER: _builtins.int
+    department: _builtins.str
+    open: _builtins.int
+    """Open cases: in 受理 or 补正."""
+    in_correction: _builtins.int
+    """Of those, in 补正: the clock stopped, never counted overdue."""
+    past_promised: _builtins.int
+    """In 受理, past the promised date and within the legal one (超承诺时限, 黄牌)."""
+    past_legal: _builtins.int
+    """In 受理, past the legal date (超法定时限, 红牌)."""
+    def __init__(
+        self,
+        *,
+        department: _builtins.str = ...,
+        open: _builtins.int = ...,
+        in_correction: _builtins.int = ...,
+        past_promised: _builtins.int = ...,
+        past_legal: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "in_correction", b"in_correction", "open", b"open", "past_legal", b"past_legal", "past_promised", b"past_promised"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DepartmentOverdue: _TypeAlias = DepartmentOverdue  # noqa: Y015
+
+@_typing.final
+class OverdueReportResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AT_FIELD_NUMBER: _builtins.int
+    DEPARTMENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """The instant the report was measured at."""
+
+    @_builtins.property
+    def departments(self) -> _containers.RepeatedCompositeFieldContainer[Global___DepartmentOverdue]:
+        """One per department with open cases, by code."""
+
+    def __init__(
+        self,
+        *,
+        at: _timestamp_pb2.Timestamp | None = ...,
+        departments: _abc.Iterable[Global___DepartmentOverdue] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "departments", b"departments"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverdueReportResponse: _TypeAlias = OverdueReportResponse  # noqa: Y015
+
+@_typing.final
+class ListOverdueCasesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    severity: Global___CaseOverdue.ValueType
+    """CASE_OVERDUE_PROMISED (past the promised date only) or CASE_OVERDUE_LEGAL."""
+    department: _builtins.str
+    """As in OverdueReportRequest."""
+    page_size: _builtins.int
+    """1 to 1,000; 0 means 100."""
+    page_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        severity: Global___CaseOverdue.ValueType = ...,
+        department: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "page_size", b"page_size", "page_token", b"page_token", "severity", b"severity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOverdueCasesRequest: _TypeAlias = ListOverdueCasesRequest  # noqa: Y015
+
+@_typing.final
+class OverdueCase(_message.Message):
+    """A case in 受理 past one of its due dates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    ITEM_VERSION_FIELD_NUMBER: _builtins.int
+    APPLICANT_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    PROMISED_DUE_AT_FIELD_NUMBER: _builtins.int
+    LEGAL_DUE_AT_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    department: _builtins.str
+    item: _builtins.str
+    item_version: _builtins.int
+    applicant: _builtins.str
+    """The applicant's subject id (统一社会信用代码 or 公民身份号码)."""
+    severity: Global___CaseOverdue.ValueType
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def promised_due_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def legal_due_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """The date the case is past: the promised one (黄牌) or the legal one (红牌)."""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        department: _builtins.str = ...,
+        item: _builtins.str = ...,
+        item_version: _builtins.int = ...,
+        applicant: _builtins.str = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+        promised_due_at: _timestamp_pb2.Timestamp | None = ...,
+        legal_due_at: _timestamp_pb2.Timestamp | None = ...,
+        severity: Global___CaseOverdue.ValueType = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "legal_due_at", b"legal_due_at", "opened_at", b"opened_at", "promised_due_at", b"promised_due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "department", b"department", "due_at", b"due_at", "item", b"item", "item_version", b"item_version", "legal_due_at", b"legal_due_at", "number", b"number", "opened_at", b"opened_at", "promised_due_at", b"promised_due_at", "severity", b"severity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OverdueCase: _TypeAlias = OverdueCase  # noqa: Y015
+
+@_typing.final
+class ListOverdueCasesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there are no more."""
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___OverdueCase]:
+        """Oldest due first, then by number."""
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """The instant the page was measured at."""
+
+    def __init__(
+        self,
+        *,
+        cases: _abc.Iterable[Global___OverdueCase] | None = ...,
+        next_page_token: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cases", b"cases", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOverdueCasesResponse: _TypeAlias = ListOverdueCasesResponse  # noqa: Y015

@@ -49,6 +49,16 @@ class CaseServiceStub:
                 request_serializer=tongban_dot_v1_dot_cases__pb2.GetCaseRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_cases__pb2.Case.FromString,
                 _registered_method=True)
+        self.OverdueReport = channel.unary_unary(
+                '/tongban.v1.CaseService/OverdueReport',
+                request_serializer=tongban_dot_v1_dot_cases__pb2.OverdueReportRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_cases__pb2.OverdueReportResponse.FromString,
+                _registered_method=True)
+        self.ListOverdueCases = channel.unary_unary(
+                '/tongban.v1.CaseService/ListOverdueCases',
+                request_serializer=tongban_dot_v1_dot_cases__pb2.ListOverdueCasesRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_cases__pb2.ListOverdueCasesResponse.FromString,
+                _registered_method=True)
 
 
 class CaseServiceServicer:
@@ -76,6 +86,23 @@ class CaseServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def OverdueReport(self, request, context):
+        """The overdue report (电子监察) at the present: per department, the open cases, those in
+        补正, those past the promised date only and those past the legal date. A department
+        sees its own; one with the auditor role any department's, or every one's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOverdueCases(self, request, context):
+        """A page of the cases in 受理 past their promised date only, or past their legal date,
+        oldest due first; who may ask as for OverdueReport. Logged (action "case.overdue").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CaseServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +120,16 @@ def add_CaseServiceServicer_to_server(servicer, server):
                     servicer.GetCase,
                     request_deserializer=tongban_dot_v1_dot_cases__pb2.GetCaseRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_cases__pb2.Case.SerializeToString,
+            ),
+            'OverdueReport': grpc.unary_unary_rpc_method_handler(
+                    servicer.OverdueReport,
+                    request_deserializer=tongban_dot_v1_dot_cases__pb2.OverdueReportRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_cases__pb2.OverdueReportResponse.SerializeToString,
+            ),
+            'ListOverdueCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOverdueCases,
+                    request_deserializer=tongban_dot_v1_dot_cases__pb2.ListOverdueCasesRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_cases__pb2.ListOverdueCasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +213,60 @@ class CaseService:
             '/tongban.v1.CaseService/GetCase',
             tongban_dot_v1_dot_cases__pb2.GetCaseRequest.SerializeToString,
             tongban_dot_v1_dot_cases__pb2.Case.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def OverdueReport(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.CaseService/OverdueReport',
+            tongban_dot_v1_dot_cases__pb2.OverdueReportRequest.SerializeToString,
+            tongban_dot_v1_dot_cases__pb2.OverdueReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOverdueCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.CaseService/ListOverdueCases',
+            tongban_dot_v1_dot_cases__pb2.ListOverdueCasesRequest.SerializeToString,
+            tongban_dot_v1_dot_cases__pb2.ListOverdueCasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

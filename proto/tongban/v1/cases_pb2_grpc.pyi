@@ -42,6 +42,15 @@ class CaseServiceStub:
     """Move a case of the caller's department to another state."""
     GetCase: _grpc.UnaryUnaryMultiCallable[_cases_pb2.GetCaseRequest, _cases_pb2.Case]
     """A case of the caller's department, with its history and whether it is overdue."""
+    OverdueReport: _grpc.UnaryUnaryMultiCallable[_cases_pb2.OverdueReportRequest, _cases_pb2.OverdueReportResponse]
+    """The overdue report (电子监察) at the present: per department, the open cases, those in
+    补正, those past the promised date only and those past the legal date. A department
+    sees its own; one with the auditor role any department's, or every one's.
+    """
+    ListOverdueCases: _grpc.UnaryUnaryMultiCallable[_cases_pb2.ListOverdueCasesRequest, _cases_pb2.ListOverdueCasesResponse]
+    """A page of the cases in 受理 past their promised date only, or past their legal date,
+    oldest due first; who may ask as for OverdueReport. Logged (action "case.overdue").
+    """
 
 @_typing.type_check_only
 class CaseServiceAsyncStub(CaseServiceStub):
@@ -54,6 +63,15 @@ class CaseServiceAsyncStub(CaseServiceStub):
     """Move a case of the caller's department to another state."""
     GetCase: _aio.UnaryUnaryMultiCallable[_cases_pb2.GetCaseRequest, _cases_pb2.Case]  # type: ignore[assignment]
     """A case of the caller's department, with its history and whether it is overdue."""
+    OverdueReport: _aio.UnaryUnaryMultiCallable[_cases_pb2.OverdueReportRequest, _cases_pb2.OverdueReportResponse]  # type: ignore[assignment]
+    """The overdue report (电子监察) at the present: per department, the open cases, those in
+    补正, those past the promised date only and those past the legal date. A department
+    sees its own; one with the auditor role any department's, or every one's.
+    """
+    ListOverdueCases: _aio.UnaryUnaryMultiCallable[_cases_pb2.ListOverdueCasesRequest, _cases_pb2.ListOverdueCasesResponse]  # type: ignore[assignment]
+    """A page of the cases in 受理 past their promised date only, or past their legal date,
+    oldest due first; who may ask as for OverdueReport. Logged (action "case.overdue").
+    """
 
 class CaseServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -81,5 +99,26 @@ class CaseServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cases_pb2.Case, _abc.Awaitable[_cases_pb2.Case]]:
         """A case of the caller's department, with its history and whether it is overdue."""
+
+    @_abc_1.abstractmethod
+    def OverdueReport(
+        self,
+        request: _cases_pb2.OverdueReportRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cases_pb2.OverdueReportResponse, _abc.Awaitable[_cases_pb2.OverdueReportResponse]]:
+        """The overdue report (电子监察) at the present: per department, the open cases, those in
+        补正, those past the promised date only and those past the legal date. A department
+        sees its own; one with the auditor role any department's, or every one's.
+        """
+
+    @_abc_1.abstractmethod
+    def ListOverdueCases(
+        self,
+        request: _cases_pb2.ListOverdueCasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cases_pb2.ListOverdueCasesResponse, _abc.Awaitable[_cases_pb2.ListOverdueCasesResponse]]:
+        """A page of the cases in 受理 past their promised date only, or past their legal date,
+        oldest due first; who may ask as for OverdueReport. Logged (action "case.overdue").
+        """
 
 def add_CaseServiceServicer_to_server(servicer: CaseServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

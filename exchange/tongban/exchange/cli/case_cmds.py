@@ -1,6 +1,7 @@
 """``tongban case``: cases (办件) of the items a department handles, over gRPC with its
 bundle: ``open``, ``move`` and ``status`` (what a clerk at the window tells the applicant:
-state, due dates, whether overdue, and what happened when)."""
+state, due dates, whether overdue, and what happened when), and ``overdue`` (the overdue
+report, 电子监察: the counts per department, or the cases past one of their dates)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.cli.commands import emit
+from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import cases_pb2
 
-__all__ = ["MOVES", "STATE_WORDS", "add_parsers", "run_case"]
+__all__ = ["MOVES", "SEVERITIES", "STATE_WORDS", "add_parsers", "run_case"]
 
 # What `case move CASE STATE` accepts: the state, and the outcome for 办结.
 MOVES: dict[str, tuple[cases_pb2.CaseState.ValueType, cases_pb2.CaseOutcome.ValueType]] = {
@@ -46,6 +48,12 @@ STATE_WORDS = {
     cases_pb2.CASE_STATE_NOT_ACCEPTED: "不予受理 not accepted",
     cases_pb2.CASE_STATE_WITHDRAWN: "撤回 withdrawn",
 }
+# What `case overdue --severity` accepts.
+SEVERITIES: dict[str, cases_pb2.CaseOverdue.ValueType] = {
+    "promised": cases_pb2.CASE_OVERDUE_PROMISED,
+    "legal": cases_pb2.CASE_OVERDUE_LEGAL,
+}
+_LIST_PAGE = 1000  # the most the node puts on one page of the overdue list
 _OVERDUE_WORDS = {
     cases_pb2.CASE_OVERDUE_NONE: "no",
     cases_pb2.CASE_OVERDUE_PROMISED: "YES, past the promised date (超承诺时限, yellow 黄牌)",
@@ -66,7 +74,7 @@ def _move_name(text: str) -> str:
 def add_parsers(
     sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
 ) -> None:
-    """Add ``tongban case open|move|status`` to the ``tongban`` parser."""
+    """Add ``tongban case open|move|status|overdue`` to the ``tongban`` parser."""
     dept = parser_class(add_help=False)
     dept.add_argument(
         "--as",
@@ -107,7 +115,27 @@ def add_parsers(
         "status", parents=[common, dept], help="a case's state, due dates and history"
     )
     status.add_argument("case", help="the case number (办件编号)")
-    for each in (opening, move, status):
+    overdue = case_sub.add_parser(
+        "overdue",
+        parents=[common, dept],
+        help="the overdue report (电子监察): counts per department, or the overdue cases",
+    )
+    overdue.add_argument(
+        "--department",
+        default="",
+        metavar="CODE",
+        help="this department's (default: yours; with the auditor role, every department's)",
+    )
+    overdue.add_argument(
+        "--severity",
+        choices=sorted(SEVERITIES),
+        help="list the cases past their promised date only (黄牌) or past their legal date "
+        "(红牌) instead of the counts",
+    )
+    overdue.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="list at most N cases (default 100)"
+    )
+    for each in (opening, move, status, overdue):
         each.add_argument(
             "--utc-offset",
             type=int,
@@ -150,10 +178,91 @@ def _summary(case: cases_pb2.Case, zone: timezone) -> list[str]:
     return lines
 
 
+def _count_row(name: str, row: tuple[int, int, int, int]) -> str:
+    return f"{name:<16} {row[0]:>7} {row[1]:>11} {row[2]:>14} {row[3]:>11}"
+
+
+async def _overdue_counts(client: ExchangeClient, args: argparse.Namespace) -> None:
+    report = await client.overdue_report(args.department)
+    rows = [
+        (d.department, (d.open, d.in_correction, d.past_promised, d.past_legal))
+        for d in report.departments
+    ]
+    lines = [
+        f"{'DEPARTMENT':<16} {'OPEN':>7} {'CORRECTION':>11} {'PAST PROMISED':>14} "
+        f"{'PAST LEGAL':>11}",
+        *(_count_row(name, row) for name, row in rows),
+    ]
+    if len(rows) > 1:
+        totals = tuple(sum(row[i] for _, row in rows) for i in range(4))
+        lines.append(_count_row("total", (totals[0], totals[1], totals[2], totals[3])))
+    lines.append(
+        "past promised: 超承诺时限 (黄牌), within the legal date; past legal: 超法定时限 (红牌); "
+        "cases in 补正 (correction) are never counted overdue"
+    )
+    emit(
+        args,
+        {
+            "at": report.at.ToJsonString(),
+            "departments": [
+                MessageToDict(
+                    d, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                )
+                for d in report.departments
+            ],
+        },
+        "\n".join(lines) if rows else "no open cases",
+    )
+
+
+async def _overdue_list(client: ExchangeClient, args: argparse.Namespace, zone: timezone) -> None:
+    if args.limit < 1:
+        raise InvalidArgument("--limit must be at least 1.", metadata={"field": "limit"})
+    severity = SEVERITIES[args.severity]
+    found: list[cases_pb2.OverdueCase] = []
+    token = ""
+    while len(found) < args.limit:
+        page = await client.list_overdue_cases(
+            severity,
+            args.department,
+            page_size=min(_LIST_PAGE, args.limit - len(found)),
+            page_token=token,
+        )
+        found.extend(page.cases)
+        token = page.next_page_token
+        if not token:
+            break
+    date = "promised" if args.severity == "promised" else "legal"
+    lines = [
+        f"{c.number:<28} {c.item:<28} {c.applicant:<20} {date} due {_local(c.due_at, zone)}"
+        for c in found
+    ]
+    if token:
+        lines.append(f"… more; raise --limit (now {args.limit}) to see them")
+    emit(
+        args,
+        {
+            "cases": [
+                MessageToDict(
+                    c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                )
+                for c in found
+            ],
+            "more": bool(token),
+        },
+        "\n".join(lines) or f"no case past its {date} date",
+    )
+
+
 async def run_case(args: argparse.Namespace) -> int:
     zone = timezone(timedelta(hours=args.utc_offset))
     async with _client(args) as client:
-        if args.case_command == "open":
+        if args.case_command == "overdue":
+            if args.severity is None:
+                await _overdue_counts(client, args)
+            else:
+                await _overdue_list(client, args, zone)
+        elif args.case_command == "open":
             case = await client.open_case(
                 args.item, args.applicant, reason=args.reason, package_number=args.package
             )

@@ -1,5 +1,6 @@
-"""gRPC servicer of cases (办件): messages in and out of ``CaseStore``. Errors are
-``TongbanError``s, mapped to statuses by the interceptor."""
+"""gRPC servicer of cases (办件): messages in and out of ``CaseStore``, and of the overdue
+report (``OverdueReader``). Errors are ``TongbanError``s, mapped to statuses by the
+interceptor."""
 
 from __future__ import annotations
 
@@ -7,11 +8,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
+import asyncpg
 import grpc
 
+from tongban.exchange.audit.log import AccessLog
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.licensing.case_overdue import OverdueReader
+from tongban.exchange.licensing.case_report import OverdueCase
 from tongban.exchange.licensing.case_store import CaseStore
 from tongban.exchange.licensing.cases import Case, CaseState, Move, Outcome, Overdue, Transition
+from tongban.exchange.pagetokens import PageTokens
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import timestamp
 from tongban.signing.clock import Clock
@@ -40,6 +46,7 @@ _OVERDUE = {
     Overdue.PROMISED: cases_pb2.CASE_OVERDUE_PROMISED,
     Overdue.LEGAL: cases_pb2.CASE_OVERDUE_LEGAL,
 }
+_OVERDUE_FROM_WIRE = {wire: overdue for overdue, wire in _OVERDUE.items()}
 
 
 def case_message(
@@ -107,10 +114,37 @@ def _move(request: cases_pb2.MoveCaseRequest) -> Move:
     )
 
 
+def _overdue_case(case: OverdueCase) -> cases_pb2.OverdueCase:
+    return cases_pb2.OverdueCase(
+        number=case.number,
+        department=case.department,
+        item=case.item,
+        item_version=case.item_version,
+        applicant=case.applicant,
+        opened_at=timestamp(case.opened_at),
+        promised_due_at=timestamp(case.promised_due_at),
+        legal_due_at=timestamp(case.legal_due_at),
+        severity=_OVERDUE[case.severity],
+        due_at=timestamp(case.due_at),
+    )
+
+
 class CaseService(cases_pb2_grpc.CaseServiceServicer):
-    def __init__(self, cases: CaseStore, clock: Clock) -> None:
+    def __init__(
+        self,
+        cases: CaseStore,
+        clock: Clock,
+        *,
+        pool: asyncpg.Pool,
+        access_log: AccessLog,
+        tokens: PageTokens,
+        node_name: str,
+    ) -> None:
+        """``pool``, ``access_log``, ``tokens`` (the node's page tokens) and ``node_name``
+        serve the overdue report and its logged list."""
         self._cases = cases
         self._clock = clock
+        self._overdue = OverdueReader(pool, access_log, tokens, node_name)
 
     def _message(
         self, case: Case, now: datetime, history: Sequence[Transition] = ()
@@ -150,3 +184,40 @@ class CaseService(cases_pb2_grpc.CaseServiceServicer):
         now = self._clock.now()
         case, history = await self._cases.get(current_caller(), request.number, now=now)
         return self._message(case, now, history)
+
+    async def OverdueReport(
+        self, request: cases_pb2.OverdueReportRequest, context: Context
+    ) -> cases_pb2.OverdueReportResponse:
+        now = self._clock.now()
+        report = await self._overdue.report(current_caller(), request.department.strip(), now=now)
+        return cases_pb2.OverdueReportResponse(
+            at=timestamp(now),
+            departments=[
+                cases_pb2.DepartmentOverdue(
+                    department=d.department,
+                    open=d.open,
+                    in_correction=d.in_correction,
+                    past_promised=d.past_promised,
+                    past_legal=d.past_legal,
+                )
+                for d in report.departments
+            ],
+        )
+
+    async def ListOverdueCases(
+        self, request: cases_pb2.ListOverdueCasesRequest, context: Context
+    ) -> cases_pb2.ListOverdueCasesResponse:
+        now = self._clock.now()
+        page = await self._overdue.cases(
+            current_caller(),
+            _OVERDUE_FROM_WIRE.get(request.severity, Overdue.NONE),
+            request.department.strip(),
+            page_size=request.page_size,
+            page_token=request.page_token,
+            now=now,
+        )
+        return cases_pb2.ListOverdueCasesResponse(
+            cases=[_overdue_case(c) for c in page.cases],
+            next_page_token=page.next_page_token,
+            at=timestamp(now),
+        )
