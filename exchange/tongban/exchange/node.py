@@ -439,6 +439,7 @@ class Node:
             packages=packages,
             notices=self.notices,
         )
+        cases.start()
         cases_pb2_grpc.add_CaseServiceServicer_to_server(
             CaseService(
                 cases,
@@ -627,6 +628,8 @@ class Node:
         if self.relay is not None:
             await self.relay.stop()
             self.relay = None
+        if self.cases is not None:
+            await self.cases.stop()  # before the access log: it commits with it
         if self.notices is not None:
             await self.notices.aclose()
             self.notices = None

@@ -1,15 +1,27 @@
 """Cases (办件) in PostgreSQL: opening, moving and reading them. The rules are
-``cases``'; this module checks who may act, and writes each change, its history entry and
-its access-log entry in one transaction (all of them, or none)."""
+``cases``'; this module checks who may act, and writes each change with its history
+entry, its case-stream record and event and its access-log entry in one transaction (all
+of them, or none) — batched with other changes by the case writer (``CaseStore.start``)."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
 
 import asyncpg
 
-from tongban.exchange.audit.log import AccessEntry, AccessLog, LogTransaction, SubjectHasher
+from tongban.errors import TongbanError
+from tongban.exchange.audit.log import (
+    AccessEntry,
+    AccessLog,
+    AuditUnavailable,
+    LogTransaction,
+    SubjectHasher,
+)
+from tongban.exchange.errors import DatabaseUnavailable
 from tongban.exchange.licensing.case_feed import CaseFeed, cases_dataset, steps_dataset
 from tongban.exchange.licensing.cases import (
     ACTIONS,
@@ -36,12 +48,14 @@ from tongban.exchange.licensing.package_store import PackageStore
 from tongban.exchange.licensing.packages import Step
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.model import DatasetEntry
-from tongban.exchange.sharing.records import RecordStore
+from tongban.exchange.sharing.records import Change, RecordStore
 from tongban.licence import random_serial
 
 __all__ = ["CaseStore"]
 
 _Entries = tuple[DatasetEntry, DatasetEntry | None]  # the case stream, the package steps
+_BATCH = 64  # changes committed together at most
+_log = logging.getLogger(__name__)
 
 _COLUMNS = (
     "number, item, item_version, department, applicant, state, opened_at, promised_due_at, "
@@ -77,8 +91,65 @@ def _case(row: asyncpg.Record) -> Case:
     )
 
 
+def _not_found(number: str) -> CaseNotFound:
+    return CaseNotFound(
+        f"There is no case {number[:80]!r}; check the number (办件编号), e.g. "
+        "approval-2026-7K3Q9XW2M4.",
+        metadata={"case": number[:80]},
+    )
+
+
+def _not_permitted(case: Case) -> CaseNotPermitted:
+    return CaseNotPermitted(
+        f"Case {case.number} is handled by {case.department}; only it moves and reads its cases.",
+        metadata={"case": case.number, "department": case.department},
+    )
+
+
+def _transition_reason(before: Case, moved: Case) -> str:
+    """The log's reason for a move: the transition, never the officer's text."""
+    return f"{before.state.value}→{moved.state.value}" + (
+        f":{moved.outcome}" if moved.state is CaseState.DECIDED else ""
+    )
+
+
+@dataclass(eq=False)
+class _Job:
+    """A change waiting for the case writer: a move of case ``number`` or the opening of
+    ``opened``."""
+
+    caller: Caller
+    now: datetime
+    number: str
+    move: Move | None = None
+    opened: Case | None = None
+    why: str | None = None
+    future: asyncio.Future[Case] = field(default_factory=lambda: asyncio.Future())
+
+
+@dataclass
+class _Batch:
+    """What a batch decided: each job's case (and history seq, state before) or error,
+    and the jobs left to a transaction of their own."""
+
+    done: list[tuple[_Job, Case | TongbanError, int, CaseState | None]] = field(
+        default_factory=list
+    )
+    deferred: list[_Job] = field(default_factory=list)
+
+
 class CaseStore:
-    """Cases of the items each department handles; only that department acts on them."""
+    """Cases of the items each department handles; only that department acts on them.
+
+    Once ``start``ed, opens and moves go through one writer task that commits them in
+    batches (group commit): each batch is one transaction holding its cases, their history
+    rows, their case-stream records and events and their access-log entries, so the hot
+    rows every change must lock (the log's head, the stream's position) are locked once
+    per batch instead of once per change. All of a batch commits or none of it; a change
+    the rules refuse is refused alone, before anything is written. Package steps, the
+    first change into a stream not yet registered, and every change when the writer is
+    not running take a transaction of their own.
+    """
 
     def __init__(
         self,
@@ -106,6 +177,10 @@ class CaseStore:
         self._feed = feed
         self._packages = packages
         self._notices = notices
+        self._jobs: list[_Job] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def clock(self) -> CaseClock:
@@ -141,11 +216,270 @@ class CaseStore:
         await self._log.append(
             [self._entry(caller, case, action, CaseNotPermitted.reason, now, denied=True)]
         )
-        raise CaseNotPermitted(
-            f"Case {case.number} is handled by {case.department}; only it moves and reads "
-            "its cases.",
-            metadata={"case": case.number, "department": case.department},
+        raise _not_permitted(case)
+
+    # --- the case writer (group commit) ---------------------------------------------
+
+    def start(self) -> None:
+        """Start the case writer (the node does, once its access log runs)."""
+        self._closing = False
+        self._writer = asyncio.get_running_loop().create_task(self._write(), name="cases")
+
+    async def stop(self) -> None:
+        """Write what is queued, then stop the writer."""
+        self._closing = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+            self._writer = None
+
+    async def _submit(self, job: _Job) -> Case:
+        if self._writer is None or self._closing:
+            return await self._single(job)
+        self._jobs.append(job)
+        self._wake.set()
+        return await job.future
+
+    async def _single(self, job: _Job) -> Case:
+        if job.move is not None:
+            return await self._move_single(job.caller, job.number, job.move, now=job.now)
+        assert job.opened is not None
+        return await self._open_single(job.caller, job.opened, job.why, job.now)
+
+    async def _write(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._jobs:
+                # One change per case in a batch (its next one waits for the next batch,
+                # so each transition is its own version and event on the stream).
+                batch: list[_Job] = []
+                rest: list[_Job] = []
+                numbers: set[str] = set()
+                for job in self._jobs:
+                    if len(batch) < _BATCH and job.number not in numbers:
+                        numbers.add(job.number)
+                        batch.append(job)
+                    else:
+                        rest.append(job)
+                self._jobs = rest
+                await self._run_batch(batch)
+            if self._closing and not self._jobs:
+                return
+
+    async def _run_single(self, job: _Job) -> None:
+        try:
+            result = await self._single(job)
+        except Exception as e:  # noqa: BLE001 - handed to the caller, whose RPC maps it
+            job.future.set_exception(e)
+        else:
+            job.future.set_result(result)
+
+    async def _run_batch(self, batch: list[_Job]) -> None:
+        """Commit ``batch``; settle every job's future. Never raises."""
+        written = False
+        try:
+            async with self._pool.acquire() as conn, self._log.transaction(conn) as tx:
+                outcome = await self._batch_body(conn, tx, batch)
+                written = True
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - settled below, per job
+            if not written and not isinstance(e, AuditUnavailable):
+                # Refused before anything was sent to be committed: nothing was, so each
+                # change can go on its own, and one cannot sink the others.
+                _log.warning("case batch of %d failed (%s); one by one", len(batch), e)
+                for job in batch:
+                    await self._run_single(job)
+                return
+            error = (
+                e
+                if isinstance(e, TongbanError)
+                else DatabaseUnavailable(
+                    "The database failed while committing the change; it may or may not "
+                    "have been made: look the case up (tongban case status) before retrying."
+                )
+            )
+            if not isinstance(e, TongbanError):
+                _log.error("case batch of %d failed at commit: %s", len(batch), e)
+            for job in batch:
+                job.future.set_exception(error)
+            return
+        for job, result, seq, before in outcome.done:
+            if isinstance(result, TongbanError):
+                job.future.set_exception(result)
+            else:
+                job.future.set_result(result)
+                self._notify(result, seq, before, job.caller, job.now)
+        for job in outcome.deferred:
+            await self._run_single(job)
+
+    async def _batch_body(self, conn: Any, tx: LogTransaction, batch: list[_Job]) -> _Batch:
+        out = _Batch()
+        moves = [job for job in batch if job.move is not None]
+        rows: dict[str, Case] = {}
+        if moves:
+            fetched = await conn.fetch(
+                f"SELECT {_COLUMNS} FROM service_case WHERE number = ANY($1::text[])"  # noqa: S608
+                " ORDER BY number FOR UPDATE",
+                [job.number for job in moves],
+            )
+            rows = {r["number"]: _case(r) for r in fetched}
+        issues = await self._issues(conn, [rows[j.number] for j in moves if j.number in rows
+                                           and j.move is not None
+                                           and j.move.target is CaseState.DECIDED])  # fmt: skip
+        opened: list[tuple[_Job, Case]] = []
+        moved: list[tuple[_Job, Case, Case, str | None]] = []
+        changes: dict[str, tuple[DatasetEntry, list[Change]]] = {}
+        entries: list[AccessEntry] = []
+        for job in batch:
+            case = job.opened if job.opened is not None else rows.get(job.number)
+            if case is None:
+                out.done.append((job, _not_found(job.number), 0, None))
+                continue
+            if case.department != job.caller.department.code:
+                entries.append(
+                    self._entry(job.caller, case, "case.move", CaseNotPermitted.reason,
+                                job.now, denied=True)
+                )  # fmt: skip
+                out.done.append((job, _not_permitted(case), 0, None))
+                continue
+            stream = self._feed.cached(cases_dataset(case.department))
+            if stream is None or case.package_number:
+                out.deferred.append(job)
+                continue
+            if job.move is None:
+                new, reason = case, "→accepted"
+                opened.append((job, case))
+            else:
+                try:
+                    kind = issues.get((case.item, case.item_version), "")
+                    new = apply_move(case, job.move, now=job.now, clock=self._clock,
+                                     issues_licence=kind)  # fmt: skip
+                    if job.move.target is CaseState.DECIDED and new.licence_number is not None:
+                        await self._check_licence(conn, new, kind)
+                    why = normal_reason(job.move.reason, required=False, what="")
+                except TongbanError as e:
+                    out.done.append((job, e, 0, None))
+                    continue
+                reason = _transition_reason(case, new)
+                moved.append((job, case, new, why))
+            changes.setdefault(stream.code, (stream, []))[1].append(
+                self._feed.case_change(stream, new)
+            )
+            entries.append(self._entry(job.caller, new, ACTIONS[new.state], reason, job.now))
+        for job, case in opened:
+            out.done.append((job, case, 1, None))
+        if opened:
+            await self._insert_opened(conn, opened)
+        if moved:
+            seqs = await self._update_moved(conn, moved)
+            out.done.extend((job, new, seqs[new.number], case.state) for job, case, new, _ in moved)
+        now = max(job.now for job in batch)
+        for stream, stream_changes in changes.values():
+            await self._records.publish_in(conn, stream, stream_changes, now)
+        tx.record(entries)
+        return out
+
+    async def _issues(self, conn: Any, cases: list[Case]) -> dict[tuple[str, int], str]:
+        """The licence type each decided case's item version issues ("" for none)."""
+        keys = sorted({(c.item, c.item_version) for c in cases})
+        if not keys:
+            return {}
+        rows = await conn.fetch(
+            "SELECT v.item, v.version, v.issues_licence FROM service_item_version v"
+            " JOIN unnest($1::text[], $2::integer[]) AS k(item, version) USING (item, version)",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
         )
+        return {(r["item"], r["version"]): r["issues_licence"] or "" for r in rows}
+
+    async def _insert_opened(self, conn: Any, opened: list[tuple[_Job, Case]]) -> None:
+        cases = [case for _, case in opened]
+        await conn.execute(
+            """
+            WITH u AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::integer[], $4::text[],
+                    $5::text[], $6::text[], $7::timestamptz[], $8::timestamptz[],
+                    $9::timestamptz[], $10::text[], $11::text[])
+                AS u(number, item, item_version, department, applicant, state, opened_at,
+                     promised, legal, officer, reason)
+            ), opened AS (
+                INSERT INTO service_case (number, item, item_version, department, applicant,
+                    state, opened_at, promised_due_at, legal_due_at, stopped_days,
+                    updated_at)
+                SELECT number, item, item_version, department, applicant, state, opened_at,
+                       promised, legal, 0, opened_at
+                FROM u
+            )
+            INSERT INTO service_case_history (case_number, seq, from_state, to_state, at,
+                department, officer, reason)
+            SELECT number, 1, NULL, state, opened_at, department, officer, reason FROM u
+            """,
+            [c.number for c in cases],
+            [c.item for c in cases],
+            [c.item_version for c in cases],
+            [c.department for c in cases],
+            [c.applicant for c in cases],
+            [c.state.value for c in cases],
+            [c.opened_at for c in cases],
+            [c.promised_due_at for c in cases],
+            [c.legal_due_at for c in cases],
+            [job.caller.officer_id for job, _ in opened],
+            [job.why for job, _ in opened],
+        )
+
+    async def _update_moved(
+        self, conn: Any, moved: list[tuple[_Job, Case, Case, str | None]]
+    ) -> dict[str, int]:
+        """Write the moved cases and their history rows; return each one's history seq."""
+        new = [m for _, _, m, _ in moved]
+        rows = await conn.fetch(
+            f"""
+            WITH u AS (
+                SELECT * FROM unnest($1::text[], $2::text[], $3::timestamptz[],
+                    $4::timestamptz[], $5::integer[], $6::timestamptz[], $7::timestamptz[],
+                    $8::text[], $9::text[], $10::text[], $11::timestamptz[],
+                    $12::timestamptz[], $13::timestamptz[], $14::text[], $15::text[],
+                    $16::text[], $17::text[])
+                AS u(number, state, promised, legal, stopped, correction_since, decided_at,
+                     outcome, licence_number, refusal_reason, closed_at, delivered_at, at,
+                     from_state, department, officer, reason)
+            ), moved AS (
+                UPDATE service_case c SET ({_MOVED}, updated_at)
+                    = (u.state, u.promised, u.legal, u.stopped, u.correction_since,
+                       u.decided_at, u.outcome, u.licence_number, u.refusal_reason,
+                       u.closed_at, u.delivered_at, u.at)
+                FROM u WHERE c.number = u.number
+            )
+            INSERT INTO service_case_history (case_number, seq, from_state, to_state, at,
+                department, officer, reason)
+            SELECT u.number,
+                   (SELECT coalesce(max(h.seq), 0) + 1 FROM service_case_history h
+                    WHERE h.case_number = u.number),
+                   u.from_state, u.state, u.at, u.department, u.officer, u.reason
+            FROM u
+            RETURNING case_number, seq
+            """,  # noqa: S608 - the columns are constants
+            [m.number for m in new],
+            [m.state.value for m in new],
+            [m.promised_due_at for m in new],
+            [m.legal_due_at for m in new],
+            [m.stopped_days for m in new],
+            [m.correction_since for m in new],
+            [m.decided_at for m in new],
+            [m.outcome.value if m.outcome else None for m in new],
+            [m.licence_number for m in new],
+            [m.refusal_reason for m in new],
+            [m.closed_at for m in new],
+            [m.delivered_at for m in new],
+            [job.now for job, _, _, _ in moved],
+            [case.state.value for _, case, _, _ in moved],
+            [job.caller.department.code for job, _, _, _ in moved],
+            [job.caller.officer_id for job, _, _, _ in moved],
+            [why for _, _, _, why in moved],
+        )
+        return {r["case_number"]: r["seq"] for r in rows}
 
     async def _publish(
         self,
@@ -211,7 +545,8 @@ class CaseStore:
                 metadata={"service_item": item.code, "department": item.department},
             )
         package_number = package_number.strip()
-        entries = await self._entries(department, package_number, now)
+        if package_number:  # checked now: a package that was never opened is refused
+            await self._entries(department, package_number, now)
         promised, legal = self._clock.due_dates(
             now, item.spec.promised_limit_days, item.spec.legal_limit_days
         )
@@ -228,6 +563,15 @@ class CaseStore:
             legal_due_at=legal,
             package_number=package_number or None,
         )
+        if package_number:  # a package step: its own transaction, which moves the package
+            return await self._open_single(caller, case, why, now)
+        return await self._submit(_Job(caller, now, case.number, opened=case, why=why))
+
+    async def _open_single(
+        self, caller: Caller, case: Case, why: str | None, now: datetime
+    ) -> Case:
+        """Open ``case`` in a transaction of its own."""
+        entries = await self._entries(case.department, case.package_number, now)
         async with self._pool.acquire() as conn, self._log.transaction(conn) as tx:
             # The case and its first history row (the opening) in one statement.
             await conn.execute(
@@ -248,8 +592,8 @@ class CaseStore:
                 case.applicant,
                 case.state.value,
                 now,
-                promised,
-                legal,
+                case.promised_due_at,
+                case.legal_due_at,
                 case.package_number,
                 caller.officer_id,
                 why,
@@ -277,6 +621,14 @@ class CaseStore:
         ``cases.apply_move`` raises; CaseDecisionInvalid for an approval naming a licence
         that the department did not issue to the applicant.
         """
+        text = number.strip()
+        if not is_case_number(text):
+            raise _not_found(text)
+        return await self._submit(_Job(caller, now, text, move=move))
+
+    async def _move_single(self, caller: Caller, number: str, move: Move, *, now: datetime
+                           ) -> Case:  # fmt: skip
+        """Move case ``number`` in a transaction of its own."""
         # One transaction in the common case. The streams the change writes to are known
         # to the feed once registered; the first move into one that is not (or another
         # department's move, refused and logged with the connection returned) leaves the
@@ -370,8 +722,7 @@ class CaseStore:
                     caller,
                     moved,
                     ACTIONS[moved.state],
-                    f"{case.state.value}→{moved.state.value}"
-                    + (f":{moved.outcome}" if moved.state is CaseState.DECIDED else ""),
+                    _transition_reason(case, moved),
                     now,
                 )
             ]
@@ -433,11 +784,7 @@ class CaseStore:
                 text,
             )
         if row is None:
-            raise CaseNotFound(
-                f"There is no case {text[:80]!r}; check the number (办件编号), e.g. "
-                "approval-2026-7K3Q9XW2M4.",
-                metadata={"case": text[:80]},
-            )
+            raise _not_found(text)
         return _case(row)
 
     async def _check_licence(self, conn: Any, case: Case, licence_type: str) -> None:
