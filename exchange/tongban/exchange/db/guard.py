@@ -13,7 +13,7 @@ import logging
 import weakref
 from typing import Any
 
-__all__ = ["STRICT_POOL", "SecondConnection", "held_for_long", "one_per_task"]
+__all__ = ["STRICT_POOL", "SecondConnection", "held_for_long", "holds_connection", "one_per_task"]
 
 _log = logging.getLogger(__name__)
 
@@ -55,3 +55,11 @@ def held_for_long(proxy: Any) -> None:
     task = asyncio.current_task()
     if task is not None and task in _held:
         _held[task] = [p for p in _held[task] if p is not proxy]
+
+
+def holds_connection() -> bool:
+    """Whether the current task holds a pooled connection (and may hold row locks in a
+    transaction on it): such a task must not be made to wait for anything but the
+    database (``fairness.CpuShare`` does not hold it back)."""
+    task = asyncio.current_task()
+    return task is not None and any(p._con is not None for p in _held.get(task, ()))

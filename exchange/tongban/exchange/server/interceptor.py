@@ -26,10 +26,10 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from tongban.errors import TongbanError
-from tongban.exchange.fairness import set_pacer
+from tongban.exchange.fairness import CpuShare, metered, set_pacer
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.auth import Authenticator
-from tongban.exchange.server.caller import Caller, set_caller
+from tongban.exchange.server.caller import Caller, current_caller, set_caller
 from tongban.exchange.server.limits import CallLimiter
 from tongban.exchange.server.request_checks import check_request_async
 
@@ -131,10 +131,15 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         metrics: NodeMetrics,
         limiter: CallLimiter | None = None,
         on_auth_refused: Callable[[bytes, TongbanError], Awaitable[None]] | None = None,
+        share: CpuShare | None = None,
     ) -> None:
+        """``share`` (with ``limiter``) meters each call's use of the event loop per
+        department and holds back one that takes more than its share while others wait
+        (``fairness.CpuShare``)."""
         self._auth = authenticator
         self._metrics = metrics
         self._limiter = limiter
+        self._share = share
         self._on_auth_refused = on_auth_refused
         self._wrapped: dict[str, Any] = {}
 
@@ -208,7 +213,11 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             try:
                 release = await self._admit(context, method, authenticate, stream=False)
                 request = _checked_stream(request) if streamed else await _checked(request)
-                return await behaviour(request, context)
+                if release is None or self._share is None:
+                    return await behaviour(request, context)
+                return await metered(
+                    behaviour(request, context), current_caller().department.code, self._share
+                )
             except grpc.aio.AbortError:
                 raise  # the behaviour aborted on purpose, with its own status
             except NotImplementedError:
