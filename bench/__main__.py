@@ -1,5 +1,5 @@
 """``python -m bench [audit | events | fairness | burst | cluster | licence | adapters |
-cases]``:
+cases | supervision]``:
 run the benchmark.
 
 With no argument, every phase: ``bench.foundation`` and ``bench.sharing`` against a node,
@@ -9,17 +9,29 @@ their own; one results file. With ``audit``, ``events``, ``fairness`` or ``burst
 those phases (their own results file). ``cluster`` (not part of the full run) measures
 several nodes on one PostgreSQL and subscriber failover (``bench.cluster``); ``cases``
 (not part of it either) case transitions, the overdue report and the progress page
-(``bench.cases``).
+(``bench.cases``); ``supervision`` (not part of it either) the supervision report over
+1,000,000 cases (``bench.supervision``).
 """
 
 from __future__ import annotations
 
 import sys
 
-from bench import adapters, audit, burst, cases, cluster, events, fairness, foundation, licence
+from bench import (
+    adapters,
+    audit,
+    burst,
+    cases,
+    cluster,
+    events,
+    fairness,
+    foundation,
+    licence,
+    supervision,
+)
 
 USAGE = """usage: python -m bench [audit | events | fairness | burst | cluster | licence |
-                          adapters | cases]
+                          adapters | cases | supervision]
 
   (no argument)  every phase: foundation, sharing, the access log's, change events,
                  fairness and burst
@@ -50,7 +62,10 @@ USAGE = """usage: python -m bench [audit | events | fairness | burst | cluster |
                  report over 1,000,000 open cases (beside a count of them) and the
                  applicant's progress page p99 (beside a primary-key SELECT); not in the
                  full run (BENCH_CASES_ROWS, default 1,000,000; BENCH_CASES_SECONDS;
-                 BENCH_CASES_LOOKUPS; BENCH_CASES_PROFILE=DIR)"""
+                 BENCH_CASES_LOOKUPS; BENCH_CASES_PROFILE=DIR)
+  supervision    the supervision report (overdue, within-limit share, 即办件率, 全程网办率,
+                 免提交率 per department and month) over 1,000,000 cases beside a GROUP BY
+                 of the same rows; not in the full run (BENCH_SUPERVISION_ROWS)"""
 
 
 def main(argv: list[str]) -> int:
@@ -72,6 +87,8 @@ def main(argv: list[str]) -> int:
         return adapters.main()
     if argv == ["cases"]:
         return cases.main()
+    if argv == ["supervision"]:
+        return supervision.main()
     if argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0

@@ -642,10 +642,25 @@ _AUDITOR_PAGES = [
     "/console/audit/verify",
     "/console/audit/anomalies",
     "/console/audit/volume",
+    "/console/supervision",
 ]
 _FILTERS = ["subject", "caller", "officer", "dataset", "purpose", "case", "decision", "from", "to"]
 #: A query the page cannot use: a bad value, or a page token this node did not issue.
 _BAD_QUERY = {400: {"INVALID_ARGUMENT", "PAGE_TOKEN_INVALID"}}
+#: Ratings (issue 16): a link the node never made, a score or comment out of bounds, a
+#: case that is not the subject's.
+_RATE_LINK = {403: {"RATING_LINK_INVALID"}, 404: {"NOT_FOUND"}}
+_RATE_POST = {
+    400: {"FORM_UNREADABLE", "RATING_SCORE_INVALID", "RATING_COMMENT_INVALID"},
+    403: {"RATING_LINK_INVALID"},
+    404: {"NOT_FOUND"},
+    413: {"PAYLOAD_TOO_LARGE"},
+}
+_SUBJECT_RATE = {
+    400: {"FORM_UNREADABLE", "RATING_SCORE_INVALID", "RATING_COMMENT_INVALID"},
+    404: {"CASE_NOT_FOUND"},
+    413: {"PAYLOAD_TOO_LARGE"},
+}
 
 
 async def _console(
@@ -899,9 +914,38 @@ async def test_console_refuses_garbage_with_a_reason(node: Node) -> None:
                     20,
                 ),
                 Route(
+                    partial(
+                        _page,
+                        auditor,
+                        refusals={**_BAD_QUERY, 404: {"DEPARTMENT_NOT_FOUND"}},
+                    ),
+                    _each_value("/console/supervision", ["department", "from", "to"]),
+                    _gets(st.just("/console/supervision"), ["department", "from", "to"]),
+                    20,
+                ),
+                Route(
                     partial(_page, subject, refusals=_BAD_QUERY),
                     _each_value("/console/subject", ["page"]),
                     _gets(st.just("/console/subject"), ["page"]),
+                    15,
+                ),
+                Route(  # a rating link (issue 16): garbage tokens open nothing
+                    partial(_page, anonymous, refusals=_RATE_LINK),
+                    _each_segment("/console/rate/"),
+                    _gets(_segments("/console/rate/"), ["x"]),
+                    10,
+                ),
+                Route(
+                    partial(_console, anonymous, ok=(), refusals=_RATE_POST),
+                    _each_segment("/console/rate/", method="POST")
+                    + _each_body("/console/rate/" + "A" * 43, ["score", "comment"]),
+                    _posts(_segments("/console/rate/"), ["score", "comment"]),
+                    15,
+                ),
+                Route(  # the subject view's rating form
+                    partial(_console, subject, refusals=_SUBJECT_RATE),
+                    _each_body("/console/subject/rate", ["case", "score", "comment"]),
+                    _posts(st.just("/console/subject/rate"), ["case", "score", "comment"]),
                     15,
                 ),
                 Route(  # hostile cookies and headers: no session, a page all the same

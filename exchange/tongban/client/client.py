@@ -39,8 +39,12 @@ from tongban.v1 import (
     packages_pb2_grpc,
     query_pb2,
     query_pb2_grpc,
+    ratings_pb2,
+    ratings_pb2_grpc,
     records_pb2,
     records_pb2_grpc,
+    supervision_pb2,
+    supervision_pb2_grpc,
 )
 
 __all__ = ["Answer", "Event", "ExchangeClient", "Identity", "PublishCounts", "Record"]
@@ -215,6 +219,7 @@ class ExchangeClient:
         self._items = items_pb2_grpc.ServiceItemServiceStub(self._channel)
         self._cases = cases_pb2_grpc.CaseServiceStub(self._channel)
         self._packages = packages_pb2_grpc.PackageServiceStub(self._channel)
+        self._ratings = ratings_pb2_grpc.RatingServiceStub(self._channel)
 
     @classmethod
     def from_bundle_dir(cls, path: Path, **kwargs: object) -> ExchangeClient:
@@ -733,6 +738,36 @@ class ExchangeClient:
         result: cases_pb2.Case = await self._call(self._cases.MoveCase, request)
         return result
 
+    async def defer_material(self, number: str, material: str) -> cases_pb2.CaseMaterial:
+        """容缺受理: ``material`` of our case ``number`` follows within its defer days."""
+        request = cases_pb2.CaseMaterialRequest(number=number, material=material)
+        result: cases_pb2.CaseMaterial = await self._call(self._cases.DeferMaterial, request)
+        return result
+
+    async def accept_commitment(self, number: str, material: str) -> cases_pb2.CaseMaterial:
+        """告知承诺: the applicant's commitment replaces ``material``, checked later."""
+        request = cases_pb2.CaseMaterialRequest(number=number, material=material)
+        result: cases_pb2.CaseMaterial = await self._call(self._cases.AcceptCommitment, request)
+        return result
+
+    async def supply_material(self, number: str, material: str) -> cases_pb2.CaseMaterial:
+        """The deferred ``material`` of our case ``number`` arrived (in time)."""
+        request = cases_pb2.CaseMaterialRequest(number=number, material=material)
+        result: cases_pb2.CaseMaterial = await self._call(self._cases.SupplyMaterial, request)
+        return result
+
+    async def record_commitment_check(
+        self, number: str, material: str, *, passed: bool, note: str = ""
+    ) -> cases_pb2.CaseMaterial:
+        """The check of the commitment that replaced ``material`` (we supervise the item)."""
+        request = cases_pb2.CommitmentCheckRequest(
+            number=number, material=material, passed=passed, note=note
+        )
+        result: cases_pb2.CaseMaterial = await self._call(
+            self._cases.RecordCommitmentCheck, request
+        )
+        return result
+
     async def get_case(self, number: str) -> cases_pb2.Case:
         """One of our cases, with its history and whether it is overdue."""
         request = cases_pb2.GetCaseRequest(number=number)
@@ -791,6 +826,44 @@ class ExchangeClient:
         result: packages_pb2.PackageCase = await self._call(self._packages.GetPackageCase, request)
         return result
 
+    # -- ratings (好差评) -------------------------------------------------------------------
+
+    async def list_rectifications(
+        self, *, open_only: bool = False, page_size: int = 0
+    ) -> ratings_pb2.ListRectificationsResponse:
+        """Our department's rectifications (整改) of bad ratings, oldest due first."""
+        request = ratings_pb2.ListRectificationsRequest(open_only=open_only, page_size=page_size)
+        result: ratings_pb2.ListRectificationsResponse = await self._call(
+            self._ratings.ListRectifications, request
+        )
+        return result
+
+    async def answer_rectification(self, case_number: str, answer: str) -> ratings_pb2.RatedCase:
+        """Answer the rectification of one of our cases (once)."""
+        request = ratings_pb2.AnswerRectificationRequest(case_number=case_number, answer=answer)
+        result: ratings_pb2.RatedCase = await self._call(self._ratings.AnswerRectification, request)
+        return result
+
+    async def list_overdue_rectifications(
+        self, department: str = "", *, page_size: int = 0
+    ) -> ratings_pb2.ListRectificationsResponse:
+        """Unanswered rectifications past due (auditor role), of one department or all."""
+        request = ratings_pb2.ListOverdueRectificationsRequest(
+            department=department, page_size=page_size
+        )
+        result: ratings_pb2.ListRectificationsResponse = await self._call(
+            self._ratings.ListOverdueRectifications, request
+        )
+        return result
+
+    async def verify_ratings(self) -> ratings_pb2.VerifyRatingsResponse:
+        """Check every rating row against its access-log entry (auditor role)."""
+        request = ratings_pb2.VerifyRatingsRequest()
+        result: ratings_pb2.VerifyRatingsResponse = await self._call(
+            self._ratings.VerifyRatings, request
+        )
+        return result
+
     async def seal_pdf(self, pdf: bytes, *, reason: str = "", location: str = "") -> bytes:
         """``pdf`` sealed with our department's custodial seal."""
         request = licence_pb2.SealPdfRequest(pdf=pdf, reason=reason, location=location)
@@ -801,6 +874,23 @@ class ExchangeClient:
         """Which departments sealed ``pdf``, when, and whether it is intact."""
         request = licence_pb2.VerifyPdfRequest(pdf=pdf)
         result: licence_pb2.VerifyPdfResponse = await self._call(self._seals.VerifyPdf, request)
+        return result
+
+    # -- electronic supervision (电子监察) ---------------------------------------------------
+
+    async def supervision_report(
+        self, department: str = "", from_month: str = "", to_month: str = ""
+    ) -> supervision_pb2.SupervisionReportResponse:
+        """The supervision report now, a row per department and month the cases were
+        opened in (``YYYY-MM``; "" leaves an end open). Ours by default; with the auditor
+        role, ``department``'s or ("") every department's."""
+        request = supervision_pb2.SupervisionReportRequest(
+            department=department, from_month=from_month, to_month=to_month
+        )
+        stub = supervision_pb2_grpc.SupervisionServiceStub(self._channel)
+        result: supervision_pb2.SupervisionReportResponse = await self._call(
+            stub.SupervisionReport, request
+        )
         return result
 
     async def close(self) -> None:

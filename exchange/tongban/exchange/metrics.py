@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -112,6 +113,20 @@ class NodeMetrics:
             ["kind"],
             registry=self.registry,
         )
+        self.cases_overdue = Gauge(
+            "tongban_cases_overdue",
+            "Open cases in 受理 past a due date, by handling department and severity: "
+            "promised (past the promised date only, 黄牌) or legal (past the legal date, 红牌).",
+            ["department", "severity"],
+            registry=self.registry,
+        )
+        self.cases_within_promised = Gauge(
+            "tongban_cases_decided_within_promised_ratio",
+            "Of the cases a department decided in the last 30 days, the share decided by "
+            "their promised date (no series for a department that decided none).",
+            ["department"],
+            registry=self.registry,
+        )
         self.up = Gauge(
             "tongban_node_up",
             "1 while the node serves, 0 while it drains.",
@@ -138,3 +153,16 @@ class NodeMetrics:
         if child is None:
             child = self._decision_children[key] = self.query_decisions.labels(*key)
         child.inc()
+
+    def set_supervision(
+        self, overdue: Mapping[str, tuple[int, int]], within_promised: Mapping[str, float]
+    ) -> None:
+        """Replace the supervision gauges: per department, its open cases past the promised
+        date only and past the legal date, and its recent within-limit share."""
+        self.cases_overdue.clear()
+        self.cases_within_promised.clear()
+        for department, (promised, legal) in overdue.items():
+            self.cases_overdue.labels(department, "promised").set(promised)
+            self.cases_overdue.labels(department, "legal").set(legal)
+        for department, share in within_promised.items():
+            self.cases_within_promised.labels(department).set(share)

@@ -9,6 +9,7 @@ no other process uses). Use ``async with Node(settings) as node``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -42,23 +43,29 @@ from tongban.exchange.datadir import (
 )
 from tongban.exchange.db.database import Database
 from tongban.exchange.db.notify import ChangeListener
+from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.errors import AddressInUse, DatabaseUnavailable
+from tongban.exchange.fairness import CpuShare
 from tongban.exchange.http import build_http_app
 from tongban.exchange.kafka.connection import kafka_connection
 from tongban.exchange.kafka.feed import KafkaFeed
 from tongban.exchange.kafka.relay import OutboxRelay
 from tongban.exchange.kafka.topics import KafkaTopics
 from tongban.exchange.licensing.case_feed import CaseFeed
+from tongban.exchange.licensing.case_report import overdue_report
 from tongban.exchange.licensing.case_store import CaseStore
 from tongban.exchange.licensing.cases import CaseClock
 from tongban.exchange.licensing.feed import LicenceFeed
+from tongban.exchange.licensing.follow_through import FollowThrough
 from tongban.exchange.licensing.item_store import ServiceItemStore
 from tongban.exchange.licensing.notices import CaseNotices
 from tongban.exchange.licensing.notifiers import notifier_from_setting
 from tongban.exchange.licensing.package_store import PackageStore
-from tongban.exchange.licensing.service import Licensing
+from tongban.exchange.licensing.ratings import RatingStore
+from tongban.exchange.licensing.service import Licensing, StatusAction
 from tongban.exchange.licensing.setup import ensure_status_key, vault_for
 from tongban.exchange.licensing.status import StatusLists
+from tongban.exchange.licensing.supervision import RECENT_DAYS, recent_decisions
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.audit_service import AuditService
 from tongban.exchange.server.auth import Authenticator
@@ -71,12 +78,14 @@ from tongban.exchange.server.licence_service import LicenceService, SealService
 from tongban.exchange.server.limits import CallLimiter
 from tongban.exchange.server.node_service import NodeService
 from tongban.exchange.server.packages_service import PackageService
+from tongban.exchange.server.ratings_service import RatingService
 from tongban.exchange.server.sharing_services import (
     CatalogueService,
     GrantService,
     QueryService,
     RecordService,
 )
+from tongban.exchange.server.supervision_service import SupervisionService
 from tongban.exchange.settings import Settings
 from tongban.exchange.sharing.events import EventFeed, EventStore, EventWaker, PostgresFeed
 from tongban.exchange.sharing.service import Sharing
@@ -109,13 +118,20 @@ from tongban.v1 import (
     packages_pb2_grpc,
     query_pb2,
     query_pb2_grpc,
+    ratings_pb2,
+    ratings_pb2_grpc,
     records_pb2,
     records_pb2_grpc,
+    supervision_pb2,
+    supervision_pb2_grpc,
 )
 
 __all__ = ["Node"]
 
 _log = logging.getLogger(__name__)
+
+FOLLOW_SWEEP_SECONDS = 60.0
+"""How often the node looks for deferred materials whose days ran out."""
 
 _MAX_MESSAGE = 16 * 1024 * 1024
 ANOMALY_KINDS = get_args(AnomalyKind)
@@ -135,6 +151,7 @@ class Node:
         self.checkpointer: Checkpointer | None = None
         self._hasher: SubjectHasher | None = None
         self._anomalies_at: datetime | None = None
+        self._supervision_at: datetime | None = None
         self._waker: EventWaker | None = None
         self._events: EventStore | None = None
         self._feed: EventFeed | None = None
@@ -147,6 +164,9 @@ class Node:
         self.cases: CaseStore | None = None
         self.packages: PackageStore | None = None
         self.notices: CaseNotices | None = None
+        self.follow_through: FollowThrough | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+        self.ratings: RatingStore | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc_port = 0
         self.http_port = 0
@@ -355,6 +375,7 @@ class Node:
                     self.metrics,
                     self._call_limiter(),
                     on_auth_refused=self._auth_refusal_logger(),
+                    share=CpuShare(),
                 )
             ],
             options=[
@@ -424,8 +445,11 @@ class Node:
             self.settings.case_notify,
             secret=load_notify_secret(self.settings) if self.settings.case_notify else b"",
         )
+        ratings = self.ratings = RatingStore(
+            self.db.pool, self.access_log, self._hasher, case_clock, self.settings.node_name
+        )
         if notifier is not None:
-            self.notices = CaseNotices(notifier, items)
+            self.notices = CaseNotices(notifier, items, ratings=ratings)
             self.notices.start()
         cases = self.cases = CaseStore(
             self.db.pool,
@@ -440,6 +464,21 @@ class Node:
             notices=self.notices,
         )
         cases.start()
+        follow = self.follow_through = FollowThrough(
+            self.db.pool,
+            items,
+            self.access_log,
+            self._hasher,
+            case_clock,
+            self.settings.node_name,
+            records=self.sharing.records,
+            feed=case_feed,
+            load_case=cases.load,
+            suspend=self._suspend_for_breach,
+        )
+        self._sweeper = asyncio.get_running_loop().create_task(
+            self._sweep_follow_through(follow), name="follow-through"
+        )
         cases_pb2_grpc.add_CaseServiceServicer_to_server(
             CaseService(
                 cases,
@@ -448,14 +487,29 @@ class Node:
                 access_log=self.access_log,
                 tokens=self._hasher.page_tokens(),  # the same tokens on every node
                 node_name=self.settings.node_name,
+                follow_through=follow,
             ),
             server,
         )
         packages_pb2_grpc.add_PackageServiceServicer_to_server(
             PackageService(packages, self.clock), server
         )
+        ratings_pb2_grpc.add_RatingServiceServicer_to_server(
+            RatingService(ratings, self.clock, pool=self.db.pool), server
+        )
         licence_pb2_grpc.add_LicenceServiceServicer_to_server(
-            LicenceService(self.licensing, self.sharing, items, self.clock), server
+            LicenceService(
+                self.licensing, self.sharing, items, self.clock, cases_pool=self.db.pool
+            ),
+            server,
+        )
+        supervision_pb2_grpc.add_SupervisionServiceServicer_to_server(
+            SupervisionService(
+                self.db.pool,
+                self.clock,
+                offset=timedelta(hours=self.settings.working_utc_offset_hours),
+            ),
+            server,
         )
         licence_pb2_grpc.add_SealServiceServicer_to_server(
             SealService(self.licensing, self.clock), server
@@ -477,6 +531,8 @@ class Node:
                     (items_pb2, "ServiceItemService"),
                     (cases_pb2, "CaseService"),
                     (packages_pb2, "PackageService"),
+                    (ratings_pb2, "RatingService"),
+                    (supervision_pb2, "SupervisionService"),
                 )
             ),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -528,13 +584,20 @@ class Node:
                 cases=self.cases,
                 packages=self.packages,
                 items=self.items,
+                ratings=self.ratings,
+                working_offset=timedelta(hours=self.settings.working_utc_offset_hours),
             )
         self.console = console
         app = build_http_app(
             self.db,
             self.metrics,
             self.settings.node_name,
-            before_scrape=[self._count_overdue, self._count_anomalies, self._measure_events],
+            before_scrape=[
+                self._count_overdue,
+                self._count_anomalies,
+                self._measure_events,
+                self._measure_supervision,
+            ],
             licensing=self.licensing,
             console=console,
         )
@@ -555,6 +618,10 @@ class Node:
         self.http_port = server.sockets[0].getsockname()[1]
         if self.licensing is not None:
             self.licensing.status_lists.base_url = self.settings.public_url or (
+                f"http://{self.settings.node_hostnames[0]}:{self.http_port}"
+            )
+        if self.ratings is not None:  # the rating links of decisions' notices
+            self.ratings.base_url = self.settings.public_url or (
                 f"http://{self.settings.node_hostnames[0]}:{self.http_port}"
             )
 
@@ -579,6 +646,24 @@ class Node:
         self._anomalies_at = now
         for kind in ANOMALY_KINDS:
             self.metrics.audit_anomalies.labels(kind).set(sum(a.kind == kind for a in found))
+
+    async def _measure_supervision(self) -> None:
+        """Refresh the supervision gauges (overdue cases, recent within-limit share), at
+        most once a minute: computed here, never on a request."""
+        assert self.db is not None
+        now = self.clock.now()
+        if self._supervision_at is not None and now - self._supervision_at < timedelta(minutes=1):
+            return
+        try:
+            overdue = await overdue_report(self.db.pool, now=now)
+            recent = await recent_decisions(self.db.pool, now=now, days=RECENT_DAYS)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            raise DatabaseUnavailable("Cannot read the cases for the supervision gauges.") from e
+        self.metrics.set_supervision(
+            {d.department: (d.past_promised, d.past_legal) for d in overdue.departments},
+            {r.department: r.within_promised / r.decided for r in recent if r.decided},
+        )
+        self._supervision_at = now
 
     async def _measure_events(self) -> None:
         """Refresh the subscription lag gauges and, in Kafka mode, the relay backlog."""
@@ -628,6 +713,11 @@ class Node:
         if self.relay is not None:
             await self.relay.stop()
             self.relay = None
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
         if self.cases is not None:
             await self.cases.stop()  # before the access log: it commits with it
         if self.notices is not None:
@@ -646,6 +736,26 @@ class Node:
         self.licensing = None
         if self.db is not None:
             await self.db.close()
+
+    async def _suspend_for_breach(self, department: str, number: str, reason: str) -> None:
+        """Suspend licence ``number`` as its issuing ``department`` (a 容缺 or 告知承诺
+        breach under the item's on_breach rule)."""
+        assert self.db is not None
+        assert self.licensing is not None
+        found = await DepartmentStore(self.db.pool).find(department)
+        if found is None:
+            return
+        caller = Caller(department=found, officer_id=None, cert_fingerprint=b"")
+        await self.licensing.change_status(caller, number, StatusAction.SUSPEND, reason)
+
+    async def _sweep_follow_through(self, follow: FollowThrough) -> None:
+        """Mark deferrals whose days ran out as breaches, every FOLLOW_SWEEP_SECONDS."""
+        while True:
+            try:
+                await follow.sweep(self.clock.now())
+            except Exception:  # noqa: BLE001 - logged; the next sweep tries again
+                _log.exception("follow-through sweep failed")
+            await asyncio.sleep(FOLLOW_SWEEP_SECONDS)
 
     async def caches_settled(self) -> None:
         """Return once this node has seen every change committed before the call (a

@@ -25,41 +25,51 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tongban/v1/cases.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x0e\x43\x61seTransition\x12)\n\nfrom_state\x18\x01 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12\'\n\x08to_state\x18\x02 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x0f\n\x07officer\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xc3\x05\n\x04\x43\x61se\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0c\n\x04item\x18\x02 \x01(\t\x12\x14\n\x0citem_version\x18\x03 \x01(\r\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x11\n\tapplicant\x18\x05 \x01(\t\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12-\n\topened_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fpromised_due_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clegal_due_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cstopped_days\x18\n \x01(\r\x12\x34\n\x10\x63orrection_since\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07outcome\x18\x0c \x01(\x0e\x32\x17.tongban.v1.CaseOutcome\x12\x16\n\x0elicence_number\x18\r \x01(\t\x12\x16\n\x0erefusal_reason\x18\x0e \x01(\t\x12.\n\ndecided_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65livered_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07overdue\x18\x12 \x01(\x0e\x32\x17.tongban.v1.CaseOverdue\x12+\n\x07history\x18\x13 \x03(\x0b\x32\x1a.tongban.v1.CaseTransition\x12\x16\n\x0epackage_number\x18\x14 \x01(\t\"Z\n\x0fOpenCaseRequest\x12\x0c\n\x04item\x18\x01 \x01(\t\x12\x11\n\tapplicant\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0epackage_number\x18\x04 \x01(\t\"\x9a\x01\n\x0fMoveCaseRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12%\n\x06target\x18\x02 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12(\n\x07outcome\x18\x04 \x01(\x0e\x32\x17.tongban.v1.CaseOutcome\x12\x16\n\x0elicence_number\x18\x05 \x01(\t\" \n\x0eGetCaseRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\"*\n\x14OverdueReportRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\"w\n\x11\x44\x65partmentOverdue\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x0c\n\x04open\x18\x02 \x01(\r\x12\x15\n\rin_correction\x18\x03 \x01(\r\x12\x15\n\rpast_promised\x18\x04 \x01(\r\x12\x12\n\npast_legal\x18\x05 \x01(\r\"s\n\x15OverdueReportResponse\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0b\x64\x65partments\x18\x02 \x03(\x0b\x32\x1d.tongban.v1.DepartmentOverdue\"\x7f\n\x17ListOverdueCasesRequest\x12)\n\x08severity\x18\x01 \x01(\x0e\x32\x17.tongban.v1.CaseOverdue\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"\xd5\x02\n\x0bOverdueCase\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x0c\n\x04item\x18\x03 \x01(\t\x12\x14\n\x0citem_version\x18\x04 \x01(\r\x12\x11\n\tapplicant\x18\x05 \x01(\t\x12-\n\topened_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fpromised_due_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clegal_due_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08severity\x18\t \x01(\x0e\x32\x17.tongban.v1.CaseOverdue\x12*\n\x06\x64ue_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x18ListOverdueCasesResponse\x12&\n\x05\x63\x61ses\x18\x01 \x03(\x0b\x32\x17.tongban.v1.OverdueCase\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc4\x01\n\tCaseState\x12\x1a\n\x16\x43\x41SE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41SE_STATE_ACCEPTED\x10\x01\x12\x19\n\x15\x43\x41SE_STATE_CORRECTION\x10\x02\x12\x16\n\x12\x43\x41SE_STATE_DECIDED\x10\x03\x12\x18\n\x14\x43\x41SE_STATE_DELIVERED\x10\x04\x12\x1b\n\x17\x43\x41SE_STATE_NOT_ACCEPTED\x10\x05\x12\x18\n\x14\x43\x41SE_STATE_WITHDRAWN\x10\x06*`\n\x0b\x43\x61seOutcome\x12\x1c\n\x18\x43\x41SE_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41SE_OUTCOME_APPROVED\x10\x01\x12\x18\n\x14\x43\x41SE_OUTCOME_REFUSED\x10\x02*W\n\x0b\x43\x61seOverdue\x12\x15\n\x11\x43\x41SE_OVERDUE_NONE\x10\x00\x12\x19\n\x15\x43\x41SE_OVERDUE_PROMISED\x10\x01\x12\x16\n\x12\x43\x41SE_OVERDUE_LEGAL\x10\x02\x32\xf1\x02\n\x0b\x43\x61seService\x12\x39\n\x08OpenCase\x12\x1b.tongban.v1.OpenCaseRequest\x1a\x10.tongban.v1.Case\x12\x39\n\x08MoveCase\x12\x1b.tongban.v1.MoveCaseRequest\x1a\x10.tongban.v1.Case\x12\x37\n\x07GetCase\x12\x1a.tongban.v1.GetCaseRequest\x1a\x10.tongban.v1.Case\x12T\n\rOverdueReport\x12 .tongban.v1.OverdueReportRequest\x1a!.tongban.v1.OverdueReportResponse\x12]\n\x10ListOverdueCases\x12#.tongban.v1.ListOverdueCasesRequest\x1a$.tongban.v1.ListOverdueCasesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tongban/v1/cases.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xc1\x01\n\x0e\x43\x61seTransition\x12)\n\nfrom_state\x18\x01 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12\'\n\x08to_state\x18\x02 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x0f\n\x07officer\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xf0\x05\n\x04\x43\x61se\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0c\n\x04item\x18\x02 \x01(\t\x12\x14\n\x0citem_version\x18\x03 \x01(\r\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x11\n\tapplicant\x18\x05 \x01(\t\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12-\n\topened_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fpromised_due_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clegal_due_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0cstopped_days\x18\n \x01(\r\x12\x34\n\x10\x63orrection_since\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07outcome\x18\x0c \x01(\x0e\x32\x17.tongban.v1.CaseOutcome\x12\x16\n\x0elicence_number\x18\r \x01(\t\x12\x16\n\x0erefusal_reason\x18\x0e \x01(\t\x12.\n\ndecided_at\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tclosed_at\x18\x10 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x64\x65livered_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07overdue\x18\x12 \x01(\x0e\x32\x17.tongban.v1.CaseOverdue\x12+\n\x07history\x18\x13 \x03(\x0b\x32\x1a.tongban.v1.CaseTransition\x12\x16\n\x0epackage_number\x18\x14 \x01(\t\x12+\n\tmaterials\x18\x15 \x03(\x0b\x32\x18.tongban.v1.CaseMaterial\"\xcd\x02\n\x0c\x43\x61seMaterial\x12\x13\n\x0b\x63\x61se_number\x18\x01 \x01(\t\x12\x10\n\x08material\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.tongban.v1.MaterialKind\x12*\n\x06\x64ue_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.tongban.v1.MaterialState\x12/\n\x0brecorded_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0brecorded_by\x18\x07 \x01(\t\x12/\n\x0bresolved_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bresolved_by\x18\t \x01(\t\x12\x0c\n\x04note\x18\n \x01(\t\"7\n\x13\x43\x61seMaterialRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x10\n\x08material\x18\x02 \x01(\t\"X\n\x16\x43ommitmentCheckRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x10\n\x08material\x18\x02 \x01(\t\x12\x0e\n\x06passed\x18\x03 \x01(\x08\x12\x0c\n\x04note\x18\x04 \x01(\t\"Z\n\x0fOpenCaseRequest\x12\x0c\n\x04item\x18\x01 \x01(\t\x12\x11\n\tapplicant\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x16\n\x0epackage_number\x18\x04 \x01(\t\"\x9a\x01\n\x0fMoveCaseRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12%\n\x06target\x18\x02 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12(\n\x07outcome\x18\x04 \x01(\x0e\x32\x17.tongban.v1.CaseOutcome\x12\x16\n\x0elicence_number\x18\x05 \x01(\t\" \n\x0eGetCaseRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\"*\n\x14OverdueReportRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\"w\n\x11\x44\x65partmentOverdue\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x0c\n\x04open\x18\x02 \x01(\r\x12\x15\n\rin_correction\x18\x03 \x01(\r\x12\x15\n\rpast_promised\x18\x04 \x01(\r\x12\x12\n\npast_legal\x18\x05 \x01(\r\"s\n\x15OverdueReportResponse\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x32\n\x0b\x64\x65partments\x18\x02 \x03(\x0b\x32\x1d.tongban.v1.DepartmentOverdue\"\x7f\n\x17ListOverdueCasesRequest\x12)\n\x08severity\x18\x01 \x01(\x0e\x32\x17.tongban.v1.CaseOverdue\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x11\n\tpage_size\x18\x03 \x01(\r\x12\x12\n\npage_token\x18\x04 \x01(\t\"\xd5\x02\n\x0bOverdueCase\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x0c\n\x04item\x18\x03 \x01(\t\x12\x14\n\x0citem_version\x18\x04 \x01(\r\x12\x11\n\tapplicant\x18\x05 \x01(\t\x12-\n\topened_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fpromised_due_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clegal_due_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12)\n\x08severity\x18\t \x01(\x0e\x32\x17.tongban.v1.CaseOverdue\x12*\n\x06\x64ue_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x83\x01\n\x18ListOverdueCasesResponse\x12&\n\x05\x63\x61ses\x18\x01 \x03(\x0b\x32\x17.tongban.v1.OverdueCase\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xc4\x01\n\tCaseState\x12\x1a\n\x16\x43\x41SE_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x43\x41SE_STATE_ACCEPTED\x10\x01\x12\x19\n\x15\x43\x41SE_STATE_CORRECTION\x10\x02\x12\x16\n\x12\x43\x41SE_STATE_DECIDED\x10\x03\x12\x18\n\x14\x43\x41SE_STATE_DELIVERED\x10\x04\x12\x1b\n\x17\x43\x41SE_STATE_NOT_ACCEPTED\x10\x05\x12\x18\n\x14\x43\x41SE_STATE_WITHDRAWN\x10\x06*`\n\x0b\x43\x61seOutcome\x12\x1c\n\x18\x43\x41SE_OUTCOME_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43\x41SE_OUTCOME_APPROVED\x10\x01\x12\x18\n\x14\x43\x41SE_OUTCOME_REFUSED\x10\x02*W\n\x0b\x43\x61seOverdue\x12\x15\n\x11\x43\x41SE_OVERDUE_NONE\x10\x00\x12\x19\n\x15\x43\x41SE_OVERDUE_PROMISED\x10\x01\x12\x16\n\x12\x43\x41SE_OVERDUE_LEGAL\x10\x02*f\n\x0cMaterialKind\x12\x1d\n\x19MATERIAL_KIND_UNSPECIFIED\x10\x00\x12\x1a\n\x16MATERIAL_KIND_DEFERRED\x10\x01\x12\x1b\n\x17MATERIAL_KIND_COMMITTED\x10\x02*\x9e\x01\n\rMaterialState\x12\x1e\n\x1aMATERIAL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MATERIAL_STATE_OPEN\x10\x01\x12\x1b\n\x17MATERIAL_STATE_SUPPLIED\x10\x02\x12\x1a\n\x16MATERIAL_STATE_CHECKED\x10\x03\x12\x1b\n\x17MATERIAL_STATE_BREACHED\x10\x04\x32\xb0\x05\n\x0b\x43\x61seService\x12\x39\n\x08OpenCase\x12\x1b.tongban.v1.OpenCaseRequest\x1a\x10.tongban.v1.Case\x12\x39\n\x08MoveCase\x12\x1b.tongban.v1.MoveCaseRequest\x1a\x10.tongban.v1.Case\x12\x37\n\x07GetCase\x12\x1a.tongban.v1.GetCaseRequest\x1a\x10.tongban.v1.Case\x12J\n\rDeferMaterial\x12\x1f.tongban.v1.CaseMaterialRequest\x1a\x18.tongban.v1.CaseMaterial\x12M\n\x10\x41\x63\x63\x65ptCommitment\x12\x1f.tongban.v1.CaseMaterialRequest\x1a\x18.tongban.v1.CaseMaterial\x12K\n\x0eSupplyMaterial\x12\x1f.tongban.v1.CaseMaterialRequest\x1a\x18.tongban.v1.CaseMaterial\x12U\n\x15RecordCommitmentCheck\x12\".tongban.v1.CommitmentCheckRequest\x1a\x18.tongban.v1.CaseMaterial\x12T\n\rOverdueReport\x12 .tongban.v1.OverdueReportRequest\x1a!.tongban.v1.OverdueReportResponse\x12]\n\x10ListOverdueCases\x12#.tongban.v1.ListOverdueCasesRequest\x1a$.tongban.v1.ListOverdueCasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.cases_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CASESTATE']._serialized_start=2150
-  _globals['_CASESTATE']._serialized_end=2346
-  _globals['_CASEOUTCOME']._serialized_start=2348
-  _globals['_CASEOUTCOME']._serialized_end=2444
-  _globals['_CASEOVERDUE']._serialized_start=2446
-  _globals['_CASEOVERDUE']._serialized_end=2533
+  _globals['_CASESTATE']._serialized_start=2678
+  _globals['_CASESTATE']._serialized_end=2874
+  _globals['_CASEOUTCOME']._serialized_start=2876
+  _globals['_CASEOUTCOME']._serialized_end=2972
+  _globals['_CASEOVERDUE']._serialized_start=2974
+  _globals['_CASEOVERDUE']._serialized_end=3061
+  _globals['_MATERIALKIND']._serialized_start=3063
+  _globals['_MATERIALKIND']._serialized_end=3165
+  _globals['_MATERIALSTATE']._serialized_start=3168
+  _globals['_MATERIALSTATE']._serialized_end=3326
   _globals['_CASETRANSITION']._serialized_start=72
   _globals['_CASETRANSITION']._serialized_end=265
   _globals['_CASE']._serialized_start=268
-  _globals['_CASE']._serialized_end=975
-  _globals['_OPENCASEREQUEST']._serialized_start=977
-  _globals['_OPENCASEREQUEST']._serialized_end=1067
-  _globals['_MOVECASEREQUEST']._serialized_start=1070
-  _globals['_MOVECASEREQUEST']._serialized_end=1224
-  _globals['_GETCASEREQUEST']._serialized_start=1226
-  _globals['_GETCASEREQUEST']._serialized_end=1258
-  _globals['_OVERDUEREPORTREQUEST']._serialized_start=1260
-  _globals['_OVERDUEREPORTREQUEST']._serialized_end=1302
-  _globals['_DEPARTMENTOVERDUE']._serialized_start=1304
-  _globals['_DEPARTMENTOVERDUE']._serialized_end=1423
-  _globals['_OVERDUEREPORTRESPONSE']._serialized_start=1425
-  _globals['_OVERDUEREPORTRESPONSE']._serialized_end=1540
-  _globals['_LISTOVERDUECASESREQUEST']._serialized_start=1542
-  _globals['_LISTOVERDUECASESREQUEST']._serialized_end=1669
-  _globals['_OVERDUECASE']._serialized_start=1672
-  _globals['_OVERDUECASE']._serialized_end=2013
-  _globals['_LISTOVERDUECASESRESPONSE']._serialized_start=2016
-  _globals['_LISTOVERDUECASESRESPONSE']._serialized_end=2147
-  _globals['_CASESERVICE']._serialized_start=2536
-  _globals['_CASESERVICE']._serialized_end=2905
+  _globals['_CASE']._serialized_end=1020
+  _globals['_CASEMATERIAL']._serialized_start=1023
+  _globals['_CASEMATERIAL']._serialized_end=1356
+  _globals['_CASEMATERIALREQUEST']._serialized_start=1358
+  _globals['_CASEMATERIALREQUEST']._serialized_end=1413
+  _globals['_COMMITMENTCHECKREQUEST']._serialized_start=1415
+  _globals['_COMMITMENTCHECKREQUEST']._serialized_end=1503
+  _globals['_OPENCASEREQUEST']._serialized_start=1505
+  _globals['_OPENCASEREQUEST']._serialized_end=1595
+  _globals['_MOVECASEREQUEST']._serialized_start=1598
+  _globals['_MOVECASEREQUEST']._serialized_end=1752
+  _globals['_GETCASEREQUEST']._serialized_start=1754
+  _globals['_GETCASEREQUEST']._serialized_end=1786
+  _globals['_OVERDUEREPORTREQUEST']._serialized_start=1788
+  _globals['_OVERDUEREPORTREQUEST']._serialized_end=1830
+  _globals['_DEPARTMENTOVERDUE']._serialized_start=1832
+  _globals['_DEPARTMENTOVERDUE']._serialized_end=1951
+  _globals['_OVERDUEREPORTRESPONSE']._serialized_start=1953
+  _globals['_OVERDUEREPORTRESPONSE']._serialized_end=2068
+  _globals['_LISTOVERDUECASESREQUEST']._serialized_start=2070
+  _globals['_LISTOVERDUECASESREQUEST']._serialized_end=2197
+  _globals['_OVERDUECASE']._serialized_start=2200
+  _globals['_OVERDUECASE']._serialized_end=2541
+  _globals['_LISTOVERDUECASESRESPONSE']._serialized_start=2544
+  _globals['_LISTOVERDUECASESRESPONSE']._serialized_end=2675
+  _globals['_CASESERVICE']._serialized_start=3329
+  _globals['_CASESERVICE']._serialized_end=4017
 # @@protoc_insertion_point(module_scope)

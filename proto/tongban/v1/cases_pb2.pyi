@@ -99,6 +99,58 @@ CASE_OVERDUE_LEGAL: CaseOverdue.ValueType  # 2
 """Past the legal date (超法定时限): a breach (红牌)."""
 Global___CaseOverdue: _TypeAlias = CaseOverdue  # noqa: Y015
 
+class _MaterialKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MaterialKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MaterialKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MATERIAL_KIND_UNSPECIFIED: _MaterialKind.ValueType  # 0
+    MATERIAL_KIND_DEFERRED: _MaterialKind.ValueType  # 1
+    """容缺: to be supplied by due_at."""
+    MATERIAL_KIND_COMMITTED: _MaterialKind.ValueType  # 2
+    """告知承诺: to be checked by due_at."""
+
+class MaterialKind(_MaterialKind, metaclass=_MaterialKindEnumTypeWrapper): ...
+
+MATERIAL_KIND_UNSPECIFIED: MaterialKind.ValueType  # 0
+MATERIAL_KIND_DEFERRED: MaterialKind.ValueType  # 1
+"""容缺: to be supplied by due_at."""
+MATERIAL_KIND_COMMITTED: MaterialKind.ValueType  # 2
+"""告知承诺: to be checked by due_at."""
+Global___MaterialKind: _TypeAlias = MaterialKind  # noqa: Y015
+
+class _MaterialState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MaterialStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MaterialState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MATERIAL_STATE_UNSPECIFIED: _MaterialState.ValueType  # 0
+    MATERIAL_STATE_OPEN: _MaterialState.ValueType  # 1
+    MATERIAL_STATE_SUPPLIED: _MaterialState.ValueType  # 2
+    """The deferred material arrived in time."""
+    MATERIAL_STATE_CHECKED: _MaterialState.ValueType  # 3
+    """The commitment was checked and found true."""
+    MATERIAL_STATE_BREACHED: _MaterialState.ValueType  # 4
+    """The deferral ran out, or the commitment was found false: the item's on_breach rule
+    applies (suspend: the case's licence is suspended).
+    """
+
+class MaterialState(_MaterialState, metaclass=_MaterialStateEnumTypeWrapper): ...
+
+MATERIAL_STATE_UNSPECIFIED: MaterialState.ValueType  # 0
+MATERIAL_STATE_OPEN: MaterialState.ValueType  # 1
+MATERIAL_STATE_SUPPLIED: MaterialState.ValueType  # 2
+"""The deferred material arrived in time."""
+MATERIAL_STATE_CHECKED: MaterialState.ValueType  # 3
+"""The commitment was checked and found true."""
+MATERIAL_STATE_BREACHED: MaterialState.ValueType  # 4
+"""The deferral ran out, or the commitment was found false: the item's on_breach rule
+applies (suspend: the case's licence is suspended).
+"""
+Global___MaterialState: _TypeAlias = MaterialState  # noqa: Y015
+
 @_typing.final
 class CaseTransition(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -159,6 +211,7 @@ class Case(_message.Message):
     OVERDUE_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
     PACKAGE_NUMBER_FIELD_NUMBER: _builtins.int
+    MATERIALS_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     """办件编号, e.g. "approval-2026-7K3Q9XW2M4"."""
     item: _builtins.str
@@ -201,6 +254,10 @@ class Case(_message.Message):
     def history(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseTransition]:
         """Oldest first (GetCase only)."""
 
+    @_builtins.property
+    def materials(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseMaterial]:
+        """Deferred materials and commitments (GetCase only)."""
+
     def __init__(
         self,
         *,
@@ -224,14 +281,116 @@ class Case(_message.Message):
         overdue: Global___CaseOverdue.ValueType = ...,
         history: _abc.Iterable[Global___CaseTransition] | None = ...,
         package_number: _builtins.str = ...,
+        materials: _abc.Iterable[Global___CaseMaterial] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["closed_at", b"closed_at", "correction_since", b"correction_since", "decided_at", b"decided_at", "delivered_at", b"delivered_at", "legal_due_at", b"legal_due_at", "opened_at", b"opened_at", "promised_due_at", b"promised_due_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "closed_at", b"closed_at", "correction_since", b"correction_since", "decided_at", b"decided_at", "delivered_at", b"delivered_at", "department", b"department", "history", b"history", "item", b"item", "item_version", b"item_version", "legal_due_at", b"legal_due_at", "licence_number", b"licence_number", "number", b"number", "opened_at", b"opened_at", "outcome", b"outcome", "overdue", b"overdue", "package_number", b"package_number", "promised_due_at", b"promised_due_at", "refusal_reason", b"refusal_reason", "state", b"state", "stopped_days", b"stopped_days"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "closed_at", b"closed_at", "correction_since", b"correction_since", "decided_at", b"decided_at", "delivered_at", b"delivered_at", "department", b"department", "history", b"history", "item", b"item", "item_version", b"item_version", "legal_due_at", b"legal_due_at", "licence_number", b"licence_number", "materials", b"materials", "number", b"number", "opened_at", b"opened_at", "outcome", b"outcome", "overdue", b"overdue", "package_number", b"package_number", "promised_due_at", b"promised_due_at", "refusal_reason", b"refusal_reason", "state", b"state", "stopped_days", b"stopped_days"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Case: _TypeAlias = Case  # noqa: Y015
+
+@_typing.final
+class CaseMaterial(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    MATERIAL_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RECORDED_AT_FIELD_NUMBER: _builtins.int
+    RECORDED_BY_FIELD_NUMBER: _builtins.int
+    RESOLVED_AT_FIELD_NUMBER: _builtins.int
+    RESOLVED_BY_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    case_number: _builtins.str
+    material: _builtins.str
+    kind: Global___MaterialKind.ValueType
+    state: Global___MaterialState.ValueType
+    recorded_by: _builtins.str
+    resolved_by: _builtins.str
+    note: _builtins.str
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def recorded_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def resolved_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        case_number: _builtins.str = ...,
+        material: _builtins.str = ...,
+        kind: Global___MaterialKind.ValueType = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        state: Global___MaterialState.ValueType = ...,
+        recorded_at: _timestamp_pb2.Timestamp | None = ...,
+        recorded_by: _builtins.str = ...,
+        resolved_at: _timestamp_pb2.Timestamp | None = ...,
+        resolved_by: _builtins.str = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["due_at", b"due_at", "recorded_at", b"recorded_at", "resolved_at", b"resolved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "due_at", b"due_at", "kind", b"kind", "material", b"material", "note", b"note", "recorded_at", b"recorded_at", "recorded_by", b"recorded_by", "resolved_at", b"resolved_at", "resolved_by", b"resolved_by", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseMaterial: _TypeAlias = CaseMaterial  # noqa: Y015
+
+@_typing.final
+class CaseMaterialRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    MATERIAL_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    material: _builtins.str
+    """The material's code in the case's item."""
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        material: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material", b"material", "number", b"number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseMaterialRequest: _TypeAlias = CaseMaterialRequest  # noqa: Y015
+
+@_typing.final
+class CommitmentCheckRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    MATERIAL_FIELD_NUMBER: _builtins.int
+    PASSED_FIELD_NUMBER: _builtins.int
+    NOTE_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    material: _builtins.str
+    passed: _builtins.bool
+    note: _builtins.str
+    """What the check found (at most 500 characters); required when it failed."""
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        material: _builtins.str = ...,
+        passed: _builtins.bool = ...,
+        note: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["material", b"material", "note", b"note", "number", b"number", "passed", b"passed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CommitmentCheckRequest: _TypeAlias = CommitmentCheckRequest  # noqa: Y015
 
 @_typing.final
 class OpenCaseRequest(_message.Message):

@@ -49,6 +49,26 @@ class CaseServiceStub:
                 request_serializer=tongban_dot_v1_dot_cases__pb2.GetCaseRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_cases__pb2.Case.FromString,
                 _registered_method=True)
+        self.DeferMaterial = channel.unary_unary(
+                '/tongban.v1.CaseService/DeferMaterial',
+                request_serializer=tongban_dot_v1_dot_cases__pb2.CaseMaterialRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_cases__pb2.CaseMaterial.FromString,
+                _registered_method=True)
+        self.AcceptCommitment = channel.unary_unary(
+                '/tongban.v1.CaseService/AcceptCommitment',
+                request_serializer=tongban_dot_v1_dot_cases__pb2.CaseMaterialRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_cases__pb2.CaseMaterial.FromString,
+                _registered_method=True)
+        self.SupplyMaterial = channel.unary_unary(
+                '/tongban.v1.CaseService/SupplyMaterial',
+                request_serializer=tongban_dot_v1_dot_cases__pb2.CaseMaterialRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_cases__pb2.CaseMaterial.FromString,
+                _registered_method=True)
+        self.RecordCommitmentCheck = channel.unary_unary(
+                '/tongban.v1.CaseService/RecordCommitmentCheck',
+                request_serializer=tongban_dot_v1_dot_cases__pb2.CommitmentCheckRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_cases__pb2.CaseMaterial.FromString,
+                _registered_method=True)
         self.OverdueReport = channel.unary_unary(
                 '/tongban.v1.CaseService/OverdueReport',
                 request_serializer=tongban_dot_v1_dot_cases__pb2.OverdueReportRequest.SerializeToString,
@@ -81,6 +101,37 @@ class CaseServiceServicer:
 
     def GetCase(self, request, context):
         """A case of the caller's department, with its history and whether it is overdue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeferMaterial(self, request, context):
+        """容缺受理: accept a case with one of its item's deferrable materials to follow, within
+        the material's defer_days working days.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AcceptCommitment(self, request, context):
+        """告知承诺: accept the applicant's commitment in place of a material, to be checked
+        within the material's commitment_check_days working days.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SupplyMaterial(self, request, context):
+        """The deferred material arrived, in time (the handling department records it).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordCommitmentCheck(self, request, context):
+        """The check of a commitment (by a department the item names as supervisor, else the
+        handling department): passed, or failed — a breach.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -120,6 +171,26 @@ def add_CaseServiceServicer_to_server(servicer, server):
                     servicer.GetCase,
                     request_deserializer=tongban_dot_v1_dot_cases__pb2.GetCaseRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_cases__pb2.Case.SerializeToString,
+            ),
+            'DeferMaterial': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeferMaterial,
+                    request_deserializer=tongban_dot_v1_dot_cases__pb2.CaseMaterialRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_cases__pb2.CaseMaterial.SerializeToString,
+            ),
+            'AcceptCommitment': grpc.unary_unary_rpc_method_handler(
+                    servicer.AcceptCommitment,
+                    request_deserializer=tongban_dot_v1_dot_cases__pb2.CaseMaterialRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_cases__pb2.CaseMaterial.SerializeToString,
+            ),
+            'SupplyMaterial': grpc.unary_unary_rpc_method_handler(
+                    servicer.SupplyMaterial,
+                    request_deserializer=tongban_dot_v1_dot_cases__pb2.CaseMaterialRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_cases__pb2.CaseMaterial.SerializeToString,
+            ),
+            'RecordCommitmentCheck': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordCommitmentCheck,
+                    request_deserializer=tongban_dot_v1_dot_cases__pb2.CommitmentCheckRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_cases__pb2.CaseMaterial.SerializeToString,
             ),
             'OverdueReport': grpc.unary_unary_rpc_method_handler(
                     servicer.OverdueReport,
@@ -213,6 +284,114 @@ class CaseService:
             '/tongban.v1.CaseService/GetCase',
             tongban_dot_v1_dot_cases__pb2.GetCaseRequest.SerializeToString,
             tongban_dot_v1_dot_cases__pb2.Case.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeferMaterial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.CaseService/DeferMaterial',
+            tongban_dot_v1_dot_cases__pb2.CaseMaterialRequest.SerializeToString,
+            tongban_dot_v1_dot_cases__pb2.CaseMaterial.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AcceptCommitment(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.CaseService/AcceptCommitment',
+            tongban_dot_v1_dot_cases__pb2.CaseMaterialRequest.SerializeToString,
+            tongban_dot_v1_dot_cases__pb2.CaseMaterial.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SupplyMaterial(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.CaseService/SupplyMaterial',
+            tongban_dot_v1_dot_cases__pb2.CaseMaterialRequest.SerializeToString,
+            tongban_dot_v1_dot_cases__pb2.CaseMaterial.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordCommitmentCheck(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.CaseService/RecordCommitmentCheck',
+            tongban_dot_v1_dot_cases__pb2.CommitmentCheckRequest.SerializeToString,
+            tongban_dot_v1_dot_cases__pb2.CaseMaterial.FromString,
             options,
             channel_credentials,
             insecure,

@@ -42,6 +42,20 @@ class CaseServiceStub:
     """Move a case of the caller's department to another state."""
     GetCase: _grpc.UnaryUnaryMultiCallable[_cases_pb2.GetCaseRequest, _cases_pb2.Case]
     """A case of the caller's department, with its history and whether it is overdue."""
+    DeferMaterial: _grpc.UnaryUnaryMultiCallable[_cases_pb2.CaseMaterialRequest, _cases_pb2.CaseMaterial]
+    """容缺受理: accept a case with one of its item's deferrable materials to follow, within
+    the material's defer_days working days.
+    """
+    AcceptCommitment: _grpc.UnaryUnaryMultiCallable[_cases_pb2.CaseMaterialRequest, _cases_pb2.CaseMaterial]
+    """告知承诺: accept the applicant's commitment in place of a material, to be checked
+    within the material's commitment_check_days working days.
+    """
+    SupplyMaterial: _grpc.UnaryUnaryMultiCallable[_cases_pb2.CaseMaterialRequest, _cases_pb2.CaseMaterial]
+    """The deferred material arrived, in time (the handling department records it)."""
+    RecordCommitmentCheck: _grpc.UnaryUnaryMultiCallable[_cases_pb2.CommitmentCheckRequest, _cases_pb2.CaseMaterial]
+    """The check of a commitment (by a department the item names as supervisor, else the
+    handling department): passed, or failed — a breach.
+    """
     OverdueReport: _grpc.UnaryUnaryMultiCallable[_cases_pb2.OverdueReportRequest, _cases_pb2.OverdueReportResponse]
     """The overdue report (电子监察) at the present: per department, the open cases, those in
     补正, those past the promised date only and those past the legal date. A department
@@ -63,6 +77,20 @@ class CaseServiceAsyncStub(CaseServiceStub):
     """Move a case of the caller's department to another state."""
     GetCase: _aio.UnaryUnaryMultiCallable[_cases_pb2.GetCaseRequest, _cases_pb2.Case]  # type: ignore[assignment]
     """A case of the caller's department, with its history and whether it is overdue."""
+    DeferMaterial: _aio.UnaryUnaryMultiCallable[_cases_pb2.CaseMaterialRequest, _cases_pb2.CaseMaterial]  # type: ignore[assignment]
+    """容缺受理: accept a case with one of its item's deferrable materials to follow, within
+    the material's defer_days working days.
+    """
+    AcceptCommitment: _aio.UnaryUnaryMultiCallable[_cases_pb2.CaseMaterialRequest, _cases_pb2.CaseMaterial]  # type: ignore[assignment]
+    """告知承诺: accept the applicant's commitment in place of a material, to be checked
+    within the material's commitment_check_days working days.
+    """
+    SupplyMaterial: _aio.UnaryUnaryMultiCallable[_cases_pb2.CaseMaterialRequest, _cases_pb2.CaseMaterial]  # type: ignore[assignment]
+    """The deferred material arrived, in time (the handling department records it)."""
+    RecordCommitmentCheck: _aio.UnaryUnaryMultiCallable[_cases_pb2.CommitmentCheckRequest, _cases_pb2.CaseMaterial]  # type: ignore[assignment]
+    """The check of a commitment (by a department the item names as supervisor, else the
+    handling department): passed, or failed — a breach.
+    """
     OverdueReport: _aio.UnaryUnaryMultiCallable[_cases_pb2.OverdueReportRequest, _cases_pb2.OverdueReportResponse]  # type: ignore[assignment]
     """The overdue report (电子监察) at the present: per department, the open cases, those in
     补正, those past the promised date only and those past the legal date. A department
@@ -99,6 +127,44 @@ class CaseServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cases_pb2.Case, _abc.Awaitable[_cases_pb2.Case]]:
         """A case of the caller's department, with its history and whether it is overdue."""
+
+    @_abc_1.abstractmethod
+    def DeferMaterial(
+        self,
+        request: _cases_pb2.CaseMaterialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cases_pb2.CaseMaterial, _abc.Awaitable[_cases_pb2.CaseMaterial]]:
+        """容缺受理: accept a case with one of its item's deferrable materials to follow, within
+        the material's defer_days working days.
+        """
+
+    @_abc_1.abstractmethod
+    def AcceptCommitment(
+        self,
+        request: _cases_pb2.CaseMaterialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cases_pb2.CaseMaterial, _abc.Awaitable[_cases_pb2.CaseMaterial]]:
+        """告知承诺: accept the applicant's commitment in place of a material, to be checked
+        within the material's commitment_check_days working days.
+        """
+
+    @_abc_1.abstractmethod
+    def SupplyMaterial(
+        self,
+        request: _cases_pb2.CaseMaterialRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cases_pb2.CaseMaterial, _abc.Awaitable[_cases_pb2.CaseMaterial]]:
+        """The deferred material arrived, in time (the handling department records it)."""
+
+    @_abc_1.abstractmethod
+    def RecordCommitmentCheck(
+        self,
+        request: _cases_pb2.CommitmentCheckRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cases_pb2.CaseMaterial, _abc.Awaitable[_cases_pb2.CaseMaterial]]:
+        """The check of a commitment (by a department the item names as supervisor, else the
+        handling department): passed, or failed — a breach.
+        """
 
     @_abc_1.abstractmethod
     def OverdueReport(

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tongban/v1/items.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\rLicenceSource\x12\x14\n\x0clicence_type\x18\x01 \x01(\t\x12\x10\n\x08\x64isclose\x18\x02 \x03(\t\"*\n\x07KeyFrom\x12\x10\n\x08material\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\"W\n\rDatasetSource\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\x12%\n\x08key_from\x18\x03 \x01(\x0b\x32\x13.tongban.v1.KeyFrom\"\x11\n\x0fSubmittedSource\"\x83\x02\n\x08Material\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\x12,\n\x07licence\x18\x04 \x01(\x0b\x32\x19.tongban.v1.LicenceSourceH\x00\x12,\n\x07\x64\x61taset\x18\x05 \x01(\x0b\x32\x19.tongban.v1.DatasetSourceH\x00\x12\x30\n\tsubmitted\x18\x06 \x01(\x0b\x32\x1b.tongban.v1.SubmittedSourceH\x00\x12\x12\n\ndefer_days\x18\x07 \x01(\r\x12\x1d\n\x15\x63ommitment_check_days\x18\x08 \x01(\rB\x08\n\x06source\"\xd7\x01\n\x08ItemSpec\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0blegal_basis\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x18\n\x10legal_limit_days\x18\x05 \x01(\r\x12\x1b\n\x13promised_limit_days\x18\x06 \x01(\r\x12\x11\n\timmediate\x18\x07 \x01(\x08\x12\'\n\tmaterials\x18\x08 \x03(\x0b\x32\x14.tongban.v1.Material\x12\x16\n\x0eissues_licence\x18\t \x01(\t\"\xbe\x01\n\x0bServiceItem\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.tongban.v1.ItemSpec\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12version_created_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x13RegisterItemRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.tongban.v1.ItemSpec\"/\n\x0eGetItemRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"M\n\x10ListItemsRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x11ListItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.tongban.v1.ServiceItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe8\x01\n\x12ServiceItemService\x12H\n\x0cRegisterItem\x12\x1f.tongban.v1.RegisterItemRequest\x1a\x17.tongban.v1.ServiceItem\x12>\n\x07GetItem\x12\x1a.tongban.v1.GetItemRequest\x1a\x17.tongban.v1.ServiceItem\x12H\n\tListItems\x12\x1c.tongban.v1.ListItemsRequest\x1a\x1d.tongban.v1.ListItemsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tongban/v1/items.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"7\n\rLicenceSource\x12\x14\n\x0clicence_type\x18\x01 \x01(\t\x12\x10\n\x08\x64isclose\x18\x02 \x03(\t\"*\n\x07KeyFrom\x12\x10\n\x08material\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\"W\n\rDatasetSource\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\x12%\n\x08key_from\x18\x03 \x01(\x0b\x32\x13.tongban.v1.KeyFrom\"\x11\n\x0fSubmittedSource\"\x83\x02\n\x08Material\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\x12,\n\x07licence\x18\x04 \x01(\x0b\x32\x19.tongban.v1.LicenceSourceH\x00\x12,\n\x07\x64\x61taset\x18\x05 \x01(\x0b\x32\x19.tongban.v1.DatasetSourceH\x00\x12\x30\n\tsubmitted\x18\x06 \x01(\x0b\x32\x1b.tongban.v1.SubmittedSourceH\x00\x12\x12\n\ndefer_days\x18\x07 \x01(\r\x12\x1d\n\x15\x63ommitment_check_days\x18\x08 \x01(\rB\x08\n\x06source\"\xff\x01\n\x08ItemSpec\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0blegal_basis\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x18\n\x10legal_limit_days\x18\x05 \x01(\r\x12\x1b\n\x13promised_limit_days\x18\x06 \x01(\r\x12\x11\n\timmediate\x18\x07 \x01(\x08\x12\'\n\tmaterials\x18\x08 \x03(\x0b\x32\x14.tongban.v1.Material\x12\x16\n\x0eissues_licence\x18\t \x01(\t\x12\x11\n\ton_breach\x18\n \x01(\t\x12\x13\n\x0bsupervisors\x18\x0b \x03(\t\"\xbe\x01\n\x0bServiceItem\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.tongban.v1.ItemSpec\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x0f\n\x07version\x18\x03 \x01(\r\x12.\n\ncreated_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x36\n\x12version_created_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"9\n\x13RegisterItemRequest\x12\"\n\x04spec\x18\x01 \x01(\x0b\x32\x14.tongban.v1.ItemSpec\"/\n\x0eGetItemRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"M\n\x10ListItemsRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\r\x12\x12\n\npage_token\x18\x03 \x01(\t\"T\n\x11ListItemsResponse\x12&\n\x05items\x18\x01 \x03(\x0b\x32\x17.tongban.v1.ServiceItem\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t2\xe8\x01\n\x12ServiceItemService\x12H\n\x0cRegisterItem\x12\x1f.tongban.v1.RegisterItemRequest\x1a\x17.tongban.v1.ServiceItem\x12>\n\x07GetItem\x12\x1a.tongban.v1.GetItemRequest\x1a\x17.tongban.v1.ServiceItem\x12H\n\tListItems\x12\x1c.tongban.v1.ListItemsRequest\x1a\x1d.tongban.v1.ListItemsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,17 +43,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MATERIAL']._serialized_start=281
   _globals['_MATERIAL']._serialized_end=540
   _globals['_ITEMSPEC']._serialized_start=543
-  _globals['_ITEMSPEC']._serialized_end=758
-  _globals['_SERVICEITEM']._serialized_start=761
-  _globals['_SERVICEITEM']._serialized_end=951
-  _globals['_REGISTERITEMREQUEST']._serialized_start=953
-  _globals['_REGISTERITEMREQUEST']._serialized_end=1010
-  _globals['_GETITEMREQUEST']._serialized_start=1012
-  _globals['_GETITEMREQUEST']._serialized_end=1059
-  _globals['_LISTITEMSREQUEST']._serialized_start=1061
-  _globals['_LISTITEMSREQUEST']._serialized_end=1138
-  _globals['_LISTITEMSRESPONSE']._serialized_start=1140
-  _globals['_LISTITEMSRESPONSE']._serialized_end=1224
-  _globals['_SERVICEITEMSERVICE']._serialized_start=1227
-  _globals['_SERVICEITEMSERVICE']._serialized_end=1459
+  _globals['_ITEMSPEC']._serialized_end=798
+  _globals['_SERVICEITEM']._serialized_start=801
+  _globals['_SERVICEITEM']._serialized_end=991
+  _globals['_REGISTERITEMREQUEST']._serialized_start=993
+  _globals['_REGISTERITEMREQUEST']._serialized_end=1050
+  _globals['_GETITEMREQUEST']._serialized_start=1052
+  _globals['_GETITEMREQUEST']._serialized_end=1099
+  _globals['_LISTITEMSREQUEST']._serialized_start=1101
+  _globals['_LISTITEMSREQUEST']._serialized_end=1178
+  _globals['_LISTITEMSRESPONSE']._serialized_start=1180
+  _globals['_LISTITEMSRESPONSE']._serialized_end=1264
+  _globals['_SERVICEITEMSERVICE']._serialized_start=1267
+  _globals['_SERVICEITEMSERVICE']._serialized_end=1499
 # @@protoc_insertion_point(module_scope)

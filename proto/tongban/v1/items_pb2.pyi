@@ -186,6 +186,8 @@ class ItemSpec(_message.Message):
     IMMEDIATE_FIELD_NUMBER: _builtins.int
     MATERIALS_FIELD_NUMBER: _builtins.int
     ISSUES_LICENCE_FIELD_NUMBER: _builtins.int
+    ON_BREACH_FIELD_NUMBER: _builtins.int
+    SUPERVISORS_FIELD_NUMBER: _builtins.int
     code: _builtins.str
     """实施编码, e.g. "food-business-permit" or "11330102002491285J4000117009001"."""
     name: _builtins.str
@@ -204,8 +206,19 @@ class ItemSpec(_message.Message):
     approved) must name the licence it issued. Empty: the item issues no licence (备案,
     登记 without a certificate), and an approval names none.
     """
+    on_breach: _builtins.str
+    """What a breach does (a deferred material not supplied in time, a commitment found
+    false): "suspend" suspends the licence the case issued; empty: it is recorded and
+    evented only.
+    """
     @_builtins.property
     def materials(self) -> _containers.RepeatedCompositeFieldContainer[Global___Material]: ...
+    @_builtins.property
+    def supervisors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The departments that check this item's commitments (告知承诺 核查), e.g. the
+        regulator; empty: the handling department itself.
+        """
+
     def __init__(
         self,
         *,
@@ -218,10 +231,12 @@ class ItemSpec(_message.Message):
         immediate: _builtins.bool = ...,
         materials: _abc.Iterable[Global___Material] | None = ...,
         issues_licence: _builtins.str = ...,
+        on_breach: _builtins.str = ...,
+        supervisors: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "immediate", b"immediate", "issues_licence", b"issues_licence", "legal_basis", b"legal_basis", "legal_limit_days", b"legal_limit_days", "materials", b"materials", "name", b"name", "promised_limit_days", b"promised_limit_days", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "immediate", b"immediate", "issues_licence", b"issues_licence", "legal_basis", b"legal_basis", "legal_limit_days", b"legal_limit_days", "materials", b"materials", "name", b"name", "on_breach", b"on_breach", "promised_limit_days", b"promised_limit_days", "purpose", b"purpose", "supervisors", b"supervisors"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -175,9 +175,15 @@ def _build_parser() -> argparse.ArgumentParser:
     from tongban.exchange.cli import case_cmds
 
     case_cmds.add_parsers(sub, common, _Parser)
+    from tongban.exchange.cli import supervision_cmds
+
+    supervision_cmds.add_parsers(sub, common, _Parser)
     from tongban.exchange.cli import package_cmds
 
     package_cmds.add_parsers(sub, common, _Parser)
+    from tongban.exchange.cli import rating_cmds
+
+    rating_cmds.add_parsers(sub, common, _Parser)
     from tongban.exchange.cli import adapter_cmds
 
     adapter_cmds.add_parsers(sub, common, _Parser)

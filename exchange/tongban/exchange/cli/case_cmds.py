@@ -115,6 +115,21 @@ def add_parsers(
         "status", parents=[common, dept], help="a case's state, due dates and history"
     )
     status.add_argument("case", help="the case number (办件编号)")
+    follow = []
+    for name, what in (
+        ("defer", "容缺受理: a material of the case follows within its defer days"),
+        ("commit", "告知承诺: the applicant's commitment replaces a material, checked later"),
+        ("supply", "the deferred material arrived"),
+        ("check", "record the check of a commitment (a department supervising the item)"),
+    ):
+        parser = case_sub.add_parser(name, parents=[common, dept], help=what)
+        parser.add_argument("case", help="the case number (办件编号)")
+        parser.add_argument("material", help="the material's code in the item")
+        follow.append(parser)
+    follow[3].add_argument(
+        "result", choices=("passed", "failed"), help="whether the commitment held"
+    )
+    follow[3].add_argument("--note", default="", help="what the check found (for failed)")
     overdue = case_sub.add_parser(
         "overdue",
         parents=[common, dept],
@@ -135,7 +150,7 @@ def add_parsers(
     overdue.add_argument(
         "--limit", type=int, default=100, metavar="N", help="list at most N cases (default 100)"
     )
-    for each in (opening, move, status, overdue):
+    for each in (opening, move, status, overdue, *follow):
         each.add_argument(
             "--utc-offset",
             type=int,
@@ -150,10 +165,14 @@ def _client(args: argparse.Namespace) -> ExchangeClient:
     return ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
 
 
-def _case_dict(case: cases_pb2.Case) -> dict[str, Any]:
+def _message_dict(message: Any) -> dict[str, Any]:
     return MessageToDict(
-        case, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
+
+
+def _case_dict(case: cases_pb2.Case) -> dict[str, Any]:
+    return _message_dict(case)
 
 
 def _local(stamp: Timestamp, zone: timezone) -> str:
@@ -254,6 +273,35 @@ async def _overdue_list(client: ExchangeClient, args: argparse.Namespace, zone: 
     )
 
 
+_MATERIAL_STATES = {
+    cases_pb2.MATERIAL_STATE_OPEN: "open",
+    cases_pb2.MATERIAL_STATE_SUPPLIED: "supplied (补齐)",
+    cases_pb2.MATERIAL_STATE_CHECKED: "checked, held (核查属实)",
+    cases_pb2.MATERIAL_STATE_BREACHED: "BREACHED (逾期未补 / 承诺不实)",
+}
+
+
+async def _follow_through(client: ExchangeClient, args: argparse.Namespace, zone: timezone
+                          ) -> None:  # fmt: skip
+    if args.case_command == "defer":
+        row = await client.defer_material(args.case, args.material)
+    elif args.case_command == "commit":
+        row = await client.accept_commitment(args.case, args.material)
+    elif args.case_command == "supply":
+        row = await client.supply_material(args.case, args.material)
+    else:
+        row = await client.record_commitment_check(
+            args.case, args.material, passed=args.result == "passed", note=args.note
+        )
+    kind = "容缺 deferred" if row.kind == cases_pb2.MATERIAL_KIND_DEFERRED else "告知承诺 committed"
+    emit(
+        args,
+        {"material": _message_dict(row)},
+        f"{row.case_number} / {row.material}: {kind}, {_MATERIAL_STATES[row.state]}, "
+        f"due {_local(row.due_at, zone)}",
+    )
+
+
 async def run_case(args: argparse.Namespace) -> int:
     zone = timezone(timedelta(hours=args.utc_offset))
     async with _client(args) as client:
@@ -262,6 +310,8 @@ async def run_case(args: argparse.Namespace) -> int:
                 await _overdue_counts(client, args)
             else:
                 await _overdue_list(client, args, zone)
+        elif args.case_command in ("defer", "commit", "supply", "check"):
+            await _follow_through(client, args, zone)
         elif args.case_command == "open":
             case = await client.open_case(
                 args.item, args.applicant, reason=args.reason, package_number=args.package

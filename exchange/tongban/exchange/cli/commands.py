@@ -68,10 +68,18 @@ async def run(args: argparse.Namespace) -> int:
         from tongban.exchange.cli.case_cmds import run_case
 
         return await run_case(args)
+    if args.command == "supervision":
+        from tongban.exchange.cli.supervision_cmds import run_supervision
+
+        return await run_supervision(args)
     if args.command == "package":
         from tongban.exchange.cli.package_cmds import run_package
 
         return await run_package(args)
+    if args.command == "rating":
+        from tongban.exchange.cli.rating_cmds import run_rating
+
+        return await run_rating(args)
     if args.command == "adapter":
         from tongban.exchange.cli.adapter_cmds import run_adapter
 

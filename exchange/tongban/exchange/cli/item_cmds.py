@@ -112,6 +112,8 @@ class _ItemFile(_Strict):
     promised_limit_days: int = Field(ge=0, le=2**32 - 1)
     immediate: bool = False
     issues_licence: str = ""
+    on_breach: str = ""
+    supervisors: list[str] = []
     materials: list[_Material]
 
     def to_message(self) -> items_pb2.ItemSpec:
@@ -124,6 +126,8 @@ class _ItemFile(_Strict):
             promised_limit_days=self.promised_limit_days,
             immediate=self.immediate,
             issues_licence=self.issues_licence,
+            on_breach=self.on_breach,
+            supervisors=self.supervisors,
             materials=[m.to_message() for m in self.materials],
         )
 

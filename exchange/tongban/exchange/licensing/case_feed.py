@@ -32,7 +32,7 @@ from tongban.exchange.sharing.datasets import DatasetSpec, DatasetStore
 from tongban.exchange.sharing.model import DatasetEntry, ShareClass
 from tongban.exchange.sharing.records import Change
 
-__all__ = ["CaseFeed", "cases_dataset", "steps_dataset"]
+__all__ = ["CaseFeed", "cases_dataset", "materials_dataset", "steps_dataset"]
 
 _S, _D, _I = FieldType.STRING, FieldType.DATETIME, FieldType.INTEGER
 _APPLICANT = (
@@ -81,6 +81,29 @@ _STEP_FIELDS = (
     FieldSpec("licence_number", _S, "准予时颁发的证照编号", max_length=120),
     *_APPLICANT,
 )
+
+
+_MATERIAL_FIELDS = (
+    FieldSpec("entry", _S, "办件编号/材料编码", required=True, max_length=160),
+    FieldSpec("case_number", _S, "办件编号", required=True, max_length=80),
+    FieldSpec("item", _S, "事项实施编码", required=True, max_length=64),
+    FieldSpec("material", _S, "材料编码", required=True, max_length=64),
+    FieldSpec("kind", _S, "deferred 容缺 / committed 告知承诺", required=True, max_length=20),
+    FieldSpec(
+        "state",
+        _S,
+        "open 待补齐或待核查 / supplied 已补齐 / checked 核查属实 / breached 逾期未补或承诺不实",
+        required=True,
+        max_length=20,
+    ),
+    FieldSpec("due_at", _D, "补齐或核查期限", required=True),
+    FieldSpec("resolved_at", _D, "补齐、核查或违诺时间"),
+    *_APPLICANT,
+)
+
+
+def materials_dataset(department: str) -> str:
+    return f"{department}.case_materials"
 
 
 def cases_dataset(department: str) -> str:
@@ -133,6 +156,9 @@ class CaseFeed:
             self._entries[spec.code] = entry
         return entry
 
+    def cached_materials(self, department: str) -> DatasetEntry | None:
+        return self._entries.get(materials_dataset(department))
+
     def cached(self, code: str) -> DatasetEntry | None:
         """The entry of dataset ``code`` if this node registered or found it already (no
         connection taken): for use inside a transaction."""
@@ -156,6 +182,41 @@ class CaseFeed:
             _STEP_FIELDS,
         )
         return await self._entry(coordinator, spec, now)
+
+    async def materials_entry(self, department: str, now: datetime) -> DatasetEntry:
+        spec = _spec(
+            materials_dataset(department),
+            "容缺和告知承诺材料",
+            "本部门办件中容缺受理的材料和以告知承诺代替的材料、期限和结果；逾期未补齐或承诺"
+            "不实时更新为 breached",
+            _MATERIAL_FIELDS,
+        )
+        return await self._entry(department, spec, now)
+
+    @staticmethod
+    def material_change(
+        entry: DatasetEntry,
+        case: Case,
+        material: str,
+        *,
+        kind: str,
+        state: str,
+        due_at: datetime,
+        resolved_at: datetime | None,
+    ) -> Change:
+        key = f"{case.number}/{material}"
+        values: dict[str, object] = {
+            "entry": key,
+            "case_number": case.number,
+            "item": case.item,
+            "material": material,
+            "kind": kind,
+            "state": state,
+            "due_at": due_at,
+            "resolved_at": resolved_at,
+            **_applicant(case.applicant),
+        }
+        return Change(key, validate_record(entry.schema, values))
 
     @staticmethod
     def case_change(entry: DatasetEntry, case: Case) -> Change:

@@ -774,6 +774,11 @@ class CaseStore:
         )
         return [_case(row) for row in rows]
 
+    async def load(self, conn: Any, number: str) -> Case:
+        """Case ``number`` read on ``conn`` (no lock, not logged: for the node's own work).
+        Raises CaseNotFound."""
+        return await self._load(conn, number, lock=False)
+
     async def _load(self, conn: Any, number: str, *, lock: bool) -> Case:
         text = number.strip()
         row = None

@@ -185,3 +185,49 @@ class PackageStepNotReady(TongbanError):
 
     reason = "PACKAGE_STEP_NOT_READY"
     status = "FAILED_PRECONDITION"
+
+
+class MaterialUnknown(TongbanError):
+    """The case's item has no material with that code."""
+
+    reason = "MATERIAL_UNKNOWN"
+    status = "INVALID_ARGUMENT"
+
+
+class MaterialNotDeferrable(TongbanError):
+    """The item does not allow the material to be deferred (defer_days 0), or a
+    commitment in its place (commitment_check_days 0)."""
+
+    reason = "MATERIAL_NOT_DEFERRABLE"
+    status = "FAILED_PRECONDITION"
+
+
+class MaterialAlreadyRecorded(TongbanError):
+    """The material is already deferred or replaced by a commitment on this case."""
+
+    reason = "MATERIAL_ALREADY_RECORDED"
+    status = "ALREADY_EXISTS"
+
+
+class MaterialNotOpen(TongbanError):
+    """The material is not an open deferral (for a supply) or an open commitment (for a
+    check) on this case, or the case is no longer open for a new one."""
+
+    reason = "MATERIAL_NOT_OPEN"
+    status = "FAILED_PRECONDITION"
+
+
+class MaterialSupplyLate(TongbanError):
+    """The deferred material arrived after its working days ran out: the deferral is a
+    breach, not a supply."""
+
+    reason = "MATERIAL_SUPPLY_LATE"
+    status = "FAILED_PRECONDITION"
+
+
+class CheckNotPermitted(TongbanError):
+    """Only the departments the item names as supervisors (else the handling department)
+    record the checks of its commitments."""
+
+    reason = "CHECK_NOT_PERMITTED"
+    status = "PERMISSION_DENIED"

@@ -41,7 +41,7 @@ _LOCK_SPACE = "service_item"
 _SELECT = """
     SELECT i.code, i.department, i.created_at, v.version, v.name, v.legal_basis, v.purpose,
            v.legal_limit_days, v.promised_limit_days, v.immediate, v.materials,
-           v.issues_licence, v.created_at AS version_created_at
+           v.issues_licence, v.on_breach, v.supervisors, v.created_at AS version_created_at
     FROM service_item i JOIN service_item_version v ON v.item = i.code
 """
 
@@ -115,6 +115,8 @@ def _item(row: asyncpg.Record) -> ServiceItem:
             immediate=row["immediate"],
             materials=_materials_from_json(row["materials"]),
             issues_licence=row["issues_licence"] or "",
+            on_breach=row["on_breach"] or "",
+            supervisors=tuple(row["supervisors"]),
         ),
         department=row["department"],
         version=row["version"],
@@ -199,8 +201,8 @@ class ServiceItemStore:
                 """
                 INSERT INTO service_item_version (item, version, name, legal_basis, purpose,
                     legal_limit_days, promised_limit_days, immediate, materials, created_at,
-                    issues_licence)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                    issues_licence, on_breach, supervisors)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
                 """,
                 spec.code,
                 version,
@@ -213,6 +215,8 @@ class ServiceItemStore:
                 _materials_to_json(spec.materials),
                 now,
                 spec.issues_licence or None,
+                spec.on_breach or None,
+                list(spec.supervisors),
             )
             if version > 1:
                 await conn.execute(

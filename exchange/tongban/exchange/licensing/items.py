@@ -49,6 +49,7 @@ __all__ = [
 
 ITEM_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{1,63}$")
 MATERIAL_CODE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+DEPARTMENT_CODE = re.compile(r"^[a-z][a-z0-9-]{1,62}$")
 MAX_LEGAL_DAYS = 3650  # working days; the longest known legal limit is 880
 MAX_SIDE_DAYS = 365  # 容缺 and 告知承诺 days
 MAX_MATERIALS = 100
@@ -113,6 +114,10 @@ class ItemSpec:
     materials: tuple[Material, ...]
     issues_licence: str = ""
     """The licence type an approval issues; "": none (an approval names no licence)."""
+    on_breach: str = ""
+    """"suspend": a breach (容缺 run out, 告知承诺 found false) suspends the case's licence."""
+    supervisors: tuple[str, ...] = ()
+    """Departments that check the item's commitments; (): the handling department."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +272,27 @@ def validate_item(
             f"registry; the known types are {', '.join(t.code for t in registry)}.",
             metadata={"field": "issues_licence"},
         )
+    if spec.on_breach not in ("", "suspend"):
+        raise ServiceItemInvalid(
+            f"on_breach is 'suspend' or empty, not {spec.on_breach[:40]!r}.",
+            metadata={"field": "on_breach"},
+        )
+    if spec.on_breach and not issues:
+        raise ServiceItemInvalid(
+            "on_breach: suspend needs a licence to suspend; set issues_licence, or leave "
+            "on_breach empty.",
+            metadata={"field": "on_breach"},
+        )
+    supervisors = tuple(code.strip() for code in spec.supervisors)
+    if (
+        len(supervisors) > 20
+        or len(set(supervisors)) != len(supervisors)
+        or any(not DEPARTMENT_CODE.match(code) for code in supervisors)
+    ):
+        raise ServiceItemInvalid(
+            "supervisors lists at most 20 different department codes (lowercase, e.g. regulator).",
+            metadata={"field": "supervisors"},
+        )
     if not 1 <= len(spec.materials) <= MAX_MATERIALS:
         raise ServiceItemInvalid(
             f"An item lists 1 to {MAX_MATERIALS} materials (has {len(spec.materials)}); list "
@@ -314,6 +340,8 @@ def validate_item(
         immediate=spec.immediate,
         materials=tuple(materials),
         issues_licence=issues,
+        on_breach=spec.on_breach,
+        supervisors=supervisors,
     )
 
 

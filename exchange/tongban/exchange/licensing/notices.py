@@ -16,9 +16,10 @@ import asyncio
 import contextlib
 import logging
 
-from tongban.exchange.licensing.cases import Case, Transition
+from tongban.exchange.licensing.cases import Case, CaseState, Transition
 from tongban.exchange.licensing.item_store import ServiceItemStore
 from tongban.exchange.licensing.notifiers import Notifier, NotifyFailed, notice_of
+from tongban.exchange.licensing.ratings import RatingStore
 
 __all__ = ["CaseNotices"]
 
@@ -30,9 +31,15 @@ DRAIN_SECONDS = 5.0
 
 
 class CaseNotices:
-    def __init__(self, notifier: Notifier, items: ServiceItemStore) -> None:
+    def __init__(
+        self, notifier: Notifier, items: ServiceItemStore, *, ratings: RatingStore | None = None
+    ) -> None:
+        """With ``ratings``, the notice of a decision (办结) carries a new one-time rating
+        link (好差评), made when the notice is first handed to the notifier (retries of
+        the notice send the same link)."""
         self._notifier = notifier
         self._items = items
+        self._ratings = ratings
         self._queue: asyncio.Queue[tuple[Case, Transition]] = asyncio.Queue(QUEUE)
         self._workers: list[asyncio.Task[None]] = []
         self.sent = 0
@@ -66,7 +73,12 @@ class CaseNotices:
     async def _deliver(self, case: Case, transition: Transition) -> None:
         try:
             item = await self._items.get(case.item, case.item_version)
-            await self._notifier.notify(notice_of(case, transition, item_name=item.spec.name))
+            link = None
+            if self._ratings is not None and case.state is CaseState.DECIDED:
+                link = await self._ratings.issue_link(case.number, transition.at)
+            await self._notifier.notify(
+                notice_of(case, transition, item_name=item.spec.name, rating_link=link)
+            )
             self.sent += 1
         except NotifyFailed as e:
             self.failed += 1

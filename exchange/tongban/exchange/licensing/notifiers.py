@@ -99,6 +99,9 @@ class CaseNotice:
     """When the transition happened."""
     promised_due_at: datetime
     legal_due_at: datetime
+    rating_link: str | None = None
+    """For ``decided``: the applicant's one-time link to rate the case (好差评), when the
+    node makes one; otherwise None, and the key is left out of the JSON."""
 
     def __post_init__(self) -> None:
         # Misuse by the caller, not a delivery failure: raise at once.
@@ -114,7 +117,8 @@ class CaseNotice:
             raise ValueError("CaseNotice.event_id must not be empty")
 
     def to_dict(self) -> dict[str, str | None]:
-        """The notice as JSON values (times in ISO 8601 with their offset)."""
+        """The notice as JSON values (times in ISO 8601 with their offset); ``rating_link``
+        only when set."""
         return {
             "event_id": self.event_id,
             "case_number": self.case_number,
@@ -128,7 +132,7 @@ class CaseNotice:
             "at": self.at.isoformat(),
             "promised_due_at": self.promised_due_at.isoformat(),
             "legal_due_at": self.legal_due_at.isoformat(),
-        }
+        } | ({"rating_link": self.rating_link} if self.rating_link is not None else {})
 
     def to_json(self) -> bytes:
         """The notice as one line of UTF-8 JSON (sorted keys, no newline): the exact bytes
@@ -137,10 +141,15 @@ class CaseNotice:
         return text.encode("utf-8")
 
 
-def notice_of(case: Case, transition: Transition, *, item_name: str) -> CaseNotice:
+def notice_of(
+    case: Case, transition: Transition, *, item_name: str, rating_link: str | None = None
+) -> CaseNotice:
     """The notice of ``transition``, which brought ``case`` to its present state (the case
-    as it stands right after the move). Raises ValueError if the transition did not end
-    in the case's state."""
+    as it stands right after the move), with ``rating_link`` for a decision. Raises
+    ValueError if the transition did not end in the case's state, or if a rating link is
+    given for another state."""
+    if rating_link is not None and case.state is not CaseState.DECIDED:
+        raise ValueError(f"only a decision's notice carries a rating link, not {case.state}")
     if transition.to_state is not case.state:
         raise ValueError(
             f"transition {transition.seq} ends in {transition.to_state}, case {case.number} "
@@ -159,6 +168,7 @@ def notice_of(case: Case, transition: Transition, *, item_name: str) -> CaseNoti
         at=transition.at,
         promised_due_at=case.promised_due_at,
         legal_due_at=case.legal_due_at,
+        rating_link=rating_link,
     )
 
 

@@ -31,6 +31,7 @@ from tongban.exchange.licensing.authorisations import (
     HolderAuthorisations,
     valid_holder,
 )
+from tongban.exchange.licensing.cases import is_case_number
 from tongban.exchange.licensing.custody import STATUS_LIST_HOLDER, Seal, SealVault
 from tongban.exchange.licensing.errors import (
     LicenceNotFound,
@@ -324,6 +325,33 @@ class Licensing:
             )
         return licence_type
 
+    async def _conditions(self, department: str, case_id: str) -> tuple[str, ...]:
+        """The conditions a licence issued for case ``case_id`` of ``department`` carries:
+        each commitment (告知承诺) still to be checked, with its material and deadline, so
+        a verifier sees what the approval rests on (an SD-JWT clear claim ``conditions``)."""
+        if not is_case_number(case_id):
+            return ()
+        rows = await self._pool.fetch(
+            """
+            SELECT coalesce(
+                       (SELECT m->>'name' FROM jsonb_array_elements(v.materials) m
+                        WHERE m->>'code' = cm.material), cm.material) AS name,
+                   cm.due_at
+            FROM case_material cm
+            JOIN service_case c ON c.number = cm.case_number
+            JOIN service_item_version v ON v.item = c.item AND v.version = c.item_version
+            WHERE cm.case_number = $1 AND c.department = $2 AND cm.kind = 'committed'
+              AND cm.state = 'open'
+            ORDER BY cm.material
+            """,
+            case_id,
+            department,
+        )
+        return tuple(
+            f"告知承诺：{r['name']}，待核查（期限 {r['due_at'].isoformat(timespec='minutes')}）"
+            for r in rows
+        )
+
     async def issue(self, caller: Caller, request: IssueInput) -> LicenceView:
         """Issue one licence; return it. Raises LicenceTypeUnknown, LicenceNotPermitted,
         ClaimInvalid (naming the claim; a bad holder id is problem ``holder_id``),
@@ -380,6 +408,9 @@ class Licensing:
         entries = {
             t.code: await self._feed.entry(caller.department.code, t, now) for t, *_ in prepared
         }
+        conditions = {
+            p[5]: await self._conditions(caller.department.code, p[5]) for p in prepared if p[5]
+        }
         views: list[LicenceView] = []
         async with self._pool.acquire() as conn, self._log.transaction(conn) as log:
             slots = await self.status_lists.allocate(conn, len(prepared))
@@ -394,8 +425,9 @@ class Licensing:
                     random_serial(),
                 )
                 view = self._sign(
-                    seal, licence_type, number, 1, claims, holder, nbf, exp, slot, now, case_id
-                )
+                    seal, licence_type, number, 1, claims, holder, nbf, exp, slot, now, case_id,
+                    conditions.get(case_id, ()),
+                )  # fmt: skip
                 views.append(view)
                 rows.append(self._row(view, caller.officer_id))
                 history.append((number, 1, "issue", None, "valid", reason or "颁发",
@@ -434,11 +466,17 @@ class Licensing:
         slot: tuple[int, int],
         now: datetime,
         case_id: str,
+        conditions: Sequence[str] = (),
     ) -> LicenceView:
         clear, disclosable = split_claims(licence_type, claims)
         uri = self.status_lists.uri(slot[0])
         issued = issue_sd_jwt(
-            {"licence_number": number, "licence_version": version, **clear},
+            {
+                "licence_number": number,
+                "licence_version": version,
+                **clear,
+                **({"conditions": list(conditions)} if conditions else {}),
+            },
             disclosable,
             signer=seal.signer,
             chain=seal.chain,
@@ -854,6 +892,13 @@ class Licensing:
             number, now, lambda c, v: self._issuable(c, v.licence_type), caller
         )
         seal = await self.vault.get(caller.department.code)
+        # The new version carries the commitments of its case still to be checked.
+        current = await self._load(number)
+        conditions = (
+            await self._conditions(caller.department.code, current.case_id)
+            if current is not None and current.case_id
+            else ()
+        )
         async with self._pool.acquire() as conn, self._log.transaction(conn) as log:
             old = await self._load(number, conn=conn, lock=True)
             if old is None:
@@ -884,7 +929,8 @@ class Licensing:
                 raise InvalidArgument("The licence must expire after it starts.")
             slot = (await self.status_lists.allocate(conn, 1))[0]
             view = self._sign(seal, licence_type, number, old.version + 1, new_claims, holder,
-                              not_before, new_expires, slot, now, old.case_id)  # fmt: skip
+                              not_before, new_expires, slot, now, old.case_id,
+                              conditions)  # fmt: skip
             await conn.execute(
                 "UPDATE licence SET status = 'superseded', updated_at = $3"
                 " WHERE number = $1 AND version = $2",

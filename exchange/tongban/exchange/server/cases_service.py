@@ -17,6 +17,12 @@ from tongban.exchange.licensing.case_overdue import OverdueReader
 from tongban.exchange.licensing.case_report import OverdueCase
 from tongban.exchange.licensing.case_store import CaseStore
 from tongban.exchange.licensing.cases import Case, CaseState, Move, Outcome, Overdue, Transition
+from tongban.exchange.licensing.follow_through import (
+    COMMITTED,
+    DEFERRED,
+    CaseMaterialRow,
+    FollowThrough,
+)
 from tongban.exchange.pagetokens import PageTokens
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import timestamp
@@ -129,6 +135,33 @@ def _overdue_case(case: OverdueCase) -> cases_pb2.OverdueCase:
     )
 
 
+_KINDS = {
+    DEFERRED: cases_pb2.MATERIAL_KIND_DEFERRED,
+    COMMITTED: cases_pb2.MATERIAL_KIND_COMMITTED,
+}
+_MATERIAL_STATES = {
+    "open": cases_pb2.MATERIAL_STATE_OPEN,
+    "supplied": cases_pb2.MATERIAL_STATE_SUPPLIED,
+    "checked": cases_pb2.MATERIAL_STATE_CHECKED,
+    "breached": cases_pb2.MATERIAL_STATE_BREACHED,
+}
+
+
+def material_message(row: CaseMaterialRow) -> cases_pb2.CaseMaterial:
+    return cases_pb2.CaseMaterial(
+        case_number=row.case_number,
+        material=row.material,
+        kind=_KINDS[row.kind],
+        due_at=timestamp(row.due_at),
+        state=_MATERIAL_STATES[row.state],
+        recorded_at=timestamp(row.recorded_at),
+        recorded_by=row.recorded_by,
+        resolved_at=timestamp(row.resolved_at),
+        resolved_by=row.resolved_by or "",
+        note=row.note or "",
+    )
+
+
 class CaseService(cases_pb2_grpc.CaseServiceServicer):
     def __init__(
         self,
@@ -139,11 +172,14 @@ class CaseService(cases_pb2_grpc.CaseServiceServicer):
         access_log: AccessLog,
         tokens: PageTokens,
         node_name: str,
+        follow_through: FollowThrough,
     ) -> None:
         """``pool``, ``access_log``, ``tokens`` (the node's page tokens) and ``node_name``
-        serve the overdue report and its logged list."""
+        serve the overdue report and its logged list; ``follow_through`` the deferred
+        materials and commitments."""
         self._cases = cases
         self._clock = clock
+        self._follow = follow_through
         self._overdue = OverdueReader(pool, access_log, tokens, node_name)
 
     def _message(
@@ -183,7 +219,48 @@ class CaseService(cases_pb2_grpc.CaseServiceServicer):
     async def GetCase(self, request: cases_pb2.GetCaseRequest, context: Context) -> cases_pb2.Case:
         now = self._clock.now()
         case, history = await self._cases.get(current_caller(), request.number, now=now)
-        return self._message(case, now, history)
+        message = self._message(case, now, history)
+        message.materials.extend(
+            material_message(row) for row in await self._follow.of_case(case.number)
+        )
+        return message
+
+    async def DeferMaterial(
+        self, request: cases_pb2.CaseMaterialRequest, context: Context
+    ) -> cases_pb2.CaseMaterial:
+        row = await self._follow.record(
+            current_caller(), request.number, request.material, DEFERRED, now=self._clock.now()
+        )
+        return material_message(row)
+
+    async def AcceptCommitment(
+        self, request: cases_pb2.CaseMaterialRequest, context: Context
+    ) -> cases_pb2.CaseMaterial:
+        row = await self._follow.record(
+            current_caller(), request.number, request.material, COMMITTED, now=self._clock.now()
+        )
+        return material_message(row)
+
+    async def SupplyMaterial(
+        self, request: cases_pb2.CaseMaterialRequest, context: Context
+    ) -> cases_pb2.CaseMaterial:
+        row = await self._follow.supply(
+            current_caller(), request.number, request.material, now=self._clock.now()
+        )
+        return material_message(row)
+
+    async def RecordCommitmentCheck(
+        self, request: cases_pb2.CommitmentCheckRequest, context: Context
+    ) -> cases_pb2.CaseMaterial:
+        row = await self._follow.check(
+            current_caller(),
+            request.number,
+            request.material,
+            request.passed,
+            request.note,
+            now=self._clock.now(),
+        )
+        return material_message(row)
 
     async def OverdueReport(
         self, request: cases_pb2.OverdueReportRequest, context: Context

@@ -59,6 +59,8 @@ def spec_from_message(message: items_pb2.ItemSpec) -> ItemSpec:
         promised_limit_days=message.promised_limit_days,
         immediate=message.immediate,
         issues_licence=message.issues_licence,
+        on_breach=message.on_breach,
+        supervisors=tuple(message.supervisors),
         materials=tuple(
             Material(
                 code=m.code,
@@ -109,6 +111,8 @@ def item_message(item: ServiceItem) -> items_pb2.ServiceItem:
             immediate=spec.immediate,
             materials=[_material_message(m) for m in spec.materials],
             issues_licence=spec.issues_licence,
+            on_breach=spec.on_breach,
+            supervisors=list(spec.supervisors),
         ),
         department=item.department,
         version=item.version,

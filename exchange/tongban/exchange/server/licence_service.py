@@ -12,6 +12,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+import asyncpg
 import grpc
 
 from tongban.exchange.errors import InvalidArgument
@@ -23,6 +24,7 @@ from tongban.exchange.licensing.documents import (
 from tongban.exchange.licensing.item_store import ServiceItemStore
 from tongban.exchange.licensing.materials import resolve_materials
 from tongban.exchange.licensing.service import IssueInput, LicenceView, Licensing, StatusAction
+from tongban.exchange.licensing.supervision import ResolvedMaterial, record_resolution
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import instant, timestamp
 from tongban.exchange.sharing.service import Sharing
@@ -141,12 +143,22 @@ def result_message(result: VerificationResult) -> licence_pb2.VerificationResult
 
 class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
     def __init__(
-        self, licensing: Licensing, sharing: Sharing, items: ServiceItemStore, clock: Clock
+        self,
+        licensing: Licensing,
+        sharing: Sharing,
+        items: ServiceItemStore,
+        clock: Clock,
+        *,
+        cases_pool: asyncpg.Pool | None = None,
     ) -> None:
+        """``cases_pool``: where a resolution naming a case of the caller's department is
+        recorded for electronic supervision (``licensing.supervision``); None records
+        nothing."""
         self._licensing = licensing
         self._sharing = sharing
         self._items = items
         self._clock = clock
+        self._cases_pool = cases_pool
 
     async def ListTypes(
         self, request: licence_pb2.ListLicenceTypesRequest, context: Context
@@ -316,6 +328,19 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
             licensing=self._licensing,
             sharing=self._sharing,
         )
+        if self._cases_pool is not None:
+            # The last resolution before the decision counts (docs/supervision.md); a case
+            # id that is not an open case of the caller's for this item records nothing.
+            await record_resolution(
+                self._cases_pool,
+                department=current_caller().department.code,
+                case_id=request.case_id,
+                item=item.code,
+                item_version=item.version,
+                applicant=request.applicant,
+                materials=[ResolvedMaterial(m.code, m.required, m.source) for m in resolved],
+                now=self._clock.now(),
+            )
         return licence_pb2.ResolveMaterialsResponse(
             service_item=item.code,
             materials=[

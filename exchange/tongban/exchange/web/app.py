@@ -13,7 +13,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -33,7 +33,7 @@ from tongban.exchange.audit.note import open_checkpoint
 from tongban.exchange.audit.store import AuditStore, SearchFilters
 from tongban.exchange.audit.verify import verify_log
 from tongban.exchange.departments import Department, DepartmentStore
-from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.errors import DepartmentNotFound, InvalidArgument
 from tongban.exchange.http import http_status
 from tongban.exchange.licensing.authorisations import HolderAuthorisation, authorise
 from tongban.exchange.licensing.case_store import CaseStore
@@ -47,7 +47,13 @@ from tongban.exchange.licensing.items import (
 )
 from tongban.exchange.licensing.package_store import OpenedPackage, PackageStore
 from tongban.exchange.licensing.packages import Step
+from tongban.exchange.licensing.ratings import Rating, RatingStore
 from tongban.exchange.licensing.service import Licensing
+from tongban.exchange.licensing.supervision import (
+    SupervisionRow,
+    month_range,
+    supervision_report,
+)
 from tongban.exchange.sharing.model import ShareClass
 from tongban.exchange.sharing.service import Sharing
 from tongban.exchange.web.i18n import translator
@@ -206,11 +212,15 @@ class WebConsole:
         cases: CaseStore | None = None,
         packages: PackageStore | None = None,
         items: ServiceItemStore | None = None,
+        ratings: RatingStore | None = None,
+        working_offset: timedelta = timedelta(hours=8),
     ) -> None:
         self._pool = pool
+        self._working_offset = working_offset
         self._cases = cases
         self._packages = packages
         self._items = items
+        self._ratings = ratings
         self._licensing = licensing
         self._sharing = sharing
         self._log = access_log
@@ -265,8 +275,12 @@ class WebConsole:
         r.add_get("/console/audit/covert", self._audit_covert)
         r.add_get("/console/subject", self._subject)
         r.add_post("/console/subject/authorise", self._subject_authorise)
+        r.add_post("/console/subject/rate", self._subject_rate)
+        r.add_get("/console/rate/{token}", self._rate_page)
+        r.add_post("/console/rate/{token}", self._rate_page)
         r.add_get("/console/catalogue", self._catalogue)
         r.add_get("/console/items", self._item_catalogue)
+        r.add_get("/console/supervision", self._supervision)
         # Two known files, served from memory: a path from the request never reaches the
         # file system (aiohttp's static handler raised on names too long for it).
         r.add_get("/console/static/{name}", self._static)
@@ -853,7 +867,11 @@ class WebConsole:
         return await self._subject_page(request)
 
     async def _subject_page(
-        self, request: web.Request, *, made: tuple[str, HolderAuthorisation] | None = None
+        self,
+        request: web.Request,
+        *,
+        made: tuple[str, HolderAuthorisation] | None = None,
+        rated: Rating | None = None,
     ) -> web.Response:
         t = translator(self._lang(request))
         session = self._session(request)
@@ -883,6 +901,9 @@ class WebConsole:
             now=self._clock.now(),
             cases=await self._applicant_cases(session.principal),
             **await self._applicant_packages(session.principal),
+            ratings=await self._ratings.of_applicant(session.principal) if self._ratings else {},
+            rated=rated,
+            rating_enabled=self._ratings is not None,
         )
 
     async def _applicant_cases(self, applicant: str) -> list[dict[str, Any]]:
@@ -952,6 +973,44 @@ class WebConsole:
         )  # fmt: skip
         return await self._subject_page(request, made=made)
 
+    async def _subject_rate(self, request: web.Request) -> web.Response:
+        """The signed-in applicant rates a decided case of theirs (好差评), or rates it again
+        after the department answered its rectification."""
+        t = translator(self._lang(request))
+        session = self._session(request)
+        if session is None or session.kind != "subject":
+            return self._message(request, 401, t("login.required"), reason="LINK_REQUIRED")
+        if self._ratings is None:
+            raise web.HTTPNotFound
+        form = await _form(request)
+        rating = await self._ratings.rate(
+            session.principal,
+            str(form.get("case", "")),
+            str(form.get("score", "")),
+            str(form.get("comment", "")),
+            self._clock.now(),
+        )
+        return await self._subject_page(request, rated=rating)
+
+    async def _rate_page(self, request: web.Request) -> web.Response:
+        """A decision's one-time rating link: GET shows the case and the form, POST rates
+        (spending the link)."""
+        if self._ratings is None:
+            raise web.HTTPNotFound
+        token = request.match_info["token"]
+        now = self._clock.now()
+        if request.method == "POST":
+            form = await _form(request)
+            rating = await self._ratings.rate_by_link(
+                token, str(form.get("score", "")), str(form.get("comment", "")), now
+            )
+            return self._page(request, "rate.html", case=None, rating=rating, token="")
+        case = await self._ratings.link_case(token, now)
+        names = await self._item_names({case.item})
+        return self._page(
+            request, "rate.html", case=case, rating=None, token=token, item_name=names
+        )
+
     async def _catalogue(self, request: web.Request) -> web.Response:
         auth = await self._department_session(request, auditor=False)
         if isinstance(auth, web.Response):
@@ -1014,6 +1073,96 @@ class WebConsole:
             next_token=token,
             params={"department": department} if department else {},
         )
+
+    async def _supervision(self, request: web.Request) -> web.Response:
+        """The supervision report (电子监察) for auditors: a chart and the figures per
+        department and month the cases were opened in (docs/supervision.md). By default
+        the last 12 months; the counts name nobody, so the view is not logged."""
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        department = request.query.get("department", "").strip()
+        if len(department) > 63:
+            raise InvalidArgument(
+                "'department' is too long: a department code has at most 63 characters.",
+                metadata={"field": "department"},
+            )
+        now = self._clock.now()
+        first, last = month_range(
+            request.query.get("from", ""), request.query.get("to", ""), fields=("from", "to")
+        )
+        if first is None and last is None:
+            last = now.astimezone(timezone(self._working_offset)).date().replace(day=1)
+            first = date(last.year - (last.month < 12), last.month % 12 + 1, 1)
+        if department and await self._departments.find(department) is None:
+            raise DepartmentNotFound(f"No department {department!r} is registered.")
+        report = await supervision_report(
+            self._pool,
+            now=now,
+            offset=self._working_offset,
+            department=department or None,
+            first_month=first,
+            last_month=last,
+        )
+        by_department: dict[str, list[SupervisionRow]] = {}
+        for row in report.rows:
+            by_department.setdefault(row.department, []).append(row)
+        return self._page(
+            request,
+            "supervision.html",
+            now=now,
+            first=first.strftime("%Y-%m") if first else "",
+            last=last.strftime("%Y-%m") if last else "",
+            charts=[
+                {"department": code, "rows": rows, "chart": _month_bars(rows)}
+                for code, rows in by_department.items()
+            ],
+        )
+
+
+def _month_bars(rows: Sequence[SupervisionRow]) -> dict[str, Any]:
+    """A stacked bar per month, scaled to 640 by 200: decided within the promised limit,
+    decided late, and open past a due date now (overdue)."""
+    width, height, left, bottom, top_gap = 640, 200, 40, 24, 10
+    series: tuple[tuple[str, str, Callable[[SupervisionRow], int]], ...] = (
+        ("within", _COLOURS[2], lambda r: r.decided_within_promised),
+        ("late", _COLOURS[3], lambda r: r.decided_late),
+        ("overdue", _COLOURS[1], lambda r: r.overdue_promised + r.overdue_legal),
+    )
+    top = max((sum(f(r) for _, _, f in series) for r in rows), default=0) or 1
+    slot = (width - left - 10) / max(len(rows), 1)
+    bar = min(40.0, slot * 0.7)
+    scale = (height - bottom - top_gap) / top
+    bars = []
+    for i, row in enumerate(rows):
+        x = round(left + i * slot + (slot - bar) / 2, 1)
+        base = float(height - bottom)
+        parts = []
+        for name, colour, count in series:
+            n = count(row)
+            if n:
+                h = round(n * scale, 1)
+                base -= h
+                parts.append({"name": name, "colour": colour, "y": round(base, 1), "h": h, "n": n})
+        bars.append(
+            {
+                "x": x,
+                "w": round(bar, 1),
+                "cx": round(x + bar / 2, 1),
+                "month": row.month,
+                "parts": parts,
+            }
+        )
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "top": top,
+        "y_top": top_gap,
+        "y_zero": height - bottom,
+        "bars": bars,
+        "series": [(name, colour) for name, colour, _ in series],
+    }
 
 
 def _in_order(steps: Sequence[Step]) -> list[Step]:

@@ -135,6 +135,37 @@ _TEXT: dict[str, tuple[str, str]] = {
         "Accesses per department per day (last {days} days)",
     ),
     "volume.none": ("该时段没有访问。", "No accesses in this period."),
+    "supervision.title": ("电子监察", "Supervision"),
+    "supervision.intro": (
+        "按受理月份统计各部门办件；超期未办结按当前时间 {now} 计。",
+        "Each department's cases by the month they were opened; open cases overdue as of {now}.",
+    ),
+    "supervision.from": ("起始月份", "From month"),
+    "supervision.to": ("截止月份", "To month"),
+    "supervision.chart": (
+        "{department} 各月办件：按时办结、超期办结、超期未办结",
+        "{department} by month: decided on time, decided late, overdue and open",
+    ),
+    "supervision.series.within": ("按时办结", "Decided within the promised limit"),
+    "supervision.series.late": ("超期办结", "Decided late"),
+    "supervision.series.overdue": ("超期未办结", "Open and overdue"),
+    "supervision.month": ("受理月份", "Month opened"),
+    "supervision.opened": ("受理", "Opened"),
+    "supervision.decided": ("办结", "Decided"),
+    "supervision.within": ("按承诺时限办结率", "Within promised limit"),
+    "supervision.late": ("超期办结", "Decided late"),
+    "supervision.past_legal": ("超法定 {n}", "{n} past legal"),
+    "supervision.overdue": ("超期未办结（黄牌/红牌）", "Overdue (promised/legal)"),
+    "supervision.repeated": ("多次补正", "补正 more than once"),
+    "supervision.immediate": ("即办件率", "Same-day share"),
+    "supervision.online": ("全程网办率", "Fully online share"),
+    "supervision.no_submission": ("免提交率", "No-submission share"),
+    "supervision.days": ("平均用时/承诺/法定（天）", "Average days taken/promised/legal"),
+    "supervision.definitions": (
+        "定义见 docs/supervision.md：即办件率 = 受理当日办结数 / 办结数；全程网办率 = 所有必需材料均电子获取的办结件 / 有材料核验记录的办结件；免提交率 = 电子获取的必需材料 / 必需材料；天数为自然日。",  # noqa: E501
+        "Definitions in docs/supervision.md: same-day share = decided the day opened / decided; fully online = decided cases whose every required material was obtained electronically / decided cases with a resolution; no-submission = required materials obtained electronically / required materials; days are calendar days.",  # noqa: E501
+    ),
+    "supervision.none": ("该时段没有受理的办件。", "No cases were opened in these months."),
     "covert.title": ("保密案件", "Covert cases"),
     "covert.explain": (
         "具有保密角色的部门可将本部门的案件声明为保密：保密期内，其访问记录不在数据主体的查询中显示。"
@@ -173,6 +204,44 @@ _TEXT: dict[str, tuple[str, str]] = {
     "cases.result": ("结果", "Result"),
     "cases.overdue.promised": ("超承诺时限", "past the promised date"),
     "cases.overdue.legal": ("超法定时限", "past the legal limit"),
+    "rate.title": ("评价办件", "Rate your case"),
+    "rate.intro": (
+        "您的办件已办结。请为办理情况打分（1 至 5 分）并留言；评价记入防篡改日志，任何人无法删除。",
+        "Your case is decided. Please rate how it was handled (1 to 5) and leave a comment; "
+        "the rating goes into the tamper-evident log, and no one can delete it.",
+    ),
+    "rate.section": ("好差评", "Ratings"),
+    "rate.section.intro": (
+        "办结的办件可评价一次；1 或 2 分（差评）由办理部门整改答复，答复后可再评价一次。",
+        "A decided case can be rated once; a rating of 1 or 2 is answered by the department "
+        "(rectification), after which you may rate it once more.",
+    ),
+    "rate.score": ("评分", "Score"),
+    "rate.score.5": ("非常满意", "very good"),
+    "rate.score.4": ("满意", "good"),
+    "rate.score.3": ("基本满意", "fair"),
+    "rate.score.2": ("不满意", "poor"),
+    "rate.score.1": ("非常不满意", "very poor"),
+    "rate.comment": ("留言（最多 500 字）", "Comment (at most 500 characters)"),
+    "rate.submit": ("提交评价", "Send the rating"),
+    "rate.thanks": ("感谢您的评价。", "Thank you for your rating."),
+    "rate.see": ("在“我的数据”中查看评价和整改答复", "See your ratings and answers in My data"),
+    "rate.round.1": ("评价", "Rating"),
+    "rate.round.2": ("再评价", "Rating after the answer"),
+    "rate.again": (
+        "部门已答复整改，您可以再评价一次：",
+        "The department has answered; you may rate the case once more:",
+    ),
+    "rate.rectification.opened": (
+        "差评已转办理部门整改，答复后您可在“我的数据”中查看并再评价一次。",
+        "Your rating was sent to the department to rectify; once it answers, see the answer "
+        "in My data and rate once more.",
+    ),
+    "rate.rectification.due": ("整改答复期限", "Rectification due by"),
+    "rate.answer": ("部门整改答复", "The department's answer"),
+    "rate.answer.pending": ("等待部门整改答复。", "Waiting for the department's answer."),
+    "rate.outcome.approved": ("准予", "approved"),
+    "rate.outcome.refused": ("不予许可", "refused"),
     "packages.title": ("我的一件事", "My packages (one-trip services)"),
     "packages.code": ("一件事", "Package"),
     "packages.coordinator": ("牵头部门", "Coordinator"),
