@@ -35,20 +35,26 @@ def test_demo_runs_every_step() -> None:
             "7",
             "8",
             "9",
+            "10",
+            "11",
         ]
         assert all(s["ok"] for s in steps), steps
-        package = steps[-1]
+        package = next(s for s in steps if s["step"] == "9")
         assert package["submitted_after_registration"] == [0, 0, 0]
+        deferral = next(s for s in steps if s["step"] == "10")
+        assert (deferral["online"], deferral["offline"]) == ("suspended", "suspended")
         assert lines[-1] == {"step": "end", "ok": True, "data_dir": str(root / "demo")}
         assert (root / "demo" / "bundles" / "samr" / "bundle.json").exists()
         assert next(s for s in steps if s["step"] == "0.5")["reason"] == "DEPARTMENT_SUSPENDED"
         # The issued licences stay in the data dir, for the operator to list.
         listed = tongban("licence", "list", "--data-dir", str(root / "demo"), "--json")
         assert listed.code == 0, listed.stdout + listed.stderr
-        # The restaurant's business licence, its revoked food permit, and the business
-        # licence 设立登记 issued in the 企业开办 package.
+        # The restaurant's business licence, its revoked food permit, the business
+        # licence 设立登记 issued in the 企业开办 package, and the permit suspended when its
+        # deferred site plan never came.
         assert sorted(item["status"] for item in listed.json()["licences"]) == [
             "revoked",
+            "suspended",
             "valid",
             "valid",
         ]

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -108,6 +108,20 @@ async def _first_event(stream: AsyncIterator[Event], within: float = 15.0) -> Ev
     raise DemoFailed(f"No event arrived within {within:.0f} s.")
 
 
+class _DemoClock:
+    """The wall clock, which the demo moves ahead once, so a deferral's days run out (the
+    node, its sweep and the bank all read this clock, as tests move theirs)."""
+
+    def __init__(self) -> None:
+        self._ahead = timedelta(0)
+
+    def now(self) -> datetime:
+        return SystemClock().now() + self._ahead
+
+    def advance(self, delta: timedelta) -> None:
+        self._ahead += delta
+
+
 class DemoFailed(TongbanError):
     reason = "DEMO_STEP_FAILED"
     status = "INTERNAL"
@@ -118,7 +132,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     settings = load_settings(
         data_dir=data_dir, grpc_listen="127.0.0.1:0", http_listen="127.0.0.1:0"
     )
-    clock = SystemClock()
+    clock = _DemoClock()
     steps = _Steps(args.json)
     init_data_dir(settings, clock.now())
     node = Node(settings, clock=clock)
@@ -615,6 +629,102 @@ async def run_demo(args: argparse.Namespace) -> int:
                 {"package_number": number, "submitted_after_registration": [s for s, _ in rest]},
             )
 
+        async def step_10_deferral() -> _Outcome:
+            async with client("approval", "SP-0007") as approval:
+                await approval.register_item(story.DEFERRED_PERMIT_ITEM)
+                case = await approval.open_case(
+                    story.DEFERRED_PERMIT_ITEM.code, story.COMPANY_USCC, reason="容缺受理"
+                )
+                deferred = await approval.defer_material(case.number, "site-plan")
+                await approval.accept_commitment(case.number, "health-certificates")
+                permit = await approval.issue_licence(
+                    "food-business-permit", story.FOOD_PERMIT_CLAIMS, case_id=case.number
+                )
+                await approval.move_case(
+                    case.number,
+                    cases_pb2.CASE_STATE_DECIDED,
+                    outcome=cases_pb2.CASE_OUTCOME_APPROVED,
+                    licence_number=permit.number,
+                )
+            licences.update(
+                permit=permit.number, permit_qr=permit.qr, permit_status_uri=permit.status_uri
+            )
+            await bank_refresh()
+            before = bank_offline()
+            # The site plan never comes. A week passes (the demo moves its clock); the
+            # node's sweep, which runs every minute, finds the deferral run out.
+            clock.advance(timedelta(days=7))
+            assert node.follow_through is not None
+            breached = await node.follow_through.sweep(clock.now())
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(http_base + "/verify", json={"qr": permit.qr}) as response,
+            ):
+                online = await response.json()
+            await bank_refresh()
+            after = bank_offline()
+            async with client("approval", "SP-0007") as approval:
+                verified = await approval.verify_licence(permit.sd_jwt)
+            conditions = json.loads(verified.claims_json).get("conditions", [])
+            carried = conditions[0] if conditions else "(none)"
+            return _Outcome(
+                before.status == "valid"
+                and breached == 1
+                and online["status"] == "suspended"
+                and after.status == "suspended"
+                and len(conditions) == 1,
+                f"permit {permit.number} approved with the site plan deferred (due "
+                f"{deferred.due_at.ToDatetime():%Y-%m-%d}) and the health certificates "
+                f"replaced by a commitment, which the permit carries: {carried}; a week "
+                "later the plan had not come: breach recorded, permit suspended through its "
+                f"status list; online check {online['status']}, the bank's offline check "
+                f"after its refresh {after.status}",
+                {"breaches": breached, "online": online["status"], "offline": after.status},
+            )
+
+        async def step_11_rating() -> _Outcome:
+            async with client("approval", "SP-0007") as approval:
+                case = await approval.open_case(story.SERVICE_ITEM, story.COMPANY_USCC)
+                await approval.move_case(
+                    case.number,
+                    cases_pb2.CASE_STATE_DECIDED,
+                    outcome=cases_pb2.CASE_OUTCOME_REFUSED,
+                    reason="经营场所与申请材料不符",
+                )
+            assert node.ratings is not None
+            # The decision's notice carries a one-time link; the applicant follows it.
+            link = await node.ratings.issue_link(case.number, clock.now())
+            token = link.rsplit("/", 1)[1]
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{http_base}/console/rate/{token}",
+                    data={"score": "2", "comment": "等了很久才告知不符合条件"},
+                ) as response,
+            ):
+                rated = response.status
+            if rated != 200:
+                raise DemoFailed(f"The rating link answered HTTP {rated}.")
+            async with client("approval", "SP-0007") as approval:
+                open_tasks = await approval.list_rectifications(open_only=True)
+                task = next((r for r in open_tasks.cases if r.case_number == case.number), None)
+                if task is None:
+                    raise DemoFailed("The bad rating opened no rectification.")
+                await approval.answer_rectification(
+                    case.number, "已改为受理时一次性告知全部条件，并向申请人致歉"
+                )
+            again = await node.ratings.rate(
+                story.COMPANY_USCC, case.number, 4, "整改及时", clock.now()
+            )
+            return _Outcome(
+                rated == 200 and again.score == 4,
+                f"the applicant rated case {case.number} 2 (差评) through the link; a "
+                f"rectification opened, due {task.rectification.due_at.ToDatetime():%Y-%m-%d}, "
+                "approval answered it, and the applicant rated again: 4; each is an entry "
+                "in the tamper-evident log",
+                {"case": case.number, "rerated": again.score},
+            )
+
         await steps.run("0.1", "An exchange node starts on embedded PostgreSQL", node_up)
         await steps.run("0.2", "The story's departments are registered", enrol)
         await steps.run("0.3", "Each department is known by its certificate", authenticate)
@@ -646,6 +756,16 @@ async def run_demo(args: argparse.Namespace) -> int:
             "9",
             "企业开办 as one package: four departments, one trip, no re-submission",
             step_9_package,
+        )
+        await steps.run(
+            "10",
+            "容缺: a deferral runs out and the permit is suspended, as the bank sees",
+            step_10_deferral,
+        )
+        await steps.run(
+            "11",
+            "好差评: a bad rating, its rectification answered, rated again",
+            step_11_rating,
         )
     finally:
         await node.stop()

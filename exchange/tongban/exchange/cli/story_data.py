@@ -372,3 +372,33 @@ ENTERPRISE_START = packages_pb2.PackageSpec(
         ),
     ],
 )
+
+
+# 容缺受理 (issue 16): the bureau's permit with a site plan that may follow within two
+# working days; a breach suspends the permit the case issued, and the regulator checks
+# the hygiene commitment (告知承诺) that may replace the staff health certificates.
+DEFERRED_PERMIT_ITEM = items_pb2.ItemSpec(
+    code="food-business-permit-fast",
+    name="食品经营许可（容缺受理、告知承诺）",
+    legal_basis=FOOD_BUSINESS_PERMIT_ITEM.legal_basis,
+    purpose=PURPOSE,
+    legal_limit_days=10,
+    promised_limit_days=3,
+    issues_licence="food-business-permit",
+    on_breach="suspend",
+    supervisors=["regulator"],
+    materials=[
+        items_pb2.Material(
+            code="application", name="食品经营许可申请书", required=True,
+            submitted=items_pb2.SubmittedSource(),
+        ),
+        items_pb2.Material(
+            code="site-plan", name="经营场所平面布局图", required=True,
+            submitted=items_pb2.SubmittedSource(), defer_days=2,
+        ),
+        items_pb2.Material(
+            code="health-certificates", name="从业人员健康证明", required=True,
+            submitted=items_pb2.SubmittedSource(), commitment_check_days=5,
+        ),
+    ],
+)  # fmt: skip
