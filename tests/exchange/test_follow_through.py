@@ -11,6 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
+import asyncpg
 import pytest
 
 from tests.conftest import client_for
@@ -24,6 +25,7 @@ from tests.exchange.test_cases import (  # noqa: F401 - cases_node is a fixture
 from tests.stories.restaurant import COMPANY_USCC, FOOD_PERMIT_CLAIMS
 from tongban.client import ExchangeError
 from tongban.exchange.datadir import ca_certificate_pem
+from tongban.exchange.licensing.follow_through import CaseMaterialsTampered, verify_follow_through
 from tongban.exchange.node import Node
 from tongban.licence import BUILTIN_REGISTRY, StatusListCache, TrustListCache, verify_licence
 from tongban.signing import load_pem_certificates
@@ -280,3 +282,50 @@ async def test_bad_follow_through_inputs_have_reasons_and_write_nothing(
     assert supplied.state == cases_pb2.MATERIAL_STATE_SUPPLIED
     assert late.value.reason == "MATERIAL_SUPPLY_LATE"
     assert closed.value.reason == "MATERIAL_NOT_OPEN"
+
+
+async def test_rows_changed_or_deleted_outside_the_node_are_found(
+    cases_node: Node,  # noqa: F811 - the fixture
+    database_url: str,
+) -> None:
+    node = cases_node
+    await _register(node)
+    number, _ = await _approved_case(node)
+    _set(node, _china(MONDAY + timedelta(days=4)))
+    assert node.follow_through is not None
+    assert await node.follow_through.sweep(node.clock.now()) == 1
+    assert node.db is not None
+    assert await verify_follow_through(node.db.pool) == (2, 3)
+    # The node's own role can neither turn a breach back nor delete the record of one.
+    for statement in (
+        "UPDATE case_material SET due_at = due_at + interval '1 day'",
+        "DELETE FROM case_material",
+    ):
+        with pytest.raises(asyncpg.InsufficientPrivilegeError):
+            await node.db.pool.execute(statement)
+    owner = await asyncpg.connect(database_url)
+    try:
+        # Someone with the schema owner's login hides the breach...
+        await owner.execute(
+            "UPDATE case_material SET state = 'open', resolved_at = NULL"
+            " WHERE case_number = $1 AND material = 'site-plan'",
+            number,
+        )
+        with pytest.raises(CaseMaterialsTampered) as hidden:
+            await verify_follow_through(node.db.pool)
+        assert number in hidden.value.metadata["cases"]
+        # ...or deletes the commitment.
+        await owner.execute(
+            "UPDATE case_material SET state = 'breached', resolved_at = now()"
+            " WHERE case_number = $1 AND material = 'site-plan'",
+            number,
+        )
+        assert await verify_follow_through(node.db.pool) == (2, 3)
+        await owner.execute(
+            "DELETE FROM case_material WHERE case_number = $1 AND material = 'hygiene-pledge'",
+            number,
+        )
+        with pytest.raises(CaseMaterialsTampered):
+            await verify_follow_through(node.db.pool)
+    finally:
+        await owner.close()

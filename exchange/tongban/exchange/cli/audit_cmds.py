@@ -26,6 +26,8 @@ from tongban.exchange.cli.commands import emit, settings_from_args
 from tongban.exchange.datadir import load_log_key, load_log_signer, log_origin
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.licensing.follow_through import verify_follow_through
+from tongban.exchange.licensing.ratings import verify_ratings
 from tongban.signing.clock import SystemClock
 
 __all__ = ["add_parsers", "run_audit"]
@@ -171,6 +173,10 @@ async def run_audit(args: argparse.Namespace) -> int:
             report = await verify_log(
                 db.pool, origin=origin, verifier=signer.public_key(), progress=progress
             )
+            # The rows the log vouches for: ratings and their rectifications, deferred
+            # materials and commitments, each against the entries its life wrote.
+            ratings = await verify_ratings(db.pool)
+            materials, _ = await verify_follow_through(db.pool)
             emit(
                 args,
                 {
@@ -178,10 +184,15 @@ async def run_audit(args: argparse.Namespace) -> int:
                     "root": base64.b64encode(report.root).decode(),
                     "checkpoints": report.checkpoints,
                     "seconds": round(report.seconds, 3),
+                    "ratings": ratings.ratings,
+                    "rectifications": ratings.rectifications,
+                    "case_materials": materials,
                 },
                 f"\rthe access log is intact: {report.size:,} entries, {report.checkpoints} signed "
                 f"checkpoints consistent, root {base64.b64encode(report.root).decode()} "
-                f"({report.seconds:.1f} s)",
+                f"({report.seconds:.1f} s); {ratings.ratings} ratings, "
+                f"{ratings.rectifications} rectifications and {materials} deferred materials "
+                "or commitments agree with it",
             )
         elif command == "anomalies":
             end = args.end or SystemClock().now()

@@ -19,6 +19,7 @@ refused step writes nothing (another department's attempt is logged as a denial)
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +28,7 @@ from typing import Any
 import asyncpg
 
 from tongban.errors import TongbanError
+from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.licensing.case_feed import CaseFeed
 from tongban.exchange.licensing.cases import (
@@ -53,7 +55,15 @@ from tongban.exchange.licensing.items import ServiceItem
 from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.records import RecordStore
 
-__all__ = ["COMMITTED", "DEFERRED", "CaseMaterialRow", "FollowThrough", "Suspend"]
+__all__ = [
+    "COMMITTED",
+    "DEFERRED",
+    "CaseMaterialRow",
+    "CaseMaterialsTampered",
+    "FollowThrough",
+    "Suspend",
+    "verify_follow_through",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -392,3 +402,82 @@ class FollowThrough:
             number,
         )
         return [_row(r) for r in rows]
+
+
+class CaseMaterialsTampered(TongbanError):
+    """Deferred-material and commitment rows and their access-log entries disagree: a row
+    was changed, deleted or added outside the node."""
+
+    reason = "CASE_MATERIALS_TAMPERED"
+    status = "DATA_LOSS"
+
+
+_VERIFIED_ACTIONS = ("case.defer", "case.commit", "case.supply", "case.check", "case.breach")
+
+
+def _expected(row: CaseMaterialRow) -> list[tuple[str, str, str, datetime | None]]:
+    """The log entries a row's life wrote: (action, case, reason, due) — the due date only
+    for the recording, whose reason names it."""
+    record = "case.defer" if row.kind == DEFERRED else "case.commit"
+    out: list[tuple[str, str, str, datetime | None]] = [
+        (record, row.case_number, row.material, row.due_at)
+    ]
+    if row.state == "supplied":
+        out.append(("case.supply", row.case_number, row.material, None))
+    elif row.state == "checked":
+        out.append(("case.check", row.case_number, f"{row.material}:passed", None))
+    elif row.state == "breached" and row.kind == COMMITTED:
+        out.append(("case.check", row.case_number, f"{row.material}:failed", None))
+        out.append(("case.breach", row.case_number, f"{row.material}:commitment found false", None))
+    elif row.state == "breached":
+        out.append(("case.breach", row.case_number, f"{row.material}:deferral ran out", None))
+    return out
+
+
+async def verify_follow_through(pool: asyncpg.Pool) -> tuple[int, int]:
+    """Compare every ``case_material`` row with the access-log entries its life wrote (read
+    from the entries' leaves, which ``audit verify`` checks against the tree); return
+    (rows, entries) checked, or raise CaseMaterialsTampered naming the first cases whose
+    row was changed (a breach turned back to open, a due date moved), deleted or added
+    outside the node."""
+    async with pool.acquire() as conn:
+        rows = [_row(r) for r in await conn.fetch(f"SELECT {_ROW} FROM case_material")]  # noqa: S608
+        leaves = await conn.fetch(
+            "SELECT idx, leaf FROM access_log WHERE action = ANY($1::text[])"
+            " AND decision = 'allowed' ORDER BY idx",
+            list(_VERIFIED_ACTIONS),
+        )
+    expected: Counter[tuple[str, str, str, datetime | None]] = Counter()
+    for row in rows:
+        expected.update(_expected(row))
+    logged: Counter[tuple[str, str, str, datetime | None]] = Counter()
+    for leaf in leaves:
+        try:
+            entry = decode_leaf(bytes(leaf["leaf"]))
+        except LeafInvalid:
+            raise CaseMaterialsTampered(
+                f"Access-log entry {leaf['idx']} cannot be read; run tongban audit verify.",
+                metadata={"index": str(leaf["idx"])},
+            ) from None
+        if entry.case_id is None or entry.reason is None:
+            continue
+        due: datetime | None = None
+        reason = entry.reason
+        if entry.action in ("case.defer", "case.commit"):
+            reason, _, at = reason.partition(" due ")
+            try:
+                due = datetime.fromisoformat(at)
+            except ValueError:
+                due = None
+        logged[(entry.action, entry.case_id, reason, due)] += 1
+    problems = [("no log entry", k) for k in expected - logged]
+    problems += [("no row, or a row changed", k) for k in logged - expected]
+    if problems:
+        problems.sort(key=lambda p: (p[1][1], p[1][0]))
+        first = "; ".join(f"{k[0]} {k[2]} of case {k[1]}: {what}" for what, k in problems[:5])
+        raise CaseMaterialsTampered(
+            f"{len(problems)} deferred-material or commitment record(s) disagree with the "
+            f"access log: {first}.",
+            metadata={"cases": ",".join(sorted({k[1] for _, k in problems}))[:500]},
+        )
+    return len(rows), len(leaves)
