@@ -214,6 +214,13 @@ async def node_server(
             process = await asyncio.create_subprocess_exec(
                 *_node_command(profile),
                 *("serve", "--json", "--demo", "--data-dir", str(data_dir)),
+                # BENCH_NODE_WORKERS=N: the node as N worker processes (serve --workers);
+                # the CPU split then counts them under "other".
+                *(
+                    ("--workers", workers)
+                    if (workers := os.environ.get("BENCH_NODE_WORKERS"))
+                    else ()
+                ),
                 *("--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
                 env=node_env,
                 stdout=asyncio.subprocess.PIPE,
@@ -273,6 +280,9 @@ async def kafka_broker() -> AsyncIterator[KafkaBroker]:
         yield KafkaBroker(f"127.0.0.1:{port}", psutil.Process(process.pid))
     finally:
         await _stop(process, "the Kafka broker")
+
+
+_WORKERS = "BENCH_NODE_WORKERS"
 
 
 def _node_command(profile: Path | None) -> list[str]:

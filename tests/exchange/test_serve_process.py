@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import shutil
 import signal
@@ -145,3 +147,59 @@ async def test_restart_keeps_departments_and_the_cli_joins_a_running_node(
     assert "extra" in codes
     assert "samr" in codes
     assert _postgres_for(data_dir) == []
+
+
+async def test_workers_share_the_port_restart_when_killed_and_stop_together(
+    data_dir: Path,
+) -> None:
+    served = Served(data_dir, "--demo", "--workers", "2")
+    try:
+        assert served.ready["event"] == "ready"
+        first, second = served.ready["workers"]
+        supervisor = psutil.Process(served.proc.pid)
+        assert {c.pid for c in supervisor.children()} >= {first, second}
+        bundle = Bundle.load(data_dir / "bundles" / "tax")
+
+        async def answered_by() -> str:
+            async with ExchangeClient(bundle, target=served.ready["grpc"]) as client:
+                return (await client.who_am_i()).node
+
+        # New connections are spread over the workers by the kernel (SO_REUSEPORT).
+        seen = {await answered_by() for _ in range(40)}
+        assert seen == {"node-1-w1", "node-1-w2"}
+        # A worker that dies is started again; the node keeps answering meanwhile.
+        psutil.Process(first).kill()
+        deadline = time.monotonic() + 60
+        while _live_children(supervisor) - {first, second} == set():
+            assert time.monotonic() < deadline, "the killed worker was not started again"
+            await asyncio.sleep(0.2)
+        # Meanwhile the other worker answers; once the new one listens, both do again.
+        seen = set()
+        while seen != {"node-1-w1", "node-1-w2"}:
+            assert time.monotonic() < deadline, f"only {seen} answered after the restart"
+            seen.add(await answered_by())
+    finally:
+        code, lines = served.stop()
+    assert code == 0
+    assert lines[-1]["event"] == "stopped"
+    assert _live_children(supervisor) == set() if supervisor.is_running() else True
+    deadline = time.monotonic() + 10
+    while _postgres_for(data_dir) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert _postgres_for(data_dir) == []
+
+
+def _live_children(process: psutil.Process) -> set[int]:
+    live = set()
+    for child in process.children():
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE:
+                live.add(child.pid)
+    return live
+
+
+def test_workers_take_a_count_from_1_to_64(data_dir: Path) -> None:
+    for bad in ("0", "65", "two"):
+        result = tongban("serve", "--workers", bad, "--data-dir", str(data_dir))
+        assert result.code == 2
+        assert "--workers takes 1 to 64" in result.stderr

@@ -205,7 +205,12 @@ class ExchangeClient:
         self._channel = grpc.aio.secure_channel(
             self.target,
             credentials,
-            options=[("grpc.ssl_target_name_override", bundle.server_name)],
+            options=[
+                ("grpc.ssl_target_name_override", bundle.server_name),
+                # A connection of its own (gRPC would otherwise share one between the
+                # clients of a process), so clients spread over a node's workers.
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
         )
         self._node = node_pb2_grpc.NodeServiceStub(self._channel)
         self._catalogue = catalogue_pb2_grpc.CatalogueServiceStub(self._channel)

@@ -381,7 +381,8 @@ class Node:
             options=[
                 ("grpc.max_receive_message_length", _MAX_MESSAGE),
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
-                ("grpc.so_reuseport", 0),
+                # Several worker processes of one host share the port (serve --workers).
+                ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
             ],
         )
         assert self.sharing is not None
@@ -605,7 +606,7 @@ class Node:
         await runner.setup()
         self._http = runner
         listen = self.settings.http_listen
-        site = web.TCPSite(runner, listen.host, listen.port, reuse_port=False)
+        site = web.TCPSite(runner, listen.host, listen.port, reuse_port=self.settings.reuse_port)
         try:
             await site.start()
         except OSError as e:

@@ -155,6 +155,10 @@ class Settings(BaseSettings):
     makeup_workdays: Annotated[tuple[date, ...], NoDecode] = ()
     """Weekend days that are working days (调休), comma-separated YYYY-MM-DD."""
 
+    reuse_port: bool = False
+    """Share the gRPC and HTTP ports with the other node processes of this host
+    (SO_REUSEPORT): set by ``tongban serve --workers N`` for its workers."""
+
     case_notify: str = ""
     """Where notices of case transitions go, for the applicant (docs/notifiers.md):
     ``file:/abs/path.jsonl`` (one JSON line each) or ``webhook:https://host/path`` (POSTed,

@@ -62,6 +62,16 @@ def _listen(value: str) -> str:
     return value
 
 
+def _workers(value: str) -> int:
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if not 1 <= count <= 64:
+        raise argparse.ArgumentTypeError(f"--workers takes 1 to 64 processes, not {value!r}")
+    return count
+
+
 def _data_dir(value: str) -> Path:
     if not value.strip() or "\x00" in value:
         raise argparse.ArgumentTypeError("the data directory must be a non-empty path")
@@ -101,6 +111,13 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--http-listen", type=_listen, help="HTTP address (default 127.0.0.1:8080)")
     serve.add_argument(
         "--demo", action="store_true", help="register the story's departments and write bundles"
+    )
+    serve.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        metavar="N",
+        help="run N node processes sharing the ports, one per core (default 1)",
     )
 
     demo = sub.add_parser("demo", parents=[common], help="run the end-to-end story on a fresh node")

@@ -134,6 +134,10 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
+    if getattr(args, "workers", 1) > 1:
+        from tongban.exchange.cli.workers import run_workers
+
+        return await run_workers(args)
     settings = settings_from_args(args, grpc_listen=args.grpc_listen, http_listen=args.http_listen)
     clock = SystemClock()
     if not is_initialised(settings.data_dir):

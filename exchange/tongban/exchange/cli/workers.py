@@ -1,0 +1,259 @@
+"""``tongban serve --workers N``: N node processes on one host, sharing the ports.
+
+The node is one Python process, and its event loop one core; on a machine with more,
+``--workers`` runs one node process per core. The supervisor (this module):
+
+- initialises the data dir if needed and opens the database once (starting the embedded
+  PostgreSQL, applying the migrations, enrolling the demo departments with ``--demo``),
+  holding it while the workers run, so the embedded server outlives any one worker;
+- picks the ports (a free one for port 0) and starts N workers, each ``tongban serve``
+  with ``TONGBAN_REUSE_PORT=1`` (``SO_REUSEPORT``: the kernel spreads new connections over
+  them) and its own node name (``<name>-w<i>``, written in the access log);
+- answers ``ready`` once every worker is, restarts a worker that dies (its in-flight
+  calls fail with UNAVAILABLE; what it acknowledged is committed), and on SIGTERM or
+  SIGINT stops them all, each draining its calls, then closes the database (the last one
+  out stops the embedded server).
+
+The workers are nodes of one exchange as in cluster mode (docs/deploy.md): one access
+log, checkpoints signed under an advisory lock, one relay leader, caches kept coherent by
+NOTIFY; the follow-through sweep is safe on every worker at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+
+from tongban.errors import TongbanError
+from tongban.exchange.cli.commands import emit, settings_from_args
+from tongban.exchange.datadir import init_data_dir, is_initialised
+from tongban.exchange.db.database import Database
+from tongban.exchange.enrolment import enrol_demo_departments
+from tongban.exchange.settings import ListenAddress, Settings
+from tongban.signing.clock import SystemClock
+
+__all__ = ["WorkerFailed", "run_workers"]
+
+_log = logging.getLogger(__name__)
+
+READY_SECONDS = 120.0  # a worker's start: migrations checked, keys loaded, ports bound
+STOP_SECONDS = 30.0  # after its grace, a worker that has not exited is killed
+MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then the supervisor gives up
+RESTART_WINDOW = 60.0
+_START = "import sys; from tongban.exchange.cli import main; sys.exit(main(sys.argv[1:]))"
+
+
+class WorkerFailed(TongbanError):
+    """A worker could not start, or kept dying."""
+
+    reason = "WORKER_FAILED"
+    status = "UNAVAILABLE"
+
+
+def _reserve(address: ListenAddress) -> tuple[socket.socket, ListenAddress]:
+    """A socket bound to ``address`` with SO_REUSEPORT (a free port for port 0), held until
+    the workers have bound the same port."""
+    family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
+    held = socket.socket(family, socket.SOCK_STREAM)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    held.bind((address.host, address.port))
+    return held, ListenAddress(address.host, held.getsockname()[1])
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: asyncio.subprocess.Process | None = None
+    restarts: list[float] = field(default_factory=list)
+    drain: asyncio.Task[None] | None = None
+
+
+class _Workers:
+    def __init__(
+        self, args: argparse.Namespace, settings: Settings, grpc: ListenAddress,
+        http: ListenAddress,
+    ) -> None:  # fmt: skip
+        self._settings = settings
+        self._grpc = grpc
+        self._http = http
+        self._verbose = bool(getattr(args, "verbose", False))
+        self.workers = [_Worker(i + 1) for i in range(args.workers)]
+        self.stopping = False
+
+    def _command(self) -> list[str]:
+        return [
+            sys.executable, "-c", _START, "serve", "--json",
+            "--data-dir", str(self._settings.data_dir),
+            "--grpc-listen", str(self._grpc), "--http-listen", str(self._http),
+        ]  # fmt: skip
+
+    async def start(self, worker: _Worker) -> None:
+        """Start ``worker`` and return once it is ready. Raises WorkerFailed."""
+        env = dict(os.environ)
+        env["TONGBAN_REUSE_PORT"] = "1"
+        env["TONGBAN_NODE_NAME"] = f"{self._settings.node_name}-w{worker.index}"
+        process = await asyncio.create_subprocess_exec(
+            *self._command(),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
+        )
+        worker.process = process
+        assert process.stdout is not None
+        try:
+            async with asyncio.timeout(READY_SECONDS):
+                while True:
+                    line = await process.stdout.readline()
+                    if not line:
+                        code = await process.wait()
+                        raise WorkerFailed(
+                            f"Worker {worker.index} exited with code {code} while starting; its "
+                            "messages are above.",
+                            metadata={"worker": str(worker.index)},
+                        )
+                    with contextlib.suppress(ValueError):
+                        message = json.loads(line)
+                        if isinstance(message, dict) and message.get("event") == "ready":
+                            break
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise WorkerFailed(
+                f"Worker {worker.index} was not ready within {READY_SECONDS:.0f} s.",
+                metadata={"worker": str(worker.index)},
+            ) from None
+        worker.drain = asyncio.ensure_future(self._drain(process))
+
+    @staticmethod
+    async def _drain(process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        while await process.stdout.readline():
+            pass
+
+    async def supervise(self, stop: asyncio.Event) -> None:
+        """Restart workers that die until ``stop`` is set. Raises WorkerFailed when one
+        dies more than MAX_RESTARTS times in RESTART_WINDOW seconds."""
+        stopped = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                exits = {
+                    asyncio.ensure_future(w.process.wait()): w
+                    for w in self.workers
+                    if w.process is not None
+                }
+                done, _ = await asyncio.wait({stopped, *exits}, return_when=asyncio.FIRST_COMPLETED)
+                for task in exits:
+                    if task not in done:
+                        task.cancel()
+                if stop.is_set():
+                    return
+                for task in done:
+                    worker = exits.get(task)
+                    if worker is None:
+                        continue
+                    now = time.monotonic()
+                    worker.restarts = [t for t in worker.restarts if now - t < RESTART_WINDOW]
+                    if len(worker.restarts) >= MAX_RESTARTS:
+                        raise WorkerFailed(
+                            f"Worker {worker.index} died {MAX_RESTARTS + 1} times within "
+                            f"{RESTART_WINDOW:.0f} s; stopping the node.",
+                            metadata={"worker": str(worker.index)},
+                        )
+                    worker.restarts.append(now)
+                    _log.warning(
+                        "worker %d (pid %d) exited with code %s; restarting it",
+                        worker.index,
+                        worker.process.pid if worker.process else -1,
+                        task.result(),
+                    )
+                    await self.start(worker)
+        finally:
+            stopped.cancel()
+
+    async def stop(self) -> None:
+        """SIGTERM every worker (each drains its calls), wait, kill what lingers."""
+        self.stopping = True
+        running = [w.process for w in self.workers if w.process and w.process.returncode is None]
+        for process in running:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        grace = self._settings.shutdown_grace_seconds + STOP_SECONDS
+        for process in running:
+            try:
+                async with asyncio.timeout(grace):
+                    await process.wait()
+            except TimeoutError:
+                _log.error(
+                    "worker pid %d did not stop within %.0f s; killing it", process.pid, grace
+                )
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+                await process.wait()
+        for worker in self.workers:
+            if worker.drain is not None:
+                worker.drain.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await worker.drain
+
+    def pids(self) -> list[int]:
+        return [w.process.pid for w in self.workers if w.process is not None]
+
+
+async def run_workers(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args, grpc_listen=args.grpc_listen, http_listen=args.http_listen)
+    clock = SystemClock()
+    if not is_initialised(settings.data_dir):
+        await asyncio.to_thread(init_data_dir, settings, clock.now())
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    db = await Database.open(settings, pool_size=2)  # starts and migrates, once
+    workers: _Workers | None = None
+    try:
+        enrolled = await enrol_demo_departments(db, settings, clock.now()) if args.demo else []
+        grpc_socket, grpc = _reserve(settings.grpc_listen)
+        http_socket, http = _reserve(settings.http_listen)
+        try:
+            workers = _Workers(args, settings, grpc, http)
+            for worker in workers.workers:
+                await workers.start(worker)
+        finally:
+            grpc_socket.close()
+            http_socket.close()
+        bundles = settings.data_dir / "bundles"
+        emit(
+            args,
+            {
+                "event": "ready",
+                "node": settings.node_name,
+                "grpc": str(grpc),
+                "http": str(http),
+                "workers": workers.pids(),
+                "data_dir": str(settings.data_dir),
+                "bundles": str(bundles),
+                "enrolled": [dept.code for dept, _ in enrolled],
+            },
+            f"tongban node {settings.node_name} ready with {len(workers.workers)} workers: gRPC "
+            f"{grpc} (mutual TLS), HTTP http://{http}/healthz\n  department bundles in "
+            f"{bundles}\n  stop with Ctrl-C",
+        )
+        await workers.supervise(stop)
+    finally:
+        if workers is not None:
+            await workers.stop()
+        await db.close()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    emit(args, {"event": "stopped"}, "")
+    return 0
