@@ -234,7 +234,7 @@ class CaseStore:
             self._writer = None
 
     async def _submit(self, job: _Job) -> Case:
-        if self._writer is None or self._closing:
+        if self._writer is None or self._closing or self._writer.done():
             return await self._single(job)
         self._jobs.append(job)
         self._wake.set()
@@ -247,6 +247,18 @@ class CaseStore:
         return await self._open_single(job.caller, job.opened, job.why, job.now)
 
     async def _write(self) -> None:
+        try:
+            await self._write_batches()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a bug: no caller may wait for ever
+            _log.exception("the case writer failed; changes go one by one from now on")
+            waiting, self._jobs = self._jobs, []
+            for job in waiting:
+                if not job.future.done():
+                    await self._run_single(job)
+
+    async def _write_batches(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
