@@ -24,10 +24,19 @@ B. **overdue report**: ``BENCH_CASES_ROWS`` open cases (default 1,000,000) COPYe
    Target <= 2 s. One page of ``overdue_cases`` is timed too.
 C. **progress page**: ``CaseStore.of_applicant`` (what the console's subject view lists)
    for random applicants, sequentially, p50/p99, beside a primary-key SELECT of one
-   random case. Target p99 <= 100 ms.
+   random case; then the page itself: ``GET /console/subject`` over HTTP on the running
+   node, signed in as a data subject the way one is (``tongban subject link ID`` run
+   against the node's data dir, the link followed: its form, then the POST that sets the
+   session cookie). The subject is an applicant of phase A's (so its case.* entries are
+   in the access log) who also has bulk-loaded cases, the one with a count nearest 6.
+   ``BENCH_CASES_PAGES`` (default 300) requests, sequential on one keep-alive
+   connection, alternating with the node's ``/healthz`` (the baseline: HTTP and one
+   ``SELECT 1``); p50/p99/max of each. Every view is logged first (``subject.view``)
+   and listed on the page, so the access-log list grows by one a request. Target p99
+   <= 100 ms for the page; anything but 200 fails the phase.
 
-B and C run in this process on a pool of the node's PostgreSQL (as its superuser), the
-node still running. Targets are printed as met or missed, never asserted.
+B and C's store calls run in this process on a pool of the node's PostgreSQL (as its
+superuser), the node still running. Targets are printed as met or missed, never asserted.
 """
 
 from __future__ import annotations
@@ -37,6 +46,7 @@ import json
 import os
 import platform
 import random
+import re
 import statistics
 import sys
 import time
@@ -47,6 +57,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from datetime import time as day_time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
@@ -85,6 +96,12 @@ COPY_CHUNK = 100_000
 REPEATS = 5
 """Timed runs of the overdue report and of its baseline, alternating."""
 PAGE = 100
+PAGE_WARMUP = 20
+"""Untimed requests of each kind before C's page measurement (templates, connections)."""
+SUBJECT_CASES = 6
+"""C's page is for the phase-A applicant whose case count is nearest this."""
+_TONGBAN = Path(sys.executable).parent / "tongban"
+_LINK_TIMEOUT = 120.0
 
 
 def _positive(variable: str, default: str, kind: type[int] | type[float]) -> Any:
@@ -112,6 +129,8 @@ class Config:
     """Distinct applicants per bulk-loaded case: about five cases each."""
     lookups: int = 2_000
     """Sequential progress-page reads in C (and primary-key SELECTs for its baseline)."""
+    pages: int = 300
+    """Sequential GET /console/subject in C (and GET /healthz for its baseline)."""
     profile_dir: str | None = None
     seed: int = 20_260_315
 
@@ -126,6 +145,7 @@ class Config:
             rows=_positive("BENCH_CASES_ROWS", "1000000", int),
             duration_seconds=_positive("BENCH_CASES_SECONDS", "8", float),
             lookups=_positive("BENCH_CASES_LOOKUPS", "2000", int),
+            pages=_positive("BENCH_CASES_PAGES", "300", int),
             profile_dir=os.environ.get("BENCH_CASES_PROFILE") or None,
         )
 
@@ -172,6 +192,15 @@ class CasesReport:
     progress: Latencies | None = None
     primary_key: Latencies | None = None
     cases_per_page: float = 0.0
+    healthz: Latencies | None = None
+    subject_page: Latencies | None = None
+    page_subject: str = ""
+    page_cases: int = 0
+    """The signed-in subject's cases (all on its page)."""
+    page_accesses: tuple[int, int] = (0, 0)
+    """The subject's access-log entries before the first view and after the last."""
+    page_bytes: int = 0
+    """The size of the last page served."""
     backend_waits: dict[str, float] = field(default_factory=dict)
     """Mean PostgreSQL backends in each state and wait event during A's transitions."""
 
@@ -488,6 +517,159 @@ async def _phase_c(pool: asyncpg.Pool, config: Config, report: CasesReport) -> N
     report.cases_per_page = found / config.lookups
 
 
+async def _page_subject(pool: asyncpg.Pool) -> tuple[str, list[str], bytes]:
+    """The subject C's page is for: of the applicants phase A opened cases for (not
+    bulk-loaded, so logged), the one with the count of cases nearest ``SUBJECT_CASES``;
+    its case numbers and its ``subject_hmac`` (from a case.* entry of its)."""
+    row = await pool.fetchrow(
+        "WITH logged AS (SELECT DISTINCT applicant FROM service_case WHERE number NOT LIKE"
+        " '%-B%') SELECT s.applicant, array_agg(s.number ORDER BY s.number) AS numbers"
+        " FROM service_case s JOIN logged USING (applicant) GROUP BY s.applicant"
+        " ORDER BY abs(count(*) - $1), s.applicant LIMIT 1",
+        SUBJECT_CASES,
+    )
+    if row is None:
+        raise RuntimeError("C: phase A opened no case, so no subject appears in the access log")
+    numbers: list[str] = list(row["numbers"])
+    subject_hmac = await pool.fetchval(
+        "SELECT subject_hmac FROM access_log WHERE case_id = ANY($1::text[])"
+        " AND action LIKE 'case.%' AND subject_hmac IS NOT NULL LIMIT 1",
+        [n for n in numbers if "-B" not in n],
+    )
+    if subject_hmac is None:
+        raise RuntimeError(f"C: no access-log entry names the cases of {row['applicant']}")
+    return str(row["applicant"]), numbers, bytes(subject_hmac)
+
+
+async def _subject_link(node: NodeServer, subject: str) -> str:
+    """``tongban subject link SUBJECT`` against the node's data dir, as an operator on its
+    host runs it; return the link's path and query (the printed URL names the configured
+    listen address, not the node's loopback port)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TONGBAN_")}
+    env["TONGBAN_KEY_PASSPHRASE"] = "tongban-bench"  # as node_server starts the node
+    process = await asyncio.create_subprocess_exec(
+        str(_TONGBAN),
+        *("subject", "link", subject, "--data-dir", str(node.data_dir), "--json"),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(process.communicate(), _LINK_TIMEOUT)
+    except TimeoutError:
+        process.kill()
+        await process.wait()
+        raise RuntimeError(f"`tongban subject link` took over {_LINK_TIMEOUT:.0f} s") from None
+    if process.returncode != 0:
+        raise RuntimeError(
+            f"`tongban subject link` exited {process.returncode}: "
+            + err.decode(errors="replace").strip()[-500:]
+        )
+    try:
+        url = str(json.loads(out)["url"])
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeError(f"`tongban subject link` printed no URL: {out[:300]!r}") from None
+    parts = urlsplit(url)
+    if parts.path != "/console/link/subject" or not parts.query.startswith("token="):
+        raise RuntimeError(f"`tongban subject link` printed an unexpected URL: {url!r}")
+    return f"{parts.path}?{parts.query}"
+
+
+def _refused(what: str, status: int, body: str, expected: int = 200) -> RuntimeError:
+    """The error for an answer other than ``expected``: its status, and the console's
+    message and reason code (``id="message"``, ``<code>``) or the JSON refusal's."""
+    message = re.search(r'id="message">([^<]*)<', body)
+    reason = re.search(r'<code>([A-Z_]+)</code>|"reason":\s*"([^"]*)"', body)
+    said = message.group(1).strip() if message else re.sub(r"\s+", " ", body).strip()[:200]
+    code = next((g for g in reason.groups() if g), "") if reason else ""
+    return RuntimeError(
+        f"C: {what} answered {status}, not {expected}"
+        + (f" ({code})" if code else "")
+        + (f": {said}" if said else "")
+    )
+
+
+async def _sign_in(http: aiohttp.ClientSession, base: str, link: str) -> None:
+    """Follow the one-time link as a browser does: its page, then the form's POST, which
+    answers 303 to the subject view with the session cookie."""
+    async with http.get(base + link) as answer:
+        body = await answer.text()
+        if answer.status != 200:
+            raise _refused("the subject link's page", answer.status, body)
+    token = link.split("token=", 1)[1]
+    async with http.post(
+        base + "/console/link/subject", data={"token": token}, allow_redirects=False
+    ) as answer:
+        body = await answer.text()
+        if answer.status != 303:
+            raise _refused("POST /console/link/subject", answer.status, body, 303)
+        if (to := answer.headers.get("Location")) != "/console/subject":
+            raise RuntimeError(f"C: POST /console/link/subject sent the browser to {to!r}")
+        if "tongban_session" not in answer.cookies:
+            raise RuntimeError("C: POST /console/link/subject set no session cookie")
+
+
+async def _phase_c_page(
+    node: NodeServer, pool: asyncpg.Pool, config: Config, report: CasesReport
+) -> None:
+    subject, numbers, subject_hmac = await _page_subject(pool)
+    link = await _subject_link(node, subject)
+    base = f"http://{node.http}"
+
+    async def entries() -> int:
+        count = await pool.fetchval(
+            "SELECT count(*) FROM access_log WHERE subject_hmac = $1", subject_hmac
+        )
+        return int(count)
+
+    before = await entries()
+    page_bytes = 0
+    # The cookie is for 127.0.0.1, which the default jar refuses to keep (unsafe=True).
+    async with aiohttp.ClientSession(
+        cookie_jar=aiohttp.CookieJar(unsafe=True),
+        timeout=aiohttp.ClientTimeout(total=30),
+        connector=aiohttp.TCPConnector(limit=1),
+    ) as http:
+        await _sign_in(http, base, link)
+
+        async def get(path: str) -> str:
+            async with http.get(base + path, allow_redirects=False) as answer:
+                body = await answer.text()
+                if answer.status != 200:
+                    raise _refused(f"GET {path}", answer.status, body)
+                return body
+
+        async def healthz() -> object:
+            return await get("/healthz")
+
+        async def the_page() -> object:
+            nonlocal page_bytes
+            body = await get("/console/subject")
+            page_bytes = len(body.encode())
+            return body
+
+        shown = await get("/console/subject")
+        missing = [n for n in numbers if n not in shown]
+        if missing:
+            raise RuntimeError(
+                f"C: the subject view of {subject} lists {len(numbers) - len(missing)} of its "
+                f"{len(numbers)} cases (missing {', '.join(missing[:3])})"
+            )
+        for _ in range(PAGE_WARMUP):
+            await healthz()
+            await the_page()
+        base_s, page_s = [], []
+        for _ in range(config.pages):  # alternating, so drift touches both alike
+            base_s.append(await _seconds(healthz))
+            page_s.append(await _seconds(the_page))
+    report.healthz = Latencies.of(base_s)
+    report.subject_page = Latencies.of(page_s)
+    report.page_subject = subject
+    report.page_cases = len(numbers)
+    report.page_accesses = (before, await entries())
+    report.page_bytes = page_bytes
+
+
 async def run(config: Config) -> CasesReport:
     """Start a node, set up, run A, load the cases, run B and C; stop the node."""
     report = CasesReport(datetime.now(UTC), os.getloadavg(), config)
@@ -515,6 +697,7 @@ async def run(config: Config) -> CasesReport:
             report.rows = await pool.fetchval("SELECT count(*) FROM service_case")
             await _phase_b(pool, now, report)
             await _phase_c(pool, config, report)
+            await _phase_c_page(node, pool, config, report)
     return report
 
 
@@ -535,6 +718,8 @@ def format_report(r: CasesReport) -> str:
     assert r.page is not None
     assert r.progress is not None
     assert r.primary_key is not None
+    assert r.healthz is not None
+    assert r.subject_page is not None
     t, q = r.transitions, r.query
     lines = [
         f"Tongban benchmark: cases (办件)  {r.started:%Y-%m-%d %H:%M:%S %Z}",
@@ -596,10 +781,22 @@ def format_report(r: CasesReport) -> str:
         f"{'C: primary-key SELECT of one case (baseline)':<{LABEL}}{'':>19}"
         f"p50 {r.primary_key.p50_ms:5.2f} ms  p99 {r.primary_key.p99_ms:5.2f} ms  "
         f"max {r.primary_key.max_ms:5.1f} ms",
-        f"{'C: CaseStore.of_applicant (progress page)':<{LABEL}}{'':>19}"
+        f"{'C: CaseStore.of_applicant (store call only)':<{LABEL}}{'':>19}"
         f"p50 {r.progress.p50_ms:5.2f} ms  p99 {r.progress.p99_ms:5.2f} ms  "
-        f"max {r.progress.max_ms:5.1f} ms  target p99 <= {c.progress_target_p99_ms:g} ms: "
-        + _verdict(r.progress.p99_ms <= c.progress_target_p99_ms),
+        f"max {r.progress.max_ms:5.1f} ms",
+        f"C: {c.pages:,} sequential GETs each over HTTP, alternating, one keep-alive "
+        f"connection; signed in as {r.page_subject} through `tongban subject link`",
+        f"{'C: GET /healthz (baseline)':<{LABEL}}{'':>19}"
+        f"p50 {r.healthz.p50_ms:5.2f} ms  p99 {r.healthz.p99_ms:5.2f} ms  "
+        f"max {r.healthz.max_ms:5.1f} ms",
+        f"{'C: GET /console/subject (progress page)':<{LABEL}}{'':>19}"
+        f"p50 {r.subject_page.p50_ms:5.2f} ms  p99 {r.subject_page.p99_ms:5.2f} ms  "
+        f"max {r.subject_page.max_ms:5.1f} ms  "
+        f"target p99 <= {c.progress_target_p99_ms:g} ms: "
+        + _verdict(r.subject_page.p99_ms <= c.progress_target_p99_ms),
+        f"{'   the page':<{LABEL}}{r.page_cases} cases; access-log entries of the subject "
+        f"{r.page_accesses[0]:,} before the first view, {r.page_accesses[1]:,} after the "
+        f"last (each view logs one); last page {r.page_bytes / 1024:,.0f} KiB",
         "",
         f"CPU in A's measured windows, % of one core ({cores} cores = {100 * cores}%):",
         cpu_header(),
