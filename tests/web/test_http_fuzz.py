@@ -643,6 +643,7 @@ _AUDITOR_PAGES = [
     "/console/audit/anomalies",
     "/console/audit/volume",
     "/console/supervision",
+    "/console/supervision/cases",
 ]
 _FILTERS = ["subject", "caller", "officer", "dataset", "purpose", "case", "decision", "from", "to"]
 #: A query the page cannot use: a bad value, or a page token this node did not issue.
@@ -921,6 +922,27 @@ async def test_console_refuses_garbage_with_a_reason(node: Node) -> None:
                     ),
                     _each_value("/console/supervision", ["department", "from", "to"]),
                     _gets(st.just("/console/supervision"), ["department", "from", "to"]),
+                    20,
+                ),
+                Route(  # the cases behind a figure (logged views; tokens the node's)
+                    partial(
+                        _page,
+                        auditor,
+                        refusals={**_BAD_QUERY, 404: {"DEPARTMENT_NOT_FOUND"}},
+                    ),
+                    _each_value(
+                        "/console/supervision/cases", ["kind", "department", "month", "page"]
+                    )
+                    + [  # with a kind, so that the other parameters are read
+                        Probe("GET", p.path, f"kind=late&{p.query}")
+                        for p in _each_value(
+                            "/console/supervision/cases", ["department", "month", "page"]
+                        )
+                    ],
+                    _gets(
+                        st.just("/console/supervision/cases"),
+                        ["kind", "department", "month", "page"],
+                    ),
                     20,
                 ),
                 Route(

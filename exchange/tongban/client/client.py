@@ -898,6 +898,31 @@ class ExchangeClient:
         )
         return result
 
+    async def list_supervised_cases(
+        self,
+        kind: supervision_pb2.SupervisedCaseKind.ValueType,
+        department: str = "",
+        month: str = "",
+        page_size: int = 0,
+        page_token: str = "",
+    ) -> supervision_pb2.ListSupervisedCasesResponse:
+        """One page of the cases behind a figure of the supervision report: decided late,
+        decided past the legal date, or sent to 补正 more than once (``kind``), opened in
+        ``month`` (``YYYY-MM``; "" for any), by opening; whose, as for
+        ``supervision_report``. The node logs the read."""
+        request = supervision_pb2.ListSupervisedCasesRequest(
+            kind=kind,
+            department=department,
+            month=month,
+            page_size=page_size,
+            page_token=page_token,
+        )
+        stub = supervision_pb2_grpc.SupervisionServiceStub(self._channel)
+        result: supervision_pb2.ListSupervisedCasesResponse = await self._call(
+            stub.ListSupervisedCases, request
+        )
+        return result
+
     async def close(self) -> None:
         await self._channel.close(None)
 

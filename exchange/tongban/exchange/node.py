@@ -509,6 +509,9 @@ class Node:
                 self.db.pool,
                 self.clock,
                 offset=timedelta(hours=self.settings.working_utc_offset_hours),
+                access_log=self.access_log,
+                tokens=self._hasher.page_tokens(),  # the same tokens on every node
+                node_name=self.settings.node_name,
             ),
             server,
         )

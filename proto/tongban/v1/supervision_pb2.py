@@ -23,21 +23,30 @@ _sym_db = _symbol_database.Default()
 
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
+from tongban.v1 import cases_pb2 as tongban_dot_v1_dot_cases__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctongban/v1/supervision.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"T\n\x18SupervisionReportRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x12\n\nfrom_month\x18\x02 \x01(\t\x12\x10\n\x08to_month\x18\x03 \x01(\t\"\x8d\x06\n\x0eSupervisionRow\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\x12\x0e\n\x06opened\x18\x03 \x01(\r\x12\x0f\n\x07\x64\x65\x63ided\x18\x04 \x01(\r\x12\x1f\n\x17\x64\x65\x63ided_within_promised\x18\x05 \x01(\r\x12\x14\n\x0c\x64\x65\x63ided_late\x18\x06 \x01(\r\x12\x1a\n\x12\x64\x65\x63ided_past_legal\x18\x07 \x01(\r\x12\x18\n\x10overdue_promised\x18\x08 \x01(\r\x12\x15\n\roverdue_legal\x18\t \x01(\r\x12\x15\n\rin_correction\x18\n \x01(\r\x12\x1c\n\x14\x63orrected_repeatedly\x18\x0b \x01(\r\x12\x18\n\x10\x64\x65\x63ided_same_day\x18\x0c \x01(\r\x12\x10\n\x08resolved\x18\r \x01(\r\x12\x14\n\x0c\x66ully_online\x18\x0e \x01(\r\x12\x1a\n\x12materials_required\x18\x0f \x01(\r\x12\x1c\n\x14materials_electronic\x18\x10 \x01(\r\x12\"\n\x15within_promised_share\x18\x11 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fimmediate_share\x18\x12 \x01(\x01H\x01\x88\x01\x01\x12\x1f\n\x12\x66ully_online_share\x18\x13 \x01(\x01H\x02\x88\x01\x01\x12 \n\x13no_submission_share\x18\x14 \x01(\x01H\x03\x88\x01\x01\x12\x19\n\x0c\x61verage_days\x18\x15 \x01(\x01H\x04\x88\x01\x01\x12\"\n\x15\x61verage_promised_days\x18\x16 \x01(\x01H\x05\x88\x01\x01\x12\x1f\n\x12\x61verage_legal_days\x18\x17 \x01(\x01H\x06\x88\x01\x01\x42\x18\n\x16_within_promised_shareB\x12\n\x10_immediate_shareB\x15\n\x13_fully_online_shareB\x16\n\x14_no_submission_shareB\x0f\n\r_average_daysB\x18\n\x16_average_promised_daysB\x15\n\x13_average_legal_days\"m\n\x19SupervisionReportResponse\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04rows\x18\x02 \x03(\x0b\x32\x1a.tongban.v1.SupervisionRow2v\n\x12SupervisionService\x12`\n\x11SupervisionReport\x12$.tongban.v1.SupervisionReportRequest\x1a%.tongban.v1.SupervisionReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctongban/v1/supervision.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16tongban/v1/cases.proto\"T\n\x18SupervisionReportRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x12\n\nfrom_month\x18\x02 \x01(\t\x12\x10\n\x08to_month\x18\x03 \x01(\t\"\x8d\x06\n\x0eSupervisionRow\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\r\n\x05month\x18\x02 \x01(\t\x12\x0e\n\x06opened\x18\x03 \x01(\r\x12\x0f\n\x07\x64\x65\x63ided\x18\x04 \x01(\r\x12\x1f\n\x17\x64\x65\x63ided_within_promised\x18\x05 \x01(\r\x12\x14\n\x0c\x64\x65\x63ided_late\x18\x06 \x01(\r\x12\x1a\n\x12\x64\x65\x63ided_past_legal\x18\x07 \x01(\r\x12\x18\n\x10overdue_promised\x18\x08 \x01(\r\x12\x15\n\roverdue_legal\x18\t \x01(\r\x12\x15\n\rin_correction\x18\n \x01(\r\x12\x1c\n\x14\x63orrected_repeatedly\x18\x0b \x01(\r\x12\x18\n\x10\x64\x65\x63ided_same_day\x18\x0c \x01(\r\x12\x10\n\x08resolved\x18\r \x01(\r\x12\x14\n\x0c\x66ully_online\x18\x0e \x01(\r\x12\x1a\n\x12materials_required\x18\x0f \x01(\r\x12\x1c\n\x14materials_electronic\x18\x10 \x01(\r\x12\"\n\x15within_promised_share\x18\x11 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fimmediate_share\x18\x12 \x01(\x01H\x01\x88\x01\x01\x12\x1f\n\x12\x66ully_online_share\x18\x13 \x01(\x01H\x02\x88\x01\x01\x12 \n\x13no_submission_share\x18\x14 \x01(\x01H\x03\x88\x01\x01\x12\x19\n\x0c\x61verage_days\x18\x15 \x01(\x01H\x04\x88\x01\x01\x12\"\n\x15\x61verage_promised_days\x18\x16 \x01(\x01H\x05\x88\x01\x01\x12\x1f\n\x12\x61verage_legal_days\x18\x17 \x01(\x01H\x06\x88\x01\x01\x42\x18\n\x16_within_promised_shareB\x12\n\x10_immediate_shareB\x15\n\x13_fully_online_shareB\x16\n\x14_no_submission_shareB\x0f\n\r_average_daysB\x18\n\x16_average_promised_daysB\x15\n\x13_average_legal_days\"m\n\x19SupervisionReportResponse\x12&\n\x02\x61t\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x04rows\x18\x02 \x03(\x0b\x32\x1a.tongban.v1.SupervisionRow\"\x94\x01\n\x1aListSupervisedCasesRequest\x12,\n\x04kind\x18\x01 \x01(\x0e\x32\x1e.tongban.v1.SupervisedCaseKind\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\r\n\x05month\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x12\n\npage_token\x18\x05 \x01(\t\"\x96\x03\n\x0eSupervisedCase\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0c\n\x04item\x18\x02 \x01(\t\x12\x14\n\x0citem_version\x18\x03 \x01(\r\x12\x12\n\ndepartment\x18\x04 \x01(\t\x12\x11\n\tapplicant\x18\x05 \x01(\t\x12$\n\x05state\x18\x06 \x01(\x0e\x32\x15.tongban.v1.CaseState\x12-\n\topened_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x33\n\x0fpromised_due_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0clegal_due_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\ndecided_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12(\n\x07outcome\x18\x0b \x01(\x0e\x32\x17.tongban.v1.CaseOutcome\x12\x13\n\x0b\x63orrections\x18\x0c \x01(\r\"\x89\x01\n\x1bListSupervisedCasesResponse\x12)\n\x05\x63\x61ses\x18\x01 \x03(\x0b\x32\x1a.tongban.v1.SupervisedCase\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xbd\x01\n\x12SupervisedCaseKind\x12$\n SUPERVISED_CASE_KIND_UNSPECIFIED\x10\x00\x12%\n!SUPERVISED_CASE_KIND_DECIDED_LATE\x10\x01\x12+\n\'SUPERVISED_CASE_KIND_DECIDED_PAST_LEGAL\x10\x02\x12-\n)SUPERVISED_CASE_KIND_CORRECTED_REPEATEDLY\x10\x03\x32\xde\x01\n\x12SupervisionService\x12`\n\x11SupervisionReport\x12$.tongban.v1.SupervisionReportRequest\x1a%.tongban.v1.SupervisionReportResponse\x12\x66\n\x13ListSupervisedCases\x12&.tongban.v1.ListSupervisedCasesRequest\x1a\'.tongban.v1.ListSupervisedCasesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.supervision_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_SUPERVISIONREPORTREQUEST']._serialized_start=77
-  _globals['_SUPERVISIONREPORTREQUEST']._serialized_end=161
-  _globals['_SUPERVISIONROW']._serialized_start=164
-  _globals['_SUPERVISIONROW']._serialized_end=945
-  _globals['_SUPERVISIONREPORTRESPONSE']._serialized_start=947
-  _globals['_SUPERVISIONREPORTRESPONSE']._serialized_end=1056
-  _globals['_SUPERVISIONSERVICE']._serialized_start=1058
-  _globals['_SUPERVISIONSERVICE']._serialized_end=1176
+  _globals['_SUPERVISEDCASEKIND']._serialized_start=1783
+  _globals['_SUPERVISEDCASEKIND']._serialized_end=1972
+  _globals['_SUPERVISIONREPORTREQUEST']._serialized_start=101
+  _globals['_SUPERVISIONREPORTREQUEST']._serialized_end=185
+  _globals['_SUPERVISIONROW']._serialized_start=188
+  _globals['_SUPERVISIONROW']._serialized_end=969
+  _globals['_SUPERVISIONREPORTRESPONSE']._serialized_start=971
+  _globals['_SUPERVISIONREPORTRESPONSE']._serialized_end=1080
+  _globals['_LISTSUPERVISEDCASESREQUEST']._serialized_start=1083
+  _globals['_LISTSUPERVISEDCASESREQUEST']._serialized_end=1231
+  _globals['_SUPERVISEDCASE']._serialized_start=1234
+  _globals['_SUPERVISEDCASE']._serialized_end=1640
+  _globals['_LISTSUPERVISEDCASESRESPONSE']._serialized_start=1643
+  _globals['_LISTSUPERVISEDCASESRESPONSE']._serialized_end=1780
+  _globals['_SUPERVISIONSERVICE']._serialized_start=1975
+  _globals['_SUPERVISIONSERVICE']._serialized_end=2197
 # @@protoc_insertion_point(module_scope)

@@ -11,6 +11,8 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from tongban.v1 import cases_pb2 as _cases_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +23,35 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _SupervisedCaseKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _SupervisedCaseKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SupervisedCaseKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SUPERVISED_CASE_KIND_UNSPECIFIED: _SupervisedCaseKind.ValueType  # 0
+    SUPERVISED_CASE_KIND_DECIDED_LATE: _SupervisedCaseKind.ValueType  # 1
+    """Decided after the promised date (超期办结; those after the legal date included): the
+    report's decided_late.
+    """
+    SUPERVISED_CASE_KIND_DECIDED_PAST_LEGAL: _SupervisedCaseKind.ValueType  # 2
+    """Decided after the legal date: the report's decided_past_legal."""
+    SUPERVISED_CASE_KIND_CORRECTED_REPEATEDLY: _SupervisedCaseKind.ValueType  # 3
+    """Moved into 补正 two or more times, decided or not: the report's corrected_repeatedly."""
+
+class SupervisedCaseKind(_SupervisedCaseKind, metaclass=_SupervisedCaseKindEnumTypeWrapper): ...
+
+SUPERVISED_CASE_KIND_UNSPECIFIED: SupervisedCaseKind.ValueType  # 0
+SUPERVISED_CASE_KIND_DECIDED_LATE: SupervisedCaseKind.ValueType  # 1
+"""Decided after the promised date (超期办结; those after the legal date included): the
+report's decided_late.
+"""
+SUPERVISED_CASE_KIND_DECIDED_PAST_LEGAL: SupervisedCaseKind.ValueType  # 2
+"""Decided after the legal date: the report's decided_past_legal."""
+SUPERVISED_CASE_KIND_CORRECTED_REPEATEDLY: SupervisedCaseKind.ValueType  # 3
+"""Moved into 补正 two or more times, decided or not: the report's corrected_repeatedly."""
+Global___SupervisedCaseKind: _TypeAlias = SupervisedCaseKind  # noqa: Y015
 
 @_typing.final
 class SupervisionReportRequest(_message.Message):
@@ -213,3 +244,141 @@ class SupervisionReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SupervisionReportResponse: _TypeAlias = SupervisionReportResponse  # noqa: Y015
+
+@_typing.final
+class ListSupervisedCasesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    MONTH_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    kind: Global___SupervisedCaseKind.ValueType
+    department: _builtins.str
+    """As in SupervisionReportRequest."""
+    month: _builtins.str
+    """YYYY-MM: only the cases opened in that month, where the offices are (the report's
+    row). Empty: every month.
+    """
+    page_size: _builtins.int
+    """1 to 1,000; 0 means 100."""
+    page_token: _builtins.str
+    """The next_page_token of the previous page (the same kind, department and month)."""
+    def __init__(
+        self,
+        *,
+        kind: Global___SupervisedCaseKind.ValueType = ...,
+        department: _builtins.str = ...,
+        month: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "kind", b"kind", "month", b"month", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSupervisedCasesRequest: _TypeAlias = ListSupervisedCasesRequest  # noqa: Y015
+
+@_typing.final
+class SupervisedCase(_message.Message):
+    """A case behind one of the report's figures."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    ITEM_FIELD_NUMBER: _builtins.int
+    ITEM_VERSION_FIELD_NUMBER: _builtins.int
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    APPLICANT_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    OPENED_AT_FIELD_NUMBER: _builtins.int
+    PROMISED_DUE_AT_FIELD_NUMBER: _builtins.int
+    LEGAL_DUE_AT_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    CORRECTIONS_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    """办件编号."""
+    item: _builtins.str
+    item_version: _builtins.int
+    department: _builtins.str
+    """The handling department."""
+    applicant: _builtins.str
+    """The applicant's subject id (统一社会信用代码 or 公民身份号码)."""
+    state: _cases_pb2.CaseState.ValueType
+    outcome: _cases_pb2.CaseOutcome.ValueType
+    """CASE_OUTCOME_UNSPECIFIED while undecided."""
+    corrections: _builtins.int
+    """SUPERVISED_CASE_KIND_CORRECTED_REPEATEDLY: how many times it was moved into 补正
+    (2 or more); 0 for the other kinds.
+    """
+    @_builtins.property
+    def opened_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def promised_due_at(self) -> _timestamp_pb2.Timestamp:
+        """The due dates as moved by 补正."""
+
+    @_builtins.property
+    def legal_due_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def decided_at(self) -> _timestamp_pb2.Timestamp:
+        """Absent while the case is undecided (a case sent to 补正 more than once may be open)."""
+
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        item: _builtins.str = ...,
+        item_version: _builtins.int = ...,
+        department: _builtins.str = ...,
+        applicant: _builtins.str = ...,
+        state: _cases_pb2.CaseState.ValueType = ...,
+        opened_at: _timestamp_pb2.Timestamp | None = ...,
+        promised_due_at: _timestamp_pb2.Timestamp | None = ...,
+        legal_due_at: _timestamp_pb2.Timestamp | None = ...,
+        decided_at: _timestamp_pb2.Timestamp | None = ...,
+        outcome: _cases_pb2.CaseOutcome.ValueType = ...,
+        corrections: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "legal_due_at", b"legal_due_at", "opened_at", b"opened_at", "promised_due_at", b"promised_due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applicant", b"applicant", "corrections", b"corrections", "decided_at", b"decided_at", "department", b"department", "item", b"item", "item_version", b"item_version", "legal_due_at", b"legal_due_at", "number", b"number", "opened_at", b"opened_at", "outcome", b"outcome", "promised_due_at", b"promised_due_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SupervisedCase: _TypeAlias = SupervisedCase  # noqa: Y015
+
+@_typing.final
+class ListSupervisedCasesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty when there are no more."""
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___SupervisedCase]:
+        """By opened_at, then number."""
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """The instant the list was read at (the node's clock)."""
+
+    def __init__(
+        self,
+        *,
+        cases: _abc.Iterable[Global___SupervisedCase] | None = ...,
+        next_page_token: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "cases", b"cases", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListSupervisedCasesResponse: _TypeAlias = ListSupervisedCasesResponse  # noqa: Y015

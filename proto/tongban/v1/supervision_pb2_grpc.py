@@ -39,6 +39,11 @@ class SupervisionServiceStub:
                 request_serializer=tongban_dot_v1_dot_supervision__pb2.SupervisionReportRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_supervision__pb2.SupervisionReportResponse.FromString,
                 _registered_method=True)
+        self.ListSupervisedCases = channel.unary_unary(
+                '/tongban.v1.SupervisionService/ListSupervisedCases',
+                request_serializer=tongban_dot_v1_dot_supervision__pb2.ListSupervisedCasesRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_supervision__pb2.ListSupervisedCasesResponse.FromString,
+                _registered_method=True)
 
 
 class SupervisionServiceServicer:
@@ -53,6 +58,16 @@ class SupervisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListSupervisedCases(self, request, context):
+        """A page of the cases behind one of the report's figures: decided late, decided past
+        the legal date, or sent to 补正 more than once; by opening, then number. Who may ask as
+        for SupervisionReport. It names applicants: each call is logged (action
+        "case.supervision"), a refused one as a denial.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_SupervisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +75,11 @@ def add_SupervisionServiceServicer_to_server(servicer, server):
                     servicer.SupervisionReport,
                     request_deserializer=tongban_dot_v1_dot_supervision__pb2.SupervisionReportRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_supervision__pb2.SupervisionReportResponse.SerializeToString,
+            ),
+            'ListSupervisedCases': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListSupervisedCases,
+                    request_deserializer=tongban_dot_v1_dot_supervision__pb2.ListSupervisedCasesRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_supervision__pb2.ListSupervisedCasesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -89,6 +109,33 @@ class SupervisionService:
             '/tongban.v1.SupervisionService/SupervisionReport',
             tongban_dot_v1_dot_supervision__pb2.SupervisionReportRequest.SerializeToString,
             tongban_dot_v1_dot_supervision__pb2.SupervisionReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListSupervisedCases(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.SupervisionService/ListSupervisedCases',
+            tongban_dot_v1_dot_supervision__pb2.ListSupervisedCasesRequest.SerializeToString,
+            tongban_dot_v1_dot_supervision__pb2.ListSupervisedCasesResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,12 @@ class SupervisionServiceStub:
     opened in. A department sees its own; one with the auditor role any department's, or
     every one's.
     """
+    ListSupervisedCases: _grpc.UnaryUnaryMultiCallable[_supervision_pb2.ListSupervisedCasesRequest, _supervision_pb2.ListSupervisedCasesResponse]
+    """A page of the cases behind one of the report's figures: decided late, decided past
+    the legal date, or sent to 补正 more than once; by opening, then number. Who may ask as
+    for SupervisionReport. It names applicants: each call is logged (action
+    "case.supervision"), a refused one as a denial.
+    """
 
 @_typing.type_check_only
 class SupervisionServiceAsyncStub(SupervisionServiceStub):
@@ -47,6 +53,12 @@ class SupervisionServiceAsyncStub(SupervisionServiceStub):
     """The supervision report at the present, a row per department and month the cases were
     opened in. A department sees its own; one with the auditor role any department's, or
     every one's.
+    """
+    ListSupervisedCases: _aio.UnaryUnaryMultiCallable[_supervision_pb2.ListSupervisedCasesRequest, _supervision_pb2.ListSupervisedCasesResponse]  # type: ignore[assignment]
+    """A page of the cases behind one of the report's figures: decided late, decided past
+    the legal date, or sent to 补正 more than once; by opening, then number. Who may ask as
+    for SupervisionReport. It names applicants: each call is logged (action
+    "case.supervision"), a refused one as a denial.
     """
 
 class SupervisionServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -59,6 +71,18 @@ class SupervisionServiceServicer(metaclass=_abc_1.ABCMeta):
         """The supervision report at the present, a row per department and month the cases were
         opened in. A department sees its own; one with the auditor role any department's, or
         every one's.
+        """
+
+    @_abc_1.abstractmethod
+    def ListSupervisedCases(
+        self,
+        request: _supervision_pb2.ListSupervisedCasesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_supervision_pb2.ListSupervisedCasesResponse, _abc.Awaitable[_supervision_pb2.ListSupervisedCasesResponse]]:
+        """A page of the cases behind one of the report's figures: decided late, decided past
+        the legal date, or sent to 补正 more than once; by opening, then number. Who may ask as
+        for SupervisionReport. It names applicants: each call is logged (action
+        "case.supervision"), a refused one as a denial.
         """
 
 def add_SupervisionServiceServicer_to_server(servicer: SupervisionServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,21 +1,25 @@
 """``tongban supervision report``: the supervision report (电子监察) over gRPC with a
 department's bundle: per department and month the cases were opened in, the overdue
 cases, those decided late, those sent to 补正 more than once, and the reports' figures
-(docs/supervision.md)."""
+(docs/supervision.md). ``tongban supervision cases``: the cases behind the figures decided
+late, decided past the legal date and 补正 more than once."""
 
 from __future__ import annotations
 
 import argparse
+from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.cli.commands import emit
-from tongban.v1 import supervision_pb2
+from tongban.exchange.errors import InvalidArgument
+from tongban.v1 import cases_pb2, supervision_pb2
 
-__all__ = ["add_parsers", "run_supervision"]
+__all__ = ["KINDS", "add_parsers", "run_supervision"]
 
 _COLUMNS = (
     ("DEPARTMENT", 14),
@@ -42,12 +46,28 @@ _LEGEND = (
     "electronically; DAYS, PROMISED, LEGAL: average calendar days from opening to the "
     "decision, the promised and the legal date (docs/supervision.md)"
 )
+# What `supervision cases --kind` accepts.
+KINDS: dict[str, supervision_pb2.SupervisedCaseKind.ValueType] = {
+    "late": supervision_pb2.SUPERVISED_CASE_KIND_DECIDED_LATE,
+    "past-legal": supervision_pb2.SUPERVISED_CASE_KIND_DECIDED_PAST_LEGAL,
+    "corrected": supervision_pb2.SUPERVISED_CASE_KIND_CORRECTED_REPEATEDLY,
+}
+_KIND_WORDS = {
+    "late": "decided after its promised date",
+    "past-legal": "decided after its legal date",
+    "corrected": "sent to 补正 more than once",
+}
+_LIST_PAGE = 1000  # the most the node puts on one page
+_OUTCOMES = {
+    cases_pb2.CASE_OUTCOME_APPROVED: "approved",
+    cases_pb2.CASE_OUTCOME_REFUSED: "refused",
+}
 
 
 def add_parsers(
     sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
 ) -> None:
-    """Add ``tongban supervision report`` to the ``tongban`` parser."""
+    """Add ``tongban supervision report|cases`` to the ``tongban`` parser."""
     supervision = sub.add_parser("supervision", help="electronic supervision (电子监察)")
     supervision_sub = supervision.add_subparsers(
         dest="supervision_command", required=True, parser_class=parser_class
@@ -65,16 +85,44 @@ def add_parsers(
     )
     report.add_argument("--from", dest="from_month", default="", metavar="YYYY-MM")
     report.add_argument("--to", dest="to_month", default="", metavar="YYYY-MM")
-    report.add_argument(
-        "--as",
-        dest="bundle",
-        type=Path,
-        required=True,
-        metavar="BUNDLE",
-        help="act as the department of this bundle directory",
+    cases = supervision_sub.add_parser(
+        "cases",
+        parents=[common],
+        help="the cases decided late, decided past the legal date, or sent to 补正 more than "
+        "once (logged)",
     )
-    report.add_argument("--endpoint", help="node address (default: the bundle's)")
-    report.add_argument("--officer", help="officer id (工号) sent with the calls")
+    cases.add_argument("--kind", choices=list(KINDS), required=True)
+    cases.add_argument(
+        "--department",
+        default="",
+        metavar="CODE",
+        help="this department's (default: yours; with the auditor role, every department's)",
+    )
+    cases.add_argument(
+        "--month", default="", metavar="YYYY-MM", help="only the cases opened in this month"
+    )
+    cases.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="list at most N cases (default 100)"
+    )
+    cases.add_argument(
+        "--utc-offset",
+        type=int,
+        choices=range(-12, 15),
+        default=8,
+        metavar="HOURS",
+        help="show times at this offset from UTC (default 8, as the offices keep them)",
+    )
+    for each in (report, cases):
+        each.add_argument(
+            "--as",
+            dest="bundle",
+            type=Path,
+            required=True,
+            metavar="BUNDLE",
+            help="act as the department of this bundle directory",
+        )
+        each.add_argument("--endpoint", help="node address (default: the bundle's)")
+        each.add_argument("--officer", help="officer id (工号) sent with the calls")
 
 
 def _percent(row: supervision_pb2.SupervisionRow, field: str) -> str:
@@ -120,10 +168,66 @@ def _table(rows: list[supervision_pb2.SupervisionRow]) -> str:
     return "\n".join(lines)
 
 
+def _local(stamp: Timestamp, zone: timezone) -> str:
+    return stamp.ToDatetime(tzinfo=UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+
+def _case_line(case: supervision_pb2.SupervisedCase, kind: str, zone: timezone) -> str:
+    if case.HasField("decided_at"):
+        decided = f"decided {_local(case.decided_at, zone)} {_OUTCOMES[case.outcome]}"
+    else:
+        decided = "not decided"
+    due = case.legal_due_at if kind == "past-legal" else case.promised_due_at
+    line = (
+        f"{case.number:<28} {case.department:<14} {case.item:<28} {case.applicant:<20} "
+        f"opened {_local(case.opened_at, zone)} due {_local(due, zone)} {decided}"
+    )
+    return line + (f" 补正x{case.corrections}" if kind == "corrected" else "")
+
+
+async def _cases(client: ExchangeClient, args: argparse.Namespace) -> None:
+    if args.limit < 1:
+        raise InvalidArgument("--limit must be at least 1.", metadata={"field": "limit"})
+    found: list[supervision_pb2.SupervisedCase] = []
+    token = ""
+    while len(found) < args.limit:
+        page = await client.list_supervised_cases(
+            KINDS[args.kind],
+            args.department,
+            args.month,
+            page_size=min(_LIST_PAGE, args.limit - len(found)),
+            page_token=token,
+        )
+        found.extend(page.cases)
+        token = page.next_page_token
+        if not token:
+            break
+    zone = timezone(timedelta(hours=args.utc_offset))
+    lines = [_case_line(c, args.kind, zone) for c in found]
+    if token:
+        lines.append(f"… more; raise --limit (now {args.limit}) to see them")
+    emit(
+        args,
+        {
+            "cases": [
+                MessageToDict(
+                    c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+                )
+                for c in found
+            ],
+            "more": bool(token),
+        },
+        "\n".join(lines) or f"no case {_KIND_WORDS[args.kind]}",
+    )
+
+
 async def run_supervision(args: argparse.Namespace) -> int:
     async with ExchangeClient(
         Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer
     ) as client:
+        if args.supervision_command == "cases":
+            await _cases(client, args)
+            return 0
         report = await client.supervision_report(args.department, args.from_month, args.to_month)
     rows = list(report.rows)
     emit(

@@ -54,6 +54,10 @@ from tongban.exchange.licensing.supervision import (
     month_range,
     supervision_report,
 )
+from tongban.exchange.licensing.supervision_cases import (
+    SupervisedCaseKind,
+    SupervisedCasesReader,
+)
 from tongban.exchange.sharing.model import ShareClass
 from tongban.exchange.sharing.service import Sharing
 from tongban.exchange.web.i18n import translator
@@ -228,6 +232,9 @@ class WebConsole:
         self._checkpoints = checkpointer
         self._store = AuditStore(pool, hasher.page_tokens())  # the same tokens on every node
         self._covert = CovertCases(pool, hasher.page_tokens())
+        self._supervised = SupervisedCasesReader(
+            pool, access_log, hasher.page_tokens(), node_name, offset=working_offset
+        )
         self._departments = DepartmentStore(pool)
         self._sessions = SessionStore(pool)
         self._public_url = public_url
@@ -281,6 +288,7 @@ class WebConsole:
         r.add_get("/console/catalogue", self._catalogue)
         r.add_get("/console/items", self._item_catalogue)
         r.add_get("/console/supervision", self._supervision)
+        r.add_get("/console/supervision/cases", self._supervision_cases)
         # Two known files, served from memory: a path from the request never reaches the
         # file system (aiohttp's static handler raised on names too long for it).
         r.add_get("/console/static/{name}", self._static)
@@ -1117,6 +1125,48 @@ class WebConsole:
                 {"department": code, "rows": rows, "chart": _month_bars(rows)}
                 for code, rows in by_department.items()
             ],
+        )
+
+    async def _supervision_cases(self, request: web.Request) -> web.Response:
+        """The cases behind a figure of the supervision report (auditors): decided late,
+        past the legal date, or sent to 补正 more than once, of a department and month
+        opened, a page at a time with the node's page tokens. They name applicants: each
+        view is one access-log entry (``case.supervision``), written by the reader."""
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        session, reader = auth
+        department = request.query.get("department", "").strip()
+        if len(department) > 63:
+            raise InvalidArgument(
+                "'department' is too long: a department code has at most 63 characters.",
+                metadata={"field": "department"},
+            )
+        word = request.query.get("kind", "")
+        kind = next((k for k in SupervisedCaseKind if k.value == word), None)
+        month = request.query.get("month", "")
+        page = await self._supervised.cases(
+            reader,
+            session.officer,
+            kind,
+            department,
+            month,
+            page_size=_PAGE,
+            page_token=request.query.get("page", ""),
+            now=self._clock.now(),
+        )
+        params = {"kind": word}
+        if department:
+            params["department"] = department
+        if month.strip():
+            params["month"] = month.strip()
+        return self._page(
+            request,
+            "supervision_cases.html",
+            kind=word,
+            cases=page.cases,
+            next_token=page.next_page_token,
+            params=params,
         )
 
 

@@ -166,6 +166,28 @@ _TEXT: dict[str, tuple[str, str]] = {
         "Definitions in docs/supervision.md: same-day share = decided the day opened / decided; fully online = decided cases whose every required material was obtained electronically / decided cases with a resolution; no-submission = required materials obtained electronically / required materials; days are calendar days.",  # noqa: E501
     ),
     "supervision.none": ("该时段没有受理的办件。", "No cases were opened in these months."),
+    "supervision.cases.title": ("电子监察：办件清单", "Supervision: the cases"),
+    "supervision.cases.kind.late": ("超期办结（超承诺时限）", "Decided after the promised date"),
+    "supervision.cases.kind.past-legal": ("超法定时限办结", "Decided after the legal date"),
+    "supervision.cases.kind.corrected": ("多次补正", "Sent to 补正 more than once"),
+    "supervision.cases.intro": (
+        "{department} {month} 受理的办件。每次查看均记入访问日志。",
+        "{department}, cases opened in {month}. Each view is written to the access log.",
+    ),
+    "supervision.cases.every": ("所有部门", "Every department"),
+    "supervision.cases.any_month": ("所有月份", "any month"),
+    "supervision.cases.number": ("办件编号", "Case"),
+    "supervision.cases.item": ("事项", "Item"),
+    "supervision.cases.applicant": ("申请人", "Applicant"),
+    "supervision.cases.promised": ("承诺时限", "Promised date"),
+    "supervision.cases.legal": ("法定时限", "Legal date"),
+    "supervision.cases.decided": ("办结时间", "Decided"),
+    "supervision.cases.outcome": ("结果", "Outcome"),
+    "supervision.cases.corrections": ("补正次数", "补正 times"),
+    "supervision.cases.none": ("没有这样的办件。", "No such cases."),
+    "supervision.cases.outcome.approved": ("准予许可", "approved"),
+    "supervision.cases.outcome.refused": ("不予许可", "refused"),
+    "supervision.cases.outcome.open": ("未办结", "not decided"),
     "covert.title": ("保密案件", "Covert cases"),
     "covert.explain": (
         "具有保密角色的部门可将本部门的案件声明为保密：保密期内，其访问记录不在数据主体的查询中显示。"
