@@ -285,6 +285,17 @@ async def test_the_item_catalogue_for_departments(
     )
     assert await page.locator("#items script, #items img").count() == 0
     assert await page.title() != "pwned"
+    # The packages (一件事) below the items: coordinator and steps, each linking its item.
+    package = page.locator(f"#package-{PACKAGE}")
+    assert (await package.locator(".package-name").text_content() or "") == "企业开办"
+    assert "(approval)" in (await package.locator(".package-coordinator").text_content() or "")
+    steps = await package.locator(".package-steps > li").evaluate_all(
+        "els => els.map(e => e.dataset.item)"
+    )
+    assert steps == [ESTABLISH, SEAL, INVOICE, SOCIAL]
+    seal_step = await package.locator(f"li[data-item='{SEAL}']").text_content() or ""
+    assert ESTABLISH in seal_step
+    assert "持证主体" in seal_step
     await page.screenshot(path=artifacts / "items.png", full_page=True)
 
     # One department's items; English.
@@ -293,6 +304,7 @@ async def test_the_item_catalogue_for_departments(
     await page.wait_for_url("**/console/items?department=police")
     codes = await page.locator("#items > li").evaluate_all("els => els.map(e => e.dataset.code)")
     assert codes == [SEAL]
+    assert await page.locator("#packages").count() == 0  # police coordinates none
     await page.goto(_base(node) + "/console/items?department=samr&lang=en")
     establish = page.locator(f"#item-{ESTABLISH}")
     assert (await establish.locator(".item-legal").text_content() or "") == "10 working days"

@@ -224,6 +224,18 @@ class PackageStore:
             )
         return _registered(row)
 
+    async def list_current(
+        self, *, department: str = "", limit: int = 200
+    ) -> list[RegisteredPackage]:
+        """The current version of every package (of ``department`` if given), by code."""
+        rows = await self._pool.fetch(
+            _SELECT + " WHERE v.version = p.current_version AND ($1 = '' OR p.department = $1)"
+            " ORDER BY p.code LIMIT $2",
+            department,
+            limit,
+        )
+        return [_registered(row) for row in rows]
+
     # --- opened packages ------------------------------------------------------------
 
     def _entry(

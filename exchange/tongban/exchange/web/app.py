@@ -1073,10 +1073,18 @@ class WebConsole:
             department=department, page_size=_PAGE, page_token=request.query.get("page", "")
         )
         names = {d.code: d.name for d in await self._departments.list()}
+        # The packages (一件事) coordinated by the department asked for (all of them
+        # without one), on the first page: each step's item links to its entry above.
+        packages = (
+            await self._packages.list_current(department=department)
+            if self._packages is not None and not request.query.get("page")
+            else []
+        )
         return self._page(
             request,
             "items.html",
             items=[_item_view(item) for item in items],
+            packages=packages,
             department_names=names,
             next_token=token,
             params={"department": department} if department else {},

@@ -317,6 +317,13 @@ _TEXT: dict[str, tuple[str, str]] = {
     "catalogue.consumer": ("申请部门", "Requested by"),
     "catalogue.nogrants": ("没有待办申请。", "No pending requests."),
     "items.title": ("事项目录", "Service items"),
+    "packages.catalogue": ("一件事目录", "Packages (一件事)"),
+    "packages.description": ("说明", "Description"),
+    "packages.after": ("在以下事项准予后", "after"),
+    "packages.applicant_from": (
+        "申请人为 {step} 所颁证照的持证主体",
+        "applied for by the holder of the licence {step} issues",
+    ),
     "items.intro": (
         "各部门登记的政务服务事项：办结时限，以及每项材料从哪里来（电子证照、共享数据或申请人提交）。",
         "The service items the departments have registered: their time limits, and where "
