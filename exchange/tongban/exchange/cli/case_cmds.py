@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tongban.client import Bundle, ExchangeClient
-from tongban.exchange.cli.commands import emit
+from tongban.client import ExchangeClient
+from tongban.exchange.cli.commands import department_client, department_options, emit
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import cases_pb2
 
@@ -75,17 +74,7 @@ def add_parsers(
     sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
 ) -> None:
     """Add ``tongban case open|move|status|overdue`` to the ``tongban`` parser."""
-    dept = parser_class(add_help=False)
-    dept.add_argument(
-        "--as",
-        dest="bundle",
-        type=Path,
-        required=True,
-        metavar="BUNDLE",
-        help="act as the department of this bundle directory",
-    )
-    dept.add_argument("--endpoint", help="node address (default: the bundle's)")
-    dept.add_argument("--officer", help="officer id (工号) sent with the calls")
+    dept = department_options(parser_class)
 
     case = sub.add_parser("case", help="cases (办件) of the items your department handles")
     case_sub = case.add_subparsers(dest="case_command", required=True, parser_class=parser_class)
@@ -159,10 +148,6 @@ def add_parsers(
             metavar="HOURS",
             help="show times at this offset from UTC (default 8, as the offices keep them)",
         )
-
-
-def _client(args: argparse.Namespace) -> ExchangeClient:
-    return ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
 
 
 def _message_dict(message: Any) -> dict[str, Any]:
@@ -304,7 +289,7 @@ async def _follow_through(client: ExchangeClient, args: argparse.Namespace, zone
 
 async def run_case(args: argparse.Namespace) -> int:
     zone = timezone(timedelta(hours=args.utc_offset))
-    async with _client(args) as client:
+    async with department_client(args) as client:
         if args.case_command == "overdue":
             if args.severity is None:
                 await _overdue_counts(client, args)

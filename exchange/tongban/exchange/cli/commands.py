@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.datadir import ca_certificate_pem, init_data_dir, is_initialised
 from tongban.exchange.db.database import Database, migrate_database
 from tongban.exchange.db.embedded import temp_root
@@ -28,6 +29,33 @@ def emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
         print(json.dumps({"ok": True, **payload}, ensure_ascii=False, default=str), flush=True)
     elif human:
         print(human, flush=True)
+
+
+def department_options(
+    parser_class: type[argparse.ArgumentParser], *, required: bool = True
+) -> argparse.ArgumentParser:
+    """A parent parser with --as BUNDLE, --endpoint and --officer: the options of every
+    command that calls the node as a department (``required=False``: the operator's view
+    without --as)."""
+    parent = parser_class(add_help=False)
+    parent.add_argument(
+        "--as",
+        dest="bundle",
+        type=Path,
+        required=required,
+        metavar="BUNDLE",
+        help="act as the department of this bundle directory"
+        if required
+        else "act as this department (default: operator view)",
+    )
+    parent.add_argument("--endpoint", help="node address (default: the bundle's)")
+    parent.add_argument("--officer", help="officer id (工号) sent with the calls")
+    return parent
+
+
+def department_client(args: argparse.Namespace) -> ExchangeClient:
+    """The client of the department of ``args.bundle`` (see ``department_options``)."""
+    return ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:

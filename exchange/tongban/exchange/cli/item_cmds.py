@@ -14,8 +14,7 @@ import yaml
 from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tongban.client import Bundle, ExchangeClient
-from tongban.exchange.cli.commands import emit
+from tongban.exchange.cli.commands import department_client, department_options, emit
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import items_pb2
 
@@ -181,17 +180,7 @@ def add_parsers(
     sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
 ) -> None:
     """Add ``tongban item register|list|show`` to the ``tongban`` parser."""
-    dept = parser_class(add_help=False)
-    dept.add_argument(
-        "--as",
-        dest="bundle",
-        type=Path,
-        required=True,
-        metavar="BUNDLE",
-        help="act as the department of this bundle directory",
-    )
-    dept.add_argument("--endpoint", help="node address (default: the bundle's)")
-    dept.add_argument("--officer", help="officer id (工号) sent with the calls")
+    dept = department_options(parser_class)
 
     item = sub.add_parser("item", help="the service-item catalogue (事项目录)")
     item_sub = item.add_subparsers(dest="item_command", required=True, parser_class=parser_class)
@@ -209,10 +198,6 @@ def add_parsers(
 
 
 # -- running -------------------------------------------------------------------------------
-
-
-def _client(args: argparse.Namespace) -> ExchangeClient:
-    return ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
 
 
 def _item_dict(item: items_pb2.ServiceItem) -> dict[str, Any]:
@@ -253,7 +238,7 @@ def _material_line(m: items_pb2.Material) -> str:
 async def run_item(args: argparse.Namespace) -> int:
     if args.item_command == "register":
         spec = load_item_file(args.file)  # before connecting: a bad file needs no node
-    async with _client(args) as client:
+    async with department_client(args) as client:
         if args.item_command == "register":
             item = await client.register_item(spec)
             emit(

@@ -21,8 +21,13 @@ import aiohttp
 from cryptography import x509
 from google.protobuf.json_format import MessageToDict
 
-from tongban.client import Bundle, ExchangeClient
-from tongban.exchange.cli.commands import emit, settings_from_args
+from tongban.client import ExchangeClient
+from tongban.exchange.cli.commands import (
+    department_client,
+    department_options,
+    emit,
+    settings_from_args,
+)
 from tongban.exchange.errors import InvalidArgument
 from tongban.licence import (
     BUILTIN_REGISTRY,
@@ -59,16 +64,8 @@ def add_parsers(
     sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
 ) -> None:
     """Add ``licence`` and ``seal`` to the ``tongban`` parser."""
-    dept = parser_class(add_help=False)
-    dept.add_argument("--as", dest="bundle", type=Path, required=True, metavar="BUNDLE",
-                      help="act as the department of this bundle directory")  # fmt: skip
-    dept.add_argument("--endpoint", help="node address (default: the bundle's)")
-    dept.add_argument("--officer", help="officer id (工号) sent with the calls")
-    optional_dept = parser_class(add_help=False)
-    optional_dept.add_argument("--as", dest="bundle", type=Path, metavar="BUNDLE",
-                               help="act as this department (default: operator view)")  # fmt: skip
-    optional_dept.add_argument("--endpoint", help="node address (default: the bundle's)")
-    optional_dept.add_argument("--officer", help="officer id (工号) sent with the calls")
+    dept = department_options(parser_class)
+    optional_dept = department_options(parser_class, required=False)
     verifier = parser_class(add_help=False)
     verifier.add_argument("--url", help="the node's HTTP address, e.g. http://127.0.0.1:8080")
     verifier.add_argument("--ca", type=Path, help="the exchange root CA certificate (PEM)")
@@ -124,10 +121,6 @@ def add_parsers(
     enrol.add_argument("code")
 
 
-def _client(args: argparse.Namespace) -> ExchangeClient:
-    return ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
-
-
 def _licence_dict(licence: licence_pb2.Licence) -> dict[str, Any]:
     data = MessageToDict(licence, preserving_proto_field_name=True)
     data["claims"] = json.loads(data.pop("claims_json", "{}") or "{}")
@@ -165,7 +158,7 @@ async def run_licence(args: argparse.Namespace) -> int:
         return await _trust_list(args)
     if command == "list" and args.bundle is None:
         return await _operator_list(args)
-    async with _client(args) as client:
+    async with department_client(args) as client:
         if command == "issue":
             try:
                 claims = json.loads(_read(args.claims, "claims file", 64 * 1024))
@@ -501,7 +494,7 @@ async def run_seal(args: argparse.Namespace) -> int:
     if args.seal_command == "enrol":
         return await _seal_enrol(args)
     pdf = _read(args.input, "PDF")
-    async with _client(args) as client:
+    async with department_client(args) as client:
         sealed = await client.seal_pdf(pdf, reason=args.reason)
     _write(args.output, sealed)
     emit(args, {"out": str(args.output), "bytes": len(sealed)},

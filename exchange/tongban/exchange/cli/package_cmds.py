@@ -11,9 +11,8 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.cli.case_cmds import STATE_WORDS
-from tongban.exchange.cli.commands import emit
+from tongban.exchange.cli.commands import department_client, department_options, emit
 from tongban.exchange.cli.item_cmds import problems_of, read_spec_file
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import packages_pb2
@@ -82,17 +81,7 @@ def add_parsers(
     sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
 ) -> None:
     """Add ``tongban package register|open|status`` to the ``tongban`` parser."""
-    dept = parser_class(add_help=False)
-    dept.add_argument(
-        "--as",
-        dest="bundle",
-        type=Path,
-        required=True,
-        metavar="BUNDLE",
-        help="act as the department of this bundle directory",
-    )
-    dept.add_argument("--endpoint", help="node address (default: the bundle's)")
-    dept.add_argument("--officer", help="officer id (工号) sent with the calls")
+    dept = department_options(parser_class)
     package = sub.add_parser("package", help="packages (一件事) your department coordinates")
     package_sub = package.add_subparsers(
         dest="package_command", required=True, parser_class=parser_class
@@ -137,7 +126,7 @@ def _dict(message: Any) -> dict[str, Any]:
 
 
 async def run_package(args: argparse.Namespace) -> int:
-    client = ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
+    client = department_client(args)
     async with client:
         if args.package_command == "register":
             registered = await client.register_package(load_package_file(args.file))

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tongban.client import Bundle, ExchangeClient
-from tongban.exchange.cli.commands import emit
+from tongban.exchange.cli.commands import department_client, department_options, emit
 from tongban.v1 import ratings_pb2
 
 __all__ = ["add_parsers", "run_rating"]
@@ -24,17 +22,7 @@ def add_parsers(
     sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
 ) -> None:
     """Add ``tongban rating rectifications|answer|overdue|verify`` to the parser."""
-    dept = parser_class(add_help=False)
-    dept.add_argument(
-        "--as",
-        dest="bundle",
-        type=Path,
-        required=True,
-        metavar="BUNDLE",
-        help="act as the department of this bundle directory",
-    )
-    dept.add_argument("--endpoint", help="node address (default: the bundle's)")
-    dept.add_argument("--officer", help="officer id (工号) sent with the calls")
+    dept = department_options(parser_class)
     dept.add_argument(
         "--utc-offset",
         type=int,
@@ -108,7 +96,7 @@ def _dict(message: Any) -> dict[str, Any]:
 
 async def run_rating(args: argparse.Namespace) -> int:
     zone = timezone(timedelta(hours=args.utc_offset))
-    client = ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
+    client = department_client(args)
     async with client:
         if args.rating_command == "answer":
             case = await client.answer_rectification(args.case, args.text)

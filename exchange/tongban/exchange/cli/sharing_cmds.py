@@ -18,9 +18,14 @@ from typing import Any, Literal
 from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tongban.client import Bundle, ExchangeClient
+from tongban.client import Bundle
 from tongban.exchange.catalogue.calendar import WorkingCalendar
-from tongban.exchange.cli.commands import emit, settings_from_args
+from tongban.exchange.cli.commands import (
+    department_client,
+    department_options,
+    emit,
+    settings_from_args,
+)
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.sharing.events import EventStore, SubscriptionRow
@@ -168,27 +173,8 @@ def add_parsers(
     sub: Any, common: argparse.ArgumentParser, parser_class: type[argparse.ArgumentParser]
 ) -> None:
     """Add the catalogue, query and grant commands to the ``tongban`` parser."""
-    dept = parser_class(add_help=False)
-    dept.add_argument(
-        "--as",
-        dest="bundle",
-        type=Path,
-        required=True,
-        metavar="BUNDLE",
-        help="act as the department of this bundle directory",
-    )
-    dept.add_argument("--endpoint", help="node address (default: the bundle's)")
-    dept.add_argument("--officer", help="officer id (工号) sent with the calls")
-    optional_dept = parser_class(add_help=False)
-    optional_dept.add_argument(
-        "--as",
-        dest="bundle",
-        type=Path,
-        metavar="BUNDLE",
-        help="act as this department (default: operator view)",
-    )
-    optional_dept.add_argument("--endpoint", help="node address (default: the bundle's)")
-    optional_dept.add_argument("--officer", help="officer id (工号) sent with the calls")
+    dept = department_options(parser_class)
+    optional_dept = department_options(parser_class, required=False)
 
     cat = sub.add_parser("catalogue", help="the dataset catalogue (政务信息资源目录)")
     cat_sub = cat.add_subparsers(dest="catalogue_command", required=True, parser_class=parser_class)
@@ -259,10 +245,6 @@ def add_parsers(
 # -- running -------------------------------------------------------------------------------
 
 
-def _client(args: argparse.Namespace) -> ExchangeClient:
-    return ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
-
-
 def _dataset_dict(dataset: catalogue_pb2.Dataset) -> dict[str, Any]:
     return MessageToDict(dataset, preserving_proto_field_name=True)
 
@@ -313,7 +295,7 @@ def _personal_lines(spec: catalogue_pb2.DatasetSpec) -> list[str]:
 async def _catalogue(args: argparse.Namespace) -> int:
     if args.catalogue_command == "register":
         spec = load_dataset_file(args.file)
-    async with _client(args) as client:
+    async with department_client(args) as client:
         if args.catalogue_command == "list":
             found = await client.list_datasets(
                 owner=args.owner,
@@ -373,7 +355,7 @@ async def _catalogue(args: argparse.Namespace) -> int:
 
 
 async def _query(args: argparse.Namespace) -> int:
-    async with _client(args) as client:
+    async with department_client(args) as client:
         answer = await client.query(
             args.dataset,
             args.keys,
@@ -425,7 +407,7 @@ def _grant_line(g: dict[str, Any]) -> str:
 async def _grant(args: argparse.Namespace) -> int:
     if args.grant_command == "list" and args.bundle is None:
         return await _grant_list_operator(args)
-    async with _client(args) as client:
+    async with department_client(args) as client:
         if args.grant_command == "list":
             grants = [
                 _grant_dict(g)
@@ -483,7 +465,7 @@ async def _subscription_list(args: argparse.Namespace) -> int:
     department's from the database (operator view)."""
     if args.bundle is not None:
         consumer = Bundle.load(args.bundle).department
-        async with _client(args) as client:
+        async with department_client(args) as client:
             found = [
                 SubscriptionRow(
                     id=uuid.UUID(s.id),

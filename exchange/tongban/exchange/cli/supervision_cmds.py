@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tongban.client import Bundle, ExchangeClient
-from tongban.exchange.cli.commands import emit
+from tongban.client import ExchangeClient
+from tongban.exchange.cli.commands import department_client, department_options, emit
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import cases_pb2, supervision_pb2
 
@@ -72,9 +71,10 @@ def add_parsers(
     supervision_sub = supervision.add_subparsers(
         dest="supervision_command", required=True, parser_class=parser_class
     )
+    dept = department_options(parser_class)
     report = supervision_sub.add_parser(
         "report",
-        parents=[common],
+        parents=[common, dept],
         help="the supervision report per department and month the cases were opened in",
     )
     report.add_argument(
@@ -87,7 +87,7 @@ def add_parsers(
     report.add_argument("--to", dest="to_month", default="", metavar="YYYY-MM")
     cases = supervision_sub.add_parser(
         "cases",
-        parents=[common],
+        parents=[common, dept],
         help="the cases decided late, decided past the legal date, or sent to 补正 more than "
         "once (logged)",
     )
@@ -112,17 +112,6 @@ def add_parsers(
         metavar="HOURS",
         help="show times at this offset from UTC (default 8, as the offices keep them)",
     )
-    for each in (report, cases):
-        each.add_argument(
-            "--as",
-            dest="bundle",
-            type=Path,
-            required=True,
-            metavar="BUNDLE",
-            help="act as the department of this bundle directory",
-        )
-        each.add_argument("--endpoint", help="node address (default: the bundle's)")
-        each.add_argument("--officer", help="officer id (工号) sent with the calls")
 
 
 def _percent(row: supervision_pb2.SupervisionRow, field: str) -> str:
@@ -222,9 +211,7 @@ async def _cases(client: ExchangeClient, args: argparse.Namespace) -> None:
 
 
 async def run_supervision(args: argparse.Namespace) -> int:
-    async with ExchangeClient(
-        Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer
-    ) as client:
+    async with department_client(args) as client:
         if args.supervision_command == "cases":
             await _cases(client, args)
             return 0
