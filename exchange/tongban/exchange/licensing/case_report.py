@@ -37,6 +37,8 @@ __all__ = [
     "OverdueReport",
     "overdue_cases",
     "overdue_report",
+    "parse_position",
+    "position",
 ]
 
 MAX_PAGE = 1000
@@ -106,7 +108,7 @@ class OverdueCase:
     @property
     def position(self) -> str:
         """Where the next page starts: pass it as ``after`` to ``overdue_cases``."""
-        return f"{self.due_at.isoformat()}{_POSITION_SEPARATOR}{self.number}"
+        return position(self.due_at, self.number)
 
 
 _REPORT = """
@@ -149,16 +151,24 @@ async def overdue_report(
     )
 
 
-def _parse_position(after: str) -> tuple[datetime, str]:
-    due, separator, number = after.partition(_POSITION_SEPARATOR)
+def position(at: datetime, number: str) -> str:
+    """The position of a case in a list ordered by an instant, then by number: where the
+    next page starts (keyset pagination)."""
+    return f"{at.isoformat()}{_POSITION_SEPARATOR}{number}"
+
+
+def parse_position(after: str, *, listing: str, attribute: str) -> tuple[datetime, str]:
+    """The instant and case number of a ``position``; raises InvalidArgument (field
+    ``after``) naming ``listing`` and the ``attribute`` that holds positions."""
+    at_text, separator, number = after.partition(_POSITION_SEPARATOR)
     try:
-        at = datetime.fromisoformat(due)
+        at: datetime | None = datetime.fromisoformat(at_text)
     except ValueError:
         at = None
     if not separator or not number or at is None or at.tzinfo is None:
         raise InvalidArgument(
-            f"{after[:80]!r} is not a position in the overdue list; pass the position of the "
-            "last case of the previous page (OverdueCase.position), or none for the first.",
+            f"{after[:80]!r} is not a position in {listing}; pass the position of the last "
+            f"case of the previous page ({attribute}), or none for the first.",
             metadata={"field": "after"},
         )
     return at, number
@@ -205,7 +215,9 @@ async def overdue_cases(
         args.append(department)
         where.append(f"department = ${len(args)}")
     if after is not None:
-        at, number = _parse_position(after)
+        at, number = parse_position(
+            after, listing="the overdue list", attribute="OverdueCase.position"
+        )
         args += [at, number]
         where.append(f"({due}, number) > (${len(args) - 1}, ${len(args)})")
     rows = await pool.fetch(

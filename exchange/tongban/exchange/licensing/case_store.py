@@ -23,6 +23,7 @@ from tongban.exchange.audit.log import (
 )
 from tongban.exchange.errors import DatabaseUnavailable
 from tongban.exchange.licensing.case_feed import CaseFeed, cases_dataset, steps_dataset
+from tongban.exchange.licensing.case_log import case_entry
 from tongban.exchange.licensing.cases import (
     ACTIONS,
     Case,
@@ -196,20 +197,11 @@ class CaseStore:
         *,
         denied: bool = False,
     ) -> AccessEntry:
-        return AccessEntry(
-            at=now,
-            node=self._node,
-            caller=caller.department.code,
-            officer=caller.officer_id,
-            action=action,
-            dataset=None,
-            fields=(),
-            purpose=None,
-            case_id=case.number,
-            subject_hmac=self._hasher(case.applicant),
-            decision="denied" if denied else "allowed",
-            reason=reason,
-        )
+        return case_entry(
+            self._node, self._hasher, department=caller.department.code,
+            officer=caller.officer_id, case_id=case.number, applicant=case.applicant,
+            action=action, reason=reason, at=now, denied=denied,
+        )  # fmt: skip
 
     async def _refuse(self, caller: Caller, case: Case, action: str, now: datetime) -> NoReturn:
         """Log another department's refused read or move of ``case``, then raise."""

@@ -31,6 +31,7 @@ from tongban.errors import TongbanError
 from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.licensing.case_feed import CaseFeed
+from tongban.exchange.licensing.case_log import case_entry
 from tongban.exchange.licensing.cases import (
     OPEN,
     Case,
@@ -128,20 +129,11 @@ class FollowThrough:
         self, department: str, officer: str | None, case: Case, action: str, reason: str,
         now: datetime, *, denied: bool = False,
     ) -> AccessEntry:  # fmt: skip
-        return AccessEntry(
-            at=now,
-            node=self._node,
-            caller=department,
-            officer=officer,
-            action=action,
-            dataset=None,
-            fields=(),
-            purpose=None,
-            case_id=case.number,
-            subject_hmac=self._hasher(case.applicant),
-            decision="denied" if denied else "allowed",
-            reason=reason,
-        )
+        return case_entry(
+            self._node, self._hasher, department=department, officer=officer,
+            case_id=case.number, applicant=case.applicant, action=action, reason=reason,
+            at=now, denied=denied,
+        )  # fmt: skip
 
     async def _case(self, number: str) -> Case:
         text = number.strip()

@@ -18,6 +18,7 @@ import asyncpg
 
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.licensing.case_feed import CaseFeed
+from tongban.exchange.licensing.case_log import case_entry
 from tongban.exchange.licensing.cases import Case, CaseState, is_case_number, normal_applicant
 from tongban.exchange.licensing.errors import (
     PackageNotPermitted,
@@ -242,20 +243,11 @@ class PackageStore:
         self, caller: Caller, number: str, applicant: str, action: str, reason: str,
         now: datetime, *, denied: bool = False,
     ) -> AccessEntry:  # fmt: skip
-        return AccessEntry(
-            at=now,
-            node=self._node,
-            caller=caller.department.code,
-            officer=caller.officer_id,
-            action=action,
-            dataset=None,
-            fields=(),
-            purpose=None,
-            case_id=number,
-            subject_hmac=self._hasher(applicant),
-            decision="denied" if denied else "allowed",
-            reason=reason,
-        )
+        return case_entry(
+            self._node, self._hasher, department=caller.department.code,
+            officer=caller.officer_id, case_id=number, applicant=applicant, action=action,
+            reason=reason, at=now, denied=denied,
+        )  # fmt: skip
 
     async def open(
         self, caller: Caller, code: str, applicant: str, *, now: datetime

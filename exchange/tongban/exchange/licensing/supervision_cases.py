@@ -27,7 +27,7 @@ from tongban.exchange.audit.log import AccessEntry, AccessLog
 from tongban.exchange.departments import Department, DepartmentStore
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.licensing.case_overdue import AUDITOR_ROLE, DEFAULT_PAGE
-from tongban.exchange.licensing.case_report import MAX_PAGE
+from tongban.exchange.licensing.case_report import MAX_PAGE, parse_position, position
 from tongban.exchange.licensing.errors import CaseNotPermitted
 from tongban.exchange.licensing.supervision import parse_month
 from tongban.exchange.pagetokens import PageTokens
@@ -43,7 +43,6 @@ __all__ = [
 
 LOG_ACTION = "case.supervision"
 _TOKENS = "cases.supervision"  # the scope of the page tokens, with kind, department, month
-_POSITION_SEPARATOR = "|"
 
 
 class SupervisedCaseKind(enum.Enum):
@@ -80,7 +79,7 @@ class SupervisedCase:
     @property
     def position(self) -> str:
         """Where the next page starts: pass it as ``after`` to ``supervised_cases``."""
-        return f"{self.opened_at.isoformat()}{_POSITION_SEPARATOR}{self.number}"
+        return position(self.opened_at, self.number)
 
 
 _LIST = """
@@ -105,21 +104,6 @@ _KIND_WHERE = {
     SupervisedCaseKind.DECIDED_PAST_LEGAL: "c.decided_at > c.legal_due_at",
     SupervisedCaseKind.CORRECTED_REPEATEDLY: "true",
 }
-
-
-def _parse_position(after: str) -> tuple[datetime, str]:
-    opened, separator, number = after.partition(_POSITION_SEPARATOR)
-    try:
-        at = datetime.fromisoformat(opened)
-    except ValueError:
-        at = None
-    if not separator or not number or at is None or at.tzinfo is None:
-        raise InvalidArgument(
-            f"{after[:80]!r} is not a position in the supervised cases; pass the position of "
-            "the last case of the previous page (SupervisedCase.position), or none.",
-            metadata={"field": "after"},
-        )
-    return at, number
 
 
 async def supervised_cases(
@@ -173,7 +157,9 @@ async def _select(
         ]
         where.append(f"c.opened_at >= ${len(args) - 1} AND c.opened_at < ${len(args)}")
     if after is not None:
-        at, number = _parse_position(after)
+        at, number = parse_position(
+            after, listing="the supervised cases", attribute="SupervisedCase.position"
+        )
         args += [at, number]
         where.append(f"(c.opened_at, c.number) > (${len(args) - 1}, ${len(args)})")
     repeated = kind is SupervisedCaseKind.CORRECTED_REPEATEDLY
