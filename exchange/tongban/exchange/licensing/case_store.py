@@ -549,8 +549,6 @@ class CaseStore:
                 metadata={"service_item": item.code, "department": item.department},
             )
         package_number = package_number.strip()
-        if package_number:  # checked now: a package that was never opened is refused
-            await self._entries(department, package_number, now)
         promised, legal = self._clock.due_dates(
             now, item.spec.promised_limit_days, item.spec.legal_limit_days
         )
@@ -567,7 +565,9 @@ class CaseStore:
             legal_due_at=legal,
             package_number=package_number or None,
         )
-        if package_number:  # a package step: its own transaction, which moves the package
+        if package_number:
+            # A package step: its own transaction, which moves the package; its stream
+            # lookup there refuses a package that was never opened (PACKAGE_UNKNOWN).
             return await self._open_single(caller, case, why, now)
         return await self._submit(_Job(caller, now, case.number, opened=case, why=why))
 
