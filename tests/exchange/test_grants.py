@@ -166,3 +166,38 @@ async def test_a_revocation_binds_before_the_cache_hears_of_it(node: Node) -> No
                 )
     assert revoked.value.reason == "GRANT_REQUIRED"
     assert "revoked" in revoked.value.message
+
+
+async def test_an_approval_binds_at_once_on_the_node_that_made_it(node: Node) -> None:
+    """A consumer refused for want of a grant has that empty answer cached; the owner's
+    approval, committed through the same node, must reach its next call without waiting
+    for PostgreSQL's NOTIFY. Here the NOTIFY is held back altogether (its trigger off)."""
+    from tests.stories.restaurant import OWNER, OWNER_ID
+
+    url = node.settings.database_url
+    assert url is not None
+    owner = await asyncpg.connect(url.get_secret_value())
+    try:
+        async with client_for(node, "police") as police:
+            await police.register_dataset(PERSON, publish=True)
+            await police.publish_records("police.person", [(OWNER_ID, OWNER)])
+            async with client_for(node, "approval") as approval:
+                await owner.execute("ALTER TABLE data_grant DISABLE TRIGGER grant_notify")
+                with pytest.raises(ExchangeError) as refused:
+                    await approval.query(
+                        "police.person", [OWNER_ID], fields=["name"], purpose=PURPOSE,
+                        case_id="A-1",
+                    )  # fmt: skip
+                assert refused.value.reason == "GRANT_REQUIRED"
+                grant = await approval.request_grant(
+                    "police.person", ["name"], PURPOSE, "依法",
+                    node.clock.now() + timedelta(days=9),
+                )  # fmt: skip
+                await police.decide_grant(grant.id, approve=True)
+                answer = await approval.query(
+                    "police.person", [OWNER_ID], fields=["name"], purpose=PURPOSE, case_id="A-2"
+                )
+        assert answer.records
+    finally:
+        await owner.execute("ALTER TABLE data_grant ENABLE TRIGGER grant_notify")
+        await owner.close()

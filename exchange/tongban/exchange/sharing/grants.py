@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta, timezone, tzinfo
 
 import asyncpg
@@ -84,6 +84,8 @@ class GrantStore:
         self._calendar = calendar
         self._answer_days = answer_days
         self._zone = office_zone
+        self.on_change: Callable[[str, str], None] | None = None
+        """Called with (consumer, dataset) after a grant change commits on this node."""
 
     async def request(
         self,
@@ -226,7 +228,7 @@ class GrantStore:
                     officer,
                 )
         assert row is not None
-        return _grant(row)
+        return self._committed(_grant(row))
 
     async def revoke(
         self, *, grant_id: str, caller: str, reason: str, officer: str | None, now: datetime
@@ -251,7 +253,15 @@ class GrantStore:
                 officer,
             )
         assert row is not None
-        return _grant(row)
+        return self._committed(_grant(row))
+
+    def _committed(self, grant: Grant) -> Grant:
+        """Tell this node's caches at once of a decision or revocation it committed (the
+        NOTIFY that tells every node arrives a moment later): the consumer's next call on
+        this node sees it."""
+        if self.on_change is not None:
+            self.on_change(grant.consumer, grant.dataset)
+        return grant
 
     async def get(self, grant_id: str, party: str) -> Grant:
         """The grant if ``party`` is its owner or consumer; else GrantNotFound."""

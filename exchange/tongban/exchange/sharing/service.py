@@ -141,6 +141,9 @@ class Sharing:
         self._grants: KeyedCache[tuple[str, str], list[Grant]] = KeyedCache(listener)
         listener.subscribe(DATASET_CHANNEL, self._entries.invalidate)
         listener.subscribe(GRANT_CHANNEL, self._on_grant_change)
+        self.grants.on_change = lambda consumer, dataset: self._grants.invalidate(
+            (consumer, dataset)
+        )
         self._x5c = [
             base64.b64encode(cert.public_bytes(Encoding.DER)).decode() for cert in signing.chain
         ]
