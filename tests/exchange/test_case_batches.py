@@ -104,7 +104,7 @@ async def test_many_changes_at_once_each_get_their_own_record(
     assert [tuple(r) for r in denied] == [("samr", "case.move", second.number)]
     # Each case's record on the stream is its latest state.
     events = await node.db.pool.fetch(
-        "SELECT key, data->>'state' AS state FROM event_outbox WHERE dataset = 'approval.cases'"
+        "SELECT key, data->>'state' AS state FROM change_event WHERE dataset = 'approval.cases'"
         " ORDER BY position"
     )
     latest = {e["key"]: e["state"] for e in events}

@@ -168,7 +168,7 @@ async def test_a_deferral_that_runs_out_suspends_the_permit(
     assert [r["action"] for r in logged] == ["case.defer", "case.commit", "case.breach"]
     assert logged[2]["reason"] == "site-plan:deferral ran out"
     events = await node.db.pool.fetch(
-        "SELECT key, data->>'state' AS state FROM event_outbox"
+        "SELECT key, data->>'state' AS state FROM change_event"
         " WHERE dataset = 'approval.case_materials' ORDER BY position"
     )
     assert [(e["key"], e["state"]) for e in events] == [

@@ -158,6 +158,11 @@ def test_the_fast_path_still_finds_long_strings_and_bad_enums() -> None:
     with pytest.raises(InvalidArgument) as nul:
         check_request(batch)
     assert nul.value.metadata["field"] == "changes[57].fields['name'].string_value"
+    batch.changes[57].fields["name"].string_value = "企业"
+    batch.changes[3].fields["na\x00me"].integer_value = 0  # a zero byte: the full walk
+    with pytest.raises(InvalidArgument) as key:
+        check_request(batch)
+    assert key.value.metadata["field"] == "changes[3].fields key"
 
 
 async def _until_applied(node: Node, code: str, limits: CallLimits) -> None:

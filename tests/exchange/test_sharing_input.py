@@ -235,6 +235,18 @@ async def test_history_answers_what_we_knew_then(node: Node, samr: ExchangeClien
             "samr.enterprise", [COMPANY_USCC], fields=["address"], purpose=PURPOSE, case_id="H-4"
         )
     assert gone.missing_keys == [COMPANY_USCC]
+    # Each event reads the data of the version it announces (events hold no copy).
+    assert node.db is not None
+    events = await node.db.pool.fetch(
+        "SELECT version, op, data->>'address' AS address FROM change_event"
+        " WHERE dataset = 'samr.enterprise' AND key = $1 ORDER BY position",
+        COMPANY_USCC,
+    )
+    assert [tuple(e) for e in events] == [
+        (1, "upsert", COMPANY["address"]),
+        (2, "upsert", moved["address"]),
+        (3, "delete", None),
+    ]
 
 
 async def test_no_answer_without_its_log_entry(

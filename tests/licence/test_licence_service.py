@@ -92,7 +92,7 @@ async def test_issuance_is_logged_and_published_as_an_event(node: Node) -> None:
         "decision": "allowed",
     }
     event = await node.db.pool.fetchrow(
-        "SELECT key, op, data FROM event_outbox WHERE dataset = 'samr.licence_business_licence'"
+        "SELECT key, op, data FROM change_event WHERE dataset = 'samr.licence_business_licence'"
     )
     assert event is not None
     assert event["key"] == COMPANY_USCC

@@ -56,6 +56,7 @@ _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 # Category Cc except \t, \n and \r: CRLF text from Windows-based department systems is kept.
 _CONTROL = re.compile(r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]")
 _SURROGATE = re.compile(r"[\uD800-\uDFFF]")
+_REFUSED = re.compile(r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\uD800-\uDFFF]")  # either
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATETIME_TEXT = re.compile(
@@ -195,8 +196,9 @@ def validate_record(schema: DatasetSchema, data: Mapping[str, object]) -> dict[s
     ``problem``) for an unknown field, a missing required field, or a bad value.
     """
     keys: Iterable[object] = data.keys()
+    known = schema._by_name
     for key in keys:
-        if not isinstance(key, str) or schema.field(key) is None:
+        if key not in known:  # also every key that is not a str
             shown = str(key)[:64]
             raise _record_error(
                 shown,
@@ -217,7 +219,10 @@ def validate_record(schema: DatasetSchema, data: Mapping[str, object]) -> dict[s
             record[spec.name] = None
             continue
         limit = spec.max_length or DEFAULT_STRING_MAX_LENGTH
-        record[spec.name] = _canonical(spec.type, value, spec.name, limit)
+        if spec.type is FieldType.STRING:  # most fields: skip _canonical's dispatch
+            record[spec.name] = _canonical_string(value, spec.name, limit)
+        else:
+            record[spec.name] = _canonical(spec.type, value, spec.name, limit)
     return record
 
 
@@ -429,6 +434,11 @@ def _canonical(type_: FieldType, value: object, field: str, limit: int | None) -
 def _canonical_string(value: object, field: str, limit: int | None) -> str:
     if not isinstance(value, str):
         raise _type_error(field, "a string", value)
+    if _REFUSED.search(value) is None:  # one scan for the common case, either error below
+        text = value if value.isascii() else unicodedata.normalize("NFC", value)
+        if limit is not None and len(text) > limit:
+            raise _too_long(field, text, limit)
+        return text
     if _CONTROL.search(value):
         raise _record_error(
             field,
@@ -443,14 +453,15 @@ def _canonical_string(value: object, field: str, limit: int | None) -> str:
             f"Field {field} contains an unpaired UTF-16 surrogate; it is not valid Unicode "
             f"text, so fix the text encoding where it was read.",
         )
-    text = unicodedata.normalize("NFC", str(value))
-    if limit is not None and len(text) > limit:
-        raise _record_error(
-            field,
-            "too_long",
-            f"Field {field} is {len(text)} characters long; the schema allows at most {limit}.",
-        )
-    return text
+    raise AssertionError("_REFUSED matches only what _CONTROL or _SURROGATE matches")
+
+
+def _too_long(field: str, text: str, limit: int) -> RecordInvalid:
+    return _record_error(
+        field,
+        "too_long",
+        f"Field {field} is {len(text)} characters long; the schema allows at most {limit}.",
+    )
 
 
 def _canonical_decimal(value: object, field: str) -> Decimal:

@@ -55,7 +55,7 @@ _MAX_BACKOFF = 5.0
 
 _UNPUBLISHED = """
     SELECT dataset, position, event_id, key, version, op, data::text AS data, at
-    FROM event_outbox WHERE published_at IS NULL
+    FROM change_event WHERE published_at IS NULL
     ORDER BY dataset, position LIMIT $1
 """
 

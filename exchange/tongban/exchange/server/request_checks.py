@@ -113,12 +113,15 @@ def _reaches(
 
 
 def _walk(root: Message, may_hold_nul: bool) -> Iterator[None]:
-    """Check ``root``; yield every ``_STEP`` messages visited."""
-    # A stack of (message, its path parts): the path is joined only for an error.
-    stack: list[tuple[Message, tuple[str, ...]]] = [(root, ())]
+    """Check ``root``; yield every ``_STEP`` messages visited.
+
+    This walk keeps no field paths, so that a clean request (nearly every one) costs only
+    the look at each value; when it meets a value that breaks a rule, ``_name_fault``
+    walks again, keeping paths, to name the field."""
+    stack: list[Message] = [root]
     visited = 0
     while stack:
-        message, path = stack.pop()
+        message = stack.pop()
         visited += 1
         if visited % _STEP == 0:
             yield
@@ -128,6 +131,58 @@ def _walk(root: Message, may_hold_nul: bool) -> Iterator[None]:
             and message.ByteSize() <= MAX_STRING
         ):
             continue  # no NUL, no enum, and too short for an over-long string
+        for name, kind, field, repeated in _plan(message.DESCRIPTOR):
+            if kind == _STRING:
+                texts = getattr(message, name) if repeated else (getattr(message, name),)
+                for text in texts:
+                    if "\x00" in text or len(text) > MAX_STRING:
+                        _name_fault(root)
+            elif kind == _ENUM:
+                numbers = getattr(message, name) if repeated else (getattr(message, name),)
+                for number in numbers:
+                    if field.values_by_number.get(number) is None:
+                        _name_fault(root)
+            elif kind == _MAP:
+                _map_values(root, getattr(message, name), field, stack)
+            elif repeated:
+                stack.extend(getattr(message, name))
+            elif message.HasField(name):
+                stack.append(getattr(message, name))
+
+
+def _map_values(root: Message, entries: Any, field: Any, stack: list[Message]) -> None:
+    """``_walk``'s look at a map field: its string keys and values, its enum values; its
+    message values go on ``stack``."""
+    value_field = field.message_type.fields_by_name["value"]
+    value_type = value_field.type
+    for key in entries:  # not .items(): upb's map view yields pairs from Python code
+        if isinstance(key, str) and ("\x00" in key or len(key) > MAX_STRING):
+            _name_fault(root)
+        value = entries[key]
+        if value_type == FieldDescriptor.TYPE_MESSAGE:
+            stack.append(value)
+        elif value_type == FieldDescriptor.TYPE_STRING:
+            if "\x00" in value or len(value) > MAX_STRING:
+                _name_fault(root)
+        elif (
+            value_type == FieldDescriptor.TYPE_ENUM
+            and value_field.enum_type.values_by_number.get(value) is None
+        ):
+            _name_fault(root)
+
+
+def _name_fault(root: Message) -> None:
+    """Raise InvalidArgument naming the first field of ``root`` that breaks a rule."""
+    _walk_naming(root)
+    raise AssertionError("_walk saw a fault that _walk_naming did not")
+
+
+def _walk_naming(root: Message) -> None:
+    """Check ``root`` keeping each value's path, to name the field that breaks a rule."""
+    # A stack of (message, its path parts): the path is joined only for an error.
+    stack: list[tuple[Message, tuple[str, ...]]] = [(root, ())]
+    while stack:
+        message, path = stack.pop()
         for name, kind, field, repeated in _plan(message.DESCRIPTOR):
             if kind == _STRING:
                 if repeated:

@@ -270,10 +270,15 @@ async def _changes(request: records_pb2.PublishRecordsRequest) -> list[RawChange
         if change.delete:
             out.append(RawChange(change.key, None))
             continue
-        values = {}
-        for name, value in change.fields.items():
+        values: dict[str, object] = {}
+        fields = change.fields
+        for name in fields:  # not .items(): upb's map view yields pairs from Python code
+            value = fields[name]
             try:
-                values[name] = from_field_value(value)
+                if value.WhichOneof("kind") == "string_value":  # most values: skip a call
+                    values[name] = value.string_value
+                else:
+                    values[name] = from_field_value(value)
             except ValueNotSupported as e:
                 where = f"changes[{index}].fields[{name[:40]!r}]"
                 raise ValueNotSupported(

@@ -145,7 +145,7 @@ class EventStore:
 
     async def after(self, dataset: str, position: int, limit: int = 1000) -> list[EventRow]:
         rows = await self._pool.fetch(
-            "SELECT position, event_id, key, version, op, data, at FROM event_outbox"
+            "SELECT position, event_id, key, version, op, data, at FROM change_event"
             " WHERE dataset = $1 AND position > $2 ORDER BY position LIMIT $3",
             dataset,
             position,

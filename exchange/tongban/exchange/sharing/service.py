@@ -52,7 +52,14 @@ from tongban.exchange.sharing.policy import (
     decide,
     needs_grants,
 )
-from tongban.exchange.sharing.records import Change, PublishCounts, RecordStore, StoredRecord
+from tongban.exchange.sharing.records import (
+    Change,
+    Form,
+    PublishCounts,
+    RecordStore,
+    StoredRecord,
+    storage_forms,
+)
 from tongban.signing.certs import certificate_fingerprint
 from tongban.signing.clock import Clock
 from tongban.signing.jose import sign_jws
@@ -103,6 +110,9 @@ class PreparedBatch:
 
     entry: DatasetEntry
     changes: list[Change]
+    forms: list[Form]
+    """The changes' storage forms, made with the checks, so that a stream's next batch
+    is checked and encoded while the one before it is being written."""
 
 
 @dataclass(frozen=True)
@@ -206,7 +216,9 @@ class Sharing:
 
     async def apply(self, batch: PreparedBatch) -> PublishCounts:
         """Write a prepared batch in one transaction."""
-        return await self.records.publish(batch.entry, batch.changes, self._clock.now())
+        return await self.records.publish(
+            batch.entry, batch.changes, self._clock.now(), batch.forms
+        )
 
     async def prepare(
         self, caller: Caller, dataset: str, changes: Sequence[RawChange]
@@ -265,7 +277,7 @@ class Sharing:
                 raise RecordInvalid(
                     f"Record {index} ({key}): {e.message}", metadata={**e.metadata, **where}
                 ) from None
-        return PreparedBatch(entry, validated)
+        return PreparedBatch(entry, validated, await storage_forms(entry, validated))
 
     # -- subscriptions ------------------------------------------------------------------
 
