@@ -61,6 +61,14 @@ async def test_the_stored_tree_is_the_rfc_6962_tree_of_the_leaves(node: Node) ->
             "entry 7 is not a valid leaf",
         ),
         ("DELETE FROM access_log WHERE idx = 3", "entry 3 is missing"),
+        # One microsecond, an empty subject (written as null in a leaf, like none) and a
+        # leaf that still parses but is not canonical: each is found and named.
+        ("UPDATE access_log SET at = at + interval '1 microsecond' WHERE idx = 2", "entry 2 has"),
+        ("UPDATE access_log SET subject_hmac = ''::bytea WHERE idx = 6", "entry 6 has columns"),
+        (
+            "UPDATE access_log SET leaf = '\\x7b20'::bytea || substring(leaf from 2) WHERE idx = 8",
+            "entry 8 is not a valid leaf (The leaf is not in canonical form.)",
+        ),
     ],
 )
 async def test_verify_names_the_first_altered_entry(

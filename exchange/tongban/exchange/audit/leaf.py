@@ -27,13 +27,21 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
 from tongban.errors import TongbanError
 
-__all__ = ["LEAF_VERSION", "AccessEntry", "LeafInvalid", "decode_leaf", "encode_leaf"]
+__all__ = [
+    "LEAF_VERSION",
+    "AccessEntry",
+    "LeafInvalid",
+    "decode_leaf",
+    "encode_leaf",
+    "leaf_of_columns",
+]
 
 LEAF_VERSION = 1
 _TEXT_LIMIT = 200  # logged purposes, case ids and names are cut here (denials may carry junk)
@@ -120,28 +128,48 @@ def encode_leaf(entry: AccessEntry) -> bytes:
     is not valid Unicode (a lone surrogate) is refused, as ``canonical_json`` would.
     ``tests/exchange/audit`` checks the result equals ``canonical_json`` of the same object.
     """
-    texts = (
-        entry.node, entry.caller, entry.officer, entry.action, entry.dataset,
-        entry.purpose, entry.case_id, entry.reason, *entry.fields,
+    return leaf_of_columns(
+        entry.at, entry.node, entry.caller, entry.officer, entry.action, entry.dataset,
+        entry.fields, entry.purpose, entry.case_id, entry.subject_hmac, entry.decision,
+        entry.reason,
     )  # fmt: skip
+
+
+def leaf_of_columns(
+    at: datetime,
+    node: str,
+    caller: str,
+    officer: str | None,
+    action: str,
+    dataset: str | None,
+    fields: Sequence[str],
+    purpose: str | None,
+    case_id: str | None,
+    subject_hmac: bytes | None,
+    decision: str,
+    reason: str | None,
+) -> bytes:
+    """The leaf bytes of the entry whose searchable columns (``COLUMNS`` order) hold these
+    values: ``encode_leaf`` without building an ``AccessEntry``. ``audit verify`` compares
+    it with each stored leaf, which checks the leaf canonical and its columns equal to it
+    in one step. Raises ValueError for text that is not valid Unicode."""
+    texts = (node, caller, officer, action, dataset, purpose, case_id, reason, *fields)
     if any(t is not None and _SURROGATE.search(t) for t in texts):
         raise ValueError("an access entry holds text that is not valid Unicode")
     return _ENCODE(
         {
-            "action": entry.action,
-            "at": _instant(entry.at),
-            "caller": entry.caller,
-            "case_id": entry.case_id,
-            "dataset": entry.dataset,
-            "decision": entry.decision,
-            "fields": list(entry.fields),
-            "node": entry.node,
-            "officer": entry.officer,
-            "purpose": entry.purpose,
-            "reason": entry.reason,
-            "subject": (
-                base64.b64encode(entry.subject_hmac).decode() if entry.subject_hmac else None
-            ),
+            "action": action,
+            "at": _instant(at),
+            "caller": caller,
+            "case_id": case_id,
+            "dataset": dataset,
+            "decision": decision,
+            "fields": list(fields),
+            "node": node,
+            "officer": officer,
+            "purpose": purpose,
+            "reason": reason,
+            "subject": base64.b64encode(subject_hmac).decode() if subject_hmac else None,
             "v": LEAF_VERSION,
         }
     ).encode("utf-8")

@@ -23,12 +23,13 @@ import itertools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import NoReturn
 
 import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tongban.errors import TongbanError
-from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf
+from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf, leaf_of_columns
 from tongban.exchange.audit.merkle import (
     Frontier,
     ProofInvalid,
@@ -56,6 +57,46 @@ class VerifyReport:
     root: bytes
     checkpoints: int
     seconds: float
+
+
+def _leaf_matches_columns(row: asyncpg.Record, leaf: bytes) -> bool:
+    """Whether ``leaf`` is the canonical leaf of the entry ``row``'s columns describe.
+
+    True exactly when the leaf is a canonical version-1 entry whose values equal the
+    columns, because the encoding is one-to-one on what the columns can hold, but for
+    an empty subject (written as null, like no subject), which is sent to the slow
+    check. One encode instead of a parse, a re-encode and a comparison: the per-entry
+    cost of ``audit verify`` roughly halves."""
+    subject = row["subject_hmac"]
+    if subject is not None and not subject:
+        return False
+    try:
+        expected = leaf_of_columns(
+            row["at"], row["node"], row["caller"], row["officer"], row["action"],
+            row["dataset"], row["fields"], row["purpose"], row["case_id"],
+            subject, row["decision"], row["reason"],
+        )  # fmt: skip
+    except (ValueError, TypeError, AttributeError):  # a NULL where the schema has none
+        return False
+    return expected == leaf
+
+
+def _name_mismatch(index: int, row: asyncpg.Record, leaf: bytes) -> NoReturn:
+    """Raise LogCorrupt saying whether entry ``index``'s leaf is invalid or its columns
+    differ from it (``_leaf_matches_columns`` found one or the other)."""
+    try:
+        entry = decode_leaf(leaf)
+    except LeafInvalid as e:
+        raise _corrupt(index, f"is not a valid leaf ({e.message})") from None
+    fields = row["fields"]
+    columns = (
+        row["at"], row["node"], row["caller"], row["officer"], row["action"],
+        row["dataset"], None if fields is None else list(fields), row["purpose"],
+        row["case_id"], row["subject_hmac"], row["decision"], row["reason"],
+    )  # fmt: skip
+    if columns != entry.columns():
+        raise _corrupt(index, "has columns that differ from its leaf")
+    raise AssertionError(f"entry {index}: the leaf and its columns agree after all")
 
 
 def _corrupt(index: int, what: str) -> LogCorrupt:
@@ -130,18 +171,8 @@ async def verify_log(
                 if index != frontier.size:
                     raise _corrupt(frontier.size, "is missing (deleted)")
                 leaf = bytes(row["leaf"])
-                try:
-                    entry = decode_leaf(leaf)
-                except LeafInvalid as e:
-                    raise _corrupt(index, f"is not a valid leaf ({e.message})") from None
-                columns = (
-                    row["at"], row["node"], row["caller"], row["officer"], row["action"],
-                    row["dataset"], list(row["fields"]), row["purpose"], row["case_id"],
-                    bytes(row["subject_hmac"]) if row["subject_hmac"] is not None else None,
-                    row["decision"], row["reason"],
-                )  # fmt: skip
-                if columns != entry.columns():
-                    raise _corrupt(index, "has columns that differ from its leaf")
+                if not _leaf_matches_columns(row, leaf):
+                    _name_mismatch(index, row, leaf)
                 digest = leaf_hash(leaf)
                 if row["hash"] is None or bytes(row["hash"]) != digest:
                     raise _corrupt(index, "has a leaf whose hash differs from the stored tree")
