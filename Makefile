@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PROTOS := $(wildcard proto/tongban/v1/*.proto)
 
-.PHONY: lock serve test test-year-ahead system-packages lint typecheck pytest proto proto-check bench demo clean
+.PHONY: lock serve test test-year-ahead system-packages lint typecheck pytest proto proto-check bench bench-quick demo clean
 
 # Runtime install: enough to run a node.
 $(VENV)/.runtime: pyproject.toml constraints.txt
@@ -78,6 +78,9 @@ proto-check: $(VENV)/.dev  ## fail if the generated code is not what `make proto
 
 bench: $(VENV)/.dev  ## run the benchmarks; each figure is printed beside its baseline
 	$(BIN)/python -m bench
+
+bench-quick: $(VENV)/.dev  ## every phase in short windows on small data (about 3 minutes)
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .proto-check

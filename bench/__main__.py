@@ -1,6 +1,9 @@
-"""``python -m bench [audit | events | fairness | burst | cluster | licence | adapters |
-cases | supervision]``:
+"""``python -m bench [--quick | audit | events | fairness | burst | cluster | licence |
+adapters | cases | supervision]``:
 run the benchmark.
+
+``--quick`` runs the full run's phases and the licence phases in short windows on small
+data (``bench._config.quick``), in about three minutes.
 
 With no argument, every phase: ``bench.foundation`` and ``bench.sharing`` against a node,
 then the access-log phases of ``bench.audit`` in this process, then the change-events
@@ -30,11 +33,13 @@ from bench import (
     supervision,
 )
 
-USAGE = """usage: python -m bench [audit | events | fairness | burst | cluster | licence |
-                          adapters | cases | supervision]
+USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst | cluster |
+                          licence | adapters | cases | supervision]
 
   (no argument)  every phase: foundation, sharing, the access log's, change events,
                  fairness and burst
+  --quick        the same phases and the licence ones, in short windows on small data
+                 (about 3 minutes; bench._config.quick): to see what a change does
   audit          only the access-log phases (in process, on their own PostgreSQL)
   events         only the change-events phases (embedded and Kafka mode, a node each;
                  BENCH_EVENTS_SECONDS, BENCH_EVENTS_MAX_SECONDS, BENCH_EVENTS_BACKLOG,
@@ -71,6 +76,12 @@ USAGE = """usage: python -m bench [audit | events | fairness | burst | cluster |
 def main(argv: list[str]) -> int:
     if not argv:
         return foundation.main(with_audit=True, with_events=True, with_limits=True)
+    if argv == ["--quick"]:
+        status = foundation.main(with_audit=True, with_events=True, with_limits=True, quick=True)
+        if status == 130:
+            return status
+        print()
+        return max(status, licence.main(quick=True))
     if argv == ["audit"]:
         return audit.main()
     if argv == ["events"]:

@@ -3,10 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-__all__ = ["Config"]
+__all__ = ["Config", "quick"]
 
 
 @dataclass(frozen=True)
@@ -158,3 +158,37 @@ class Config:
     """Issue calls of the one-caller baseline."""
     burst_idle_seconds: float = 3.0
     """The consumer's catalogue loop alone (its waits' baseline)."""
+
+
+def quick(config: Config) -> Config:
+    """``config`` cut down for ``python -m bench --quick``: every phase of the full run, in
+    short windows and on small data, so that a developer can see what a change does in
+    about three minutes. Ratios to the same-run baselines still compare; the absolute
+    figures are noisier, and figures that grow with size (verify time, proofs) are
+    taken at a smaller log."""
+    return replace(
+        config,
+        warmup_seconds=0.5,
+        duration_seconds=2.0,
+        connect_warmup_seconds=0.25,
+        connect_duration_seconds=1.0,
+        records=20_000,
+        batch_queries=5,
+        audit_entries=100_000,
+        audit_fallback_entries=50_000,
+        audit_budget_seconds=30.0,
+        audit_latency_warmup_seconds=0.5,
+        audit_latency_seconds=1.5,
+        audit_alone_calls=30,
+        audit_proofs=100,
+        audit_checkpoint_rounds=5,
+        events_warmup_seconds=0.5,
+        events_light_seconds=1.5,
+        events_seconds=4.0,
+        events_max_seconds=2.0,
+        events_backlog=10_000,
+        burst_levels=(16, 64),
+        burst_min_calls=64,
+        burst_baseline_calls=32,
+        burst_idle_seconds=1.0,
+    )

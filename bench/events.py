@@ -683,7 +683,7 @@ async def _run_mode(
                     )
             payloads = await db.fetch(
                 "SELECT position, event_id, key, version, op, data::text AS data, at"
-                " FROM event_outbox WHERE dataset = $1 AND position >= $2"
+                " FROM change_event WHERE dataset = $1 AND position >= $2"
                 " ORDER BY position LIMIT $3",
                 DATASET,
                 fixed_start,

@@ -62,6 +62,7 @@ import psutil
 from bench import audit, burst, events, fairness, sharing
 from bench._client import FRESH_CONNECTION, Department
 from bench._config import Config
+from bench._config import quick as quick_config
 from bench._echo_server import ECHO_METHOD, identity
 from bench._errors import describe
 from bench._load import LoadResult, run_load
@@ -368,7 +369,13 @@ def write_json(
     return path
 
 
-def main(*, with_audit: bool = False, with_events: bool = False, with_limits: bool = False) -> int:
+def main(
+    *,
+    with_audit: bool = False,
+    with_events: bool = False,
+    with_limits: bool = False,
+    quick: bool = False,
+) -> int:
     """Run the benchmark, print the table, write the JSON; return the exit status.
 
     With ``with_audit``, the access-log phases (``bench.audit``) run afterwards, once the
@@ -376,9 +383,10 @@ def main(*, with_audit: bool = False, with_events: bool = False, with_limits: bo
     with ``with_events``, then the change-events phases (``bench.events``, on nodes of
     their own), under "events"; with ``with_limits``, then the fairness and burst phases
     (``bench.fairness``, ``bench.burst``, on nodes of their own with the default limits),
-    under "fairness" and "burst".
+    under "fairness" and "burst". With ``quick``, every phase in short windows on small
+    data (``bench._config.quick``).
     """
-    config = Config()
+    config = quick_config(Config()) if quick else Config()
     events_config = fairness_config = burst_config = config
     try:  # a bad BENCH_* variable: say so before the run
         if with_events:

@@ -373,9 +373,13 @@ def write_json(figures: list[Figure], config: Config) -> Path:
     return path
 
 
-def main() -> int:
+QUICK = Config(issue=2_000, seconds=1.0, pdfs=10)
+"""What ``python -m bench --quick`` runs."""
+
+
+def main(*, quick: bool = False) -> int:
     """Run the licence phases, print the table, write the JSON; return the exit status."""
-    config = Config()
+    config = QUICK if quick else Config()
     try:
         figures = asyncio.run(run(config))
     except KeyboardInterrupt:
