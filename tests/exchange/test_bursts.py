@@ -187,3 +187,25 @@ async def test_a_change_and_its_entries_commit_together(log_pool: asyncpg.Pool) 
         assert await _log_size(log_pool) == 3
     finally:
         await log.stop()
+
+
+async def test_an_append_that_cannot_commit_in_time_is_refused_and_lands_later(
+    log_pool: asyncpg.Pool,
+) -> None:
+    log = AccessLog(log_pool, timeout=0.3)
+    await log.start()
+    try:
+        async with log_pool.acquire() as holder, holder.transaction():
+            await holder.execute("SELECT 1 FROM log_state FOR UPDATE")
+            # Every waiting append is told within its timeout (to within a tick), together.
+            refused = await asyncio.gather(
+                *(log.append([_entry()]) for _ in range(20)), return_exceptions=True
+            )
+            assert all(isinstance(r, AuditUnavailable) for r in refused)
+            assert "within 0.3 s, so the request was not served" in str(refused[0])
+        # The writer was not undone: the refused entries commit once the head is free,
+        # and the log goes on.
+        assert (await log.append([_entry()])) == range(20, 21)
+        assert await _log_size(log_pool) == 21
+    finally:
+        await log.stop()

@@ -110,8 +110,9 @@ def _cut(text: str | None) -> str | None:
 
 
 def _instant(at: datetime) -> str:
-    at = at.astimezone(UTC)
-    return f"{at:%Y-%m-%dT%H:%M:%S}.{at.microsecond:06d}Z"
+    # isoformat, in C, gives exactly YYYY-MM-DDTHH:MM:SS.ffffff for a naive datetime with
+    # timespec="microseconds" (years 1000-9999, as timestamptz returns them).
+    return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
 def _parse_instant(text: str) -> datetime:
