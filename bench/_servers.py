@@ -214,13 +214,10 @@ async def node_server(
             process = await asyncio.create_subprocess_exec(
                 *_node_command(profile),
                 *("serve", "--json", "--demo", "--data-dir", str(data_dir)),
-                # BENCH_NODE_WORKERS=N: the node as N worker processes (serve --workers);
-                # the CPU split then counts them under "other".
-                *(
-                    ("--workers", workers)
-                    if (workers := os.environ.get("BENCH_NODE_WORKERS"))
-                    else ()
-                ),
+                # One process, whose CPU the split shows as "node", unless
+                # BENCH_NODE_WORKERS=N: then N worker processes (serve --workers), whose
+                # CPU the split counts under "other".
+                *("--workers", os.environ.get("BENCH_NODE_WORKERS") or "1"),
                 *("--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
                 env=node_env,
                 stdout=asyncio.subprocess.PIPE,

@@ -165,7 +165,7 @@ class _Exchange:
         with log.open("ab") as stderr:
             process = await asyncio.create_subprocess_exec(
                 str(_TONGBAN),
-                *("serve", "--json", "--data-dir", str(self.data_dir), *extra),
+                *("serve", "--json", "--workers", "1", "--data-dir", str(self.data_dir), *extra),
                 *("--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
                 env=self.env(name),
                 stdout=asyncio.subprocess.PIPE,

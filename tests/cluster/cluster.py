@@ -114,6 +114,8 @@ def _spawn(settings: Settings, name: str, log: Path) -> subprocess.Popen[str]:
                 TONGBAN,
                 "serve",
                 "--json",
+                "--workers",
+                "1",
                 "--data-dir",
                 str(settings.data_dir),
                 "--grpc-listen",

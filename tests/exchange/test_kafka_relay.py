@@ -287,6 +287,8 @@ def _serve(settings: Settings) -> subprocess.Popen[str]:
             TONGBAN,
             "serve",
             "--json",
+            "--workers",
+            "1",
             "--data-dir",
             str(Path(settings.data_dir)),
             "--grpc-listen",

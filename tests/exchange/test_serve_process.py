@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -58,6 +59,8 @@ class Served:
                 "127.0.0.1:0",
                 "--http-listen",
                 "127.0.0.1:0",
+                "--workers",
+                "1",  # one process, whose pid the tests signal (unless extra says more)
                 *extra,
             ],
             stdout=subprocess.PIPE,
@@ -203,3 +206,39 @@ def test_workers_take_a_count_from_1_to_64(data_dir: Path) -> None:
         result = tongban("serve", "--workers", bad, "--data-dir", str(data_dir))
         assert result.code == 2
         assert "--workers takes 1 to 64" in result.stderr
+
+
+def test_more_workers_than_the_database_has_connections_for_are_refused(
+    data_dir: Path,
+) -> None:
+    # 64 workers of 10 + 1 connections each would need 704; the embedded server takes 200.
+    result = tongban(
+        "serve", "--workers", "64", "--data-dir", str(data_dir), "--json",
+        env=cli_env(TONGBAN_KEY_PASSPHRASE="serve test", TONGBAN_DB_POOL_SIZE="10"),
+    )  # fmt: skip
+    assert result.code == 1, result.stdout + result.stderr
+    refused = result.json()
+    assert refused["reason"] == "TOO_MANY_WORKERS"
+    assert "704 database connections" in refused["message"]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert _postgres_for(data_dir) == []  # the supervisor stopped what it started
+
+
+def test_the_default_is_one_worker_per_usable_core(data_dir: Path) -> None:
+    cores = min(len(os.sched_getaffinity(0)), 64)
+    proc = subprocess.Popen(
+        [TONGBAN, "serve", "--json", "--data-dir", str(data_dir),
+         "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        env=cli_env(TONGBAN_SHUTDOWN_GRACE_SECONDS="2"),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        ready = json.loads(proc.stdout.readline())
+        # One core: one process, no supervisor; more: a supervisor and a worker per core.
+        assert len(ready.get("workers", [proc.pid])) == cores
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)  # reads the rest and closes the pipe
+    assert proc.returncode == 0
+    assert _postgres_for(data_dir) == []

@@ -31,7 +31,7 @@ def data_dir() -> Iterator[Path]:
 async def test_sigkill_mid_batch_loses_no_acknowledged_entry(data_dir: Path) -> None:
     env = cli_env(TONGBAN_KEY_PASSPHRASE="kill test")
     proc = await asyncio.create_subprocess_exec(
-        TONGBAN, "serve", "--demo", "--json", "--data-dir", str(data_dir),
+        TONGBAN, "serve", "--demo", "--json", "--workers", "1", "--data-dir", str(data_dir),
         "--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0",
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env,
     )  # fmt: skip

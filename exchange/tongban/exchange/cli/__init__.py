@@ -115,9 +115,10 @@ def _build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--workers",
         type=_workers,
-        default=1,
+        default=None,
         metavar="N",
-        help="run N node processes sharing the ports, one per core (default 1)",
+        help="run N node processes sharing the ports (default: one per usable core, fewer "
+        "if the database cannot take their connections)",
     )
 
     demo = sub.add_parser("demo", parents=[common], help="run the end-to-end story on a fresh node")

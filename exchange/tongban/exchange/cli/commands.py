@@ -162,10 +162,11 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    if getattr(args, "workers", 1) > 1:
-        from tongban.exchange.cli.workers import run_workers
+    from tongban.exchange.cli.workers import run_workers, usable_cores
 
-        return await run_workers(args)
+    requested: int | None = getattr(args, "workers", None)
+    if (requested or usable_cores()) > 1:
+        return await run_workers(args, requested)
     settings = settings_from_args(args, grpc_listen=args.grpc_listen, http_listen=args.http_listen)
     clock = SystemClock()
     if not is_initialised(settings.data_dir):

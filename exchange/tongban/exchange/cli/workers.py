@@ -36,12 +36,13 @@ from dataclasses import dataclass, field
 from tongban.errors import TongbanError
 from tongban.exchange.cli.commands import emit, settings_from_args
 from tongban.exchange.datadir import init_data_dir, is_initialised
-from tongban.exchange.db.database import Database
+from tongban.exchange.db.database import Database, connections_per_node
 from tongban.exchange.enrolment import enrol_demo_departments
+from tongban.exchange.errors import AddressInUse
 from tongban.exchange.settings import ListenAddress, Settings
 from tongban.signing.clock import SystemClock
 
-__all__ = ["WorkerFailed", "run_workers"]
+__all__ = ["TooManyWorkers", "WorkerFailed", "run_workers", "usable_cores"]
 
 _log = logging.getLogger(__name__)
 
@@ -59,14 +60,78 @@ class WorkerFailed(TongbanError):
     status = "UNAVAILABLE"
 
 
-def _reserve(address: ListenAddress) -> tuple[socket.socket, ListenAddress]:
+class TooManyWorkers(TongbanError):
+    """The database cannot take the connections of the workers asked for."""
+
+    reason = "TOO_MANY_WORKERS"
+    status = "FAILED_PRECONDITION"
+
+
+MAX_WORKERS = 64
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, as a container's cpuset sets
+    it), at most MAX_WORKERS: the default number of workers."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
+
+
+_ROOM = """
+    SELECT current_setting('max_connections')::int
+         - current_setting('superuser_reserved_connections')::int
+         - coalesce(current_setting('reserved_connections', true)::int, 0)
+         - (SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend')
+"""
+
+
+async def _fit(db: Database, settings: Settings, requested: int | None) -> int:
+    """How many workers to start: ``requested``, or one per usable core; in either case
+    no more than the database has connections for (each worker opens up to
+    ``connections_per_node`` of them). Raises TooManyWorkers if ``requested`` does not
+    fit; a default that does not fit is lowered, with a warning."""
+    wanted = requested or usable_cores()
+    room = int(await db.pool.fetchval(_ROOM))
+    each = connections_per_node(settings)
+    fits = max(0, room // each)
+    if wanted <= fits:
+        return wanted
+    if requested is not None or fits == 0:
+        raise TooManyWorkers(
+            f"{wanted} workers open up to {wanted * each} database connections "
+            f"({each} each: TONGBAN_DB_POOL_SIZE and the log writer's), but the database "
+            f"has room for {max(room, 0)} more; give --workers {max(fits, 1)} or fewer, a "
+            "smaller TONGBAN_DB_POOL_SIZE, or raise its max_connections.",
+            metadata={"workers": str(wanted), "room": str(max(room, 0))},
+        )
+    _log.warning(
+        "%d cores but room in the database for the connections of %d workers only: "
+        "starting %d (raise max_connections or lower TONGBAN_DB_POOL_SIZE for more)",
+        wanted,
+        fits,
+        fits,
+    )
+    return fits
+
+
+def _reserve(address: ListenAddress, what: str, flag: str) -> tuple[socket.socket, ListenAddress]:
     """A socket bound to ``address`` with SO_REUSEPORT (a free port for port 0), held until
-    the workers have bound the same port."""
+    the workers have bound the same port. Raises AddressInUse."""
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     held = socket.socket(family, socket.SOCK_STREAM)
-    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    held.bind((address.host, address.port))
+    try:
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        held.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        held.bind((address.host, address.port))
+    except OSError as e:
+        held.close()
+        raise AddressInUse(
+            f"Cannot listen for {what} on {address}: the address is in use or not local "
+            f"({e.strerror}); choose another with {flag}."
+        ) from None
     return held, ListenAddress(address.host, held.getsockname()[1])
 
 
@@ -81,18 +146,18 @@ class _Worker:
 class _Workers:
     def __init__(
         self, args: argparse.Namespace, settings: Settings, grpc: ListenAddress,
-        http: ListenAddress,
+        http: ListenAddress, count: int,
     ) -> None:  # fmt: skip
         self._settings = settings
         self._grpc = grpc
         self._http = http
         self._verbose = bool(getattr(args, "verbose", False))
-        self.workers = [_Worker(i + 1) for i in range(args.workers)]
+        self.workers = [_Worker(i + 1) for i in range(count)]
         self.stopping = False
 
     def _command(self) -> list[str]:
         return [
-            sys.executable, "-c", _START, "serve", "--json",
+            sys.executable, "-c", _START, "serve", "--json", "--workers", "1",
             "--data-dir", str(self._settings.data_dir),
             "--grpc-listen", str(self._grpc), "--http-listen", str(self._http),
         ]  # fmt: skip
@@ -209,7 +274,9 @@ class _Workers:
         return [w.process.pid for w in self.workers if w.process is not None]
 
 
-async def run_workers(args: argparse.Namespace) -> int:
+async def run_workers(args: argparse.Namespace, requested: int | None) -> int:
+    """Run the node as worker processes under this supervisor: ``requested`` of them, or
+    one per usable core (``_fit``)."""
     settings = settings_from_args(args, grpc_listen=args.grpc_listen, http_listen=args.http_listen)
     clock = SystemClock()
     if not is_initialised(settings.data_dir):
@@ -221,11 +288,16 @@ async def run_workers(args: argparse.Namespace) -> int:
     db = await Database.open(settings, pool_size=2)  # starts and migrates, once
     workers: _Workers | None = None
     try:
+        count = await _fit(db, settings, requested)
         enrolled = await enrol_demo_departments(db, settings, clock.now()) if args.demo else []
-        grpc_socket, grpc = _reserve(settings.grpc_listen)
-        http_socket, http = _reserve(settings.http_listen)
+        grpc_socket, grpc = _reserve(settings.grpc_listen, "gRPC", "--grpc-listen")
         try:
-            workers = _Workers(args, settings, grpc, http)
+            http_socket, http = _reserve(settings.http_listen, "HTTP", "--http-listen")
+        except BaseException:
+            grpc_socket.close()
+            raise
+        try:
+            workers = _Workers(args, settings, grpc, http, count)
             for worker in workers.workers:
                 await workers.start(worker)
         finally:

@@ -21,12 +21,18 @@ from tongban.exchange.db.migrate import apply_migrations, check_migrations
 from tongban.exchange.errors import ConfigInvalid, DatabaseUnavailable, MigrationFailed
 from tongban.exchange.settings import Settings
 
-__all__ = ["Database", "MigrationReport", "migrate_database"]
+__all__ = ["Database", "MigrationReport", "connections_per_node", "migrate_database"]
 
 _log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT = 10.0
 _LOG_POOL_SIZE = 1  # the access-log writer
+
+
+def connections_per_node(settings: Settings) -> int:
+    """The most database connections one node process opens: its pool and the log
+    writer's (``serve --workers`` sizes itself by it)."""
+    return settings.db_pool_size + _LOG_POOL_SIZE
 
 
 class Database:
