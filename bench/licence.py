@@ -56,12 +56,12 @@ from tongban.exchange.db.database import Database
 from tongban.exchange.db.embedded import temp_root
 from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.enrolment import enrol_demo_departments
+from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.documents import licence_document
 from tongban.exchange.licensing.feed import LicenceFeed
 from tongban.exchange.licensing.service import IssueInput, Licensing
 from tongban.exchange.licensing.setup import ensure_status_key, vault_for
 from tongban.exchange.licensing.status import StatusLists
-from tongban.exchange.server.caller import Caller
 from tongban.exchange.settings import load_settings
 from tongban.exchange.sharing.datasets import DatasetStore
 from tongban.exchange.sharing.model import DatasetEntry

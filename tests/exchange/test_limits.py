@@ -19,8 +19,8 @@ from tongban.exchange.departments import CallLimits, Department, DepartmentStore
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.fairness import BACKOFF
+from tongban.exchange.identity import Caller
 from tongban.exchange.node import Node
-from tongban.exchange.server.caller import Caller
 from tongban.exchange.server.limits import CallLimiter, RateLimited, TooManySubscriptions
 from tongban.exchange.server.request_checks import MAX_STRING, check_request
 from tongban.v1 import catalogue_pb2, query_pb2

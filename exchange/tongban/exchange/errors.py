@@ -10,6 +10,7 @@ from tongban.errors import TongbanError
 
 __all__ = [
     "AddressInUse",
+    "AuditorRoleRequired",
     "BrokerUnavailable",
     "ConfigInvalid",
     "DataDirNotInitialised",
@@ -119,3 +120,11 @@ class KafkaSecurityFailed(BrokerUnavailable):
 
     reason = "BROKER_SECURITY_FAILED"
     status = "UNAVAILABLE"
+
+
+class AuditorRoleRequired(TongbanError):
+    """An auditor's read (the access log, supervision figures, rating records) by a
+    department without the auditor role."""
+
+    reason = "AUDITOR_ROLE_REQUIRED"
+    status = "PERMISSION_DENIED"

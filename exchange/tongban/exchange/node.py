@@ -47,6 +47,7 @@ from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.errors import AddressInUse, DatabaseUnavailable
 from tongban.exchange.fairness import CpuShare
 from tongban.exchange.http import build_http_app
+from tongban.exchange.identity import Caller
 from tongban.exchange.kafka.connection import kafka_connection
 from tongban.exchange.kafka.feed import KafkaFeed
 from tongban.exchange.kafka.relay import OutboxRelay
@@ -69,7 +70,6 @@ from tongban.exchange.licensing.supervision import RECENT_DAYS, recent_decisions
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.audit_service import AuditService
 from tongban.exchange.server.auth import Authenticator
-from tongban.exchange.server.caller import Caller
 from tongban.exchange.server.cases_service import CaseService
 from tongban.exchange.server.events_service import SubscriptionService
 from tongban.exchange.server.interceptor import ExchangeInterceptor

@@ -19,6 +19,7 @@ import asyncpg
 
 from tongban.exchange.audit.log import AccessEntry, AccessLog
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_report import (
     MAX_PAGE,
     OverdueCase,
@@ -29,7 +30,6 @@ from tongban.exchange.licensing.case_report import (
 from tongban.exchange.licensing.cases import Overdue
 from tongban.exchange.licensing.errors import CaseNotPermitted
 from tongban.exchange.pagetokens import PageTokens
-from tongban.exchange.server.caller import Caller
 
 __all__ = [
     "AUDITOR_ROLE",

@@ -22,6 +22,7 @@ from tongban.exchange.audit.log import (
     SubjectHasher,
 )
 from tongban.exchange.errors import DatabaseUnavailable
+from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_feed import CaseFeed, cases_dataset, steps_dataset
 from tongban.exchange.licensing.case_log import case_entry
 from tongban.exchange.licensing.cases import (
@@ -47,7 +48,6 @@ from tongban.exchange.licensing.item_store import ServiceItemStore
 from tongban.exchange.licensing.notices import CaseNotices
 from tongban.exchange.licensing.package_store import PackageStore
 from tongban.exchange.licensing.packages import Step
-from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.records import Change, RecordStore
 from tongban.licence import random_serial

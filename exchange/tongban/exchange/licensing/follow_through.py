@@ -30,6 +30,7 @@ import asyncpg
 from tongban.errors import TongbanError
 from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_feed import CaseFeed
 from tongban.exchange.licensing.case_log import case_entry
 from tongban.exchange.licensing.cases import (
@@ -53,7 +54,6 @@ from tongban.exchange.licensing.errors import (
 )
 from tongban.exchange.licensing.item_store import ServiceItemStore
 from tongban.exchange.licensing.items import ServiceItem
-from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.records import RecordStore
 
 __all__ = [

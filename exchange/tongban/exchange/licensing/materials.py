@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import AuditUnavailable
+from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.cases import normal_applicant
 from tongban.exchange.licensing.items import (
     DataSource,
@@ -27,7 +28,6 @@ from tongban.exchange.licensing.items import (
     SubmittedSource,
 )
 from tongban.exchange.licensing.service import Licensing
-from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.service import QueryInput, Sharing
 
 __all__ = ["MaterialResolution", "resolve_materials"]

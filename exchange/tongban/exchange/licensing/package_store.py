@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import asyncpg
 
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_feed import CaseFeed
 from tongban.exchange.licensing.case_log import case_entry
 from tongban.exchange.licensing.cases import Case, CaseState, is_case_number, normal_applicant
@@ -42,7 +43,6 @@ from tongban.exchange.licensing.packages import (
     package_state,
     validate_package,
 )
-from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.records import RecordStore
 from tongban.licence import random_serial
 

@@ -33,12 +33,11 @@ import asyncpg
 from tongban.errors import TongbanError
 from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
-from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.errors import AuditorRoleRequired, InvalidArgument
+from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_overdue import AUDITOR_ROLE
 from tongban.exchange.licensing.cases import CaseClock, CaseState, is_case_number
 from tongban.exchange.licensing.errors import CaseNotFound
-from tongban.exchange.server.audit_service import AuditorRoleRequired
-from tongban.exchange.server.caller import Caller
 
 __all__ = [
     "LINK_LIFETIME",

@@ -26,6 +26,7 @@ from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.authorisations import (
     AuthorisationInvalid,
     HolderAuthorisations,
@@ -45,7 +46,6 @@ from tongban.exchange.licensing.feed import (
     record_values,
 )
 from tongban.exchange.licensing.status import StatusLists, StatusToken
-from tongban.exchange.server.caller import Caller
 from tongban.exchange.sharing.errors import QueryDenied
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import (

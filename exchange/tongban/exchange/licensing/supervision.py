@@ -39,10 +39,10 @@ import asyncpg
 
 from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_overdue import AUDITOR_ROLE
 from tongban.exchange.licensing.cases import is_case_number, normal_applicant
 from tongban.exchange.licensing.errors import CaseNotPermitted
-from tongban.exchange.server.caller import Caller
 
 __all__ = [
     "MAX_MONTHS",

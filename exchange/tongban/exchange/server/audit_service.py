@@ -27,20 +27,15 @@ from tongban.exchange.audit.covert import (
 )
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.audit.store import MAX_INDEX, AuditStore, LogEntry, SearchFilters
-from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.errors import AuditorRoleRequired, InvalidArgument
 from tongban.exchange.server.caller import Caller, current_caller
 from tongban.exchange.server.timestamps import instant, timestamp
 from tongban.signing.clock import Clock
 from tongban.v1 import audit_pb2, audit_pb2_grpc
 
-__all__ = ["AuditService", "AuditorRoleRequired"]
+__all__ = ["AuditService"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-class AuditorRoleRequired(TongbanError):
-    reason = "AUDITOR_ROLE_REQUIRED"
-    status = "PERMISSION_DENIED"
 
 
 def entry_message(entry: LogEntry) -> audit_pb2.Entry:

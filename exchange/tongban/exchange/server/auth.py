@@ -31,7 +31,7 @@ from tongban.exchange.errors import (
     InvalidArgument,
     NotRegisteredCertificate,
 )
-from tongban.exchange.server.caller import Caller
+from tongban.exchange.identity import Caller
 from tongban.signing.certs import certificate_fingerprint, department_code
 from tongban.signing.clock import Clock
 from tongban.signing.errors import CertificateExpired, CertificateInvalid

@@ -3,21 +3,11 @@
 from __future__ import annotations
 
 from contextvars import ContextVar
-from dataclasses import dataclass
 
 from tongban.exchange.db.fair_pool import department as pool_department
-from tongban.exchange.departments import Department
+from tongban.exchange.identity import Caller
 
-__all__ = ["Caller", "current_caller"]
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The authenticated department (from its certificate) and the officer it named."""
-
-    department: Department
-    officer_id: str | None
-    cert_fingerprint: bytes
+__all__ = ["Caller", "current_caller", "set_caller"]
 
 
 _current: ContextVar[Caller] = ContextVar("tongban_caller")

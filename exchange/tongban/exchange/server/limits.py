@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from tongban.errors import TongbanError
 from tongban.exchange.departments import CallLimits
 from tongban.exchange.fairness import BACKOFF
-from tongban.exchange.server.caller import Caller
+from tongban.exchange.identity import Caller
 
 __all__ = ["CallLimiter", "RateLimited", "TooManySubscriptions"]
 

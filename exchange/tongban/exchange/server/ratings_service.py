@@ -10,12 +10,12 @@ from typing import Any
 import asyncpg
 import grpc
 
+from tongban.exchange.errors import AuditorRoleRequired
 from tongban.exchange.licensing.ratings import (
     RatedCase,
     RatingStore,
     verify_ratings,
 )
-from tongban.exchange.server.audit_service import AuditorRoleRequired
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import timestamp
 from tongban.signing.clock import Clock

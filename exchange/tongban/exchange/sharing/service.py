@@ -33,7 +33,7 @@ from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.db.notify import ChangeListener, KeyedCache
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.fairness import yield_fairly
-from tongban.exchange.server.caller import Caller
+from tongban.exchange.identity import Caller
 from tongban.exchange.sharing.datasets import DatasetStore, is_dataset_code
 from tongban.exchange.sharing.errors import (
     DatasetNotFound,

@@ -1,0 +1,131 @@
+"""Tongban's import graph, read from the source with ``ast``, and its layering contracts.
+
+    python scripts/import_graph.py           # the package-level graph, one line per package
+    python scripts/import_graph.py --check   # the contracts; exit 1 naming each violation
+
+The contracts, and the known debts each may still have, live in ``pyproject.toml``
+(``[tool.tongban.layers]``); ``tests/test_layers.py`` runs the check. Every import
+counts, including those inside functions and under ``TYPE_CHECKING``: a deferred import
+is still a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+import tomllib
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# The source roots of the ``tongban`` namespace (pyproject.toml, [tool.setuptools.package-dir]).
+SOURCE_ROOTS = ("signing", "proto", "exchange", "licence", "adapters")
+# Packages shown as one node in the graph (the rest: their first two name parts).
+_GROUPED = ("tongban.exchange",)
+
+
+def modules(root: Path = ROOT) -> Iterator[tuple[str, Path]]:
+    """Every module of ours: (dotted name, file)."""
+    for source in SOURCE_ROOTS:
+        for path in sorted((root / source).rglob("*.py")):
+            parts = list(path.relative_to(root / source).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            if parts and parts[0] == "tongban":
+                yield ".".join(parts), path
+
+
+def imports(root: Path = ROOT) -> dict[str, set[str]]:
+    """Module -> the names of ours it imports (``from a import b`` counts as ``a.b``)."""
+    found: dict[str, set[str]] = defaultdict(set)
+    for name, path in modules(root):
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.Import):
+                found[name].update(a.name for a in node.names if a.name.startswith("tongban"))
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    target = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    target = node.module or ""
+                if target == "tongban" or target.startswith("tongban."):
+                    found[name].update(f"{target}.{a.name}" for a in node.names)
+    return found
+
+
+def _within(name: str, prefixes: list[str]) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+@dataclass(frozen=True)
+class Violation:
+    contract: str
+    importer: str
+    imported: str
+
+    def __str__(self) -> str:
+        return f"{self.importer} imports {self.imported}: breaks {self.contract!r}"
+
+
+def check(root: Path = ROOT) -> list[Violation]:
+    """The imports that break a contract and are not listed as a known debt."""
+    layers = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    layers = layers["tool"]["tongban"]["layers"]
+    debts = {tuple(p.strip() for p in d.split("->")) for d in layers.get("debts", [])}
+    graph = imports(root)
+    found = []
+    for contract in layers["contracts"]:
+        for importer, targets in sorted(graph.items()):
+            if not _within(importer, contract["modules"]) or _within(
+                importer, contract.get("except", [])
+            ):
+                continue
+            for imported in sorted(targets):
+                if "only" in contract:
+                    broken = not _within(imported, contract["only"])
+                else:
+                    broken = _within(imported, contract["not"])
+                if broken and not any(
+                    _within(importer, [i]) and _within(imported, [t]) for i, t in debts
+                ):
+                    found.append(Violation(contract["name"], importer, imported))
+    return found
+
+
+def _node(name: str) -> str:
+    parts = name.split(".")
+    grouped = any(name.startswith(g + ".") for g in _GROUPED)
+    return ".".join(parts[: 3 if grouped else 2])
+
+
+def package_graph(root: Path = ROOT) -> dict[str, set[str]]:
+    """Package -> the packages of ours it imports (``tongban.exchange.*`` by subpackage)."""
+    graph: dict[str, set[str]] = defaultdict(set)
+    for importer, targets in imports(root).items():
+        for imported in targets:
+            a, b = _node(importer), _node(imported)
+            if a != b:
+                graph[a].add(b)
+    return graph
+
+
+def main(argv: list[str]) -> int:
+    if argv == ["--check"]:
+        violations = check()
+        for v in violations:
+            print(v)
+        print(f"{len(violations)} import(s) break the layering contracts in pyproject.toml")
+        return 1 if violations else 0
+    if argv:
+        print(__doc__, file=sys.stderr)
+        return 2
+    for package, targets in sorted(package_graph().items()):
+        print(f"{package} -> {', '.join(sorted(targets))}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,61 @@
+"""The layering contracts of pyproject.toml ([tool.tongban.layers]) hold for the source,
+and the check finds a new violation however it is written."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _import_graph() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("import_graph", ROOT / "scripts/import_graph.py")
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["import_graph"] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_source_keeps_the_layering_contracts() -> None:
+    violations = _import_graph().check()
+    assert violations == [], "\n".join(map(str, violations))
+
+
+def test_a_new_violation_is_found_however_it_is_imported(tmp_path: Path) -> None:
+    graph = _import_graph()
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    files = {
+        # a domain module reaching into the gRPC layer, absolute and relative
+        "exchange/tongban/exchange/sharing/a.py": (
+            "from tongban.exchange.server.caller import current_caller\nfrom ..web import app\n"
+        ),
+        # signing importing the exchange, deferred inside a function
+        "signing/tongban/signing/b.py": "def f():\n    import tongban.exchange.node\n",
+        # an adapter importing the node; the node importing its command line
+        "adapters/tongban/adapters/c.py": "from tongban.exchange import settings\n",
+        "exchange/tongban/exchange/d.py": "from tongban.exchange.cli import commands\n",
+        # a listed debt is not reported, the same import from elsewhere in the node is
+        "exchange/tongban/exchange/cli/adapter_cmds.py": "import tongban.adapters.runner\n",
+        "exchange/tongban/exchange/e.py": "import tongban.adapters.runner\n",
+        # allowed: licence on signing, adapters on the clock
+        "licence/tongban/licence/f.py": "from tongban.signing import keys\n",
+        "adapters/tongban/adapters/g.py": "from tongban.signing.clock import SystemClock\n",
+    }
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    found = {(v.importer, v.imported) for v in graph.check(tmp_path)}
+    assert found == {
+        ("tongban.exchange.sharing.a", "tongban.exchange.server.caller.current_caller"),
+        ("tongban.exchange.sharing.a", "tongban.exchange.web.app"),
+        ("tongban.signing.b", "tongban.exchange.node"),
+        ("tongban.adapters.c", "tongban.exchange.settings"),
+        ("tongban.exchange.d", "tongban.exchange.cli.commands"),
+        ("tongban.exchange.e", "tongban.adapters.runner"),
+    }
