@@ -6,7 +6,8 @@
 The contracts, and the known debts each may still have, live in ``pyproject.toml``
 (``[tool.tongban.layers]``); ``tests/test_layers.py`` runs the check. Every import
 counts, including those inside functions and under ``TYPE_CHECKING``: a deferred import
-is still a dependency.
+is still a dependency. An "only" contract limits what a module imports of ours; a "not"
+contract may name others' packages too (adapters must not import ``grpc``).
 """
 
 from __future__ import annotations
@@ -38,22 +39,26 @@ def modules(root: Path = ROOT) -> Iterator[tuple[str, Path]]:
 
 
 def imports(root: Path = ROOT) -> dict[str, set[str]]:
-    """Module -> the names of ours it imports (``from a import b`` counts as ``a.b``)."""
+    """Module -> the names it imports, ours and others' (``from a import b`` counts as
+    ``a.b``; relative imports resolved)."""
     found: dict[str, set[str]] = defaultdict(set)
     for name, path in modules(root):
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
-                found[name].update(a.name for a in node.names if a.name.startswith("tongban"))
+                found[name].update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
                 if node.level:
                     base = package.split(".")[: len(package.split(".")) - node.level + 1]
                     target = ".".join([*base, *([node.module] if node.module else [])])
                 else:
                     target = node.module or ""
-                if target == "tongban" or target.startswith("tongban."):
-                    found[name].update(f"{target}.{a.name}" for a in node.names)
+                found[name].update(f"{target}.{a.name}" for a in node.names)
     return found
+
+
+def _ours(name: str) -> bool:
+    return name == "tongban" or name.startswith("tongban.")
 
 
 def _within(name: str, prefixes: list[str]) -> bool:
@@ -84,8 +89,8 @@ def check(root: Path = ROOT) -> list[Violation]:
             ):
                 continue
             for imported in sorted(targets):
-                if "only" in contract:
-                    broken = not _within(imported, contract["only"])
+                if "only" in contract:  # of ours; others' packages are not its concern
+                    broken = _ours(imported) and not _within(imported, contract["only"])
                 else:
                     broken = _within(imported, contract["not"])
                 if broken and not any(
@@ -105,7 +110,7 @@ def package_graph(root: Path = ROOT) -> dict[str, set[str]]:
     """Package -> the packages of ours it imports (``tongban.exchange.*`` by subpackage)."""
     graph: dict[str, set[str]] = defaultdict(set)
     for importer, targets in imports(root).items():
-        for imported in targets:
+        for imported in filter(_ours, targets):
             a, b = _node(importer), _node(imported)
             if a != b:
                 graph[a].add(b)

@@ -184,6 +184,7 @@ async def test_a_department_past_its_rate_is_refused_and_others_are_not(node: No
         for error in refused:
             assert error.code is grpc.StatusCode.RESOURCE_EXHAUSTED
             assert error.reason == "RATE_LIMITED"
+            assert error.retriable  # what an adapter reads instead of grpc's status codes
             assert error.retry_after is not None
             assert 0 < error.retry_after <= 1
         # samr's calls at the same moment all pass.

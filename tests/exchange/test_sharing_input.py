@@ -60,6 +60,7 @@ async def test_query_bad_input(node: Node, samr: ExchangeClient) -> None:
         for reason, call in cases.items():
             error = await _reason(call)
             assert error.reason == reason, (reason, error.message)
+            assert not error.retriable  # bad input needs a change, not a retry
             assert "Traceback" not in error.message
         fields_error = await _reason(q(fields=[]))
         assert fields_error.reason == "INVALID_ARGUMENT"

@@ -26,8 +26,6 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 
-import grpc
-
 from tongban.adapters.mapping import AdapterMapping, RetrySettings, WriteBackTarget
 from tongban.adapters.sdk import Change, Op, Source, WriteCommand
 from tongban.adapters.state import StateStore
@@ -45,21 +43,11 @@ __all__ = [
     "subscription_fields",
 ]
 
-_RETRIABLE_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-    }
-)
-
 
 def is_retriable(error: BaseException) -> bool:
     """Whether the same call may succeed later without anyone changing anything: an
-    exchange that is down or busy, or a legacy system that is (``retriable`` errors)."""
-    if isinstance(error, ExchangeError):
-        return error.code in _RETRIABLE_CODES
+    exchange that is down or busy (``ExchangeError.retriable``), or a legacy system that
+    is (errors with ``retriable`` set)."""
     return bool(getattr(error, "retriable", False))
 
 
@@ -321,11 +309,7 @@ async def _pump(stream: AsyncIterator[Event], queue: asyncio.Queue[Event | BaseE
         await queue.put(e)
     else:
         await queue.put(
-            ExchangeError(
-                "The exchange ended the subscription stream; reconnecting.",
-                reason="UNAVAILABLE",
-                code=grpc.StatusCode.UNAVAILABLE,
-            )
+            ExchangeError.unavailable("The exchange ended the subscription stream; reconnecting.")
         )
     finally:
         closing = getattr(stream, "aclose", None)

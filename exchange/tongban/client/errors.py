@@ -35,6 +35,28 @@ class ExchangeError(TongbanError):
         self.code = code
         self.retry_after = retry_after
 
+    @property
+    def retriable(self) -> bool:
+        """Whether the same call may succeed later without anyone changing anything: the
+        node is down, busy, past the call's deadline, or asked to retry (``retry_after``
+        then says when). Everything else needs a change first (input, grant, identity)."""
+        return self.code in _RETRIABLE
+
+    @classmethod
+    def unavailable(cls, message: str) -> ExchangeError:
+        """The error of a call or stream the node ended without an answer (retriable)."""
+        return cls(message, reason="UNAVAILABLE", code=grpc.StatusCode.UNAVAILABLE)
+
+
+_RETRIABLE = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> ExchangeError:
     """Translate a gRPC error, reading ``ErrorInfo`` from the status details if present."""
