@@ -10,7 +10,7 @@ import argparse
 import base64
 import json
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +32,18 @@ from tongban.signing.clock import SystemClock
 
 __all__ = ["add_parsers", "run_audit"]
 
-_CST = timezone(timedelta(hours=8))  # how instants are shown and bare dates are read
-
 
 def _instant(value: str) -> datetime:
+    """An ISO date or instant; one without a zone is given the offices' zone once the
+    settings are read (``_in_zone``)."""
     try:
-        parsed = datetime.fromisoformat(value)
+        return datetime.fromisoformat(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{value!r} is not an ISO date or instant") from None
-    if parsed.tzinfo is None:
-        # A bare date or time is read in the offices' zone (China Standard Time).
-        parsed = parsed.replace(tzinfo=_CST)
-    return parsed
+
+
+def _in_zone(value: datetime | None, zone: tzinfo) -> datetime | None:
+    return value if value is None or value.tzinfo else value.replace(tzinfo=zone)
 
 
 def _index(value: str) -> int:
@@ -64,7 +64,7 @@ def add_parsers(
     filters.add_argument("--case", dest="case_id")
     filters.add_argument("--decision", choices=["allowed", "denied"])
     filters.add_argument(
-        "--from", dest="start", type=_instant, help="ISO instant or date (CST if no zone)"
+        "--from", dest="start", type=_instant, help="ISO instant or date (office zone if none)"
     )
     filters.add_argument("--to", dest="end", type=_instant)
 
@@ -97,6 +97,11 @@ def add_parsers(
 
 async def run_audit(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    # The offices' zone (TONGBAN_WORKING_UTC_OFFSET_HOURS): how instants are shown and
+    # bare dates and times are read.
+    zone = timezone(timedelta(hours=settings.working_utc_offset_hours))
+    args.start = _in_zone(getattr(args, "start", None), zone)
+    args.end = _in_zone(getattr(args, "end", None), zone)
     async with await Database.open(settings, pool_size=2) as db:
         store = AuditStore(db.pool)
         command = args.audit_command
@@ -114,10 +119,10 @@ async def run_audit(args: argparse.Namespace) -> int:
                 end=args.end,
             )
             if command == "search":
-                return await _search(args, store, filters)
+                return await _search(args, store, filters, zone)
             return await _export(args, store, filters)
         if command == "covert-cases":
-            return await _covert_cases(args, CovertCases(db.pool))
+            return await _covert_cases(args, CovertCases(db.pool), zone)
         origin = log_origin(settings)
         signer = load_log_signer(settings)
         checkpoints = Checkpointer(db.pool, signer, origin, SystemClock(), signer="cli")
@@ -225,12 +230,14 @@ async def run_audit(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _search(args: argparse.Namespace, store: AuditStore, filters: SearchFilters) -> int:
+async def _search(
+    args: argparse.Namespace, store: AuditStore, filters: SearchFilters, zone: tzinfo
+) -> int:
     if not 1 <= args.limit <= 1000:
         raise InvalidArgument("--limit must be 1 to 1,000; use `tongban audit export` for more.")
     entries, _ = await store.search(filters, page_size=args.limit)
     lines = [
-        f"{e.index:>8}  {e.at.astimezone(_CST):%Y-%m-%d %H:%M:%S}  {e.caller:<10} "
+        f"{e.index:>8}  {e.at.astimezone(zone):%Y-%m-%d %H:%M:%S}  {e.caller:<10} "
         f"{e.officer or '-':<10} {e.decision:<7} {e.reason or '':<18} {e.dataset or '-':<18} "
         f"{e.purpose or ''} {e.case_id or ''}"
         for e in entries
@@ -258,7 +265,7 @@ async def _export(args: argparse.Namespace, store: AuditStore, filters: SearchFi
     return 0
 
 
-async def _covert_cases(args: argparse.Namespace, cases: CovertCases) -> int:
+async def _covert_cases(args: argparse.Namespace, cases: CovertCases, zone: tzinfo) -> int:
     now = SystemClock().now()
     found: list[CovertCase] = []
     token = ""
@@ -274,9 +281,9 @@ async def _covert_cases(args: argparse.Namespace, cases: CovertCases) -> int:
         if not token:
             break
     lines = [
-        f"{c.department:<12} {c.case_id:<20} until {c.until.astimezone(_CST):%Y-%m-%d %H:%M}  "
+        f"{c.department:<12} {c.case_id:<20} until {c.until.astimezone(zone):%Y-%m-%d %H:%M}  "
         f"{'in force' if c.in_force(now) else 'ended':<8}  declared "
-        f"{c.declared_at.astimezone(_CST):%Y-%m-%d %H:%M} by {c.declared_by or '-'}  "
+        f"{c.declared_at.astimezone(zone):%Y-%m-%d %H:%M} by {c.declared_by or '-'}  "
         f"{c.legal_basis}"
         for c in found
     ]

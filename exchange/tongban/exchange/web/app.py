@@ -13,7 +13,7 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Any
 
 import asyncpg
@@ -75,7 +75,6 @@ __all__ = ["WebConsole"]
 
 _log = logging.getLogger(__name__)
 
-_CST = timezone(timedelta(hours=8))
 _COOKIE = "tongban_session"
 _SESSION = web.RequestKey[Session | None]("tongban.session")
 _SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -139,13 +138,13 @@ def _outcome(result: VerificationResult) -> str:
     return "invalid"
 
 
-def _instant(value: str, name: str) -> datetime | None:
+def _instant(value: str, name: str, zone: tzinfo) -> datetime | None:
     value = value.strip()
     if not value:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=_CST)
+        parsed = parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
         # Converting to UTC (the database, the page) must not leave datetime's range.
         in_range = _EARLIEST <= parsed < _LATEST
     except (ValueError, OverflowError):
@@ -221,6 +220,8 @@ class WebConsole:
     ) -> None:
         self._pool = pool
         self._working_offset = working_offset
+        # Where the offices are: how instants are shown, bare times read and days counted.
+        self._zone = timezone(working_offset)
         self._cases = cases
         self._packages = packages
         self._items = items
@@ -255,7 +256,9 @@ class WebConsole:
             autoescape=True,
             undefined=jinja2.StrictUndefined,
         )
-        self._env.filters["cst"] = lambda d: d.astimezone(_CST).strftime("%Y-%m-%d %H:%M:%S")
+        self._env.filters["local_time"] = lambda d: d.astimezone(self._zone).strftime(
+            "%Y-%m-%d %H:%M:%S"
+        )
         self._env.filters["b64"] = lambda b: base64.b64encode(b).decode() if b else ""
 
     # ---- wiring -------------------------------------------------------------------------
@@ -622,8 +625,8 @@ class WebConsole:
             purpose=q.get("purpose", "").strip() or None,
             case_id=q.get("case", "").strip() or None,
             decision=decision,
-            start=_instant(q.get("from", ""), "from"),
-            end=_instant(q.get("to", ""), "to"),
+            start=_instant(q.get("from", ""), "from", self._zone),
+            end=_instant(q.get("to", ""), "to", self._zone),
         )
         filters.where(1)  # validate (start before end) before anything is logged
         # Logged whatever the filters: a search or an export of everyone reads everyone.
@@ -695,7 +698,7 @@ class WebConsole:
         if fmt not in ("csv", "jsonl"):
             raise web.HTTPNotFound
         filters = await self._filters(request, session, "audit.export")
-        stamp = self._clock.now().astimezone(_CST).strftime("%Y%m%d-%H%M%S")
+        stamp = self._clock.now().astimezone(self._zone).strftime("%Y%m%d-%H%M%S")
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/csv; charset=utf-8"
@@ -800,8 +803,10 @@ class WebConsole:
         auth = await self._department_session(request, auditor=True)
         if isinstance(auth, web.Response):
             return auth
-        end = _instant(request.query.get("to", ""), "to") or self._clock.now()
-        start = _instant(request.query.get("from", ""), "from") or end - timedelta(days=1)
+        end = _instant(request.query.get("to", ""), "to", self._zone) or self._clock.now()
+        start = _instant(request.query.get("from", ""), "from", self._zone) or end - timedelta(
+            days=1
+        )
         if start >= end or end - start > MAX_PERIOD:
             raise InvalidArgument("The period must be 1 second to 31 days long.")
         found = await find_anomalies(self._pool, start=start, end=end)
@@ -811,21 +816,10 @@ class WebConsole:
         auth = await self._department_session(request, auditor=True)
         if isinstance(auth, web.Response):
             return auth
-        today = self._clock.now().astimezone(_CST).date()
+        today = self._clock.now().astimezone(self._zone).date()
         first = today - timedelta(days=_VOLUME_DAYS - 1)
-        start = datetime(first.year, first.month, first.day, tzinfo=_CST)
-        rows = await self._pool.fetch(
-            "SELECT (at AT TIME ZONE '+08:00')::date AS day, caller, count(*) AS n"
-            " FROM access_log WHERE at >= $1 GROUP BY 1, 2 ORDER BY 2, 1",
-            start,
-        )
+        series = await self._store.daily_volume(first, _VOLUME_DAYS, self._working_offset)
         days = [first + timedelta(days=i) for i in range(_VOLUME_DAYS)]
-        series: dict[str, list[int]] = {}
-        for row in rows:
-            counts = series.setdefault(row["caller"], [0] * _VOLUME_DAYS)
-            offset = (row["day"] - first).days
-            if 0 <= offset < _VOLUME_DAYS:
-                counts[offset] = int(row["n"])
         return self._page(
             request, "audit_volume.html", chart=_chart(days, series), days=_VOLUME_DAYS
         )
