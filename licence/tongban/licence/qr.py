@@ -50,14 +50,11 @@ from tongban.licence.errors import (
     LicenceExpired,
     LicenceFormatInvalid,
     LicenceNotYetValid,
-    LicenceRevoked,
-    LicenceSuspended,
     PayloadTooLarge,
     SignatureInvalid,
     SignerUntrusted,
-    StatusUnavailable,
 )
-from tongban.licence.status_list import LicenceStatus
+from tongban.licence.status_list import LicenceStatus, require_valid
 from tongban.signing.certs import department_code, verify_certificate
 from tongban.signing.cose import (
     CoseFormatInvalid,
@@ -350,23 +347,7 @@ def _signer_certificate(
 
 def _check_status(claims: QrClaims, lookup: StatusLookup) -> LicenceStatus:
     value = lookup(claims.status_uri, claims.status_index)
-    where = f"index {claims.status_index} of {claims.status_uri}"
-    if value is None:
-        raise StatusUnavailable(
-            f"The status of licence {claims.licence_number} ({where}) is not available; fetch "
-            "the status list and try again."
-        )
-    if value == LicenceStatus.INVALID:
-        raise LicenceRevoked(f"Licence {claims.licence_number} has been revoked ({where}).")
-    if value == LicenceStatus.SUSPENDED:
-        raise LicenceSuspended(f"Licence {claims.licence_number} is suspended ({where}).")
-    if value != LicenceStatus.VALID:
-        # Fail closed: a value we cannot interpret is not a "valid".
-        raise StatusUnavailable(
-            f"The status list gives licence {claims.licence_number} the status {value}, "
-            "which has no meaning for licences."
-        )
-    return LicenceStatus.VALID
+    return require_valid(value, claims.licence_number, claims.status_uri, claims.status_index)
 
 
 def _open(text: str) -> CoseSign1:

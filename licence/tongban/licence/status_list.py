@@ -28,6 +28,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from tongban.licence._inflate import inflate_capped
 from tongban.licence.errors import (
     LicenceFormatInvalid,
+    LicenceRevoked,
+    LicenceSuspended,
     PayloadTooLarge,
     SignatureInvalid,
     SignerUntrusted,
@@ -48,6 +50,7 @@ __all__ = [
     "IndexAllocator",
     "LicenceStatus",
     "StatusList",
+    "require_valid",
     "sign_status_list",
     "verify_status_list",
 ]
@@ -82,6 +85,30 @@ class LicenceStatus(IntEnum):
     """Revoked; irreversible."""
     SUSPENDED = 2
     """Temporarily invalid; reversible."""
+
+
+def require_valid(value: int | None, number: str, uri: str, index: int) -> LicenceStatus:
+    """``LicenceStatus.VALID`` if ``value`` (licence ``number``'s entry at ``index`` of the
+    list at ``uri``, None when that list is not at hand) says the licence is valid; else
+    raise what it means: LicenceRevoked, LicenceSuspended, or StatusUnavailable (no list,
+    or a value with no meaning for licences: fail closed). The one reading of a status
+    value, for the QR and the SD-JWT paths alike."""
+    where = f"index {index} of {uri}"
+    if value is None:
+        raise StatusUnavailable(
+            f"The status of licence {number} ({where}) is not at hand; fetch the status "
+            "list while online and check again."
+        )
+    if value == LicenceStatus.INVALID:
+        raise LicenceRevoked(f"Licence {number} has been revoked ({where}).")
+    if value == LicenceStatus.SUSPENDED:
+        raise LicenceSuspended(f"Licence {number} is suspended ({where}).")
+    if value != LicenceStatus.VALID:
+        raise StatusUnavailable(
+            f"The status list gives licence {number} the status {value}, which has no "
+            "meaning for licences."
+        )
+    return LicenceStatus.VALID
 
 
 def _check_bits(bits: int) -> None:

@@ -40,14 +40,11 @@ from cryptography import x509
 from tongban.licence.errors import (
     LicenceError,
     LicenceFormatInvalid,
-    LicenceRevoked,
-    LicenceSuspended,
-    StatusUnavailable,
     VerificationFailed,
 )
 from tongban.licence.qr import QR_PREFIX, certificate_kid, unverified_qr_claims, verify_qr
 from tongban.licence.sdjwt import StatusReference, unverified_status, verify_sd_jwt
-from tongban.licence.status_list import LicenceStatus
+from tongban.licence.status_list import LicenceStatus, require_valid
 from tongban.licence.trust_list import TrustList
 from tongban.licence.types import LicenceTypeRegistry
 
@@ -151,23 +148,7 @@ def failure(
 def _status(lookup: StatusLookup | None, issuer: str, uri: str, index: int, number: str) -> str:
     if lookup is None:
         return "unchecked"
-    value = lookup(issuer, uri, index)
-    where = f"index {index} of {uri}"
-    if value is None:
-        raise StatusUnavailable(
-            f"The status of licence {number} ({where}) is not at hand; fetch the status "
-            "list while online and check again."
-        )
-    if value == LicenceStatus.INVALID:
-        raise LicenceRevoked(f"Licence {number} has been revoked ({where}).")
-    if value == LicenceStatus.SUSPENDED:
-        raise LicenceSuspended(f"Licence {number} is suspended ({where}).")
-    if value != LicenceStatus.VALID:
-        raise StatusUnavailable(
-            f"The status list gives licence {number} the status {value}, which has no "
-            "meaning for licences."
-        )
-    return _STATUS_NAMES[LicenceStatus.VALID]
+    return _STATUS_NAMES[require_valid(lookup(issuer, uri, index), number, uri, index)]
 
 
 _kids_memo: tuple[TrustList, list[tuple[bytes, x509.Certificate]]] | None = None
