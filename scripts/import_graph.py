@@ -75,13 +75,36 @@ class Violation:
         return f"{self.importer} imports {self.imported}: breaks {self.contract!r}"
 
 
+PRIVATE = "a private module (_name) is imported only from within its own package"
+
+
+def _private_owner(imported: str, known: set[str]) -> str | None:
+    """The package that owns the private module ``imported`` names (``a.b`` for
+    ``a.b._c.f``), or None if it names no private module."""
+    parts = imported.split(".")
+    for end in range(len(parts), 0, -1):
+        if ".".join(parts[:end]) in known:  # the module this name lives in
+            for i, part in enumerate(parts[:end]):
+                if part.startswith("_") and not part.startswith("__"):
+                    return ".".join(parts[:i])
+            return None
+    return None
+
+
 def check(root: Path = ROOT) -> list[Violation]:
-    """The imports that break a contract and are not listed as a known debt."""
+    """The imports that break a contract and are not listed as a known debt; besides
+    those of pyproject.toml, every private module belongs to its package (``PRIVATE``)."""
     layers = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     layers = layers["tool"]["tongban"]["layers"]
     debts = {tuple(p.strip() for p in d.split("->")) for d in layers.get("debts", [])}
     graph = imports(root)
-    found = []
+    known = {name for name, _ in modules(root)}
+    found = [
+        Violation(PRIVATE, importer, imported)
+        for importer, targets in sorted(graph.items())
+        for imported in sorted(targets)
+        if (owner := _private_owner(imported, known)) is not None and not _within(importer, [owner])
+    ]
     for contract in layers["contracts"]:
         for importer, targets in sorted(graph.items()):
             if not _within(importer, contract["modules"]) or _within(

@@ -43,6 +43,10 @@ def test_a_new_violation_is_found_however_it_is_imported(tmp_path: Path) -> None
         # a listed debt is not reported, the same import from elsewhere in the node is
         "exchange/tongban/exchange/cli/adapter_cmds.py": "import tongban.adapters.runner\n",
         "exchange/tongban/exchange/e.py": "import tongban.adapters.runner\n",
+        # another package's private module; a private module used inside its package
+        "signing/tongban/signing/_secret.py": "X = 1\n",
+        "licence/tongban/licence/h.py": "from tongban.signing._secret import X\n",
+        "signing/tongban/signing/i.py": "from ._secret import X\n",
         # allowed: licence on signing, adapters on the clock
         "licence/tongban/licence/f.py": "from tongban.signing import keys\n",
         "adapters/tongban/adapters/g.py": "from tongban.signing.clock import SystemClock\n",
@@ -59,4 +63,5 @@ def test_a_new_violation_is_found_however_it_is_imported(tmp_path: Path) -> None
         ("tongban.adapters.c", "grpc"),
         ("tongban.exchange.d", "tongban.exchange.cli.commands"),
         ("tongban.exchange.e", "tongban.adapters.runner"),
+        ("tongban.licence.h", "tongban.signing._secret.X"),
     }

@@ -19,7 +19,7 @@ from cryptography import x509
 
 from tongban.licence.errors import LicenceFormatInvalid, VerificationFailed
 from tongban.licence.status_list import StatusList, verify_status_list
-from tongban.signing._atomic import write_atomic
+from tongban.signing.files import write_atomic
 
 __all__ = ["StatusListCache"]
 

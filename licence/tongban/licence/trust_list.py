@@ -73,7 +73,7 @@ from tongban.signing import (
     department_code,
     sign_jws,
 )
-from tongban.signing._atomic import write_atomic
+from tongban.signing.files import write_atomic
 
 __all__ = [
     "DEFAULT_LIFETIME",

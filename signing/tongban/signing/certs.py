@@ -28,8 +28,8 @@ from cryptography.x509.verification import (
     VerificationError,
 )
 
-from tongban.signing._atomic import write_atomic
 from tongban.signing.errors import CertificateExpired, CertificateInvalid
+from tongban.signing.files import write_atomic
 from tongban.signing.keys import PrivateKey, PublicKey
 
 __all__ = [

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
-from tongban.signing._atomic import write_atomic
 from tongban.signing.errors import KeyFileInvalid, KeyFileMissing, KeyPassphraseWrong
+from tongban.signing.files import write_atomic
 
 __all__ = [
     "KeyAlgorithm",

@@ -44,7 +44,7 @@ from tongban.licence import (
 )
 from tongban.licence.verify import failure
 from tongban.signing import load_pem_certificates
-from tongban.signing._atomic import write_atomic
+from tongban.signing.files import write_atomic
 from tongban.v1 import licence_pb2
 
 __all__ = ["add_parsers", "run_licence", "run_seal"]

@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+__all__ = ["make_dirs", "write_atomic"]
+
 
 def make_dirs(path: Path, mode: int) -> None:
     """Create ``path`` and any missing parents with ``mode`` (``Path.mkdir(parents=True)``
