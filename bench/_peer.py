@@ -45,8 +45,8 @@ from bench._client import Department, admitted, exchange_error
 from bench._errors import describe
 from bench._servers import NodeServer
 from bench.sharing import generate_records, uscc
+from tongban.cli.story_data import BUSINESS_LICENCE_CLAIMS
 from tongban.client import ExchangeClient, ExchangeError
-from tongban.exchange.cli.story_data import BUSINESS_LICENCE_CLAIMS
 from tongban.v1 import node_pb2, node_pb2_grpc, records_pb2, records_pb2_grpc
 from tongban.v1.values_pb2 import FieldValue
 

@@ -288,7 +288,7 @@ def _node_command(profile: Path | None) -> list[str]:
     # What the tongban script runs, under cProfile; the arguments follow as sys.argv[1:].
     code = (
         "import cProfile, sys\n"
-        "from tongban.exchange.cli import main\n"
+        "from tongban.cli import main\n"
         "profiler = cProfile.Profile()\n"
         "try:\n"
         "    status = profiler.runcall(main)\n"

@@ -54,11 +54,11 @@ from bench._table import LABEL, cpu_header, cpu_row, rate_row
 from bench._watch import CpuMeter, CpuUse, ProcessGroup
 from tongban.adapters import load_mapping
 from tongban.adapters.runner import AdapterRunner
+from tongban.cli.adapter_cmds import VALIDATORS
+from tongban.cli.story_data import ENTERPRISE
 from tongban.client import Bundle, ExchangeClient
 from tongban.errors import TongbanError
 from tongban.exchange.catalogue.subject_ids import uscc_check_character
-from tongban.exchange.cli.adapter_cmds import VALIDATORS
-from tongban.exchange.cli.story_data import ENTERPRISE
 
 __all__ = ["AdaptersReport", "main", "run"]
 

@@ -61,9 +61,9 @@ from bench._load import LoadResult, run_load
 from bench._servers import RAISED_LIMITS, kafka_broker, postgres_processes
 from bench._table import LABEL, cpu_header, cpu_row, load_row
 from bench._watch import CpuMeter, CpuUse
+from tongban.cli.story_data import COMPANY, ENTERPRISE
 from tongban.client import Bundle, Event, ExchangeError
 from tongban.exchange.catalogue.subject_ids import uscc_check_character
-from tongban.exchange.cli.story_data import COMPANY, ENTERPRISE
 from tongban.exchange.db.embedded import EmbeddedPostgres, temp_root
 from tongban.v1 import query_pb2, query_pb2_grpc
 

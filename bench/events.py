@@ -101,10 +101,10 @@ from bench._servers import KafkaBroker, NodeServer, kafka_broker, node_server
 from bench._table import LABEL, cpu_header, cpu_row, rate_row
 from bench._watch import CpuMeter, CpuUse, PeakRss, ProcessGroup
 from bench.sharing import Target
+from tongban.cli.story_data import ENTERPRISE
 from tongban.client import ExchangeClient
 from tongban.errors import TongbanError
 from tongban.exchange.catalogue.subject_ids import uscc_check_character
-from tongban.exchange.cli.story_data import ENTERPRISE
 from tongban.exchange.kafka.connection import KafkaConnection
 from tongban.exchange.kafka.sealing import PayloadKeys, TopicFields, seal_event
 from tongban.exchange.kafka.topics import KafkaTopics

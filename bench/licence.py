@@ -43,9 +43,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from bench._table import rate_row
+from tongban.cli import story_data as story
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
-from tongban.exchange.cli import story_data as story
 from tongban.exchange.datadir import (
     ca_certificate_pem,
     init_data_dir,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 # The source roots of the ``tongban`` namespace (pyproject.toml, [tool.setuptools.package-dir]).
-SOURCE_ROOTS = ("signing", "proto", "exchange", "licence", "adapters")
+SOURCE_ROOTS = ("signing", "proto", "exchange", "licence", "adapters", "cli")
 # Packages shown as one node in the graph (the rest: their first two name parts).
 _GROUPED = ("tongban.exchange",)
 
@@ -38,13 +38,28 @@ def modules(root: Path = ROOT) -> Iterator[tuple[str, Path]]:
                 yield ".".join(parts), path
 
 
-def imports(root: Path = ROOT) -> dict[str, set[str]]:
+def _type_only(tree: ast.Module) -> set[int]:
+    """The ids of import nodes under ``if TYPE_CHECKING:`` (never run)."""
+    found: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            for child in node.body:
+                found.update(id(n) for n in ast.walk(child))
+    return found
+
+
+def imports(root: Path = ROOT, *, runtime: bool = False) -> dict[str, set[str]]:
     """Module -> the names it imports, ours and others' (``from a import b`` counts as
-    ``a.b``; relative imports resolved)."""
+    ``a.b``; relative imports resolved). With ``runtime``, without those under
+    ``if TYPE_CHECKING:``."""
     found: dict[str, set[str]] = defaultdict(set)
     for name, path in modules(root):
         package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        skipped = _type_only(tree) if runtime else set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
             if isinstance(node, ast.Import):
                 found[name].update(a.name for a in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -93,7 +108,8 @@ def _private_owner(imported: str, known: set[str]) -> str | None:
 
 def check(root: Path = ROOT) -> list[Violation]:
     """The imports that break a contract and are not listed as a known debt; besides
-    those of pyproject.toml, every private module belongs to its package (``PRIVATE``)."""
+    those of pyproject.toml, every private module belongs to its package (``PRIVATE``)
+    and no modules import each other round a loop (``CIRCLE``)."""
     layers = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
     layers = layers["tool"]["tongban"]["layers"]
     debts = {tuple(p.strip() for p in d.split("->")) for d in layers.get("debts", [])}
@@ -120,7 +136,68 @@ def check(root: Path = ROOT) -> list[Violation]:
                     _within(importer, [i]) and _within(imported, [t]) for i, t in debts
                 ):
                     found.append(Violation(contract["name"], importer, imported))
+    found += [Violation(CIRCLE, group[0], " -> ".join(group[1:])) for group in circles(root)]
     return found
+
+
+CIRCLE = "no import circles between modules (type-only imports aside)"
+
+
+def circles(root: Path = ROOT) -> list[list[str]]:
+    """Groups of our modules that import each other, directly or round a loop, when the
+    code runs (deferred imports count: they run too; ``TYPE_CHECKING`` ones do not)."""
+    known = {name for name, _ in modules(root)}
+    graph: dict[str, set[str]] = {}
+    for importer, targets in imports(root, runtime=True).items():
+        graph[importer] = set()
+        for imported in targets:
+            parts = imported.split(".")
+            module = next(
+                (".".join(parts[:end]) for end in range(len(parts), 0, -1)
+                 if ".".join(parts[:end]) in known),
+                None,
+            )  # fmt: skip
+            if module is not None and module != importer:
+                graph[importer].add(module)
+    # Tarjan's strongly connected components, iteratively.
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    for start in sorted(graph):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(graph[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = len(index)
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph.get(child, ())))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                group = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    group.append(member)
+                    if member == node:
+                        break
+                if len(group) > 1:
+                    found.append(sorted(group))
+    return sorted(found)
 
 
 def _node(name: str) -> str:

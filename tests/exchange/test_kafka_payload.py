@@ -21,8 +21,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from tests.conftest import client_for, kafka_settings
 from tests.kafka_broker import TansuBroker
 from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE, OWNER, OWNER_ID, PERSON
+from tongban.cli.story_data import grant_representative_ids
 from tongban.client import Event
-from tongban.exchange.cli.story_data import grant_representative_ids
 from tongban.exchange.datadir import load_kafka_payload_keys
 from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.kafka.feed import KafkaFeed

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tests.cli_helpers import atongban
 from tests.conftest import client_for
-from tongban.exchange.cli import story_data as story
-from tongban.exchange.cli.package_cmds import load_package_file
+from tongban.cli import story_data as story
+from tongban.cli.package_cmds import load_package_file
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.node import Node
 

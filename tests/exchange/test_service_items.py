@@ -26,9 +26,9 @@ from tests.stories.restaurant import (
     PERSON,
     SERVICE_ITEM,
 )
+from tongban.cli.item_cmds import load_item_file
+from tongban.cli.story_data import grant_representative_ids
 from tongban.client import ExchangeError
-from tongban.exchange.cli.item_cmds import load_item_file
-from tongban.exchange.cli.story_data import grant_representative_ids
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.licensing.item_store import ServiceItemStore

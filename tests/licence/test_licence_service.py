@@ -19,10 +19,10 @@ from tests.stories.restaurant import (
     FOOD_PERMIT_CLAIMS,
     PURPOSE,
 )
+from tongban.cli.story_data import grant_licence_representative
 from tongban.client import ExchangeError
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import SubjectHasher
-from tongban.exchange.cli.story_data import grant_licence_representative
 from tongban.exchange.datadir import load_log_key
 from tongban.exchange.licensing.authorisations import authorise
 from tongban.exchange.node import Node

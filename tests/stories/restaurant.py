@@ -1,6 +1,6 @@
 """The story's data, shared with ``tongban demo``."""
 
-from tongban.exchange.cli.story_data import (
+from tongban.cli.story_data import (
     APPROVAL_DECISION,
     BUSINESS_LICENCE_CLAIMS,
     CASE_ID,

@@ -33,8 +33,8 @@ from tests.conftest import client_for
 from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE
 from tongban.adapters import load_mapping
 from tongban.adapters.runner import AdapterRunner, RunSummary
-from tongban.exchange.cli.adapter_cmds import VALIDATORS
-from tongban.exchange.cli.story_data import grant_representative_ids
+from tongban.cli.adapter_cmds import VALIDATORS
+from tongban.cli.story_data import grant_representative_ids
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.node import Node
 

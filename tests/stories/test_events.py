@@ -14,9 +14,9 @@ import pytest
 
 from tests.conftest import client_for
 from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE, OWNER, OWNER_ID, PERSON
+from tongban.cli.story_data import grant_representative_ids
 from tongban.client import Event, ExchangeClient, ExchangeError
 from tongban.exchange.audit.log import SubjectHasher
-from tongban.exchange.cli.story_data import grant_representative_ids
 from tongban.exchange.datadir import load_log_key
 from tongban.exchange.node import Node
 

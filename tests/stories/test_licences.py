@@ -41,11 +41,11 @@ from tests.stories.restaurant import (
     PURPOSE,
     SERVICE_ITEM,
 )
-from tongban.client import ExchangeError
-from tongban.exchange.cli.story_data import (
+from tongban.cli.story_data import (
     grant_licence_representative,
     grant_representative_ids,
 )
+from tongban.client import ExchangeError
 from tongban.exchange.datadir import ca_certificate_pem
 from tongban.exchange.node import Node
 from tongban.licence import (

@@ -26,9 +26,9 @@ from tests.stories.restaurant import (
     PERSON,
     PURPOSE,
 )
+from tongban.cli.story_data import grant_representative_ids
 from tongban.client import ExchangeError, verify_answer
 from tongban.exchange.audit.log import SubjectHasher
-from tongban.exchange.cli.story_data import grant_representative_ids
 from tongban.exchange.datadir import ca_certificate_pem, load_log_key
 from tongban.exchange.node import Node
 from tongban.signing.errors import SignatureInvalid

@@ -18,14 +18,14 @@ from typing import Any, Literal
 from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from tongban.client import Bundle
-from tongban.exchange.catalogue.calendar import WorkingCalendar
-from tongban.exchange.cli.commands import (
+from tongban.cli.common import (
     department_client,
     department_options,
     emit,
     settings_from_args,
 )
+from tongban.client import Bundle
+from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.sharing.events import EventStore, SubscriptionRow

@@ -12,7 +12,7 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from tongban.exchange.cli.commands import department_client, department_options, emit
+from tongban.cli.common import department_client, department_options, emit
 from tongban.v1 import ratings_pb2
 
 __all__ = ["add_parsers", "run_rating"]

@@ -28,10 +28,10 @@ from aiohttp import web
 
 from tongban.adapters import load_mapping
 from tongban.adapters.runner import AdapterRunner, RunSummary
+from tongban.cli import story_data as story
+from tongban.cli.adapter_cmds import VALIDATORS
 from tongban.client import Bundle, ExchangeClient
 from tongban.errors import TongbanError
-from tongban.exchange.cli import story_data as story
-from tongban.exchange.cli.adapter_cmds import VALIDATORS
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.settings import Settings
 

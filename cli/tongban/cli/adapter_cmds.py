@@ -34,9 +34,9 @@ from tongban.adapters import (
 from tongban.adapters.runner import AdapterRunner, RunnerEvent, check_adapter, replay_adapter
 from tongban.adapters.sources import open_source
 from tongban.adapters.transform import Validator
+from tongban.cli.common import emit
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
-from tongban.exchange.cli.commands import emit
 
 __all__ = ["VALIDATORS", "add_parsers", "exchange_client", "run_adapter"]
 

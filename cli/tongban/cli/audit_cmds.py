@@ -14,6 +14,7 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
+from tongban.cli.common import emit, settings_from_args
 from tongban.exchange.audit.anomalies import find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
 from tongban.exchange.audit.covert import CovertCase, CovertCases
@@ -22,7 +23,6 @@ from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
 from tongban.exchange.audit.note import open_checkpoint
 from tongban.exchange.audit.store import AuditStore, SearchFilters
 from tongban.exchange.audit.verify import verify_log
-from tongban.exchange.cli.commands import emit, settings_from_args
 from tongban.exchange.datadir import load_log_key, load_log_signer, log_origin
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import InvalidArgument

@@ -12,8 +12,8 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tongban.cli.common import department_client, department_options, emit
 from tongban.client import ExchangeClient
-from tongban.exchange.cli.commands import department_client, department_options, emit
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import cases_pb2
 

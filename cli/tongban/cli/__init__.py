@@ -178,34 +178,34 @@ def _build_parser() -> argparse.ArgumentParser:
             option, type=_limit(kind), default=argparse.SUPPRESS, help=f"{what}, or 'default'"
         )
 
-    from tongban.exchange.cli.sharing_cmds import add_parsers
+    from tongban.cli.sharing_cmds import add_parsers
 
     add_parsers(sub, common, _Parser)
-    from tongban.exchange.cli import audit_cmds
+    from tongban.cli import audit_cmds
 
     audit_cmds.add_parsers(sub, common, _Parser)
-    from tongban.exchange.cli import licence_cmds
+    from tongban.cli import licence_cmds
 
     licence_cmds.add_parsers(sub, common, _Parser)
-    from tongban.exchange.cli import item_cmds
+    from tongban.cli import item_cmds
 
     item_cmds.add_parsers(sub, common, _Parser)
-    from tongban.exchange.cli import case_cmds
+    from tongban.cli import case_cmds
 
     case_cmds.add_parsers(sub, common, _Parser)
-    from tongban.exchange.cli import supervision_cmds
+    from tongban.cli import supervision_cmds
 
     supervision_cmds.add_parsers(sub, common, _Parser)
-    from tongban.exchange.cli import package_cmds
+    from tongban.cli import package_cmds
 
     package_cmds.add_parsers(sub, common, _Parser)
-    from tongban.exchange.cli import rating_cmds
+    from tongban.cli import rating_cmds
 
     rating_cmds.add_parsers(sub, common, _Parser)
-    from tongban.exchange.cli import adapter_cmds
+    from tongban.cli import adapter_cmds
 
     adapter_cmds.add_parsers(sub, common, _Parser)
-    from tongban.exchange.cli import web_cmds
+    from tongban.cli import web_cmds
 
     web_cmds.add_parsers(sub, common, _Parser)
 
@@ -228,7 +228,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    from tongban.exchange.cli import commands  # imported late: keeps --help fast
+    from tongban.cli import commands  # imported late: keeps --help fast
 
     try:
         result: Any = asyncio.run(commands.run(args))

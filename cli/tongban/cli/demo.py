@@ -19,15 +19,15 @@ from typing import Any
 
 import aiohttp
 
+from tongban.cli import story_data as story
+from tongban.cli.common import fresh_demo_dir
+from tongban.cli.demo_adapters import SUBSCRIBED, LegacySystems
 from tongban.client import Bundle, Event, ExchangeClient, ExchangeError, verify_answer
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import SubjectHasher
 from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
 from tongban.exchange.audit.note import open_checkpoint, parse_verifier_key
 from tongban.exchange.audit.verify import verify_log
-from tongban.exchange.cli import story_data as story
-from tongban.exchange.cli.commands import fresh_demo_dir
-from tongban.exchange.cli.demo_adapters import SUBSCRIBED, LegacySystems
 from tongban.exchange.datadir import (
     ca_certificate_pem,
     init_data_dir,

@@ -33,8 +33,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from tongban.cli.common import emit, settings_from_args
 from tongban.errors import TongbanError
-from tongban.exchange.cli.commands import emit, settings_from_args
 from tongban.exchange.datadir import init_data_dir, is_initialised
 from tongban.exchange.db.database import Database, connections_per_node
 from tongban.exchange.enrolment import enrol_demo_departments
@@ -50,7 +50,7 @@ READY_SECONDS = 120.0  # a worker's start: migrations checked, keys loaded, port
 STOP_SECONDS = 30.0  # after its grace, a worker that has not exited is killed
 MAX_RESTARTS = 5  # within RESTART_WINDOW seconds, then the supervisor gives up
 RESTART_WINDOW = 60.0
-_START = "import sys; from tongban.exchange.cli import main; sys.exit(main(sys.argv[1:]))"
+_START = "import sys; from tongban.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
 class WorkerFailed(TongbanError):

@@ -14,7 +14,7 @@ import yaml
 from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tongban.exchange.cli.commands import department_client, department_options, emit
+from tongban.cli.common import department_client, department_options, emit
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import items_pb2
 

@@ -11,9 +11,9 @@ from typing import Any
 from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from tongban.exchange.cli.case_cmds import STATE_WORDS
-from tongban.exchange.cli.commands import department_client, department_options, emit
-from tongban.exchange.cli.item_cmds import problems_of, read_spec_file
+from tongban.cli.case_cmds import STATE_WORDS
+from tongban.cli.common import department_client, department_options, emit
+from tongban.cli.item_cmds import problems_of, read_spec_file
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import packages_pb2
 

@@ -4,63 +4,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import signal
 import sys
-from pathlib import Path
-from typing import Any
 
-from tongban.client import Bundle, ExchangeClient
+from tongban.cli.common import emit, settings_from_args
 from tongban.exchange.datadir import ca_certificate_pem, init_data_dir, is_initialised
 from tongban.exchange.db.database import Database, migrate_database
-from tongban.exchange.db.embedded import temp_root
 from tongban.exchange.departments import CallLimits, DepartmentStore, Level, Status
 from tongban.exchange.enrolment import enrol_demo_departments, enrol_department
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.node import Node
-from tongban.exchange.settings import Settings, load_settings
 from tongban.signing.clock import SystemClock
 
-__all__ = ["emit", "fresh_demo_dir", "run", "settings_from_args"]
-
-
-def emit(args: argparse.Namespace, payload: dict[str, Any], human: str) -> None:
-    if args.json:
-        print(json.dumps({"ok": True, **payload}, ensure_ascii=False, default=str), flush=True)
-    elif human:
-        print(human, flush=True)
-
-
-def department_options(
-    parser_class: type[argparse.ArgumentParser], *, required: bool = True
-) -> argparse.ArgumentParser:
-    """A parent parser with --as BUNDLE, --endpoint and --officer: the options of every
-    command that calls the node as a department (``required=False``: the operator's view
-    without --as)."""
-    parent = parser_class(add_help=False)
-    parent.add_argument(
-        "--as",
-        dest="bundle",
-        type=Path,
-        required=required,
-        metavar="BUNDLE",
-        help="act as the department of this bundle directory"
-        if required
-        else "act as this department (default: operator view)",
-    )
-    parent.add_argument("--endpoint", help="node address (default: the bundle's)")
-    parent.add_argument("--officer", help="officer id (工号) sent with the calls")
-    return parent
-
-
-def department_client(args: argparse.Namespace) -> ExchangeClient:
-    """The client of the department of ``args.bundle`` (see ``department_options``)."""
-    return ExchangeClient(Bundle.load(args.bundle), target=args.endpoint, officer_id=args.officer)
-
-
-def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
-    """Settings from the environment, with --data-dir and ``extra`` options on top."""
-    return load_settings(data_dir=args.data_dir, **extra)
+__all__ = ["run"]
 
 
 async def run(args: argparse.Namespace) -> int:
@@ -71,7 +27,7 @@ async def run(args: argparse.Namespace) -> int:
     if args.command == "serve":
         return await _serve(args)
     if args.command == "demo":
-        from tongban.exchange.cli.demo import run_demo
+        from tongban.cli.demo import run_demo
 
         return await run_demo(args)
     if args.command == "dept":
@@ -79,45 +35,45 @@ async def run(args: argparse.Namespace) -> int:
     if args.command == "ca":
         return await _ca_export(args)
     if args.command == "audit":
-        from tongban.exchange.cli.audit_cmds import run_audit
+        from tongban.cli.audit_cmds import run_audit
 
         return await run_audit(args)
     if args.command in ("licence", "seal"):
-        from tongban.exchange.cli import licence_cmds
+        from tongban.cli import licence_cmds
 
         if args.command == "licence":
             return await licence_cmds.run_licence(args)
         return await licence_cmds.run_seal(args)
     if args.command == "item":
-        from tongban.exchange.cli.item_cmds import run_item
+        from tongban.cli.item_cmds import run_item
 
         return await run_item(args)
     if args.command == "case":
-        from tongban.exchange.cli.case_cmds import run_case
+        from tongban.cli.case_cmds import run_case
 
         return await run_case(args)
     if args.command == "supervision":
-        from tongban.exchange.cli.supervision_cmds import run_supervision
+        from tongban.cli.supervision_cmds import run_supervision
 
         return await run_supervision(args)
     if args.command == "package":
-        from tongban.exchange.cli.package_cmds import run_package
+        from tongban.cli.package_cmds import run_package
 
         return await run_package(args)
     if args.command == "rating":
-        from tongban.exchange.cli.rating_cmds import run_rating
+        from tongban.cli.rating_cmds import run_rating
 
         return await run_rating(args)
     if args.command == "adapter":
-        from tongban.exchange.cli.adapter_cmds import run_adapter
+        from tongban.cli.adapter_cmds import run_adapter
 
         return await run_adapter(args)
     if args.command in ("web", "subject"):
-        from tongban.exchange.cli.web_cmds import run_web
+        from tongban.cli.web_cmds import run_web
 
         return await run_web(args)
     if args.command in ("catalogue", "query", "grant", "subscription"):
-        from tongban.exchange.cli.sharing_cmds import run_sharing
+        from tongban.cli.sharing_cmds import run_sharing
 
         return await run_sharing(args)
     raise InvalidArgument(f"Unknown command {args.command!r}.")  # argparse prevents this
@@ -162,7 +118,7 @@ async def _migrate(args: argparse.Namespace) -> int:
 
 
 async def _serve(args: argparse.Namespace) -> int:
-    from tongban.exchange.cli.workers import run_workers, usable_cores
+    from tongban.cli.workers import run_workers, usable_cores
 
     requested: int | None = getattr(args, "workers", None)
     if (requested or usable_cores()) > 1:
@@ -297,14 +253,3 @@ async def _ca_export(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(pem.decode())
     return 0
-
-
-def fresh_demo_dir(given: Path | None) -> Path:
-    """Return the demo's data dir: ``given`` if absent or empty, else a new temporary one."""
-    if given is None:
-        return temp_root("tongban-demo-")  # as root, PostgreSQL runs as another user
-    if given.exists() and any(given.iterdir()):
-        raise InvalidArgument(
-            f"The demo needs a fresh data dir and {given} is not empty; give a new path."
-        )
-    return given

@@ -9,8 +9,8 @@ import argparse
 from datetime import timedelta
 from typing import Any
 
+from tongban.cli.common import emit, settings_from_args
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
-from tongban.exchange.cli.commands import emit, settings_from_args
 from tongban.exchange.datadir import load_log_key
 from tongban.exchange.db.database import Database
 from tongban.exchange.departments import DepartmentStore, Status

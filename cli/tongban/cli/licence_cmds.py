@@ -21,13 +21,13 @@ import aiohttp
 from cryptography import x509
 from google.protobuf.json_format import MessageToDict
 
-from tongban.client import ExchangeClient
-from tongban.exchange.cli.commands import (
+from tongban.cli.common import (
     department_client,
     department_options,
     emit,
     settings_from_args,
 )
+from tongban.client import ExchangeClient
 from tongban.exchange.errors import InvalidArgument
 from tongban.licence import (
     BUILTIN_REGISTRY,
