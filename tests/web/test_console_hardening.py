@@ -23,7 +23,7 @@ from playwright.async_api import BrowserContext
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings, load_settings
 from tongban.exchange.web import LinkStore
-from tongban.exchange.web.uploads import RenderBusy, RenderSlots, UploadUnreadable, page_pixels
+from tongban.licence.uploads import RenderBusy, RenderSlots, UploadUnreadable, page_pixels
 from tongban.signing.clock import FixedClock, SystemClock
 
 _REASON = re.compile(r'<p class="muted"><code>([A-Z0-9_]+)</code></p>')

@@ -355,7 +355,7 @@ async def _verify(args: argparse.Namespace) -> int:
     else:
         # A licence PDF (its QR code is read from the rendered page), an image of the QR
         # code, or a file holding the QR text or an SD-JWT.
-        from tongban.exchange.web.uploads import RenderSlots, licence_text_from_upload
+        from tongban.licence.uploads import RenderSlots, licence_text_from_upload
 
         # One file, one render: the slots bound a node's concurrent uploads.
         text = await licence_text_from_upload(_read(args.file, "licence file"), RenderSlots(1, 0))

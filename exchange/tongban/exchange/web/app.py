@@ -62,13 +62,13 @@ from tongban.exchange.sharing.model import ShareClass
 from tongban.exchange.sharing.service import Sharing
 from tongban.exchange.web.i18n import translator
 from tongban.exchange.web.sessions import LinkInvalid, LinkKind, Session, SessionStore
-from tongban.exchange.web.uploads import (
+from tongban.licence import BUILTIN_REGISTRY, VerificationResult
+from tongban.licence.uploads import (
     MAX_UPLOAD,
     RenderSlots,
     UploadUnreadable,
     licence_text_from_upload,
 )
-from tongban.licence import BUILTIN_REGISTRY, VerificationResult
 from tongban.signing.clock import Clock
 
 __all__ = ["WebConsole"]
