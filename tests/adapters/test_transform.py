@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import uuid
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.adapters.conftest import VALIDATORS, citizen_id, uscc, write_mapping
 from tongban.adapters import (
@@ -16,8 +20,12 @@ from tongban.adapters import (
     Rejected,
     StreamTransform,
     ValidatorMissing,
+    _tagged_json,
     fingerprint,
 )
+from tongban.adapters._coerce import CoercionError, coerce
+from tongban.adapters.mapping import DateField
+from tongban.adapters.sdk import change_id
 
 MAPPING = """\
 adapter: test
@@ -178,3 +186,45 @@ def test_a_missing_validator_fails_closed(mapping: AdapterMapping) -> None:
     with pytest.raises(ValidatorMissing) as error:
         StreamTransform(mapping.stream("people"), {"uscc": VALIDATORS["uscc"]})
     assert error.value.metadata == {"stream": "people", "field": "id_number", "check": "citizen_id"}
+
+
+_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.text(),
+    st.floats(allow_nan=False),
+    st.decimals(allow_nan=False, allow_infinity=False),
+    st.dates(),
+    st.datetimes(),
+    st.uuids(),
+    st.binary(max_size=8),
+)
+
+
+@given(st.dictionaries(st.text(max_size=8), st.one_of(_SCALARS, st.lists(_SCALARS, max_size=3))))
+def test_the_fast_canonical_text_is_the_tagged_json_of_the_record(
+    record: dict[str, object],
+) -> None:
+    # Stored fingerprints must not change when the writer gets faster.
+    expected = json.dumps(
+        _tagged_json.encode(record), ensure_ascii=False, sort_keys=True, separators=(",", ":")
+    )
+    assert _tagged_json.dumps(record) == expected
+
+
+def test_iso_dates_read_as_strptime_reads_them() -> None:
+    spec = DateField(type="date", column="d", formats=["%Y-%m-%d", "%Y%m%d"])
+    assert coerce(spec, "2024-02-29") == date(2024, 2, 29)
+    assert coerce(spec, "20240105") == date(2024, 1, 5)  # the second format
+    with pytest.raises(CoercionError):
+        coerce(spec, "2023-02-29")  # not a day: neither format reads it
+
+
+@given(st.text(max_size=20), st.text(max_size=20), st.none() | st.text(max_size=64))
+def test_change_ids_are_the_uuid5_of_the_transition(
+    key: str, after: str, before: str | None
+) -> None:
+    name = f"samr.enterprise\x00{key}\x00{before or ''}\x00{after or ''}"
+    expected = uuid.uuid5(uuid.UUID("6f1c3b52-5d0e-4d8e-9a56-2f4f0e3c7a11"), name)
+    assert change_id("samr.enterprise", key, before, after) == str(expected)

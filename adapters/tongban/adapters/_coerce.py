@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     )
 
 __all__ = ["CoercionError", "canonical_decimal", "coerce", "offset"]
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 
 _FLOAT_EXACT = 2**53
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -219,6 +220,8 @@ def _date(spec: DateField, raw: object) -> date:
     text = _date_text(raw, RejectReason.BAD_DATE)
     for fmt in spec.formats:
         try:
+            if fmt == "%Y-%m-%d" and _ISO_DATE.fullmatch(text):
+                return date.fromisoformat(text)  # what strptime gives here, ten times faster
             return datetime.strptime(text, fmt).date()  # noqa: DTZ007 - only the date is kept
         except ValueError:
             continue
