@@ -74,3 +74,21 @@ def test_a_new_violation_is_found_however_it_is_imported(tmp_path: Path) -> None
         ("tongban.licence.h", "tongban.signing._secret.X"),
         ("tongban.licence.j", "tongban.licence.k"),  # the circle j -> k -> j
     }
+
+
+def test_only_the_recorder_makes_access_log_entries() -> None:
+    # Every decision becomes entries through audit/recorder.py (AccessRecorder), which
+    # names the node and hashes the subject; no module builds an AccessEntry by hand.
+    import ast
+
+    graph = _import_graph()
+    makers = set()
+    for name, path in graph.modules():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Call):
+                func = node.func
+                called = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+                if called == "AccessEntry":
+                    makers.add(name)
+    assert makers <= {"tongban.exchange.audit.recorder", "tongban.exchange.audit.leaf"}, makers
+    assert "tongban.exchange.audit.recorder" in makers

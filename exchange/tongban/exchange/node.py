@@ -27,7 +27,8 @@ from grpc_reflection.v1alpha import reflection
 from tongban.errors import TongbanError
 from tongban.exchange.audit.anomalies import AnomalyKind, find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
-from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.log import AccessLog, SubjectHasher
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.audit.store import AuditStore
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.datadir import (
@@ -311,17 +312,12 @@ class Node:
             what = "refusal" if count == 1 else "refusals"
             await log.append(
                 [
-                    AccessEntry(
+                    AccessRecorder(self.settings.node_name).entry(
                         at=self.clock.now(),
-                        node=self.settings.node_name,
-                        caller=department,
+                        department=department,
                         officer=None,
                         action="auth.refused",
-                        dataset=None,
-                        fields=(),
                         purpose=f"{count} {what} of certificate sha256:{fingerprint}",
-                        case_id=None,
-                        subject_hmac=None,
                         decision="denied",
                         reason=error.reason,
                     )
@@ -339,17 +335,12 @@ class Node:
             what = "call" if count == 1 else "calls"
             await log.append(
                 [
-                    AccessEntry(
+                    AccessRecorder(self.settings.node_name).entry(
                         at=self.clock.now(),
-                        node=self.settings.node_name,
-                        caller=caller.department.code,
+                        department=caller.department.code,
                         officer=caller.officer_id,
                         action="call.refused",
-                        dataset=None,
-                        fields=(),
                         purpose=f"{count} {what} refused, the latest to {method}",
-                        case_id=None,
-                        subject_hmac=None,
                         decision="denied",
                         reason=reason,
                     )

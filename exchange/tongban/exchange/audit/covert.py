@@ -18,6 +18,7 @@ import asyncpg
 
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import AccessEntry, AccessLog
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.pagetokens import PageTokens
 
@@ -107,17 +108,12 @@ def declaration_entry(
 ) -> AccessEntry:
     """The log entry of a declaration: ``reason`` is ``Declaration.log_reason()`` when
     allowed, the refusal's reason code when denied."""
-    return AccessEntry(
+    return AccessRecorder(node).entry(
         at=now,
-        node=node,
-        caller=department,
+        department=department,
         officer=officer,
         action=ACTION,
-        dataset=None,
-        fields=(),
-        purpose=None,
         case_id=case_id.strip() or None,
-        subject_hmac=None,
         decision=decision,
         reason=reason,
     )

@@ -28,7 +28,8 @@ from typing import Any, Literal
 import asyncpg
 
 from tongban.errors import TongbanError
-from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.log import AccessLog, SubjectHasher
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.sharing.model import normalise_purpose
@@ -283,18 +284,14 @@ async def authorise(
         )  # fmt: skip
         tx.record(
             [
-                AccessEntry(
+                AccessRecorder(node, hasher).entry(
                     at=now,
-                    node=node,
-                    caller=by,
+                    department=by,
                     officer=None,
                     action="licence-authorise",
-                    dataset=None,
-                    fields=(),
                     purpose=record.purpose,
                     case_id=record.case_id,
-                    subject_hmac=hasher(holder),
-                    decision="allowed",
+                    subject=holder,
                     reason=f"authorisation:{record.id} for {record.department}",
                 )
             ]

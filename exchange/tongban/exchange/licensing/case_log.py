@@ -7,6 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from tongban.exchange.audit.log import AccessEntry, SubjectHasher
+from tongban.exchange.audit.recorder import AccessRecorder
 
 __all__ = ["case_entry"]
 
@@ -24,17 +25,13 @@ def case_entry(
     at: datetime,
     denied: bool = False,
 ) -> AccessEntry:
-    return AccessEntry(
+    return AccessRecorder(node, hasher).entry(
         at=at,
-        node=node,
-        caller=department,
+        department=department,
         officer=officer,
         action=action,
-        dataset=None,
-        fields=(),
-        purpose=None,
         case_id=case_id,
-        subject_hmac=hasher(applicant),
+        subject=applicant,
         decision="denied" if denied else "allowed",
         reason=reason,
     )

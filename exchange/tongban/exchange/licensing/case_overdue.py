@@ -17,7 +17,8 @@ from typing import Literal
 
 import asyncpg
 
-from tongban.exchange.audit.log import AccessEntry, AccessLog
+from tongban.exchange.audit.log import AccessLog
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_report import (
@@ -162,17 +163,12 @@ class OverdueReader:
     ) -> None:
         await self._log.append(
             [
-                AccessEntry(
+                AccessRecorder(self._node).entry(
                     at=now,
-                    node=self._node,
-                    caller=caller.department.code,
+                    department=caller.department.code,
                     officer=caller.officer_id,
                     action=LOG_ACTION,
-                    dataset=None,
-                    fields=(),
                     purpose=described,
-                    case_id=None,
-                    subject_hmac=None,
                     decision=decision,
                     reason=reason,
                 )

@@ -33,6 +33,7 @@ import asyncpg
 from tongban.errors import TongbanError
 from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.errors import AuditorRoleRequired, InvalidArgument
 from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_overdue import AUDITOR_ROLE
@@ -644,14 +645,11 @@ class RatingStore:
         *,
         denied: bool = False,
     ) -> AccessEntry:
-        return AccessEntry(
+        return AccessRecorder(self._node).entry(
             at=now,
-            node=self._node,
-            caller=caller,
+            department=caller,
             officer=officer,
             action=action,
-            dataset=None,
-            fields=(),
             purpose=purpose,
             case_id=case_number,
             subject_hmac=subject,

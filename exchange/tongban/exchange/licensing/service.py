@@ -23,6 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.errors import InvalidArgument
@@ -256,6 +257,7 @@ class Licensing:
         self.roots = tuple(roots)
         self._clock = clock
         self._node = node_name
+        self._recorder = AccessRecorder(node_name, hasher)
         self._trust_list: tuple[frozenset[bytes], TrustList] | None = None
 
     # -- the access log -----------------------------------------------------------------
@@ -295,17 +297,16 @@ class Licensing:
         grounds: str | None = None,
     ) -> list[AccessEntry]:
         return [
-            AccessEntry(
+            self._recorder.entry(
                 at=now,
-                node=self._node,
-                caller=caller.department.code,
+                department=caller.department.code,
                 officer=caller.officer_id,
                 action=action,
                 dataset=dataset,
-                fields=tuple(fields),
+                fields=fields,
                 purpose=purpose or None,
                 case_id=case_id or None,
-                subject_hmac=self._hasher(holder) if holder else None,
+                subject=holder or None,
                 decision="denied" if denied else "allowed",
                 reason=denied or grounds,
             )

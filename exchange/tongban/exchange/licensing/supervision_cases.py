@@ -23,7 +23,8 @@ from typing import Literal
 
 import asyncpg
 
-from tongban.exchange.audit.log import AccessEntry, AccessLog
+from tongban.exchange.audit.log import AccessLog
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.departments import Department, DepartmentStore
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.licensing.case_overdue import AUDITOR_ROLE, DEFAULT_PAGE
@@ -314,17 +315,12 @@ class SupervisedCasesReader:
     ) -> None:
         await self._log.append(
             [
-                AccessEntry(
+                AccessRecorder(self._node).entry(
                     at=now,
-                    node=self._node,
-                    caller=reader.code,
+                    department=reader.code,
                     officer=officer,
                     action=LOG_ACTION,
-                    dataset=None,
-                    fields=(),
                     purpose=described,
-                    case_id=None,
-                    subject_hmac=None,
                     decision=decision,
                     reason=reason,
                 )

@@ -25,7 +25,8 @@ from tongban.exchange.audit.covert import (
     check_declaration,
     declaration_entry,
 )
-from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.log import AccessLog, SubjectHasher
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.audit.store import MAX_INDEX, AuditStore, LogEntry, SearchFilters
 from tongban.exchange.errors import AuditorRoleRequired, InvalidArgument
 from tongban.exchange.server.caller import Caller, current_caller
@@ -89,6 +90,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self._hasher = hasher
         self._clock = clock
         self._node = node_name
+        self._recorder = AccessRecorder(node_name)
 
     def _auditor(self) -> Caller:
         caller = current_caller()
@@ -108,19 +110,13 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         subject = self._hasher(subject_id.strip()) if subject_id.strip() else None
         await self._log.append(
             [
-                AccessEntry(
+                self._recorder.entry(
                     at=self._clock.now(),
-                    node=self._node,
-                    caller=caller.department.code,
+                    department=caller.department.code,
                     officer=caller.officer_id,
                     action=action,
-                    dataset=None,
-                    fields=(),
                     purpose=purpose,
-                    case_id=None,
                     subject_hmac=subject,
-                    decision="allowed",
-                    reason=None,
                 )
             ]
         )

@@ -23,7 +23,8 @@ import asyncpg
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tongban.errors import TongbanError
-from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.log import AccessLog, SubjectHasher
+from tongban.exchange.audit.recorder import AccessRecorder, Outcome
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.catalogue.canonical import canonical_json
 from tongban.exchange.catalogue.errors import InvalidSubjectId, RecordInvalid
@@ -147,6 +148,7 @@ class Sharing:
         self._signing = signing
         self._clock = clock
         self._node = node_name
+        self._recorder = AccessRecorder(node_name, hasher)
         self._entries: KeyedCache[str, tuple[DatasetEntry | None]] = KeyedCache(listener)
         self._grants: KeyedCache[tuple[str, str], list[Grant]] = KeyedCache(listener)
         listener.subscribe(DATASET_CHANNEL, self._entries.invalidate)
@@ -359,32 +361,30 @@ class Sharing:
         entry: DatasetEntry | None,
         keys: Sequence[str],
         now: datetime,
-        decision: str,
+        decision: Outcome,
         reason: str | None,
         allowed: Allowed | None = None,
         *,
         action: str = "query",
     ) -> None:
         fields = allowed.fields if allowed is not None else tuple(intent.fields)
-        base = {
-            "at": now,
-            "node": self._node,
-            "caller": caller.department.code,
-            "officer": caller.officer_id,
-            "action": action,
-            "dataset": entry.code if entry is not None else intent.dataset,
-            "fields": tuple(fields),
-            "purpose": intent.purpose,
-            "case_id": intent.case_id,
-            "decision": decision,
-            # An allowed entry names its grounds: the grant, the laws for personal fields.
-            "reason": allowed.grounds() if allowed is not None and reason is None else reason,
-        }
         if self._on_decision is not None:
             self._on_decision(decision, reason)
-        subjects: Sequence[bytes | None] = [self._hasher(k) for k in keys] or [None]
         await self._log.append(
-            [AccessEntry(subject_hmac=subject, **base) for subject in subjects]  # type: ignore[arg-type]
+            self._recorder.entries(
+                keys,
+                at=now,
+                department=caller.department.code,
+                officer=caller.officer_id,
+                action=action,
+                dataset=entry.code if entry is not None else intent.dataset,
+                fields=fields,
+                purpose=intent.purpose,
+                case_id=intent.case_id,
+                decision=decision,
+                # An allowed entry names its grounds: the grant, the laws for personal fields.
+                reason=allowed.grounds() if allowed is not None and reason is None else reason,
+            )
         )
 
     def _signed(

@@ -27,9 +27,10 @@ from tongban.errors import TongbanError
 from tongban.exchange.audit.anomalies import MAX_PERIOD, find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
 from tongban.exchange.audit.covert import CovertCases
-from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
 from tongban.exchange.audit.note import open_checkpoint
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.audit.store import AuditStore, SearchFilters
 from tongban.exchange.audit.verify import verify_log
 from tongban.exchange.departments import Department, DepartmentStore
@@ -248,6 +249,7 @@ class WebConsole:
         self._verifier = log_verifier
         self._clock = clock
         self._node = node_name
+        self._recorder = AccessRecorder(node_name)
         self._jobs: dict[str, _VerifyJob] = {}
         self._assets = _load_assets()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -430,19 +432,13 @@ class WebConsole:
         """Write a page view of personal data to the access log before the page is sent."""
         await self._log.append(
             [
-                AccessEntry(
+                self._recorder.entry(
                     at=self._clock.now(),
-                    node=self._node,
-                    caller=caller,
+                    department=caller,
                     officer=officer,
                     action=action,
-                    dataset=None,
-                    fields=(),
                     purpose=purpose,
-                    case_id=None,
                     subject_hmac=subject_hmac,
-                    decision="allowed",
-                    reason=None,
                 )
             ]
         )
