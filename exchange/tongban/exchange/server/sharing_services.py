@@ -207,9 +207,8 @@ class CatalogueService(catalogue_pb2_grpc.CatalogueServiceServicer):
     async def RegisterDataset(
         self, request: catalogue_pb2.RegisterDatasetRequest, context: Context
     ) -> catalogue_pb2.Dataset:
-        caller = current_caller()
-        entry = await self._sharing.datasets.register(
-            caller.department.code,
+        entry = await self._sharing.register_dataset(
+            current_caller(),
             _spec_from_message(request.spec),
             publish=request.publish,
             now=self._clock.now(),
@@ -219,16 +218,14 @@ class CatalogueService(catalogue_pb2_grpc.CatalogueServiceServicer):
     async def GetDataset(
         self, request: catalogue_pb2.GetDatasetRequest, context: Context
     ) -> catalogue_pb2.Dataset:
-        entry = await self._sharing.datasets.get_visible(
-            request.code, current_caller().department.code, request.version or None
-        )
+        entry = await self._sharing.dataset(current_caller(), request.code, request.version or None)
         return dataset_message(entry)
 
     async def ListDatasets(
         self, request: catalogue_pb2.ListDatasetsRequest, context: Context
     ) -> catalogue_pb2.ListDatasetsResponse:
-        entries, token = await self._sharing.datasets.search(
-            current_caller().department.code,
+        entries, token = await self._sharing.find_datasets(
+            current_caller(),
             owner=request.owner or None,
             keyword=request.keyword or None,
             share_class=(
@@ -251,8 +248,8 @@ class CatalogueService(catalogue_pb2_grpc.CatalogueServiceServicer):
     async def SetPublished(
         self, request: catalogue_pb2.SetPublishedRequest, context: Context
     ) -> catalogue_pb2.Dataset:
-        entry = await self._sharing.datasets.set_published(
-            request.code, current_caller().department.code, request.published, self._clock.now()
+        entry = await self._sharing.set_published(
+            current_caller(), request.code, request.published, self._clock.now()
         )
         return dataset_message(entry)
 
@@ -385,19 +382,19 @@ class GrantService(grants_pb2_grpc.GrantServiceServicer):
         self, request: grants_pb2.RequestGrantRequest, context: Context
     ) -> grants_pb2.Grant:
         caller = current_caller()
-        entry = await self._sharing.datasets.get_visible(request.dataset, caller.department.code)
         expiry = instant(request.expiry, "expiry")
-        if expiry is None:
-            raise InvalidArgument("A grant request names its expiry.", metadata={"field": "expiry"})
         now = self._clock.now()
-        grant = await self._sharing.grants.request(
-            entry=entry,
-            consumer=caller.department.code,
+        if expiry is None:
+            # The dataset is looked up first, so an unknown one is DATASET_NOT_FOUND.
+            await self._sharing.dataset(caller, request.dataset)
+            raise InvalidArgument("A grant request names its expiry.", metadata={"field": "expiry"})
+        grant = await self._sharing.request_grant(
+            caller,
+            dataset=request.dataset,
             fields=list(request.fields),
             purpose=request.purpose,
             legal_basis=request.legal_basis,
             expiry=expiry,
-            officer=caller.officer_id,
             now=now,
         )
         return grant_message(grant, now)
@@ -405,35 +402,24 @@ class GrantService(grants_pb2_grpc.GrantServiceServicer):
     async def DecideGrant(
         self, request: grants_pb2.DecideGrantRequest, context: Context
     ) -> grants_pb2.Grant:
-        caller = current_caller()
         now = self._clock.now()
-        target = await self._sharing.grants.get(request.id, caller.department.code)
-        entry = await self._sharing.datasets.get(target.dataset)
-        assert entry is not None  # a grant's dataset exists (foreign key)
-        grant = await self._sharing.grants.decide(
+        grant = await self._sharing.decide_grant(
+            current_caller(),
             grant_id=request.id,
-            owner=caller.department.code,
             approve=request.approve,
             fields=list(request.fields),
             expiry=instant(request.expiry, "expiry"),
             reason=request.reason,
-            officer=caller.officer_id,
             now=now,
-            entry_of=entry,
         )
         return grant_message(grant, now)
 
     async def RevokeGrant(
         self, request: grants_pb2.RevokeGrantRequest, context: Context
     ) -> grants_pb2.Grant:
-        caller = current_caller()
         now = self._clock.now()
-        grant = await self._sharing.grants.revoke(
-            grant_id=request.id,
-            caller=caller.department.code,
-            reason=request.reason,
-            officer=caller.officer_id,
-            now=now,
+        grant = await self._sharing.revoke_grant(
+            current_caller(), grant_id=request.id, reason=request.reason, now=now
         )
         return grant_message(grant, now)
 
@@ -441,8 +427,8 @@ class GrantService(grants_pb2_grpc.GrantServiceServicer):
         self, request: grants_pb2.ListGrantsRequest, context: Context
     ) -> grants_pb2.ListGrantsResponse:
         now = self._clock.now()
-        grants = await self._sharing.grants.list(
-            caller=current_caller().department.code,
+        grants = await self._sharing.list_grants(
+            current_caller(),
             dataset=request.dataset or None,
             overdue=request.overdue,
             status=(

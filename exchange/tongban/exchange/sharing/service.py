@@ -35,7 +35,7 @@ from tongban.exchange.db.notify import ChangeListener, KeyedCache
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.fairness import yield_fairly
 from tongban.exchange.identity import Caller
-from tongban.exchange.sharing.datasets import DatasetStore, is_dataset_code
+from tongban.exchange.sharing.datasets import DatasetSpec, DatasetStore, is_dataset_code
 from tongban.exchange.sharing.errors import (
     DatasetNotFound,
     DuplicateKey,
@@ -44,7 +44,7 @@ from tongban.exchange.sharing.errors import (
     TooManyKeys,
 )
 from tongban.exchange.sharing.grants import GrantStore
-from tongban.exchange.sharing.model import DatasetEntry, Grant
+from tongban.exchange.sharing.model import DatasetEntry, Grant, GrantStatus, ShareClass
 from tongban.exchange.sharing.policy import (
     Allowed,
     Decision,
@@ -206,6 +206,105 @@ class Sharing:
     def _on_grant_change(self, payload: str) -> None:
         consumer, _, dataset = payload.partition(" ")
         self._grants.invalidate((consumer, dataset))
+
+    # -- the catalogue ----------------------------------------------------------------
+
+    async def register_dataset(
+        self, caller: Caller, spec: DatasetSpec, *, publish: bool, now: datetime
+    ) -> DatasetEntry:
+        """Register ``spec`` as the caller's dataset, or a new version of it."""
+        return await self.datasets.register(caller.department.code, spec, publish=publish, now=now)
+
+    async def dataset(self, caller: Caller, code: str, version: int | None = None) -> DatasetEntry:
+        """A catalogue entry the caller may see; DatasetNotFound otherwise."""
+        return await self.datasets.get_visible(code, caller.department.code, version)
+
+    async def find_datasets(
+        self,
+        caller: Caller,
+        *,
+        owner: str | None,
+        keyword: str | None,
+        share_class: ShareClass | None,
+        subject_kind: SubjectKind | None,
+        page_size: int,
+        page_token: str,
+    ) -> tuple[list[DatasetEntry], str]:
+        """The catalogue entries the caller may see that match, a page at a time."""
+        return await self.datasets.search(
+            caller.department.code, owner=owner, keyword=keyword, share_class=share_class,
+            subject_kind=subject_kind, page_size=page_size, page_token=page_token,
+        )  # fmt: skip
+
+    async def set_published(
+        self, caller: Caller, code: str, published: bool, now: datetime
+    ) -> DatasetEntry:
+        """Publish or withdraw the caller's own dataset."""
+        return await self.datasets.set_published(code, caller.department.code, published, now)
+
+    # -- grants -------------------------------------------------------------------------
+
+    async def request_grant(
+        self,
+        caller: Caller,
+        *,
+        dataset: str,
+        fields: Sequence[str],
+        purpose: str,
+        legal_basis: str,
+        expiry: datetime,
+        now: datetime,
+    ) -> Grant:
+        """Ask the owner of a dataset the caller can see for its fields, for a purpose."""
+        entry = await self.datasets.get_visible(dataset, caller.department.code)
+        return await self.grants.request(
+            entry=entry, consumer=caller.department.code, fields=fields, purpose=purpose,
+            legal_basis=legal_basis, expiry=expiry, officer=caller.officer_id, now=now,
+        )  # fmt: skip
+
+    async def decide_grant(
+        self,
+        caller: Caller,
+        *,
+        grant_id: str,
+        approve: bool,
+        fields: Sequence[str],
+        expiry: datetime | None,
+        reason: str,
+        now: datetime,
+    ) -> Grant:
+        """The owner approves (for some or all of the fields asked) or refuses a grant."""
+        target = await self.grants.get(grant_id, caller.department.code)
+        entry = await self.datasets.get(target.dataset)
+        assert entry is not None  # a grant's dataset exists (foreign key)
+        return await self.grants.decide(
+            grant_id=grant_id, owner=caller.department.code, approve=approve, fields=fields,
+            expiry=expiry, reason=reason, officer=caller.officer_id, now=now, entry_of=entry,
+        )  # fmt: skip
+
+    async def revoke_grant(
+        self, caller: Caller, *, grant_id: str, reason: str, now: datetime
+    ) -> Grant:
+        """The owner or the consumer ends a pending or approved grant."""
+        return await self.grants.revoke(
+            grant_id=grant_id, caller=caller.department.code, reason=reason,
+            officer=caller.officer_id, now=now,
+        )  # fmt: skip
+
+    async def list_grants(
+        self,
+        caller: Caller,
+        *,
+        dataset: str | None,
+        overdue: bool,
+        status: GrantStatus | None,
+        now: datetime,
+    ) -> list[Grant]:
+        """The grants the caller owns or holds, filtered."""
+        return await self.grants.list(
+            caller=caller.department.code, dataset=dataset, overdue=overdue, status=status,
+            now=now,
+        )  # fmt: skip
 
     # -- records ----------------------------------------------------------------------
 
