@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from tongban.exchange.web.app import _csv_line, spreadsheet_safe
+from tongban.exchange.web.audit_pages import _csv_line, spreadsheet_safe
 
 PAYLOADS = [
     "=1+2",
