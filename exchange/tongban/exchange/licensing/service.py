@@ -15,12 +15,11 @@ import json
 import unicodedata
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
 from tongban.exchange.audit.recorder import AccessRecorder
@@ -34,7 +33,7 @@ from tongban.exchange.licensing.authorisations import (
     valid_holder,
 )
 from tongban.exchange.licensing.cases import is_case_number
-from tongban.exchange.licensing.custody import STATUS_LIST_HOLDER, Seal, SealVault
+from tongban.exchange.licensing.custody import Seal, SealVault
 from tongban.exchange.licensing.errors import (
     LicenceNotFound,
     LicenceNotPermitted,
@@ -47,6 +46,7 @@ from tongban.exchange.licensing.feed import (
     record_values,
 )
 from tongban.exchange.licensing.status import StatusLists, StatusToken
+from tongban.exchange.licensing.trust import LicenceTrust
 from tongban.exchange.sharing.errors import QueryDenied
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import (
@@ -58,28 +58,21 @@ from tongban.exchange.sharing.policy import (
 )
 from tongban.exchange.sharing.records import RecordStore
 from tongban.licence import (
-    LicenceCancelled,
     LicenceStatus,
-    LicenceSuperseded,
     LicenceType,
     LicenceTypeRegistry,
     QrClaims,
     TrustList,
-    TrustListEntry,
     VerificationResult,
     check_licence_number,
-    claimed_status,
     default_expiry,
     encode_qr,
     issue_sd_jwt,
     make_licence_number,
     present,
     random_serial,
-    sign_trust_list,
     split_claims,
     validate_claims,
-    verify_licence,
-    verify_trust_list,
 )
 from tongban.signing import DEPT_URI_PREFIX, Clock
 
@@ -90,7 +83,6 @@ __all__ = [
     "Licensing",
     "StatusAction",
     "read_licences",
-    "status_refs",
 ]
 
 _MAX_REASON = 500
@@ -100,7 +92,6 @@ _HOLDER_MAY_ALLOW = frozenset(
     {"PERSONAL_GRANT_REQUIRED", "FIELD_NOT_GRANTED", "GRANT_EXPIRED", "GRANT_REQUIRED"}
 )
 _MAX_BATCH = 1000
-_TRUST_LIST_RESIGN = timedelta(hours=1)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _LATEST_START = datetime(9000, 1, 1, tzinfo=UTC)
 
@@ -258,7 +249,10 @@ class Licensing:
         self._clock = clock
         self._node = node_name
         self._recorder = AccessRecorder(node_name, hasher)
-        self._trust_list: tuple[frozenset[bytes], TrustList] | None = None
+        self.trust = LicenceTrust(
+            pool, vault=vault, status_lists=status_lists, registry=registry,
+            node_signing=node_signing, roots=roots, clock=clock,
+        )  # fmt: skip
 
     # -- the access log -----------------------------------------------------------------
 
@@ -962,111 +956,23 @@ class Licensing:
             )  # fmt: skip
         return LicenceView(**{**view.__dict__, "history": await self.history(number)})
 
-    # -- trust list, status lists, verification ------------------------------------------
+    # -- trust list, status lists, verification (licensing/trust.py) --------------------
 
     async def trust_list(self) -> TrustList:
-        """The current signed trust list: the seal certificates of the departments that
-        issue licence types, the status-list certificate and the base URL status lists are
-        served under (verifiers fetch from nowhere else), re-signed when any of them
-        changes or after an hour (its ``next_update`` is a day, its ``exp`` 30 days)."""
-        now = self._clock.now()
-        chains = await self.vault.chains()
-        issuers = sorted(
-            {d for t in self.registry for d in t.issuers} & set(chains) - {STATUS_LIST_HOLDER}
-        )
-        status_chain = chains.get(STATUS_LIST_HOLDER, ())
-        key = frozenset(
-            c.fingerprint(_SHA256)
-            for h in [*issuers, STATUS_LIST_HOLDER]
-            for c in chains.get(h, ())
-        )
-        bases = (self.status_lists.uri_base,)
-        cached = self._trust_list
-        if (
-            cached is not None
-            and cached[0] == key
-            and all(e.status_base_urls == bases for e in cached[1].entries.values())
-            and now - cached[1].issued_at < _TRUST_LIST_RESIGN
-            and now < cached[1].expires_at
-        ):
-            return cached[1]
-        entries = [
-            TrustListEntry(
-                department=code,
-                seal_certificates=chains[code][:1],
-                status_list_certificates=status_chain[:1],
-                status_base_urls=bases,
-            )
-            for code in issuers
-        ]
-        token = sign_trust_list(
-            entries, signer=self._node_signing.signer, chain=self._node_signing.chain, now=now
-        )
-        trust_list = verify_trust_list(token, roots=self.roots, now=now)
-        self._trust_list = (key, trust_list)
-        return trust_list
+        """``LicenceTrust.trust_list``."""
+        return await self.trust.trust_list()
 
     async def status_token(self, list_id: int) -> StatusToken | None:
-        """The signed token of status list ``list_id``, or None if there is none."""
-        return await self.status_lists.token(list_id, self._clock.now())
+        """``LicenceTrust.status_token``."""
+        return await self.trust.status_token(list_id)
 
     async def verify(self, text: str) -> VerificationResult:
-        """Verify a licence (SD-JWT VC, presentation or QR text) as a relying party would,
-        with the node's current trust list, and its status from the registry itself
-        (revoked, suspended, cancelled or superseded, as of now). A forged or revoked
-        licence is a result with ``verified`` False, never an error."""
-        now = self._clock.now()
-        trust_list = await self.trust_list()
-        statuses: dict[tuple[str, int], tuple[int | None, str | None]] = {}
-        for uri, index in status_refs(text):
-            statuses[(uri, index)] = await self._status_of(uri, index)
-
-        def lookup(issuer: str, uri: str, index: int) -> int | None:
-            value, status = statuses.get((uri, index), (None, None))
-            if status == "cancelled":
-                raise LicenceCancelled(f"The licence was cancelled (注销) ({uri} #{index}).")
-            if status == "superseded":
-                raise LicenceSuperseded(
-                    "A newer version of this licence replaced it; ask the holder for the "
-                    "current one."
-                )
-            return value
-
-        return verify_licence(
-            text,
-            roots=self.roots,
-            trust_list=trust_list,
-            registry=self.registry,
-            now=now,
-            status=lookup,
-        )
-
-    async def _status_of(self, uri: str, index: int) -> tuple[int | None, str | None]:
-        list_id = self.status_lists.list_id(uri)
-        if list_id is None or index > _MAX_STATUS_INDEX:  # not a list here; an unsigned claim
-            return None, None
-        status = await self._pool.fetchval(
-            "SELECT status FROM licence WHERE status_list = $1 AND status_index = $2",
-            list_id,
-            index,
-        )
-        return await self.status_lists.value(list_id, index), status
-
-
-def status_refs(text: str) -> list[tuple[str, int]]:
-    """The status references a licence text claims, read without verifying (to prefetch
-    the statuses; verification decides whether to believe them), within the caps
-    verification uses (``claimed_status``): a bomb or a malformed text claims none."""
-    ref = claimed_status(text)
-    return [] if ref is None else [(ref.uri, ref.idx)]
+        """``LicenceTrust.verify``."""
+        return await self.trust.verify(text)
 
 
 _valid_holder = valid_holder
 
-
-_SHA256 = hashes.SHA256()
-#: The largest status index a licence row can hold (an int4 column).
-_MAX_STATUS_INDEX = 2**31 - 1
 
 _LICENCE_COLUMNS = (
     "number", "version", "licence_type", "holder_id", "holder_kind", "holder_name", "issuer",
