@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 
 import pytest
 
-from tongban.exchange.fairness import CpuShare, metered
+from tongban.exchange.fairness import BULK_WEIGHT, CpuShare, metered
 
 
 class Clock:
@@ -133,3 +134,23 @@ async def test_a_call_cancelled_while_held_back_ends_cancelled_and_closed() -> N
     with pytest.raises(asyncio.CancelledError):
         await task
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # not left unawaited
+
+
+async def test_a_bulk_stream_counts_its_loop_time_by_its_weight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Each step of the call "takes" 10 ms on a counter the test owns; metered at weight
+    # BULK_WEIGHT (a bulk stream), the department is charged that many times more.
+    ticks = iter(range(1_000_000))
+    monkeypatch.setattr(time, "perf_counter", lambda: next(ticks) * 0.005)  # fairness reads it
+
+    async def work() -> None:
+        for _ in range(3):
+            await asyncio.sleep(0)
+
+    clock = Clock()
+    plain, bulk = CpuShare(clock=clock), CpuShare(clock=clock)
+    await metered(work(), "samr", plain)
+    await metered(work(), "samr", bulk, weight=BULK_WEIGHT)
+    assert BULK_WEIGHT > 1
+    assert bulk.use("samr") == pytest.approx(plain.use("samr") * BULK_WEIGHT)

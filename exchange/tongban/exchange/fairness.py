@@ -128,13 +128,16 @@ class _Metered:
     step back while ``share`` says so. Results, exceptions and cancellation pass through
     unchanged."""
 
-    def __init__(self, coro: Coroutine[Any, Any, T], department: str, share: CpuShare) -> None:
+    def __init__(
+        self, coro: Coroutine[Any, Any, T], department: str, share: CpuShare, weight: float
+    ) -> None:
         self._coro = coro
         self._department = department
         self._share = share
+        self._weight = weight
 
     def __await__(self) -> Generator[Any, Any, T]:
-        coro, department, share = self._coro, self._department, self._share
+        coro, department, share, weight = self._coro, self._department, self._share, self._weight
         value: Any = None
         error: BaseException | None = None
         while True:
@@ -154,25 +157,34 @@ class _Metered:
                 else:
                     step = coro.send(value)
             except StopIteration as done:
-                share.charge(department, time.perf_counter() - started)
+                share.charge(department, (time.perf_counter() - started) * weight)
                 return done.value  # type: ignore[no-any-return]
             except BaseException:
-                share.charge(department, time.perf_counter() - started)
+                share.charge(department, (time.perf_counter() - started) * weight)
                 raise
-            share.charge(department, time.perf_counter() - started)
+            share.charge(department, (time.perf_counter() - started) * weight)
             try:
                 value = yield step
             except BaseException as e:  # noqa: BLE001 - handed to the call's coroutine
                 value, error = None, e
 
 
-async def metered(work: Awaitable[T], department: str, share: CpuShare) -> T:
-    """Await ``work`` with its loop time charged to ``department`` (see ``CpuShare``);
-    an awaitable that is not a coroutine is awaited as it is, unmetered."""
+BULK_WEIGHT = 2.0
+"""How much a bulk stream's loop time counts (``StreamRecords``, and any method whose
+requests stream in): while others' calls are waiting, a department loading in bulk gets
+half the share of one making calls, so an interactive load keeps about two thirds of the
+loop rather than half (docs/architecture.md, "Fairness between departments")."""
+
+
+async def metered(
+    work: Awaitable[T], department: str, share: CpuShare, *, weight: float = 1.0
+) -> T:
+    """Await ``work`` with its loop time, times ``weight``, charged to ``department`` (see
+    ``CpuShare``); an awaitable that is not a coroutine is awaited as it is, unmetered."""
     if not isinstance(work, Coroutine):
         return await work
     share.enter(department)
     try:
-        return await _Metered(work, department, share)
+        return await _Metered(work, department, share, weight)
     finally:
         share.leave(department)

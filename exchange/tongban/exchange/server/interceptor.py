@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from tongban.errors import TongbanError
-from tongban.exchange.fairness import CpuShare, metered, set_pacer
+from tongban.exchange.fairness import BULK_WEIGHT, CpuShare, metered, set_pacer
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.auth import Authenticator
 from tongban.exchange.server.caller import Caller, current_caller, set_caller
@@ -216,7 +216,10 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 if release is None or self._share is None:
                     return await behaviour(request, context)
                 return await metered(
-                    behaviour(request, context), current_caller().department.code, self._share
+                    behaviour(request, context),
+                    current_caller().department.code,
+                    self._share,
+                    weight=BULK_WEIGHT if streamed else 1.0,
                 )
             except grpc.aio.AbortError:
                 raise  # the behaviour aborted on purpose, with its own status
