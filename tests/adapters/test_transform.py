@@ -219,6 +219,20 @@ def test_iso_dates_read_as_strptime_reads_them() -> None:
     assert coerce(spec, "20240105") == date(2024, 1, 5)  # the second format
     with pytest.raises(CoercionError):
         coerce(spec, "2023-02-29")  # not a day: neither format reads it
+    compact = DateField(type="date", column="d", formats=["%Y%m%d"])
+    assert coerce(compact, "20240229") == date(2024, 2, 29)
+    full_width = "".join(chr(0xFF10 + int(c)) for c in "20240229")  # as an IME types it
+    assert coerce(compact, full_width) == date(2024, 2, 29)
+    for text in ("20230229", "20241301", "2024011", "99991231", "00010101"):
+        try:  # the fast path reads exactly what strptime reads, and refuses what it refuses
+            expected: date | None = datetime.strptime(text, "%Y%m%d").date()  # noqa: DTZ007
+        except ValueError:
+            expected = None
+        if expected is None:
+            with pytest.raises(CoercionError):
+                coerce(compact, text)
+        else:
+            assert coerce(compact, text) == expected
 
 
 @given(st.text(max_size=20), st.text(max_size=20), st.none() | st.text(max_size=64))

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CoercionError", "canonical_decimal", "coerce", "offset"]
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_COMPACT_DATE = re.compile(r"[0-9]{8}")
 
 _FLOAT_EXACT = 2**53
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
@@ -220,8 +221,12 @@ def _date(spec: DateField, raw: object) -> date:
     text = _date_text(raw, RejectReason.BAD_DATE)
     for fmt in spec.formats:
         try:
+            # The two shapes legacy systems use most, read as strptime reads them when the
+            # text has exactly that shape, ten times faster (a snapshot reads every row).
             if fmt == "%Y-%m-%d" and _ISO_DATE.fullmatch(text):
-                return date.fromisoformat(text)  # what strptime gives here, ten times faster
+                return date.fromisoformat(text)
+            if fmt == "%Y%m%d" and _COMPACT_DATE.fullmatch(text):
+                return date(int(text[:4]), int(text[4:6]), int(text[6:]))
             return datetime.strptime(text, fmt).date()  # noqa: DTZ007 - only the date is kept
         except ValueError:
             continue
@@ -239,7 +244,8 @@ def _date_text(raw: object, reason: RejectReason) -> str:
         # 20240105 stored as a number.
         return _text_of(raw, reason)
     if isinstance(raw, str):
-        return unicodedata.normalize("NFKC", raw).strip()
+        # NFKC reads full-width digits as ASCII; ASCII text it leaves as it is.
+        return (raw if raw.isascii() else unicodedata.normalize("NFKC", raw)).strip()
     raise CoercionError(reason, f"a {type(raw).__name__} value is not a date.")
 
 
