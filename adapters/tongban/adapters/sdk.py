@@ -12,7 +12,6 @@ Everything here is a frozen dataclass or a protocol: no I/O, no pydantic.
 from __future__ import annotations
 
 import enum
-import hashlib
 import uuid
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +19,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from types import MappingProxyType, TracebackType
 from typing import Protocol, Self
+
+from tongban.signing.ids import uuid5_text
 
 __all__ = [
     "Batch",
@@ -53,7 +54,6 @@ KeyValue = int | str | Decimal | uuid.UUID
 _EMPTY: Mapping[str, object] = MappingProxyType({})
 _EMPTY_ROWS: Mapping[str, Mapping[str, object]] = MappingProxyType({})
 _CHANGE_NAMESPACE = uuid.UUID("6f1c3b52-5d0e-4d8e-9a56-2f4f0e3c7a11")
-_CHANGE_NAMESPACE_BYTES = _CHANGE_NAMESPACE.bytes
 
 
 class Op(enum.StrEnum):
@@ -225,15 +225,8 @@ def change_id(dataset: str, key: str, before: str | None, after: str | None) -> 
     """Return the stable id of a change: a UUIDv5 of the dataset, the key, and the
     fingerprints of the record before and after it (``None``: no record). The same
     transition always has the same id; A → B → A gives the second A a new one."""
-    name = f"{dataset}\x00{key}\x00{before or ''}\x00{after or ''}".encode()
-    # str(uuid.uuid5(_CHANGE_NAMESPACE, name)) without building a UUID: the same SHA-1 and
-    # version and variant bits (RFC 9562), at a third of the cost; a snapshot makes one
-    # per row.
-    digest = bytearray(hashlib.sha1(_CHANGE_NAMESPACE_BYTES + name, usedforsecurity=False).digest())
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    h = digest[:16].hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    name = f"{dataset}\x00{key}\x00{before or ''}\x00{after or ''}"
+    return uuid5_text(_CHANGE_NAMESPACE, name.encode())
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 import uuid
@@ -16,6 +15,7 @@ import asyncpg
 from tongban.exchange.catalogue.schema import FieldType, canonical_to_json, value_from_json
 from tongban.exchange.fairness import yield_fairly
 from tongban.exchange.sharing.model import DatasetEntry
+from tongban.signing.ids import uuid5_hex
 
 __all__ = ["Change", "Form", "PublishCounts", "RecordStore", "StoredRecord", "storage_forms"]
 
@@ -64,43 +64,40 @@ class StoredRecord:
         return out
 
 
-def _storage_form(entry: DatasetEntry, values: dict[str, object]) -> dict[str, object]:
-    """The JSON storage form of a validated record (its values are canonical)."""
-    return {spec.name: canonical_to_json(values.get(spec.name)) for spec in entry.schema.fields}
-
-
 Form = tuple[dict[str, object] | None, str | None]  # storage form and its JSON, or None
 _YIELD_EVERY = 500  # records encoded between two turns of other calls
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _form(entry: DatasetEntry, change: Change) -> Form:
-    if change.values is None:
+def _converted(entry: DatasetEntry) -> list[str]:
+    """The fields whose values are not stored as they are (decimals, dates, datetimes)."""
+    return [spec.name for spec in entry.schema.fields if spec.type not in _AS_STORED]
+
+
+def _form(values: dict[str, object] | None, converted: Sequence[str]) -> Form:
+    """The storage form of a validated record and its JSON. ``validate_record`` gives
+    every field of the schema, in its order, canonical; strings, integers and booleans
+    are stored as they are, so a schema of only those (most legacy tables) needs no
+    conversion per record."""
+    if values is None:
         return None, None
-    stored = _storage_form(entry, change.values)
-    return stored, _dumps(stored)
+    if converted:
+        values = dict(values)
+        for name in converted:
+            values[name] = canonical_to_json(values[name])
+    return values, _dumps(values)
 
 
 async def storage_forms(entry: DatasetEntry, changes: Sequence[Change]) -> list[Form]:
-    """The storage forms of a batch. ``validate_record`` gives every field of the schema,
-    in its order, canonical; strings, integers and booleans are stored as they are, so a
-    schema of only those (most legacy tables) needs no conversion per record."""
-    converted = [spec.name for spec in entry.schema.fields if spec.type not in _AS_STORED]
+    """The storage forms of a batch, in slices that let other calls run."""
+    converted = _converted(entry)
     forms: list[Form] = []
     started = time.perf_counter()
     for index, change in enumerate(changes):
         if index and index % _YIELD_EVERY == 0:
             await yield_fairly(time.perf_counter() - started)
             started = time.perf_counter()
-        values = change.values
-        if values is None:
-            forms.append((None, None))
-            continue
-        if converted:
-            values = dict(values)
-            for name in converted:
-                values[name] = canonical_to_json(values[name])
-        forms.append((values, _dumps(values)))
+        forms.append(_form(change.values, converted))
     return forms
 
 
@@ -168,7 +165,8 @@ class RecordStore:
         superseded: list[str] = []
         new_rows: list[tuple[object, ...]] = []
         if forms is None:
-            forms = [_form(entry, change) for change in changes]
+            converted = _converted(entry)
+            forms = [_form(change.values, converted) for change in changes]
         for change, (stored, data) in zip(changes, forms, strict=True):
             row = current.get(change.key)
             live = row is not None and not row["deleted"]
@@ -237,24 +235,10 @@ class RecordStore:
 EVENT_NAMESPACE = uuid.UUID("6f1f9a52-3c1e-5b0e-9d55-74f0b4a6c2d1")
 
 
-def event_id(dataset: str, key: str, version: int) -> uuid.UUID:
-    """The event of a record version: the same on every replay (UUIDv5)."""
-    return uuid.uuid5(EVENT_NAMESPACE, f"{dataset}\n{key}\n{version}")
-
-
-_NAMESPACE_BYTES = EVENT_NAMESPACE.bytes
-
-
-def _event_id_text(dataset: str, key: str, version: int) -> str:
-    """``event_id`` as 32 hex digits (what asyncpg sends as a uuid), without building a
-    ``uuid.UUID``: the same SHA-1 and version and variant bits as RFC 9562's UUIDv5, at
-    a third of the cost per record of a bulk load."""
-    name = _NAMESPACE_BYTES + f"{dataset}\n{key}\n{version}".encode()
-    # SHA-1 is what UUIDv5 is defined with; the id names an event, it guards nothing.
-    digest = bytearray(hashlib.sha1(name, usedforsecurity=False).digest()[:16])
-    digest[6] = (digest[6] & 0x0F) | 0x50
-    digest[8] = (digest[8] & 0x3F) | 0x80
-    return digest.hex()
+def event_id(dataset: str, key: str, version: int) -> str:
+    """The event of a record version, the same on every replay: the UUIDv5 of dataset,
+    key and version, as 32 hex digits (what asyncpg sends as a uuid)."""
+    return uuid5_hex(EVENT_NAMESPACE, f"{dataset}\n{key}\n{version}".encode())
 
 
 # The new versions and their events in one statement (one round trip); an event names its
@@ -299,7 +283,7 @@ async def _write_versions(
         keys.append(key)
         versions.append(version)
         datas.append(None if deleted else str(data))
-    ids = [_event_id_text(dataset, k, v) for k, v in zip(keys, versions, strict=True)]
+    ids = [event_id(dataset, k, v) for k, v in zip(keys, versions, strict=True)]
     await conn.execute(_WRITE_VERSIONS, dataset, len(keys), now, keys, versions, datas, ids)
 
 
