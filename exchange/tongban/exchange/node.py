@@ -295,6 +295,7 @@ class Node:
         per second, saying how many refusals it stands for."""
         log = self.access_log
         assert log is not None
+        recorder = AccessRecorder(self.settings.node_name)
         last: dict[tuple[bytes, str], tuple[float, int]] = {}
 
         async def log_refusal(cert_pem: bytes, error: TongbanError) -> None:
@@ -312,7 +313,7 @@ class Node:
             what = "refusal" if count == 1 else "refusals"
             await log.append(
                 [
-                    AccessRecorder(self.settings.node_name).entry(
+                    recorder.entry(
                         at=self.clock.now(),
                         department=department,
                         officer=None,
@@ -330,12 +331,13 @@ class Node:
         """Each department's limits on its calls, refusals counted and logged."""
         log = self.access_log
         assert log is not None
+        recorder = AccessRecorder(self.settings.node_name)
 
         async def log_refusal(caller: Caller, method: str, reason: str, count: int) -> None:
             what = "call" if count == 1 else "calls"
             await log.append(
                 [
-                    AccessRecorder(self.settings.node_name).entry(
+                    recorder.entry(
                         at=self.clock.now(),
                         department=caller.department.code,
                         officer=caller.officer_id,

@@ -19,6 +19,7 @@ import asyncpg
 
 from tongban.exchange.audit.log import AccessLog
 from tongban.exchange.audit.recorder import AccessRecorder
+from tongban.exchange.departments import Department
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_report import (
@@ -59,18 +60,20 @@ class OverduePage:
     next_page_token: str
 
 
-def readable(caller: Caller, department: str) -> str | None:
-    """The department whose cases ``caller`` reads when it asks for ``department`` ("" for
-    its own, or for an auditor every one's): that code, or None for every department.
-    Raises CaseNotPermitted for another department's code without the auditor role."""
-    own = caller.department.code
-    if AUDITOR_ROLE in caller.department.roles:
+def readable(reader: Department, department: str, what: str) -> str | None:
+    """The department whose cases ``reader`` reads when it asks for ``department`` (""
+    for its own, or for an auditor every one's): that code, or None for every department.
+    The one rule of the overdue report, the supervision report and the cases behind it
+    (``what`` names which, for the refusal). Raises CaseNotPermitted for another
+    department's code without the auditor role."""
+    own = reader.code
+    if AUDITOR_ROLE in reader.roles:
         return department or None
     if department in ("", own):
         return own
     raise CaseNotPermitted(
-        f"{own} reads the overdue report of its own cases only; {department[:64]!r} is "
-        "another department's (departments with the auditor role read every one's).",
+        f"{own} reads {what} of its own department only; {department[:64]!r} is another "
+        "department's (departments with the auditor role read every one's).",
         metadata={"department": department[:64]},
     )
 
@@ -96,12 +99,16 @@ class OverdueReader:
         self._pool = pool
         self._log = access_log
         self._tokens = tokens
-        self._node = node_name
+        self._recorder = AccessRecorder(node_name)
 
     async def report(self, caller: Caller, department: str, *, now: datetime) -> OverdueReport:
         """The counts at ``now`` of the department(s) ``caller`` asked for (see
         ``readable``). Raises CaseNotPermitted."""
-        return await overdue_report(self._pool, now=now, department=readable(caller, department))
+        return await overdue_report(
+            self._pool,
+            now=now,
+            department=readable(caller.department, department, "the overdue report"),
+        )
 
     async def cases(
         self,
@@ -128,7 +135,7 @@ class OverdueReader:
             )
         described = f"overdue {word}" + (f" department={department}" if department else "")
         try:
-            scope = readable(caller, department)
+            scope = readable(caller.department, department, "the overdue report")
         except CaseNotPermitted as refused:
             await self._append(caller, described, now, "denied", refused.reason)
             raise
@@ -163,7 +170,7 @@ class OverdueReader:
     ) -> None:
         await self._log.append(
             [
-                AccessRecorder(self._node).entry(
+                self._recorder.entry(
                     at=now,
                     department=caller.department.code,
                     officer=caller.officer_id,

@@ -21,10 +21,10 @@ from tongban.exchange.audit.log import (
     LogTransaction,
     SubjectHasher,
 )
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.errors import DatabaseUnavailable
 from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_feed import CaseFeed, cases_dataset, steps_dataset
-from tongban.exchange.licensing.case_log import case_entry
 from tongban.exchange.licensing.cases import (
     ACTIONS,
     Case,
@@ -171,9 +171,8 @@ class CaseStore:
         self._pool = pool
         self._items = items
         self._log = access_log
-        self._hasher = hasher
         self._clock = clock
-        self._node = node_name
+        self._recorder = AccessRecorder(node_name, hasher)
         self._records = records
         self._feed = feed
         self._packages = packages
@@ -197,10 +196,10 @@ class CaseStore:
         *,
         denied: bool = False,
     ) -> AccessEntry:
-        return case_entry(
-            self._node, self._hasher, department=caller.department.code,
-            officer=caller.officer_id, case_id=case.number, applicant=case.applicant,
-            action=action, reason=reason, at=now, denied=denied,
+        return self._recorder.entry(
+            at=now, department=caller.department.code, officer=caller.officer_id,
+            action=action, case_id=case.number, subject=case.applicant,
+            decision="denied" if denied else "allowed", reason=reason,
         )  # fmt: skip
 
     async def _refuse(self, caller: Caller, case: Case, action: str, now: datetime) -> NoReturn:

@@ -30,9 +30,9 @@ import asyncpg
 from tongban.errors import TongbanError
 from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_feed import CaseFeed
-from tongban.exchange.licensing.case_log import case_entry
 from tongban.exchange.licensing.cases import (
     OPEN,
     Case,
@@ -117,9 +117,8 @@ class FollowThrough:
         self._pool = pool
         self._items = items
         self._log = access_log
-        self._hasher = hasher
         self._clock = clock
-        self._node = node_name
+        self._recorder = AccessRecorder(node_name, hasher)
         self._records = records
         self._feed = feed
         self._load_case = load_case
@@ -129,10 +128,10 @@ class FollowThrough:
         self, department: str, officer: str | None, case: Case, action: str, reason: str,
         now: datetime, *, denied: bool = False,
     ) -> AccessEntry:  # fmt: skip
-        return case_entry(
-            self._node, self._hasher, department=department, officer=officer,
-            case_id=case.number, applicant=case.applicant, action=action, reason=reason,
-            at=now, denied=denied,
+        return self._recorder.entry(
+            at=now, department=department, officer=officer, action=action,
+            case_id=case.number, subject=case.applicant,
+            decision="denied" if denied else "allowed", reason=reason,
         )  # fmt: skip
 
     async def _case(self, number: str) -> Case:

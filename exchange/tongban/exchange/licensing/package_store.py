@@ -17,9 +17,9 @@ from typing import Any, NoReturn
 import asyncpg
 
 from tongban.exchange.audit.log import AccessEntry, AccessLog, SubjectHasher
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.case_feed import CaseFeed
-from tongban.exchange.licensing.case_log import case_entry
 from tongban.exchange.licensing.cases import Case, CaseState, is_case_number, normal_applicant
 from tongban.exchange.licensing.errors import (
     PackageNotPermitted,
@@ -145,8 +145,7 @@ class PackageStore:
         self._records = records
         self._feed = feed
         self._log = access_log
-        self._hasher = hasher
-        self._node = node_name
+        self._recorder = AccessRecorder(node_name, hasher)
 
     # --- the package catalogue ------------------------------------------------------
 
@@ -243,10 +242,10 @@ class PackageStore:
         self, caller: Caller, number: str, applicant: str, action: str, reason: str,
         now: datetime, *, denied: bool = False,
     ) -> AccessEntry:  # fmt: skip
-        return case_entry(
-            self._node, self._hasher, department=caller.department.code,
-            officer=caller.officer_id, case_id=number, applicant=applicant, action=action,
-            reason=reason, at=now, denied=denied,
+        return self._recorder.entry(
+            at=now, department=caller.department.code, officer=caller.officer_id,
+            action=action, case_id=number, subject=applicant,
+            decision="denied" if denied else "allowed", reason=reason,
         )  # fmt: skip
 
     async def open(

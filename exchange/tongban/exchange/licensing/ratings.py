@@ -450,7 +450,7 @@ class RatingStore:
         self._log = access_log
         self._hasher = hasher
         self._clock = clock
-        self._node = node_name
+        self._recorder = AccessRecorder(node_name, hasher)
         self._days = rectification_days
         self._lifetime = link_lifetime
         self.base_url = base_url
@@ -645,7 +645,7 @@ class RatingStore:
         *,
         denied: bool = False,
     ) -> AccessEntry:
-        return AccessRecorder(self._node).entry(
+        return self._recorder.entry(
             at=now,
             department=caller,
             officer=officer,

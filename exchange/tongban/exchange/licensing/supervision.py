@@ -40,9 +40,8 @@ import asyncpg
 from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.identity import Caller
-from tongban.exchange.licensing.case_overdue import AUDITOR_ROLE
+from tongban.exchange.licensing.case_overdue import readable
 from tongban.exchange.licensing.cases import is_case_number, normal_applicant
-from tongban.exchange.licensing.errors import CaseNotPermitted
 
 __all__ = [
     "MAX_MONTHS",
@@ -387,22 +386,6 @@ async def record_resolution(
 # ---- who reads the report ---------------------------------------------------------------
 
 
-def readable(caller: Caller, department: str) -> str | None:
-    """The department whose report ``caller`` reads when it asks for ``department`` (""
-    for its own, or for an auditor every one's): that code, or None for every one.
-    Raises CaseNotPermitted for another department's code without the auditor role."""
-    own = caller.department.code
-    if AUDITOR_ROLE in caller.department.roles:
-        return department or None
-    if department in ("", own):
-        return own
-    raise CaseNotPermitted(
-        f"{own} reads the supervision report of its own cases only; {department[:64]!r} is "
-        "another department's (departments with the auditor role read every one's).",
-        metadata={"department": department[:64]},
-    )
-
-
 class SupervisionReader:
     """The supervision report through ``pool`` for callers allowed to read it: a
     department its own cases', one with the auditor role any department's or all."""
@@ -422,7 +405,7 @@ class SupervisionReader:
         Raises CaseNotPermitted (another department's, without the auditor role),
         DepartmentNotFound (an auditor naming no registered department), InvalidArgument
         (a malformed month, ``from_month`` after ``to_month``, over ``MAX_MONTHS``)."""
-        scope = readable(caller, department)
+        scope = readable(caller.department, department, "the supervision report")
         first, last = month_range(from_month, to_month)
         if scope is not None and scope != caller.department.code:
             await self._departments.get(scope)  # DepartmentNotFound

@@ -27,7 +27,7 @@ from tongban.exchange.audit.log import AccessLog
 from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.departments import Department, DepartmentStore
 from tongban.exchange.errors import InvalidArgument
-from tongban.exchange.licensing.case_overdue import AUDITOR_ROLE, DEFAULT_PAGE
+from tongban.exchange.licensing.case_overdue import DEFAULT_PAGE, readable
 from tongban.exchange.licensing.case_report import MAX_PAGE, parse_position, position
 from tongban.exchange.licensing.errors import CaseNotPermitted
 from tongban.exchange.licensing.supervision import parse_month
@@ -199,23 +199,6 @@ class SupervisedCasesPage:
     next_page_token: str
 
 
-def readable(reader: Department, department: str) -> str | None:
-    """The department whose cases ``reader`` reads when it asks for ``department`` (""
-    for its own, or for an auditor every one's): that code, or None for every one. The
-    rule of the supervision report. Raises CaseNotPermitted for another department's code
-    without the auditor role."""
-    own = reader.code
-    if AUDITOR_ROLE in reader.roles:
-        return department or None
-    if department in ("", own):
-        return own
-    raise CaseNotPermitted(
-        f"{own} reads the supervised cases of its own department only; {department[:64]!r} "
-        "is another department's (departments with the auditor role read every one's).",
-        metadata={"department": department[:64]},
-    )
-
-
 class SupervisedCasesReader:
     """The supervised cases through ``pool`` for departments allowed to read them; reads
     logged in ``access_log`` as node ``node_name``; page tokens signed with ``tokens``
@@ -234,7 +217,7 @@ class SupervisedCasesReader:
         self._pool = pool
         self._log = access_log
         self._tokens = tokens
-        self._node = node_name
+        self._recorder = AccessRecorder(node_name)
         self._offset = offset
         self._departments = DepartmentStore(pool)
 
@@ -277,7 +260,7 @@ class SupervisedCasesReader:
             + (f" month={word}" if word else "")
         )
         try:
-            scope = readable(reader, department)
+            scope = readable(reader, department, "the supervised cases")
         except CaseNotPermitted as refused:
             await self._append(reader, officer, described, now, "denied", refused.reason)
             raise
@@ -315,7 +298,7 @@ class SupervisedCasesReader:
     ) -> None:
         await self._log.append(
             [
-                AccessRecorder(self._node).entry(
+                self._recorder.entry(
                     at=now,
                     department=reader.code,
                     officer=officer,
