@@ -6,13 +6,21 @@ report, 电子监察: the counts per department, or the cases past one of their 
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, timedelta, timezone
+from datetime import timezone
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from tongban.cli.common import department_client, department_options, emit
+from tongban.cli.common import (
+    add_utc_offset,
+    department_client,
+    department_options,
+    emit,
+    emit_listing,
+    local_time,
+    message_dict,
+    office_zone,
+)
 from tongban.client import ExchangeClient
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import cases_pb2
@@ -140,28 +148,11 @@ def add_parsers(
         "--limit", type=int, default=100, metavar="N", help="list at most N cases (default 100)"
     )
     for each in (opening, move, status, overdue, *follow):
-        each.add_argument(
-            "--utc-offset",
-            type=int,
-            choices=range(-12, 15),
-            default=8,
-            metavar="HOURS",
-            help="show times at this offset from UTC (default 8, as the offices keep them)",
-        )
-
-
-def _message_dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+        add_utc_offset(each)
 
 
 def _case_dict(case: cases_pb2.Case) -> dict[str, Any]:
-    return _message_dict(case)
-
-
-def _local(stamp: Timestamp, zone: timezone) -> str:
-    return stamp.ToDatetime(tzinfo=UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+    return message_dict(case)
 
 
 def _summary(case: cases_pb2.Case, zone: timezone) -> list[str]:
@@ -169,9 +160,9 @@ def _summary(case: cases_pb2.Case, zone: timezone) -> list[str]:
         f"{case.number} — {case.item} v{case.item_version} for {case.applicant} "
         f"(handled by {case.department})",
         f"  state: {STATE_WORDS[case.state]}",
-        f"  opened: {_local(case.opened_at, zone)}",
-        f"  due: promised {_local(case.promised_due_at, zone)}, legal "
-        f"{_local(case.legal_due_at, zone)}"
+        f"  opened: {local_time(case.opened_at, zone)}",
+        f"  due: promised {local_time(case.promised_due_at, zone)}, legal "
+        f"{local_time(case.legal_due_at, zone)}"
         + (f" ({case.stopped_days} working days stopped in 补正)" if case.stopped_days else ""),
         f"  overdue: {_OVERDUE_WORDS[case.overdue]}",
     ]
@@ -238,23 +229,11 @@ async def _overdue_list(client: ExchangeClient, args: argparse.Namespace, zone: 
             break
     date = "promised" if args.severity == "promised" else "legal"
     lines = [
-        f"{c.number:<28} {c.item:<28} {c.applicant:<20} {date} due {_local(c.due_at, zone)}"
+        f"{c.number:<28} {c.item:<28} {c.applicant:<20} {date} due {local_time(c.due_at, zone)}"
         for c in found
     ]
-    if token:
-        lines.append(f"… more; raise --limit (now {args.limit}) to see them")
-    emit(
-        args,
-        {
-            "cases": [
-                MessageToDict(
-                    c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                )
-                for c in found
-            ],
-            "more": bool(token),
-        },
-        "\n".join(lines) or f"no case past its {date} date",
+    emit_listing(
+        args, "cases", found, lines, more=bool(token), empty=f"no case past its {date} date"
     )
 
 
@@ -281,14 +260,14 @@ async def _follow_through(client: ExchangeClient, args: argparse.Namespace, zone
     kind = "容缺 deferred" if row.kind == cases_pb2.MATERIAL_KIND_DEFERRED else "告知承诺 committed"
     emit(
         args,
-        {"material": _message_dict(row)},
+        {"material": message_dict(row)},
         f"{row.case_number} / {row.material}: {kind}, {_MATERIAL_STATES[row.state]}, "
-        f"due {_local(row.due_at, zone)}",
+        f"due {local_time(row.due_at, zone)}",
     )
 
 
 async def run_case(args: argparse.Namespace) -> int:
-    zone = timezone(timedelta(hours=args.utc_offset))
+    zone = office_zone(args)
     async with department_client(args) as client:
         if args.case_command == "overdue":
             if args.severity is None:
@@ -315,7 +294,7 @@ async def run_case(args: argparse.Namespace) -> int:
         else:
             case = await client.get_case(args.case)
             history = [
-                f"    {_local(t.at, zone)}  {STATE_WORDS[t.from_state]} → "
+                f"    {local_time(t.at, zone)}  {STATE_WORDS[t.from_state]} → "
                 f"{STATE_WORDS[t.to_state]}  by {t.department}"
                 + (f"/{t.officer}" if t.officer else "")
                 + (f": {t.reason}" if t.reason else "")

@@ -1,13 +1,19 @@
 """What every ``tongban`` command shares: output, settings, the department options and
-client, the demo's data dir. The command modules import this, never each other, so
-``commands`` can dispatch to them without an import circle."""
+client, the demo's data dir, listings and times. The command modules import this, not
+``commands``, so ``commands`` can dispatch to them without an import circle."""
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
+from datetime import UTC, timedelta, timezone
 from pathlib import Path
 from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.db.embedded import temp_root
@@ -15,10 +21,15 @@ from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.settings import Settings, load_settings
 
 __all__ = [
+    "add_utc_offset",
     "department_client",
     "department_options",
     "emit",
+    "emit_listing",
     "fresh_demo_dir",
+    "local_time",
+    "message_dict",
+    "office_zone",
     "settings_from_args",
 ]
 
@@ -71,3 +82,53 @@ def fresh_demo_dir(given: Path | None) -> Path:
             f"The demo needs a fresh data dir and {given} is not empty; give a new path."
         )
     return given
+
+
+def add_utc_offset(parser: argparse.ArgumentParser) -> None:
+    """``--utc-offset HOURS``: the zone a command shows times in (see ``office_zone``)."""
+    parser.add_argument(
+        "--utc-offset",
+        type=int,
+        choices=range(-12, 15),
+        default=8,
+        metavar="HOURS",
+        help="show times at this offset from UTC (default 8, as the offices keep them)",
+    )
+
+
+def office_zone(args: argparse.Namespace) -> timezone:
+    """The zone of ``--utc-offset``."""
+    return timezone(timedelta(hours=args.utc_offset))
+
+
+def local_time(stamp: Timestamp, zone: timezone) -> str:
+    """A timestamp as the minute it is in ``zone``."""
+    return stamp.ToDatetime(tzinfo=UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+
+
+def message_dict(message: Message) -> dict[str, Any]:
+    """A message as the JSON the ``--json`` output carries (field names as in the
+    ``.proto``, every field present)."""
+    return MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+
+
+def emit_listing(
+    args: argparse.Namespace,
+    key: str,
+    found: Sequence[Message],
+    lines: list[str],
+    *,
+    more: bool,
+    empty: str,
+) -> None:
+    """Emit a page of a listing: ``found`` under ``key`` (and ``more``) as JSON, or its
+    ``lines``, a note to raise ``--limit`` when there is more, or ``empty``."""
+    if more:
+        lines = [*lines, f"… more; raise --limit (now {args.limit}) to see them"]
+    emit(
+        args,
+        {key: [message_dict(m) for m in found], "more": more},
+        "\n".join(lines) or empty,
+    )

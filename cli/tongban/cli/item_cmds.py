@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from tongban.cli.common import department_client, department_options, emit
+from tongban.cli.common import department_client, department_options, emit, message_dict
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import items_pb2
 
@@ -200,12 +199,6 @@ def add_parsers(
 # -- running -------------------------------------------------------------------------------
 
 
-def _item_dict(item: items_pb2.ServiceItem) -> dict[str, Any]:
-    return MessageToDict(
-        item, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
 def _limits(spec: items_pb2.ItemSpec) -> str:
     if spec.immediate:
         return f"即办 (legal limit {spec.legal_limit_days} working days)"
@@ -243,7 +236,7 @@ async def run_item(args: argparse.Namespace) -> int:
             item = await client.register_item(spec)
             emit(
                 args,
-                {"item": _item_dict(item)},
+                {"item": message_dict(item)},
                 f"registered {item.spec.code} version {item.version} "
                 f"(handled by {item.department})",
             )
@@ -254,7 +247,7 @@ async def run_item(args: argparse.Namespace) -> int:
                 f"{_limits(i.spec)}, {len(i.spec.materials)} materials"
                 for i in found
             ]
-            emit(args, {"items": [_item_dict(i) for i in found]}, "\n".join(lines) or "no items")
+            emit(args, {"items": [message_dict(i) for i in found]}, "\n".join(lines) or "no items")
         else:
             item = await client.get_item(args.code, args.version)
             spec = item.spec
@@ -266,5 +259,5 @@ async def run_item(args: argparse.Namespace) -> int:
                 "  materials:",
                 *(_material_line(m) for m in spec.materials),
             ]
-            emit(args, {"item": _item_dict(item)}, "\n".join(lines))
+            emit(args, {"item": message_dict(item)}, "\n".join(lines))
     return 0

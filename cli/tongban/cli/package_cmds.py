@@ -8,11 +8,10 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from tongban.cli.case_cmds import STATE_WORDS
-from tongban.cli.common import department_client, department_options, emit
+from tongban.cli.common import department_client, department_options, emit, message_dict
 from tongban.cli.item_cmds import problems_of, read_spec_file
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import packages_pb2
@@ -119,12 +118,6 @@ def _summary(package: packages_pb2.PackageCase) -> list[str]:
     return lines
 
 
-def _dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
 async def run_package(args: argparse.Namespace) -> int:
     client = department_client(args)
     async with client:
@@ -132,14 +125,18 @@ async def run_package(args: argparse.Namespace) -> int:
             registered = await client.register_package(load_package_file(args.file))
             emit(
                 args,
-                {"package": _dict(registered)},
+                {"package": message_dict(registered)},
                 f"registered package {registered.spec.code} v{registered.version} "
                 f"({len(registered.spec.steps)} steps), coordinated by {registered.department}",
             )
         elif args.package_command == "open":
             opened = await client.open_package(args.package, args.applicant)
-            emit(args, {"package_case": _dict(opened)}, "\n".join(["opened", *_summary(opened)]))
+            emit(
+                args,
+                {"package_case": message_dict(opened)},
+                "\n".join(["opened", *_summary(opened)]),
+            )
         else:
             shown = await client.get_package_case(args.number)
-            emit(args, {"package_case": _dict(shown)}, "\n".join(_summary(shown)))
+            emit(args, {"package_case": message_dict(shown)}, "\n".join(_summary(shown)))
     return 0

@@ -6,13 +6,18 @@ one), ``overdue`` (the auditor's list of unanswered rectifications past due) and
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, timedelta, timezone
+from datetime import timezone
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.timestamp_pb2 import Timestamp
-
-from tongban.cli.common import department_client, department_options, emit
+from tongban.cli.common import (
+    add_utc_offset,
+    department_client,
+    department_options,
+    emit,
+    local_time,
+    message_dict,
+    office_zone,
+)
 from tongban.v1 import ratings_pb2
 
 __all__ = ["add_parsers", "run_rating"]
@@ -23,14 +28,7 @@ def add_parsers(
 ) -> None:
     """Add ``tongban rating rectifications|answer|overdue|verify`` to the parser."""
     dept = department_options(parser_class)
-    dept.add_argument(
-        "--utc-offset",
-        type=int,
-        choices=range(-12, 15),
-        default=8,
-        metavar="HOURS",
-        help="show times at this offset from UTC (default 8, as the offices keep them)",
-    )
+    add_utc_offset(dept)
     dept.add_argument(
         "--limit", type=int, default=100, metavar="N", help="list at most N (1-1000, default 100)"
     )
@@ -63,50 +61,40 @@ def add_parsers(
     )
 
 
-def _local(stamp: Timestamp, zone: timezone) -> str:
-    return stamp.ToDatetime(tzinfo=UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M")
-
-
 def _lines(case: ratings_pb2.RatedCase, zone: timezone) -> list[str]:
     fix = case.rectification
     lines = [f"{case.case_number} — {case.item} ({case.department}), applicant {case.applicant}"]
     for r in case.ratings:
         word = "rating" if r.round == 1 else "re-rating"
         lines.append(
-            f"  {word}: {r.score}/5 on {_local(r.rated_at, zone)}"
+            f"  {word}: {r.score}/5 on {local_time(r.rated_at, zone)}"
             + (f", decided by {r.officer}" if r.officer and r.round == 1 else "")
             + (f" — {r.comment}" if r.comment else "")
         )
     if case.HasField("rectification"):
         state = (
-            f"answered {_local(fix.answered_at, zone)}: {fix.answer}"
+            f"answered {local_time(fix.answered_at, zone)}: {fix.answer}"
             if fix.answer
             else "not answered"
         )
         late = " — OVERDUE" if fix.overdue else ""
-        lines.append(f"  rectification (整改) due {_local(fix.due_at, zone)}, {state}{late}")
+        lines.append(f"  rectification (整改) due {local_time(fix.due_at, zone)}, {state}{late}")
     return lines
 
 
-def _dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
-
-
 async def run_rating(args: argparse.Namespace) -> int:
-    zone = timezone(timedelta(hours=args.utc_offset))
+    zone = office_zone(args)
     client = department_client(args)
     async with client:
         if args.rating_command == "answer":
             case = await client.answer_rectification(args.case, args.text)
-            emit(args, {"case": _dict(case)}, "\n".join(["answered", *_lines(case, zone)]))
+            emit(args, {"case": message_dict(case)}, "\n".join(["answered", *_lines(case, zone)]))
             return 0
         if args.rating_command == "verify":
             report = await client.verify_ratings()
             emit(
                 args,
-                _dict(report),
+                message_dict(report),
                 f"ratings intact: {report.ratings} ratings, {report.rectifications} "
                 f"rectifications and {report.answers} answers match their "
                 f"{report.entries} access-log entries",
@@ -119,5 +107,5 @@ async def run_rating(args: argparse.Namespace) -> int:
             page = await client.list_rectifications(open_only=args.open, page_size=args.limit)
             empty = "no rectifications"
         lines = [line for case in page.cases for line in _lines(case, zone)]
-        emit(args, {"cases": [_dict(c) for c in page.cases]}, "\n".join(lines) or empty)
+        emit(args, {"cases": [message_dict(c) for c in page.cases]}, "\n".join(lines) or empty)
     return 0

@@ -7,13 +7,20 @@ late, decided past the legal date and 补正 more than once."""
 from __future__ import annotations
 
 import argparse
-from datetime import UTC, timedelta, timezone
+from datetime import timezone
 from typing import Any
 
 from google.protobuf.json_format import MessageToDict
-from google.protobuf.timestamp_pb2 import Timestamp
 
-from tongban.cli.common import department_client, department_options, emit
+from tongban.cli.common import (
+    add_utc_offset,
+    department_client,
+    department_options,
+    emit,
+    emit_listing,
+    local_time,
+    office_zone,
+)
 from tongban.client import ExchangeClient
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import cases_pb2, supervision_pb2
@@ -104,14 +111,7 @@ def add_parsers(
     cases.add_argument(
         "--limit", type=int, default=100, metavar="N", help="list at most N cases (default 100)"
     )
-    cases.add_argument(
-        "--utc-offset",
-        type=int,
-        choices=range(-12, 15),
-        default=8,
-        metavar="HOURS",
-        help="show times at this offset from UTC (default 8, as the offices keep them)",
-    )
+    add_utc_offset(cases)
 
 
 def _percent(row: supervision_pb2.SupervisionRow, field: str) -> str:
@@ -157,19 +157,15 @@ def _table(rows: list[supervision_pb2.SupervisionRow]) -> str:
     return "\n".join(lines)
 
 
-def _local(stamp: Timestamp, zone: timezone) -> str:
-    return stamp.ToDatetime(tzinfo=UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M")
-
-
 def _case_line(case: supervision_pb2.SupervisedCase, kind: str, zone: timezone) -> str:
     if case.HasField("decided_at"):
-        decided = f"decided {_local(case.decided_at, zone)} {_OUTCOMES[case.outcome]}"
+        decided = f"decided {local_time(case.decided_at, zone)} {_OUTCOMES[case.outcome]}"
     else:
         decided = "not decided"
     due = case.legal_due_at if kind == "past-legal" else case.promised_due_at
     line = (
         f"{case.number:<28} {case.department:<14} {case.item:<28} {case.applicant:<20} "
-        f"opened {_local(case.opened_at, zone)} due {_local(due, zone)} {decided}"
+        f"opened {local_time(case.opened_at, zone)} due {local_time(due, zone)} {decided}"
     )
     return line + (f" 补正x{case.corrections}" if kind == "corrected" else "")
 
@@ -191,22 +187,10 @@ async def _cases(client: ExchangeClient, args: argparse.Namespace) -> None:
         token = page.next_page_token
         if not token:
             break
-    zone = timezone(timedelta(hours=args.utc_offset))
+    zone = office_zone(args)
     lines = [_case_line(c, args.kind, zone) for c in found]
-    if token:
-        lines.append(f"… more; raise --limit (now {args.limit}) to see them")
-    emit(
-        args,
-        {
-            "cases": [
-                MessageToDict(
-                    c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                )
-                for c in found
-            ],
-            "more": bool(token),
-        },
-        "\n".join(lines) or f"no case {_KIND_WORDS[args.kind]}",
+    emit_listing(
+        args, "cases", found, lines, more=bool(token), empty=f"no case {_KIND_WORDS[args.kind]}"
     )
 
 

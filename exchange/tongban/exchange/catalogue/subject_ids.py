@@ -66,6 +66,11 @@ def uscc_check_character(first17: str) -> str:
     """
     if _USCC_BODY.fullmatch(first17) is None:
         raise ValueError("expected 17 characters from the GB 32100 character set")
+    return _uscc_check(first17)
+
+
+def _uscc_check(first17: str) -> str:
+    """``uscc_check_character`` of 17 characters already checked to be in the set."""
     total = sum(map(operator.mul, map(_USCC_VALUE.__getitem__, first17), _USCC_WEIGHTS))
     return _USCC_CHARSET[(31 - total % 31) % 31]
 
@@ -126,7 +131,7 @@ def _check_uscc(code: str, given: str) -> None:
             f"which such codes never contain; they use digits and the letters "
             f"A-Y except I, O, S and V.",
         )
-    expected = uscc_check_character(code[:17])
+    expected = _uscc_check(code[:17])  # the characters were checked just above
     if code[17] != expected:
         raise _invalid(
             kind,
