@@ -17,7 +17,6 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.client.bundle import Bundle
 from tongban.client.errors import ExchangeError, from_rpc_error
-from tongban.client.values import from_field_value, to_field_value
 from tongban.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -46,6 +45,7 @@ from tongban.v1 import (
     supervision_pb2,
     supervision_pb2_grpc,
 )
+from tongban.wire.values import from_field_value, to_field_value
 
 __all__ = ["Answer", "Event", "ExchangeClient", "Identity", "PublishCounts", "Record"]
 

@@ -13,7 +13,6 @@ from typing import Any
 
 import grpc
 
-from tongban.client.values import to_field_value
 from tongban.errors import TongbanError
 from tongban.exchange.server.caller import Caller, current_caller
 from tongban.exchange.server.timestamps import timestamp
@@ -24,6 +23,7 @@ from tongban.exchange.sharing.records import StoredRecord
 from tongban.exchange.sharing.service import Sharing
 from tongban.signing.clock import Clock
 from tongban.v1 import events_pb2, events_pb2_grpc
+from tongban.wire.values import to_field_value
 
 __all__ = ["PositionOutOfRange", "SubscriptionService"]
 

@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import grpc
 
-from tongban.client.values import ValueNotSupported, from_field_value, to_field_value
 from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema
 from tongban.exchange.catalogue.subject_ids import SubjectKind
 from tongban.exchange.errors import InvalidArgument
@@ -45,6 +44,7 @@ from tongban.v1 import (
     records_pb2_grpc,
     values_pb2,
 )
+from tongban.wire.values import ValueNotSupported, from_field_value, to_field_value
 
 __all__ = [
     "CatalogueService",
