@@ -39,12 +39,15 @@ __all__ = [
     "CertUsage",
     "certificate_fingerprint",
     "certificate_pem",
+    "check_code",
     "create_root_ca",
     "department_code",
+    "exchange_name",
     "issue_department_tls_certificate",
     "issue_node_signing_certificate",
     "issue_node_tls_certificate",
     "issue_seal_certificate",
+    "key_usage",
     "load_pem_certificates",
     "save_certificate",
     "verify_certificate",
@@ -62,9 +65,10 @@ _EXCHANGE_ORG = "Tongban Exchange"
 _CLOCK_SKEW = timedelta(minutes=5)
 
 
-def _key_usage(
+def key_usage(
     *, digital_signature: bool = False, content_commitment: bool = False, ca: bool = False
 ) -> x509.KeyUsage:
+    """The KeyUsage of Tongban's profiles: a CA signs certificates and CRLs; a leaf signs."""
     return x509.KeyUsage(
         digital_signature=digital_signature,
         content_commitment=content_commitment,
@@ -75,6 +79,17 @@ def _key_usage(
         crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
+    )
+
+
+def exchange_name(common_name: str) -> x509.Name:
+    """The name of one of the exchange's own certificates: O=Tongban Exchange, CN=``common_name``
+    (ValueError if it is empty or longer than 64 characters)."""
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _EXCHANGE_ORG),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
     )
 
 
@@ -90,7 +105,9 @@ def _require_ca_key(key: PrivateKey) -> None:
         )
 
 
-def _check_code(code: str, what: str) -> None:
+def check_code(code: str, what: str) -> None:
+    """Raise ValueError unless ``code`` is a department code or node name (2-63 of a-z,
+    0-9 and '-', starting with a letter); ``what`` names it in the message."""
     if not _CODE.fullmatch(code):
         raise ValueError(
             f"{what} {code!r} is not valid: use 2-63 characters a-z, 0-9 and '-', "
@@ -112,12 +129,7 @@ def create_root_ca(
     verification); ValueError if ``common_name`` is empty or longer than 64 characters.
     """
     _require_ca_key(key)
-    name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, _EXCHANGE_ORG),
-            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
-        ]
-    )
+    name = exchange_name(common_name)
     return (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -127,7 +139,7 @@ def create_root_ca(
         .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(_key_usage(ca=True), critical=True)
+        .add_extension(key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, _hash_for(key))
     )
@@ -197,7 +209,7 @@ def issue_department_tls_certificate(
     ``ca_cert``, TypeError for a CA key that is not P-256; CertificateExpired if the CA
     has expired.
     """
-    _check_code(code, "Department code")
+    check_code(code, "Department code")
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
@@ -210,7 +222,7 @@ def issue_department_tls_certificate(
         subject=subject,
         public_key=public_key,
         san=[x509.UniformResourceIdentifier(DEPT_URI_PREFIX + code)],
-        key_usage=_key_usage(digital_signature=True),
+        key_usage=key_usage(digital_signature=True),
         eku=[ExtendedKeyUsageOID.CLIENT_AUTH],
         now=now,
         validity=validity,
@@ -237,7 +249,7 @@ def issue_node_tls_certificate(
     match ``ca_cert``, TypeError for a CA key that is not P-256; CertificateExpired if
     the CA has expired.
     """
-    _check_code(node_name, "Node name")
+    check_code(node_name, "Node name")
     san: list[x509.GeneralName] = [x509.DNSName(h) for h in hostnames]
     san += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ip_addresses]
     san.append(x509.UniformResourceIdentifier(NODE_URI_PREFIX + node_name))
@@ -253,7 +265,7 @@ def issue_node_tls_certificate(
         subject=subject,
         public_key=public_key,
         san=san,
-        key_usage=_key_usage(digital_signature=True),
+        key_usage=key_usage(digital_signature=True),
         eku=[ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH],
         now=now,
         validity=validity,
@@ -282,7 +294,7 @@ def issue_seal_certificate(
     ``ca_cert``, TypeError for a CA key that is not P-256; CertificateExpired if the CA
     has expired.
     """
-    _check_code(code, "Department code")
+    check_code(code, "Department code")
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
@@ -296,7 +308,7 @@ def issue_seal_certificate(
         subject=subject,
         public_key=public_key,
         san=[x509.UniformResourceIdentifier(DEPT_URI_PREFIX + code)],
-        key_usage=_key_usage(digital_signature=True, content_commitment=True),
+        key_usage=key_usage(digital_signature=True, content_commitment=True),
         eku=[DOCUMENT_SIGNING],
         now=now,
         validity=validity,
@@ -320,7 +332,7 @@ def issue_node_signing_certificate(
     KeyUsage digitalSignature + contentCommitment (critical); EKU documentSigning, so it
     verifies with ``usage="seal"``. Raises as ``issue_node_tls_certificate`` does.
     """
-    _check_code(node_name, "Node name")
+    check_code(node_name, "Node name")
     subject = x509.Name(
         [
             x509.NameAttribute(NameOID.ORGANIZATION_NAME, _EXCHANGE_ORG),
@@ -333,7 +345,7 @@ def issue_node_signing_certificate(
         subject=subject,
         public_key=public_key,
         san=[x509.UniformResourceIdentifier(NODE_URI_PREFIX + node_name)],
-        key_usage=_key_usage(digital_signature=True, content_commitment=True),
+        key_usage=key_usage(digital_signature=True, content_commitment=True),
         eku=[DOCUMENT_SIGNING],
         now=now,
         validity=validity,
