@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 
 from tests.kafka_broker import TansuBroker
+from tests.softhsm import SoftHsm
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.datadir import init_data_dir
 from tongban.exchange.db import guard
@@ -139,3 +140,9 @@ def client_for(node: Node, code: str, officer: str | None = None) -> ExchangeCli
     """A client for department ``code`` of the demo, connected to ``node``."""
     bundle = Bundle.load(bundle_dir(node.settings, code))
     return ExchangeClient(bundle, target=f"127.0.0.1:{node.grpc_port}", officer_id=officer)
+
+
+@pytest.fixture(scope="session")
+def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
+    """This run's SoftHSM2 token directory (each test makes its own token in it)."""
+    return SoftHsm(tmp_path_factory.mktemp("softhsm"))

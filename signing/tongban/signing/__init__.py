@@ -37,6 +37,10 @@ from tongban.signing.errors import (
     KeyPassphraseWrong,
     SignatureInvalid,
     SigningError,
+    TokenKeyExists,
+    TokenKeyMissing,
+    TokenPinWrong,
+    TokenUnavailable,
 )
 from tongban.signing.jose import VerifiedJWS, sign_jws, sign_jwt, verify_jws, verify_jwt
 from tongban.signing.keys import (
@@ -151,6 +155,10 @@ __all__ = [
     "SigningError",
     "SystemClock",
     "TimestampUnavailable",
+    "TokenKeyExists",
+    "TokenKeyMissing",
+    "TokenPinWrong",
+    "TokenUnavailable",
     "VerifiedJWS",
     "certificate_fingerprint",
     "certificate_pem",

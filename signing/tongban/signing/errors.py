@@ -12,6 +12,10 @@ __all__ = [
     "KeyPassphraseWrong",
     "SignatureInvalid",
     "SigningError",
+    "TokenKeyExists",
+    "TokenKeyMissing",
+    "TokenPinWrong",
+    "TokenUnavailable",
 ]
 
 
@@ -64,3 +68,32 @@ class SignatureInvalid(TongbanError):
 
     reason = "SIGNATURE_INVALID"
     status = "INVALID_ARGUMENT"
+
+
+class TokenUnavailable(TongbanError):
+    """The PKCS#11 token cannot be used: its module is missing or fails to load, no token
+    has the configured label, or the configuration is incomplete."""
+
+    reason = "TOKEN_UNAVAILABLE"
+    status = "FAILED_PRECONDITION"
+
+
+class TokenPinWrong(TongbanError):
+    """The token refused the user PIN (wrong, or locked after too many wrong tries)."""
+
+    reason = "TOKEN_PIN_WRONG"
+    status = "FAILED_PRECONDITION"
+
+
+class TokenKeyMissing(TongbanError):
+    """The token holds no (usable) key with the given label."""
+
+    reason = "TOKEN_KEY_MISSING"
+    status = "NOT_FOUND"
+
+
+class TokenKeyExists(TongbanError):
+    """The token already holds a key with the label asked for."""
+
+    reason = "TOKEN_KEY_EXISTS"
+    status = "ALREADY_EXISTS"
