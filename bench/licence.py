@@ -59,7 +59,8 @@ from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.documents import licence_document
 from tongban.exchange.licensing.feed import LicenceFeed
-from tongban.exchange.licensing.service import IssueInput, Licensing
+from tongban.exchange.licensing.issuance import IssueInput
+from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.licensing.setup import ensure_status_key, vault_for
 from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.settings import load_settings
@@ -238,13 +239,15 @@ async def _phases(config: Config, db: Database, licensing: Licensing, roots: Any
 
     # 1. issue
     request = IssueInput("business-licence", story.BUSINESS_LICENCE_CLAIMS, case_id="BENCH")
-    await licensing.issue_many(samr, [request] * 50)  # warm-up: dataset, seal, allocator
+    await licensing.issuance.issue_many(samr, [request] * 50)  # warm-up: dataset, seal, allocator
     per_task = config.issue // TASKS
     issued_qr: list[str] = []
 
     async def issuer() -> None:
         for start in range(0, per_task, BATCH):
-            views = await licensing.issue_many(samr, [request] * min(BATCH, per_task - start))
+            views = await licensing.issuance.issue_many(
+                samr, [request] * min(BATCH, per_task - start)
+            )
             issued_qr.extend(v.qr for v in views[:10])
 
     started = time.perf_counter()
@@ -255,9 +258,9 @@ async def _phases(config: Config, db: Database, licensing: Licensing, roots: Any
         raise RuntimeError(f"{counted} licences stored, not {per_task * TASKS + 50}")
 
     # 2. offline QR verify, from a cached trust list and status list
-    trust_list = await licensing.trust_list()
+    trust_list = await licensing.trust.trust_list()
     now = datetime.now(UTC)
-    token = await licensing.status_token(1)
+    token = await licensing.trust.status_token(1)
     assert token is not None
     lists = {licensing.status_lists.uri(1): _decoded(token.token)}
 
@@ -300,7 +303,7 @@ async def _phases(config: Config, db: Database, licensing: Licensing, roots: Any
 
     # 4. PDF render + seal
     permit = (
-        await licensing.issue_many(
+        await licensing.issuance.issue_many(
             approval, [IssueInput("food-business-permit", story.FOOD_PERMIT_CLAIMS)]
         )
     )[0]

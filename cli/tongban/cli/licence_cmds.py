@@ -211,7 +211,7 @@ def _emit_list(args: argparse.Namespace, items: list[dict[str, Any]]) -> None:
 
 async def _operator_list(args: argparse.Namespace) -> int:
     from tongban.exchange.db.database import Database
-    from tongban.exchange.licensing.service import read_licences
+    from tongban.exchange.licensing.register import read_licences
 
     settings = settings_from_args(args)
     async with await Database.open(settings, pool_size=1) as db:

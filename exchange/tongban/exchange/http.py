@@ -23,6 +23,7 @@ from tongban.exchange.metrics import NodeMetrics
 
 if TYPE_CHECKING:
     from tongban.exchange.licensing.service import Licensing
+    from tongban.exchange.licensing.trust import LicenceTrust
     from tongban.exchange.web import WebConsole
 
 __all__ = ["MAX_VERIFY_BODY", "build_http_app", "http_status"]
@@ -98,7 +99,7 @@ async def _json_refusals(
         return _refusal(e.status, reason, message)
 
 
-def _licence_routes(app: web.Application, licensing: Licensing) -> None:
+def _licence_routes(app: web.Application, trust: LicenceTrust) -> None:
     async def verify(request: web.Request) -> web.Response:
         try:
             text: object
@@ -125,7 +126,7 @@ def _licence_routes(app: web.Application, licensing: Licensing) -> None:
                 )
             if len(text) > MAX_VERIFY_BODY:
                 return _problem(413, "PAYLOAD_TOO_LARGE", "The text is over 64 KiB.")
-            result = await licensing.verify(text)
+            result = await trust.verify(text)
         except TongbanError as e:
             return _problem(http_status(e), e.reason, e.message)
         except Exception:  # noqa: BLE001 - a public endpoint answers JSON, never a trace
@@ -143,7 +144,7 @@ def _licence_routes(app: web.Application, licensing: Licensing) -> None:
                 404, "STATUS_LIST_NOT_FOUND", "No such status list; its id is a whole number."
             )
         try:
-            token = await licensing.status_token(int(text))
+            token = await trust.status_token(int(text))
         except TongbanError as e:
             return _refusal(http_status(e), e.reason, e.message)
         if token is None:
@@ -158,7 +159,7 @@ def _licence_routes(app: web.Application, licensing: Licensing) -> None:
 
     async def trust_list(request: web.Request) -> web.Response:
         try:
-            current = await licensing.trust_list()
+            current = await trust.trust_list()
         except TongbanError as e:
             return _refusal(http_status(e), e.reason, e.message)
         return web.Response(
@@ -208,7 +209,7 @@ def build_http_app(
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     if licensing is not None:
-        _licence_routes(app, licensing)
+        _licence_routes(app, licensing.trust)
     if console is not None:
         console.add_routes(app)
     return app

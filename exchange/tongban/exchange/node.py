@@ -59,12 +59,13 @@ from tongban.exchange.licensing.case_store import CaseStore
 from tongban.exchange.licensing.cases import CaseClock
 from tongban.exchange.licensing.feed import LicenceFeed
 from tongban.exchange.licensing.follow_through import FollowThrough
+from tongban.exchange.licensing.issuance import StatusAction
 from tongban.exchange.licensing.item_store import ServiceItemStore
 from tongban.exchange.licensing.notices import CaseNotices
 from tongban.exchange.licensing.notifiers import notifier_from_setting
 from tongban.exchange.licensing.package_store import PackageStore
 from tongban.exchange.licensing.ratings import RatingStore
-from tongban.exchange.licensing.service import Licensing, StatusAction
+from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.licensing.setup import ensure_status_key, vault_for
 from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.licensing.supervision import RECENT_DAYS, recent_decisions
@@ -743,7 +744,7 @@ class Node:
         if found is None:
             return
         caller = Caller(department=found, officer_id=None, cert_fingerprint=b"")
-        await self.licensing.change_status(caller, number, StatusAction.SUSPEND, reason)
+        await self.licensing.issuance.change_status(caller, number, StatusAction.SUSPEND, reason)
 
     async def _sweep_follow_through(self, follow: FollowThrough) -> None:
         """Mark deferrals whose days ran out as breaches, every FOLLOW_SWEEP_SECONDS."""

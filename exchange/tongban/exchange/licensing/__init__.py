@@ -12,12 +12,9 @@ from tongban.exchange.licensing.errors import (
     ServiceItemUnknown,
     StatusChangeInvalid,
 )
-from tongban.exchange.licensing.service import (
-    IssueInput,
-    LicenceView,
-    Licensing,
-    StatusAction,
-)
+from tongban.exchange.licensing.issuance import IssueInput, StatusAction
+from tongban.exchange.licensing.register import LicenceView
+from tongban.exchange.licensing.service import Licensing
 
 __all__ = [
     "IssueInput",

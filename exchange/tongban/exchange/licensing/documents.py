@@ -12,7 +12,7 @@ from typing import Any
 from cryptography import x509
 
 from tongban.exchange.licensing.custody import Seal
-from tongban.exchange.licensing.service import LicenceView
+from tongban.exchange.licensing.register import LicenceView
 from tongban.licence import LicenceType
 from tongban.signing import (
     DocumentInvalid,

@@ -20,6 +20,7 @@ from tongban.errors import TongbanError
 from tongban.exchange.audit.log import AuditUnavailable
 from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.cases import normal_applicant
+from tongban.exchange.licensing.fetch import ApprovalFetch
 from tongban.exchange.licensing.items import (
     DataSource,
     LicenceSource,
@@ -27,7 +28,6 @@ from tongban.exchange.licensing.items import (
     ServiceItem,
     SubmittedSource,
 )
-from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.sharing.service import QueryInput, Sharing
 
 __all__ = ["MaterialResolution", "resolve_materials"]
@@ -74,7 +74,7 @@ async def resolve_materials(
     applicant: str,
     case_id: str,
     *,
-    licensing: Licensing,
+    licences: ApprovalFetch,
     sharing: Sharing,
 ) -> list[MaterialResolution]:
     """Resolve every material of ``item`` for ``applicant`` (a 统一社会信用代码 or a
@@ -98,7 +98,7 @@ async def resolve_materials(
                 )
                 continue
             if isinstance(source, LicenceSource):
-                view, _presentation = await licensing.fetch(
+                view, _presentation = await licences.fetch(
                     caller,
                     purpose=purpose,
                     case_id=case_id,

@@ -1,7 +1,7 @@
 """The node's trust list, status-list tokens and verification as a relying party would do it
 (the console's verify page, ``LicenceService/Verify``, ``/trust-list``, ``/status-lists``).
-Split from issuance and fetch (``service.py``): it needs only the seals' chains, the status
-lists, the node's signing key and the roots."""
+Apart from issuance (``issuance.py``) and the fetch for an approval (``fetch.py``): it needs
+only the seals' chains, the status lists, the node's signing key and the roots."""
 
 from __future__ import annotations
 

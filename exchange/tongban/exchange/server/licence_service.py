@@ -21,9 +21,11 @@ from tongban.exchange.licensing.documents import (
     seal_document,
     verify_document,
 )
+from tongban.exchange.licensing.issuance import IssueInput, StatusAction
 from tongban.exchange.licensing.item_store import ServiceItemStore
 from tongban.exchange.licensing.materials import resolve_materials
-from tongban.exchange.licensing.service import IssueInput, LicenceView, Licensing, StatusAction
+from tongban.exchange.licensing.register import LicenceView
+from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.licensing.supervision import ResolvedMaterial, record_resolution
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import instant, timestamp
@@ -201,7 +203,7 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
                 "Name the licence type (e.g. business-licence).",
                 metadata={"field": "licence_type"},
             )
-        view = await self._licensing.issue(
+        view = await self._licensing.issuance.issue(
             current_caller(),
             IssueInput(
                 licence_type=request.licence_type,
@@ -217,12 +219,12 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
     async def Get(
         self, request: licence_pb2.GetLicenceRequest, context: Context
     ) -> licence_pb2.Licence:
-        return licence_message(await self._licensing.get(current_caller(), request.number))
+        return licence_message(await self._licensing.register.get(current_caller(), request.number))
 
     async def List(
         self, request: licence_pb2.ListLicencesRequest, context: Context
     ) -> licence_pb2.ListLicencesResponse:
-        views = await self._licensing.list_by_holder(
+        views = await self._licensing.register.list_by_holder(
             current_caller(), request.holder_id, request.licence_type or None
         )
         messages = []
@@ -241,7 +243,7 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
     async def Fetch(
         self, request: licence_pb2.FetchLicenceRequest, context: Context
     ) -> licence_pb2.Licence:
-        view, _ = await self._licensing.fetch(
+        view, _ = await self._licensing.approval_fetch.fetch(
             current_caller(),
             purpose=request.purpose,
             case_id=request.case_id,
@@ -262,7 +264,7 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
                 "Say what to do: suspend, reinstate, revoke or cancel.",
                 metadata={"field": "action"},
             )
-        view = await self._licensing.change_status(
+        view = await self._licensing.issuance.change_status(
             current_caller(), request.number, action, request.reason
         )
         return licence_message(view)
@@ -275,7 +277,7 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
             raise InvalidArgument(
                 "Give the claims to amend, or renew.", metadata={"field": "claims_json"}
             )
-        view = await self._licensing.amend(
+        view = await self._licensing.issuance.amend(
             current_caller(),
             request.number,
             claims=claims or None,
@@ -304,12 +306,12 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
                     "unknown",
                 )
             )
-        return result_message(await self._licensing.verify(text))
+        return result_message(await self._licensing.trust.verify(text))
 
     async def Render(
         self, request: licence_pb2.RenderLicenceRequest, context: Context
     ) -> licence_pb2.RenderLicenceResponse:
-        view = await self._licensing.get(current_caller(), request.number)
+        view = await self._licensing.register.get(current_caller(), request.number)
         seal = await self._licensing.vault.get(view.issuer)
         pdf = await render_licence_pdf(
             view, self._licensing.registry.get(view.licence_type), seal, self._clock.now()
@@ -325,7 +327,7 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
             item,
             request.applicant,
             request.case_id,
-            licensing=self._licensing,
+            licences=self._licensing.approval_fetch,
             sharing=self._sharing,
         )
         if self._cases_pool is not None:

@@ -151,7 +151,7 @@ class WebConsole(AuditPages, SubjectPages, CataloguePages, ConsoleBase):
             )  # fmt: skip
         if len(text) > 64 * 1024:
             raise UploadUnreadable("The text is over 64 KiB; it is not a licence.")
-        result = await self._licensing.verify(text)
+        result = await self._licensing.trust.verify(text)
         issuer = await self._departments.find(result.issuer) if result.issuer else None
         return self._page(
             request,
