@@ -73,6 +73,10 @@ async def run(args: argparse.Namespace) -> int:
         from tongban.cli.web_cmds import run_web
 
         return await run_web(args)
+    if args.command == "key":
+        from tongban.cli.key_cmds import run_key
+
+        return await run_key(args)
     if args.command in ("catalogue", "query", "grant", "subscription"):
         from tongban.cli.sharing_cmds import run_sharing
 
