@@ -29,7 +29,7 @@ from tongban.licence import (
 )
 from tongban.signing import Clock
 
-__all__ = ["LicenceTrust", "status_refs"]
+__all__ = ["LicenceTrust"]
 
 _SHA256 = hashes.SHA256()
 _TRUST_LIST_RESIGN = timedelta(hours=1)
@@ -114,8 +114,12 @@ class LicenceTrust:
         now = self._clock.now()
         trust_list = await self.trust_list()
         statuses: dict[tuple[str, int], tuple[int | None, str | None]] = {}
-        for uri, index in status_refs(text):
-            statuses[(uri, index)] = await self._status_of(uri, index)
+        # Prefetched from the reference the text claims, read unverified within the caps
+        # verification uses (a bomb or a malformed text claims none); verification
+        # decides whether to believe it.
+        ref = claimed_status(text)
+        if ref is not None:
+            statuses[(ref.uri, ref.idx)] = await self._status_of(ref.uri, ref.idx)
 
         def lookup(issuer: str, uri: str, index: int) -> int | None:
             value, status = statuses.get((uri, index), (None, None))
@@ -147,11 +151,3 @@ class LicenceTrust:
             index,
         )
         return await self.status_lists.value(list_id, index), status
-
-
-def status_refs(text: str) -> list[tuple[str, int]]:
-    """The status references a licence text claims, read without verifying (to prefetch
-    the statuses; verification decides whether to believe them), within the caps
-    verification uses (``claimed_status``): a bomb or a malformed text claims none."""
-    ref = claimed_status(text)
-    return [] if ref is None else [(ref.uri, ref.idx)]
