@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from aiohttp import web
-from asn1crypto import tsp  # type: ignore[import-untyped]
+from asn1crypto import tsp
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -23,7 +23,10 @@ from pyhanko.pdf_utils.writer import PageObject, PdfFileWriter
 from pyhanko.sign.timestamps import TimeStamper
 from pyhanko.sign.timestamps.dummy_client import DummyTimeStamper
 
+from tests.softhsm import SoftHsm
 from tongban.signing import (
+    KeyAlgorithm,
+    LocalSigner,
     PrivateKey,
     create_root_ca,
     generate_private_key,
@@ -42,6 +45,7 @@ from tongban.signing.pades import (
     verify_sealed_pdf,
     verify_sealed_pdf_async,
 )
+from tongban.signing.pkcs11 import Token
 
 NOW = datetime(2025, 6, 1, 8, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=30)
@@ -160,6 +164,23 @@ def test_ed25519_seal_key_verifies() -> None:
     key, cert = _seal_identity(key=generate_private_key("Ed25519"))
     sealed = seal_pdf(_plain_pdf(), key=key, chain=[cert, CA], now=NOW)
     assert verify_sealed_pdf(sealed, roots=[CA], now=LATER).latest.department_code == DEPT_CODE
+
+
+@pytest.mark.parametrize("algorithm", ["P-256", "Ed25519"])
+def test_seal_key_in_a_pkcs11_token(softhsm: SoftHsm, algorithm: KeyAlgorithm) -> None:
+    with Token(softhsm.new_token()) as token:
+        made = token.generate("seal", algorithm)
+        cert = issue_seal_certificate(
+            ca_cert=CA, ca_key=CA_KEY, code=DEPT_CODE, name=DEPT_NAME,
+            public_key=made.public_key, now=NOW,
+        )  # fmt: skip
+        sealed = seal_pdf(_plain_pdf(), key=token.signer("seal"), chain=[cert, CA], now=NOW)
+    (seal,) = verify_sealed_pdf(sealed, roots=[CA], now=LATER).seals
+    assert seal.intact
+    assert seal.certificate == cert
+    assert seal.department_code == DEPT_CODE
+    with pytest.raises(ValueError, match="does not belong"):
+        seal_pdf(_plain_pdf(), key=LocalSigner(generate_private_key()), chain=[cert], now=NOW)
 
 
 def test_byte_changed_inside_signed_range_is_broken() -> None:

@@ -40,7 +40,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pyhanko.sign.timestamps import TimeStamper
 
 from tongban.licence.errors import LicenceError
-from tongban.signing.keys import PrivateKey
+from tongban.signing.keys import PrivateKey, Signer
 from tongban.signing.pades import seal_pdf, seal_pdf_async
 
 __all__ = [
@@ -809,7 +809,7 @@ def render_licence(document: LicenceDocument) -> bytes:
 
 def render_and_seal(
     document: LicenceDocument,
-    key: PrivateKey,
+    key: PrivateKey | Signer,
     chain: Sequence[x509.Certificate],
     *,
     field_name: str = "Seal",
@@ -838,7 +838,7 @@ def render_and_seal(
 
 async def render_and_seal_async(
     document: LicenceDocument,
-    key: PrivateKey,
+    key: PrivateKey | Signer,
     chain: Sequence[x509.Certificate],
     *,
     field_name: str = "Seal",

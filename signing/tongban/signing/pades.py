@@ -23,8 +23,9 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import NameOID
 from pyhanko.keys import load_certs_from_pemder_data
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
@@ -48,7 +49,8 @@ from pyhanko_certvalidator.registry import CertificateRegistry
 from tongban.errors import TongbanError
 from tongban.signing.certs import DOCUMENT_SIGNING, department_code
 from tongban.signing.errors import CertificateInvalid
-from tongban.signing.keys import PrivateKey
+from tongban.signing.keys import LocalSigner, PrivateKey
+from tongban.signing.keys import Signer as KeySigner
 
 __all__ = [
     "Coverage",
@@ -216,32 +218,28 @@ def _asn1_cert(cert: x509.Certificate) -> Any:
     return loaded
 
 
-_ECDSA_HASHES: dict[str, type[hashes.HashAlgorithm]] = {
-    "sha256": hashes.SHA256,
-    "sha384": hashes.SHA384,
-    "sha512": hashes.SHA512,
-}
-
-
 class _KeySigner(Signer):
-    """A pyHanko signer over a key object held in memory: the key is used in place,
-    never exported (pyHanko's SimpleSigner wants it as PKCS#8 bytes)."""
+    """A pyHanko signer over one of our ``Signer``s: a key in memory (used in place, never
+    exported; pyHanko's SimpleSigner wants it as PKCS#8 bytes) or a key in a PKCS#11 token."""
 
-    def __init__(self, key: PrivateKey, chain: Sequence[x509.Certificate]) -> None:
-        self._key = key
+    def __init__(self, signer: KeySigner, chain: Sequence[x509.Certificate]) -> None:
+        self._signer = signer
         super().__init__(signing_cert=_asn1_cert(chain[0]), cert_registry=_cert_store(chain[1:]))
 
     async def async_sign_raw(
         self, data: bytes, digest_algorithm: str, dry_run: bool = False
     ) -> bytes:
-        # pyHanko picks the mechanism from the certificate's key: ECDSA with the
-        # requested digest for P-256, pure Ed25519 (which hashes internally) otherwise.
-        if isinstance(self._key, ed25519.Ed25519PrivateKey):
-            return self._key.sign(data)
-        algorithm = _ECDSA_HASHES.get(digest_algorithm.lower())
-        if algorithm is None:
+        # pyHanko picks the mechanism from the certificate's key: ECDSA with SHA-256 for
+        # P-256 (its default digest, and the only one ES256 signers make), pure Ed25519
+        # (which hashes internally) otherwise. CMS wants ECDSA signatures in DER.
+        if self._signer.algorithm == "EdDSA":
+            return self._signer.sign(data)
+        if digest_algorithm.lower() != "sha256":
             raise PyHankoSigningError(f"Unsupported digest {digest_algorithm!r} for ECDSA.")
-        return self._key.sign(data, ec.ECDSA(algorithm()))
+        raw = self._signer.sign(data)
+        return encode_dss_signature(
+            int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
+        )
 
 
 def _cert_store(certs: Sequence[x509.Certificate]) -> CertificateRegistry:
@@ -267,7 +265,7 @@ def _require_aware(at: datetime, what: str) -> None:
 async def seal_pdf_async(
     pdf: bytes,
     *,
-    key: PrivateKey,
+    key: PrivateKey | KeySigner,
     chain: Sequence[x509.Certificate],
     field_name: str = "Seal",
     reason: str | None = None,
@@ -277,11 +275,12 @@ async def seal_pdf_async(
 ) -> bytes:
     """Return ``pdf`` with a PAdES seal added in an incremental update.
 
-    ``key`` is the department's seal key (P-256, or Ed25519) and ``chain`` its seal
-    certificate first, then any intermediates (the root may be included; it is embedded
-    too). The seal is PAdES B-B, or B-T when ``timestamper`` is an RFC 3161 TSA URL or a
-    pyHanko ``TimeStamper``. ``now`` is the claimed signing time (default: the current
-    time). The signature field ``field_name`` is created invisible on the first page.
+    ``key`` is the department's seal key (P-256, or Ed25519), in memory or a ``Signer``
+    over a key in a PKCS#11 token, and ``chain`` its seal certificate first, then any
+    intermediates (the root may be included; it is embedded too). The seal is PAdES B-B,
+    or B-T when ``timestamper`` is an RFC 3161 TSA URL or a pyHanko ``TimeStamper``.
+    ``now`` is the claimed signing time (default: the current time). The signature field
+    ``field_name`` is created invisible on the first page.
 
     Raises ValueError if ``chain`` is empty, ``key`` does not belong to ``chain[0]``,
     ``now`` is naive or ``timestamper`` is not an HTTP(S) URL; DocumentInvalid if
@@ -297,7 +296,12 @@ async def seal_pdf_async(
     _require_aware(now, "The signing time")
     tsa = _timestamper(timestamper)
 
-    signer = _KeySigner(key, chain)
+    signer = _KeySigner(
+        LocalSigner(key)
+        if isinstance(key, ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey)
+        else key,
+        chain,
+    )
     meta = PdfSignatureMetadata(
         field_name=field_name,
         # None lets pyHanko pick the digest the key needs: SHA-256 for P-256,
@@ -363,7 +367,7 @@ def _no_running_loop(name: str) -> None:
 def seal_pdf(
     pdf: bytes,
     *,
-    key: PrivateKey,
+    key: PrivateKey | KeySigner,
     chain: Sequence[x509.Certificate],
     field_name: str = "Seal",
     reason: str | None = None,
