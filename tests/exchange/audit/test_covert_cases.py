@@ -4,6 +4,7 @@ a log entry; the node cannot change or delete one; auditors list them."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime, timedelta
 
 import asyncpg
@@ -233,12 +234,18 @@ async def test_the_node_refuses_an_embargo_beyond_its_setting(settings: Settings
 
 # -- (d) append-only ------------------------------------------------------------------------
 
+# What the node's role is refused, and by which check: its privileges, not the trigger
+# (which raises the same error class, "covert_case is append-only", even with the
+# privilege granted), so these fail if migration 0012's REVOKE is undone.
 CHANGES = [
-    "UPDATE covert_case SET until = now()",
-    "DELETE FROM covert_case",
-    "TRUNCATE covert_case",
-    "ALTER TABLE covert_case DISABLE TRIGGER covert_case_no_update",
-    "DROP VIEW covert_case_current",
+    ("UPDATE covert_case SET until = now()", "permission denied for table covert_case"),
+    ("DELETE FROM covert_case", "permission denied for table covert_case"),
+    ("TRUNCATE covert_case", "permission denied for table covert_case"),
+    (
+        "ALTER TABLE covert_case DISABLE TRIGGER covert_case_no_update",
+        "must be owner of table covert_case",
+    ),
+    ("DROP VIEW covert_case_current", "must be owner of view covert_case_current"),
 ]
 
 
@@ -248,15 +255,19 @@ async def test_no_one_changes_or_deletes_a_covert_case(node: Node) -> None:
     assert node.db is not None
     async with node.db.pool.acquire() as conn:  # a session of the node's role
         assert await conn.fetchval("SELECT current_user") == "tongban_node"
-        for statement in CHANGES:
-            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+        for statement, refusal in CHANGES:
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=re.escape(refusal)):
                 await conn.execute(statement)
+        for privilege in ("UPDATE", "DELETE", "TRUNCATE"):
+            assert not await conn.fetchval(
+                "SELECT has_table_privilege('covert_case', $1)", privilege
+            ), privilege
     # The triggers stop even the schema's owner.
     url = node.settings.database_url
     assert url is not None
     owner = await asyncpg.connect(url.get_secret_value())
     try:
-        for statement in CHANGES[:3]:
+        for statement, _ in CHANGES[:3]:
             with pytest.raises(asyncpg.InsufficientPrivilegeError, match="append-only"):
                 await owner.execute(statement)
     finally:
