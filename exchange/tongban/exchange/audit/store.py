@@ -126,6 +126,29 @@ class SearchFilters:
             raise InvalidArgument("The start of the period must be before its end.")
         return clauses, args
 
+    def described(self) -> str:
+        """The filters as ``name=value`` words (``caller=tax decision=denied from=…``),
+        without the subject (the entry of a read names it by its HMAC): what a logged
+        search or export says it looked for."""
+        words = [
+            f"{name}={value}"
+            for name, value in (
+                ("caller", self.caller),
+                ("officer", self.officer),
+                ("dataset", self.dataset),
+                ("purpose", self.purpose),
+                ("case", self.case_id),
+                ("decision", self.decision),
+            )
+            if value
+        ]
+        words += [
+            f"{name}={instant.isoformat()}"
+            for name, instant in (("from", self.start), ("to", self.end))
+            if instant is not None
+        ]
+        return " ".join(words)
+
 
 def _entry(row: asyncpg.Record) -> LogEntry:
     return LogEntry(

@@ -1,14 +1,16 @@
 """``tongban.v1.AuditService``: the access log and the covert cases for auditors, and
 covert-case declarations for departments with the covert role.
 
-Auditors' own reads are logged too (action ``audit.search``, ``audit.subject`` or
-``audit.covert``), so the subject view shows when an auditor looked. Every declaration of
-a covert case, allowed or refused, is a log entry (``covert.declare``).
+Auditors' own reads are logged too (action ``audit.search``, ``audit.export``,
+``audit.subject`` or ``audit.covert``), so the subject view shows when an auditor looked.
+Every declaration of a covert case, allowed or refused, is a log entry
+(``covert.declare``).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -122,25 +124,11 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         )
         return subject
 
-    async def _filters(self, request: audit_pb2.SearchRequest, caller: Caller) -> SearchFilters:
-        # Logged whatever the filters: a search of everyone is a read of everyone.
-        described = " ".join(
-            f"{name}={value}"
-            for name, value in (
-                ("caller", request.caller),
-                ("officer", request.officer),
-                ("dataset", request.dataset),
-                ("purpose", request.purpose),
-                ("case", request.case_id),
-                ("decision", request.decision),
-            )
-            if value
-        )
-        subject = await self._log_read(
-            caller, "audit.search", request.subject_id, f"audit {described}".strip()
-        )
-        return SearchFilters(
-            subject_hmac=subject,
+    async def _filters(
+        self, request: audit_pb2.SearchRequest, caller: Caller, action: str
+    ) -> SearchFilters:
+        """The request's filters, once its read is logged as ``action``."""
+        filters = SearchFilters(
             caller=request.caller or None,
             officer=request.officer or None,
             dataset=request.dataset or None,
@@ -150,13 +138,19 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
             start=instant(getattr(request, "from"), "from"),
             end=instant(request.to, "to"),
         )
+        filters.where(1)  # refuse a bad decision or period before anything is logged
+        # Logged whatever the filters: a search or an export of everyone reads everyone.
+        subject = await self._log_read(
+            caller, action, request.subject_id, f"audit {filters.described()}".strip()
+        )
+        return replace(filters, subject_hmac=subject)
 
     async def Search(
         self, request: audit_pb2.SearchRequest, context: Context
     ) -> audit_pb2.SearchResponse:
         caller = self._auditor()
         entries, token = await self._store.search(
-            await self._filters(request, caller),
+            await self._filters(request, caller, "audit.search"),
             page_size=request.page_size,
             page_token=request.page_token,
         )
@@ -168,7 +162,7 @@ class AuditService(audit_pb2_grpc.AuditServiceServicer):
         self, request: audit_pb2.SearchRequest, context: Context
     ) -> AsyncIterator[audit_pb2.Entry]:
         caller = self._auditor()
-        async for entry in self._store.export(await self._filters(request, caller)):
+        async for entry in self._store.export(await self._filters(request, caller, "audit.export")):
             yield entry_message(entry)
 
     def _checkpoint_message(self, row: CheckpointRow) -> audit_pb2.Checkpoint:

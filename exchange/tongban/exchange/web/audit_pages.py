@@ -66,7 +66,13 @@ class AuditPages(ConsoleBase):
         )
         filters.where(1)  # validate (start before end) before anything is logged
         # Logged whatever the filters: a search or an export of everyone reads everyone.
-        await self._log_view(who.principal, who.officer, action, filters.subject_hmac, "audit")
+        await self._log_view(
+            who.principal,
+            who.officer,
+            action,
+            filters.subject_hmac,
+            f"audit {filters.described()}".strip(),
+        )
         return filters
 
     async def _audit_search(self, request: web.Request) -> web.Response:
