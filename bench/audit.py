@@ -62,7 +62,7 @@ from typing import Any
 
 import asyncpg
 import psutil
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bench._config import Config
 from bench._errors import describe
@@ -83,6 +83,7 @@ from tongban.exchange.db.database import Database
 from tongban.exchange.db.embedded import temp_root
 from tongban.exchange.settings import load_settings
 from tongban.signing.clock import SystemClock
+from tongban.signing.keys import Signer
 
 __all__ = ["AuditReport", "as_json", "format_report", "main", "run"]
 
@@ -304,7 +305,7 @@ async def _phases(
     config: Config,
     db: Database,
     admin: asyncpg.Connection,
-    key: Ed25519PrivateKey,
+    key: Signer,
     origin: str,
     data_dir: Path,
     started: datetime,
@@ -632,12 +633,12 @@ async def _read_all(pool: asyncpg.Pool, sql: str, chunk: int, cpu: CpuMeter) -> 
     return Throughput(rows, seconds, cpu.stop())
 
 
-async def _verify(
-    pool: asyncpg.Pool, origin: str, key: Ed25519PrivateKey, cpu: CpuMeter
-) -> VerifyRun:
+async def _verify(pool: asyncpg.Pool, origin: str, key: Signer, cpu: CpuMeter) -> VerifyRun:
     cpu.start()
     started = time.perf_counter()
-    report = await verify_log(pool, origin=origin, verifier=key.public_key())
+    public = key.public_key()
+    assert isinstance(public, Ed25519PublicKey)  # load_log_signer made sure of it
+    report = await verify_log(pool, origin=origin, verifier=public)
     seconds = time.perf_counter() - started
     return VerifyRun(report.size, report.checkpoints, seconds, cpu.stop())
 

@@ -7,6 +7,7 @@ commands). Departments with the auditor role use ``AuditService`` over gRPC inst
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import json
 import sys
@@ -23,7 +24,7 @@ from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
 from tongban.exchange.audit.note import open_checkpoint
 from tongban.exchange.audit.store import AuditStore, SearchFilters
 from tongban.exchange.audit.verify import verify_log
-from tongban.exchange.datadir import load_log_key, load_log_signer, log_origin
+from tongban.exchange.datadir import load_log_key, load_log_signer, log_origin, open_token
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.licensing.follow_through import verify_follow_through
@@ -124,109 +125,125 @@ async def run_audit(args: argparse.Namespace) -> int:
         if command == "covert-cases":
             return await _covert_cases(args, CovertCases(db.pool), zone)
         origin = log_origin(settings)
-        signer = load_log_signer(settings)
-        checkpoints = Checkpointer(db.pool, signer, origin, SystemClock(), signer="cli")
-        if command == "key":
+        token = await asyncio.to_thread(open_token)
+        try:
+            signer = load_log_signer(settings, token)
+            checkpoints = Checkpointer(db.pool, signer, origin, SystemClock(), signer="cli")
+            return await _with_log_key(args, db, store, checkpoints, origin)
+        finally:
+            if token is not None:
+                token.close()
+
+
+async def _with_log_key(
+    args: argparse.Namespace,
+    db: Database,
+    store: AuditStore,
+    checkpoints: Checkpointer,
+    origin: str,
+) -> int:
+    """``audit key|checkpoint|prove|verify``: what needs the log's checkpoint key."""
+    command = args.audit_command
+    if command == "key":
+        emit(
+            args,
+            {"verifier_key": checkpoints.verifier_key, "origin": origin},
+            checkpoints.verifier_key,
+        )
+    elif command == "checkpoint":
+        row = await checkpoints.sign_now()
+        if args.json:
             emit(
                 args,
-                {"verifier_key": checkpoints.verifier_key, "origin": origin},
-                checkpoints.verifier_key,
+                {
+                    "size": row.size,
+                    "root": base64.b64encode(row.root).decode(),
+                    "note": row.note,
+                },
+                "",
             )
-        elif command == "checkpoint":
-            row = await checkpoints.sign_now()
-            if args.json:
-                emit(
-                    args,
+        else:
+            sys.stdout.write(row.note)
+    elif command == "prove":
+        row = await (checkpoints.at_size(args.size) if args.size else checkpoints.sign_now())
+        entry = await store.entry(args.index)
+        proof = await store.inclusion(args.index, row.size)
+        signed = open_checkpoint(row.note, [(origin, checkpoints.public_key)], origin=origin)
+        verify_inclusion(leaf_hash(entry.leaf), entry.index, signed.size, proof, signed.root)
+        emit(
+            args,
+            {
+                "entry": entry.to_dict(),
+                "tree_size": row.size,
+                "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
+                "checkpoint": row.note,
+            },
+            f"entry {entry.index} is in the log of {row.size:,} entries (proof of "
+            f"{len(proof)} hashes verified against the signed checkpoint)\n"
+            + json.dumps(entry.to_dict(), ensure_ascii=False, indent=2)
+            + "\ninclusion proof:\n"
+            + "\n".join(base64.b64encode(h).decode() for h in proof)
+            + "\ncheckpoint:\n"
+            + row.note,
+        )
+    elif command == "verify":
+
+        def progress(done: int, total: int) -> None:
+            if not args.json and sys.stderr.isatty():
+                print(f"\rverified {done:,} of {total:,} entries", end="", file=sys.stderr)
+
+        await checkpoints.sign_now()
+        report = await verify_log(
+            db.pool, origin=origin, verifier=checkpoints.public_key, progress=progress
+        )
+        # The rows the log vouches for: ratings and their rectifications, deferred
+        # materials and commitments, each against the entries its life wrote.
+        ratings = await verify_ratings(db.pool)
+        materials, _ = await verify_follow_through(db.pool)
+        emit(
+            args,
+            {
+                "size": report.size,
+                "root": base64.b64encode(report.root).decode(),
+                "checkpoints": report.checkpoints,
+                "seconds": round(report.seconds, 3),
+                "ratings": ratings.ratings,
+                "rectifications": ratings.rectifications,
+                "case_materials": materials,
+            },
+            f"\rthe access log is intact: {report.size:,} entries, {report.checkpoints} signed "
+            f"checkpoints consistent, root {base64.b64encode(report.root).decode()} "
+            f"({report.seconds:.1f} s); {ratings.ratings} ratings, "
+            f"{ratings.rectifications} rectifications and {materials} deferred materials "
+            "or commitments agree with it",
+        )
+    elif command == "anomalies":
+        end = args.end or SystemClock().now()
+        start = args.start or end - timedelta(days=1)
+        found = await find_anomalies(db.pool, start=start, end=end)
+        emit(
+            args,
+            {
+                "anomalies": [
                     {
-                        "size": row.size,
-                        "root": base64.b64encode(row.root).decode(),
-                        "note": row.note,
-                    },
-                    "",
-                )
-            else:
-                sys.stdout.write(row.note)
-        elif command == "prove":
-            row = await (checkpoints.at_size(args.size) if args.size else checkpoints.sign_now())
-            entry = await store.entry(args.index)
-            proof = await store.inclusion(args.index, row.size)
-            signed = open_checkpoint(row.note, [(origin, signer.public_key())], origin=origin)
-            verify_inclusion(leaf_hash(entry.leaf), entry.index, signed.size, proof, signed.root)
-            emit(
-                args,
-                {
-                    "entry": entry.to_dict(),
-                    "tree_size": row.size,
-                    "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
-                    "checkpoint": row.note,
-                },
-                f"entry {entry.index} is in the log of {row.size:,} entries (proof of "
-                f"{len(proof)} hashes verified against the signed checkpoint)\n"
-                + json.dumps(entry.to_dict(), ensure_ascii=False, indent=2)
-                + "\ninclusion proof:\n"
-                + "\n".join(base64.b64encode(h).decode() for h in proof)
-                + "\ncheckpoint:\n"
-                + row.note,
-            )
-        elif command == "verify":
-
-            def progress(done: int, total: int) -> None:
-                if not args.json and sys.stderr.isatty():
-                    print(f"\rverified {done:,} of {total:,} entries", end="", file=sys.stderr)
-
-            await checkpoints.sign_now()
-            report = await verify_log(
-                db.pool, origin=origin, verifier=signer.public_key(), progress=progress
-            )
-            # The rows the log vouches for: ratings and their rectifications, deferred
-            # materials and commitments, each against the entries its life wrote.
-            ratings = await verify_ratings(db.pool)
-            materials, _ = await verify_follow_through(db.pool)
-            emit(
-                args,
-                {
-                    "size": report.size,
-                    "root": base64.b64encode(report.root).decode(),
-                    "checkpoints": report.checkpoints,
-                    "seconds": round(report.seconds, 3),
-                    "ratings": ratings.ratings,
-                    "rectifications": ratings.rectifications,
-                    "case_materials": materials,
-                },
-                f"\rthe access log is intact: {report.size:,} entries, {report.checkpoints} signed "
-                f"checkpoints consistent, root {base64.b64encode(report.root).decode()} "
-                f"({report.seconds:.1f} s); {ratings.ratings} ratings, "
-                f"{ratings.rectifications} rectifications and {materials} deferred materials "
-                "or commitments agree with it",
-            )
-        elif command == "anomalies":
-            end = args.end or SystemClock().now()
-            start = args.start or end - timedelta(days=1)
-            found = await find_anomalies(db.pool, start=start, end=end)
-            emit(
-                args,
-                {
-                    "anomalies": [
-                        {
-                            "kind": a.kind,
-                            "department": a.department,
-                            "officer": a.officer,
-                            "detail": a.detail,
-                            "count": a.count,
-                            "baseline": a.baseline,
-                            "first_at": a.first_at.isoformat(),
-                        }
-                        for a in found
-                    ]
-                },
-                "\n".join(
-                    f"{a.kind:<14} {a.department:<12} {a.officer or '-':<12} {a.detail}"
+                        "kind": a.kind,
+                        "department": a.department,
+                        "officer": a.officer,
+                        "detail": a.detail,
+                        "count": a.count,
+                        "baseline": a.baseline,
+                        "first_at": a.first_at.isoformat(),
+                    }
                     for a in found
-                )
-                or "no anomalies",
+                ]
+            },
+            "\n".join(
+                f"{a.kind:<14} {a.department:<12} {a.officer or '-':<12} {a.detail}" for a in found
             )
-        else:  # pragma: no cover - argparse limits the choices
-            raise InvalidArgument(f"Unknown audit command {command!r}.")
+            or "no anomalies",
+        )
+    else:  # pragma: no cover - argparse limits the choices
+        raise InvalidArgument(f"Unknown audit command {command!r}.")
     return 0
 
 

@@ -32,7 +32,6 @@ from tongban.exchange.datadir import (
     ca_certificate_pem,
     init_data_dir,
     load_log_key,
-    load_log_signer,
     log_origin,
 )
 from tongban.exchange.departments import DepartmentStore, Status
@@ -530,7 +529,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             report = await verify_log(
                 db.pool,
                 origin=log_origin(settings),
-                verifier=load_log_signer(settings).public_key(),
+                verifier=node.checkpointer.public_key,
             )
             async with client("audit", "JW-0001") as audit:
                 found = await audit.audit_search(audit_pb2.SearchRequest(subject_id=story.OWNER_ID))

@@ -37,7 +37,6 @@ from datetime import datetime
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tongban.client.bundle import Bundle
 from tongban.exchange.errors import DataDirNotInitialised, DataDirUnusable
@@ -54,16 +53,21 @@ from tongban.signing.certs import (
     load_pem_certificates,
     save_certificate,
 )
+from tongban.signing.errors import TokenKeyMissing
 from tongban.signing.keys import (
     LocalSigner,
     PrivateKey,
+    Signer,
     generate_private_key,
     load_private_key,
     private_key_pem,
     save_private_key,
 )
+from tongban.signing.pkcs11 import Token, TokenConfig, TokenSigner
 
 __all__ = [
+    "CHECKPOINT_KEY_LABEL",
+    "NODE_KEY_LABEL",
     "CertificateAuthority",
     "DepartmentCredentials",
     "InitResult",
@@ -81,6 +85,7 @@ __all__ = [
     "load_node_signing",
     "load_notify_secret",
     "log_origin",
+    "open_token",
 ]
 
 _MARKER = "tongban.json"
@@ -341,16 +346,19 @@ def issue_department_credentials(
 class NodeSigning:
     """The node's answer-signing key and its certificate chain (leaf first)."""
 
-    signer: LocalSigner
+    signer: Signer
     chain: tuple[x509.Certificate, ...]
 
 
-def ensure_node_keys(settings: Settings, now: datetime) -> None:
+def ensure_node_keys(settings: Settings, now: datetime, *, keys_in_token: bool = False) -> None:
     """Create the node signing key, the log HMAC key and the Kafka payload keys if this
-    data dir lacks them (data dirs initialised by an earlier version). Idempotent."""
+    data dir lacks them (data dirs initialised by an earlier version). Idempotent.
+
+    With ``keys_in_token`` the signing keys are a PKCS#11 token's: a key file removed after
+    ``tongban key import`` is not made again."""
     root = settings.data_dir
     sign_key, sign_crt = root / "node" / "sign.key", root / "node" / "sign.crt"
-    if not sign_crt.exists():
+    if not sign_crt.exists() and not keys_in_token:
         ca = load_ca(settings)
         key = generate_private_key("P-256")
         cert = issue_node_signing_certificate(
@@ -363,7 +371,7 @@ def ensure_node_keys(settings: Settings, now: datetime) -> None:
         save_private_key(sign_key, key, _passphrase(settings, create=False))
         save_certificate(sign_crt, [cert, ca.cert])
     log_signing = root / "node" / "log.key"
-    if not log_signing.exists():
+    if not log_signing.exists() and not keys_in_token:
         save_private_key(
             log_signing, generate_private_key("Ed25519"), _passphrase(settings, create=False)
         )
@@ -418,12 +426,44 @@ def load_kafka_payload_keys(settings: Settings) -> PayloadKeys:
         ) from None
 
 
-def load_node_signing(settings: Settings) -> NodeSigning:
+#: The labels of the node's own keys in a PKCS#11 token (docs/keys.md).
+NODE_KEY_LABEL = "node-sign"
+CHECKPOINT_KEY_LABEL = "log-checkpoint"
+
+
+def open_token() -> Token | None:
+    """The PKCS#11 token named by ``TONGBAN_PKCS11_*``, logged in, or None when none is
+    configured. With a token, the node's signing keys come from it and nowhere else."""
+    config = TokenConfig.from_environment()
+    return None if config is None else Token(config)
+
+
+def _token_signer(token: Token, label: str, what: str) -> TokenSigner:
+    try:
+        return token.signer(label)
+    except TokenKeyMissing as e:
+        raise TokenKeyMissing(
+            f"A PKCS#11 token is configured but holds no {what} labelled {label!r}: import the "
+            f"data dir's key with `tongban key import {label} FILE` (docs/keys.md)."
+        ) from e
+
+
+def load_node_signing(settings: Settings, token: Token | None = None) -> NodeSigning:
+    """The key that signs the node's answers and trust lists, with its certificate chain:
+    from ``token`` (label ``node-sign``) when one is given, else ``node/sign.key``."""
     _require_initialised(settings)
     root = settings.data_dir
-    key = load_private_key(root / "node" / "sign.key", _passphrase(settings, create=False))
     chain = load_pem_certificates((root / "node" / "sign.crt").read_bytes())
-    return NodeSigning(LocalSigner(key), tuple(chain))
+    if token is None:
+        key = load_private_key(root / "node" / "sign.key", _passphrase(settings, create=False))
+        return NodeSigning(LocalSigner(key), tuple(chain))
+    signer = _token_signer(token, NODE_KEY_LABEL, "node signing key")
+    if signer.public_key() != chain[0].public_key():
+        raise DataDirUnusable(
+            f"The token's {NODE_KEY_LABEL!r} key is not the key of {root / 'node' / 'sign.crt'}; "
+            "import node/sign.key under that label, or re-issue the certificate."
+        )
+    return NodeSigning(signer, tuple(chain))
 
 
 def load_notify_secret(settings: Settings) -> bytes:
@@ -453,18 +493,23 @@ def load_log_key(settings: Settings) -> bytes:
         ) from e
 
 
-def load_log_signer(settings: Settings) -> Ed25519PrivateKey:
-    """The Ed25519 key that signs checkpoints of the access log."""
+def load_log_signer(settings: Settings, token: Token | None = None) -> Signer:
+    """The Ed25519 key that signs checkpoints of the access log: from ``token`` (label
+    ``log-checkpoint``) when one is given, else ``node/log.key``."""
     _require_initialised(settings)
-    key = load_private_key(
-        settings.data_dir / "node" / "log.key", _passphrase(settings, create=False)
-    )
-    if not isinstance(key, Ed25519PrivateKey):
+    if token is not None:
+        signer: Signer = _token_signer(token, CHECKPOINT_KEY_LABEL, "checkpoint key")
+        where = f"the token's {CHECKPOINT_KEY_LABEL!r} key"
+    else:
+        path = settings.data_dir / "node" / "log.key"
+        signer = LocalSigner(load_private_key(path, _passphrase(settings, create=False)))
+        where = str(path)
+    if signer.algorithm != "EdDSA":
         raise DataDirUnusable(
-            f"{settings.data_dir / 'node' / 'log.key'} is not an Ed25519 key; checkpoints "
-            "are signed with Ed25519 (C2SP signed notes)."
+            f"{where} is not an Ed25519 key; checkpoints are signed with Ed25519 (C2SP signed "
+            "notes)."
         )
-    return key
+    return signer
 
 
 def log_origin(settings: Settings) -> str:

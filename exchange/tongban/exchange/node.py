@@ -41,6 +41,7 @@ from tongban.exchange.datadir import (
     load_node_signing,
     load_notify_secret,
     log_origin,
+    open_token,
 )
 from tongban.exchange.db.database import Database
 from tongban.exchange.db.notify import ChangeListener
@@ -99,6 +100,7 @@ from tongban.signing.certs import (
     load_pem_certificates,
 )
 from tongban.signing.clock import Clock, SystemClock
+from tongban.signing.pkcs11 import Token
 from tongban.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -169,6 +171,7 @@ class Node:
         self.follow_through: FollowThrough | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self.ratings: RatingStore | None = None
+        self._token: Token | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc_port = 0
         self.http_port = 0
@@ -176,9 +179,18 @@ class Node:
 
     async def start(self) -> None:
         """Open the database and bind the listeners; on failure, undo what was started."""
-        ensure_node_keys(self.settings, self.clock.now())
-        credentials = load_node_credentials(self.settings)
+        # With a PKCS#11 token configured, the node's signing keys are the token's.
+        self._token = await asyncio.to_thread(open_token)
         try:
+            ensure_node_keys(self.settings, self.clock.now(), keys_in_token=self._token is not None)
+            credentials = load_node_credentials(self.settings)
+        except BaseException:
+            if self._token is not None:
+                self._token.close()
+            raise
+        try:
+            node_signing = load_node_signing(self.settings, self._token)
+            log_signer = load_log_signer(self.settings, self._token)
             self.db = await Database.open(self.settings)
             self._changes = ChangeListener(self.db.pool)
             self._auth = Authenticator(self.db.pool, self._changes, self.clock)
@@ -195,7 +207,7 @@ class Node:
                 self._changes,
                 self.access_log,
                 self._hasher,
-                load_node_signing(self.settings),
+                node_signing,
                 self.clock,
                 self.settings.node_name,
                 WorkingCalendar(
@@ -217,7 +229,7 @@ class Node:
                 records=self.sharing.records,
                 access_log=self.access_log,
                 hasher=self._hasher,
-                node_signing=load_node_signing(self.settings),
+                node_signing=node_signing,
                 roots=load_pem_certificates(ca_certificate_pem(self.settings)),
                 clock=self.clock,
                 node_name=self.settings.node_name,
@@ -225,7 +237,7 @@ class Node:
             )
             self.checkpointer = Checkpointer(
                 self.db.pool,
-                load_log_signer(self.settings),
+                log_signer,
                 log_origin(self.settings),
                 self.clock,
                 signer=self.settings.node_name,
@@ -575,7 +587,7 @@ class Node:
                 hasher=self._hasher,
                 checkpointer=self.checkpointer,
                 log_origin=log_origin(self.settings),
-                log_verifier=load_log_signer(self.settings).public_key(),
+                log_verifier=self.checkpointer.public_key,
                 clock=self.clock,
                 node_name=self.settings.node_name,
                 public_url=self.settings.public_url,
@@ -734,6 +746,9 @@ class Node:
         self.licensing = None
         if self.db is not None:
             await self.db.close()
+        if self._token is not None:
+            self._token.close()
+            self._token = None
 
     async def _suspend_for_breach(self, department: str, number: str, reason: str) -> None:
         """Suspend licence ``number`` as its issuing ``department`` (a 容缺 or 告知承诺

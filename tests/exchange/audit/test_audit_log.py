@@ -12,7 +12,7 @@ from tests.stories.test_sharing import _publish_story_data
 from tongban.client import ExchangeError
 from tongban.exchange.audit.merkle import mth
 from tongban.exchange.audit.verify import LogCorrupt, verify_log
-from tongban.exchange.datadir import load_log_signer, log_origin
+from tongban.exchange.datadir import log_origin
 from tongban.exchange.node import Node
 from tongban.v1 import audit_pb2
 
@@ -28,10 +28,10 @@ async def _fill(node: Node, queries: int = 12) -> None:
 
 async def _verify(node: Node) -> None:
     assert node.db is not None
-    key = load_log_signer(node.settings)
     assert node.checkpointer is not None
     await node.checkpointer.sign_now()
-    await verify_log(node.db.pool, origin=log_origin(node.settings), verifier=key.public_key())
+    verifier = node.checkpointer.public_key
+    await verify_log(node.db.pool, origin=log_origin(node.settings), verifier=verifier)
 
 
 async def test_the_stored_tree_is_the_rfc_6962_tree_of_the_leaves(node: Node) -> None:

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime
 
 import asyncpg
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tongban.errors import TongbanError
 from tongban.exchange.audit.note import checkpoint_body, sign_note, verifier_key
 from tongban.signing.clock import Clock
+from tongban.signing.keys import Signer
 
 __all__ = ["CheckpointNotFound", "CheckpointRow", "Checkpointer"]
 
@@ -51,7 +52,7 @@ class Checkpointer:
     def __init__(
         self,
         pool: asyncpg.Pool,
-        key: Ed25519PrivateKey,
+        key: Signer,
         origin: str,
         clock: Clock,
         *,
@@ -65,7 +66,11 @@ class Checkpointer:
         self._signer = signer
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
-        self.verifier_key = verifier_key(origin, key.public_key())
+        public_key = key.public_key()
+        if not isinstance(public_key, Ed25519PublicKey):
+            raise TypeError("Checkpoints are signed with an Ed25519 key.")
+        self.public_key = public_key
+        self.verifier_key = verifier_key(origin, public_key)
 
     async def start(self, grown: asyncio.Event) -> None:
         """Sign a checkpoint now (the log may have grown while no node ran), then keep

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tongban.errors import TongbanError
+from tongban.signing.keys import Signer
 
 __all__ = [
     "MAX_NOTE_BYTES",
@@ -162,7 +163,7 @@ def checkpoint_body(origin: str, size: int, root: bytes, extensions: Sequence[st
     return "".join(line + "\n" for line in lines)
 
 
-def sign_note(body: str, name: str, key: Ed25519PrivateKey) -> str:
+def sign_note(body: str, name: str, key: Ed25519PrivateKey | Signer) -> str:
     """Return the signed note: ``body``, a blank line, and the signature line
     ``\u2014 <name> <base64(key ID || Ed25519 signature of body)>``.
 
@@ -175,8 +176,13 @@ def sign_note(body: str, name: str, key: Ed25519PrivateKey) -> str:
     data = _check_text(body)
     if not body.endswith("\n"):
         raise NoteInvalid("a note text must end with a newline")
+    public_key = key.public_key()
+    if not isinstance(public_key, Ed25519PublicKey):
+        raise NoteInvalid("a note is signed with an Ed25519 key (C2SP signed-note type 0x01)")
     signature = key.sign(data)
-    kid = _key_hash(name, _raw(key.public_key()))
+    if len(signature) != 64:
+        raise NoteInvalid(f"the signer returned a {len(signature)}-byte Ed25519 signature")
+    kid = _key_hash(name, _raw(public_key))
     return f"{body}\n{_SIG_PREFIX}{name} {base64.b64encode(kid + signature).decode('ascii')}\n"
 
 
