@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import replace
 from datetime import UTC, date, datetime, time, timedelta, timezone
 
 import asyncpg
@@ -19,6 +20,8 @@ from tongban.exchange.audit.anomalies import (
     find_anomalies,
 )
 from tongban.exchange.audit.log import AccessEntry, AccessLog
+from tongban.exchange.audit.recorder import AccessRecorder
+from tongban.exchange.audit.refusals import AUTH_REFUSED, auth_refusal_purpose
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.db.migrate import apply_migrations
 from tongban.exchange.errors import InvalidArgument
@@ -359,6 +362,21 @@ def test_only_one_departments_denials_make_its_burst() -> None:
     assert run(rows, kind="denial_burst") == []
 
 
+def test_an_entry_of_merged_refusals_counts_as_the_refusals_it_names() -> None:
+    # The node writes a burst of refused authentications as one entry for the first
+    # refusal and one for the rest of the second: 10 refusals are 2 entries.
+    merged = [
+        AccessRow(office(MON, 10), "ghost", None, None, "denied"),
+        AccessRow(office(MON, 10, 0, 1), "ghost", None, None, "denied", count=9),
+    ]
+    [burst] = run(merged, kind="denial_burst")
+    assert (burst.department, burst.count, burst.first_at) == ("ghost", 10, office(MON, 10))
+    assert "denied 10 times" in burst.detail
+    assert run([merged[0], replace(merged[1], count=8)], kind="denial_burst") == []
+    with pytest.raises(ValueError, match="at least one"):
+        AccessRow(office(MON, 10), "ghost", None, None, "denied", count=0)
+
+
 def test_a_burst_may_cross_midnight() -> None:
     [burst] = run(denials(office(MON, 23, 58), 12, timedelta(seconds=20)), kind="denial_burst")
     assert (burst.count, burst.first_at) == (12, office(MON, 23, 58))
@@ -528,6 +546,30 @@ async def test_find_anomalies_reads_the_period_and_office_days_from_the_log(
             end=midnight(TUE).astimezone(UTC),
         )
     assert again == found
+
+
+async def test_find_anomalies_counts_the_refusals_in_merged_entries(pool: asyncpg.Pool) -> None:
+    recorder = AccessRecorder("node-1")
+    fingerprint = "0f" * 32
+
+    def refused(at: datetime, count: int, department: str = "ghost") -> AccessEntry:
+        return recorder.entry(
+            at=at, department=department, officer=None, action=AUTH_REFUSED,
+            purpose=auth_refusal_purpose(count, fingerprint), decision="denied",
+            reason="DEPARTMENT_UNKNOWN",
+        )  # fmt: skip
+
+    await write(
+        pool,
+        [
+            refused(office(MON, 10), 1),
+            refused(office(MON, 10, 0, 1), 9),  # a burst of 10 in two entries
+            refused(office(MON, 11), 1, "tax"),
+            refused(office(MON, 11, 0, 1), 8, "tax"),  # 9: not a burst
+        ],
+    )
+    found = await find_anomalies(pool, start=midnight(MON), end=midnight(TUE))
+    assert [(a.kind, a.department, a.count) for a in found] == [("denial_burst", "ghost", 10)]
 
 
 async def test_find_anomalies_refuses_bad_periods(pool: asyncpg.Pool) -> None:

@@ -7,6 +7,8 @@ hand from the log:
 - ``many_subjects``: one officer touched very many different people's records in a day;
 - ``out_of_hours``: an officer accessed data outside working hours;
 - ``denial_burst``: a department was refused many times in a few minutes (probing).
+  Refusals the node merges into one entry (``auth.refused``, ``call.refused``: at most
+  one per certificate or department and second) count as the refusals the entry names.
 
 ``evaluate`` applies the rules to plain rows and is pure; ``find_anomalies`` reads the
 rows of a period from ``access_log`` and calls it. Days and working hours are those of the
@@ -18,6 +20,7 @@ worth seeing. Entries written before the Merkle log (``access_log_v0``) are not 
 from __future__ import annotations
 
 import bisect
+import itertools
 from collections import Counter, defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -26,6 +29,7 @@ from typing import Literal
 
 import asyncpg
 
+from tongban.exchange.audit.refusals import refusals_in
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.errors import InvalidArgument
 
@@ -77,10 +81,15 @@ class AccessRow:
     officer: str | None
     subject_hmac: bytes | None
     decision: str
+    count: int = 1
+    """How many accesses the entry stands for: more than 1 only for an entry of merged
+    refusals (``refusals.refusals_in``), which ``denial_burst`` counts as that many."""
 
     def __post_init__(self) -> None:
         if self.at.utcoffset() is None:
             raise ValueError(f"access times must be timezone-aware, not {self.at}")
+        if self.count < 1:
+            raise ValueError(f"an entry stands for at least one access, not {self.count}")
 
 
 @dataclass(frozen=True)
@@ -97,7 +106,8 @@ class Anomaly:
     """One sentence saying what was seen, with local (office) dates and times."""
     count: int
     """Accesses on the day (``volume_jump``), distinct subjects (``many_subjects``),
-    accesses outside working hours (``out_of_hours``) or denials in the burst."""
+    accesses outside working hours (``out_of_hours``) or refusals in the burst (an entry
+    of merged refusals counting as the refusals it names)."""
     baseline: float
     """What ``count`` was compared with: the mean daily count over the baseline days for
     ``volume_jump``, the rule's threshold for the other kinds."""
@@ -239,8 +249,8 @@ async def find_anomalies(
     history_from = datetime.combine(first_day, time(), tzinfo=tz)
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         records = await conn.fetch(
-            "SELECT at, caller, officer, subject_hmac, decision FROM access_log "
-            "WHERE at >= $1 AND at < $2",
+            "SELECT at, caller, officer, subject_hmac, decision, action, purpose"
+            " FROM access_log WHERE at >= $1 AND at < $2",
             start,
             end,
         )
@@ -260,6 +270,7 @@ async def find_anomalies(
             officer=r["officer"],
             subject_hmac=r["subject_hmac"],
             decision=r["decision"],
+            count=refusals_in(r["action"], r["purpose"]),
         )
         for r in records
     ]
@@ -374,28 +385,32 @@ def _out_of_hours(local: _Local, rules: AnomalyRules) -> list[Anomaly]:
 
 
 def _denial_bursts(rows: Sequence[AccessRow], rules: AnomalyRules) -> list[Anomaly]:
-    denials: defaultdict[str, list[datetime]] = defaultdict(list)
+    denials: defaultdict[str, list[tuple[datetime, int]]] = defaultdict(list)
     for row in rows:
         if row.decision == "denied":
-            denials[row.caller].append(row.at)
+            denials[row.caller].append((row.at, row.count))
     tz = rules.office_tz
     need, window = rules.denials_in_burst, rules.burst_window
     found = []
-    for department, ats in denials.items():
-        ats.sort()
+    for department, timed in denials.items():
+        timed.sort()
+        ats = [at for at, _ in timed]
+        # Refusals up to each entry: refusals in entries i..j = before[j + 1] - before[i].
+        before = [0, *itertools.accumulate(n for _, n in timed)]
         # Each denial j ends a window [ats[j] - window, ats[j]]; its earliest member i is
         # the first denial less than `window` before it. Windows holding `need` or more
-        # denials that share a denial are one burst.
+        # refusals that share a denial are one burst.
         bursts: list[list[int]] = []  # [first index, last index]
         for j, at in enumerate(ats):
             i = bisect.bisect_right(ats, at - window, 0, j)
-            if j - i + 1 < need:
+            if before[j + 1] - before[i] < need:
                 continue
             if bursts and i <= bursts[-1][1]:
                 bursts[-1][1] = j
             else:
                 bursts.append([i, j])
         for i, j in bursts:
+            count = before[j + 1] - before[i]
             first_local, last_local = ats[i].astimezone(tz), ats[j].astimezone(tz)
             found.append(
                 Anomaly(
@@ -403,12 +418,12 @@ def _denial_bursts(rows: Sequence[AccessRow], rules: AnomalyRules) -> list[Anoma
                     department=department,
                     officer=None,
                     detail=(
-                        f"{department} was denied {j - i + 1} times between "
+                        f"{department} was denied {count} times between "
                         f"{first_local:%Y-%m-%d %H:%M:%S} and {last_local:%Y-%m-%d %H:%M:%S} "
                         f"({_utc_label(rules)}), at least {need} within "
                         f"{_duration(window)}."
                     ),
-                    count=j - i + 1,
+                    count=count,
                     baseline=float(need),
                     first_at=ats[i],
                 )
