@@ -2,6 +2,8 @@
 
 For operators and auditors on the node's host (``--data-dir``, as the other operator
 commands). Departments with the auditor role use ``AuditService`` over gRPC instead.
+A search or an export is an access-log entry itself (caller ``operator``), whatever its
+filters, written before anything is read.
 """
 
 from __future__ import annotations
@@ -19,9 +21,10 @@ from tongban.cli.common import emit, settings_from_args
 from tongban.exchange.audit.anomalies import find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
 from tongban.exchange.audit.covert import CovertCase, CovertCases
-from tongban.exchange.audit.log import SubjectHasher
+from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
 from tongban.exchange.audit.note import open_checkpoint
+from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.audit.store import AuditStore, SearchFilters
 from tongban.exchange.audit.verify import verify_log
 from tongban.exchange.datadir import load_log_key, load_log_signer, log_origin, open_token
@@ -107,6 +110,10 @@ async def run_audit(args: argparse.Namespace) -> int:
         store = AuditStore(db.pool)
         command = args.audit_command
         if command in ("search", "export"):
+            if command == "search" and not 1 <= args.limit <= 1000:
+                raise InvalidArgument(
+                    "--limit must be 1 to 1,000; use `tongban audit export` for more."
+                )
             subject = SubjectHasher(load_log_key(settings))(args.subject) if args.subject else None
             filters = SearchFilters(
                 subject_hmac=subject,
@@ -119,6 +126,10 @@ async def run_audit(args: argparse.Namespace) -> int:
                 start=args.start,
                 end=args.end,
             )
+            # Logged before anything is read, whatever the filters, as the node logs its
+            # auditors' reads: the operator reading everyone reads everyone.
+            filters.where(1)
+            await _log_read(db, settings.node_name, f"audit.{command}", filters)
             if command == "search":
                 return await _search(args, store, filters, zone)
             return await _export(args, store, filters)
@@ -247,11 +258,31 @@ async def _with_log_key(
     return 0
 
 
+async def _log_read(db: Database, node: str, action: str, filters: SearchFilters) -> None:
+    """Append the operator's read to the access log (caller ``operator``, as the other
+    operator actions the command logs), and return once it is committed."""
+    log = AccessLog(db.pool)
+    await log.start()
+    try:
+        await log.append(
+            [
+                AccessRecorder(node).entry(
+                    at=SystemClock().now(),
+                    department="operator",
+                    officer=None,
+                    action=action,
+                    purpose=f"audit {filters.described()}".strip(),
+                    subject_hmac=filters.subject_hmac,
+                )
+            ]
+        )
+    finally:
+        await log.stop()
+
+
 async def _search(
     args: argparse.Namespace, store: AuditStore, filters: SearchFilters, zone: tzinfo
 ) -> int:
-    if not 1 <= args.limit <= 1000:
-        raise InvalidArgument("--limit must be 1 to 1,000; use `tongban audit export` for more.")
     entries, _ = await store.search(filters, page_size=args.limit)
     lines = [
         f"{e.index:>8}  {e.at.astimezone(zone):%Y-%m-%d %H:%M:%S}  {e.caller:<10} "

@@ -1,17 +1,23 @@
 """Issue 14, finding 13a: an auditor's search or export of the access log is itself an
 entry, whatever its filters (a search of everyone reads everyone), committed before the
-log is read, over gRPC and the console."""
+log is read, over gRPC, the console and the command line."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import aiohttp
 import asyncpg
 import grpc
 import pytest
 
+from tests.cli_helpers import atongban, cli_env
 from tests.conftest import client_for
+from tests.stories.restaurant import OWNER_ID
 from tests.stories.test_audit import _accesses_to_owner
 from tongban.client import Bundle, ExchangeError
+from tongban.exchange.audit.log import SubjectHasher
+from tongban.exchange.datadir import load_log_key
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.node import Node
 from tongban.exchange.web import LinkStore
@@ -105,4 +111,43 @@ async def test_console_searches_and_exports_without_a_subject_are_logged(node: N
         ("audit", "JW-0001", "audit.search", "audit caller=tax", None),
         ("audit", "JW-0001", "audit.export", "audit", None),
         ("audit", "JW-0001", "audit.export", "audit decision=denied", None),
+    ]
+
+
+async def test_cli_searches_and_exports_are_logged_as_the_operators(
+    node: Node, tmp_path: Path
+) -> None:
+    await _accesses_to_owner(node)
+    url = node.settings.database_url
+    assert url is not None
+    env = cli_env(
+        TONGBAN_DATABASE_URL=url.get_secret_value(), TONGBAN_KEY_PASSPHRASE="test passphrase"
+    )
+    data_dir = ("--data-dir", str(node.settings.data_dir))
+
+    searched = await atongban("audit", "search", "--caller", "tax", *data_dir, "--json", env=env)
+    assert searched.code == 0, searched.stdout + searched.stderr
+    assert [e["case_id"] for e in searched.json()["entries"]] == ["SW-9"]
+
+    out = tmp_path / "log.jsonl"
+    exported = await atongban("audit", "export", "--out", str(out), *data_dir, "--json", env=env)
+    assert exported.code == 0, exported.stdout + exported.stderr
+    lines = out.read_text(encoding="utf-8").splitlines()
+    assert '"action": "audit.export"' in lines[-1]  # its own entry, the newest it read
+    assert '"caller": "operator"' in lines[-1]
+
+    by_subject = await atongban("audit", "search", "--subject", OWNER_ID, *data_dir, env=env)
+    assert by_subject.code == 0, by_subject.stderr
+    assert "GA-1" in by_subject.stdout
+
+    # A refused search reads nothing and is not an entry.
+    refused = await atongban("audit", "search", "--limit", "0", *data_dir, "--json", env=env)
+    assert refused.code == 1
+    assert refused.json()["reason"] == "INVALID_ARGUMENT"
+
+    owner = SubjectHasher(load_log_key(node.settings))(OWNER_ID)
+    assert await _reads(node) == [
+        ("operator", None, "audit.search", "audit caller=tax", None),
+        ("operator", None, "audit.export", "audit", None),
+        ("operator", None, "audit.search", "audit", owner),
     ]
