@@ -119,6 +119,35 @@ async def test_the_node_still_appends_to_the_log(node: Node) -> None:
     assert await node.db.pool.fetchval("SELECT size FROM log_state") == before + 1
 
 
+async def test_a_rewritten_tree_head_is_found_by_verify(node: Node) -> None:
+    """The node's role may move the tree head (log_state) to append, and so could write a
+    forged root into it; the head cannot shrink, checkpoints cannot be changed, and
+    ``tongban audit verify`` finds the forged root."""
+    assert node.db is not None
+    async with client_for(node, "tax") as tax:
+        with pytest.raises(ExchangeError):
+            await tax.query(
+                "no.such-dataset", ["x"], fields=["name"], purpose="核验", case_id="C-1"
+            )
+    assert node.checkpointer is not None
+    await node.checkpointer.sign_now()  # the head as it is, signed before the forgery
+    async with node.db.pool.acquire() as conn:
+        with pytest.raises(asyncpg.InsufficientPrivilegeError, match="log_state only grows"):
+            await conn.execute("UPDATE log_state SET size = size - 1")
+        await conn.execute("UPDATE log_state SET root = sha256('forged'::bytea)")
+    url = node.settings.database_url
+    assert url is not None
+    verified = await atongban(
+        "audit", "verify", "--data-dir", str(node.settings.data_dir), "--json",
+        env=cli_env(
+            TONGBAN_DATABASE_URL=url.get_secret_value(), TONGBAN_KEY_PASSPHRASE="test passphrase"
+        ),
+    )  # fmt: skip
+    assert verified.code == 1, verified.stdout + verified.stderr
+    assert verified.json()["reason"] == "LOG_CORRUPT", verified.stdout
+    assert verified.json()["message"] == "The tree head's root differs from the recomputed tree."
+
+
 # -- the owner's login only for migrations (issue 14, finding 10) ---------------------
 
 
