@@ -314,11 +314,11 @@ async def _phases(config: Config, db: Database, licensing: Licensing, roots: Any
     trivial = _trivial_pdf()
 
     async def seal_trivial() -> None:
-        await seal_pdf_async(trivial, key=approval_seal.key, chain=approval_seal.chain, now=now)
+        await seal_pdf_async(trivial, key=approval_seal.signer, chain=approval_seal.chain, now=now)
 
     async def render_and_seal() -> None:
         pdf = render_licence(document)
-        await seal_pdf_async(pdf, key=approval_seal.key, chain=approval_seal.chain, now=now)
+        await seal_pdf_async(pdf, key=approval_seal.signer, chain=approval_seal.chain, now=now)
 
     pdf_baseline = await _async_rate(seal_trivial, config.pdfs)
     pdf_rate = await _async_rate(render_and_seal, config.pdfs)

@@ -10,6 +10,7 @@ HTTP address; ``--offline`` verifies with the cached trust list and status lists
 from __future__ import annotations
 
 import argparse
+import asyncio
 import dataclasses
 import json
 import os
@@ -119,6 +120,14 @@ def add_parsers(
     enrol = ssub.add_parser("enrol", parents=[common],
                             help="give a registered department a custodial seal")  # fmt: skip
     enrol.add_argument("code")
+    move = ssub.add_parser(
+        "move-to-token",
+        parents=[common],
+        help="move custodial seal keys from the database into the PKCS#11 token",
+    )
+    move.add_argument(
+        "holders", nargs="*", metavar="CODE", help="departments (default: every key held)"
+    )
 
 
 def _licence_dict(licence: licence_pb2.Licence) -> dict[str, Any]:
@@ -493,6 +502,8 @@ async def run_seal(args: argparse.Namespace) -> int:
         return await _seal_verify(args)
     if args.seal_command == "enrol":
         return await _seal_enrol(args)
+    if args.seal_command == "move-to-token":
+        return await _seal_move(args)
     pdf = _read(args.input, "PDF")
     async with department_client(args) as client:
         sealed = await client.seal_pdf(pdf, reason=args.reason)
@@ -541,17 +552,53 @@ async def _seal_verify(args: argparse.Namespace) -> int:
 
 
 async def _seal_enrol(args: argparse.Namespace) -> int:
+    from tongban.exchange.datadir import open_token
     from tongban.exchange.db.database import Database
     from tongban.exchange.licensing.setup import enrol_seal, vault_for
 
     settings = settings_from_args(args)
-    async with await Database.open(settings, pool_size=1) as db:
-        fingerprint = await enrol_seal(
-            vault_for(db.pool, settings), db.pool, settings, args.code, datetime.now(UTC)
-        )
+    token = await asyncio.to_thread(open_token)  # with a token, the new key goes into it
+    try:
+        async with await Database.open(settings, pool_size=1) as db:
+            fingerprint = await enrol_seal(
+                vault_for(db.pool, settings, token), db.pool, settings, args.code, datetime.now(UTC)
+            )
+    finally:
+        if token is not None:
+            token.close()
+    where = f" in token {token.label}" if token is not None else ""
     emit(
         args,
-        {"department": args.code, "seal_fingerprint": fingerprint.hex()},
-        f"{args.code} now has a custodial seal (certificate sha256 {fingerprint.hex()})",
+        {"department": args.code, "seal_fingerprint": fingerprint.hex(), "in_token": bool(token)},
+        f"{args.code} now has a custodial seal{where} (certificate sha256 {fingerprint.hex()})",
+    )
+    return 0
+
+
+async def _seal_move(args: argparse.Namespace) -> int:
+    from tongban.exchange.datadir import open_token
+    from tongban.exchange.db.database import Database
+    from tongban.exchange.licensing.setup import vault_for
+
+    settings = settings_from_args(args)
+    token = await asyncio.to_thread(open_token)
+    try:
+        async with await Database.open(settings, pool_size=1) as db:
+            vault = vault_for(db.pool, settings, token)
+            held = dict(await vault.holders())
+            wanted = args.holders or list(held)
+            moved: dict[str, str] = {}
+            for holder in wanted:
+                # Raises TokenUnavailable without a token, SealNotEnrolled for a stranger.
+                label = await vault.move_to_token(holder)
+                moved[holder] = label or held.get(holder) or ""
+    finally:
+        if token is not None:
+            token.close()
+    emit(
+        args,
+        {"keys": moved},
+        "\n".join(f"{holder}: in the token as {label}" for holder, label in moved.items())
+        or "no custodial keys",
     )
     return 0

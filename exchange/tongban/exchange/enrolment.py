@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tongban.client.bundle import write_bundle
-from tongban.exchange.datadir import issue_department_credentials
+from tongban.exchange.datadir import issue_department_credentials, open_token
 from tongban.exchange.db.database import Database
 from tongban.exchange.departments import (
     Department,
@@ -79,13 +80,19 @@ async def enrol_department(
     # The exchange keeps the seal in custody (the unified seal service) before the
     # department exists; a left-over custody row of a refused registration is replaced
     # by the next enrolment of that code.
-    await custody_seal_from_pem(
-        vault_for(db.pool, settings),
-        code,
-        credentials.bundle.seal_key_pem,
-        credentials.bundle.seal_cert_pem,
-        now,
-    )
+    # With a PKCS#11 token configured the custodial copy goes into the token.
+    token = await asyncio.to_thread(open_token)
+    try:
+        await custody_seal_from_pem(
+            vault_for(db.pool, settings, token),
+            code,
+            credentials.bundle.seal_key_pem,
+            credentials.bundle.seal_cert_pem,
+            now,
+        )
+    finally:
+        if token is not None:
+            token.close()
     write_bundle(credentials.bundle, target)
     try:
         department = await store.add(

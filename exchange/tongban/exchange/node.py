@@ -217,7 +217,7 @@ class Node:
                 timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
                 on_decision=self.metrics.count_decision,
             )
-            vault = vault_for(self.db.pool, self.settings)
+            vault = vault_for(self.db.pool, self.settings, self._token)
             await ensure_status_key(vault, self.settings, self.clock.now())
             self.licensing = Licensing(
                 self.db.pool,

@@ -23,6 +23,7 @@ environment dumps) or ``TONGBAN_PKCS11_PIN``.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import threading
 from collections.abc import Mapping
@@ -129,50 +130,90 @@ def _library(module: Path) -> Library:
         ) from e
 
 
-class Token:
-    """An open, logged-in session with one token. Use as a context manager or ``close()``.
+@dataclass
+class _Login:
+    """One process's logged-in session with one token, shared by every ``Token`` handle:
+    PKCS#11 keeps the login per application, so a second C_Login fails and a C_Logout by
+    one handle would log every other out."""
 
-    One session serves every signer made from it; PKCS#11 forbids concurrent calls on a
-    session, so calls are serialised by a lock (signing is fast next to everything else a
-    licence costs; ``bench keys`` measures it).
+    session: Any
+    pin_digest: bytes
+    lock: threading.Lock
+    handles: int
+
+
+_LOGINS: dict[tuple[str, str], _Login] = {}
+_LOGINS_LOCK = threading.Lock()
+
+
+def _pin_digest(pin: str) -> bytes:
+    return hashlib.sha256(pin.encode()).digest()
+
+
+def _log_in(config: TokenConfig) -> Any:
+    lib = _library(config.module)
+    try:
+        token = lib.get_token(token_label=config.token_label)
+    except p11.NoSuchToken as e:
+        raise TokenUnavailable(
+            f"No token labelled {config.token_label!r} in {config.module}; check "
+            "TONGBAN_PKCS11_TOKEN (softhsm2-util --show-slots lists the labels)."
+        ) from e
+    except p11.MultipleTokensReturned as e:
+        raise TokenUnavailable(
+            f"More than one token is labelled {config.token_label!r} in {config.module}; "
+            "give each token a distinct label."
+        ) from e
+    except p11.PKCS11Error as e:
+        raise TokenUnavailable(f"The PKCS#11 module {config.module} failed: {e!r}.") from e
+    try:
+        return token.open(user_pin=config.pin, rw=True)
+    except p11.PinIncorrect as e:
+        raise _wrong_pin(config) from e
+    except p11.PinLocked as e:
+        raise TokenPinWrong(
+            f"The user PIN of token {config.token_label!r} is locked after too many "
+            "wrong tries; the token's security officer must reset it."
+        ) from e
+    except p11.PKCS11Error as e:
+        raise TokenUnavailable(f"Could not log in to token {config.token_label!r}: {e!r}.") from e
+
+
+def _wrong_pin(config: TokenConfig) -> TokenPinWrong:
+    return TokenPinWrong(
+        f"The PIN for token {config.token_label!r} is wrong; check TONGBAN_PKCS11_PIN_FILE "
+        "(repeated failures lock the token)."
+    )
+
+
+class Token:
+    """A logged-in handle on one token. Use as a context manager or ``close()``.
+
+    Handles on the same token in one process share one session (see ``_Login``); the
+    session is closed with the last handle. A handle opened while another is logged in
+    must still give the same PIN. PKCS#11 forbids concurrent calls on a session, so calls
+    are serialised by a lock (signing is fast next to everything else a licence costs;
+    ``bench keys`` measures it).
     """
 
     def __init__(self, config: TokenConfig) -> None:
         """Open the token and log in. Raises TokenUnavailable (module or token missing,
         token not initialised) or TokenPinWrong (wrong or locked PIN)."""
-        lib = _library(config.module)
-        try:
-            token = lib.get_token(token_label=config.token_label)
-        except p11.NoSuchToken as e:
-            raise TokenUnavailable(
-                f"No token labelled {config.token_label!r} in {config.module}; check "
-                "TONGBAN_PKCS11_TOKEN (softhsm2-util --show-slots lists the labels)."
-            ) from e
-        except p11.MultipleTokensReturned as e:
-            raise TokenUnavailable(
-                f"More than one token is labelled {config.token_label!r} in {config.module}; "
-                "give each token a distinct label."
-            ) from e
-        except p11.PKCS11Error as e:
-            raise TokenUnavailable(f"The PKCS#11 module {config.module} failed: {e!r}.") from e
-        try:
-            self._session = token.open(user_pin=config.pin, rw=True)
-        except p11.PinIncorrect as e:
-            raise TokenPinWrong(
-                f"The PIN for token {config.token_label!r} is wrong; check "
-                "TONGBAN_PKCS11_PIN_FILE (repeated failures lock the token)."
-            ) from e
-        except p11.PinLocked as e:
-            raise TokenPinWrong(
-                f"The user PIN of token {config.token_label!r} is locked after too many "
-                "wrong tries; the token's security officer must reset it."
-            ) from e
-        except p11.PKCS11Error as e:
-            raise TokenUnavailable(
-                f"Could not log in to token {config.token_label!r}: {e!r}."
-            ) from e
+        key = (str(config.module), config.token_label)
+        digest = _pin_digest(config.pin)
+        with _LOGINS_LOCK:
+            login = _LOGINS.get(key)
+            if login is None:
+                login = _Login(_log_in(config), digest, threading.Lock(), 0)
+                _LOGINS[key] = login
+            elif not hmac.compare_digest(login.pin_digest, digest):
+                raise _wrong_pin(config)
+            login.handles += 1
+        self._key = key
+        self._login: _Login | None = login
+        self._session = login.session
+        self._lock = login.lock
         self.label = config.token_label
-        self._lock = threading.Lock()
 
     def __enter__(self) -> Token:
         return self
@@ -181,9 +222,17 @@ class Token:
         self.close()
 
     def close(self) -> None:
-        """Log out and close the session (signers made from it stop working)."""
-        with self._lock:
-            self._session.close()
+        """Let go of the session; the last handle logs out and closes it (signers made
+        from it then stop working). Idempotent."""
+        with _LOGINS_LOCK:
+            login, self._login = self._login, None
+            if login is None:
+                return
+            login.handles -= 1
+            if login.handles == 0:
+                _LOGINS.pop(self._key, None)
+                with login.lock:
+                    login.session.close()
 
     def _private(self, label: str) -> Any:
         try:

@@ -72,7 +72,7 @@ async def render_licence_pdf(
     from tongban.licence import render_and_seal_async
 
     document = licence_document(view, licence_type, seal.name)
-    data: bytes = await render_and_seal_async(document, seal.key, seal.chain, now=now)
+    data: bytes = await render_and_seal_async(document, seal.signer, seal.chain, now=now)
     return data
 
 
@@ -87,7 +87,7 @@ async def seal_document(
         raise DocumentInvalid(f"The PDF is over {MAX_PDF_BYTES // (1024 * 1024)} MiB.")
     return await seal_pdf_async(
         pdf,
-        key=seal.key,
+        key=seal.signer,
         chain=seal.chain,
         field_name=f"Seal-{seal.holder}-{int(now.timestamp() * 1000)}",
         reason=reason or None,

@@ -24,6 +24,7 @@ from tongban.signing import (
     issue_seal_certificate,
     load_pem_certificates,
 )
+from tongban.signing.pkcs11 import Token
 
 __all__ = ["custody_seal_from_pem", "enrol_seal", "ensure_status_key", "vault_for"]
 
@@ -85,6 +86,7 @@ async def ensure_status_key(vault: SealVault, settings: Settings, now: datetime)
     await vault.enrol(STATUS_LIST_HOLDER, key, (cert,), now, replace=False)
 
 
-def vault_for(pool: asyncpg.Pool, settings: Settings) -> SealVault:
-    """The seal vault over ``pool``, opened with the node key passphrase."""
-    return SealVault(pool, key_passphrase(settings))
+def vault_for(pool: asyncpg.Pool, settings: Settings, token: Token | None = None) -> SealVault:
+    """The seal vault over ``pool``, opened with the node key passphrase and, when the
+    exchange has one, its PKCS#11 ``token`` (where every key enrolled from now on goes)."""
+    return SealVault(pool, key_passphrase(settings), token)
