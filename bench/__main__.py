@@ -1,5 +1,5 @@
 """``python -m bench [--quick | audit | events | fairness | burst | cluster | licence |
-adapters | cases | supervision]``:
+keys | adapters | cases | supervision]``:
 run the benchmark.
 
 ``--quick`` runs the full run's phases and the licence phases in short windows on small
@@ -29,12 +29,13 @@ from bench import (
     events,
     fairness,
     foundation,
+    keys,
     licence,
     supervision,
 )
 
 USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst | cluster |
-                          licence | adapters | cases | supervision]
+                          licence | keys | adapters | cases | supervision]
 
   (no argument)  every phase: foundation, sharing, the access log's, change events,
                  fairness and burst
@@ -59,6 +60,10 @@ USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst |
   licence        licence issue, offline QR and SD-JWT verify, PDF render + seal, in
                  process, each beside a raw baseline (BENCH_LICENCE_ISSUE,
                  BENCH_LICENCE_SECONDS, BENCH_LICENCE_PDFS); not in the full run yet
+  keys           signs per second with keys in memory, in a SoftHSM2 token and SM2 key
+                 files, SM2 verify, PAdES seals and licence issuance with the seal in the
+                 token, each beside a baseline; not in the full run (BENCH_KEYS_SECONDS,
+                 BENCH_KEYS_ISSUE, BENCH_KEYS_PDFS)
   adapters       a legacy table's snapshot into the exchange through an adapter (beside
                  an asyncpg COPY of the same rows) and legacy change -> another legacy
                  system's latency; not in the full run (BENCH_ADAPTERS_ROWS, default
@@ -94,6 +99,8 @@ def main(argv: list[str]) -> int:
         return cluster.main()
     if argv == ["licence"]:
         return licence.main()
+    if argv == ["keys"]:
+        return keys.main()
     if argv == ["adapters"]:
         return adapters.main()
     if argv == ["cases"]:

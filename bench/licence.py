@@ -352,8 +352,11 @@ async def _async_rate(work: Callable[[], Any], count: int) -> float:
     return count / (time.perf_counter() - started)
 
 
-def format_report(figures: list[Figure]) -> str:
-    lines = ["licences (in process, embedded PostgreSQL; baselines from this run)"]
+def format_report(
+    figures: list[Figure],
+    title: str = "licences (in process, embedded PostgreSQL; baselines from this run)",
+) -> str:
+    lines = [title]
     for f in figures:
         share = f"{f.rate / f.baseline:4.0%} of baseline" if f.baseline else ""
         verdict = "met" if f.met else "MISSED"
@@ -362,11 +365,12 @@ def format_report(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
-def write_json(figures: list[Figure], config: Config) -> Path:
+def write_json(figures: list[Figure], config: Any, name: str = "licence") -> Path:
+    """Write ``figures`` and ``config`` (a dataclass) to ``bench/results/<name>-<time>.json``."""
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"licence-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
+    path = RESULTS_DIR / f"{name}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
     data = {
-        "benchmark": "licence",
+        "benchmark": name,
         "host": {"cpus": os.cpu_count(), "python": platform.python_version(),
                  "loadavg": list(os.getloadavg())},
         "config": asdict(config),

@@ -18,7 +18,6 @@ import pytest
 import pytest_asyncio
 
 from tests.kafka_broker import TansuBroker
-from tests.softhsm import SoftHsm
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.datadir import init_data_dir
 from tongban.exchange.db import guard
@@ -27,6 +26,7 @@ from tongban.exchange.enrolment import bundle_dir, enrol_demo_departments
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings, load_settings
 from tongban.signing.clock import FixedClock, SystemClock
+from tongban.signing.softhsm import SoftHsm
 
 # A task that acquires a pooled connection while it holds one fails the test at once
 # (it can deadlock the node under load; see docs/architecture.md, "Connections").

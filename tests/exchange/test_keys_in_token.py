@@ -11,7 +11,6 @@ import pytest
 
 from tests.cli_helpers import atongban, cli_env
 from tests.conftest import client_for
-from tests.softhsm import SoftHsm
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS, COMPANY, COMPANY_USCC, ENTERPRISE
 from tongban.client import ExchangeError, verify_answer
 from tongban.exchange.audit.verify import verify_log
@@ -29,6 +28,7 @@ from tongban.exchange.settings import Settings
 from tongban.signing import TokenKeyMissing, generate_private_key, load_private_key
 from tongban.signing.clock import FixedClock, SystemClock
 from tongban.signing.pkcs11 import Token, TokenConfig
+from tongban.signing.softhsm import SoftHsm
 
 
 @pytest.fixture

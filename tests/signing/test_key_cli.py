@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from tests.cli_helpers import cli_env, tongban
-from tests.softhsm import SoftHsm
 from tongban.signing import load_private_key, public_key_fingerprint
 from tongban.signing.pkcs11 import Token, TokenConfig
+from tongban.signing.softhsm import SoftHsm
 
 
 def _env(config: TokenConfig, pin_file: Path, **extra: str) -> dict[str, str]:

@@ -23,7 +23,6 @@ from pyhanko.pdf_utils.writer import PageObject, PdfFileWriter
 from pyhanko.sign.timestamps import TimeStamper
 from pyhanko.sign.timestamps.dummy_client import DummyTimeStamper
 
-from tests.softhsm import SoftHsm
 from tongban.signing import (
     KeyAlgorithm,
     LocalSigner,
@@ -46,6 +45,7 @@ from tongban.signing.pades import (
     verify_sealed_pdf_async,
 )
 from tongban.signing.pkcs11 import Token
+from tongban.signing.softhsm import SoftHsm
 
 NOW = datetime(2025, 6, 1, 8, 0, tzinfo=UTC)
 LATER = NOW + timedelta(days=30)

@@ -12,7 +12,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from pkcs11 import Attribute, ObjectClass
 
-from tests.softhsm import SOFTHSM_MODULE, SoftHsm
 from tongban.signing import (
     TokenKeyExists,
     TokenKeyMissing,
@@ -24,6 +23,7 @@ from tongban.signing import (
     verify_jws,
 )
 from tongban.signing.pkcs11 import Token, TokenConfig
+from tongban.signing.softhsm import SOFTHSM_MODULE, SoftHsm
 
 
 def _verify_es256(public: object, signature: bytes, data: bytes) -> None:

@@ -1,6 +1,7 @@
-"""A fresh SoftHSM2 token for the test run: its own token directory and config, so no test
-touches a token outside the run (PKCS#11 modules read their config once per process, at
-C_Initialize, so ``SOFTHSM2_CONF`` is set before the module is first loaded)."""
+"""Throwaway SoftHSM2 tokens, for tests, ``bench keys`` and trying the token path: a token
+directory and config of their own, so nothing touches a token outside them (PKCS#11 modules
+read their config once per process, at C_Initialize, so ``SOFTHSM2_CONF`` is set for this
+process before the module is first loaded)."""
 
 from __future__ import annotations
 
@@ -23,10 +24,12 @@ class SoftHsm:
     """A token directory under ``root`` with one initialised token per ``new_token``."""
 
     def __init__(self, root: Path) -> None:
-        if shutil.which("softhsm2-util") is None or not SOFTHSM_MODULE.is_file():
+        util = shutil.which("softhsm2-util")
+        if util is None or not SOFTHSM_MODULE.is_file():
             raise RuntimeError(
                 "SoftHSM2 is not installed; run scripts/system-packages (apt-get install softhsm2)."
             )
+        self._util = util
         self.root = root
         (root / "tokens").mkdir(parents=True, exist_ok=True)
         self.conf = root / "softhsm2.conf"
@@ -39,8 +42,8 @@ class SoftHsm:
     def new_token(self, pin: str = "123456") -> TokenConfig:
         """Initialise a token with a unique label and return how to reach it."""
         label = "t-" + uuid.uuid4().hex[:12]
-        subprocess.run(
-            ["softhsm2-util", "--init-token", "--free", "--label", label,
+        subprocess.run(  # noqa: S603 - our own arguments, no shell
+            [self._util, "--init-token", "--free", "--label", label,
              "--pin", pin, "--so-pin", "87654321"],
             check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": str(self.conf)},
         )  # fmt: skip
