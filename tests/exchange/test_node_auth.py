@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from datetime import timedelta
 
+import asyncpg
 import grpc
 import pytest
 from cryptography import x509
@@ -61,6 +64,34 @@ async def _call(bundle: Bundle, node: Node, officer: str | None = None) -> Excha
         with pytest.raises(ExchangeError) as caught:
             await c.who_am_i()
     return caught.value
+
+
+def _fingerprint(bundle: Bundle) -> str:
+    return certificate_fingerprint(x509.load_pem_x509_certificate(bundle.tls_cert_pem)).hex()
+
+
+_REFUSALS = re.compile(r"([0-9]+) refusals? of certificate sha256:([0-9a-f]{64})")
+
+
+async def _refusals(pool: asyncpg.Pool) -> list[tuple[str, str, str, int, str]]:
+    """The log's auth.refused entries: (caller, decision, reason, count, fingerprint)."""
+    rows = await pool.fetch(
+        "SELECT caller, decision, reason, purpose FROM access_log"
+        " WHERE action = 'auth.refused' ORDER BY idx"
+    )
+    found = []
+    for row in rows:
+        parts = _REFUSALS.fullmatch(row["purpose"])
+        assert parts is not None, row["purpose"]
+        found.append((row["caller"], row["decision"], row["reason"], int(parts[1]), parts[2]))
+    return found
+
+
+async def _until_refusals_total(pool: asyncpg.Pool, total: int) -> None:
+    """Wait (at most 30 s) until the auth.refused entries count ``total`` refusals."""
+    async with asyncio.timeout(30):
+        while sum(r[3] for r in await _refusals(pool)) < total:
+            await asyncio.sleep(0.05)
 
 
 async def test_registered_department_is_known_by_its_certificate(
@@ -136,6 +167,10 @@ async def test_suspended_department_is_refused_until_reactivated(
         assert error.code is grpc.StatusCode.PERMISSION_DENIED
         assert error.reason == "DEPARTMENT_SUSPENDED"
         assert error.metadata == {"department": "tax"}
+        # The refusal is in the access log at once, with the certificate's fingerprint.
+        assert await _refusals(node.db.pool) == [
+            ("tax", "denied", "DEPARTMENT_SUSPENDED", 1, _fingerprint(bundle))
+        ]
         await store.set_status("tax", Status.ACTIVE)
         for _ in range(50):
             try:
@@ -172,18 +207,49 @@ async def test_valid_certificate_of_an_unregistered_department_is_refused(
     error = await _call(ghost, node)
     assert error.code is grpc.StatusCode.UNAUTHENTICATED
     assert error.reason == "DEPARTMENT_UNKNOWN"
-    for _ in range(5):  # a burst of the same refusal: one entry, then a summary later
-        assert (await _call(ghost, node)).reason == "DEPARTMENT_UNKNOWN"
-    # The refusal is in the access log with the certificate's fingerprint.
     assert node.db is not None
-    rows = await node.db.pool.fetch(
-        "SELECT caller, decision, reason, purpose FROM access_log WHERE action = 'auth.refused'"
-    )
-    fingerprint = certificate_fingerprint(x509.load_pem_x509_certificate(ghost.tls_cert_pem)).hex()
-    assert [(r["caller"], r["decision"], r["reason"]) for r in rows] == [
-        ("ghost", "denied", "DEPARTMENT_UNKNOWN")
+    # The first refusal is in the access log at once, with the certificate's fingerprint.
+    fingerprint = _fingerprint(ghost)
+    assert await _refusals(node.db.pool) == [
+        ("ghost", "denied", "DEPARTMENT_UNKNOWN", 1, fingerprint)
     ]
-    assert rows[0]["purpose"] == f"1 refusal of certificate sha256:{fingerprint}"
+    # A burst of the same refusal is merged into an entry a second, and the tail of the
+    # burst is written when its second ends, though no refusal comes after it
+    # (issue 14, finding 13b: 6 refusals used to leave one entry saying "1 refusal").
+    for _ in range(5):
+        assert (await _call(ghost, node)).reason == "DEPARTMENT_UNKNOWN"
+    await _until_refusals_total(node.db.pool, 6)
+    entries = await _refusals(node.db.pool)
+    assert sum(count for *_, count, _ in entries) == 6
+    assert {entry[:3] + entry[4:] for entry in entries} == {
+        ("ghost", "denied", "DEPARTMENT_UNKNOWN", fingerprint)
+    }
+
+
+async def test_refusals_still_pending_are_written_when_the_node_stops(
+    settings: Settings, database_url: str
+) -> None:
+    # A certificate of the exchange's CA for a department no one registered.
+    ca = load_ca(settings)
+    key = generate_private_key()
+    cert = issue_department_tls_certificate(
+        ca_cert=ca.cert, ca_key=ca.key, code="ghost", name="部门",
+        public_key=key.public_key(), now=SystemClock().now(),
+    )  # fmt: skip
+    key_pem, cert_pem = private_key_pem(key), certificate_pem(cert)
+    ghost = Bundle(
+        department="ghost", name="部门", endpoint="", server_name="localhost",
+        ca_pem=certificate_pem(ca.cert), tls_cert_pem=cert_pem, tls_key_pem=key_pem,
+        seal_cert_pem=cert_pem, seal_key_pem=key_pem,
+    )  # fmt: skip
+    async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
+        for _ in range(6):
+            assert (await _call(ghost, node)).reason == "DEPARTMENT_UNKNOWN"
+    # Stopped at once: what its second had not yet written was written at shutdown.
+    async with asyncpg.create_pool(database_url, min_size=1, max_size=1) as pool:
+        entries = await _refusals(pool)
+    assert sum(count for *_, count, _ in entries) == 6
+    assert {entry[4] for entry in entries} == {_fingerprint(ghost)}
 
 
 async def test_a_replaced_certificate_is_no_longer_accepted(node: Node, settings: Settings) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
@@ -29,6 +28,13 @@ from tongban.exchange.audit.anomalies import AnomalyKind, find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.recorder import AccessRecorder
+from tongban.exchange.audit.refusals import (
+    AUTH_REFUSED,
+    CALL_REFUSED,
+    RefusalTally,
+    auth_refusal_purpose,
+    call_refusal_purpose,
+)
 from tongban.exchange.audit.store import AuditStore
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.datadir import (
@@ -170,6 +176,7 @@ class Node:
         self.notices: CaseNotices | None = None
         self.follow_through: FollowThrough | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._auth_refusals: RefusalTally[tuple[bytes, str]] | None = None
         self.ratings: RatingStore | None = None
         self._token: Token | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -303,40 +310,37 @@ class Node:
 
     def _auth_refusal_logger(self) -> Callable[[bytes, TongbanError], Awaitable[None]]:
         """Log refused authentications in the access log, so they feed the anomaly report:
-        caller = the department the certificate names (or "unknown"), purpose = the
-        certificate's SHA-256 fingerprint. At most one entry per certificate and reason
-        per second, saying how many refusals it stands for."""
+        caller = the department the certificate names (or "unknown"), purpose = how many
+        refusals the entry stands for and the certificate's SHA-256 fingerprint. At most
+        one entry per certificate and reason a second, yet every refusal counted: the rest
+        of a second's refusals are written when the second ends, or when the node stops
+        (``RefusalTally``)."""
         log = self.access_log
         assert log is not None
         recorder = AccessRecorder(self.settings.node_name)
-        last: dict[tuple[bytes, str], tuple[float, int]] = {}
 
-        async def log_refusal(cert_pem: bytes, error: TongbanError) -> None:
-            now = time.monotonic()
-            key = (cert_pem, error.reason)
-            logged_at, count = last.get(key, (-1e9, 0))
-            count += 1
-            if now - logged_at < 1.0:
-                last[key] = (logged_at, count)
-                return
-            if len(last) > 10_000:
-                last.clear()
-            last[key] = (now, 0)
+        async def write(key: tuple[bytes, str], count: int) -> None:
+            cert_pem, reason = key
             fingerprint, department = _certificate_names(cert_pem)
-            what = "refusal" if count == 1 else "refusals"
             await log.append(
                 [
                     recorder.entry(
                         at=self.clock.now(),
                         department=department,
                         officer=None,
-                        action="auth.refused",
-                        purpose=f"{count} {what} of certificate sha256:{fingerprint}",
+                        action=AUTH_REFUSED,
+                        purpose=auth_refusal_purpose(count, fingerprint),
                         decision="denied",
-                        reason=error.reason,
+                        reason=reason,
                     )
                 ]
             )
+
+        tally: RefusalTally[tuple[bytes, str]] = RefusalTally(write)
+        self._auth_refusals = tally
+
+        async def log_refusal(cert_pem: bytes, error: TongbanError) -> None:
+            await tally.refused((cert_pem, error.reason))
 
         return log_refusal
 
@@ -347,15 +351,14 @@ class Node:
         recorder = AccessRecorder(self.settings.node_name)
 
         async def log_refusal(caller: Caller, method: str, reason: str, count: int) -> None:
-            what = "call" if count == 1 else "calls"
             await log.append(
                 [
                     recorder.entry(
                         at=self.clock.now(),
                         department=caller.department.code,
                         officer=caller.officer_id,
-                        action="call.refused",
-                        purpose=f"{count} {what} refused, the latest to {method}",
+                        action=CALL_REFUSED,
+                        purpose=call_refusal_purpose(count, method),
                         decision="denied",
                         reason=reason,
                     )
@@ -720,6 +723,9 @@ class Node:
         if self._grpc is not None:
             await self._grpc.stop(0)
             self._grpc = None
+        if self._auth_refusals is not None:  # no refusal can come now: write the pending
+            await self._auth_refusals.close()
+            self._auth_refusals = None
         if self.relay is not None:
             await self.relay.stop()
             self.relay = None
