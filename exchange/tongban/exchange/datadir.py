@@ -186,11 +186,13 @@ def node_password(settings: Settings) -> str | None:
     return password
 
 
-def key_passphrase(settings: Settings) -> bytes:
+def key_passphrase(settings: Settings, *, create: bool = False) -> bytes:
     """The node key passphrase (TONGBAN_KEY_PASSPHRASE, or the one ``init`` generated):
-    it also encrypts the seal keys the exchange holds in PostgreSQL. Raises
+    it also encrypts the seal keys the exchange holds in PostgreSQL. With ``create``, one
+    is generated into ``secrets/key-passphrase`` if none is set or there (as ``init``
+    does; ``tongban witness init`` on a witness's own data dir). Raises
     DataDirNotInitialised or DataDirUnusable."""
-    return _passphrase(settings, create=False)
+    return _passphrase(settings, create=create)
 
 
 def init_data_dir(settings: Settings, now: datetime) -> InitResult:

@@ -127,6 +127,20 @@ class NodeMetrics:
             ["department"],
             registry=self.registry,
         )
+        self.witness_requests = Counter(
+            "tongban_witness_requests",
+            "Requests to witnesses to cosign a checkpoint, by witness and outcome: cosigned, "
+            "resync, split_view, proof_refused, refused, unknown_key, bad_cosignature, "
+            "unavailable (all but cosigned and resync are retried after a back-off).",
+            ["witness", "outcome"],
+            registry=self.registry,
+        )
+        self.witness_cosigned_size = Gauge(
+            "tongban_witness_cosigned_size",
+            "Size of the latest checkpoint this node got a witness's cosignature for.",
+            ["witness"],
+            registry=self.registry,
+        )
         self.up = Gauge(
             "tongban_node_up",
             "1 while the node serves, 0 while it drains.",

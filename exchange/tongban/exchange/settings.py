@@ -142,6 +142,19 @@ class Settings(BaseSettings):
     checkpoint_interval_seconds: float = Field(default=0.5, gt=0, le=60)
     """How soon after the log grows a new checkpoint is signed."""
 
+    witnesses: Annotated[tuple[str, ...], NoDecode] = ()
+    """Witnesses the node asks to cosign each checkpoint (C2SP tlog-witness), comma-
+    separated ``<witness key>@<URL>``: the key as ``tongban witness key`` prints it, the
+    URL the witness's submission prefix. Empty (the default): checkpoints are not
+    witnessed. See docs/audit-log.md, "Witnesses"."""
+
+    witness_listen: Annotated[ListenAddress, NoDecode] = ListenAddress("127.0.0.1", 8090)
+    """Where ``tongban witness serve`` listens (HTTP; put TLS in front of it)."""
+
+    witness_logs: Annotated[tuple[str, ...], NoDecode] = ()
+    """The logs ``tongban witness serve`` witnesses, comma-separated verifier keys (as
+    ``tongban audit key`` prints a log's); ``--log`` adds more."""
+
     grant_answer_days: int = Field(default=5, ge=1, le=60)
     """Working days an owner has to answer a grant request (政务数据共享条例: 5 by default)."""
 
@@ -209,12 +222,20 @@ class Settings(BaseSettings):
     """PEM CA bundle the brokers' TLS certificates must chain to (``SSL``/``SASL_SSL``).
     Unset: the system's trusted CAs."""
 
-    @field_validator("grpc_listen", "http_listen", mode="before")
+    @field_validator("grpc_listen", "http_listen", "witness_listen", mode="before")
     @classmethod
     def _listen(cls, value: Any) -> Any:
         return parse_listen_address(value) if isinstance(value, str) else value
 
-    @field_validator("node_hostnames", "node_ips", "holidays", "makeup_workdays", mode="before")
+    @field_validator(
+        "node_hostnames",
+        "node_ips",
+        "holidays",
+        "makeup_workdays",
+        "witnesses",
+        "witness_logs",
+        mode="before",
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -232,6 +253,26 @@ class Settings(BaseSettings):
     def _ips(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         for ip in value:
             ipaddress.ip_address(ip)
+        return value
+
+    @field_validator("witnesses")
+    @classmethod
+    def _witnesses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from tongban.exchange.witness.collector import parse_witness_endpoints
+
+        parse_witness_endpoints(value)
+        return value
+
+    @field_validator("witness_logs")
+    @classmethod
+    def _witness_logs(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        from tongban.exchange.audit.note import NoteInvalid, parse_verifier_key
+
+        for text in value:
+            try:
+                parse_verifier_key(text)
+            except NoteInvalid as e:
+                raise ValueError(f"{text[:80]!r}: {e.message}") from None
         return value
 
     @field_validator("kafka_bootstrap")

@@ -4,6 +4,11 @@ A node signs a new checkpoint soon after the log grows (``interval``), and on de
 (``sign_now``). Signers serialise on a transaction-scoped advisory lock, so with several
 nodes on one database only one signs at a time and no size is signed twice; every
 checkpoint is kept (``log_checkpoint``), so consistency between any two can be proved.
+
+Checkpoints are read with the witnesses' cosignatures collected for them
+(``witness_cosignature``, ``tongban.exchange.witness.collector``) appended to the log's
+signature, one note signature line each, as C2SP tlog-cosignature shows them: verifiers
+that do not know a witness ignore its line.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -41,11 +47,26 @@ class CheckpointRow:
     size: int
     root: bytes
     note: str
+    """The checkpoint as served: the log's signed note, then the cosignature lines of the
+    witnesses that cosigned it (none yet for a checkpoint just signed)."""
     signed_at: datetime
+    log_note: str
+    """The signed note exactly as the log signed it, without cosignatures."""
+
+
+# Cosignatures in a fixed order, so that every node serves the same note.
+_SELECT = (
+    "SELECT c.size, c.root, c.note, c.signed_at, coalesce((SELECT string_agg(w.line, ''"
+    " ORDER BY w.witness, w.key_id) FROM witness_cosignature w WHERE w.size = c.size), '')"
+    " AS cosignatures FROM log_checkpoint c"
+)
 
 
 def _row(row: asyncpg.Record) -> CheckpointRow:
-    return CheckpointRow(row["size"], bytes(row["root"]), row["note"], row["signed_at"])
+    note = row["note"]
+    return CheckpointRow(
+        row["size"], bytes(row["root"]), note + row["cosignatures"], row["signed_at"], note
+    )
 
 
 class Checkpointer:
@@ -66,11 +87,18 @@ class Checkpointer:
         self._signer = signer
         self._interval = interval
         self._task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[], None]] = []
         public_key = key.public_key()
         if not isinstance(public_key, Ed25519PublicKey):
             raise TypeError("Checkpoints are signed with an Ed25519 key.")
         self.public_key = public_key
         self.verifier_key = verifier_key(origin, public_key)
+
+    def on_signed(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call ``listener`` (quick, non-blocking) after each checkpoint this node signs;
+        return the function that removes it."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
 
     async def start(self, grown: asyncio.Event) -> None:
         """Sign a checkpoint now (the log may have grown while no node ran), then keep
@@ -104,9 +132,7 @@ class Checkpointer:
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SIGNER_LOCK)
             head = await conn.fetchrow("SELECT size, root FROM log_state")
             assert head is not None
-            latest = await conn.fetchrow(
-                "SELECT size, root, note, signed_at FROM log_checkpoint ORDER BY size DESC LIMIT 1"
-            )
+            latest = await conn.fetchrow(f"{_SELECT} ORDER BY c.size DESC LIMIT 1")
             if latest is not None and latest["size"] >= head["size"]:
                 return _row(latest)
             root = bytes(head["root"])
@@ -115,7 +141,8 @@ class Checkpointer:
             )
             row = await conn.fetchrow(
                 "INSERT INTO log_checkpoint (size, root, note, signed_at, signer)"
-                " VALUES ($1, $2, $3, $4, $5) RETURNING size, root, note, signed_at",
+                " VALUES ($1, $2, $3, $4, $5)"
+                " RETURNING size, root, note, signed_at, '' AS cosignatures",
                 head["size"],
                 root,
                 note,
@@ -123,12 +150,12 @@ class Checkpointer:
                 self._signer,
             )
         assert row is not None
+        for listener in list(self._listeners):
+            listener()
         return _row(row)
 
     async def latest(self) -> CheckpointRow:
-        row = await self._pool.fetchrow(
-            "SELECT size, root, note, signed_at FROM log_checkpoint ORDER BY size DESC LIMIT 1"
-        )
+        row = await self._pool.fetchrow(f"{_SELECT} ORDER BY c.size DESC LIMIT 1")
         if row is None:
             raise CheckpointNotFound("The log has no checkpoint yet; a node signs one at start.")
         return _row(row)
@@ -137,9 +164,7 @@ class Checkpointer:
         """The checkpoint signed at ``size``; CheckpointNotFound if there is none."""
         row = None
         if 0 <= size <= _MAX_SIZE:
-            row = await self._pool.fetchrow(
-                "SELECT size, root, note, signed_at FROM log_checkpoint WHERE size = $1", size
-            )
+            row = await self._pool.fetchrow(f"{_SELECT} WHERE c.size = $1", size)
         if row is None:
             raise CheckpointNotFound(
                 f"No checkpoint was signed at size {size}; ask for the latest or another size."

@@ -36,11 +36,17 @@ __all__ = [
     "MAX_SIGNATURES",
     "Checkpoint",
     "NoteInvalid",
+    "NoteSignature",
+    "NoteSignatureInvalid",
+    "canonical_b64decode",
+    "check_ed25519_public_key",
+    "check_key_name",
     "checkpoint_body",
     "key_hash",
     "open_checkpoint",
     "open_note",
     "parse_verifier_key",
+    "read_note",
     "sign_note",
     "verifier_key",
 ]
@@ -66,6 +72,26 @@ class NoteInvalid(TongbanError):
 
     reason = "NOTE_INVALID"
     status = "INVALID_ARGUMENT"
+
+
+class NoteSignatureInvalid(NoteInvalid):
+    """A well-formed note that carries no valid signature by a known key: none by a known
+    key at all, or one by a known key that does not verify. A witness answers these with
+    "403 Forbidden", other malformed notes with "400 Bad Request"."""
+
+
+@dataclass(frozen=True)
+class NoteSignature:
+    """One signature line of a note, parsed but not verified."""
+
+    name: str
+    """The key name on the line."""
+    key_id: bytes
+    """The first four bytes of the decoded signature: the key ID."""
+    signature: bytes
+    """The rest of the decoded signature (its form depends on the key type)."""
+    line: str
+    """The line exactly as in the note, with its final newline."""
 
 
 @dataclass(frozen=True)
@@ -243,10 +269,41 @@ def open_note(
     that fails rejects the note. Raises :class:`NoteInvalid` if no verifiers are given, if
     the note is malformed (not valid text, control characters, no blank line before the
     signatures, a line there that is not a signature line, an invalid key name,
-    non-canonical base64), over :data:`MAX_NOTE_BYTES` or :data:`MAX_SIGNATURES`, or not
-    validly signed by a known key.
+    non-canonical base64), over :data:`MAX_NOTE_BYTES` or :data:`MAX_SIGNATURES`, and
+    :class:`NoteSignatureInvalid` if it is not validly signed by a known key.
     """
     table = _verifier_table(verifiers)
+    text, signatures = read_note(note_text)
+    signed = text.encode("utf-8")
+    verified = 0
+    for sig in signatures:
+        key = table.get((sig.name, sig.key_id))
+        if key is None:
+            continue  # unknown signer (e.g. a witness we do not track): ignored, per spec
+        try:
+            key.verify(sig.signature, signed)
+        except InvalidSignature as e:
+            raise NoteSignatureInvalid(
+                f"the signature by known key {sig.name}+{sig.key_id.hex()} does not verify",
+                metadata={"key": f"{sig.name}+{sig.key_id.hex()}"},
+            ) from e
+        verified += 1
+    if not verified:
+        raise NoteSignatureInvalid("the note carries no signature by a known key")
+    return text
+
+
+def read_note(note_text: str) -> tuple[str, list[NoteSignature]]:
+    """Split a signed note into its text (final newline included) and its signature lines,
+    checking the note's form but verifying no signature: the text must not be trusted
+    until a signature over it has been verified (:func:`open_note`).
+
+    Raises :class:`NoteInvalid` if the note is over :data:`MAX_NOTE_BYTES` or holds more
+    than :data:`MAX_SIGNATURES` signature lines, or is malformed: not valid text, control
+    characters, no blank line before the signatures, a line there that is not a signature
+    line, an invalid key name, a signature that is not a key ID and signature in
+    canonical base64.
+    """
     if len(note_text) > MAX_NOTE_BYTES:
         raise NoteInvalid(f"the note is larger than {MAX_NOTE_BYTES} bytes")
     data = _check_text(note_text)
@@ -263,8 +320,7 @@ def open_note(
     if len(sig_lines) > MAX_SIGNATURES:
         raise NoteInvalid(f"the note has more than {MAX_SIGNATURES} signatures")
 
-    signed = text.encode("utf-8")
-    verified = 0
+    signatures = []
     for line in sig_lines:
         if not line.startswith(_SIG_PREFIX):
             raise NoteInvalid("a line after the blank line is not a signature line")
@@ -275,20 +331,26 @@ def open_note(
             raise NoteInvalid(
                 f"the signature by {name!r} is not a key ID and signature in canonical base64"
             )
-        key = table.get((name, blob[:4]))
-        if key is None:
-            continue  # unknown signer (e.g. a witness we do not track): ignored, per spec
-        try:
-            key.verify(blob[4:], signed)
-        except InvalidSignature as e:
-            raise NoteInvalid(
-                f"the signature by known key {name}+{blob[:4].hex()} does not verify",
-                metadata={"key": f"{name}+{blob[:4].hex()}"},
-            ) from e
-        verified += 1
-    if not verified:
-        raise NoteInvalid("the note carries no signature by a known key")
-    return text
+        signatures.append(NoteSignature(name, blob[:4], blob[4:], line + "\n"))
+    return text, signatures
+
+
+def check_key_name(name: str, what: str = "key name") -> None:
+    """Raise :class:`NoteInvalid` unless ``name`` is a valid signed-note key name
+    (non-empty, without spaces, '+' or control characters)."""
+    _check_name(name, what)
+
+
+def check_ed25519_public_key(raw: bytes) -> None:
+    """Raise :class:`NoteInvalid` if the 32-byte Ed25519 public key ``raw`` is not
+    canonically encoded or is a small-order point (usable by anyone)."""
+    _check_public_key(raw)
+
+
+def canonical_b64decode(text: str) -> bytes | None:
+    """Decode standard padded base64, or return None unless ``text`` is its canonical
+    form (the only form a note may hold)."""
+    return _b64decode(text)
 
 
 def _verifier_table(
