@@ -183,6 +183,18 @@ class Settings(BaseSettings):
     it is made (at most 1826, five years); declaring the case again extends it, and each
     declaration is in the access log."""
 
+    peer_sync_seconds: float = Field(default=60.0, ge=1, le=86_400)
+    """How often each node pulls each active peer exchange's catalogue offer; a peer's
+    notice of a change pulls it at once (docs/federation.md)."""
+
+    peer_call_seconds: float = Field(default=5.0, gt=0, le=120)
+    """Deadline of a call to a peer exchange; past it (or when the peer is down) the call
+    fails with PEER_UNAVAILABLE."""
+
+    peer_request_seconds: float = Field(default=60.0, ge=5, le=3600)
+    """Lifetime of a forwarded request a node signs for a peer, and how long the peer
+    keeps its nonce to refuse a replay."""
+
     kafka_bootstrap: str | None = None
     """Kafka bootstrap servers (``host:port``, comma-separated). Set: change events are
     relayed from the outbox to Kafka and subscribers are fed from Kafka. Unset (the
