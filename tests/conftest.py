@@ -21,6 +21,7 @@ from tests.kafka_broker import TansuBroker
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.datadir import init_data_dir
 from tongban.exchange.db import guard
+from tongban.exchange.db.database import Database
 from tongban.exchange.db.embedded import EmbeddedPostgres, temp_root
 from tongban.exchange.enrolment import bundle_dir, enrol_demo_departments
 from tongban.exchange.node import Node
@@ -85,12 +86,18 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     return result
 
 
+async def enrol_demo(settings: Settings) -> None:
+    """Enrol the story's departments not registered yet, as the operator does: with the
+    schema owner's login, since the node's role only reads the registry."""
+    async with await Database.open(settings, pool_size=1, owner=True) as owner:
+        await enrol_demo_departments(owner, settings, SystemClock().now())
+
+
 @pytest_asyncio.fixture
 async def node(settings: Settings) -> AsyncIterator[Node]:
     """A running node with the story's departments enrolled; its clock is a FixedClock."""
     async with Node(settings, clock=FixedClock(SystemClock().now())) as running:
-        assert running.db is not None
-        await enrol_demo_departments(running.db, settings, SystemClock().now())
+        await enrol_demo(settings)
         yield running
 
 
@@ -131,8 +138,7 @@ async def events_node(
     if request.param == "kafka":
         settings = kafka_settings(settings, kafka_broker.bootstrap)
     async with Node(settings, clock=FixedClock(SystemClock().now())) as running:
-        assert running.db is not None
-        await enrol_demo_departments(running.db, settings, SystemClock().now())
+        await enrol_demo(settings)
         yield running
 
 

@@ -17,8 +17,8 @@ from tongban.signing.clock import SystemClock
 
 async def enrol(settings: Settings) -> None:
     """Migrate the shared database and enrol the story's departments, once, as an
-    operator does before starting the nodes."""
-    async with await Database.open(settings, pool_size=2) as db:
+    operator does before starting the nodes (with the schema owner's login)."""
+    async with await Database.open(settings, pool_size=2, owner=True) as db:
         await enrol_demo_departments(db, settings, SystemClock().now())
 
 

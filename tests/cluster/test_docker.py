@@ -234,18 +234,28 @@ def test_the_adapter_gets_its_bundle_alone_read_only(compose: dict[str, Any]) ->
         assert "samr_bundle" not in _secret_names(node), name
 
 
-def test_only_the_migrate_service_holds_the_schema_owners_login(
+def test_only_the_one_shots_hold_the_schema_owners_login(
     compose: dict[str, Any],
 ) -> None:
     services = compose["services"]
     owners = {name for name, s in services.items() if "db_owner_password" in _secret_names(s)}
-    assert owners == {"postgres", "migrate"}
+    # migrate, and the demo's enrolment: the department registry is written with the
+    # owner's login, which the nodes' tongban_node lacks (migration 0021).
+    assert owners == {"postgres", "migrate", "demo-departments"}
     migrating = {
         name
         for name, s in _tongban_services(compose).items()
         if any(k.startswith("TONGBAN_MIGRATION_") for k in s.get("environment", {}))
     }
-    assert migrating == {"migrate"}
+    assert migrating == {"migrate", "demo-departments"}
+    enrol = services["demo-departments"]
+    assert enrol["command"] == ["dept", "add-demo"]
+    assert enrol["restart"] == "no"
+    assert not any(k.startswith("TONGBAN_DATABASE_") for k in enrol["environment"])
+    assert (
+        services["node-1"]["depends_on"]["demo-departments"]["condition"]
+        == "service_completed_successfully"
+    )
     migrate = services["migrate"]
     assert migrate["command"] == ["migrate"]
     assert migrate["restart"] == "no"

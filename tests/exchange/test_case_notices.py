@@ -11,15 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import client_for
+from tests.conftest import client_for, enrol_demo
 from tests.exchange.test_notifiers import Receiver, receiver  # noqa: F401 - the fixture
 from tests.stories.restaurant import COMPANY_USCC
 from tongban.exchange.datadir import load_notify_secret
-from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.errors import ConfigInvalid
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings, load_settings
-from tongban.signing.clock import SystemClock
 from tongban.v1 import cases_pb2, items_pb2
 
 ITEM = "notice-test-filing"
@@ -41,7 +39,7 @@ def _with(settings: Settings, notify: str) -> Settings:
 
 async def _open_and_decide(node: Node) -> str:
     assert node.db is not None
-    await enrol_demo_departments(node.db, node.settings, SystemClock().now())
+    await enrol_demo(node.settings)
     async with client_for(node, "tax", "SW-9") as tax:
         await tax.register_item(
             items_pb2.ItemSpec(

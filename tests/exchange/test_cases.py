@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from tests.cli_helpers import atongban
-from tests.conftest import client_for
+from tests.conftest import client_for, enrol_demo
 from tests.stories.restaurant import (
     BUSINESS_LICENCE_CLAIMS,
     COMPANY_USCC,
@@ -23,7 +23,7 @@ from tests.stories.restaurant import (
 from tongban.client import ExchangeError
 from tongban.exchange.audit.log import SubjectHasher
 from tongban.exchange.datadir import load_log_key
-from tongban.exchange.enrolment import bundle_dir, enrol_demo_departments
+from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings, load_settings
 from tongban.signing.clock import FixedClock, SystemClock
@@ -73,7 +73,7 @@ async def cases_node(settings: Settings) -> AsyncIterator[Node]:
     )
     async with Node(with_holiday, clock=FixedClock(_china(MONDAY))) as running:
         assert running.db is not None
-        await enrol_demo_departments(running.db, with_holiday, SystemClock().now())
+        await enrol_demo(with_holiday)
         async with client_for(running, "approval") as approval:
             await approval.register_item(_item(ITEM, promised=3, legal=6))
             await approval.register_item(_item(AT_ONCE, promised=0, legal=1))

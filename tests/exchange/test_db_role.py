@@ -13,7 +13,7 @@ from tests.cli_helpers import atongban, cli_env
 from tests.conftest import client_for
 from tongban.client import ExchangeError
 from tongban.exchange.db.database import Database
-from tongban.exchange.enrolment import enrol_demo_departments
+from tongban.exchange.enrolment import DEMO_DEPARTMENTS
 from tongban.exchange.errors import MigrationFailed
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings
@@ -53,16 +53,35 @@ ATTEMPTS = [
     ("CREATE ROLE intruder SUPERUSER", "permission denied to create role"),
     ("ALTER ROLE tongban_node SUPERUSER", "permission denied to alter role"),
     ("GRANT postgres TO tongban_node", 'permission denied to grant role "postgres"'),
+    # The department registry is the operator's (migration 0021): no role, suspension or
+    # certificate fingerprint is changed from a node session.
+    (
+        "UPDATE department SET roles = '{auditor,covert}' WHERE code = 'tax'",
+        _NOT_GRANTED.format("department"),
+    ),
+    ("UPDATE department SET status = 'active'", _NOT_GRANTED.format("department")),
+    (
+        "UPDATE department SET tls_fingerprint = sha256(code::bytea)",
+        _NOT_GRANTED.format("department"),
+    ),
+    (
+        "INSERT INTO department (code, name, level, roles, tls_fingerprint)"
+        " VALUES ('mole', 'x', 'county', '{auditor}', sha256('mole'))",
+        _NOT_GRANTED.format("department"),
+    ),
+    ("DELETE FROM department WHERE code = 'audit'", _NOT_GRANTED.format("department")),
+    ("TRUNCATE department CASCADE", _NOT_GRANTED.format("department")),
 ]
 
 # What the node's role holds on the log's tables: read and append, and move the tree
-# head (log_state, which a trigger lets only grow); nothing else.
-LOG_PRIVILEGES = {
+# head (log_state, which a trigger lets only grow); on the department registry, read.
+PRIVILEGES = {
     "access_log": {"SELECT", "INSERT"},
     "log_node": {"SELECT", "INSERT"},
     "log_checkpoint": {"SELECT", "INSERT"},
     "log_state": {"SELECT", "UPDATE"},
     "covert_case": {"SELECT", "INSERT"},
+    "department": {"SELECT"},
 }
 _TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
@@ -92,7 +111,9 @@ async def test_a_node_session_cannot_change_the_log(
             await conn.execute(statement)
 
 
-async def test_the_node_role_holds_only_reading_and_appending_on_the_log(node: Node) -> None:
+async def test_the_node_role_only_reads_and_appends_the_log_and_reads_the_registry(
+    node: Node,
+) -> None:
     assert node.db is not None
     held = {
         table: {
@@ -102,9 +123,9 @@ async def test_the_node_role_holds_only_reading_and_appending_on_the_log(node: N
                 "SELECT has_table_privilege('tongban_node', $1, $2)", table, privilege
             )
         }
-        for table in LOG_PRIVILEGES
+        for table in PRIVILEGES
     }
-    assert held == LOG_PRIVILEGES
+    assert held == PRIVILEGES
 
 
 async def test_the_node_still_appends_to_the_log(node: Node) -> None:
@@ -187,7 +208,29 @@ async def test_migrations_run_apart_and_the_node_never_holds_the_owners_login(
     # The node has only tongban_node's login; it checks the schema and runs.
     async with Node(split, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, split, SystemClock().now())
+        # The operator registers departments with the owner's login; with the node's
+        # alone, the command is refused and says which login it needs.
+        data_dir = ("--data-dir", str(settings.data_dir), "--json")
+        as_node = await atongban(
+            "dept", "add-demo", *data_dir,
+            env=cli_env(
+                TONGBAN_DATABASE_URL=node_url,
+                TONGBAN_DATABASE_PASSWORD_FILE=str(password_file),
+                TONGBAN_KEY_PASSPHRASE="test passphrase",
+            ),
+        )  # fmt: skip
+        assert as_node.code == 1
+        assert as_node.json()["reason"] == "CONFIG_INVALID"
+        assert "TONGBAN_MIGRATION_DATABASE_URL" in as_node.json()["message"]
+        enrolled = await atongban(
+            "dept", "add-demo", *data_dir,
+            env=cli_env(  # as docker/compose.yaml's demo-departments: the owner's login only
+                TONGBAN_MIGRATION_DATABASE_URL=database_url,
+                TONGBAN_KEY_PASSPHRASE="test passphrase",
+            ),
+        )  # fmt: skip
+        assert enrolled.code == 0, enrolled.stdout + enrolled.stderr
+        assert [d.code for d in DEMO_DEPARTMENTS] == enrolled.json()["enrolled"]
         async with node.db.pool.acquire() as conn:
             assert await conn.fetchval("SELECT session_user") == "tongban_node"
             with pytest.raises(asyncpg.InsufficientPrivilegeError):

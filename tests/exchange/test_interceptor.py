@@ -7,12 +7,12 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.conftest import enrol_demo
 from tongban.client import Bundle, ExchangeClient, ExchangeError
-from tongban.exchange.enrolment import bundle_dir, enrol_demo_departments
+from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.node import Node
 from tongban.exchange.server.node_service import NodeService
 from tongban.exchange.settings import Settings
-from tongban.signing.clock import SystemClock
 
 
 async def test_unexpected_error_becomes_internal_without_detail(
@@ -25,7 +25,7 @@ async def test_unexpected_error_becomes_internal_without_detail(
     monkeypatch.setattr(NodeService, "WhoAmI", broken)
     async with Node(settings) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, settings, SystemClock().now())
+        await enrol_demo(settings)
         async with ExchangeClient(
             Bundle.load(bundle_dir(settings, "samr")), target=f"127.0.0.1:{node.grpc_port}"
         ) as client:

@@ -18,13 +18,12 @@ import asyncpg
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from tests.conftest import client_for, kafka_settings
+from tests.conftest import client_for, enrol_demo, kafka_settings
 from tests.kafka_broker import TansuBroker
 from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE, OWNER, OWNER_ID, PERSON
 from tongban.cli.story_data import grant_representative_ids
 from tongban.client import Event
 from tongban.exchange.datadir import load_kafka_payload_keys
-from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.kafka.feed import KafkaFeed
 from tongban.exchange.kafka.sealing import KEY_ID_HEADER, open_event
 from tongban.exchange.node import Node
@@ -137,7 +136,7 @@ async def kafka_node(settings: Settings, kafka_broker: TansuBroker) -> AsyncIter
     settings = kafka_settings(settings, kafka_broker.bootstrap)
     async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, settings, SystemClock().now())
+        await enrol_demo(settings)
         async with client_for(node, "samr", "SC-1") as samr:
             await samr.register_dataset(ENTERPRISE, publish=True)
         yield node
@@ -254,7 +253,7 @@ async def test_key_rotation_keeps_old_messages_readable(
     topic = settings.kafka_topic_prefix + ENTERPRISE.code
     async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, settings, SystemClock().now())
+        await enrol_demo(settings)
         async with client_for(node, "samr", "SC-1") as samr:
             await samr.register_dataset(ENTERPRISE, publish=True)
             await samr.publish_records(ENTERPRISE.code, [(COMPANY_USCC, COMPANY)])

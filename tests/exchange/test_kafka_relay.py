@@ -18,12 +18,10 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from tests.cli_helpers import TONGBAN, cli_env
-from tests.conftest import client_for, kafka_settings
+from tests.conftest import client_for, enrol_demo, kafka_settings
 from tests.kafka_broker import TansuBroker
 from tests.stories.restaurant import COMPANY, ENTERPRISE
 from tongban.client import Event
-from tongban.exchange.db.database import Database
-from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings
 from tongban.signing.clock import FixedClock, SystemClock
@@ -142,7 +140,7 @@ async def test_relay_publishes_every_event_in_order_and_marks_it(
     settings = kafka_settings(settings, kafka_broker.bootstrap)
     async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, settings, SystemClock().now())
+        await enrol_demo(settings)
         async with client_for(node, "samr", "SC-1") as samr:
             await samr.register_dataset(ENTERPRISE, publish=True)
         await _publish_versions(node, rounds=20)
@@ -166,7 +164,7 @@ async def test_subscribers_are_fed_from_kafka(
     settings = kafka_settings(settings, kafka_broker.bootstrap)
     async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, settings, SystemClock().now())
+        await enrol_demo(settings)
         async with client_for(node, "samr", "SC-1") as samr:
             await samr.register_dataset(ENTERPRISE, publish=True)
         await _publish_versions(node, rounds=2)  # before the subscriber: caught up from SQL
@@ -190,7 +188,7 @@ async def test_broker_outage_loses_nothing(settings: Settings) -> None:
     try:
         async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
             assert node.db is not None
-            await enrol_demo_departments(node.db, settings, SystemClock().now())
+            await enrol_demo(settings)
             async with client_for(node, "samr", "SC-1") as samr:
                 await samr.register_dataset(ENTERPRISE, publish=True)
             async with client_for(node, "tax", "TX-1") as tax:
@@ -229,8 +227,7 @@ async def test_node_killed_mid_relay_loses_nothing(
     """The leading node is killed with SIGKILL while relaying: another node takes the lead
     and publishes the rest; nothing is lost, and any duplicate has the same id."""
     settings = kafka_settings(settings, kafka_broker.bootstrap)
-    async with await Database.open(settings) as db:
-        await enrol_demo_departments(db, settings, SystemClock().now())
+    await enrol_demo(settings)
     leader = _serve(settings)
     try:
         async with Node(settings, clock=FixedClock(SystemClock().now())) as standby:

@@ -27,11 +27,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import client_for, kafka_settings
+from tests.conftest import client_for, enrol_demo, kafka_settings
 from tests.kafka_broker import TansuBroker
 from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE
 from tongban.client import Event, ExchangeError
-from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.errors import BrokerUnavailable, ConfigInvalid, KafkaSecurityFailed
 from tongban.exchange.kafka.connection import KafkaConnection, kafka_connection
 from tongban.exchange.kafka.topics import KafkaTopics
@@ -313,7 +312,7 @@ async def test_sasl_ssl_against_a_plaintext_broker_fails_clearly_and_the_node_ke
     caplog.set_level(logging.INFO)
     async with Node(secured, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, secured, SystemClock().now())
+        await enrol_demo(secured)
         async with client_for(node, "samr", "SC-1") as samr:
             await samr.register_dataset(ENTERPRISE, publish=True)
             await samr.publish_records(ENTERPRISE.code, [(COMPANY_USCC, COMPANY)])

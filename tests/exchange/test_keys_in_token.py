@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli_helpers import atongban, cli_env
-from tests.conftest import client_for
+from tests.conftest import client_for, enrol_demo
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS, COMPANY, COMPANY_USCC, ENTERPRISE
 from tongban.client import ExchangeError, verify_answer
 from tongban.exchange.audit.verify import verify_log
@@ -21,7 +21,6 @@ from tongban.exchange.datadir import (
     key_passphrase,
     log_origin,
 )
-from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.errors import DataDirUnusable
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings
@@ -70,7 +69,7 @@ async def test_answers_and_checkpoints_are_signed_by_the_token(
     _move_keys_into(token, settings)
     async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, settings, SystemClock().now())
+        await enrol_demo(settings)
         async with client_for(node, "samr", "S-0001") as samr:
             await samr.register_dataset(ENTERPRISE, publish=True)
             await samr.publish_records("samr.enterprise", [(COMPANY_USCC, COMPANY)])
@@ -140,7 +139,7 @@ async def test_seal_keys_enrolled_with_a_token_live_in_it(
     _move_keys_into(token, settings)
     async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, settings, SystemClock().now())
+        await enrol_demo(settings)
         homes = await _key_homes(node)
         assert homes["#status-list"] is not None
         assert homes["samr"] is not None
@@ -158,7 +157,7 @@ async def test_a_node_without_the_token_says_where_the_seal_is(
     _move_keys_into(token, settings, keep_files=True)
     async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, settings, SystemClock().now())
+        await enrol_demo(settings)
     monkeypatch.delenv("TONGBAN_PKCS11_MODULE")
     async with (
         Node(settings, clock=FixedClock(SystemClock().now())) as node,
@@ -176,7 +175,7 @@ async def test_seal_keys_held_before_move_into_the_token(
     monkeypatch.delenv("TONGBAN_PKCS11_MODULE")
     async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, settings, SystemClock().now())
+        await enrol_demo(settings)
         assert set((await _key_homes(node)).values()) == {None}
     monkeypatch.setenv("TONGBAN_PKCS11_MODULE", str(token.module))
     moved = await atongban("seal", "move-to-token", "--data-dir", str(settings.data_dir), "--json",
@@ -189,5 +188,5 @@ async def test_seal_keys_held_before_move_into_the_token(
     async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
         homes = await _key_homes(node)
         assert None not in homes.values()
-        assert homes == moved.json()["keys"]
+        assert {holder: [label] for holder, label in homes.items()} == moved.json()["keys"]
         await _licence_round_trip(node)

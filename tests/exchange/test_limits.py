@@ -15,6 +15,7 @@ from tests.cli_helpers import cli_env, tongban
 from tests.conftest import client_for
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS, ENTERPRISE
 from tongban.client import Bundle, ExchangeError
+from tongban.exchange.db.database import Database
 from tongban.exchange.departments import CallLimits, Department, DepartmentStore, Level, Status
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.errors import InvalidArgument
@@ -168,8 +169,8 @@ def test_the_fast_path_still_finds_long_strings_and_bad_enums() -> None:
 async def _until_applied(node: Node, code: str, limits: CallLimits) -> None:
     """Set ``code``'s own limits. Called before ``code`` makes its first call, so the node
     has not cached the department yet and reads the limits with it."""
-    assert node.db is not None
-    await DepartmentStore(node.db.pool).set_limits(code, limits)
+    async with await Database.open(node.settings, pool_size=1, owner=True) as owner:
+        await DepartmentStore(owner.pool).set_limits(code, limits)
 
 
 async def test_a_department_past_its_rate_is_refused_and_others_are_not(node: Node) -> None:

@@ -14,6 +14,7 @@ from cryptography import x509
 from tests.exchange.conftest import bundle_path
 from tongban.client import Bundle, ExchangeClient, ExchangeError
 from tongban.exchange.datadir import load_ca
+from tongban.exchange.db.database import Database
 from tongban.exchange.departments import DepartmentStore, Level, Status
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings
@@ -150,9 +151,12 @@ async def test_suspended_department_is_refused_until_reactivated(
     node: Node, settings: Settings
 ) -> None:
     assert node.db is not None
-    store = DepartmentStore(node.db.pool)
     bundle = Bundle.load(bundle_path(settings, "tax"))
-    async with ExchangeClient(bundle, target=_target(node)) as client:
+    async with (
+        await Database.open(settings, pool_size=1, owner=True) as owner,  # the operator's
+        ExchangeClient(bundle, target=_target(node)) as client,
+    ):
+        store = DepartmentStore(owner.pool)
         await client.who_am_i()  # cached as active now
         await store.set_status("tax", Status.SUSPENDED)
         # The cache entry is dropped by NOTIFY; poll briefly for the notification to land.
@@ -317,18 +321,18 @@ async def test_department_added_while_serving_can_call_at_once(
 ) -> None:
     from tongban.exchange.enrolment import enrol_department
 
-    assert node.db is not None
-    _, path = await enrol_department(
-        node.db,
-        settings,
-        code="samr-town",
-        name="镇市场监管所",
-        level=Level.TOWNSHIP,
-        parent=None,
-        roles=[],
-        out=None,
-        now=SystemClock().now(),
-    )
+    async with await Database.open(settings, pool_size=1, owner=True) as owner:
+        _, path = await enrol_department(
+            owner,
+            settings,
+            code="samr-town",
+            name="镇市场监管所",
+            level=Level.TOWNSHIP,
+            parent=None,
+            roles=[],
+            out=None,
+            now=SystemClock().now(),
+        )
     async with ExchangeClient(Bundle.load(path), target=_target(node)) as client:
         assert (await client.who_am_i()).department == "samr-town"
 

@@ -18,10 +18,10 @@ import pytest
 import pytest_asyncio
 
 from tests.cli_helpers import atongban
-from tests.conftest import client_for
+from tests.conftest import client_for, enrol_demo
 from tests.stories.restaurant import COMPANY_USCC, OWNER_ID
 from tongban.client import ExchangeError
-from tongban.exchange.enrolment import bundle_dir, enrol_demo_departments
+from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.licensing.ratings import RatingsTampered, verify_ratings
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings, load_settings
@@ -65,7 +65,7 @@ async def rating_node(settings: Settings, tmp_path: Path) -> AsyncIterator[Node]
     )
     async with Node(with_notices, clock=FixedClock(_china(MONDAY))) as running:
         assert running.db is not None
-        await enrol_demo_departments(running.db, with_notices, SystemClock().now())
+        await enrol_demo(with_notices)
         async with client_for(running, "approval") as approval:
             await approval.register_item(
                 items_pb2.ItemSpec(

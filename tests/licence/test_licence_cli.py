@@ -16,10 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.cli_helpers import atongban, cli_env
-from tests.conftest import client_for
+from tests.conftest import client_for, enrol_demo
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS, COMPANY_USCC
 from tongban.client import Bundle
-from tongban.exchange.enrolment import bundle_dir, enrol_demo_departments
+from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings
 from tongban.licence import issue_sd_jwt
@@ -311,7 +311,7 @@ async def test_status_lists_are_not_fetched_through_redirects(
         fronted = settings.model_copy(update={"public_url": front})
         async with Node(fronted, clock=FixedClock(SystemClock().now())) as running:
             assert running.db is not None
-            await enrol_demo_departments(running.db, fronted, SystemClock().now())
+            await enrol_demo(fronted)
             licence = tmp_path / "licence.sd-jwt"
             licence.write_text(await _issue_sd_jwt(running), encoding="ascii")
             result = await atongban(

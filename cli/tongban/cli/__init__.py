@@ -145,6 +145,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     add.add_argument("--grpc-endpoint", type=_listen, help="node address written into the bundle")
     dept_sub.add_parser("list", parents=[common], help="list registered departments")
+    add_demo = dept_sub.add_parser(
+        "add-demo",
+        parents=[common],
+        help="register the story's departments not registered yet and write their bundles "
+        "(what serve --demo does)",
+    )
+    add_demo.add_argument(
+        "--grpc-endpoint", type=_listen, help="node address written into the bundles"
+    )
     roles = dept_sub.add_parser(
         "roles", parents=[common], help="show, give or take a department's extra roles"
     )

@@ -158,8 +158,9 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         enrolled = []
         if args.demo:
-            assert node.db is not None
-            enrolled = await enrol_demo_departments(node.db, settings, clock.now())
+            # The registry is written with the owner's login; the node's may only read it.
+            async with await Database.open(settings, pool_size=1, owner=True) as owner:
+                enrolled = await enrol_demo_departments(owner, settings, clock.now())
         bundles = settings.data_dir / "bundles"
         settle_garbage_collector()
         emit(
@@ -193,8 +194,23 @@ async def _serve(args: argparse.Namespace) -> int:
 
 async def _dept(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, grpc_listen=getattr(args, "grpc_endpoint", None))
-    async with await Database.open(settings, pool_size=2) as db:
+    # Changes to the registry are made with the schema owner's login: the node's role
+    # (tongban_node) may only read it (migration 0021).
+    owner = args.dept_command != "list"
+    async with await Database.open(settings, pool_size=2, owner=owner) as db:
         store = DepartmentStore(db.pool)
+        if args.dept_command == "add-demo":
+            enrolled = await enrol_demo_departments(db, settings, SystemClock().now())
+            emit(
+                args,
+                {
+                    "enrolled": [dept.code for dept, _ in enrolled],
+                    "bundles": str(settings.data_dir / "bundles"),
+                },
+                f"registered {', '.join(d.code for d, _ in enrolled) or 'nothing new'}; "
+                f"bundles in {settings.data_dir / 'bundles'}",
+            )
+            return 0
         if args.dept_command == "add":
             department, bundle = await enrol_department(
                 db,

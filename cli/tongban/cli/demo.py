@@ -34,6 +34,7 @@ from tongban.exchange.datadir import (
     load_log_key,
     log_origin,
 )
+from tongban.exchange.db.database import Database
 from tongban.exchange.departments import DepartmentStore, Status
 from tongban.exchange.enrolment import DEMO_DEPARTMENTS, bundle_dir, enrol_demo_departments
 from tongban.exchange.node import Node
@@ -151,7 +152,10 @@ async def run_demo(args: argparse.Namespace) -> int:
             )
 
         async def enrol() -> _Outcome:
-            enrolled = await enrol_demo_departments(db, settings, clock.now())
+            # The registry is the operator's: written with the owner's login, which the
+            # node's own (tongban_node) is not (migration 0021).
+            async with await Database.open(settings, pool_size=1, owner=True) as owner:
+                enrolled = await enrol_demo_departments(owner, settings, clock.now())
             codes = [dept.code for dept, _ in enrolled]
             return _Outcome(
                 len(codes) == len(DEMO_DEPARTMENTS),
@@ -204,23 +208,26 @@ async def run_demo(args: argparse.Namespace) -> int:
             return _Outcome(False, "a certificate from a foreign CA was accepted")
 
         async def suspension() -> _Outcome:
-            store = DepartmentStore(db.pool)
             bundle = Bundle.load(bundle_dir(settings, "hrss"))
-            await store.set_status("hrss", Status.SUSPENDED)
-            # The node learns of it by notification, milliseconds later; a caller may be
-            # faster, so the demo waits until the node has seen it, as a real one would.
-            await node.caches_settled()
-            try:
-                async with ExchangeClient(bundle, target=target) as client:
-                    try:
-                        await client.who_am_i()
-                    except ExchangeError as e:
-                        refused = e.reason
-                    else:
-                        return _Outcome(False, "a suspended department was served")
-            finally:
-                await store.set_status("hrss", Status.ACTIVE)
+            # The operator suspends, with the owner's login (as `tongban dept suspend`).
+            async with await Database.open(settings, pool_size=1, owner=True) as owner:
+                store = DepartmentStore(owner.pool)
+                await store.set_status("hrss", Status.SUSPENDED)
+                # The node learns of it by notification, milliseconds later; a caller may
+                # be faster, so the demo waits until the node has seen it, as a real one
+                # would.
                 await node.caches_settled()
+                try:
+                    async with ExchangeClient(bundle, target=target) as client:
+                        try:
+                            await client.who_am_i()
+                        except ExchangeError as e:
+                            refused = e.reason
+                        else:
+                            return _Outcome(False, "a suspended department was served")
+                finally:
+                    await store.set_status("hrss", Status.ACTIVE)
+                    await node.caches_settled()
             async with ExchangeClient(bundle, target=target) as client:
                 await client.who_am_i()
             return _Outcome(

@@ -559,7 +559,8 @@ async def _seal_enrol(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     token = await asyncio.to_thread(open_token)  # with a token, the new key goes into it
     try:
-        async with await Database.open(settings, pool_size=1) as db:
+        # The seal's fingerprint goes into the registry: the owner's login (migration 0021).
+        async with await Database.open(settings, pool_size=1, owner=True) as db:
             fingerprint = await enrol_seal(
                 vault_for(db.pool, settings, token), db.pool, settings, args.code, datetime.now(UTC)
             )

@@ -289,7 +289,10 @@ async def run_workers(args: argparse.Namespace, requested: int | None) -> int:
     workers: _Workers | None = None
     try:
         count = await _fit(db, settings, requested)
-        enrolled = await enrol_demo_departments(db, settings, clock.now()) if args.demo else []
+        enrolled = []
+        if args.demo:  # the registry is written with the owner's login (migration 0021)
+            async with await Database.open(settings, pool_size=1, owner=True) as owner:
+                enrolled = await enrol_demo_departments(owner, settings, clock.now())
         grpc_socket, grpc = _reserve(settings.grpc_listen, "gRPC", "--grpc-listen")
         try:
             http_socket, http = _reserve(settings.http_listen, "HTTP", "--http-listen")

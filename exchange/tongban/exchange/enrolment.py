@@ -65,8 +65,9 @@ async def enrol_department(
     """Register a department and write its credential bundle; return both.
 
     The bundle is written before the registry row and removed again if registration
-    fails, so either both exist or neither. Raises DepartmentExists, DepartmentNotFound
-    (parent), InvalidArgument or BundleInvalid.
+    fails, so either both exist or neither. ``db`` must be logged in as the schema's
+    owner (``Database.open(..., owner=True)``): the node's role only reads the registry.
+    Raises DepartmentExists, DepartmentNotFound (parent), InvalidArgument or BundleInvalid.
     """
     validate_code(code)
     name = validate_name(name)
@@ -113,7 +114,8 @@ async def enrol_department(
 async def enrol_demo_departments(
     db: Database, settings: Settings, now: datetime
 ) -> list[tuple[Department, Path]]:
-    """Enrol the story's departments that are not registered yet; return the new ones."""
+    """Enrol the story's departments that are not registered yet; return the new ones.
+    ``db`` must be the schema owner's, as for ``enrol_department``."""
     store = DepartmentStore(db.pool)
     enrolled = []
     for demo in DEMO_DEPARTMENTS:

@@ -12,13 +12,12 @@ import grpc
 import pytest
 
 from tests.cli_helpers import atongban, cli_env
-from tests.conftest import client_for
+from tests.conftest import client_for, enrol_demo
 from tests.exchange.test_page_tokens import altered_token
 from tests.stories.restaurant import OWNER_ID
 from tests.stories.test_audit import _accesses_to_owner
 from tongban.client import ExchangeClient, ExchangeError
 from tongban.exchange.audit.covert import check_declaration
-from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.errors import ConfigInvalid, InvalidArgument
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings, load_settings
@@ -121,12 +120,17 @@ async def test_the_operator_gives_the_covert_role_with_dept_add(node: Node) -> N
             "JW-2026-3", node.clock.now() + timedelta(days=90), "《监察法》第十八条"
         )
     assert (declared.department, declared.in_force) == ("jw-case", True)
-    # The database refuses a role the code does not know, whoever writes it.
-    assert node.db is not None
-    with pytest.raises(asyncpg.CheckViolationError):
-        await node.db.pool.execute(
-            "UPDATE department SET roles = '{covert,root}' WHERE code = 'jw-case'"
-        )
+    # The database refuses a role the code does not know, even to the schema's owner.
+    url = node.settings.database_url
+    assert url is not None
+    owner = await asyncpg.connect(url.get_secret_value())
+    try:
+        with pytest.raises(asyncpg.CheckViolationError):
+            await owner.execute(
+                "UPDATE department SET roles = '{covert,root}' WHERE code = 'jw-case'"
+            )
+    finally:
+        await owner.close()
 
 
 async def test_the_operator_gives_and_takes_the_role_of_a_registered_department(
@@ -213,7 +217,7 @@ async def test_the_node_refuses_an_embargo_beyond_its_setting(settings: Settings
     short = settings.model_copy(update={"covert_max_days": 30})
     async with Node(short, clock=FixedClock(SystemClock().now())) as node:
         assert node.db is not None
-        await enrol_demo_departments(node.db, short, SystemClock().now())
+        await enrol_demo(short)
         now = node.clock.now()
         async with client_for(node, "police", "GA-9") as police:
             kept = await police.declare_covert_case("GA-1", now + timedelta(days=30), LAW)

@@ -61,16 +61,33 @@ class Database:
 
     @classmethod
     async def open(
-        cls, settings: Settings, *, pool_size: int | None = None, migrate: bool = True
+        cls,
+        settings: Settings,
+        *,
+        pool_size: int | None = None,
+        migrate: bool = True,
+        owner: bool = False,
     ) -> Database:
         """Connect (starting the embedded server if needed) and apply migrations; when the
         login is ``tongban_node`` itself, check instead that they were applied.
+
+        ``owner``: the pools log in as the schema's owner (``TONGBAN_MIGRATION_DATABASE_URL``,
+        else ``TONGBAN_DATABASE_URL``, else the embedded server's superuser), not as
+        ``tongban_node``: for the operator's changes to the department registry, which the
+        node's role may only read. Raises ConfigInvalid if that login is ``tongban_node``.
 
         Raises DatabaseUnavailable, DataDirUnusable, ConfigInvalid or MigrationFailed.
         """
         embedded: EmbeddedPostgres | None = None
         dsn_password: str | None = None
-        if settings.database_url is not None:
+        if owner and settings.migration_database_url is not None:
+            dsn = settings.migration_database_url.get_secret_value()
+            where = _redact(dsn)
+            dsn_password = _read_password(
+                settings.migration_database_password_file,
+                "TONGBAN_MIGRATION_DATABASE_PASSWORD_FILE",
+            )
+        elif settings.database_url is not None:
             dsn = settings.database_url.get_secret_value()
             where = _redact(dsn)
             dsn_password = _read_password(
@@ -90,13 +107,16 @@ class Database:
         name = f"tongban-{settings.node_name}"
         pool: asyncpg.Pool | None = None
         try:
-            login = await _prepare(
-                dsn,
-                where,
-                migrate=migrate,
-                password=lambda: _node_role_password(settings, dsn_password),
-                dsn_password=dsn_password,
-            )
+            if owner:
+                login = await _prepare_owner(dsn, where, migrate=migrate, password=dsn_password)
+            else:
+                login = await _prepare(
+                    dsn,
+                    where,
+                    migrate=migrate,
+                    password=lambda: _node_role_password(settings, dsn_password),
+                    dsn_password=dsn_password,
+                )
             pool = await _create_pool(dsn, where, size, login, name, dsn_password)
             log_pool = await _create_pool(
                 dsn, where, _LOG_POOL_SIZE, login, name + "-log", dsn_password
@@ -288,6 +308,26 @@ async def _prepare(
         if migrate:
             await apply_migrations(conn)
         return await _node_login(conn, password())
+    finally:
+        await conn.close()
+
+
+async def _prepare_owner(dsn: str, where: str, *, migrate: bool, password: str | None) -> _Login:
+    """Apply migrations as the schema's owner and return its own login for the pools.
+    Raises ConfigInvalid if the login is ``tongban_node``, which may only read the
+    department registry."""
+    conn = await _connect(dsn, where, password)
+    try:
+        if await conn.fetchval("SELECT current_user = $1", NODE_ROLE):
+            raise ConfigInvalid(
+                f"The department registry is changed as the schema's owner, and the database "
+                f"login ({where}) is {NODE_ROLE}, which may only read it; set "
+                "TONGBAN_MIGRATION_DATABASE_URL (and TONGBAN_MIGRATION_DATABASE_PASSWORD_FILE) "
+                "to the owner's login, as for `tongban migrate`."
+            )
+        if migrate:
+            await apply_migrations(conn)
+        return _Login(None)
     finally:
         await conn.close()
 
