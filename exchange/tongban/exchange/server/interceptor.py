@@ -27,9 +27,11 @@ from google.rpc import error_details_pb2, status_pb2
 
 from tongban.errors import TongbanError
 from tongban.exchange.fairness import BULK_WEIGHT, CpuShare, metered, set_pacer
+from tongban.exchange.federation.errors import PeerOnly
+from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.auth import Authenticator
-from tongban.exchange.server.caller import Caller, current_caller, set_caller
+from tongban.exchange.server.caller import Caller, current_caller, set_caller, set_peer
 from tongban.exchange.server.limits import CallLimiter
 from tongban.exchange.server.request_checks import check_request_async
 
@@ -46,6 +48,7 @@ _log = logging.getLogger(__name__)
 ERROR_DOMAIN = "tongban"
 OFFICER_METADATA = "x-tongban-officer"
 _UNAUTHENTICATED_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
+PEER_SERVICE_PREFIX = "/tongban.v1.PeerService/"
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -132,10 +135,14 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         limiter: CallLimiter | None = None,
         on_auth_refused: Callable[[bytes, TongbanError], Awaitable[None]] | None = None,
         share: CpuShare | None = None,
+        peers: PeerTrust | None = None,
     ) -> None:
         """``share`` (with ``limiter``) meters each call's use of the event loop per
         department and holds back one that takes more than its share while others wait
-        (``fairness.CpuShare``)."""
+        (``fairness.CpuShare``). ``peers`` attributes client certificates issued by peer
+        exchanges' roots: those reach ``PeerService`` only, and only they do
+        (docs/federation.md); without it every ``PeerService`` call is refused."""
+        self._peers = peers
         self._auth = authenticator
         self._metrics = metrics
         self._limiter = limiter
@@ -191,6 +198,9 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         of its place (None when nothing was taken)."""
         if not authenticate:
             return None
+        if method.startswith(PEER_SERVICE_PREFIX):
+            await self._authenticate_peer(context)
+            return None  # peers are not held to a department's limits (docs/federation.md)
         caller = await self._authenticate(context)
         if self._limiter is None:
             return None
@@ -294,6 +304,8 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             if key == OFFICER_METADATA:
                 officer = value if isinstance(value, str) else value.decode("utf-8", "replace")
         try:
+            if self._peers is not None:
+                self._peers.refuse_peer_as_department(certs[0])
             caller = await self._auth.authenticate(certs[0], officer)
         except TongbanError as e:
             self._metrics.auth_refused.labels(e.reason).inc()
@@ -302,6 +314,22 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             raise
         set_caller(caller)
         return caller
+
+    async def _authenticate_peer(self, context: Context) -> None:
+        certs: list[bytes] = list(context.auth_context().get("x509_pem_cert", ()))
+        if not certs or self._peers is None:
+            raise PeerOnly(
+                "The peer service answers only the nodes of peer exchanges; departments "
+                "call their own exchange's services."
+            )
+        try:
+            peer = await self._peers.authenticate_peer(certs[0])
+        except TongbanError as e:
+            self._metrics.auth_refused.labels(e.reason).inc()
+            if self._on_auth_refused is not None:
+                await self._on_auth_refused(certs[0], e)
+            raise
+        set_peer(peer)
 
     async def _abort(self, context: Context, error: TongbanError) -> NoReturn:
         code, trailers = status_details(error)

@@ -1,0 +1,239 @@
+"""Signed catalogue entries offered to peers, and their checks on receipt (pure).
+
+An offered entry is a compact JWS (``typ`` ``tongban-catalogue-entry+jws``) by the
+offering node's signing certificate, carried in ``x5c``, over the RFC 8785 canonical JSON
+of the entry (docs/federation.md, "Signed entries"). The receiver accepts it only if it
+is the offering peer's own: signed under that peer's root, naming that peer's exchange,
+owned by the department its code starts with.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tongban.errors import TongbanError
+from tongban.exchange.catalogue.canonical import canonical_json
+from tongban.exchange.catalogue.schema import schema_from_json, schema_to_json
+from tongban.exchange.catalogue.subject_ids import SubjectKind
+from tongban.exchange.federation.errors import (
+    PeerEntryInvalid,
+    PeerNotOwner,
+    PeerSignatureInvalid,
+)
+from tongban.exchange.sharing.datasets import is_dataset_code
+from tongban.exchange.sharing.model import DatasetEntry, LegalBasis, PersonalBasis, ShareClass
+from tongban.signing.certs import NODE_URI_PREFIX, certificate_fingerprint, verify_certificate
+from tongban.signing.jose import sign_jws, verify_jws
+from tongban.signing.keys import Signer
+
+__all__ = ["ENTRY_TYPE", "RemoteEntry", "node_signing_certificate", "sign_entry", "verify_entry"]
+
+ENTRY_TYPE = "tongban-catalogue-entry+jws"
+_MAX_ENTRY = 512 * 1024
+
+
+@dataclass(frozen=True)
+class RemoteEntry:
+    """A catalogue entry a peer offered, checked: ``entry`` is the owner's entry as the
+    owner's exchange names it (code without the peer's prefix), ``signed`` the JWS."""
+
+    peer: str
+    entry: DatasetEntry
+    payload: Mapping[str, Any]
+    signed: str
+
+    @property
+    def remote_code(self) -> str:
+        """How this exchange names the dataset: ``<peer>:<code>``."""
+        return f"{self.peer}:{self.entry.code}"
+
+    @property
+    def remote_owner(self) -> str:
+        """How this exchange names its owner: ``<peer>/<department>``."""
+        return f"{self.peer}/{self.entry.owner}"
+
+
+def _instant(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def entry_payload(entry: DatasetEntry, *, exchange: bytes) -> dict[str, object]:
+    """The signed form of ``entry`` offered by the exchange whose root has SHA-256
+    ``exchange``."""
+    basis = entry.legal_basis
+    return {
+        "v": 1,
+        "exchange": exchange.hex(),
+        "code": entry.code,
+        "owner": entry.owner,
+        "version": entry.version,
+        "version_created_at": _instant(entry.version_created_at),
+        "spec": {
+            "title": entry.title,
+            "description": entry.description,
+            "schema": schema_to_json(entry.schema),
+            "subject_kind": entry.subject_kind.value,
+            "update_frequency": entry.update_frequency,
+            "share_class": entry.share_class.value,
+            "conditions": entry.conditions,
+            "legal_basis": None if basis is None else {"law": basis.law, "article": basis.article},
+            "personal_bases": [
+                {"law": b.law, "article": b.article, "fields": list(b.fields)}
+                for b in entry.personal_bases
+            ],
+        },
+    }
+
+
+def sign_entry(
+    entry: DatasetEntry, *, exchange: bytes, signer: Signer, chain: tuple[x509.Certificate, ...]
+) -> str:
+    """The compact JWS of ``entry`` by the node signing key ``signer`` (``chain``: its
+    certificate and the root, leaf first)."""
+    x5c = [base64.b64encode(cert.public_bytes(Encoding.DER)).decode() for cert in chain]
+    return sign_jws(
+        canonical_json(entry_payload(entry, exchange=exchange)),
+        signer,
+        headers={"typ": ENTRY_TYPE, "x5c": x5c},
+    )
+
+
+def verify_entry(
+    token: str, *, peer: str, peer_root: x509.Certificate, now: datetime
+) -> RemoteEntry:
+    """Return the entry of compact JWS ``token`` offered by peer ``peer`` (whose root CA is
+    ``peer_root``), checked.
+
+    Raises PeerNotOwner if it names another exchange or an owner its code does not start
+    with; PeerSignatureInvalid unless a node signing certificate chaining to
+    ``peer_root`` signed it; PeerEntryInvalid if it is malformed.
+    """
+    if len(token) > _MAX_ENTRY:
+        raise PeerEntryInvalid(f"Peer {peer} offered an entry over {_MAX_ENTRY} bytes.")
+    header, claimed = _unverified(token, peer)
+    exchange = certificate_fingerprint(peer_root).hex()
+    if claimed.get("exchange") != exchange:
+        raise PeerNotOwner(
+            f"Peer {peer} offered an entry of another exchange "
+            f"({str(claimed.get('exchange'))[:16]}…); a peer offers only its own datasets.",
+            metadata={"peer": peer},
+        )
+    code, owner = claimed.get("code"), claimed.get("owner")
+    if not isinstance(code, str) or not is_dataset_code(code) or not isinstance(owner, str):
+        raise PeerEntryInvalid(f"Peer {peer} offered an entry without a valid dataset code.")
+    if code.split(".", 1)[0] != owner:
+        raise PeerNotOwner(
+            f"Peer {peer} offered {code[:100]} as owned by {owner[:64]!r}; a dataset belongs "
+            "to the department its code starts with.",
+            metadata={"peer": peer, "dataset": code[:100]},
+        )
+    _check_signature(token, header, peer=peer, peer_root=peer_root, now=now)
+    if header.get("typ") != ENTRY_TYPE:
+        raise PeerEntryInvalid(f"Peer {peer} offered a JWS that is not a catalogue entry.")
+    try:
+        entry = _entry(claimed, code, owner)
+    except (TongbanError, KeyError, TypeError, ValueError) as e:
+        raise PeerEntryInvalid(
+            f"Peer {peer} offered a malformed entry for {code}; its operator must fix it.",
+            metadata={"peer": peer, "dataset": code},
+        ) from e
+    return RemoteEntry(peer=peer, entry=entry, payload=claimed, signed=token)
+
+
+def _unverified(token: str, peer: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    parts = token.split(".")
+    if len(parts) != 3:
+        raise PeerEntryInvalid(f"Peer {peer} offered an entry that is not a compact JWS.")
+    try:
+        header = json.loads(_b64(parts[0]))
+        payload = json.loads(_b64(parts[1]))
+    except (ValueError, binascii.Error) as e:
+        raise PeerEntryInvalid(f"Peer {peer} offered an entry that cannot be decoded.") from e
+    if not isinstance(header, dict) or not isinstance(payload, dict) or payload.get("v") != 1:
+        raise PeerEntryInvalid(f"Peer {peer} offered an entry of an unknown form.")
+    return header, payload
+
+
+def _b64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _check_signature(
+    token: str, header: Mapping[str, Any], *, peer: str, peer_root: x509.Certificate, now: datetime
+) -> None:
+    try:
+        leaf = node_signing_certificate(header, roots=[peer_root], now=now)
+        verify_jws(token, leaf.public_key(), algorithms=("ES256", "EdDSA"))  # type: ignore[arg-type]
+    except (TongbanError, ValueError, TypeError, binascii.Error, x509.ExtensionNotFound) as e:
+        raise PeerSignatureInvalid(
+            f"An entry peer {peer} offered is not signed by a node of its exchange "
+            "(under the root CA configured for it).",
+            metadata={"peer": peer},
+        ) from e
+
+
+def node_signing_certificate(
+    header: Mapping[str, Any], *, roots: list[x509.Certificate], now: datetime
+) -> x509.Certificate:
+    """The node signing certificate in a JWS header's ``x5c``, checked to chain to one of
+    ``roots`` for signing and to name an exchange node.
+
+    Raises ValueError (no chain, not a node's), CertificateInvalid or CertificateExpired.
+    """
+    chain_b64 = header.get("x5c")
+    if not isinstance(chain_b64, list) or not chain_b64:
+        raise ValueError("the JWS carries no x5c chain")
+    chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in chain_b64]
+    verify_certificate(chain[0], roots=roots, intermediates=chain[1:], now=now, usage="seal")
+    san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    if not any(
+        uri.startswith(NODE_URI_PREFIX)
+        for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
+    ):
+        raise ValueError("the signing certificate names no exchange node")
+    return chain[0]
+
+
+def _entry(claimed: Mapping[str, Any], code: str, owner: str) -> DatasetEntry:
+    spec = claimed["spec"]
+    basis = spec["legal_basis"]
+    share_class = ShareClass(spec["share_class"])
+    legal_basis = None if basis is None else LegalBasis(str(basis["law"]), str(basis["article"]))
+    if share_class is ShareClass.NOT_SHARED and legal_basis is None:
+        raise ValueError("not_shared without a legal basis")
+    version = claimed["version"]
+    if not isinstance(version, int) or not 1 <= version <= 2**31 - 1:
+        raise ValueError("bad version")
+    at = datetime.fromisoformat(str(claimed["version_created_at"]))
+    texts = [spec["title"], spec["description"], spec["update_frequency"], spec["conditions"]]
+    if not all(isinstance(t, str) and len(t) <= 20_000 for t in texts):
+        raise ValueError("bad texts")
+    return DatasetEntry(
+        code=code,
+        owner=owner,
+        version=version,
+        title=spec["title"],
+        description=spec["description"],
+        schema=schema_from_json(spec["schema"]),
+        subject_kind=SubjectKind(spec["subject_kind"]),
+        update_frequency=spec["update_frequency"],
+        share_class=share_class,
+        conditions=spec["conditions"],
+        legal_basis=legal_basis,
+        published=True,
+        created_at=at,
+        version_created_at=at,
+        personal_bases=tuple(
+            PersonalBasis(str(b["law"]), str(b["article"]), tuple(map(str, b["fields"])))
+            for b in spec["personal_bases"]
+        ),
+    )

@@ -1,0 +1,97 @@
+"""Errors of federation with peer exchanges, each with a stable reason code
+(docs/federation.md lists when each is raised)."""
+
+from __future__ import annotations
+
+from tongban.errors import TongbanError
+
+__all__ = [
+    "PeerCaInvalid",
+    "PeerEntryInvalid",
+    "PeerExists",
+    "PeerIsSelf",
+    "PeerNotADepartment",
+    "PeerNotOwner",
+    "PeerOnly",
+    "PeerSignatureInvalid",
+    "PeerSuspended",
+    "PeerUnavailable",
+    "PeerUnknown",
+]
+
+
+class PeerExists(TongbanError):
+    """A peer of that name, or with that root CA, is already configured."""
+
+    reason = "PEER_EXISTS"
+    status = "ALREADY_EXISTS"
+
+
+class PeerUnknown(TongbanError):
+    """No peer of that name (or of the calling certificate's root) is configured."""
+
+    reason = "PEER_UNKNOWN"
+    status = "NOT_FOUND"
+
+
+class PeerIsSelf(TongbanError):
+    """The root CA given for a peer is this exchange's own."""
+
+    reason = "PEER_IS_SELF"
+    status = "INVALID_ARGUMENT"
+
+
+class PeerCaInvalid(TongbanError):
+    """The file given as a peer's root CA is not one self-signed CA certificate in force."""
+
+    reason = "PEER_CA_INVALID"
+    status = "INVALID_ARGUMENT"
+
+
+class PeerSuspended(TongbanError):
+    """The operator suspended this peer."""
+
+    reason = "PEER_SUSPENDED"
+    status = "PERMISSION_DENIED"
+
+
+class PeerNotADepartment(TongbanError):
+    """A peer exchange's node called a method meant for our departments."""
+
+    reason = "PEER_NOT_A_DEPARTMENT"
+    status = "PERMISSION_DENIED"
+
+
+class PeerOnly(TongbanError):
+    """A department (or a certificate of no peer) called the peer service."""
+
+    reason = "PEER_ONLY"
+    status = "PERMISSION_DENIED"
+
+
+class PeerUnavailable(TongbanError):
+    """A peer did not answer in time, or its node could not be reached or trusted."""
+
+    reason = "PEER_UNAVAILABLE"
+    status = "UNAVAILABLE"
+
+
+class PeerSignatureInvalid(TongbanError):
+    """Something a peer signed does not verify under a node certificate of its root."""
+
+    reason = "PEER_SIGNATURE_INVALID"
+    status = "PERMISSION_DENIED"
+
+
+class PeerNotOwner(TongbanError):
+    """A peer offered a dataset that is not its own departments'."""
+
+    reason = "PEER_NOT_OWNER"
+    status = "PERMISSION_DENIED"
+
+
+class PeerEntryInvalid(TongbanError):
+    """A catalogue entry a peer offered is malformed."""
+
+    reason = "PEER_ENTRY_INVALID"
+    status = "INVALID_ARGUMENT"

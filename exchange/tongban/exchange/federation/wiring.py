@@ -1,0 +1,74 @@
+"""A node's part in federation, composed: the peers' trust, links to peers, our offer and
+the remote catalogues (docs/federation.md). The node starts it with the database and
+stops it before closing the database."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from tongban.exchange.datadir import NodeSigning
+from tongban.exchange.db.notify import ChangeListener
+from tongban.exchange.federation.links import PeerLinks
+from tongban.exchange.federation.offer import CatalogueOffer
+from tongban.exchange.federation.remote import RemoteCatalogue
+from tongban.exchange.federation.sync import CatalogueSync
+from tongban.exchange.federation.trust import PeerTrust
+from tongban.exchange.settings import Settings
+from tongban.exchange.sharing.service import Sharing
+from tongban.signing.certs import load_pem_certificates
+from tongban.signing.clock import Clock
+
+__all__ = ["FederationParts"]
+
+
+class FederationParts:
+    """Made before the change listener starts (its parts subscribe to it); then
+    ``start()`` before the gRPC server, ``start_sync()`` once it serves, ``stop()``."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        pool: asyncpg.Pool,
+        listener: ChangeListener,
+        sharing: Sharing,
+        signing: NodeSigning,
+        ca_pem: bytes,
+        key_pem: bytes,
+        chain_pem: bytes,
+        clock: Clock,
+    ) -> None:
+        self.trust = PeerTrust(
+            pool, listener, load_pem_certificates(ca_pem)[0], key_pem=key_pem, chain_pem=chain_pem
+        )
+        self.links = PeerLinks(
+            key_pem=key_pem, chain_pem=chain_pem, call_seconds=settings.peer_call_seconds
+        )
+        self.remote = RemoteCatalogue(pool)
+        self.offer = CatalogueOffer(pool, sharing, signing, self.trust.own_fingerprint)
+        self.sync = CatalogueSync(
+            trust=self.trust,
+            links=self.links,
+            remote=self.remote,
+            offer=self.offer,
+            listener=listener,
+            clock=clock,
+            interval=settings.peer_sync_seconds,
+        )
+
+    async def start(self) -> None:
+        """Read the peers (the gRPC server's trust needs them)."""
+        await self.trust.start()
+
+    def start_sync(self) -> None:
+        """Start pulling peers' catalogues and telling them of changes to ours."""
+        self.sync.start()
+
+    async def settled(self) -> None:
+        """Return once the peer changes notified so far are applied."""
+        await self.trust.settled()
+
+    async def stop(self) -> None:
+        await self.sync.stop()
+        await self.links.close()
+        await self.trust.stop()

@@ -1,0 +1,113 @@
+"""``tongban.v1.PeerService``: what peer exchanges' nodes call, and
+``tongban.v1.FederationService``: what our departments call about federation
+(docs/federation.md).
+
+PeerService methods run only for a client certificate the interceptor attributed to an
+active peer (``current_peer``); no department ever reaches them, and no peer reaches
+FederationService.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from tongban.exchange.federation.offer import CatalogueOffer
+from tongban.exchange.federation.remote import RemoteCatalogue
+from tongban.exchange.federation.sync import CatalogueSync
+from tongban.exchange.federation.trust import PeerTrust
+from tongban.exchange.server.caller import current_caller, current_peer
+from tongban.exchange.server.sharing_services import dataset_message
+from tongban.exchange.server.timestamps import timestamp
+from tongban.signing.clock import Clock
+from tongban.v1 import federation_pb2, federation_pb2_grpc
+
+__all__ = ["FederationService", "PeerService"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class PeerService(federation_pb2_grpc.PeerServiceServicer):
+    def __init__(
+        self, node_name: str, trust: PeerTrust, offer: CatalogueOffer, sync: CatalogueSync,
+        clock: Clock,
+    ) -> None:  # fmt: skip
+        self._node_name = node_name
+        self._exchange = trust.own_fingerprint.hex()
+        self._offer = offer
+        self._sync = sync
+        self._clock = clock
+
+    async def Hello(
+        self, request: federation_pb2.HelloRequest, context: Context
+    ) -> federation_pb2.HelloResponse:
+        return federation_pb2.HelloResponse(
+            peer=current_peer().name,
+            exchange=self._exchange,
+            node=self._node_name,
+            server_time=timestamp(self._clock.now()),
+        )
+
+    async def ListEntries(
+        self, request: federation_pb2.ListEntriesRequest, context: Context
+    ) -> federation_pb2.ListEntriesResponse:
+        entries = await self._offer.entries_for(current_peer().name)
+        return federation_pb2.ListEntriesResponse(
+            entries=entries, offered_at=timestamp(self._clock.now())
+        )
+
+    async def CatalogueChanged(
+        self, request: federation_pb2.CatalogueChangedRequest, context: Context
+    ) -> federation_pb2.CatalogueChangedResponse:
+        self._sync.poke(current_peer().name)
+        return federation_pb2.CatalogueChangedResponse()
+
+
+class FederationService(federation_pb2_grpc.FederationServiceServicer):
+    def __init__(
+        self, trust: PeerTrust, offer: CatalogueOffer, remote: RemoteCatalogue, clock: Clock
+    ) -> None:
+        self._trust = trust
+        self._offer = offer
+        self._remote = remote
+        self._clock = clock
+
+    async def SetFederation(
+        self, request: federation_pb2.SetFederationRequest, context: Context
+    ) -> federation_pb2.Federation:
+        caller = current_caller()
+        done = await self._offer.set_federation(
+            caller.department.code,
+            request.code,
+            federated=request.federated,
+            peers=list(request.peers),
+            known_peers={p.name for p in self._trust.peers()},
+            officer=caller.officer_id,
+            now=self._clock.now(),
+        )
+        return federation_pb2.Federation(
+            code=done.code, federated=done.federated, peers=list(done.peers)
+        )
+
+    async def ListRemoteDatasets(
+        self, request: federation_pb2.ListRemoteDatasetsRequest, context: Context
+    ) -> federation_pb2.ListRemoteDatasetsResponse:
+        current_caller()  # any department of ours may read the remote catalogue
+        peers = [p for p in self._trust.peers() if p.active and request.peer in ("", p.name)]
+        stored = await self._remote.list(peers, now=self._clock.now())
+        return federation_pb2.ListRemoteDatasetsResponse(
+            datasets=[
+                federation_pb2.RemoteDataset(
+                    code=s.remote.remote_code,
+                    peer=s.remote.peer,
+                    peer_level=s.peer_level,
+                    owner=s.remote.remote_owner,
+                    version=s.remote.entry.version,
+                    spec=dataset_message(s.remote.entry).spec,
+                    received_at=timestamp(s.received_at),
+                    signed_entry=s.remote.signed,
+                )
+                for s in stored
+            ]
+        )
