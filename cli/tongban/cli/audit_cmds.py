@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tongban.cli.common import emit, settings_from_args
+from tongban.cli.witness_cmds import witness_key_argument, witnessed_summary
 from tongban.exchange.audit.anomalies import find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
 from tongban.exchange.audit.covert import CovertCase, CovertCases
@@ -32,6 +33,7 @@ from tongban.exchange.db.database import Database
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.licensing.follow_through import verify_follow_through
 from tongban.exchange.licensing.ratings import verify_ratings
+from tongban.exchange.settings import Settings
 from tongban.signing.clock import SystemClock
 
 __all__ = ["add_parsers", "run_audit"]
@@ -53,6 +55,12 @@ def _in_zone(value: datetime | None, zone: tzinfo) -> datetime | None:
 def _index(value: str) -> int:
     if not value.isdigit():
         raise argparse.ArgumentTypeError(f"{value!r} is not an entry index (0, 1, 2, ...)")
+    return int(value)
+
+
+def _quorum(value: str) -> int:
+    if not value.isdigit() or not 1 <= int(value) <= 16:
+        raise argparse.ArgumentTypeError(f"--witnesses takes 1 to 16 witnesses, not {value!r}")
     return int(value)
 
 
@@ -86,7 +94,23 @@ def add_parsers(
     )
     prove.add_argument("index", type=_index)
     prove.add_argument("--size", type=_index, default=0, help="under the checkpoint of this size")
-    audit_sub.add_parser("verify", parents=[common], help="recompute and check the whole log")
+    verify = audit_sub.add_parser(
+        "verify", parents=[common], help="recompute and check the whole log"
+    )
+    verify.add_argument(
+        "--witnesses",
+        type=_quorum,
+        default=0,
+        metavar="N",
+        help="also require a checkpoint cosigned by N trusted witnesses (docs/audit-log.md)",
+    )
+    verify.add_argument(
+        "--witness",
+        action="append",
+        type=witness_key_argument,
+        metavar="VKEY",
+        help="a trusted witness's key (repeatable; default: those of TONGBAN_WITNESSES)",
+    )
     anomalies = audit_sub.add_parser("anomalies", parents=[common], help="unusual access patterns")
     anomalies.add_argument("--from", dest="start", type=_instant)
     anomalies.add_argument("--to", dest="end", type=_instant)
@@ -140,7 +164,7 @@ async def run_audit(args: argparse.Namespace) -> int:
         try:
             signer = load_log_signer(settings, token)
             checkpoints = Checkpointer(db.pool, signer, origin, SystemClock(), signer="cli")
-            return await _with_log_key(args, db, store, checkpoints, origin)
+            return await _with_log_key(args, settings, db, store, checkpoints, origin)
         finally:
             if token is not None:
                 token.close()
@@ -148,6 +172,7 @@ async def run_audit(args: argparse.Namespace) -> int:
 
 async def _with_log_key(
     args: argparse.Namespace,
+    settings: Settings,
     db: Database,
     store: AuditStore,
     checkpoints: Checkpointer,
@@ -211,6 +236,11 @@ async def _with_log_key(
         # materials and commitments, each against the entries its life wrote.
         ratings = await verify_ratings(db.pool)
         materials, _ = await verify_follow_through(db.pool)
+        witnessed, said = (
+            await witnessed_summary(args, settings, db, origin, checkpoints.public_key, report.size)
+            if args.witnesses
+            else (None, "")
+        )
         emit(
             args,
             {
@@ -221,12 +251,13 @@ async def _with_log_key(
                 "ratings": ratings.ratings,
                 "rectifications": ratings.rectifications,
                 "case_materials": materials,
+                "witnessed": witnessed,
             },
             f"\rthe access log is intact: {report.size:,} entries, {report.checkpoints} signed "
             f"checkpoints consistent, root {base64.b64encode(report.root).decode()} "
             f"({report.seconds:.1f} s); {ratings.ratings} ratings, "
             f"{ratings.rectifications} rectifications and {materials} deferred materials "
-            "or commitments agree with it",
+            "or commitments agree with it" + (f"; {said}" if said else ""),
         )
     elif command == "anomalies":
         end = args.end or SystemClock().now()

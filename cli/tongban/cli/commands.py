@@ -77,6 +77,10 @@ async def run(args: argparse.Namespace) -> int:
         from tongban.cli.key_cmds import run_key
 
         return await run_key(args)
+    if args.command == "witness":
+        from tongban.cli.witness_cmds import run_witness
+
+        return await run_witness(args)
     if args.command in ("catalogue", "query", "grant", "subscription"):
         from tongban.cli.sharing_cmds import run_sharing
 

@@ -33,6 +33,7 @@ from tongban.signing.pkcs11 import Token
 
 __all__ = [
     "WITNESS_KEY_LABEL",
+    "WitnessExists",
     "WitnessIdentity",
     "WitnessNotInitialised",
     "init_witness",
@@ -46,10 +47,17 @@ WITNESS_KEY_LABEL = "witness-cosign"
 
 
 class WitnessNotInitialised(TongbanError):
-    """The data dir has no witness yet, or another one than asked for."""
+    """The data dir has no witness yet."""
 
     reason = "WITNESS_NOT_INITIALISED"
     status = "FAILED_PRECONDITION"
+
+
+class WitnessExists(TongbanError):
+    """The data dir already holds a witness of another name."""
+
+    reason = "WITNESS_EXISTS"
+    status = "ALREADY_EXISTS"
 
 
 @dataclass(frozen=True)
@@ -79,7 +87,7 @@ def init_witness(settings: Settings, name: str, token: Token | None) -> WitnessI
     """Make the witness ``name`` (its key in ``token`` if given, else a key file), or
     return the existing one if it has that name.
 
-    Raises WitnessNotInitialised if the data dir holds a witness of another name,
+    Raises WitnessExists if the data dir holds a witness of another name,
     WitnessKeyInvalid for a name signed notes cannot carry, and the key and token errors
     of loading.
     """
@@ -87,7 +95,7 @@ def init_witness(settings: Settings, name: str, token: Token | None) -> WitnessI
     if path.exists():
         existing = load_witness(settings, token)
         if existing.key.name != name:
-            raise WitnessNotInitialised(
+            raise WitnessExists(
                 f"{witness_dir(settings)} already holds witness {existing.key.name!r}; give "
                 "that name or another data dir."
             )
