@@ -62,8 +62,9 @@ USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst |
                  BENCH_LICENCE_SECONDS, BENCH_LICENCE_PDFS); not in the full run yet
   keys           signs per second with keys in memory, in a SoftHSM2 token and SM2 key
                  files, SM2 verify, PAdES seals and licence issuance with the seal in the
-                 token, each beside a baseline; not in the full run (BENCH_KEYS_SECONDS,
-                 BENCH_KEYS_ISSUE, BENCH_KEYS_PDFS)
+                 token, and a witness cosignature round trip on loopback, each beside a
+                 baseline; not in the full run (BENCH_KEYS_SECONDS, BENCH_KEYS_ISSUE,
+                 BENCH_KEYS_PDFS, BENCH_KEYS_WITNESS_ROUNDS)
   adapters       a legacy table's snapshot into the exchange through an adapter (beside
                  an asyncpg COPY of the same rows) and legacy change -> another legacy
                  system's latency; not in the full run (BENCH_ADAPTERS_ROWS, default
