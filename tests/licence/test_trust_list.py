@@ -22,6 +22,7 @@ from tongban.licence.errors import (
 from tongban.licence.sdjwt import issue_sd_jwt, verify_sd_jwt
 from tongban.licence.trust_list import (
     TYP,
+    RevokedSeal,
     TrustList,
     TrustListCache,
     TrustListEntry,
@@ -31,6 +32,7 @@ from tongban.licence.trust_list import (
 from tongban.signing import (
     LocalSigner,
     PrivateKey,
+    certificate_fingerprint,
     create_root_ca,
     generate_private_key,
     issue_node_signing_certificate,
@@ -129,6 +131,21 @@ def test_sign_and_verify() -> None:
     assert trust_list.status_list_certificates_for("police") == ()
     assert trust_list.all_seal_certificates() == {SAMR_SEAL, SAMR_OLD_SEAL, REGULATOR_SEAL}
     assert trust_list.all_status_list_certificates() == {NODE_CERT}
+
+
+def test_revoked_seals_are_listed_and_found_by_kid() -> None:
+    revoked = RevokedSeal("samr", certificate_fingerprint(SAMR_OLD_SEAL), NOW, "私钥疑似泄露")
+    entries = [TrustListEntry("samr", (SAMR_SEAL,), (NODE_CERT,)), ENTRIES[1]]
+    trust_list = verify_trust_list(_sign(entries, revoked=[revoked]), roots=[CA], now=NOW)
+    assert trust_list.certificates_for("samr") == (SAMR_SEAL,)
+    assert trust_list.revoked_seal(revoked.fingerprint) == revoked
+    assert trust_list.revoked_seal(revoked.fingerprint[:8]) == revoked  # a QR kid
+    assert trust_list.revoked_seal(revoked.fingerprint[:4]) is None  # too short to tell
+    assert trust_list.revoked_seal(certificate_fingerprint(SAMR_SEAL)) is None
+    # A list without the claim (an older node's) revokes nothing.
+    assert verify_trust_list(_sign(), roots=[CA], now=NOW).revoked == {}
+    with pytest.raises(ValueError, match="reason"):
+        _sign(entries, revoked=[RevokedSeal("samr", revoked.fingerprint, NOW, "")])
 
 
 def test_format() -> None:
@@ -236,6 +253,21 @@ def test_seal_listed_under_another_department_is_refused() -> None:
         {
             "departments": {
                 "samr": {"seal_certificates": [], "status_list_certificates": [], "x": 1}
+            }
+        },
+        {"revoked_seal_certificates": []},
+        {"revoked_seal_certificates": {"samr": {}}},
+        {"revoked_seal_certificates": {"Not A Code": []}},
+        {"revoked_seal_certificates": {"samr": [{"sha256": "00", "revoked_at": 1, "reason": "x"}]}},
+        {"revoked_seal_certificates": {"samr": [{"sha256": "0" * 64, "revoked_at": 1}]}},
+        {
+            "revoked_seal_certificates": {
+                "samr": [{"sha256": "0" * 64, "revoked_at": "x", "reason": "x"}]
+            }
+        },
+        {
+            "revoked_seal_certificates": {
+                "samr": [{"sha256": "0" * 64, "revoked_at": 1, "reason": ""}]
             }
         },
     ],

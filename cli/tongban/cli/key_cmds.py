@@ -6,21 +6,34 @@
 into the token; the private half is then held only by the token, sensitive and not
 extractable, and the file can be destroyed (the command says so rather than deleting a
 key it cannot take back).
+
+``rotate seal DEPT`` gives a department's seal a successor that the trust list names at
+once and that signs after ``--overlap``; ``revoke seal DEPT SHA256`` withdraws one of its
+keys (what it signed then fails with SEAL_REVOKED); ``seals`` lists every custodial key
+with its state. These work on the exchange's database (and its token, when configured).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tongban.cli.common import emit, settings_from_args
 from tongban.exchange.datadir import key_passphrase
+from tongban.exchange.errors import InvalidArgument
 from tongban.signing import TokenUnavailable, load_private_key
 from tongban.signing.pkcs11 import Token, TokenConfig, TokenKey
 
+if TYPE_CHECKING:
+    from tongban.exchange.licensing.custody import SealKey
+
 __all__ = ["add_parsers", "run_key"]
+
+_MAX_OVERLAP_HOURS = 24 * 90
+_MAX_REASON = 500
 
 
 def add_parsers(
@@ -47,6 +60,30 @@ def add_parsers(
     )
     imported.add_argument("label", help="the key's label on the token (1-64 characters)")
     imported.add_argument("file", type=Path, help="the key file, e.g. DATA_DIR/node/sign.key")
+    rotate = key_sub.add_parser(
+        "rotate", parents=[common], help="give a department's seal a successor (no downtime)"
+    )
+    rotate.add_argument("kind", choices=["seal"], help="what to rotate (seal keys, for now)")
+    rotate.add_argument("department", help="the department code")
+    rotate.add_argument(
+        "--overlap",
+        type=float,
+        default=24.0,
+        metavar="HOURS",
+        help="how long the trust list names the new certificate before it signs "
+        "(verifiers refresh daily; default 24)",
+    )
+    revoke = key_sub.add_parser(
+        "revoke", parents=[common], help="revoke one of a department's seal keys"
+    )
+    revoke.add_argument("kind", choices=["seal"], help="what to revoke (seal keys, for now)")
+    revoke.add_argument("department", help="the department code")
+    revoke.add_argument("sha256", help="the seal certificate's SHA-256 (`tongban key seals`)")
+    revoke.add_argument("--reason", required=True, help="why (1-500 characters; verifiers see it)")
+    seals = key_sub.add_parser(
+        "seals", parents=[common], help="custodial seal keys with their state"
+    )
+    seals.add_argument("department", nargs="?", help="this department's only")
 
 
 def _token() -> Token:
@@ -65,7 +102,92 @@ def _described(key: TokenKey) -> dict[str, str]:
 
 async def run_key(args: argparse.Namespace) -> int:
     """Run one ``tongban key`` command; token errors surface as TongbanError."""
+    if args.key_command in ("rotate", "revoke", "seals"):
+        return await _custody(args)
     return await asyncio.to_thread(_run, args)
+
+
+async def _custody(args: argparse.Namespace) -> int:
+    from tongban.exchange.datadir import open_token
+    from tongban.exchange.db.database import Database
+    from tongban.exchange.licensing.setup import rotate_seal, vault_for
+
+    settings = settings_from_args(args)
+    now = datetime.now(UTC)
+    token = await asyncio.to_thread(open_token)  # with a token, the new key goes into it
+    try:
+        # A rotation registers the new seal's fingerprint: the registry owner's login.
+        async with await Database.open(settings, pool_size=1, owner=True) as db:
+            vault = vault_for(db.pool, settings, token)
+            if args.key_command == "rotate":
+                if not 0 <= args.overlap <= _MAX_OVERLAP_HOURS:
+                    raise InvalidArgument(
+                        f"--overlap is {args.overlap} hours; give 0 to {_MAX_OVERLAP_HOURS}."
+                    )
+                fingerprint, takes_over = await rotate_seal(
+                    vault, db.pool, settings, args.department, now,
+                    timedelta(hours=args.overlap),
+                )  # fmt: skip
+                emit(
+                    args,
+                    {"department": args.department, "seal_sha256": fingerprint.hex(),
+                     "signs_from": takes_over.isoformat()},
+                    f"{args.department}: new seal certificate sha256 {fingerprint.hex()}, in the "
+                    f"trust list now, signing from {takes_over.isoformat(timespec='seconds')}; "
+                    "the old seal signs until then and stays trusted until it expires",
+                )  # fmt: skip
+            elif args.key_command == "revoke":
+                reason = args.reason.strip()
+                if not 1 <= len(reason) <= _MAX_REASON:
+                    raise InvalidArgument("--reason must be 1-500 characters.")
+                try:
+                    fingerprint = bytes.fromhex(args.sha256)
+                except ValueError:
+                    fingerprint = b""
+                if len(fingerprint) != 32:
+                    raise InvalidArgument(
+                        f"{args.sha256[:80]!r} is not a SHA-256 in hex (64 characters); "
+                        "`tongban key seals` lists them."
+                    )
+                await vault.revoke(args.department, fingerprint, reason, now)
+                emit(
+                    args,
+                    {"department": args.department, "seal_sha256": fingerprint.hex(),
+                     "revoked_at": now.isoformat()},
+                    f"{args.department}: seal {fingerprint.hex()} revoked; the next trust list "
+                    "names it revoked, and what it signed fails with SEAL_REVOKED",
+                )  # fmt: skip
+            else:
+                keys = await vault.keys(args.department)
+                emit(
+                    args,
+                    {"seals": [_seal_dict(k) for k in keys]},
+                    "\n".join(_seal_line(k) for k in keys) or "no custodial seals",
+                )  # fmt: skip
+    finally:
+        if token is not None:
+            token.close()
+    return 0
+
+
+def _seal_line(key: SealKey) -> str:
+    where = f"token {key.key_label}" if key.key_label else "database"
+    return (
+        f"{key.holder:<14} {key.state:<8} sha256 {key.fingerprint.hex()[:16]}…  from "
+        f"{key.active_from.isoformat(timespec='seconds')}  until "
+        f"{key.not_after.date().isoformat()}  {where}"
+    )
+
+
+def _seal_dict(key: SealKey) -> dict[str, str | None]:
+    return {
+        "holder": key.holder,
+        "state": key.state,
+        "sha256": key.fingerprint.hex(),
+        "active_from": key.active_from.isoformat(),
+        "not_after": key.not_after.isoformat(),
+        "key_label": key.key_label,
+    }
 
 
 def _run(args: argparse.Namespace) -> int:

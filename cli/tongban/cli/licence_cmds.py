@@ -586,20 +586,26 @@ async def _seal_move(args: argparse.Namespace) -> int:
     try:
         async with await Database.open(settings, pool_size=1) as db:
             vault = vault_for(db.pool, settings, token)
-            held = dict(await vault.holders())
-            wanted = args.holders or list(held)
-            moved: dict[str, str] = {}
+            wanted = args.holders or sorted({key.holder for key in await vault.keys()})
             for holder in wanted:
                 # Raises TokenUnavailable without a token, SealNotEnrolled for a stranger.
-                label = await vault.move_to_token(holder)
-                moved[holder] = label or held.get(holder) or ""
+                await vault.move_to_token(holder)
+            # Every unrevoked key of the holders, by label (moved now or before).
+            moved = {
+                holder: sorted(
+                    k.key_label or "" for k in await vault.keys(holder) if k.state != "revoked"
+                )
+                for holder in wanted
+            }
     finally:
         if token is not None:
             token.close()
     emit(
         args,
         {"keys": moved},
-        "\n".join(f"{holder}: in the token as {label}" for holder, label in moved.items())
+        "\n".join(
+            f"{holder}: in the token as {', '.join(labels)}" for holder, labels in moved.items()
+        )
         or "no custodial keys",
     )
     return 0

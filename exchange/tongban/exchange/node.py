@@ -224,7 +224,7 @@ class Node:
                 timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
                 on_decision=self.metrics.count_decision,
             )
-            vault = vault_for(self.db.pool, self.settings, self._token)
+            vault = vault_for(self.db.pool, self.settings, self._token, self.clock)
             await ensure_status_key(vault, self.settings, self.clock.now())
             self.licensing = Licensing(
                 self.db.pool,

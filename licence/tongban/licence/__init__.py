@@ -26,6 +26,7 @@ from tongban.licence.errors import (
     LicenceSuspended,
     LicenceTypeUnknown,
     PayloadTooLarge,
+    SealRevoked,
     SignatureInvalid,
     SignerUntrusted,
     StatusListFull,
@@ -61,6 +62,7 @@ from tongban.licence.status_list import (
     verify_status_list,
 )
 from tongban.licence.trust_list import (
+    RevokedSeal,
     TrustList,
     TrustListCache,
     TrustListEntry,
@@ -147,6 +149,8 @@ __all__ = [
     "LicenceTypeUnknown",
     "PayloadTooLarge",
     "QrClaims",
+    "RevokedSeal",
+    "SealRevoked",
     "SignatureInvalid",
     "SignerUntrusted",
     "StatusList",

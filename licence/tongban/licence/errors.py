@@ -28,6 +28,7 @@ __all__ = [
     "LicenceSuspended",
     "LicenceTypeUnknown",
     "PayloadTooLarge",
+    "SealRevoked",
     "SignatureInvalid",
     "SignerUntrusted",
     "StatusListFull",
@@ -110,6 +111,13 @@ class SignerUntrusted(VerificationFailed):
 
     reason = "SIGNER_UNTRUSTED"
     check = "issuer"
+
+
+class SealRevoked(SignerUntrusted):
+    """The seal certificate that signed the licence was revoked (the trust list names it
+    as revoked): what it signed no longer verifies."""
+
+    reason = "SEAL_REVOKED"
 
 
 class DisclosureInvalid(VerificationFailed):

@@ -28,6 +28,12 @@ because verifiers before it refuse an entry with unknown keys but ignore unknown
 top-level claims; a list without it (from an older node) names no base, and status lists
 are then fetched from nowhere (``STATUS_URL_UNTRUSTED``) until a fresh list is fetched.
 
+``revoked_seal_certificates`` names, per department, seal certificates that were revoked
+(``{"<code>": [{"sha256": "<hex of the DER's SHA-256>", "revoked_at": ..., "reason":
+"..."}]}``): a revoked certificate is no longer among ``seal_certificates``, and what it
+signed fails with SEAL_REVOKED instead of the plain SIGNER_UNTRUSTED of a seal never
+listed. A top-level claim for the same reason as ``status_base_urls``.
+
 ``TrustListCache`` keeps the last good list on disk for verifiers that go offline.
 """
 
@@ -80,6 +86,7 @@ __all__ = [
     "DEFAULT_REFRESH",
     "MAX_TRUST_LIST_LENGTH",
     "TYP",
+    "RevokedSeal",
     "TrustList",
     "TrustListCache",
     "TrustListEntry",
@@ -97,6 +104,9 @@ DEFAULT_REFRESH = timedelta(days=1)
 MAX_TRUST_LIST_LENGTH = 1024 * 1024
 
 _MAX_CERTIFICATES_PER_LIST = 16  # per department and kind
+_MAX_REVOKED_PER_DEPARTMENT = 256
+_MAX_REASON = 500
+_KID_BYTES = 8  # a QR kid: the first 8 bytes of the certificate's SHA-256
 _MAX_DATE = 253402300799  # 9999-12-31T23:59:59Z
 _CODE_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-")
 _DEPT_CODE = re.compile(r"[a-z][a-z0-9-]{1,62}")  # as tongban.signing department codes
@@ -111,6 +121,17 @@ _BASE_URL = re.compile(
 )
 # What may follow the base in a status-list URI: plain segments (no "..", "?", "#", "%").
 _BELOW_BASE = re.compile(rf"{_SEGMENT}(?:/{_SEGMENT})*")
+
+
+@dataclass(frozen=True)
+class RevokedSeal:
+    """A department's seal certificate that was revoked."""
+
+    department: str
+    fingerprint: bytes
+    """SHA-256 of the certificate's DER."""
+    revoked_at: datetime
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -146,6 +167,18 @@ class TrustList:
     """The node signing certificate (the ``x5c`` leaf)."""
     token: str = field(repr=False)
     """The exact signed token, to store or forward."""
+    revoked: Mapping[bytes, RevokedSeal] = field(default_factory=dict)
+    """Revoked seal certificates, by SHA-256 fingerprint."""
+
+    def revoked_seal(self, fingerprint_prefix: bytes) -> RevokedSeal | None:
+        """The revoked seal whose fingerprint starts with ``fingerprint_prefix`` (a whole
+        SHA-256, or a QR ``kid``'s first 8 bytes), or None."""
+        if len(fingerprint_prefix) < _KID_BYTES:
+            return None
+        found = self.revoked.get(fingerprint_prefix)
+        if found is not None:
+            return found
+        return next((r for f, r in self.revoked.items() if f.startswith(fingerprint_prefix)), None)
 
     def certificates_for(self, dept: str) -> tuple[x509.Certificate, ...]:
         """Return the seal certificates trusted to issue department ``dept``'s licences
@@ -251,6 +284,7 @@ def _check_entry(entry: TrustListEntry) -> None:
 def sign_trust_list(
     entries: Sequence[TrustListEntry],
     *,
+    revoked: Sequence[RevokedSeal] = (),
     signer: Signer,
     chain: Sequence[x509.Certificate],
     now: datetime,
@@ -312,11 +346,59 @@ def sign_trust_list(
     }
     if bases:
         payload["status_base_urls"] = bases
+    if revoked:
+        payload["revoked_seal_certificates"] = _revoked_claim(revoked)
     return sign_jws(
         dumps_compact(payload).encode("utf-8"),
         signer,
         headers={"typ": TYP, "x5c": encode_x5c(chain)},
     )
+
+
+def _revoked_claim(revoked: Sequence[RevokedSeal]) -> dict[str, list[dict[str, object]]]:
+    claim: dict[str, list[dict[str, object]]] = {}
+    for seal in revoked:
+        if not _DEPT_CODE.fullmatch(seal.department):
+            raise ValueError(f"Revoked seal of a malformed department code {seal.department!r}.")
+        if len(seal.fingerprint) != 32 or not 1 <= len(seal.reason) <= _MAX_REASON:
+            raise ValueError(
+                "A revoked seal needs a SHA-256 fingerprint and a 1-500 character reason."
+            )
+        claim.setdefault(seal.department, []).append(
+            {"sha256": seal.fingerprint.hex(), "revoked_at": int(seal.revoked_at.timestamp()),
+             "reason": seal.reason}
+        )  # fmt: skip
+    if any(len(v) > _MAX_REVOKED_PER_DEPARTMENT for v in claim.values()):
+        raise ValueError(f"At most {_MAX_REVOKED_PER_DEPARTMENT} revoked seals per department.")
+    return claim
+
+
+def _revoked(payload: Mapping[str, object]) -> dict[bytes, RevokedSeal]:
+    claim = payload.get("revoked_seal_certificates", {})
+    bad = LicenceFormatInvalid(
+        "The trust list's 'revoked_seal_certificates' is not an object of department codes "
+        "to lists of {sha256, revoked_at, reason}."
+    )
+    if not isinstance(claim, dict):
+        raise bad
+    out: dict[bytes, RevokedSeal] = {}
+    for dept, seals in claim.items():
+        if not _DEPT_CODE.fullmatch(dept) or not isinstance(seals, list):
+            raise bad
+        if len(seals) > _MAX_REVOKED_PER_DEPARTMENT:
+            raise bad
+        for seal in seals:
+            if not isinstance(seal, dict) or set(seal) != {"sha256", "revoked_at", "reason"}:
+                raise bad
+            digest, reason = seal["sha256"], seal["reason"]
+            if not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest):
+                raise bad
+            if not isinstance(reason, str) or not 1 <= len(reason) <= _MAX_REASON:
+                raise bad
+            at = _date(seal, "revoked_at")
+            fingerprint = bytes.fromhex(digest)
+            out[fingerprint] = RevokedSeal(dept, fingerprint, at, reason)
+    return out
 
 
 def _date(payload: Mapping[str, object], name: str) -> datetime:
@@ -443,6 +525,7 @@ def verify_trust_list(token: str, *, roots: Sequence[x509.Certificate], now: dat
     if not issued_at <= next_update <= expires_at:
         raise LicenceFormatInvalid("The trust list's iat, next_update and exp are out of order.")
     entries = _entries(payload)
+    revoked = _revoked(payload)
     if now >= expires_at:
         raise TrustListExpired(
             f"The trust list expired at {expires_at.isoformat()} (checked at "
@@ -457,6 +540,7 @@ def verify_trust_list(token: str, *, roots: Sequence[x509.Certificate], now: dat
         entries=MappingProxyType(entries),
         signer=leaf,
         token=token,
+        revoked=MappingProxyType(revoked),
     )
 
 

@@ -29,6 +29,9 @@ checked its expiry); an expired cached list is the caller's ``TrustListExpired``
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -37,9 +40,12 @@ from typing import Any, Literal
 
 from cryptography import x509
 
+from tongban.licence._jose import decode_header
 from tongban.licence.errors import (
     LicenceError,
     LicenceFormatInvalid,
+    SealRevoked,
+    SignerUntrusted,
     VerificationFailed,
 )
 from tongban.licence.qr import QR_PREFIX, certificate_kid, unverified_qr_claims, verify_qr
@@ -145,6 +151,46 @@ def failure(
     )
 
 
+def _hex(value: object) -> bytes | None:
+    try:
+        return bytes.fromhex(value) if isinstance(value, str) else None
+    except ValueError:
+        return None
+
+
+def _x5c_fingerprint(text: str) -> bytes | None:
+    """SHA-256 of the x5c leaf an SD-JWT names (unverified: only to explain a refusal)."""
+    try:
+        header = decode_header(text.split("~", 1)[0], "licence")
+        chain = header.get("x5c")
+        if not isinstance(chain, list) or not chain or not isinstance(chain[0], str):
+            return None
+        return hashlib.sha256(base64.b64decode(chain[0], validate=True)).digest()
+    except (VerificationFailed, LicenceError, ValueError, binascii.Error):
+        return None
+
+
+def _if_revoked(
+    error: VerificationFailed, trust_list: TrustList, fingerprint: bytes | None
+) -> VerificationFailed:
+    """``error``, or SealRevoked when the untrusted signer is a seal the trust list names
+    as revoked (so the verifier learns why, not just that it is unknown)."""
+    seal = trust_list.revoked_seal(fingerprint) if fingerprint else None
+    if seal is None:
+        return error
+    return SealRevoked(
+        f"The seal of {seal.department} that signed this licence (certificate sha256 "
+        f"{seal.fingerprint.hex()[:16]}…) was revoked on {seal.revoked_at.date().isoformat()}: "
+        f"{seal.reason}. Ask the holder for a licence re-issued under the current seal.",
+        metadata={
+            "check": "issuer",
+            "department": seal.department,
+            "seal_sha256": seal.fingerprint.hex(),
+            "revoked_at": seal.revoked_at.isoformat(),
+        },
+    )
+
+
 def _status(lookup: StatusLookup | None, issuer: str, uri: str, index: int, number: str) -> str:
     if lookup is None:
         return "unchecked"
@@ -234,7 +280,8 @@ def _verify_qr(
     try:
         verified = verify_qr(text, certificates=certificates, roots=roots, now=now)
     except VerificationFailed as e:
-        return failure(e, "qr")
+        kid = e.metadata.get("kid") if isinstance(e, SignerUntrusted) else None
+        return failure(_if_revoked(e, trust_list, _hex(kid)), "qr")
     claims = verified.claims
     known: dict[str, Any] = {
         "licence_number": claims.licence_number,
@@ -285,7 +332,8 @@ def _verify_sd_jwt(
             text, roots=roots, trusted=trust_list.all_seal_certificates(), now=now
         )
     except VerificationFailed as e:
-        return failure(e, "sd-jwt")
+        leaf = _x5c_fingerprint(text) if isinstance(e, SignerUntrusted) else None
+        return failure(_if_revoked(e, trust_list, leaf), "sd-jwt")
     claims = {**verified.clear_claims, **verified.disclosed_claims}
     number = claims.get("licence_number")
     known: dict[str, Any] = {

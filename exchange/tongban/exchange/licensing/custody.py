@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from tongban.exchange.licensing.errors import SealNotEnrolled
+from tongban.licence import RevokedSeal
 from tongban.signing import (
     DOCUMENT_SIGNING,
     KeyPassphraseWrong,
@@ -38,6 +39,7 @@ from tongban.signing import (
     certificate_pem,
     load_pem_certificates,
 )
+from tongban.signing.clock import Clock, SystemClock
 from tongban.signing.pkcs11 import Token
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "STATUS_LIST_HOLDER",
     "STATUS_LIST_URI_PREFIX",
     "Seal",
+    "SealKey",
     "SealVault",
     "issue_status_list_certificate",
 ]
@@ -57,18 +60,19 @@ STATUS_LIST_HOLDER = "#status-list"
 STATUS_LIST_URI_PREFIX = "urn:tongban:status-list:"
 #: How long a decrypted key is reused before the vault reads it again.
 CACHE_SECONDS = 30.0
+#: Seal certificates listed per holder in the trust list (the trust list's own limit).
+_MAX_TRUSTED_PER_HOLDER = 16
 
 _CLOCK_SKEW = timedelta(minutes=5)
 _INSERT = (
-    "INSERT INTO seal_key (holder, key_pem, key_label, chain_pem, fingerprint, created_at)"
-    " VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (holder) "
+    "INSERT INTO seal_key"
+    " (holder, key_pem, key_label, chain_pem, fingerprint, created_at, active_from)"
+    " VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (holder, fingerprint) DO NOTHING"
 )
-_UPSERT = _INSERT + (
-    "DO UPDATE SET key_pem = EXCLUDED.key_pem, key_label = EXCLUDED.key_label,"
-    " chain_pem = EXCLUDED.chain_pem, fingerprint = EXCLUDED.fingerprint,"
-    " created_at = EXCLUDED.created_at"
+_KEYS = (
+    "SELECT fingerprint, key_pem, key_label, chain_pem, active_from, created_at FROM seal_key"
+    " WHERE holder = $1 AND revoked_at IS NULL ORDER BY active_from DESC, created_at DESC"
 )
-_INSERT_NEW = _INSERT + "DO NOTHING"
 
 
 @dataclass(frozen=True)
@@ -159,16 +163,45 @@ def issue_status_list_certificate(
     )
 
 
-class SealVault:
-    """Keys in custody, in table ``seal_key`` (and in ``token`` when the exchange has one)."""
+@dataclass(frozen=True)
+class SealKey:
+    """One of a holder's keys, as ``tongban seal list`` shows it."""
 
-    def __init__(self, pool: asyncpg.Pool, passphrase: bytes, token: Token | None = None) -> None:
+    holder: str
+    fingerprint: bytes
+    """SHA-256 of the seal certificate's DER."""
+    key_label: str | None
+    """Its label in the token, or None when it rests in the database."""
+    active_from: datetime
+    state: str
+    """``active`` (signs now), ``next`` (signs from ``active_from``; already in the trust
+    list), ``retired`` (replaced; its certificate stays trusted until it expires),
+    ``revoked``."""
+    not_after: datetime
+
+
+class SealVault:
+    """Keys in custody, in table ``seal_key`` (and in ``token`` when the exchange has one).
+
+    A holder may have several keys (rotation, docs/keys.md): the one that signs is the
+    not-revoked key with the latest ``active_from`` at or before now, or, before any has
+    come due, the holder's first."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        passphrase: bytes,
+        token: Token | None = None,
+        clock: Clock | None = None,
+    ) -> None:
         if not passphrase:
             raise ValueError("The seal vault needs the node key passphrase.")
         self._pool = pool
         self._passphrase = passphrase
         self._token = token
-        self._cache: dict[str, tuple[float, Seal]] = {}
+        self._clock = clock or SystemClock()
+        # holder -> (read at, monotonic; the seal; when a next key comes due, if one does)
+        self._cache: dict[str, tuple[float, Seal, datetime | None]] = {}
 
     async def enrol(
         self,
@@ -178,12 +211,15 @@ class SealVault:
         now: datetime,
         *,
         replace: bool = True,
+        active_from: datetime | None = None,
     ) -> bool:
         """Store ``key`` and ``chain`` for ``holder`` (a department code, or
-        ``STATUS_LIST_HOLDER``); return whether they were written. With a token the key is
-        imported into it (sensitive, not extractable) and the row names its label. With
-        ``replace`` False an existing key is kept (several nodes creating the status-list
-        key at once agree on the first; a loser's copy in the token is left unused)."""
+        ``STATUS_LIST_HOLDER``) as a key that signs from ``active_from`` (default: now);
+        return whether it was written. Earlier keys stay, retired, so what they signed keeps
+        verifying. With a token the key is imported into it (sensitive, not extractable)
+        and the row names its label. With ``replace`` False nothing is written if the
+        holder has a key already (several nodes creating the status-list key at once agree
+        on the first; a loser's copy in the token is left unused)."""
         if not chain or chain[0].public_key() != key.public_key():
             raise ValueError("The key does not belong to the first certificate of the chain.")
         fingerprint = certificate_fingerprint(chain[0])
@@ -203,48 +239,78 @@ class SealVault:
                 serialization.BestAvailableEncryption(self._passphrase),
             )
         pem = b"".join(certificate_pem(c) for c in chain)
-        status = await self._pool.execute(
-            _UPSERT if replace else _INSERT_NEW, holder, encrypted, label, pem, fingerprint, now
-        )
+        values = (holder, encrypted, label, pem, fingerprint, now, active_from or now)
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not replace:
+                # One holder's first key at a time, across nodes (xact-scoped lock).
+                await conn.execute(
+                    "SELECT pg_advisory_xact_lock(hashtext('seal_key:' || $1))", holder
+                )
+                if await conn.fetchval(
+                    "SELECT EXISTS (SELECT FROM seal_key WHERE holder = $1)", holder
+                ):
+                    return False
+            status = await conn.execute(_INSERT, *values)
         self._cache.pop(holder, None)
         return bool(status.endswith(" 1"))
 
-    async def move_to_token(self, holder: str) -> str | None:
-        """Move ``holder``'s passphrase-encrypted key into the token and drop it from the
-        database; return its label, or None if it was in the token already. Raises
-        TokenUnavailable without a token, SealNotEnrolled for an unknown holder."""
+    async def revoke(self, holder: str, fingerprint: bytes, reason: str, now: datetime) -> None:
+        """Revoke one of ``holder``'s keys: it signs no more, leaves the trust list's seal
+        certificates and is listed as revoked, so what it signed fails with SEAL_REVOKED.
+        Raises SealNotEnrolled if the holder has no such unrevoked key."""
+        status = await self._pool.execute(
+            "UPDATE seal_key SET revoked_at = $3, revocation_reason = $4"
+            " WHERE holder = $1 AND fingerprint = $2 AND revoked_at IS NULL",
+            holder,
+            fingerprint,
+            now,
+            reason,
+        )
+        self._cache.pop(holder, None)
+        if status != "UPDATE 1":
+            raise SealNotEnrolled(
+                f"{holder!r} has no unrevoked seal whose certificate sha256 is "
+                f"{fingerprint.hex()}; `tongban seal list` shows its keys.",
+                metadata={"department": holder},
+            )
+
+    async def move_to_token(self, holder: str) -> list[str]:
+        """Move ``holder``'s passphrase-encrypted keys into the token and drop them from the
+        database; return the labels moved (empty if all were in the token already).
+        Raises TokenUnavailable without a token, SealNotEnrolled for an unknown holder."""
         if self._token is None:
             raise TokenUnavailable(
                 "No PKCS#11 token is configured: set TONGBAN_PKCS11_MODULE, "
                 "TONGBAN_PKCS11_TOKEN and TONGBAN_PKCS11_PIN_FILE (docs/keys.md)."
             )
-        row = await self._row(holder)
-        if row["key_label"] is not None:
-            return None
-        key = self._decrypt(holder, bytes(row["key_pem"]))
-        chain = tuple(load_pem_certificates(bytes(row["chain_pem"])))
-        label = _label(holder, certificate_fingerprint(chain[0]))
-        try:
-            self._token.import_key(label, key)
-        except TokenKeyExists:  # a move interrupted after the import: finish it
-            if self._token.signer(label).public_key() != key.public_key():
-                raise
-        # Only the row still holding this very key is changed (a re-enrolment since wins).
-        await self._pool.execute(
-            "UPDATE seal_key SET key_pem = NULL, key_label = $2 WHERE holder = $1 AND key_pem = $3",
-            holder,
-            label,
-            row["key_pem"],
-        )
+        rows = await self._rows(holder)
+        moved: list[str] = []
+        for row in rows:
+            if row["key_label"] is not None:
+                continue
+            key = self._decrypt(holder, bytes(row["key_pem"]))
+            label = _label(holder, bytes(row["fingerprint"]))
+            try:
+                self._token.import_key(label, key)
+            except TokenKeyExists:  # a move interrupted after the import: finish it
+                if self._token.signer(label).public_key() != key.public_key():
+                    raise
+            # Only the row still holding this very key is changed.
+            await self._pool.execute(
+                "UPDATE seal_key SET key_pem = NULL, key_label = $3"
+                " WHERE holder = $1 AND fingerprint = $2 AND key_pem IS NOT NULL",
+                holder,
+                row["fingerprint"],
+                label,
+            )
+            moved.append(label)
         self._cache.pop(holder, None)
-        return label
+        return moved
 
-    async def _row(self, holder: str) -> asyncpg.Record:
-        row = await self._pool.fetchrow(
-            "SELECT key_pem, key_label, chain_pem FROM seal_key WHERE holder = $1", holder
-        )
-        if row is not None:
-            return row
+    async def _rows(self, holder: str) -> list[asyncpg.Record]:
+        rows: list[asyncpg.Record] = await self._pool.fetch(_KEYS, holder)
+        if rows:
+            return rows
         if holder == STATUS_LIST_HOLDER:
             raise SealNotEnrolled(
                 "The exchange has no status-list key yet; start a node on this database "
@@ -269,13 +335,21 @@ class SealVault:
         return key  # type: ignore[return-value]  # P-256 seal keys, as enrolled
 
     async def get(self, holder: str) -> Seal:
-        """Return the seal of ``holder``; raises SealNotEnrolled if the exchange holds
-        none (the message says which command enrols it), TokenUnavailable if its key is in
-        a token this node has not been given."""
+        """Return the seal ``holder`` signs with now; raises SealNotEnrolled if the exchange
+        holds none (the message says which command enrols it), TokenUnavailable if its key
+        is in a token this node has not been given."""
+        now = self._clock.now()
         cached = self._cache.get(holder)
-        if cached is not None and time.monotonic() - cached[0] < CACHE_SECONDS:
+        if (
+            cached is not None
+            and time.monotonic() - cached[0] < CACHE_SECONDS
+            and (cached[2] is None or now < cached[2])
+        ):
             return cached[1]
-        row = await self._row(holder)
+        rows = await self._rows(holder)
+        due = [row for row in rows if row["active_from"] <= now]
+        row = due[0] if due else rows[-1]  # before any came due: the holder's first key
+        upcoming = [r["active_from"] for r in rows if r["active_from"] > now]
         chain = tuple(load_pem_certificates(bytes(row["chain_pem"])))
         signer: Signer
         if row["key_label"] is None:
@@ -294,20 +368,72 @@ class SealVault:
                     "seal certificate; re-enrol the seal (`tongban seal enrol`)."
                 )
         seal = Seal(holder, signer, chain)
-        self._cache[holder] = (time.monotonic(), seal)
+        self._cache[holder] = (time.monotonic(), seal, min(upcoming) if upcoming else None)
         return seal
 
-    async def chains(self) -> dict[str, tuple[x509.Certificate, ...]]:
-        """Return the certificate chain of every key in custody, by holder."""
-        rows = await self._pool.fetch("SELECT holder, chain_pem FROM seal_key ORDER BY holder")
-        return {
-            row["holder"]: tuple(load_pem_certificates(bytes(row["chain_pem"]))) for row in rows
-        }
+    async def certificates(self, now: datetime) -> dict[str, tuple[x509.Certificate, ...]]:
+        """The seal certificates verifiers should trust, by holder, newest first: every
+        unrevoked key's (active, next, and retired ones not yet expired), at most 16."""
+        rows = await self._pool.fetch(
+            "SELECT holder, chain_pem FROM seal_key WHERE revoked_at IS NULL"
+            " ORDER BY holder, active_from DESC, created_at DESC"
+        )
+        out: dict[str, list[x509.Certificate]] = {}
+        for row in rows:
+            leaf = load_pem_certificates(bytes(row["chain_pem"]))[0]
+            listed = out.setdefault(row["holder"], [])
+            if leaf.not_valid_after_utc > now and len(listed) < _MAX_TRUSTED_PER_HOLDER:
+                listed.append(leaf)
+        return {holder: tuple(certs) for holder, certs in out.items() if certs}
 
-    async def holders(self) -> list[tuple[str, str | None]]:
-        """Every holder with the label of its key in the token (None: in the database)."""
-        rows = await self._pool.fetch("SELECT holder, key_label FROM seal_key ORDER BY holder")
-        return [(row["holder"], row["key_label"]) for row in rows]
+    async def revoked(self) -> list[RevokedSeal]:
+        """Every revoked department seal, for the trust list."""
+        rows = await self._pool.fetch(
+            "SELECT holder, fingerprint, revoked_at, revocation_reason FROM seal_key"
+            " WHERE revoked_at IS NOT NULL AND holder <> $1 ORDER BY holder, revoked_at",
+            STATUS_LIST_HOLDER,
+        )
+        return [
+            RevokedSeal(
+                r["holder"], bytes(r["fingerprint"]), r["revoked_at"], r["revocation_reason"]
+            )
+            for r in rows
+        ]
+
+    async def keys(self, holder: str | None = None) -> list[SealKey]:
+        """Every key held (or ``holder``'s), with its state as of now."""
+        now = self._clock.now()
+        rows = await self._pool.fetch(
+            "SELECT holder, fingerprint, key_label, chain_pem, active_from, revoked_at"
+            " FROM seal_key WHERE $1::text IS NULL OR holder = $1"
+            " ORDER BY holder, active_from DESC, created_at DESC",
+            holder,
+        )
+        out: list[SealKey] = []
+        signing: set[str] = set()
+        for row in rows:
+            who = row["holder"]
+            if row["revoked_at"] is not None:
+                state = "revoked"
+            elif row["active_from"] > now:
+                state = "next"
+            elif who in signing:
+                state = "retired"
+            else:
+                state = "active"
+                signing.add(who)
+            leaf = load_pem_certificates(bytes(row["chain_pem"]))[0]
+            out.append(
+                SealKey(
+                    who,
+                    bytes(row["fingerprint"]),
+                    row["key_label"],
+                    row["active_from"],
+                    state,
+                    leaf.not_valid_after_utc,
+                )
+            )
+        return out
 
 
 def _label(holder: str, fingerprint: bytes) -> str:

@@ -3,7 +3,7 @@ registered before the seal service), and the exchange's status-list key at node 
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import asyncpg
 from cryptography.hazmat.primitives import serialization
@@ -24,9 +24,16 @@ from tongban.signing import (
     issue_seal_certificate,
     load_pem_certificates,
 )
+from tongban.signing.clock import Clock
 from tongban.signing.pkcs11 import Token
 
-__all__ = ["custody_seal_from_pem", "enrol_seal", "ensure_status_key", "vault_for"]
+__all__ = [
+    "custody_seal_from_pem",
+    "enrol_seal",
+    "ensure_status_key",
+    "rotate_seal",
+    "vault_for",
+]
 
 
 async def custody_seal_from_pem(
@@ -40,11 +47,18 @@ async def custody_seal_from_pem(
 
 
 async def enrol_seal(
-    vault: SealVault, pool: asyncpg.Pool, settings: Settings, code: str, now: datetime
+    vault: SealVault,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    code: str,
+    now: datetime,
+    *,
+    active_from: datetime | None = None,
 ) -> bytes:
     """Issue department ``code`` a new seal key and certificate from the exchange CA, take
-    it into custody and register its fingerprint; return the fingerprint. For departments
-    registered before the seal service (``SEAL_NOT_ENROLLED``) and for seal rotation.
+    it into custody, signing from ``active_from`` (default: now), and register its
+    fingerprint; return the fingerprint. For departments registered before the seal
+    service (``SEAL_NOT_ENROLLED``) and for seal rotation (``rotate_seal``).
 
     Raises DepartmentNotFound, or a data dir / key error."""
     department = await DepartmentStore(pool).find(code)
@@ -60,7 +74,7 @@ async def enrol_seal(
         public_key=key.public_key(),
         now=now,
     )
-    await vault.enrol(code, key, (cert,), now)
+    await vault.enrol(code, key, (cert,), now, active_from=active_from)
     fingerprint = certificate_fingerprint(cert)
     await pool.execute(
         "UPDATE department SET seal_fingerprint = $2 WHERE code = $1", code, fingerprint
@@ -68,11 +82,39 @@ async def enrol_seal(
     return fingerprint
 
 
+async def rotate_seal(
+    vault: SealVault,
+    pool: asyncpg.Pool,
+    settings: Settings,
+    code: str,
+    now: datetime,
+    overlap: timedelta,
+) -> tuple[bytes, datetime]:
+    """Rotate department ``code``'s seal without downtime: a new key and certificate that
+    the trust list names at once and that signs from ``now + overlap``, so verifiers that
+    refresh within the overlap know it before the first licence it seals. The old key
+    signs until then and is retired after, not deleted: its certificate stays trusted until
+    it expires. Return the new certificate's fingerprint and when it takes over.
+
+    One INSERT makes the rotation; a process killed before it leaves the old seal alone
+    (with a token, an unused key there), after it the rotation is done.
+
+    Raises ValueError for a negative overlap, DepartmentNotFound, SealNotEnrolled if the
+    department has no seal to rotate (enrol one instead)."""
+    if overlap < timedelta(0):
+        raise ValueError("The overlap cannot be negative.")
+    if await DepartmentStore(pool).find(code) is None:
+        raise DepartmentNotFound(f"No department {code!r} is registered.")
+    await vault.get(code)  # SealNotEnrolled: nothing to rotate
+    takes_over = now + overlap
+    fingerprint = await enrol_seal(vault, pool, settings, code, now, active_from=takes_over)
+    return fingerprint, takes_over
+
+
 async def ensure_status_key(vault: SealVault, settings: Settings, now: datetime) -> None:
     """Create the exchange's status-list key and certificate if the database has none
     (the first node to start makes it; the others find it)."""
-    chains = await vault.chains()
-    if STATUS_LIST_HOLDER in chains:
+    if await vault.keys(STATUS_LIST_HOLDER):
         return
     ca = load_ca(settings)
     key = generate_private_key("P-256")
@@ -86,7 +128,13 @@ async def ensure_status_key(vault: SealVault, settings: Settings, now: datetime)
     await vault.enrol(STATUS_LIST_HOLDER, key, (cert,), now, replace=False)
 
 
-def vault_for(pool: asyncpg.Pool, settings: Settings, token: Token | None = None) -> SealVault:
+def vault_for(
+    pool: asyncpg.Pool,
+    settings: Settings,
+    token: Token | None = None,
+    clock: Clock | None = None,
+) -> SealVault:
     """The seal vault over ``pool``, opened with the node key passphrase and, when the
-    exchange has one, its PKCS#11 ``token`` (where every key enrolled from now on goes)."""
-    return SealVault(pool, key_passphrase(settings), token)
+    exchange has one, its PKCS#11 ``token`` (where every key enrolled from now on goes);
+    ``clock`` decides which of a holder's keys signs (the node's clock)."""
+    return SealVault(pool, key_passphrase(settings), token, clock)

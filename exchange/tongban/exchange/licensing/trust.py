@@ -58,7 +58,7 @@ class LicenceTrust:
         self._node_signing = node_signing
         self.roots = tuple(roots)
         self._clock = clock
-        self._trust_list: tuple[frozenset[bytes], TrustList] | None = None
+        self._trust_list: tuple[tuple[frozenset[bytes], frozenset[bytes]], TrustList] | None = None
 
     async def trust_list(self) -> TrustList:
         """The current signed trust list: the seal certificates of the departments that
@@ -66,15 +66,21 @@ class LicenceTrust:
         served under (verifiers fetch from nowhere else), re-signed when any of them
         changes or after an hour (its ``next_update`` is a day, its ``exp`` 30 days)."""
         now = self._clock.now()
-        chains = await self.vault.chains()
+        certificates = await self.vault.certificates(now)
+        revoked = await self.vault.revoked()
         issuers = sorted(
-            {d for t in self.registry for d in t.issuers} & set(chains) - {STATUS_LIST_HOLDER}
+            {d for t in self.registry for d in t.issuers} & set(certificates) - {STATUS_LIST_HOLDER}
         )
-        status_chain = chains.get(STATUS_LIST_HOLDER, ())
-        key = frozenset(
-            c.fingerprint(_SHA256)
-            for h in [*issuers, STATUS_LIST_HOLDER]
-            for c in chains.get(h, ())
+        status_certificates = certificates.get(STATUS_LIST_HOLDER, ())
+        # What the list says: trusted and revoked apart (a certificate moving from one to
+        # the other must change the key).
+        key = (
+            frozenset(
+                c.fingerprint(_SHA256)
+                for h in [*issuers, STATUS_LIST_HOLDER]
+                for c in certificates.get(h, ())
+            ),
+            frozenset(r.fingerprint for r in revoked),
         )
         bases = (self.status_lists.uri_base,)
         cached = self._trust_list
@@ -89,14 +95,18 @@ class LicenceTrust:
         entries = [
             TrustListEntry(
                 department=code,
-                seal_certificates=chains[code][:1],
-                status_list_certificates=status_chain[:1],
+                seal_certificates=certificates[code],
+                status_list_certificates=status_certificates,
                 status_base_urls=bases,
             )
             for code in issuers
         ]
         token = sign_trust_list(
-            entries, signer=self._node_signing.signer, chain=self._node_signing.chain, now=now
+            entries,
+            revoked=[r for r in revoked if r.department in issuers],
+            signer=self._node_signing.signer,
+            chain=self._node_signing.chain,
+            now=now,
         )
         trust_list = verify_trust_list(token, roots=self.roots, now=now)
         self._trust_list = (key, trust_list)
