@@ -223,6 +223,9 @@ def _build_parser() -> argparse.ArgumentParser:
     from tongban.cli import witness_cmds
 
     witness_cmds.add_parsers(sub, common, _Parser)
+    from tongban.cli import peer_cmds
+
+    peer_cmds.add_parsers(sub, common, _Parser)
 
     ca = sub.add_parser("ca", help="the exchange root CA")
     ca_sub = ca.add_subparsers(dest="ca_command", required=True, parser_class=_Parser)

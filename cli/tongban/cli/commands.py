@@ -73,6 +73,10 @@ async def run(args: argparse.Namespace) -> int:
         from tongban.cli.web_cmds import run_web
 
         return await run_web(args)
+    if args.command == "peer":
+        from tongban.cli.peer_cmds import run_peer
+
+        return await run_peer(args)
     if args.command == "key":
         from tongban.cli.key_cmds import run_key
 
