@@ -168,6 +168,14 @@ class NodeMetrics:
             child = self._decision_children[key] = self.query_decisions.labels(*key)
         child.inc()
 
+    def count_witness(self, witness: str, outcome: str) -> None:
+        """One request to ``witness`` to cosign a checkpoint, and how it ended."""
+        self.witness_requests.labels(witness, outcome).inc()
+
+    def witness_cosigned(self, witness: str, size: int) -> None:
+        """``witness`` cosigned the checkpoint of ``size`` entries."""
+        self.witness_cosigned_size.labels(witness).set(size)
+
     def set_supervision(
         self, overdue: Mapping[str, tuple[int, int]], within_promised: Mapping[str, float]
     ) -> None:

@@ -99,6 +99,7 @@ from tongban.exchange.settings import Settings
 from tongban.exchange.sharing.events import EventFeed, EventStore, EventWaker, PostgresFeed
 from tongban.exchange.sharing.service import Sharing
 from tongban.exchange.web import WebConsole
+from tongban.exchange.witness.collector import Cosigner, parse_witness_endpoints
 from tongban.licence import BUILTIN_REGISTRY
 from tongban.signing.certs import (
     certificate_fingerprint,
@@ -159,6 +160,7 @@ class Node:
         self._changes: ChangeListener | None = None
         self.access_log: AccessLog | None = None
         self.checkpointer: Checkpointer | None = None
+        self.cosigner: Cosigner | None = None
         self._hasher: SubjectHasher | None = None
         self._anomalies_at: datetime | None = None
         self._supervision_at: datetime | None = None
@@ -253,6 +255,18 @@ class Node:
             await self._changes.start()
             await self.access_log.start()
             await self.checkpointer.start(self.access_log.grown)
+            witnesses = parse_witness_endpoints(self.settings.witnesses)
+            if witnesses:  # docs/audit-log.md, "Witnesses"
+                self.cosigner = Cosigner(
+                    self.db.pool,
+                    self.checkpointer,
+                    witnesses,
+                    self.clock,
+                    node_name=self.settings.node_name,
+                    on_outcome=self.metrics.count_witness,
+                    on_cosigned=self.metrics.witness_cosigned,
+                )
+                await self.cosigner.start()
             if self.relay is not None:
                 await self.relay.start()
             await self._start_grpc(
@@ -741,6 +755,9 @@ class Node:
             self.notices = None
         if self.access_log is not None:
             await self.access_log.stop()
+        if self.cosigner is not None:
+            await self.cosigner.stop()
+            self.cosigner = None
         if self.checkpointer is not None:
             await self.checkpointer.stop()
             self.checkpointer = None

@@ -185,19 +185,23 @@ class Cosigner:
         self,
         pool: asyncpg.Pool,
         checkpoints: Checkpointer,
-        store: AuditStore,
         witnesses: Sequence[WitnessEndpoint],
-        transport: WitnessTransport,
         clock: Clock,
         *,
         node_name: str,
+        transport: WitnessTransport | None = None,
         on_outcome: Callable[[str, Outcome], None] | None = None,
         on_cosigned: Callable[[str, int], None] | None = None,
     ) -> None:
+        """Without ``transport``, HTTP (:class:`HttpWitnessTransport`), opened by
+        ``start`` and closed by ``stop``."""
         self._pool = pool
         self._checkpoints = checkpoints
-        self._store = store
+        self._store = AuditStore(pool)
         self._witnesses = [_Witness(w) for w in witnesses]
+        self._http: HttpWitnessTransport | None = None
+        if transport is None:
+            transport = self._http = HttpWitnessTransport()
         self._transport = transport
         self._clock = clock
         self._node = node_name
@@ -209,6 +213,8 @@ class Cosigner:
     async def start(self) -> None:
         """Learn what each witness cosigned from the kept cosignatures, then start asking
         (at once, and after each checkpoint this node signs)."""
+        if self._http is not None:
+            await self._http.start()
         for w in self._witnesses:
             size = await self._pool.fetchval(
                 "SELECT max(size) FROM witness_cosignature WHERE witness = $1 AND key_id = $2",
@@ -232,6 +238,8 @@ class Cosigner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await w.task
                 w.task = None
+        if self._http is not None:
+            await self._http.close()
 
     def wake(self) -> None:
         """Ask every witness about the latest checkpoint soon (a new one was signed)."""
