@@ -12,7 +12,7 @@ import pytest
 from tests.conftest import client_for
 from tests.exchange.test_cases import ITEM, cases_node  # noqa: F401 - cases_node is a fixture
 from tests.stories.restaurant import COMPANY_USCC, OWNER_ID
-from tongban.client import ExchangeError
+from tongban.client import Case, CaseState, ExchangeError
 from tongban.exchange.node import Node
 from tongban.v1 import cases_pb2
 
@@ -20,8 +20,8 @@ CORRECTION = cases_pb2.CASE_STATE_CORRECTION
 
 
 async def _outcomes(
-    calls: list[Awaitable[cases_pb2.Case]],
-) -> list[cases_pb2.Case | BaseException]:
+    calls: list[Awaitable[Case]],
+) -> list[Case | BaseException]:
     return list(await asyncio.gather(*calls, return_exceptions=True))
 
 
@@ -54,8 +54,8 @@ async def test_many_changes_at_once_each_get_their_own_record(
                 for i in range(24)
             ]
         )
-        assert all(isinstance(c, cases_pb2.Case) for c in opened), opened
-        cases = [c for c in opened if isinstance(c, cases_pb2.Case)]
+        assert all(isinstance(c, Case) for c in opened), opened
+        cases = [c for c in opened if isinstance(c, Case)]
         assert len({c.number for c in cases}) == 24
         assert await _written(node) == (24, 24, 24, 24)
 
@@ -86,9 +86,9 @@ async def test_many_changes_at_once_each_get_their_own_record(
         "CASE_NOT_FOUND",
         "CASE_REASON_REQUIRED",
     ]
-    moved = [r for r in results if isinstance(r, cases_pb2.Case)]
+    moved = [r for r in results if isinstance(r, Case)]
     assert len(moved) == 1 + len(rest)
-    assert {m.state for m in moved} == {CORRECTION}
+    assert {m.state for m in moved} == {CaseState.CORRECTION}
     # One history row, stream event and log entry per change that was made; none for
     # the refused ones; the other department's attempt is logged as a denial.
     assert await _written(node) == (24, 24 + len(moved), 24 + len(moved), 24 + len(moved))
@@ -127,7 +127,7 @@ async def test_a_stopped_writer_leaves_changes_to_their_own_transactions(
             moved = await approval.move_case(case.number, CORRECTION, reason="补正")
             with pytest.raises(ExchangeError) as again:
                 await approval.move_case(case.number, cases_pb2.CASE_STATE_DELIVERED)
-        assert moved.state == CORRECTION
+        assert moved.state == CaseState.CORRECTION
         assert again.value.reason == "CASE_TRANSITION_INVALID"
         assert await _written(node) == (1, 2, 2, 2)
     finally:

@@ -17,7 +17,6 @@ from tests.exchange.test_cases import (  # noqa: F401 - cases_node is a fixture
     CHINA,
     ITEM,
     MONDAY,
-    _at,
     _china,
     _item,
     _refused,
@@ -25,7 +24,8 @@ from tests.exchange.test_cases import (  # noqa: F401 - cases_node is a fixture
     cases_node,
 )
 from tests.stories.restaurant import COMPANY_USCC, OWNER_ID
-from tongban.client import ExchangeClient
+from tongban import client
+from tongban.client import CaseOverdue, ExchangeClient
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.licensing.case_report import OverdueCase, overdue_cases, overdue_report
 from tongban.exchange.licensing.cases import Overdue
@@ -44,7 +44,7 @@ async def overdue_node(cases_node: Node) -> Node:  # noqa: F811 - the imported f
 
 PROMISED = cases_pb2.CASE_OVERDUE_PROMISED
 LEGAL = cases_pb2.CASE_OVERDUE_LEGAL
-_SEVERITY = {PROMISED: Overdue.PROMISED, LEGAL: Overdue.LEGAL}
+_SEVERITY = {CaseOverdue.PROMISED: Overdue.PROMISED, CaseOverdue.LEGAL: Overdue.LEGAL}
 
 Row = tuple[str, str, str, int, str, datetime, datetime, datetime, Overdue]
 
@@ -86,7 +86,7 @@ def _expected(cases: list[OverdueCase]) -> list[Row]:
     ]
 
 
-def _rows(cases: list[cases_pb2.OverdueCase]) -> list[Row]:
+def _rows(cases: list[client.OverdueCase]) -> list[Row]:
     return [
         (
             c.number,
@@ -94,9 +94,9 @@ def _rows(cases: list[cases_pb2.OverdueCase]) -> list[Row]:
             c.item,
             c.item_version,
             c.applicant,
-            _at(c.promised_due_at),
-            _at(c.legal_due_at),
-            _at(c.due_at),
+            c.promised_due_at,
+            c.legal_due_at,
+            c.due_at,
             _SEVERITY[c.severity],
         )
         for c in cases
@@ -108,7 +108,7 @@ async def _pages(
     severity: cases_pb2.CaseOverdue.ValueType,
     department: str = "",
     page_size: int = 0,
-) -> list[list[cases_pb2.OverdueCase]]:
+) -> list[list[client.OverdueCase]]:
     """Every page of the list, following the tokens."""
     pages = []
     token = ""
@@ -148,7 +148,7 @@ async def test_report_and_pages_match_case_report(overdue_node: Node) -> None:
     assert (reference.open, reference.in_correction) == (8, 1)
     assert (reference.past_promised, reference.past_legal) == (1, 6)
 
-    def counts(response: cases_pb2.OverdueReportResponse) -> list[tuple[str, int, int, int, int]]:
+    def counts(response: client.OverdueReport) -> list[tuple[str, int, int, int, int]]:
         return [
             (d.department, d.open, d.in_correction, d.past_promised, d.past_legal)
             for d in response.departments
@@ -160,7 +160,7 @@ async def test_report_and_pages_match_case_report(overdue_node: Node) -> None:
     }
     async with client_for(node, "approval", "SP-0007") as approval:
         own = await approval.overdue_report()
-        assert _at(own.at) == now
+        assert own.at == now
         assert counts(own) == [by_department["approval"]]
         assert counts(await approval.overdue_report("approval")) == counts(own)
 
@@ -208,7 +208,7 @@ async def test_auditor_reads_every_department(overdue_node: Node) -> None:
         ] == [(d.department, d.open, d.past_promised, d.past_legal) for d in reference.departments]
         samr_only = await audit.overdue_report("samr")
         assert [d.department for d in samr_only.departments] == ["samr"]
-        assert (await audit.overdue_report("audit")).departments == []  # it handles none
+        assert (await audit.overdue_report("audit")).departments == ()  # it handles none
         pages = await _pages(audit, LEGAL, page_size=3)
         assert [len(p) for p in pages] == [3, 3]
         assert _rows([c for p in pages for c in p]) == await _reference(

@@ -20,6 +20,7 @@ from tests.exchange.test_cases import (  # noqa: F401 - cases_node is a fixture
     cases_node,
 )
 from tests.stories.restaurant import COMPANY_USCC, OWNER_ID
+from tongban.client import CaseOverdue
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.licensing.case_report import (
     DepartmentOverdue,
@@ -42,9 +43,9 @@ async def report_node(cases_node: Node) -> Node:  # noqa: F811 - the imported fi
 
 
 _SEVERITY = {
-    cases_pb2.CASE_OVERDUE_NONE: Overdue.NONE,
-    cases_pb2.CASE_OVERDUE_PROMISED: Overdue.PROMISED,
-    cases_pb2.CASE_OVERDUE_LEGAL: Overdue.LEGAL,
+    CaseOverdue.NONE: Overdue.NONE,
+    CaseOverdue.PROMISED: Overdue.PROMISED,
+    CaseOverdue.LEGAL: Overdue.LEGAL,
 }
 
 

@@ -5,7 +5,7 @@ each transition, each bad input with its reason code, and ``tongban case``."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, date, datetime, time, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -20,7 +20,7 @@ from tests.stories.restaurant import (
     FOOD_PERMIT_CLAIMS,
     OWNER_ID,
 )
-from tongban.client import ExchangeError
+from tongban.client import CaseOutcome, CaseOverdue, CaseState, ExchangeError
 from tongban.exchange.audit.log import SubjectHasher
 from tongban.exchange.datadir import load_log_key
 from tongban.exchange.enrolment import bundle_dir
@@ -58,10 +58,6 @@ def _china(day: date, hour: int = 10) -> datetime:
 
 def _end_of(day: date) -> datetime:
     return datetime.combine(day, time.max, tzinfo=CHINA)
-
-
-def _at(stamp: object) -> datetime:
-    return stamp.ToDatetime(tzinfo=UTC)  # type: ignore[attr-defined, no-any-return]
 
 
 @pytest_asyncio.fixture
@@ -122,28 +118,28 @@ async def test_open_correct_accept_decide_deliver(cases_node: Node) -> None:
     node = cases_node
     async with client_for(node, "approval", "SP-0007") as approval:
         opened = await approval.open_case(ITEM, COMPANY_USCC, reason="材料齐全")
-        assert opened.state == cases_pb2.CASE_STATE_ACCEPTED
+        assert opened.state == CaseState.ACCEPTED
         assert opened.number.startswith(f"approval-{MONDAY.year}-")
         # Tue, (Wed holiday), Thu, Fri: promised by Friday; + Mon, Tue, Wed: legal.
-        assert _at(opened.promised_due_at) == _end_of(MONDAY + timedelta(days=4))
-        assert _at(opened.legal_due_at) == _end_of(MONDAY + timedelta(days=9))
+        assert opened.promised_due_at == _end_of(MONDAY + timedelta(days=4))
+        assert opened.legal_due_at == _end_of(MONDAY + timedelta(days=9))
 
         _set(node, _china(MONDAY + timedelta(days=1)))
         asked = await approval.move_case(
             opened.number, cases_pb2.CASE_STATE_CORRECTION, reason="补正申请书签字"
         )
-        assert asked.state == cases_pb2.CASE_STATE_CORRECTION
+        assert asked.state == CaseState.CORRECTION
         _set(node, _china(MONDAY + timedelta(days=3)))  # Thursday: one working day stopped
         waiting = await approval.get_case(opened.number)
         assert waiting.stopped_days == 1
-        assert _at(waiting.promised_due_at) == _end_of(MONDAY + timedelta(days=7))
-        assert waiting.overdue == cases_pb2.CASE_OVERDUE_NONE
+        assert waiting.promised_due_at == _end_of(MONDAY + timedelta(days=7))
+        assert waiting.overdue == CaseOverdue.NONE
 
         _set(node, _china(MONDAY + timedelta(days=4)))  # back on Friday: Thu and Fri stopped
         back = await approval.move_case(opened.number, cases_pb2.CASE_STATE_ACCEPTED)
         assert back.stopped_days == 2
-        assert _at(back.promised_due_at) == _end_of(MONDAY + timedelta(days=8))  # Tuesday
-        assert _at(back.legal_due_at) == _end_of(MONDAY + timedelta(days=11))  # Friday
+        assert back.promised_due_at == _end_of(MONDAY + timedelta(days=8))  # Tuesday
+        assert back.legal_due_at == _end_of(MONDAY + timedelta(days=11))  # Friday
 
         permit = await approval.issue_licence("food-business-permit", FOOD_PERMIT_CLAIMS)
         assert permit.holder_id == COMPANY_USCC
@@ -154,30 +150,30 @@ async def test_open_correct_accept_decide_deliver(cases_node: Node) -> None:
             licence_number=permit.number,
         )
         assert (decided.outcome, decided.licence_number) == (
-            cases_pb2.CASE_OUTCOME_APPROVED,
+            CaseOutcome.APPROVED,
             permit.number,
         )
-        assert decided.overdue == cases_pb2.CASE_OVERDUE_NONE
+        assert decided.overdue == CaseOverdue.NONE
         _set(node, _china(MONDAY + timedelta(days=7)))
         delivered = await approval.move_case(opened.number, cases_pb2.CASE_STATE_DELIVERED)
-        assert delivered.state == cases_pb2.CASE_STATE_DELIVERED
+        assert delivered.state == CaseState.DELIVERED
         shown = await approval.get_case(opened.number)
 
     assert [(t.from_state, t.to_state, t.officer, t.reason) for t in shown.history] == [
-        (cases_pb2.CASE_STATE_UNSPECIFIED, cases_pb2.CASE_STATE_ACCEPTED, "SP-0007", "材料齐全"),
+        (CaseState.UNSPECIFIED, CaseState.ACCEPTED, "SP-0007", "材料齐全"),
         (
-            cases_pb2.CASE_STATE_ACCEPTED,
-            cases_pb2.CASE_STATE_CORRECTION,
+            CaseState.ACCEPTED,
+            CaseState.CORRECTION,
             "SP-0007",
             "补正申请书签字",
         ),
-        (cases_pb2.CASE_STATE_CORRECTION, cases_pb2.CASE_STATE_ACCEPTED, "SP-0007", ""),
-        (cases_pb2.CASE_STATE_ACCEPTED, cases_pb2.CASE_STATE_DECIDED, "SP-0007", ""),
-        (cases_pb2.CASE_STATE_DECIDED, cases_pb2.CASE_STATE_DELIVERED, "SP-0007", ""),
+        (CaseState.CORRECTION, CaseState.ACCEPTED, "SP-0007", ""),
+        (CaseState.ACCEPTED, CaseState.DECIDED, "SP-0007", ""),
+        (CaseState.DECIDED, CaseState.DELIVERED, "SP-0007", ""),
     ]
-    assert _at(shown.history[1].at) == _china(MONDAY + timedelta(days=1))
+    assert shown.history[1].at == _china(MONDAY + timedelta(days=1))
     # Decided in time, so not overdue, however late it is read.
-    assert shown.overdue == cases_pb2.CASE_OVERDUE_NONE
+    assert shown.overdue == CaseOverdue.NONE
     assert node.db is not None
     rows = await node.db.pool.fetch(
         "SELECT action, caller, officer, reason FROM access_log"
@@ -202,19 +198,17 @@ async def test_overdue_past_promised_then_legal_and_at_once_items(cases_node: No
     async with client_for(node, "approval") as approval:
         late = await approval.open_case(ITEM, OWNER_ID)  # a citizen applies
         at_once = await approval.open_case(AT_ONCE, COMPANY_USCC)
-        assert _at(at_once.promised_due_at) == _end_of(MONDAY)  # 即办: the same day
-        assert _at(at_once.legal_due_at) == _end_of(MONDAY + timedelta(days=1))
+        assert at_once.promised_due_at == _end_of(MONDAY)  # 即办: the same day
+        assert at_once.legal_due_at == _end_of(MONDAY + timedelta(days=1))
 
         _set(node, _china(MONDAY + timedelta(days=1)))
-        assert (await approval.get_case(at_once.number)).overdue == (
-            cases_pb2.CASE_OVERDUE_PROMISED
-        )
+        assert (await approval.get_case(at_once.number)).overdue == (CaseOverdue.PROMISED)
         _set(node, _china(MONDAY + timedelta(days=4), 23))  # Friday night: promised date
-        assert (await approval.get_case(late.number)).overdue == cases_pb2.CASE_OVERDUE_NONE
+        assert (await approval.get_case(late.number)).overdue == CaseOverdue.NONE
         _set(node, _china(MONDAY + timedelta(days=7), 1))  # Monday: past the promised date
-        assert (await approval.get_case(late.number)).overdue == cases_pb2.CASE_OVERDUE_PROMISED
+        assert (await approval.get_case(late.number)).overdue == CaseOverdue.PROMISED
         _set(node, _china(MONDAY + timedelta(days=10)))  # Thursday: past the legal date
-        assert (await approval.get_case(late.number)).overdue == cases_pb2.CASE_OVERDUE_LEGAL
+        assert (await approval.get_case(late.number)).overdue == CaseOverdue.LEGAL
         refused = await approval.move_case(
             late.number,
             cases_pb2.CASE_STATE_DECIDED,
@@ -224,12 +218,12 @@ async def test_overdue_past_promised_then_legal_and_at_once_items(cases_node: No
         _set(node, _china(MONDAY + timedelta(days=20)))
         # Decided past its legal date: that stays on the record.
         shown = await approval.get_case(late.number)
-        assert (shown.refusal_reason, shown.overdue) == ("不符合条件", cases_pb2.CASE_OVERDUE_LEGAL)
-        assert refused.overdue == cases_pb2.CASE_OVERDUE_LEGAL
+        assert (shown.refusal_reason, shown.overdue) == ("不符合条件", CaseOverdue.LEGAL)
+        assert refused.overdue == CaseOverdue.LEGAL
         withdrawn = await approval.move_case(
             at_once.number, cases_pb2.CASE_STATE_WITHDRAWN, reason="申请人撤回"
         )
-        assert withdrawn.overdue == cases_pb2.CASE_OVERDUE_NONE
+        assert withdrawn.overdue == CaseOverdue.NONE
 
 
 async def _refused(

@@ -23,7 +23,7 @@ from tests.exchange.test_cases import (  # noqa: F401 - cases_node is a fixture
     cases_node,
 )
 from tests.stories.restaurant import COMPANY_USCC, FOOD_PERMIT_CLAIMS
-from tongban.client import ExchangeError
+from tongban.client import ExchangeError, MaterialState
 from tongban.exchange.datadir import ca_certificate_pem
 from tongban.exchange.licensing.follow_through import CaseMaterialsTampered, verify_follow_through
 from tongban.exchange.node import Node
@@ -82,9 +82,9 @@ async def _approved_case(node: Node) -> tuple[str, str]:
         )
     # Opened Monday: two working days for the plan (Tue, and Thu after Wednesday's
     # holiday), three to check the pledge (Tue, Thu, Fri).
-    assert deferred.due_at.ToDatetime().date() == (_end_of(MONDAY + timedelta(days=3))).date()
-    assert committed.due_at.ToDatetime().date() == (_end_of(MONDAY + timedelta(days=4))).date()
-    assert deferred.state == committed.state == cases_pb2.MATERIAL_STATE_OPEN
+    assert deferred.due_at.date() == (_end_of(MONDAY + timedelta(days=3))).date()
+    assert committed.due_at.date() == (_end_of(MONDAY + timedelta(days=4))).date()
+    assert deferred.state == committed.state == MaterialState.OPEN
     return case.number, permit.number
 
 
@@ -156,8 +156,8 @@ async def test_a_deferral_that_runs_out_suspends_the_permit(
             await approval.supply_material(number, "site-plan")
     assert late.value.reason == "MATERIAL_NOT_OPEN"
     assert {m.material: m.state for m in shown.materials} == {
-        "site-plan": cases_pb2.MATERIAL_STATE_BREACHED,
-        "hygiene-pledge": cases_pb2.MATERIAL_STATE_OPEN,
+        "site-plan": MaterialState.BREACHED,
+        "hygiene-pledge": MaterialState.OPEN,
     }
     assert node.db is not None
     logged = await node.db.pool.fetch(
@@ -194,8 +194,8 @@ async def test_a_commitment_found_false_suspends_and_one_found_true_does_not(
         )
         with pytest.raises(ExchangeError) as twice:
             await regulator.record_commitment_check(broken, "hygiene-pledge", passed=True)
-    assert held.state == cases_pb2.MATERIAL_STATE_CHECKED
-    assert (failed.state, failed.resolved_by) == (cases_pb2.MATERIAL_STATE_BREACHED, "regulator")
+    assert held.state == MaterialState.CHECKED
+    assert (failed.state, failed.resolved_by) == (MaterialState.BREACHED, "regulator")
     assert no_note.value.reason == "CASE_REASON_REQUIRED"
     assert twice.value.reason == "MATERIAL_NOT_OPEN"
     async with client_for(node, "approval") as approval:
@@ -279,7 +279,7 @@ async def test_bad_follow_through_inputs_have_reasons_and_write_nothing(
         )
         with pytest.raises(ExchangeError) as closed:
             await approval.defer_material(decided.number, "site-plan")
-    assert supplied.state == cases_pb2.MATERIAL_STATE_SUPPLIED
+    assert supplied.state == MaterialState.SUPPLIED
     assert late.value.reason == "MATERIAL_SUPPLY_LATE"
     assert closed.value.reason == "MATERIAL_NOT_OPEN"
 

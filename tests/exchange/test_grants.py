@@ -51,7 +51,7 @@ async def test_deadline_overdue_and_decisions(node: Node) -> None:
             "依法核验",
             node.clock.now() + timedelta(days=90),
         )
-    due = grant.due_at.ToDatetime(tzinfo=UTC).astimezone(CST)
+    due = grant.due_at.astimezone(CST)
     due_friday = (friday + timedelta(days=7)).date()
     assert (due.date(), due.hour, due.minute) == (due_friday, 23, 59)
     assert grant.requested_by == "SP-1"

@@ -12,7 +12,14 @@ import pytest
 
 from tests.conftest import client_for
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS, COMPANY_USCC, OWNER_ID
-from tongban.client import ExchangeError
+from tongban.client import (
+    CaseOutcome,
+    CaseState,
+    ExchangeError,
+    PackageCase,
+    PackageState,
+    StepState,
+)
 from tongban.client.client import Event
 from tongban.exchange.node import Node
 from tongban.v1 import cases_pb2, items_pb2, packages_pb2
@@ -94,7 +101,7 @@ async def _events(stream: AsyncIterator[Event], count: int) -> list[Event]:
     raise AssertionError(f"the stream ended after {len(got)} of {count} events")
 
 
-def _steps(package: packages_pb2.PackageCase) -> dict[str, tuple[int, str]]:
+def _steps(package: PackageCase) -> dict[str, tuple[StepState, str]]:
     return {s.item: (s.state, s.applicant) for s in package.steps}
 
 
@@ -110,12 +117,12 @@ async def test_enterprise_start_in_one_trip(node: Node) -> None:
     await _register_all(node)
     async with client_for(node, "approval", "CK-01") as approval:
         opened = await approval.open_package(PACKAGE, OWNER_ID)
-    assert opened.state == packages_pb2.PACKAGE_STATE_OPEN
+    assert opened.state == PackageState.OPEN
     assert _steps(opened) == {
-        ESTABLISH: (packages_pb2.STEP_STATE_READY, OWNER_ID),
-        SEAL: (packages_pb2.STEP_STATE_WAITING, ""),
-        INVOICE: (packages_pb2.STEP_STATE_WAITING, ""),
-        SOCIAL: (packages_pb2.STEP_STATE_WAITING, ""),
+        ESTABLISH: (StepState.READY, OWNER_ID),
+        SEAL: (StepState.WAITING, ""),
+        INVOICE: (StepState.WAITING, ""),
+        SOCIAL: (StepState.WAITING, ""),
     }
     number = opened.number
 
@@ -143,7 +150,7 @@ async def test_enterprise_start_in_one_trip(node: Node) -> None:
         assert no_grant.value.reason == "PERSONAL_GRANT_REQUIRED"
         # ...and reads the package itself, which is logged, for the applicant.
         shown = await samr.get_package_case(number)
-        assert _steps(shown)[ESTABLISH] == (packages_pb2.STEP_STATE_READY, OWNER_ID)
+        assert _steps(shown)[ESTABLISH] == (StepState.READY, OWNER_ID)
 
         case = await samr.open_case(ESTABLISH, OWNER_ID, package_number=number)
         assert case.package_number == number
@@ -160,10 +167,10 @@ async def test_enterprise_start_in_one_trip(node: Node) -> None:
     async with client_for(node, "approval") as approval:
         after = await approval.get_package_case(number)
     assert _steps(after) == {
-        ESTABLISH: (packages_pb2.STEP_STATE_DONE, OWNER_ID),
-        SEAL: (packages_pb2.STEP_STATE_READY, COMPANY_USCC),
-        INVOICE: (packages_pb2.STEP_STATE_READY, COMPANY_USCC),
-        SOCIAL: (packages_pb2.STEP_STATE_READY, COMPANY_USCC),
+        ESTABLISH: (StepState.DONE, OWNER_ID),
+        SEAL: (StepState.READY, COMPANY_USCC),
+        INVOICE: (StepState.READY, COMPANY_USCC),
+        SOCIAL: (StepState.READY, COMPANY_USCC),
     }
     assert next(s for s in after.steps if s.item == ESTABLISH).licence_number == licence.number
 
@@ -179,8 +186,8 @@ async def test_enterprise_start_in_one_trip(node: Node) -> None:
             await client.move_case(step_case.number, DECIDED, outcome=APPROVED)
     async with client_for(node, "approval") as approval:
         done = await approval.get_package_case(number)
-    assert done.state == packages_pb2.PACKAGE_STATE_DONE
-    assert {s.case_state for s in done.steps} == {DECIDED}
+    assert done.state == PackageState.DONE
+    assert {s.case_state for s in done.steps} == {CaseState.DECIDED}
 
     # The regulator (审管互通) follows samr's case stream: the enterprise's cases are public
     # workflow metadata; the founder's citizen id is not in what it may take.
@@ -218,12 +225,12 @@ async def test_a_refused_step_blocks_the_steps_after_it(node: Node) -> None:
             case.number, DECIDED, outcome=cases_pb2.CASE_OUTCOME_REFUSED, reason="名称不合规"
         )
         shown = await samr.get_package_case(number)
-    assert shown.state == packages_pb2.PACKAGE_STATE_FAILED
+    assert shown.state == PackageState.FAILED
     assert {s.item: s.state for s in shown.steps} == {
-        ESTABLISH: packages_pb2.STEP_STATE_FAILED,
-        SEAL: packages_pb2.STEP_STATE_BLOCKED,
-        INVOICE: packages_pb2.STEP_STATE_BLOCKED,
-        SOCIAL: packages_pb2.STEP_STATE_BLOCKED,
+        ESTABLISH: StepState.FAILED,
+        SEAL: StepState.BLOCKED,
+        INVOICE: StepState.BLOCKED,
+        SOCIAL: StepState.BLOCKED,
     }
     refused = await _refused(node, "tax", "open_case", INVOICE, COMPANY_USCC, package_number=number)
     assert refused.reason == "PACKAGE_STEP_NOT_READY"
@@ -327,4 +334,4 @@ async def test_a_case_of_an_item_without_a_licence_names_none(node: Node) -> Non
             )
         assert named.value.reason == "CASE_DECISION_INVALID"
         decided = await tax.move_case(case.number, DECIDED, outcome=APPROVED)
-    assert (decided.outcome, decided.licence_number) == (APPROVED, "")
+    assert (decided.outcome, decided.licence_number) == (CaseOutcome.APPROVED, "")

@@ -247,7 +247,9 @@ async def test_rate_by_link_rectify_answer_rerate_and_overdue(rating_node: Node)
             async with client_for(node, "audit", "JW-1") as audit:
                 overdue = await audit.list_overdue_rectifications()
                 assert [c.case_number for c in overdue.cases] == [number]
-                assert overdue.cases[0].rectification.overdue
+                fix = overdue.cases[0].rectification
+                assert fix is not None
+                assert fix.overdue
                 assert not (await audit.list_overdue_rectifications("tax")).cases
             with pytest.raises(ExchangeError) as not_auditor:
                 await approval.list_overdue_rectifications()
@@ -261,9 +263,11 @@ async def test_rate_by_link_rectify_answer_rerate_and_overdue(rating_node: Node)
             assert "OVERDUE" in cli.stdout
 
             answered = await approval.answer_rectification(number, "已增设窗口，缩短等候。")
-            assert answered.rectification.answer == "已增设窗口，缩短等候。"
-            assert answered.rectification.answered_by == "SP-0009"
-            assert answered.rectification.overdue  # answered late
+            fix = answered.rectification
+            assert fix is not None
+            assert fix.answer == "已增设窗口，缩短等候。"
+            assert fix.answered_by == "SP-0009"
+            assert fix.overdue  # answered late
             with pytest.raises(ExchangeError) as twice:
                 await approval.answer_rectification(number, "再答一次")
             assert twice.value.reason == "RECTIFICATION_ALREADY_ANSWERED"

@@ -28,7 +28,7 @@ from tests.stories.restaurant import (
 )
 from tongban.cli.item_cmds import load_item_file
 from tongban.cli.story_data import grant_representative_ids
-from tongban.client import ExchangeError
+from tongban.client import ExchangeError, _replies
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.licensing.item_store import ServiceItemStore
@@ -83,7 +83,11 @@ async def test_register_get_list_and_versions(node: Node) -> None:
         1,
         2,
     )
-    assert first.spec == FOOD_BUSINESS_PERMIT_ITEM  # stored as registered, materials in order
+    # Stored as registered, materials in order: what the client reads the spec sent as.
+    assert (
+        first.spec
+        == _replies.service_item(items_pb2.ServiceItem(spec=FOOD_BUSINESS_PERMIT_ITEM)).spec
+    )
     async with client_for(node, "tax") as tax:  # any department reads the catalogue
         current = await tax.get_item(SERVICE_ITEM)
         old = await tax.get_item(SERVICE_ITEM, version=1)

@@ -20,7 +20,6 @@ from tests.exchange.test_cases import (  # noqa: F401 - cases_node is a fixture
     AT_ONCE,
     ITEM,
     MONDAY,
-    _at,
     _china,
     _item,
     _refused,
@@ -28,7 +27,7 @@ from tests.exchange.test_cases import (  # noqa: F401 - cases_node is a fixture
     cases_node,
 )
 from tests.stories.restaurant import COMPANY_USCC, OWNER_ID
-from tongban.client import ExchangeClient
+from tongban.client import CaseOutcome, CaseState, ExchangeClient, SupervisedCase
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.node import Node
 from tongban.exchange.web import LinkStore
@@ -127,7 +126,7 @@ async def _pages(
     department: str = "",
     month: str = "",
     page_size: int = 0,
-) -> list[list[supervision_pb2.SupervisedCase]]:
+) -> list[list[SupervisedCase]]:
     pages = []
     token = ""
     while True:
@@ -159,7 +158,7 @@ async def test_lists_match_the_cases_and_the_report(supervised_node: Node) -> No
         late = await approval.list_supervised_cases(LATE)
         assert [c.number for c in late.cases] == _order(story, "a2", "a3", "a7")
         assert late.next_page_token == ""
-        assert _at(late.at) == story.now
+        assert late.at == story.now
         # Every field as GetCase reads it (decided cases: their dates are final).
         for listed in late.cases:
             case = await approval.get_case(listed.number)
@@ -170,21 +169,29 @@ async def test_lists_match_the_cases_and_the_report(supervised_node: Node) -> No
                 listed.applicant,
                 listed.state,
                 listed.outcome,
-            ) == (case.item, case.item_version, "approval", case.applicant, DECIDED, REFUSED)
+            ) == (
+                case.item,
+                case.item_version,
+                "approval",
+                case.applicant,
+                CaseState.DECIDED,
+                CaseOutcome.REFUSED,
+            )
             for stamp in ("opened_at", "promised_due_at", "legal_due_at", "decided_at"):
-                assert _at(getattr(listed, stamp)) == _at(getattr(case, stamp)), stamp
-            assert _at(listed.decided_at) > _at(listed.promised_due_at)
+                assert getattr(listed, stamp) == getattr(case, stamp), stamp
+            assert listed.decided_at is not None
+            assert listed.decided_at > listed.promised_due_at
             assert listed.corrections == 0
         past = await _listed(approval, PAST_LEGAL)
         assert past == _order(story, "a3", "a7")
         corrected = (await approval.list_supervised_cases(CORRECTED)).cases
         assert [(c.number, c.corrections, c.state) for c in corrected] == [
-            (number, 2, DECIDED if number == n["a1"] else CORRECTION)
+            (number, 2, CaseState.DECIDED if number == n["a1"] else CaseState.CORRECTION)
             for number in _order(story, "a1", "a5")
         ]
         a5 = next(c for c in corrected if c.number == n["a5"])
-        assert not a5.HasField("decided_at")
-        assert a5.outcome == cases_pb2.CASE_OUTCOME_UNSPECIFIED
+        assert a5.decided_at is None
+        assert a5.outcome == CaseOutcome.UNSPECIFIED
         # The same lists named as the department's own.
         assert await _listed(approval, LATE, "approval") == _order(story, "a2", "a3", "a7")
 
@@ -225,7 +232,9 @@ async def test_lists_match_the_cases_and_the_report(supervised_node: Node) -> No
         assert await _listed(audit, LATE) == _order(story, "a2", "a3", "s1", "a7")
         assert await _listed(audit, PAST_LEGAL, "", "", 1) == _order(story, "a3", "s1", "a7")
         samr = (await audit.list_supervised_cases(LATE, "samr")).cases
-        assert [(c.number, c.department, c.outcome) for c in samr] == [(n["s1"], "samr", APPROVED)]
+        assert [(c.number, c.department, c.outcome) for c in samr] == [
+            (n["s1"], "samr", CaseOutcome.APPROVED)
+        ]
         assert await _listed(audit, LATE, "audit") == []  # it handles no items
 
     # Each call is one entry: who, what was asked, no case, no subject.

@@ -54,7 +54,7 @@ async def test_issue_get_and_list(node: Node) -> None:
         assert licence.holder_name == BUSINESS_LICENCE_CLAIMS["name"]
         assert licence.qr.startswith("TB1:")
         assert licence.sd_jwt.count("~") == 2  # one disclosure: the legal representative
-        assert not licence.HasField("expires")  # 长期
+        assert licence.expires is None  # 长期
         assert json.loads(licence.claims_json)["registered_capital"] == "50.00"
         assert licence.status_uri.endswith("/status-lists/1")
         assert 0 <= licence.status_index < MIN_SIZE

@@ -9,8 +9,6 @@ import argparse
 from datetime import timezone
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from tongban.cli.common import (
     add_utc_offset,
     department_client,
@@ -21,7 +19,17 @@ from tongban.cli.common import (
     message_dict,
     office_zone,
 )
-from tongban.client import ExchangeClient
+from tongban.cli.wire_json import instant_json, message_json
+from tongban.client import (
+    Case,
+    CaseOutcome,
+    CaseOverdue,
+    CaseState,
+    ExchangeClient,
+    MaterialKind,
+    MaterialState,
+    OverdueCase,
+)
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import cases_pb2
 
@@ -47,13 +55,13 @@ _ALIASES = {
     "撤回": "withdrawn",
 }
 STATE_WORDS = {
-    cases_pb2.CASE_STATE_UNSPECIFIED: "—",
-    cases_pb2.CASE_STATE_ACCEPTED: "受理 accepted",
-    cases_pb2.CASE_STATE_CORRECTION: "补正 correction requested",
-    cases_pb2.CASE_STATE_DECIDED: "办结 decided",
-    cases_pb2.CASE_STATE_DELIVERED: "送达 delivered",
-    cases_pb2.CASE_STATE_NOT_ACCEPTED: "不予受理 not accepted",
-    cases_pb2.CASE_STATE_WITHDRAWN: "撤回 withdrawn",
+    CaseState.UNSPECIFIED: "—",
+    CaseState.ACCEPTED: "受理 accepted",
+    CaseState.CORRECTION: "补正 correction requested",
+    CaseState.DECIDED: "办结 decided",
+    CaseState.DELIVERED: "送达 delivered",
+    CaseState.NOT_ACCEPTED: "不予受理 not accepted",
+    CaseState.WITHDRAWN: "撤回 withdrawn",
 }
 # What `case overdue --severity` accepts.
 SEVERITIES: dict[str, cases_pb2.CaseOverdue.ValueType] = {
@@ -62,9 +70,9 @@ SEVERITIES: dict[str, cases_pb2.CaseOverdue.ValueType] = {
 }
 _LIST_PAGE = 1000  # the most the node puts on one page of the overdue list
 _OVERDUE_WORDS = {
-    cases_pb2.CASE_OVERDUE_NONE: "no",
-    cases_pb2.CASE_OVERDUE_PROMISED: "YES, past the promised date (超承诺时限, yellow 黄牌)",
-    cases_pb2.CASE_OVERDUE_LEGAL: "YES, past the legal date (超法定时限, red 红牌)",
+    CaseOverdue.NONE: "no",
+    CaseOverdue.PROMISED: "YES, past the promised date (超承诺时限, yellow 黄牌)",
+    CaseOverdue.LEGAL: "YES, past the legal date (超法定时限, red 红牌)",
 }
 
 
@@ -151,11 +159,11 @@ def add_parsers(
         add_utc_offset(each)
 
 
-def _case_dict(case: cases_pb2.Case) -> dict[str, Any]:
-    return message_dict(case)
+def _case_dict(case: Case) -> dict[str, Any]:
+    return message_dict(case, cases_pb2.Case)
 
 
-def _summary(case: cases_pb2.Case, zone: timezone) -> list[str]:
+def _summary(case: Case, zone: timezone) -> list[str]:
     lines = [
         f"{case.number} — {case.item} v{case.item_version} for {case.applicant} "
         f"(handled by {case.department})",
@@ -166,9 +174,9 @@ def _summary(case: cases_pb2.Case, zone: timezone) -> list[str]:
         + (f" ({case.stopped_days} working days stopped in 补正)" if case.stopped_days else ""),
         f"  overdue: {_OVERDUE_WORDS[case.overdue]}",
     ]
-    if case.outcome == cases_pb2.CASE_OUTCOME_APPROVED:
+    if case.outcome is CaseOutcome.APPROVED:
         lines.append(f"  decision: approved, licence {case.licence_number}")
-    elif case.outcome == cases_pb2.CASE_OUTCOME_REFUSED:
+    elif case.outcome is CaseOutcome.REFUSED:
         lines.append(f"  decision: refused — {case.refusal_reason}")
     return lines
 
@@ -198,11 +206,9 @@ async def _overdue_counts(client: ExchangeClient, args: argparse.Namespace) -> N
     emit(
         args,
         {
-            "at": report.at.ToJsonString(),
+            "at": instant_json(report.at),
             "departments": [
-                MessageToDict(
-                    d, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                )
+                message_json(d, cases_pb2.DepartmentOverdue, every_field=True)
                 for d in report.departments
             ],
         },
@@ -214,7 +220,7 @@ async def _overdue_list(client: ExchangeClient, args: argparse.Namespace, zone: 
     if args.limit < 1:
         raise InvalidArgument("--limit must be at least 1.", metadata={"field": "limit"})
     severity = SEVERITIES[args.severity]
-    found: list[cases_pb2.OverdueCase] = []
+    found: list[OverdueCase] = []
     token = ""
     while len(found) < args.limit:
         page = await client.list_overdue_cases(
@@ -233,15 +239,21 @@ async def _overdue_list(client: ExchangeClient, args: argparse.Namespace, zone: 
         for c in found
     ]
     emit_listing(
-        args, "cases", found, lines, more=bool(token), empty=f"no case past its {date} date"
+        args,
+        "cases",
+        found,
+        cases_pb2.OverdueCase,
+        lines,
+        more=bool(token),
+        empty=f"no case past its {date} date",
     )
 
 
 _MATERIAL_STATES = {
-    cases_pb2.MATERIAL_STATE_OPEN: "open",
-    cases_pb2.MATERIAL_STATE_SUPPLIED: "supplied (补齐)",
-    cases_pb2.MATERIAL_STATE_CHECKED: "checked, held (核查属实)",
-    cases_pb2.MATERIAL_STATE_BREACHED: "BREACHED (逾期未补 / 承诺不实)",
+    MaterialState.OPEN: "open",
+    MaterialState.SUPPLIED: "supplied (补齐)",
+    MaterialState.CHECKED: "checked, held (核查属实)",
+    MaterialState.BREACHED: "BREACHED (逾期未补 / 承诺不实)",
 }
 
 
@@ -257,10 +269,10 @@ async def _follow_through(client: ExchangeClient, args: argparse.Namespace, zone
         row = await client.record_commitment_check(
             args.case, args.material, passed=args.result == "passed", note=args.note
         )
-    kind = "容缺 deferred" if row.kind == cases_pb2.MATERIAL_KIND_DEFERRED else "告知承诺 committed"
+    kind = "容缺 deferred" if row.kind is MaterialKind.DEFERRED else "告知承诺 committed"
     emit(
         args,
-        {"material": message_dict(row)},
+        {"material": message_dict(row, cases_pb2.CaseMaterial)},
         f"{row.case_number} / {row.material}: {kind}, {_MATERIAL_STATES[row.state]}, "
         f"due {local_time(row.due_at, zone)}",
     )

@@ -7,14 +7,13 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Sequence
-from datetime import UTC, timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 
+from tongban.cli.wire_json import message_json
 from tongban.client import Bundle, ExchangeClient
 from tongban.exchange.db.embedded import temp_root
 from tongban.exchange.errors import InvalidArgument
@@ -101,34 +100,34 @@ def office_zone(args: argparse.Namespace) -> timezone:
     return timezone(timedelta(hours=args.utc_offset))
 
 
-def local_time(stamp: Timestamp, zone: timezone) -> str:
-    """A timestamp as the minute it is in ``zone``."""
-    return stamp.ToDatetime(tzinfo=UTC).astimezone(zone).strftime("%Y-%m-%d %H:%M")
+def local_time(at: datetime, zone: timezone) -> str:
+    """An aware instant as the minute it is in ``zone``."""
+    return at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
 
 
-def message_dict(message: Message) -> dict[str, Any]:
-    """A message as the JSON the ``--json`` output carries (field names as in the
-    ``.proto``, every field present)."""
-    return MessageToDict(
-        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-    )
+def message_dict(value: object, message: type[Message]) -> dict[str, Any]:
+    """A typed value of the client as the JSON the ``--json`` output carries: that of the
+    ``message`` it mirrors, field names as in the ``.proto``, every field present."""
+    return message_json(value, message, every_field=True)
 
 
 def emit_listing(
     args: argparse.Namespace,
     key: str,
-    found: Sequence[Message],
+    found: Sequence[object],
+    message: type[Message],
     lines: list[str],
     *,
     more: bool,
     empty: str,
 ) -> None:
-    """Emit a page of a listing: ``found`` under ``key`` (and ``more``) as JSON, or its
-    ``lines``, a note to raise ``--limit`` when there is more, or ``empty``."""
+    """Emit a page of a listing: ``found`` (typed values mirroring ``message``) under
+    ``key`` (and ``more``) as JSON, or its ``lines``, a note to raise ``--limit`` when
+    there is more, or ``empty``."""
     if more:
         lines = [*lines, f"… more; raise --limit (now {args.limit}) to see them"]
     emit(
         args,
-        {key: [message_dict(m) for m in found], "more": more},
+        {key: [message_dict(m, message) for m in found], "more": more},
         "\n".join(lines) or empty,
     )

@@ -680,7 +680,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 and after.status == "suspended"
                 and len(conditions) == 1,
                 f"permit {permit.number} approved with the site plan deferred (due "
-                f"{deferred.due_at.ToDatetime():%Y-%m-%d}) and the health certificates "
+                f"{deferred.due_at:%Y-%m-%d}) and the health certificates "
                 f"replaced by a commitment, which the permit carries: {carried}; a week "
                 "later the plan had not come: breach recorded, permit suspended through its "
                 f"status list; online check {online['status']}, the bank's offline check "
@@ -714,7 +714,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             async with client("approval", "SP-0007") as approval:
                 open_tasks = await approval.list_rectifications(open_only=True)
                 task = next((r for r in open_tasks.cases if r.case_number == case.number), None)
-                if task is None:
+                if task is None or task.rectification is None:
                     raise DemoFailed("The bad rating opened no rectification.")
                 await approval.answer_rectification(
                     case.number, "已改为受理时一次性告知全部条件，并向申请人致歉"
@@ -725,7 +725,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             return _Outcome(
                 rated == 200 and again.score == 4,
                 f"the applicant rated case {case.number} 2 (差评) through the link; a "
-                f"rectification opened, due {task.rectification.due_at.ToDatetime():%Y-%m-%d}, "
+                f"rectification opened, due {task.rectification.due_at:%Y-%m-%d}, "
                 "approval answered it, and the applicant rated again: 4; each is an entry "
                 "in the tamper-evident log",
                 {"case": case.number, "rerated": again.score},

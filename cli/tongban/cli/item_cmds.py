@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from tongban.cli.common import department_client, department_options, emit, message_dict
+from tongban.client import DatasetSource, ItemSpec, LicenceSource, Material
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import items_pb2
 
@@ -199,22 +200,21 @@ def add_parsers(
 # -- running -------------------------------------------------------------------------------
 
 
-def _limits(spec: items_pb2.ItemSpec) -> str:
+def _limits(spec: ItemSpec) -> str:
     if spec.immediate:
         return f"即办 (legal limit {spec.legal_limit_days} working days)"
     return f"promised {spec.promised_limit_days} / legal {spec.legal_limit_days} working days"
 
 
-def _material_line(m: items_pb2.Material) -> str:
-    which = m.WhichOneof("source")
-    if which == "licence":
-        source = f"licence {m.licence.licence_type}"
-        if m.licence.disclose:
-            source += f" (disclose {', '.join(m.licence.disclose)})"
-    elif which == "dataset":
-        source = f"{m.dataset.dataset} ({', '.join(m.dataset.fields)})"
-        if m.dataset.HasField("key_from"):
-            source += f" keyed by {m.dataset.key_from.field} of {m.dataset.key_from.material}"
+def _material_line(m: Material) -> str:
+    if isinstance(m.source, LicenceSource):
+        source = f"licence {m.source.licence_type}"
+        if m.source.disclose:
+            source += f" (disclose {', '.join(m.source.disclose)})"
+    elif isinstance(m.source, DatasetSource):
+        source = f"{m.source.dataset} ({', '.join(m.source.fields)})"
+        if m.source.key_from is not None:
+            source += f" keyed by {m.source.key_from.field} of {m.source.key_from.material}"
     else:
         source = "submitted by the applicant"
     extras = []
@@ -236,7 +236,7 @@ async def run_item(args: argparse.Namespace) -> int:
             item = await client.register_item(spec)
             emit(
                 args,
-                {"item": message_dict(item)},
+                {"item": message_dict(item, items_pb2.ServiceItem)},
                 f"registered {item.spec.code} version {item.version} "
                 f"(handled by {item.department})",
             )
@@ -247,17 +247,21 @@ async def run_item(args: argparse.Namespace) -> int:
                 f"{_limits(i.spec)}, {len(i.spec.materials)} materials"
                 for i in found
             ]
-            emit(args, {"items": [message_dict(i) for i in found]}, "\n".join(lines) or "no items")
+            emit(
+                args,
+                {"items": [message_dict(i, items_pb2.ServiceItem) for i in found]},
+                "\n".join(lines) or "no items",
+            )
         else:
             item = await client.get_item(args.code, args.version)
-            spec = item.spec
+            shown = item.spec
             lines = [
-                f"{spec.code} v{item.version} — {spec.name} (handled by {item.department})",
-                f"  time limit: {_limits(spec)}",
-                f"  legal basis: {spec.legal_basis}",
-                f"  purpose of lookups: {spec.purpose}",
+                f"{shown.code} v{item.version} — {shown.name} (handled by {item.department})",
+                f"  time limit: {_limits(shown)}",
+                f"  legal basis: {shown.legal_basis}",
+                f"  purpose of lookups: {shown.purpose}",
                 "  materials:",
-                *(_material_line(m) for m in spec.materials),
+                *(_material_line(m) for m in shown.materials),
             ]
-            emit(args, {"item": message_dict(item)}, "\n".join(lines))
+            emit(args, {"item": message_dict(item, items_pb2.ServiceItem)}, "\n".join(lines))
     return 0

@@ -20,7 +20,6 @@ from typing import Any
 
 import aiohttp
 from cryptography import x509
-from google.protobuf.json_format import MessageToDict
 
 from tongban.cli.common import (
     department_client,
@@ -28,7 +27,8 @@ from tongban.cli.common import (
     emit,
     settings_from_args,
 )
-from tongban.client import ExchangeClient
+from tongban.cli.wire_json import message_json
+from tongban.client import ExchangeClient, Licence
 from tongban.exchange.errors import InvalidArgument
 from tongban.licence import (
     BUILTIN_REGISTRY,
@@ -130,8 +130,8 @@ def add_parsers(
     )
 
 
-def _licence_dict(licence: licence_pb2.Licence) -> dict[str, Any]:
-    data = MessageToDict(licence, preserving_proto_field_name=True)
+def _licence_dict(licence: Licence) -> dict[str, Any]:
+    data = message_json(licence, licence_pb2.Licence)
     data["claims"] = json.loads(data.pop("claims_json", "{}") or "{}")
     return data
 

@@ -13,25 +13,26 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from tongban.cli.case_cmds import STATE_WORDS
 from tongban.cli.common import department_client, department_options, emit, message_dict
 from tongban.cli.item_cmds import problems_of, read_spec_file
+from tongban.client import PackageCase, PackageState, StepState
 from tongban.exchange.errors import InvalidArgument
 from tongban.v1 import packages_pb2
 
 __all__ = ["add_parsers", "load_package_file", "run_package"]
 
 _STEP_WORDS = {
-    packages_pb2.STEP_STATE_UNSPECIFIED: "—",
-    packages_pb2.STEP_STATE_WAITING: "待前序 waiting for the steps before it",
-    packages_pb2.STEP_STATE_READY: "可受理 ready: its department may open the case",
-    packages_pb2.STEP_STATE_OPEN: "办理中 open",
-    packages_pb2.STEP_STATE_DONE: "已准予 approved",
-    packages_pb2.STEP_STATE_FAILED: "未通过 refused, not accepted or withdrawn",
-    packages_pb2.STEP_STATE_BLOCKED: "前序未通过 blocked: a step before it failed",
+    StepState.UNSPECIFIED: "—",
+    StepState.WAITING: "待前序 waiting for the steps before it",
+    StepState.READY: "可受理 ready: its department may open the case",
+    StepState.OPEN: "办理中 open",
+    StepState.DONE: "已准予 approved",
+    StepState.FAILED: "未通过 refused, not accepted or withdrawn",
+    StepState.BLOCKED: "前序未通过 blocked: a step before it failed",
 }
 _PACKAGE_WORDS = {
-    packages_pb2.PACKAGE_STATE_UNSPECIFIED: "—",
-    packages_pb2.PACKAGE_STATE_OPEN: "办理中 open",
-    packages_pb2.PACKAGE_STATE_DONE: "已办结 every step approved",
-    packages_pb2.PACKAGE_STATE_FAILED: "未通过 a step failed",
+    PackageState.UNSPECIFIED: "—",
+    PackageState.OPEN: "办理中 open",
+    PackageState.DONE: "已办结 every step approved",
+    PackageState.FAILED: "未通过 a step failed",
 }
 
 
@@ -100,7 +101,7 @@ def add_parsers(
     status.add_argument("number", help="the opened package's number")
 
 
-def _summary(package: packages_pb2.PackageCase) -> list[str]:
+def _summary(package: PackageCase) -> list[str]:
     lines = [
         f"{package.number} — {package.package} v{package.package_version} for "
         f"{package.applicant} (coordinated by {package.department})",
@@ -125,7 +126,7 @@ async def run_package(args: argparse.Namespace) -> int:
             registered = await client.register_package(load_package_file(args.file))
             emit(
                 args,
-                {"package": message_dict(registered)},
+                {"package": message_dict(registered, packages_pb2.Package)},
                 f"registered package {registered.spec.code} v{registered.version} "
                 f"({len(registered.spec.steps)} steps), coordinated by {registered.department}",
             )
@@ -133,10 +134,14 @@ async def run_package(args: argparse.Namespace) -> int:
             opened = await client.open_package(args.package, args.applicant)
             emit(
                 args,
-                {"package_case": message_dict(opened)},
+                {"package_case": message_dict(opened, packages_pb2.PackageCase)},
                 "\n".join(["opened", *_summary(opened)]),
             )
         else:
             shown = await client.get_package_case(args.number)
-            emit(args, {"package_case": message_dict(shown)}, "\n".join(_summary(shown)))
+            emit(
+                args,
+                {"package_case": message_dict(shown, packages_pb2.PackageCase)},
+                "\n".join(_summary(shown)),
+            )
     return 0

@@ -18,6 +18,7 @@ from tongban.cli.common import (
     message_dict,
     office_zone,
 )
+from tongban.client import RatedCase
 from tongban.v1 import ratings_pb2
 
 __all__ = ["add_parsers", "run_rating"]
@@ -61,7 +62,7 @@ def add_parsers(
     )
 
 
-def _lines(case: ratings_pb2.RatedCase, zone: timezone) -> list[str]:
+def _lines(case: RatedCase, zone: timezone) -> list[str]:
     fix = case.rectification
     lines = [f"{case.case_number} — {case.item} ({case.department}), applicant {case.applicant}"]
     for r in case.ratings:
@@ -71,10 +72,10 @@ def _lines(case: ratings_pb2.RatedCase, zone: timezone) -> list[str]:
             + (f", decided by {r.officer}" if r.officer and r.round == 1 else "")
             + (f" — {r.comment}" if r.comment else "")
         )
-    if case.HasField("rectification"):
+    if fix is not None:
         state = (
             f"answered {local_time(fix.answered_at, zone)}: {fix.answer}"
-            if fix.answer
+            if fix.answer and fix.answered_at is not None
             else "not answered"
         )
         late = " — OVERDUE" if fix.overdue else ""
@@ -88,13 +89,17 @@ async def run_rating(args: argparse.Namespace) -> int:
     async with client:
         if args.rating_command == "answer":
             case = await client.answer_rectification(args.case, args.text)
-            emit(args, {"case": message_dict(case)}, "\n".join(["answered", *_lines(case, zone)]))
+            emit(
+                args,
+                {"case": message_dict(case, ratings_pb2.RatedCase)},
+                "\n".join(["answered", *_lines(case, zone)]),
+            )
             return 0
         if args.rating_command == "verify":
             report = await client.verify_ratings()
             emit(
                 args,
-                message_dict(report),
+                message_dict(report, ratings_pb2.VerifyRatingsResponse),
                 f"ratings intact: {report.ratings} ratings, {report.rectifications} "
                 f"rectifications and {report.answers} answers match their "
                 f"{report.entries} access-log entries",
@@ -107,5 +112,9 @@ async def run_rating(args: argparse.Namespace) -> int:
             page = await client.list_rectifications(open_only=args.open, page_size=args.limit)
             empty = "no rectifications"
         lines = [line for case in page.cases for line in _lines(case, zone)]
-        emit(args, {"cases": [message_dict(c) for c in page.cases]}, "\n".join(lines) or empty)
+        emit(
+            args,
+            {"cases": [message_dict(c, ratings_pb2.RatedCase) for c in page.cases]},
+            "\n".join(lines) or empty,
+        )
     return 0

@@ -15,7 +15,6 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
-from google.protobuf.json_format import MessageToDict
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from tongban.cli.common import (
@@ -24,7 +23,8 @@ from tongban.cli.common import (
     emit,
     settings_from_args,
 )
-from tongban.client import Bundle
+from tongban.cli.wire_json import message_json
+from tongban.client import Bundle, Dataset, DatasetSpec, Grant, ShareClass, SubjectKind
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import InvalidArgument
@@ -245,20 +245,20 @@ def add_parsers(
 # -- running -------------------------------------------------------------------------------
 
 
-def _dataset_dict(dataset: catalogue_pb2.Dataset) -> dict[str, Any]:
-    return MessageToDict(dataset, preserving_proto_field_name=True)
+def _dataset_dict(dataset: Dataset) -> dict[str, Any]:
+    return message_json(dataset, catalogue_pb2.Dataset)
 
 
-def _grant_dict(grant: grants_pb2.Grant) -> dict[str, Any]:
-    return MessageToDict(grant, preserving_proto_field_name=True)
+def _grant_dict(grant: Grant) -> dict[str, Any]:
+    return message_json(grant, grants_pb2.Grant)
 
 
-def _share_name(value: int) -> str:
-    return catalogue_pb2.ShareClass.Name(value).removeprefix("SHARE_CLASS_").lower()  # type: ignore[arg-type]
+def _share_name(value: ShareClass) -> str:
+    return value.name.lower()
 
 
-def _kind_name(value: int) -> str:
-    return catalogue_pb2.SubjectKind.Name(value).removeprefix("SUBJECT_KIND_").lower()  # type: ignore[arg-type]
+def _kind_name(value: SubjectKind) -> str:
+    return value.name.lower()
 
 
 def _plain(value: object) -> object:
@@ -279,9 +279,9 @@ async def run_sharing(args: argparse.Namespace) -> int:
     return await _grant(args)
 
 
-def _personal_lines(spec: catalogue_pb2.DatasetSpec) -> list[str]:
+def _personal_lines(spec: DatasetSpec) -> list[str]:
     """Which personal fields others get without a grant, under which law, and which need one."""
-    if spec.share_class == catalogue_pb2.SHARE_CLASS_NOT_SHARED:
+    if spec.share_class is ShareClass.NOT_SHARED:
         return []
     by_law = [f"  {b.law} {b.article}: {', '.join(b.fields)}" for b in spec.personal_bases]
     covered = {name for b in spec.personal_bases for name in b.fields}
@@ -315,25 +315,22 @@ async def _catalogue(args: argparse.Namespace) -> int:
             )
         elif args.catalogue_command == "show":
             dataset = await client.get_dataset(args.code, args.version)
-            spec = dataset.spec
+            shown = dataset.spec
+            basis = shown.legal_basis
             lines = [
-                f"{spec.code} v{dataset.version} — {spec.title} (owner {dataset.owner}, "
-                f"{_share_name(spec.share_class)}, "
+                f"{shown.code} v{dataset.version} — {shown.title} (owner {dataset.owner}, "
+                f"{_share_name(shown.share_class)}, "
                 f"{'published' if dataset.published else 'draft'})",
-                *([spec.description] if spec.description else []),
-                *([f"conditions: {spec.conditions}"] if spec.conditions else []),
+                *([shown.description] if shown.description else []),
+                *([f"conditions: {shown.conditions}"] if shown.conditions else []),
+                *([f"legal basis: {basis.law} {basis.article}"] if basis is not None else []),
+                f"key: {shown.key_field} ({_kind_name(shown.subject_kind)})",
                 *(
-                    [f"legal basis: {spec.legal_basis.law} {spec.legal_basis.article}"]
-                    if spec.HasField("legal_basis")
-                    else []
-                ),
-                f"key: {spec.key_field} ({_kind_name(spec.subject_kind)})",
-                *(
-                    f"  {f.name:<28} {values_pb2.FieldType.Name(f.type)[11:].lower():<9}"
+                    f"  {f.name:<28} {f.type.name.lower():<9}"
                     f"{' personal' if f.personal else '':<10}{f.description}"
-                    for f in spec.fields
+                    for f in shown.fields
                 ),
-                *_personal_lines(spec),
+                *_personal_lines(shown),
             ]
             emit(args, {"dataset": _dataset_dict(dataset)}, "\n".join(lines))
         elif args.catalogue_command == "register":

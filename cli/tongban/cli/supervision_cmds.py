@@ -10,8 +10,6 @@ import argparse
 from datetime import timezone
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from tongban.cli.common import (
     add_utc_offset,
     department_client,
@@ -21,9 +19,10 @@ from tongban.cli.common import (
     local_time,
     office_zone,
 )
-from tongban.client import ExchangeClient
+from tongban.cli.wire_json import instant_json, message_json
+from tongban.client import CaseOutcome, ExchangeClient, SupervisedCase, SupervisionRow
 from tongban.exchange.errors import InvalidArgument
-from tongban.v1 import cases_pb2, supervision_pb2
+from tongban.v1 import supervision_pb2
 
 __all__ = ["KINDS", "add_parsers", "run_supervision"]
 
@@ -65,8 +64,8 @@ _KIND_WORDS = {
 }
 _LIST_PAGE = 1000  # the most the node puts on one page
 _OUTCOMES = {
-    cases_pb2.CASE_OUTCOME_APPROVED: "approved",
-    cases_pb2.CASE_OUTCOME_REFUSED: "refused",
+    CaseOutcome.APPROVED: "approved",
+    CaseOutcome.REFUSED: "refused",
 }
 
 
@@ -114,12 +113,12 @@ def add_parsers(
     add_utc_offset(cases)
 
 
-def _percent(row: supervision_pb2.SupervisionRow, field: str) -> str:
-    return f"{100 * getattr(row, field):.0f}%" if row.HasField(field) else "—"  # type: ignore[arg-type]
+def _percent(share: float | None) -> str:
+    return "—" if share is None else f"{100 * share:.0f}%"
 
 
-def _days(row: supervision_pb2.SupervisionRow, field: str) -> str:
-    return f"{getattr(row, field):.1f}" if row.HasField(field) else "—"  # type: ignore[arg-type]
+def _days(days: float | None) -> str:
+    return "—" if days is None else f"{days:.1f}"
 
 
 def _line(values: list[str]) -> str:
@@ -129,7 +128,7 @@ def _line(values: list[str]) -> str:
     ).rstrip()
 
 
-def _table(rows: list[supervision_pb2.SupervisionRow]) -> str:
+def _table(rows: list[SupervisionRow]) -> str:
     lines = [_line([name for name, _ in _COLUMNS])]
     for r in rows:
         lines.append(
@@ -139,17 +138,17 @@ def _table(rows: list[supervision_pb2.SupervisionRow]) -> str:
                     r.month,
                     str(r.opened),
                     str(r.decided),
-                    _percent(r, "within_promised_share"),
+                    _percent(r.within_promised_share),
                     str(r.decided_late),
                     str(r.overdue_promised),
                     str(r.overdue_legal),
                     str(r.corrected_repeatedly),
-                    _percent(r, "immediate_share"),
-                    _percent(r, "fully_online_share"),
-                    _percent(r, "no_submission_share"),
-                    _days(r, "average_days"),
-                    _days(r, "average_promised_days"),
-                    _days(r, "average_legal_days"),
+                    _percent(r.immediate_share),
+                    _percent(r.fully_online_share),
+                    _percent(r.no_submission_share),
+                    _days(r.average_days),
+                    _days(r.average_promised_days),
+                    _days(r.average_legal_days),
                 ]
             )
         )
@@ -157,8 +156,8 @@ def _table(rows: list[supervision_pb2.SupervisionRow]) -> str:
     return "\n".join(lines)
 
 
-def _case_line(case: supervision_pb2.SupervisedCase, kind: str, zone: timezone) -> str:
-    if case.HasField("decided_at"):
+def _case_line(case: SupervisedCase, kind: str, zone: timezone) -> str:
+    if case.decided_at is not None:
         decided = f"decided {local_time(case.decided_at, zone)} {_OUTCOMES[case.outcome]}"
     else:
         decided = "not decided"
@@ -173,7 +172,7 @@ def _case_line(case: supervision_pb2.SupervisedCase, kind: str, zone: timezone) 
 async def _cases(client: ExchangeClient, args: argparse.Namespace) -> None:
     if args.limit < 1:
         raise InvalidArgument("--limit must be at least 1.", metadata={"field": "limit"})
-    found: list[supervision_pb2.SupervisedCase] = []
+    found: list[SupervisedCase] = []
     token = ""
     while len(found) < args.limit:
         page = await client.list_supervised_cases(
@@ -190,7 +189,13 @@ async def _cases(client: ExchangeClient, args: argparse.Namespace) -> None:
     zone = office_zone(args)
     lines = [_case_line(c, args.kind, zone) for c in found]
     emit_listing(
-        args, "cases", found, lines, more=bool(token), empty=f"no case {_KIND_WORDS[args.kind]}"
+        args,
+        "cases",
+        found,
+        supervision_pb2.SupervisedCase,
+        lines,
+        more=bool(token),
+        empty=f"no case {_KIND_WORDS[args.kind]}",
     )
 
 
@@ -204,12 +209,9 @@ async def run_supervision(args: argparse.Namespace) -> int:
     emit(
         args,
         {
-            "at": report.at.ToJsonString(),
+            "at": instant_json(report.at),
             "rows": [
-                MessageToDict(
-                    r, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
-                )
-                for r in rows
+                message_json(r, supervision_pb2.SupervisionRow, every_field=True) for r in rows
             ],
         },
         _table(rows) if rows else "no cases opened in those months",

@@ -6,8 +6,8 @@ credential bundle::
     async with ExchangeClient(Bundle.load(Path("bundles/samr"))) as client:
         me = await client.who_am_i()
 
-The typed, frozen values (``Dataset``, ``Grant``, ``Case``, ``Licence`` …) mirror the
-``tongban.v1`` reply messages field for field.
+Every call answers typed, frozen values (``Dataset``, ``Grant``, ``Case``, ``Licence`` …)
+that mirror the ``tongban.v1`` messages field for field.
 """
 
 from tongban.client.answers import verify_answer

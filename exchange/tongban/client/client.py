@@ -15,8 +15,43 @@ from typing import Any
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tongban.client import _replies
+from tongban.client.audit import (
+    Anomaly,
+    Checkpoint,
+    ConsistencyProof,
+    CovertCase,
+    CovertCasePage,
+    EntryPage,
+    EntryWithProof,
+    SubjectAccessPage,
+)
 from tongban.client.bundle import Bundle
+from tongban.client.cases import (
+    Case,
+    CaseMaterial,
+    OverdueCasePage,
+    OverdueReport,
+    Package,
+    PackageCase,
+    ServiceItem,
+)
 from tongban.client.errors import ExchangeError, from_rpc_error
+from tongban.client.licences import (
+    Licence,
+    LicenceType,
+    LicenceVerification,
+    PdfVerification,
+    ResolvedMaterials,
+)
+from tongban.client.oversight import (
+    RatedCase,
+    RatingsCheck,
+    RectificationPage,
+    SupervisedCasePage,
+    SupervisionReport,
+)
+from tongban.client.sharing import Dataset, Grant, Subscription
 from tongban.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -257,23 +292,24 @@ class ExchangeClient:
             roles=tuple(dept.roles),
             officer_id=reply.officer_id or None,
             node=reply.node,
-            server_time=reply.server_time.ToDatetime(tzinfo=UTC),
+            server_time=_replies.instant(reply.server_time),
         )
 
     # -- catalogue ----------------------------------------------------------------------
 
     async def register_dataset(
         self, spec: catalogue_pb2.DatasetSpec, *, publish: bool = False
-    ) -> catalogue_pb2.Dataset:
+    ) -> Dataset:
         """Register a dataset we own, or a new version of it."""
         request = catalogue_pb2.RegisterDatasetRequest(spec=spec, publish=publish)
-        result: catalogue_pb2.Dataset = await self._call(self._catalogue.RegisterDataset, request)
-        return result
+        reply: catalogue_pb2.Dataset = await self._call(self._catalogue.RegisterDataset, request)
+        return _replies.dataset(reply)
 
-    async def get_dataset(self, code: str, version: int = 0) -> catalogue_pb2.Dataset:
+    async def get_dataset(self, code: str, version: int = 0) -> Dataset:
+        """A dataset's current version (or ``version``)."""
         request = catalogue_pb2.GetDatasetRequest(code=code, version=version)
-        result: catalogue_pb2.Dataset = await self._call(self._catalogue.GetDataset, request)
-        return result
+        reply: catalogue_pb2.Dataset = await self._call(self._catalogue.GetDataset, request)
+        return _replies.dataset(reply)
 
     async def list_datasets(
         self,
@@ -283,9 +319,9 @@ class ExchangeClient:
         share_class: int = 0,
         subject_kind: int = 0,
         limit: int = 10_000,
-    ) -> list[catalogue_pb2.Dataset]:
+    ) -> list[Dataset]:
         """Datasets we may see that match the filters, following pages up to ``limit``."""
-        found: list[catalogue_pb2.Dataset] = []
+        found: list[Dataset] = []
         token = ""
         while len(found) < limit:
             request = catalogue_pb2.ListDatasetsRequest(
@@ -299,16 +335,17 @@ class ExchangeClient:
             page: catalogue_pb2.ListDatasetsResponse = await self._call(
                 self._catalogue.ListDatasets, request
             )
-            found.extend(page.datasets)
+            found.extend(_replies.dataset(d) for d in page.datasets)
             token = page.next_page_token
             if not token:
                 break
         return found
 
-    async def set_published(self, code: str, published: bool = True) -> catalogue_pb2.Dataset:
+    async def set_published(self, code: str, published: bool = True) -> Dataset:
+        """Publish (or unpublish) a dataset we own."""
         request = catalogue_pb2.SetPublishedRequest(code=code, published=published)
-        result: catalogue_pb2.Dataset = await self._call(self._catalogue.SetPublished, request)
-        return result
+        reply: catalogue_pb2.Dataset = await self._call(self._catalogue.SetPublished, request)
+        return _replies.dataset(reply)
 
     # -- records ------------------------------------------------------------------------
 
@@ -346,7 +383,8 @@ class ExchangeClient:
 
     async def request_grant(
         self, dataset: str, fields: Sequence[str], purpose: str, legal_basis: str, expiry: datetime
-    ) -> grants_pb2.Grant:
+    ) -> Grant:
+        """Ask a conditional dataset's owner for ``fields``, for ``purpose``."""
         request = grants_pb2.RequestGrantRequest(
             dataset=dataset,
             fields=list(fields),
@@ -354,8 +392,8 @@ class ExchangeClient:
             legal_basis=legal_basis,
             expiry=_timestamp(expiry),
         )
-        result: grants_pb2.Grant = await self._call(self._grants.RequestGrant, request)
-        return result
+        reply: grants_pb2.Grant = await self._call(self._grants.RequestGrant, request)
+        return _replies.grant(reply)
 
     async def decide_grant(
         self,
@@ -365,26 +403,27 @@ class ExchangeClient:
         fields: Sequence[str] = (),
         expiry: datetime | None = None,
         reason: str = "",
-    ) -> grants_pb2.Grant:
+    ) -> Grant:
+        """Approve (possibly fewer fields, an earlier expiry) or refuse a request to us."""
         request = grants_pb2.DecideGrantRequest(
             id=grant_id, approve=approve, fields=list(fields), reason=reason
         )
         if expiry is not None:
             request.expiry.CopyFrom(_timestamp(expiry))
-        result: grants_pb2.Grant = await self._call(self._grants.DecideGrant, request)
-        return result
+        reply: grants_pb2.Grant = await self._call(self._grants.DecideGrant, request)
+        return _replies.grant(reply)
 
-    async def revoke_grant(self, grant_id: str, reason: str = "") -> grants_pb2.Grant:
+    async def revoke_grant(self, grant_id: str, reason: str = "") -> Grant:
+        """Revoke a grant we own or hold; it stops allowing queries at once."""
         request = grants_pb2.RevokeGrantRequest(id=grant_id, reason=reason)
-        result: grants_pb2.Grant = await self._call(self._grants.RevokeGrant, request)
-        return result
+        reply: grants_pb2.Grant = await self._call(self._grants.RevokeGrant, request)
+        return _replies.grant(reply)
 
-    async def list_grants(
-        self, *, dataset: str = "", overdue: bool = False
-    ) -> list[grants_pb2.Grant]:
+    async def list_grants(self, *, dataset: str = "", overdue: bool = False) -> list[Grant]:
+        """Grants we own or hold (``overdue``: only requests past their due date)."""
         request = grants_pb2.ListGrantsRequest(dataset=dataset, overdue=overdue)
         reply: grants_pb2.ListGrantsResponse = await self._call(self._grants.ListGrants, request)
-        return list(reply.grants)
+        return [_replies.grant(g) for g in reply.grants]
 
     # -- queries ------------------------------------------------------------------------
 
@@ -419,12 +458,12 @@ class ExchangeClient:
                     key=r.key,
                     fields={name: from_field_value(v) for name, v in r.fields.items()},
                     version=r.version,
-                    valid_from=r.valid_from.ToDatetime(tzinfo=UTC),
+                    valid_from=_replies.instant(r.valid_from),
                 )
                 for r in reply.records
             ],
             missing_keys=list(reply.missing_keys),
-            answered_at=reply.answered_at.ToDatetime(tzinfo=UTC),
+            answered_at=_replies.instant(reply.answered_at),
             signed_payload=reply.signed_payload,
             signature=reply.signature,
         )
@@ -459,7 +498,7 @@ class ExchangeClient:
                         version=message.version,
                         op=message.op,
                         fields={name: from_field_value(v) for name, v in message.fields.items()},
-                        at=message.at.ToDatetime(tzinfo=UTC),
+                        at=_replies.instant(message.at),
                     )
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
@@ -472,61 +511,67 @@ class ExchangeClient:
         reply: events_pb2.AcknowledgeResponse = await self._call(self._events.Acknowledge, request)
         return reply.acked_position
 
-    async def list_subscriptions(self) -> list[events_pb2.Subscription]:
+    async def list_subscriptions(self) -> list[Subscription]:
+        """Our subscriptions with their lag."""
         request = events_pb2.ListSubscriptionsRequest()
         reply: events_pb2.ListSubscriptionsResponse = await self._call(
             self._events.ListSubscriptions, request
         )
-        return list(reply.subscriptions)
+        return [_replies.subscription(x) for x in reply.subscriptions]
 
     # -- the access log (auditor role; declare_covert_case: the covert role) ------------
 
-    async def audit_search(self, request: audit_pb2.SearchRequest) -> audit_pb2.SearchResponse:
-        result: audit_pb2.SearchResponse = await self._call(self._audit.Search, request)
-        return result
+    async def audit_search(self, request: audit_pb2.SearchRequest) -> EntryPage:
+        """A page of the entries matching ``request``'s filters, oldest first."""
+        reply: audit_pb2.SearchResponse = await self._call(self._audit.Search, request)
+        return _replies.entry_page(reply)
 
-    async def audit_entry(self, index: int, tree_size: int = 0) -> audit_pb2.EntryWithProof:
+    async def audit_entry(self, index: int, tree_size: int = 0) -> EntryWithProof:
+        """Entry ``index`` with its inclusion proof (under the checkpoint of ``tree_size``,
+        or the latest)."""
         request = audit_pb2.GetEntryRequest(index=index, tree_size=tree_size)
-        result: audit_pb2.EntryWithProof = await self._call(self._audit.GetEntry, request)
-        return result
+        reply: audit_pb2.EntryWithProof = await self._call(self._audit.GetEntry, request)
+        return _replies.entry_with_proof(reply)
 
-    async def audit_checkpoint(self, size: int = 0) -> audit_pb2.Checkpoint:
+    async def audit_checkpoint(self, size: int = 0) -> Checkpoint:
+        """The latest signed checkpoint, or the one at ``size``."""
         request = audit_pb2.GetCheckpointRequest(size=size)
-        result: audit_pb2.Checkpoint = await self._call(self._audit.GetCheckpoint, request)
-        return result
+        reply: audit_pb2.Checkpoint = await self._call(self._audit.GetCheckpoint, request)
+        return _replies.checkpoint(reply)
 
-    async def audit_consistency(self, old_size: int, new_size: int) -> audit_pb2.ConsistencyProof:
+    async def audit_consistency(self, old_size: int, new_size: int) -> ConsistencyProof:
+        """The RFC 9162 consistency proof between two tree sizes."""
         request = audit_pb2.ConsistencyProofRequest(old_size=old_size, new_size=new_size)
-        result: audit_pb2.ConsistencyProof = await self._call(
+        reply: audit_pb2.ConsistencyProof = await self._call(
             self._audit.GetConsistencyProof, request
         )
-        return result
+        return _replies.consistency_proof(reply)
 
-    async def subject_accesses(
-        self, subject_id: str, page_token: str = ""
-    ) -> audit_pb2.SubjectAccessesResponse:
+    async def subject_accesses(self, subject_id: str, page_token: str = "") -> SubjectAccessPage:
+        """A page of who accessed ``subject_id``'s data and why (the subject view)."""
         request = audit_pb2.SubjectAccessesRequest(subject_id=subject_id, page_token=page_token)
-        result: audit_pb2.SubjectAccessesResponse = await self._call(
+        reply: audit_pb2.SubjectAccessesResponse = await self._call(
             self._audit.SubjectAccesses, request
         )
-        return result
+        return _replies.subject_access_page(reply)
 
-    async def audit_anomalies(self, start: datetime, end: datetime) -> audit_pb2.AnomaliesResponse:
+    async def audit_anomalies(self, start: datetime, end: datetime) -> list[Anomaly]:
+        """Unusual access patterns between ``start`` and ``end``."""
         request = audit_pb2.AnomaliesRequest(to=_timestamp(end))
         getattr(request, "from").CopyFrom(_timestamp(start))
-        result: audit_pb2.AnomaliesResponse = await self._call(self._audit.Anomalies, request)
-        return result
+        reply: audit_pb2.AnomaliesResponse = await self._call(self._audit.Anomalies, request)
+        return [_replies.anomaly(a) for a in reply.anomalies]
 
     async def declare_covert_case(
         self, case_id: str, until: datetime, legal_basis: str
-    ) -> audit_pb2.CovertCase:
+    ) -> CovertCase:
         """Hide our accesses for ``case_id`` from the subject view until ``until`` (our
         department needs the covert role; declaring again replaces the end date)."""
         request = audit_pb2.DeclareCovertCaseRequest(
             case_id=case_id, until=_timestamp(until), legal_basis=legal_basis
         )
-        result: audit_pb2.CovertCase = await self._call(self._audit.DeclareCovertCase, request)
-        return result
+        reply: audit_pb2.CovertCase = await self._call(self._audit.DeclareCovertCase, request)
+        return _replies.covert_case(reply)
 
     async def list_covert_cases(
         self,
@@ -535,7 +580,7 @@ class ExchangeClient:
         include_ended: bool = False,
         page_size: int = 0,
         page_token: str = "",
-    ) -> audit_pb2.ListCovertCasesResponse:
+    ) -> CovertCasePage:
         """One page of covert cases (the declaration in force of each, newest first)."""
         request = audit_pb2.ListCovertCasesRequest(
             department=department,
@@ -543,19 +588,19 @@ class ExchangeClient:
             page_size=page_size,
             page_token=page_token,
         )
-        result: audit_pb2.ListCovertCasesResponse = await self._call(
+        reply: audit_pb2.ListCovertCasesResponse = await self._call(
             self._audit.ListCovertCases, request
         )
-        return result
+        return _replies.covert_case_page(reply)
 
     # -- licences and seals ----------------------------------------------------------
 
-    async def licence_types(self) -> list[licence_pb2.LicenceType]:
+    async def licence_types(self) -> list[LicenceType]:
         """The licence types the exchange knows."""
         reply: licence_pb2.ListLicenceTypesResponse = await self._call(
             self._licences.ListTypes, licence_pb2.ListLicenceTypesRequest()
         )
-        return list(reply.types)
+        return [_replies.licence_type(t) for t in reply.types]
 
     async def issue_licence(
         self,
@@ -566,7 +611,7 @@ class ExchangeClient:
         not_before: datetime | None = None,
         expires: datetime | None = None,
         reason: str = "",
-    ) -> licence_pb2.Licence:
+    ) -> Licence:
         """Issue a licence of ``licence_type`` under our seal (dates and Decimals in
         ``claims`` are sent as ``YYYY-MM-DD`` and exact strings)."""
         request = licence_pb2.IssueLicenceRequest(
@@ -579,22 +624,20 @@ class ExchangeClient:
             request.not_before.CopyFrom(_timestamp(not_before))
         if expires is not None:
             request.expires.CopyFrom(_timestamp(expires))
-        result: licence_pb2.Licence = await self._call(self._licences.Issue, request)
-        return result
+        reply: licence_pb2.Licence = await self._call(self._licences.Issue, request)
+        return _replies.licence(reply)
 
-    async def get_licence(self, number: str) -> licence_pb2.Licence:
+    async def get_licence(self, number: str) -> Licence:
         """A licence we issued (or may change the status of), in full, with its history."""
         request = licence_pb2.GetLicenceRequest(number=number)
-        result: licence_pb2.Licence = await self._call(self._licences.Get, request)
-        return result
+        reply: licence_pb2.Licence = await self._call(self._licences.Get, request)
+        return _replies.licence(reply)
 
-    async def list_licences(
-        self, holder_id: str, licence_type: str = ""
-    ) -> list[licence_pb2.Licence]:
+    async def list_licences(self, holder_id: str, licence_type: str = "") -> list[Licence]:
         """A holder's current licences (public claims only)."""
         request = licence_pb2.ListLicencesRequest(holder_id=holder_id, licence_type=licence_type)
         reply: licence_pb2.ListLicencesResponse = await self._call(self._licences.List, request)
-        return list(reply.licences)
+        return [_replies.licence(x) for x in reply.licences]
 
     async def fetch_licence(
         self,
@@ -606,7 +649,7 @@ class ExchangeClient:
         holder_id: str = "",
         licence_type: str = "",
         authorisation: str = "",
-    ) -> licence_pb2.Licence:
+    ) -> Licence:
         """Fetch a licence for an approval (by number, or holder and type): ``sd_jwt`` is
         a presentation with only the ``disclose`` claims. Personal claims need a grant
         from the issuer for ``purpose``, or the holder's one-time ``authorisation`` code."""
@@ -619,12 +662,10 @@ class ExchangeClient:
             disclose=list(disclose),
             authorisation=authorisation,
         )
-        result: licence_pb2.Licence = await self._call(self._licences.Fetch, request)
-        return result
+        reply: licence_pb2.Licence = await self._call(self._licences.Fetch, request)
+        return _replies.licence(reply)
 
-    async def change_licence_status(
-        self, number: str, action: str, reason: str
-    ) -> licence_pb2.Licence:
+    async def change_licence_status(self, number: str, action: str, reason: str) -> Licence:
         """``action``: suspend, reinstate, revoke or cancel."""
         if action not in _STATUS_ACTIONS:
             raise ExchangeError(
@@ -635,8 +676,8 @@ class ExchangeClient:
         request = licence_pb2.ChangeLicenceStatusRequest(
             number=number, action=_STATUS_ACTIONS[action], reason=reason
         )
-        result: licence_pb2.Licence = await self._call(self._licences.ChangeStatus, request)
-        return result
+        reply: licence_pb2.Licence = await self._call(self._licences.ChangeStatus, request)
+        return _replies.licence(reply)
 
     async def amend_licence(
         self,
@@ -646,7 +687,7 @@ class ExchangeClient:
         claims: Mapping[str, object] | None = None,
         renew: bool = False,
         expires: datetime | None = None,
-    ) -> licence_pb2.Licence:
+    ) -> Licence:
         """Amend claims or renew: a new version supersedes the current one."""
         request = licence_pb2.AmendLicenceRequest(
             number=number,
@@ -656,14 +697,14 @@ class ExchangeClient:
         )
         if expires is not None:
             request.expires.CopyFrom(_timestamp(expires))
-        result: licence_pb2.Licence = await self._call(self._licences.Amend, request)
-        return result
+        reply: licence_pb2.Licence = await self._call(self._licences.Amend, request)
+        return _replies.licence(reply)
 
-    async def verify_licence(self, text: str) -> licence_pb2.VerificationResult:
+    async def verify_licence(self, text: str) -> LicenceVerification:
         """Verify an SD-JWT licence or a QR text online (status as of now)."""
         request = licence_pb2.VerifyLicenceRequest(text=text)
-        result: licence_pb2.VerificationResult = await self._call(self._licences.Verify, request)
-        return result
+        reply: licence_pb2.VerificationResult = await self._call(self._licences.Verify, request)
+        return _replies.licence_verification(reply)
 
     async def render_licence(self, number: str) -> bytes:
         """The licence as a PDF sealed by its issuer."""
@@ -673,42 +714,40 @@ class ExchangeClient:
 
     async def resolve_materials(
         self, service_item: str, applicant: str, case_id: str
-    ) -> licence_pb2.ResolveMaterialsResponse:
+    ) -> ResolvedMaterials:
         """Which materials of ``service_item`` are obtained electronically for ``applicant``."""
         request = licence_pb2.ResolveMaterialsRequest(
             service_item=service_item, applicant=applicant, case_id=case_id
         )
-        result: licence_pb2.ResolveMaterialsResponse = await self._call(
+        reply: licence_pb2.ResolveMaterialsResponse = await self._call(
             self._licences.ResolveMaterials, request
         )
-        return result
+        return _replies.resolved_materials(reply)
 
     # -- service items (事项目录) -------------------------------------------------------------
 
-    async def register_item(self, spec: items_pb2.ItemSpec) -> items_pb2.ServiceItem:
+    async def register_item(self, spec: items_pb2.ItemSpec) -> ServiceItem:
         """Register a service item our department handles, or a new version of it."""
         request = items_pb2.RegisterItemRequest(spec=spec)
-        result: items_pb2.ServiceItem = await self._call(self._items.RegisterItem, request)
-        return result
+        reply: items_pb2.ServiceItem = await self._call(self._items.RegisterItem, request)
+        return _replies.service_item(reply)
 
-    async def get_item(self, code: str, version: int = 0) -> items_pb2.ServiceItem:
+    async def get_item(self, code: str, version: int = 0) -> ServiceItem:
         """A service item's current version (or ``version``)."""
         request = items_pb2.GetItemRequest(code=code, version=version)
-        result: items_pb2.ServiceItem = await self._call(self._items.GetItem, request)
-        return result
+        reply: items_pb2.ServiceItem = await self._call(self._items.GetItem, request)
+        return _replies.service_item(reply)
 
-    async def list_items(
-        self, *, department: str = "", limit: int = 10_000
-    ) -> list[items_pb2.ServiceItem]:
+    async def list_items(self, *, department: str = "", limit: int = 10_000) -> list[ServiceItem]:
         """Service items (of ``department`` if given), by code, following pages up to ``limit``."""
-        found: list[items_pb2.ServiceItem] = []
+        found: list[ServiceItem] = []
         token = ""
         while len(found) < limit:
             request = items_pb2.ListItemsRequest(
                 department=department, page_size=min(500, limit - len(found)), page_token=token
             )
             page: items_pb2.ListItemsResponse = await self._call(self._items.ListItems, request)
-            found.extend(page.items)
+            found.extend(_replies.service_item(i) for i in page.items)
             token = page.next_page_token
             if not token:
                 break
@@ -718,15 +757,15 @@ class ExchangeClient:
 
     async def open_case(
         self, item: str, applicant: str, *, reason: str = "", package_number: str = ""
-    ) -> cases_pb2.Case:
+    ) -> Case:
         """Open (受理) a case for ``item``, which our department handles, and ``applicant``
         (a 统一社会信用代码 or 公民身份号码); it comes back with its due dates. With
         ``package_number``, the case is that package's ready step for ``item``."""
         request = cases_pb2.OpenCaseRequest(
             item=item, applicant=applicant, reason=reason, package_number=package_number
         )
-        result: cases_pb2.Case = await self._call(self._cases.OpenCase, request)
-        return result
+        reply: cases_pb2.Case = await self._call(self._cases.OpenCase, request)
+        return _replies.case(reply)
 
     async def move_case(
         self,
@@ -736,7 +775,7 @@ class ExchangeClient:
         reason: str = "",
         outcome: cases_pb2.CaseOutcome.ValueType = cases_pb2.CASE_OUTCOME_UNSPECIFIED,
         licence_number: str = "",
-    ) -> cases_pb2.Case:
+    ) -> Case:
         """Move one of our cases to ``target`` (办结 with ``outcome``; an approval names the
         licence it issued, a refusal its reason)."""
         request = cases_pb2.MoveCaseRequest(
@@ -746,54 +785,52 @@ class ExchangeClient:
             outcome=outcome,
             licence_number=licence_number,
         )
-        result: cases_pb2.Case = await self._call(self._cases.MoveCase, request)
-        return result
+        reply: cases_pb2.Case = await self._call(self._cases.MoveCase, request)
+        return _replies.case(reply)
 
-    async def defer_material(self, number: str, material: str) -> cases_pb2.CaseMaterial:
+    async def defer_material(self, number: str, material: str) -> CaseMaterial:
         """容缺受理: ``material`` of our case ``number`` follows within its defer days."""
         request = cases_pb2.CaseMaterialRequest(number=number, material=material)
-        result: cases_pb2.CaseMaterial = await self._call(self._cases.DeferMaterial, request)
-        return result
+        reply: cases_pb2.CaseMaterial = await self._call(self._cases.DeferMaterial, request)
+        return _replies.case_material(reply)
 
-    async def accept_commitment(self, number: str, material: str) -> cases_pb2.CaseMaterial:
+    async def accept_commitment(self, number: str, material: str) -> CaseMaterial:
         """告知承诺: the applicant's commitment replaces ``material``, checked later."""
         request = cases_pb2.CaseMaterialRequest(number=number, material=material)
-        result: cases_pb2.CaseMaterial = await self._call(self._cases.AcceptCommitment, request)
-        return result
+        reply: cases_pb2.CaseMaterial = await self._call(self._cases.AcceptCommitment, request)
+        return _replies.case_material(reply)
 
-    async def supply_material(self, number: str, material: str) -> cases_pb2.CaseMaterial:
+    async def supply_material(self, number: str, material: str) -> CaseMaterial:
         """The deferred ``material`` of our case ``number`` arrived (in time)."""
         request = cases_pb2.CaseMaterialRequest(number=number, material=material)
-        result: cases_pb2.CaseMaterial = await self._call(self._cases.SupplyMaterial, request)
-        return result
+        reply: cases_pb2.CaseMaterial = await self._call(self._cases.SupplyMaterial, request)
+        return _replies.case_material(reply)
 
     async def record_commitment_check(
         self, number: str, material: str, *, passed: bool, note: str = ""
-    ) -> cases_pb2.CaseMaterial:
+    ) -> CaseMaterial:
         """The check of the commitment that replaced ``material`` (we supervise the item)."""
         request = cases_pb2.CommitmentCheckRequest(
             number=number, material=material, passed=passed, note=note
         )
-        result: cases_pb2.CaseMaterial = await self._call(
-            self._cases.RecordCommitmentCheck, request
-        )
-        return result
+        reply: cases_pb2.CaseMaterial = await self._call(self._cases.RecordCommitmentCheck, request)
+        return _replies.case_material(reply)
 
-    async def get_case(self, number: str) -> cases_pb2.Case:
+    async def get_case(self, number: str) -> Case:
         """One of our cases, with its history and whether it is overdue."""
         request = cases_pb2.GetCaseRequest(number=number)
-        result: cases_pb2.Case = await self._call(self._cases.GetCase, request)
-        return result
+        reply: cases_pb2.Case = await self._call(self._cases.GetCase, request)
+        return _replies.case(reply)
 
-    async def overdue_report(self, department: str = "") -> cases_pb2.OverdueReportResponse:
+    async def overdue_report(self, department: str = "") -> OverdueReport:
         """The overdue report (电子监察) now: per department, the open cases, those in 补正,
         those past the promised date only and those past the legal date. Ours by default;
         with the auditor role, ``department``'s or ("") every department's."""
         request = cases_pb2.OverdueReportRequest(department=department)
-        result: cases_pb2.OverdueReportResponse = await self._call(
+        reply: cases_pb2.OverdueReportResponse = await self._call(
             self._cases.OverdueReport, request
         )
-        return result
+        return _replies.overdue_report(reply)
 
     async def list_overdue_cases(
         self,
@@ -801,79 +838,77 @@ class ExchangeClient:
         department: str = "",
         page_size: int = 0,
         page_token: str = "",
-    ) -> cases_pb2.ListOverdueCasesResponse:
+    ) -> OverdueCasePage:
         """One page of the cases in 受理 past their promised date only
         (``CASE_OVERDUE_PROMISED``) or past their legal date (``CASE_OVERDUE_LEGAL``),
         oldest due first; whose, as for ``overdue_report``. The node logs the read."""
         request = cases_pb2.ListOverdueCasesRequest(
             severity=severity, department=department, page_size=page_size, page_token=page_token
         )
-        result: cases_pb2.ListOverdueCasesResponse = await self._call(
+        reply: cases_pb2.ListOverdueCasesResponse = await self._call(
             self._cases.ListOverdueCases, request
         )
-        return result
+        return _replies.overdue_case_page(reply)
 
     # -- packages (一件事) ------------------------------------------------------------------
 
-    async def register_package(self, spec: packages_pb2.PackageSpec) -> packages_pb2.Package:
+    async def register_package(self, spec: packages_pb2.PackageSpec) -> Package:
         """Register a package our department coordinates, or a new version of it."""
         request = packages_pb2.RegisterPackageRequest(spec=spec)
-        result: packages_pb2.Package = await self._call(self._packages.RegisterPackage, request)
-        return result
+        reply: packages_pb2.Package = await self._call(self._packages.RegisterPackage, request)
+        return _replies.package(reply)
 
-    async def open_package(
-        self, package: str, applicant: str, *, reason: str = ""
-    ) -> packages_pb2.PackageCase:
+    async def open_package(self, package: str, applicant: str, *, reason: str = "") -> PackageCase:
         """Open (一次受理) ``package`` for ``applicant``: its first steps become ready."""
         request = packages_pb2.OpenPackageRequest(
             package=package, applicant=applicant, reason=reason
         )
-        result: packages_pb2.PackageCase = await self._call(self._packages.OpenPackage, request)
-        return result
+        reply: packages_pb2.PackageCase = await self._call(self._packages.OpenPackage, request)
+        return _replies.package_case(reply)
 
-    async def get_package_case(self, number: str) -> packages_pb2.PackageCase:
+    async def get_package_case(self, number: str) -> PackageCase:
         """An opened package and its steps (we coordinate it or handle one of its steps)."""
         request = packages_pb2.GetPackageCaseRequest(number=number)
-        result: packages_pb2.PackageCase = await self._call(self._packages.GetPackageCase, request)
-        return result
+        reply: packages_pb2.PackageCase = await self._call(self._packages.GetPackageCase, request)
+        return _replies.package_case(reply)
 
     # -- ratings (好差评) -------------------------------------------------------------------
 
     async def list_rectifications(
         self, *, open_only: bool = False, page_size: int = 0
-    ) -> ratings_pb2.ListRectificationsResponse:
+    ) -> RectificationPage:
         """Our department's rectifications (整改) of bad ratings, oldest due first."""
         request = ratings_pb2.ListRectificationsRequest(open_only=open_only, page_size=page_size)
-        result: ratings_pb2.ListRectificationsResponse = await self._call(
+        reply: ratings_pb2.ListRectificationsResponse = await self._call(
             self._ratings.ListRectifications, request
         )
-        return result
+        return _replies.rectification_page(reply)
 
-    async def answer_rectification(self, case_number: str, answer: str) -> ratings_pb2.RatedCase:
+    async def answer_rectification(self, case_number: str, answer: str) -> RatedCase:
         """Answer the rectification of one of our cases (once)."""
         request = ratings_pb2.AnswerRectificationRequest(case_number=case_number, answer=answer)
-        result: ratings_pb2.RatedCase = await self._call(self._ratings.AnswerRectification, request)
-        return result
+        reply: ratings_pb2.RatedCase = await self._call(self._ratings.AnswerRectification, request)
+        return _replies.rated_case(reply)
 
     async def list_overdue_rectifications(
         self, department: str = "", *, page_size: int = 0
-    ) -> ratings_pb2.ListRectificationsResponse:
+    ) -> RectificationPage:
         """Unanswered rectifications past due (auditor role), of one department or all."""
         request = ratings_pb2.ListOverdueRectificationsRequest(
             department=department, page_size=page_size
         )
-        result: ratings_pb2.ListRectificationsResponse = await self._call(
+        reply: ratings_pb2.ListRectificationsResponse = await self._call(
             self._ratings.ListOverdueRectifications, request
         )
-        return result
+        return _replies.rectification_page(reply)
 
-    async def verify_ratings(self) -> ratings_pb2.VerifyRatingsResponse:
+    async def verify_ratings(self) -> RatingsCheck:
         """Check every rating row against its access-log entry (auditor role)."""
         request = ratings_pb2.VerifyRatingsRequest()
-        result: ratings_pb2.VerifyRatingsResponse = await self._call(
+        reply: ratings_pb2.VerifyRatingsResponse = await self._call(
             self._ratings.VerifyRatings, request
         )
-        return result
+        return _replies.ratings_check(reply)
 
     async def seal_pdf(self, pdf: bytes, *, reason: str = "", location: str = "") -> bytes:
         """``pdf`` sealed with our department's custodial seal."""
@@ -881,17 +916,17 @@ class ExchangeClient:
         reply: licence_pb2.SealPdfResponse = await self._call(self._seals.SealPdf, request)
         return reply.pdf
 
-    async def verify_pdf(self, pdf: bytes) -> licence_pb2.VerifyPdfResponse:
+    async def verify_pdf(self, pdf: bytes) -> PdfVerification:
         """Which departments sealed ``pdf``, when, and whether it is intact."""
         request = licence_pb2.VerifyPdfRequest(pdf=pdf)
-        result: licence_pb2.VerifyPdfResponse = await self._call(self._seals.VerifyPdf, request)
-        return result
+        reply: licence_pb2.VerifyPdfResponse = await self._call(self._seals.VerifyPdf, request)
+        return _replies.pdf_verification(reply)
 
     # -- electronic supervision (电子监察) ---------------------------------------------------
 
     async def supervision_report(
         self, department: str = "", from_month: str = "", to_month: str = ""
-    ) -> supervision_pb2.SupervisionReportResponse:
+    ) -> SupervisionReport:
         """The supervision report now, a row per department and month the cases were
         opened in (``YYYY-MM``; "" leaves an end open). Ours by default; with the auditor
         role, ``department``'s or ("") every department's."""
@@ -899,10 +934,10 @@ class ExchangeClient:
             department=department, from_month=from_month, to_month=to_month
         )
         stub = supervision_pb2_grpc.SupervisionServiceStub(self._channel)
-        result: supervision_pb2.SupervisionReportResponse = await self._call(
+        reply: supervision_pb2.SupervisionReportResponse = await self._call(
             stub.SupervisionReport, request
         )
-        return result
+        return _replies.supervision_report(reply)
 
     async def list_supervised_cases(
         self,
@@ -911,7 +946,7 @@ class ExchangeClient:
         month: str = "",
         page_size: int = 0,
         page_token: str = "",
-    ) -> supervision_pb2.ListSupervisedCasesResponse:
+    ) -> SupervisedCasePage:
         """One page of the cases behind a figure of the supervision report: decided late,
         decided past the legal date, or sent to 补正 more than once (``kind``), opened in
         ``month`` (``YYYY-MM``; "" for any), by opening; whose, as for
@@ -924,10 +959,10 @@ class ExchangeClient:
             page_token=page_token,
         )
         stub = supervision_pb2_grpc.SupervisionServiceStub(self._channel)
-        result: supervision_pb2.ListSupervisedCasesResponse = await self._call(
+        reply: supervision_pb2.ListSupervisedCasesResponse = await self._call(
             stub.ListSupervisedCases, request
         )
-        return result
+        return _replies.supervised_case_page(reply)
 
     async def close(self) -> None:
         await self._channel.close(None)

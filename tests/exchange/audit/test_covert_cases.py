@@ -87,7 +87,7 @@ async def test_a_department_with_the_covert_role_hides_its_case_and_the_log_says
         LAW,
     )
     assert (declared.declared_by, declared.in_force) == ("GA-9", True)
-    assert declared.until.ToDatetime(tzinfo=UTC) == until
+    assert declared.until == until
     async with client_for(node, "audit", "JW-0001") as audit:
         shown, withheld = await _shown(audit)
     assert shown == [("tax", "SW-9"), ("police", "GA-1")]
@@ -293,7 +293,7 @@ async def test_declaring_again_shortens_or_extends_the_embargo(node: Node) -> No
         await police.declare_covert_case("GA-SECRET", now + timedelta(days=2), LAW)
         assert (await _shown(audit))[1] == 1
         listed = await audit.list_covert_cases()
-        assert [(c.case_id, c.until.ToDatetime(tzinfo=UTC)) for c in listed.cases] == [
+        assert [(c.case_id, c.until) for c in listed.cases] == [
             ("GA-SECRET", now + timedelta(days=2))
         ]
         assert isinstance(node.clock, FixedClock)
@@ -301,7 +301,7 @@ async def test_declaring_again_shortens_or_extends_the_embargo(node: Node) -> No
         shown, withheld = await _shown(audit)
         assert ("police", "GA-SECRET") in shown
         assert withheld == 0
-        assert (await audit.list_covert_cases()).cases == []
+        assert (await audit.list_covert_cases()).cases == ()
         ended = await audit.list_covert_cases(include_ended=True)
         assert [(c.case_id, c.in_force) for c in ended.cases] == [("GA-SECRET", False)]
         # Declared again: hidden again, until the new end.
@@ -335,11 +335,11 @@ async def test_auditors_list_covert_cases_and_the_listing_is_logged(node: Node) 
             LAW,
             True,
         )
-        assert case.declared_at.ToDatetime(tzinfo=UTC) == now
+        assert case.declared_at == now
         rest = await audit.list_covert_cases(page_size=2, page_token=first.next_page_token)
         assert [c.case_id for c in rest.cases] == ["GA-0"]
         assert rest.next_page_token == ""
-        assert (await audit.list_covert_cases(department="tax")).cases == []
+        assert (await audit.list_covert_cases(department="tax")).cases == ()
         with pytest.raises(ExchangeError) as forged:
             await audit.list_covert_cases(page_token=altered_token(first.next_page_token))
         assert forged.value.reason == "PAGE_TOKEN_INVALID"
