@@ -12,9 +12,10 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from tests.client.samples import READERS, filled, sparse
+from tongban.cli.common import message_dict
 from tongban.cli.wire_json import instant_json, message_json
 from tongban.client import _replies
-from tongban.v1 import items_pb2
+from tongban.v1 import cases_pb2, items_pb2
 
 
 def _same(value: object, message: Message) -> None:
@@ -87,3 +88,14 @@ def test_an_instant_is_written_as_its_timestamp(at: datetime) -> None:
     stamp = Timestamp()
     stamp.FromDatetime(at)
     assert instant_json(at) == stamp.ToJsonString()
+
+
+def test_message_dict_takes_a_message_or_a_typed_value_and_its_message() -> None:
+    message = filled(cases_pb2.Case)
+    expected = MessageToDict(
+        message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    assert message_dict(message) == expected
+    assert message_dict(_replies.case(message), cases_pb2.Case) == expected
+    with pytest.raises(TypeError):
+        message_dict(_replies.case(message))  # type: ignore[call-overload]

@@ -64,7 +64,10 @@ READERS: dict[type[Message], Callable[[Any], object]] = {
 T0 = datetime(2106, 2, 7, 6, 28, 16, 250_001, tzinfo=UTC)
 
 
-def filled(message_type: type[Message], seed: int = 1) -> Message:
+_M = typing.TypeVar("_M", bound=Message)
+
+
+def filled(message_type: type[_M], seed: int = 1) -> _M:
     """A message with every field set to a value no other field has: repeated fields hold
     two, a oneof its first member, enums their last value, instants ``T0`` onwards."""
     message = message_type()

@@ -9,8 +9,9 @@ import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
+from google.protobuf.json_format import MessageToDict
 from google.protobuf.message import Message
 
 from tongban.cli.wire_json import message_json
@@ -105,9 +106,20 @@ def local_time(at: datetime, zone: timezone) -> str:
     return at.astimezone(zone).strftime("%Y-%m-%d %H:%M")
 
 
-def message_dict(value: object, message: type[Message]) -> dict[str, Any]:
-    """A typed value of the client as the JSON the ``--json`` output carries: that of the
-    ``message`` it mirrors, field names as in the ``.proto``, every field present."""
+@overload
+def message_dict(value: Message) -> dict[str, Any]: ...
+@overload
+def message_dict(value: object, message: type[Message]) -> dict[str, Any]: ...
+def message_dict(value: object, message: type[Message] | None = None) -> dict[str, Any]:
+    """The JSON the ``--json`` output carries for a message, or for a typed value of the
+    client and the ``message`` it mirrors: field names as in the ``.proto``, every field
+    present. Raises TypeError for a typed value without its message."""
+    if isinstance(value, Message):
+        return MessageToDict(
+            value, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+        )
+    if message is None:
+        raise TypeError(f"say which message a {type(value).__name__} mirrors")
     return message_json(value, message, every_field=True)
 
 
