@@ -196,8 +196,10 @@ async def _issuance_figure(config: Config, token: Token) -> Figure:
         clock = SystemClock()
         await asyncio.to_thread(init_data_dir, settings, clock.now())
         db = await Database.open(settings)
-        # Enrolled without the token: the seals rest in the database first.
-        await enrol_demo_departments(db, settings, clock.now())
+        # Enrolled without the token: the seals rest in the database first. The registry
+        # is written with the schema owner's login (the node's may only read it).
+        async with await Database.open(settings, pool_size=1, owner=True) as owner:
+            await enrol_demo_departments(owner, settings, clock.now())
         vault = vault_for(db.pool, settings, token)
         await ensure_status_key(vault, settings, clock.now())
         log = AccessLog(db.pool)
