@@ -196,6 +196,9 @@ def add_parsers(
     )
     publish.add_argument("code")
     publish.add_argument("--unpublish", action="store_true")
+    from tongban.cli.federation_cmds import add_catalogue_parsers
+
+    add_catalogue_parsers(cat_sub, [common, dept])
 
     query = sub.add_parser("query", parents=[common, dept], help="query a dataset by subject key")
     query.add_argument("dataset")
@@ -293,6 +296,10 @@ def _personal_lines(spec: DatasetSpec) -> list[str]:
 
 
 async def _catalogue(args: argparse.Namespace) -> int:
+    if args.catalogue_command in ("federate", "remote"):
+        from tongban.cli.federation_cmds import run_federation
+
+        return await run_federation(args)
     if args.catalogue_command == "register":
         spec = load_dataset_file(args.file)
     async with department_client(args) as client:

@@ -54,6 +54,7 @@ from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.errors import AddressInUse, DatabaseUnavailable
 from tongban.exchange.fairness import CpuShare
+from tongban.exchange.federation.wiring import FederationParts
 from tongban.exchange.http import build_http_app
 from tongban.exchange.identity import Caller
 from tongban.exchange.kafka.connection import kafka_connection
@@ -87,6 +88,7 @@ from tongban.exchange.server.licence_service import LicenceService, SealService
 from tongban.exchange.server.limits import CallLimiter
 from tongban.exchange.server.node_service import NodeService
 from tongban.exchange.server.packages_service import PackageService
+from tongban.exchange.server.peer_service import FederationService, PeerService
 from tongban.exchange.server.ratings_service import RatingService
 from tongban.exchange.server.sharing_services import (
     CatalogueService,
@@ -117,6 +119,8 @@ from tongban.v1 import (
     catalogue_pb2_grpc,
     events_pb2,
     events_pb2_grpc,
+    federation_pb2,
+    federation_pb2_grpc,
     grants_pb2,
     grants_pb2_grpc,
     items_pb2,
@@ -181,6 +185,7 @@ class Node:
         self._auth_refusals: RefusalTally[tuple[bytes, str]] | None = None
         self.ratings: RatingStore | None = None
         self._token: Token | None = None
+        self.federation: FederationParts | None = None
         self._health = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self.grpc_port = 0
         self.http_port = 0
@@ -226,6 +231,17 @@ class Node:
                 timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
                 on_decision=self.metrics.count_decision,
             )
+            self.federation = FederationParts(
+                settings=self.settings,
+                pool=self.db.pool,
+                listener=self._changes,
+                sharing=self.sharing,
+                signing=node_signing,
+                ca_pem=credentials.ca_pem,
+                key_pem=credentials.key_pem,
+                chain_pem=credentials.cert_chain_pem,
+                clock=self.clock,
+            )
             vault = vault_for(self.db.pool, self.settings, self._token, self.clock)
             await ensure_status_key(vault, self.settings, self.clock.now())
             self.licensing = Licensing(
@@ -253,6 +269,7 @@ class Node:
                 interval=self.settings.checkpoint_interval_seconds,
             )
             await self._changes.start()
+            await self.federation.start()
             await self.access_log.start()
             await self.checkpointer.start(self.access_log.grown)
             witnesses = parse_witness_endpoints(self.settings.witnesses)
@@ -399,6 +416,7 @@ class Node:
                     self._call_limiter(),
                     on_auth_refused=self._auth_refusal_logger(),
                     share=CpuShare(),
+                    peers=self.federation.trust if self.federation is not None else None,
                 )
             ],
             options=[
@@ -541,6 +559,23 @@ class Node:
         licence_pb2_grpc.add_SealServiceServicer_to_server(
             SealService(self.licensing, self.clock), server
         )
+        assert self.federation is not None
+        federation_pb2_grpc.add_PeerServiceServicer_to_server(
+            PeerService(
+                self.settings.node_name,
+                self.federation.trust,
+                self.federation.offer,
+                self.federation.sync,
+                self.clock,
+            ),
+            server,
+        )
+        federation_pb2_grpc.add_FederationServiceServicer_to_server(
+            FederationService(
+                self.federation.trust, self.federation.offer, self.federation.remote, self.clock
+            ),
+            server,
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         services = (
             *(
@@ -560,15 +595,17 @@ class Node:
                     (packages_pb2, "PackageService"),
                     (ratings_pb2, "RatingService"),
                     (supervision_pb2, "SupervisionService"),
+                    (federation_pb2, "PeerService"),
+                    (federation_pb2, "FederationService"),
                 )
             ),
             health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(services, server)
-        credentials = grpc.ssl_server_credentials(
-            [(key_pem, chain_pem)], root_certificates=ca_pem, require_client_auth=True
-        )
+        # Client certificates of our root or an active peer's, following the peer
+        # registry without a restart (docs/federation.md, "Mutual TLS between nodes").
+        credentials = self.federation.trust.server_credentials()
         address = str(self.settings.grpc_listen)
         try:
             port = server.add_secure_port(address, credentials)
@@ -584,6 +621,7 @@ class Node:
         self.grpc_port = port
         for service in services[:-1]:
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self.federation.start_sync()
         await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
 
     async def _start_http(self) -> None:
@@ -743,6 +781,8 @@ class Node:
         if self.relay is not None:
             await self.relay.stop()
             self.relay = None
+        if self.federation is not None:
+            await self.federation.stop()
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -798,6 +838,8 @@ class Node:
         department suspended, a grant revoked by another connection or node)."""
         if self._changes is not None:
             await self._changes.barrier()
+        if self.federation is not None:
+            await self.federation.settled()
 
     async def wait_stopped(self) -> None:
         await self._stopped.wait()

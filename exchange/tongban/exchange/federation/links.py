@@ -109,13 +109,26 @@ class PeerLinks:
         """``await rpc(timeout)``, with gRPC failures made ours: PeerUnavailable when the
         peer cannot be reached or did not answer in time, PeerRefusal when it refused on
         purpose. ``what`` says what was attempted, for the message."""
+        reused = peer.name in self._channels
+        try:
+            return await rpc(self.call_seconds)
+        except grpc.aio.AioRpcError as e:
+            error = _from_rpc_error(peer, what, e)
+            if not isinstance(error, PeerUnavailable):
+                raise error from e
+            # A fresh connection next time: not gRPC's reconnect back-off, which would
+            # fail calls for a while after the peer is back.
+            self._drop(peer.name)
+            if not reused or e.code() is not grpc.StatusCode.UNAVAILABLE:
+                raise error from e
+        # The connection this call found had failed earlier (the peer was down, or did
+        # not know us yet): one more try on a new one. Not after a deadline: a peer that
+        # hangs costs one deadline, not two.
         try:
             return await rpc(self.call_seconds)
         except grpc.aio.AioRpcError as e:
             error = _from_rpc_error(peer, what, e)
             if isinstance(error, PeerUnavailable):
-                # A fresh connection next time: not gRPC's reconnect back-off, which would
-                # fail calls for a while after the peer is back.
                 self._drop(peer.name)
             raise error from e
 
