@@ -28,7 +28,13 @@ from tongban.exchange.audit.note import open_checkpoint
 from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.audit.store import AuditStore, SearchFilters
 from tongban.exchange.audit.verify import verify_log
-from tongban.exchange.datadir import load_log_key, load_log_signer, log_origin, open_token
+from tongban.exchange.datadir import (
+    load_log_key,
+    load_log_signer,
+    load_log_sm2_signer,
+    log_origin,
+    open_token,
+)
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.licensing.follow_through import verify_follow_through
@@ -163,7 +169,10 @@ async def run_audit(args: argparse.Namespace) -> int:
         token = await asyncio.to_thread(open_token)
         try:
             signer = load_log_signer(settings, token)
-            checkpoints = Checkpointer(db.pool, signer, origin, SystemClock(), signer="cli")
+            checkpoints = Checkpointer(
+                db.pool, signer, origin, SystemClock(), signer="cli",
+                sm2=load_log_sm2_signer(settings),
+            )  # fmt: skip
             return await _with_log_key(args, settings, db, store, checkpoints, origin)
         finally:
             if token is not None:
@@ -229,8 +238,13 @@ async def _with_log_key(
                 print(f"\rverified {done:,} of {total:,} entries", end="", file=sys.stderr)
 
         await checkpoints.sign_now()
+        sm2 = load_log_sm2_signer(settings)
         report = await verify_log(
-            db.pool, origin=origin, verifier=checkpoints.public_key, progress=progress
+            db.pool,
+            origin=origin,
+            verifier=checkpoints.public_key,
+            progress=progress,
+            sm2_verifier=None if sm2 is None else sm2.public,
         )
         # The rows the log vouches for: ratings and their rectifications, deferred
         # materials and commitments, each against the entries its life wrote.
@@ -247,6 +261,7 @@ async def _with_log_key(
                 "size": report.size,
                 "root": base64.b64encode(report.root).decode(),
                 "checkpoints": report.checkpoints,
+                "sm2_checkpoints": report.sm2_checkpoints,
                 "seconds": round(report.seconds, 3),
                 "ratings": ratings.ratings,
                 "rectifications": ratings.rectifications,
@@ -254,7 +269,9 @@ async def _with_log_key(
                 "witnessed": witnessed,
             },
             f"\rthe access log is intact: {report.size:,} entries, {report.checkpoints} signed "
-            f"checkpoints consistent, root {base64.b64encode(report.root).decode()} "
+            f"checkpoints consistent"
+            + (f" ({report.sm2_checkpoints} also SM2-signed)" if sm2 is not None else "")
+            + f", root {base64.b64encode(report.root).decode()} "
             f"({report.seconds:.1f} s); {ratings.ratings} ratings, "
             f"{ratings.rectifications} rectifications and {materials} deferred materials "
             "or commitments agree with it" + (f"; {said}" if said else ""),

@@ -26,6 +26,7 @@ from tongban.exchange.datadir import key_passphrase
 from tongban.exchange.errors import InvalidArgument
 from tongban.signing import TokenUnavailable, load_private_key
 from tongban.signing.pkcs11 import Token, TokenConfig, TokenKey
+from tongban.signing.sm2 import Sm2PrivateKey, save_sm2_private_key
 
 if TYPE_CHECKING:
     from tongban.exchange.licensing.custody import SealKey
@@ -80,10 +81,39 @@ def add_parsers(
     revoke.add_argument("department", help="the department code")
     revoke.add_argument("sha256", help="the seal certificate's SHA-256 (`tongban key seals`)")
     revoke.add_argument("--reason", required=True, help="why (1-500 characters; verifiers see it)")
+    sm2 = key_sub.add_parser(
+        "sm2",
+        parents=[common],
+        help="make (or show) the SM2 key that signs checkpoints beside Ed25519",
+    )
+    sm2.add_argument("kind", choices=["checkpoint"], help="which SM2 key (checkpoint, for now)")
     seals = key_sub.add_parser(
         "seals", parents=[common], help="custodial seal keys with their state"
     )
     seals.add_argument("department", nargs="?", help="this department's only")
+
+
+def _sm2_checkpoint_key(args: argparse.Namespace) -> int:
+    """Make ``node/log-sm2.key`` if the data dir has none; print its verifier key. Nodes
+    started after it add an SM2 line to every checkpoint (docs/keys.md)."""
+    from tongban.exchange.audit.sm2_note import sm2_verifier_key
+    from tongban.exchange.datadir import SM2_CHECKPOINT_KEY, load_log_sm2_signer, log_origin
+
+    settings = settings_from_args(args)
+    existing = load_log_sm2_signer(settings)
+    key = existing or Sm2PrivateKey.generate()
+    if existing is None:
+        path = settings.data_dir / "node" / SM2_CHECKPOINT_KEY
+        save_sm2_private_key(path, key, key_passphrase(settings))
+    vkey = sm2_verifier_key(log_origin(settings), key.public)
+    verb = "already had" if existing else "now has"
+    emit(
+        args,
+        {"verifier_key": vkey, "created": existing is None},
+        f"the data dir {verb} an SM2 checkpoint key; nodes started from now on add an SM2 "
+        f"line to each checkpoint. Its verifier key:\n{vkey}",
+    )
+    return 0
 
 
 def _token() -> Token:
@@ -104,6 +134,8 @@ async def run_key(args: argparse.Namespace) -> int:
     """Run one ``tongban key`` command; token errors surface as TongbanError."""
     if args.key_command in ("rotate", "revoke", "seals"):
         return await _custody(args)
+    if args.key_command == "sm2":
+        return await asyncio.to_thread(_sm2_checkpoint_key, args)
     return await asyncio.to_thread(_run, args)
 
 

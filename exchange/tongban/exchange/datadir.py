@@ -64,10 +64,12 @@ from tongban.signing.keys import (
     save_private_key,
 )
 from tongban.signing.pkcs11 import Token, TokenConfig, TokenSigner
+from tongban.signing.sm2 import Sm2PrivateKey, load_sm2_private_key
 
 __all__ = [
     "CHECKPOINT_KEY_LABEL",
     "NODE_KEY_LABEL",
+    "SM2_CHECKPOINT_KEY",
     "CertificateAuthority",
     "DepartmentCredentials",
     "InitResult",
@@ -81,6 +83,7 @@ __all__ = [
     "load_kafka_payload_keys",
     "load_log_key",
     "load_log_signer",
+    "load_log_sm2_signer",
     "load_node_credentials",
     "load_node_signing",
     "load_notify_secret",
@@ -431,6 +434,8 @@ def load_kafka_payload_keys(settings: Settings) -> PayloadKeys:
 #: The labels of the node's own keys in a PKCS#11 token (docs/keys.md).
 NODE_KEY_LABEL = "node-sign"
 CHECKPOINT_KEY_LABEL = "log-checkpoint"
+#: The SM2 checkpoint key's file under ``node/`` (SM2 has no PKCS#11 mechanism: docs/keys.md).
+SM2_CHECKPOINT_KEY = "log-sm2.key"
 
 
 def open_token() -> Token | None:
@@ -512,6 +517,15 @@ def load_log_signer(settings: Settings, token: Token | None = None) -> Signer:
             "notes)."
         )
     return signer
+
+
+def load_log_sm2_signer(settings: Settings) -> Sm2PrivateKey | None:
+    """The SM2 key that signs checkpoints beside the Ed25519 one (``node/log-sm2.key``,
+    made by ``tongban key sm2 checkpoint``), or None when the data dir has none."""
+    path = settings.data_dir / "node" / SM2_CHECKPOINT_KEY
+    if not path.exists():
+        return None
+    return load_sm2_private_key(path, _passphrase(settings, create=False))
 
 
 def log_origin(settings: Settings) -> str:

@@ -43,6 +43,7 @@ from tongban.exchange.datadir import (
     load_kafka_payload_keys,
     load_log_key,
     load_log_signer,
+    load_log_sm2_signer,
     load_node_credentials,
     load_node_signing,
     load_notify_secret,
@@ -267,6 +268,7 @@ class Node:
                 self.clock,
                 signer=self.settings.node_name,
                 interval=self.settings.checkpoint_interval_seconds,
+                sm2=load_log_sm2_signer(self.settings),
             )
             await self._changes.start()
             await self.federation.start()

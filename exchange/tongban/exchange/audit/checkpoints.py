@@ -25,8 +25,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tongban.errors import TongbanError
 from tongban.exchange.audit.note import checkpoint_body, sign_note, verifier_key
+from tongban.exchange.audit.sm2_note import add_sm2_signature, sm2_verifier_key
 from tongban.signing.clock import Clock
 from tongban.signing.keys import Signer
+from tongban.signing.sm2 import Sm2PrivateKey
 
 __all__ = ["CheckpointNotFound", "CheckpointRow", "Checkpointer"]
 
@@ -79,9 +81,12 @@ class Checkpointer:
         *,
         signer: str,
         interval: float = 0.5,
+        sm2: Sm2PrivateKey | None = None,
     ) -> None:
         self._pool = pool
         self._key = key
+        # With an SM2 key, each checkpoint also carries an SM2/SM3 line (audit/sm2_note.py).
+        self._sm2 = sm2
         self.origin = origin
         self._clock = clock
         self._signer = signer
@@ -93,6 +98,7 @@ class Checkpointer:
             raise TypeError("Checkpoints are signed with an Ed25519 key.")
         self.public_key = public_key
         self.verifier_key = verifier_key(origin, public_key)
+        self.sm2_verifier_key = None if sm2 is None else sm2_verifier_key(origin, sm2.public)
 
     def on_signed(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call ``listener`` (quick, non-blocking) after each checkpoint this node signs;
@@ -139,6 +145,8 @@ class Checkpointer:
             note = sign_note(
                 checkpoint_body(self.origin, head["size"], root), self.origin, self._key
             )
+            if self._sm2 is not None:
+                note = add_sm2_signature(note, self.origin, self._sm2)
             row = await conn.fetchrow(
                 "INSERT INTO log_checkpoint (size, root, note, signed_at, signer)"
                 " VALUES ($1, $2, $3, $4, $5)"

@@ -39,7 +39,9 @@ from tongban.exchange.audit.merkle import (
     verify_consistency,
 )
 from tongban.exchange.audit.note import NoteInvalid, open_checkpoint
+from tongban.exchange.audit.sm2_note import sm2_signature_status
 from tongban.exchange.audit.store import fetch_nodes
+from tongban.signing.sm2 import Sm2PublicKey
 
 __all__ = ["LogCorrupt", "VerifyReport", "verify_log"]
 
@@ -57,6 +59,8 @@ class VerifyReport:
     root: bytes
     checkpoints: int
     seconds: float
+    sm2_checkpoints: int = 0
+    """Checkpoints whose SM2 line verified (with ``sm2_verifier``)."""
 
 
 def _leaf_matches_columns(row: asyncpg.Record, leaf: bytes) -> bool:
@@ -112,13 +116,17 @@ async def verify_log(
     origin: str,
     verifier: Ed25519PublicKey,
     progress: Callable[[int, int], None] | None = None,
+    sm2_verifier: Sm2PublicKey | None = None,
 ) -> VerifyReport:
-    """Check the log end to end; return a report or raise LogCorrupt."""
+    """Check the log end to end; return a report or raise LogCorrupt. With
+    ``sm2_verifier``, every SM2 line by that key must verify too (checkpoints signed
+    before the SM2 key existed have none)."""
     started = time.perf_counter()
     head = await pool.fetchrow("SELECT size, root FROM log_state")
     assert head is not None
     total = int(head["size"])
     checkpoints = []
+    sm2_count = 0
     for row in await pool.fetch("SELECT size, root, note FROM log_checkpoint ORDER BY size"):
         try:
             signed = open_checkpoint(row["note"], [(origin, verifier)], origin=origin)
@@ -140,6 +148,15 @@ async def verify_log(
                 f"entries from {total} on were removed.",
                 metadata={"first_bad_index": str(total)},
             )
+        if sm2_verifier is not None:
+            sm2_signed = sm2_signature_status(row["note"], origin, sm2_verifier)
+            if sm2_signed is False:
+                raise LogCorrupt(
+                    f"The SM2 signature of the checkpoint at size {row['size']} does not "
+                    "verify under the log's SM2 key.",
+                    metadata={"checkpoint_size": str(row["size"])},
+                )
+            sm2_count += bool(sm2_signed)
         checkpoints.append(signed)
 
     frontier = Frontier(0, [])
@@ -209,4 +226,6 @@ async def verify_log(
                 f"Checkpoints {old.size} and {new.size} are not consistent: {e.message}.",
                 metadata={"checkpoint_size": str(new.size)},
             ) from None
-    return VerifyReport(total, frontier.root(), len(checkpoints), time.perf_counter() - started)
+    return VerifyReport(
+        total, frontier.root(), len(checkpoints), time.perf_counter() - started, sm2_count
+    )
