@@ -242,6 +242,8 @@ class Node:
                 key_pem=credentials.key_pem,
                 chain_pem=credentials.cert_chain_pem,
                 clock=self.clock,
+                access_log=self.access_log,
+                hasher=self._hasher,
             )
             vault = vault_for(self.db.pool, self.settings, self._token, self.clock)
             await ensure_status_key(vault, self.settings, self.clock.now())
@@ -569,6 +571,7 @@ class Node:
                 self.federation.offer,
                 self.federation.sync,
                 self.clock,
+                self.federation.forwarding,
             ),
             server,
         )

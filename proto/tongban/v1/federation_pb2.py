@@ -24,39 +24,44 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tongban.v1 import catalogue_pb2 as tongban_dot_v1_dot_catalogue__pb2
+from tongban.v1 import values_pb2 as tongban_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btongban/v1/federation.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1atongban/v1/catalogue.proto\"\x0e\n\x0cHelloRequest\"n\n\rHelloResponse\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListEntriesRequest\"V\n\x13ListEntriesResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\t\x12.\n\noffered_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x19\n\x17\x43\x61talogueChangedRequest\"\x1a\n\x18\x43\x61talogueChangedResponse\"F\n\x14SetFederationRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tfederated\x18\x02 \x01(\x08\x12\r\n\x05peers\x18\x03 \x03(\t\"<\n\nFederation\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tfederated\x18\x02 \x01(\x08\x12\r\n\x05peers\x18\x03 \x03(\t\")\n\x19ListRemoteDatasetsRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"\xcd\x01\n\rRemoteDataset\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x12\n\npeer_level\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\r\x12%\n\x04spec\x18\x06 \x01(\x0b\x32\x17.tongban.v1.DatasetSpec\x12/\n\x0breceived_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0csigned_entry\x18\x08 \x01(\t\"I\n\x1aListRemoteDatasetsResponse\x12+\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x19.tongban.v1.RemoteDataset2\xfa\x01\n\x0bPeerService\x12<\n\x05Hello\x12\x18.tongban.v1.HelloRequest\x1a\x19.tongban.v1.HelloResponse\x12N\n\x0bListEntries\x12\x1e.tongban.v1.ListEntriesRequest\x1a\x1f.tongban.v1.ListEntriesResponse\x12]\n\x10\x43\x61talogueChanged\x12#.tongban.v1.CatalogueChangedRequest\x1a$.tongban.v1.CatalogueChangedResponse2\xc3\x01\n\x11\x46\x65\x64\x65rationService\x12I\n\rSetFederation\x12 .tongban.v1.SetFederationRequest\x1a\x16.tongban.v1.Federation\x12\x63\n\x12ListRemoteDatasets\x12%.tongban.v1.ListRemoteDatasetsRequest\x1a&.tongban.v1.ListRemoteDatasetsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btongban/v1/federation.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1atongban/v1/catalogue.proto\x1a\x17tongban/v1/values.proto\"\x0e\n\x0cHelloRequest\"n\n\rHelloResponse\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListEntriesRequest\"V\n\x13ListEntriesResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\t\x12.\n\noffered_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x19\n\x17\x43\x61talogueChangedRequest\"\x1a\n\x18\x43\x61talogueChangedResponse\"F\n\x14SetFederationRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tfederated\x18\x02 \x01(\x08\x12\r\n\x05peers\x18\x03 \x03(\t\"<\n\nFederation\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tfederated\x18\x02 \x01(\x08\x12\r\n\x05peers\x18\x03 \x03(\t\")\n\x19ListRemoteDatasetsRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"\xcd\x01\n\rRemoteDataset\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x12\n\npeer_level\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\r\x12%\n\x04spec\x18\x06 \x01(\x0b\x32\x17.tongban.v1.DatasetSpec\x12/\n\x0breceived_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0csigned_entry\x18\x08 \x01(\t\"I\n\x1aListRemoteDatasetsResponse\x12+\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x19.tongban.v1.RemoteDataset\"&\n\x13\x46orwardQueryRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\"\xd4\x01\n\x14\x46orwardQueryResponse\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x02 \x01(\r\x12#\n\x07records\x18\x03 \x03(\x0b\x32\x12.tongban.v1.Record\x12\x14\n\x0cmissing_keys\x18\x04 \x03(\t\x12/\n\x0b\x61nswered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tlog_index\x18\x06 \x01(\x04\x12\x13\n\x0blog_entries\x18\x07 \x01(\r2\xcd\x02\n\x0bPeerService\x12<\n\x05Hello\x12\x18.tongban.v1.HelloRequest\x1a\x19.tongban.v1.HelloResponse\x12N\n\x0bListEntries\x12\x1e.tongban.v1.ListEntriesRequest\x1a\x1f.tongban.v1.ListEntriesResponse\x12]\n\x10\x43\x61talogueChanged\x12#.tongban.v1.CatalogueChangedRequest\x1a$.tongban.v1.CatalogueChangedResponse\x12Q\n\x0c\x46orwardQuery\x12\x1f.tongban.v1.ForwardQueryRequest\x1a .tongban.v1.ForwardQueryResponse2\xc3\x01\n\x11\x46\x65\x64\x65rationService\x12I\n\rSetFederation\x12 .tongban.v1.SetFederationRequest\x1a\x16.tongban.v1.Federation\x12\x63\n\x12ListRemoteDatasets\x12%.tongban.v1.ListRemoteDatasetsRequest\x1a&.tongban.v1.ListRemoteDatasetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HELLOREQUEST']._serialized_start=104
-  _globals['_HELLOREQUEST']._serialized_end=118
-  _globals['_HELLORESPONSE']._serialized_start=120
-  _globals['_HELLORESPONSE']._serialized_end=230
-  _globals['_LISTENTRIESREQUEST']._serialized_start=232
-  _globals['_LISTENTRIESREQUEST']._serialized_end=252
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=254
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=340
-  _globals['_CATALOGUECHANGEDREQUEST']._serialized_start=342
-  _globals['_CATALOGUECHANGEDREQUEST']._serialized_end=367
-  _globals['_CATALOGUECHANGEDRESPONSE']._serialized_start=369
-  _globals['_CATALOGUECHANGEDRESPONSE']._serialized_end=395
-  _globals['_SETFEDERATIONREQUEST']._serialized_start=397
-  _globals['_SETFEDERATIONREQUEST']._serialized_end=467
-  _globals['_FEDERATION']._serialized_start=469
-  _globals['_FEDERATION']._serialized_end=529
-  _globals['_LISTREMOTEDATASETSREQUEST']._serialized_start=531
-  _globals['_LISTREMOTEDATASETSREQUEST']._serialized_end=572
-  _globals['_REMOTEDATASET']._serialized_start=575
-  _globals['_REMOTEDATASET']._serialized_end=780
-  _globals['_LISTREMOTEDATASETSRESPONSE']._serialized_start=782
-  _globals['_LISTREMOTEDATASETSRESPONSE']._serialized_end=855
-  _globals['_PEERSERVICE']._serialized_start=858
-  _globals['_PEERSERVICE']._serialized_end=1108
-  _globals['_FEDERATIONSERVICE']._serialized_start=1111
-  _globals['_FEDERATIONSERVICE']._serialized_end=1306
+  _globals['_HELLOREQUEST']._serialized_start=129
+  _globals['_HELLOREQUEST']._serialized_end=143
+  _globals['_HELLORESPONSE']._serialized_start=145
+  _globals['_HELLORESPONSE']._serialized_end=255
+  _globals['_LISTENTRIESREQUEST']._serialized_start=257
+  _globals['_LISTENTRIESREQUEST']._serialized_end=277
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=279
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=365
+  _globals['_CATALOGUECHANGEDREQUEST']._serialized_start=367
+  _globals['_CATALOGUECHANGEDREQUEST']._serialized_end=392
+  _globals['_CATALOGUECHANGEDRESPONSE']._serialized_start=394
+  _globals['_CATALOGUECHANGEDRESPONSE']._serialized_end=420
+  _globals['_SETFEDERATIONREQUEST']._serialized_start=422
+  _globals['_SETFEDERATIONREQUEST']._serialized_end=492
+  _globals['_FEDERATION']._serialized_start=494
+  _globals['_FEDERATION']._serialized_end=554
+  _globals['_LISTREMOTEDATASETSREQUEST']._serialized_start=556
+  _globals['_LISTREMOTEDATASETSREQUEST']._serialized_end=597
+  _globals['_REMOTEDATASET']._serialized_start=600
+  _globals['_REMOTEDATASET']._serialized_end=805
+  _globals['_LISTREMOTEDATASETSRESPONSE']._serialized_start=807
+  _globals['_LISTREMOTEDATASETSRESPONSE']._serialized_end=880
+  _globals['_FORWARDQUERYREQUEST']._serialized_start=882
+  _globals['_FORWARDQUERYREQUEST']._serialized_end=920
+  _globals['_FORWARDQUERYRESPONSE']._serialized_start=923
+  _globals['_FORWARDQUERYRESPONSE']._serialized_end=1135
+  _globals['_PEERSERVICE']._serialized_start=1138
+  _globals['_PEERSERVICE']._serialized_end=1471
+  _globals['_FEDERATIONSERVICE']._serialized_start=1474
+  _globals['_FEDERATIONSERVICE']._serialized_end=1669
 # @@protoc_insertion_point(module_scope)

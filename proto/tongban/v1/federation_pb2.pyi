@@ -18,6 +18,7 @@ from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from tongban.v1 import catalogue_pb2 as _catalogue_pb2
+from tongban.v1 import values_pb2 as _values_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -295,3 +296,70 @@ class ListRemoteDatasetsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListRemoteDatasetsResponse: _TypeAlias = ListRemoteDatasetsResponse  # noqa: Y015
+
+@_typing.final
+class ForwardQueryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    request: _builtins.str
+    """Compact JWS (typ tongban-forwarded-query+jws) by the calling exchange's node signing
+    certificate over the original department, officer, purpose, case, dataset, fields,
+    keys, a nonce and a time window (docs/federation.md, "Forwarded queries").
+    """
+    def __init__(
+        self,
+        *,
+        request: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardQueryRequest: _TypeAlias = ForwardQueryRequest  # noqa: Y015
+
+@_typing.final
+class ForwardQueryResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DATASET_FIELD_NUMBER: _builtins.int
+    DATASET_VERSION_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    MISSING_KEYS_FIELD_NUMBER: _builtins.int
+    ANSWERED_AT_FIELD_NUMBER: _builtins.int
+    LOG_INDEX_FIELD_NUMBER: _builtins.int
+    LOG_ENTRIES_FIELD_NUMBER: _builtins.int
+    dataset: _builtins.str
+    """Our code of the dataset (no peer prefix) and its version."""
+    dataset_version: _builtins.int
+    log_index: _builtins.int
+    """The index of our first access-log entry for this request, and how many there are."""
+    log_entries: _builtins.int
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Record]:
+        """Only the fields our owner's policy allowed."""
+
+    @_builtins.property
+    def missing_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def answered_at(self) -> _timestamp_pb2.Timestamp: ...
+    def __init__(
+        self,
+        *,
+        dataset: _builtins.str = ...,
+        dataset_version: _builtins.int = ...,
+        records: _abc.Iterable[_values_pb2.Record] | None = ...,
+        missing_keys: _abc.Iterable[_builtins.str] | None = ...,
+        answered_at: _timestamp_pb2.Timestamp | None = ...,
+        log_index: _builtins.int = ...,
+        log_entries: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "dataset", b"dataset", "dataset_version", b"dataset_version", "log_entries", b"log_entries", "log_index", b"log_index", "missing_keys", b"missing_keys", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardQueryResponse: _TypeAlias = ForwardQueryResponse  # noqa: Y015

@@ -49,6 +49,11 @@ class PeerServiceStub:
                 request_serializer=tongban_dot_v1_dot_federation__pb2.CatalogueChangedRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_federation__pb2.CatalogueChangedResponse.FromString,
                 _registered_method=True)
+        self.ForwardQuery = channel.unary_unary(
+                '/tongban.v1.PeerService/ForwardQuery',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.ForwardQueryRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardQueryResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -76,6 +81,16 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardQuery(self, request, context):
+        """A query of one of our datasets by a department of the calling exchange, forwarded
+        and signed by its node. Our owner's policy decides for that remote department, and
+        both the decision and the answer are in our access log. Refusals carry the index of
+        our log entry in ErrorInfo metadata "log_index".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +108,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.CatalogueChanged,
                     request_deserializer=tongban_dot_v1_dot_federation__pb2.CatalogueChangedRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_federation__pb2.CatalogueChangedResponse.SerializeToString,
+            ),
+            'ForwardQuery': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardQuery,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardQueryRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_federation__pb2.ForwardQueryResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +196,33 @@ class PeerService:
             '/tongban.v1.PeerService/CatalogueChanged',
             tongban_dot_v1_dot_federation__pb2.CatalogueChangedRequest.SerializeToString,
             tongban_dot_v1_dot_federation__pb2.CatalogueChangedResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardQuery(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/ForwardQuery',
+            tongban_dot_v1_dot_federation__pb2.ForwardQueryRequest.SerializeToString,
+            tongban_dot_v1_dot_federation__pb2.ForwardQueryResponse.FromString,
             options,
             channel_credentials,
             insecure,

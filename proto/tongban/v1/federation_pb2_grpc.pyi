@@ -48,6 +48,12 @@ class PeerServiceStub:
     """
     CatalogueChanged: _grpc.UnaryUnaryMultiCallable[_federation_pb2.CatalogueChangedRequest, _federation_pb2.CatalogueChangedResponse]
     """A hint that this exchange's offer changed: the callee pulls it soon. Carries nothing."""
+    ForwardQuery: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ForwardQueryRequest, _federation_pb2.ForwardQueryResponse]
+    """A query of one of our datasets by a department of the calling exchange, forwarded
+    and signed by its node. Our owner's policy decides for that remote department, and
+    both the decision and the answer are in our access log. Refusals carry the index of
+    our log entry in ErrorInfo metadata "log_index".
+    """
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -60,6 +66,12 @@ class PeerServiceAsyncStub(PeerServiceStub):
     """
     CatalogueChanged: _aio.UnaryUnaryMultiCallable[_federation_pb2.CatalogueChangedRequest, _federation_pb2.CatalogueChangedResponse]  # type: ignore[assignment]
     """A hint that this exchange's offer changed: the callee pulls it soon. Carries nothing."""
+    ForwardQuery: _aio.UnaryUnaryMultiCallable[_federation_pb2.ForwardQueryRequest, _federation_pb2.ForwardQueryResponse]  # type: ignore[assignment]
+    """A query of one of our datasets by a department of the calling exchange, forwarded
+    and signed by its node. Our owner's policy decides for that remote department, and
+    both the decision and the answer are in our access log. Refusals carry the index of
+    our log entry in ErrorInfo metadata "log_index".
+    """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -87,6 +99,18 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_federation_pb2.CatalogueChangedResponse, _abc.Awaitable[_federation_pb2.CatalogueChangedResponse]]:
         """A hint that this exchange's offer changed: the callee pulls it soon. Carries nothing."""
+
+    @_abc_1.abstractmethod
+    def ForwardQuery(
+        self,
+        request: _federation_pb2.ForwardQueryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.ForwardQueryResponse, _abc.Awaitable[_federation_pb2.ForwardQueryResponse]]:
+        """A query of one of our datasets by a department of the calling exchange, forwarded
+        and signed by its node. Our owner's policy decides for that remote department, and
+        both the decision and the answer are in our access log. Refusals carry the index of
+        our log entry in ErrorInfo metadata "log_index".
+        """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -13,7 +13,11 @@ __all__ = [
     "PeerNotADepartment",
     "PeerNotOwner",
     "PeerOnly",
+    "PeerRequestExpired",
+    "PeerRequestInvalid",
+    "PeerRequestReplayed",
     "PeerSignatureInvalid",
+    "PeerSignatureMismatch",
     "PeerSuspended",
     "PeerUnavailable",
     "PeerUnknown",
@@ -94,4 +98,32 @@ class PeerEntryInvalid(TongbanError):
     """A catalogue entry a peer offered is malformed."""
 
     reason = "PEER_ENTRY_INVALID"
+    status = "INVALID_ARGUMENT"
+
+
+class PeerSignatureMismatch(TongbanError):
+    """A forwarded request is not signed by a node of the exchange whose node called."""
+
+    reason = "PEER_SIGNATURE_MISMATCH"
+    status = "PERMISSION_DENIED"
+
+
+class PeerRequestReplayed(TongbanError):
+    """A forwarded request's nonce was seen before from the same peer."""
+
+    reason = "PEER_REQUEST_REPLAYED"
+    status = "PERMISSION_DENIED"
+
+
+class PeerRequestExpired(TongbanError):
+    """A forwarded request arrived outside its time window."""
+
+    reason = "PEER_REQUEST_EXPIRED"
+    status = "PERMISSION_DENIED"
+
+
+class PeerRequestInvalid(TongbanError):
+    """A forwarded request is malformed."""
+
+    reason = "PEER_REQUEST_INVALID"
     status = "INVALID_ARGUMENT"

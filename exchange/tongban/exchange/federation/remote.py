@@ -14,6 +14,7 @@ import asyncpg
 from tongban.errors import TongbanError
 from tongban.exchange.federation.entries import RemoteEntry, verify_entry
 from tongban.exchange.federation.peers import Peer, peer_ca
+from tongban.exchange.sharing.model import DatasetEntry
 
 __all__ = ["PullResult", "RemoteCatalogue", "StoredRemote"]
 
@@ -95,6 +96,21 @@ class RemoteCatalogue:
         """Note that a pull from ``peer`` failed or was refused, and why."""
         async with self._pool.acquire() as conn:
             await _note(conn, peer, now, error)
+
+    async def get(self, peer: Peer, code: str, *, now: datetime) -> DatasetEntry | None:
+        """The entry of ``code`` as ``peer`` offers it (checked again from its stored JWS),
+        or None."""
+        token = await self._pool.fetchval(
+            "SELECT signed_entry FROM remote_dataset WHERE peer = $1 AND code = $2",
+            peer.name,
+            code,
+        )
+        if token is None:
+            return None
+        try:
+            return verify_entry(token, peer=peer.name, peer_root=peer_ca(peer), now=now).entry
+        except TongbanError:
+            return None  # e.g. its signing certificate expired: the next pull replaces it
 
     async def list(self, peers: Sequence[Peer], *, now: datetime) -> list[StoredRemote]:
         """The datasets offered by ``peers`` (the active ones, as the caller decides),

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncpg
 
+from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.db.notify import ChangeListener
+from tongban.exchange.federation.forwarding import Forwarding
 from tongban.exchange.federation.links import PeerLinks
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
@@ -37,6 +39,8 @@ class FederationParts:
         key_pem: bytes,
         chain_pem: bytes,
         clock: Clock,
+        access_log: AccessLog,
+        hasher: SubjectHasher,
     ) -> None:
         self.trust = PeerTrust(
             pool, listener, load_pem_certificates(ca_pem)[0], key_pem=key_pem, chain_pem=chain_pem
@@ -55,6 +59,22 @@ class FederationParts:
             clock=clock,
             interval=settings.peer_sync_seconds,
         )
+
+        self.forwarding = Forwarding(
+            pool=pool,
+            trust=self.trust,
+            links=self.links,
+            remote=self.remote,
+            offer=self.offer,
+            sharing=sharing,
+            access_log=access_log,
+            hasher=hasher,
+            signing=signing,
+            node_name=settings.node_name,
+            clock=clock,
+            request_seconds=settings.peer_request_seconds,
+        )
+        sharing.forward = self.forwarding.query
 
     async def start(self) -> None:
         """Read the peers (the gRPC server's trust needs them)."""

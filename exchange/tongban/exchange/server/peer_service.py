@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 
+from tongban.exchange.federation.forwarding import Forwarding
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
 from tongban.exchange.federation.sync import CatalogueSync
@@ -31,8 +32,9 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class PeerService(federation_pb2_grpc.PeerServiceServicer):
     def __init__(
         self, node_name: str, trust: PeerTrust, offer: CatalogueOffer, sync: CatalogueSync,
-        clock: Clock,
+        clock: Clock, forwarding: Forwarding,
     ) -> None:  # fmt: skip
+        self._forwarding = forwarding
         self._node_name = node_name
         self._exchange = trust.own_fingerprint.hex()
         self._offer = offer
@@ -62,6 +64,11 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
     ) -> federation_pb2.CatalogueChangedResponse:
         self._sync.poke(current_peer().name)
         return federation_pb2.CatalogueChangedResponse()
+
+    async def ForwardQuery(
+        self, request: federation_pb2.ForwardQueryRequest, context: Context
+    ) -> federation_pb2.ForwardQueryResponse:
+        return await self._forwarding.answer(current_peer(), request.request)
 
 
 class FederationService(federation_pb2_grpc.FederationServiceServicer):

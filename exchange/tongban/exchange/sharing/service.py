@@ -15,7 +15,7 @@ from __future__ import annotations
 import base64
 import functools
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 
@@ -160,6 +160,9 @@ class Sharing:
             base64.b64encode(cert.public_bytes(Encoding.DER)).decode() for cert in signing.chain
         ]
         self._kid = certificate_fingerprint(signing.chain[0]).hex()[:16]
+        self.forward: Callable[[Caller, QueryInput], Awaitable[QueryResult]] | None = None
+        """Answers queries of remote datasets (``<peer>:<code>``) by asking the owner's
+        exchange (``federation.forwarding``); None: such datasets do not exist here."""
 
     # -- cached reads -----------------------------------------------------------------
 
@@ -415,6 +418,9 @@ class Sharing:
     async def query(self, caller: Caller, q: QueryInput) -> QueryResult:
         """Answer ``q`` for ``caller`` or raise QueryDenied (or another TongbanError);
         either way the access log has the entries before this returns or raises."""
+        if self.forward is not None and ":" in q.dataset:
+            # A peer exchange's dataset: its owner's exchange decides (docs/federation.md).
+            return await self.forward(caller, q)
         now = self._clock.now()
         me = caller.department.code
         intent = QueryIntent(me, q.dataset, tuple(q.fields), q.purpose, q.case_id)

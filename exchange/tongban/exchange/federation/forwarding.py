@@ -1,0 +1,531 @@
+"""Queries across exchanges, one hop (docs/federation.md, "Forwarded queries").
+
+The calling side (``Forwarding.query``): a department of ours asks for a remote dataset
+(``<peer>:<code>``); we log the outgoing request, forward it to the peer signed by our
+node (a JWS with the original department, officer, purpose, case, a nonce and a time
+window), and log the receipt with the peer's log index. We never decide for the owner.
+
+The owner's side (``Forwarding.answer``): the request must be signed by a node of the
+exchange whose node called, inside its window, with a nonce not seen before; then the
+owner's policy (``sharing.policy.decide``, through ``Sharing.decide``) decides for the
+remote department ``<peer>/<department>``, the decision is logged under that name, and
+only the allowed fields are answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import re
+import secrets
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+from cryptography.hazmat.primitives.serialization import Encoding
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from tongban.errors import TongbanError
+from tongban.exchange.audit.log import AccessLog, SubjectHasher
+from tongban.exchange.audit.recorder import AccessRecorder, Outcome
+from tongban.exchange.catalogue.canonical import canonical_json
+from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
+from tongban.exchange.datadir import NodeSigning
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.federation.entries import node_signing_certificate
+from tongban.exchange.federation.errors import (
+    PeerNotOwner,
+    PeerRequestExpired,
+    PeerRequestInvalid,
+    PeerRequestReplayed,
+    PeerSignatureMismatch,
+    PeerUnavailable,
+    PeerUnknown,
+)
+from tongban.exchange.federation.links import PeerLinks, PeerRefusal
+from tongban.exchange.federation.offer import CatalogueOffer
+from tongban.exchange.federation.peers import Peer, peer_ca
+from tongban.exchange.federation.remote import RemoteCatalogue
+from tongban.exchange.federation.trust import PeerTrust
+from tongban.exchange.identity import Caller
+from tongban.exchange.sharing.errors import DatasetNotFound, QueryDenied
+from tongban.exchange.sharing.model import DatasetEntry
+from tongban.exchange.sharing.policy import Denied, QueryIntent
+from tongban.exchange.sharing.service import AnsweredRecord, QueryInput, QueryResult, Sharing
+from tongban.signing.clock import Clock
+from tongban.signing.jose import sign_jws, verify_jws
+from tongban.v1 import federation_pb2, values_pb2
+from tongban.wire.values import from_field_value, to_field_value
+
+__all__ = ["REQUEST_TYPE", "ForwardedQuery", "Forwarding", "sign_request", "verify_request"]
+
+REQUEST_TYPE = "tongban-forwarded-query+jws"
+SKEW = timedelta(seconds=30)
+"""Clock difference tolerated between two exchanges' nodes."""
+MAX_LIFETIME = timedelta(hours=1)
+"""The longest window a forwarded request may claim, whatever the caller's setting."""
+MAX_KEYS = 1000
+_OFFICER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+_DEPARTMENT = re.compile(r"[a-z][a-z0-9-]{1,62}")
+_NONCE = re.compile(r"[0-9a-f]{32}")
+_PURGE_EVERY = 60.0
+
+
+@dataclass(frozen=True)
+class ForwardedQuery:
+    """What a department of the calling exchange asked, as its node signed it."""
+
+    exchange: str
+    """Hex SHA-256 of the calling exchange's root."""
+    audience: str
+    """Hex SHA-256 of the owner exchange's root."""
+    department: str
+    officer: str | None
+    purpose: str
+    case_id: str
+    dataset: str
+    """The owner exchange's code (no peer prefix)."""
+    fields: tuple[str, ...]
+    keys: tuple[str, ...]
+    nonce: str
+    issued_at: datetime
+    expires_at: datetime
+
+    def payload(self) -> dict[str, object]:
+        return {
+            "v": 1,
+            "exchange": self.exchange,
+            "audience": self.audience,
+            "department": self.department,
+            "officer": self.officer,
+            "purpose": self.purpose,
+            "case_id": self.case_id,
+            "dataset": self.dataset,
+            "fields": list(self.fields),
+            "keys": list(self.keys),
+            "nonce": self.nonce,
+            "issued_at": _instant(self.issued_at),
+            "expires_at": _instant(self.expires_at),
+        }
+
+
+def _instant(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def sign_request(request: ForwardedQuery, signing: NodeSigning) -> str:
+    """The compact JWS of ``request`` by the calling node's signing key."""
+    x5c = [base64.b64encode(c.public_bytes(Encoding.DER)).decode() for c in signing.chain]
+    return sign_jws(
+        canonical_json(request.payload()),
+        signing.signer,
+        headers={"typ": REQUEST_TYPE, "x5c": x5c},
+    )
+
+
+def verify_request(token: str, *, peer: Peer, own_exchange: bytes, now: datetime) -> ForwardedQuery:
+    """The request in ``token``, sent over a connection of peer ``peer``, checked.
+
+    Raises PeerSignatureMismatch unless a node signing certificate of ``peer``'s root
+    signed it for us as ``peer``'s exchange; PeerRequestExpired outside its window
+    (``SKEW`` tolerated); PeerRequestInvalid if malformed.
+    """
+    header, claimed = _parts(token)
+    try:
+        leaf = node_signing_certificate(header, roots=[peer_ca(peer)], now=now)
+        verify_jws(token, leaf.public_key())  # type: ignore[arg-type]
+    except (TongbanError, ValueError, TypeError, binascii.Error) as e:
+        raise PeerSignatureMismatch(
+            f"The forwarded request is not signed by a node of peer {peer.name}, whose node "
+            "sent it; an exchange forwards only its own departments' requests.",
+            metadata={"peer": peer.name},
+        ) from e
+    if header.get("typ") != REQUEST_TYPE:
+        raise PeerRequestInvalid("The signed object is not a forwarded query.")
+    request = _request(claimed)
+    if request.exchange != peer.ca_fingerprint.hex() or request.audience != own_exchange.hex():
+        raise PeerSignatureMismatch(
+            f"The forwarded request names another exchange than peer {peer.name} or than us.",
+            metadata={"peer": peer.name},
+        )
+    if request.expires_at - request.issued_at > MAX_LIFETIME:
+        raise PeerRequestExpired(
+            f"A forwarded request may be valid for at most {MAX_LIFETIME}; ask the peer's "
+            "operator to shorten TONGBAN_PEER_REQUEST_SECONDS.",
+            metadata={"peer": peer.name},
+        )
+    if not request.issued_at - SKEW <= now <= request.expires_at + SKEW:
+        raise PeerRequestExpired(
+            f"The forwarded request is valid from {_instant(request.issued_at)} to "
+            f"{_instant(request.expires_at)}, not at {_instant(now)}; check both exchanges' "
+            "clocks.",
+            metadata={"peer": peer.name},
+        )
+    return request
+
+
+def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    parts = token.split(".")
+    if len(parts) != 3 or len(token) > 256 * 1024:
+        raise PeerRequestInvalid("The forwarded request is not a compact JWS.")
+    try:
+        header = json.loads(_b64(parts[0]))
+        claimed = json.loads(_b64(parts[1]))
+    except (ValueError, binascii.Error) as e:
+        raise PeerRequestInvalid("The forwarded request is not a compact JWS.") from e
+    if not isinstance(header, dict) or not isinstance(claimed, dict) or claimed.get("v") != 1:
+        raise PeerRequestInvalid("The forwarded request is of an unknown form.")
+    return header, claimed
+
+
+def _b64(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _request(claimed: Mapping[str, Any]) -> ForwardedQuery:
+    try:
+        return _members(claimed)
+    except (KeyError, TypeError, ValueError) as e:
+        raise PeerRequestInvalid(
+            "The forwarded request lacks a member or holds a malformed one."
+        ) from e
+
+
+def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
+    """Raises KeyError, TypeError or ValueError for a missing or malformed member."""
+    strings = ("exchange", "audience", "department", "purpose", "case_id", "dataset", "nonce")
+    if not all(isinstance(claimed[k], str) for k in strings):
+        raise TypeError("a text member is not a string")
+    officer = claimed["officer"]
+    fields, keys = claimed["fields"], claimed["keys"]
+    if not (
+        (officer is None or (isinstance(officer, str) and _OFFICER.fullmatch(officer)))
+        and _DEPARTMENT.fullmatch(claimed["department"])
+        and _NONCE.fullmatch(claimed["nonce"])
+        and isinstance(fields, list)
+        and all(isinstance(f, str) for f in fields)
+        and isinstance(keys, list)
+        and all(isinstance(k, str) for k in keys)
+        and len(keys) <= MAX_KEYS
+    ):
+        raise ValueError("a member is malformed")
+    issued_at = datetime.fromisoformat(claimed["issued_at"])
+    expires_at = datetime.fromisoformat(claimed["expires_at"])
+    if issued_at.tzinfo is None or expires_at.tzinfo is None:
+        raise ValueError("an instant has no time zone")
+    return ForwardedQuery(
+        exchange=claimed["exchange"],
+        audience=claimed["audience"],
+        department=claimed["department"],
+        officer=officer,
+        purpose=claimed["purpose"],
+        case_id=claimed["case_id"],
+        dataset=claimed["dataset"],
+        fields=tuple(fields),
+        keys=tuple(keys),
+        nonce=claimed["nonce"],
+        issued_at=issued_at,
+        expires_at=expires_at,
+    )
+
+
+def remote_department(peer: str, department: str) -> str:
+    """How we name a peer's department: ``<peer>/<department>``."""
+    return f"{peer}/{department}"
+
+
+class Forwarding:
+    """Both sides of a forwarded query; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        trust: PeerTrust,
+        links: PeerLinks,
+        remote: RemoteCatalogue,
+        offer: CatalogueOffer,
+        sharing: Sharing,
+        access_log: AccessLog,
+        hasher: SubjectHasher,
+        signing: NodeSigning,
+        node_name: str,
+        clock: Clock,
+        request_seconds: float,
+        nonce: Callable[[], str] = lambda: secrets.token_hex(16),
+    ) -> None:
+        self._pool = pool
+        self._trust = trust
+        self._links = links
+        self._remote = remote
+        self._offer = offer
+        self._sharing = sharing
+        self._log = access_log
+        self._recorder = AccessRecorder(node_name, hasher)
+        self._signing = signing
+        self._clock = clock
+        self._lifetime = timedelta(seconds=request_seconds)
+        self._nonce = nonce
+        self._purged_at = 0.0
+
+    # -- the calling side ---------------------------------------------------------------
+
+    async def query(self, caller: Caller, q: QueryInput) -> QueryResult:
+        """Answer ``q`` for a remote dataset ``<peer>:<code>`` by asking its owner's
+        exchange; raise the owner's refusal (its reason), PeerUnknown, DatasetNotFound,
+        PeerUnavailable or PeerNotOwner. Every outcome is in our log first."""
+        now = self._clock.now()
+        peer_name, _, code = q.dataset.partition(":")
+        if q.sign:
+            raise InvalidArgument(
+                "Signed answers are not yet available for datasets of peer exchanges; ask "
+                "without sign.",
+                metadata={"field": "sign"},
+            )
+        if q.as_of is not None:
+            raise InvalidArgument(
+                "as_of is not yet available for datasets of peer exchanges.",
+                metadata={"field": "as_of"},
+            )
+
+        async def log(
+            keys: Sequence[str], action: str, decision: Outcome, reason: str | None
+        ) -> None:
+            await self._log.append(
+                self._recorder.entries(
+                    keys,
+                    at=self._clock.now(),
+                    department=caller.department.code,
+                    officer=caller.officer_id,
+                    action=action,
+                    decision=decision,
+                    reason=reason,
+                    dataset=q.dataset[:200],
+                    fields=q.fields,
+                    purpose=q.purpose,
+                    case_id=q.case_id,
+                )
+            )
+
+        peer = await self._trust.peer(peer_name)
+        if peer is None or not peer.active:
+            await log([], "query.forward", "denied", PeerUnknown.reason)
+            raise PeerUnknown(
+                f"No active peer exchange {peer_name[:64]!r} is linked to this one; see the "
+                "remote catalogue.",
+                metadata={"peer": peer_name[:64]},
+            )
+        entry = await self._remote.get(peer, code, now=now)
+        if entry is None:
+            await log([], "query.forward", "denied", DatasetNotFound.reason)
+            raise DatasetNotFound(
+                f"Peer {peer.name} offers no dataset {code[:100]!r}; check the remote catalogue."
+            )
+        try:
+            keys = _keys(entry.subject_kind, q.keys)
+        except TongbanError as e:
+            await log([], "query.forward", "denied", e.reason)
+            raise
+        await log(keys, "query.forward", "allowed", f"peer:{peer.name}")
+        request = ForwardedQuery(
+            exchange=self._trust.own_fingerprint.hex(),
+            audience=peer.ca_fingerprint.hex(),
+            department=caller.department.code,
+            officer=caller.officer_id,
+            purpose=q.purpose,
+            case_id=q.case_id,
+            dataset=code,
+            fields=tuple(q.fields),
+            keys=tuple(keys),
+            nonce=self._nonce(),
+            issued_at=now,
+            expires_at=now + self._lifetime,
+        )
+        token = sign_request(request, self._signing)
+        try:
+            answer = await self._links.call(
+                peer,
+                f"a query of {code}",
+                lambda timeout: self._links.stub(peer).ForwardQuery(
+                    federation_pb2.ForwardQueryRequest(request=token), timeout=timeout
+                ),
+            )
+        except PeerRefusal as e:
+            index = e.metadata.get("log_index")
+            where = f"; log:{index}" if index else ""
+            await log(keys, "query.receipt", "denied", f"{e.reason}; peer:{peer.name}{where}")
+            raise
+        except PeerUnavailable as e:
+            await log(keys, "query.receipt", "denied", f"{e.reason}; peer:{peer.name}")
+            raise
+        if answer.dataset != code:
+            await log(keys, "query.receipt", "denied", f"{PeerNotOwner.reason}; peer:{peer.name}")
+            raise PeerNotOwner(
+                f"Peer {peer.name} answered for {answer.dataset[:100]!r}, not {code}.",
+                metadata={"peer": peer.name},
+            )
+        asked, fields = set(keys), tuple(dict.fromkeys(q.fields))
+        records = [
+            AnsweredRecord(
+                key=r.key,
+                version=r.version,
+                valid_from=r.valid_from.ToDatetime(tzinfo=UTC),
+                # Only what was asked, whatever the peer sent (minimum fields).
+                values={n: from_field_value(r.fields[n]) for n in fields if n in r.fields},
+            )
+            for r in answer.records
+            if r.key in asked
+        ]
+        await log(keys, "query.receipt", "allowed", f"peer:{peer.name}; log:{answer.log_index}")
+        return QueryResult(
+            entry=replace(entry, code=q.dataset, version=answer.dataset_version or entry.version),
+            records=records,
+            missing_keys=[k for k in answer.missing_keys if k in asked],
+            answered_at=answer.answered_at.ToDatetime(tzinfo=UTC),
+        )
+
+    # -- the owner's side ---------------------------------------------------------------
+
+    async def answer(self, peer: Peer, token: str) -> federation_pb2.ForwardQueryResponse:
+        """Decide and answer a request peer ``peer`` forwarded; raise the refusal (with our
+        log index in its metadata when it was logged)."""
+        now = self._clock.now()
+        try:
+            request = verify_request(
+                token, peer=peer, own_exchange=self._trust.own_fingerprint, now=now
+            )
+        except TongbanError as e:
+            # Who asked cannot be trusted here: the entry names the calling exchange only.
+            raise await self._logged(e, peer.name, None, None, [], now) from None
+        caller = remote_department(peer.name, request.department)
+        intent = QueryIntent(
+            caller, request.dataset, request.fields, request.purpose, request.case_id
+        )
+        if not await self._first_use(peer, request):
+            raise await self._logged(
+                PeerRequestReplayed(
+                    f"This forwarded request (nonce {request.nonce}) was already answered; "
+                    "a peer signs each request once.",
+                    metadata={"peer": peer.name},
+                ),
+                caller, request, intent, [], now,
+            )  # fmt: skip
+        entry = await self._offer.offers(peer.name, request.dataset)
+        keys: list[str] = []
+        if entry is not None:
+            try:
+                keys = _keys(entry.subject_kind, request.keys)
+            except TongbanError as e:
+                raise await self._logged(e, caller, request, intent, [], now) from None
+        decision = await self._sharing.decide(intent, entry, now)
+        if isinstance(decision, Denied):
+            raise await self._logged(
+                QueryDenied.from_decision(decision), caller, request, intent, keys, now
+            )
+        assert entry is not None
+        found = await self._sharing.records.fetch(entry.code, keys)
+        indices = await self._log.append(
+            self._entries(
+                caller, request, intent, keys, now, "allowed", decision.grounds(),
+                decision.fields,
+            )
+        )  # fmt: skip
+        return federation_pb2.ForwardQueryResponse(
+            dataset=entry.code,
+            dataset_version=entry.version,
+            records=[_record(found[k], entry, decision.fields) for k in keys if k in found],
+            missing_keys=[k for k in keys if k not in found],
+            answered_at=_timestamp(now),
+            log_index=indices.start,
+            log_entries=len(indices),
+        )
+
+    def _entries(
+        self,
+        caller: str,
+        request: ForwardedQuery | None,
+        intent: QueryIntent | None,
+        keys: Sequence[str],
+        now: datetime,
+        decision: Outcome,
+        reason: str | None,
+        fields: Sequence[str] | None = None,
+    ) -> list[Any]:
+        return self._recorder.entries(
+            keys,
+            at=now,
+            department=caller,
+            officer=request.officer if request is not None else None,
+            action="query",
+            decision=decision,
+            reason=reason,
+            dataset=intent.dataset[:200] if intent is not None else None,
+            fields=fields if fields is not None else (intent.fields if intent else ()),
+            purpose=intent.purpose if intent is not None else None,
+            case_id=intent.case_id if intent is not None else None,
+        )
+
+    async def _logged(
+        self,
+        error: TongbanError,
+        caller: str,
+        request: ForwardedQuery | None,
+        intent: QueryIntent | None,
+        keys: Sequence[str],
+        now: datetime,
+    ) -> TongbanError:
+        """Log ``error`` as a denial for ``caller``; return it with our log index."""
+        indices = await self._log.append(
+            self._entries(caller, request, intent, keys, now, "denied", error.reason)
+        )
+        error.metadata["log_index"] = str(indices.start)
+        return error
+
+    async def _first_use(self, peer: Peer, request: ForwardedQuery) -> bool:
+        """Record the request's nonce; False if the peer used it before."""
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._purged_at > _PURGE_EVERY:
+            self._purged_at = loop.time()
+            await self._pool.execute(
+                "DELETE FROM peer_nonce WHERE expires_at < $1", self._clock.now()
+            )
+        done = await self._pool.fetchval(
+            """
+            INSERT INTO peer_nonce (peer, nonce, expires_at) VALUES ($1, $2, $3)
+            ON CONFLICT DO NOTHING RETURNING true
+            """,
+            peer.name,
+            request.nonce,
+            request.expires_at + SKEW,
+        )
+        return bool(done)
+
+
+def _keys(kind: SubjectKind, given: Sequence[str]) -> list[str]:
+    if not given:
+        raise InvalidArgument("Name at least one subject key.", metadata={"field": "keys"})
+    if len(given) > MAX_KEYS:
+        raise InvalidArgument(
+            f"A query names at most {MAX_KEYS:,} keys; split it.", metadata={"field": "keys"}
+        )
+    return [validate_subject_id(kind, key) for key in dict.fromkeys(given)]
+
+
+def _record(stored: Any, entry: DatasetEntry, fields: Sequence[str]) -> values_pb2.Record:
+    values = stored.values(entry, fields)
+    return values_pb2.Record(
+        key=stored.key,
+        fields={name: to_field_value(v) for name, v in values.items()},
+        version=stored.version,
+        valid_from=_timestamp(stored.valid_from),
+    )
+
+
+def _timestamp(at: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(at)
+    return stamp
