@@ -52,44 +52,34 @@ from bench.licence import (
     _paired,
     _raw_p256,
     _trivial_pdf,
-    _without_grants,
+    enrol_as_owner,
     format_report,
+    licensing_on,
     write_json,
 )
 from tongban.cli import story_data as story
 from tongban.errors import TongbanError
 from tongban.exchange.audit.cosignature import WitnessKey, open_cosignatures
-from tongban.exchange.audit.log import AccessLog, SubjectHasher
+from tongban.exchange.audit.log import AccessLog
 from tongban.exchange.audit.merkle import Frontier, NodeId, consistency_proof, leaf_hash
 from tongban.exchange.audit.note import checkpoint_body, key_hash, sign_note, verifier_key
 from tongban.exchange.datadir import (
-    ca_certificate_pem,
     init_data_dir,
-    load_log_key,
-    load_node_signing,
 )
 from tongban.exchange.db.database import Database
 from tongban.exchange.db.embedded import temp_root
 from tongban.exchange.departments import DepartmentStore
-from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.identity import Caller
-from tongban.exchange.licensing.feed import LicenceFeed
 from tongban.exchange.licensing.issuance import IssueInput
-from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.licensing.setup import ensure_status_key, vault_for
-from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.settings import ListenAddress, load_settings
-from tongban.exchange.sharing.datasets import DatasetStore
-from tongban.exchange.sharing.records import RecordStore
 from tongban.exchange.witness import Witness, WitnessServer, WitnessState, log_keys
 from tongban.exchange.witness.protocol import add_checkpoint_body, parse_cosignature_lines
-from tongban.licence import BUILTIN_REGISTRY
 from tongban.signing import (
     LocalSigner,
     create_root_ca,
     generate_private_key,
     issue_seal_certificate,
-    load_pem_certificates,
 )
 from tongban.signing.clock import SystemClock
 from tongban.signing.pades import seal_pdf
@@ -179,8 +169,8 @@ def _seal_figures(config: Config, token: Token) -> list[Figure]:
             seal_pdf(pdf, key=key, chain=chain, now=now)  # type: ignore[arg-type]
         return config.pdfs / (time.perf_counter() - started)
 
-    base = rate(file_key, file_chain)  # type: ignore[arg-type]
-    in_token = rate(token_signer, token_chain)  # type: ignore[arg-type]
+    base = rate(file_key, file_chain)
+    in_token = rate(token_signer, token_chain)
     return [Figure("PAdES seal, key in SoftHSM2", in_token, "seals/s",
                    "PAdES seal, key in memory", base, "-", True)]  # fmt: skip
 
@@ -196,29 +186,11 @@ async def _issuance_figure(config: Config, token: Token) -> Figure:
         clock = SystemClock()
         await asyncio.to_thread(init_data_dir, settings, clock.now())
         db = await Database.open(settings)
-        # Enrolled without the token: the seals rest in the database first. The registry
-        # is written with the schema owner's login (the node's may only read it).
-        async with await Database.open(settings, pool_size=1, owner=True) as owner:
-            await enrol_demo_departments(owner, settings, clock.now())
+        # Enrolled without the token: the seals rest in the database first.
+        await enrol_as_owner(settings, clock)
         vault = vault_for(db.pool, settings, token)
         await ensure_status_key(vault, settings, clock.now())
-        log = AccessLog(db.pool)
-        await log.start()
-        licensing = Licensing(
-            db.pool,
-            vault=vault,
-            status_lists=StatusLists(db.pool, vault, "http://localhost:8080"),
-            registry=BUILTIN_REGISTRY,
-            feed=LicenceFeed(DatasetStore(db.pool)),
-            records=RecordStore(db.pool),
-            access_log=log,
-            hasher=SubjectHasher(load_log_key(settings)),
-            node_signing=load_node_signing(settings),
-            roots=load_pem_certificates(ca_certificate_pem(settings)),
-            clock=clock,
-            node_name=settings.node_name,
-            decide=_without_grants,
-        )
+        log, licensing = await licensing_on(db, settings, clock, vault)
         samr = Caller(await DepartmentStore(db.pool).get("samr"), "BENCH-1", b"")
         request = IssueInput("business-licence", story.BUSINESS_LICENCE_CLAIMS, case_id="BENCH")
 

@@ -57,13 +57,14 @@ from tongban.exchange.db.embedded import temp_root
 from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.enrolment import enrol_demo_departments
 from tongban.exchange.identity import Caller
+from tongban.exchange.licensing.custody import SealVault
 from tongban.exchange.licensing.documents import licence_document
 from tongban.exchange.licensing.feed import LicenceFeed
 from tongban.exchange.licensing.issuance import IssueInput
 from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.licensing.setup import ensure_status_key, vault_for
 from tongban.exchange.licensing.status import StatusLists
-from tongban.exchange.settings import load_settings
+from tongban.exchange.settings import Settings, load_settings
 from tongban.exchange.sharing.datasets import DatasetStore
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import Decision, QueryIntent, decide
@@ -194,27 +195,11 @@ async def run(config: Config) -> list[Figure]:
         clock = SystemClock()
         await asyncio.to_thread(init_data_dir, settings, clock.now())
         db = await Database.open(settings)
-        await enrol_demo_departments(db, settings, clock.now())
+        await enrol_as_owner(settings, clock)
         vault = vault_for(db.pool, settings)
         await ensure_status_key(vault, settings, clock.now())
-        log = AccessLog(db.pool)
-        await log.start()
-        roots = load_pem_certificates(ca_certificate_pem(settings))
-        licensing = Licensing(
-            db.pool,
-            vault=vault,
-            status_lists=StatusLists(db.pool, vault, "http://localhost:8080"),
-            registry=BUILTIN_REGISTRY,
-            feed=LicenceFeed(DatasetStore(db.pool)),
-            records=RecordStore(db.pool),
-            access_log=log,
-            hasher=SubjectHasher(load_log_key(settings)),
-            node_signing=load_node_signing(settings),
-            roots=roots,
-            clock=clock,
-            node_name=settings.node_name,
-            decide=_without_grants,  # the bench discloses no personal claims
-        )
+        log, licensing = await licensing_on(db, settings, clock, vault)
+        roots = licensing.roots
         return await _phases(config, db, licensing, roots)
     finally:
         if log is not None:
@@ -222,6 +207,37 @@ async def run(config: Config) -> list[Figure]:
         if db is not None:
             await db.close()
         await asyncio.to_thread(shutil.rmtree, work, True)
+
+
+async def enrol_as_owner(settings: Settings, clock: SystemClock) -> None:
+    """Enrol the story's departments with the schema owner's login (the node's role may
+    only read the registry), as ``tongban dept add-demo`` does."""
+    async with await Database.open(settings, pool_size=1, owner=True) as owner:
+        await enrol_demo_departments(owner, settings, clock.now())
+
+
+async def licensing_on(
+    db: Database, settings: Settings, clock: SystemClock, vault: SealVault
+) -> tuple[AccessLog, Licensing]:
+    """A started access log and the licence service over ``db``, as a node builds it."""
+    log = AccessLog(db.pool)
+    await log.start()
+    licensing = Licensing(
+        db.pool,
+        vault=vault,
+        status_lists=StatusLists(db.pool, vault, "http://localhost:8080"),
+        registry=BUILTIN_REGISTRY,
+        feed=LicenceFeed(DatasetStore(db.pool)),
+        records=RecordStore(db.pool),
+        access_log=log,
+        hasher=SubjectHasher(load_log_key(settings)),
+        node_signing=load_node_signing(settings),
+        roots=load_pem_certificates(ca_certificate_pem(settings)),
+        clock=clock,
+        node_name=settings.node_name,
+        decide=_without_grants,  # the bench discloses no personal claims
+    )
+    return log, licensing
 
 
 async def _without_grants(
