@@ -108,6 +108,16 @@ def test_each_way_the_token_is_out_of_reach(softhsm: SoftHsm, tmp_path: Path) ->
         token.generate("once")
         with pytest.raises(TokenKeyExists):
             token.generate("once")
+        token.generate("twice")
+        with pytest.raises(TokenKeyExists):
+            token.relabel("once", "twice")
+        with pytest.raises(TokenKeyMissing):
+            token.relabel("absent", "anything")
+        public = token.signer("once").public_key()
+        token.relabel("once", "renamed")
+        assert token.signer("renamed").public_key() == public
+        with pytest.raises(TokenKeyMissing):
+            token.signer("once")
         with pytest.raises(ValueError, match="label"):
             token.generate("")
 

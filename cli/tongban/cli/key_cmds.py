@@ -62,10 +62,14 @@ def add_parsers(
     imported.add_argument("label", help="the key's label on the token (1-64 characters)")
     imported.add_argument("file", type=Path, help="the key file, e.g. DATA_DIR/node/sign.key")
     rotate = key_sub.add_parser(
-        "rotate", parents=[common], help="give a department's seal a successor (no downtime)"
+        "rotate",
+        parents=[common],
+        help="give a department's seal, or this node's signing key, a successor (no downtime)",
     )
-    rotate.add_argument("kind", choices=["seal"], help="what to rotate (seal keys, for now)")
-    rotate.add_argument("department", help="the department code")
+    rotate.add_argument(
+        "kind", choices=["seal", "node"], help="a department's seal, or this node's signing key"
+    )
+    rotate.add_argument("department", nargs="?", help="the department code (for a seal)")
     rotate.add_argument(
         "--overlap",
         type=float,
@@ -91,6 +95,27 @@ def add_parsers(
         "seals", parents=[common], help="custodial seal keys with their state"
     )
     seals.add_argument("department", nargs="?", help="this department's only")
+
+
+def _rotate_node(args: argparse.Namespace) -> int:
+    """A new answer-signing key and certificate for this node (in the token when one is
+    configured); a rotation cut short is finished by running it again."""
+    from tongban.exchange.datadir import open_token, rotate_node_signing
+
+    settings = settings_from_args(args)
+    token = open_token()
+    try:
+        old, new = rotate_node_signing(settings, datetime.now(UTC), token)
+    finally:
+        if token is not None:
+            token.close()
+    emit(
+        args,
+        {"old_sha256": old.hex(), "new_sha256": new.hex()},
+        f"node signing certificate sha256 {new.hex()} replaces {old.hex()}; the node signs "
+        "with it from its next start, and what the old key signed keeps verifying",
+    )
+    return 0
 
 
 def _sm2_checkpoint_key(args: argparse.Namespace) -> int:
@@ -132,6 +157,12 @@ def _described(key: TokenKey) -> dict[str, str]:
 
 async def run_key(args: argparse.Namespace) -> int:
     """Run one ``tongban key`` command; token errors surface as TongbanError."""
+    if args.key_command == "rotate" and args.kind == "node":
+        return await asyncio.to_thread(_rotate_node, args)
+    if args.key_command == "rotate" and not args.department:
+        raise InvalidArgument(
+            "Name the department whose seal to rotate: `tongban key rotate seal CODE`."
+        )
     if args.key_command in ("rotate", "revoke", "seals"):
         return await _custody(args)
     if args.key_command == "sm2":

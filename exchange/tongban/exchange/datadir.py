@@ -54,9 +54,11 @@ from tongban.signing.certs import (
     save_certificate,
 )
 from tongban.signing.errors import TokenKeyMissing
+from tongban.signing.files import make_dirs
 from tongban.signing.keys import (
     LocalSigner,
     PrivateKey,
+    PublicKey,
     Signer,
     generate_private_key,
     load_private_key,
@@ -89,6 +91,7 @@ __all__ = [
     "load_notify_secret",
     "log_origin",
     "open_token",
+    "rotate_node_signing",
 ]
 
 _MARKER = "tongban.json"
@@ -461,16 +464,91 @@ def load_node_signing(settings: Settings, token: Token | None = None) -> NodeSig
     _require_initialised(settings)
     root = settings.data_dir
     chain = load_pem_certificates((root / "node" / "sign.crt").read_bytes())
+    signer: Signer
     if token is None:
         key = load_private_key(root / "node" / "sign.key", _passphrase(settings, create=False))
-        return NodeSigning(LocalSigner(key), tuple(chain))
-    signer = _token_signer(token, NODE_KEY_LABEL, "node signing key")
+        signer, where = LocalSigner(key), str(root / "node" / "sign.key")
+    else:
+        signer = _token_signer(token, NODE_KEY_LABEL, "node signing key")
+        where = f"the token's {NODE_KEY_LABEL!r} key"
     if signer.public_key() != chain[0].public_key():
+        if (root / "node" / "sign.crt.next").exists():
+            raise DataDirUnusable(
+                f"A rotation of the node signing key was cut short: {where} is not the key of "
+                "node/sign.crt. Run `tongban key rotate node` again to finish it."
+            )
         raise DataDirUnusable(
-            f"The token's {NODE_KEY_LABEL!r} key is not the key of {root / 'node' / 'sign.crt'}; "
-            "import node/sign.key under that label, or re-issue the certificate."
+            f"{where} is not the key of {root / 'node' / 'sign.crt'}; import node/sign.key "
+            "under that label, or re-issue the certificate."
         )
     return NodeSigning(signer, tuple(chain))
+
+
+def rotate_node_signing(
+    settings: Settings, now: datetime, token: Token | None = None
+) -> tuple[bytes, bytes]:
+    """Give this node a new answer-signing key and certificate; return the old and the new
+    certificate's fingerprint. Answers and trust lists signed before keep verifying: each
+    carries its certificate (``x5c``), valid until it expires. The node signs with the new
+    key from its next start.
+
+    Every step can be repeated, so a rotation cut short (a killed process) is finished by
+    running it again: the new certificate waits in ``node/sign.crt.next`` and the new key
+    in ``node/sign.key.next`` (or on the token as ``node-sign-next``) until both are moved
+    into place; the old ones are kept under ``node/retired/`` (or relabelled
+    ``node-sign-retired-<sha256 prefix>``)."""
+    _require_initialised(settings)
+    node = settings.data_dir / "node"
+    passphrase = _passphrase(settings, create=False)
+    old_cert = load_pem_certificates((node / "sign.crt").read_bytes())[0]
+    pending = node / "sign.crt.next"
+    if pending.exists():  # finish a rotation cut short
+        new_cert = load_pem_certificates(pending.read_bytes())[0]
+        if new_cert.public_key() == old_cert.public_key():
+            pending.unlink()
+            return certificate_fingerprint(old_cert), certificate_fingerprint(old_cert)
+    else:
+        public = _next_node_key(node, passphrase, token)
+        ca = load_ca(settings)
+        new_cert = issue_node_signing_certificate(
+            ca_cert=ca.cert, ca_key=ca.key, node_name=settings.node_name,
+            public_key=public, now=now,
+        )  # fmt: skip
+        save_certificate(pending, [new_cert, ca.cert])
+    old_fp, new_fp = certificate_fingerprint(old_cert), certificate_fingerprint(new_cert)
+    retired = node / "retired"
+    if token is None:
+        next_key = node / "sign.key.next"
+        if next_key.exists():
+            make_dirs(retired, 0o700)
+            shutil.copy2(node / "sign.crt", retired / f"sign-{old_fp[:8].hex()}.crt")
+            shutil.copy2(node / "sign.key", retired / f"sign-{old_fp[:8].hex()}.key")
+            os.replace(next_key, node / "sign.key")
+    else:
+        with contextlib.suppress(TokenKeyMissing):  # already relabelled
+            if token.signer(NODE_KEY_LABEL).public_key() == old_cert.public_key():
+                token.relabel(NODE_KEY_LABEL, f"{NODE_KEY_LABEL}-retired-{old_fp[:8].hex()}")
+        with contextlib.suppress(TokenKeyMissing):  # already in place
+            token.relabel(f"{NODE_KEY_LABEL}-next", NODE_KEY_LABEL)
+    os.replace(pending, node / "sign.crt")
+    return old_fp, new_fp
+
+
+def _next_node_key(node: Path, passphrase: bytes, token: Token | None) -> PublicKey:
+    """The next node signing key's public half, made now (or found, if a rotation cut
+    short made it already)."""
+    if token is not None:
+        label = f"{NODE_KEY_LABEL}-next"
+        try:
+            return token.signer(label).public_key()
+        except TokenKeyMissing:
+            return token.generate(label).public_key
+    path = node / "sign.key.next"
+    if path.exists():
+        return load_private_key(path, passphrase).public_key()
+    key = generate_private_key("P-256")
+    save_private_key(path, key, passphrase)
+    return key.public_key()
 
 
 def load_notify_secret(settings: Settings) -> bytes:

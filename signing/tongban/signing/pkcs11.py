@@ -349,6 +349,25 @@ class Token:
                 ) from e
         return TokenKey(label, algorithm, public_key)
 
+    def relabel(self, label: str, new_label: str) -> None:
+        """Give the key pair ``label`` the label ``new_label`` (both halves). Raises
+        TokenKeyMissing if there is no such key, TokenKeyExists if ``new_label`` is taken."""
+        if not new_label or len(new_label) > 64:
+            raise ValueError("A key label is 1-64 characters.")
+        with self._lock:
+            if self._exists(new_label):
+                raise TokenKeyExists(f"Token {self.label!r} already holds a key {new_label!r}.")
+            private = self._private(label)
+            public = self._session.get_key(object_class=ObjectClass.PUBLIC_KEY, label=label)
+            try:
+                # The public half first: a pair half-renamed is found by its private half.
+                public[Attribute.LABEL] = new_label
+                private[Attribute.LABEL] = new_label
+            except p11.PKCS11Error as e:
+                raise SigningError(
+                    f"Token {self.label!r} refused to relabel {label!r}: {e!r}."
+                ) from e
+
     def keys(self) -> list[TokenKey]:
         """Every key pair on the token (private half present), by label."""
         with self._lock:
