@@ -146,7 +146,7 @@ async def test_seal_keys_enrolled_with_a_token_live_in_it(
         assert all(label is not None for label in homes.values()), homes
         await _licence_round_trip(node)
     with Token(token) as held:
-        labels = {key.label for key in held.keys()}  # noqa: SIM118 - a method
+        labels = {key.label for key in held.key_pairs()}
     assert set(homes.values()) <= labels
 
 

@@ -17,18 +17,22 @@ from datetime import datetime, timedelta, timezone, tzinfo
 from pathlib import Path
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from tongban.cli.common import emit, settings_from_args
 from tongban.cli.witness_cmds import witness_key_argument, witnessed_summary
 from tongban.exchange.audit.anomalies import find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
 from tongban.exchange.audit.covert import CovertCase, CovertCases
+from tongban.exchange.audit.key_changes import key_at, key_schedule, read_key_changes
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
-from tongban.exchange.audit.note import open_checkpoint
+from tongban.exchange.audit.note import NoteInvalid, open_checkpoint, parse_verifier_key
 from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.audit.store import AuditStore, SearchFilters
 from tongban.exchange.audit.verify import verify_log
 from tongban.exchange.datadir import (
+    first_log_verifier_key,
     load_log_key,
     load_log_signer,
     load_log_sm2_signer,
@@ -116,6 +120,13 @@ def add_parsers(
         type=witness_key_argument,
         metavar="VKEY",
         help="a trusted witness's key (repeatable; default: those of TONGBAN_WITNESSES)",
+    )
+    verify.add_argument(
+        "--log-key",
+        metavar="VKEY",
+        help="the log's first checkpoint key, as published (default: the data dir's record "
+        "of it, or the current key before any rotation); later keys are followed through "
+        "their signed announcements",
     )
     anomalies = audit_sub.add_parser("anomalies", parents=[common], help="unusual access patterns")
     anomalies.add_argument("--from", dest="start", type=_instant)
@@ -213,7 +224,11 @@ async def _with_log_key(
         row = await (checkpoints.at_size(args.size) if args.size else checkpoints.sign_now())
         entry = await store.entry(args.index)
         proof = await store.inclusion(args.index, row.size)
-        signed = open_checkpoint(row.note, [(origin, checkpoints.public_key)], origin=origin)
+        epochs = key_schedule(
+            origin, _first_key(args, settings, checkpoints), await read_key_changes(db.pool)
+        )
+        key = key_at(epochs, row.size).key
+        signed = open_checkpoint(row.note, [(origin, key)], origin=origin)
         verify_inclusion(leaf_hash(entry.leaf), entry.index, signed.size, proof, signed.root)
         emit(
             args,
@@ -242,7 +257,7 @@ async def _with_log_key(
         report = await verify_log(
             db.pool,
             origin=origin,
-            verifier=checkpoints.public_key,
+            verifier=_first_key(args, settings, checkpoints),
             progress=progress,
             sm2_verifier=None if sm2 is None else sm2.public,
         )
@@ -262,6 +277,7 @@ async def _with_log_key(
                 "root": base64.b64encode(report.root).decode(),
                 "checkpoints": report.checkpoints,
                 "sm2_checkpoints": report.sm2_checkpoints,
+                "key_changes": report.key_changes,
                 "seconds": round(report.seconds, 3),
                 "ratings": ratings.ratings,
                 "rectifications": ratings.rectifications,
@@ -271,6 +287,7 @@ async def _with_log_key(
             f"\rthe access log is intact: {report.size:,} entries, {report.checkpoints} signed "
             f"checkpoints consistent"
             + (f" ({report.sm2_checkpoints} also SM2-signed)" if sm2 is not None else "")
+            + (f", {report.key_changes} key rotations followed" if report.key_changes else "")
             + f", root {base64.b64encode(report.root).decode()} "
             f"({report.seconds:.1f} s); {ratings.ratings} ratings, "
             f"{ratings.rectifications} rectifications and {materials} deferred materials "
@@ -326,6 +343,23 @@ async def _log_read(db: Database, node: str, action: str, filters: SearchFilters
         )
     finally:
         await log.stop()
+
+
+def _first_key(
+    args: argparse.Namespace, settings: Settings, checkpoints: Checkpointer
+) -> Ed25519PublicKey:
+    """The checkpoint key verification starts from: --log-key, else the data dir's record
+    of the first key, else (before any rotation) the current one."""
+    given = getattr(args, "log_key", None) or first_log_verifier_key(settings)
+    if not given:
+        return checkpoints.public_key
+    try:
+        name, key = parse_verifier_key(given)
+    except NoteInvalid as e:
+        raise InvalidArgument(f"--log-key is not a verifier key: {e.message}.") from None
+    if name != checkpoints.origin:
+        raise InvalidArgument(f"--log-key names the log {name!r}, not {checkpoints.origin!r}.")
+    return key
 
 
 async def _search(

@@ -67,7 +67,9 @@ def add_parsers(
         help="give a department's seal, or this node's signing key, a successor (no downtime)",
     )
     rotate.add_argument(
-        "kind", choices=["seal", "node"], help="a department's seal, or this node's signing key"
+        "kind",
+        choices=["seal", "node", "checkpoint"],
+        help="a department's seal, this node's signing key, or the log's checkpoint key",
     )
     rotate.add_argument("department", nargs="?", help="the department code (for a seal)")
     rotate.add_argument(
@@ -118,6 +120,50 @@ def _rotate_node(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _rotate_checkpoint(args: argparse.Namespace) -> int:
+    """A new checkpoint key for the log, announced in a note signed by the old one; every
+    step can be repeated, so running it again finishes a rotation cut short."""
+    from tongban.exchange.audit.checkpoints import Checkpointer
+    from tongban.exchange.audit.note import key_hash
+    from tongban.exchange.datadir import (
+        install_next_log_signer,
+        load_log_signer,
+        log_origin,
+        next_log_signer,
+        open_token,
+        record_log_verifier_key,
+    )
+    from tongban.exchange.db.database import Database
+    from tongban.signing import SystemClock
+
+    settings = settings_from_args(args)
+    origin = log_origin(settings)
+    token = await asyncio.to_thread(open_token)
+    try:
+        current = load_log_signer(settings, token)
+        upcoming = next_log_signer(settings, token)
+        async with await Database.open(settings, pool_size=1) as db:
+            checkpoints = Checkpointer(db.pool, current, origin, SystemClock(), signer="cli")
+            old_vkey, old_key = checkpoints.verifier_key, checkpoints.public_key
+            # The first key is what verifiers start from: keep it before the change is made.
+            record_log_verifier_key(settings, old_vkey)
+            from_size = await checkpoints.rotate(upcoming)
+        install_next_log_signer(settings, token, key_hash(origin, old_key).hex())
+        new_vkey = checkpoints.verifier_key
+        record_log_verifier_key(settings, new_vkey)
+    finally:
+        if token is not None:
+            token.close()
+    emit(
+        args,
+        {"from_size": from_size, "old_verifier_key": old_vkey, "new_verifier_key": new_vkey},
+        f"checkpoints from size {from_size:,} on are signed by {new_vkey}\n  announced in a "
+        f"note signed by {old_vkey}; running nodes load the new key at their next checkpoint. "
+        "Give witnesses the new key (TONGBAN_WITNESS_LOGS).",
+    )
+    return 0
+
+
 def _sm2_checkpoint_key(args: argparse.Namespace) -> int:
     """Make ``node/log-sm2.key`` if the data dir has none; print its verifier key. Nodes
     started after it add an SM2 line to every checkpoint (docs/keys.md)."""
@@ -159,6 +205,8 @@ async def run_key(args: argparse.Namespace) -> int:
     """Run one ``tongban key`` command; token errors surface as TongbanError."""
     if args.key_command == "rotate" and args.kind == "node":
         return await asyncio.to_thread(_rotate_node, args)
+    if args.key_command == "rotate" and args.kind == "checkpoint":
+        return await _rotate_checkpoint(args)
     if args.key_command == "rotate" and not args.department:
         raise InvalidArgument(
             "Name the department whose seal to rotate: `tongban key rotate seal CODE`."
@@ -278,7 +326,7 @@ def _run(args: argparse.Namespace) -> int:
                 "backed up",
             )
         else:
-            keys = token.keys()
+            keys = token.key_pairs()
             lines = [f"{k.label}  {k.algorithm}  sha256 {k.fingerprint}" for k in keys]
             emit(
                 args,

@@ -54,7 +54,7 @@ from tongban.signing.certs import (
     save_certificate,
 )
 from tongban.signing.errors import TokenKeyMissing
-from tongban.signing.files import make_dirs
+from tongban.signing.files import make_dirs, write_atomic
 from tongban.signing.keys import (
     LocalSigner,
     PrivateKey,
@@ -77,7 +77,9 @@ __all__ = [
     "InitResult",
     "NodeCredentials",
     "ensure_node_keys",
+    "first_log_verifier_key",
     "init_data_dir",
+    "install_next_log_signer",
     "is_initialised",
     "issue_department_credentials",
     "key_passphrase",
@@ -90,7 +92,9 @@ __all__ = [
     "load_node_signing",
     "load_notify_secret",
     "log_origin",
+    "next_log_signer",
     "open_token",
+    "record_log_verifier_key",
     "rotate_node_signing",
 ]
 
@@ -595,6 +599,67 @@ def load_log_signer(settings: Settings, token: Token | None = None) -> Signer:
             "notes)."
         )
     return signer
+
+
+_LOG_KEY_HISTORY = "log-keys.txt"
+
+
+def first_log_verifier_key(settings: Settings) -> str | None:
+    """The verifier key of the log's first checkpoint key, as recorded at its first
+    rotation (``node/log-keys.txt``), or None before any rotation: the key ``tongban
+    audit verify`` follows the changes from."""
+    path = settings.data_dir / "node" / _LOG_KEY_HISTORY
+    try:
+        lines = path.read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        return None
+    return lines[0] if lines else None
+
+
+def record_log_verifier_key(settings: Settings, vkey: str) -> None:
+    """Append ``vkey`` to the data dir's history of checkpoint keys (once)."""
+    path = settings.data_dir / "node" / _LOG_KEY_HISTORY
+    known = path.read_text(encoding="utf-8").split() if path.exists() else []
+    if vkey not in known:
+        write_atomic(path, "".join(f"{k}\n" for k in [*known, vkey]).encode(), mode=0o644,
+                     dir_mode=0o700)  # fmt: skip
+
+
+def next_log_signer(settings: Settings, token: Token | None) -> Signer:
+    """The checkpoint key a rotation moves to: ``node/log.key.next`` (or the token's
+    ``log-checkpoint-next``), made now unless a rotation cut short made it already."""
+    if token is not None:
+        label = f"{CHECKPOINT_KEY_LABEL}-next"
+        try:
+            return token.signer(label)
+        except TokenKeyMissing:
+            token.generate(label, "Ed25519")
+            return token.signer(label)
+    path = settings.data_dir / "node" / "log.key.next"
+    passphrase = _passphrase(settings, create=False)
+    if not path.exists():
+        save_private_key(path, generate_private_key("Ed25519"), passphrase)
+    return LocalSigner(load_private_key(path, passphrase))
+
+
+def install_next_log_signer(settings: Settings, token: Token | None, retired_name: str) -> None:
+    """Put the next checkpoint key where ``load_log_signer`` finds it, keeping the old one
+    as ``retired_name`` (under ``node/retired/``, or as a token label suffix). Repeatable:
+    a step already done is skipped."""
+    if token is not None:
+        upcoming = f"{CHECKPOINT_KEY_LABEL}-next"
+        if all(key.label != upcoming for key in token.key_pairs()):
+            return  # installed already
+        retired = f"{CHECKPOINT_KEY_LABEL}-retired-{retired_name}"
+        with contextlib.suppress(TokenKeyMissing):  # the old key was relabelled already
+            token.relabel(CHECKPOINT_KEY_LABEL, retired)
+        token.relabel(upcoming, CHECKPOINT_KEY_LABEL)
+        return
+    node = settings.data_dir / "node"
+    if (node / "log.key.next").exists():
+        make_dirs(node / "retired", 0o700)
+        shutil.copy2(node / "log.key", node / "retired" / f"log-{retired_name}.key")
+        os.replace(node / "log.key.next", node / "log.key")
 
 
 def load_log_sm2_signer(settings: Settings) -> Sm2PrivateKey | None:

@@ -271,6 +271,8 @@ class Node:
                 signer=self.settings.node_name,
                 interval=self.settings.checkpoint_interval_seconds,
                 sm2=load_log_sm2_signer(self.settings),
+                # After `tongban key rotate checkpoint`: the new key, from the file or token.
+                reload=lambda: load_log_signer(self.settings, self._token),
             )
             await self._changes.start()
             await self.federation.start()

@@ -368,7 +368,7 @@ class Token:
                     f"Token {self.label!r} refused to relabel {label!r}: {e!r}."
                 ) from e
 
-    def keys(self) -> list[TokenKey]:
+    def key_pairs(self) -> list[TokenKey]:
         """Every key pair on the token (private half present), by label."""
         with self._lock:
             found: list[TokenKey] = []

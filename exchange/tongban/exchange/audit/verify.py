@@ -29,6 +29,12 @@ import asyncpg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tongban.errors import TongbanError
+from tongban.exchange.audit.key_changes import (
+    KeyChangeInvalid,
+    key_at,
+    key_schedule,
+    read_key_changes,
+)
 from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf, leaf_of_columns
 from tongban.exchange.audit.merkle import (
     Frontier,
@@ -61,6 +67,8 @@ class VerifyReport:
     seconds: float
     sm2_checkpoints: int = 0
     """Checkpoints whose SM2 line verified (with ``sm2_verifier``)."""
+    key_changes: int = 0
+    """Rotations of the checkpoint key followed from ``verifier`` (audit/key_changes.py)."""
 
 
 def _leaf_matches_columns(row: asyncpg.Record, leaf: bytes) -> bool:
@@ -118,7 +126,9 @@ async def verify_log(
     progress: Callable[[int, int], None] | None = None,
     sm2_verifier: Sm2PublicKey | None = None,
 ) -> VerifyReport:
-    """Check the log end to end; return a report or raise LogCorrupt. With
+    """Check the log end to end; return a report or raise LogCorrupt. ``verifier`` is the
+    log's first checkpoint key, the one a verifier trusts; later keys are followed through
+    the recorded changes, each signed by the key before it. With
     ``sm2_verifier``, every SM2 line by that key must verify too (checkpoints signed
     before the SM2 key existed have none)."""
     started = time.perf_counter()
@@ -127,13 +137,20 @@ async def verify_log(
     total = int(head["size"])
     checkpoints = []
     sm2_count = 0
+    # The key of each range of checkpoints: ``verifier`` first, then each recorded change,
+    # followed only through notes signed by the key before it.
+    try:
+        epochs = key_schedule(origin, verifier, await read_key_changes(pool))
+    except KeyChangeInvalid as e:
+        raise LogCorrupt(e.message, metadata=dict(e.metadata)) from None
     for row in await pool.fetch("SELECT size, root, note FROM log_checkpoint ORDER BY size"):
+        epoch = key_at(epochs, row["size"])
         try:
-            signed = open_checkpoint(row["note"], [(origin, verifier)], origin=origin)
+            signed = open_checkpoint(row["note"], [(origin, epoch.key)], origin=origin)
         except NoteInvalid as e:
             raise LogCorrupt(
-                f"The checkpoint at size {row['size']} does not verify under the log's key: "
-                f"{e.message}.",
+                f"The checkpoint at size {row['size']} does not verify under the log's key "
+                f"for that size ({epoch.verifier_key}): {e.message}.",
                 metadata={"checkpoint_size": str(row["size"])},
             ) from None
         if signed.size != row["size"] or signed.root != bytes(row["root"]):
@@ -227,5 +244,10 @@ async def verify_log(
                 metadata={"checkpoint_size": str(new.size)},
             ) from None
     return VerifyReport(
-        total, frontier.root(), len(checkpoints), time.perf_counter() - started, sm2_count
+        total,
+        frontier.root(),
+        len(checkpoints),
+        time.perf_counter() - started,
+        sm2_count,
+        len(epochs) - 1,
     )
