@@ -28,7 +28,7 @@ from tongban.cli.common import (
     settings_from_args,
 )
 from tongban.cli.wire_json import message_json
-from tongban.client import ExchangeClient, Licence
+from tongban.client import ExchangeClient, Licence, LicenceVerification
 from tongban.exchange.errors import InvalidArgument
 from tongban.licence import (
     BUILTIN_REGISTRY,
@@ -99,7 +99,12 @@ def add_parsers(
         change = lsub.add_parser(action, parents=[common, dept], help=f"{action} a licence")
         change.add_argument("number")
         change.add_argument("--reason", required=True)
-    verify = lsub.add_parser("verify", parents=[common, verifier], help="verify a licence")
+    verify = lsub.add_parser(
+        "verify",
+        parents=[common, verifier, optional_dept],
+        help="verify a licence (with --as: ask your exchange's node, which also knows its "
+        "peers' licences)",
+    )
     verify.add_argument("file", nargs="?", type=Path, help="an SD-JWT, QR text or PNG file")
     verify.add_argument("--qr", help="the QR text (TB1:...)")
     verify.add_argument("--offline", action="store_true",
@@ -368,6 +373,11 @@ async def _verify(args: argparse.Namespace) -> int:
 
         # One file, one render: the slots bound a node's concurrent uploads.
         text = await licence_text_from_upload(_read(args.file, "licence file"), RenderSlots(1, 0))
+    if args.bundle is not None:
+        # The node verifies (LicenceService/Verify): its own licences with the registry's
+        # status, and its peers' with their trust lists (docs/federation.md).
+        async with department_client(args) as client:
+            return _report_node(args, await client.verify_licence(text))
     verifier = _Verifier(args)
     roots = verifier.roots()
     now = datetime.now(UTC)
@@ -445,6 +455,22 @@ def _failed(checked: VerificationResult, error: VerificationFailed) -> Verificat
 def _report(args: argparse.Namespace, result: VerificationResult) -> int:
     data = result.to_dict()
     if args.json:
+        print(json.dumps({"ok": result.verified, **data}, ensure_ascii=False), flush=True)
+    elif result.verified:
+        print(f"VERIFIED: {result.message}", flush=True)
+    else:
+        print(
+            f"NOT VERIFIED ({result.check} check, {result.reason}): {result.message}",
+            flush=True,
+        )
+    return 0 if result.verified else 1
+
+
+def _report_node(args: argparse.Namespace, result: LicenceVerification) -> int:
+    if args.json:
+        data = dataclasses.asdict(result)
+        for key in ("not_before", "expires"):
+            data[key] = data[key].isoformat() if data[key] is not None else None
         print(json.dumps({"ok": result.verified, **data}, ensure_ascii=False), flush=True)
     elif result.verified:
         print(f"VERIFIED: {result.message}", flush=True)

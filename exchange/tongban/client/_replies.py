@@ -420,6 +420,7 @@ def licence_verification(m: licence_pb2.VerificationResult) -> LicenceVerificati
         status=m.status,
         not_before=_maybe_instant(m.not_before, m.HasField("not_before")),
         expires=_maybe_instant(m.expires, m.HasField("expires")),
+        exchange=m.exchange,
     )
 
 

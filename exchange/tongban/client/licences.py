@@ -103,6 +103,8 @@ class LicenceVerification:
     status: str
     not_before: datetime | None
     expires: datetime | None
+    exchange: str = ""
+    """The issuing exchange (this exchange's name for the peer); empty when issued here."""
 
 
 @dataclass(frozen=True)

@@ -263,6 +263,8 @@ class Node:
                 node_name=self.settings.node_name,
                 decide=self.sharing.decide,
             )
+            # Licences of peer exchanges, with their trust lists (docs/federation.md).
+            self.licensing.trust.peers = self.federation.licences.verify
             self.checkpointer = Checkpointer(
                 self.db.pool,
                 log_signer,
@@ -574,6 +576,7 @@ class Node:
                 self.federation.sync,
                 self.clock,
                 self.federation.forwarding,
+                self.licensing.trust.trust_list,
             ),
             server,
         )

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +115,10 @@ class VerificationResult:
     status_reference: StatusReference | None = None
     """Where the licence's status lives, as signed: set once the signature verified (also
     when a later check failed), None before. Not in ``to_dict``."""
+    exchange: str = ""
+    """The exchange that issued the licence, by this exchange's name for that peer
+    (docs/federation.md, "Licences across exchanges"); empty when issued here. The
+    issuer is then the department ``issuer`` of that exchange (``<exchange>/<issuer>``)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Return the result as JSON-ready data (instants as RFC 3339 strings)."""
@@ -126,6 +131,7 @@ class VerificationResult:
             "licence_number": self.licence_number,
             "licence_type": self.licence_type,
             "issuer": self.issuer,
+            "exchange": self.exchange,
             "holder_id": self.holder_id,
             "holder_name": self.holder_name,
             "claims": dict(self.claims),
@@ -211,6 +217,11 @@ def _kids(trust_list: TrustList) -> list[tuple[bytes, x509.Certificate]]:
     return pairs
 
 
+def _named(exchange: str, department: str) -> str:
+    """``<exchange>/<department>`` for a peer's department, else the department."""
+    return f"{exchange}/{department}" if exchange else department
+
+
 def _at(seconds: int) -> datetime:
     return datetime.fromtimestamp(seconds, UTC)
 
@@ -243,22 +254,38 @@ def verify_licence(
     registry: LicenceTypeRegistry,
     now: datetime,
     status: StatusLookup | None,
+    exchange: str = "",
 ) -> VerificationResult:
     """Return the result of verifying ``text`` (an SD-JWT VC or presentation, or a
     ``TB1:`` QR text) at ``now`` against the exchange ``roots`` and ``trust_list``,
     checking its status with ``status`` (None: no status check, status "unchecked").
+    ``exchange`` names the issuing exchange when ``roots`` and ``trust_list`` are a
+    peer's (the result's ``exchange``, and ``<exchange>/<issuer>`` in its message).
 
     Never raises for bad input; raises ValueError only for a naive ``now``.
     """
     if now.tzinfo is None:
         raise ValueError("verify_licence needs a timezone-aware `now`.")
+    result = _verify(text, roots, trust_list, registry, now, status, exchange)
+    return dataclasses.replace(result, exchange=exchange) if exchange else result
+
+
+def _verify(
+    text: str,
+    roots: Sequence[x509.Certificate],
+    trust_list: TrustList,
+    registry: LicenceTypeRegistry,
+    now: datetime,
+    status: StatusLookup | None,
+    exchange: str,
+) -> VerificationResult:
     text = text.strip() if isinstance(text, str) else text
     if not isinstance(text, str) or not text:
         return failure(LicenceFormatInvalid("No licence text was given."), "unknown")
     if text.startswith(QR_PREFIX):
-        return _verify_qr(text, roots, trust_list, registry, now, status)
+        return _verify_qr(text, roots, trust_list, registry, now, status, exchange)
     if "~" in text and "." in text.split("~", 1)[0]:
-        return _verify_sd_jwt(text, roots, trust_list, registry, now, status)
+        return _verify_sd_jwt(text, roots, trust_list, registry, now, status, exchange)
     return failure(
         LicenceFormatInvalid(
             f"This is neither a licence QR text (starting {QR_PREFIX!r}) nor an SD-JWT "
@@ -275,6 +302,7 @@ def _verify_qr(
     registry: LicenceTypeRegistry,
     now: datetime,
     lookup: StatusLookup | None,
+    exchange: str,
 ) -> VerificationResult:
     certificates = _kids(trust_list)
     try:
@@ -312,7 +340,8 @@ def _verify_qr(
         format="qr",
         message=(
             f"{licence_type.name_zh} {claims.licence_number} of {claims.holder_name}, issued by "
-            f"{claims.issuer}: signature, issuer and validity verified; status {found}."
+            f"{_named(exchange, claims.issuer)}: signature, issuer and validity verified; "
+            f"status {found}."
         ),
         status=found,
         **known,
@@ -326,6 +355,7 @@ def _verify_sd_jwt(
     registry: LicenceTypeRegistry,
     now: datetime,
     lookup: StatusLookup | None,
+    exchange: str,
 ) -> VerificationResult:
     try:
         verified = verify_sd_jwt(
@@ -377,8 +407,8 @@ def _verify_sd_jwt(
         format="sd-jwt",
         message=(
             f"{licence_type.name_zh} {known['licence_number']} of {known['holder_name']}, "
-            f"issued by {verified.department}: signature, issuer, disclosures and validity "
-            f"verified; status {found}."
+            f"issued by {_named(exchange, verified.department)}: signature, issuer, "
+            f"disclosures and validity verified; status {found}."
         ),
         status=found,
         **known,

@@ -298,6 +298,41 @@ class ListRemoteDatasetsResponse(_message.Message):
 Global___ListRemoteDatasetsResponse: _TypeAlias = ListRemoteDatasetsResponse  # noqa: Y015
 
 @_typing.final
+class GetTrustListRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrustListRequest: _TypeAlias = GetTrustListRequest  # noqa: Y015
+
+@_typing.final
+class GetTrustListResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRUST_LIST_FIELD_NUMBER: _builtins.int
+    trust_list: _builtins.str
+    """Compact JWS (typ tongban-trust-list+jwt) by one of our nodes' signing certificates."""
+    def __init__(
+        self,
+        *,
+        trust_list: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trust_list", b"trust_list"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrustListResponse: _TypeAlias = GetTrustListResponse  # noqa: Y015
+
+@_typing.final
 class ForwardQueryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -54,6 +54,11 @@ class PeerServiceStub:
                 request_serializer=tongban_dot_v1_dot_federation__pb2.ForwardQueryRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardQueryResponse.FromString,
                 _registered_method=True)
+        self.GetTrustList = channel.unary_unary(
+                '/tongban.v1.PeerService/GetTrustList',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.GetTrustListRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_federation__pb2.GetTrustListResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -91,6 +96,15 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrustList(self, request, context):
+        """This exchange's current signed licence trust list (typ tongban-trust-list+jwt), the
+        same token as GET /trust-list. The caller verifies it against our root CA as its
+        peer registry holds it, and verifies our licences with it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -113,6 +127,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.ForwardQuery,
                     request_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardQueryRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_federation__pb2.ForwardQueryResponse.SerializeToString,
+            ),
+            'GetTrustList': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrustList,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.GetTrustListRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_federation__pb2.GetTrustListResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +242,33 @@ class PeerService:
             '/tongban.v1.PeerService/ForwardQuery',
             tongban_dot_v1_dot_federation__pb2.ForwardQueryRequest.SerializeToString,
             tongban_dot_v1_dot_federation__pb2.ForwardQueryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrustList(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/GetTrustList',
+            tongban_dot_v1_dot_federation__pb2.GetTrustListRequest.SerializeToString,
+            tongban_dot_v1_dot_federation__pb2.GetTrustListResponse.FromString,
             options,
             channel_credentials,
             insecure,

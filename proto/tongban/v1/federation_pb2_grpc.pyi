@@ -54,6 +54,11 @@ class PeerServiceStub:
     both the decision and the answer are in our access log. Refusals carry the index of
     our log entry in ErrorInfo metadata "log_index".
     """
+    GetTrustList: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GetTrustListRequest, _federation_pb2.GetTrustListResponse]
+    """This exchange's current signed licence trust list (typ tongban-trust-list+jwt), the
+    same token as GET /trust-list. The caller verifies it against our root CA as its
+    peer registry holds it, and verifies our licences with it.
+    """
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -71,6 +76,11 @@ class PeerServiceAsyncStub(PeerServiceStub):
     and signed by its node. Our owner's policy decides for that remote department, and
     both the decision and the answer are in our access log. Refusals carry the index of
     our log entry in ErrorInfo metadata "log_index".
+    """
+    GetTrustList: _aio.UnaryUnaryMultiCallable[_federation_pb2.GetTrustListRequest, _federation_pb2.GetTrustListResponse]  # type: ignore[assignment]
+    """This exchange's current signed licence trust list (typ tongban-trust-list+jwt), the
+    same token as GET /trust-list. The caller verifies it against our root CA as its
+    peer registry holds it, and verifies our licences with it.
     """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -110,6 +120,17 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         and signed by its node. Our owner's policy decides for that remote department, and
         both the decision and the answer are in our access log. Refusals carry the index of
         our log entry in ErrorInfo metadata "log_index".
+        """
+
+    @_abc_1.abstractmethod
+    def GetTrustList(
+        self,
+        request: _federation_pb2.GetTrustListRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.GetTrustListResponse, _abc.Awaitable[_federation_pb2.GetTrustListResponse]]:
+        """This exchange's current signed licence trust list (typ tongban-trust-list+jwt), the
+        same token as GET /trust-list. The caller verifies it against our root CA as its
+        peer registry holds it, and verifies our licences with it.
         """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

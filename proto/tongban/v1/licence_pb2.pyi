@@ -538,6 +538,7 @@ class VerificationResult(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     NOT_BEFORE_FIELD_NUMBER: _builtins.int
     EXPIRES_FIELD_NUMBER: _builtins.int
+    EXCHANGE_FIELD_NUMBER: _builtins.int
     verified: _builtins.bool
     format: _builtins.str
     """sd-jwt, qr or unknown."""
@@ -555,6 +556,10 @@ class VerificationResult(_message.Message):
     claims_json: _builtins.str
     status: _builtins.str
     """valid, revoked, suspended, cancelled, superseded, unknown or unchecked."""
+    exchange: _builtins.str
+    """The issuing exchange, by this exchange's name for that peer (`tongban peer list`);
+    empty when this exchange issued it. The issuer is then "<exchange>/<issuer>".
+    """
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -576,10 +581,11 @@ class VerificationResult(_message.Message):
         status: _builtins.str = ...,
         not_before: _timestamp_pb2.Timestamp | None = ...,
         expires: _timestamp_pb2.Timestamp | None = ...,
+        exchange: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "not_before", b"not_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "claims_json", b"claims_json", "expires", b"expires", "format", b"format", "holder_id", b"holder_id", "holder_name", b"holder_name", "issuer", b"issuer", "licence_number", b"licence_number", "licence_type", b"licence_type", "message", b"message", "not_before", b"not_before", "reason", b"reason", "status", b"status", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "claims_json", b"claims_json", "exchange", b"exchange", "expires", b"expires", "format", b"format", "holder_id", b"holder_id", "holder_name", b"holder_name", "issuer", b"issuer", "licence_number", b"licence_number", "licence_type", b"licence_type", "message", b"message", "not_before", b"not_before", "reason", b"reason", "status", b"status", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

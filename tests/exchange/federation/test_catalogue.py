@@ -182,6 +182,11 @@ class _HostilePeer(federation_pb2_grpc.PeerServiceServicer):
     ) -> federation_pb2.ForwardQueryResponse:
         return federation_pb2.ForwardQueryResponse()
 
+    async def GetTrustList(
+        self, request: object, context: object
+    ) -> federation_pb2.GetTrustListResponse:
+        return federation_pb2.GetTrustListResponse(trust_list="not.a.trust-list")
+
 
 async def test_a_peer_offering_what_it_does_not_own_is_refused(
     province: Node, tmp_path: Path, database_url: str

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from tongban.errors import TongbanError
+from tongban.licence.errors import VerificationFailed
 
 __all__ = [
     "PeerCaInvalid",
@@ -19,6 +20,7 @@ __all__ = [
     "PeerSignatureInvalid",
     "PeerSignatureMismatch",
     "PeerSuspended",
+    "PeerTrustListInvalid",
     "PeerUnavailable",
     "PeerUnknown",
 ]
@@ -127,3 +129,12 @@ class PeerRequestInvalid(TongbanError):
 
     reason = "PEER_REQUEST_INVALID"
     status = "INVALID_ARGUMENT"
+
+
+class PeerTrustListInvalid(VerificationFailed):
+    """A peer's licence trust list does not verify under the peer's root CA as our peer
+    registry holds it (bad signature, a chain to another root, malformed, expired)."""
+
+    reason = "PEER_TRUST_LIST_INVALID"
+    status = "PERMISSION_DENIED"
+    check = "trust-list"

@@ -10,6 +10,7 @@ from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.federation.forwarding import Forwarding
+from tongban.exchange.federation.licences import PeerLicences
 from tongban.exchange.federation.links import PeerLinks
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
@@ -17,6 +18,7 @@ from tongban.exchange.federation.sync import CatalogueSync
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.settings import Settings
 from tongban.exchange.sharing.service import Sharing
+from tongban.licence import BUILTIN_REGISTRY
 from tongban.signing.certs import load_pem_certificates
 from tongban.signing.clock import Clock
 
@@ -75,6 +77,9 @@ class FederationParts:
             request_seconds=settings.peer_request_seconds,
         )
         sharing.forward = self.forwarding.query
+        self.licences = PeerLicences(
+            trust=self.trust, links=self.links, registry=BUILTIN_REGISTRY, clock=clock
+        )
 
     async def start(self) -> None:
         """Read the peers (the gRPC server's trust needs them)."""

@@ -5,7 +5,7 @@ only the seals' chains, the status lists, the node's signing key and the roots."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
 
 import asyncpg
@@ -29,7 +29,10 @@ from tongban.licence import (
 )
 from tongban.signing import Clock
 
-__all__ = ["LicenceTrust"]
+__all__ = ["LicenceTrust", "PeerVerifier"]
+
+#: Verify a licence with peers' trust lists, given the text and our own result.
+PeerVerifier = Callable[[str, VerificationResult], Awaitable[VerificationResult]]
 
 _SHA256 = hashes.SHA256()
 _TRUST_LIST_RESIGN = timedelta(hours=1)
@@ -59,6 +62,9 @@ class LicenceTrust:
         self.roots = tuple(roots)
         self._clock = clock
         self._trust_list: tuple[tuple[frozenset[bytes], frozenset[bytes]], TrustList] | None = None
+        self.peers: PeerVerifier | None = None
+        """Verifies, with peers' trust lists, a licence ours does not vouch for (set by
+        the node when federation is on; docs/federation.md, "Licences across exchanges")."""
 
     async def trust_list(self) -> TrustList:
         """The current signed trust list: the seal certificates of the departments that
@@ -142,7 +148,7 @@ class LicenceTrust:
                 )
             return value
 
-        return verify_licence(
+        result = verify_licence(
             text,
             roots=self.roots,
             trust_list=trust_list,
@@ -150,6 +156,10 @@ class LicenceTrust:
             now=now,
             status=lookup,
         )
+        if self.peers is not None and result.reason == "SIGNER_UNTRUSTED":
+            # Not a seal of ours: perhaps a peer exchange's.
+            return await self.peers(text, result)
+        return result
 
     async def _status_of(self, uri: str, index: int) -> tuple[int | None, str | None]:
         list_id = self.status_lists.list_id(uri)

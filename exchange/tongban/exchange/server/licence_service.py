@@ -135,6 +135,7 @@ def result_message(result: VerificationResult) -> licence_pb2.VerificationResult
         holder_name=result.holder_name,
         claims_json=_dumps(dict(result.claims)),
         status=result.status,
+        exchange=result.exchange,
     )
     if result.not_before is not None:
         message.not_before.CopyFrom(timestamp(result.not_before))

@@ -9,6 +9,7 @@ FederationService.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -21,6 +22,7 @@ from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.server.caller import current_caller, current_peer
 from tongban.exchange.server.sharing_services import dataset_message
 from tongban.exchange.server.timestamps import timestamp
+from tongban.licence import TrustList
 from tongban.signing.clock import Clock
 from tongban.v1 import federation_pb2, federation_pb2_grpc
 
@@ -32,9 +34,10 @@ Context = grpc.aio.ServicerContext[Any, Any]
 class PeerService(federation_pb2_grpc.PeerServiceServicer):
     def __init__(
         self, node_name: str, trust: PeerTrust, offer: CatalogueOffer, sync: CatalogueSync,
-        clock: Clock, forwarding: Forwarding,
+        clock: Clock, forwarding: Forwarding, trust_list: Callable[[], Awaitable[TrustList]],
     ) -> None:  # fmt: skip
         self._forwarding = forwarding
+        self._trust_list = trust_list
         self._node_name = node_name
         self._exchange = trust.own_fingerprint.hex()
         self._offer = offer
@@ -69,6 +72,13 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         self, request: federation_pb2.ForwardQueryRequest, context: Context
     ) -> federation_pb2.ForwardQueryResponse:
         return await self._forwarding.answer(current_peer(), request.request)
+
+    async def GetTrustList(
+        self, request: federation_pb2.GetTrustListRequest, context: Context
+    ) -> federation_pb2.GetTrustListResponse:
+        current_peer()  # a peer's node only, as for every method here
+        trust_list = await self._trust_list()
+        return federation_pb2.GetTrustListResponse(trust_list=trust_list.token)
 
 
 class FederationService(federation_pb2_grpc.FederationServiceServicer):

@@ -152,7 +152,9 @@ class WebConsole(AuditPages, SubjectPages, CataloguePages, ConsoleBase):
         if len(text) > 64 * 1024:
             raise UploadUnreadable("The text is over 64 KiB; it is not a licence.")
         result = await self._licensing.trust.verify(text)
-        issuer = await self._departments.find(result.issuer) if result.issuer else None
+        # A peer's department is not ours, whatever its code: never look it up here.
+        local_issuer = result.issuer if result.issuer and not result.exchange else None
+        issuer = await self._departments.find(local_issuer) if local_issuer else None
         return self._page(
             request,
             "verify.html",

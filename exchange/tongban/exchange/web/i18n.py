@@ -44,6 +44,7 @@ _TEXT: dict[str, tuple[str, str]] = {
     ),
     "verify.check": ("未通过的检查", "Failed check"),
     "verify.issuer": ("发证部门", "Issuing department"),
+    "verify.exchange": ("签发交换平台（对等方）", "Issuing exchange (peer)"),
     "verify.number": ("证照编号", "Licence number"),
     "verify.type": ("证照类型", "Licence type"),
     "verify.holder": ("持证主体", "Holder"),

@@ -1,0 +1,197 @@
+"""Licences across exchanges: a licence the province issued verifies in the county (SD-JWT
+over gRPC, QR on the console's verify page, the sealed PDF with the CLI), with the
+province's trust list fetched over the peer service and checked against the province's
+root in the county's registry; a revocation in the province is seen in the county once
+its cached status list is older than STATUS_REFRESH. Bad peers: a trust list with a bad
+signature or of another root, a licence of an exchange that is not a peer, a status
+address the issuing exchange's trust list does not name (docs/federation.md, "Licences
+across exchanges")."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+from aiohttp import web
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from tests.cli_helpers import atongban
+from tests.conftest import client_for
+from tests.exchange.federation.conftest import link, parts
+from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS
+from tongban.client import Bundle, Licence
+from tongban.exchange.enrolment import bundle_dir
+from tongban.exchange.federation.errors import PeerTrustListInvalid
+from tongban.exchange.federation.licences import STATUS_REFRESH
+from tongban.exchange.node import Node
+from tongban.licence import issue_sd_jwt
+from tongban.licence.sdjwt import unverified_status
+from tongban.signing import LocalSigner, load_pem_certificates
+from tongban.signing.clock import FixedClock
+
+
+async def _issue(province: Node) -> Licence:
+    async with client_for(province, "samr", "SC-1") as samr:
+        return await samr.issue_licence("business-licence", BUSINESS_LICENCE_CLAIMS)
+
+
+@contextlib.asynccontextmanager
+async def _bait_server() -> AsyncIterator[tuple[str, list[str]]]:
+    """A local HTTP server recording every request (where a forged status address points)."""
+    seen: list[str] = []
+
+    async def anything(request: web.Request) -> web.Response:
+        seen.append(request.path_qs)
+        return web.Response(text="deleted")
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", anything)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_province_licence_verifies_in_the_county_and_its_revocation_is_seen(
+    province: Node, county: Node, tmp_path: Path
+) -> None:
+    licence = await _issue(province)
+    # Not yet a peer: the county knows no seal of the province.
+    async with client_for(county, "approval") as approval:
+        stranger = await approval.verify_licence(licence.sd_jwt)
+    assert (stranger.verified, stranger.reason, stranger.exchange) == (
+        False,
+        "SIGNER_UNTRUSTED",
+        "",
+    )
+
+    await link(province, county)
+    async with client_for(county, "approval") as approval:
+        result = await approval.verify_licence(licence.sd_jwt)
+        assert result.verified, result.message
+        assert (result.exchange, result.issuer, result.status) == ("province", "samr", "valid")
+        assert "issued by province/samr" in result.message
+        assert result.licence_number == licence.number
+
+        # The QR text, on the county's console verify page: the issuer is the
+        # province's samr, never the county's own.
+        base = f"http://127.0.0.1:{county.http_port}"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(base + "/console/verify", params={"qr": licence.qr}) as page,
+        ):
+            html = await page.text()
+        assert page.status == 200, html
+        assert 'data-outcome="valid"' in html
+        assert '<dd id="exchange">province</dd>' in html
+        assert "(province/samr)" in html
+
+        # The sealed PDF, with the CLI asking the county's node.
+        async with client_for(province, "samr") as samr:
+            pdf = tmp_path / "licence.pdf"
+            pdf.write_bytes(await samr.render_licence(licence.number))
+        checked = await atongban(
+            "licence", "verify", str(pdf), "--as", str(bundle_dir(county.settings, "approval")),
+            "--endpoint", f"127.0.0.1:{county.grpc_port}", "--json",
+        )  # fmt: skip
+        assert checked.code == 0, checked.stdout + checked.stderr
+        assert (checked.json()["exchange"], checked.json()["issuer"]) == ("province", "samr")
+
+        async with client_for(province, "samr") as samr:
+            await samr.change_licence_status(licence.number, "revoke", "吊销")
+        # The county's status list of the province is at most STATUS_REFRESH old ...
+        cached = await approval.verify_licence(licence.sd_jwt)
+        assert (cached.verified, cached.status) == (True, "valid")
+        # ... and fetched again once older.
+        assert isinstance(county.clock, FixedClock)
+        county.clock.advance(STATUS_REFRESH + timedelta(seconds=1))
+        revoked = await approval.verify_licence(licence.qr)
+    assert (revoked.verified, revoked.reason, revoked.status) == (
+        False,
+        "LICENCE_REVOKED",
+        "revoked",
+    )
+    assert revoked.exchange == "province"
+
+
+async def test_a_peer_trust_list_must_verify_under_that_peers_root(
+    province: Node, county: Node
+) -> None:
+    await link(province, county)
+    peer = await parts(county).trust.peer("province")
+    assert peer is not None
+    licences = parts(county).licences
+    fetched = await licences.refresh(peer)  # PeerService/GetTrustList
+    assert fetched.issuer == province.settings.node_name
+    assert set(fetched.entries) >= {"samr"}
+
+    head, body, signature = fetched.token.split(".")
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    with pytest.raises(PeerTrustListInvalid) as bad_signature:
+        licences.accept(peer, f"{head}.{body}.{flipped}")
+    assert bad_signature.value.reason == "PEER_TRUST_LIST_INVALID"
+    assert bad_signature.value.metadata["cause"] == "LICENCE_SIGNATURE_INVALID"
+
+    # A good list, but of another root (the county's own): not the province's.
+    assert county.licensing is not None
+    own = await county.licensing.trust.trust_list()
+    with pytest.raises(PeerTrustListInvalid) as other_root:
+        licences.accept(peer, own.token)
+    assert other_root.value.metadata["cause"] == "SIGNER_UNTRUSTED"
+
+
+async def test_a_status_address_the_issuing_exchange_does_not_name_is_not_fetched(
+    province: Node, county: Node
+) -> None:
+    await link(province, county)
+    issued = await _issue(province)
+    claims = issued.sd_jwt.split("~", 1)[0]
+    # Validly sealed by the province's samr (its bundle holds the custodial seal key),
+    # naming a status list somewhere else.
+    bundle = Bundle.load(bundle_dir(province.settings, "samr"))
+    key = serialization.load_pem_private_key(bundle.seal_key_pem, password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    chain = [c for c in load_pem_certificates(bundle.seal_cert_pem) if c.issuer != c.subject]
+    payload = _payload(claims)
+    registered = {"iss", "iat", "nbf", "exp", "vct", "sub", "status", "_sd", "_sd_alg"}
+    async with _bait_server() as (bait, seen):
+        elsewhere = issue_sd_jwt(
+            {k: v for k, v in payload.items() if k not in registered},
+            {},
+            signer=LocalSigner(key),
+            chain=chain,
+            vct=str(payload["vct"]),
+            iss=str(payload["iss"]),
+            sub=str(payload["sub"]),
+            nbf=province.clock.now() - timedelta(minutes=1),
+            exp=None,
+            now=province.clock.now(),
+            status_idx=unverified_status(issued.sd_jwt).idx,
+            status_uri=bait + "/status-lists/1",
+        )
+        async with client_for(county, "approval") as approval:
+            result = await approval.verify_licence(elsewhere.serialization)
+    assert (result.verified, result.check, result.reason) == (
+        False,
+        "status",
+        "STATUS_URL_UNTRUSTED",
+    )
+    assert (result.exchange, result.licence_number) == ("province", issued.number)
+    assert seen == [], "a status address outside the province's trust list was requested"
+
+
+def _payload(jwt: str) -> dict[str, object]:
+    part = jwt.split(".")[1]
+    data = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    assert isinstance(data, dict)
+    return data
