@@ -92,7 +92,12 @@ def add_parsers(
         parents=[common],
         help="make (or show) the SM2 key that signs checkpoints beside Ed25519",
     )
-    sm2.add_argument("kind", choices=["checkpoint"], help="which SM2 key (checkpoint, for now)")
+    sm2.add_argument(
+        "kind",
+        choices=["checkpoint", "answers"],
+        help="checkpoint: the log's SM2 line; answers: the exchange's SM2 root and this "
+        "node's SM2 answer key, signing answers beside ES256",
+    )
     seals = key_sub.add_parser(
         "seals", parents=[common], help="custodial seal keys with their state"
     )
@@ -164,6 +169,26 @@ async def _rotate_checkpoint(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sm2_answer_key(args: argparse.Namespace) -> int:
+    """Make the exchange's SM2 root and this node's SM2 answer key if missing; nodes
+    started after sign every signed answer with SM2 beside ES256 (docs/keys.md)."""
+    from tongban.exchange.datadir import ensure_sm2_answer_signing, sm2_ca_certificate_pem
+    from tongban.signing import certificate_fingerprint, load_pem_certificates
+
+    settings = settings_from_args(args)
+    made = ensure_sm2_answer_signing(settings, datetime.now(UTC))
+    pem = sm2_ca_certificate_pem(settings)
+    assert pem is not None  # just made, or there already
+    root = certificate_fingerprint(load_pem_certificates(pem)[0]).hex()
+    emit(
+        args,
+        {"created": made, "sm2_root_sha256": root},
+        f"SM2 answer signing {'set up' if made else 'already set up'}: nodes started from now "
+        f"on sign answers with SM2 beside ES256. SM2 root (ca/sm2-ca.crt) sha256 {root}",
+    )
+    return 0
+
+
 def _sm2_checkpoint_key(args: argparse.Namespace) -> int:
     """Make ``node/log-sm2.key`` if the data dir has none; print its verifier key. Nodes
     started after it add an SM2 line to every checkpoint (docs/keys.md)."""
@@ -213,6 +238,8 @@ async def run_key(args: argparse.Namespace) -> int:
         )
     if args.key_command in ("rotate", "revoke", "seals"):
         return await _custody(args)
+    if args.key_command == "sm2" and args.kind == "answers":
+        return await asyncio.to_thread(_sm2_answer_key, args)
     if args.key_command == "sm2":
         return await asyncio.to_thread(_sm2_checkpoint_key, args)
     return await asyncio.to_thread(_run, args)

@@ -10,7 +10,7 @@ Every call answers typed, frozen values (``Dataset``, ``Grant``, ``Case``, ``Lic
 that mirror the ``tongban.v1`` messages field for field.
 """
 
-from tongban.client.answers import verify_answer
+from tongban.client.answers import verify_answer, verify_answer_sm2
 from tongban.client.audit import (
     Anomaly,
     Checkpoint,
@@ -168,5 +168,6 @@ __all__ = [
     "SupervisionReport",
     "SupervisionRow",
     "verify_answer",
+    "verify_answer_sm2",
     "write_bundle",
 ]

@@ -122,6 +122,8 @@ class Answer:
     answered_at: datetime
     signed_payload: bytes
     signature: str
+    signature_sm2: str = ""
+    """Beside ``signature``, when the node signs with SM2 too (``verify_answer_sm2``)."""
 
     def by_key(self) -> dict[str, Record]:
         return {record.key: record for record in self.records}
@@ -466,6 +468,7 @@ class ExchangeClient:
             answered_at=_replies.instant(reply.answered_at),
             signed_payload=reply.signed_payload,
             signature=reply.signature,
+            signature_sm2=reply.signature_sm2,
         )
 
     # -- subscriptions -------------------------------------------------------------------

@@ -66,7 +66,8 @@ from tongban.signing.keys import (
     save_private_key,
 )
 from tongban.signing.pkcs11 import Token, TokenConfig, TokenSigner
-from tongban.signing.sm2 import Sm2PrivateKey, load_sm2_private_key
+from tongban.signing.sm2 import Sm2PrivateKey, load_sm2_private_key, save_sm2_private_key
+from tongban.signing.sm2_certs import create_sm2_root_ca, issue_sm2_node_signing_certificate
 
 __all__ = [
     "CHECKPOINT_KEY_LABEL",
@@ -76,7 +77,9 @@ __all__ = [
     "DepartmentCredentials",
     "InitResult",
     "NodeCredentials",
+    "Sm2Signing",
     "ensure_node_keys",
+    "ensure_sm2_answer_signing",
     "first_log_verifier_key",
     "init_data_dir",
     "install_next_log_signer",
@@ -91,11 +94,13 @@ __all__ = [
     "load_node_credentials",
     "load_node_signing",
     "load_notify_secret",
+    "load_sm2_answer_signing",
     "log_origin",
     "next_log_signer",
     "open_token",
     "record_log_verifier_key",
     "rotate_node_signing",
+    "sm2_ca_certificate_pem",
 ]
 
 _MARKER = "tongban.json"
@@ -355,11 +360,21 @@ def issue_department_credentials(
 
 
 @dataclass(frozen=True)
+class Sm2Signing:
+    """The node's SM2 answer key and its certificate (issued by the exchange's SM2 root)."""
+
+    key: Sm2PrivateKey
+    chain: tuple[x509.Certificate, ...]
+
+
+@dataclass(frozen=True)
 class NodeSigning:
-    """The node's answer-signing key and its certificate chain (leaf first)."""
+    """The node's answer-signing key and its certificate chain (leaf first), and the SM2
+    key that signs beside it when the data dir has one (``tongban key sm2 answers``)."""
 
     signer: Signer
     chain: tuple[x509.Certificate, ...]
+    sm2: Sm2Signing | None = None
 
 
 def ensure_node_keys(settings: Settings, now: datetime, *, keys_in_token: bool = False) -> None:
@@ -475,17 +490,70 @@ def load_node_signing(settings: Settings, token: Token | None = None) -> NodeSig
     else:
         signer = _token_signer(token, NODE_KEY_LABEL, "node signing key")
         where = f"the token's {NODE_KEY_LABEL!r} key"
-    if signer.public_key() != chain[0].public_key():
-        if (root / "node" / "sign.crt.next").exists():
-            raise DataDirUnusable(
-                f"A rotation of the node signing key was cut short: {where} is not the key of "
-                "node/sign.crt. Run `tongban key rotate node` again to finish it."
-            )
+    if signer.public_key() == chain[0].public_key():
+        return NodeSigning(signer, tuple(chain), load_sm2_answer_signing(settings))
+    if (root / "node" / "sign.crt.next").exists():
         raise DataDirUnusable(
-            f"{where} is not the key of {root / 'node' / 'sign.crt'}; import node/sign.key "
-            "under that label, or re-issue the certificate."
+            f"A rotation of the node signing key was cut short: {where} is not the key of "
+            "node/sign.crt. Run `tongban key rotate node` again to finish it."
         )
-    return NodeSigning(signer, tuple(chain))
+    raise DataDirUnusable(
+        f"{where} is not the key of {root / 'node' / 'sign.crt'}; import node/sign.key "
+        "under that label, or re-issue the certificate."
+    )
+
+
+_SM2_CA_KEY, _SM2_CA_CRT = "sm2-ca.key", "sm2-ca.crt"
+_SM2_SIGN_KEY, _SM2_SIGN_CRT = "sign-sm2.key", "sign-sm2.crt"
+
+
+def sm2_ca_certificate_pem(settings: Settings) -> bytes | None:
+    """The exchange's SM2 root (``ca/sm2-ca.crt``) as PEM, or None if it has none."""
+    path = settings.data_dir / "ca" / _SM2_CA_CRT
+    return path.read_bytes() if path.exists() else None
+
+
+def ensure_sm2_answer_signing(settings: Settings, now: datetime) -> bool:
+    """Make the exchange's SM2 root and this node's SM2 answer key and certificate if the
+    data dir lacks them; return whether anything was made. Repeatable."""
+    _require_initialised(settings)
+    passphrase = _passphrase(settings, create=False)
+    ca_dir, node = settings.data_dir / "ca", settings.data_dir / "node"
+    made = False
+    if not (ca_dir / _SM2_CA_CRT).exists():
+        if (ca_dir / _SM2_CA_KEY).exists():
+            ca_key = load_sm2_private_key(ca_dir / _SM2_CA_KEY, passphrase)
+        else:
+            ca_key = Sm2PrivateKey.generate()
+            save_sm2_private_key(ca_dir / _SM2_CA_KEY, ca_key, passphrase)
+        root = create_sm2_root_ca(common_name="Tongban Exchange SM2 Root", key=ca_key, now=now)
+        save_certificate(ca_dir / _SM2_CA_CRT, [root])
+        made = True
+    if not (node / _SM2_SIGN_CRT).exists():
+        ca_key = load_sm2_private_key(ca_dir / _SM2_CA_KEY, passphrase)
+        root = load_pem_certificates((ca_dir / _SM2_CA_CRT).read_bytes())[0]
+        if (node / _SM2_SIGN_KEY).exists():
+            key = load_sm2_private_key(node / _SM2_SIGN_KEY, passphrase)
+        else:
+            key = Sm2PrivateKey.generate()
+            save_sm2_private_key(node / _SM2_SIGN_KEY, key, passphrase)
+        cert = issue_sm2_node_signing_certificate(
+            ca_cert=root, ca_key=ca_key, node_name=settings.node_name,
+            public_key=key.public, now=now,
+        )  # fmt: skip
+        save_certificate(node / _SM2_SIGN_CRT, [cert])
+        made = True
+    return made
+
+
+def load_sm2_answer_signing(settings: Settings) -> Sm2Signing | None:
+    """This node's SM2 answer key and certificate, or None when the data dir has none."""
+    node = settings.data_dir / "node"
+    if not (node / _SM2_SIGN_CRT).exists():
+        return None
+    key = load_sm2_private_key(node / _SM2_SIGN_KEY, _passphrase(settings, create=False))
+    chain = tuple(load_pem_certificates((node / _SM2_SIGN_CRT).read_bytes()))
+    return Sm2Signing(key, chain)
 
 
 def rotate_node_signing(

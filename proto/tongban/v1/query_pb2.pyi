@@ -80,6 +80,7 @@ class QueryResponse(_message.Message):
     ANSWERED_AT_FIELD_NUMBER: _builtins.int
     SIGNED_PAYLOAD_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_SM2_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     dataset_version: _builtins.int
     signed_payload: _builtins.bytes
@@ -87,6 +88,11 @@ class QueryResponse(_message.Message):
     signature: _builtins.str
     """... and a detached compact JWS (ES256) over it by the node, with the node's signing
     certificate chain in `x5c`.
+    """
+    signature_sm2: _builtins.str
+    """... and, when the node has an SM2 answer key, a detached JWS-shaped signature with
+    alg "SM2SM3" (SM2 with SM3, default ID, r || s) by its SM2 certificate, which the
+    exchange's SM2 root issued (docs/keys.md). Empty otherwise.
     """
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Record]: ...
@@ -106,10 +112,11 @@ class QueryResponse(_message.Message):
         answered_at: _timestamp_pb2.Timestamp | None = ...,
         signed_payload: _builtins.bytes = ...,
         signature: _builtins.str = ...,
+        signature_sm2: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "dataset", b"dataset", "dataset_version", b"dataset_version", "missing_keys", b"missing_keys", "records", b"records", "signature", b"signature", "signed_payload", b"signed_payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "dataset", b"dataset", "dataset_version", b"dataset_version", "missing_keys", b"missing_keys", "records", b"records", "signature", b"signature", "signature_sm2", b"signature_sm2", "signed_payload", b"signed_payload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -27,6 +27,7 @@ from cryptography.x509.oid import NameOID
 from tongban.signing.certs import (
     DEPT_URI_PREFIX,
     DOCUMENT_SIGNING,
+    NODE_URI_PREFIX,
     check_code,
     exchange_name,
     key_usage,
@@ -36,6 +37,7 @@ from tongban.signing.sm2 import SM3_WITH_SM2_OID, Sm2PrivateKey, Sm2PublicKey
 
 __all__ = [
     "create_sm2_root_ca",
+    "issue_sm2_node_signing_certificate",
     "issue_sm2_seal_certificate",
     "sm2_public_key",
     "verify_sm2_certificate",
@@ -143,6 +145,30 @@ def create_sm2_root_ca(
     )
 
 
+def issue_sm2_node_signing_certificate(
+    *,
+    ca_cert: x509.Certificate,
+    ca_key: Sm2PrivateKey,
+    node_name: str,
+    public_key: Sm2PublicKey,
+    now: datetime,
+    validity: timedelta = timedelta(days=825),
+) -> x509.Certificate:
+    """Return the SM2 certificate a node signs its answers with beside ES256: the profile of
+    ``certs.issue_node_signing_certificate`` (CN and SAN ``urn:tongban:node:<name>``,
+    digitalSignature + contentCommitment, documentSigning), signed by the SM2 CA."""
+    return _leaf(
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        code=node_name,
+        subject=exchange_name(node_name),
+        uri=NODE_URI_PREFIX + node_name,
+        public_key=public_key,
+        now=now,
+        validity=validity,
+    )
+
+
 def issue_sm2_seal_certificate(
     *,
     ca_cert: x509.Certificate,
@@ -159,7 +185,37 @@ def issue_sm2_seal_certificate(
     Raises ValueError for a malformed ``code`` or a CA key that does not match ``ca_cert``;
     CertificateExpired if the CA has expired.
     """
-    check_code(code, "Department code")
+    subject = x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, code),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
+    )
+    return _leaf(
+        ca_cert=ca_cert,
+        ca_key=ca_key,
+        code=code,
+        subject=subject,
+        uri=DEPT_URI_PREFIX + code,
+        public_key=public_key,
+        now=now,
+        validity=validity,
+    )
+
+
+def _leaf(
+    *,
+    ca_cert: x509.Certificate,
+    ca_key: Sm2PrivateKey,
+    code: str,
+    subject: x509.Name,
+    uri: str,
+    public_key: Sm2PublicKey,
+    now: datetime,
+    validity: timedelta,
+) -> x509.Certificate:
+    check_code(code, "Department code" if uri.startswith(DEPT_URI_PREFIX) else "Node name")
     if sm2_public_key(ca_cert) != ca_key.public:
         raise ValueError("ca_key is not the private key of ca_cert.")
     not_before = now - _CLOCK_SKEW
@@ -169,13 +225,6 @@ def issue_sm2_seal_certificate(
             f"The CA certificate {ca_cert.subject.rfc4514_string()} expired at "
             f"{ca_cert.not_valid_after_utc.isoformat()}; renew the CA before issuing."
         )
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, code),
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-        ]
-    )
     return _certificate(
         issuer=ca_cert.subject,
         issuer_key=ca_key,
@@ -184,12 +233,7 @@ def issue_sm2_seal_certificate(
         not_before=not_before,
         not_after=not_after,
         extensions=[
-            (
-                x509.SubjectAlternativeName(
-                    [x509.UniformResourceIdentifier(DEPT_URI_PREFIX + code)]
-                ),
-                False,
-            ),
+            (x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), False),
             (x509.BasicConstraints(ca=False, path_length=None), True),
             (key_usage(digital_signature=True, content_commitment=True), True),
             (x509.ExtendedKeyUsage([DOCUMENT_SIGNING]), False),

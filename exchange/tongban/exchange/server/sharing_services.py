@@ -479,4 +479,5 @@ class QueryService(query_pb2_grpc.QueryServiceServicer):
             answered_at=timestamp(result.answered_at),
             signed_payload=result.signed_payload,
             signature=result.signature,
+            signature_sm2=result.signature_sm2,
         )

@@ -64,6 +64,7 @@ from tongban.exchange.sharing.records import (
 from tongban.signing.certs import certificate_fingerprint
 from tongban.signing.clock import Clock
 from tongban.signing.jose import sign_jws
+from tongban.signing.sm2_jws import sign_sm2_detached
 
 __all__ = ["MAX_BATCH", "MAX_KEYS", "QueryInput", "QueryResult", "RawChange", "Sharing"]
 
@@ -103,6 +104,8 @@ class QueryResult:
     answered_at: datetime
     signed_payload: bytes = b""
     signature: str = ""
+    signature_sm2: str = ""
+    """Beside the ES256 one, when the node has an SM2 answer key (signing/sm2_jws.py)."""
 
 
 @dataclass(frozen=True)
@@ -525,8 +528,20 @@ class Sharing:
             headers={"typ": "tongban-answer+jws", "kid": self._kid, "x5c": self._x5c},
             detached=True,
         )
+        sm2 = self._signing.sm2
+        signature_sm2 = (
+            sign_sm2_detached(body, sm2.key, sm2.chain, {"typ": "tongban-answer+jws"})
+            if sm2 is not None
+            else ""
+        )
         return QueryResult(
-            entry, result.records, result.missing_keys, result.answered_at, body, signature
+            entry,
+            result.records,
+            result.missing_keys,
+            result.answered_at,
+            body,
+            signature,
+            signature_sm2,
         )
 
 
