@@ -50,6 +50,7 @@ __all__ = [
     "key_usage",
     "load_pem_certificates",
     "save_certificate",
+    "seal_subject",
     "verify_certificate",
 ]
 
@@ -79,6 +80,18 @@ def key_usage(
         crl_sign=ca,
         encipher_only=False,
         decipher_only=False,
+    )
+
+
+def seal_subject(code: str, name: str) -> x509.Name:
+    """A seal certificate's subject: CN=name (shown on the seal), O=name, OU=code (the
+    stable machine identity)."""
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, code),
+            x509.NameAttribute(NameOID.COMMON_NAME, name),
+        ]
     )
 
 
@@ -295,17 +308,10 @@ def issue_seal_certificate(
     has expired.
     """
     check_code(code, "Department code")
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, code),
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-        ]
-    )
     return _issue(
         ca_cert=ca_cert,
         ca_key=ca_key,
-        subject=subject,
+        subject=seal_subject(code, name),
         public_key=public_key,
         san=[x509.UniformResourceIdentifier(DEPT_URI_PREFIX + code)],
         key_usage=key_usage(digital_signature=True, content_commitment=True),

@@ -22,7 +22,6 @@ from asn1crypto import core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from cryptography.x509.oid import NameOID
 
 from tongban.signing.certs import (
     DEPT_URI_PREFIX,
@@ -31,6 +30,7 @@ from tongban.signing.certs import (
     check_code,
     exchange_name,
     key_usage,
+    seal_subject,
 )
 from tongban.signing.errors import CertificateExpired, CertificateInvalid, SignatureInvalid
 from tongban.signing.sm2 import SM3_WITH_SM2_OID, Sm2PrivateKey, Sm2PublicKey
@@ -185,18 +185,11 @@ def issue_sm2_seal_certificate(
     Raises ValueError for a malformed ``code`` or a CA key that does not match ``ca_cert``;
     CertificateExpired if the CA has expired.
     """
-    subject = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, name),
-            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, code),
-            x509.NameAttribute(NameOID.COMMON_NAME, name),
-        ]
-    )
     return _leaf(
         ca_cert=ca_cert,
         ca_key=ca_key,
         code=code,
-        subject=subject,
+        subject=seal_subject(code, name),
         uri=DEPT_URI_PREFIX + code,
         public_key=public_key,
         now=now,
