@@ -11,6 +11,11 @@ key it cannot take back).
 once and that signs after ``--overlap``; ``revoke seal DEPT SHA256`` withdraws one of its
 keys (what it signed then fails with SEAL_REVOKED); ``seals`` lists every custodial key
 with its state. These work on the exchange's database (and its token, when configured).
+
+``rotate node`` and ``rotate checkpoint`` replace this node's answer-signing key and the
+log's checkpoint key; both can be run again to finish a rotation cut short. ``sm2
+checkpoint`` and ``sm2 answers`` set up the SM2 keys that sign beside Ed25519 and ES256.
+docs/keys.md has the details of each.
 """
 
 from __future__ import annotations
