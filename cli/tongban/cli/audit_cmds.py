@@ -128,6 +128,12 @@ def add_parsers(
         "of it, or the current key before any rotation); later keys are followed through "
         "their signed announcements",
     )
+    trail = audit_sub.add_parser(
+        "trail",
+        parents=[common],
+        help="a case across exchanges: local entries and each peer's, checked (federation)",
+    )
+    trail.add_argument("case", help="the case id")
     anomalies = audit_sub.add_parser("anomalies", parents=[common], help="unusual access patterns")
     anomalies.add_argument("--from", dest="start", type=_instant)
     anomalies.add_argument("--to", dest="end", type=_instant)
@@ -174,6 +180,12 @@ async def run_audit(args: argparse.Namespace) -> int:
             if command == "search":
                 return await _search(args, store, filters, zone)
             return await _export(args, store, filters)
+        if command == "trail":
+            from tongban.cli.trail_cmds import run_trail
+
+            case = SearchFilters(case_id=args.case)
+            await _log_read(db, settings.node_name, "audit.trail", case)
+            return await run_trail(args, settings, db, store, zone)
         if command == "covert-cases":
             return await _covert_cases(args, CovertCases(db.pool), zone)
         origin = log_origin(settings)

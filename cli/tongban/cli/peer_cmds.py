@@ -37,6 +37,13 @@ def add_parsers(
     add.add_argument(
         "--parent", action="store_true", help="the peer is the exchange above this one"
     )
+    log_key = peer_sub.add_parser(
+        "log-key",
+        parents=[common],
+        help="pin the verifier key of a peer's access log (for `tongban audit trail`)",
+    )
+    log_key.add_argument("name")
+    log_key.add_argument("key", help="what the peer operator's `tongban audit key` prints")
     peer_sub.add_parser("list", parents=[common], help="list peers and their last pull")
     for name, what in (
         ("suspend", "refuse a peer's calls and stop calling it"),
@@ -85,6 +92,9 @@ async def run_peer(args: argparse.Namespace) -> int:
                 {"peers": [p.to_dict() for p in peers]},
                 "\n".join([_HEADER, *map(_line, peers)]) if peers else "no peers configured",
             )
+        elif args.peer_command == "log-key":
+            peer = await store.set_log_key(args.name, args.key)
+            emit(args, {"peer": peer.to_dict()}, f"pinned the log key of {peer.name}: {args.key}")
         elif args.peer_command == "remove":
             await store.remove(args.name)
             emit(args, {"removed": args.name}, f"removed peer {args.name}")

@@ -577,6 +577,8 @@ class Node:
                 self.clock,
                 self.federation.forwarding,
                 self.licensing.trust.trust_list,
+                AuditStore(self.db.pool),
+                self.checkpointer,
             ),
             server,
         )

@@ -333,6 +333,28 @@ class GetTrustListResponse(_message.Message):
 Global___GetTrustListResponse: _TypeAlias = GetTrustListResponse  # noqa: Y015
 
 @_typing.final
+class GetLogEntryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """The index the caller was given (a forwarded query's ForwardQueryResponse.log_index,
+    or the ErrorInfo metadata "log_index" of a refusal).
+    """
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogEntryRequest: _TypeAlias = GetLogEntryRequest  # noqa: Y015
+
+@_typing.final
 class ForwardQueryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from tongban.v1 import audit_pb2 as tongban_dot_v1_dot_audit__pb2
 from tongban.v1 import federation_pb2 as tongban_dot_v1_dot_federation__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
@@ -59,6 +60,11 @@ class PeerServiceStub:
                 request_serializer=tongban_dot_v1_dot_federation__pb2.GetTrustListRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_federation__pb2.GetTrustListResponse.FromString,
                 _registered_method=True)
+        self.GetLogEntry = channel.unary_unary(
+                '/tongban.v1.PeerService/GetLogEntry',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.GetLogEntryRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_audit__pb2.EntryWithProof.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -105,6 +111,16 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLogEntry(self, request, context):
+        """One entry of our access log with its inclusion proof under our latest signed
+        checkpoint, for the calling exchange's audit trail: only an entry whose caller is
+        the calling exchange ("<our name for it>" or "<our name for it>/<department>");
+        any other is refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -132,6 +148,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.GetTrustList,
                     request_deserializer=tongban_dot_v1_dot_federation__pb2.GetTrustListRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_federation__pb2.GetTrustListResponse.SerializeToString,
+            ),
+            'GetLogEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLogEntry,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.GetLogEntryRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_audit__pb2.EntryWithProof.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -269,6 +290,33 @@ class PeerService:
             '/tongban.v1.PeerService/GetTrustList',
             tongban_dot_v1_dot_federation__pb2.GetTrustListRequest.SerializeToString,
             tongban_dot_v1_dot_federation__pb2.GetTrustListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLogEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/GetLogEntry',
+            tongban_dot_v1_dot_federation__pb2.GetLogEntryRequest.SerializeToString,
+            tongban_dot_v1_dot_audit__pb2.EntryWithProof.FromString,
             options,
             channel_credentials,
             insecure,

@@ -14,6 +14,7 @@ federated, and everyone lists the datasets peers offer.
 
 from collections import abc as _abc
 from grpc import aio as _aio
+from tongban.v1 import audit_pb2 as _audit_pb2
 from tongban.v1 import federation_pb2 as _federation_pb2
 import abc as _abc_1
 import grpc as _grpc
@@ -59,6 +60,12 @@ class PeerServiceStub:
     same token as GET /trust-list. The caller verifies it against our root CA as its
     peer registry holds it, and verifies our licences with it.
     """
+    GetLogEntry: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GetLogEntryRequest, _audit_pb2.EntryWithProof]
+    """One entry of our access log with its inclusion proof under our latest signed
+    checkpoint, for the calling exchange's audit trail: only an entry whose caller is
+    the calling exchange ("<our name for it>" or "<our name for it>/<department>");
+    any other is refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED.
+    """
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -81,6 +88,12 @@ class PeerServiceAsyncStub(PeerServiceStub):
     """This exchange's current signed licence trust list (typ tongban-trust-list+jwt), the
     same token as GET /trust-list. The caller verifies it against our root CA as its
     peer registry holds it, and verifies our licences with it.
+    """
+    GetLogEntry: _aio.UnaryUnaryMultiCallable[_federation_pb2.GetLogEntryRequest, _audit_pb2.EntryWithProof]  # type: ignore[assignment]
+    """One entry of our access log with its inclusion proof under our latest signed
+    checkpoint, for the calling exchange's audit trail: only an entry whose caller is
+    the calling exchange ("<our name for it>" or "<our name for it>/<department>");
+    any other is refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED.
     """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -131,6 +144,18 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         """This exchange's current signed licence trust list (typ tongban-trust-list+jwt), the
         same token as GET /trust-list. The caller verifies it against our root CA as its
         peer registry holds it, and verifies our licences with it.
+        """
+
+    @_abc_1.abstractmethod
+    def GetLogEntry(
+        self,
+        request: _federation_pb2.GetLogEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_audit_pb2.EntryWithProof, _abc.Awaitable[_audit_pb2.EntryWithProof]]:
+        """One entry of our access log with its inclusion proof under our latest signed
+        checkpoint, for the calling exchange's audit trail: only an entry whose caller is
+        the calling exchange ("<our name for it>" or "<our name for it>/<department>");
+        any other is refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED.
         """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

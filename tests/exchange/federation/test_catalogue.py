@@ -34,7 +34,7 @@ from tongban.exchange.federation.peers import PeerStore
 from tongban.exchange.node import Node
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.signing.certs import certificate_fingerprint, load_pem_certificates
-from tongban.v1 import catalogue_pb2, federation_pb2, federation_pb2_grpc, values_pb2
+from tongban.v1 import audit_pb2, catalogue_pb2, federation_pb2, federation_pb2_grpc, values_pb2
 
 WAIT = 30.0
 """How long a notice may take to reach the peer's catalogue before the test gives up (the
@@ -186,6 +186,9 @@ class _HostilePeer(federation_pb2_grpc.PeerServiceServicer):
         self, request: object, context: object
     ) -> federation_pb2.GetTrustListResponse:
         return federation_pb2.GetTrustListResponse(trust_list="not.a.trust-list")
+
+    async def GetLogEntry(self, request: object, context: object) -> audit_pb2.EntryWithProof:
+        return audit_pb2.EntryWithProof()
 
 
 async def test_a_peer_offering_what_it_does_not_own_is_refused(

@@ -16,6 +16,7 @@ import asyncpg
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
+from tongban.exchange.audit.note import NoteInvalid, parse_verifier_key
 from tongban.exchange.departments import Level
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.federation.errors import (
@@ -77,6 +78,8 @@ class Peer:
     created_at: datetime
     updated_at: datetime
     sync: PeerSync | None = None
+    log_key: str | None = None
+    """The verifier key of the peer's access log, set out of band (``peer log-key``)."""
 
     @property
     def active(self) -> bool:
@@ -93,6 +96,7 @@ class Peer:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "sync": self.sync.to_dict() if self.sync else None,
+            "log_key": self.log_key,
         }
 
 
@@ -159,7 +163,8 @@ def check_peer_ca(pem: bytes, *, own_root: x509.Certificate, now: datetime) -> x
 
 _COLUMNS = (
     "p.name, p.level, p.is_parent, p.endpoint, p.ca_pem, p.ca_fingerprint, p.status, "
-    "p.created_at, p.updated_at, s.attempted_at, s.synced_at, s.error_reason, s.error_message"
+    "p.created_at, p.updated_at, s.attempted_at, s.synced_at, s.error_reason, s.error_message, "
+    "p.log_key"
 )
 _FROM = "peer p LEFT JOIN peer_sync s ON s.peer = p.name"
 
@@ -181,6 +186,7 @@ def _row(row: asyncpg.Record) -> Peer:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         sync=sync,
+        log_key=row["log_key"],
     )
 
 
@@ -247,6 +253,27 @@ class PeerStore:
             "UPDATE peer SET status = $2, updated_at = now() WHERE name = $1 RETURNING name",
             name,
             status.value,
+        )
+        if done is None:
+            raise PeerUnknown(f"No peer {name[:80]!r} is configured; see `tongban peer list`.")
+        return await self.get(name)
+
+    async def set_log_key(self, name: str, log_key: str) -> Peer:
+        """Pin the verifier key of peer ``name``'s access log (``log_key`` as its
+        ``tongban audit key`` prints it). Raises InvalidArgument for a key that is not a
+        verifier key, PeerUnknown."""
+        try:
+            parse_verifier_key(log_key)
+        except NoteInvalid as e:
+            raise InvalidArgument(
+                f"{log_key[:80]!r} is not a log verifier key ({e.message}); give what the "
+                "peer's operator's `tongban audit key` prints.",
+                metadata={"field": "log_key"},
+            ) from e
+        done = await self._pool.fetchval(
+            "UPDATE peer SET log_key = $2, updated_at = now() WHERE name = $1 RETURNING name",
+            name,
+            log_key,
         )
         if done is None:
             raise PeerUnknown(f"No peer {name[:80]!r} is configured; see `tongban peer list`.")

@@ -14,17 +14,22 @@ from typing import Any
 
 import grpc
 
+from tongban.exchange.audit.checkpoints import Checkpointer
+from tongban.exchange.audit.store import MAX_INDEX, AuditStore
+from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.federation.forwarding import Forwarding
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
 from tongban.exchange.federation.sync import CatalogueSync
+from tongban.exchange.federation.trail import PeerLogEntryRefused, may_see
 from tongban.exchange.federation.trust import PeerTrust
+from tongban.exchange.server.audit_service import entry_message
 from tongban.exchange.server.caller import current_caller, current_peer
 from tongban.exchange.server.sharing_services import dataset_message
 from tongban.exchange.server.timestamps import timestamp
 from tongban.licence import TrustList
 from tongban.signing.clock import Clock
-from tongban.v1 import federation_pb2, federation_pb2_grpc
+from tongban.v1 import audit_pb2, federation_pb2, federation_pb2_grpc
 
 __all__ = ["FederationService", "PeerService"]
 
@@ -35,7 +40,10 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
     def __init__(
         self, node_name: str, trust: PeerTrust, offer: CatalogueOffer, sync: CatalogueSync,
         clock: Clock, forwarding: Forwarding, trust_list: Callable[[], Awaitable[TrustList]],
+        log_store: AuditStore, checkpoints: Checkpointer,
     ) -> None:  # fmt: skip
+        self._log_store = log_store
+        self._checkpoints = checkpoints
         self._forwarding = forwarding
         self._trust_list = trust_list
         self._node_name = node_name
@@ -79,6 +87,38 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         current_peer()  # a peer's node only, as for every method here
         trust_list = await self._trust_list()
         return federation_pb2.GetTrustListResponse(trust_list=trust_list.token)
+
+    async def GetLogEntry(
+        self, request: federation_pb2.GetLogEntryRequest, context: Context
+    ) -> audit_pb2.EntryWithProof:
+        peer = current_peer()
+        if request.index > MAX_INDEX:
+            raise InvalidArgument(
+                f"index is {request.index:,}; the log's indices stop at {MAX_INDEX:,}.",
+                metadata={"field": "index"},
+            )
+        entry = await self._log_store.entry(request.index)
+        if not may_see(entry.caller, peer.name):
+            raise PeerLogEntryRefused(
+                f"Entry {request.index} of our access log was not made for a request of "
+                f"exchange {peer.name}; a peer sees only the entries of its own requests.",
+                metadata={"index": str(request.index)},
+            )
+        checkpoint = await self._checkpoints.latest()
+        if checkpoint.size <= entry.index:
+            checkpoint = await self._checkpoints.sign_now()  # on demand, as GetEntry
+        proof = await self._log_store.inclusion(entry.index, checkpoint.size)
+        return audit_pb2.EntryWithProof(
+            entry=entry_message(entry),
+            checkpoint=audit_pb2.Checkpoint(
+                size=checkpoint.size,
+                root=checkpoint.root,
+                note=checkpoint.note,
+                signed_at=timestamp(checkpoint.signed_at),
+                verifier_key=self._checkpoints.verifier_key,
+            ),
+            inclusion_proof=proof,
+        )
 
 
 class FederationService(federation_pb2_grpc.FederationServiceServicer):
