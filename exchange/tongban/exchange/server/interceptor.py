@@ -31,7 +31,13 @@ from tongban.exchange.federation.errors import PeerOnly
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.server.auth import Authenticator
-from tongban.exchange.server.caller import Caller, current_caller, set_caller, set_peer
+from tongban.exchange.server.caller import (
+    Caller,
+    current_caller,
+    current_peer,
+    set_caller,
+    set_peer,
+)
 from tongban.exchange.server.limits import CallLimiter
 from tongban.exchange.server.request_checks import check_request_async
 
@@ -199,8 +205,9 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if not authenticate:
             return None
         if method.startswith(PEER_SERVICE_PREFIX):
-            await self._authenticate_peer(context)
-            return None  # peers are not held to a department's limits (docs/federation.md)
+            peer = await self._authenticate_peer(context)
+            # A peer's node is held to the node's default limits, in a bucket of its own.
+            return None if self._limiter is None else self._limiter.enter_peer(peer, method)
         caller = await self._authenticate(context)
         if self._limiter is None:
             return None
@@ -225,9 +232,15 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 request = _checked_stream(request) if streamed else await _checked(request)
                 if release is None or self._share is None:
                     return await behaviour(request, context)
+                # The loop time a call takes is charged to its department, or to its peer.
+                who = (
+                    f"peer:{current_peer().name}"
+                    if method.startswith(PEER_SERVICE_PREFIX)
+                    else current_caller().department.code
+                )
                 return await metered(
                     behaviour(request, context),
-                    current_caller().department.code,
+                    who,
                     self._share,
                     weight=BULK_WEIGHT if streamed else 1.0,
                 )
@@ -315,7 +328,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         set_caller(caller)
         return caller
 
-    async def _authenticate_peer(self, context: Context) -> None:
+    async def _authenticate_peer(self, context: Context) -> str:
         certs: list[bytes] = list(context.auth_context().get("x509_pem_cert", ()))
         if not certs or self._peers is None:
             raise PeerOnly(
@@ -330,6 +343,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await self._on_auth_refused(certs[0], e)
             raise
         set_peer(peer)
+        return peer.name
 
     async def _abort(self, context: Context, error: TongbanError) -> NoReturn:
         code, trailers = status_details(error)

@@ -20,6 +20,10 @@ Refusals are counted in ``tongban_calls_refused{department,reason}`` and written
 access log as ``denied`` entries with the reason — at most one entry per department and
 reason per second, so a flood of refused calls cannot flood the log (the entry's purpose
 says how many were refused since the last one).
+
+A peer exchange's node (``PeerService``) is held to the same default limits in a bucket of
+its own, ``peer:<name>`` (``enter_peer``), so a peer cannot take the node from the
+departments; its refusals are counted in the metric only (docs/federation.md).
 """
 
 from __future__ import annotations
@@ -106,39 +110,64 @@ class CallLimiter:
         to be called exactly once when the call ends. Raises RateLimited or
         TooManySubscriptions (after logging the refusal)."""
         code = caller.department.code
-        concurrent, per_second, subscriptions = self._limits(caller)
         now = self._clock()
+        usage, error = self._take(code, self._limits(caller), stream=stream, now=now)
+        if error is not None:
+            await self._refused(caller, method, error.reason, usage, now)
+            raise error
+        return self._holding(usage, stream=stream)
+
+    def enter_peer(self, peer: str, method: str) -> Callable[[], None]:
+        """Admit a call from peer exchange ``peer``'s node under the node's default limits
+        per department, kept apart from every department's (``peer:<name>``), so a peer in
+        a burst, or a compromised one, cannot take the node from the departments. Raises
+        RateLimited; the refusal is counted in ``tongban_calls_refused`` (a peer has no
+        department to name in the access log)."""
+        key = f"peer:{peer}"
+        usage, error = self._take(key, self._default, stream=False, now=self._clock())
+        if error is not None:
+            usage.refused[error.reason] = usage.refused.get(error.reason, 0) + 1
+            if self._count_refused is not None:
+                self._count_refused(key, error.reason)
+            raise error
+        return self._holding(usage, stream=False)
+
+    def _take(
+        self, code: str, limits: tuple[int, float, int], *, stream: bool, now: float
+    ) -> tuple[_Usage, TongbanError | None]:
+        """Charge one call to ``code``'s bucket unless a limit refuses it."""
+        concurrent, per_second, subscriptions = limits
         usage = self._usage.get(code)
         if usage is None:
             usage = self._usage[code] = _Usage(tokens=max(1.0, per_second), refilled=now)
         burst = max(1.0, per_second)
         usage.tokens = min(burst, usage.tokens + (now - usage.refilled) * per_second)
         usage.refilled = now
-        error: TongbanError | None = None
         if usage.tokens < 1:
-            error = RateLimited(
+            return usage, RateLimited(
                 f"{code} is starting calls faster than its limit of {per_second:g} per "
                 "second; slow down and retry after the delay given.",
                 retry_after=(1 - usage.tokens) / per_second,
                 department=code,
             )
-        elif stream and usage.streams >= subscriptions:
-            error = TooManySubscriptions(
+        if stream and usage.streams >= subscriptions:
+            return usage, TooManySubscriptions(
                 f"{code} already has {usage.streams} open subscriptions, its limit; close "
                 "one (or ask the operator to raise the limit) before opening another.",
                 department=code,
             )
-        elif not stream and usage.calls >= concurrent:
-            error = RateLimited(
+        if not stream and usage.calls >= concurrent:
+            return usage, RateLimited(
                 f"{code} already has {usage.calls} calls in progress, its limit; wait for "
                 "some to finish and retry after the delay given.",
                 retry_after=_CONCURRENCY_RETRY,
                 department=code,
             )
-        if error is not None:
-            await self._refused(caller, method, error.reason, usage, now)
-            raise error
         usage.tokens -= 1
+        return usage, None
+
+    def _holding(self, usage: _Usage, *, stream: bool) -> Callable[[], None]:
+        """Count the admitted call as in progress; return its release (idempotent)."""
         if stream:
             usage.streams += 1
         else:
