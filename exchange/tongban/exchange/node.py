@@ -184,6 +184,7 @@ class Node:
         self.follow_through: FollowThrough | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._auth_refusals: RefusalTally[tuple[bytes, str]] | None = None
+        self._call_refusals: RefusalTally[tuple[str, str]] | None = None
         self.ratings: RatingStore | None = None
         self._token: Token | None = None
         self.federation: FederationParts | None = None
@@ -389,7 +390,11 @@ class Node:
         assert log is not None
         recorder = AccessRecorder(self.settings.node_name)
 
-        async def log_refusal(caller: Caller, method: str, reason: str, count: int) -> None:
+        # The latest refused call of each (department, reason): its entry names it.
+        latest: dict[tuple[str, str], tuple[Caller, str]] = {}
+
+        async def write(key: tuple[str, str], count: int) -> None:
+            caller, method = latest[key]
             await log.append(
                 [
                     recorder.entry(
@@ -399,10 +404,18 @@ class Node:
                         action=CALL_REFUSED,
                         purpose=call_refusal_purpose(count, method),
                         decision="denied",
-                        reason=reason,
+                        reason=key[1],
                     )
                 ]
             )
+
+        tally: RefusalTally[tuple[str, str]] = RefusalTally(write)
+        self._call_refusals = tally
+
+        async def log_refusal(caller: Caller, method: str, reason: str, _count: int) -> None:
+            key = (caller.department.code, reason)
+            latest[key] = (caller, method)
+            await tally.refused(key)
 
         return CallLimiter(
             concurrent=self.settings.dept_max_concurrent_calls,
@@ -790,6 +803,9 @@ class Node:
         if self._auth_refusals is not None:  # no refusal can come now: write the pending
             await self._auth_refusals.close()
             self._auth_refusals = None
+        if self._call_refusals is not None:
+            await self._call_refusals.close()
+            self._call_refusals = None
         if self.relay is not None:
             await self.relay.stop()
             self.relay = None

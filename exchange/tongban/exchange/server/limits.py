@@ -17,9 +17,10 @@ Limits come from the settings, or from the department's own row in the registry
 (``tongban dept limits``), which every node sees at once.
 
 Refusals are counted in ``tongban_calls_refused{department,reason}`` and written to the
-access log as ``denied`` entries with the reason — at most one entry per department and
-reason per second, so a flood of refused calls cannot flood the log (the entry's purpose
-says how many were refused since the last one).
+access log as ``denied`` entries with the reason. The node merges them through a
+``RefusalTally`` (audit/refusals.py): at most one entry per department and reason per
+second, so a flood of refused calls cannot flood the log, and every refusal is counted in
+some entry, the tail of a burst included (the entry's purpose says how many).
 
 A peer exchange's node (``PeerService``) is held to the same default limits in a bucket of
 its own, ``peer:<name>`` (``enter_peer``), so a peer cannot take the node from the
@@ -68,7 +69,6 @@ class _Usage:
     calls: int = 0
     streams: int = 0
     refused: dict[str, int] = field(default_factory=dict)
-    logged_at: dict[str, float] = field(default_factory=dict)
 
 
 RefusalLog = Callable[[Caller, str, str, int], Awaitable[None]]
@@ -205,12 +205,11 @@ class CallLimiter:
     async def _refused(
         self, caller: Caller, method: str, reason: str, usage: _Usage, now: float
     ) -> None:
+        """Count one refusal and hand it to ``on_refused``, which merges a flood into few
+        entries without losing any (the node's ``RefusalTally``)."""
         code = caller.department.code
         if self._count_refused is not None:
             self._count_refused(code, reason)
         usage.refused[reason] = usage.refused.get(reason, 0) + 1
-        if self._on_refused is None or now - usage.logged_at.get(reason, -1e9) < 1.0:
-            return
-        usage.logged_at[reason] = now
-        count, usage.refused[reason] = usage.refused[reason], 0
-        await self._on_refused(caller, method, reason, count)
+        if self._on_refused is not None:
+            await self._on_refused(caller, method, reason, 1)
