@@ -1,5 +1,5 @@
 """``python -m bench [--quick | audit | events | fairness | burst | cluster | licence |
-keys | adapters | cases | supervision]``:
+keys | federation | adapters | cases | supervision]``:
 run the benchmark.
 
 ``--quick`` runs the full run's phases and the licence phases in short windows on small
@@ -28,6 +28,7 @@ from bench import (
     cluster,
     events,
     fairness,
+    federation,
     foundation,
     keys,
     licence,
@@ -35,7 +36,8 @@ from bench import (
 )
 
 USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst | cluster |
-                          licence | keys | adapters | cases | supervision]
+                          licence | keys | federation | adapters | cases |
+                          supervision]
 
   (no argument)  every phase: foundation, sharing, the access log's, change events,
                  fairness and burst
@@ -65,6 +67,9 @@ USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst |
                  token, and a witness cosignature round trip on loopback, each beside a
                  baseline; not in the full run (BENCH_KEYS_SECONDS, BENCH_KEYS_ISSUE,
                  BENCH_KEYS_PDFS, BENCH_KEYS_WITNESS_ROUNDS)
+  federation     a query forwarded to a peer exchange (two tongban serve, linked with
+                 tongban peer add) beside the same query asked locally, 64 callers each;
+                 not in the full run (BENCH_FEDERATION_RECORDS, BENCH_FEDERATION_SECONDS)
   adapters       a legacy table's snapshot into the exchange through an adapter (beside
                  an asyncpg COPY of the same rows) and legacy change -> another legacy
                  system's latency; not in the full run (BENCH_ADAPTERS_ROWS, default
@@ -100,6 +105,8 @@ def main(argv: list[str]) -> int:
         return cluster.main()
     if argv == ["licence"]:
         return licence.main()
+    if argv == ["federation"]:
+        return federation.main()
     if argv == ["keys"]:
         return keys.main()
     if argv == ["adapters"]:
