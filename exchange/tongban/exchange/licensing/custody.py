@@ -202,6 +202,8 @@ class SealVault:
         self._clock = clock or SystemClock()
         # holder -> (read at, monotonic; the seal; when a next key comes due, if one does)
         self._cache: dict[str, tuple[float, Seal, datetime | None]] = {}
+        # Seal certificates already parsed, by fingerprint (a key's never changes).
+        self._leaves: dict[bytes, x509.Certificate] = {}
 
     async def enrol(
         self,
@@ -371,34 +373,40 @@ class SealVault:
         self._cache[holder] = (time.monotonic(), seal, min(upcoming) if upcoming else None)
         return seal
 
-    async def certificates(self, now: datetime) -> dict[str, tuple[x509.Certificate, ...]]:
-        """The seal certificates verifiers should trust, by holder, newest first: every
-        unrevoked key's (active, next, and retired ones not yet expired), at most 16."""
+    async def trust(
+        self, now: datetime
+    ) -> tuple[dict[str, tuple[x509.Certificate, ...]], list[RevokedSeal]]:
+        """What the trust list says of the keys in custody, in one read:
+
+        - the seal certificates verifiers should trust, by holder, newest first: every
+          unrevoked key's (active, next, and retired ones not yet expired), at most 16;
+        - every revoked department seal.
+
+        Certificates are parsed once per key and remembered (verification asks for this
+        on every call)."""
         rows = await self._pool.fetch(
-            "SELECT holder, chain_pem FROM seal_key WHERE revoked_at IS NULL"
-            " ORDER BY holder, active_from DESC, created_at DESC"
+            "SELECT holder, fingerprint, chain_pem, revoked_at, revocation_reason"
+            " FROM seal_key ORDER BY holder, active_from DESC, created_at DESC"
         )
-        out: dict[str, list[x509.Certificate]] = {}
+        trusted: dict[str, list[x509.Certificate]] = {}
+        revoked: list[RevokedSeal] = []
         for row in rows:
-            leaf = load_pem_certificates(bytes(row["chain_pem"]))[0]
-            listed = out.setdefault(row["holder"], [])
+            holder, fingerprint = row["holder"], bytes(row["fingerprint"])
+            if row["revoked_at"] is not None:
+                if holder != STATUS_LIST_HOLDER:
+                    revoked.append(
+                        RevokedSeal(
+                            holder, fingerprint, row["revoked_at"], row["revocation_reason"]
+                        )
+                    )
+                continue
+            leaf = self._leaves.get(fingerprint)
+            if leaf is None:
+                leaf = self._leaves[fingerprint] = load_pem_certificates(bytes(row["chain_pem"]))[0]
+            listed = trusted.setdefault(holder, [])
             if leaf.not_valid_after_utc > now and len(listed) < _MAX_TRUSTED_PER_HOLDER:
                 listed.append(leaf)
-        return {holder: tuple(certs) for holder, certs in out.items() if certs}
-
-    async def revoked(self) -> list[RevokedSeal]:
-        """Every revoked department seal, for the trust list."""
-        rows = await self._pool.fetch(
-            "SELECT holder, fingerprint, revoked_at, revocation_reason FROM seal_key"
-            " WHERE revoked_at IS NOT NULL AND holder <> $1 ORDER BY holder, revoked_at",
-            STATUS_LIST_HOLDER,
-        )
-        return [
-            RevokedSeal(
-                r["holder"], bytes(r["fingerprint"]), r["revoked_at"], r["revocation_reason"]
-            )
-            for r in rows
-        ]
+        return {h: tuple(certs) for h, certs in trusted.items() if certs}, revoked
 
     async def keys(self, holder: str | None = None) -> list[SealKey]:
         """Every key held (or ``holder``'s), with its state as of now."""

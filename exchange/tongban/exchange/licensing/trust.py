@@ -72,8 +72,7 @@ class LicenceTrust:
         served under (verifiers fetch from nowhere else), re-signed when any of them
         changes or after an hour (its ``next_update`` is a day, its ``exp`` 30 days)."""
         now = self._clock.now()
-        certificates = await self.vault.certificates(now)
-        revoked = await self.vault.revoked()
+        certificates, revoked = await self.vault.trust(now)
         issuers = sorted(
             {d for t in self.registry for d in t.issuers} & set(certificates) - {STATUS_LIST_HOLDER}
         )
