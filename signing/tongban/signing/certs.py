@@ -48,6 +48,7 @@ __all__ = [
     "issue_node_tls_certificate",
     "issue_seal_certificate",
     "key_usage",
+    "leaf_validity",
     "load_pem_certificates",
     "save_certificate",
     "seal_subject",
@@ -158,6 +159,22 @@ def create_root_ca(
     )
 
 
+def leaf_validity(
+    ca_cert: x509.Certificate, now: datetime, validity: timedelta
+) -> tuple[datetime, datetime]:
+    """A leaf's notBefore (back-dated for peers whose clocks run behind) and notAfter,
+    clipped to the CA's: a certificate cannot outlive its issuer, and verifiers would
+    reject the tail anyway. Raises CertificateExpired if the CA has expired."""
+    not_before = now - _CLOCK_SKEW
+    not_after = min(now + validity, ca_cert.not_valid_after_utc)
+    if not_after <= not_before:
+        raise CertificateExpired(
+            f"The CA certificate {ca_cert.subject.rfc4514_string()} expired at "
+            f"{ca_cert.not_valid_after_utc.isoformat()}; renew the CA before issuing."
+        )
+    return not_before, not_after
+
+
 def _issue(
     *,
     ca_cert: x509.Certificate,
@@ -173,14 +190,7 @@ def _issue(
     _require_ca_key(ca_key)
     if ca_key.public_key() != ca_cert.public_key():
         raise ValueError("ca_key is not the private key of ca_cert.")
-    not_before = now - _CLOCK_SKEW
-    # A certificate cannot outlive its issuer; verifiers would reject the tail anyway.
-    not_after = min(now + validity, ca_cert.not_valid_after_utc)
-    if not_after <= not_before:
-        raise CertificateExpired(
-            f"The CA certificate {ca_cert.subject.rfc4514_string()} expired at "
-            f"{ca_cert.not_valid_after_utc.isoformat()}; renew the CA before issuing."
-        )
+    not_before, not_after = leaf_validity(ca_cert, now, validity)
     try:
         ca_ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
         aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski)

@@ -24,6 +24,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import gmssl_pyx
 from asn1crypto import algos, keys
@@ -165,16 +166,7 @@ class Sm2PublicKey:
         (``id-ecPublicKey`` on sm2p256v1, uncompressed point)."""
         try:
             info = keys.PublicKeyInfo.load(der, strict=True)
-            algorithm = info["algorithm"]
-            _require(
-                algorithm["algorithm"].dotted == _EC_PUBLIC_KEY_OID,
-                f"not an EC key ({algorithm['algorithm'].dotted})",
-            )
-            curve = algorithm["parameters"]
-            _require(
-                curve.name == "named" and curve.chosen.dotted == SM2_CURVE_OID,
-                "not on the SM2 curve",
-            )
+            _require_sm2(info["algorithm"])
             point = bytes(info["public_key"].contents)
         except ValueError as e:
             raise ValueError(f"The public key is not an SM2 SubjectPublicKeyInfo: {e}.") from e
@@ -299,16 +291,7 @@ class Sm2PrivateKey:
         public half (if present) matches its scalar."""
         try:
             info = keys.PrivateKeyInfo.load(der, strict=True)
-            algorithm = info["private_key_algorithm"]
-            _require(
-                algorithm["algorithm"].dotted == _EC_PUBLIC_KEY_OID,
-                f"not an EC key ({algorithm['algorithm'].dotted})",
-            )
-            curve = algorithm["parameters"]
-            _require(
-                curve.name == "named" and curve.chosen.dotted == SM2_CURVE_OID,
-                "not on the SM2 curve",
-            )
+            _require_sm2(info["private_key_algorithm"])
             inner = info["private_key"].parsed
             d = int(inner["private_key"].native)
             stated = inner["public_key"].native
@@ -416,6 +399,16 @@ def _require(condition: bool, problem: str) -> None:
     """Raise ValueError(problem) unless ``condition`` holds (for the readers' checks)."""
     if not condition:
         raise ValueError(problem)
+
+
+def _require_sm2(algorithm: Any) -> None:
+    """Raise ValueError unless an AlgorithmIdentifier names an EC key on the SM2 curve."""
+    _require(
+        algorithm["algorithm"].dotted == _EC_PUBLIC_KEY_OID,
+        f"not an EC key ({algorithm['algorithm'].dotted})",
+    )
+    curve = algorithm["parameters"]
+    _require(curve.name == "named" and curve.chosen.dotted == SM2_CURVE_OID, "not on the SM2 curve")
 
 
 def _pbkdf2(

@@ -30,6 +30,7 @@ from tongban.signing.certs import (
     check_code,
     exchange_name,
     key_usage,
+    leaf_validity,
     seal_subject,
 )
 from tongban.signing.errors import CertificateExpired, CertificateInvalid, SignatureInvalid
@@ -211,13 +212,7 @@ def _leaf(
     check_code(code, "Department code" if uri.startswith(DEPT_URI_PREFIX) else "Node name")
     if sm2_public_key(ca_cert) != ca_key.public:
         raise ValueError("ca_key is not the private key of ca_cert.")
-    not_before = now - _CLOCK_SKEW
-    not_after = min(now + validity, ca_cert.not_valid_after_utc)
-    if not_after <= not_before:
-        raise CertificateExpired(
-            f"The CA certificate {ca_cert.subject.rfc4514_string()} expired at "
-            f"{ca_cert.not_valid_after_utc.isoformat()}; renew the CA before issuing."
-        )
+    not_before, not_after = leaf_validity(ca_cert, now, validity)
     return _certificate(
         issuer=ca_cert.subject,
         issuer_key=ca_key,
