@@ -8,6 +8,7 @@ import os
 # Before grpc is imported: its core logs each failed handshake (several tests make them).
 os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
+import contextlib
 import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -54,21 +55,30 @@ def admin_dsn(pg_server: EmbeddedPostgres) -> str:
     return pg_server.dsn("postgres")
 
 
-@pytest_asyncio.fixture
-async def database_url(admin_dsn: str) -> AsyncIterator[str]:
-    """A new, empty database for one test, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
+@contextlib.asynccontextmanager
+async def fresh_database(admin_dsn: str, prefix: str = "t_") -> AsyncIterator[str]:
+    """A new, empty database in the run's PostgreSQL, dropped when the block ends."""
+    name = f"{prefix}{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(admin_dsn)
     try:
         await conn.execute(f"CREATE DATABASE {name}")
     finally:
         await conn.close()
-    yield admin_dsn.replace("/postgres?", f"/{name}?")
-    conn = await asyncpg.connect(admin_dsn)
     try:
-        await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        yield admin_dsn.replace("/postgres?", f"/{name}?")
     finally:
-        await conn.close()
+        conn = await asyncpg.connect(admin_dsn)
+        try:
+            await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
+        finally:
+            await conn.close()
+
+
+@pytest_asyncio.fixture
+async def database_url(admin_dsn: str) -> AsyncIterator[str]:
+    """A new, empty database for one test, dropped afterwards."""
+    async with fresh_database(admin_dsn) as url:
+        yield url
 
 
 @pytest.fixture

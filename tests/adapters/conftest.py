@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import textwrap
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
-import asyncpg
 import pytest
 import pytest_asyncio
 
+from tests.conftest import fresh_database
 from tongban.adapters import AdapterMapping, Change, Op, load_mapping
 from tongban.adapters.transform import Validator
 from tongban.exchange.catalogue.subject_ids import (
@@ -100,15 +99,5 @@ def sink() -> RecordingSink:
 @pytest_asyncio.fixture
 async def legacy_dsn(admin_dsn: str) -> AsyncIterator[str]:
     """A database of its own for a legacy system (apart from the node's), dropped after."""
-    name = f"legacy_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    yield admin_dsn.replace("/postgres?", f"/{name}?")
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    async with fresh_database(admin_dsn, "legacy_") as url:
+        yield url

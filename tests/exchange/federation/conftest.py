@@ -5,13 +5,13 @@ per test for the second exchange); nothing else is shared (docs/federation.md, "
 from __future__ import annotations
 
 import contextlib
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import asyncpg
 import pytest_asyncio
 
+from tests.conftest import fresh_database
 from tongban.exchange.datadir import ca_certificate_pem, init_data_dir
 from tongban.exchange.departments import Level
 from tongban.exchange.enrolment import enrol_demo_departments
@@ -26,18 +26,8 @@ from tongban.signing.clock import FixedClock, SystemClock
 @pytest_asyncio.fixture
 async def county_database_url(admin_dsn: str) -> AsyncIterator[str]:
     """The second exchange's database, in the same PostgreSQL server, dropped afterwards."""
-    name = f"t_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"CREATE DATABASE {name}")
-    finally:
-        await conn.close()
-    yield admin_dsn.replace("/postgres?", f"/{name}?")
-    conn = await asyncpg.connect(admin_dsn)
-    try:
-        await conn.execute(f"DROP DATABASE {name} WITH (FORCE)")
-    finally:
-        await conn.close()
+    async with fresh_database(admin_dsn) as url:
+        yield url
 
 
 def exchange_settings(data_dir: Path, database_url: str, **extra: object) -> Settings:
