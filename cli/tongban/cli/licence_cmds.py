@@ -453,24 +453,23 @@ def _failed(checked: VerificationResult, error: VerificationFailed) -> Verificat
 
 
 def _report(args: argparse.Namespace, result: VerificationResult) -> int:
-    data = result.to_dict()
-    if args.json:
-        print(json.dumps({"ok": result.verified, **data}, ensure_ascii=False), flush=True)
-    elif result.verified:
-        print(f"VERIFIED: {result.message}", flush=True)
-    else:
-        print(
-            f"NOT VERIFIED ({result.check} check, {result.reason}): {result.message}",
-            flush=True,
-        )
-    return 0 if result.verified else 1
+    return _say(args, result, result.to_dict())
 
 
 def _report_node(args: argparse.Namespace, result: LicenceVerification) -> int:
+    data = dataclasses.asdict(result)
+    for key in ("not_before", "expires"):
+        data[key] = data[key].isoformat() if data[key] is not None else None
+    return _say(args, result, data)
+
+
+def _say(
+    args: argparse.Namespace,
+    result: VerificationResult | LicenceVerification,
+    data: dict[str, Any],
+) -> int:
+    """Print a verification (``data`` as JSON with --json); exit 0 if it verified."""
     if args.json:
-        data = dataclasses.asdict(result)
-        for key in ("not_before", "expires"):
-            data[key] = data[key].isoformat() if data[key] is not None else None
         print(json.dumps({"ok": result.verified, **data}, ensure_ascii=False), flush=True)
     elif result.verified:
         print(f"VERIFIED: {result.message}", flush=True)
