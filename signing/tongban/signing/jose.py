@@ -28,7 +28,15 @@ from joserfc.jwk import ECKey, OKPKey
 from tongban.signing.errors import SignatureInvalid, SigningError
 from tongban.signing.keys import PublicKey, Signer
 
-__all__ = ["VerifiedJWS", "sign_jws", "sign_jwt", "verify_jws", "verify_jwt"]
+__all__ = [
+    "VerifiedJWS",
+    "b64url",
+    "b64url_decode",
+    "sign_jws",
+    "sign_jwt",
+    "verify_jws",
+    "verify_jwt",
+]
 
 _ALGORITHMS = frozenset({"ES256", "EdDSA"})
 _SIGNATURE_BYTES = 64  # ES256 r||s and Ed25519 are both 64 bytes
@@ -64,17 +72,20 @@ class VerifiedJWS:
     """The protected header, read-only."""
 
 
-def _b64(data: bytes) -> str:
+def b64url(data: bytes) -> str:
+    """Unpadded base64url (RFC 7515 section 2)."""
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
-def _unb64(segment: str, what: str) -> bytes:
+def b64url_decode(segment: str, what: str) -> bytes:
+    """Decode one part of a compact token; SignatureInvalid unless it is canonical
+    base64url (``what`` names the part in the message)."""
     # Require canonical base64url: the stdlib decoder skips stray characters and ignores
     # trailing bits, which would let one signature stand for many distinct token strings.
     try:
         if _B64URL.fullmatch(segment):
             raw = base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
-            if _b64(raw) == segment:
+            if b64url(raw) == segment:
                 return raw
     except binascii.Error:
         pass
@@ -118,8 +129,8 @@ def sign_jws(
     except JoseError as e:
         raise ValueError(f"Invalid JWS header: {e}") from e
 
-    header_part = _b64(json.dumps(header, separators=(",", ":")).encode())
-    payload_part = _b64(payload)
+    header_part = b64url(json.dumps(header, separators=(",", ":")).encode())
+    payload_part = b64url(payload)
     # Refuse to make tokens that verify_jws would refuse for size.
     if len(header_part) > _Registry.max_header_length:
         raise ValueError(f"The JWS header exceeds {_Registry.max_header_length} bytes encoded.")
@@ -134,7 +145,7 @@ def sign_jws(
             f"The {alg} signer returned a {len(signature)}-byte signature, not the "
             f"{_SIGNATURE_BYTES}-byte JOSE form; fix the signer (ES256 needs raw r||s, not DER)."
         )
-    return ".".join((header_part, "" if detached else payload_part, _b64(signature)))
+    return ".".join((header_part, "" if detached else payload_part, b64url(signature)))
 
 
 def _jose_key(public_key: PublicKey) -> ECKey | OKPKey:
@@ -168,10 +179,10 @@ def verify_jws(
             f"The JWS has {len(parts)} dot-separated parts instead of 3; it is not a compact JWS."
         )
     try:
-        header = json.loads(_unb64(parts[0], "header"))
+        header = json.loads(b64url_decode(parts[0], "header"))
     except ValueError as e:  # includes UnicodeDecodeError and JSONDecodeError
         raise SignatureInvalid("The JWS header is not valid JSON; the token is malformed.") from e
-    _unb64(parts[2], "signature")  # only checked for canonical form; joserfc verifies it
+    b64url_decode(parts[2], "signature")  # only checked for canonical form; joserfc verifies it
     if not isinstance(header, dict) or not isinstance(header.get("alg"), str):
         raise SignatureInvalid("The JWS header has no 'alg'; the token is malformed.")
     if header["alg"] not in algorithms:
@@ -185,7 +196,7 @@ def verify_jws(
             "sign with a base64url payload."
         )
     if detached_payload is None:
-        payload = _unb64(parts[1], "payload")
+        payload = b64url_decode(parts[1], "payload")
     elif parts[1]:
         raise SignatureInvalid("Expected a detached JWS, but the token carries a payload.")
     else:

@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from tongban.signing.errors import CertificateInvalid, SignatureInvalid
+from tongban.signing.jose import b64url, b64url_decode
 from tongban.signing.sm2 import Sm2PrivateKey
 from tongban.signing.sm2_certs import verify_sm2_certificate
 
@@ -33,16 +34,6 @@ __all__ = ["SM2_ALG", "sign_sm2_detached", "verify_sm2_detached"]
 
 SM2_ALG = "SM2SM3"
 _MAX_TOKEN = 64 * 1024
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _unb64(text: str) -> bytes:
-    if not text or len(text) % 4 == 1:
-        raise ValueError("not base64url")
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def sign_sm2_detached(
@@ -60,9 +51,11 @@ def sign_sm2_detached(
     x5c = [
         base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode("ascii") for c in chain
     ]
-    header = _b64(json.dumps({"alg": SM2_ALG, **extra, "x5c": x5c}, separators=(",", ":")).encode())
-    signature = key.sign_raw(f"{header}.{_b64(payload)}".encode("ascii"))
-    return f"{header}..{_b64(signature)}"
+    header = b64url(
+        json.dumps({"alg": SM2_ALG, **extra, "x5c": x5c}, separators=(",", ":")).encode()
+    )
+    signature = key.sign_raw(f"{header}.{b64url(payload)}".encode("ascii"))
+    return f"{header}..{b64url(signature)}"
 
 
 def verify_sm2_detached(
@@ -79,11 +72,11 @@ def verify_sm2_detached(
     parts = token.split(".")
     if len(parts) != 3 or parts[1]:
         raise SignatureInvalid("The SM2 signature is not a detached compact token (h..s).")
+    signature = b64url_decode(parts[2], "signature")
     try:
-        header = json.loads(_unb64(parts[0]))
-        signature = _unb64(parts[2])
-    except (ValueError, binascii.Error, UnicodeDecodeError) as e:
-        raise SignatureInvalid(f"The SM2 signature's parts do not decode ({e}).") from None
+        header = json.loads(b64url_decode(parts[0], "header"))
+    except (ValueError, UnicodeDecodeError) as e:
+        raise SignatureInvalid(f"The SM2 signature's header is not JSON ({e}).") from None
     if not isinstance(header, dict) or header.get("alg") != SM2_ALG:
         raise SignatureInvalid(f"The signature's alg is not {SM2_ALG}.")
     chain = header.get("x5c")
@@ -94,5 +87,5 @@ def verify_sm2_detached(
     except (ValueError, binascii.Error) as e:
         raise CertificateInvalid("The x5c certificate of the SM2 signature is unreadable.") from e
     public = verify_sm2_certificate(leaf, roots, now)
-    public.verify_raw(signature, f"{parts[0]}.{_b64(payload)}".encode("ascii"))
+    public.verify_raw(signature, f"{parts[0]}.{b64url(payload)}".encode("ascii"))
     return header
