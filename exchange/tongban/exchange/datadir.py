@@ -588,20 +588,9 @@ def rotate_node_signing(
         )  # fmt: skip
         save_certificate(pending, [new_cert, ca.cert])
     old_fp, new_fp = certificate_fingerprint(old_cert), certificate_fingerprint(new_cert)
-    retired = node / "retired"
-    if token is None:
-        next_key = node / "sign.key.next"
-        if next_key.exists():
-            make_dirs(retired, 0o700)
-            shutil.copy2(node / "sign.crt", retired / f"sign-{old_fp[:8].hex()}.crt")
-            shutil.copy2(node / "sign.key", retired / f"sign-{old_fp[:8].hex()}.key")
-            os.replace(next_key, node / "sign.key")
-    else:
-        with contextlib.suppress(TokenKeyMissing):  # already relabelled
-            if token.signer(NODE_KEY_LABEL).public_key() == old_cert.public_key():
-                token.relabel(NODE_KEY_LABEL, f"{NODE_KEY_LABEL}-retired-{old_fp[:8].hex()}")
-        with contextlib.suppress(TokenKeyMissing):  # already in place
-            token.relabel(f"{NODE_KEY_LABEL}-next", NODE_KEY_LABEL)
+    _install_next_key(
+        node, token, name="sign", label=NODE_KEY_LABEL, retired=old_fp[:8].hex(), keep="sign.crt"
+    )
     os.replace(pending, node / "sign.crt")
     return old_fp, new_fp
 
@@ -714,20 +703,35 @@ def install_next_log_signer(settings: Settings, token: Token | None, retired_nam
     """Put the next checkpoint key where ``load_log_signer`` finds it, keeping the old one
     as ``retired_name`` (under ``node/retired/``, or as a token label suffix). Repeatable:
     a step already done is skipped."""
+    node = settings.data_dir / "node"
+    _install_next_key(node, token, name="log", label=CHECKPOINT_KEY_LABEL, retired=retired_name)
+
+
+def _install_next_key(
+    node: Path, token: Token | None, *, name: str, label: str, retired: str, keep: str = ""
+) -> None:
+    """Put a rotation's upcoming key in place of the current one: ``node/<name>.key.next``
+    becomes ``node/<name>.key``, the old key (and the ``keep`` file beside it) copied to
+    ``node/retired/<name>-<retired>.*``; or, on the token, ``<label>-next`` becomes
+    ``<label>`` and the old key ``<label>-retired-<retired>``. A step already done is
+    skipped, so a rotation cut short is finished by calling it again."""
     if token is not None:
-        upcoming = f"{CHECKPOINT_KEY_LABEL}-next"
+        upcoming = f"{label}-next"
         if all(key.label != upcoming for key in token.key_pairs()):
             return  # installed already
-        retired = f"{CHECKPOINT_KEY_LABEL}-retired-{retired_name}"
         with contextlib.suppress(TokenKeyMissing):  # the old key was relabelled already
-            token.relabel(CHECKPOINT_KEY_LABEL, retired)
-        token.relabel(upcoming, CHECKPOINT_KEY_LABEL)
+            token.relabel(label, f"{label}-retired-{retired}")
+        token.relabel(upcoming, label)
         return
-    node = settings.data_dir / "node"
-    if (node / "log.key.next").exists():
-        make_dirs(node / "retired", 0o700)
-        shutil.copy2(node / "log.key", node / "retired" / f"log-{retired_name}.key")
-        os.replace(node / "log.key.next", node / "log.key")
+    upcoming_file = node / f"{name}.key.next"
+    if not upcoming_file.exists():
+        return
+    make_dirs(node / "retired", 0o700)
+    for current in (f"{name}.key", keep):
+        if current:
+            suffix = current.rsplit(".", 1)[1]
+            shutil.copy2(node / current, node / "retired" / f"{name}-{retired}.{suffix}")
+    os.replace(upcoming_file, node / f"{name}.key")
 
 
 def load_log_sm2_signer(settings: Settings) -> Sm2PrivateKey | None:
