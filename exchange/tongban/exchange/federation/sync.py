@@ -63,6 +63,9 @@ class CatalogueSync:
         self._task: asyncio.Task[None] | None = None
         self._poke_task: asyncio.Task[None] | None = None
         self._federated: set[str] | None = None
+        # One pull of a peer at a time: a pull that fetched earlier must not store its
+        # offer after a later one (the timer, a notify and an operator's pull can meet).
+        self._pulling: dict[str, asyncio.Lock] = {}
         listener.subscribe(FEDERATION_CHANNEL, self._federation_changed)
         listener.subscribe(DATASET_CHANNEL, self._dataset_changed)
         listener.on_reset(lambda: self._federation_changed(""))
@@ -87,7 +90,11 @@ class CatalogueSync:
     async def pull(self, peer: Peer) -> PullResult:
         """Pull ``peer``'s offer now and make it our remote catalogue of it; raise the
         refusal (PeerNotOwner, PeerSignatureInvalid, PeerEntryInvalid, PeerUnavailable),
-        after noting it as the peer's last pull error."""
+        after noting it as the peer's last pull error. Pulls of one peer take turns."""
+        async with self._pulling.setdefault(peer.name, asyncio.Lock()):
+            return await self._pull(peer)
+
+    async def _pull(self, peer: Peer) -> PullResult:
         now = self._clock.now()
         try:
             answer = await self._links.call(
