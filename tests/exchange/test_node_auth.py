@@ -23,6 +23,7 @@ from tongban.signing.certs import (
     certificate_pem,
     create_root_ca,
     issue_department_tls_certificate,
+    load_pem_certificates,
 )
 from tongban.signing.clock import FixedClock, SystemClock
 from tongban.signing.keys import generate_private_key, private_key_pem
@@ -53,7 +54,10 @@ def _with_cert(bundle: Bundle, cert: x509.Certificate, key_pem: bytes) -> Bundle
         endpoint=bundle.endpoint,
         server_name=bundle.server_name,
         ca_pem=bundle.ca_pem,
-        tls_cert_pem=certificate_pem(cert),
+        # the bundle's issuing CA after the new leaf, as a department's client sends it
+        tls_cert_pem=b"".join(
+            map(certificate_pem, [cert, *load_pem_certificates(bundle.tls_cert_pem)[1:]])
+        ),
         tls_key_pem=key_pem,
         seal_cert_pem=bundle.seal_cert_pem,
         seal_key_pem=bundle.seal_key_pem,
@@ -190,7 +194,7 @@ def _bundle_with_new_cert(
     settings: Settings, code: str, *, like: str, days_ago: int = 0, days: int = 825
 ) -> Bundle:
     """``like``'s bundle with a fresh certificate for ``code`` from the exchange's own CA."""
-    ca = load_ca(settings)
+    ca = load_ca(settings, SystemClock().now())
     key = generate_private_key()
     cert = issue_department_tls_certificate(
         ca_cert=ca.cert,
@@ -234,16 +238,17 @@ async def test_refusals_still_pending_are_written_when_the_node_stops(
     settings: Settings, database_url: str
 ) -> None:
     # A certificate of the exchange's CA for a department no one registered.
-    ca = load_ca(settings)
+    ca = load_ca(settings, SystemClock().now())
     key = generate_private_key()
     cert = issue_department_tls_certificate(
         ca_cert=ca.cert, ca_key=ca.key, code="ghost", name="部门",
         public_key=key.public_key(), now=SystemClock().now(),
     )  # fmt: skip
-    key_pem, cert_pem = private_key_pem(key), certificate_pem(cert)
+    key_pem = private_key_pem(key)
+    cert_pem = b"".join(map(certificate_pem, [cert, *ca.intermediates]))
     ghost = Bundle(
         department="ghost", name="部门", endpoint="", server_name="localhost",
-        ca_pem=certificate_pem(ca.cert), tls_cert_pem=cert_pem, tls_key_pem=key_pem,
+        ca_pem=certificate_pem(ca.root), tls_cert_pem=cert_pem, tls_key_pem=key_pem,
         seal_cert_pem=cert_pem, seal_key_pem=key_pem,
     )  # fmt: skip
     async with Node(settings, clock=FixedClock(SystemClock().now())) as node:

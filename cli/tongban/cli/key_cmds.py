@@ -12,6 +12,10 @@ once and that signs after ``--overlap``; ``revoke seal DEPT SHA256`` withdraws o
 keys (what it signed then fails with SEAL_REVOKED); ``seals`` lists every custodial key
 with its state. These work on the exchange's database (and its token, when configured).
 
+``rotate ca-intermediate`` makes the next issuing CA under the root (the root key from
+``--root-key``, its offline medium), named in trust lists at once and issuing after
+``--overlap``; ``cas`` lists the issuing CAs with their state.
+
 ``rotate node`` and ``rotate checkpoint`` replace this node's answer-signing key and the
 log's checkpoint key; both can be run again to finish a rotation cut short. ``sm2
 checkpoint`` and ``sm2 answers`` set up the SM2 keys that sign beside Ed25519 and ES256.
@@ -26,6 +30,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cryptography.hazmat.primitives import hashes
+
 from tongban.cli.common import emit, settings_from_args
 from tongban.exchange.datadir import key_passphrase
 from tongban.exchange.errors import InvalidArgument
@@ -39,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["add_parsers", "run_key"]
 
 _MAX_OVERLAP_HOURS = 24 * 90
+_SHA256 = hashes.SHA256()
 _MAX_REASON = 500
 
 
@@ -73,8 +80,9 @@ def add_parsers(
     )
     rotate.add_argument(
         "kind",
-        choices=["seal", "node", "checkpoint"],
-        help="a department's seal, this node's signing key, or the log's checkpoint key",
+        choices=["seal", "node", "checkpoint", "ca-intermediate"],
+        help="a department's seal, this node's signing key, the log's checkpoint key, or "
+        "the exchange's issuing CA",
     )
     rotate.add_argument("department", nargs="?", help="the department code (for a seal)")
     rotate.add_argument(
@@ -85,6 +93,14 @@ def add_parsers(
         help="how long the trust list names the new certificate before it signs "
         "(verifiers refresh daily; default 24)",
     )
+    rotate.add_argument(
+        "--root-key",
+        type=Path,
+        metavar="PATH",
+        help="ca-intermediate: the root CA key file (encrypted with the key passphrase) on "
+        "its offline medium; default DATA_DIR/ca/ca.key",
+    )
+    key_sub.add_parser("cas", parents=[common], help="the exchange's issuing CAs with their state")
     revoke = key_sub.add_parser(
         "revoke", parents=[common], help="revoke one of a department's seal keys"
     )
@@ -231,8 +247,63 @@ def _described(key: TokenKey) -> dict[str, str]:
     return {"label": key.label, "algorithm": key.algorithm, "fingerprint": key.fingerprint}
 
 
+def _rotate_issuing_ca(args: argparse.Namespace) -> int:
+    """The next issuing CA, signed with the root key from its offline medium; running it
+    again while one waits to take over shows that one."""
+    from tongban.exchange.datadir import rotate_issuing_ca
+
+    if not 0 <= args.overlap <= _MAX_OVERLAP_HOURS:
+        raise InvalidArgument(f"--overlap is {args.overlap} hours; give 0 to {_MAX_OVERLAP_HOURS}.")
+    made, new = rotate_issuing_ca(
+        settings_from_args(args),
+        datetime.now(UTC),
+        overlap=timedelta(hours=args.overlap),
+        root_key_file=args.root_key,
+    )
+    fingerprint = made.cert.fingerprint(_SHA256).hex()
+    when = made.takes_over.isoformat(timespec="seconds")
+    emit(
+        args,
+        {"generation": made.generation, "sha256": fingerprint,
+         "takes_over": made.takes_over.isoformat(), "made_now": new},
+        (f"issuing CA {made.generation} (sha256 {fingerprint}) made" if new else
+         f"issuing CA {made.generation} (sha256 {fingerprint}) was already waiting")
+        + f"; trust lists name it from their next signing, and it issues from {when}. Copy "
+        "ca/issuing/ to the exchange's other nodes, and put the root key back offline.",
+    )  # fmt: skip
+    return 0
+
+
+def _issuing_cas(args: argparse.Namespace) -> int:
+    from tongban.exchange.datadir import issuing_ca_states
+
+    states = issuing_ca_states(settings_from_args(args), datetime.now(UTC))
+    rows = [
+        {"generation": g.generation, "state": state, "sha256": g.cert.fingerprint(_SHA256).hex(),
+         "takes_over": g.takes_over.isoformat(),
+         "not_after": g.cert.not_valid_after_utc.isoformat(), "has_key": g.has_key}
+        for g, state in states
+    ]  # fmt: skip
+    lines = [
+        f"{r['generation']:>4}  {r['state']:<8}  sha256 {str(r['sha256'])[:16]}…  from "
+        f"{str(r['takes_over'])[:19]}  until {str(r['not_after'])[:10]}"
+        f"{'' if r['has_key'] else '  (key deleted)'}"
+        for r in rows
+    ]
+    emit(
+        args,
+        {"issuing_cas": rows},
+        "\n".join(lines) or "no issuing CA: this exchange's root issues directly",
+    )
+    return 0
+
+
 async def run_key(args: argparse.Namespace) -> int:
     """Run one ``tongban key`` command; token errors surface as TongbanError."""
+    if args.key_command == "rotate" and args.kind == "ca-intermediate":
+        return await asyncio.to_thread(_rotate_issuing_ca, args)
+    if args.key_command == "cas":
+        return await asyncio.to_thread(_issuing_cas, args)
     if args.key_command == "rotate" and args.kind == "node":
         return await asyncio.to_thread(_rotate_node, args)
     if args.key_command == "rotate" and args.kind == "checkpoint":

@@ -4,7 +4,12 @@ Layout::
 
     tongban.json            written last by ``init``: its presence means "initialised"
     secrets/key-passphrase  generated passphrase (only when TONGBAN_KEY_PASSPHRASE is unset)
-    ca/ca.crt, ca/ca.key    exchange root CA (key: encrypted PKCS#8)
+    ca/ca.crt, ca/ca.key    exchange root CA (key: encrypted PKCS#8); the key may be moved
+                            offline once an issuing CA exists (docs/keys.md, "The root
+                            and its issuing CAs")
+    ca/issuing/NNNN/        the issuing (intermediate) CAs, one directory per generation:
+                            issuing.crt, issuing.key (gone once retired), takes-over (when
+                            it starts signing, ISO 8601)
     node/node.crt, node.key this node's TLS certificate (serverAuth + clientAuth) and key
     node/sign.crt, sign.key this node's signing certificate (signed answers) and key
     node/log.key            the Ed25519 key that signs the access log's checkpoints (every
@@ -33,18 +38,19 @@ import secrets
 import shutil
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
 
 from tongban.client.bundle import Bundle
-from tongban.exchange.errors import DataDirNotInitialised, DataDirUnusable
+from tongban.exchange.errors import CaRotationRefused, DataDirNotInitialised, DataDirUnusable
 from tongban.exchange.kafka.sealing import PayloadKeys
 from tongban.exchange.settings import Settings
 from tongban.signing.certs import (
     certificate_fingerprint,
     certificate_pem,
+    create_issuing_ca,
     create_root_ca,
     issue_department_tls_certificate,
     issue_node_signing_certificate,
@@ -53,7 +59,7 @@ from tongban.signing.certs import (
     load_pem_certificates,
     save_certificate,
 )
-from tongban.signing.errors import TokenKeyMissing
+from tongban.signing.errors import KeyFileMissing, TokenKeyMissing
 from tongban.signing.files import make_dirs, write_atomic
 from tongban.signing.keys import (
     LocalSigner,
@@ -76,6 +82,7 @@ __all__ = [
     "CertificateAuthority",
     "DepartmentCredentials",
     "InitResult",
+    "IssuingCa",
     "NodeCredentials",
     "Sm2Signing",
     "ensure_node_keys",
@@ -85,6 +92,9 @@ __all__ = [
     "install_next_log_signer",
     "is_initialised",
     "issue_department_credentials",
+    "issuing_ca_states",
+    "issuing_cas",
+    "issuing_certificates",
     "key_passphrase",
     "load_ca",
     "load_kafka_payload_keys",
@@ -99,6 +109,7 @@ __all__ = [
     "next_log_signer",
     "open_token",
     "record_log_verifier_key",
+    "rotate_issuing_ca",
     "rotate_node_signing",
     "sm2_ca_certificate_pem",
 ]
@@ -117,8 +128,27 @@ class InitResult:
 
 @dataclass(frozen=True)
 class CertificateAuthority:
+    """The CA that issues this exchange's certificates now: an issuing CA under the root,
+    or the root itself in a data dir made before issuing CAs."""
+
     cert: x509.Certificate
     key: PrivateKey
+    root: x509.Certificate
+
+    @property
+    def intermediates(self) -> tuple[x509.Certificate, ...]:
+        """What goes between a certificate it issues and the root in a chain."""
+        return () if self.cert == self.root else (self.cert,)
+
+
+@dataclass(frozen=True)
+class IssuingCa:
+    """One generation of issuing CA in ``ca/issuing/``."""
+
+    generation: int
+    cert: x509.Certificate
+    takes_over: datetime
+    has_key: bool
 
 
 @dataclass(frozen=True)
@@ -229,12 +259,12 @@ def init_data_dir(settings: Settings, now: datetime) -> InitResult:
         ) from e
     if is_initialised(root):
         ensure_node_keys(settings, now)
-        ca = load_ca(settings)
+        ca = load_ca(settings, now)
         node = x509.load_pem_x509_certificate((root / "node" / "node.crt").read_bytes())
         return InitResult(
             False,
             root,
-            certificate_fingerprint(ca.cert).hex(),
+            certificate_fingerprint(ca.root).hex(),
             certificate_fingerprint(node).hex(),
         )
     try:
@@ -247,12 +277,23 @@ def init_data_dir(settings: Settings, now: datetime) -> InitResult:
         staging = Path(tempfile.mkdtemp(prefix=".init-", dir=root))
         ca_key = generate_private_key("P-256")
         ca_cert = create_root_ca(
-            common_name=f"Tongban Exchange Root CA ({settings.node_name})", key=ca_key, now=now
+            common_name=f"Tongban Exchange Root CA ({settings.node_name})",
+            key=ca_key,
+            now=now,
+            path_length=1,
+        )
+        issuing_key = generate_private_key("P-256")
+        issuing = create_issuing_ca(
+            root_cert=ca_cert,
+            root_key=ca_key,
+            common_name=_issuing_name(settings, 1),
+            public_key=issuing_key.public_key(),
+            now=now,
         )
         node_key = generate_private_key("P-256")
         node_cert = issue_node_tls_certificate(
-            ca_cert=ca_cert,
-            ca_key=ca_key,
+            ca_cert=issuing,
+            ca_key=issuing_key,
             node_name=settings.node_name,
             public_key=node_key.public_key(),
             hostnames=settings.node_hostnames,
@@ -261,8 +302,11 @@ def init_data_dir(settings: Settings, now: datetime) -> InitResult:
         )
         save_private_key(staging / "ca" / "ca.key", ca_key, passphrase)
         save_certificate(staging / "ca" / "ca.crt", [ca_cert])
+        _write_generation(
+            staging / "ca" / "issuing" / _generation_name(1), issuing, issuing_key, now, passphrase
+        )
         save_private_key(staging / "node" / "node.key", node_key, passphrase)
-        save_certificate(staging / "node" / "node.crt", [node_cert, ca_cert])
+        save_certificate(staging / "node" / "node.crt", [node_cert, issuing, ca_cert])
         for name in ("ca", "node"):
             (staging / name).rename(root / name)
         staging.rmdir()
@@ -293,13 +337,202 @@ def _require_initialised(settings: Settings) -> None:
         )
 
 
-def load_ca(settings: Settings) -> CertificateAuthority:
-    """Load the root CA; raise DataDirNotInitialised or a key error (wrong passphrase)."""
+_ISSUING_KEY, _ISSUING_CRT, _TAKES_OVER = "issuing.key", "issuing.crt", "takes-over"
+
+
+def _issuing_name(settings: Settings, generation: int) -> str:
+    return f"Tongban Issuing CA {generation} ({settings.node_name})"[:64]
+
+
+def _generation_name(generation: int) -> str:
+    return f"{generation:04d}"
+
+
+def _write_generation(
+    path: Path, cert: x509.Certificate, key: PrivateKey, takes_over: datetime, passphrase: bytes
+) -> None:
+    save_private_key(path / _ISSUING_KEY, key, passphrase)
+    save_certificate(path / _ISSUING_CRT, [cert])
+    write_atomic(
+        path / _TAKES_OVER, takes_over.isoformat().encode() + b"\n", mode=0o644, dir_mode=0o700
+    )
+
+
+def issuing_cas(settings: Settings) -> list[IssuingCa]:
+    """Every generation of issuing CA in the data dir, oldest first (empty for a data dir
+    made before issuing CAs, where the root issues). Raises DataDirUnusable for a
+    generation that cannot be read."""
+    base = settings.data_dir / "ca" / "issuing"
+    if not base.is_dir():
+        return []
+    found = []
+    for entry in sorted(base.iterdir()):
+        if not (entry.is_dir() and entry.name.isdigit()):
+            continue  # a rotation's staging directory, or something else
+        try:
+            cert = load_pem_certificates((entry / _ISSUING_CRT).read_bytes())[0]
+            takes_over = datetime.fromisoformat((entry / _TAKES_OVER).read_text().strip())
+        except (OSError, ValueError) as e:
+            raise DataDirUnusable(
+                f"The issuing CA in {entry} cannot be read ({e}); restore it from a backup."
+            ) from e
+        if takes_over.tzinfo is None:
+            raise DataDirUnusable(f"{entry / _TAKES_OVER} holds a time without a zone.")
+        found.append(IssuingCa(int(entry.name), cert, takes_over, (entry / _ISSUING_KEY).exists()))
+    return found
+
+
+def issuing_certificates(settings: Settings, now: datetime) -> tuple[x509.Certificate, ...]:
+    """The issuing CA certificates to publish beside the root (in chains and the trust
+    list) at ``now``: every generation not yet expired, the upcoming one included."""
+    return tuple(c.cert for c in issuing_cas(settings) if now <= c.cert.not_valid_after_utc)
+
+
+def _retire(settings: Settings, generations: list[IssuingCa], now: datetime) -> IssuingCa:
+    """The generation that issues at ``now`` (the newest whose time has come); delete the
+    keys of the ones before it, which will never issue again."""
+    due = [g for g in generations if g.takes_over <= now] or generations[:1]
+    current = due[-1]
+    base = settings.data_dir / "ca" / "issuing"
+    for older in generations:
+        if older.generation < current.generation and older.has_key:
+            with contextlib.suppress(FileNotFoundError):
+                (base / _generation_name(older.generation) / _ISSUING_KEY).unlink()
+    return current
+
+
+def issuing_ca_states(settings: Settings, now: datetime) -> list[tuple[IssuingCa, str]]:
+    """Each issuing CA generation with its state at ``now``: "issuing", "upcoming",
+    "retired" (taken over from; what it issued verifies until it expires) or "expired".
+    Keys of retired generations are deleted on the way, as ``load_ca`` does."""
+    _require_initialised(settings)
+    generations = issuing_cas(settings)
+    if not generations:
+        return []
+    current = _retire(settings, generations, now)
+    states = []
+    for g in issuing_cas(settings):
+        if g.generation == current.generation:
+            state = "issuing"
+        elif g.generation > current.generation:
+            state = "upcoming"
+        else:
+            state = "expired" if now > g.cert.not_valid_after_utc else "retired"
+        states.append((g, state))
+    return states
+
+
+def rotate_issuing_ca(
+    settings: Settings,
+    now: datetime,
+    *,
+    overlap: timedelta,
+    root_key_file: Path | None = None,
+) -> tuple[IssuingCa, bool]:
+    """Make the next issuing CA, signed by the root, to take over at ``now + overlap``;
+    return it and whether it was made now. If one is already waiting to take over it is
+    returned as it is (False), so running the command again is harmless.
+
+    The root key is read from ``root_key_file`` (the offline medium it lives on) or
+    ``ca/ca.key``, decrypted with the key passphrase, and used for this one signature.
+    The new generation is written to a staging directory renamed into place, so a
+    process killed part-way leaves nothing half-made (the staging directory is removed
+    by the next run).
+
+    Raises CaRotationRefused (a root made with path length 0; no root key; a key that is
+    not the root's), ValueError for a negative overlap, DataDirNotInitialised, or a key
+    error (wrong passphrase)."""
+    _require_initialised(settings)
+    if overlap < timedelta(0):
+        raise ValueError("The overlap cannot be negative.")
+    ca_dir = settings.data_dir / "ca"
+    root_cert = load_pem_certificates((ca_dir / "ca.crt").read_bytes())[0]
+    constraints = root_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    if constraints.path_length == 0:
+        raise CaRotationRefused(
+            "This exchange's root CA was made with path length 0, before issuing CAs, so it "
+            "cannot sign one; its root keeps issuing directly (docs/keys.md, 'The root and "
+            "its issuing CAs', says how to move to a new root)."
+        )
+    generations = issuing_cas(settings)
+    waiting = [g for g in generations if g.takes_over > now]
+    if waiting:
+        return waiting[-1], False
+    passphrase = _passphrase(settings, create=False)
+    key_path = root_key_file if root_key_file is not None else ca_dir / "ca.key"
+    try:
+        root_key = load_private_key(key_path, passphrase)
+    except KeyFileMissing:
+        raise CaRotationRefused(
+            f"The root CA key is not at {key_path}; mount the offline medium that holds it "
+            "and name it with --root-key PATH."
+        ) from None
+    if root_key.public_key() != root_cert.public_key():
+        raise CaRotationRefused(
+            f"{key_path} is not the key of this exchange's root CA (ca/ca.crt); give the "
+            "root key of this exchange."
+        )
+    number = (generations[-1].generation if generations else 0) + 1
+    key = generate_private_key("P-256")
+    cert = create_issuing_ca(
+        root_cert=root_cert,
+        root_key=root_key,
+        common_name=_issuing_name(settings, number),
+        public_key=key.public_key(),
+        now=now,
+    )
+    base = ca_dir / "issuing"
+    try:
+        base.mkdir(mode=0o755, exist_ok=True)
+        for stale in base.glob(".gen-*"):
+            shutil.rmtree(stale, ignore_errors=True)
+        staging = Path(tempfile.mkdtemp(prefix=".gen-", dir=base))
+        _write_generation(staging, cert, key, now + overlap, passphrase)
+        try:
+            staging.rename(base / _generation_name(number))
+        except OSError:  # another rotation made this generation first: keep its
+            shutil.rmtree(staging, ignore_errors=True)
+            made = [g for g in issuing_cas(settings) if g.generation == number]
+            if made:
+                return made[0], False
+            raise
+    except OSError as e:
+        raise DataDirUnusable(
+            f"Writing the new issuing CA under {base} failed ({e.strerror}); fix the cause "
+            "and run the rotation again."
+        ) from e
+    return IssuingCa(number, cert, now + overlap, True), True
+
+
+def load_ca(settings: Settings, now: datetime) -> CertificateAuthority:
+    """The CA that issues at ``now``: the newest issuing CA whose time has come, or the
+    root in a data dir made before issuing CAs. An issuing CA that has been taken over
+    from is retired here: its key file is deleted (its certificate stays, so what it
+    issued keeps verifying).
+
+    Raises DataDirNotInitialised, DataDirUnusable (no usable issuing CA key) or a key
+    error (wrong passphrase)."""
     _require_initialised(settings)
     root = settings.data_dir
-    cert = load_pem_certificates((root / "ca" / "ca.crt").read_bytes())[0]
-    key = load_private_key(root / "ca" / "ca.key", _passphrase(settings, create=False))
-    return CertificateAuthority(cert, key)
+    root_cert = load_pem_certificates((root / "ca" / "ca.crt").read_bytes())[0]
+    passphrase = _passphrase(settings, create=False)
+    generations = issuing_cas(settings)
+    if not generations:
+        key = load_private_key(root / "ca" / "ca.key", passphrase)
+        return CertificateAuthority(root_cert, key, root_cert)
+    current = _retire(settings, generations, now)
+    base = root / "ca" / "issuing"
+    try:
+        key = load_private_key(
+            base / _generation_name(current.generation) / _ISSUING_KEY, passphrase
+        )
+    except KeyFileMissing:
+        raise DataDirUnusable(
+            f"The key of issuing CA {current.generation} is missing from {base}: it was "
+            "retired, or this data dir's ca/ directory is incomplete; copy ca/ from a node "
+            "that has the current issuing CA."
+        ) from None
+    return CertificateAuthority(current.cert, key, root_cert)
 
 
 def ca_certificate_pem(settings: Settings) -> bytes:
@@ -323,8 +556,10 @@ def load_node_credentials(settings: Settings) -> NodeCredentials:
 def issue_department_credentials(
     settings: Settings, *, code: str, name: str, endpoint: str, now: datetime
 ) -> DepartmentCredentials:
-    """Issue a department's TLS and seal certificates (new keys) as a bundle in memory."""
-    ca = load_ca(settings)
+    """Issue a department's TLS and seal certificates (new keys) as a bundle in memory;
+    each certificate file holds the issuing CA after the leaf, so the department's TLS
+    client sends the chain and its seals carry it."""
+    ca = load_ca(settings, now)
     tls_key = generate_private_key("P-256")
     tls_cert = issue_department_tls_certificate(
         ca_cert=ca.cert,
@@ -348,10 +583,10 @@ def issue_department_credentials(
         name=name,
         endpoint=endpoint,
         server_name=settings.node_hostnames[0],
-        ca_pem=certificate_pem(ca.cert),
-        tls_cert_pem=certificate_pem(tls_cert),
+        ca_pem=certificate_pem(ca.root),
+        tls_cert_pem=b"".join(map(certificate_pem, (tls_cert, *ca.intermediates))),
         tls_key_pem=private_key_pem(tls_key),
-        seal_cert_pem=certificate_pem(seal_cert),
+        seal_cert_pem=b"".join(map(certificate_pem, (seal_cert, *ca.intermediates))),
         seal_key_pem=private_key_pem(seal_key),
     )
     return DepartmentCredentials(
@@ -386,7 +621,7 @@ def ensure_node_keys(settings: Settings, now: datetime, *, keys_in_token: bool =
     root = settings.data_dir
     sign_key, sign_crt = root / "node" / "sign.key", root / "node" / "sign.crt"
     if not sign_crt.exists() and not keys_in_token:
-        ca = load_ca(settings)
+        ca = load_ca(settings, now)
         key = generate_private_key("P-256")
         cert = issue_node_signing_certificate(
             ca_cert=ca.cert,
@@ -396,7 +631,7 @@ def ensure_node_keys(settings: Settings, now: datetime, *, keys_in_token: bool =
             now=now,
         )
         save_private_key(sign_key, key, _passphrase(settings, create=False))
-        save_certificate(sign_crt, [cert, ca.cert])
+        save_certificate(sign_crt, [cert, *ca.intermediates, ca.root])
     log_signing = root / "node" / "log.key"
     if not log_signing.exists() and not keys_in_token:
         save_private_key(
@@ -581,12 +816,12 @@ def rotate_node_signing(
             return certificate_fingerprint(old_cert), certificate_fingerprint(old_cert)
     else:
         public = _next_node_key(node, passphrase, token)
-        ca = load_ca(settings)
+        ca = load_ca(settings, now)
         new_cert = issue_node_signing_certificate(
             ca_cert=ca.cert, ca_key=ca.key, node_name=settings.node_name,
             public_key=public, now=now,
         )  # fmt: skip
-        save_certificate(pending, [new_cert, ca.cert])
+        save_certificate(pending, [new_cert, *ca.intermediates, ca.root])
     old_fp, new_fp = certificate_fingerprint(old_cert), certificate_fingerprint(new_cert)
     _install_next_key(
         node, token, name="sign", label=NODE_KEY_LABEL, retired=old_fp[:8].hex(), keep="sign.crt"

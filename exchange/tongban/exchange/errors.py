@@ -12,6 +12,7 @@ __all__ = [
     "AddressInUse",
     "AuditorRoleRequired",
     "BrokerUnavailable",
+    "CaRotationRefused",
     "ConfigInvalid",
     "DataDirNotInitialised",
     "DataDirUnusable",
@@ -40,6 +41,14 @@ class InvalidArgument(TongbanError):
 
     reason = "INVALID_ARGUMENT"
     status = "INVALID_ARGUMENT"
+
+
+class CaRotationRefused(TongbanError):
+    """A new issuing CA cannot be made: the root cannot sign one, or its key is not at
+    hand."""
+
+    reason = "CA_ROTATION_REFUSED"
+    status = "FAILED_PRECONDITION"
 
 
 class DataDirNotInitialised(TongbanError):

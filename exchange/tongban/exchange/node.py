@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta, timezone
@@ -40,6 +41,7 @@ from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.datadir import (
     ca_certificate_pem,
     ensure_node_keys,
+    issuing_certificates,
     load_kafka_payload_keys,
     load_log_key,
     load_log_signer,
@@ -263,6 +265,7 @@ class Node:
                 clock=self.clock,
                 node_name=self.settings.node_name,
                 decide=self.sharing.decide,
+                published_intermediates=functools.partial(issuing_certificates, self.settings),
             )
             # Licences of peer exchanges, with their trust lists (docs/federation.md).
             self.licensing.trust.peers = self.federation.licences.verify

@@ -282,24 +282,30 @@ def _at(seconds: int) -> str:
 # validation depends on the time), so the result is reused only inside that window.
 _SEAL_CACHE_SIZE = 256
 _seal_cache: OrderedDict[
-    tuple[x509.Certificate, tuple[x509.Certificate, ...]], tuple[datetime, datetime, str]
+    tuple[x509.Certificate, tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]],
+    tuple[datetime, datetime, str],
 ] = OrderedDict()
 _seal_cache_lock = threading.Lock()
 
 
 def _seal_department(
-    certificate: x509.Certificate, roots: Sequence[x509.Certificate], now: datetime
+    certificate: x509.Certificate,
+    roots: Sequence[x509.Certificate],
+    intermediates: tuple[x509.Certificate, ...],
+    now: datetime,
 ) -> str:
-    """Return the department of seal ``certificate`` once it validates to ``roots`` at
-    ``now`` for usage "seal"; raises CertificateInvalid."""
-    key = (certificate, tuple(roots))
+    """Return the department of seal ``certificate`` once it validates to ``roots`` (via
+    ``intermediates``) at ``now`` for usage "seal"; raises CertificateInvalid."""
+    key = (certificate, tuple(roots), intermediates)
     with _seal_cache_lock:
         hit = _seal_cache.get(key)
         if hit is not None:
             _seal_cache.move_to_end(key)
     if hit is not None and hit[0] <= now <= hit[1]:
         return hit[2]
-    chain = verify_certificate(certificate, roots=roots, now=now, usage="seal")
+    chain = verify_certificate(
+        certificate, roots=roots, intermediates=intermediates, now=now, usage="seal"
+    )
     department = department_code(certificate)
     window = (
         max(c.not_valid_before_utc for c in chain),
@@ -322,6 +328,7 @@ def _signer_certificate(
     claims: QrClaims,
     signed_by: Sequence[x509.Certificate],
     roots: Sequence[x509.Certificate],
+    intermediates: tuple[x509.Certificate, ...],
     now: datetime,
 ) -> x509.Certificate:
     """Return the first of ``signed_by`` that is a seal certificate of ``claims.issuer``
@@ -329,7 +336,7 @@ def _signer_certificate(
     problems: list[str] = []
     for certificate in signed_by:
         try:
-            department = _seal_department(certificate, roots, now)
+            department = _seal_department(certificate, roots, intermediates, now)
         except CertificateInvalid as e:
             problems.append(e.message)
             continue
@@ -386,12 +393,14 @@ def verify_qr(
     roots: Sequence[x509.Certificate],
     now: datetime,
     status: StatusLookup | None = None,
+    intermediates: Sequence[x509.Certificate] = (),
 ) -> VerifiedQr:
     """Return the claims of licence QR ``text`` once every check passes: format; an
     ES256 signature by one of ``certificates`` (the trust list's seal certificates)
     with the message's ``kid``; that certificate a seal chaining to ``roots`` and of the
     department the claims name as issuer; ``now`` within validity; and, if ``status`` is
-    given, the licence's status VALID.
+    given, the licence's status VALID. ``intermediates`` (the trust list's issuing CA
+    certificates) help build that chain; they are not trusted themselves.
 
     A certificate's ``kid`` is ``certificate_kid(certificate)``; where the trust list
     publishes a ``kid`` with each certificate, pass ``(kid, certificate)`` pairs instead.
@@ -439,7 +448,7 @@ def verify_qr(
         )
 
     claims = QrClaims.from_cbor(message.payload)
-    certificate = _signer_certificate(claims, signed_by, roots, now)
+    certificate = _signer_certificate(claims, signed_by, roots, tuple(intermediates), now)
 
     t = now.timestamp()
     if t < claims.not_before:

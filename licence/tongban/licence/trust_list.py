@@ -34,6 +34,11 @@ are then fetched from nowhere (``STATUS_URL_UNTRUSTED``) until a fresh list is f
 signed fails with SEAL_REVOKED instead of the plain SIGNER_UNTRUSTED of a seal never
 listed. A top-level claim for the same reason as ``status_base_urls``.
 
+``intermediates`` lists the exchange's issuing CA certificates (base64 DER) that sit
+between the listed certificates and the root, so a verifier holding only the root can
+build their paths (a QR code carries no chain). They are not trust anchors: a path
+through one must still end at a root the verifier holds. Top-level for the same reason.
+
 ``TrustListCache`` keeps the last good list on disk for verifiers that go offline.
 """
 
@@ -169,6 +174,9 @@ class TrustList:
     """The exact signed token, to store or forward."""
     revoked: Mapping[bytes, RevokedSeal] = field(default_factory=dict)
     """Revoked seal certificates, by SHA-256 fingerprint."""
+    intermediates: tuple[x509.Certificate, ...] = ()
+    """Issuing CA certificates to build the listed certificates' paths with (untrusted
+    until a path through one ends at a root)."""
 
     def revoked_seal(self, fingerprint_prefix: bytes) -> RevokedSeal | None:
         """The revoked seal whose fingerprint starts with ``fingerprint_prefix`` (a whole
@@ -285,6 +293,7 @@ def sign_trust_list(
     entries: Sequence[TrustListEntry],
     *,
     revoked: Sequence[RevokedSeal] = (),
+    intermediates: Sequence[x509.Certificate] = (),
     signer: Signer,
     chain: Sequence[x509.Certificate],
     now: datetime,
@@ -302,7 +311,8 @@ def sign_trust_list(
     or does not match ``chain[0]``; a leaf that is not a node certificate; a malformed
     department code or one listed twice; a seal certificate listed under a department
     other than its own; more than 16 certificates of one kind, or 16 status-list base
-    URLs, for a department; or a base URL that is not http(s) and ending in "/".
+    URLs, for a department; a base URL that is not http(s) and ending in "/"; or more
+    than 16 ``intermediates``, or one that is not a CA certificate.
     Raises SigningError if the signer fails.
     """
     if now.tzinfo is None:
@@ -348,6 +358,12 @@ def sign_trust_list(
         payload["status_base_urls"] = bases
     if revoked:
         payload["revoked_seal_certificates"] = _revoked_claim(revoked)
+    if intermediates:
+        if len(intermediates) > _MAX_CERTIFICATES_PER_LIST or not all(map(_is_ca, intermediates)):
+            raise ValueError(
+                f"intermediates must be at most {_MAX_CERTIFICATES_PER_LIST} CA certificates."
+            )
+        payload["intermediates"] = [_der_b64(c) for c in intermediates]
     return sign_jws(
         dumps_compact(payload).encode("utf-8"),
         signer,
@@ -425,6 +441,22 @@ def _certificates(value: object, dept: str, kind: str) -> tuple[x509.Certificate
             )
         certs.append(cert)
     return tuple(certs)
+
+
+def _is_ca(cert: x509.Certificate) -> bool:
+    try:
+        return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
+        return False
+
+
+def _intermediates(payload: Mapping[str, object]) -> tuple[x509.Certificate, ...]:
+    certs = _certificates(payload.get("intermediates", []), "the exchange", "intermediates")
+    if not all(map(_is_ca, certs)):
+        raise LicenceFormatInvalid(
+            "The trust list's 'intermediates' holds a certificate that is not a CA's."
+        )
+    return certs
 
 
 def _base_urls(
@@ -526,6 +558,7 @@ def verify_trust_list(token: str, *, roots: Sequence[x509.Certificate], now: dat
         raise LicenceFormatInvalid("The trust list's iat, next_update and exp are out of order.")
     entries = _entries(payload)
     revoked = _revoked(payload)
+    intermediates = _intermediates(payload)
     if now >= expires_at:
         raise TrustListExpired(
             f"The trust list expired at {expires_at.isoformat()} (checked at "
@@ -541,6 +574,7 @@ def verify_trust_list(token: str, *, roots: Sequence[x509.Certificate], now: dat
         signer=leaf,
         token=token,
         revoked=MappingProxyType(revoked),
+        intermediates=intermediates,
     )
 
 

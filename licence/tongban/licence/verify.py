@@ -306,7 +306,13 @@ def _verify_qr(
 ) -> VerificationResult:
     certificates = _kids(trust_list)
     try:
-        verified = verify_qr(text, certificates=certificates, roots=roots, now=now)
+        verified = verify_qr(
+            text,
+            certificates=certificates,
+            roots=roots,
+            now=now,
+            intermediates=trust_list.intermediates,
+        )
     except VerificationFailed as e:
         kid = e.metadata.get("kid") if isinstance(e, SignerUntrusted) else None
         return failure(_if_revoked(e, trust_list, _hex(kid)), "qr")

@@ -40,6 +40,7 @@ __all__ = [
     "certificate_fingerprint",
     "certificate_pem",
     "check_code",
+    "create_issuing_ca",
     "create_root_ca",
     "department_code",
     "exchange_name",
@@ -135,14 +136,21 @@ def create_root_ca(
     key: PrivateKey,
     now: datetime,
     validity: timedelta = timedelta(days=3650),
+    path_length: int = 0,
 ) -> x509.Certificate:
-    """Return a self-signed root certificate (O=Tongban Exchange, CN=``common_name``)
-    that may sign end-entity certificates only (path length 0).
+    """Return a self-signed root certificate (O=Tongban Exchange, CN=``common_name``).
+
+    ``path_length`` 0 (the default, and every root made before issuing CAs existed) lets
+    it sign end-entity certificates only; 1 lets it sign one level of issuing CA
+    (``create_issuing_ca``), so the root key can stay offline.
 
     Raises TypeError if ``key`` is not P-256 (Ed25519-signed certificates fail WebPKI
-    verification); ValueError if ``common_name`` is empty or longer than 64 characters.
+    verification); ValueError if ``common_name`` is empty or longer than 64 characters,
+    or ``path_length`` is not 0 or 1.
     """
     _require_ca_key(key)
+    if path_length not in (0, 1):
+        raise ValueError(f"A root's path length is 0 or 1, not {path_length}.")
     name = exchange_name(common_name)
     return (
         x509.CertificateBuilder()
@@ -152,10 +160,65 @@ def create_root_ca(
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(now + validity)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(key_usage(ca=True), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, _hash_for(key))
+    )
+
+
+def create_issuing_ca(
+    *,
+    root_cert: x509.Certificate,
+    root_key: PrivateKey,
+    common_name: str,
+    public_key: PublicKey,
+    now: datetime,
+    validity: timedelta = timedelta(days=1825),
+) -> x509.Certificate:
+    """Return an issuing (intermediate) CA certificate signed by the root: O=Tongban
+    Exchange, CN=``common_name``, path length 0 (it signs end-entity certificates only),
+    keyCertSign + cRLSign. notAfter is clipped to the root's.
+
+    Raises ValueError if the root cannot sign a CA (path length 0, made before issuing
+    CAs), ``root_key`` is not its key, or the name equals the root's; TypeError for a key
+    that is not P-256; CertificateExpired if the root has expired.
+    """
+    _require_ca_key(root_key)
+    if not (
+        isinstance(public_key, ec.EllipticCurvePublicKey)
+        and isinstance(public_key.curve, ec.SECP256R1)
+    ):
+        raise TypeError("An issuing CA key must be P-256, like the root's.")
+    if root_key.public_key() != root_cert.public_key():
+        raise ValueError("root_key is not the private key of root_cert.")
+    constraints = root_cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    if not constraints.ca or constraints.path_length == 0:
+        raise ValueError(
+            f"The root {root_cert.subject.rfc4514_string()} has path length 0, so it may sign "
+            "end-entity certificates only, not an issuing CA."
+        )
+    name = exchange_name(common_name)
+    if name == root_cert.subject:
+        raise ValueError("An issuing CA needs a name of its own, not the root's.")
+    not_before, not_after = leaf_validity(root_cert, now, validity)
+    root_ski = root_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+    return (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(root_cert.subject)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(key_usage(ca=True), critical=True)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(root_ski),
+            critical=False,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+        .sign(root_key, _hash_for(root_key))
     )
 
 

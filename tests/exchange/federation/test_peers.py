@@ -138,7 +138,7 @@ async def test_a_peer_node_never_reaches_department_methods(province: Node, coun
         assert await _refusal(who) == ("PERMISSION_DENIED", "PEER_NOT_A_DEPARTMENT")
 
     # The county's CA mints a certificate naming the province's samr: still the county's.
-    ca = load_ca(county.settings)
+    ca = load_ca(county.settings, SystemClock().now())
     key = generate_private_key("P-256")
     forged = issue_department_tls_certificate(
         ca_cert=ca.cert,

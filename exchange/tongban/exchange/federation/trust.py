@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import asyncpg
@@ -78,7 +78,7 @@ class PeerTrust:
         self._chain_pem = chain_pem
         self._snapshot = _Snapshot(roots_pem=self._own_pem)
         self._served: bytes | None = None
-        self._issuers: OrderedDict[bytes, bytes] = OrderedDict()
+        self._issuers: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
         self._dirty = 0
         self._reload: asyncio.Task[None] | None = None
         self.on_change: list[Callable[[], None]] = []
@@ -143,28 +143,30 @@ class PeerTrust:
 
     # -- who is calling -----------------------------------------------------------------
 
-    def issued_by_peer(self, cert_pem: bytes) -> bool:
-        """Whether a peer's root (of any status) issued this client certificate."""
-        issuer = self._issuer(cert_pem)
+    def issued_by_peer(self, cert_pem: bytes, chain_pem: bytes = b"") -> bool:
+        """Whether a peer's root (of any status) issued this client certificate, directly
+        or through an issuing CA in ``chain_pem`` (the rest of the chain the client sent)."""
+        issuer = self._issuer(cert_pem, chain_pem)
         return issuer is not None and issuer != self._own_fingerprint
 
-    def refuse_peer_as_department(self, cert_pem: bytes) -> None:
+    def refuse_peer_as_department(self, cert_pem: bytes, chain_pem: bytes = b"") -> None:
         """Raise PeerNotADepartment if a peer's root issued ``cert_pem``: a peer's node
         may call the peer service only."""
-        if self.issued_by_peer(cert_pem):
+        if self.issued_by_peer(cert_pem, chain_pem):
             raise PeerNotADepartment(
                 "A peer exchange's node may call only the peer service (PeerService), "
                 "never a department's methods."
             )
 
-    async def authenticate_peer(self, cert_pem: bytes) -> Peer:
-        """Return the active peer whose root issued ``cert_pem`` to one of its nodes.
+    async def authenticate_peer(self, cert_pem: bytes, chain_pem: bytes = b"") -> Peer:
+        """Return the active peer whose root issued ``cert_pem`` to one of its nodes,
+        directly or through an issuing CA in ``chain_pem``.
 
         Raises PeerOnly (a certificate of our root, or one naming no node), PeerUnknown
         (a root not configured, e.g. removed since the connection opened) or
         PeerSuspended.
         """
-        issuer = self._issuer(cert_pem)
+        issuer = self._issuer(cert_pem, chain_pem)
         if issuer == self._own_fingerprint:
             raise PeerOnly(
                 "The peer service answers only the nodes of peer exchanges; departments "
@@ -188,28 +190,32 @@ class PeerTrust:
             )
         return peer
 
-    def _issuer(self, cert_pem: bytes) -> bytes | None:
-        """The fingerprint of the known root that signed ``cert_pem`` (cached), or None."""
-        cached = self._issuers.get(cert_pem)
+    def _issuer(self, cert_pem: bytes, chain_pem: bytes = b"") -> bytes | None:
+        """The fingerprint of the known root that issued ``cert_pem`` (cached), directly
+        or through one issuing CA of ``chain_pem``; None if no known root did. The TLS
+        handshake has already validated the path; this says whose root it ends at."""
+        key = (cert_pem, chain_pem)
+        cached = self._issuers.get(key)
         if cached is not None:
-            self._issuers.move_to_end(cert_pem)
+            self._issuers.move_to_end(key)
             return cached
         try:
             cert = x509.load_pem_x509_certificate(cert_pem)
+            sent = x509.load_pem_x509_certificates(chain_pem) if chain_pem else []
         except ValueError:
             return None
-        for fingerprint, root in self._snapshot.roots.items():
-            if cert.issuer != root.subject:
-                continue
-            try:
-                cert.verify_directly_issued_by(root)
-            except (InvalidSignature, ValueError, TypeError):
-                continue
-            self._issuers[cert_pem] = fingerprint
+        roots = self._snapshot.roots.items()
+        fingerprint = _root_of(cert, roots)
+        for issuing in sent:
+            if fingerprint is not None:
+                break
+            if issuing != cert and _issued(cert, issuing):
+                fingerprint = _root_of(issuing, roots)
+        if fingerprint is not None:
+            self._issuers[key] = fingerprint
             if len(self._issuers) > _CACHE_SIZE:
                 self._issuers.popitem(last=False)
-            return fingerprint
-        return None
+        return fingerprint
 
     # -- keeping up with changes --------------------------------------------------------
 
@@ -250,6 +256,24 @@ class PeerTrust:
                 callback()
             if self._dirty == seen:
                 return
+
+
+def _issued(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    """Whether ``issuer`` signed ``cert``."""
+    if cert.issuer != issuer.subject:
+        return False
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _root_of(
+    cert: x509.Certificate, roots: Iterable[tuple[bytes, x509.Certificate]]
+) -> bytes | None:
+    """The fingerprint of the root among ``roots`` that signed ``cert``, or None."""
+    return next((fingerprint for fingerprint, root in roots if _issued(cert, root)), None)
 
 
 def _names_node(cert_pem: bytes) -> bool:

@@ -180,6 +180,11 @@ class SealKey:
     not_after: datetime
 
 
+def _self_signed(cert: x509.Certificate) -> bool:
+    """A root: chains kept before issuing CAs end with one, and verifiers have it already."""
+    return cert.issuer == cert.subject
+
+
 class SealVault:
     """Keys in custody, in table ``seal_key`` (and in ``token`` when the exchange has one).
 
@@ -203,7 +208,7 @@ class SealVault:
         # holder -> (read at, monotonic; the seal; when a next key comes due, if one does)
         self._cache: dict[str, tuple[float, Seal, datetime | None]] = {}
         # Seal certificates already parsed, by fingerprint (a key's never changes).
-        self._leaves: dict[bytes, x509.Certificate] = {}
+        self._chains: dict[bytes, tuple[x509.Certificate, ...]] = {}
 
     async def enrol(
         self,
@@ -375,12 +380,16 @@ class SealVault:
 
     async def trust(
         self, now: datetime
-    ) -> tuple[dict[str, tuple[x509.Certificate, ...]], list[RevokedSeal]]:
+    ) -> tuple[
+        dict[str, tuple[x509.Certificate, ...]], list[RevokedSeal], tuple[x509.Certificate, ...]
+    ]:
         """What the trust list says of the keys in custody, in one read:
 
         - the seal certificates verifiers should trust, by holder, newest first: every
           unrevoked key's (active, next, and retired ones not yet expired), at most 16;
-        - every revoked department seal.
+        - every revoked department seal;
+        - the issuing CA certificates between those seal certificates and the root (each
+          once), so a verifier holding only the root and the list can build their paths.
 
         Certificates are parsed once per key and remembered (verification asks for this
         on every call)."""
@@ -390,6 +399,7 @@ class SealVault:
         )
         trusted: dict[str, list[x509.Certificate]] = {}
         revoked: list[RevokedSeal] = []
+        issuers: dict[x509.Certificate, None] = {}
         for row in rows:
             holder, fingerprint = row["holder"], bytes(row["fingerprint"])
             if row["revoked_at"] is not None:
@@ -400,13 +410,17 @@ class SealVault:
                         )
                     )
                 continue
-            leaf = self._leaves.get(fingerprint)
-            if leaf is None:
-                leaf = self._leaves[fingerprint] = load_pem_certificates(bytes(row["chain_pem"]))[0]
+            chain = self._chains.get(fingerprint)
+            if chain is None:
+                chain = self._chains[fingerprint] = tuple(
+                    load_pem_certificates(bytes(row["chain_pem"]))
+                )
             listed = trusted.setdefault(holder, [])
-            if leaf.not_valid_after_utc > now and len(listed) < _MAX_TRUSTED_PER_HOLDER:
-                listed.append(leaf)
-        return {h: tuple(certs) for h, certs in trusted.items() if certs}, revoked
+            if chain[0].not_valid_after_utc > now and len(listed) < _MAX_TRUSTED_PER_HOLDER:
+                listed.append(chain[0])
+                issuers.update(dict.fromkeys(c for c in chain[1:] if not _self_signed(c)))
+        trusted_certs = {h: tuple(certs) for h, certs in trusted.items() if certs}
+        return trusted_certs, revoked, tuple(issuers)
 
     async def keys(self, holder: str | None = None) -> list[SealKey]:
         """Every key held (or ``holder``'s), with its state as of now."""

@@ -16,7 +16,8 @@ and a failure to log leaves nothing changed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import datetime
 
 import asyncpg
 from cryptography import x509
@@ -58,9 +59,11 @@ class Licensing:
         clock: Clock,
         node_name: str,
         decide: Decide,
+        published_intermediates: Callable[[datetime], Sequence[x509.Certificate]] | None = None,
     ) -> None:
         """``decide``: the sharing policy's decision with the caller's grants
-        (``Sharing.decide``), which a fetch for an approval goes through."""
+        (``Sharing.decide``), which a fetch for an approval goes through.
+        ``published_intermediates``: see ``LicenceTrust``."""
         self.vault = vault
         self.status_lists = status_lists
         self.registry = registry
@@ -82,4 +85,5 @@ class Licensing:
         self.trust = LicenceTrust(
             pool, vault=vault, status_lists=status_lists, registry=registry,
             node_signing=node_signing, roots=roots, clock=clock,
+            published_intermediates=published_intermediates,
         )  # fmt: skip

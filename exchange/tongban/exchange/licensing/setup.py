@@ -64,7 +64,7 @@ async def enrol_seal(
     department = await DepartmentStore(pool).find(code)
     if department is None:
         raise DepartmentNotFound(f"No department {code!r} is registered.")
-    ca = load_ca(settings)
+    ca = load_ca(settings, now)
     key: PrivateKey = generate_private_key("P-256")
     cert = issue_seal_certificate(
         ca_cert=ca.cert,
@@ -74,7 +74,7 @@ async def enrol_seal(
         public_key=key.public_key(),
         now=now,
     )
-    await vault.enrol(code, key, (cert,), now, active_from=active_from)
+    await vault.enrol(code, key, (cert, *ca.intermediates), now, active_from=active_from)
     fingerprint = certificate_fingerprint(cert)
     await pool.execute(
         "UPDATE department SET seal_fingerprint = $2 WHERE code = $1", code, fingerprint
@@ -116,7 +116,7 @@ async def ensure_status_key(vault: SealVault, settings: Settings, now: datetime)
     (the first node to start makes it; the others find it)."""
     if await vault.keys(STATUS_LIST_HOLDER):
         return
-    ca = load_ca(settings)
+    ca = load_ca(settings, now)
     key = generate_private_key("P-256")
     cert = issue_status_list_certificate(
         ca_cert=ca.cert,
@@ -125,7 +125,7 @@ async def ensure_status_key(vault: SealVault, settings: Settings, now: datetime)
         public_key=key.public_key(),
         now=now,
     )
-    await vault.enrol(STATUS_LIST_HOLDER, key, (cert,), now, replace=False)
+    await vault.enrol(STATUS_LIST_HOLDER, key, (cert, *ca.intermediates), now, replace=False)
 
 
 def vault_for(

@@ -6,7 +6,7 @@ only the seals' chains, the status lists, the node's signing key and the roots."
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import asyncpg
 from cryptography import x509
@@ -53,15 +53,20 @@ class LicenceTrust:
         node_signing: NodeSigning,
         roots: Sequence[x509.Certificate],
         clock: Clock,
+        published_intermediates: Callable[[datetime], Sequence[x509.Certificate]] | None = None,
     ) -> None:
+        """``published_intermediates(now)``: issuing CA certificates to list besides those in
+        the seals' chains (the data dir's, so an upcoming issuing CA is announced before
+        it issues anything); read when the list is signed."""
         self._pool = pool
+        self._published_intermediates = published_intermediates
         self.vault = vault
         self.status_lists = status_lists
         self.registry = registry
         self._node_signing = node_signing
         self.roots = tuple(roots)
         self._clock = clock
-        self._trust_list: tuple[tuple[frozenset[bytes], frozenset[bytes]], TrustList] | None = None
+        self._trust_list: tuple[tuple[frozenset[bytes], ...], TrustList] | None = None
         self.peers: PeerVerifier | None = None
         """Verifies, with peers' trust lists, a licence ours does not vouch for (set by
         the node when federation is on; docs/federation.md, "Licences across exchanges")."""
@@ -72,7 +77,7 @@ class LicenceTrust:
         served under (verifiers fetch from nowhere else), re-signed when any of them
         changes or after an hour (its ``next_update`` is a day, its ``exp`` 30 days)."""
         now = self._clock.now()
-        certificates, revoked = await self.vault.trust(now)
+        certificates, revoked, chained = await self.vault.trust(now)
         issuers = sorted(
             {d for t in self.registry for d in t.issuers} & set(certificates) - {STATUS_LIST_HOLDER}
         )
@@ -86,6 +91,7 @@ class LicenceTrust:
                 for c in certificates.get(h, ())
             ),
             frozenset(r.fingerprint for r in revoked),
+            frozenset(c.fingerprint(_SHA256) for c in chained),
         )
         bases = (self.status_lists.uri_base,)
         cached = self._trust_list
@@ -106,9 +112,11 @@ class LicenceTrust:
             )
             for code in issuers
         ]
+        published = self._published_intermediates(now) if self._published_intermediates else ()
         token = sign_trust_list(
             entries,
             revoked=[r for r in revoked if r.department in issuers],
+            intermediates=list(dict.fromkeys([*chained, *published]))[:16],
             signer=self._node_signing.signer,
             chain=self._node_signing.chain,
             now=now,

@@ -318,7 +318,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 officer = value if isinstance(value, str) else value.decode("utf-8", "replace")
         try:
             if self._peers is not None:
-                self._peers.refuse_peer_as_department(certs[0])
+                self._peers.refuse_peer_as_department(certs[0], _sent_chain(context))
             caller = await self._auth.authenticate(certs[0], officer)
         except TongbanError as e:
             self._metrics.auth_refused.labels(e.reason).inc()
@@ -336,7 +336,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 "call their own exchange's services."
             )
         try:
-            peer = await self._peers.authenticate_peer(certs[0])
+            peer = await self._peers.authenticate_peer(certs[0], _sent_chain(context))
         except TongbanError as e:
             self._metrics.auth_refused.labels(e.reason).inc()
             if self._on_auth_refused is not None:
@@ -381,3 +381,9 @@ def _unimplemented(method: str) -> TongbanError:
 class _Internal(TongbanError):
     reason = "INTERNAL"
     status = "INTERNAL"
+
+
+def _sent_chain(context: Context) -> bytes:
+    """The certificates the client sent after its own (its issuing CA), as PEM."""
+    chain: list[bytes] = list(context.auth_context().get("x509_pem_cert_chain", ()))
+    return chain[0] if chain else b""
