@@ -1,9 +1,13 @@
 """A tlog-witness: verifies a log's new checkpoint against the last one it cosigned and,
 if the log only grew, cosigns it (c2sp.org/tlog-witness, c2sp.org/tlog-cosignature).
 
-:meth:`Witness.add_checkpoint` is the whole protocol on bytes in, cosignature lines out;
-it blocks (SQLite, and possibly a PKCS#11 token), so the HTTP server runs it in a thread.
-Checks, in the spec's order, each refusal leaving the state as it was:
+:func:`open_submission` (checks 1 to 4, pure) and :meth:`Submission.check` (check 5,
+run by a state store atomically with recording the checkpoint) are the protocol's
+checks, shared by both witnesses: :class:`Witness`, the standalone one over its SQLite
+file (bytes in, cosignature line out; it blocks, so the HTTP server runs it in a
+thread), and an exchange witnessing its peers over PostgreSQL
+(``federation.witnessing``). Checks, in the spec's order, each refusal leaving the state
+as it was:
 
 1. the body is an old size line, proof lines, an empty line and a signed checkpoint
    (else 400);
@@ -39,6 +43,7 @@ from tongban.exchange.witness.protocol import (
     WitnessLogUnknown,
     WitnessOldSizeInvalid,
     WitnessProofInvalid,
+    WitnessRefusal,
     WitnessRequestMalformed,
     parse_add_checkpoint,
 )
@@ -46,7 +51,15 @@ from tongban.exchange.witness.state import WitnessState
 from tongban.signing.clock import Clock
 from tongban.signing.keys import Signer
 
-__all__ = ["LogKeys", "Witness", "log_keys"]
+__all__ = [
+    "LogKeys",
+    "Submission",
+    "Witness",
+    "check_witness_key",
+    "kept_as_evidence",
+    "log_keys",
+    "open_submission",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -71,15 +84,108 @@ def log_keys(vkeys: Sequence[str]) -> dict[str, list[tuple[str, Ed25519PublicKey
 
 
 @dataclass(frozen=True)
-class _Checked:
+class Submission:
+    """An add-checkpoint request whose checkpoint verified (checks 1 to 4), to be set
+    against the witness's state (check 5, :meth:`check`). The same for every state
+    store: the standalone witness's SQLite file and an exchange's PostgreSQL."""
+
     origin: str
     text: str
+    """The checkpoint's text, without signature lines: what is cosigned and stored."""
     size: int
     root: bytes
+    old_size: int
+    proof: tuple[bytes, ...]
+    note: str
+    """The signed checkpoint as received (kept as evidence when refused)."""
+
+    def check(self, stored_size: int, stored_root: bytes) -> None:
+        """Check 5, against the latest checkpoint cosigned for the log (size 0 and the
+        empty tree's root if none was): the state store calls it atomically with
+        recording this one.
+
+        Raises WitnessConflict (another old size, or the same size with another root: a
+        split view) or WitnessProofInvalid.
+        """
+        if self.old_size != stored_size:
+            raise WitnessConflict(
+                f"The old size {self.old_size} is not the size of the latest checkpoint "
+                f"this witness cosigned for {self.origin}, {stored_size}; send a "
+                f"consistency proof from {stored_size}.",
+                latest_size=stored_size,
+            )
+        if self.old_size == self.size and stored_root != self.root:
+            raise WitnessConflict(
+                f"This witness cosigned another checkpoint of size {self.size} for "
+                f"{self.origin}, with a different root: the log shows two views.",
+                latest_size=stored_size,
+                split_view=True,
+            )
+        try:
+            verify_consistency(self.old_size, self.size, stored_root, self.root, self.proof)
+        except ProofInvalid as e:
+            raise WitnessProofInvalid(
+                f"The consistency proof from size {self.old_size} to {self.size} does not "
+                f"verify against the checkpoint this witness cosigned: {e.message}.",
+                metadata={"old_size": str(self.old_size), "size": str(self.size)},
+            ) from None
+
+
+def open_submission(body: bytes, logs: LogKeys) -> Submission:
+    """Checks 1 to 4 of an add-checkpoint request ``body`` for a witness following
+    ``logs``: return the request with its verified checkpoint.
+
+    Raises WitnessRequestMalformed, WitnessLogUnknown, WitnessCheckpointUnsigned or
+    WitnessOldSizeInvalid. Pure: nothing is read or recorded.
+    """
+    request = parse_add_checkpoint(body)
+    try:
+        text, _ = read_note(request.note)
+    except NoteInvalid as e:
+        raise WitnessRequestMalformed(
+            f"The checkpoint is not a signed note: {e.message}."
+        ) from None
+    origin = text.split("\n", 1)[0]
+    keys = logs.get(origin)
+    if keys is None:
+        raise WitnessLogUnknown(
+            f"This witness does not follow the log {origin[:200]!r}; its operator adds a "
+            "log with its verifier key (tongban witness serve --log).",
+            metadata={"origin": origin[:200]},
+        )
+    try:
+        checkpoint = open_checkpoint(request.note, keys, origin=origin)
+    except NoteSignatureInvalid as e:
+        raise WitnessCheckpointUnsigned(
+            f"The checkpoint carries no valid signature by a key this witness trusts for "
+            f"{origin}: {e.message}.",
+            metadata={"origin": origin},
+        ) from None
+    except NoteInvalid as e:
+        raise WitnessRequestMalformed(f"The checkpoint is malformed: {e.message}.") from None
+    if request.old_size > checkpoint.size:
+        raise WitnessOldSizeInvalid(
+            f"The old size {request.old_size} is larger than the checkpoint's size "
+            f"{checkpoint.size}."
+        )
+    return Submission(
+        origin, text, checkpoint.size, checkpoint.root, request.old_size, request.proof,
+        request.note,
+    )  # fmt: skip
+
+
+def kept_as_evidence(error: WitnessRefusal) -> bool:
+    """Whether a refusal of check 5 is kept as evidence: a validly signed checkpoint that
+    does not extend what was cosigned (a split view, a proof that does not verify) may
+    show the log presenting different views."""
+    return isinstance(error, WitnessProofInvalid) or (
+        isinstance(error, WitnessConflict) and error.split_view
+    )
 
 
 class Witness:
-    """The witness's protocol logic over its key, the logs it follows and its state."""
+    """The standalone witness's protocol logic over its key, the logs it follows and its
+    SQLite state (``tongban witness serve``)."""
 
     def __init__(
         self,
@@ -92,11 +198,7 @@ class Witness:
         """Raises ValueError if ``key`` is not ``identity``'s key or no log is given."""
         if not logs:
             raise ValueError("a witness follows at least one log")
-        public = key.public_key()
-        if not isinstance(public, Ed25519PublicKey) or WitnessKey(identity.name, public) != (
-            identity
-        ):
-            raise ValueError(f"the signing key is not the key of witness {identity.label}")
+        check_witness_key(identity, key)
         self.identity = identity
         self._key = key
         self._logs = logs
@@ -113,89 +215,33 @@ class Witness:
         Raises a :class:`WitnessRefusal` subclass carrying the HTTP status the spec gives
         the failed check (nothing recorded), or WitnessStateUnusable.
         """
-        request = parse_add_checkpoint(body)
-        checked = self._verified(request.note)
-        if request.old_size > checked.size:
-            raise WitnessOldSizeInvalid(
-                f"The old size {request.old_size} is larger than the checkpoint's size "
-                f"{checked.size}."
-            )
-
-        def check(stored_size: int, stored_root: bytes) -> None:
-            if request.old_size != stored_size:
-                raise WitnessConflict(
-                    f"The old size {request.old_size} is not the size of the latest "
-                    f"checkpoint this witness cosigned for {checked.origin}, "
-                    f"{stored_size}; send a consistency proof from {stored_size}.",
-                    latest_size=stored_size,
-                )
-            if request.old_size == checked.size and stored_root != checked.root:
-                raise WitnessConflict(
-                    f"This witness cosigned another checkpoint of size {checked.size} for "
-                    f"{checked.origin}, with a different root: the log shows two views.",
-                    latest_size=stored_size,
-                    split_view=True,
-                )
-            try:
-                verify_consistency(
-                    request.old_size, checked.size, stored_root, checked.root, request.proof
-                )
-            except ProofInvalid as e:
-                raise WitnessProofInvalid(
-                    f"The consistency proof from size {request.old_size} to {checked.size} "
-                    f"does not verify against the checkpoint this witness cosigned: "
-                    f"{e.message}.",
-                    metadata={"old_size": str(request.old_size), "size": str(checked.size)},
-                ) from None
-
+        submission = open_submission(body, self._logs)
         now = self._clock.now()
         try:
             self._state.advance(
-                checked.origin,
-                check,
-                size=checked.size,
-                root=checked.root,
-                note=checked.text,
+                submission.origin,
+                submission.check,
+                size=submission.size,
+                root=submission.root,
+                note=submission.text,
                 at=now,
             )
-        except (WitnessProofInvalid, WitnessConflict) as e:
-            if isinstance(e, WitnessProofInvalid) or e.split_view:
-                # A validly signed checkpoint that does not extend what was cosigned:
-                # possible evidence of a log showing different views; kept.
-                _log.warning("refused %s: %s", checked.origin, e.message)
+        except WitnessRefusal as e:
+            if kept_as_evidence(e):
+                _log.warning("refused %s: %s", submission.origin, e.message)
                 self._state.record_refusal(
-                    checked.origin,
-                    old_size=request.old_size,
+                    submission.origin,
+                    old_size=submission.old_size,
                     reason=e.reason,
-                    note=request.note,
+                    note=submission.note,
                     at=now,
                 )
             raise
-        return cosign(checked.text, self.identity, self._key, int(now.timestamp()))
+        return cosign(submission.text, self.identity, self._key, int(now.timestamp()))
 
-    def _verified(self, note: str) -> _Checked:
-        try:
-            text, _ = read_note(note)
-        except NoteInvalid as e:
-            raise WitnessRequestMalformed(
-                f"The checkpoint is not a signed note: {e.message}."
-            ) from None
-        origin = text.split("\n", 1)[0]
-        keys = self._logs.get(origin)
-        if keys is None:
-            raise WitnessLogUnknown(
-                f"This witness does not follow the log {origin[:200]!r}; its operator adds a "
-                "log with its verifier key (tongban witness serve --log).",
-                metadata={"origin": origin[:200]},
-            )
-        try:
-            checkpoint = open_checkpoint(note, keys, origin=origin)
-        except NoteSignatureInvalid as e:
-            raise WitnessCheckpointUnsigned(
-                f"The checkpoint carries no valid signature by a key this witness trusts for "
-                f"{origin}: {e.message}.",
-                metadata={"origin": origin},
-            ) from None
-        except NoteInvalid as e:
-            raise WitnessRequestMalformed(f"The checkpoint is malformed: {e.message}.") from None
-        return _Checked(origin, text, checkpoint.size, checkpoint.root)
+
+def check_witness_key(identity: WitnessKey, key: Ed25519PrivateKey | Signer) -> None:
+    """Raise ValueError unless ``key`` is the private key of witness ``identity``."""
+    public = key.public_key()
+    if not isinstance(public, Ed25519PublicKey) or WitnessKey(identity.name, public) != (identity):
+        raise ValueError(f"the signing key is not the key of witness {identity.label}")
