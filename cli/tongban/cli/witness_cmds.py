@@ -8,6 +8,11 @@
 each log and the refusals kept as evidence. A witness needs only its own data dir: no
 CA, node credentials or database.
 
+On a node's data dir, ``init`` makes the exchange's witness key instead: the node then
+witnesses its peers' logs over the peer link, its state in the exchange's PostgreSQL
+(docs/federation.md, "Peers as witnesses"), so ``serve`` refuses to run there: one key
+with two states could cosign two views of one log.
+
 Also here: the trusted witnesses of ``tongban audit verify --witnesses N``.
 """
 
@@ -25,7 +30,7 @@ from tongban.cli.common import emit, settings_from_args
 from tongban.exchange.audit.cosignature import WitnessKey, WitnessKeyInvalid
 from tongban.exchange.audit.note import NoteInvalid, parse_verifier_key
 from tongban.exchange.audit.witnessed import WitnessedReport, verify_witnessed
-from tongban.exchange.datadir import open_token
+from tongban.exchange.datadir import is_initialised, open_token
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import ConfigInvalid
 from tongban.exchange.settings import Settings, parse_listen_address
@@ -125,7 +130,12 @@ async def run_witness(args: argparse.Namespace) -> int:
             identity.key.vkey
             if args.witness_command == "key"
             else f"witness {identity.key.name} (key: {identity.where})\n  verifier key: "
-            f"{identity.key.vkey}\n  give nodes TONGBAN_WITNESSES={identity.key.vkey}@<URL>",
+            f"{identity.key.vkey}\n  give nodes TONGBAN_WITNESSES={identity.key.vkey}@<URL>"
+            + (
+                " (or, on a peer exchange's nodes, @peer:<its name for this exchange>)"
+                if is_initialised(settings.data_dir)
+                else ""
+            ),
         )
         return 0
     finally:
@@ -138,6 +148,12 @@ async def _serve(args: argparse.Namespace, settings: Settings, token: Token | No
         listen = parse_listen_address(args.listen) if args.listen else settings.witness_listen
     except ValueError as e:
         raise ConfigInvalid(f"--listen={args.listen!r}: {e}.") from None
+    if is_initialised(settings.data_dir):
+        raise ConfigInvalid(
+            f"{settings.data_dir} is a node's data dir: its witness cosigns peers' logs over "
+            "the peer link, with its state in the exchange's database; run `tongban witness "
+            'serve` on a data dir of its own (docs/federation.md, "Peers as witnesses").'
+        )
     vkeys = [*settings.witness_logs, *args.log]
     if not vkeys:
         raise ConfigInvalid(

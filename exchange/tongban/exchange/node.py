@@ -105,6 +105,7 @@ from tongban.exchange.sharing.events import EventFeed, EventStore, EventWaker, P
 from tongban.exchange.sharing.service import Sharing
 from tongban.exchange.web import WebConsole
 from tongban.exchange.witness.collector import Cosigner, parse_witness_endpoints
+from tongban.exchange.witness.keys import find_witness
 from tongban.licence import BUILTIN_REGISTRY
 from tongban.signing.certs import (
     certificate_fingerprint,
@@ -247,6 +248,9 @@ class Node:
                 clock=self.clock,
                 access_log=self.access_log,
                 hasher=self._hasher,
+                # This exchange witnesses its peers' logs once its operator made a witness
+                # key on the node's data dir (docs/federation.md, "Peers as witnesses").
+                witness=find_witness(self.settings, self._token),
             )
             vault = vault_for(self.db.pool, self.settings, self._token, self.clock)
             await ensure_status_key(vault, self.settings, self.clock.now())
@@ -292,6 +296,7 @@ class Node:
                     witnesses,
                     self.clock,
                     node_name=self.settings.node_name,
+                    peer_transport=self.federation.witness_transport,
                     on_outcome=self.metrics.count_witness,
                     on_cosigned=self.metrics.witness_cosigned,
                 )
@@ -595,6 +600,7 @@ class Node:
                 self.licensing.trust.trust_list,
                 AuditStore(self.db.pool),
                 self.checkpointer,
+                self.federation.witness,
             ),
             server,
         )
@@ -812,6 +818,9 @@ class Node:
         if self.relay is not None:
             await self.relay.stop()
             self.relay = None
+        if self.cosigner is not None:  # before the peer links it may ask through
+            await self.cosigner.stop()
+            self.cosigner = None
         if self.federation is not None:
             await self.federation.stop()
         if self._sweeper is not None:
@@ -826,9 +835,6 @@ class Node:
             self.notices = None
         if self.access_log is not None:
             await self.access_log.stop()
-        if self.cosigner is not None:
-            await self.cosigner.stop()
-            self.cosigner = None
         if self.checkpointer is not None:
             await self.checkpointer.stop()
             self.checkpointer = None

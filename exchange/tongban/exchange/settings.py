@@ -145,8 +145,9 @@ class Settings(BaseSettings):
     witnesses: Annotated[tuple[str, ...], NoDecode] = ()
     """Witnesses the node asks to cosign each checkpoint (C2SP tlog-witness), comma-
     separated ``<witness key>@<URL>``: the key as ``tongban witness key`` prints it, the
-    URL the witness's submission prefix. Empty (the default): checkpoints are not
-    witnessed. See docs/audit-log.md, "Witnesses"."""
+    URL the witness's submission prefix, or ``peer:<name>`` for a peer exchange asked over
+    the peer link. Empty (the default): checkpoints are not witnessed. See
+    docs/audit-log.md, "Witnesses"."""
 
     witness_listen: Annotated[ListenAddress, NoDecode] = ListenAddress("127.0.0.1", 8090)
     """Where ``tongban witness serve`` listens (HTTP; put TLS in front of it)."""

@@ -355,6 +355,50 @@ class GetLogEntryRequest(_message.Message):
 Global___GetLogEntryRequest: _TypeAlias = GetLogEntryRequest  # noqa: Y015
 
 @_typing.final
+class AddCheckpointRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BODY_FIELD_NUMBER: _builtins.int
+    body: _builtins.bytes
+    """A C2SP add-checkpoint request body: "old <size>", the consistency proof (one base64
+    hash a line), an empty line, and the signed checkpoint.
+    """
+    def __init__(
+        self,
+        *,
+        body: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddCheckpointRequest: _TypeAlias = AddCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class AddCheckpointResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COSIGNATURES_FIELD_NUMBER: _builtins.int
+    cosignatures: _builtins.str
+    """The witness's C2SP tlog-cosignature note signature lines, each ending in a newline
+    (what an HTTP witness answers with 200).
+    """
+    def __init__(
+        self,
+        *,
+        cosignatures: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosignatures", b"cosignatures"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddCheckpointResponse: _TypeAlias = AddCheckpointResponse  # noqa: Y015
+
+@_typing.final
 class ForwardQueryRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

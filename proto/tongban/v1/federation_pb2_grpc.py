@@ -65,6 +65,11 @@ class PeerServiceStub:
                 request_serializer=tongban_dot_v1_dot_federation__pb2.GetLogEntryRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_audit__pb2.EntryWithProof.FromString,
                 _registered_method=True)
+        self.AddCheckpoint = channel.unary_unary(
+                '/tongban.v1.PeerService/AddCheckpoint',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.AddCheckpointRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_federation__pb2.AddCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -121,6 +126,22 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddCheckpoint(self, request, context):
+        """Witness the calling exchange's access log (C2SP tlog-witness over the peer link,
+        docs/federation.md, "Peers as witnesses"): the body is exactly a C2SP add-checkpoint
+        request, and the answer the cosignature lines of a 200. Only for the caller's own
+        log, checked with the log key pinned by `tongban peer log-key`. The spec's refusals
+        are reason codes: 400 INVALID_ARGUMENT / WITNESS_REQUEST_MALFORMED or
+        WITNESS_OLD_SIZE_INVALID; 403 PERMISSION_DENIED / WITNESS_SIGNATURE_INVALID; 404
+        NOT_FOUND / WITNESS_LOG_UNKNOWN; 409 ABORTED / WITNESS_CONFLICT with the witness's
+        latest size in ErrorInfo metadata "latest_size"; 422 FAILED_PRECONDITION /
+        WITNESS_PROOF_INVALID. Also FAILED_PRECONDITION / PEER_LOG_KEY_UNSET (no key pinned
+        for the caller) and WITNESS_NOT_INITIALISED (this exchange runs no witness).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +174,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.GetLogEntry,
                     request_deserializer=tongban_dot_v1_dot_federation__pb2.GetLogEntryRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_audit__pb2.EntryWithProof.SerializeToString,
+            ),
+            'AddCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddCheckpoint,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.AddCheckpointRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_federation__pb2.AddCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -317,6 +343,33 @@ class PeerService:
             '/tongban.v1.PeerService/GetLogEntry',
             tongban_dot_v1_dot_federation__pb2.GetLogEntryRequest.SerializeToString,
             tongban_dot_v1_dot_audit__pb2.EntryWithProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/AddCheckpoint',
+            tongban_dot_v1_dot_federation__pb2.AddCheckpointRequest.SerializeToString,
+            tongban_dot_v1_dot_federation__pb2.AddCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -66,6 +66,18 @@ class PeerServiceStub:
     the calling exchange ("<our name for it>" or "<our name for it>/<department>");
     any other is refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED.
     """
+    AddCheckpoint: _grpc.UnaryUnaryMultiCallable[_federation_pb2.AddCheckpointRequest, _federation_pb2.AddCheckpointResponse]
+    """Witness the calling exchange's access log (C2SP tlog-witness over the peer link,
+    docs/federation.md, "Peers as witnesses"): the body is exactly a C2SP add-checkpoint
+    request, and the answer the cosignature lines of a 200. Only for the caller's own
+    log, checked with the log key pinned by `tongban peer log-key`. The spec's refusals
+    are reason codes: 400 INVALID_ARGUMENT / WITNESS_REQUEST_MALFORMED or
+    WITNESS_OLD_SIZE_INVALID; 403 PERMISSION_DENIED / WITNESS_SIGNATURE_INVALID; 404
+    NOT_FOUND / WITNESS_LOG_UNKNOWN; 409 ABORTED / WITNESS_CONFLICT with the witness's
+    latest size in ErrorInfo metadata "latest_size"; 422 FAILED_PRECONDITION /
+    WITNESS_PROOF_INVALID. Also FAILED_PRECONDITION / PEER_LOG_KEY_UNSET (no key pinned
+    for the caller) and WITNESS_NOT_INITIALISED (this exchange runs no witness).
+    """
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -94,6 +106,18 @@ class PeerServiceAsyncStub(PeerServiceStub):
     checkpoint, for the calling exchange's audit trail: only an entry whose caller is
     the calling exchange ("<our name for it>" or "<our name for it>/<department>");
     any other is refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED.
+    """
+    AddCheckpoint: _aio.UnaryUnaryMultiCallable[_federation_pb2.AddCheckpointRequest, _federation_pb2.AddCheckpointResponse]  # type: ignore[assignment]
+    """Witness the calling exchange's access log (C2SP tlog-witness over the peer link,
+    docs/federation.md, "Peers as witnesses"): the body is exactly a C2SP add-checkpoint
+    request, and the answer the cosignature lines of a 200. Only for the caller's own
+    log, checked with the log key pinned by `tongban peer log-key`. The spec's refusals
+    are reason codes: 400 INVALID_ARGUMENT / WITNESS_REQUEST_MALFORMED or
+    WITNESS_OLD_SIZE_INVALID; 403 PERMISSION_DENIED / WITNESS_SIGNATURE_INVALID; 404
+    NOT_FOUND / WITNESS_LOG_UNKNOWN; 409 ABORTED / WITNESS_CONFLICT with the witness's
+    latest size in ErrorInfo metadata "latest_size"; 422 FAILED_PRECONDITION /
+    WITNESS_PROOF_INVALID. Also FAILED_PRECONDITION / PEER_LOG_KEY_UNSET (no key pinned
+    for the caller) and WITNESS_NOT_INITIALISED (this exchange runs no witness).
     """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -156,6 +180,24 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         checkpoint, for the calling exchange's audit trail: only an entry whose caller is
         the calling exchange ("<our name for it>" or "<our name for it>/<department>");
         any other is refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED.
+        """
+
+    @_abc_1.abstractmethod
+    def AddCheckpoint(
+        self,
+        request: _federation_pb2.AddCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.AddCheckpointResponse, _abc.Awaitable[_federation_pb2.AddCheckpointResponse]]:
+        """Witness the calling exchange's access log (C2SP tlog-witness over the peer link,
+        docs/federation.md, "Peers as witnesses"): the body is exactly a C2SP add-checkpoint
+        request, and the answer the cosignature lines of a 200. Only for the caller's own
+        log, checked with the log key pinned by `tongban peer log-key`. The spec's refusals
+        are reason codes: 400 INVALID_ARGUMENT / WITNESS_REQUEST_MALFORMED or
+        WITNESS_OLD_SIZE_INVALID; 403 PERMISSION_DENIED / WITNESS_SIGNATURE_INVALID; 404
+        NOT_FOUND / WITNESS_LOG_UNKNOWN; 409 ABORTED / WITNESS_CONFLICT with the witness's
+        latest size in ErrorInfo metadata "latest_size"; 422 FAILED_PRECONDITION /
+        WITNESS_PROOF_INVALID. Also FAILED_PRECONDITION / PEER_LOG_KEY_UNSET (no key pinned
+        for the caller) and WITNESS_NOT_INITIALISED (this exchange runs no witness).
         """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

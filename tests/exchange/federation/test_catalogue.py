@@ -190,6 +190,11 @@ class _HostilePeer(federation_pb2_grpc.PeerServiceServicer):
     async def GetLogEntry(self, request: object, context: object) -> audit_pb2.EntryWithProof:
         return audit_pb2.EntryWithProof()
 
+    async def AddCheckpoint(
+        self, request: object, context: object
+    ) -> federation_pb2.AddCheckpointResponse:
+        return federation_pb2.AddCheckpointResponse(cosignatures="not a cosignature\n")
+
 
 async def test_a_peer_offering_what_it_does_not_own_is_refused(
     province: Node, tmp_path: Path, database_url: str

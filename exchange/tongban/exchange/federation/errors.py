@@ -11,6 +11,7 @@ __all__ = [
     "PeerEntryInvalid",
     "PeerExists",
     "PeerIsSelf",
+    "PeerLogKeyUnset",
     "PeerNotADepartment",
     "PeerNotOwner",
     "PeerOnly",
@@ -129,6 +130,13 @@ class PeerRequestInvalid(TongbanError):
 
     reason = "PEER_REQUEST_INVALID"
     status = "INVALID_ARGUMENT"
+
+
+class PeerLogKeyUnset(TongbanError):
+    """No log verifier key is pinned for the peer (``tongban peer log-key``)."""
+
+    reason = "PEER_LOG_KEY_UNSET"
+    status = "FAILED_PRECONDITION"
 
 
 class PeerTrustListInvalid(VerificationFailed):

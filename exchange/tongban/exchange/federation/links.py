@@ -36,6 +36,8 @@ _PASSED_ON = {
     grpc.StatusCode.FAILED_PRECONDITION: "FAILED_PRECONDITION",
     grpc.StatusCode.RESOURCE_EXHAUSTED: "RESOURCE_EXHAUSTED",
     grpc.StatusCode.OUT_OF_RANGE: "OUT_OF_RANGE",
+    # A witness's 409 (WITNESS_CONFLICT, with its latest size): the asker resyncs.
+    grpc.StatusCode.ABORTED: "ABORTED",
 }
 
 

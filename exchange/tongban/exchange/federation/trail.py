@@ -23,7 +23,7 @@ from tongban.exchange.audit.leaf import AccessEntry, LeafInvalid, decode_leaf
 from tongban.exchange.audit.merkle import ProofInvalid, leaf_hash, verify_inclusion
 from tongban.exchange.audit.note import NoteInvalid, open_checkpoint, parse_verifier_key
 from tongban.exchange.audit.store import AuditStore, LogEntry, SearchFilters
-from tongban.exchange.federation.errors import PeerUnavailable
+from tongban.exchange.federation.errors import PeerLogKeyUnset, PeerUnavailable
 from tongban.exchange.federation.links import PeerLinks, PeerRefusal
 from tongban.exchange.federation.peers import PeerStore
 from tongban.v1 import audit_pb2, federation_pb2
@@ -57,13 +57,6 @@ class PeerLogEntryInvalid(TongbanError):
     """A peer's log entry, checkpoint or inclusion proof does not check out."""
 
     reason = "PEER_LOG_PROOF_INVALID"
-    status = "FAILED_PRECONDITION"
-
-
-class PeerLogKeyUnset(TongbanError):
-    """No log verifier key is pinned for the peer."""
-
-    reason = "PEER_LOG_KEY_UNSET"
     status = "FAILED_PRECONDITION"
 
 

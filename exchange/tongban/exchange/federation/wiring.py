@@ -1,6 +1,6 @@
-"""A node's part in federation, composed: the peers' trust, links to peers, our offer and
-the remote catalogues (docs/federation.md). The node starts it with the database and
-stops it before closing the database."""
+"""A node's part in federation, composed: the peers' trust, links to peers, our offer,
+the remote catalogues and peers as witnesses (docs/federation.md). The node starts it
+with the database and stops it before closing the database."""
 
 from __future__ import annotations
 
@@ -16,8 +16,11 @@ from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
 from tongban.exchange.federation.sync import CatalogueSync
 from tongban.exchange.federation.trust import PeerTrust
+from tongban.exchange.federation.witnessing import PeerWitness, PeerWitnessTransport
 from tongban.exchange.settings import Settings
 from tongban.exchange.sharing.service import Sharing
+from tongban.exchange.witness.keys import WitnessIdentity
+from tongban.exchange.witness.shared_state import SharedWitnessState
 from tongban.licence import BUILTIN_REGISTRY
 from tongban.signing.certs import load_pem_certificates
 from tongban.signing.clock import Clock
@@ -43,7 +46,10 @@ class FederationParts:
         clock: Clock,
         access_log: AccessLog,
         hasher: SubjectHasher,
+        witness: WitnessIdentity | None = None,
     ) -> None:
+        """``witness``: this exchange's witness key (``tongban witness init`` on the node's
+        data dir), with which it witnesses its peers' logs; None: it does not."""
         self.trust = PeerTrust(
             pool, listener, load_pem_certificates(ca_pem)[0], key_pem=key_pem, chain_pem=chain_pem
         )
@@ -80,6 +86,11 @@ class FederationParts:
         self.licences = PeerLicences(
             trust=self.trust, links=self.links, registry=BUILTIN_REGISTRY, clock=clock
         )
+        # Peers as witnesses, both ways (docs/federation.md, "Peers as witnesses").
+        self.witness = PeerWitness(
+            witness, SharedWitnessState(pool, node_name=settings.node_name), clock
+        )
+        self.witness_transport = PeerWitnessTransport(self.trust, self.links)
 
     async def start(self) -> None:
         """Read the peers (the gRPC server's trust needs them)."""

@@ -23,6 +23,7 @@ from tongban.exchange.federation.remote import RemoteCatalogue
 from tongban.exchange.federation.sync import CatalogueSync
 from tongban.exchange.federation.trail import PeerLogEntryRefused, may_see
 from tongban.exchange.federation.trust import PeerTrust
+from tongban.exchange.federation.witnessing import PeerWitness
 from tongban.exchange.server.audit_service import entry_message
 from tongban.exchange.server.caller import current_caller, current_peer
 from tongban.exchange.server.sharing_services import dataset_message
@@ -40,8 +41,9 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
     def __init__(
         self, node_name: str, trust: PeerTrust, offer: CatalogueOffer, sync: CatalogueSync,
         clock: Clock, forwarding: Forwarding, trust_list: Callable[[], Awaitable[TrustList]],
-        log_store: AuditStore, checkpoints: Checkpointer,
+        log_store: AuditStore, checkpoints: Checkpointer, witness: PeerWitness,
     ) -> None:  # fmt: skip
+        self._witness = witness
         self._log_store = log_store
         self._checkpoints = checkpoints
         self._forwarding = forwarding
@@ -119,6 +121,12 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
             ),
             inclusion_proof=proof,
         )
+
+    async def AddCheckpoint(
+        self, request: federation_pb2.AddCheckpointRequest, context: Context
+    ) -> federation_pb2.AddCheckpointResponse:
+        line = await self._witness.add_checkpoint(current_peer(), request.body)
+        return federation_pb2.AddCheckpointResponse(cosignatures=line)
 
 
 class FederationService(federation_pb2_grpc.FederationServiceServicer):

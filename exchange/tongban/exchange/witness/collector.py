@@ -48,6 +48,7 @@ from tongban.signing.clock import Clock
 
 __all__ = [
     "MAX_WITNESSES",
+    "PEER_PREFIX",
     "Cosigner",
     "HttpWitnessTransport",
     "Outcome",
@@ -76,6 +77,11 @@ Outcome = Literal[
 ]
 
 _URL = re.compile(r"https?://[^\s/?#]+(/[^\s?#]*)?")
+_PEER = re.compile(r"peer:[a-z][a-z0-9-]{1,62}")
+
+PEER_PREFIX = "peer:"
+"""A witness's URL that names a peer exchange (``peer:<our name for it>``): asked over the
+peer link (``PeerService/AddCheckpoint``) rather than HTTP."""
 _RETRY_FIRST = 0.5
 _RETRY_MAX = 60.0
 _IDLE = 30.0
@@ -96,12 +102,19 @@ class WitnessEndpoint:
     key: WitnessKey
     url: str
     """``http(s)://host[:port][/prefix]`` without a final slash; the node POSTs to
-    ``<url>/add-checkpoint``."""
+    ``<url>/add-checkpoint``. Or ``peer:<name>``: a peer exchange, asked over the peer
+    link."""
+
+    @property
+    def peer(self) -> str | None:
+        """The peer's name when the witness is a peer exchange, else None."""
+        return self.url.removeprefix(PEER_PREFIX) if self.url.startswith(PEER_PREFIX) else None
 
 
 def parse_witness_endpoints(values: Sequence[str]) -> tuple[WitnessEndpoint, ...]:
     """Return the witnesses of ``TONGBAN_WITNESSES``: each ``<vkey>@<url>``, the vkey as
-    ``tongban witness key`` prints it.
+    ``tongban witness key`` prints it, the URL ``http(s)://...`` or ``peer:<name>`` (a
+    peer exchange, by this exchange's name for it).
 
     Raises ValueError with one sentence for a malformed entry, a key given twice, or more
     than :data:`MAX_WITNESSES`.
@@ -109,10 +122,11 @@ def parse_witness_endpoints(values: Sequence[str]) -> tuple[WitnessEndpoint, ...
     found: list[WitnessEndpoint] = []
     for value in values:
         vkey, at, url = value.strip().partition("@")
-        if not at or not _URL.fullmatch(url):
+        if not at or not (_URL.fullmatch(url) or _PEER.fullmatch(url)):
             raise ValueError(
-                f"{value[:80]!r} is not <witness key>@<URL> (URL http:// or https://, e.g. "
-                "witness.example/w1+1a2b3c4d+BA...=@https://witness.example/w1)"
+                f"{value[:80]!r} is not <witness key>@<URL> (URL http:// or https://, or "
+                "peer:<peer name>, e.g. witness.example/w1+1a2b3c4d+BA...=@https://"
+                "witness.example/w1)"
             )
         try:
             key = WitnessKey.parse(vkey)
@@ -190,11 +204,14 @@ class Cosigner:
         *,
         node_name: str,
         transport: WitnessTransport | None = None,
+        peer_transport: WitnessTransport | None = None,
         on_outcome: Callable[[str, Outcome], None] | None = None,
         on_cosigned: Callable[[str, int], None] | None = None,
     ) -> None:
         """Without ``transport``, HTTP (:class:`HttpWitnessTransport`), opened by
-        ``start`` and closed by ``stop``."""
+        ``start`` and closed by ``stop``. ``peer_transport`` reaches the witnesses named
+        ``peer:<name>`` (``federation.witnessing.PeerWitnessTransport``); without it they
+        are unavailable."""
         self._pool = pool
         self._checkpoints = checkpoints
         self._store = AuditStore(pool)
@@ -203,6 +220,7 @@ class Cosigner:
         if transport is None:
             transport = self._http = HttpWitnessTransport()
         self._transport = transport
+        self._peer_transport = peer_transport
         self._clock = clock
         self._node = node_name
         self._on_outcome = on_outcome
@@ -285,7 +303,7 @@ class Cosigner:
             old = w.known
             proof = await self._store.consistency(old, latest.size)
             body = add_checkpoint_body(old, proof, latest.log_note)
-            answer = await self._transport.add_checkpoint(w.endpoint.url, body)
+            answer = await self._transport_for(w.endpoint).add_checkpoint(w.endpoint.url, body)
             if answer.status == 200:
                 return await self._keep(w, latest, answer.body)
             said = answer.body[:300].decode("utf-8", errors="replace").strip()
@@ -320,6 +338,16 @@ class Cosigner:
             _log.warning("witness %s answered %d: %s", label, answer.status, said)
             return "refused" if 400 <= answer.status < 500 else "unavailable"
         return "resync"
+
+    def _transport_for(self, endpoint: WitnessEndpoint) -> WitnessTransport:
+        if endpoint.peer is None:
+            return self._transport
+        if self._peer_transport is None:
+            raise WitnessUnavailable(
+                f"Witness {endpoint.key.label} is peer {endpoint.peer}, and this node has no "
+                "link to peers."
+            )
+        return self._peer_transport
 
     async def _keep(self, w: _Witness, latest: CheckpointRow, body: bytes) -> Outcome:
         label = w.endpoint.key.label

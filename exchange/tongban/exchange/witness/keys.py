@@ -36,6 +36,7 @@ __all__ = [
     "WitnessExists",
     "WitnessIdentity",
     "WitnessNotInitialised",
+    "find_witness",
     "init_witness",
     "load_witness",
     "state_path",
@@ -116,6 +117,15 @@ def init_witness(settings: Settings, name: str, token: Token | None) -> WitnessI
         where = "file"
     config = {"name": name, "key": where, "label": WITNESS_KEY_LABEL}
     write_atomic(path, json.dumps(config, indent=2).encode() + b"\n", mode=0o600, dir_mode=0o700)
+    return load_witness(settings, token)
+
+
+def find_witness(settings: Settings, token: Token | None) -> WitnessIdentity | None:
+    """The witness of this data dir, or None if it has none: a node's, whose exchange
+    witnesses its peers' logs when its operator made one (docs/federation.md). Raises as
+    ``load_witness`` for a witness that is there but unusable."""
+    if not _config_path(settings).exists():
+        return None
     return load_witness(settings, token)
 
 
