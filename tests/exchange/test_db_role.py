@@ -82,6 +82,10 @@ PRIVILEGES = {
     "log_state": {"SELECT", "UPDATE"},
     "covert_case": {"SELECT", "INSERT"},
     "department": {"SELECT"},
+    # The exchange as its peers' witness (migration 0027): the state moves by
+    # compare-and-swap, never deleted; refusals kept as evidence are pruned to 1,000.
+    "peer_witness_state": {"SELECT", "INSERT", "UPDATE"},
+    "peer_witness_refusal": {"SELECT", "INSERT", "DELETE"},
 }
 _TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 
