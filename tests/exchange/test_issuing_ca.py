@@ -60,8 +60,10 @@ def test_init_makes_a_root_that_signs_only_an_issuing_ca(tmp_path: Path) -> None
     ca_dir = settings.data_dir / "ca"
     root = load_pem_certificates((ca_dir / "ca.crt").read_bytes())[0]
     (first,) = issuing_cas(settings)
-    assert _path_length(root) == 1 and _path_length(first.cert) == 0
-    assert first.cert.issuer == root.subject and first.has_key
+    assert _path_length(root) == 1
+    assert _path_length(first.cert) == 0
+    assert first.cert.issuer == root.subject
+    assert first.has_key
     # The node's TLS and signing certificates chain through it, and carry it.
     for name in ("node.crt", "sign.crt"):
         chain = load_pem_certificates((settings.data_dir / "node" / name).read_bytes())
@@ -116,15 +118,13 @@ def test_the_root_key_goes_offline_and_rotation_takes_it_from_there(tmp_path: Pa
     save_private_key(other, generate_private_key("P-256"), PASSPHRASE.encode())
     with pytest.raises(CaRotationRefused, match="not the key of this exchange's root"):
         rotate_issuing_ca(settings, now, overlap=timedelta(hours=2), root_key_file=other)
-    made, new = rotate_issuing_ca(
-        settings, now, overlap=timedelta(hours=2), root_key_file=offline
-    )
-    assert new and made.generation == 2
+    made, new = rotate_issuing_ca(settings, now, overlap=timedelta(hours=2), root_key_file=offline)
+    assert new
+    assert made.generation == 2
     # Run again while it waits: the same one, nothing new.
-    again, new = rotate_issuing_ca(
-        settings, now, overlap=timedelta(hours=2), root_key_file=offline
-    )
-    assert not new and again.cert == made.cert
+    again, new = rotate_issuing_ca(settings, now, overlap=timedelta(hours=2), root_key_file=offline)
+    assert not new
+    assert again.cert == made.cert
 
 
 def test_the_next_issuing_ca_takes_over_after_the_overlap(tmp_path: Path) -> None:
@@ -143,7 +143,8 @@ def test_the_next_issuing_ca_takes_over_after_the_overlap(tmp_path: Path) -> Non
     # After it the new one does, and the first one's key is gone for good.
     later = now + timedelta(hours=3)
     current = load_ca(settings, later)
-    assert current.cert == made.cert and current.intermediates == (made.cert,)
+    assert current.cert == made.cert
+    assert current.intermediates == (made.cert,)
     assert not (settings.data_dir / "ca" / "issuing" / "0001" / "issuing.key").exists()
     states = {g.generation: s for g, s in issuing_ca_states(settings, later)}
     assert states == {1: "retired", 2: "issuing"}
@@ -154,9 +155,7 @@ def test_the_next_issuing_ca_takes_over_after_the_overlap(tmp_path: Path) -> Non
     for bundle, issuer in ((before.bundle, first.cert), (after.bundle, made.cert)):
         leaf, *rest = load_pem_certificates(bundle.seal_cert_pem)
         assert rest == [issuer]
-        chain = verify_certificate(
-            leaf, roots=[root], intermediates=rest, now=later, usage="seal"
-        )
+        chain = verify_certificate(leaf, roots=[root], intermediates=rest, now=later, usage="seal")
         assert chain[-1] == root
 
 
@@ -171,7 +170,8 @@ def test_a_rotation_cut_short_leaves_nothing_half_made(tmp_path: Path) -> None:
     now = SystemClock().now()
     assert load_ca(settings, now).cert == issuing_cas(settings)[0].cert
     made, new = rotate_issuing_ca(settings, now, overlap=timedelta(0))
-    assert new and made.generation == 2
+    assert new
+    assert made.generation == 2
     assert not stale.exists()
     assert load_ca(settings, now).cert == made.cert
 
@@ -186,7 +186,8 @@ def test_a_root_made_before_issuing_cas_keeps_issuing_and_cannot_rotate(tmp_path
     save_certificate(settings.data_dir / "ca" / "ca.crt", [root])
     (settings.data_dir / "tongban.json").write_text(json.dumps({"format": "tongban-data-dir/1"}))
     ca = load_ca(settings, now)
-    assert ca.cert == root and ca.intermediates == ()
+    assert ca.cert == root
+    assert ca.intermediates == ()
     with pytest.raises(CaRotationRefused, match="path length 0"):
         rotate_issuing_ca(settings, now, overlap=timedelta(hours=1))
     assert issuing_cas(settings) == []
@@ -200,7 +201,8 @@ def test_the_cli_refuses_a_rotation_without_the_root_key(tmp_path: Path) -> None
         "key", "rotate", "ca-intermediate", "--data-dir", str(settings.data_dir), env=env
     )
     assert done.code != 0
-    assert "CA_ROTATION_REFUSED" in done.stderr and "--root-key" in done.stderr
+    assert "CA_ROTATION_REFUSED" in done.stderr
+    assert "--root-key" in done.stderr
     assert "Traceback" not in done.stderr
     listed = tongban("key", "cas", "--data-dir", str(settings.data_dir), "--json", env=env)
     assert listed.code == 0, listed.stderr
@@ -213,7 +215,8 @@ async def test_licences_sealed_under_either_issuing_ca_verify_from_the_trust_lis
     """The operator's path on a running exchange: rotate the issuing CA, then the seal;
     the QR codes sealed before and after both verify offline with the root and the trust
     list alone, because the list names the issuing CAs."""
-    assert isinstance(node.clock, FixedClock) and node.licensing is not None
+    assert isinstance(node.clock, FixedClock)
+    assert node.licensing is not None
     settings = node.settings
     assert settings.database_url is not None
     env = cli_env(
@@ -236,7 +239,8 @@ async def test_licences_sealed_under_either_issuing_ca_verify_from_the_trust_lis
 
     old_qr = await issue()
     rotated = await cli("key", "rotate", "ca-intermediate", "--overlap", "0")
-    assert rotated["generation"] == 2 and rotated["made_now"] is True
+    assert rotated["generation"] == 2
+    assert rotated["made_now"] is True
     sealed = await cli("key", "rotate", "seal", "samr", "--overlap", "0")
     node.clock.set(datetime.fromisoformat(str(sealed["signs_from"])) + timedelta(minutes=1))
     new_qr = await issue()
