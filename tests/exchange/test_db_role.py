@@ -71,6 +71,18 @@ ATTEMPTS = [
     ),
     ("DELETE FROM department WHERE code = 'audit'", _NOT_GRANTED.format("department")),
     ("TRUNCATE department CASCADE", _NOT_GRANTED.format("department")),
+    # Departments' SM2 seals are enrolled and revoked by the operator (migration 0028): a
+    # node session can neither plant a key nor un-revoke one.
+    (
+        "INSERT INTO sm2_seal_key (fingerprint, holder, key_pem, chain_pem, created_at)"
+        " VALUES (sha256('x'), 'samr', 'k', 'c', now())",
+        _NOT_GRANTED.format("sm2_seal_key"),
+    ),
+    (
+        "UPDATE sm2_seal_key SET revoked_at = NULL, revocation_reason = NULL",
+        _NOT_GRANTED.format("sm2_seal_key"),
+    ),
+    ("DELETE FROM sm2_seal_key", _NOT_GRANTED.format("sm2_seal_key")),
 ]
 
 # What the node's role holds on the log's tables: read and append, and move the tree
@@ -86,6 +98,7 @@ PRIVILEGES = {
     # compare-and-swap, never deleted; refusals kept as evidence are pruned to 1,000.
     "peer_witness_state": {"SELECT", "INSERT", "UPDATE"},
     "peer_witness_refusal": {"SELECT", "INSERT", "DELETE"},
+    "sm2_seal_key": {"SELECT"},
 }
 _TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER")
 

@@ -39,6 +39,8 @@ from tongban.signing import (
     issue_seal_certificate,
     sign_jws,
 )
+from tongban.signing.sm2 import Sm2PrivateKey
+from tongban.signing.sm2_certs import create_sm2_root_ca, issue_sm2_seal_certificate
 
 NOW = datetime(2026, 11, 2, 9, 0, tzinfo=UTC)
 SETUP = NOW - timedelta(days=30)
@@ -445,6 +447,58 @@ def test_malformed_status_base_urls_are_refused(base: str) -> None:
 def test_malformed_status_base_url_claims_are_format_invalid(value: object) -> None:
     payload = _payload(_sign())
     payload["status_base_urls"] = value
+    with pytest.raises(LicenceFormatInvalid):
+        verify_trust_list(_craft(payload), roots=[CA], now=NOW)
+
+
+# --- issuing CAs and SM2 seals (top-level claims) ---------------------------------------
+
+
+def _sm2_seal(code: str) -> x509.Certificate:
+    root_key = Sm2PrivateKey.generate()
+    root = create_sm2_root_ca(common_name="SM2 Root", key=root_key, now=SETUP)
+    return issue_sm2_seal_certificate(
+        ca_cert=root, ca_key=root_key, code=code, name=code,
+        public_key=Sm2PrivateKey.generate().public, now=SETUP,
+    )  # fmt: skip
+
+
+def test_intermediates_and_sm2_seals_are_signed_and_read_back() -> None:
+    sm2 = _sm2_seal("samr")
+    token = _sign(intermediates=[CA], sm2_seals={"samr": [sm2]})
+    listed = verify_trust_list(token, roots=[CA], now=NOW)
+    assert listed.intermediates == (CA,)
+    assert dict(listed.sm2_seals) == {"samr": (sm2,)}
+    # A list without them (older nodes) names none.
+    plain = verify_trust_list(_sign(), roots=[CA], now=NOW)
+    assert plain.intermediates == ()
+    assert dict(plain.sm2_seals) == {}
+
+
+def test_sign_refuses_a_leaf_as_intermediate_and_a_misfiled_sm2_seal() -> None:
+    with pytest.raises(ValueError, match="CA certificates"):
+        _sign(intermediates=[SAMR_SEAL])
+    with pytest.raises(ValueError, match="not a seal of it"):
+        _sign(sm2_seals={"regulator": [_sm2_seal("samr")]})
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("intermediates", "x"),
+        ("intermediates", ["not base64"]),
+        ("intermediates", [_x5c(SAMR_SEAL)[0]]),  # a leaf, not a CA
+        ("sm2_seal_certificates", ["x"]),
+        ("sm2_seal_certificates", {"samr": "x"}),
+        ("sm2_seal_certificates", {"samr": [_x5c(REGULATOR_SEAL)[0]]}),  # another department's
+        ("sm2_seal_certificates", {"BAD CODE": []}),
+    ],
+)
+def test_malformed_intermediate_and_sm2_claims_are_format_invalid(
+    claim: str, value: object
+) -> None:
+    payload = _payload(_sign())
+    payload[claim] = value
     with pytest.raises(LicenceFormatInvalid):
         verify_trust_list(_craft(payload), roots=[CA], now=NOW)
 

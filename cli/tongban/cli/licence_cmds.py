@@ -43,6 +43,7 @@ from tongban.licence import (
     qr_png,
     verify_licence,
 )
+from tongban.licence.sm2_seal import verify_sm2_licence_signature
 from tongban.licence.verify import failure
 from tongban.signing import load_pem_certificates
 from tongban.signing.files import write_atomic
@@ -109,6 +110,18 @@ def add_parsers(
     verify.add_argument("--qr", help="the QR text (TB1:...)")
     verify.add_argument("--offline", action="store_true",
                         help="use only the cached trust list and status lists")  # fmt: skip
+    verify.add_argument(
+        "--sm2",
+        metavar="SIGNATURE",
+        help="the SM2 signature beside an SD-JWT (Licence.sd_jwt_sm2), or @FILE holding it: "
+        "the licence then verifies only if it does too",
+    )
+    verify.add_argument(
+        "--sm2-ca",
+        type=Path,
+        help="the exchange's SM2 root (ca/sm2-ca.crt) for --sm2 without --as; default: the "
+        "data dir's",
+    )
     trust = lsub.add_parser("trust-list", parents=[common, verifier],
                             help="show (or --refresh) the cached trust list")  # fmt: skip
     trust.add_argument("--refresh", action="store_true", help="fetch a fresh one from --url")
@@ -125,6 +138,16 @@ def add_parsers(
     enrol = ssub.add_parser("enrol", parents=[common],
                             help="give a registered department a custodial seal")  # fmt: skip
     enrol.add_argument("code")
+    sm2 = ssub.add_parser(
+        "sm2",
+        parents=[common],
+        help="give a department an SM2 seal that signs its licences beside ES256 "
+        "(or --list, --revoke)",
+    )
+    sm2.add_argument("code", nargs="?", help="the department (optional with --list)")
+    sm2.add_argument("--list", action="store_true", help="show the SM2 seal keys and their state")
+    sm2.add_argument("--revoke", metavar="SHA256", help="revoke this SM2 seal certificate")
+    sm2.add_argument("--reason", help="why it is revoked (1-500 characters)")
     move = ssub.add_parser(
         "move-to-token",
         parents=[common],
@@ -373,11 +396,12 @@ async def _verify(args: argparse.Namespace) -> int:
 
         # One file, one render: the slots bound a node's concurrent uploads.
         text = await licence_text_from_upload(_read(args.file, "licence file"), RenderSlots(1, 0))
+    sm2 = _sm2_signature(args)
     if args.bundle is not None:
         # The node verifies (LicenceService/Verify): its own licences with the registry's
         # status, and its peers' with their trust lists (docs/federation.md).
         async with department_client(args) as client:
-            return _report_node(args, await client.verify_licence(text))
+            return _report_node(args, await client.verify_licence(text, sd_jwt_sm2=sm2))
     verifier = _Verifier(args)
     roots = verifier.roots()
     now = datetime.now(UTC)
@@ -436,7 +460,34 @@ async def _verify(args: argparse.Namespace) -> int:
         text, roots=roots, trust_list=trust_list, registry=BUILTIN_REGISTRY, now=now,
         status=lookup,
     )  # fmt: skip
+    if sm2 and result.verified:
+        try:
+            verify_sm2_licence_signature(
+                text, sm2, sm2_roots=_sm2_roots(args), trust_list=trust_list, now=now
+            )
+        except VerificationFailed as e:
+            return _report(args, _failed(result, e))
+        result = dataclasses.replace(result, sm2_verified=True)
     return _report(args, result)
+
+
+def _sm2_signature(args: argparse.Namespace) -> str:
+    given: str | None = args.sm2
+    if not given:
+        return ""
+    if given.startswith("@"):
+        return _read(Path(given[1:]), "SM2 signature", 64 * 1024).decode("ascii", "replace").strip()
+    return given.strip()
+
+
+def _sm2_roots(args: argparse.Namespace) -> list[x509.Certificate]:
+    given: Path | None = args.sm2_ca
+    if given is None and args.data_dir is not None:
+        candidate = args.data_dir / "ca" / "sm2-ca.crt"
+        given = candidate if candidate.exists() else None
+    if given is None:
+        return []
+    return load_pem_certificates(_read(given, "SM2 root certificate", 64 * 1024))
 
 
 def _failed(checked: VerificationResult, error: VerificationFailed) -> VerificationResult:
@@ -529,6 +580,8 @@ async def run_seal(args: argparse.Namespace) -> int:
         return await _seal_enrol(args)
     if args.seal_command == "move-to-token":
         return await _seal_move(args)
+    if args.seal_command == "sm2":
+        return await _seal_sm2(args)
     pdf = _read(args.input, "PDF")
     async with department_client(args) as client:
         sealed = await client.seal_pdf(pdf, reason=args.reason)
@@ -598,6 +651,66 @@ async def _seal_enrol(args: argparse.Namespace) -> int:
         {"department": args.code, "seal_fingerprint": fingerprint.hex(), "in_token": bool(token)},
         f"{args.code} now has a custodial seal{where} (certificate sha256 {fingerprint.hex()})",
     )
+    return 0
+
+
+async def _seal_sm2(args: argparse.Namespace) -> int:
+    """Enrol, list or revoke departments' SM2 seals (the schema owner's login: the node
+    only reads them)."""
+    from tongban.exchange.db.database import Database
+    from tongban.exchange.licensing.setup import enrol_sm2_seal, sm2_seals_for
+
+    if not args.list and not args.code:
+        raise InvalidArgument("Name the department: `tongban seal sm2 CODE`.")
+    reason = (args.reason or "").strip()
+    if args.revoke is not None:
+        try:
+            fingerprint = bytes.fromhex(args.revoke)
+        except ValueError:
+            fingerprint = b""
+        if len(fingerprint) != 32:
+            raise InvalidArgument(
+                f"{args.revoke[:80]!r} is not a SHA-256 in hex (64 characters); "
+                "`tongban seal sm2 --list` shows them."
+            )
+        if not 1 <= len(reason) <= 500:
+            raise InvalidArgument("--revoke needs --reason (1-500 characters).")
+    settings = settings_from_args(args)
+    now = datetime.now(UTC)
+    async with await Database.open(settings, pool_size=1, owner=True) as db:
+        seals = sm2_seals_for(db.pool, settings)
+        if args.list:
+            keys = await seals.keys(args.code)
+            rows = [
+                {"department": k.holder, "state": k.state, "sha256": k.fingerprint.hex(),
+                 "created_at": k.created_at.isoformat(),
+                 "not_after": k.certificate.not_valid_after_utc.isoformat()}
+                for k in keys
+            ]  # fmt: skip
+            lines = [
+                f"{r['department']:<14} {r['state']:<8} sha256 {r['sha256'][:16]}…  until "
+                f"{r['not_after'][:10]}"
+                for r in rows
+            ]
+            emit(args, {"sm2_seals": rows}, "\n".join(lines) or "no SM2 seals")
+        elif args.revoke is not None:
+            await seals.revoke(args.code, fingerprint, reason, now)
+            emit(
+                args,
+                {"department": args.code, "sha256": fingerprint.hex(), "revoked": True},
+                f"{args.code}: SM2 seal {fingerprint.hex()} revoked; it signs no more and the "
+                "next trust list stops naming it, so its signatures fail with "
+                "SM2_SEAL_UNTRUSTED",
+            )
+        else:
+            fingerprint = await enrol_sm2_seal(seals, db.pool, settings, args.code, now)
+            emit(
+                args,
+                {"department": args.code, "sha256": fingerprint.hex()},
+                f"{args.code} now has an SM2 seal (certificate sha256 {fingerprint.hex()}); "
+                "its licences carry an SM2 signature beside the SD-JWT from the nodes' next "
+                "read (within 30 seconds)",
+            )
     return 0
 
 

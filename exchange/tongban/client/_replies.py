@@ -401,6 +401,7 @@ def licence(m: licence_pb2.Licence) -> Licence:
             )
             for h in m.history
         ),
+        sd_jwt_sm2=m.sd_jwt_sm2,
     )
 
 
@@ -421,6 +422,7 @@ def licence_verification(m: licence_pb2.VerificationResult) -> LicenceVerificati
         not_before=_maybe_instant(m.not_before, m.HasField("not_before")),
         expires=_maybe_instant(m.expires, m.HasField("expires")),
         exchange=m.exchange,
+        sm2_verified=m.sm2_verified,
     )
 
 

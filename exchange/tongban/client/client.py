@@ -703,9 +703,10 @@ class ExchangeClient:
         reply: licence_pb2.Licence = await self._call(self._licences.Amend, request)
         return _replies.licence(reply)
 
-    async def verify_licence(self, text: str) -> LicenceVerification:
-        """Verify an SD-JWT licence or a QR text online (status as of now)."""
-        request = licence_pb2.VerifyLicenceRequest(text=text)
+    async def verify_licence(self, text: str, *, sd_jwt_sm2: str = "") -> LicenceVerification:
+        """Verify an SD-JWT licence or a QR text online (status as of now); with
+        ``sd_jwt_sm2``, the SM2 signature beside an SD-JWT must verify too."""
+        request = licence_pb2.VerifyLicenceRequest(text=text, sd_jwt_sm2=sd_jwt_sm2)
         reply: licence_pb2.VerificationResult = await self._call(self._licences.Verify, request)
         return _replies.licence_verification(reply)
 

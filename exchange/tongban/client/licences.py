@@ -82,6 +82,9 @@ class Licence:
     case_id: str
     issued_at: datetime
     history: tuple[LicenceHistoryEntry, ...]
+    sd_jwt_sm2: str = ""
+    """The SM2 signature beside ``sd_jwt`` when the issuer chose an SM2 seal (check it with
+    ``verify_licence(sd_jwt, sd_jwt_sm2=...)``); empty otherwise."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,8 @@ class LicenceVerification:
     expires: datetime | None
     exchange: str = ""
     """The issuing exchange (this exchange's name for the peer); empty when issued here."""
+    sm2_verified: bool = False
+    """Whether the SM2 signature given beside the SD-JWT verified."""
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,7 @@ __all__ = [
     "Sm2Signing",
     "ensure_node_keys",
     "ensure_sm2_answer_signing",
+    "ensure_sm2_root",
     "first_log_verifier_key",
     "init_data_dir",
     "install_next_log_signer",
@@ -112,6 +113,7 @@ __all__ = [
     "rotate_issuing_ca",
     "rotate_node_signing",
     "sm2_ca_certificate_pem",
+    "sm2_roots",
 ]
 
 _MARKER = "tongban.json"
@@ -748,25 +750,40 @@ def sm2_ca_certificate_pem(settings: Settings) -> bytes | None:
     return path.read_bytes() if path.exists() else None
 
 
+def sm2_roots(settings: Settings) -> tuple[x509.Certificate, ...]:
+    """The exchange's SM2 root (``ca/sm2-ca.crt``), if it has one, as a trust anchor."""
+    pem = sm2_ca_certificate_pem(settings)
+    return tuple(load_pem_certificates(pem)) if pem else ()
+
+
+def ensure_sm2_root(settings: Settings, now: datetime) -> tuple[x509.Certificate, Sm2PrivateKey]:
+    """The exchange's SM2 root (``ca/sm2-ca.crt``, key ``ca/sm2-ca.key``), made if the data
+    dir lacks it. Repeatable."""
+    _require_initialised(settings)
+    passphrase = _passphrase(settings, create=False)
+    ca_dir = settings.data_dir / "ca"
+    if (ca_dir / _SM2_CA_CRT).exists():
+        root = load_pem_certificates((ca_dir / _SM2_CA_CRT).read_bytes())[0]
+        return root, load_sm2_private_key(ca_dir / _SM2_CA_KEY, passphrase)
+    if (ca_dir / _SM2_CA_KEY).exists():
+        ca_key = load_sm2_private_key(ca_dir / _SM2_CA_KEY, passphrase)
+    else:
+        ca_key = Sm2PrivateKey.generate()
+        save_sm2_private_key(ca_dir / _SM2_CA_KEY, ca_key, passphrase)
+    root = create_sm2_root_ca(common_name="Tongban Exchange SM2 Root", key=ca_key, now=now)
+    save_certificate(ca_dir / _SM2_CA_CRT, [root])
+    return root, ca_key
+
+
 def ensure_sm2_answer_signing(settings: Settings, now: datetime) -> bool:
     """Make the exchange's SM2 root and this node's SM2 answer key and certificate if the
     data dir lacks them; return whether anything was made. Repeatable."""
     _require_initialised(settings)
     passphrase = _passphrase(settings, create=False)
-    ca_dir, node = settings.data_dir / "ca", settings.data_dir / "node"
-    made = False
-    if not (ca_dir / _SM2_CA_CRT).exists():
-        if (ca_dir / _SM2_CA_KEY).exists():
-            ca_key = load_sm2_private_key(ca_dir / _SM2_CA_KEY, passphrase)
-        else:
-            ca_key = Sm2PrivateKey.generate()
-            save_sm2_private_key(ca_dir / _SM2_CA_KEY, ca_key, passphrase)
-        root = create_sm2_root_ca(common_name="Tongban Exchange SM2 Root", key=ca_key, now=now)
-        save_certificate(ca_dir / _SM2_CA_CRT, [root])
-        made = True
+    node = settings.data_dir / "node"
+    made = not (settings.data_dir / "ca" / _SM2_CA_CRT).exists()
+    root, ca_key = ensure_sm2_root(settings, now)
     if not (node / _SM2_SIGN_CRT).exists():
-        ca_key = load_sm2_private_key(ca_dir / _SM2_CA_KEY, passphrase)
-        root = load_pem_certificates((ca_dir / _SM2_CA_CRT).read_bytes())[0]
         if (node / _SM2_SIGN_KEY).exists():
             key = load_sm2_private_key(node / _SM2_SIGN_KEY, passphrase)
         else:

@@ -51,6 +51,7 @@ from tongban.exchange.datadir import (
     load_notify_secret,
     log_origin,
     open_token,
+    sm2_roots,
 )
 from tongban.exchange.db.database import Database
 from tongban.exchange.db.notify import ChangeListener
@@ -77,7 +78,7 @@ from tongban.exchange.licensing.notifiers import notifier_from_setting
 from tongban.exchange.licensing.package_store import PackageStore
 from tongban.exchange.licensing.ratings import RatingStore
 from tongban.exchange.licensing.service import Licensing
-from tongban.exchange.licensing.setup import ensure_status_key, vault_for
+from tongban.exchange.licensing.setup import ensure_status_key, sm2_seals_for, vault_for
 from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.licensing.supervision import RECENT_DAYS, recent_decisions
 from tongban.exchange.metrics import NodeMetrics
@@ -270,6 +271,8 @@ class Node:
                 node_name=self.settings.node_name,
                 decide=self.sharing.decide,
                 published_intermediates=functools.partial(issuing_certificates, self.settings),
+                sm2_seals=sm2_seals_for(self.db.pool, self.settings, self.clock),
+                sm2_roots=functools.partial(sm2_roots, self.settings),
             )
             # Licences of peer exchanges, with their trust lists (docs/federation.md).
             self.licensing.trust.peers = self.federation.licences.verify

@@ -29,6 +29,8 @@ from tongban.licence.errors import (
     SealRevoked,
     SignatureInvalid,
     SignerUntrusted,
+    Sm2SealUntrusted,
+    Sm2SignatureInvalid,
     StatusListFull,
     StatusUnavailable,
     StatusUrlUntrusted,
@@ -52,6 +54,7 @@ from tongban.licence.sdjwt import (
     present,
     verify_sd_jwt,
 )
+from tongban.licence.sm2_seal import SM2_LICENCE_TYP, verify_sm2_licence_signature
 from tongban.licence.status_cache import StatusListCache
 from tongban.licence.status_list import (
     MIN_SIZE,
@@ -124,6 +127,7 @@ __all__ = [
     "FOOD_BUSINESS_PERMIT",
     "MIN_SIZE",
     "QR_PREFIX",
+    "SM2_LICENCE_TYP",
     "Check",
     "ClaimField",
     "ClaimInvalid",
@@ -153,6 +157,8 @@ __all__ = [
     "SealRevoked",
     "SignatureInvalid",
     "SignerUntrusted",
+    "Sm2SealUntrusted",
+    "Sm2SignatureInvalid",
     "StatusList",
     "StatusListCache",
     "StatusListFull",
@@ -189,6 +195,7 @@ __all__ = [
     "verify_licence",
     "verify_qr",
     "verify_sd_jwt",
+    "verify_sm2_licence_signature",
     "verify_status_list",
     "verify_trust_list",
 ]

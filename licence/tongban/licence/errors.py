@@ -31,6 +31,8 @@ __all__ = [
     "SealRevoked",
     "SignatureInvalid",
     "SignerUntrusted",
+    "Sm2SealUntrusted",
+    "Sm2SignatureInvalid",
     "StatusListFull",
     "StatusUnavailable",
     "StatusUrlUntrusted",
@@ -39,7 +41,9 @@ __all__ = [
     "VerificationFailed",
 ]
 
-Check = Literal["format", "signature", "issuer", "disclosure", "validity", "status", "trust-list"]
+Check = Literal[
+    "format", "signature", "issuer", "disclosure", "validity", "status", "trust-list", "sm2"
+]
 CHECKS: tuple[Check, ...] = (
     "format",
     "signature",
@@ -48,6 +52,7 @@ CHECKS: tuple[Check, ...] = (
     "validity",
     "status",
     "trust-list",
+    "sm2",
 )
 
 
@@ -118,6 +123,22 @@ class SealRevoked(SignerUntrusted):
     as revoked): what it signed no longer verifies."""
 
     reason = "SEAL_REVOKED"
+
+
+class Sm2SignatureInvalid(VerificationFailed):
+    """The SM2 signature beside an SD-JWT licence is malformed, does not verify, or is
+    not the issuer's (docs/keys.md, "A department's SM2 seal")."""
+
+    reason = "SM2_SIGNATURE_INVALID"
+    check = "sm2"
+
+
+class Sm2SealUntrusted(VerificationFailed):
+    """The SM2 seal certificate is not from the exchange's SM2 root, not the licence
+    issuer's, or not (or no longer) in the trust list."""
+
+    reason = "SM2_SEAL_UNTRUSTED"
+    check = "sm2"
 
 
 class DisclosureInvalid(VerificationFailed):

@@ -39,6 +39,11 @@ between the listed certificates and the root, so a verifier holding only the roo
 build their paths (a QR code carries no chain). They are not trust anchors: a path
 through one must still end at a root the verifier holds. Top-level for the same reason.
 
+``sm2_seal_certificates`` names, per department, the SM2 seal certificates (base64 DER)
+whose SM2 signatures beside the department's SD-JWT licences are current (docs/keys.md,
+"A department's SM2 seal"); a department without one is not a key. Top-level for the same
+reason as ``status_base_urls``.
+
 ``TrustListCache`` keeps the last good list on disk for verifiers that go offline.
 """
 
@@ -85,6 +90,7 @@ from tongban.signing import (
     sign_jws,
 )
 from tongban.signing.files import write_atomic
+from tongban.signing.sm2_certs import sm2_public_key
 
 __all__ = [
     "DEFAULT_LIFETIME",
@@ -177,6 +183,8 @@ class TrustList:
     intermediates: tuple[x509.Certificate, ...] = ()
     """Issuing CA certificates to build the listed certificates' paths with (untrusted
     until a path through one ends at a root)."""
+    sm2_seals: Mapping[str, tuple[x509.Certificate, ...]] = field(default_factory=dict)
+    """Current SM2 seal certificates, by department code."""
 
     def revoked_seal(self, fingerprint_prefix: bytes) -> RevokedSeal | None:
         """The revoked seal whose fingerprint starts with ``fingerprint_prefix`` (a whole
@@ -294,6 +302,7 @@ def sign_trust_list(
     *,
     revoked: Sequence[RevokedSeal] = (),
     intermediates: Sequence[x509.Certificate] = (),
+    sm2_seals: Mapping[str, Sequence[x509.Certificate]] | None = None,
     signer: Signer,
     chain: Sequence[x509.Certificate],
     now: datetime,
@@ -312,7 +321,8 @@ def sign_trust_list(
     department code or one listed twice; a seal certificate listed under a department
     other than its own; more than 16 certificates of one kind, or 16 status-list base
     URLs, for a department; a base URL that is not http(s) and ending in "/"; or more
-    than 16 ``intermediates``, or one that is not a CA certificate.
+    than 16 ``intermediates``, or one that is not a CA certificate; more than 16
+    ``sm2_seals`` of a department, or one listed under another department.
     Raises SigningError if the signer fails.
     """
     if now.tzinfo is None:
@@ -364,6 +374,12 @@ def sign_trust_list(
                 f"intermediates must be at most {_MAX_CERTIFICATES_PER_LIST} CA certificates."
             )
         payload["intermediates"] = [_der_b64(c) for c in intermediates]
+    if sm2_seals:
+        for dept, certs in sm2_seals.items():
+            _check_sm2_seals(dept, tuple(certs), ValueError)
+        payload["sm2_seal_certificates"] = {
+            dept: [_der_b64(c) for c in certs] for dept, certs in sm2_seals.items() if certs
+        }
     return sign_jws(
         dumps_compact(payload).encode("utf-8"),
         signer,
@@ -448,6 +464,66 @@ def _is_ca(cert: x509.Certificate) -> bool:
         return cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     except (x509.ExtensionNotFound, x509.DuplicateExtension, ValueError):
         return False
+
+
+def _check_sm2_seals(
+    dept: str, certs: tuple[x509.Certificate, ...], error: type[Exception]
+) -> None:
+    if not _DEPT_CODE.fullmatch(dept) or len(certs) > _MAX_CERTIFICATES_PER_LIST:
+        raise error(
+            f"The SM2 seals of {dept[:64]!r} are not a department's list of at most "
+            f"{_MAX_CERTIFICATES_PER_LIST} certificates."
+        )
+    for cert in certs:
+        try:
+            owner = department_code(cert)
+        except CertificateInvalid:
+            owner = None
+        if owner != dept:
+            raise error(f"An SM2 seal certificate listed under {dept!r} is not a seal of it.")
+
+
+def _sm2_seals(payload: Mapping[str, object]) -> dict[str, tuple[x509.Certificate, ...]]:
+    value = payload.get("sm2_seal_certificates", {})
+    if not isinstance(value, dict):
+        raise LicenceFormatInvalid(
+            "The trust list's 'sm2_seal_certificates' is not an object of department codes "
+            "to certificate lists."
+        )
+    out = {}
+    for dept, certs in value.items():
+        if not isinstance(certs, list) or len(certs) > _MAX_CERTIFICATES_PER_LIST:
+            raise LicenceFormatInvalid(
+                f"The trust list's SM2 seal certificates for {dept[:64]!r} are not a list of "
+                f"at most {_MAX_CERTIFICATES_PER_LIST} certificates."
+            )
+        parsed = tuple(_sm2_certificate(item, dept[:64]) for item in certs)
+        _check_sm2_seals(dept, parsed, LicenceFormatInvalid)
+        out[dept] = parsed
+    return out
+
+
+def _sm2_certificate(item: object, dept: str) -> x509.Certificate:
+    """An SM2 certificate in canonical base64 DER (``cryptography`` parses it but cannot
+    use its key or signature algorithm, so those are read with the SM2 code)."""
+    bad = LicenceFormatInvalid(
+        f"The trust list's SM2 seal certificates for {dept!r} hold an entry that is not a "
+        "base64 DER SM2 certificate."
+    )
+    if not isinstance(item, str):
+        raise bad
+    try:
+        der = base64.b64decode(item, validate=True)
+        if base64.b64encode(der).decode("ascii") != item:
+            raise bad
+        cert = x509.load_der_x509_certificate(der)
+        cert.subject.rfc4514_string()
+        _ = cert.extensions
+        sm2_public_key(cert)
+    except (ValueError, CertificateInvalid, x509.DuplicateExtension,
+            x509.UnsupportedGeneralNameType) as e:  # fmt: skip
+        raise bad from e
+    return cert
 
 
 def _intermediates(payload: Mapping[str, object]) -> tuple[x509.Certificate, ...]:
@@ -559,6 +635,7 @@ def verify_trust_list(token: str, *, roots: Sequence[x509.Certificate], now: dat
     entries = _entries(payload)
     revoked = _revoked(payload)
     intermediates = _intermediates(payload)
+    sm2_seals = _sm2_seals(payload)
     if now >= expires_at:
         raise TrustListExpired(
             f"The trust list expired at {expires_at.isoformat()} (checked at "
@@ -575,6 +652,7 @@ def verify_trust_list(token: str, *, roots: Sequence[x509.Certificate], now: dat
         token=token,
         revoked=MappingProxyType(revoked),
         intermediates=intermediates,
+        sm2_seals=MappingProxyType(sm2_seals),
     )
 
 

@@ -115,6 +115,9 @@ class VerificationResult:
     status_reference: StatusReference | None = None
     """Where the licence's status lives, as signed: set once the signature verified (also
     when a later check failed), None before. Not in ``to_dict``."""
+    sm2_verified: bool = False
+    """Whether an SM2 signature given beside the SD-JWT verified (docs/keys.md, "A
+    department's SM2 seal"); False when none was given."""
     exchange: str = ""
     """The exchange that issued the licence, by this exchange's name for that peer
     (docs/federation.md, "Licences across exchanges"); empty when issued here. The
@@ -138,6 +141,7 @@ class VerificationResult:
             "status": self.status,
             "not_before": self.not_before.isoformat() if self.not_before else None,
             "expires": self.expires.isoformat() if self.expires else None,
+            "sm2_verified": self.sm2_verified,
         }
 
 

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tongban/v1/licence.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17ListLicenceTypesRequest\"\xa8\x01\n\tClaimSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08label_zh\x18\x03 \x01(\t\x12\x10\n\x08label_en\x18\x04 \x01(\t\x12\x10\n\x08required\x18\x05 \x01(\x08\x12\x13\n\x0b\x64isclosable\x18\x06 \x01(\x08\x12\x10\n\x08personal\x18\x07 \x01(\x08\x12\x11\n\tholder_id\x18\x08 \x01(\x08\x12\x0f\n\x07\x63hoices\x18\t \x03(\t\"\xc0\x01\n\x0bLicenceType\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07name_zh\x18\x02 \x01(\t\x12\x0f\n\x07name_en\x18\x03 \x01(\t\x12\x0b\n\x03vct\x18\x04 \x01(\t\x12\x0f\n\x07issuers\x18\x05 \x03(\t\x12\x10\n\x08revokers\x18\x06 \x03(\t\x12\x13\n\x0bholder_kind\x18\x07 \x01(\t\x12\x15\n\rvalidity_days\x18\x08 \x01(\r\x12%\n\x06\x63laims\x18\t \x03(\x0b\x32\x15.tongban.v1.ClaimSpec\"B\n\x18ListLicenceTypesResponse\x12&\n\x05types\x18\x01 \x03(\x0b\x32\x17.tongban.v1.LicenceType\"\xbe\x01\n\x13IssueLicenceRequest\x12\x14\n\x0clicence_type\x18\x01 \x01(\t\x12\x13\n\x0b\x63laims_json\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65xpires\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xbb\x01\n\x13LicenceHistoryEntry\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x13\n\x0b\x66rom_status\x18\x03 \x01(\t\x12\x11\n\tto_status\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\ndepartment\x18\x06 \x01(\t\x12\x0f\n\x07officer\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc7\x03\n\x07Licence\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x14\n\x0clicence_type\x18\x03 \x01(\t\x12\x11\n\tholder_id\x18\x04 \x01(\t\x12\x13\n\x0bholder_kind\x18\x05 \x01(\t\x12\x13\n\x0bholder_name\x18\x06 \x01(\t\x12\x0e\n\x06issuer\x18\x07 \x01(\t\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x12\n\nstatus_uri\x18\t \x01(\t\x12\x14\n\x0cstatus_index\x18\n \x01(\r\x12.\n\nnot_before\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65xpires\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63laims_json\x18\r \x01(\t\x12\x0e\n\x06sd_jwt\x18\x0e \x01(\t\x12\n\n\x02qr\x18\x0f \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x10 \x01(\t\x12-\n\tissued_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07history\x18\x12 \x03(\x0b\x32\x1f.tongban.v1.LicenceHistoryEntry\"#\n\x11GetLicenceRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\">\n\x13ListLicencesRequest\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x14\n\x0clicence_type\x18\x02 \x01(\t\"=\n\x14ListLicencesResponse\x12%\n\x08licences\x18\x01 \x03(\x0b\x32\x13.tongban.v1.Licence\"\x99\x01\n\x13\x46\x65tchLicenceRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\x12\x14\n\x0clicence_type\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x05 \x01(\t\x12\x10\n\x08\x64isclose\x18\x06 \x03(\t\x12\x15\n\rauthorisation\x18\x07 \x01(\t\"f\n\x1a\x43hangeLicenceStatusRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12(\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x18.tongban.v1.StatusAction\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x86\x01\n\x13\x41mendLicenceRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x13\n\x0b\x63laims_json\x18\x02 \x01(\t\x12\r\n\x05renew\x18\x03 \x01(\x08\x12+\n\x07\x65xpires\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\"$\n\x14VerifyLicenceRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\"\xe0\x02\n\x12VerificationResult\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\r\n\x05\x63heck\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x16\n\x0elicence_number\x18\x06 \x01(\t\x12\x14\n\x0clicence_type\x18\x07 \x01(\t\x12\x0e\n\x06issuer\x18\x08 \x01(\t\x12\x11\n\tholder_id\x18\t \x01(\t\x12\x13\n\x0bholder_name\x18\n \x01(\t\x12\x13\n\x0b\x63laims_json\x18\x0b \x01(\t\x12\x0e\n\x06status\x18\x0c \x01(\t\x12.\n\nnot_before\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65xpires\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65xchange\x18\x0f \x01(\t\"&\n\x14RenderLicenceRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\"$\n\x15RenderLicenceResponse\x12\x0b\n\x03pdf\x18\x01 \x01(\x0c\"S\n\x17ResolveMaterialsRequest\x12\x14\n\x0cservice_item\x18\x01 \x01(\t\x12\x11\n\tapplicant\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x03 \x01(\t\"\xb1\x01\n\x12MaterialResolution\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07name_zh\x18\x02 \x01(\t\x12\x11\n\tsatisfied\x18\x03 \x01(\x08\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x11\n\treference\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x13\n\x0bvalues_json\x18\x08 \x01(\t\x12\x10\n\x08required\x18\t \x01(\x08\"\x8c\x01\n\x18ResolveMaterialsResponse\x12\x14\n\x0cservice_item\x18\x01 \x01(\t\x12\x31\n\tmaterials\x18\x02 \x03(\x0b\x32\x1e.tongban.v1.MaterialResolution\x12\x11\n\tto_submit\x18\x03 \x01(\r\x12\x14\n\x0citem_version\x18\x04 \x01(\r\"?\n\x0eSealPdfRequest\x12\x0b\n\x03pdf\x18\x01 \x01(\x0c\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\"\x1e\n\x0fSealPdfResponse\x12\x0b\n\x03pdf\x18\x01 \x01(\x0c\"\x1f\n\x10VerifyPdfRequest\x12\x0b\n\x03pdf\x18\x01 \x01(\x0c\"\xcc\x01\n\x08SealInfo\x12\x12\n\nfield_name\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x13\n\x0bsigner_name\x18\x03 \x01(\t\x12\x30\n\x0csigning_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06intact\x18\x05 \x01(\x08\x12\x10\n\x08\x63overage\x18\x06 \x01(\t\x12\x1a\n\x12modification_level\x18\x07 \x01(\t\x12\x13\n\x0bpades_level\x18\x08 \x01(\t\"z\n\x11VerifyPdfResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12\r\n\x05\x63heck\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12#\n\x05seals\x18\x05 \x03(\x0b\x32\x14.tongban.v1.SealInfo*\x99\x01\n\x0cStatusAction\x12\x1d\n\x19STATUS_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15STATUS_ACTION_SUSPEND\x10\x01\x12\x1b\n\x17STATUS_ACTION_REINSTATE\x10\x02\x12\x18\n\x14STATUS_ACTION_REVOKE\x10\x03\x12\x18\n\x14STATUS_ACTION_CANCEL\x10\x04\x32\xf2\x05\n\x0eLicenceService\x12V\n\tListTypes\x12#.tongban.v1.ListLicenceTypesRequest\x1a$.tongban.v1.ListLicenceTypesResponse\x12=\n\x05Issue\x12\x1f.tongban.v1.IssueLicenceRequest\x1a\x13.tongban.v1.Licence\x12\x39\n\x03Get\x12\x1d.tongban.v1.GetLicenceRequest\x1a\x13.tongban.v1.Licence\x12I\n\x04List\x12\x1f.tongban.v1.ListLicencesRequest\x1a .tongban.v1.ListLicencesResponse\x12=\n\x05\x46\x65tch\x12\x1f.tongban.v1.FetchLicenceRequest\x1a\x13.tongban.v1.Licence\x12K\n\x0c\x43hangeStatus\x12&.tongban.v1.ChangeLicenceStatusRequest\x1a\x13.tongban.v1.Licence\x12=\n\x05\x41mend\x12\x1f.tongban.v1.AmendLicenceRequest\x1a\x13.tongban.v1.Licence\x12J\n\x06Verify\x12 .tongban.v1.VerifyLicenceRequest\x1a\x1e.tongban.v1.VerificationResult\x12M\n\x06Render\x12 .tongban.v1.RenderLicenceRequest\x1a!.tongban.v1.RenderLicenceResponse\x12]\n\x10ResolveMaterials\x12#.tongban.v1.ResolveMaterialsRequest\x1a$.tongban.v1.ResolveMaterialsResponse2\x9b\x01\n\x0bSealService\x12\x42\n\x07SealPdf\x12\x1a.tongban.v1.SealPdfRequest\x1a\x1b.tongban.v1.SealPdfResponse\x12H\n\tVerifyPdf\x12\x1c.tongban.v1.VerifyPdfRequest\x1a\x1d.tongban.v1.VerifyPdfResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18tongban/v1/licence.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n\x17ListLicenceTypesRequest\"\xa8\x01\n\tClaimSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08label_zh\x18\x03 \x01(\t\x12\x10\n\x08label_en\x18\x04 \x01(\t\x12\x10\n\x08required\x18\x05 \x01(\x08\x12\x13\n\x0b\x64isclosable\x18\x06 \x01(\x08\x12\x10\n\x08personal\x18\x07 \x01(\x08\x12\x11\n\tholder_id\x18\x08 \x01(\x08\x12\x0f\n\x07\x63hoices\x18\t \x03(\t\"\xc0\x01\n\x0bLicenceType\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07name_zh\x18\x02 \x01(\t\x12\x0f\n\x07name_en\x18\x03 \x01(\t\x12\x0b\n\x03vct\x18\x04 \x01(\t\x12\x0f\n\x07issuers\x18\x05 \x03(\t\x12\x10\n\x08revokers\x18\x06 \x03(\t\x12\x13\n\x0bholder_kind\x18\x07 \x01(\t\x12\x15\n\rvalidity_days\x18\x08 \x01(\r\x12%\n\x06\x63laims\x18\t \x03(\x0b\x32\x15.tongban.v1.ClaimSpec\"B\n\x18ListLicenceTypesResponse\x12&\n\x05types\x18\x01 \x03(\x0b\x32\x17.tongban.v1.LicenceType\"\xbe\x01\n\x13IssueLicenceRequest\x12\x14\n\x0clicence_type\x18\x01 \x01(\t\x12\x13\n\x0b\x63laims_json\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x03 \x01(\t\x12.\n\nnot_before\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65xpires\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x06 \x01(\t\"\xbb\x01\n\x13LicenceHistoryEntry\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12\x13\n\x0b\x66rom_status\x18\x03 \x01(\t\x12\x11\n\tto_status\x18\x04 \x01(\t\x12\x0e\n\x06reason\x18\x05 \x01(\t\x12\x12\n\ndepartment\x18\x06 \x01(\t\x12\x0f\n\x07officer\x18\x07 \x01(\t\x12&\n\x02\x61t\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdb\x03\n\x07Licence\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x14\n\x0clicence_type\x18\x03 \x01(\t\x12\x11\n\tholder_id\x18\x04 \x01(\t\x12\x13\n\x0bholder_kind\x18\x05 \x01(\t\x12\x13\n\x0bholder_name\x18\x06 \x01(\t\x12\x0e\n\x06issuer\x18\x07 \x01(\t\x12\x0e\n\x06status\x18\x08 \x01(\t\x12\x12\n\nstatus_uri\x18\t \x01(\t\x12\x14\n\x0cstatus_index\x18\n \x01(\r\x12.\n\nnot_before\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65xpires\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0b\x63laims_json\x18\r \x01(\t\x12\x0e\n\x06sd_jwt\x18\x0e \x01(\t\x12\n\n\x02qr\x18\x0f \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x10 \x01(\t\x12-\n\tissued_at\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x07history\x18\x12 \x03(\x0b\x32\x1f.tongban.v1.LicenceHistoryEntry\x12\x12\n\nsd_jwt_sm2\x18\x13 \x01(\t\"#\n\x11GetLicenceRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\">\n\x13ListLicencesRequest\x12\x11\n\tholder_id\x18\x01 \x01(\t\x12\x14\n\x0clicence_type\x18\x02 \x01(\t\"=\n\x14ListLicencesResponse\x12%\n\x08licences\x18\x01 \x03(\x0b\x32\x13.tongban.v1.Licence\"\x99\x01\n\x13\x46\x65tchLicenceRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x11\n\tholder_id\x18\x02 \x01(\t\x12\x14\n\x0clicence_type\x18\x03 \x01(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x05 \x01(\t\x12\x10\n\x08\x64isclose\x18\x06 \x03(\t\x12\x15\n\rauthorisation\x18\x07 \x01(\t\"f\n\x1a\x43hangeLicenceStatusRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12(\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x18.tongban.v1.StatusAction\x12\x0e\n\x06reason\x18\x03 \x01(\t\"\x86\x01\n\x13\x41mendLicenceRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x13\n\x0b\x63laims_json\x18\x02 \x01(\t\x12\r\n\x05renew\x18\x03 \x01(\x08\x12+\n\x07\x65xpires\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06reason\x18\x05 \x01(\t\"8\n\x14VerifyLicenceRequest\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\nsd_jwt_sm2\x18\x02 \x01(\t\"\xf6\x02\n\x12VerificationResult\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12\x0e\n\x06\x66ormat\x18\x02 \x01(\t\x12\r\n\x05\x63heck\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x16\n\x0elicence_number\x18\x06 \x01(\t\x12\x14\n\x0clicence_type\x18\x07 \x01(\t\x12\x0e\n\x06issuer\x18\x08 \x01(\t\x12\x11\n\tholder_id\x18\t \x01(\t\x12\x13\n\x0bholder_name\x18\n \x01(\t\x12\x13\n\x0b\x63laims_json\x18\x0b \x01(\t\x12\x0e\n\x06status\x18\x0c \x01(\t\x12.\n\nnot_before\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07\x65xpires\x18\x0e \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x65xchange\x18\x0f \x01(\t\x12\x14\n\x0csm2_verified\x18\x10 \x01(\x08\"&\n\x14RenderLicenceRequest\x12\x0e\n\x06number\x18\x01 \x01(\t\"$\n\x15RenderLicenceResponse\x12\x0b\n\x03pdf\x18\x01 \x01(\x0c\"S\n\x17ResolveMaterialsRequest\x12\x14\n\x0cservice_item\x18\x01 \x01(\t\x12\x11\n\tapplicant\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x03 \x01(\t\"\xb1\x01\n\x12MaterialResolution\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0f\n\x07name_zh\x18\x02 \x01(\t\x12\x11\n\tsatisfied\x18\x03 \x01(\x08\x12\x0e\n\x06source\x18\x04 \x01(\t\x12\x11\n\treference\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\x0f\n\x07message\x18\x07 \x01(\t\x12\x13\n\x0bvalues_json\x18\x08 \x01(\t\x12\x10\n\x08required\x18\t \x01(\x08\"\x8c\x01\n\x18ResolveMaterialsResponse\x12\x14\n\x0cservice_item\x18\x01 \x01(\t\x12\x31\n\tmaterials\x18\x02 \x03(\x0b\x32\x1e.tongban.v1.MaterialResolution\x12\x11\n\tto_submit\x18\x03 \x01(\r\x12\x14\n\x0citem_version\x18\x04 \x01(\r\"?\n\x0eSealPdfRequest\x12\x0b\n\x03pdf\x18\x01 \x01(\x0c\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x10\n\x08location\x18\x03 \x01(\t\"\x1e\n\x0fSealPdfResponse\x12\x0b\n\x03pdf\x18\x01 \x01(\x0c\"\x1f\n\x10VerifyPdfRequest\x12\x0b\n\x03pdf\x18\x01 \x01(\x0c\"\xcc\x01\n\x08SealInfo\x12\x12\n\nfield_name\x18\x01 \x01(\t\x12\x12\n\ndepartment\x18\x02 \x01(\t\x12\x13\n\x0bsigner_name\x18\x03 \x01(\t\x12\x30\n\x0csigning_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0e\n\x06intact\x18\x05 \x01(\x08\x12\x10\n\x08\x63overage\x18\x06 \x01(\t\x12\x1a\n\x12modification_level\x18\x07 \x01(\t\x12\x13\n\x0bpades_level\x18\x08 \x01(\t\"z\n\x11VerifyPdfResponse\x12\x10\n\x08verified\x18\x01 \x01(\x08\x12\r\n\x05\x63heck\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\x12#\n\x05seals\x18\x05 \x03(\x0b\x32\x14.tongban.v1.SealInfo*\x99\x01\n\x0cStatusAction\x12\x1d\n\x19STATUS_ACTION_UNSPECIFIED\x10\x00\x12\x19\n\x15STATUS_ACTION_SUSPEND\x10\x01\x12\x1b\n\x17STATUS_ACTION_REINSTATE\x10\x02\x12\x18\n\x14STATUS_ACTION_REVOKE\x10\x03\x12\x18\n\x14STATUS_ACTION_CANCEL\x10\x04\x32\xf2\x05\n\x0eLicenceService\x12V\n\tListTypes\x12#.tongban.v1.ListLicenceTypesRequest\x1a$.tongban.v1.ListLicenceTypesResponse\x12=\n\x05Issue\x12\x1f.tongban.v1.IssueLicenceRequest\x1a\x13.tongban.v1.Licence\x12\x39\n\x03Get\x12\x1d.tongban.v1.GetLicenceRequest\x1a\x13.tongban.v1.Licence\x12I\n\x04List\x12\x1f.tongban.v1.ListLicencesRequest\x1a .tongban.v1.ListLicencesResponse\x12=\n\x05\x46\x65tch\x12\x1f.tongban.v1.FetchLicenceRequest\x1a\x13.tongban.v1.Licence\x12K\n\x0c\x43hangeStatus\x12&.tongban.v1.ChangeLicenceStatusRequest\x1a\x13.tongban.v1.Licence\x12=\n\x05\x41mend\x12\x1f.tongban.v1.AmendLicenceRequest\x1a\x13.tongban.v1.Licence\x12J\n\x06Verify\x12 .tongban.v1.VerifyLicenceRequest\x1a\x1e.tongban.v1.VerificationResult\x12M\n\x06Render\x12 .tongban.v1.RenderLicenceRequest\x1a!.tongban.v1.RenderLicenceResponse\x12]\n\x10ResolveMaterials\x12#.tongban.v1.ResolveMaterialsRequest\x1a$.tongban.v1.ResolveMaterialsResponse2\x9b\x01\n\x0bSealService\x12\x42\n\x07SealPdf\x12\x1a.tongban.v1.SealPdfRequest\x1a\x1b.tongban.v1.SealPdfResponse\x12H\n\tVerifyPdf\x12\x1c.tongban.v1.VerifyPdfRequest\x1a\x1d.tongban.v1.VerifyPdfResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.licence_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STATUSACTION']._serialized_start=3277
-  _globals['_STATUSACTION']._serialized_end=3430
+  _globals['_STATUSACTION']._serialized_start=3339
+  _globals['_STATUSACTION']._serialized_end=3492
   _globals['_LISTLICENCETYPESREQUEST']._serialized_start=73
   _globals['_LISTLICENCETYPESREQUEST']._serialized_end=98
   _globals['_CLAIMSPEC']._serialized_start=101
@@ -47,45 +47,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LICENCEHISTORYENTRY']._serialized_start=728
   _globals['_LICENCEHISTORYENTRY']._serialized_end=915
   _globals['_LICENCE']._serialized_start=918
-  _globals['_LICENCE']._serialized_end=1373
-  _globals['_GETLICENCEREQUEST']._serialized_start=1375
-  _globals['_GETLICENCEREQUEST']._serialized_end=1410
-  _globals['_LISTLICENCESREQUEST']._serialized_start=1412
-  _globals['_LISTLICENCESREQUEST']._serialized_end=1474
-  _globals['_LISTLICENCESRESPONSE']._serialized_start=1476
-  _globals['_LISTLICENCESRESPONSE']._serialized_end=1537
-  _globals['_FETCHLICENCEREQUEST']._serialized_start=1540
-  _globals['_FETCHLICENCEREQUEST']._serialized_end=1693
-  _globals['_CHANGELICENCESTATUSREQUEST']._serialized_start=1695
-  _globals['_CHANGELICENCESTATUSREQUEST']._serialized_end=1797
-  _globals['_AMENDLICENCEREQUEST']._serialized_start=1800
-  _globals['_AMENDLICENCEREQUEST']._serialized_end=1934
-  _globals['_VERIFYLICENCEREQUEST']._serialized_start=1936
-  _globals['_VERIFYLICENCEREQUEST']._serialized_end=1972
-  _globals['_VERIFICATIONRESULT']._serialized_start=1975
-  _globals['_VERIFICATIONRESULT']._serialized_end=2327
-  _globals['_RENDERLICENCEREQUEST']._serialized_start=2329
-  _globals['_RENDERLICENCEREQUEST']._serialized_end=2367
-  _globals['_RENDERLICENCERESPONSE']._serialized_start=2369
-  _globals['_RENDERLICENCERESPONSE']._serialized_end=2405
-  _globals['_RESOLVEMATERIALSREQUEST']._serialized_start=2407
-  _globals['_RESOLVEMATERIALSREQUEST']._serialized_end=2490
-  _globals['_MATERIALRESOLUTION']._serialized_start=2493
-  _globals['_MATERIALRESOLUTION']._serialized_end=2670
-  _globals['_RESOLVEMATERIALSRESPONSE']._serialized_start=2673
-  _globals['_RESOLVEMATERIALSRESPONSE']._serialized_end=2813
-  _globals['_SEALPDFREQUEST']._serialized_start=2815
-  _globals['_SEALPDFREQUEST']._serialized_end=2878
-  _globals['_SEALPDFRESPONSE']._serialized_start=2880
-  _globals['_SEALPDFRESPONSE']._serialized_end=2910
-  _globals['_VERIFYPDFREQUEST']._serialized_start=2912
-  _globals['_VERIFYPDFREQUEST']._serialized_end=2943
-  _globals['_SEALINFO']._serialized_start=2946
-  _globals['_SEALINFO']._serialized_end=3150
-  _globals['_VERIFYPDFRESPONSE']._serialized_start=3152
-  _globals['_VERIFYPDFRESPONSE']._serialized_end=3274
-  _globals['_LICENCESERVICE']._serialized_start=3433
-  _globals['_LICENCESERVICE']._serialized_end=4187
-  _globals['_SEALSERVICE']._serialized_start=4190
-  _globals['_SEALSERVICE']._serialized_end=4345
+  _globals['_LICENCE']._serialized_end=1393
+  _globals['_GETLICENCEREQUEST']._serialized_start=1395
+  _globals['_GETLICENCEREQUEST']._serialized_end=1430
+  _globals['_LISTLICENCESREQUEST']._serialized_start=1432
+  _globals['_LISTLICENCESREQUEST']._serialized_end=1494
+  _globals['_LISTLICENCESRESPONSE']._serialized_start=1496
+  _globals['_LISTLICENCESRESPONSE']._serialized_end=1557
+  _globals['_FETCHLICENCEREQUEST']._serialized_start=1560
+  _globals['_FETCHLICENCEREQUEST']._serialized_end=1713
+  _globals['_CHANGELICENCESTATUSREQUEST']._serialized_start=1715
+  _globals['_CHANGELICENCESTATUSREQUEST']._serialized_end=1817
+  _globals['_AMENDLICENCEREQUEST']._serialized_start=1820
+  _globals['_AMENDLICENCEREQUEST']._serialized_end=1954
+  _globals['_VERIFYLICENCEREQUEST']._serialized_start=1956
+  _globals['_VERIFYLICENCEREQUEST']._serialized_end=2012
+  _globals['_VERIFICATIONRESULT']._serialized_start=2015
+  _globals['_VERIFICATIONRESULT']._serialized_end=2389
+  _globals['_RENDERLICENCEREQUEST']._serialized_start=2391
+  _globals['_RENDERLICENCEREQUEST']._serialized_end=2429
+  _globals['_RENDERLICENCERESPONSE']._serialized_start=2431
+  _globals['_RENDERLICENCERESPONSE']._serialized_end=2467
+  _globals['_RESOLVEMATERIALSREQUEST']._serialized_start=2469
+  _globals['_RESOLVEMATERIALSREQUEST']._serialized_end=2552
+  _globals['_MATERIALRESOLUTION']._serialized_start=2555
+  _globals['_MATERIALRESOLUTION']._serialized_end=2732
+  _globals['_RESOLVEMATERIALSRESPONSE']._serialized_start=2735
+  _globals['_RESOLVEMATERIALSRESPONSE']._serialized_end=2875
+  _globals['_SEALPDFREQUEST']._serialized_start=2877
+  _globals['_SEALPDFREQUEST']._serialized_end=2940
+  _globals['_SEALPDFRESPONSE']._serialized_start=2942
+  _globals['_SEALPDFRESPONSE']._serialized_end=2972
+  _globals['_VERIFYPDFREQUEST']._serialized_start=2974
+  _globals['_VERIFYPDFREQUEST']._serialized_end=3005
+  _globals['_SEALINFO']._serialized_start=3008
+  _globals['_SEALINFO']._serialized_end=3212
+  _globals['_VERIFYPDFRESPONSE']._serialized_start=3214
+  _globals['_VERIFYPDFRESPONSE']._serialized_end=3336
+  _globals['_LICENCESERVICE']._serialized_start=3495
+  _globals['_LICENCESERVICE']._serialized_end=4249
+  _globals['_SEALSERVICE']._serialized_start=4252
+  _globals['_SEALSERVICE']._serialized_end=4407
 # @@protoc_insertion_point(module_scope)

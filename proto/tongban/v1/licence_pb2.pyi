@@ -273,6 +273,7 @@ class Licence(_message.Message):
     CASE_ID_FIELD_NUMBER: _builtins.int
     ISSUED_AT_FIELD_NUMBER: _builtins.int
     HISTORY_FIELD_NUMBER: _builtins.int
+    SD_JWT_SM2_FIELD_NUMBER: _builtins.int
     number: _builtins.str
     version: _builtins.int
     licence_type: _builtins.str
@@ -293,6 +294,11 @@ class Licence(_message.Message):
     qr: _builtins.str
     """The offline QR text (TB1:...)."""
     case_id: _builtins.str
+    sd_jwt_sm2: _builtins.str
+    """The SM2 signature beside the SD-JWT, when the issuer chose an SM2 seal (a detached
+    JWS-shaped token, alg SM2SM3, over the issuer-signed JWT; valid for every
+    presentation of it; docs/keys.md). Empty otherwise, and in List.
+    """
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -324,10 +330,11 @@ class Licence(_message.Message):
         case_id: _builtins.str = ...,
         issued_at: _timestamp_pb2.Timestamp | None = ...,
         history: _abc.Iterable[Global___LicenceHistoryEntry] | None = ...,
+        sd_jwt_sm2: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "issued_at", b"issued_at", "not_before", b"not_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "claims_json", b"claims_json", "expires", b"expires", "history", b"history", "holder_id", b"holder_id", "holder_kind", b"holder_kind", "holder_name", b"holder_name", "issued_at", b"issued_at", "issuer", b"issuer", "licence_type", b"licence_type", "not_before", b"not_before", "number", b"number", "qr", b"qr", "sd_jwt", b"sd_jwt", "status", b"status", "status_index", b"status_index", "status_uri", b"status_uri", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "claims_json", b"claims_json", "expires", b"expires", "history", b"history", "holder_id", b"holder_id", "holder_kind", b"holder_kind", "holder_name", b"holder_name", "issued_at", b"issued_at", "issuer", b"issuer", "licence_type", b"licence_type", "not_before", b"not_before", "number", b"number", "qr", b"qr", "sd_jwt", b"sd_jwt", "sd_jwt_sm2", b"sd_jwt_sm2", "status", b"status", "status_index", b"status_index", "status_uri", b"status_uri", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -505,16 +512,22 @@ class VerifyLicenceRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     TEXT_FIELD_NUMBER: _builtins.int
+    SD_JWT_SM2_FIELD_NUMBER: _builtins.int
     text: _builtins.str
     """An SD-JWT VC or presentation, or a QR text (TB1:...)."""
+    sd_jwt_sm2: _builtins.str
+    """Optional: the SM2 signature beside an SD-JWT (Licence.sd_jwt_sm2); the licence then
+    verifies only if it verifies too (check "sm2").
+    """
     def __init__(
         self,
         *,
         text: _builtins.str = ...,
+        sd_jwt_sm2: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["text", b"text"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["sd_jwt_sm2", b"sd_jwt_sm2", "text", b"text"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -539,6 +552,7 @@ class VerificationResult(_message.Message):
     NOT_BEFORE_FIELD_NUMBER: _builtins.int
     EXPIRES_FIELD_NUMBER: _builtins.int
     EXCHANGE_FIELD_NUMBER: _builtins.int
+    SM2_VERIFIED_FIELD_NUMBER: _builtins.int
     verified: _builtins.bool
     format: _builtins.str
     """sd-jwt, qr or unknown."""
@@ -560,6 +574,8 @@ class VerificationResult(_message.Message):
     """The issuing exchange, by this exchange's name for that peer (`tongban peer list`);
     empty when this exchange issued it. The issuer is then "<exchange>/<issuer>".
     """
+    sm2_verified: _builtins.bool
+    """Whether the SM2 signature given beside the SD-JWT verified (false when none was)."""
     @_builtins.property
     def not_before(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -582,10 +598,11 @@ class VerificationResult(_message.Message):
         not_before: _timestamp_pb2.Timestamp | None = ...,
         expires: _timestamp_pb2.Timestamp | None = ...,
         exchange: _builtins.str = ...,
+        sm2_verified: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["expires", b"expires", "not_before", b"not_before"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "claims_json", b"claims_json", "exchange", b"exchange", "expires", b"expires", "format", b"format", "holder_id", b"holder_id", "holder_name", b"holder_name", "issuer", b"issuer", "licence_number", b"licence_number", "licence_type", b"licence_type", "message", b"message", "not_before", b"not_before", "reason", b"reason", "status", b"status", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "claims_json", b"claims_json", "exchange", b"exchange", "expires", b"expires", "format", b"format", "holder_id", b"holder_id", "holder_name", b"holder_name", "issuer", b"issuer", "licence_number", b"licence_number", "licence_type", b"licence_type", "message", b"message", "not_before", b"not_before", "reason", b"reason", "sm2_verified", b"sm2_verified", "status", b"status", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

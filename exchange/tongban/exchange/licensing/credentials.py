@@ -9,6 +9,7 @@ from datetime import datetime
 
 from tongban.exchange.licensing.custody import Seal
 from tongban.exchange.licensing.register import LicenceView
+from tongban.exchange.licensing.sm2_seals import Sm2Seal
 from tongban.licence import LicenceType, QrClaims, encode_qr, issue_sd_jwt, split_claims
 from tongban.signing import DEPT_URI_PREFIX
 
@@ -28,10 +29,11 @@ def sign_version(
     now: datetime,
     case_id: str,
     conditions: Sequence[str] = (),
+    sm2: Sm2Seal | None = None,
 ) -> LicenceView:
     """Licence ``number`` version ``version`` of ``holder``, sealed with ``seal``: its
     SD-JWT VC and its QR text, with status list entry ``status`` (the list's URI, the
-    index)."""
+    index); with ``sm2``, the issuer's SM2 seal, also the SM2 signature of the SD-JWT."""
     clear, disclosable = split_claims(licence_type, claims)
     uri, index = status
     issued = issue_sd_jwt(
@@ -91,6 +93,7 @@ def sign_version(
         case_id=case_id,
         created_at=now,
         updated_at=now,
+        sd_jwt_sm2=sm2.sign_sd_jwt(issued.serialization) if sm2 is not None else "",
     )
 
 

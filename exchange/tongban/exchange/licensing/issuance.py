@@ -37,6 +37,7 @@ from tongban.exchange.licensing.register import (
     licence_row,
     normal_number,
 )
+from tongban.exchange.licensing.sm2_seals import Sm2Seal, Sm2Seals
 from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import MAX_CASE_ID
@@ -132,10 +133,14 @@ class Issuance:
         records: RecordStore,
         access_log: AccessLog,
         clock: Clock,
+        sm2_seals: Sm2Seals | None = None,
     ) -> None:
+        """``sm2_seals``: departments' SM2 seals; a department with one has each licence
+        signed with it beside its ES256 seal."""
         self._pool = pool
         self._register = register
         self._vault = vault
+        self._sm2_seals = sm2_seals
         self._status_lists = status_lists
         self._registry = registry
         self._feed = feed
@@ -144,6 +149,9 @@ class Issuance:
         self._clock = clock
 
     # -- issuance -----------------------------------------------------------------------
+
+    async def _sm2(self, department: str) -> Sm2Seal | None:
+        return await self._sm2_seals.current(department) if self._sm2_seals else None
 
     def _issuable(self, caller: Caller, code: str) -> LicenceType:
         licence_type = self._registry.get(code)
@@ -228,6 +236,7 @@ class Issuance:
             prepared.append((licence_type, claims, str(claims[holder_claim]), not_before,
                              expires, case_id, reason))  # fmt: skip
         seal = await self._vault.get(caller.department.code)
+        sm2 = await self._sm2(caller.department.code)
         seal_expires = seal.certificate.not_valid_after_utc
         if any(p[4] is None and p[3] >= seal_expires for p in prepared):
             # Its QR code would expire with the seal certificate, before the licence starts.
@@ -258,7 +267,7 @@ class Issuance:
                 view = sign_version(
                     seal, licence_type, number, 1, claims, holder, nbf, exp,
                     (self._status_lists.uri(slot[0]), slot[1]), now, case_id,
-                    conditions.get(case_id, ()),
+                    conditions.get(case_id, ()), sm2,
                 )  # fmt: skip
                 views.append(view)
                 rows.append(licence_row(view, caller.officer_id))
@@ -409,6 +418,7 @@ class Issuance:
             number, now, lambda c, v: self._issuable(c, v.licence_type), caller
         )
         seal = await self._vault.get(caller.department.code)
+        sm2 = await self._sm2(caller.department.code)
         # The new version carries the commitments of its case still to be checked.
         current = await self._register.load(number)
         conditions = (
@@ -447,7 +457,7 @@ class Issuance:
             slot = (await self._status_lists.allocate(conn, 1))[0]
             view = sign_version(seal, licence_type, number, old.version + 1, new_claims, holder,
                                 not_before, new_expires, (self._status_lists.uri(slot[0]), slot[1]),
-                                now, old.case_id, conditions)  # fmt: skip
+                                now, old.case_id, conditions, sm2)  # fmt: skip
             await conn.execute(
                 "UPDATE licence SET status = 'superseded', updated_at = $3"
                 " WHERE number = $1 AND version = $2",

@@ -75,6 +75,9 @@ class LicenceView:
     created_at: datetime
     updated_at: datetime
     history: tuple[HistoryEntry, ...] = field(default=())
+    sd_jwt_sm2: str = ""
+    """The SM2 signature beside the SD-JWT (its issuer-signed JWT), when the issuer had an
+    SM2 seal (docs/keys.md, "A department's SM2 seal"); empty otherwise."""
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready data without the credential and without personal claims."""
@@ -95,7 +98,7 @@ class LicenceView:
 LICENCE_COLUMNS = (
     "number", "version", "licence_type", "holder_id", "holder_kind", "holder_name", "issuer",
     "status", "status_list", "status_index", "not_before", "expires", "claims", "sd_jwt", "qr",
-    "case_id", "officer", "created_at", "updated_at",
+    "case_id", "officer", "created_at", "updated_at", "sd_jwt_sm2",
 )  # fmt: skip
 """The columns of table ``licence``, in the order of ``licence_row``."""
 HISTORY_COLUMNS = (
@@ -115,6 +118,7 @@ def licence_row(view: LicenceView, officer: str | None) -> tuple[object, ...]:
         view.not_before, view.expires,
         json.dumps(view.claims, ensure_ascii=False, separators=(",", ":")),
         view.sd_jwt, view.qr, view.case_id or None, officer, view.created_at, view.updated_at,
+        view.sd_jwt_sm2 or None,
     )  # fmt: skip
 
 
@@ -237,6 +241,7 @@ class LicenceRegister:
             case_id=row["case_id"] or "",
             created_at=row["created_at"],
             updated_at=row["updated_at"],
+            sd_jwt_sm2=row["sd_jwt_sm2"] or "",
         )
 
     async def history(self, number: str) -> tuple[HistoryEntry, ...]:

@@ -31,6 +31,7 @@ from tongban.exchange.licensing.feed import LicenceFeed
 from tongban.exchange.licensing.fetch import ApprovalFetch, Decide
 from tongban.exchange.licensing.issuance import Issuance
 from tongban.exchange.licensing.register import LicenceRegister
+from tongban.exchange.licensing.sm2_seals import Sm2Seals
 from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.licensing.trust import LicenceTrust
 from tongban.exchange.sharing.records import RecordStore
@@ -60,10 +61,14 @@ class Licensing:
         node_name: str,
         decide: Decide,
         published_intermediates: Callable[[datetime], Sequence[x509.Certificate]] | None = None,
+        sm2_seals: Sm2Seals | None = None,
+        sm2_roots: Callable[[], Sequence[x509.Certificate]] = tuple,
     ) -> None:
         """``decide``: the sharing policy's decision with the caller's grants
         (``Sharing.decide``), which a fetch for an approval goes through.
-        ``published_intermediates``: see ``LicenceTrust``."""
+        ``published_intermediates``, ``sm2_seals`` and ``sm2_roots``: see ``LicenceTrust``
+        (and ``sm2_seals`` for ``Issuance``)."""
+        self.sm2_seals = sm2_seals
         self.vault = vault
         self.status_lists = status_lists
         self.registry = registry
@@ -76,6 +81,7 @@ class Licensing:
         self.issuance = Issuance(
             pool, register=self.register, vault=vault, status_lists=status_lists,
             registry=registry, feed=feed, records=records, access_log=access_log, clock=clock,
+            sm2_seals=sm2_seals,
         )  # fmt: skip
         self.approval_fetch = ApprovalFetch(
             pool, register=self.register, registry=registry, feed=feed,
@@ -85,5 +91,6 @@ class Licensing:
         self.trust = LicenceTrust(
             pool, vault=vault, status_lists=status_lists, registry=registry,
             node_signing=node_signing, roots=roots, clock=clock,
-            published_intermediates=published_intermediates,
+            published_intermediates=published_intermediates, sm2_seals=sm2_seals,
+            sm2_roots=sm2_roots,
         )  # fmt: skip

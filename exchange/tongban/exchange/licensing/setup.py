@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 import asyncpg
 from cryptography.hazmat.primitives import serialization
 
-from tongban.exchange.datadir import key_passphrase, load_ca
+from tongban.exchange.datadir import ensure_sm2_root, key_passphrase, load_ca
 from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.errors import DepartmentNotFound
 from tongban.exchange.licensing.custody import (
@@ -16,6 +16,7 @@ from tongban.exchange.licensing.custody import (
     SealVault,
     issue_status_list_certificate,
 )
+from tongban.exchange.licensing.sm2_seals import Sm2Seals
 from tongban.exchange.settings import Settings
 from tongban.signing import (
     PrivateKey,
@@ -26,12 +27,16 @@ from tongban.signing import (
 )
 from tongban.signing.clock import Clock
 from tongban.signing.pkcs11 import Token
+from tongban.signing.sm2 import Sm2PrivateKey
+from tongban.signing.sm2_certs import issue_sm2_seal_certificate
 
 __all__ = [
     "custody_seal_from_pem",
     "enrol_seal",
+    "enrol_sm2_seal",
     "ensure_status_key",
     "rotate_seal",
+    "sm2_seals_for",
     "vault_for",
 ]
 
@@ -138,3 +143,29 @@ def vault_for(
     exchange has one, its PKCS#11 ``token`` (where every key enrolled from now on goes);
     ``clock`` decides which of a holder's keys signs (the node's clock)."""
     return SealVault(pool, key_passphrase(settings), token, clock)
+
+
+def sm2_seals_for(pool: asyncpg.Pool, settings: Settings, clock: Clock | None = None) -> Sm2Seals:
+    """The departments' SM2 seals over ``pool``, opened with the node key passphrase."""
+    return Sm2Seals(pool, key_passphrase(settings), clock)
+
+
+async def enrol_sm2_seal(
+    seals: Sm2Seals, pool: asyncpg.Pool, settings: Settings, code: str, now: datetime
+) -> bytes:
+    """Give department ``code`` a new SM2 seal: a key made here, certified by the
+    exchange's SM2 root (made now if the data dir has none), stored encrypted with the
+    node key passphrase; it signs the department's licences beside its ES256 seal from
+    the nodes' next read (within 30 seconds). Return its certificate's fingerprint.
+
+    Raises DepartmentNotFound, or a data dir / key error."""
+    department = await DepartmentStore(pool).find(code)
+    if department is None:
+        raise DepartmentNotFound(f"No department {code!r} is registered.")
+    root, root_key = ensure_sm2_root(settings, now)
+    key = Sm2PrivateKey.generate()
+    cert = issue_sm2_seal_certificate(
+        ca_cert=root, ca_key=root_key, code=code, name=department.name,
+        public_key=key.public, now=now,
+    )  # fmt: skip
+    return await seals.enrol(code, key, cert, now)

@@ -6,6 +6,7 @@ only the seals' chains, the status lists, the node's signing key and the roots."
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import hashes
 
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.licensing.custody import STATUS_LIST_HOLDER, SealVault
+from tongban.exchange.licensing.sm2_seals import Sm2Seals
 from tongban.exchange.licensing.status import StatusLists, StatusToken
 from tongban.licence import (
     LicenceCancelled,
@@ -21,10 +23,12 @@ from tongban.licence import (
     LicenceTypeRegistry,
     TrustList,
     TrustListEntry,
+    VerificationFailed,
     VerificationResult,
     claimed_status,
     sign_trust_list,
     verify_licence,
+    verify_sm2_licence_signature,
     verify_trust_list,
 )
 from tongban.signing import Clock
@@ -54,11 +58,17 @@ class LicenceTrust:
         roots: Sequence[x509.Certificate],
         clock: Clock,
         published_intermediates: Callable[[datetime], Sequence[x509.Certificate]] | None = None,
+        sm2_seals: Sm2Seals | None = None,
+        sm2_roots: Callable[[], Sequence[x509.Certificate]] = tuple,
     ) -> None:
         """``published_intermediates(now)``: issuing CA certificates to list besides those in
         the seals' chains (the data dir's, so an upcoming issuing CA is announced before
-        it issues anything); read when the list is signed."""
+        it issues anything); read when the list is signed. ``sm2_seals``: departments' SM2
+        seals, which the list names; ``sm2_roots()``: the exchange's SM2 root, if it has
+        one, to check SM2 signatures beside SD-JWT licences with."""
         self._pool = pool
+        self._sm2_seals = sm2_seals
+        self._sm2_roots = sm2_roots
         self._published_intermediates = published_intermediates
         self.vault = vault
         self.status_lists = status_lists
@@ -78,6 +88,7 @@ class LicenceTrust:
         changes or after an hour (its ``next_update`` is a day, its ``exp`` 30 days)."""
         now = self._clock.now()
         certificates, revoked, chained = await self.vault.trust(now)
+        sm2 = await self._sm2_seals.listed(now) if self._sm2_seals is not None else {}
         issuers = sorted(
             {d for t in self.registry for d in t.issuers} & set(certificates) - {STATUS_LIST_HOLDER}
         )
@@ -92,6 +103,7 @@ class LicenceTrust:
             ),
             frozenset(r.fingerprint for r in revoked),
             frozenset(c.fingerprint(_SHA256) for c in chained),
+            frozenset(c.fingerprint(_SHA256) for d in issuers for c in sm2.get(d, ())),
         )
         bases = (self.status_lists.uri_base,)
         cached = self._trust_list
@@ -117,6 +129,7 @@ class LicenceTrust:
             entries,
             revoked=[r for r in revoked if r.department in issuers],
             intermediates=list(dict.fromkeys([*chained, *published]))[:16],
+            sm2_seals={d: sm2[d] for d in issuers if d in sm2},
             signer=self._node_signing.signer,
             chain=self._node_signing.chain,
             now=now,
@@ -129,11 +142,28 @@ class LicenceTrust:
         """The signed token of status list ``list_id``, or None if there is none."""
         return await self.status_lists.token(list_id, self._clock.now())
 
-    async def verify(self, text: str) -> VerificationResult:
+    async def verify(self, text: str, sm2_signature: str = "") -> VerificationResult:
         """Verify a licence (SD-JWT VC, presentation or QR text) as a relying party would,
         with the node's current trust list, and its status from the registry itself
         (revoked, suspended, cancelled or superseded, as of now). A forged or revoked
-        licence is a result with ``verified`` False, never an error."""
+        licence is a result with ``verified`` False, never an error.
+
+        With ``sm2_signature`` (the SM2 signature beside an SD-JWT), the licence verifies
+        only if that does too (``sm2_verified``); a bad one fails the ``sm2`` check."""
+        result = await self._verify(text)
+        if not sm2_signature or not result.verified:
+            return result
+        try:
+            verify_sm2_licence_signature(
+                text.strip(), sm2_signature.strip(), sm2_roots=self._sm2_roots(),
+                trust_list=await self.trust_list(), now=self._clock.now(),
+            )  # fmt: skip
+        except VerificationFailed as e:
+            return replace(result, verified=False, check=e.check, reason=e.reason,
+                           message=e.message)  # fmt: skip
+        return replace(result, sm2_verified=True)
+
+    async def _verify(self, text: str) -> VerificationResult:
         now = self._clock.now()
         trust_list = await self.trust_list()
         statuses: dict[tuple[str, int], tuple[int | None, str | None]] = {}

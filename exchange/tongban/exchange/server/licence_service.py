@@ -102,6 +102,7 @@ def licence_message(view: LicenceView) -> licence_pb2.Licence:
         qr=view.qr,
         case_id=view.case_id,
         issued_at=timestamp(view.created_at),
+        sd_jwt_sm2=view.sd_jwt_sm2,
         history=[
             licence_pb2.LicenceHistoryEntry(
                 version=h.version,
@@ -136,6 +137,7 @@ def result_message(result: VerificationResult) -> licence_pb2.VerificationResult
         claims_json=_dumps(dict(result.claims)),
         status=result.status,
         exchange=result.exchange,
+        sm2_verified=result.sm2_verified,
     )
     if result.not_before is not None:
         message.not_before.CopyFrom(timestamp(result.not_before))
@@ -237,7 +239,11 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
                 if not licence_type.claim(k).personal and not licence_type.claim(k).disclosable
             }
             messages.append(
-                licence_message(LicenceView(**{**view.__dict__, "claims": public, "sd_jwt": ""}))
+                licence_message(
+                    LicenceView(
+                        **{**view.__dict__, "claims": public, "sd_jwt": "", "sd_jwt_sm2": ""}
+                    )
+                )
             )
         return licence_pb2.ListLicencesResponse(licences=messages)
 
@@ -307,7 +313,13 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
                     "unknown",
                 )
             )
-        return result_message(await self._licensing.trust.verify(text))
+        sm2 = request.sd_jwt_sm2.strip()
+        if len(sm2) > _MAX_VERIFY_TEXT:
+            raise InvalidArgument(
+                "The SM2 signature is over 64 KiB; give the one the licence came with.",
+                metadata={"field": "sd_jwt_sm2"},
+            )
+        return result_message(await self._licensing.trust.verify(text, sm2))
 
     async def Render(
         self, request: licence_pb2.RenderLicenceRequest, context: Context
