@@ -63,6 +63,7 @@ from tongban.exchange.licensing.feed import LicenceFeed
 from tongban.exchange.licensing.issuance import IssueInput
 from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.licensing.setup import ensure_status_key, vault_for
+from tongban.exchange.licensing.sm2_seals import Sm2Seals
 from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.settings import Settings, load_settings
 from tongban.exchange.sharing.datasets import DatasetStore
@@ -217,9 +218,14 @@ async def enrol_as_owner(settings: Settings, clock: SystemClock) -> None:
 
 
 async def licensing_on(
-    db: Database, settings: Settings, clock: SystemClock, vault: SealVault
+    db: Database,
+    settings: Settings,
+    clock: SystemClock,
+    vault: SealVault,
+    sm2_seals: Sm2Seals | None = None,
 ) -> tuple[AccessLog, Licensing]:
-    """A started access log and the licence service over ``db``, as a node builds it."""
+    """A started access log and the licence service over ``db``, as a node builds it
+    (with ``sm2_seals``, departments that have one sign with SM2 beside ES256)."""
     log = AccessLog(db.pool)
     await log.start()
     licensing = Licensing(
@@ -236,6 +242,7 @@ async def licensing_on(
         clock=clock,
         node_name=settings.node_name,
         decide=_without_grants,  # the bench discloses no personal claims
+        sm2_seals=sm2_seals,
     )
     return log, licensing
 
