@@ -196,6 +196,12 @@ class Settings(BaseSettings):
     """Lifetime of a forwarded request a node signs for a peer, and how long the peer
     keeps its nonce to refuse a replay."""
 
+    peer_max_hops: int = Field(default=3, ge=1, le=8)
+    """The most links between exchanges a routed query may cross, counted from the
+    department's exchange to the owner's (a direct peer is 1). A node carries, answers and
+    re-offers nothing beyond it; 1 makes this exchange relay nothing (docs/federation.md,
+    "Routing over several hops")."""
+
     kafka_bootstrap: str | None = None
     """Kafka bootstrap servers (``host:port``, comma-separated). Set: change events are
     relayed from the outbox to Kafka and subscribers are fed from Kafka. Unset (the

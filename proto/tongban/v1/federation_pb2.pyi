@@ -17,6 +17,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from tongban.v1 import audit_pb2 as _audit_pb2
 from tongban.v1 import catalogue_pb2 as _catalogue_pb2
 from tongban.v1 import values_pb2 as _values_pb2
 import builtins as _builtins
@@ -353,6 +354,68 @@ class GetLogEntryRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetLogEntryRequest: _TypeAlias = GetLogEntryRequest  # noqa: Y015
+
+@_typing.final
+class GetRoutedLogEntryRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ROUTE_FIELD_NUMBER: _builtins.int
+    INDEX_FIELD_NUMBER: _builtins.int
+    CASE_ID_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    case_id: _builtins.str
+    """The case the entry belongs to, as the caller's trail follows it."""
+    @_builtins.property
+    def route(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The callee's names of the exchanges towards the entry, nearest first; the entry is in
+        the last one's log.
+        """
+
+    def __init__(
+        self,
+        *,
+        route: _abc.Iterable[_builtins.str] | None = ...,
+        index: _builtins.int = ...,
+        case_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_id", b"case_id", "index", b"index", "route", b"route"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRoutedLogEntryRequest: _TypeAlias = GetRoutedLogEntryRequest  # noqa: Y015
+
+@_typing.final
+class RoutedLogEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    LOG_KEY_FIELD_NUMBER: _builtins.int
+    EXCHANGE_FIELD_NUMBER: _builtins.int
+    log_key: _builtins.str
+    """That exchange's access-log verifier key, as pinned by the exchange before it on the
+    route (`tongban peer log-key` there), and the hex SHA-256 of its root CA.
+    """
+    exchange: _builtins.str
+    @_builtins.property
+    def entry(self) -> _audit_pb2.EntryWithProof:
+        """The entry with its inclusion proof, as the last exchange of the route answered it."""
+
+    def __init__(
+        self,
+        *,
+        entry: _audit_pb2.EntryWithProof | None = ...,
+        log_key: _builtins.str = ...,
+        exchange: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "exchange", b"exchange", "log_key", b"log_key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RoutedLogEntry: _TypeAlias = RoutedLogEntry  # noqa: Y015
 
 @_typing.final
 class AddCheckpointRequest(_message.Message):

@@ -65,6 +65,11 @@ class PeerServiceStub:
                 request_serializer=tongban_dot_v1_dot_federation__pb2.GetLogEntryRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_audit__pb2.EntryWithProof.FromString,
                 _registered_method=True)
+        self.GetRoutedLogEntry = channel.unary_unary(
+                '/tongban.v1.PeerService/GetRoutedLogEntry',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.GetRoutedLogEntryRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_federation__pb2.RoutedLogEntry.FromString,
+                _registered_method=True)
         self.AddCheckpoint = channel.unary_unary(
                 '/tongban.v1.PeerService/AddCheckpoint',
                 request_serializer=tongban_dot_v1_dot_federation__pb2.AddCheckpointRequest.SerializeToString,
@@ -126,6 +131,19 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRoutedLogEntry(self, request, context):
+        """An entry of the access log of an exchange beyond this one, for the calling exchange's
+        audit trail across several hops (docs/federation.md, "Routing over several hops"):
+        this exchange passes it on only if one of its own entries for the caller's requests
+        of that case names it ("peer:<route[0]>; log:<index>"), asks the next exchange with
+        its own certificate, and answers what that exchange answered with the log key it
+        pinned for it. Refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED otherwise, and
+        FAILED_PRECONDITION / PEER_LOG_KEY_UNSET when it pinned no key for it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def AddCheckpoint(self, request, context):
         """Witness the calling exchange's access log (C2SP tlog-witness over the peer link,
         docs/federation.md, "Peers as witnesses"): the body is exactly a C2SP add-checkpoint
@@ -174,6 +192,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.GetLogEntry,
                     request_deserializer=tongban_dot_v1_dot_federation__pb2.GetLogEntryRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_audit__pb2.EntryWithProof.SerializeToString,
+            ),
+            'GetRoutedLogEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRoutedLogEntry,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.GetRoutedLogEntryRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_federation__pb2.RoutedLogEntry.SerializeToString,
             ),
             'AddCheckpoint': grpc.unary_unary_rpc_method_handler(
                     servicer.AddCheckpoint,
@@ -343,6 +366,33 @@ class PeerService:
             '/tongban.v1.PeerService/GetLogEntry',
             tongban_dot_v1_dot_federation__pb2.GetLogEntryRequest.SerializeToString,
             tongban_dot_v1_dot_audit__pb2.EntryWithProof.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRoutedLogEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/GetRoutedLogEntry',
+            tongban_dot_v1_dot_federation__pb2.GetRoutedLogEntryRequest.SerializeToString,
+            tongban_dot_v1_dot_federation__pb2.RoutedLogEntry.FromString,
             options,
             channel_credentials,
             insecure,

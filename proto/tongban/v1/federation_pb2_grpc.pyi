@@ -66,6 +66,15 @@ class PeerServiceStub:
     the calling exchange ("<our name for it>" or "<our name for it>/<department>");
     any other is refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED.
     """
+    GetRoutedLogEntry: _grpc.UnaryUnaryMultiCallable[_federation_pb2.GetRoutedLogEntryRequest, _federation_pb2.RoutedLogEntry]
+    """An entry of the access log of an exchange beyond this one, for the calling exchange's
+    audit trail across several hops (docs/federation.md, "Routing over several hops"):
+    this exchange passes it on only if one of its own entries for the caller's requests
+    of that case names it ("peer:<route[0]>; log:<index>"), asks the next exchange with
+    its own certificate, and answers what that exchange answered with the log key it
+    pinned for it. Refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED otherwise, and
+    FAILED_PRECONDITION / PEER_LOG_KEY_UNSET when it pinned no key for it.
+    """
     AddCheckpoint: _grpc.UnaryUnaryMultiCallable[_federation_pb2.AddCheckpointRequest, _federation_pb2.AddCheckpointResponse]
     """Witness the calling exchange's access log (C2SP tlog-witness over the peer link,
     docs/federation.md, "Peers as witnesses"): the body is exactly a C2SP add-checkpoint
@@ -106,6 +115,15 @@ class PeerServiceAsyncStub(PeerServiceStub):
     checkpoint, for the calling exchange's audit trail: only an entry whose caller is
     the calling exchange ("<our name for it>" or "<our name for it>/<department>");
     any other is refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED.
+    """
+    GetRoutedLogEntry: _aio.UnaryUnaryMultiCallable[_federation_pb2.GetRoutedLogEntryRequest, _federation_pb2.RoutedLogEntry]  # type: ignore[assignment]
+    """An entry of the access log of an exchange beyond this one, for the calling exchange's
+    audit trail across several hops (docs/federation.md, "Routing over several hops"):
+    this exchange passes it on only if one of its own entries for the caller's requests
+    of that case names it ("peer:<route[0]>; log:<index>"), asks the next exchange with
+    its own certificate, and answers what that exchange answered with the log key it
+    pinned for it. Refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED otherwise, and
+    FAILED_PRECONDITION / PEER_LOG_KEY_UNSET when it pinned no key for it.
     """
     AddCheckpoint: _aio.UnaryUnaryMultiCallable[_federation_pb2.AddCheckpointRequest, _federation_pb2.AddCheckpointResponse]  # type: ignore[assignment]
     """Witness the calling exchange's access log (C2SP tlog-witness over the peer link,
@@ -180,6 +198,21 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         checkpoint, for the calling exchange's audit trail: only an entry whose caller is
         the calling exchange ("<our name for it>" or "<our name for it>/<department>");
         any other is refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED.
+        """
+
+    @_abc_1.abstractmethod
+    def GetRoutedLogEntry(
+        self,
+        request: _federation_pb2.GetRoutedLogEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.RoutedLogEntry, _abc.Awaitable[_federation_pb2.RoutedLogEntry]]:
+        """An entry of the access log of an exchange beyond this one, for the calling exchange's
+        audit trail across several hops (docs/federation.md, "Routing over several hops"):
+        this exchange passes it on only if one of its own entries for the caller's requests
+        of that case names it ("peer:<route[0]>; log:<index>"), asks the next exchange with
+        its own certificate, and answers what that exchange answered with the log key it
+        pinned for it. Refused PERMISSION_DENIED / PEER_LOG_ENTRY_REFUSED otherwise, and
+        FAILED_PRECONDITION / PEER_LOG_KEY_UNSET when it pinned no key for it.
         """
 
     @_abc_1.abstractmethod

@@ -51,11 +51,20 @@ async def province(node: Node) -> Node:
     return node
 
 
+@pytest_asyncio.fixture
+async def city_database_url(admin_dsn: str) -> AsyncIterator[str]:
+    """A third exchange's database, for routing over two hops."""
+    async with fresh_database(admin_dsn) as url:
+        yield url
+
+
 @contextlib.asynccontextmanager
-async def county_node(tmp_path: Path, database_url: str, **extra: object) -> AsyncIterator[Node]:
-    """The county's exchange: another root CA, data dir and database, the same demo
-    department codes (a code is unique only within its exchange)."""
-    settings = exchange_settings(tmp_path / "county", database_url, **extra)
+async def county_node(
+    tmp_path: Path, database_url: str, *, name: str = "county", **extra: object
+) -> AsyncIterator[Node]:
+    """The county's exchange (or another, ``name``): another root CA, data dir and
+    database, the same demo department codes (a code is unique only within its exchange)."""
+    settings = exchange_settings(tmp_path / name, database_url, **extra)
     async with Node(settings, clock=FixedClock(SystemClock().now())) as running:
         async with owner_pool(running) as pool:
             # The operator's enrolment, with the schema owner's login (as `tongban dept`).
@@ -66,6 +75,13 @@ async def county_node(tmp_path: Path, database_url: str, **extra: object) -> Asy
 @pytest_asyncio.fixture
 async def county(tmp_path: Path, county_database_url: str) -> AsyncIterator[Node]:
     async with county_node(tmp_path, county_database_url) as running:
+        yield running
+
+
+@pytest_asyncio.fixture
+async def city(tmp_path: Path, city_database_url: str) -> AsyncIterator[Node]:
+    """The city's exchange, between the county and the province."""
+    async with county_node(tmp_path, city_database_url, name="city") as running:
         yield running
 
 

@@ -182,6 +182,11 @@ class _HostilePeer(federation_pb2_grpc.PeerServiceServicer):
     ) -> federation_pb2.ForwardQueryResponse:
         return federation_pb2.ForwardQueryResponse()
 
+    async def GetRoutedLogEntry(
+        self, request: object, context: object
+    ) -> federation_pb2.RoutedLogEntry:
+        return federation_pb2.RoutedLogEntry()
+
     async def GetTrustList(
         self, request: object, context: object
     ) -> federation_pb2.GetTrustListResponse:

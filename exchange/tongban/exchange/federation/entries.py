@@ -5,6 +5,15 @@ offering node's signing certificate, carried in ``x5c``, over the RFC 8785 canon
 of the entry (docs/federation.md, "Signed entries"). The receiver accepts it only if it
 is the offering peer's own: signed under that peer's root, naming that peer's exchange,
 owned by the department its code starts with.
+
+A peer also re-offers the entries it received from its other peers (docs/federation.md,
+"Routing over several hops"): a relayed entry (``typ`` ``tongban-relayed-entry+jws``) is
+signed by the relaying node over the name it gives the exchange it got the entry from
+(``via``), that exchange's root fingerprint (``via_exchange``) and the token it got,
+unchanged (the owner's entry, or another relayed one). The receiver checks the relaying
+peer's signature under the peer's root, and each token inside under the root its own
+``x5c`` carries, which must be the one the layer above names: the chain of who offered
+what to whom is kept whole as evidence, and the owner's entry inside is the owner's.
 """
 
 from __future__ import annotations
@@ -12,6 +21,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -35,10 +45,25 @@ from tongban.signing.certs import NODE_URI_PREFIX, certificate_fingerprint, veri
 from tongban.signing.jose import sign_jws, verify_jws
 from tongban.signing.keys import Signer
 
-__all__ = ["ENTRY_TYPE", "RemoteEntry", "node_signing_certificate", "sign_entry", "verify_entry"]
+__all__ = [
+    "ENTRY_TYPE",
+    "RELAYED_TYPE",
+    "RemoteEntry",
+    "chain_root",
+    "node_signing_certificate",
+    "sign_entry",
+    "sign_relayed",
+    "verify_entry",
+    "verify_offered",
+]
 
 ENTRY_TYPE = "tongban-catalogue-entry+jws"
+RELAYED_TYPE = "tongban-relayed-entry+jws"
+MAX_ROUTE = 8
+"""The deepest nesting of relayed entries read at all (settings cap hops lower)."""
 _MAX_ENTRY = 512 * 1024
+_NAME = re.compile(r"[a-z][a-z0-9-]{1,62}")
+_FINGERPRINT = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -50,16 +75,36 @@ class RemoteEntry:
     entry: DatasetEntry
     payload: Mapping[str, Any]
     signed: str
+    route: tuple[str, ...] = ()
+    """For a relayed entry, the names of the exchanges beyond ``peer``, outward, each as
+    the exchange before it names it (``("province",)``: ``peer``'s name for the owner's
+    exchange); empty for the peer's own entry."""
+    path: tuple[str, ...] = ()
+    """Hex root fingerprints of the exchanges named by ``route``, in the same order (the
+    last is the owner's)."""
+
+    @property
+    def code(self) -> str:
+        """The peer's name for the dataset: the owner's code behind ``route``
+        (``province:hrss.social_insurance`` at the city for the county)."""
+        return ":".join((*self.route, self.entry.code))
 
     @property
     def remote_code(self) -> str:
-        """How this exchange names the dataset: ``<peer>:<code>``."""
-        return f"{self.peer}:{self.entry.code}"
+        """How this exchange names the dataset: ``<peer>:<code>``, with the route between
+        (``city:province:hrss.social_insurance``)."""
+        return f"{self.peer}:{self.code}"
 
     @property
     def remote_owner(self) -> str:
-        """How this exchange names its owner: ``<peer>/<department>``."""
-        return f"{self.peer}/{self.entry.owner}"
+        """How this exchange names its owner: ``<peer>/<department>``, with the route
+        between (``city/province/hrss``)."""
+        return "/".join((self.peer, *self.route, self.entry.owner))
+
+    @property
+    def hops(self) -> int:
+        """Links between exchanges from us to the owner's exchange (a peer's own: 1)."""
+        return len(self.route) + 1
 
 
 def _instant(at: datetime) -> str:
@@ -147,6 +192,102 @@ def verify_entry(
             metadata={"peer": peer, "dataset": code},
         ) from e
     return RemoteEntry(peer=peer, entry=entry, payload=claimed, signed=token)
+
+
+def sign_relayed(
+    remote: RemoteEntry, *, via_exchange: bytes, exchange: bytes, signing_signer: Signer,
+    chain: tuple[x509.Certificate, ...],
+) -> str:  # fmt: skip
+    """The relayed entry by which exchange ``exchange`` re-offers ``remote``, received
+    from its peer ``remote.peer`` (root SHA-256 ``via_exchange``)."""
+    x5c = [base64.b64encode(cert.public_bytes(Encoding.DER)).decode() for cert in chain]
+    payload = {
+        "v": 1,
+        "exchange": exchange.hex(),
+        "via": remote.peer,
+        "via_exchange": via_exchange.hex(),
+        "entry": remote.signed,
+    }
+    return sign_jws(
+        canonical_json(payload), signing_signer, headers={"typ": RELAYED_TYPE, "x5c": x5c}
+    )
+
+
+def verify_offered(
+    token: str, *, peer: str, peer_root: x509.Certificate, now: datetime
+) -> RemoteEntry:
+    """Like ``verify_entry`` for an entry peer ``peer`` offered, its own or relayed.
+
+    A relayed entry must be signed by a node of ``peer_root`` naming it, and the token it
+    carries must verify (recursively) under the root in its own ``x5c`` whose SHA-256 is
+    the ``via_exchange`` named. Raises PeerSignatureInvalid, PeerNotOwner or
+    PeerEntryInvalid as ``verify_entry`` does.
+    """
+    return _verify_offered(token, peer=peer, peer_root=peer_root, now=now, depth=0)
+
+
+def _verify_offered(
+    token: str, *, peer: str, peer_root: x509.Certificate, now: datetime, depth: int
+) -> RemoteEntry:
+    if len(token) > _MAX_ENTRY * 2:
+        raise PeerEntryInvalid(f"Peer {peer} offered an entry over {_MAX_ENTRY * 2} bytes.")
+    header, claimed = _unverified(token, peer)
+    if header.get("typ") != RELAYED_TYPE:
+        return verify_entry(token, peer=peer, peer_root=peer_root, now=now)
+    if depth >= MAX_ROUTE:
+        raise PeerEntryInvalid(f"Peer {peer} offered an entry relayed over {MAX_ROUTE} times.")
+    if claimed.get("exchange") != certificate_fingerprint(peer_root).hex():
+        raise PeerNotOwner(
+            f"Peer {peer} offered an entry relayed by another exchange; a peer signs what it "
+            "re-offers itself.",
+            metadata={"peer": peer},
+        )
+    _check_signature(token, header, peer=peer, peer_root=peer_root, now=now)
+    via, via_exchange, inner = claimed.get("via"), claimed.get("via_exchange"), claimed.get("entry")
+    if not (
+        isinstance(via, str)
+        and _NAME.fullmatch(via)
+        and isinstance(via_exchange, str)
+        and _FINGERPRINT.fullmatch(via_exchange)
+        and isinstance(inner, str)
+    ):
+        raise PeerEntryInvalid(f"Peer {peer} offered a malformed relayed entry.")
+    inner_root = _own_root(inner, peer)
+    if certificate_fingerprint(inner_root).hex() != via_exchange:
+        raise PeerSignatureInvalid(
+            f"Peer {peer} relayed an entry not signed under the root of the exchange it names.",
+            metadata={"peer": peer},
+        )
+    carried = _verify_offered(inner, peer=via, peer_root=inner_root, now=now, depth=depth + 1)
+    return RemoteEntry(
+        peer=peer,
+        entry=carried.entry,
+        payload=claimed,
+        signed=token,
+        route=(via, *carried.route),
+        path=(via_exchange, *carried.path),
+    )
+
+
+def _own_root(token: str, peer: str) -> x509.Certificate:
+    """The last certificate of ``token``'s ``x5c`` (its signer's root, by its own word)."""
+    header, _ = _unverified(token, peer)
+    try:
+        return chain_root(header)
+    except (ValueError, binascii.Error) as e:
+        raise PeerSignatureInvalid(
+            f"Peer {peer} relayed an entry that carries no certificate chain.",
+            metadata={"peer": peer},
+        ) from e
+
+
+def chain_root(header: Mapping[str, Any]) -> x509.Certificate:
+    """The last certificate of a JWS header's ``x5c``: the root its signer claims.
+    Raises ValueError (or binascii.Error) if there is none."""
+    chain = header.get("x5c")
+    if not isinstance(chain, list) or not chain or not isinstance(chain[-1], str):
+        raise ValueError("the JWS carries no x5c chain")
+    return x509.load_der_x509_certificate(base64.b64decode(chain[-1]))
 
 
 def _unverified(token: str, peer: str) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -15,12 +15,15 @@ __all__ = [
     "PeerNotADepartment",
     "PeerNotOwner",
     "PeerOnly",
+    "PeerRequestAltered",
     "PeerRequestExpired",
     "PeerRequestInvalid",
     "PeerRequestReplayed",
+    "PeerRouteLoop",
     "PeerSignatureInvalid",
     "PeerSignatureMismatch",
     "PeerSuspended",
+    "PeerTooManyHops",
     "PeerTrustListInvalid",
     "PeerUnavailable",
     "PeerUnknown",
@@ -130,6 +133,27 @@ class PeerRequestInvalid(TongbanError):
 
     reason = "PEER_REQUEST_INVALID"
     status = "INVALID_ARGUMENT"
+
+
+class PeerRouteLoop(TongbanError):
+    """A routed request (or entry) passed through this exchange already."""
+
+    reason = "PEER_ROUTE_LOOP"
+    status = "FAILED_PRECONDITION"
+
+
+class PeerTooManyHops(TongbanError):
+    """A routed request crossed more links between exchanges than this one carries."""
+
+    reason = "PEER_TOO_MANY_HOPS"
+    status = "FAILED_PRECONDITION"
+
+
+class PeerRequestAltered(TongbanError):
+    """A middle exchange's request does not say what the request it embeds says."""
+
+    reason = "PEER_REQUEST_ALTERED"
+    status = "PERMISSION_DENIED"
 
 
 class PeerLogKeyUnset(TongbanError):

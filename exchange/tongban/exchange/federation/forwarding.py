@@ -36,13 +36,16 @@ from tongban.exchange.catalogue.canonical import canonical_json
 from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.errors import InvalidArgument
-from tongban.exchange.federation.entries import node_signing_certificate
+from tongban.exchange.federation.entries import chain_root, node_signing_certificate
 from tongban.exchange.federation.errors import (
     PeerNotOwner,
+    PeerRequestAltered,
     PeerRequestExpired,
     PeerRequestInvalid,
     PeerRequestReplayed,
+    PeerRouteLoop,
     PeerSignatureMismatch,
+    PeerTooManyHops,
     PeerUnavailable,
     PeerUnknown,
 )
@@ -50,18 +53,27 @@ from tongban.exchange.federation.links import PeerLinks, PeerRefusal
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.peers import Peer, peer_ca
 from tongban.exchange.federation.remote import RemoteCatalogue
+from tongban.exchange.federation.routing import Routes
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.identity import Caller
 from tongban.exchange.sharing.errors import DatasetNotFound, QueryDenied
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import Denied, QueryIntent
 from tongban.exchange.sharing.service import AnsweredRecord, QueryInput, QueryResult, Sharing
+from tongban.signing.certs import certificate_fingerprint
 from tongban.signing.clock import Clock
 from tongban.signing.jose import sign_jws, verify_jws
 from tongban.v1 import federation_pb2, values_pb2
 from tongban.wire.values import from_field_value, to_field_value
 
-__all__ = ["REQUEST_TYPE", "ForwardedQuery", "Forwarding", "sign_request", "verify_request"]
+__all__ = [
+    "REQUEST_TYPE",
+    "ForwardedQuery",
+    "Forwarding",
+    "sign_request",
+    "verify_chain",
+    "verify_request",
+]
 
 REQUEST_TYPE = "tongban-forwarded-query+jws"
 SKEW = timedelta(seconds=30)
@@ -73,6 +85,8 @@ _OFFICER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
 _DEPARTMENT = re.compile(r"[a-z][a-z0-9-]{1,62}")
 _NONCE = re.compile(r"[0-9a-f]{32}")
 _PURGE_EVERY = 60.0
+MAX_CHAIN = 8
+"""The most requests one forwarded request may embed, whatever the settings."""
 
 
 @dataclass(frozen=True)
@@ -94,9 +108,23 @@ class ForwardedQuery:
     nonce: str
     issued_at: datetime
     expires_at: datetime
+    route: tuple[str, ...] = ()
+    """For a request a middle exchange carries on: its names of the exchanges behind it,
+    nearest first (``("county-a",)``); the department is of the last one."""
+    previous: str | None = None
+    """For a carried request: the signed request it carries on, as the middle exchange
+    received it (which may carry another)."""
+
+    @property
+    def department_path(self) -> tuple[str, ...]:
+        """The route and the department: ``("county-a", "approval")``."""
+        return (*self.route, self.department)
 
     def payload(self) -> dict[str, object]:
-        return {
+        carried: dict[str, object] = (
+            {} if self.previous is None else {"route": list(self.route), "previous": self.previous}
+        )
+        return carried | {
             "v": 1,
             "exchange": self.exchange,
             "audience": self.audience,
@@ -168,9 +196,88 @@ def verify_request(token: str, *, peer: Peer, own_exchange: bytes, now: datetime
     return request
 
 
+def verify_chain(
+    request: ForwardedQuery, *, own_exchange: bytes, now: datetime, max_hops: int
+) -> tuple[ForwardedQuery, ...]:
+    """The requests ``request`` embeds, checked, nearest first (empty for a request made
+    by the calling exchange's own department).
+
+    Each embedded request must be signed by a node of the root its own ``x5c`` carries,
+    that root must be the exchange it names, it must be addressed to the exchange that
+    carried it on, and it must ask what the carrier asked (department, officer, purpose,
+    case, fields, keys, route): PeerSignatureMismatch, PeerRequestAltered otherwise.
+    Raises PeerRouteLoop if the chain passed through us or one exchange twice,
+    PeerTooManyHops past ``max_hops``, PeerRequestExpired outside a window.
+    """
+    chain: list[ForwardedQuery] = []
+    carrier = request
+    while carrier.previous is not None:
+        if len(chain) + 1 >= max_hops:
+            raise PeerTooManyHops(
+                f"The request has crossed more than {max_hops} links between exchanges, "
+                "the most this exchange answers or carries.",
+                metadata={"max_hops": str(max_hops)},
+            )
+        embedded = _embedded(carrier.previous)
+        _same_ask(carrier, embedded)
+        if not embedded.issued_at - SKEW <= now <= embedded.expires_at + SKEW:
+            raise PeerRequestExpired(
+                f"The request this one carries was valid until {_instant(embedded.expires_at)}"
+                f", not at {_instant(now)}."
+            )
+        chain.append(embedded)
+        carrier = embedded
+    seen = [own_exchange.hex(), request.exchange, *(r.exchange for r in chain)]
+    if len(set(seen)) != len(seen):
+        raise PeerRouteLoop(
+            "The request has already passed through this exchange, or one exchange twice; "
+            "a route never loops."
+        )
+    return tuple(chain)
+
+
+def _embedded(token: str) -> ForwardedQuery:
+    header, claimed = _parts(token)
+    request = _request(claimed)
+    altered = PeerSignatureMismatch(
+        "A request carried by a middle exchange is not signed by a node of the exchange it "
+        "names: it was altered on the way."
+    )
+    try:
+        root = chain_root(header)
+        leaf = node_signing_certificate(header, roots=[root], now=request.issued_at)
+        verify_jws(token, leaf.public_key())  # type: ignore[arg-type]
+    except (TongbanError, ValueError, TypeError, binascii.Error) as e:
+        raise altered from e
+    if certificate_fingerprint(root).hex() != request.exchange:
+        raise altered
+    if header.get("typ") != REQUEST_TYPE:
+        raise PeerRequestInvalid("A carried object is not a forwarded query.")
+    return request
+
+
+def _same_ask(carrier: ForwardedQuery, embedded: ForwardedQuery) -> None:
+    """Raise PeerRequestAltered unless ``carrier`` asks what ``embedded`` asked of it."""
+    same = (
+        embedded.audience == carrier.exchange
+        and carrier.route[1:] == embedded.route
+        and (carrier.department, carrier.officer, carrier.purpose, carrier.case_id)
+        == (embedded.department, embedded.officer, embedded.purpose, embedded.case_id)
+        and carrier.fields == embedded.fields
+        and set(carrier.keys) <= set(embedded.keys)
+        and embedded.dataset.endswith(":" + carrier.dataset)
+        and carrier.expires_at <= embedded.expires_at + SKEW
+    )
+    if not same:
+        raise PeerRequestAltered(
+            "A middle exchange's request does not ask what the request it carries asked "
+            "(department, officer, purpose, case, fields, keys or dataset differ).",
+        )
+
+
 def _parts(token: str) -> tuple[dict[str, Any], dict[str, Any]]:
     parts = token.split(".")
-    if len(parts) != 3 or len(token) > 256 * 1024:
+    if len(parts) != 3 or len(token) > 1024 * 1024:
         raise PeerRequestInvalid("The forwarded request is not a compact JWS.")
     try:
         header = json.loads(_b64(parts[0]))
@@ -217,7 +324,18 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     expires_at = datetime.fromisoformat(claimed["expires_at"])
     if issued_at.tzinfo is None or expires_at.tzinfo is None:
         raise ValueError("an instant has no time zone")
+    route, previous = claimed.get("route", []), claimed.get("previous")
+    if not (
+        isinstance(route, list)
+        and len(route) <= MAX_CHAIN
+        and all(isinstance(n, str) and _DEPARTMENT.fullmatch(n) for n in route)
+        and (previous is None or isinstance(previous, str))
+        and (previous is None) == (not route)
+    ):
+        raise ValueError("a route is malformed")
     return ForwardedQuery(
+        route=tuple(route),
+        previous=previous,
         exchange=claimed["exchange"],
         audience=claimed["audience"],
         department=claimed["department"],
@@ -233,9 +351,10 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     )
 
 
-def remote_department(peer: str, department: str) -> str:
-    """How we name a peer's department: ``<peer>/<department>``."""
-    return f"{peer}/{department}"
+def remote_department(peer: str, *path: str) -> str:
+    """How we name a peer's department: ``<peer>/<department>``, or with the route of
+    exchanges between (``city/county-a/approval``)."""
+    return "/".join((peer, *path))
 
 
 class Forwarding:
@@ -249,6 +368,7 @@ class Forwarding:
         links: PeerLinks,
         remote: RemoteCatalogue,
         offer: CatalogueOffer,
+        routes: Routes,
         sharing: Sharing,
         access_log: AccessLog,
         hasher: SubjectHasher,
@@ -260,9 +380,11 @@ class Forwarding:
     ) -> None:
         self._pool = pool
         self._trust = trust
-        self._links = links
+        self._links = self.links = links
         self._remote = remote
         self._offer = offer
+        self.routes = routes
+        """Routing over several hops (the peer service offers relayed entries with it)."""
         self._sharing = sharing
         self._log = access_log
         self._recorder = AccessRecorder(node_name, hasher)
@@ -360,7 +482,9 @@ class Forwarding:
             await log(keys, "query.receipt", "denied", f"{e.reason}; peer:{peer.name}{where}")
             raise
         except PeerUnavailable as e:
-            await log(keys, "query.receipt", "denied", f"{e.reason}; peer:{peer.name}")
+            index = e.metadata.get("log_index")
+            where = f"; log:{index}" if index else ""
+            await log(keys, "query.receipt", "denied", f"{e.reason}; peer:{peer.name}{where}")
             raise
         if answer.dataset != code:
             await log(keys, "query.receipt", "denied", f"{PeerNotOwner.reason}; peer:{peer.name}")
@@ -401,10 +525,19 @@ class Forwarding:
         except TongbanError as e:
             # Who asked cannot be trusted here: the entry names the calling exchange only.
             raise await self._logged(e, peer.name, None, None, [], now) from None
-        caller = remote_department(peer.name, request.department)
+        caller = remote_department(peer.name, *request.department_path)
         intent = QueryIntent(
             caller, request.dataset, request.fields, request.purpose, request.case_id
         )
+        try:
+            verify_chain(
+                request,
+                own_exchange=self._trust.own_fingerprint,
+                now=now,
+                max_hops=self.routes.max_hops,
+            )
+        except TongbanError as e:
+            raise await self._logged(e, caller, request, intent, [], now) from None
         if not await self._first_use(peer, request):
             raise await self._logged(
                 PeerRequestReplayed(
@@ -414,6 +547,8 @@ class Forwarding:
                 ),
                 caller, request, intent, [], now,
             )  # fmt: skip
+        if ":" in request.dataset:
+            return await self._carry(peer, token, request, caller, intent, now)
         entry = await self._offer.offers(peer.name, request.dataset)
         keys: list[str] = []
         if entry is not None:
@@ -444,6 +579,137 @@ class Forwarding:
             log_entries=len(indices),
         )
 
+    # -- a middle exchange ----------------------------------------------------------------
+
+    async def _carry(
+        self,
+        peer: Peer,
+        token: str,
+        request: ForwardedQuery,
+        caller: str,
+        intent: QueryIntent,
+        now: datetime,
+    ) -> federation_pb2.ForwardQueryResponse:
+        """Carry ``request`` (of ``<next peer>:<code>`` in our names) to the next exchange,
+        signed by us and embedding ``token``; log it going out and the answer coming back
+        under the remote identity ``caller``. We decide nothing about the data: only
+        whether we carry it (an active peer offered it, within our hops, no loop)."""
+        hop = await self.routes.next_hop(peer, request.dataset, now=now)
+        if hop is None:
+            raise await self._logged(
+                DatasetNotFound(
+                    f"This exchange offers peer {peer.name} no dataset "
+                    f"{request.dataset[:100]!r}."
+                ),
+                caller, request, intent, [], now,
+            )  # fmt: skip
+        onward, remote = hop
+        chain = verify_chain(
+            request, own_exchange=self._trust.own_fingerprint, now=now, max_hops=99
+        )
+        hops = len(chain) + 2 + len(remote.route)  # behind us, us to the next, beyond it
+        if hops > self.routes.max_hops:
+            raise await self._logged(
+                PeerTooManyHops(
+                    f"Carried on, the request would cross {hops} links between exchanges; "
+                    f"this exchange carries at most {self.routes.max_hops}.",
+                    metadata={"max_hops": str(self.routes.max_hops)},
+                ),
+                caller, request, intent, [], now,
+            )  # fmt: skip
+        passed = {request.exchange, *(r.exchange for r in chain)}
+        if onward.ca_fingerprint.hex() in passed or passed & set(remote.path):
+            raise await self._logged(
+                PeerRouteLoop(
+                    "Carried on, the request would pass an exchange it came through; a "
+                    "route never loops."
+                ),
+                caller, request, intent, [], now,
+            )  # fmt: skip
+        try:
+            keys = _keys(remote.entry.subject_kind, request.keys)
+        except TongbanError as e:
+            raise await self._logged(e, caller, request, intent, [], now) from None
+        await self._log.append(
+            self._entries(
+                caller, request, intent, keys, now, "allowed", f"peer:{onward.name}",
+                action="query.forward",
+            )
+        )  # fmt: skip
+        carried = replace(
+            request,
+            exchange=self._trust.own_fingerprint.hex(),
+            audience=onward.ca_fingerprint.hex(),
+            dataset=remote.code,
+            keys=tuple(keys),
+            nonce=self._nonce(),
+            issued_at=now,
+            expires_at=min(now + self._lifetime, request.expires_at),
+            route=(peer.name, *request.route),
+            previous=token,
+        )
+        signed = sign_request(carried, self._signing)
+        try:
+            answer = await self._links.call(
+                onward,
+                f"a query of {remote.code}",
+                lambda timeout: self._links.stub(onward).ForwardQuery(
+                    federation_pb2.ForwardQueryRequest(request=signed), timeout=timeout
+                ),
+            )
+        except PeerRefusal as e:
+            index = e.metadata.get("log_index")
+            where = f"; log:{index}" if index else ""
+            indices = await self._log.append(
+                self._entries(
+                    caller, request, intent, keys, self._clock.now(), "denied",
+                    f"{e.reason}; peer:{onward.name}{where}", action="query.receipt",
+                )
+            )  # fmt: skip
+            e.metadata["log_index"] = str(indices.start)
+            raise
+        except PeerUnavailable as e:
+            indices = await self._log.append(
+                self._entries(
+                    caller, request, intent, keys, self._clock.now(), "denied",
+                    f"{e.reason}; peer:{onward.name}", action="query.receipt",
+                )
+            )  # fmt: skip
+            e.metadata["log_index"] = str(indices.start)
+            raise
+        if answer.dataset != remote.code:
+            raise await self._logged(
+                PeerNotOwner(
+                    f"Peer {onward.name} answered for {answer.dataset[:100]!r}, not "
+                    f"{remote.code}.",
+                    metadata={"peer": onward.name},
+                ),
+                caller, request, intent, keys, now, action="query.receipt",
+            )  # fmt: skip
+        indices = await self._log.append(
+            self._entries(
+                caller, request, intent, keys, self._clock.now(), "allowed",
+                f"peer:{onward.name}; log:{answer.log_index}", action="query.receipt",
+            )
+        )  # fmt: skip
+        asked, fields = set(keys), set(request.fields)
+        records = []
+        for record in answer.records:
+            if record.key in asked:
+                # Only what was asked travels on (minimum fields), whatever came back.
+                for name in [n for n in record.fields if n not in fields]:
+                    del record.fields[name]
+                records.append(record)
+        return federation_pb2.ForwardQueryResponse(
+            dataset=request.dataset,
+            dataset_version=answer.dataset_version,
+            records=records,
+            missing_keys=[k for k in answer.missing_keys if k in asked],
+            answered_at=answer.answered_at,
+            log_index=indices.start,
+            log_entries=len(indices),
+        )
+
     def _entries(
         self,
         caller: str,
@@ -454,13 +720,15 @@ class Forwarding:
         decision: Outcome,
         reason: str | None,
         fields: Sequence[str] | None = None,
+        *,
+        action: str = "query",
     ) -> list[Any]:
         return self._recorder.entries(
             keys,
             at=now,
             department=caller,
             officer=request.officer if request is not None else None,
-            action="query",
+            action=action,
             decision=decision,
             reason=reason,
             dataset=intent.dataset[:200] if intent is not None else None,
@@ -477,10 +745,12 @@ class Forwarding:
         intent: QueryIntent | None,
         keys: Sequence[str],
         now: datetime,
+        *,
+        action: str = "query",
     ) -> TongbanError:
         """Log ``error`` as a denial for ``caller``; return it with our log index."""
         indices = await self._log.append(
-            self._entries(caller, request, intent, keys, now, "denied", error.reason)
+            self._entries(caller, request, intent, keys, now, "denied", error.reason, action=action)
         )
         error.metadata["log_index"] = str(indices.start)
         return error

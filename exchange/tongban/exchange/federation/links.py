@@ -116,7 +116,9 @@ class PeerLinks:
             return await rpc(self.call_seconds)
         except grpc.aio.AioRpcError as e:
             error = _from_rpc_error(peer, what, e)
-            if not isinstance(error, PeerUnavailable):
+            if not isinstance(error, PeerUnavailable) or _error_info(e) is not None:
+                # A refusal, or the peer itself answering that the exchange beyond it is
+                # unavailable: the peer is up and our connection good; never ask twice.
                 raise error from e
             # A fresh connection next time: not gRPC's reconnect back-off, which would
             # fail calls for a while after the peer is back.
@@ -130,7 +132,7 @@ class PeerLinks:
             return await rpc(self.call_seconds)
         except grpc.aio.AioRpcError as e:
             error = _from_rpc_error(peer, what, e)
-            if isinstance(error, PeerUnavailable):
+            if isinstance(error, PeerUnavailable) and _error_info(e) is None:
                 self._drop(peer.name)
             raise error from e
 
@@ -151,12 +153,20 @@ def _from_rpc_error(peer: Peer, what: str, error: grpc.aio.AioRpcError) -> Tongb
         return PeerRefusal(peer.name, info.reason, _PASSED_ON[code], message, dict(info.metadata))
     if info is not None and info.reason == "PEER_UNAVAILABLE":
         # The peer relayed another peer's failure; keep its sentence.
-        return PeerUnavailable(error.details() or f"Peer {peer.name} is unavailable.")
+        return PeerUnavailable(
+            error.details() or f"Peer {peer.name} is unavailable.",
+            metadata={"peer": peer.name, **_relayed_index(info)},
+        )
     return PeerUnavailable(
         f"Peer {peer.name} ({peer.endpoint}) could not be reached for {what} "
         f"({code.name}); try again later or ask its operator.",
         metadata={"peer": peer.name},
     )
+
+
+def _relayed_index(info: error_details_pb2.ErrorInfo) -> dict[str, str]:
+    index = info.metadata.get("log_index")
+    return {} if index is None else {"log_index": index}
 
 
 def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:

@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 
 from tongban.errors import TongbanError
-from tongban.exchange.federation.entries import RemoteEntry, verify_entry
+from tongban.exchange.federation.entries import RemoteEntry, verify_offered
 from tongban.exchange.federation.peers import Peer, peer_ca
 from tongban.exchange.sharing.model import DatasetEntry
 
@@ -43,7 +43,7 @@ class RemoteCatalogue:
     async def replace(self, peer: str, entries: Sequence[RemoteEntry], now: datetime) -> PullResult:
         """Make ``entries`` the whole of what ``peer`` offers us: add and replace those
         that changed, delete those no longer offered, and note the pull; one transaction."""
-        offered = {e.entry.code: e for e in entries}
+        offered = {e.code: e for e in entries}
         async with self._pool.acquire() as conn, conn.transaction():
             rows = await conn.fetch(
                 "SELECT code, entry FROM remote_dataset WHERE peer = $1 FOR UPDATE", peer
@@ -73,7 +73,7 @@ class RemoteCatalogue:
                     [
                         (
                             peer,
-                            e.entry.code,
+                            e.code,
                             e.entry.owner,
                             e.entry.version,
                             e.entry.share_class.value,
@@ -88,7 +88,7 @@ class RemoteCatalogue:
             await _note(conn, peer, now, None)
         return PullResult(
             added=tuple(sorted(c for c in offered if c not in held)),
-            updated=tuple(sorted(e.entry.code for e in changed if e.entry.code in held)),
+            updated=tuple(sorted(e.code for e in changed if e.code in held)),
             withdrawn=tuple(withdrawn),
         )
 
@@ -100,6 +100,12 @@ class RemoteCatalogue:
     async def get(self, peer: Peer, code: str, *, now: datetime) -> DatasetEntry | None:
         """The entry of ``code`` as ``peer`` offers it (checked again from its stored JWS),
         or None."""
+        found = await self.get_remote(peer, code, now=now)
+        return None if found is None else found.entry
+
+    async def get_remote(self, peer: Peer, code: str, *, now: datetime) -> RemoteEntry | None:
+        """What ``peer`` offers as ``code`` (its name: ``hrss.x``, or ``province:hrss.x``
+        for an entry it relays), checked again from its stored JWS, or None."""
         token = await self._pool.fetchval(
             "SELECT signed_entry FROM remote_dataset WHERE peer = $1 AND code = $2",
             peer.name,
@@ -108,7 +114,7 @@ class RemoteCatalogue:
         if token is None:
             return None
         try:
-            return verify_entry(token, peer=peer.name, peer_root=peer_ca(peer), now=now).entry
+            return verify_offered(token, peer=peer.name, peer_root=peer_ca(peer), now=now)
         except TongbanError:
             return None  # e.g. its signing certificate expired: the next pull replaces it
 
@@ -127,7 +133,7 @@ class RemoteCatalogue:
         for row in rows:
             peer = by_name[row["peer"]]
             try:
-                remote = verify_entry(
+                remote = verify_offered(
                     row["signed_entry"], peer=peer.name, peer_root=peer_ca(peer), now=now
                 )
             except TongbanError:

@@ -17,12 +17,13 @@ import asyncpg
 
 from tongban.errors import TongbanError
 from tongban.exchange.db.notify import ChangeListener
-from tongban.exchange.federation.entries import verify_entry
+from tongban.exchange.federation.entries import verify_offered
 from tongban.exchange.federation.errors import PeerEntryInvalid
 from tongban.exchange.federation.links import PeerLinks
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.peers import Peer, peer_ca
 from tongban.exchange.federation.remote import PullResult, RemoteCatalogue
+from tongban.exchange.federation.routing import Routes
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.signing.clock import Clock
 from tongban.v1 import federation_pb2
@@ -47,6 +48,7 @@ class CatalogueSync:
         links: PeerLinks,
         remote: RemoteCatalogue,
         offer: CatalogueOffer,
+        routes: Routes,
         listener: ChangeListener,
         clock: Clock,
         interval: float,
@@ -55,6 +57,7 @@ class CatalogueSync:
         self._links = links
         self._remote = remote
         self._offer = offer
+        self._routes = routes
         self._clock = clock
         self._interval = interval
         self._wake = asyncio.Event()
@@ -106,18 +109,20 @@ class CatalogueSync:
             )
             root = peer_ca(peer)
             entries = [
-                verify_entry(token, peer=peer.name, peer_root=root, now=now)
+                verify_offered(token, peer=peer.name, peer_root=root, now=now)
                 for token in answer.entries
             ]
-            codes = [e.entry.code for e in entries]
+            codes = [e.code for e in entries]
             if len(set(codes)) != len(codes):
                 raise _duplicate(peer)
         except TongbanError as e:
             _log.warning("catalogue pull from peer %s refused: %s", peer.name, e.diagnostics())
             await self._remote.failed(peer.name, now, e)
             raise
-        result = await self._remote.replace(peer.name, entries, now)
+        result = await self._remote.replace(peer.name, self._routes.keep(entries, peer), now)
         if result.added or result.updated or result.withdrawn:
+            if self._routes.max_hops > 1:
+                self._schedule_poke()  # what we re-offer our other peers changed too
             _log.info(
                 "catalogue of peer %s: %d added, %d updated, %d withdrawn",
                 peer.name,

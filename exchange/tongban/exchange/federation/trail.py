@@ -14,7 +14,7 @@ The peer shows an entry only to the exchange that made the request (its caller i
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,9 +23,10 @@ from tongban.exchange.audit.leaf import AccessEntry, LeafInvalid, decode_leaf
 from tongban.exchange.audit.merkle import ProofInvalid, leaf_hash, verify_inclusion
 from tongban.exchange.audit.note import NoteInvalid, open_checkpoint, parse_verifier_key
 from tongban.exchange.audit.store import AuditStore, LogEntry, SearchFilters
-from tongban.exchange.federation.errors import PeerLogKeyUnset, PeerUnavailable
+from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.federation.errors import PeerLogKeyUnset, PeerUnavailable, PeerUnknown
 from tongban.exchange.federation.links import PeerLinks, PeerRefusal
-from tongban.exchange.federation.peers import PeerStore
+from tongban.exchange.federation.peers import Peer, PeerStore
 from tongban.v1 import audit_pb2, federation_pb2
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "check_peer_entry",
     "may_see",
     "peer_references",
+    "relay_log_entry",
 ]
 
 RemoteState = Literal["verified", "refused", "unavailable", "invalid", "no-key"]
@@ -44,6 +46,7 @@ RemoteState = Literal["verified", "refused", "unavailable", "invalid", "no-key"]
 # The receipt of a forwarded query names the owner's entry: "...peer:<name>; log:<index>".
 _REFERENCE = re.compile(r"(?:^|; )peer:([a-z][a-z0-9-]{1,62}); log:([0-9]{1,19})(?:$|;)")
 _MAX_PAGES = 100
+_MAX_ROUTE = 8
 
 
 class PeerLogEntryRefused(TongbanError):
@@ -121,6 +124,81 @@ def peer_references(entries: Sequence[LogEntry]) -> list[tuple[str, int]]:
     return list(found)
 
 
+def peer_references_of(reason: str | None) -> tuple[str, int] | None:
+    """The peer entry one reason names (``peer:<name>; log:<index>``), or None."""
+    match = _REFERENCE.search(reason or "")
+    return None if match is None else (match[1], int(match[2]))
+
+
+async def relay_log_entry(
+    *,
+    store: AuditStore,
+    find_peer: Callable[[str], Awaitable[Peer | None]],
+    links: PeerLinks,
+    asker: str,
+    route: Sequence[str],
+    index: int,
+    case_id: str,
+) -> federation_pb2.RoutedLogEntry:
+    """For peer ``asker``'s trail: entry ``index`` of the exchange at the end of
+    ``route`` (our names, nearest first), fetched through our peer ``route[0]``.
+
+    Only if an entry of ours for ``asker``'s requests in case ``case_id`` names
+    ``route[0]`` (with ``index``, when it is the last): PeerLogEntryRefused otherwise.
+    Raises PeerUnknown, PeerLogKeyUnset (we pinned no key for the last exchange), and
+    the next peer's refusals (PeerRefusal) or PeerUnavailable.
+    """
+    if not 1 <= len(route) <= _MAX_ROUTE or not 1 <= len(case_id) <= 200:
+        raise InvalidArgument(
+            f"Name 1 to {_MAX_ROUTE} exchanges and the case (1 to 200 characters).",
+            metadata={"field": "route" if not 1 <= len(route) <= _MAX_ROUTE else "case_id"},
+        )
+    ours: list[LogEntry] = []
+    token = ""
+    for _ in range(_MAX_PAGES):
+        page, token = await store.search(
+            SearchFilters(case_id=case_id), page_size=1000, page_token=token
+        )
+        ours.extend(e for e in page if may_see(e.caller, asker))
+        if not token:
+            break
+    named = peer_references(ours)
+    if not any(n == route[0] and (len(route) > 1 or i == index) for n, i in named):
+        raise PeerLogEntryRefused(
+            f"No request of exchange {asker} in case {case_id[:64]!r} was carried on to "
+            f"{route[0][:64]} as entry {index}; a peer sees only its own requests' entries.",
+            metadata={"index": str(index)},
+        )
+    peer = await find_peer(route[0])
+    if peer is None or not peer.active:
+        raise PeerUnknown(f"Exchange {route[0][:64]!r} is no longer an active peer here.")
+    if len(route) > 1:
+        onward = federation_pb2.GetRoutedLogEntryRequest(
+            route=list(route[1:]), index=index, case_id=case_id
+        )
+        reply: federation_pb2.RoutedLogEntry = await links.call(
+            peer,
+            "an entry of an access log beyond it",
+            lambda timeout: links.stub(peer).GetRoutedLogEntry(onward, timeout=timeout),
+        )
+        return reply
+    if not peer.log_key:
+        raise PeerLogKeyUnset(
+            f"This exchange pinned no log key of {peer.name}; its operator sets it with "
+            f"`tongban peer log-key {peer.name} KEY`.",
+            metadata={"peer": peer.name},
+        )
+    request = federation_pb2.GetLogEntryRequest(index=index)
+    entry: audit_pb2.EntryWithProof = await links.call(
+        peer,
+        "an entry of its access log",
+        lambda timeout: links.stub(peer).GetLogEntry(request, timeout=timeout),
+    )
+    return federation_pb2.RoutedLogEntry(
+        entry=entry, log_key=peer.log_key, exchange=peer.ca_fingerprint.hex()
+    )
+
+
 def may_see(caller: str, peer: str) -> bool:
     """Whether peer ``peer`` (our name for it) may see an entry whose caller is
     ``caller``: one made for its own request."""
@@ -182,10 +260,61 @@ class CaseTrails:
             local.extend(page)
             if not token:
                 break
-        remote = [
-            await self._remote(peer, index, case_id) for peer, index in peer_references(local)
-        ]
+        remote: list[RemoteEntry] = []
+        for peer, index in peer_references(local):
+            found = await self._remote(peer, index, case_id)
+            remote.append(found)
+            # A verified entry of a middle exchange names the entry of the exchange it
+            # carried the request to: follow it through that peer, hop by hop.
+            route: tuple[str, ...] = ()
+            while found.entry is not None and len(route) < _MAX_ROUTE:
+                onward = peer_references_of(found.entry.reason)
+                if onward is None:
+                    break
+                route = (*route, onward[0])
+                found = await self._routed(peer, route, onward[1], case_id)
+                remote.append(found)
         return CaseTrail(case_id, tuple(local), tuple(remote))
+
+    async def _routed(
+        self, name: str, route: tuple[str, ...], index: int, case_id: str
+    ) -> RemoteEntry:
+        """The entry ``index`` of the exchange at the end of ``route`` beyond peer
+        ``name``, asked through ``name`` and checked with the key the exchange before it
+        pinned."""
+        shown = ":".join((name, *route))
+        peer = await self._peers.find(name)
+        if peer is None:
+            return RemoteEntry(
+                shown, index, "unavailable", "PEER_UNKNOWN",
+                f"Peer {name} is no longer configured here; the entry cannot be fetched.",
+            )  # fmt: skip
+        request = federation_pb2.GetRoutedLogEntryRequest(
+            route=list(route), index=index, case_id=case_id
+        )
+        try:
+            reply: federation_pb2.RoutedLogEntry = await self._links.call(
+                peer,
+                "an entry of an access log beyond it",
+                lambda timeout: self._links.stub(peer).GetRoutedLogEntry(request, timeout=timeout),
+            )
+        except PeerRefusal as e:
+            state: RemoteState = "no-key" if e.reason == PeerLogKeyUnset.reason else "refused"
+            return RemoteEntry(shown, index, state, e.reason, e.message)
+        except PeerUnavailable as e:
+            return RemoteEntry(shown, index, "unavailable", e.reason, e.message)
+        try:
+            entry, size = check_peer_entry(
+                reply.entry, index=index, log_key=reply.log_key, case_id=case_id
+            )
+        except PeerLogEntryInvalid as e:
+            return RemoteEntry(shown, index, "invalid", e.reason, e.message)
+        pinner = route[-2] if len(route) > 1 else name
+        return RemoteEntry(
+            shown, index, "verified", "",
+            f"included under its signed checkpoint, checked with the log key pinned at {pinner}",
+            entry, size,
+        )  # fmt: skip
 
     async def _remote(self, name: str, index: int, case_id: str) -> RemoteEntry:
         peer = await self._peers.find(name)

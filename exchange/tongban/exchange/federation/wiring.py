@@ -14,6 +14,7 @@ from tongban.exchange.federation.licences import PeerLicences
 from tongban.exchange.federation.links import PeerLinks
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
+from tongban.exchange.federation.routing import Routes
 from tongban.exchange.federation.sync import CatalogueSync
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.federation.witnessing import PeerWitness, PeerWitnessTransport
@@ -58,11 +59,15 @@ class FederationParts:
         )
         self.remote = RemoteCatalogue(pool)
         self.offer = CatalogueOffer(pool, sharing, signing, self.trust.own_fingerprint)
+        self.routes = Routes(
+            trust=self.trust, remote=self.remote, signing=signing, max_hops=settings.peer_max_hops
+        )
         self.sync = CatalogueSync(
             trust=self.trust,
             links=self.links,
             remote=self.remote,
             offer=self.offer,
+            routes=self.routes,
             listener=listener,
             clock=clock,
             interval=settings.peer_sync_seconds,
@@ -74,6 +79,7 @@ class FederationParts:
             links=self.links,
             remote=self.remote,
             offer=self.offer,
+            routes=self.routes,
             sharing=sharing,
             access_log=access_log,
             hasher=hasher,

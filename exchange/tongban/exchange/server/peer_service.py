@@ -21,7 +21,7 @@ from tongban.exchange.federation.forwarding import Forwarding
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
 from tongban.exchange.federation.sync import CatalogueSync
-from tongban.exchange.federation.trail import PeerLogEntryRefused, may_see
+from tongban.exchange.federation.trail import PeerLogEntryRefused, may_see, relay_log_entry
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.federation.witnessing import PeerWitness
 from tongban.exchange.server.audit_service import entry_message
@@ -44,6 +44,7 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         log_store: AuditStore, checkpoints: Checkpointer, witness: PeerWitness,
     ) -> None:  # fmt: skip
         self._witness = witness
+        self._trust = trust
         self._log_store = log_store
         self._checkpoints = checkpoints
         self._forwarding = forwarding
@@ -67,7 +68,9 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
     async def ListEntries(
         self, request: federation_pb2.ListEntriesRequest, context: Context
     ) -> federation_pb2.ListEntriesResponse:
-        entries = await self._offer.entries_for(current_peer().name)
+        peer = current_peer()
+        entries = await self._offer.entries_for(peer.name)
+        entries += await self._forwarding.routes.relayed_for(peer, now=self._clock.now())
         return federation_pb2.ListEntriesResponse(
             entries=entries, offered_at=timestamp(self._clock.now())
         )
@@ -120,6 +123,19 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
                 verifier_key=self._checkpoints.verifier_key,
             ),
             inclusion_proof=proof,
+        )
+
+    async def GetRoutedLogEntry(
+        self, request: federation_pb2.GetRoutedLogEntryRequest, context: Context
+    ) -> federation_pb2.RoutedLogEntry:
+        return await relay_log_entry(
+            store=self._log_store,
+            find_peer=self._trust.peer,
+            links=self._forwarding.links,
+            asker=current_peer().name,
+            route=list(request.route),
+            index=request.index,
+            case_id=request.case_id,
         )
 
     async def AddCheckpoint(
