@@ -22,6 +22,7 @@ from tests.conftest import client_for
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS
 from tongban.client import Licence
 from tongban.exchange.datadir import key_passphrase
+from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.node import Node
 from tongban.licence import present, verify_sm2_licence_signature
 from tongban.signing import SystemClock, load_pem_certificates
@@ -89,10 +90,17 @@ async def test_an_sm2_seal_signs_beside_es256_and_verifies_everywhere(
     )  # fmt: skip
     assert leaf.fingerprint(SHA256).hex() == sha256
 
-    # A verifier with the roots and the trust list only (the CLI without --as).
+    # A verifier with the roots and the trust list only (the CLI without --as), given the
+    # two files as `tongban licence get` writes them.
     sd_jwt_file, sm2_file = tmp_path / "licence.sd-jwt", tmp_path / "licence.sm2"
-    sd_jwt_file.write_text(licence.sd_jwt)
-    sm2_file.write_text(licence.sd_jwt_sm2)
+    for fmt, out in (("sd-jwt", sd_jwt_file), ("sd-jwt-sm2", sm2_file)):
+        got = await atongban(
+            "licence", "get", licence.number, "--format", fmt, "--out", str(out),
+            "--as", str(bundle_dir(node.settings, SAMR)),
+            "--endpoint", f"127.0.0.1:{node.grpc_port}",
+        )  # fmt: skip
+        assert got.code == 0, got.stdout + got.stderr
+    assert sm2_file.read_text() == licence.sd_jwt_sm2
     cache = tmp_path / "verifier"
     verified = await atongban(
         "licence", "verify", str(sd_jwt_file), "--sm2", f"@{sm2_file}",
@@ -170,6 +178,12 @@ async def test_departments_without_an_sm2_seal_and_bad_commands(node: Node) -> N
     # No SM2 seal chosen: no SM2 signature, and the trust list names none.
     licence = await _issue(node, "SM2-N")
     assert licence.sd_jwt_sm2 == ""
+    got = await atongban(
+        "licence", "get", licence.number, "--format", "sd-jwt-sm2",
+        "--as", str(bundle_dir(node.settings, SAMR)), "--endpoint", f"127.0.0.1:{node.grpc_port}",
+    )  # fmt: skip
+    assert got.code == 1
+    assert "has no SM2 signature" in got.stderr
     assert node.licensing is not None
     assert dict((await node.licensing.trust.trust_list()).sm2_seals) == {}
     for args, reason in (

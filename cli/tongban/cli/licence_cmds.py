@@ -51,7 +51,7 @@ from tongban.v1 import licence_pb2
 
 __all__ = ["add_parsers", "run_licence", "run_seal"]
 
-_FORMATS = ("sd-jwt", "qr", "qr-png", "pdf", "json")
+_FORMATS = ("sd-jwt", "sd-jwt-sm2", "qr", "qr-png", "pdf", "json")
 _STATUS_COMMANDS = ("suspend", "reinstate", "revoke", "cancel")
 _MAX_FETCH = 4 * 1024 * 1024
 _MAX_FILE = 16 * 1024 * 1024
@@ -279,6 +279,13 @@ async def _get(args: argparse.Namespace, client: ExchangeClient) -> None:
         return
     if fmt == "sd-jwt":
         data = licence.sd_jwt.encode("ascii")
+    elif fmt == "sd-jwt-sm2":
+        if not licence.sd_jwt_sm2:
+            raise InvalidArgument(
+                f"Licence {licence.number} has no SM2 signature: its issuer had no SM2 seal "
+                "when it was issued (`tongban seal sm2 DEPT`)."
+            )
+        data = licence.sd_jwt_sm2.encode("ascii")
     elif fmt == "qr":
         data = licence.qr.encode("ascii")
     elif fmt == "qr-png":
@@ -287,7 +294,8 @@ async def _get(args: argparse.Namespace, client: ExchangeClient) -> None:
         data = await client.render_licence(licence.number)
     if args.out is None and args.json:
         raise InvalidArgument("With --json, give --out for the licence file.")
-    _write(args.out, data + (b"\n" if args.out is None and fmt in ("sd-jwt", "qr") else b""))
+    text_format = fmt in ("sd-jwt", "sd-jwt-sm2", "qr")
+    _write(args.out, data + (b"\n" if args.out is None and text_format else b""))
     if args.out is not None:
         emit(args, {"number": licence.number, "format": fmt, "out": str(args.out),
                     "bytes": len(data)},
@@ -486,7 +494,10 @@ def _sm2_roots(args: argparse.Namespace) -> list[x509.Certificate]:
         candidate = args.data_dir / "ca" / "sm2-ca.crt"
         given = candidate if candidate.exists() else None
     if given is None:
-        return []
+        raise InvalidArgument(
+            "--sm2 needs the exchange's SM2 root to check the signature with: give --sm2-ca "
+            "FILE (the exchange's ca/sm2-ca.crt), or ask the node with --as."
+        )
     return load_pem_certificates(_read(given, "SM2 root certificate", 64 * 1024))
 
 
@@ -523,7 +534,8 @@ def _say(
     if args.json:
         print(json.dumps({"ok": result.verified, **data}, ensure_ascii=False), flush=True)
     elif result.verified:
-        print(f"VERIFIED: {result.message}", flush=True)
+        sm2 = " The SM2 signature beside it verified too." if result.sm2_verified else ""
+        print(f"VERIFIED: {result.message}{sm2}", flush=True)
     else:
         print(
             f"NOT VERIFIED ({result.check} check, {result.reason}): {result.message}",
