@@ -124,6 +124,11 @@ class Answer:
     signature: str
     signature_sm2: str = ""
     """Beside ``signature``, when the node signs with SM2 too (``verify_answer_sm2``)."""
+    signer_root: bytes = b""
+    """For a peer exchange's dataset, the owner exchange's root CA (PEM) its signature
+    chains to, as your exchange holds it for that peer: verify with
+    ``verify_answer(..., ca_pem=answer.signer_root)``. Empty for your exchange's own
+    datasets (use your bundle's ``ca.crt``)."""
 
     def by_key(self) -> dict[str, Record]:
         return {record.key: record for record in self.records}
@@ -469,6 +474,7 @@ class ExchangeClient:
             signed_payload=reply.signed_payload,
             signature=reply.signature,
             signature_sm2=reply.signature_sm2,
+            signer_root=reply.signer_root,
         )
 
     # -- subscriptions -------------------------------------------------------------------

@@ -495,12 +495,23 @@ class ForwardQueryResponse(_message.Message):
     ANSWERED_AT_FIELD_NUMBER: _builtins.int
     LOG_INDEX_FIELD_NUMBER: _builtins.int
     LOG_ENTRIES_FIELD_NUMBER: _builtins.int
+    SIGNED_PAYLOAD_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    SIGNATURE_SM2_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     """Our code of the dataset (no peer prefix) and its version."""
     dataset_version: _builtins.int
     log_index: _builtins.int
     """The index of our first access-log entry for this request, and how many there are."""
     log_entries: _builtins.int
+    signed_payload: _builtins.bytes
+    """When the request asked for a signed answer: the owner exchange's canonical JSON of
+    its answer, its node's detached JWS over it (x5c up to the owner's root), and the
+    SM2 signature beside it when the owner has an SM2 answer key. A middle exchange
+    passes them on unchanged.
+    """
+    signature: _builtins.str
+    signature_sm2: _builtins.str
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Record]:
         """Only the fields our owner's policy allowed."""
@@ -519,10 +530,13 @@ class ForwardQueryResponse(_message.Message):
         answered_at: _timestamp_pb2.Timestamp | None = ...,
         log_index: _builtins.int = ...,
         log_entries: _builtins.int = ...,
+        signed_payload: _builtins.bytes = ...,
+        signature: _builtins.str = ...,
+        signature_sm2: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "dataset", b"dataset", "dataset_version", b"dataset_version", "log_entries", b"log_entries", "log_index", b"log_index", "missing_keys", b"missing_keys", "records", b"records"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "dataset", b"dataset", "dataset_version", b"dataset_version", "log_entries", b"log_entries", "log_index", b"log_index", "missing_keys", b"missing_keys", "records", b"records", "signature", b"signature", "signature_sm2", b"signature_sm2", "signed_payload", b"signed_payload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

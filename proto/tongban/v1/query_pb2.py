@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from tongban.v1 import values_pb2 as tongban_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tongban/v1/query.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tongban/v1/values.proto\"\x98\x01\n\x0cQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x05 \x01(\t\x12\x0c\n\x04sign\x18\x06 \x01(\x08\x12)\n\x05\x61s_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe7\x01\n\rQueryResponse\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x02 \x01(\r\x12#\n\x07records\x18\x03 \x03(\x0b\x32\x12.tongban.v1.Record\x12\x14\n\x0cmissing_keys\x18\x04 \x03(\t\x12/\n\x0b\x61nswered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esigned_payload\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\t\x12\x15\n\rsignature_sm2\x18\x08 \x01(\t2L\n\x0cQueryService\x12<\n\x05Query\x12\x18.tongban.v1.QueryRequest\x1a\x19.tongban.v1.QueryResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tongban/v1/query.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17tongban/v1/values.proto\"\x98\x01\n\x0cQueryRequest\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0c\n\x04keys\x18\x02 \x03(\t\x12\x0e\n\x06\x66ields\x18\x03 \x03(\t\x12\x0f\n\x07purpose\x18\x04 \x01(\t\x12\x0f\n\x07\x63\x61se_id\x18\x05 \x01(\t\x12\x0c\n\x04sign\x18\x06 \x01(\x08\x12)\n\x05\x61s_of\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xfc\x01\n\rQueryResponse\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x02 \x01(\r\x12#\n\x07records\x18\x03 \x03(\x0b\x32\x12.tongban.v1.Record\x12\x14\n\x0cmissing_keys\x18\x04 \x03(\t\x12/\n\x0b\x61nswered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0esigned_payload\x18\x06 \x01(\x0c\x12\x11\n\tsignature\x18\x07 \x01(\t\x12\x15\n\rsignature_sm2\x18\x08 \x01(\t\x12\x13\n\x0bsigner_root\x18\t \x01(\x0c\x32L\n\x0cQueryService\x12<\n\x05Query\x12\x18.tongban.v1.QueryRequest\x1a\x19.tongban.v1.QueryResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,7 +36,7 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYREQUEST']._serialized_start=97
   _globals['_QUERYREQUEST']._serialized_end=249
   _globals['_QUERYRESPONSE']._serialized_start=252
-  _globals['_QUERYRESPONSE']._serialized_end=483
-  _globals['_QUERYSERVICE']._serialized_start=485
-  _globals['_QUERYSERVICE']._serialized_end=561
+  _globals['_QUERYRESPONSE']._serialized_end=504
+  _globals['_QUERYSERVICE']._serialized_start=506
+  _globals['_QUERYSERVICE']._serialized_end=582
 # @@protoc_insertion_point(module_scope)

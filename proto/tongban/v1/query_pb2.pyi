@@ -81,6 +81,7 @@ class QueryResponse(_message.Message):
     SIGNED_PAYLOAD_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     SIGNATURE_SM2_FIELD_NUMBER: _builtins.int
+    SIGNER_ROOT_FIELD_NUMBER: _builtins.int
     dataset: _builtins.str
     dataset_version: _builtins.int
     signed_payload: _builtins.bytes
@@ -93,6 +94,13 @@ class QueryResponse(_message.Message):
     """... and, when the node has an SM2 answer key, a detached JWS-shaped signature with
     alg "SM2SM3" (SM2 with SM3, default ID, r || s) by its SM2 certificate, which the
     exchange's SM2 root issued (docs/keys.md). Empty otherwise.
+    """
+    signer_root: _builtins.bytes
+    """For a dataset of a peer exchange (docs/federation.md, "Signed answers across
+    exchanges"): the owner exchange signed the answer, and this is the root CA
+    certificate (PEM) its signature chains to, as your exchange holds it for that peer
+    and checked the signature under. Empty for this exchange's own datasets: check those
+    under your bundle's ca.crt.
     """
     @_builtins.property
     def records(self) -> _containers.RepeatedCompositeFieldContainer[_values_pb2.Record]: ...
@@ -113,10 +121,11 @@ class QueryResponse(_message.Message):
         signed_payload: _builtins.bytes = ...,
         signature: _builtins.str = ...,
         signature_sm2: _builtins.str = ...,
+        signer_root: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "dataset", b"dataset", "dataset_version", b"dataset_version", "missing_keys", b"missing_keys", "records", b"records", "signature", b"signature", "signature_sm2", b"signature_sm2", "signed_payload", b"signed_payload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answered_at", b"answered_at", "dataset", b"dataset", "dataset_version", b"dataset_version", "missing_keys", b"missing_keys", "records", b"records", "signature", b"signature", "signature_sm2", b"signature_sm2", "signed_payload", b"signed_payload", "signer_root", b"signer_root"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

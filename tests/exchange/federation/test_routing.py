@@ -20,7 +20,7 @@ import pytest
 from tests.conftest import client_for
 from tests.exchange.federation.conftest import add_peer, exchange_settings, owner_pool, parts
 from tests.stories.restaurant import CASE_ID, OWNER, OWNER_ID, PERSON, PURPOSE
-from tongban.client import ExchangeError
+from tongban.client import ExchangeError, verify_answer
 from tongban.client.errors import from_rpc_error
 from tongban.exchange.audit.store import AuditStore
 from tongban.exchange.catalogue.canonical import canonical_json
@@ -218,6 +218,36 @@ def _carry(by: NodeSigning, city: Node, province: Node, previous: str, **changes
         nonce=changes.pop("nonce", "a" * 32), **changes,
     )  # fmt: skip
     return sign_request(outer, by)
+
+
+async def test_a_signed_answer_travels_two_hops_and_verifies_under_the_owner_root(
+    province: Node, city: Node, county: Node
+) -> None:
+    await _route(province, city, county)
+    assert province.sharing is not None
+    entry = await province.sharing.current_entry("police.person")
+    assert entry is not None
+    now = province.clock.now()
+    pending = await province.sharing.grants.request(
+        entry=entry, consumer="city/county-a/approval", fields=["name"], purpose=PURPOSE,
+        legal_basis="《行政许可法》第三十一条", expiry=now + timedelta(days=30),
+        officer=OFFICER, now=now,
+    )  # fmt: skip
+    async with client_for(province, "police") as police:
+        await police.decide_grant(str(pending.id), approve=True, fields=["name"], reason="核验")
+    async with client_for(county, "approval", OFFICER) as approval:
+        answer = await approval.query(
+            DATASET, [OWNER_ID], fields=["name"], purpose=PURPOSE, case_id=CASE_ID, sign=True
+        )
+    # The root the county gives is the province's (from the owner's entry the city
+    # relayed), though the county is no peer of the province.
+    assert answer.signer_root == ca_certificate_pem(province.settings)
+    signed = verify_answer(
+        answer.signed_payload, answer.signature, ca_pem=answer.signer_root,
+        now=county.clock.now(),
+    )  # fmt: skip
+    assert signed["caller"] == "city/county-a/approval"
+    assert [r["fields"] for r in signed["records"]] == [{"name": OWNER["name"]}]
 
 
 async def test_hostile_and_broken_routes_are_refused_with_their_reasons(

@@ -22,6 +22,8 @@ import base64
 import binascii
 import json
 import re
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -51,6 +53,7 @@ __all__ = [
     "RemoteEntry",
     "chain_root",
     "node_signing_certificate",
+    "owner_entry_root",
     "sign_entry",
     "sign_relayed",
     "verify_entry",
@@ -269,6 +272,20 @@ def _verify_offered(
     )
 
 
+def owner_entry_root(remote: RemoteEntry) -> x509.Certificate:
+    """The root CA in the owner's own signed entry inside a relayed ``remote`` (checked,
+    when the entry was received, to be the root of the exchange its ``path`` names
+    last); for a peer's own entry, the root in its chain."""
+    token = remote.signed
+    for _ in range(MAX_ROUTE + 1):
+        header, claimed = _unverified(token, remote.peer)
+        inner = claimed.get("entry")
+        if header.get("typ") != RELAYED_TYPE or not isinstance(inner, str):
+            break
+        token = inner
+    return _own_root(token, remote.peer)
+
+
 def _own_root(token: str, peer: str) -> x509.Certificate:
     """The last certificate of ``token``'s ``x5c`` (its signer's root, by its own word)."""
     header, _ = _unverified(token, peer)
@@ -322,25 +339,58 @@ def _check_signature(
         ) from e
 
 
+# Path validation costs far more than the signature check, and a node sees the same few
+# peer node certificates on every forwarded request. A chain that validated at one
+# instant validates at any instant inside every certificate's validity (nothing else in
+# path validation depends on the time), so the result is reused only inside that window,
+# and only for the same chain and the same roots.
+_CHAIN_CACHE_SIZE = 256
+_chain_cache: OrderedDict[
+    tuple[tuple[str, ...], tuple[bytes, ...]], tuple[datetime, datetime, x509.Certificate]
+] = OrderedDict()
+_chain_cache_lock = threading.Lock()
+
+
 def node_signing_certificate(
     header: Mapping[str, Any], *, roots: list[x509.Certificate], now: datetime
 ) -> x509.Certificate:
     """The node signing certificate in a JWS header's ``x5c``, checked to chain to one of
-    ``roots`` for signing and to name an exchange node.
+    ``roots`` for signing and to name an exchange node. A chain checked before is not
+    checked again while ``now`` lies within its certificates' validity.
 
     Raises ValueError (no chain, not a node's), CertificateInvalid or CertificateExpired.
     """
     chain_b64 = header.get("x5c")
     if not isinstance(chain_b64, list) or not chain_b64:
         raise ValueError("the JWS carries no x5c chain")
+    if not all(isinstance(c, str) for c in chain_b64):
+        raise ValueError("the x5c chain holds something other than base64 text")
+    key = (tuple(chain_b64), tuple(certificate_fingerprint(r) for r in roots))
+    with _chain_cache_lock:
+        hit = _chain_cache.get(key)
+        if hit is not None:
+            _chain_cache.move_to_end(key)
+    if hit is not None and hit[0] <= now <= hit[1]:
+        return hit[2]
     chain = [x509.load_der_x509_certificate(base64.b64decode(c)) for c in chain_b64]
-    verify_certificate(chain[0], roots=roots, intermediates=chain[1:], now=now, usage="seal")
+    verified = verify_certificate(
+        chain[0], roots=roots, intermediates=chain[1:], now=now, usage="seal"
+    )
     san = chain[0].extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     if not any(
         uri.startswith(NODE_URI_PREFIX)
         for uri in san.get_values_for_type(x509.UniformResourceIdentifier)
     ):
         raise ValueError("the signing certificate names no exchange node")
+    window = (
+        max(c.not_valid_before_utc for c in verified),
+        min(c.not_valid_after_utc for c in verified),
+        chain[0],
+    )
+    with _chain_cache_lock:
+        _chain_cache[key] = window
+        while len(_chain_cache) > _CHAIN_CACHE_SIZE:
+            _chain_cache.popitem(last=False)
     return chain[0]
 
 

@@ -7,6 +7,7 @@ from tongban.errors import TongbanError
 from tongban.licence.errors import VerificationFailed
 
 __all__ = [
+    "PeerAnswerUnsigned",
     "PeerCaInvalid",
     "PeerEntryInvalid",
     "PeerExists",
@@ -98,6 +99,15 @@ class PeerNotOwner(TongbanError):
 
     reason = "PEER_NOT_OWNER"
     status = "PERMISSION_DENIED"
+
+
+class PeerAnswerUnsigned(TongbanError):
+    """A signed answer was asked of a peer exchange and what came back is not one: no
+    signature, a signature that does not verify under the owner's root, or a signed
+    payload that says something else than the answer."""
+
+    reason = "PEER_ANSWER_UNSIGNED"
+    status = "FAILED_PRECONDITION"
 
 
 class PeerEntryInvalid(TongbanError):

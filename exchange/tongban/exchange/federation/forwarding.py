@@ -26,9 +26,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
+from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from tongban.client.answers import verify_answer
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.recorder import AccessRecorder, Outcome
@@ -36,8 +38,13 @@ from tongban.exchange.catalogue.canonical import canonical_json
 from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.errors import InvalidArgument
-from tongban.exchange.federation.entries import chain_root, node_signing_certificate
+from tongban.exchange.federation.entries import (
+    chain_root,
+    node_signing_certificate,
+    owner_entry_root,
+)
 from tongban.exchange.federation.errors import (
+    PeerAnswerUnsigned,
     PeerNotOwner,
     PeerRequestAltered,
     PeerRequestExpired,
@@ -59,8 +66,14 @@ from tongban.exchange.identity import Caller
 from tongban.exchange.sharing.errors import DatasetNotFound, QueryDenied
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import Denied, QueryIntent
-from tongban.exchange.sharing.service import AnsweredRecord, QueryInput, QueryResult, Sharing
-from tongban.signing.certs import certificate_fingerprint
+from tongban.exchange.sharing.service import (
+    AnsweredRecord,
+    QueryInput,
+    QueryResult,
+    Sharing,
+    signable_records,
+)
+from tongban.signing.certs import certificate_fingerprint, certificate_pem
 from tongban.signing.clock import Clock
 from tongban.signing.jose import sign_jws, verify_jws
 from tongban.v1 import federation_pb2, values_pb2
@@ -70,6 +83,7 @@ __all__ = [
     "REQUEST_TYPE",
     "ForwardedQuery",
     "Forwarding",
+    "check_signed_answer",
     "sign_request",
     "verify_chain",
     "verify_request",
@@ -114,6 +128,8 @@ class ForwardedQuery:
     previous: str | None = None
     """For a carried request: the signed request it carries on, as the middle exchange
     received it (which may carry another)."""
+    sign: bool = False
+    """Whether the department asked for the owner's signed answer."""
 
     @property
     def department_path(self) -> tuple[str, ...]:
@@ -124,21 +140,27 @@ class ForwardedQuery:
         carried: dict[str, object] = (
             {} if self.previous is None else {"route": list(self.route), "previous": self.previous}
         )
-        return carried | {
-            "v": 1,
-            "exchange": self.exchange,
-            "audience": self.audience,
-            "department": self.department,
-            "officer": self.officer,
-            "purpose": self.purpose,
-            "case_id": self.case_id,
-            "dataset": self.dataset,
-            "fields": list(self.fields),
-            "keys": list(self.keys),
-            "nonce": self.nonce,
-            "issued_at": _instant(self.issued_at),
-            "expires_at": _instant(self.expires_at),
-        }
+        # "sign" only when asked, so a request without it reads as before.
+        signed: dict[str, object] = {"sign": True} if self.sign else {}
+        return (
+            carried
+            | signed
+            | {
+                "v": 1,
+                "exchange": self.exchange,
+                "audience": self.audience,
+                "department": self.department,
+                "officer": self.officer,
+                "purpose": self.purpose,
+                "case_id": self.case_id,
+                "dataset": self.dataset,
+                "fields": list(self.fields),
+                "keys": list(self.keys),
+                "nonce": self.nonce,
+                "issued_at": _instant(self.issued_at),
+                "expires_at": _instant(self.expires_at),
+            }
+        )
 
 
 def _instant(at: datetime) -> str:
@@ -263,6 +285,7 @@ def _same_ask(carrier: ForwardedQuery, embedded: ForwardedQuery) -> None:
         and carrier.route[1:] == embedded.route
         and (carrier.department, carrier.officer, carrier.purpose, carrier.case_id)
         == (embedded.department, embedded.officer, embedded.purpose, embedded.case_id)
+        and carrier.sign == embedded.sign
         and carrier.fields == embedded.fields
         and set(carrier.keys) <= set(embedded.keys)
         and embedded.dataset.endswith(":" + carrier.dataset)
@@ -271,7 +294,7 @@ def _same_ask(carrier: ForwardedQuery, embedded: ForwardedQuery) -> None:
     if not same:
         raise PeerRequestAltered(
             "A middle exchange's request does not ask what the request it carries asked "
-            "(department, officer, purpose, case, fields, keys or dataset differ).",
+            "(department, officer, purpose, case, fields, keys, dataset or signing differ).",
         )
 
 
@@ -325,6 +348,9 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     if issued_at.tzinfo is None or expires_at.tzinfo is None:
         raise ValueError("an instant has no time zone")
     route, previous = claimed.get("route", []), claimed.get("previous")
+    sign = claimed.get("sign", False)
+    if not isinstance(sign, bool):
+        raise TypeError("sign is not a boolean")
     if not (
         isinstance(route, list)
         and len(route) <= MAX_CHAIN
@@ -348,7 +374,70 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
         nonce=claimed["nonce"],
         issued_at=issued_at,
         expires_at=expires_at,
+        sign=sign,
     )
+
+
+def check_signed_answer(
+    answer: federation_pb2.ForwardQueryResponse,
+    *,
+    root: x509.Certificate,
+    now: datetime,
+    dataset: DatasetEntry,
+    fields: Sequence[str],
+    purpose: str,
+    case_id: str,
+    records: Sequence[AnsweredRecord],
+    missing_keys: Sequence[str],
+) -> dict[str, Any]:
+    """The owner's signed answer in ``answer``, checked before we pass it on: a node of
+    the owner's exchange (under ``root``) signed it, and it says what the answer says
+    (dataset, purpose, case, fields, the ``records`` and ``missing_keys`` we return).
+    Raises PeerAnswerUnsigned otherwise."""
+    if not answer.signature or not answer.signed_payload:
+        raise PeerAnswerUnsigned(
+            "The owner exchange answered without the signature that was asked for; the "
+            "answer was not used."
+        )
+    try:
+        signed = verify_answer(
+            answer.signed_payload, answer.signature, ca_pem=certificate_pem(root), now=now
+        )
+    except TongbanError as e:
+        raise PeerAnswerUnsigned(
+            f"The owner exchange's signature over its answer does not verify ({e.message}); "
+            "the answer was not used."
+        ) from e
+    ours = json.loads(
+        canonical_json(
+            signable_records(
+                dataset,
+                [replace(r, values={n: r.values.get(n) for n in fields}) for r in records],
+            )
+        )
+    )
+    says = (
+        signed.get("dataset") == dataset.code
+        and signed.get("purpose") == purpose
+        and signed.get("case_id") == case_id.strip()
+        and isinstance(signed.get("fields"), list)
+        and set(signed["fields"]) == set(fields)
+        and isinstance(signed.get("missing_keys"), list)
+        and set(signed["missing_keys"]) >= set(missing_keys)
+        and _by_key(signed.get("records")) == _by_key(ours)
+    )
+    if not says:
+        raise PeerAnswerUnsigned(
+            "The owner exchange's signed answer says something else than the answer it "
+            "sent (dataset, purpose, case, fields or records differ); the answer was not used."
+        )
+    return signed
+
+
+def _by_key(records: object) -> dict[str, object] | None:
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        return None
+    return {str(r.get("key")): r for r in records}
 
 
 def remote_department(peer: str, *path: str) -> str:
@@ -402,12 +491,6 @@ class Forwarding:
         PeerUnavailable or PeerNotOwner. Every outcome is in our log first."""
         now = self._clock.now()
         peer_name, _, code = q.dataset.partition(":")
-        if q.sign:
-            raise InvalidArgument(
-                "Signed answers are not yet available for datasets of peer exchanges; ask "
-                "without sign.",
-                metadata={"field": "sign"},
-            )
         if q.as_of is not None:
             raise InvalidArgument(
                 "as_of is not yet available for datasets of peer exchanges.",
@@ -466,6 +549,7 @@ class Forwarding:
             nonce=self._nonce(),
             issued_at=now,
             expires_at=now + self._lifetime,
+            sign=q.sign,
         )
         token = sign_request(request, self._signing)
         try:
@@ -504,13 +588,47 @@ class Forwarding:
             for r in answer.records
             if r.key in asked
         ]
+        missing = [k for k in answer.missing_keys if k in asked]
+        signer_root = b""
+        if q.sign:
+            try:
+                root = await self._owner_root(peer, code, now)
+                check_signed_answer(
+                    answer, root=root, now=now, dataset=entry, fields=fields, purpose=q.purpose,
+                    case_id=q.case_id, records=records, missing_keys=missing,
+                )  # fmt: skip
+            except PeerAnswerUnsigned as e:
+                await log(keys, "query.receipt", "denied", f"{e.reason}; peer:{peer.name}")
+                raise
+            signer_root = certificate_pem(root)
         await log(keys, "query.receipt", "allowed", f"peer:{peer.name}; log:{answer.log_index}")
         return QueryResult(
             entry=replace(entry, code=q.dataset, version=answer.dataset_version or entry.version),
             records=records,
-            missing_keys=[k for k in answer.missing_keys if k in asked],
+            missing_keys=missing,
             answered_at=answer.answered_at.ToDatetime(tzinfo=UTC),
+            signed_payload=answer.signed_payload if q.sign else b"",
+            signature=answer.signature if q.sign else "",
+            signature_sm2=answer.signature_sm2 if q.sign else "",
+            signer_root=signer_root,
         )
+
+    async def _owner_root(self, peer: Peer, code: str, now: datetime) -> x509.Certificate:
+        """The root CA of the exchange that owns ``code`` as ``peer`` offers it: the peer's
+        own root for its own dataset; for a relayed one, the root in the owner's signed
+        entry, whose fingerprint the relayed entry names (``path``): we trust the relay's
+        word for it, as we trust it to carry the query."""
+        remote = await self._remote.get_remote(peer, code, now=now)
+        if remote is None or not remote.route:
+            return peer_ca(peer)
+        root = owner_entry_root(remote)
+        if certificate_fingerprint(root).hex() != remote.path[-1]:
+            raise PeerAnswerUnsigned(
+                f"The entry peer {peer.name} relayed for {code[:100]} names an owner whose "
+                "root it does not carry, so its signed answer cannot be checked.",
+                metadata={"peer": peer.name},
+            )
+        return root
 
     # -- the owner's side ---------------------------------------------------------------
 
@@ -569,7 +687,7 @@ class Forwarding:
                 decision.fields,
             )
         )  # fmt: skip
-        return federation_pb2.ForwardQueryResponse(
+        response = federation_pb2.ForwardQueryResponse(
             dataset=entry.code,
             dataset_version=entry.version,
             records=[_record(found[k], entry, decision.fields) for k in keys if k in found],
@@ -578,6 +696,20 @@ class Forwarding:
             log_index=indices.start,
             log_entries=len(indices),
         )
+        if request.sign:
+            # Signed for the remote department by name, as our own answers are for ours.
+            answered = [
+                AnsweredRecord(r.key, r.version, r.valid_from, r.values(entry, decision.fields))
+                for r in (found[k] for k in keys if k in found)
+            ]
+            signed = self._sharing.sign_answer(
+                QueryResult(entry, answered, list(response.missing_keys), now),
+                caller, intent, decision.fields,
+            )  # fmt: skip
+            response.signed_payload = signed.signed_payload
+            response.signature = signed.signature
+            response.signature_sm2 = signed.signature_sm2
+        return response
 
     # -- a middle exchange ----------------------------------------------------------------
 
@@ -708,6 +840,11 @@ class Forwarding:
             answered_at=answer.answered_at,
             log_index=indices.start,
             log_entries=len(indices),
+            # The owner's signed answer travels on unchanged: only the caller's exchange,
+            # which asked for it, checks it (we have no say in what the owner signed).
+            signed_payload=answer.signed_payload,
+            signature=answer.signature,
+            signature_sm2=answer.signature_sm2,
         )
 
     def _entries(

@@ -8,6 +8,7 @@ operator's (the CLI, with the schema owner's login); a node only reads the table
 from __future__ import annotations
 
 import enum
+import functools
 import re
 from dataclasses import dataclass
 from datetime import datetime
@@ -287,8 +288,13 @@ class PeerStore:
 
 
 def peer_ca(peer: Peer) -> x509.Certificate:
-    """The peer's root CA certificate (stored as checked at ``add``)."""
+    """The peer's root CA certificate (stored as checked at ``add``; parsed once)."""
     try:
-        return x509.load_pem_x509_certificate(peer.ca_pem)
+        return _root(peer.ca_pem)
     except ValueError as e:  # pragma: no cover - the table holds what add checked
         raise CertificateInvalid(f"The stored root CA of peer {peer.name} is unreadable.") from e
+
+
+@functools.lru_cache(maxsize=64)
+def _root(pem: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(pem)

@@ -18,7 +18,7 @@ import grpc
 from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema
 from tongban.exchange.catalogue.subject_ids import SubjectKind
 from tongban.exchange.errors import InvalidArgument
-from tongban.exchange.fairness import yield_fairly
+from tongban.exchange.fairness import spawn, yield_fairly
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import instant, timestamp
 from tongban.exchange.sharing.datasets import DatasetSpec
@@ -329,7 +329,7 @@ class RecordService(records_pb2_grpc.RecordServiceServicer):
                 if writing is not None:
                     previous, writing = writing, None
                     _add(total, await previous)
-                writing = asyncio.ensure_future(self._sharing.apply(batch))
+                writing = spawn(self._sharing.apply(batch))
             if writing is not None:
                 previous, writing = writing, None
                 _add(total, await previous)
@@ -480,4 +480,5 @@ class QueryService(query_pb2_grpc.QueryServiceServicer):
             signed_payload=result.signed_payload,
             signature=result.signature,
             signature_sm2=result.signature_sm2,
+            signer_root=result.signer_root,
         )

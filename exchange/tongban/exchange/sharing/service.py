@@ -66,7 +66,15 @@ from tongban.signing.clock import Clock
 from tongban.signing.jose import sign_jws
 from tongban.signing.sm2_jws import sign_sm2_detached
 
-__all__ = ["MAX_BATCH", "MAX_KEYS", "QueryInput", "QueryResult", "RawChange", "Sharing"]
+__all__ = [
+    "MAX_BATCH",
+    "MAX_KEYS",
+    "QueryInput",
+    "QueryResult",
+    "RawChange",
+    "Sharing",
+    "signable_records",
+]
 
 MAX_KEYS = 1000
 MAX_BATCH = 10_000
@@ -106,6 +114,9 @@ class QueryResult:
     signature: str = ""
     signature_sm2: str = ""
     """Beside the ES256 one, when the node has an SM2 answer key (signing/sm2_jws.py)."""
+    signer_root: bytes = b""
+    """For a peer exchange's dataset: the PEM root CA the owner's signature chains to (as
+    this exchange holds it for that peer); empty for our own datasets."""
 
 
 @dataclass(frozen=True)
@@ -498,10 +509,18 @@ class Sharing:
     def _signed(
         self, result: QueryResult, caller: Caller, intent: QueryIntent, fields: Sequence[str]
     ) -> QueryResult:
+        return self.sign_answer(result, caller.department.code, intent, fields)
+
+    def sign_answer(
+        self, result: QueryResult, caller: str, intent: QueryIntent, fields: Sequence[str]
+    ) -> QueryResult:
+        """``result`` with this node's signed answer: the canonical JSON of what it answers
+        ``caller`` (a department of ours, or ``<peer>/<department>`` for a peer's), the
+        detached ES256 JWS over it, and the SM2 one beside when the node has that key."""
         entry = result.entry
         payload = {
             "answered_at": _instant(result.answered_at),
-            "caller": caller.department.code,
+            "caller": caller,
             "case_id": intent.case_id.strip(),
             "dataset": entry.code,
             "dataset_version": entry.version,
@@ -509,17 +528,7 @@ class Sharing:
             "missing_keys": result.missing_keys,
             "node": self._node,
             "purpose": intent.purpose,
-            "records": [
-                {
-                    "fields": {
-                        name: _signable(entry, name, value) for name, value in record.values.items()
-                    },
-                    "key": record.key,
-                    "valid_from": _instant(record.valid_from),
-                    "version": record.version,
-                }
-                for record in result.records
-            ],
+            "records": signable_records(entry, result.records),
         }
         body = canonical_json(payload)
         signature = sign_jws(
@@ -560,6 +569,19 @@ def _answer(stored: StoredRecord, entry: DatasetEntry, fields: Sequence[str]) ->
 
 def _instant(at: datetime) -> str:
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def signable_records(entry: DatasetEntry, records: Sequence[AnsweredRecord]) -> list[object]:
+    """The ``records`` member of a signed answer (``Sharing.sign_answer``)."""
+    return [
+        {
+            "fields": {name: _signable(entry, name, value) for name, value in r.values.items()},
+            "key": r.key,
+            "valid_from": _instant(r.valid_from),
+            "version": r.version,
+        }
+        for r in records
+    ]
 
 
 def _signable(entry: DatasetEntry, name: str, value: object) -> object:
