@@ -467,7 +467,12 @@ class Node:
         )
         records_pb2_grpc.add_RecordServiceServicer_to_server(RecordService(self.sharing), server)
         grants_pb2_grpc.add_GrantServiceServicer_to_server(
-            GrantService(self.sharing, self.clock), server
+            GrantService(
+                self.sharing,
+                self.clock,
+                self.federation.grants if self.federation is not None else None,
+            ),
+            server,
         )
         query_pb2_grpc.add_QueryServiceServicer_to_server(QueryService(self.sharing), server)
         assert self.checkpointer is not None
@@ -604,6 +609,7 @@ class Node:
                 AuditStore(self.db.pool),
                 self.checkpointer,
                 self.federation.witness,
+                self.federation.grants,
             ),
             server,
         )

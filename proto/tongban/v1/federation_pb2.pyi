@@ -19,6 +19,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from tongban.v1 import audit_pb2 as _audit_pb2
 from tongban.v1 import catalogue_pb2 as _catalogue_pb2
+from tongban.v1 import grants_pb2 as _grants_pb2
 from tongban.v1 import values_pb2 as _values_pb2
 import builtins as _builtins
 import sys
@@ -541,3 +542,50 @@ class ForwardQueryResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForwardQueryResponse: _TypeAlias = ForwardQueryResponse  # noqa: Y015
+
+@_typing.final
+class ForwardGrantRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    request: _builtins.str
+    """Compact JWS (typ tongban-forwarded-grant+jws) by the calling node's signing key."""
+    def __init__(
+        self,
+        *,
+        request: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardGrantRequestRequest: _TypeAlias = ForwardGrantRequestRequest  # noqa: Y015
+
+@_typing.final
+class ListForwardedGrantsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DEPARTMENT_FIELD_NUMBER: _builtins.int
+    DATASET_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    department: _builtins.str
+    """The calling exchange's department."""
+    dataset: _builtins.str
+    """Our code of the dataset."""
+    status: _grants_pb2.GrantStatus.ValueType
+    def __init__(
+        self,
+        *,
+        department: _builtins.str = ...,
+        dataset: _builtins.str = ...,
+        status: _grants_pb2.GrantStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "department", b"department", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListForwardedGrantsRequest: _TypeAlias = ListForwardedGrantsRequest  # noqa: Y015

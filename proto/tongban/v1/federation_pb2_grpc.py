@@ -5,6 +5,7 @@ import warnings
 
 from tongban.v1 import audit_pb2 as tongban_dot_v1_dot_audit__pb2
 from tongban.v1 import federation_pb2 as tongban_dot_v1_dot_federation__pb2
+from tongban.v1 import grants_pb2 as tongban_dot_v1_dot_grants__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -74,6 +75,16 @@ class PeerServiceStub:
                 '/tongban.v1.PeerService/AddCheckpoint',
                 request_serializer=tongban_dot_v1_dot_federation__pb2.AddCheckpointRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_federation__pb2.AddCheckpointResponse.FromString,
+                _registered_method=True)
+        self.ForwardGrantRequest = channel.unary_unary(
+                '/tongban.v1.PeerService/ForwardGrantRequest',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.ForwardGrantRequestRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_grants__pb2.Grant.FromString,
+                _registered_method=True)
+        self.ListForwardedGrants = channel.unary_unary(
+                '/tongban.v1.PeerService/ListForwardedGrants',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.ListForwardedGrantsRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
                 _registered_method=True)
 
 
@@ -160,6 +171,24 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardGrantRequest(self, request, context):
+        """A grant request on one of our datasets by a department of the calling exchange,
+        signed by its node (docs/federation.md, "Grants across exchanges"): recorded as a
+        pending request of "<our name for the caller>/<department>", due in our working
+        days; our owner decides it with GrantService/DecideGrant. Answers the grant as we
+        keep it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListForwardedGrants(self, request, context):
+        """The calling exchange's department's grants on one of our datasets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -202,6 +231,16 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.AddCheckpoint,
                     request_deserializer=tongban_dot_v1_dot_federation__pb2.AddCheckpointRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_federation__pb2.AddCheckpointResponse.SerializeToString,
+            ),
+            'ForwardGrantRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardGrantRequest,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardGrantRequestRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_grants__pb2.Grant.SerializeToString,
+            ),
+            'ListForwardedGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListForwardedGrants,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.ListForwardedGrantsRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_grants__pb2.ListGrantsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -420,6 +459,60 @@ class PeerService:
             '/tongban.v1.PeerService/AddCheckpoint',
             tongban_dot_v1_dot_federation__pb2.AddCheckpointRequest.SerializeToString,
             tongban_dot_v1_dot_federation__pb2.AddCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardGrantRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/ForwardGrantRequest',
+            tongban_dot_v1_dot_federation__pb2.ForwardGrantRequestRequest.SerializeToString,
+            tongban_dot_v1_dot_grants__pb2.Grant.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListForwardedGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/ListForwardedGrants',
+            tongban_dot_v1_dot_federation__pb2.ListForwardedGrantsRequest.SerializeToString,
+            tongban_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
             options,
             channel_credentials,
             insecure,

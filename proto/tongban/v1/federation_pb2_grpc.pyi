@@ -16,6 +16,7 @@ from collections import abc as _abc
 from grpc import aio as _aio
 from tongban.v1 import audit_pb2 as _audit_pb2
 from tongban.v1 import federation_pb2 as _federation_pb2
+from tongban.v1 import grants_pb2 as _grants_pb2
 import abc as _abc_1
 import grpc as _grpc
 import sys
@@ -87,6 +88,15 @@ class PeerServiceStub:
     WITNESS_PROOF_INVALID. Also FAILED_PRECONDITION / PEER_LOG_KEY_UNSET (no key pinned
     for the caller) and WITNESS_NOT_INITIALISED (this exchange runs no witness).
     """
+    ForwardGrantRequest: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ForwardGrantRequestRequest, _grants_pb2.Grant]
+    """A grant request on one of our datasets by a department of the calling exchange,
+    signed by its node (docs/federation.md, "Grants across exchanges"): recorded as a
+    pending request of "<our name for the caller>/<department>", due in our working
+    days; our owner decides it with GrantService/DecideGrant. Answers the grant as we
+    keep it.
+    """
+    ListForwardedGrants: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ListForwardedGrantsRequest, _grants_pb2.ListGrantsResponse]
+    """The calling exchange's department's grants on one of our datasets."""
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -137,6 +147,15 @@ class PeerServiceAsyncStub(PeerServiceStub):
     WITNESS_PROOF_INVALID. Also FAILED_PRECONDITION / PEER_LOG_KEY_UNSET (no key pinned
     for the caller) and WITNESS_NOT_INITIALISED (this exchange runs no witness).
     """
+    ForwardGrantRequest: _aio.UnaryUnaryMultiCallable[_federation_pb2.ForwardGrantRequestRequest, _grants_pb2.Grant]  # type: ignore[assignment]
+    """A grant request on one of our datasets by a department of the calling exchange,
+    signed by its node (docs/federation.md, "Grants across exchanges"): recorded as a
+    pending request of "<our name for the caller>/<department>", due in our working
+    days; our owner decides it with GrantService/DecideGrant. Answers the grant as we
+    keep it.
+    """
+    ListForwardedGrants: _aio.UnaryUnaryMultiCallable[_federation_pb2.ListForwardedGrantsRequest, _grants_pb2.ListGrantsResponse]  # type: ignore[assignment]
+    """The calling exchange's department's grants on one of our datasets."""
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -232,6 +251,27 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         WITNESS_PROOF_INVALID. Also FAILED_PRECONDITION / PEER_LOG_KEY_UNSET (no key pinned
         for the caller) and WITNESS_NOT_INITIALISED (this exchange runs no witness).
         """
+
+    @_abc_1.abstractmethod
+    def ForwardGrantRequest(
+        self,
+        request: _federation_pb2.ForwardGrantRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grants_pb2.Grant, _abc.Awaitable[_grants_pb2.Grant]]:
+        """A grant request on one of our datasets by a department of the calling exchange,
+        signed by its node (docs/federation.md, "Grants across exchanges"): recorded as a
+        pending request of "<our name for the caller>/<department>", due in our working
+        days; our owner decides it with GrantService/DecideGrant. Answers the grant as we
+        keep it.
+        """
+
+    @_abc_1.abstractmethod
+    def ListForwardedGrants(
+        self,
+        request: _federation_pb2.ListForwardedGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grants_pb2.ListGrantsResponse, _abc.Awaitable[_grants_pb2.ListGrantsResponse]]:
+        """The calling exchange's department's grants on one of our datasets."""
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

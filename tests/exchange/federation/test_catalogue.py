@@ -34,7 +34,14 @@ from tongban.exchange.federation.peers import PeerStore
 from tongban.exchange.node import Node
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.signing.certs import certificate_fingerprint, load_pem_certificates
-from tongban.v1 import audit_pb2, catalogue_pb2, federation_pb2, federation_pb2_grpc, values_pb2
+from tongban.v1 import (
+    audit_pb2,
+    catalogue_pb2,
+    federation_pb2,
+    federation_pb2_grpc,
+    grants_pb2,
+    values_pb2,
+)
 
 WAIT = 30.0
 """How long a notice may take to reach the peer's catalogue before the test gives up (the
@@ -181,6 +188,14 @@ class _HostilePeer(federation_pb2_grpc.PeerServiceServicer):
         self, request: object, context: object
     ) -> federation_pb2.ForwardQueryResponse:
         return federation_pb2.ForwardQueryResponse()
+
+    async def ForwardGrantRequest(self, request: object, context: object) -> grants_pb2.Grant:
+        return grants_pb2.Grant()
+
+    async def ListForwardedGrants(
+        self, request: object, context: object
+    ) -> grants_pb2.ListGrantsResponse:
+        return grants_pb2.ListGrantsResponse()
 
     async def GetRoutedLogEntry(
         self, request: object, context: object

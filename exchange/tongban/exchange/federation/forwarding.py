@@ -84,8 +84,10 @@ __all__ = [
     "ForwardedQuery",
     "Forwarding",
     "check_signed_answer",
+    "sign_claims",
     "sign_request",
     "verify_chain",
+    "verify_peer_signed",
     "verify_request",
 ]
 
@@ -169,11 +171,17 @@ def _instant(at: datetime) -> str:
 
 def sign_request(request: ForwardedQuery, signing: NodeSigning) -> str:
     """The compact JWS of ``request`` by the calling node's signing key."""
+    return sign_claims(request.payload(), signing, REQUEST_TYPE)
+
+
+def sign_claims(payload: Mapping[str, object], signing: NodeSigning, typ: str) -> str:
+    """A compact JWS of type ``typ`` over the canonical JSON of ``payload`` by this node's
+    signing key, its chain in ``x5c``: how a node signs what it sends a peer."""
     x5c = [base64.b64encode(c.public_bytes(Encoding.DER)).decode() for c in signing.chain]
     return sign_jws(
-        canonical_json(request.payload()),
+        canonical_json(dict(payload)),
         signing.signer,
-        headers={"typ": REQUEST_TYPE, "x5c": x5c},
+        headers={"typ": typ, "x5c": x5c},
     )
 
 
@@ -184,18 +192,7 @@ def verify_request(token: str, *, peer: Peer, own_exchange: bytes, now: datetime
     signed it for us as ``peer``'s exchange; PeerRequestExpired outside its window
     (``SKEW`` tolerated); PeerRequestInvalid if malformed.
     """
-    header, claimed = _parts(token)
-    try:
-        leaf = node_signing_certificate(header, roots=[peer_ca(peer)], now=now)
-        verify_jws(token, leaf.public_key())  # type: ignore[arg-type]
-    except (TongbanError, ValueError, TypeError, binascii.Error) as e:
-        raise PeerSignatureMismatch(
-            f"The forwarded request is not signed by a node of peer {peer.name}, whose node "
-            "sent it; an exchange forwards only its own departments' requests.",
-            metadata={"peer": peer.name},
-        ) from e
-    if header.get("typ") != REQUEST_TYPE:
-        raise PeerRequestInvalid("The signed object is not a forwarded query.")
+    claimed = verify_peer_signed(token, peer=peer, typ=REQUEST_TYPE, now=now)
     request = _request(claimed)
     if request.exchange != peer.ca_fingerprint.hex() or request.audience != own_exchange.hex():
         raise PeerSignatureMismatch(
@@ -216,6 +213,25 @@ def verify_request(token: str, *, peer: Peer, own_exchange: bytes, now: datetime
             metadata={"peer": peer.name},
         )
     return request
+
+
+def verify_peer_signed(token: str, *, peer: Peer, typ: str, now: datetime) -> dict[str, Any]:
+    """The claims of ``token``, a compact JWS of type ``typ`` signed by a node of peer
+    ``peer`` (under its root as configured here). Raises PeerRequestInvalid (malformed,
+    another type) or PeerSignatureMismatch."""
+    header, claimed = _parts(token)
+    try:
+        leaf = node_signing_certificate(header, roots=[peer_ca(peer)], now=now)
+        verify_jws(token, leaf.public_key())  # type: ignore[arg-type]
+    except (TongbanError, ValueError, TypeError, binascii.Error) as e:
+        raise PeerSignatureMismatch(
+            f"The forwarded request is not signed by a node of peer {peer.name}, whose node "
+            "sent it; an exchange forwards only its own departments' requests.",
+            metadata={"peer": peer.name},
+        ) from e
+    if header.get("typ") != typ:
+        raise PeerRequestInvalid(f"The signed object is not a {typ} request.")
+    return claimed
 
 
 def verify_chain(
@@ -894,6 +910,11 @@ class Forwarding:
 
     async def _first_use(self, peer: Peer, request: ForwardedQuery) -> bool:
         """Record the request's nonce; False if the peer used it before."""
+        return await self.first_use(peer, request.nonce, request.expires_at)
+
+    async def first_use(self, peer: Peer, nonce: str, expires_at: datetime) -> bool:
+        """Record a signed request's nonce (``peer_nonce``, kept until ``expires_at``);
+        False if the peer used it before."""
         loop = asyncio.get_running_loop()
         if loop.time() - self._purged_at > _PURGE_EVERY:
             self._purged_at = loop.time()
@@ -906,8 +927,8 @@ class Forwarding:
             ON CONFLICT DO NOTHING RETURNING true
             """,
             peer.name,
-            request.nonce,
-            request.expires_at + SKEW,
+            nonce,
+            expires_at + SKEW,
         )
         return bool(done)
 

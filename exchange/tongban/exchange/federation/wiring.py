@@ -10,6 +10,7 @@ from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.federation.forwarding import Forwarding
+from tongban.exchange.federation.grants import GrantForwarding
 from tongban.exchange.federation.licences import PeerLicences
 from tongban.exchange.federation.links import PeerLinks
 from tongban.exchange.federation.offer import CatalogueOffer
@@ -89,6 +90,17 @@ class FederationParts:
             request_seconds=settings.peer_request_seconds,
         )
         sharing.forward = self.forwarding.query
+        self.grants = GrantForwarding(
+            trust=self.trust,
+            links=self.links,
+            remote=self.remote,
+            offer=self.offer,
+            grants=sharing.grants,
+            signing=signing,
+            clock=clock,
+            request_seconds=settings.peer_request_seconds,
+            first_use=self.forwarding.first_use,
+        )
         self.licences = PeerLicences(
             trust=self.trust, links=self.links, registry=BUILTIN_REGISTRY, clock=clock
         )

@@ -18,6 +18,7 @@ from tongban.exchange.audit.checkpoints import Checkpointer
 from tongban.exchange.audit.store import MAX_INDEX, AuditStore
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.federation.forwarding import Forwarding
+from tongban.exchange.federation.grants import GrantForwarding
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
 from tongban.exchange.federation.sync import CatalogueSync
@@ -26,11 +27,11 @@ from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.federation.witnessing import PeerWitness
 from tongban.exchange.server.audit_service import entry_message
 from tongban.exchange.server.caller import current_caller, current_peer
-from tongban.exchange.server.sharing_services import dataset_message
+from tongban.exchange.server.sharing_services import dataset_message, grant_message, grant_status
 from tongban.exchange.server.timestamps import timestamp
 from tongban.licence import TrustList
 from tongban.signing.clock import Clock
-from tongban.v1 import audit_pb2, federation_pb2, federation_pb2_grpc
+from tongban.v1 import audit_pb2, federation_pb2, federation_pb2_grpc, grants_pb2
 
 __all__ = ["FederationService", "PeerService"]
 
@@ -42,7 +43,9 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         self, node_name: str, trust: PeerTrust, offer: CatalogueOffer, sync: CatalogueSync,
         clock: Clock, forwarding: Forwarding, trust_list: Callable[[], Awaitable[TrustList]],
         log_store: AuditStore, checkpoints: Checkpointer, witness: PeerWitness,
+        grants: GrantForwarding,
     ) -> None:  # fmt: skip
+        self._grants = grants
         self._witness = witness
         self._trust = trust
         self._log_store = log_store
@@ -143,6 +146,27 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
     ) -> federation_pb2.AddCheckpointResponse:
         line = await self._witness.add_checkpoint(current_peer(), request.body)
         return federation_pb2.AddCheckpointResponse(cosignatures=line)
+
+    async def ForwardGrantRequest(
+        self, request: federation_pb2.ForwardGrantRequestRequest, context: Context
+    ) -> grants_pb2.Grant:
+        grant = await self._grants.answer(current_peer(), request.request)
+        return grant_message(grant, self._clock.now())
+
+    async def ListForwardedGrants(
+        self, request: federation_pb2.ListForwardedGrantsRequest, context: Context
+    ) -> grants_pb2.ListGrantsResponse:
+        peer = current_peer()
+        status = (
+            grant_status(request.status)
+            if request.status != grants_pb2.GRANT_STATUS_UNSPECIFIED
+            else None
+        )
+        grants = await self._grants.grants_of(
+            peer, department=request.department, dataset=request.dataset, status=status
+        )
+        now = self._clock.now()
+        return grants_pb2.ListGrantsResponse(grants=[grant_message(g, now) for g in grants])
 
 
 class FederationService(federation_pb2_grpc.FederationServiceServicer):

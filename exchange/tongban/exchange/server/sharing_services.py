@@ -19,6 +19,7 @@ from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema
 from tongban.exchange.catalogue.subject_ids import SubjectKind
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.fairness import spawn, yield_fairly
+from tongban.exchange.federation.grants import GrantForwarding
 from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import instant, timestamp
 from tongban.exchange.sharing.datasets import DatasetSpec
@@ -92,6 +93,12 @@ _GRANT_STATUS = {
     GrantStatus.EXPIRED: grants_pb2.GRANT_STATUS_EXPIRED,
 }
 _GRANT_STATUS_BACK = {v: k for k, v in _GRANT_STATUS.items()}
+
+
+def grant_status(number: int) -> GrantStatus:
+    """The grant status a request names, or InvalidArgument (``status``) for a number the
+    enum does not define."""
+    return _enum(_GRANT_STATUS_BACK, number, "status")
 
 
 def _enum(mapping: Mapping[Any, T], number: int, field: str) -> T:
@@ -374,9 +381,14 @@ def grant_message(grant: Grant, now: datetime) -> grants_pb2.Grant:
 
 
 class GrantService(grants_pb2_grpc.GrantServiceServicer):
-    def __init__(self, sharing: Sharing, clock: Clock) -> None:
+    def __init__(
+        self, sharing: Sharing, clock: Clock, remote: GrantForwarding | None = None
+    ) -> None:
+        """``remote``: grant requests on peer exchanges' datasets (``<peer>:<code>``),
+        asked of their owners' exchanges (docs/federation.md); None without federation."""
         self._sharing = sharing
         self._clock = clock
+        self._remote = remote
 
     async def RequestGrant(
         self, request: grants_pb2.RequestGrantRequest, context: Context
@@ -384,6 +396,15 @@ class GrantService(grants_pb2_grpc.GrantServiceServicer):
         caller = current_caller()
         expiry = instant(request.expiry, "expiry")
         now = self._clock.now()
+        if self._remote is not None and ":" in request.dataset:
+            if expiry is None:
+                raise InvalidArgument(
+                    "A grant request names its expiry.", metadata={"field": "expiry"}
+                )
+            return await self._remote.request(
+                caller, dataset=request.dataset, fields=list(request.fields),
+                purpose=request.purpose, legal_basis=request.legal_basis, expiry=expiry,
+            )  # fmt: skip
         if expiry is None:
             # The dataset is looked up first, so an unknown one is DATASET_NOT_FOUND.
             await self._sharing.dataset(caller, request.dataset)
@@ -426,6 +447,18 @@ class GrantService(grants_pb2_grpc.GrantServiceServicer):
     async def ListGrants(
         self, request: grants_pb2.ListGrantsRequest, context: Context
     ) -> grants_pb2.ListGrantsResponse:
+        if self._remote is not None and ":" in request.dataset:
+            if request.status != grants_pb2.GRANT_STATUS_UNSPECIFIED:
+                grant_status(request.status)  # INVALID_ARGUMENT for an undefined number
+            if request.overdue:
+                raise InvalidArgument(
+                    "overdue lists the requests you must answer; a peer's dataset is "
+                    "answered by its owner.",
+                    metadata={"field": "overdue"},
+                )
+            return await self._remote.list_for(
+                current_caller(), dataset=request.dataset, status=request.status
+            )
         now = self._clock.now()
         grants = await self._sharing.list_grants(
             current_caller(),
