@@ -195,3 +195,29 @@ def _payload(jwt: str) -> dict[str, object]:
     data = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
     assert isinstance(data, dict)
     return data
+
+
+async def test_a_node_restarted_while_the_peer_is_down_keeps_its_trust_list(
+    province: Node, county: Node
+) -> None:
+    licence = await _issue(province)
+    await link(province, county)
+    async with client_for(county, "approval") as approval:
+        assert (await approval.verify_licence(licence.sd_jwt)).verified
+    kept = county.settings.data_dir / "peers" / "trust-lists" / "province.jwt"
+    assert kept.is_file()
+    await province.stop(grace=0)
+    # Another node of the county, started now: nothing in memory, the province unreachable.
+    # It vouches for the province's seal from the list kept on disk; only the status, which
+    # lives at the province, cannot be had.
+    async with Node(county.settings, clock=FixedClock(county.clock.now())) as restarted:
+        async with client_for(restarted, "approval") as approval:
+            result = await approval.verify_licence(licence.sd_jwt)
+        assert (result.exchange, result.issuer) == ("province", "samr")
+        assert (result.check, result.reason) == ("status", "STATUS_UNAVAILABLE")
+        # A kept list altered on disk is not believed: the signer is then unknown.
+        kept.write_text(kept.read_text().replace(".", ".x", 1))
+    async with Node(county.settings, clock=FixedClock(county.clock.now())) as again:
+        async with client_for(again, "approval") as approval:
+            forged = await approval.verify_licence(licence.sd_jwt)
+        assert forged.reason == "TRUST_LIST_UNAVAILABLE"

@@ -9,11 +9,14 @@ with that peer's root and trust list; its status list is fetched over HTTP only 
 the licence's signature verified, and only from an address the peer's trust list names
 for the issuing department (``TrustList.check_status_url``), following no redirect.
 
-Caching (per node, in memory):
+Caching (per node):
 
 - a peer's trust list is used until its ``next_update`` (a day), then fetched again; if
   the peer cannot be reached, or answers a list that does not verify, the one held is
-  used until its ``exp`` (30 days), and a new list never replaces a newer one;
+  used until its ``exp`` (30 days), and a new list never replaces a newer one. The last
+  good list of each peer is also kept on disk (``DATA_DIR/peers/trust-lists/<peer>.jwt``,
+  verified again under the peer's root whenever read), so a node restarted while a peer
+  is down still verifies that peer's licences until the list's ``exp``;
 - a status list is used for ``STATUS_REFRESH`` (300 s, the ``ttl`` and ``max-age`` the
   issuing node serves it with), then fetched again; if that fails the status is
   unknown (``STATUS_UNAVAILABLE``): a revocation in the issuing exchange is seen here
@@ -27,6 +30,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import aiohttp
 
@@ -38,6 +42,7 @@ from tongban.licence import (
     LicenceTypeRegistry,
     StatusList,
     TrustList,
+    TrustListCache,
     VerificationResult,
     verify_licence,
     verify_status_list,
@@ -81,7 +86,11 @@ class PeerLicences:
         links: PeerLinks,
         registry: LicenceTypeRegistry,
         clock: Clock,
+        cache_dir: Path | None = None,
     ) -> None:
+        """``cache_dir``: where each peer's last good trust list is kept on disk (None:
+        in memory only)."""
+        self._cache_dir = cache_dir
         self._trust = trust
         self._links = links
         self._registry = registry
@@ -123,6 +132,7 @@ class PeerLicences:
             ),
         )
         offered = self.accept(peer, reply.trust_list)
+        await self._keep(peer, reply.trust_list)
         held = self._lists.get(peer.name)
         if (
             held is not None
@@ -168,10 +178,42 @@ class PeerLicences:
 
     def _held(self, peer: Peer, now: datetime) -> TrustList | None:
         held = self._lists.get(peer.name)
+        if held is None and self._cache_dir is not None:
+            kept = self._kept(peer, now)
+            if kept is not None:
+                held = self._lists[peer.name] = (peer.ca_fingerprint, kept)
         # A list kept under another root (the peer re-added with a new CA) is not its.
         if held is None or held[0] != peer.ca_fingerprint or now >= held[1].expires_at:
             return None
         return held[1]
+
+    def _cache(self, peer: Peer) -> TrustListCache | None:
+        if self._cache_dir is None:
+            return None
+        return TrustListCache(self._cache_dir / f"{peer.name}.jwt")  # names are [a-z0-9-]
+
+    def _kept(self, peer: Peer, now: datetime) -> TrustList | None:
+        """The list kept on disk for ``peer``, if it still verifies under its root."""
+        cache = self._cache(peer)
+        if cache is None:
+            return None
+        try:
+            return cache.load(roots=[peer_ca(peer)], now=now)
+        except VerificationFailed:  # none kept, expired, damaged, or of another root
+            return None
+
+    async def _keep(self, peer: Peer, token: str) -> None:
+        """Keep ``token`` (verified) as ``peer``'s last good list on disk; a failure to
+        write is logged, never in the way of verification."""
+        cache = self._cache(peer)
+        if cache is None:
+            return
+        try:
+            await asyncio.to_thread(
+                cache.store, token, roots=[peer_ca(peer)], now=self._clock.now()
+            )
+        except (VerificationFailed, OSError) as e:
+            _log.warning("could not keep peer %s's trust list on disk: %s", peer.name, e)
 
     # -- verification -------------------------------------------------------------------
 

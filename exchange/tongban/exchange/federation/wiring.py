@@ -102,8 +102,9 @@ class FederationParts:
             first_use=self.forwarding.first_use,
         )
         self.licences = PeerLicences(
-            trust=self.trust, links=self.links, registry=BUILTIN_REGISTRY, clock=clock
-        )
+            trust=self.trust, links=self.links, registry=BUILTIN_REGISTRY, clock=clock,
+            cache_dir=settings.data_dir / "peers" / "trust-lists",
+        )  # fmt: skip
         # Peers as witnesses, both ways (docs/federation.md, "Peers as witnesses").
         self.witness = PeerWitness(
             witness, SharedWitnessState(pool, node_name=settings.node_name), clock
