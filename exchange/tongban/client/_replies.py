@@ -467,6 +467,7 @@ def pdf_verification(m: licence_pb2.VerifyPdfResponse) -> PdfVerification:
             )
             for s in m.seals
         ),
+        exchange=m.exchange,
     )
 
 

@@ -161,3 +161,6 @@ class PdfVerification:
     reason: str
     message: str
     seals: tuple[SealInfo, ...]
+    exchange: str = ""
+    """The peer exchange whose root the seals chain to (your exchange's name for it);
+    empty when they are your exchange's own."""

@@ -276,6 +276,7 @@ class Node:
             )
             # Licences of peer exchanges, with their trust lists (docs/federation.md).
             self.licensing.trust.peers = self.federation.licences.verify
+            self.licensing.peer_roots = self.federation.trust.active_roots
             self.checkpointer = Checkpointer(
                 self.db.pool,
                 log_signer,

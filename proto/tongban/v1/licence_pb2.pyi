@@ -864,11 +864,17 @@ class VerifyPdfResponse(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     SEALS_FIELD_NUMBER: _builtins.int
+    EXCHANGE_FIELD_NUMBER: _builtins.int
     verified: _builtins.bool
     check: _builtins.str
     """Empty when verified; else integrity, coverage, modifications, trust or format."""
     reason: _builtins.str
     message: _builtins.str
+    exchange: _builtins.str
+    """The peer exchange whose root the seals chain to, by this exchange's name for it
+    (docs/federation.md); empty when they are this exchange's own. A seal's department
+    is then that exchange's ("<exchange>/<department>").
+    """
     @_builtins.property
     def seals(self) -> _containers.RepeatedCompositeFieldContainer[Global___SealInfo]: ...
     def __init__(
@@ -879,10 +885,11 @@ class VerifyPdfResponse(_message.Message):
         reason: _builtins.str = ...,
         message: _builtins.str = ...,
         seals: _abc.Iterable[Global___SealInfo] | None = ...,
+        exchange: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "message", b"message", "reason", b"reason", "seals", b"seals", "verified", b"verified"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["check", b"check", "exchange", b"exchange", "message", b"message", "reason", b"reason", "seals", b"seals", "verified", b"verified"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -221,3 +221,29 @@ async def test_a_node_restarted_while_the_peer_is_down_keeps_its_trust_list(
         async with client_for(again, "approval") as approval:
             forged = await approval.verify_licence(licence.sd_jwt)
         assert forged.reason == "TRUST_LIST_UNAVAILABLE"
+
+
+async def test_a_province_sealed_pdf_verifies_in_the_county_naming_the_province(
+    province: Node, county: Node
+) -> None:
+    licence = await _issue(province)
+    async with client_for(province, "samr") as samr:
+        pdf = await samr.render_licence(licence.number)
+    async with client_for(county, "approval") as approval:
+        stranger = await approval.verify_pdf(pdf)
+        assert (stranger.verified, stranger.reason, stranger.exchange) == (
+            False, "SEAL_UNTRUSTED", "",
+        )  # fmt: skip
+    await link(province, county)
+    async with client_for(county, "approval") as approval:
+        checked = await approval.verify_pdf(pdf)
+        assert checked.verified, checked.message
+        assert checked.exchange == "province"
+        assert [s.department for s in checked.seals] == ["samr"]
+        assert "Sealed in peer exchange province." in checked.message
+        # A changed byte inside the sealed range is broken under any root.
+        at = pdf.index(b"/Contents") - 40
+        tampered = pdf[:at] + bytes([pdf[at] ^ 0x01]) + pdf[at + 1 :]
+        broken = await approval.verify_pdf(tampered)
+        assert not broken.verified
+        assert broken.exchange == ""

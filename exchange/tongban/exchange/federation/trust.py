@@ -110,6 +110,12 @@ class PeerTrust:
         """The peers as last read (every status)."""
         return list(self._snapshot.peers.values())
 
+    def active_roots(self) -> list[tuple[str, x509.Certificate]]:
+        """Each active peer's name and root CA, by name (as last read)."""
+        return [
+            (p.name, peer_ca(p)) for p in sorted(self.peers(), key=lambda p: p.name) if p.active
+        ]
+
     async def peer(self, name: str) -> Peer | None:
         """The peer named ``name`` now (read again while notifications are down)."""
         snapshot = self._snapshot if self._listener.live else await self._read()

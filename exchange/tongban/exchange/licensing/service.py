@@ -69,6 +69,9 @@ class Licensing:
         ``published_intermediates``, ``sm2_seals`` and ``sm2_roots``: see ``LicenceTrust``
         (and ``sm2_seals`` for ``Issuance``)."""
         self.sm2_seals = sm2_seals
+        self.peer_roots: Callable[[], Sequence[tuple[str, x509.Certificate]]] | None = None
+        """Each active peer exchange's name and root CA, to check PDF seals our roots do
+        not vouch for (set by the node when federation is on; docs/federation.md)."""
         self.vault = vault
         self.status_lists = status_lists
         self.registry = registry

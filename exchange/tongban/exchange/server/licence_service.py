@@ -8,6 +8,7 @@ an error; an empty verification request is INVALID_ARGUMENT.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -400,8 +401,24 @@ class SealService(licence_pb2_grpc.SealServiceServicer):
     ) -> licence_pb2.VerifyPdfResponse:
         if not request.pdf:
             raise InvalidArgument("Give the PDF to verify.", metadata={"field": "pdf"})
-        result = await verify_document(request.pdf, self._licensing.roots, self._clock.now())
+        now = self._clock.now()
+        result = await verify_document(request.pdf, self._licensing.roots, now)
+        exchange = ""
+        if not result.verified and result.reason == "SEAL_UNTRUSTED":
+            # Not sealed under our roots: perhaps a peer exchange's document. Each peer's
+            # root alone, so that what verifies is that exchange's (department codes are
+            # unique only within one exchange).
+            peer_roots = self._licensing.peer_roots() if self._licensing.peer_roots else ()
+            for name, root in peer_roots:
+                theirs = await verify_document(request.pdf, [root], now)
+                if theirs.verified:
+                    exchange = name
+                    result = replace(
+                        theirs, message=f"{theirs.message} Sealed in peer exchange {name}."
+                    )
+                    break
         return licence_pb2.VerifyPdfResponse(
+            exchange=exchange,
             verified=result.verified,
             check=result.check,
             reason=result.reason,
