@@ -217,6 +217,10 @@ _TEXT: dict[str, tuple[str, str]] = {
     ),
     "subject.none": ("没有访问记录。", "No accesses recorded."),
     "subject.self": ("您本人（网页查看）", "You (web console)"),
+    "subject.via_peer": (
+        "{department}（对等交换平台 {route} 的部门，经其节点查询）",
+        "{department} (a department of peer exchange {route}, asking through its node)",
+    ),
     "subject.grounds": ("依据", "Grounds"),
     "cases.title": ("我的办件", "My cases"),
     "cases.number": ("办件编号", "Case"),
