@@ -58,6 +58,8 @@ from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.errors import AddressInUse, DatabaseUnavailable
 from tongban.exchange.fairness import CpuShare
+from tongban.exchange.federation.peers import PeerStore
+from tongban.exchange.federation.trail import CaseTrail, CaseTrails
 from tongban.exchange.federation.wiring import FederationParts
 from tongban.exchange.http import build_http_app
 from tongban.exchange.identity import Caller
@@ -695,6 +697,7 @@ class Node:
                 items=self.items,
                 ratings=self.ratings,
                 working_offset=timedelta(hours=self.settings.working_utc_offset_hours),
+                trails=self._follow_trail if self.federation is not None else None,
             )
         self.console = console
         app = build_http_app(
@@ -733,6 +736,14 @@ class Node:
             self.ratings.base_url = self.settings.public_url or (
                 f"http://{self.settings.node_hostnames[0]}:{self.http_port}"
             )
+
+    async def _follow_trail(self, case_id: str) -> CaseTrail:
+        """The case followed across exchanges, with this node's peer links."""
+        assert self.db is not None
+        assert self.federation is not None
+        return await CaseTrails(
+            AuditStore(self.db.pool), PeerStore(self.db.pool), self.federation.links
+        ).follow(case_id)
 
     async def _count_overdue(self) -> None:
         assert self.sharing is not None

@@ -6,7 +6,11 @@ only the entries of the asker's own requests, and a refusal is reported as such
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
+from urllib.parse import urlencode
+
+import aiohttp
 
 from tests.cli_helpers import atongban, cli_env
 from tests.conftest import client_for
@@ -18,6 +22,7 @@ from tongban.exchange.audit.store import AuditStore, SearchFilters
 from tongban.exchange.federation.peers import PeerStore
 from tongban.exchange.federation.trail import CaseTrails
 from tongban.exchange.node import Node
+from tongban.exchange.web.sessions import LinkStore
 
 
 def _trails(node: Node) -> CaseTrails:
@@ -106,3 +111,51 @@ async def test_a_peer_that_refuses_its_entry_is_reported(province: Node, county:
     assert [(r.peer, r.index, r.state, r.reason) for r in trail.remote] == [
         ("province", own.index, "refused", "PEER_LOG_ENTRY_REFUSED")
     ]
+
+
+async def _console(node: Node, path: str) -> tuple[int, str]:
+    """``path`` of the console as the exchange's auditor sees it (signed in by link)."""
+    assert node.db is not None
+    token = await LinkStore(node.db.pool).issue(
+        "login", "audit", node.clock.now(), officer="JW-0001"
+    )
+    base = f"http://127.0.0.1:{node.http_port}"
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as http:
+        async with http.post(
+            base + "/console/link/login", data={"token": token}, allow_redirects=False
+        ) as opened:
+            assert opened.status == 303, await opened.text()
+            cookie = opened.cookies["tongban_session"].value
+        async with http.get(base + path, headers={"Cookie": f"tongban_session={cookie}"}) as got:
+            return got.status, html.unescape(await got.text())
+
+
+async def test_the_console_trail_page_checks_the_peer_entry(province: Node, county: Node) -> None:
+    await _share(province, county)
+    async with client_for(county, "approval", OFFICER) as approval:
+        await approval.query(
+            "province:samr.enterprise", [COMPANY_USCC], fields=["name"], purpose=PURPOSE,
+            case_id=CASE_ID,
+        )  # fmt: skip
+    page = f"/console/audit/trail?lang=en&{urlencode({'case': CASE_ID})}"
+    status, unpinned = await _console(county, page)
+    assert status == 200
+    assert '<tr data-state="no-key"><td>province</td>' in unpinned
+    assert province.checkpointer is not None
+    async with owner_pool(county) as pool:
+        await PeerStore(pool).set_log_key("province", province.checkpointer.verifier_key)
+    status, pinned = await _console(county, page)
+    assert status == 200
+    assert '<tr data-state="verified"><td>province</td>' in pinned
+    assert "county-a/approval" in pinned  # the province's entry names the remote caller
+    assert "query.forward" in pinned  # and ours are there too
+    # Looking is logged, as every auditor's look is.
+    assert county.db is not None
+    looked = await county.db.pool.fetch(
+        "SELECT purpose FROM access_log WHERE action = 'audit.trail' ORDER BY idx"
+    )
+    assert [r["purpose"] for r in looked] == [f"trail case={CASE_ID}"] * 2
+    # A malformed case id is a clear refusal, not an error page.
+    status, refused = await _console(county, "/console/audit/trail?lang=en&case=" + "x" * 65)
+    assert status == 400
+    assert "'case' is not a case id" in refused

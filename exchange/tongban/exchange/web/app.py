@@ -63,6 +63,7 @@ class WebConsole(AuditPages, SubjectPages, CataloguePages, ConsoleBase):
         r.add_get("/console/audit/anomalies", self._audit_anomalies)
         r.add_get("/console/audit/volume", self._audit_volume)
         r.add_get("/console/audit/covert", self._audit_covert)
+        r.add_get("/console/audit/trail", self._audit_trail)
         r.add_get("/console/subject", self._subject)
         r.add_post("/console/subject/authorise", self._subject_authorise)
         r.add_post("/console/subject/rate", self._subject_rate)

@@ -23,6 +23,8 @@ from tongban.exchange.audit.note import open_checkpoint
 from tongban.exchange.audit.store import SearchFilters
 from tongban.exchange.audit.verify import verify_log
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.federation.trail import CaseTrail
+from tongban.exchange.sharing.policy import MAX_CASE_ID
 from tongban.exchange.web.base import (
     _COLOURS,
     _FILTERS,
@@ -265,6 +267,32 @@ class AuditPages(ConsoleBase):
         return self._page(
             request, "audit_volume.html", chart=_chart(days, series), days=_VOLUME_DAYS
         )
+
+    async def _audit_trail(self, request: web.Request) -> web.Response:
+        """One case followed across exchanges (docs/federation.md, "One trail per
+        case"): our entries of the case, and for each forwarded request the peer's entry
+        checked under its signed checkpoint with the log key pinned for it. The look is
+        logged."""
+        auth = await self._department_session(request, auditor=True)
+        if isinstance(auth, web.Response):
+            return auth
+        session, _ = auth
+        case_id = request.query.get("case", "").strip()
+        if len(case_id) > MAX_CASE_ID or any(c in case_id for c in "\x00\r\n"):
+            raise InvalidArgument(
+                f"'case' is not a case id (at most {MAX_CASE_ID} characters, one line).",
+                metadata={"field": "case"},
+            )
+        trail = None
+        if case_id:
+            await self._log_view(
+                session.principal, session.officer, "audit.trail", None, f"trail case={case_id}"
+            )
+            trail = await self._trails(case_id) if self._trails is not None else None
+            if trail is None:
+                local, _ = await self._store.search(SearchFilters(case_id=case_id), page_size=_PAGE)
+                trail = CaseTrail(case_id, tuple(local), ())
+        return self._page(request, "audit_trail.html", case_id=case_id, trail=trail)
 
     async def _audit_covert(self, request: web.Request) -> web.Response:
         """The covert cases (the declaration in force of each); the look is logged."""

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone, tzinfo
 from typing import Any
@@ -26,6 +27,7 @@ from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.audit.store import AuditStore
 from tongban.exchange.departments import Department, DepartmentStore
 from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.federation.trail import CaseTrail
 from tongban.exchange.licensing.case_store import CaseStore
 from tongban.exchange.licensing.item_store import ServiceItemStore
 from tongban.exchange.licensing.package_store import PackageStore
@@ -189,7 +191,12 @@ class ConsoleBase:
         items: ServiceItemStore | None = None,
         ratings: RatingStore | None = None,
         working_offset: timedelta = timedelta(hours=8),
+        trails: Callable[[str], Awaitable[CaseTrail]] | None = None,
     ) -> None:
+        """``trails(case_id)``: the case followed across exchanges (the federation's
+        ``CaseTrails.follow``); None without federation, and the trail page shows only
+        the local entries then."""
+        self._trails = trails
         self._pool = pool
         self._working_offset = working_offset
         # Where the offices are: how instants are shown, bare times read and days counted.

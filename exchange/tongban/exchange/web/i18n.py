@@ -101,6 +101,31 @@ _TEXT: dict[str, tuple[str, str]] = {
     "audit.anomalies": ("异常报告", "Anomaly report"),
     "audit.volume": ("访问量", "Access volume"),
     "audit.covert": ("保密案件", "Covert cases"),
+    "audit.trail": ("跨平台追溯", "Case trail"),
+    "trail.title": ("办件跨平台追溯", "One trail per case, across exchanges"),
+    "trail.explain": (
+        "本平台该办件的全部访问记录，以及每次转发请求在对等平台日志中的记录：按对方已签名的检查点和本平台为其登记的日志公钥逐条核验。查看本页将被记录。",
+        "This exchange's entries of the case, and for each forwarded request the peer's own entry, checked here against its signed checkpoint with the log key pinned for that peer. Looking is logged.",  # noqa: E501
+    ),
+    "trail.follow": ("追溯", "Follow"),
+    "trail.local": ("本平台记录（{n} 条）", "This exchange ({n} entries)"),
+    "trail.remote": ("对等平台记录", "Peers' entries"),
+    "trail.no_remote": (
+        "该办件没有转发到对等平台的请求。",
+        "No request of this case went to a peer.",
+    ),
+    "trail.peer": ("对等平台", "Peer"),
+    "trail.state": ("核验", "Check"),
+    "trail.detail": ("说明", "Detail"),
+    "trail.checked": (
+        "已按其检查点（大小 {size}）核验",
+        "checked under its checkpoint of size {size}",
+    ),
+    "trail.state.verified": ("已核验", "verified"),
+    "trail.state.refused": ("对方拒绝出示", "refused by the peer"),
+    "trail.state.unavailable": ("无法连接", "unavailable"),
+    "trail.state.invalid": ("核验失败", "does not check out"),
+    "trail.state.no-key": ("未登记日志公钥", "no log key pinned"),
     "audit.logged": (
         "您对个人数据的查看已记入访问日志。",
         "Your view of personal data has been written to the access log.",
