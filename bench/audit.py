@@ -73,6 +73,7 @@ from bench._watch import CpuMeter, CpuUse
 from bench.sharing import Target, Throughput
 from tongban.errors import TongbanError
 from tongban.exchange.audit.checkpoints import Checkpointer
+from tongban.exchange.audit.integrator import Integrator
 from tongban.exchange.audit.leaf import COLUMNS, AccessEntry, encode_leaf
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.merkle import ProofInvalid, leaf_hash, verify_inclusion
@@ -144,6 +145,9 @@ class AppendRun:
     projected_seconds: float
     """What all ``audit_entries`` would have taken at the pace of the first
     ``audit_fallback_entries``."""
+    integrated_seconds: float
+    """From the last append's answer until the tree covered every entry: how far the
+    integrator was behind the sequencer when the appends stopped."""
 
     @property
     def rate(self) -> float:
@@ -333,9 +337,11 @@ async def _phases(
 
     log = AccessLog(pool)
     await log.start()
+    integrator = Integrator(pool, grown=log.grown)
+    await integrator.start()
     checkpointer: Checkpointer | None = None
     try:
-        append = await _append_phase(pool, log, entries, config, meter())
+        append = await _append_phase(pool, log, integrator, entries, config, meter())
         if log.entries != append.entries or append.log_size != append.entries:
             raise RuntimeError(
                 f"{append.entries:,} entries appended, but the sequencer counted "
@@ -372,8 +378,9 @@ async def _phases(
             SystemClock(),
             signer="bench",
             interval=config.audit_checkpoint_interval,
+            integrator=integrator,
         )
-        checkpoint, trickle = await _checkpoints(pool, log, checkpointer, make, config)
+        checkpoint, trickle = await _checkpoints(pool, log, integrator, checkpointer, make, config)
         sign_now = await _sign_alone(log, checkpointer, make, config.audit_checkpoint_rounds)
         cp, checkpointer = checkpointer, None
         await cp.stop()
@@ -391,6 +398,7 @@ async def _phases(
         if checkpointer is not None:
             await checkpointer.stop()
         await log.stop()
+        await integrator.stop()
     return AuditReport(
         started=started,
         loadavg=loadavg,
@@ -433,7 +441,12 @@ def _clean_up(work: Path, data_dir: Path) -> None:
 
 
 async def _append_phase(
-    pool: asyncpg.Pool, log: AccessLog, entries: list[AccessEntry], config: Config, cpu: CpuMeter
+    pool: asyncpg.Pool,
+    log: AccessLog,
+    integrator: Integrator,
+    entries: list[AccessEntry],
+    config: Config,
+    cpu: CpuMeter,
 ) -> AppendRun:
     per_call = config.audit_entries_per_call
     position = 0
@@ -463,8 +476,9 @@ async def _append_phase(
         await up_to(total)
     seconds = time.perf_counter() - started
     use = cpu.stop()
-    size = int(await pool.fetchval("SELECT size FROM log_state"))
-    return AppendRun(position, seconds, log.batches, size, use, stopped_early, projected)
+    size = await integrator.catch_up()
+    behind = time.perf_counter() - started - seconds
+    return AppendRun(position, seconds, log.batches, size, use, stopped_early, projected, behind)
 
 
 async def _copy_baseline(
@@ -562,6 +576,7 @@ async def _proofs(pool: asyncpg.Pool, config: Config) -> tuple[int, Samples, Sam
 async def _checkpoints(
     pool: asyncpg.Pool,
     log: AccessLog,
+    integrator: Integrator,
     checkpointer: Checkpointer,
     make: EntryMaker,
     config: Config,
@@ -580,7 +595,7 @@ async def _checkpoints(
 
     rng = random.Random(config.seed + 5)
     waits: list[float] = []
-    await checkpointer.start(log.grown)
+    await checkpointer.start(integrator.integrated)
     async with asyncio.TaskGroup() as group:
         if config.audit_checkpoint_trickle_per_s > 0:
             group.create_task(trickle())
@@ -678,7 +693,7 @@ def rows(report: AuditReport) -> list[str]:
             f"{a.entries:,} in {a.seconds:.1f} s   {a.rate / copy.rate:4.0%} of baseline",
         ),
         f"{'':<{LABEL}}{a.batches:>8,} batches   mean {a.mean_batch:,.0f} entries;"
-        f" log_state size {a.log_size:,}",
+        f" log_state size {a.log_size:,}, {a.integrated_seconds:.2f} s after the last",
         rate_row(
             f"COPY {copy.items:,} rows, {report.copy_batch:,}/txn (baseline)",
             copy.rate,

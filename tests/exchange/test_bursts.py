@@ -169,9 +169,9 @@ async def test_a_change_and_its_entries_commit_together(log_pool: asyncpg.Pool) 
                 await _work(log, conn, 1, fail=True)
             assert await _log_size(log_pool) == 0
 
-            # The head is locked elsewhere past the log's timeout: the work rolls back.
+            # The sequence is locked elsewhere past the log's timeout: the work rolls back.
             async with log_pool.acquire() as holder, holder.transaction():
-                await holder.execute("SELECT 1 FROM log_state FOR UPDATE")
+                await holder.execute("SELECT 1 FROM log_sequence FOR UPDATE")
                 with pytest.raises(AuditUnavailable):
                     await _work(log, conn, 2)
             assert await log_pool.fetchval("SELECT count(*) FROM work") == 0
@@ -196,14 +196,14 @@ async def test_an_append_that_cannot_commit_in_time_is_refused_and_lands_later(
     await log.start()
     try:
         async with log_pool.acquire() as holder, holder.transaction():
-            await holder.execute("SELECT 1 FROM log_state FOR UPDATE")
+            await holder.execute("SELECT 1 FROM log_sequence FOR UPDATE")
             # Every waiting append is told within its timeout (to within a tick), together.
             refused = await asyncio.gather(
                 *(log.append([_entry()]) for _ in range(20)), return_exceptions=True
             )
             assert all(isinstance(r, AuditUnavailable) for r in refused)
             assert "within 0.3 s, so the request was not served" in str(refused[0])
-        # The writer was not undone: the refused entries commit once the head is free,
+        # The writer was not undone: the refused entries commit once the lock is free,
         # and the log goes on.
         assert (await log.append([_entry()])) == range(20, 21)
         assert await _log_size(log_pool) == 21

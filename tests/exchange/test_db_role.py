@@ -49,6 +49,16 @@ ATTEMPTS = [
     ("TRUNCATE log_checkpoint", _NOT_GRANTED.format("log_checkpoint")),
     ("DELETE FROM log_state", _NOT_GRANTED.format("log_state")),
     ("TRUNCATE log_state", _NOT_GRANTED.format("log_state")),
+    # Sequence first, integrate after (migration 0030): the sequence only grows, and the
+    # auditors' search rows are appended by the integrator, never changed.
+    ("DELETE FROM log_sequence", _NOT_GRANTED.format("log_sequence")),
+    ("TRUNCATE log_sequence", _NOT_GRANTED.format("log_sequence")),
+    ("UPDATE log_sequence SET next = next - 1", "log_sequence only grows"),
+    ("UPDATE access_log_search SET decision = 'allowed'", _NOT_GRANTED.format("access_log_search")),
+    ("DELETE FROM access_log_search", _NOT_GRANTED.format("access_log_search")),
+    ("TRUNCATE access_log_search", _NOT_GRANTED.format("access_log_search")),
+    ("DROP TABLE access_log_search", _NOT_OWNER.format("access_log_search")),
+    ("DROP VIEW access_log_searchable", "must be owner of view access_log_searchable"),
     ("DROP TABLE access_log", _NOT_OWNER.format("access_log")),
     ("CREATE ROLE intruder SUPERUSER", "permission denied to create role"),
     ("ALTER ROLE tongban_node SUPERUSER", "permission denied to alter role"),
@@ -86,12 +96,16 @@ ATTEMPTS = [
 ]
 
 # What the node's role holds on the log's tables: read and append, and move the tree
-# head (log_state, which a trigger lets only grow); on the department registry, read.
+# head (log_state) and the sequence (log_sequence), which triggers let only grow; on the
+# department registry, read.
 PRIVILEGES = {
     "access_log": {"SELECT", "INSERT"},
     "log_node": {"SELECT", "INSERT"},
     "log_checkpoint": {"SELECT", "INSERT"},
     "log_state": {"SELECT", "UPDATE"},
+    "log_sequence": {"SELECT", "UPDATE"},
+    "access_log_search": {"SELECT", "INSERT"},
+    "access_log_searchable": {"SELECT"},
     "covert_case": {"SELECT", "INSERT"},
     "department": {"SELECT"},
     # The exchange as its peers' witness (migration 0027): the state moves by
@@ -154,7 +168,28 @@ async def test_the_node_still_appends_to_the_log(node: Node) -> None:
                 "no.such-dataset", ["x"], fields=["name"], purpose="核验", case_id="C-1"
             )
     assert denied.value.reason == "DATASET_NOT_FOUND"
+    assert node.integrator is not None
+    await node.integrator.catch_up()  # the tree follows the sequenced entries
     assert await node.db.pool.fetchval("SELECT size FROM log_state") == before + 1
+
+
+async def test_triggers_keep_the_sequence_and_the_search_rows_even_from_the_owner(
+    node: Node, database_url: str
+) -> None:
+    owner = await asyncpg.connect(database_url)
+    try:
+        for statement, refusal in (
+            ("UPDATE access_log_search SET decision = decision", "access_log is append-only"),
+            ("DELETE FROM access_log_search", "access_log is append-only"),
+            ("TRUNCATE access_log_search", "access_log is append-only"),
+            ("UPDATE log_sequence SET next = next - 1", "log_sequence only grows"),
+            ("DELETE FROM log_sequence", "log_sequence only grows"),
+            ("TRUNCATE log_sequence", "access_log is append-only"),
+        ):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError, match=refusal):
+                await owner.execute(statement)
+    finally:
+        await owner.close()
 
 
 async def test_a_rewritten_tree_head_is_found_by_verify(node: Node) -> None:

@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from tongban.errors import TongbanError
 from tongban.exchange.audit.anomalies import AnomalyKind, find_anomalies
 from tongban.exchange.audit.checkpoints import Checkpointer
+from tongban.exchange.audit.integrator import Integrator
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.audit.refusals import (
@@ -171,6 +172,7 @@ class Node:
         self._changes: ChangeListener | None = None
         self.access_log: AccessLog | None = None
         self.checkpointer: Checkpointer | None = None
+        self.integrator: Integrator | None = None
         self.cosigner: Cosigner | None = None
         self._hasher: SubjectHasher | None = None
         self._anomalies_at: datetime | None = None
@@ -279,6 +281,12 @@ class Node:
             # Licences of peer exchanges, with their trust lists (docs/federation.md).
             self.licensing.trust.peers = self.federation.licences.verify
             self.licensing.peer_roots = self.federation.trust.active_roots
+            # Licences held in peers, for the materials resolver, both ways.
+            self.federation.licence_fetch.approval_fetch = self.licensing.approval_fetch
+            self.licensing.peer_licences = self.federation.licence_fetch.fetch
+            # One integrator per exchange folds sequenced entries into the tree: every
+            # node runs one, and the one holding its lock does the work.
+            self.integrator = Integrator(self.db.pool, grown=self.access_log.grown)
             self.checkpointer = Checkpointer(
                 self.db.pool,
                 log_signer,
@@ -289,11 +297,13 @@ class Node:
                 sm2=load_log_sm2_signer(self.settings),
                 # After `tongban key rotate checkpoint`: the new key, from the file or token.
                 reload=lambda: load_log_signer(self.settings, self._token),
+                integrator=self.integrator,
             )
             await self._changes.start()
             await self.federation.start()
             await self.access_log.start()
-            await self.checkpointer.start(self.access_log.grown)
+            await self.integrator.start()
+            await self.checkpointer.start(self.integrator.integrated)
             witnesses = parse_witness_endpoints(self.settings.witnesses)
             if witnesses:  # docs/audit-log.md, "Witnesses"
                 self.cosigner = Cosigner(
@@ -613,6 +623,7 @@ class Node:
                 self.checkpointer,
                 self.federation.witness,
                 self.federation.grants,
+                self.federation.licence_fetch,
             ),
             server,
         )
@@ -856,6 +867,9 @@ class Node:
             self.notices = None
         if self.access_log is not None:
             await self.access_log.stop()
+        if self.integrator is not None:  # integrates what is left, if it leads
+            await self.integrator.stop()
+            self.integrator = None
         if self.checkpointer is not None:
             await self.checkpointer.stop()
             self.checkpointer = None

@@ -37,6 +37,8 @@ async def _verify(node: Node) -> None:
 async def test_the_stored_tree_is_the_rfc_6962_tree_of_the_leaves(node: Node) -> None:
     await _fill(node)
     assert node.db is not None
+    assert node.integrator is not None
+    await node.integrator.catch_up()  # the tree follows the sequenced entries
     leaves = [
         bytes(r["leaf"])
         for r in await node.db.pool.fetch("SELECT leaf FROM access_log ORDER BY idx")

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tongban.exchange.audit.leaf import AccessEntry, LeafInvalid, decode_leaf, encode_leaf
+from tongban.exchange.audit.leaf import (
+    AccessEntry,
+    LeafInvalid,
+    decode_leaf,
+    encode_leaf,
+    sequenced_row,
+)
 from tongban.exchange.catalogue.canonical import canonical_json
 
 # The leaf encoder's fast path must give exactly the RFC 8785 bytes.
@@ -86,3 +92,22 @@ def test_leaf_encoding_is_rfc_8785(
 def test_malformed_leaves_are_refused(leaf: bytes) -> None:
     with pytest.raises(LeafInvalid):
         decode_leaf(leaf)
+
+
+def test_the_sequenced_row_is_the_bounded_entry_its_leaf_and_columns() -> None:
+    entry = AccessEntry(
+        at=datetime(2026, 11, 23, 17, 0, tzinfo=timezone(timedelta(hours=8))),
+        node="node-1",
+        caller="tax",
+        officer="SW-0042",
+        action="query",
+        dataset="police.person",
+        fields=("name", "x" * 300),
+        purpose="税" * 300,
+        case_id="SW-2026-77",
+        subject_hmac=bytes(32),
+        decision="denied",
+        reason="GRANT_REQUIRED",
+    )
+    bounded = entry.bounded()
+    assert sequenced_row(entry) == (0, encode_leaf(bounded), *bounded.columns())

@@ -250,7 +250,7 @@ async def find_anomalies(
     async with pool.acquire() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
         records = await conn.fetch(
             "SELECT at, caller, officer, subject_hmac, decision, action, purpose"
-            " FROM access_log WHERE at >= $1 AND at < $2",
+            " FROM access_log_searchable WHERE at >= $1 AND at < $2",
             start,
             end,
         )
@@ -258,7 +258,7 @@ async def find_anomalies(
         # (Not AT TIME ZONE '+08': PostgreSQL reads POSIX offsets with the sign inverted.)
         counts = await conn.fetch(
             "SELECT caller, (timezone('UTC', at) + make_interval(hours => $3))::date AS day,"
-            " count(*) AS n FROM access_log WHERE at >= $1 AND at < $2 GROUP BY 1, 2",
+            " count(*) AS n FROM access_log_searchable WHERE at >= $1 AND at < $2 GROUP BY 1, 2",
             history_from,
             start,
             rules.office_utc_offset_hours,

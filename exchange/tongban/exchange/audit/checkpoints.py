@@ -1,7 +1,8 @@
 """Signing checkpoints of the access log (C2SP tlog-checkpoint in a C2SP signed note).
 
-A node signs a new checkpoint soon after the log grows (``interval``), and on demand
-(``sign_now``). Signers serialise on a transaction-scoped advisory lock, so with several
+A node signs a new checkpoint soon after its integrator grows the tree (``interval``), and
+on demand (``sign_now``, which first brings the tree up to every entry sequenced so far:
+``Integrator.catch_up``). Signers serialise on a transaction-scoped advisory lock, so with several
 nodes on one database only one signs at a time and no size is signed twice; every
 checkpoint is kept (``log_checkpoint``), so consistency between any two can be proved.
 
@@ -25,6 +26,7 @@ from asyncpg.pool import PoolConnectionProxy
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from tongban.errors import TongbanError
+from tongban.exchange.audit.integrator import Integrator
 from tongban.exchange.audit.key_changes import announce
 from tongban.exchange.audit.note import checkpoint_body, sign_note, verifier_key
 from tongban.exchange.audit.sm2_note import add_sm2_signature, sm2_verifier_key
@@ -92,8 +94,12 @@ class Checkpointer:
         interval: float = 0.5,
         sm2: Sm2PrivateKey | None = None,
         reload: Callable[[], Signer] | None = None,
+        integrator: Integrator | None = None,
     ) -> None:
         self._pool = pool
+        # The node's integrator; elsewhere (the CLI) one that is not started, whose
+        # catch_up waits for a node's, or integrates when no process leads.
+        self._integrator = integrator or Integrator(pool)
         self._key = key
         # After a rotation of the checkpoint key (audit/key_changes.py) this loads the key
         # again; a node still holding the old one signs nothing until it has the new one.
@@ -147,6 +153,7 @@ class Checkpointer:
         if not isinstance(public, Ed25519PublicKey):
             raise TypeError("Checkpoints are signed with an Ed25519 key.")
         new_vkey = verifier_key(self.origin, public)
+        await self._integrator.catch_up()
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SIGNER_LOCK)
             last = await conn.fetchrow(
@@ -180,7 +187,7 @@ class Checkpointer:
 
     async def start(self, grown: asyncio.Event) -> None:
         """Sign a checkpoint now (the log may have grown while no node ran), then keep
-        signing after growth."""
+        signing after growth (``grown``: the integrator's ``integrated``)."""
         await self.sign_now()
         self._task = asyncio.get_running_loop().create_task(self._run(grown), name="checkpoints")
 
@@ -190,8 +197,10 @@ class Checkpointer:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        with contextlib.suppress(OSError, asyncpg.PostgresError, asyncpg.InterfaceError):
+        try:
             await self.sign_now()  # cover what this node appended last
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TongbanError) as e:
+            _log.warning("no last checkpoint signed at stop (%s)", e)
 
     async def _run(self, grown: asyncio.Event) -> None:
         while True:
@@ -200,13 +209,15 @@ class Checkpointer:
             await asyncio.sleep(self._interval)  # let a burst of appends land together
             try:
                 await self.sign_now()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TongbanError) as e:
                 _log.warning("checkpoint not signed (%s); retrying after the next append", e)
 
     async def sign_now(self) -> CheckpointRow:
         """Sign the current tree head unless a checkpoint already covers it; return the
-        latest checkpoint."""
+        latest checkpoint. Raises AuditUnavailable if the tree cannot be brought up to the
+        entries sequenced so far."""
         signed = False
+        await self._integrator.catch_up()
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", _SIGNER_LOCK)
             if await self._current_key(conn):

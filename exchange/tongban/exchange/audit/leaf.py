@@ -26,10 +26,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from json.encoder import encode_basestring
 from typing import Any, Literal
 
 from tongban.errors import TongbanError
@@ -41,6 +41,7 @@ __all__ = [
     "decode_leaf",
     "encode_leaf",
     "leaf_of_columns",
+    "sequenced_row",
 ]
 
 LEAF_VERSION = 1
@@ -99,6 +100,25 @@ class AccessEntry:
         )  # fmt: skip
 
 
+def sequenced_row(entry: AccessEntry) -> tuple[object, ...]:
+    """``(0, leaf, *columns)`` of ``entry`` cut to what the log keeps: ``bounded()``,
+    ``encode_leaf()`` and ``columns()`` in one pass, without the intermediate entry (the
+    sequencer's per-entry work). Raises ValueError for text that is not valid Unicode."""
+    at = entry.at.astimezone(UTC)
+    dataset = _cut(entry.dataset)
+    fields = [_cut(name) or "" for name in entry.fields[:200]]
+    purpose = _cut(entry.purpose)
+    case_id = _cut(entry.case_id)
+    leaf = leaf_of_columns(
+        at, entry.node, entry.caller, entry.officer, entry.action, dataset, fields,
+        purpose, case_id, entry.subject_hmac, entry.decision, entry.reason,
+    )  # fmt: skip
+    return (
+        0, leaf, at, entry.node, entry.caller, entry.officer, entry.action, dataset, fields,
+        purpose, case_id, entry.subject_hmac, entry.decision, entry.reason,
+    )  # fmt: skip
+
+
 COLUMNS = (
     "at", "node", "caller", "officer", "action", "dataset", "fields",
     "purpose", "case_id", "subject_hmac", "decision", "reason",
@@ -154,30 +174,36 @@ def leaf_of_columns(
     values: ``encode_leaf`` without building an ``AccessEntry``. ``audit verify`` compares
     it with each stored leaf, which checks the leaf canonical and its columns equal to it
     in one step. Raises ValueError for text that is not valid Unicode."""
-    texts = (node, caller, officer, action, dataset, purpose, case_id, reason, *fields)
-    if any(t is not None and _SURROGATE.search(t) for t in texts):
-        raise ValueError("an access entry holds text that is not valid Unicode")
-    return _ENCODE(
-        {
-            "action": action,
-            "at": _instant(at),
-            "caller": caller,
-            "case_id": case_id,
-            "dataset": dataset,
-            "decision": decision,
-            "fields": list(fields),
-            "node": node,
-            "officer": officer,
-            "purpose": purpose,
-            "reason": reason,
-            "subject": base64.b64encode(subject_hmac).decode() if subject_hmac else None,
-            "v": LEAF_VERSION,
-        }
-    ).encode("utf-8")
+    # Written member by member in RFC 8785 order (sorted; all names ASCII), each string by
+    # the standard library's encoder (in C), which escapes exactly as RFC 8785 does: the
+    # bytes json.dumps(..., ensure_ascii=False, separators=(",", ":")) gives, in a third
+    # of its time. A lone surrogate passes the encoder but not UTF-8: refused below.
+    text = "".join(
+        (
+            '{"action":', _quote(action),
+            ',"at":"', _instant(at),
+            '","caller":', _quote(caller),
+            ',"case_id":', "null" if case_id is None else _quote(case_id),
+            ',"dataset":', "null" if dataset is None else _quote(dataset),
+            ',"decision":', _quote(decision),
+            ',"fields":[', ",".join([_quote(name) for name in fields]),
+            '],"node":', _quote(node),
+            ',"officer":', "null" if officer is None else _quote(officer),
+            ',"purpose":', "null" if purpose is None else _quote(purpose),
+            ',"reason":', "null" if reason is None else _quote(reason),
+            ',"subject":',
+            '"' + base64.b64encode(subject_hmac).decode() + '"' if subject_hmac else "null",
+            ',"v":', _VERSION, "}",
+        )
+    )  # fmt: skip
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("an access entry holds text that is not valid Unicode") from None
 
 
-_ENCODE = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-_SURROGATE = re.compile(r"[\uD800-\uDFFF]")
+_quote: Callable[[str], str] = encode_basestring
+_VERSION = str(LEAF_VERSION)
 
 
 def decode_leaf(leaf: bytes) -> AccessEntry:

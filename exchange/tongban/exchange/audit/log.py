@@ -1,22 +1,30 @@
-"""Appending access-log entries to the Merkle tree, durably, in group commits.
+"""Appending access-log entries durably, in pipelined group commits.
 
 Rule 2 of DESIGN.md: no answer without its audit entry. ``AccessLog.append`` returns only
-once the entries are committed to PostgreSQL with their tree indices; a request handler
+once the entries are committed to PostgreSQL with their log indices; a request handler
 awaits it before it answers, and if it raises (``AuditUnavailable``) the request fails.
 
-One writer task per node is the sequencer. It takes everything queued while the previous
-commit was in flight and, in one transaction: locks the tree head (``log_state``), assigns
-the next contiguous indices, encodes each entry as its leaf, writes the entries and every
-newly completed perfect-subtree hash (COPY), and moves the head (size, root, frontier).
-So indices have no gaps and no entry is acknowledged that is not in the tree; a node
-killed mid-batch loses only unacknowledged entries. Nodes sharing a database serialise
-on the head row, so the log stays one log.
+Sequence first, integrate after (as Tessera does). One writer task per node is the
+sequencer: it takes everything queued and, in one statement that is its own transaction,
+takes the next indices from ``log_sequence`` (a row lock held to the commit) and writes
+the entries, each with its leaf, to ``access_log`` (which has no index but its primary
+key). Nothing else is on this path: the Merkle tree, the signed checkpoint and the
+auditors' search indexes are built after, by the exchange's one integrator
+(``audit/integrator.py``). Indices are given and committed in order under that lock, so
+the committed entries are always 0..n-1 with no gap, and no entry is acknowledged that
+is not durable; a node killed mid-batch loses only unacknowledged entries, and the next
+integrator takes the tree up to every committed one. Nodes and workers sharing a
+database take indices from the same row, so the log stays one log.
+
+Commits are pipelined: up to ``PIPELINE`` batches are in flight on their own
+connections, the next waiting in PostgreSQL on the lock while the one before commits,
+while this process resolves the last batch's callers and encodes the next.
 
 A request that changes state (issuing a licence, changing its status) appends its entries
 inside its own transaction instead (``AccessLog.transaction``): the change and its entries
 commit together or not at all, so no "allowed" entry outlives a rolled-back change, and
 the request never waits for a second connection while it holds one. Both paths take the
-same head lock, so the tree stays one sequence.
+same sequence lock, so the log stays one sequence.
 
 The subject id is logged only as HMAC-SHA256 under the exchange's log key (rule 10).
 """
@@ -33,8 +41,7 @@ from typing import Any
 import asyncpg
 
 from tongban.errors import TongbanError
-from tongban.exchange.audit.leaf import COLUMNS, AccessEntry, encode_leaf
-from tongban.exchange.audit.merkle import Frontier, leaf_hash
+from tongban.exchange.audit.leaf import COLUMNS, AccessEntry, sequenced_row
 from tongban.exchange.pagetokens import PageTokens
 
 __all__ = ["AccessEntry", "AccessLog", "AuditUnavailable", "LogTransaction", "SubjectHasher"]
@@ -63,32 +70,46 @@ class SubjectHasher:
         return PageTokens.from_log_key(self._key)
 
 
-# An entry ready to sequence: its searchable columns, its leaf bytes and the leaf's hash.
-_Prepared = tuple[AccessEntry, bytes, bytes]
+# An entry ready to sequence: the row of access_log without its index (idx 0 here; the
+# statement gives it). Its leaf is encoded in the caller, before it is queued.
+_Prepared = tuple[object, ...]
 
 # access_log's columns in table order: the tuples handed to _APPEND follow it.
 _ROW = ("idx", "leaf", *COLUMNS)
-_APPEND = """
-    WITH leaves AS (
-        INSERT INTO access_log SELECT * FROM unnest($1::access_log[])
-    ), nodes AS (
-        INSERT INTO log_node (level, idx, hash)
-        SELECT * FROM unnest($2::smallint[], $3::bigint[], $4::bytea[])
+# One statement, one transaction: take the next indices (the row lock is held to the
+# commit, so batches get and commit their indices in order) and write the entries.
+_TAKE = "UPDATE log_sequence SET next = next + cardinality($1::access_log[])"
+_WRITE = f"""
+    leaves AS (
+        INSERT INTO access_log
+        SELECT seq.first + r.n - 1, {", ".join(f"r.{c}" for c in _ROW[1:])}
+        FROM seq, unnest($1::access_log[]) WITH ORDINALITY AS r({", ".join(_ROW)}, n)
     )
-    UPDATE log_state SET size = $5, root = $6, frontier = $7
+    SELECT first FROM seq
+"""  # noqa: S608 - built from fixed names
+_APPEND = f"""
+    WITH seq AS (
+        {_TAKE} RETURNING next - cardinality($1::access_log[]) AS first
+    ), {_WRITE}
 """
+# The same in a caller's transaction, its wait for the lock bounded by $2 (set for the
+# rest of the transaction as the FROM list is read, before the row is locked).
+_APPEND_BOUNDED = f"""
+    WITH seq AS (
+        {_TAKE} FROM (SELECT set_config('lock_timeout', $2, true)) AS t
+        RETURNING next - cardinality($1::access_log[]) AS first
+    ), {_WRITE}
+"""
+PIPELINE = 2
+"""Batches in flight at once (each on its own connection of the log's pool)."""
+
 _Pending = tuple[list[_Prepared], "asyncio.Future[range]"]
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 def _prepare(entries: Sequence[AccessEntry]) -> list[_Prepared]:
-    prepared = []
-    for entry in entries:
-        bounded = entry.bounded()
-        leaf = encode_leaf(bounded)
-        prepared.append((bounded, leaf, leaf_hash(leaf)))
-    return prepared
+    return [sequenced_row(entry) for entry in entries]
 
 
 class _Deadlines:
@@ -174,15 +195,15 @@ class AccessLog:
             self._writer = None
 
     async def append(self, entries: Sequence[AccessEntry]) -> range:
-        """Return the tree indices of ``entries`` once committed; raise AuditUnavailable."""
+        """Return the log indices of ``entries`` once committed; raise AuditUnavailable."""
         if not entries:
             return range(0)
         if self._closing or self._writer is None:
             raise AuditUnavailable("The access log is not running; the node is shutting down.")
         loop = asyncio.get_running_loop()
         done: asyncio.Future[range] = loop.create_future()
-        # Encode and hash here, in the caller, so that this work overlaps the writer's
-        # wait on the database instead of queueing behind it.
+        # Encode here, in the caller, so that this work overlaps the writer's wait on the
+        # database instead of queueing behind it.
         self._queue.append((_prepare(entries), done))
         self._wake.set()
         self._deadlines.add(loop, done)
@@ -197,9 +218,9 @@ class AccessLog:
         commits: the work and its entries are durable together, or neither is. If the
         body raises, nothing is appended and the transaction rolls back.
 
-        The append takes the tree head lock, held from then until the commit (one round
+        The append takes the sequence lock, held from then until the commit (one round
         trip), so every other append waits that long; keep slow work out of the caller's
-        transaction. Raises AuditUnavailable (and rolls back) if the head is not free
+        transaction. Raises AuditUnavailable (and rolls back) if the lock is not free
         within the log's timeout or the database fails during the append.
         """
         if self._closing or self._writer is None:
@@ -209,11 +230,11 @@ class AccessLog:
             yield recorded
             if recorded._prepared:
                 try:
-                    # The head's lock waits at most the log's timeout (lock_timeout, set
-                    # with the lock's query), and a timer of our own, in case the server's
-                    # does not fire (a server under libfaketime; a pooler).
+                    # The lock waits at most the log's timeout (lock_timeout, set with the
+                    # statement), and a timer of our own, in case the server's does not
+                    # fire (a server under libfaketime; a pooler).
                     async with asyncio.timeout(self._timeout + 1.0):
-                        first, count = await self._sequence_on(
+                        first = await self._sequence_on(
                             conn, recorded._prepared, lock_timeout_ms=int(self._timeout * 1000)
                         )
                 except _DB_ERRORS as e:
@@ -221,7 +242,7 @@ class AccessLog:
                     raise AuditUnavailable(
                         "The access log cannot be written, so the change was not made; retry later."
                     ) from None
-                recorded.indices = range(first, first + count)
+                recorded.indices = range(first, first + len(recorded._prepared))
         if recorded.indices:
             self._written(len(recorded.indices))
 
@@ -233,18 +254,29 @@ class AccessLog:
         self.grown.set()
 
     async def _run(self) -> None:
+        in_flight: set[asyncio.Task[None]] = set()
+
+        def landed(task: asyncio.Task[None]) -> None:
+            in_flight.discard(task)
+            self._wake.set()  # a connection is free: send what queued meanwhile
+
+        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            batch, self._queue = self._queue, []
-            if batch:
-                await self._write(batch)
-            if self._closing and not self._queue:
+            if self._queue and len(in_flight) < PIPELINE:
+                batch, self._queue = self._queue, []
+                task = loop.create_task(self._write(batch), name="access-log-batch")
+                in_flight.add(task)
+                task.add_done_callback(landed)
+            if self._closing and not self._queue and not in_flight:
                 return
 
     async def _write(self, batch: list[_Pending]) -> None:
+        rows = [row for prepared, _ in batch for row in prepared]
         try:
-            start, count = await self._sequence([p for prepared, _ in batch for p in prepared])
+            async with self._pool.acquire() as conn:
+                start = await conn.fetchval(_APPEND, rows)
         except _DB_ERRORS as e:
             _log.error("access log write failed for %d requests: %s", len(batch), e)
             error = AuditUnavailable(
@@ -254,50 +286,13 @@ class AccessLog:
                 if not done.done():
                     done.set_exception(error)
             return
-        self._written(count)
+        self._written(len(rows))
         for entries, done in batch:
             if not done.done():
                 done.set_result(range(start, start + len(entries)))
             start += len(entries)
 
-    async def _sequence(self, entries: list[_Prepared]) -> tuple[int, int]:
-        """Append ``entries`` to the tree in one transaction; return (first index, count)."""
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await self._sequence_on(conn, entries)
-
     @staticmethod
-    async def _sequence_on(
-        conn: Any, entries: list[_Prepared], *, lock_timeout_ms: int | None = None
-    ) -> tuple[int, int]:
-        """Append ``entries`` in the transaction open on ``conn``; return (first, count).
-        With ``lock_timeout_ms``, the wait for the head's lock is bounded by it (set for the
-        rest of the transaction, in the same round trip: set_config runs as the FROM list
-        is read, before the row is locked)."""
-        if lock_timeout_ms is None:
-            head = await conn.fetchrow("SELECT size, frontier FROM log_state FOR UPDATE")
-        else:
-            head = await conn.fetchrow(
-                "SELECT size, frontier FROM set_config('lock_timeout', $1, true), log_state "
-                "FOR UPDATE OF log_state",
-                f"{lock_timeout_ms}ms",
-            )
-        assert head is not None  # created by the migration
-        frontier = Frontier(head["size"], [bytes(h) for h in head["frontier"]])
-        first = frontier.size
-        rows: list[tuple[object, ...]] = []
-        levels: list[int] = []
-        indices: list[int] = []
-        hashes: list[bytes] = []
-        for entry, leaf, digest in entries:
-            rows.append((frontier.size, leaf, *entry.columns()))
-            for (level, index), node in frontier.append(digest):
-                levels.append(level)
-                indices.append(index)
-                hashes.append(node)
-        # One statement (one round trip) while the head is locked: the leaves, the new
-        # subtree hashes and the head. The rows are access_log's row type, in its
-        # column order (_ROW), which asyncpg encodes as a composite array.
-        await conn.execute(
-            _APPEND, rows, levels, indices, hashes, frontier.size, frontier.root(), frontier.roots
-        )
-        return first, len(entries)
+    async def _sequence_on(conn: Any, entries: list[_Prepared], *, lock_timeout_ms: int) -> int:
+        """Append ``entries`` in the transaction open on ``conn``; return the first index."""
+        return int(await conn.fetchval(_APPEND_BOUNDED, entries, f"{lock_timeout_ms}ms"))

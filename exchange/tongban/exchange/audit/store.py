@@ -39,6 +39,7 @@ _COLUMNS = (
     "idx, leaf, at, node, caller, officer, action, dataset, fields, purpose, case_id,"
     " subject_hmac, decision, reason"
 )
+_A_COLUMNS = ", ".join("a." + c.strip() for c in _COLUMNS.split(","))
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ class AuditStore:
         # refuses.
         rows = await self._pool.fetch(
             "SELECT (at AT TIME ZONE make_interval(secs => $3))::date AS day, caller,"
-            " count(*) AS n FROM access_log WHERE at >= $1 AND at < $2 GROUP BY 1, 2",
+            " count(*) AS n FROM access_log_searchable WHERE at >= $1 AND at < $2 GROUP BY 1, 2",
             start,
             start + timedelta(days=days),
             offset.total_seconds(),
@@ -253,10 +254,13 @@ class AuditStore:
         """Entries matching ``filters`` by index; the page and the next page token."""
         size = _page_size(page_size)
         clauses, args = filters.where(2)
+        # The page's indices from the searchable entries (the auditors' indexes, and the
+        # few entries not yet integrated), then those rows.
         rows = await self._pool.fetch(
-            f"SELECT {_COLUMNS} FROM access_log WHERE idx > $1"  # noqa: S608 - built from fixed names
+            f"SELECT {_A_COLUMNS} FROM access_log a JOIN ("  # noqa: S608 - built from fixed names
+            "SELECT idx FROM access_log_searchable WHERE idx > $1"
             + "".join(f" AND {c}" for c in clauses)
-            + f" ORDER BY idx LIMIT {size + 1}",
+            + f" ORDER BY idx LIMIT {size + 1}) m ON m.idx = a.idx ORDER BY a.idx",
             self._after(_SEARCH, page_token),
             *args,
         )
@@ -315,22 +319,25 @@ class AuditStore:
         size = _page_size(page_size)
         rows = await self._pool.fetch(
             f"""
-            SELECT {", ".join("a." + c.strip() for c in _COLUMNS.split(","))},
-                   coalesce(d.name, a.caller) AS department_name
-            FROM access_log a
+            SELECT {_A_COLUMNS}, coalesce(d.name, a.caller) AS department_name
+            FROM (
+                SELECT s.idx FROM access_log_searchable s
+                WHERE s.subject_hmac = $1 AND s.idx > $2
+                  AND NOT EXISTS (
+                      SELECT 1 FROM covert_case_current c
+                      WHERE c.caller = s.caller AND c.case_id = s.case_id AND c.until > $3)
+                ORDER BY s.idx LIMIT {size + 1}
+            ) m
+            JOIN access_log a ON a.idx = m.idx
             LEFT JOIN department d ON d.code = a.caller
-            WHERE a.subject_hmac = $1 AND a.idx > $2
-              AND NOT EXISTS (
-                  SELECT 1 FROM covert_case_current c
-                  WHERE c.caller = a.caller AND c.case_id = a.case_id AND c.until > $3)
-            ORDER BY a.idx LIMIT {size + 1}
+            ORDER BY a.idx
             """,  # noqa: S608 - built from fixed names
             subject_hmac,
             self._after(_SUBJECT, page_token),
             now,
         )
         withheld = await self._pool.fetchval(
-            "SELECT count(*) FROM access_log a JOIN covert_case_current c"
+            "SELECT count(*) FROM access_log_searchable a JOIN covert_case_current c"
             " ON c.caller = a.caller AND c.case_id = a.case_id"
             " WHERE a.subject_hmac = $1 AND c.until > $2",
             subject_hmac,

@@ -10,7 +10,12 @@ Recomputes the Merkle tree from the stored leaves and checks, in one pass:
   recomputed root equals the signed root (a rewrite that also fixed the stored hashes
   still cannot match a signature);
 - consecutive checkpoints are consistent (RFC 9162 proof from the stored nodes);
-- the tree head (size, root) equals the recomputation.
+- the tree head (size, root) equals the recomputation;
+- each entry's row in the auditors' search table (``access_log_search``) holds the
+  entry's columns, so an altered search row cannot hide an entry from a search or the
+  subject view;
+- the entries sequenced but not yet in the tree follow the head with no gap and end
+  where the sequence does.
 
 Raises ``LogCorrupt`` naming the first bad index, or returns a report.
 """
@@ -52,6 +57,21 @@ from tongban.signing.sm2 import Sm2PublicKey
 __all__ = ["LogCorrupt", "VerifyReport", "verify_log"]
 
 _CHUNK = 20_000
+# Whether an entry's search row (s) holds its columns (a).
+_SEARCHED = ("at", "caller", "officer", "action", "dataset", "purpose", "case_id",
+             "subject_hmac", "decision")  # fmt: skip
+_SEARCH_MATCHES = (
+    f"(s.idx IS NOT NULL AND ({', '.join('s.' + c for c in _SEARCHED)})"
+    f" IS NOT DISTINCT FROM ({', '.join('a.' + c for c in _SEARCHED)}))"
+)
+_CHUNK_SQL = (
+    "SELECT a.idx, a.leaf, a.at, a.node, a.caller, a.officer, a.action, a.dataset,"  # noqa: S608 - built from fixed names
+    " a.fields, a.purpose, a.case_id, a.subject_hmac, a.decision, a.reason, n.hash,"
+    f" {_SEARCH_MATCHES} AS searchable"
+    " FROM access_log a LEFT JOIN log_node n ON n.level = 0 AND n.idx = a.idx"
+    " LEFT JOIN access_log_search s ON s.idx = a.idx"
+    " WHERE a.idx > $1 AND a.idx < $3 ORDER BY a.idx LIMIT $2"
+)
 
 
 class LogCorrupt(TongbanError):
@@ -132,9 +152,23 @@ async def verify_log(
     ``sm2_verifier``, every SM2 line by that key must verify too (checkpoints signed
     before the SM2 key existed have none)."""
     started = time.perf_counter()
-    head = await pool.fetchrow("SELECT size, root FROM log_state")
+    # The head, the sequence and the entries past the head, under one snapshot.
+    head = await pool.fetchrow(
+        "SELECT h.size, h.root, q.next,"
+        " (SELECT count(*) FROM access_log WHERE idx >= h.size) AS staged,"
+        " (SELECT max(idx) FROM access_log WHERE idx >= h.size) AS last"
+        " FROM log_state h, log_sequence q"
+    )
     assert head is not None
     total = int(head["size"])
+    staged, sequenced = int(head["staged"]), int(head["next"])
+    last = sequenced - 1
+    if sequenced < total or total + staged != sequenced or (staged and head["last"] != last):
+        raise LogCorrupt(
+            f"The entries past the tree head ({total:,}) do not run without a gap to the "
+            f"sequence's next index ({sequenced:,}): {staged:,} are stored.",
+            metadata={"first_bad_index": str(total)},
+        )
     checkpoints = []
     sm2_count = 0
     # The key of each range of checkpoints: ``verifier`` first, then each recorded change,
@@ -179,20 +213,18 @@ async def verify_log(
     frontier = Frontier(0, [])
     due = [c for c in checkpoints if c.size > 0]
     next_checkpoint = 0
-    last = -1
+    unsearchable: int | None = None
 
     async def chunk_after(index: int) -> list[asyncpg.Record]:
         return await pool.fetch(
-            "SELECT a.idx, a.leaf, a.at, a.node, a.caller, a.officer, a.action, a.dataset,"
-            " a.fields, a.purpose, a.case_id, a.subject_hmac, a.decision, a.reason, n.hash"
-            " FROM access_log a LEFT JOIN log_node n ON n.level = 0 AND n.idx = a.idx"
-            " WHERE a.idx > $1 ORDER BY a.idx LIMIT $2",
+            _CHUNK_SQL,
             index,
             _CHUNK,
+            total,
         )
 
     # Read the next chunk while checking this one: the database works while Python checks.
-    reading = asyncio.ensure_future(chunk_after(last))
+    reading = asyncio.ensure_future(chunk_after(-1))
     try:
         while True:
             rows = await reading
@@ -207,6 +239,8 @@ async def verify_log(
                 leaf = bytes(row["leaf"])
                 if not _leaf_matches_columns(row, leaf):
                     _name_mismatch(index, row, leaf)
+                if not row["searchable"] and unsearchable is None:
+                    unsearchable = index  # said last: the log's own findings come first
                 digest = leaf_hash(leaf)
                 if row["hash"] is None or bytes(row["hash"]) != digest:
                     raise _corrupt(index, "has a leaf whose hash differs from the stored tree")
@@ -243,6 +277,8 @@ async def verify_log(
                 f"Checkpoints {old.size} and {new.size} are not consistent: {e.message}.",
                 metadata={"checkpoint_size": str(new.size)},
             ) from None
+    if unsearchable is not None:
+        raise _corrupt(unsearchable, "has a search row that differs from it, or none")
     return VerifyReport(
         total,
         frontier.root(),

@@ -26,7 +26,7 @@ __all__ = ["Database", "MigrationReport", "connections_per_node", "migrate_datab
 _log = logging.getLogger(__name__)
 
 _CONNECT_TIMEOUT = 10.0
-_LOG_POOL_SIZE = 1  # the access-log writer
+_LOG_POOL_SIZE = 2  # the access-log writer: its pipelined batches (audit.log.PIPELINE)
 
 
 def connections_per_node(settings: Settings) -> int:

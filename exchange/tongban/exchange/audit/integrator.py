@@ -1,0 +1,271 @@
+"""Integrating sequenced entries into the Merkle tree: one integrator per exchange.
+
+The sequencer (``audit/log.py``) makes an entry durable in ``access_log`` with its index
+and nothing more. The integrator then takes the entries past the tree head, in index
+order, and in one transaction: locks the head (``log_state``), hashes their leaves,
+writes every newly completed perfect-subtree hash (``log_node``), copies their searchable
+columns into ``access_log_search`` (the auditors' indexes), and moves the head. The
+checkpointer signs what the head says.
+
+Every node (every worker) runs an ``Integrator``, and one of them leads: the one holding
+a PostgreSQL session advisory lock on a connection of its own, as the outbox relay's
+leader does. When that connection ends (the process died, the network split),
+PostgreSQL frees the lock and another node's integrator takes over from the head. Since
+every integration locks the head row and starts from the size it finds there, even two
+integrators at once (a leader that lost its lock without knowing) would only take turns,
+never write an entry twice; the lock decides who does the work, not whether it is right.
+
+``catch_up()`` brings the tree up to everything sequenced when it is called: the leader
+integrates at once; another process waits for the leader, or, when no process leads
+(``tongban audit verify`` on a stopped exchange), integrates under the lock itself.
+``Checkpointer.sign_now`` calls it, so an entry asked for on demand is in the tree.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+
+from tongban.exchange.audit.log import AuditUnavailable
+from tongban.exchange.audit.merkle import Frontier
+from tongban.exchange.db.guard import held_for_long
+
+__all__ = ["INTEGRATOR_LOCK", "Integrator", "integrate"]
+
+_log = logging.getLogger(__name__)
+
+#: The advisory lock key the leading integrator holds (the bytes of "tb-integ").
+INTEGRATOR_LOCK = int.from_bytes(b"tb-integ", "big", signed=True)
+
+_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_MAX_BATCH = 20_000
+"""Entries per integration transaction, at most."""
+_POLL = 0.1
+"""How often the leader looks for entries other processes sequenced (its own wake it)."""
+_LEAD_POLL = 0.25
+"""How often a process that does not lead tries the lock (PostgreSQL cannot tell it)."""
+_WAIT_POLL = 0.01
+_FIRST_BACKOFF = 0.1
+_MAX_BACKOFF = 5.0
+
+# The leaf hashes are computed and stored by PostgreSQL (RFC 6962: SHA-256(0x00 || leaf));
+# this process folds them into the interior nodes and the head.
+_READ = (
+    "SELECT idx, sha256('\\x00'::bytea || leaf) AS hash FROM access_log"
+    " WHERE idx >= $1 ORDER BY idx LIMIT $2"
+)
+_INTEGRATE = """
+    WITH leaves AS (
+        INSERT INTO log_node (level, idx, hash)
+        SELECT 0, idx, sha256('\\x00'::bytea || leaf) FROM access_log
+        WHERE idx >= $4 AND idx < $5
+    ), nodes AS (
+        INSERT INTO log_node (level, idx, hash)
+        SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])
+    ), search AS (
+        INSERT INTO access_log_search
+        SELECT idx, at, caller, officer, action, dataset, purpose, case_id, subject_hmac,
+               decision
+        FROM access_log WHERE idx >= $4 AND idx < $5
+    )
+    UPDATE log_state SET size = $5, root = $6, frontier = $7
+"""
+
+
+async def integrate(conn: PoolConnectionProxy[asyncpg.Record], limit: int = _MAX_BATCH) -> int:
+    """Fold up to ``limit`` entries past the tree head into the tree, in one transaction on
+    ``conn``; return how many. Stops before a missing index (which only SQL run outside
+    the sequencer can cause), logging it."""
+    async with conn.transaction():
+        head = await conn.fetchrow("SELECT size, frontier FROM log_state FOR UPDATE")
+        assert head is not None  # created by the migration
+        size = int(head["size"])
+        rows = await conn.fetch(_READ, size, limit)
+        if not rows:
+            return 0
+        frontier = Frontier(size, [bytes(h) for h in head["frontier"]])
+        levels: list[int] = []
+        indices: list[int] = []
+        hashes: list[bytes] = []
+        for row in rows:
+            if row["idx"] != frontier.size:
+                _log.error(
+                    "the access log has no entry %d but has %d: the tree stops before the "
+                    "gap; run tongban audit verify",
+                    frontier.size,
+                    row["idx"],
+                )
+                break
+            for (level, index), node in frontier.append(row["hash"])[1:]:  # above the leaf
+                levels.append(level)
+                indices.append(index)
+                hashes.append(node)
+        if frontier.size == size:
+            return 0
+        await conn.execute(
+            _INTEGRATE,
+            levels,
+            indices,
+            hashes,
+            size,
+            frontier.size,
+            frontier.root(),
+            frontier.roots,
+        )
+        return frontier.size - size
+
+
+class Integrator:
+    """Integrates while this process leads; ``start()`` before use, ``stop()`` after.
+
+    ``grown`` is set when this process sequenced entries (its ``AccessLog.grown``): the
+    leader integrates them at once; entries of other processes it finds every ``_POLL``
+    seconds. ``integrated`` is set after each integration by this process (the
+    checkpointer waits on it)."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        *,
+        grown: asyncio.Event | None = None,
+        timeout: float = 10.0,
+        on_integrated: Callable[[int], object] | None = None,
+    ) -> None:
+        self._pool = pool
+        self._grown = grown or asyncio.Event()
+        self._timeout = timeout
+        self._on_integrated = on_integrated
+        self._task: asyncio.Task[None] | None = None
+        self._conn: PoolConnectionProxy[asyncpg.Record] | None = None
+        self._turn = asyncio.Lock()  # the loop and catch_up take turns on the connection
+        self.integrated = asyncio.Event()
+        self.leading = False
+        self.entries = 0
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="log-integrator")
+
+    async def stop(self) -> None:
+        """Stop; a leader first integrates what is sequenced, so its checkpoint covers it."""
+        task, self._task = self._task, None
+        if task is None:
+            return
+        if self._conn is not None:
+            with contextlib.suppress(*_DB_ERRORS):
+                async with self._turn:
+                    await self._drain(self._conn)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def catch_up(self) -> int:
+        """Return the tree's size once it covers every entry sequenced before this call.
+        Raises AuditUnavailable if it does not within the timeout."""
+        deadline = time.monotonic() + self._timeout
+        try:
+            target = int(await self._pool.fetchval("SELECT next FROM log_sequence"))
+            while True:
+                conn = self._conn
+                if conn is not None:
+                    async with self._turn:
+                        size = await self._drain(conn)
+                else:
+                    size = int(await self._pool.fetchval("SELECT size FROM log_state"))
+                    if size < target:
+                        size = await self._integrate_if_no_leader()
+                if size >= target:
+                    return size
+                if time.monotonic() > deadline:
+                    break
+                await asyncio.sleep(_WAIT_POLL)
+        except _DB_ERRORS as e:
+            raise AuditUnavailable(
+                "The access log's tree cannot be brought up to date; retry later."
+            ) from e
+        raise AuditUnavailable(
+            f"The access log's tree did not reach entry {target - 1} within "
+            f"{self._timeout:g} s: no integrator is keeping up; retry later."
+        )
+
+    async def _integrate_if_no_leader(self) -> int:
+        """Integrate everything under the lock if no process holds it; return the size."""
+        async with self._pool.acquire() as conn:
+            if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", INTEGRATOR_LOCK):
+                return int(await conn.fetchval("SELECT size FROM log_state"))
+            try:
+                return await self._drain(conn)
+            finally:
+                await self._unlock(conn)
+
+    async def _drain(self, conn: PoolConnectionProxy[asyncpg.Record]) -> int:
+        """Integrate until nothing is left; return the tree's size."""
+        while await self._once(conn):
+            pass
+        return int(await conn.fetchval("SELECT size FROM log_state"))
+
+    async def _once(self, conn: PoolConnectionProxy[asyncpg.Record]) -> int:
+        count = await integrate(conn)
+        if count:
+            self.entries += count
+            if self._on_integrated is not None:
+                self._on_integrated(count)
+            self.integrated.set()
+        return count
+
+    async def _run(self) -> None:
+        backoff = _FIRST_BACKOFF
+        while True:
+            try:
+                async with self._leadership() as conn:
+                    backoff = _FIRST_BACKOFF
+                    await self._integrate_while_leading(conn)
+            except _DB_ERRORS as e:
+                _log.warning("the log integrator lost its database connection (%s); retrying", e)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _MAX_BACKOFF)
+
+    async def _integrate_while_leading(self, conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+        while True:
+            self._grown.clear()
+            async with self._turn:
+                count = await self._once(conn)
+            if count:
+                await asyncio.sleep(0)  # let the others run between full batches
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(_POLL):
+                    await self._grown.wait()
+
+    @contextlib.asynccontextmanager
+    async def _leadership(self) -> AsyncIterator[PoolConnectionProxy[asyncpg.Record]]:
+        """Yield a connection holding the integrator lock, waiting until this process
+        gets it."""
+        conn = await self._pool.acquire()
+        held_for_long(conn)
+        try:
+            while not await conn.fetchval("SELECT pg_try_advisory_lock($1)", INTEGRATOR_LOCK):  # noqa: ASYNC110
+                await asyncio.sleep(_LEAD_POLL)
+            self.leading = True
+            self._conn = conn
+            _log.info("this node now integrates the access log")
+            try:
+                yield conn
+            finally:
+                self.leading = False
+                self._conn = None
+                if not conn.is_closed():
+                    # Shielded: the lock must not outlive the integrator on a pooled connection.
+                    await asyncio.shield(self._unlock(conn))
+        finally:
+            await self._pool.release(conn)
+
+    @staticmethod
+    async def _unlock(conn: PoolConnectionProxy[asyncpg.Record]) -> None:
+        with contextlib.suppress(*_DB_ERRORS):
+            await conn.execute("SELECT pg_advisory_unlock($1)", INTEGRATOR_LOCK)
