@@ -589,3 +589,50 @@ class ListForwardedGrantsRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListForwardedGrantsRequest: _TypeAlias = ListForwardedGrantsRequest  # noqa: Y015
+
+@_typing.final
+class ForwardLicenceFetchRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    request: _builtins.str
+    """Compact JWS (typ tongban-forwarded-licence-fetch+jws) by the calling node's key."""
+    def __init__(
+        self,
+        *,
+        request: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardLicenceFetchRequest: _TypeAlias = ForwardLicenceFetchRequest  # noqa: Y015
+
+@_typing.final
+class ForwardLicenceFetchResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NUMBER_FIELD_NUMBER: _builtins.int
+    PRESENTATION_FIELD_NUMBER: _builtins.int
+    LOG_INDEX_FIELD_NUMBER: _builtins.int
+    number: _builtins.str
+    presentation: _builtins.str
+    """The SD-JWT presentation with only the claims our policy allowed."""
+    log_index: _builtins.int
+    """The index of our access-log entry for the fetch."""
+    def __init__(
+        self,
+        *,
+        number: _builtins.str = ...,
+        presentation: _builtins.str = ...,
+        log_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["log_index", b"log_index", "number", b"number", "presentation", b"presentation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardLicenceFetchResponse: _TypeAlias = ForwardLicenceFetchResponse  # noqa: Y015

@@ -86,6 +86,11 @@ class PeerServiceStub:
                 request_serializer=tongban_dot_v1_dot_federation__pb2.ListForwardedGrantsRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
                 _registered_method=True)
+        self.ForwardLicenceFetch = channel.unary_unary(
+                '/tongban.v1.PeerService/ForwardLicenceFetch',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -189,6 +194,17 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardLicenceFetch(self, request, context):
+        """A licence held here, fetched for an approval by a department of the calling
+        exchange, signed by its node (docs/federation.md, "The materials resolver and peers'
+        licences"): our policy decides for "<our name for the caller>/<department>" as for
+        our own approval services (no holder's code), and the fetch is in our log.
+        Refusals carry our log index in ErrorInfo metadata "log_index".
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +257,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.ListForwardedGrants,
                     request_deserializer=tongban_dot_v1_dot_federation__pb2.ListForwardedGrantsRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_grants__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'ForwardLicenceFetch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardLicenceFetch,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -513,6 +534,33 @@ class PeerService:
             '/tongban.v1.PeerService/ListForwardedGrants',
             tongban_dot_v1_dot_federation__pb2.ListForwardedGrantsRequest.SerializeToString,
             tongban_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardLicenceFetch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/ForwardLicenceFetch',
+            tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchRequest.SerializeToString,
+            tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchResponse.FromString,
             options,
             channel_credentials,
             insecure,

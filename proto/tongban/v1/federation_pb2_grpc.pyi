@@ -97,6 +97,13 @@ class PeerServiceStub:
     """
     ListForwardedGrants: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ListForwardedGrantsRequest, _grants_pb2.ListGrantsResponse]
     """The calling exchange's department's grants on one of our datasets."""
+    ForwardLicenceFetch: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ForwardLicenceFetchRequest, _federation_pb2.ForwardLicenceFetchResponse]
+    """A licence held here, fetched for an approval by a department of the calling
+    exchange, signed by its node (docs/federation.md, "The materials resolver and peers'
+    licences"): our policy decides for "<our name for the caller>/<department>" as for
+    our own approval services (no holder's code), and the fetch is in our log.
+    Refusals carry our log index in ErrorInfo metadata "log_index".
+    """
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -156,6 +163,13 @@ class PeerServiceAsyncStub(PeerServiceStub):
     """
     ListForwardedGrants: _aio.UnaryUnaryMultiCallable[_federation_pb2.ListForwardedGrantsRequest, _grants_pb2.ListGrantsResponse]  # type: ignore[assignment]
     """The calling exchange's department's grants on one of our datasets."""
+    ForwardLicenceFetch: _aio.UnaryUnaryMultiCallable[_federation_pb2.ForwardLicenceFetchRequest, _federation_pb2.ForwardLicenceFetchResponse]  # type: ignore[assignment]
+    """A licence held here, fetched for an approval by a department of the calling
+    exchange, signed by its node (docs/federation.md, "The materials resolver and peers'
+    licences"): our policy decides for "<our name for the caller>/<department>" as for
+    our own approval services (no holder's code), and the fetch is in our log.
+    Refusals carry our log index in ErrorInfo metadata "log_index".
+    """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -272,6 +286,19 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_grants_pb2.ListGrantsResponse, _abc.Awaitable[_grants_pb2.ListGrantsResponse]]:
         """The calling exchange's department's grants on one of our datasets."""
+
+    @_abc_1.abstractmethod
+    def ForwardLicenceFetch(
+        self,
+        request: _federation_pb2.ForwardLicenceFetchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_federation_pb2.ForwardLicenceFetchResponse, _abc.Awaitable[_federation_pb2.ForwardLicenceFetchResponse]]:
+        """A licence held here, fetched for an approval by a department of the calling
+        exchange, signed by its node (docs/federation.md, "The materials resolver and peers'
+        licences"): our policy decides for "<our name for the caller>/<department>" as for
+        our own approval services (no holder's code), and the fetch is in our log.
+        Refusals carry our log index in ErrorInfo metadata "log_index".
+        """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -170,6 +170,7 @@ class _HostilePeer(federation_pb2_grpc.PeerServiceServicer):
 
     def __init__(self, entries: Sequence[str]) -> None:
         self.entries = list(entries)
+        self.trust_list = "not.a.trust-list"
 
     async def Hello(self, request: object, context: object) -> federation_pb2.HelloResponse:
         return federation_pb2.HelloResponse(peer="whoever")
@@ -197,6 +198,11 @@ class _HostilePeer(federation_pb2_grpc.PeerServiceServicer):
     ) -> grants_pb2.ListGrantsResponse:
         return grants_pb2.ListGrantsResponse()
 
+    async def ForwardLicenceFetch(
+        self, request: object, context: object
+    ) -> federation_pb2.ForwardLicenceFetchResponse:
+        return federation_pb2.ForwardLicenceFetchResponse()
+
     async def GetRoutedLogEntry(
         self, request: object, context: object
     ) -> federation_pb2.RoutedLogEntry:
@@ -205,7 +211,7 @@ class _HostilePeer(federation_pb2_grpc.PeerServiceServicer):
     async def GetTrustList(
         self, request: object, context: object
     ) -> federation_pb2.GetTrustListResponse:
-        return federation_pb2.GetTrustListResponse(trust_list="not.a.trust-list")
+        return federation_pb2.GetTrustListResponse(trust_list=self.trust_list)
 
     async def GetLogEntry(self, request: object, context: object) -> audit_pb2.EntryWithProof:
         return audit_pb2.EntryWithProof()

@@ -232,7 +232,7 @@ class PeerLicences:
             except VerificationFailed as e:
                 unavailable = unavailable or e
                 continue
-            result = await self._verify_with(peer, trust_list, text)
+            result = await self.verify_with(peer, trust_list, text)
             if result.reason not in _NOT_THIS_EXCHANGE:
                 return result
         if unavailable is not None:
@@ -246,9 +246,7 @@ class PeerLicences:
             )
         return local
 
-    async def _verify_with(
-        self, peer: Peer, trust_list: TrustList, text: str
-    ) -> VerificationResult:
+    async def verify_with(self, peer: Peer, trust_list: TrustList, text: str) -> VerificationResult:
         roots = [peer_ca(peer)]
         now = self._clock.now()
         # First without status: nothing is fetched for a licence whose signature, issuer,

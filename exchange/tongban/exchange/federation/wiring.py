@@ -11,6 +11,7 @@ from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.federation.forwarding import Forwarding
 from tongban.exchange.federation.grants import GrantForwarding
+from tongban.exchange.federation.licence_fetch import LicenceFetchForwarding
 from tongban.exchange.federation.licences import PeerLicences
 from tongban.exchange.federation.links import PeerLinks
 from tongban.exchange.federation.offer import CatalogueOffer
@@ -104,6 +105,12 @@ class FederationParts:
         self.licences = PeerLicences(
             trust=self.trust, links=self.links, registry=BUILTIN_REGISTRY, clock=clock,
             cache_dir=settings.data_dir / "peers" / "trust-lists",
+        )  # fmt: skip
+        self.licence_fetch = LicenceFetchForwarding(
+            trust=self.trust, links=self.links, licences=self.licences, access_log=access_log,
+            hasher=hasher, signing=signing, node_name=settings.node_name, clock=clock,
+            request_seconds=settings.peer_request_seconds, first_use=self.forwarding.first_use,
+            offer=self.offer, registry=BUILTIN_REGISTRY,
         )  # fmt: skip
         # Peers as witnesses, both ways (docs/federation.md, "Peers as witnesses").
         self.witness = PeerWitness(

@@ -77,6 +77,27 @@ class ApprovalFetch:
         licence_type: str = "",
         authorisation: str = "",
     ) -> tuple[LicenceView, str]:
+        """``fetch_as`` for a department of ours."""
+        return await self.fetch_as(
+            caller.department.code, caller.officer_id, purpose=purpose, case_id=case_id,
+            disclose=disclose, number=number, holder_id=holder_id, licence_type=licence_type,
+            authorisation=authorisation,
+        )  # fmt: skip
+
+    async def fetch_as(
+        self,
+        who: str,
+        officer: str | None,
+        *,
+        purpose: str,
+        case_id: str,
+        disclose: Sequence[str],
+        number: str = "",
+        holder_id: str = "",
+        licence_type: str = "",
+        authorisation: str = "",
+        on_logged: Callable[[range], object] | None = None,
+    ) -> tuple[LicenceView, str]:
         """Fetch a licence for an approval (免提交), by number or by holder and type;
         return the licence and a presentation of its SD-JWT holding only the disclosures
         asked for. The fetch (or its denial) is logged with the claims disclosed.
@@ -85,14 +106,16 @@ class ApprovalFetch:
         (``<issuer>.licence_<type>``): purpose and case are required, and disclosing a
         personal claim needs the caller's grant on that dataset for this purpose, or the
         holder's one-time ``authorisation`` for this department, purpose and case
-        (docs/personal-data.md).
+        (docs/personal-data.md). ``who`` is the caller as the policy and the log name it:
+        a department of ours, or a peer's (``county-a/approval``, docs/federation.md);
+        ``on_logged`` is told the log indices of the fetch's entries, allowed or not.
 
         Raises QueryDenied (PURPOSE_REQUIRED, CASE_REQUIRED, INVALID_ARGUMENT,
         PERSONAL_GRANT_REQUIRED, FIELD_NOT_GRANTED, GRANT_EXPIRED), AuthorisationInvalid,
         InvalidArgument, LicenceNumberInvalid, LicenceTypeUnknown, LicenceNotFound,
         ClaimInvalid (a claim the licence does not hold)."""
         now = self._clock.now()
-        me = caller.department.code
+        me = who
         view: LicenceView | None
         if number:
             view = await self._register.load(normal_number(number))
@@ -124,10 +147,12 @@ class ApprovalFetch:
         decision = await self._decide(intent, entry, now)
 
         async def log(denied: str | None, grounds: str | None = None) -> None:
-            await self._register.audit(
-                caller, "licence-fetch", dataset=dataset, holders=[subject], now=now,
+            indices = await self._register.audit_as(
+                who, officer, "licence-fetch", dataset=dataset, holders=[subject], now=now,
                 purpose=purpose, case_id=case_id, fields=disclose, denied=denied, grounds=grounds,
             )  # fmt: skip
+            if on_logged is not None:
+                on_logged(indices)
 
         if isinstance(decision, Denied) and decision.reason == "DATASET_NOT_FOUND":
             await log("LICENCE_NOT_FOUND")
@@ -156,10 +181,11 @@ class ApprovalFetch:
                 )  # fmt: skip
                 if spent is not None:
                     tx.record(
-                        self._register.entries(caller, "licence-fetch", dataset=dataset,
-                                               holders=[subject], now=now, purpose=purpose,
-                                               case_id=case_id, fields=disclose,
-                                               grounds=f"authorisation:{spent.id}")
+                        self._register.entries_as(who, officer, "licence-fetch",
+                                                  dataset=dataset, holders=[subject], now=now,
+                                                  purpose=purpose, case_id=case_id,
+                                                  fields=disclose,
+                                                  grounds=f"authorisation:{spent.id}")
                     )  # fmt: skip
             if spent is None:
                 await log(AuthorisationInvalid.reason)

@@ -13,13 +13,15 @@ material the caller may not see (no grant) is "submit", with the denial's reason
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from tongban.errors import TongbanError
 from tongban.exchange.audit.log import AuditUnavailable
 from tongban.exchange.identity import Caller
 from tongban.exchange.licensing.cases import normal_applicant
+from tongban.exchange.licensing.errors import LicenceNotFound
 from tongban.exchange.licensing.fetch import ApprovalFetch
 from tongban.exchange.licensing.items import (
     DataSource,
@@ -68,6 +70,22 @@ def _submit(material: Material, reason: str, why: str) -> MaterialResolution:
     )
 
 
+class HeldElsewhere(Protocol):
+    """A licence fetched from a peer exchange (``federation.licence_fetch``)."""
+
+    @property
+    def peer(self) -> str: ...
+    @property
+    def number(self) -> str: ...
+    @property
+    def claims(self) -> Mapping[str, object]: ...
+
+
+PeerLicenceFetch = Callable[..., Awaitable[HeldElsewhere]]
+"""``fetch(caller, *, purpose, case_id, disclose, holder_id, licence_type)`` from the
+peers (``LicenceFetchForwarding.fetch``); raises LicenceNotFound when none holds one."""
+
+
 async def resolve_materials(
     caller: Caller,
     item: ServiceItem,
@@ -76,11 +94,14 @@ async def resolve_materials(
     *,
     licences: ApprovalFetch,
     sharing: Sharing,
+    peers: PeerLicenceFetch | None = None,
 ) -> list[MaterialResolution]:
     """Resolve every material of ``item`` for ``applicant`` (a 统一社会信用代码 or a
     公民身份号码: 设立登记 is applied for by the founder) in case ``case_id``,
-    as ``caller``, in the item's order. Raises InvalidSubjectId for a malformed applicant
-    id; every other failure is a material to submit, with its reason."""
+    as ``caller``, in the item's order. A licence the applicant holds in no licence here
+    is asked of the ``peers`` (docs/federation.md). Raises InvalidSubjectId for a
+    malformed applicant id; every other failure is a material to submit, with its
+    reason."""
     applicant = normal_applicant(applicant)
     purpose = item.spec.purpose
     obtained: dict[str, Mapping[str, object]] = {}
@@ -98,14 +119,33 @@ async def resolve_materials(
                 )
                 continue
             if isinstance(source, LicenceSource):
-                view, _presentation = await licences.fetch(
-                    caller,
-                    purpose=purpose,
-                    case_id=case_id,
-                    disclose=source.disclose,
-                    holder_id=applicant,
-                    licence_type=source.licence_type,
-                )
+                try:
+                    view, _presentation = await licences.fetch(
+                        caller,
+                        purpose=purpose,
+                        case_id=case_id,
+                        disclose=source.disclose,
+                        holder_id=applicant,
+                        licence_type=source.licence_type,
+                    )
+                except LicenceNotFound:
+                    if peers is None:
+                        raise
+                    held = await peers(
+                        caller, purpose=purpose, case_id=case_id, disclose=source.disclose,
+                        holder_id=applicant, licence_type=source.licence_type,
+                    )  # fmt: skip
+                    obtained[material.code] = held.claims
+                    out.append(
+                        MaterialResolution(
+                            material.code, material.name, material.required, True, "licence",
+                            f"{held.peer}/{held.number}", "",
+                            f"electronic licence {held.number} (valid) held in peer exchange "
+                            f"{held.peer}, fetched for this case",
+                            held.claims,
+                        )
+                    )  # fmt: skip
+                    continue
                 obtained[material.code] = view.claims
                 out.append(
                     MaterialResolution(

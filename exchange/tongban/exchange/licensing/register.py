@@ -165,18 +165,33 @@ class LicenceRegister:
         fields: Sequence[str] = (),
         denied: str | None = None,
         grounds: str | None = None,
-    ) -> None:
+    ) -> range:
         """Append the entries of a read or a refusal, which changes nothing (a change records
-        its entries in its own transaction: ``entries`` and ``AccessLog.transaction``)."""
-        await self._log.append(
-            self.entries(caller, action, dataset=dataset, holders=holders, now=now,
-                         purpose=purpose, case_id=case_id, fields=fields, denied=denied,
-                         grounds=grounds)
+        its entries in its own transaction: ``entries`` and ``AccessLog.transaction``);
+        return their log indices."""
+        return await self._log.append(
+            self.entries_as(caller.department.code, caller.officer_id, action, dataset=dataset,
+                            holders=holders, now=now, purpose=purpose, case_id=case_id,
+                            fields=fields, denied=denied, grounds=grounds)
         )  # fmt: skip
+
+    async def audit_as(self, who: str, officer: str | None, action: str, **details: Any) -> range:
+        """``audit`` for a caller named ``who`` (a peer's department, ``county-a/approval``)."""
+        return await self._log.append(self.entries_as(who, officer, action, **details))
 
     def entries(
         self,
         caller: Caller,
+        action: str,
+        **details: Any,
+    ) -> list[AccessEntry]:
+        """The entries of ``caller``'s ``action`` (see ``entries_as``)."""
+        return self.entries_as(caller.department.code, caller.officer_id, action, **details)
+
+    def entries_as(
+        self,
+        who: str,
+        officer: str | None,
         action: str,
         *,
         dataset: str | None,
@@ -188,14 +203,15 @@ class LicenceRegister:
         denied: str | None = None,
         grounds: str | None = None,
     ) -> list[AccessEntry]:
-        """The entries of ``caller``'s ``action``: one per holder (a missing or empty one
-        is an entry without a subject), or one without a subject if there are none;
+        """The entries of ``who``'s ``action`` (a department of ours, or a peer's as
+        ``county-a/approval``): one per holder (a missing or empty one is an entry
+        without a subject), or one without a subject if there are none;
         ``denied`` is the refusal's reason, ``grounds`` what allowed it."""
         return [
             self._recorder.entry(
                 at=now,
-                department=caller.department.code,
-                officer=caller.officer_id,
+                department=who,
+                officer=officer,
                 action=action,
                 dataset=dataset,
                 fields=fields,

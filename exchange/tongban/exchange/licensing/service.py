@@ -30,6 +30,7 @@ from tongban.exchange.licensing.custody import SealVault
 from tongban.exchange.licensing.feed import LicenceFeed
 from tongban.exchange.licensing.fetch import ApprovalFetch, Decide
 from tongban.exchange.licensing.issuance import Issuance
+from tongban.exchange.licensing.materials import PeerLicenceFetch
 from tongban.exchange.licensing.register import LicenceRegister
 from tongban.exchange.licensing.sm2_seals import Sm2Seals
 from tongban.exchange.licensing.status import StatusLists
@@ -69,6 +70,9 @@ class Licensing:
         ``published_intermediates``, ``sm2_seals`` and ``sm2_roots``: see ``LicenceTrust``
         (and ``sm2_seals`` for ``Issuance``)."""
         self.sm2_seals = sm2_seals
+        self.peer_licences: PeerLicenceFetch | None = None
+        """Fetches a licence held in a peer exchange for the materials resolver (set by
+        the node when federation is on; docs/federation.md)."""
         self.peer_roots: Callable[[], Sequence[tuple[str, x509.Certificate]]] | None = None
         """Each active peer exchange's name and root CA, to check PDF seals our roots do
         not vouch for (set by the node when federation is on; docs/federation.md)."""

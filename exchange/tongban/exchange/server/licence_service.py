@@ -343,6 +343,7 @@ class LicenceService(licence_pb2_grpc.LicenceServiceServicer):
             request.case_id,
             licences=self._licensing.approval_fetch,
             sharing=self._sharing,
+            peers=self._licensing.peer_licences,
         )
         if self._cases_pool is not None:
             # The last resolution before the decision counts (docs/supervision.md); a case

@@ -19,6 +19,7 @@ from tongban.exchange.audit.store import MAX_INDEX, AuditStore
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.federation.forwarding import Forwarding
 from tongban.exchange.federation.grants import GrantForwarding
+from tongban.exchange.federation.licence_fetch import LicenceFetchForwarding
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
 from tongban.exchange.federation.sync import CatalogueSync
@@ -43,8 +44,9 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         self, node_name: str, trust: PeerTrust, offer: CatalogueOffer, sync: CatalogueSync,
         clock: Clock, forwarding: Forwarding, trust_list: Callable[[], Awaitable[TrustList]],
         log_store: AuditStore, checkpoints: Checkpointer, witness: PeerWitness,
-        grants: GrantForwarding,
+        grants: GrantForwarding, licence_fetch: LicenceFetchForwarding,
     ) -> None:  # fmt: skip
+        self._licence_fetch = licence_fetch
         self._grants = grants
         self._witness = witness
         self._trust = trust
@@ -167,6 +169,11 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         )
         now = self._clock.now()
         return grants_pb2.ListGrantsResponse(grants=[grant_message(g, now) for g in grants])
+
+    async def ForwardLicenceFetch(
+        self, request: federation_pb2.ForwardLicenceFetchRequest, context: Context
+    ) -> federation_pb2.ForwardLicenceFetchResponse:
+        return await self._licence_fetch.answer(current_peer(), request.request)
 
 
 class FederationService(federation_pb2_grpc.FederationServiceServicer):
