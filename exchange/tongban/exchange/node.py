@@ -494,10 +494,14 @@ class Node:
         assert self._hasher is not None
         assert self._events is not None
         assert self._feed is not None
-        events_pb2_grpc.add_SubscriptionServiceServicer_to_server(
-            SubscriptionService(self.sharing, self._events, self._feed, self.clock),
-            server,
+        subscriptions = SubscriptionService(
+            self.sharing,
+            self._events,
+            self._feed,
+            self.clock,
+            self.federation.subscriptions if self.federation is not None else None,
         )
+        events_pb2_grpc.add_SubscriptionServiceServicer_to_server(subscriptions, server)
         audit_pb2_grpc.add_AuditServiceServicer_to_server(
             AuditService(
                 AuditStore(self.db.pool),
@@ -624,6 +628,8 @@ class Node:
                 self.federation.witness,
                 self.federation.grants,
                 self.federation.licence_fetch,
+                self.federation.subscriptions,
+                subscriptions,
             ),
             server,
         )

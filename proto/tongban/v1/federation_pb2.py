@@ -25,67 +25,72 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from tongban.v1 import audit_pb2 as tongban_dot_v1_dot_audit__pb2
 from tongban.v1 import catalogue_pb2 as tongban_dot_v1_dot_catalogue__pb2
+from tongban.v1 import events_pb2 as tongban_dot_v1_dot_events__pb2
 from tongban.v1 import grants_pb2 as tongban_dot_v1_dot_grants__pb2
 from tongban.v1 import values_pb2 as tongban_dot_v1_dot_values__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btongban/v1/federation.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16tongban/v1/audit.proto\x1a\x1atongban/v1/catalogue.proto\x1a\x17tongban/v1/grants.proto\x1a\x17tongban/v1/values.proto\"\x0e\n\x0cHelloRequest\"n\n\rHelloResponse\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListEntriesRequest\"V\n\x13ListEntriesResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\t\x12.\n\noffered_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x19\n\x17\x43\x61talogueChangedRequest\"\x1a\n\x18\x43\x61talogueChangedResponse\"F\n\x14SetFederationRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tfederated\x18\x02 \x01(\x08\x12\r\n\x05peers\x18\x03 \x03(\t\"<\n\nFederation\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tfederated\x18\x02 \x01(\x08\x12\r\n\x05peers\x18\x03 \x03(\t\")\n\x19ListRemoteDatasetsRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"\xcd\x01\n\rRemoteDataset\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x12\n\npeer_level\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\r\x12%\n\x04spec\x18\x06 \x01(\x0b\x32\x17.tongban.v1.DatasetSpec\x12/\n\x0breceived_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0csigned_entry\x18\x08 \x01(\t\"I\n\x1aListRemoteDatasetsResponse\x12+\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x19.tongban.v1.RemoteDataset\"\x15\n\x13GetTrustListRequest\"*\n\x14GetTrustListResponse\x12\x12\n\ntrust_list\x18\x01 \x01(\t\"#\n\x12GetLogEntryRequest\x12\r\n\x05index\x18\x01 \x01(\x04\"I\n\x18GetRoutedLogEntryRequest\x12\r\n\x05route\x18\x01 \x03(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0f\n\x07\x63\x61se_id\x18\x03 \x01(\t\"^\n\x0eRoutedLogEntry\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1a.tongban.v1.EntryWithProof\x12\x0f\n\x07log_key\x18\x02 \x01(\t\x12\x10\n\x08\x65xchange\x18\x03 \x01(\t\"$\n\x14\x41\x64\x64\x43heckpointRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"-\n\x15\x41\x64\x64\x43heckpointResponse\x12\x14\n\x0c\x63osignatures\x18\x01 \x01(\t\"&\n\x13\x46orwardQueryRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\"\x96\x02\n\x14\x46orwardQueryResponse\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x02 \x01(\r\x12#\n\x07records\x18\x03 \x03(\x0b\x32\x12.tongban.v1.Record\x12\x14\n\x0cmissing_keys\x18\x04 \x03(\t\x12/\n\x0b\x61nswered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tlog_index\x18\x06 \x01(\x04\x12\x13\n\x0blog_entries\x18\x07 \x01(\r\x12\x16\n\x0esigned_payload\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\t\x12\x15\n\rsignature_sm2\x18\n \x01(\t\"-\n\x1a\x46orwardGrantRequestRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\"j\n\x1aListForwardedGrantsRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.tongban.v1.GrantStatus\"-\n\x1a\x46orwardLicenceFetchRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\"V\n\x1b\x46orwardLicenceFetchResponse\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x14\n\x0cpresentation\x18\x02 \x01(\t\x12\x11\n\tlog_index\x18\x03 \x01(\x04\x32\xb1\x07\n\x0bPeerService\x12<\n\x05Hello\x12\x18.tongban.v1.HelloRequest\x1a\x19.tongban.v1.HelloResponse\x12N\n\x0bListEntries\x12\x1e.tongban.v1.ListEntriesRequest\x1a\x1f.tongban.v1.ListEntriesResponse\x12]\n\x10\x43\x61talogueChanged\x12#.tongban.v1.CatalogueChangedRequest\x1a$.tongban.v1.CatalogueChangedResponse\x12Q\n\x0c\x46orwardQuery\x12\x1f.tongban.v1.ForwardQueryRequest\x1a .tongban.v1.ForwardQueryResponse\x12Q\n\x0cGetTrustList\x12\x1f.tongban.v1.GetTrustListRequest\x1a .tongban.v1.GetTrustListResponse\x12I\n\x0bGetLogEntry\x12\x1e.tongban.v1.GetLogEntryRequest\x1a\x1a.tongban.v1.EntryWithProof\x12U\n\x11GetRoutedLogEntry\x12$.tongban.v1.GetRoutedLogEntryRequest\x1a\x1a.tongban.v1.RoutedLogEntry\x12T\n\rAddCheckpoint\x12 .tongban.v1.AddCheckpointRequest\x1a!.tongban.v1.AddCheckpointResponse\x12P\n\x13\x46orwardGrantRequest\x12&.tongban.v1.ForwardGrantRequestRequest\x1a\x11.tongban.v1.Grant\x12]\n\x13ListForwardedGrants\x12&.tongban.v1.ListForwardedGrantsRequest\x1a\x1e.tongban.v1.ListGrantsResponse\x12\x66\n\x13\x46orwardLicenceFetch\x12&.tongban.v1.ForwardLicenceFetchRequest\x1a\'.tongban.v1.ForwardLicenceFetchResponse2\xc3\x01\n\x11\x46\x65\x64\x65rationService\x12I\n\rSetFederation\x12 .tongban.v1.SetFederationRequest\x1a\x16.tongban.v1.Federation\x12\x63\n\x12ListRemoteDatasets\x12%.tongban.v1.ListRemoteDatasetsRequest\x1a&.tongban.v1.ListRemoteDatasetsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1btongban/v1/federation.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16tongban/v1/audit.proto\x1a\x1atongban/v1/catalogue.proto\x1a\x17tongban/v1/events.proto\x1a\x17tongban/v1/grants.proto\x1a\x17tongban/v1/values.proto\"\x0e\n\x0cHelloRequest\"n\n\rHelloResponse\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\x10\n\x08\x65xchange\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x14\n\x12ListEntriesRequest\"V\n\x13ListEntriesResponse\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\t\x12.\n\noffered_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x19\n\x17\x43\x61talogueChangedRequest\"\x1a\n\x18\x43\x61talogueChangedResponse\"F\n\x14SetFederationRequest\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tfederated\x18\x02 \x01(\x08\x12\r\n\x05peers\x18\x03 \x03(\t\"<\n\nFederation\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x11\n\tfederated\x18\x02 \x01(\x08\x12\r\n\x05peers\x18\x03 \x03(\t\")\n\x19ListRemoteDatasetsRequest\x12\x0c\n\x04peer\x18\x01 \x01(\t\"\xcd\x01\n\rRemoteDataset\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04peer\x18\x02 \x01(\t\x12\x12\n\npeer_level\x18\x03 \x01(\t\x12\r\n\x05owner\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\r\x12%\n\x04spec\x18\x06 \x01(\x0b\x32\x17.tongban.v1.DatasetSpec\x12/\n\x0breceived_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0csigned_entry\x18\x08 \x01(\t\"I\n\x1aListRemoteDatasetsResponse\x12+\n\x08\x64\x61tasets\x18\x01 \x03(\x0b\x32\x19.tongban.v1.RemoteDataset\"\x15\n\x13GetTrustListRequest\"*\n\x14GetTrustListResponse\x12\x12\n\ntrust_list\x18\x01 \x01(\t\"#\n\x12GetLogEntryRequest\x12\r\n\x05index\x18\x01 \x01(\x04\"I\n\x18GetRoutedLogEntryRequest\x12\r\n\x05route\x18\x01 \x03(\t\x12\r\n\x05index\x18\x02 \x01(\x04\x12\x0f\n\x07\x63\x61se_id\x18\x03 \x01(\t\"^\n\x0eRoutedLogEntry\x12)\n\x05\x65ntry\x18\x01 \x01(\x0b\x32\x1a.tongban.v1.EntryWithProof\x12\x0f\n\x07log_key\x18\x02 \x01(\t\x12\x10\n\x08\x65xchange\x18\x03 \x01(\t\"$\n\x14\x41\x64\x64\x43heckpointRequest\x12\x0c\n\x04\x62ody\x18\x01 \x01(\x0c\"-\n\x15\x41\x64\x64\x43heckpointResponse\x12\x14\n\x0c\x63osignatures\x18\x01 \x01(\t\"&\n\x13\x46orwardQueryRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\"\x96\x02\n\x14\x46orwardQueryResponse\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x17\n\x0f\x64\x61taset_version\x18\x02 \x01(\r\x12#\n\x07records\x18\x03 \x03(\x0b\x32\x12.tongban.v1.Record\x12\x14\n\x0cmissing_keys\x18\x04 \x03(\t\x12/\n\x0b\x61nswered_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tlog_index\x18\x06 \x01(\x04\x12\x13\n\x0blog_entries\x18\x07 \x01(\r\x12\x16\n\x0esigned_payload\x18\x08 \x01(\x0c\x12\x11\n\tsignature\x18\t \x01(\t\x12\x15\n\rsignature_sm2\x18\n \x01(\t\"-\n\x1a\x46orwardGrantRequestRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\"j\n\x1aListForwardedGrantsRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x0f\n\x07\x64\x61taset\x18\x02 \x01(\t\x12\'\n\x06status\x18\x03 \x01(\x0e\x32\x17.tongban.v1.GrantStatus\"-\n\x1a\x46orwardLicenceFetchRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\"V\n\x1b\x46orwardLicenceFetchResponse\x12\x0e\n\x06number\x18\x01 \x01(\t\x12\x14\n\x0cpresentation\x18\x02 \x01(\t\x12\x11\n\tlog_index\x18\x03 \x01(\x04\"*\n\x17\x46orwardSubscribeRequest\x12\x0f\n\x07request\x18\x01 \x01(\t\"Z\n\x19\x46orwardAcknowledgeRequest\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x17\n\x0fsubscription_id\x18\x02 \x01(\t\x12\x10\n\x08position\x18\x03 \x01(\x03\x32\xe2\x08\n\x0bPeerService\x12<\n\x05Hello\x12\x18.tongban.v1.HelloRequest\x1a\x19.tongban.v1.HelloResponse\x12N\n\x0bListEntries\x12\x1e.tongban.v1.ListEntriesRequest\x1a\x1f.tongban.v1.ListEntriesResponse\x12]\n\x10\x43\x61talogueChanged\x12#.tongban.v1.CatalogueChangedRequest\x1a$.tongban.v1.CatalogueChangedResponse\x12Q\n\x0c\x46orwardQuery\x12\x1f.tongban.v1.ForwardQueryRequest\x1a .tongban.v1.ForwardQueryResponse\x12Q\n\x0cGetTrustList\x12\x1f.tongban.v1.GetTrustListRequest\x1a .tongban.v1.GetTrustListResponse\x12I\n\x0bGetLogEntry\x12\x1e.tongban.v1.GetLogEntryRequest\x1a\x1a.tongban.v1.EntryWithProof\x12U\n\x11GetRoutedLogEntry\x12$.tongban.v1.GetRoutedLogEntryRequest\x1a\x1a.tongban.v1.RoutedLogEntry\x12T\n\rAddCheckpoint\x12 .tongban.v1.AddCheckpointRequest\x1a!.tongban.v1.AddCheckpointResponse\x12P\n\x13\x46orwardGrantRequest\x12&.tongban.v1.ForwardGrantRequestRequest\x1a\x11.tongban.v1.Grant\x12]\n\x13ListForwardedGrants\x12&.tongban.v1.ListForwardedGrantsRequest\x1a\x1e.tongban.v1.ListGrantsResponse\x12\x66\n\x13\x46orwardLicenceFetch\x12&.tongban.v1.ForwardLicenceFetchRequest\x1a\'.tongban.v1.ForwardLicenceFetchResponse\x12Q\n\x10\x46orwardSubscribe\x12#.tongban.v1.ForwardSubscribeRequest\x1a\x16.tongban.v1.EventBatch0\x01\x12\\\n\x12\x46orwardAcknowledge\x12%.tongban.v1.ForwardAcknowledgeRequest\x1a\x1f.tongban.v1.AcknowledgeResponse2\xc3\x01\n\x11\x46\x65\x64\x65rationService\x12I\n\rSetFederation\x12 .tongban.v1.SetFederationRequest\x1a\x16.tongban.v1.Federation\x12\x63\n\x12ListRemoteDatasets\x12%.tongban.v1.ListRemoteDatasetsRequest\x1a&.tongban.v1.ListRemoteDatasetsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.federation_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_HELLOREQUEST']._serialized_start=178
-  _globals['_HELLOREQUEST']._serialized_end=192
-  _globals['_HELLORESPONSE']._serialized_start=194
-  _globals['_HELLORESPONSE']._serialized_end=304
-  _globals['_LISTENTRIESREQUEST']._serialized_start=306
-  _globals['_LISTENTRIESREQUEST']._serialized_end=326
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=328
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=414
-  _globals['_CATALOGUECHANGEDREQUEST']._serialized_start=416
-  _globals['_CATALOGUECHANGEDREQUEST']._serialized_end=441
-  _globals['_CATALOGUECHANGEDRESPONSE']._serialized_start=443
-  _globals['_CATALOGUECHANGEDRESPONSE']._serialized_end=469
-  _globals['_SETFEDERATIONREQUEST']._serialized_start=471
-  _globals['_SETFEDERATIONREQUEST']._serialized_end=541
-  _globals['_FEDERATION']._serialized_start=543
-  _globals['_FEDERATION']._serialized_end=603
-  _globals['_LISTREMOTEDATASETSREQUEST']._serialized_start=605
-  _globals['_LISTREMOTEDATASETSREQUEST']._serialized_end=646
-  _globals['_REMOTEDATASET']._serialized_start=649
-  _globals['_REMOTEDATASET']._serialized_end=854
-  _globals['_LISTREMOTEDATASETSRESPONSE']._serialized_start=856
-  _globals['_LISTREMOTEDATASETSRESPONSE']._serialized_end=929
-  _globals['_GETTRUSTLISTREQUEST']._serialized_start=931
-  _globals['_GETTRUSTLISTREQUEST']._serialized_end=952
-  _globals['_GETTRUSTLISTRESPONSE']._serialized_start=954
-  _globals['_GETTRUSTLISTRESPONSE']._serialized_end=996
-  _globals['_GETLOGENTRYREQUEST']._serialized_start=998
-  _globals['_GETLOGENTRYREQUEST']._serialized_end=1033
-  _globals['_GETROUTEDLOGENTRYREQUEST']._serialized_start=1035
-  _globals['_GETROUTEDLOGENTRYREQUEST']._serialized_end=1108
-  _globals['_ROUTEDLOGENTRY']._serialized_start=1110
-  _globals['_ROUTEDLOGENTRY']._serialized_end=1204
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=1206
-  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=1242
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=1244
-  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=1289
-  _globals['_FORWARDQUERYREQUEST']._serialized_start=1291
-  _globals['_FORWARDQUERYREQUEST']._serialized_end=1329
-  _globals['_FORWARDQUERYRESPONSE']._serialized_start=1332
-  _globals['_FORWARDQUERYRESPONSE']._serialized_end=1610
-  _globals['_FORWARDGRANTREQUESTREQUEST']._serialized_start=1612
-  _globals['_FORWARDGRANTREQUESTREQUEST']._serialized_end=1657
-  _globals['_LISTFORWARDEDGRANTSREQUEST']._serialized_start=1659
-  _globals['_LISTFORWARDEDGRANTSREQUEST']._serialized_end=1765
-  _globals['_FORWARDLICENCEFETCHREQUEST']._serialized_start=1767
-  _globals['_FORWARDLICENCEFETCHREQUEST']._serialized_end=1812
-  _globals['_FORWARDLICENCEFETCHRESPONSE']._serialized_start=1814
-  _globals['_FORWARDLICENCEFETCHRESPONSE']._serialized_end=1900
-  _globals['_PEERSERVICE']._serialized_start=1903
-  _globals['_PEERSERVICE']._serialized_end=2848
-  _globals['_FEDERATIONSERVICE']._serialized_start=2851
-  _globals['_FEDERATIONSERVICE']._serialized_end=3046
+  _globals['_HELLOREQUEST']._serialized_start=203
+  _globals['_HELLOREQUEST']._serialized_end=217
+  _globals['_HELLORESPONSE']._serialized_start=219
+  _globals['_HELLORESPONSE']._serialized_end=329
+  _globals['_LISTENTRIESREQUEST']._serialized_start=331
+  _globals['_LISTENTRIESREQUEST']._serialized_end=351
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=353
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=439
+  _globals['_CATALOGUECHANGEDREQUEST']._serialized_start=441
+  _globals['_CATALOGUECHANGEDREQUEST']._serialized_end=466
+  _globals['_CATALOGUECHANGEDRESPONSE']._serialized_start=468
+  _globals['_CATALOGUECHANGEDRESPONSE']._serialized_end=494
+  _globals['_SETFEDERATIONREQUEST']._serialized_start=496
+  _globals['_SETFEDERATIONREQUEST']._serialized_end=566
+  _globals['_FEDERATION']._serialized_start=568
+  _globals['_FEDERATION']._serialized_end=628
+  _globals['_LISTREMOTEDATASETSREQUEST']._serialized_start=630
+  _globals['_LISTREMOTEDATASETSREQUEST']._serialized_end=671
+  _globals['_REMOTEDATASET']._serialized_start=674
+  _globals['_REMOTEDATASET']._serialized_end=879
+  _globals['_LISTREMOTEDATASETSRESPONSE']._serialized_start=881
+  _globals['_LISTREMOTEDATASETSRESPONSE']._serialized_end=954
+  _globals['_GETTRUSTLISTREQUEST']._serialized_start=956
+  _globals['_GETTRUSTLISTREQUEST']._serialized_end=977
+  _globals['_GETTRUSTLISTRESPONSE']._serialized_start=979
+  _globals['_GETTRUSTLISTRESPONSE']._serialized_end=1021
+  _globals['_GETLOGENTRYREQUEST']._serialized_start=1023
+  _globals['_GETLOGENTRYREQUEST']._serialized_end=1058
+  _globals['_GETROUTEDLOGENTRYREQUEST']._serialized_start=1060
+  _globals['_GETROUTEDLOGENTRYREQUEST']._serialized_end=1133
+  _globals['_ROUTEDLOGENTRY']._serialized_start=1135
+  _globals['_ROUTEDLOGENTRY']._serialized_end=1229
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_start=1231
+  _globals['_ADDCHECKPOINTREQUEST']._serialized_end=1267
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_start=1269
+  _globals['_ADDCHECKPOINTRESPONSE']._serialized_end=1314
+  _globals['_FORWARDQUERYREQUEST']._serialized_start=1316
+  _globals['_FORWARDQUERYREQUEST']._serialized_end=1354
+  _globals['_FORWARDQUERYRESPONSE']._serialized_start=1357
+  _globals['_FORWARDQUERYRESPONSE']._serialized_end=1635
+  _globals['_FORWARDGRANTREQUESTREQUEST']._serialized_start=1637
+  _globals['_FORWARDGRANTREQUESTREQUEST']._serialized_end=1682
+  _globals['_LISTFORWARDEDGRANTSREQUEST']._serialized_start=1684
+  _globals['_LISTFORWARDEDGRANTSREQUEST']._serialized_end=1790
+  _globals['_FORWARDLICENCEFETCHREQUEST']._serialized_start=1792
+  _globals['_FORWARDLICENCEFETCHREQUEST']._serialized_end=1837
+  _globals['_FORWARDLICENCEFETCHRESPONSE']._serialized_start=1839
+  _globals['_FORWARDLICENCEFETCHRESPONSE']._serialized_end=1925
+  _globals['_FORWARDSUBSCRIBEREQUEST']._serialized_start=1927
+  _globals['_FORWARDSUBSCRIBEREQUEST']._serialized_end=1969
+  _globals['_FORWARDACKNOWLEDGEREQUEST']._serialized_start=1971
+  _globals['_FORWARDACKNOWLEDGEREQUEST']._serialized_end=2061
+  _globals['_PEERSERVICE']._serialized_start=2064
+  _globals['_PEERSERVICE']._serialized_end=3186
+  _globals['_FEDERATIONSERVICE']._serialized_start=3189
+  _globals['_FEDERATIONSERVICE']._serialized_end=3384
 # @@protoc_insertion_point(module_scope)

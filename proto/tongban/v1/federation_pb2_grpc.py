@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from tongban.v1 import audit_pb2 as tongban_dot_v1_dot_audit__pb2
+from tongban.v1 import events_pb2 as tongban_dot_v1_dot_events__pb2
 from tongban.v1 import federation_pb2 as tongban_dot_v1_dot_federation__pb2
 from tongban.v1 import grants_pb2 as tongban_dot_v1_dot_grants__pb2
 
@@ -90,6 +91,16 @@ class PeerServiceStub:
                 '/tongban.v1.PeerService/ForwardLicenceFetch',
                 request_serializer=tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchResponse.FromString,
+                _registered_method=True)
+        self.ForwardSubscribe = channel.unary_stream(
+                '/tongban.v1.PeerService/ForwardSubscribe',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.ForwardSubscribeRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_events__pb2.EventBatch.FromString,
+                _registered_method=True)
+        self.ForwardAcknowledge = channel.unary_unary(
+                '/tongban.v1.PeerService/ForwardAcknowledge',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.ForwardAcknowledgeRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_events__pb2.AcknowledgeResponse.FromString,
                 _registered_method=True)
 
 
@@ -205,6 +216,25 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardSubscribe(self, request, context):
+        """A subscription to one of our datasets by a department of the calling exchange,
+        signed by its node (docs/federation.md, "Subscriptions across exchanges"): our policy
+        decides for "<our name for the caller>/<department>" as for our own subscribers, we
+        keep its acknowledged position under that name, log each delivery, and stream the
+        events as SubscriptionService/Subscribe does (from after_position, or after the
+        position acknowledged last).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ForwardAcknowledge(self, request, context):
+        """The calling exchange's department acknowledges events of its subscription here.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -262,6 +292,16 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.ForwardLicenceFetch,
                     request_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchResponse.SerializeToString,
+            ),
+            'ForwardSubscribe': grpc.unary_stream_rpc_method_handler(
+                    servicer.ForwardSubscribe,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardSubscribeRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_events__pb2.EventBatch.SerializeToString,
+            ),
+            'ForwardAcknowledge': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardAcknowledge,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardAcknowledgeRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_events__pb2.AcknowledgeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -561,6 +601,60 @@ class PeerService:
             '/tongban.v1.PeerService/ForwardLicenceFetch',
             tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchRequest.SerializeToString,
             tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardSubscribe(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/tongban.v1.PeerService/ForwardSubscribe',
+            tongban_dot_v1_dot_federation__pb2.ForwardSubscribeRequest.SerializeToString,
+            tongban_dot_v1_dot_events__pb2.EventBatch.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardAcknowledge(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/ForwardAcknowledge',
+            tongban_dot_v1_dot_federation__pb2.ForwardAcknowledgeRequest.SerializeToString,
+            tongban_dot_v1_dot_events__pb2.AcknowledgeResponse.FromString,
             options,
             channel_credentials,
             insecure,

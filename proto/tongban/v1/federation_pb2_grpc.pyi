@@ -15,6 +15,7 @@ federated, and everyone lists the datasets peers offer.
 from collections import abc as _abc
 from grpc import aio as _aio
 from tongban.v1 import audit_pb2 as _audit_pb2
+from tongban.v1 import events_pb2 as _events_pb2
 from tongban.v1 import federation_pb2 as _federation_pb2
 from tongban.v1 import grants_pb2 as _grants_pb2
 import abc as _abc_1
@@ -104,6 +105,16 @@ class PeerServiceStub:
     our own approval services (no holder's code), and the fetch is in our log.
     Refusals carry our log index in ErrorInfo metadata "log_index".
     """
+    ForwardSubscribe: _grpc.UnaryStreamMultiCallable[_federation_pb2.ForwardSubscribeRequest, _events_pb2.EventBatch]
+    """A subscription to one of our datasets by a department of the calling exchange,
+    signed by its node (docs/federation.md, "Subscriptions across exchanges"): our policy
+    decides for "<our name for the caller>/<department>" as for our own subscribers, we
+    keep its acknowledged position under that name, log each delivery, and stream the
+    events as SubscriptionService/Subscribe does (from after_position, or after the
+    position acknowledged last).
+    """
+    ForwardAcknowledge: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ForwardAcknowledgeRequest, _events_pb2.AcknowledgeResponse]
+    """The calling exchange's department acknowledges events of its subscription here."""
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -170,6 +181,16 @@ class PeerServiceAsyncStub(PeerServiceStub):
     our own approval services (no holder's code), and the fetch is in our log.
     Refusals carry our log index in ErrorInfo metadata "log_index".
     """
+    ForwardSubscribe: _aio.UnaryStreamMultiCallable[_federation_pb2.ForwardSubscribeRequest, _events_pb2.EventBatch]  # type: ignore[assignment]
+    """A subscription to one of our datasets by a department of the calling exchange,
+    signed by its node (docs/federation.md, "Subscriptions across exchanges"): our policy
+    decides for "<our name for the caller>/<department>" as for our own subscribers, we
+    keep its acknowledged position under that name, log each delivery, and stream the
+    events as SubscriptionService/Subscribe does (from after_position, or after the
+    position acknowledged last).
+    """
+    ForwardAcknowledge: _aio.UnaryUnaryMultiCallable[_federation_pb2.ForwardAcknowledgeRequest, _events_pb2.AcknowledgeResponse]  # type: ignore[assignment]
+    """The calling exchange's department acknowledges events of its subscription here."""
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -299,6 +320,28 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         our own approval services (no holder's code), and the fetch is in our log.
         Refusals carry our log index in ErrorInfo metadata "log_index".
         """
+
+    @_abc_1.abstractmethod
+    def ForwardSubscribe(
+        self,
+        request: _federation_pb2.ForwardSubscribeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_events_pb2.EventBatch], _abc.AsyncIterator[_events_pb2.EventBatch]]:
+        """A subscription to one of our datasets by a department of the calling exchange,
+        signed by its node (docs/federation.md, "Subscriptions across exchanges"): our policy
+        decides for "<our name for the caller>/<department>" as for our own subscribers, we
+        keep its acknowledged position under that name, log each delivery, and stream the
+        events as SubscriptionService/Subscribe does (from after_position, or after the
+        position acknowledged last).
+        """
+
+    @_abc_1.abstractmethod
+    def ForwardAcknowledge(
+        self,
+        request: _federation_pb2.ForwardAcknowledgeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.AcknowledgeResponse, _abc.Awaitable[_events_pb2.AcknowledgeResponse]]:
+        """The calling exchange's department acknowledges events of its subscription here."""
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -37,6 +37,7 @@ from tongban.signing.certs import certificate_fingerprint, load_pem_certificates
 from tongban.v1 import (
     audit_pb2,
     catalogue_pb2,
+    events_pb2,
     federation_pb2,
     federation_pb2_grpc,
     grants_pb2,
@@ -202,6 +203,16 @@ class _HostilePeer(federation_pb2_grpc.PeerServiceServicer):
         self, request: object, context: object
     ) -> federation_pb2.ForwardLicenceFetchResponse:
         return federation_pb2.ForwardLicenceFetchResponse()
+
+    async def ForwardSubscribe(
+        self, request: object, context: object
+    ) -> AsyncIterator[events_pb2.EventBatch]:
+        yield events_pb2.EventBatch()
+
+    async def ForwardAcknowledge(
+        self, request: object, context: object
+    ) -> events_pb2.AcknowledgeResponse:
+        return events_pb2.AcknowledgeResponse()
 
     async def GetRoutedLogEntry(
         self, request: object, context: object

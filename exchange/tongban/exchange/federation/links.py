@@ -21,7 +21,11 @@ from tongban.exchange.federation.errors import PeerUnavailable
 from tongban.exchange.federation.peers import Peer
 from tongban.v1 import federation_pb2_grpc
 
-__all__ = ["PeerLinks", "PeerRefusal"]
+__all__ = [
+    "PeerLinks",
+    "PeerRefusal",
+    "peer_error",
+]
 
 T = TypeVar("T")
 
@@ -143,6 +147,12 @@ class PeerLinks:
             await channel.close(grace=None)
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+def peer_error(peer: Peer, what: str, error: grpc.aio.AioRpcError) -> TongbanError:
+    """What a failed call to ``peer`` (about ``what``) means here: the peer's refusal
+    passed on (PeerRefusal), or PeerUnavailable."""
+    return _from_rpc_error(peer, what, error)
 
 
 def _from_rpc_error(peer: Peer, what: str, error: grpc.aio.AioRpcError) -> TongbanError:

@@ -17,6 +17,7 @@ from tongban.exchange.federation.links import PeerLinks
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
 from tongban.exchange.federation.routing import Routes
+from tongban.exchange.federation.subscriptions import SubscriptionForwarding
 from tongban.exchange.federation.sync import CatalogueSync
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.federation.witnessing import PeerWitness, PeerWitnessTransport
@@ -111,6 +112,12 @@ class FederationParts:
             hasher=hasher, signing=signing, node_name=settings.node_name, clock=clock,
             request_seconds=settings.peer_request_seconds, first_use=self.forwarding.first_use,
             offer=self.offer, registry=BUILTIN_REGISTRY,
+        )  # fmt: skip
+        self.subscriptions = SubscriptionForwarding(
+            trust=self.trust, links=self.links, remote=self.remote, offer=self.offer,
+            access_log=access_log, hasher=hasher, signing=signing, node_name=settings.node_name,
+            clock=clock, request_seconds=settings.peer_request_seconds,
+            first_use=self.forwarding.first_use,
         )  # fmt: skip
         # Peers as witnesses, both ways (docs/federation.md, "Peers as witnesses").
         self.witness = PeerWitness(

@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
 import grpc
 
 from tongban.errors import TongbanError
-from tongban.exchange.server.caller import Caller, current_caller
+from tongban.exchange.federation.subscriptions import SubscriptionForwarding
+from tongban.exchange.identity import Actor
+from tongban.exchange.server.caller import current_caller
 from tongban.exchange.server.timestamps import timestamp
 from tongban.exchange.sharing.events import EventFeed, EventRow, EventStore, SubscriptionRow
 from tongban.exchange.sharing.model import DatasetEntry
@@ -36,31 +38,66 @@ class PositionOutOfRange(TongbanError):
 
 
 class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
-    def __init__(self, sharing: Sharing, events: EventStore, feed: EventFeed, clock: Clock) -> None:
+    def __init__(
+        self,
+        sharing: Sharing,
+        events: EventStore,
+        feed: EventFeed,
+        clock: Clock,
+        remote: SubscriptionForwarding | None = None,
+    ) -> None:
+        """``remote``: subscriptions to peer exchanges' datasets (``<peer>:<code>``), held
+        at their owners' exchanges (docs/federation.md); None without federation."""
         self._sharing = sharing
         self._events = events
         self._feed = feed
         self._clock = clock
+        self._remote = remote
 
     async def Subscribe(
         self, request: events_pb2.SubscribeRequest, context: Context
     ) -> AsyncIterator[events_pb2.EventBatch]:
         caller = current_caller()
-        fields = list(request.fields)
+        after = request.after_position if request.HasField("after_position") else None
+        if self._remote is not None and ":" in request.dataset:
+            async with contextlib.aclosing(
+                self._remote.stream(
+                    caller,
+                    dataset=request.dataset,
+                    fields=list(request.fields),
+                    purpose=request.purpose,
+                    after_position=after,
+                )
+            ) as remote:
+                async for batch in remote:
+                    yield batch
+            return
+        async with contextlib.aclosing(
+            self.stream(caller, request.dataset, list(request.fields), request.purpose, after)
+        ) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def stream(
+        self,
+        actor: Actor,
+        dataset: str,
+        fields: Sequence[str],
+        purpose: str,
+        after_position: int | None,
+    ) -> AsyncGenerator[events_pb2.EventBatch, None]:
+        """``actor``'s subscription to our ``dataset``, opened (or resumed) and streamed:
+        from ``after_position``, or after the position it acknowledged last. Each batch
+        is decided again and logged before it is sent. For our departments and for a
+        peer's (``PeerService/ForwardSubscribe``)."""
         case_id = "subscription"
-        entry, allowed = await self._sharing.authorize(
-            caller, request.dataset, fields, request.purpose, case_id
-        )
+        entry, allowed = await self._sharing.authorize(actor, dataset, fields, purpose, case_id)
         subscription = await self._events.open(
-            caller.department.code, entry.code, allowed.fields, request.purpose, self._clock.now()
+            actor.department.code, entry.code, allowed.fields, purpose, self._clock.now()
         )
         case_id = f"subscription:{subscription.id}"
         end = await self._events.end_position(entry.code)
-        cursor = (
-            request.after_position
-            if request.HasField("after_position")
-            else subscription.acked_position
-        )
+        cursor = after_position if after_position is not None else subscription.acked_position
         if not -1 <= cursor < end and not (cursor == -1 and end == 0):
             raise PositionOutOfRange(
                 f"Position {cursor} is outside {entry.code}'s events (-1 to {end - 1}); "
@@ -70,9 +107,7 @@ class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
         # Pipelined: the next batch is read, authorised and logged while this one is sent.
         ready: asyncio.Queue[events_pb2.EventBatch | BaseException] = asyncio.Queue(maxsize=2)
         prepare = asyncio.get_running_loop().create_task(
-            self._prepare(
-                caller, entry, allowed, request.purpose, case_id, subscription, cursor, ready
-            )
+            self._prepare(actor, entry, allowed, purpose, case_id, subscription, cursor, ready)
         )
         try:
             while True:
@@ -87,7 +122,7 @@ class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
 
     async def _prepare(
         self,
-        caller: Caller,
+        caller: Actor,
         entry: DatasetEntry,
         allowed: Allowed,
         purpose: str,
@@ -146,9 +181,22 @@ class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
     async def Acknowledge(
         self, request: events_pb2.AcknowledgeRequest, context: Context
     ) -> events_pb2.AcknowledgeResponse:
-        acked = await self._events.acknowledge(
-            request.subscription_id, current_caller().department.code, request.position
+        caller = current_caller()
+        if self._remote is not None and ":" in request.subscription_id:
+            acked = await self._remote.acknowledge(
+                caller, request.subscription_id, request.position
+            )
+            return events_pb2.AcknowledgeResponse(acked_position=acked)
+        return await self.acknowledge(
+            caller.department.code, request.subscription_id, request.position
         )
+
+    async def acknowledge(
+        self, consumer: str, subscription_id: str, position: int
+    ) -> events_pb2.AcknowledgeResponse:
+        """``consumer``'s acknowledgement (one of our departments, or a peer's by our name
+        for it)."""
+        acked = await self._events.acknowledge(subscription_id, consumer, position)
         return events_pb2.AcknowledgeResponse(acked_position=acked)
 
     async def ListSubscriptions(

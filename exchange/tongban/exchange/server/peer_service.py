@@ -9,7 +9,8 @@ FederationService.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -22,17 +23,19 @@ from tongban.exchange.federation.grants import GrantForwarding
 from tongban.exchange.federation.licence_fetch import LicenceFetchForwarding
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
+from tongban.exchange.federation.subscriptions import SubscriptionForwarding
 from tongban.exchange.federation.sync import CatalogueSync
 from tongban.exchange.federation.trail import PeerLogEntryRefused, may_see, relay_log_entry
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.federation.witnessing import PeerWitness
 from tongban.exchange.server.audit_service import entry_message
 from tongban.exchange.server.caller import current_caller, current_peer
+from tongban.exchange.server.events_service import SubscriptionService
 from tongban.exchange.server.sharing_services import dataset_message, grant_message, grant_status
 from tongban.exchange.server.timestamps import timestamp
 from tongban.licence import TrustList
 from tongban.signing.clock import Clock
-from tongban.v1 import audit_pb2, federation_pb2, federation_pb2_grpc, grants_pb2
+from tongban.v1 import audit_pb2, events_pb2, federation_pb2, federation_pb2_grpc, grants_pb2
 
 __all__ = ["FederationService", "PeerService"]
 
@@ -45,7 +48,10 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         clock: Clock, forwarding: Forwarding, trust_list: Callable[[], Awaitable[TrustList]],
         log_store: AuditStore, checkpoints: Checkpointer, witness: PeerWitness,
         grants: GrantForwarding, licence_fetch: LicenceFetchForwarding,
+        subscriptions: SubscriptionForwarding, streams: SubscriptionService,
     ) -> None:  # fmt: skip
+        self._subscriptions = subscriptions
+        self._streams = streams
         self._licence_fetch = licence_fetch
         self._grants = grants
         self._witness = witness
@@ -174,6 +180,28 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         self, request: federation_pb2.ForwardLicenceFetchRequest, context: Context
     ) -> federation_pb2.ForwardLicenceFetchResponse:
         return await self._licence_fetch.answer(current_peer(), request.request)
+
+    async def ForwardSubscribe(
+        self, request: federation_pb2.ForwardSubscribeRequest, context: Context
+    ) -> AsyncIterator[events_pb2.EventBatch]:
+        admitted = await self._subscriptions.admit(current_peer(), request.request)
+        async with contextlib.aclosing(
+            self._streams.stream(
+                admitted.actor,
+                admitted.dataset,
+                admitted.fields,
+                admitted.purpose,
+                admitted.after_position,
+            )
+        ) as batches:
+            async for batch in batches:
+                yield batch
+
+    async def ForwardAcknowledge(
+        self, request: federation_pb2.ForwardAcknowledgeRequest, context: Context
+    ) -> events_pb2.AcknowledgeResponse:
+        consumer = self._subscriptions.consumer(current_peer(), request.department)
+        return await self._streams.acknowledge(consumer, request.subscription_id, request.position)
 
 
 class FederationService(federation_pb2_grpc.FederationServiceServicer):

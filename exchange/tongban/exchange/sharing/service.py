@@ -34,7 +34,7 @@ from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.db.notify import ChangeListener, KeyedCache
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.fairness import yield_fairly
-from tongban.exchange.identity import Caller
+from tongban.exchange.identity import Actor, Caller
 from tongban.exchange.sharing.datasets import DatasetSpec, DatasetStore, is_dataset_code
 from tongban.exchange.sharing.errors import (
     DatasetNotFound,
@@ -400,7 +400,7 @@ class Sharing:
     # -- subscriptions ------------------------------------------------------------------
 
     async def authorize(
-        self, caller: Caller, dataset: str, fields: Sequence[str], purpose: str, case_id: str
+        self, caller: Actor, dataset: str, fields: Sequence[str], purpose: str, case_id: str
     ) -> tuple[DatasetEntry, Allowed]:
         """The policy decision for a use that is not a query (a subscription): allowed, or
         QueryDenied raised after the denial is logged."""
@@ -418,7 +418,7 @@ class Sharing:
         return entry, decision
 
     async def log_delivery(
-        self, caller: Caller, entry: DatasetEntry, allowed: Allowed, purpose: str,
+        self, caller: Actor, entry: DatasetEntry, allowed: Allowed, purpose: str,
         case_id: str, keys: Sequence[str],
     ) -> None:  # fmt: skip
         """Log events delivered to a subscriber, one entry per subject, before they leave."""
@@ -475,7 +475,7 @@ class Sharing:
 
     async def _log_decision(
         self,
-        caller: Caller,
+        caller: Actor,
         intent: QueryIntent,
         entry: DatasetEntry | None,
         keys: Sequence[str],
