@@ -1,16 +1,20 @@
 """The per-department share of the event loop (fairness.CpuShare) and the metered call
-driver: decisions on a clock the test moves, and results, errors and cancellation passing
-through a metered call unchanged."""
+driver: decisions on a clock the test moves, how much quick calls, long work and bulk
+calls count, work a call spawns charged to it, and results, errors and cancellation
+passing through a metered call (or a part it spawned) unchanged."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import math
 import time
 
 import pytest
 
-from tongban.exchange.fairness import BULK_WEIGHT, CpuShare, metered
+from tongban.exchange.fairness import HEAVY_WEIGHT, QUICK_CALL, CpuShare, metered, spawn
+
+_TAU = 0.5 / math.log(2)  # CpuShare's use per second, for a half-life of 0.5 s
 
 
 class Clock:
@@ -136,21 +140,119 @@ async def test_a_call_cancelled_while_held_back_ends_cancelled_and_closed() -> N
     assert inspect.getcoroutinestate(coro) == inspect.CORO_CLOSED  # not left unawaited
 
 
-async def test_a_bulk_stream_counts_its_loop_time_by_its_weight(
+def _steps_take(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Each step of a metered call "takes" ``seconds`` on a counter the test owns (the
+    driver reads perf_counter once before and once after a step)."""
+    ticks = iter(range(1_000_000))
+    monkeypatch.setattr(time, "perf_counter", lambda: next(ticks) * seconds)
+
+
+async def _steps(count: int) -> None:
+    for _ in range(count - 1):
+        await asyncio.sleep(0)
+
+
+async def test_a_quick_call_counts_once_and_long_work_counts_heavier(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Each step of the call "takes" 10 ms on a counter the test owns; metered at weight
-    # BULK_WEIGHT (a bulk stream), the department is charged that many times more.
-    ticks = iter(range(1_000_000))
-    monkeypatch.setattr(time, "perf_counter", lambda: next(ticks) * 0.005)  # fairness reads it
+    # Steps of half of QUICK_CALL: the first two fit in it and count once, each step past
+    # it counts HEAVY_WEIGHT times.
+    _steps_take(monkeypatch, QUICK_CALL / 2)
+    clock = Clock()
+    quick, long = CpuShare(half_life=0.5, clock=clock), CpuShare(half_life=0.5, clock=clock)
+    await metered(_steps(2), "tax", quick)
+    await metered(_steps(6), "samr", long)
+    step = QUICK_CALL / 2
+    assert HEAVY_WEIGHT > 1
+    assert quick.use("tax") == pytest.approx(2 * step / _TAU)
+    assert long.use("samr") == pytest.approx((2 + 4 * HEAVY_WEIGHT) * step / _TAU)
 
-    async def work() -> None:
-        for _ in range(3):
-            await asyncio.sleep(0)
 
+async def test_a_bulk_call_counts_all_its_loop_time_heavier(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _steps_take(monkeypatch, QUICK_CALL / 2)
     clock = Clock()
     plain, bulk = CpuShare(clock=clock), CpuShare(clock=clock)
-    await metered(work(), "samr", plain)
-    await metered(work(), "samr", bulk, weight=BULK_WEIGHT)
-    assert BULK_WEIGHT > 1
-    assert bulk.use("samr") == pytest.approx(plain.use("samr") * BULK_WEIGHT)
+    await metered(_steps(2), "samr", plain)
+    await metered(_steps(2), "samr", bulk, bulk=True)
+    assert bulk.use("samr") == pytest.approx(plain.use("samr") * HEAVY_WEIGHT)
+
+
+async def test_work_a_call_spawns_is_charged_to_its_department_as_the_call() -> None:
+    clock = Clock()
+    share = CpuShare(clock=clock)
+    seen: list[bool] = []
+
+    async def part() -> str:
+        await asyncio.sleep(0)
+        seen.append(share.use("samr") > 0)
+        return "written"
+
+    async def call() -> str:
+        task = spawn(part())
+        await asyncio.sleep(0)
+        assert share.use("samr") > 0  # the call's own steps so far
+        return await task
+
+    assert await metered(call(), "samr", share, bulk=True) == "written"
+    assert seen == [True]
+    assert share.use("tax") == 0.0
+
+
+async def test_a_spawned_part_of_a_bulk_call_counts_as_bulk(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _steps_take(monkeypatch, QUICK_CALL / 2)
+    clock = Clock()
+    share = CpuShare(half_life=0.5, clock=clock)
+    parts: list[asyncio.Task[None]] = []
+
+    async def call() -> None:
+        parts.append(spawn(_steps(2)))
+        await parts[0]
+
+    await metered(call(), "samr", share, bulk=True)
+    # The call's two steps (start, and resuming after the part) and the part's two, all
+    # counted HEAVY_WEIGHT times.
+    assert share.use("samr") == pytest.approx(4 * HEAVY_WEIGHT * QUICK_CALL / 2 / _TAU)
+
+
+async def test_spawn_outside_a_metered_call_is_a_plain_task() -> None:
+    clock = Clock()
+    share = CpuShare(clock=clock)
+
+    async def part() -> int:
+        await asyncio.sleep(0)
+        return 7
+
+    assert await spawn(part()) == 7
+    assert share.use("samr") == 0.0
+
+
+async def test_a_spawned_part_fails_and_is_cancelled_as_itself() -> None:
+    share = CpuShare()
+    cleaned: list[str] = []
+
+    async def fail() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("bad batch")
+
+    async def forever() -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            cleaned.append("finally ran")
+
+    async def call() -> None:
+        with pytest.raises(ValueError, match="bad batch"):
+            await spawn(fail())
+        task = spawn(forever())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    await metered(call(), "samr", share)
+    assert cleaned == ["finally ran"]
+    assert share.wait("samr") == 0.0  # every part ended: nothing held

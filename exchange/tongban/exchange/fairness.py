@@ -6,6 +6,11 @@ that department's work is paced (``server.limits.CallLimiter.pacer``): while oth
 departments have calls in progress, the slice is followed by a pause of ``BACKOFF`` times
 its length, so long work takes at most 1 / (1 + BACKOFF) of the loop and others' calls
 run in between; when no one else is waiting it only hands the loop back once.
+
+Every authenticated call is also metered (``metered``, ``CpuShare``): its loop time is
+charged to its department, quick calls' once and long work's ``HEAVY_WEIGHT`` times, and
+a department past its share waits between steps while others have calls in progress.
+Work a call hands to a task of its own is started with ``spawn``, so it is metered too.
 """
 
 from __future__ import annotations
@@ -15,11 +20,20 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from contextvars import ContextVar
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tongban.exchange.db.guard import holds_connection
 
-__all__ = ["BACKOFF", "CpuShare", "metered", "set_pacer", "yield_fairly"]
+__all__ = [
+    "BACKOFF",
+    "HEAVY_WEIGHT",
+    "QUICK_CALL",
+    "CpuShare",
+    "metered",
+    "set_pacer",
+    "spawn",
+    "yield_fairly",
+]
 
 T = TypeVar("T")
 
@@ -123,26 +137,52 @@ class CpuShare:
         return self._decayed(self._recent.get(department, (0.0, now)), now) / self._tau
 
 
-class _Metered:
+QUICK_CALL = 0.001
+"""Seconds of loop time an interactive call takes at most, counted once: a key query's
+handler takes about 0.2 ms of the loop on the 2-core reference machine, a licence issue
+about 3 ms, a 5,000-record batch of a bulk load about 200 ms."""
+
+HEAVY_WEIGHT = 4.0
+"""How many times a call's loop time past its first ``QUICK_CALL`` counts, and all of a
+bulk stream's (``StreamRecords``, any method whose requests stream in): while others'
+calls wait, long work gets about a quarter of the share of quick calls, so an interactive
+load keeps most of the loop while a department loads or issues in bulk beside it
+(docs/architecture.md, "Fairness between departments")."""
+
+
+class _Metered(Generic[T]):
     """Awaits ``coro`` step by step, charging each step to ``department`` and holding a
     step back while ``share`` says so. Results, exceptions and cancellation pass through
-    unchanged."""
+    unchanged. ``used`` is the loop time the call has taken so far, which sets how much
+    its next step counts (``QUICK_CALL``, ``HEAVY_WEIGHT``)."""
 
     def __init__(
-        self, coro: Coroutine[Any, Any, T], department: str, share: CpuShare, weight: float
+        self,
+        coro: Coroutine[Any, Any, T],
+        department: str,
+        share: CpuShare,
+        *,
+        bulk: bool,
+        used: float = 0.0,
     ) -> None:
-        self._coro = coro
-        self._department = department
-        self._share = share
-        self._weight = weight
+        self.coro = coro
+        self.department = department
+        self.share = share
+        self.bulk = bulk
+        self.used = used
+
+    def _charge(self, spent: float) -> None:
+        quick = 0.0 if self.bulk else min(spent, max(0.0, QUICK_CALL - self.used))
+        self.used += spent
+        self.share.charge(self.department, quick + (spent - quick) * HEAVY_WEIGHT)
 
     def __await__(self) -> Generator[Any, Any, T]:
-        coro, department, share, weight = self._coro, self._department, self._share, self._weight
+        coro, department, share = self.coro, self.department, self.share
         value: Any = None
         error: BaseException | None = None
         while True:
             # Never held back while holding a pooled connection: its transaction may hold
-            # row locks (the log's head) that other departments' calls wait for.
+            # row locks (the log's sequence) that other departments' calls wait for.
             pause = share.wait(department) if error is None and not holds_connection() else 0.0
             if pause > 0:
                 try:
@@ -157,34 +197,49 @@ class _Metered:
                 else:
                     step = coro.send(value)
             except StopIteration as done:
-                share.charge(department, (time.perf_counter() - started) * weight)
+                self._charge(time.perf_counter() - started)
                 return done.value  # type: ignore[no-any-return]
             except BaseException:
-                share.charge(department, (time.perf_counter() - started) * weight)
+                self._charge(time.perf_counter() - started)
                 raise
-            share.charge(department, (time.perf_counter() - started) * weight)
+            self._charge(time.perf_counter() - started)
             try:
                 value = yield step
             except BaseException as e:  # noqa: BLE001 - handed to the call's coroutine
                 value, error = None, e
 
 
-BULK_WEIGHT = 2.0
-"""How much a bulk stream's loop time counts (``StreamRecords``, and any method whose
-requests stream in): while others' calls are waiting, a department loading in bulk gets
-half the share of one making calls, so an interactive load keeps about two thirds of the
-loop rather than half (docs/architecture.md, "Fairness between departments")."""
+_call: ContextVar[_Metered[Any] | None] = ContextVar("tongban_metered_call", default=None)
+"""The metered call the current task works for (``spawn`` charges its tasks to it)."""
 
 
-async def metered(
-    work: Awaitable[T], department: str, share: CpuShare, *, weight: float = 1.0
-) -> T:
-    """Await ``work`` with its loop time, times ``weight``, charged to ``department`` (see
-    ``CpuShare``); an awaitable that is not a coroutine is awaited as it is, unmetered."""
+async def metered(work: Awaitable[T], department: str, share: CpuShare, *, bulk: bool = False) -> T:
+    """Await ``work`` with its loop time charged to ``department`` (see ``CpuShare``): its
+    first ``QUICK_CALL`` seconds once, the rest ``HEAVY_WEIGHT`` times, and all of it
+    ``HEAVY_WEIGHT`` times for a ``bulk`` call. An awaitable that is not a coroutine is
+    awaited as it is, unmetered."""
     if not isinstance(work, Coroutine):
         return await work
-    share.enter(department)
+    return await _run(_Metered(work, department, share, bulk=bulk))
+
+
+async def _run(call: _Metered[T]) -> T:
+    call.share.enter(call.department)
+    token = _call.set(call)
     try:
-        return await _Metered(work, department, share, weight)
+        return await call
     finally:
-        share.leave(department)
+        _call.reset(token)
+        call.share.leave(call.department)
+
+
+def spawn(work: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
+    """Run ``work`` in a task of its own, metered as part of the current call: charged to
+    its department, counted as long work once the call's loop time is past
+    ``QUICK_CALL`` (a bulk call's always), and held back as its steps are. Outside a
+    metered call it is a plain task. Returns the task."""
+    call = _call.get()
+    if call is None:
+        return asyncio.ensure_future(work)
+    part = _Metered(work, call.department, call.share, bulk=call.bulk, used=call.used)
+    return asyncio.ensure_future(_run(part))

@@ -26,7 +26,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from tongban.errors import TongbanError
-from tongban.exchange.fairness import BULK_WEIGHT, CpuShare, metered, set_pacer
+from tongban.exchange.fairness import CpuShare, metered, set_pacer
 from tongban.exchange.federation.errors import PeerOnly
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.metrics import NodeMetrics
@@ -238,12 +238,9 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                     if method.startswith(PEER_SERVICE_PREFIX)
                     else current_caller().department.code
                 )
-                return await metered(
-                    behaviour(request, context),
-                    who,
-                    self._share,
-                    weight=BULK_WEIGHT if streamed else 1.0,
-                )
+                # A call whose requests stream in is a bulk load: its loop time counts
+                # heavier from the start (fairness.HEAVY_WEIGHT).
+                return await metered(behaviour(request, context), who, self._share, bulk=streamed)
             except grpc.aio.AbortError:
                 raise  # the behaviour aborted on purpose, with its own status
             except NotImplementedError:
