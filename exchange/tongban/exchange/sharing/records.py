@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 import uuid
@@ -283,7 +284,17 @@ async def _write_versions(
         keys.append(key)
         versions.append(version)
         datas.append(None if deleted else str(data))
-    ids = [event_id(dataset, k, v) for k, v in zip(keys, versions, strict=True)]
+    ids: list[str] = []
+    for start in range(0, len(keys), _YIELD_EVERY):
+        if start:
+            # Holding the connection (its rows only; never held back), but handing the
+            # loop back between slices: 5,000 ids take ~6 ms.
+            await asyncio.sleep(0)
+        end = start + _YIELD_EVERY
+        ids.extend(
+            event_id(dataset, k, v)
+            for k, v in zip(keys[start:end], versions[start:end], strict=True)
+        )
     await conn.execute(_WRITE_VERSIONS, dataset, len(keys), now, keys, versions, datas, ids)
 
 

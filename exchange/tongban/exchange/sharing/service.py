@@ -78,9 +78,10 @@ __all__ = [
 
 MAX_KEYS = 1000
 MAX_BATCH = 10_000
-YIELD_EVERY = 500
+YIELD_EVERY = 100
 """Records validated between returns to the event loop: a batch of 5,000 takes ~0.1 s of
-the loop, which other departments' calls must not wait behind in one piece."""
+the loop, which other departments' calls must not wait behind in one piece; slices of
+100 (~2 ms) keep each wait short enough not to show in their p99 (500 did)."""
 DATASET_CHANNEL = "tongban_dataset"
 GRANT_CHANNEL = "tongban_grant"
 
