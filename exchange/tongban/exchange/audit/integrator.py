@@ -142,6 +142,7 @@ class Integrator:
         self._timeout = timeout
         self._on_integrated = on_integrated
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._conn: PoolConnectionProxy[asyncpg.Record] | None = None
         self._turn = asyncio.Lock()  # the loop and catch_up take turns on the connection
         self.integrated = asyncio.Event()
@@ -156,11 +157,17 @@ class Integrator:
         task, self._task = self._task, None
         if task is None:
             return
+        self._stopping = True
         if self._conn is not None:
             with contextlib.suppress(*_DB_ERRORS):
                 async with self._turn:
                     await self._drain(self._conn)
-        task.cancel()
+        # A cancellation that lands in asyncpg while a dead connection is being released
+        # can come out as a connection error, which the loop retries; so cancel until the
+        # task has ended (the loop also ends by itself once it sees ``_stopping``).
+        while not task.done():
+            task.cancel()
+            await asyncio.wait([task], timeout=0.5)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
@@ -220,12 +227,14 @@ class Integrator:
 
     async def _run(self) -> None:
         backoff = _FIRST_BACKOFF
-        while True:
+        while not self._stopping:
             try:
                 async with self._leadership() as conn:
                     backoff = _FIRST_BACKOFF
                     await self._integrate_while_leading(conn)
             except _DB_ERRORS as e:
+                if self._stopping:
+                    return
                 _log.warning("the log integrator lost its database connection (%s); retrying", e)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
