@@ -211,7 +211,8 @@ def test_workers_take_a_count_from_1_to_64(data_dir: Path) -> None:
 def test_more_workers_than_the_database_has_connections_for_are_refused(
     data_dir: Path,
 ) -> None:
-    # 64 workers of 10 + 1 connections each would need 704; the embedded server takes 200.
+    # 64 workers of 10 + 2 connections each (the pool and the log writer's two) would need
+    # 768; the embedded server takes 200.
     result = tongban(
         "serve", "--workers", "64", "--data-dir", str(data_dir), "--json",
         env=cli_env(TONGBAN_KEY_PASSPHRASE="serve test", TONGBAN_DB_POOL_SIZE="10"),
@@ -219,7 +220,7 @@ def test_more_workers_than_the_database_has_connections_for_are_refused(
     assert result.code == 1, result.stdout + result.stderr
     refused = result.json()
     assert refused["reason"] == "TOO_MANY_WORKERS"
-    assert "704 database connections" in refused["message"]
+    assert "768 database connections" in refused["message"]
     assert "Traceback" not in result.stdout + result.stderr
     assert _postgres_for(data_dir) == []  # the supervisor stopped what it started
 

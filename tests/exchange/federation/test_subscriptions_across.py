@@ -7,6 +7,8 @@ acknowledged position once it is back."""
 
 from __future__ import annotations
 
+import asyncio
+
 import asyncpg
 import grpc
 import pytest
@@ -27,6 +29,21 @@ async def _first_event(client: ExchangeClient) -> tuple[str, int, str, dict[str,
     async for event in client.subscribe(DATASET, fields=["name"], purpose=PURPOSE):
         return event.subscription_id, event.position, event.key, event.fields
     raise AssertionError("the stream ended without an event")
+
+
+async def _first_event_once_back(client: ExchangeClient) -> tuple[str, int, str]:
+    """``_first_event`` as a subscriber retries it: a channel that saw the peer down waits
+    out gRPC's reconnect backoff before it tries the address again (bounded: 30 s)."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        try:
+            subscription, position, key, _ = await _first_event(client)
+        except ExchangeError as e:
+            if e.reason != "PEER_UNAVAILABLE" or asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+            continue
+        return subscription, position, key
 
 
 async def _log(node: Node, action: str) -> list[asyncpg.Record]:
@@ -82,6 +99,6 @@ async def test_a_county_subscription_to_a_province_dataset_survives_its_restart(
             await samr.publish_records("samr.enterprise", [(SECOND_USCC, second)])
         # Resumed after the acknowledged position: the first event is the new one.
         async with client_for(county, "approval", OFFICER) as approval:
-            subscription_again, position, key, _ = await _first_event(approval)
+            subscription_again, position, key = await _first_event_once_back(approval)
         assert subscription_again == subscription
         assert (position, key) == (1, SECOND_USCC)
