@@ -233,8 +233,6 @@ class Integrator:
                     backoff = _FIRST_BACKOFF
                     await self._integrate_while_leading(conn)
             except _DB_ERRORS as e:
-                if self._stopping:
-                    return
                 _log.warning("the log integrator lost its database connection (%s); retrying", e)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF)
