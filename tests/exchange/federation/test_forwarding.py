@@ -21,6 +21,7 @@ from tongban.client.errors import from_rpc_error
 from tongban.exchange.datadir import ca_certificate_pem, load_node_credentials, load_node_signing
 from tongban.exchange.federation.forwarding import ForwardedQuery, sign_request
 from tongban.exchange.node import Node
+from tongban.signing.clock import FixedClock
 from tongban.v1 import federation_pb2, federation_pb2_grpc
 
 OFFICER = "SP-0007"
@@ -239,3 +240,27 @@ async def test_a_peer_that_is_down_fails_fast_and_local_service_carries_on(
     assert [(r["decision"], r["reason"]) for r in received] == [
         ("denied", "PEER_UNAVAILABLE; peer:province")
     ]
+
+
+async def test_as_of_is_answered_by_the_owner(province: Node, county: Node) -> None:
+    await _share(province, county)
+    assert isinstance(province.clock, FixedClock)
+    assert isinstance(county.clock, FixedClock)
+    published = province.clock.now()
+    province.clock.advance(timedelta(hours=1))  # an hour on, on both exchanges' clocks
+    county.clock.advance(timedelta(hours=1))
+    renamed = {**COMPANY, "name": "杭州味道餐饮集团有限公司"}
+    async with client_for(province, "samr") as samr:
+        await samr.publish_records("samr.enterprise", [(COMPANY_USCC, renamed)])
+    async with client_for(county, "approval", OFFICER) as approval:
+        ask = {"fields": ["name"], "purpose": PURPOSE, "case_id": CASE_ID}
+        then = await approval.query(
+            "province:samr.enterprise",
+            [COMPANY_USCC],
+            as_of=published + timedelta(minutes=30),
+            **ask,  # type: ignore[arg-type]
+        )
+        current = await approval.query("province:samr.enterprise", [COMPANY_USCC], **ask)  # type: ignore[arg-type]
+    assert [r.fields["name"] for r in then.records] == [COMPANY["name"]]
+    assert [r.fields["name"] for r in current.records] == [renamed["name"]]
+    assert (then.records[0].version, current.records[0].version) == (1, 2)

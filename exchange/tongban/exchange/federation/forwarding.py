@@ -132,6 +132,8 @@ class ForwardedQuery:
     received it (which may carry another)."""
     sign: bool = False
     """Whether the department asked for the owner's signed answer."""
+    as_of: datetime | None = None
+    """The instant the records are asked as of (None: as they stand)."""
 
     @property
     def department_path(self) -> tuple[str, ...]:
@@ -142,8 +144,10 @@ class ForwardedQuery:
         carried: dict[str, object] = (
             {} if self.previous is None else {"route": list(self.route), "previous": self.previous}
         )
-        # "sign" only when asked, so a request without it reads as before.
+        # "sign" and "as_of" only when asked, so a request without them reads as before.
         signed: dict[str, object] = {"sign": True} if self.sign else {}
+        if self.as_of is not None:
+            signed["as_of"] = _instant(self.as_of)
         return (
             carried
             | signed
@@ -302,6 +306,7 @@ def _same_ask(carrier: ForwardedQuery, embedded: ForwardedQuery) -> None:
         and (carrier.department, carrier.officer, carrier.purpose, carrier.case_id)
         == (embedded.department, embedded.officer, embedded.purpose, embedded.case_id)
         and carrier.sign == embedded.sign
+        and carrier.as_of == embedded.as_of
         and carrier.fields == embedded.fields
         and set(carrier.keys) <= set(embedded.keys)
         and embedded.dataset.endswith(":" + carrier.dataset)
@@ -310,7 +315,8 @@ def _same_ask(carrier: ForwardedQuery, embedded: ForwardedQuery) -> None:
     if not same:
         raise PeerRequestAltered(
             "A middle exchange's request does not ask what the request it carries asked "
-            "(department, officer, purpose, case, fields, keys, dataset or signing differ).",
+            "(department, officer, purpose, case, fields, keys, dataset, signing or as_of "
+            "differ).",
         )
 
 
@@ -367,6 +373,10 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     sign = claimed.get("sign", False)
     if not isinstance(sign, bool):
         raise TypeError("sign is not a boolean")
+    as_of_text = claimed.get("as_of")
+    as_of = None if as_of_text is None else datetime.fromisoformat(as_of_text)
+    if as_of is not None and as_of.tzinfo is None:
+        raise ValueError("as_of has no time zone")
     if not (
         isinstance(route, list)
         and len(route) <= MAX_CHAIN
@@ -391,6 +401,7 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
         issued_at=issued_at,
         expires_at=expires_at,
         sign=sign,
+        as_of=as_of,
     )
 
 
@@ -507,11 +518,8 @@ class Forwarding:
         PeerUnavailable or PeerNotOwner. Every outcome is in our log first."""
         now = self._clock.now()
         peer_name, _, code = q.dataset.partition(":")
-        if q.as_of is not None:
-            raise InvalidArgument(
-                "as_of is not yet available for datasets of peer exchanges.",
-                metadata={"field": "as_of"},
-            )
+        if q.as_of is not None and q.as_of.tzinfo is None:
+            raise InvalidArgument("as_of must carry a time zone.", metadata={"field": "as_of"})
 
         async def log(
             keys: Sequence[str], action: str, decision: Outcome, reason: str | None
@@ -566,6 +574,7 @@ class Forwarding:
             issued_at=now,
             expires_at=now + self._lifetime,
             sign=q.sign,
+            as_of=q.as_of,
         )
         token = sign_request(request, self._signing)
         try:
@@ -696,7 +705,7 @@ class Forwarding:
                 QueryDenied.from_decision(decision), caller, request, intent, keys, now
             )
         assert entry is not None
-        found = await self._sharing.records.fetch(entry.code, keys)
+        found = await self._sharing.records.fetch(entry.code, keys, request.as_of)
         indices = await self._log.append(
             self._entries(
                 caller, request, intent, keys, now, "allowed", decision.grounds(),
