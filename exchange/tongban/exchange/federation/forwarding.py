@@ -20,10 +20,10 @@ import binascii
 import json
 import re
 import secrets
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import asyncpg
 from cryptography import x509
@@ -80,10 +80,16 @@ from tongban.v1 import federation_pb2, values_pb2
 from tongban.wire.values import from_field_value, to_field_value
 
 __all__ = [
+    "DEPARTMENT",
+    "NONCE",
+    "OFFICER",
     "REQUEST_TYPE",
+    "Addressed",
     "ForwardedQuery",
     "Forwarding",
+    "check_addressed",
     "check_signed_answer",
+    "instant",
     "sign_claims",
     "sign_request",
     "verify_chain",
@@ -97,9 +103,12 @@ SKEW = timedelta(seconds=30)
 MAX_LIFETIME = timedelta(hours=1)
 """The longest window a forwarded request may claim, whatever the caller's setting."""
 MAX_KEYS = 1000
-_OFFICER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
-_DEPARTMENT = re.compile(r"[a-z][a-z0-9-]{1,62}")
-_NONCE = re.compile(r"[0-9a-f]{32}")
+OFFICER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
+"""An officer id as a signed request may name it."""
+DEPARTMENT = re.compile(r"[a-z][a-z0-9-]{1,62}")
+"""A department code (or an exchange's name for a peer) in a signed request."""
+NONCE = re.compile(r"[0-9a-f]{32}")
+"""A signed request's nonce: 16 random bytes in hex."""
 _PURGE_EVERY = 60.0
 MAX_CHAIN = 8
 """The most requests one forwarded request may embed, whatever the settings."""
@@ -147,7 +156,7 @@ class ForwardedQuery:
         # "sign" and "as_of" only when asked, so a request without them reads as before.
         signed: dict[str, object] = {"sign": True} if self.sign else {}
         if self.as_of is not None:
-            signed["as_of"] = _instant(self.as_of)
+            signed["as_of"] = instant(self.as_of)
         return (
             carried
             | signed
@@ -163,13 +172,14 @@ class ForwardedQuery:
                 "fields": list(self.fields),
                 "keys": list(self.keys),
                 "nonce": self.nonce,
-                "issued_at": _instant(self.issued_at),
-                "expires_at": _instant(self.expires_at),
+                "issued_at": instant(self.issued_at),
+                "expires_at": instant(self.expires_at),
             }
         )
 
 
-def _instant(at: datetime) -> str:
+def instant(at: datetime) -> str:
+    """``at`` as a signed request writes it (UTC, ``Z``)."""
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -198,25 +208,73 @@ def verify_request(token: str, *, peer: Peer, own_exchange: bytes, now: datetime
     """
     claimed = verify_peer_signed(token, peer=peer, typ=REQUEST_TYPE, now=now)
     request = _request(claimed)
+    check_addressed(
+        request, peer=peer, own_exchange=own_exchange, now=now, what="forwarded request"
+    )
+    return request
+
+
+class Addressed(Protocol):
+    """What every signed request between exchanges names: who sends it, to whom, its
+    nonce and its window."""
+
+    @property
+    def exchange(self) -> str: ...
+    @property
+    def audience(self) -> str: ...
+    @property
+    def nonce(self) -> str: ...
+    @property
+    def issued_at(self) -> datetime: ...
+    @property
+    def expires_at(self) -> datetime: ...
+
+
+def check_addressed(
+    request: Addressed, *, peer: Peer, own_exchange: bytes, now: datetime, what: str
+) -> None:
+    """Raise PeerSignatureMismatch unless ``request`` names ``peer``'s exchange as its
+    sender and ours as its audience; PeerRequestExpired if it claims a window longer
+    than ``MAX_LIFETIME`` or ``now`` lies outside it (``SKEW`` tolerated). ``what``
+    names the request in the messages ("forwarded request", "grant request", ...)."""
     if request.exchange != peer.ca_fingerprint.hex() or request.audience != own_exchange.hex():
         raise PeerSignatureMismatch(
-            f"The forwarded request names another exchange than peer {peer.name} or than us.",
+            f"The {what} names another exchange than peer {peer.name} or than us.",
             metadata={"peer": peer.name},
         )
     if request.expires_at - request.issued_at > MAX_LIFETIME:
         raise PeerRequestExpired(
-            f"A forwarded request may be valid for at most {MAX_LIFETIME}; ask the peer's "
-            "operator to shorten TONGBAN_PEER_REQUEST_SECONDS.",
+            f"A {what} may be valid for at most {MAX_LIFETIME}; ask the peer's operator to "
+            "shorten TONGBAN_PEER_REQUEST_SECONDS.",
             metadata={"peer": peer.name},
         )
     if not request.issued_at - SKEW <= now <= request.expires_at + SKEW:
         raise PeerRequestExpired(
-            f"The forwarded request is valid from {_instant(request.issued_at)} to "
-            f"{_instant(request.expires_at)}, not at {_instant(now)}; check both exchanges' "
+            f"The {what} is valid from {instant(request.issued_at)} to "
+            f"{instant(request.expires_at)}, not at {instant(now)}; check both exchanges' "
             "clocks.",
             metadata={"peer": peer.name},
         )
-    return request
+
+
+async def admit(
+    request: Addressed,
+    *,
+    peer: Peer,
+    own_exchange: bytes,
+    now: datetime,
+    what: str,
+    first_use: Callable[[Peer, str, datetime], Awaitable[bool]],
+) -> None:
+    """``check_addressed``, then the nonce: PeerRequestReplayed if ``first_use`` (the
+    node's one nonce table, ``Forwarding.first_use``) has seen it from that peer."""
+    check_addressed(request, peer=peer, own_exchange=own_exchange, now=now, what=what)
+    if not await first_use(peer, request.nonce, request.expires_at):
+        raise PeerRequestReplayed(
+            f"This {what} (nonce {request.nonce}) was already received; a peer signs each "
+            "request once.",
+            metadata={"peer": peer.name},
+        )
 
 
 def verify_peer_signed(token: str, *, peer: Peer, typ: str, now: datetime) -> dict[str, Any]:
@@ -264,8 +322,8 @@ def verify_chain(
         _same_ask(carrier, embedded)
         if not embedded.issued_at - SKEW <= now <= embedded.expires_at + SKEW:
             raise PeerRequestExpired(
-                f"The request this one carries was valid until {_instant(embedded.expires_at)}"
-                f", not at {_instant(now)}."
+                f"The request this one carries was valid until {instant(embedded.expires_at)}"
+                f", not at {instant(now)}."
             )
         chain.append(embedded)
         carrier = embedded
@@ -355,9 +413,9 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     officer = claimed["officer"]
     fields, keys = claimed["fields"], claimed["keys"]
     if not (
-        (officer is None or (isinstance(officer, str) and _OFFICER.fullmatch(officer)))
-        and _DEPARTMENT.fullmatch(claimed["department"])
-        and _NONCE.fullmatch(claimed["nonce"])
+        (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
+        and DEPARTMENT.fullmatch(claimed["department"])
+        and NONCE.fullmatch(claimed["nonce"])
         and isinstance(fields, list)
         and all(isinstance(f, str) for f in fields)
         and isinstance(keys, list)
@@ -380,7 +438,7 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     if not (
         isinstance(route, list)
         and len(route) <= MAX_CHAIN
-        and all(isinstance(n, str) and _DEPARTMENT.fullmatch(n) for n in route)
+        and all(isinstance(n, str) and DEPARTMENT.fullmatch(n) for n in route)
         and (previous is None or isinstance(previous, str))
         and (previous is None) == (not route)
     ):
@@ -540,14 +598,11 @@ class Forwarding:
                 )
             )
 
-        peer = await self._trust.peer(peer_name)
-        if peer is None or not peer.active:
+        try:
+            peer = await self._trust.active_peer(peer_name)
+        except PeerUnknown:
             await log([], "query.forward", "denied", PeerUnknown.reason)
-            raise PeerUnknown(
-                f"No active peer exchange {peer_name[:64]!r} is linked to this one; see the "
-                "remote catalogue.",
-                metadata={"peer": peer_name[:64]},
-            )
+            raise
         entry = await self._remote.get(peer, code, now=now)
         if entry is None:
             await log([], "query.forward", "denied", DatasetNotFound.reason)

@@ -16,25 +16,23 @@ One link only: a dataset reached through a middle exchange is refused (later).
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.federation.errors import (
-    PeerRequestExpired,
     PeerRequestInvalid,
-    PeerRequestReplayed,
-    PeerSignatureMismatch,
-    PeerUnknown,
 )
 from tongban.exchange.federation.forwarding import (
-    MAX_LIFETIME,
-    SKEW,
+    DEPARTMENT,
+    NONCE,
+    OFFICER,
+    admit,
+    instant,
     remote_department,
     sign_claims,
     verify_peer_signed,
@@ -54,9 +52,6 @@ from tongban.v1 import federation_pb2, grants_pb2
 __all__ = ["GRANT_REQUEST_TYPE", "ForwardedGrantRequest", "GrantForwarding"]
 
 GRANT_REQUEST_TYPE = "tongban-forwarded-grant+jws"
-_DEPARTMENT = re.compile(r"[a-z][a-z0-9-]{1,62}")
-_OFFICER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
-_NONCE = re.compile(r"[0-9a-f]{32}")
 _MAX_FIELDS = 200
 _MAX_TEXT = 2000
 
@@ -92,15 +87,11 @@ class ForwardedGrantRequest:
             "fields": list(self.fields),
             "purpose": self.purpose,
             "legal_basis": self.legal_basis,
-            "expiry": _instant(self.expiry),
+            "expiry": instant(self.expiry),
             "nonce": self.nonce,
-            "issued_at": _instant(self.issued_at),
-            "expires_at": _instant(self.expires_at),
+            "issued_at": instant(self.issued_at),
+            "expires_at": instant(self.expires_at),
         }
-
-
-def _instant(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _parse(claimed: Mapping[str, Any]) -> ForwardedGrantRequest:
@@ -129,9 +120,9 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedGrantRequest | None:
     well_formed = (
         all(isinstance(claimed[k], str) and len(claimed[k]) <= _MAX_TEXT for k in texts)
         and isinstance(claimed["nonce"], str)
-        and (officer is None or (isinstance(officer, str) and _OFFICER.fullmatch(officer)))
-        and _DEPARTMENT.fullmatch(claimed["department"])
-        and _NONCE.fullmatch(claimed["nonce"])
+        and (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
+        and DEPARTMENT.fullmatch(claimed["department"])
+        and NONCE.fullmatch(claimed["nonce"])
         and isinstance(fields, list)
         and len(fields) <= _MAX_FIELDS
         and all(isinstance(f, str) for f in fields)
@@ -190,13 +181,7 @@ class GrantForwarding:
 
     async def _peer_and_code(self, dataset: str) -> tuple[Peer, str]:
         peer_name, _, code = dataset.partition(":")
-        peer = await self._trust.peer(peer_name)
-        if peer is None or not peer.active:
-            raise PeerUnknown(
-                f"No active peer exchange {peer_name[:64]!r} is linked to this one; see the "
-                "remote catalogue.",
-                metadata={"peer": peer_name[:64]},
-            )
+        peer = await self._trust.active_peer(peer_name)
         if ":" in code:
             raise InvalidArgument(
                 "A grant is asked of the owner's exchange over one link; this dataset is "
@@ -278,27 +263,10 @@ class GrantForwarding:
         now = self._clock.now()
         claimed = verify_peer_signed(token, peer=peer, typ=GRANT_REQUEST_TYPE, now=now)
         request = _parse(claimed)
-        own = self._trust.own_fingerprint.hex()
-        if request.exchange != peer.ca_fingerprint.hex() or request.audience != own:
-            raise PeerSignatureMismatch(
-                f"The grant request names another exchange than peer {peer.name} or than us.",
-                metadata={"peer": peer.name},
-            )
-        if request.expires_at - request.issued_at > MAX_LIFETIME or not (
-            request.issued_at - SKEW <= now <= request.expires_at + SKEW
-        ):
-            raise PeerRequestExpired(
-                f"The grant request is valid from {_instant(request.issued_at)} to "
-                f"{_instant(request.expires_at)} (at most {MAX_LIFETIME}), not at "
-                f"{_instant(now)}; check both exchanges' clocks.",
-                metadata={"peer": peer.name},
-            )
-        if not await self._first_use(peer, request.nonce, request.expires_at):
-            raise PeerRequestReplayed(
-                f"This grant request (nonce {request.nonce}) was already received; a peer "
-                "signs each request once.",
-                metadata={"peer": peer.name},
-            )
+        await admit(
+            request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
+            what="grant request", first_use=self._first_use,
+        )  # fmt: skip
         entry = await self._offer.offers(peer.name, request.dataset)
         if entry is None:
             raise DatasetNotFound(
@@ -319,7 +287,7 @@ class GrantForwarding:
         self, peer: Peer, *, department: str, dataset: str, status: GrantStatus | None
     ) -> list[Grant]:
         """Peer ``peer``'s department's grants on our ``dataset`` (only theirs)."""
-        if not _DEPARTMENT.fullmatch(department):
+        if not DEPARTMENT.fullmatch(department):
             raise InvalidArgument(
                 "department is not a department code.", metadata={"field": "department"}
             )

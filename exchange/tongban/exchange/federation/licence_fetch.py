@@ -15,11 +15,10 @@ root (``PeerLicences``).
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from tongban.errors import TongbanError
@@ -27,14 +26,15 @@ from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.recorder import AccessRecorder, Outcome
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.federation.errors import (
-    PeerRequestExpired,
     PeerRequestInvalid,
-    PeerRequestReplayed,
     PeerSignatureMismatch,
 )
 from tongban.exchange.federation.forwarding import (
-    MAX_LIFETIME,
-    SKEW,
+    DEPARTMENT,
+    NONCE,
+    OFFICER,
+    admit,
+    instant,
     remote_department,
     sign_claims,
     verify_peer_signed,
@@ -55,9 +55,6 @@ from tongban.v1 import federation_pb2
 __all__ = ["FETCH_TYPE", "FetchedElsewhere", "ForwardedFetch", "LicenceFetchForwarding"]
 
 FETCH_TYPE = "tongban-forwarded-licence-fetch+jws"
-_DEPARTMENT = re.compile(r"[a-z][a-z0-9-]{1,62}")
-_OFFICER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
-_NONCE = re.compile(r"[0-9a-f]{32}")
 _MAX_TEXT = 200
 _MAX_CLAIMS = 64
 
@@ -92,8 +89,8 @@ class ForwardedFetch:
             "licence_type": self.licence_type,
             "disclose": list(self.disclose),
             "nonce": self.nonce,
-            "issued_at": _instant(self.issued_at),
-            "expires_at": _instant(self.expires_at),
+            "issued_at": instant(self.issued_at),
+            "expires_at": instant(self.expires_at),
         }
 
 
@@ -110,10 +107,6 @@ class FetchedElsewhere:
     log_index: int
 
 
-def _instant(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _parse(claimed: Mapping[str, Any]) -> ForwardedFetch:
     bad = PeerRequestInvalid("The forwarded licence fetch lacks a member or holds a malformed one.")
     try:
@@ -125,9 +118,9 @@ def _parse(claimed: Mapping[str, Any]) -> ForwardedFetch:
             all(isinstance(claimed[k], str) and len(claimed[k]) <= _MAX_TEXT for k in texts)
             and isinstance(claimed["licence_type"], str)
             and isinstance(claimed["nonce"], str)
-            and (officer is None or (isinstance(officer, str) and _OFFICER.fullmatch(officer)))
-            and _DEPARTMENT.fullmatch(claimed["department"])
-            and _NONCE.fullmatch(claimed["nonce"])
+            and (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
+            and DEPARTMENT.fullmatch(claimed["department"])
+            and NONCE.fullmatch(claimed["nonce"])
             and isinstance(disclose, list)
             and len(disclose) <= _MAX_CLAIMS
             and all(isinstance(c, str) for c in disclose)
@@ -292,27 +285,10 @@ class LicenceFetchForwarding:
         now = self._clock.now()
         claimed = verify_peer_signed(token, peer=peer, typ=FETCH_TYPE, now=now)
         request = _parse(claimed)
-        if (
-            request.exchange != peer.ca_fingerprint.hex()
-            or request.audience != self._trust.own_fingerprint.hex()
-        ):
-            raise PeerSignatureMismatch(
-                f"The licence fetch names another exchange than peer {peer.name} or than us.",
-                metadata={"peer": peer.name},
-            )
-        if request.expires_at - request.issued_at > MAX_LIFETIME or not (
-            request.issued_at - SKEW <= now <= request.expires_at + SKEW
-        ):
-            raise PeerRequestExpired(
-                f"The licence fetch is valid from {_instant(request.issued_at)} to "
-                f"{_instant(request.expires_at)}, not at {_instant(now)}.",
-                metadata={"peer": peer.name},
-            )
-        if not await self._first_use(peer, request.nonce, request.expires_at):
-            raise PeerRequestReplayed(
-                f"This licence fetch (nonce {request.nonce}) was already answered.",
-                metadata={"peer": peer.name},
-            )
+        await admit(
+            request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
+            what="licence fetch", first_use=self._first_use,
+        )  # fmt: skip
         assert self.approval_fetch is not None  # set by the node before it serves
         caller = remote_department(peer.name, request.department)
         kind = self._registry.get(request.licence_type)  # LicenceTypeUnknown

@@ -18,11 +18,10 @@ One link only: a dataset reached through a middle exchange is refused (later).
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
@@ -32,15 +31,14 @@ from tongban.exchange.audit.recorder import AccessRecorder
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.federation.errors import (
-    PeerRequestExpired,
     PeerRequestInvalid,
-    PeerRequestReplayed,
-    PeerSignatureMismatch,
-    PeerUnknown,
 )
 from tongban.exchange.federation.forwarding import (
-    MAX_LIFETIME,
-    SKEW,
+    DEPARTMENT,
+    NONCE,
+    OFFICER,
+    admit,
+    instant,
     remote_department,
     sign_claims,
     verify_peer_signed,
@@ -58,9 +56,6 @@ from tongban.v1 import events_pb2, federation_pb2
 __all__ = ["SUBSCRIPTION_TYPE", "ForwardedSubscription", "SubscriptionForwarding"]
 
 SUBSCRIPTION_TYPE = "tongban-forwarded-subscription+jws"
-_DEPARTMENT = re.compile(r"[a-z][a-z0-9-]{1,62}")
-_OFFICER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,63}")
-_NONCE = re.compile(r"[0-9a-f]{32}")
 _MAX_TEXT = 200
 _MAX_FIELDS = 200
 _MAX_POSITION = 2**62
@@ -94,8 +89,8 @@ class ForwardedSubscription:
             "purpose": self.purpose,
             "after_position": self.after_position,
             "nonce": self.nonce,
-            "issued_at": _instant(self.issued_at),
-            "expires_at": _instant(self.expires_at),
+            "issued_at": instant(self.issued_at),
+            "expires_at": instant(self.expires_at),
         }
 
 
@@ -110,10 +105,6 @@ class Admitted:
     after_position: int | None
 
 
-def _instant(at: datetime) -> str:
-    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def _parse(claimed: Mapping[str, Any]) -> ForwardedSubscription:
     bad = PeerRequestInvalid("The forwarded subscription lacks a member or holds a malformed one.")
     try:
@@ -124,9 +115,9 @@ def _parse(claimed: Mapping[str, Any]) -> ForwardedSubscription:
         well_formed = (
             all(isinstance(claimed[k], str) and len(claimed[k]) <= _MAX_TEXT for k in texts)
             and isinstance(claimed["nonce"], str)
-            and (officer is None or (isinstance(officer, str) and _OFFICER.fullmatch(officer)))
-            and _DEPARTMENT.fullmatch(claimed["department"])
-            and _NONCE.fullmatch(claimed["nonce"])
+            and (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
+            and DEPARTMENT.fullmatch(claimed["department"])
+            and NONCE.fullmatch(claimed["nonce"])
             and isinstance(fields, list)
             and len(fields) <= _MAX_FIELDS
             and all(isinstance(f, str) for f in fields)
@@ -178,16 +169,6 @@ class SubscriptionForwarding:
 
     # -- the calling side ---------------------------------------------------------------
 
-    async def _peer(self, name: str) -> Peer:
-        peer = await self._trust.peer(name)
-        if peer is None or not peer.active:
-            raise PeerUnknown(
-                f"No active peer exchange {name[:64]!r} is linked to this one; see the remote "
-                "catalogue.",
-                metadata={"peer": name[:64]},
-            )
-        return peer
-
     async def stream(
         self,
         caller: Caller,
@@ -202,7 +183,7 @@ class SubscriptionForwarding:
         PeerUnknown, DatasetNotFound, InvalidArgument (a routed dataset), the owner's
         refusal, or PeerUnavailable when the link drops."""
         peer_name, _, code = dataset.partition(":")
-        peer = await self._peer(peer_name)
+        peer = await self._trust.active_peer(peer_name)
         if ":" in code:
             raise InvalidArgument(
                 "A subscription is made at the owner's exchange over one link; this dataset "
@@ -242,7 +223,7 @@ class SubscriptionForwarding:
         """Acknowledge events of ``<peer>:<id>`` at the owner's exchange; return the
         position it keeps."""
         peer_name, _, remote_id = subscription_id.partition(":")
-        peer = await self._peer(peer_name)
+        peer = await self._trust.active_peer(peer_name)
         reply: events_pb2.AcknowledgeResponse = await self._links.call(
             peer,
             "an acknowledgement",
@@ -280,27 +261,10 @@ class SubscriptionForwarding:
         now = self._clock.now()
         claimed = verify_peer_signed(token, peer=peer, typ=SUBSCRIPTION_TYPE, now=now)
         request = _parse(claimed)
-        if (
-            request.exchange != peer.ca_fingerprint.hex()
-            or request.audience != self._trust.own_fingerprint.hex()
-        ):
-            raise PeerSignatureMismatch(
-                f"The subscription names another exchange than peer {peer.name} or than us.",
-                metadata={"peer": peer.name},
-            )
-        if request.expires_at - request.issued_at > MAX_LIFETIME or not (
-            request.issued_at - SKEW <= now <= request.expires_at + SKEW
-        ):
-            raise PeerRequestExpired(
-                f"The subscription is valid from {_instant(request.issued_at)} to "
-                f"{_instant(request.expires_at)}, not at {_instant(now)}.",
-                metadata={"peer": peer.name},
-            )
-        if not await self._first_use(peer, request.nonce, request.expires_at):
-            raise PeerRequestReplayed(
-                f"This subscription request (nonce {request.nonce}) was already used.",
-                metadata={"peer": peer.name},
-            )
+        await admit(
+            request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
+            what="subscription request", first_use=self._first_use,
+        )  # fmt: skip
         if await self._offer.offers(peer.name, request.dataset) is None:
             raise DatasetNotFound(
                 f"This exchange offers peer {peer.name} no dataset {request.dataset[:100]!r}."
@@ -316,7 +280,7 @@ class SubscriptionForwarding:
     @staticmethod
     def consumer(peer: Peer, department: str) -> str:
         """Our name for peer ``peer``'s department (InvalidArgument if it is none)."""
-        if not _DEPARTMENT.fullmatch(department):
+        if not DEPARTMENT.fullmatch(department):
             raise InvalidArgument(
                 "department is not a department code.", metadata={"field": "department"}
             )

@@ -110,6 +110,18 @@ class PeerTrust:
         """The peers as last read (every status)."""
         return list(self._snapshot.peers.values())
 
+    async def active_peer(self, name: str) -> Peer:
+        """The active peer named ``name``; PeerUnknown if there is none (never added,
+        removed or suspended)."""
+        peer = await self.peer(name)
+        if peer is None or not peer.active:
+            raise PeerUnknown(
+                f"No active peer exchange {name[:64]!r} is linked to this one; see the remote "
+                "catalogue.",
+                metadata={"peer": name[:64]},
+            )
+        return peer
+
     def active_roots(self) -> list[tuple[str, x509.Certificate]]:
         """Each active peer's name and root CA, by name (as last read)."""
         return [
