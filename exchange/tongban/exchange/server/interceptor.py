@@ -17,7 +17,7 @@ import inspect
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any, NoReturn
 
 import grpc
@@ -303,7 +303,8 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return wrapped
 
     async def _authenticate(self, context: Context) -> Caller:
-        certs: list[bytes] = list(context.auth_context().get("x509_pem_cert", ()))
+        auth = context.auth_context()  # built anew by each call: read it once
+        certs: list[bytes] = list(auth.get("x509_pem_cert", ()))
         if not certs:
             # Mutual TLS is required by the server, so this means a misconfigured listener.
             raise _NoClientCertificate(
@@ -315,7 +316,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 officer = value if isinstance(value, str) else value.decode("utf-8", "replace")
         try:
             if self._peers is not None:
-                self._peers.refuse_peer_as_department(certs[0], _sent_chain(context))
+                self._peers.refuse_peer_as_department(certs[0], _sent_chain(auth))
             caller = await self._auth.authenticate(certs[0], officer)
         except TongbanError as e:
             self._metrics.auth_refused.labels(e.reason).inc()
@@ -326,14 +327,15 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return caller
 
     async def _authenticate_peer(self, context: Context) -> str:
-        certs: list[bytes] = list(context.auth_context().get("x509_pem_cert", ()))
+        auth = context.auth_context()
+        certs: list[bytes] = list(auth.get("x509_pem_cert", ()))
         if not certs or self._peers is None:
             raise PeerOnly(
                 "The peer service answers only the nodes of peer exchanges; departments "
                 "call their own exchange's services."
             )
         try:
-            peer = await self._peers.authenticate_peer(certs[0], _sent_chain(context))
+            peer = await self._peers.authenticate_peer(certs[0], _sent_chain(auth))
         except TongbanError as e:
             self._metrics.auth_refused.labels(e.reason).inc()
             if self._on_auth_refused is not None:
@@ -380,7 +382,8 @@ class _Internal(TongbanError):
     status = "INTERNAL"
 
 
-def _sent_chain(context: Context) -> bytes:
-    """The certificates the client sent after its own (its issuing CA), as PEM."""
-    chain: list[bytes] = list(context.auth_context().get("x509_pem_cert_chain", ()))
+def _sent_chain(auth: Mapping[str, Iterable[bytes]]) -> bytes:
+    """The certificates the client sent after its own (its issuing CA), as PEM, from the
+    call's auth context."""
+    chain: list[bytes] = list(auth.get("x509_pem_cert_chain", ()))
     return chain[0] if chain else b""
