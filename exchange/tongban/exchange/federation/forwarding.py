@@ -90,6 +90,7 @@ __all__ = [
     "check_addressed",
     "check_signed_answer",
     "instant",
+    "peer_department",
     "sign_claims",
     "sign_request",
     "verify_chain",
@@ -523,6 +524,16 @@ def _by_key(records: object) -> dict[str, object] | None:
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         return None
     return {str(r.get("key")): r for r in records}
+
+
+def peer_department(peer: Peer, department: str) -> str:
+    """Our name for a department peer ``peer``'s node names in an unsigned request over
+    its link (an acknowledgement, a listing): InvalidArgument if it is not a code."""
+    if not DEPARTMENT.fullmatch(department):
+        raise InvalidArgument(
+            "department is not a department code.", metadata={"field": "department"}
+        )
+    return remote_department(peer.name, department)
 
 
 def remote_department(peer: str, *path: str) -> str:

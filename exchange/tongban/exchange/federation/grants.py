@@ -33,6 +33,7 @@ from tongban.exchange.federation.forwarding import (
     OFFICER,
     admit,
     instant,
+    peer_department,
     remote_department,
     sign_claims,
     verify_peer_signed,
@@ -287,13 +288,9 @@ class GrantForwarding:
         self, peer: Peer, *, department: str, dataset: str, status: GrantStatus | None
     ) -> list[Grant]:
         """Peer ``peer``'s department's grants on our ``dataset`` (only theirs)."""
-        if not DEPARTMENT.fullmatch(department):
-            raise InvalidArgument(
-                "department is not a department code.", metadata={"field": "department"}
-            )
+        consumer = peer_department(peer, department)
         if not dataset or len(dataset) > 200:
             raise InvalidArgument("Name the dataset.", metadata={"field": "dataset"})
-        consumer = remote_department(peer.name, department)
         grants = await self._grants.list(
             caller=consumer, dataset=dataset, status=status, now=self._clock.now()
         )

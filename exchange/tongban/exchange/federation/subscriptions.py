@@ -39,6 +39,7 @@ from tongban.exchange.federation.forwarding import (
     OFFICER,
     admit,
     instant,
+    peer_department,
     remote_department,
     sign_claims,
     verify_peer_signed,
@@ -280,8 +281,4 @@ class SubscriptionForwarding:
     @staticmethod
     def consumer(peer: Peer, department: str) -> str:
         """Our name for peer ``peer``'s department (InvalidArgument if it is none)."""
-        if not DEPARTMENT.fullmatch(department):
-            raise InvalidArgument(
-                "department is not a department code.", metadata={"field": "department"}
-            )
-        return remote_department(peer.name, department)
+        return peer_department(peer, department)
