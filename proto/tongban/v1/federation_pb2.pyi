@@ -570,21 +570,32 @@ class ListForwardedGrantsRequest(_message.Message):
     DEPARTMENT_FIELD_NUMBER: _builtins.int
     DATASET_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
     department: _builtins.str
     """The calling exchange's department."""
     dataset: _builtins.str
-    """Our code of the dataset."""
+    """Our code of the dataset, or for a dataset we reach through a peer of ours, our name
+    of it ("<peer>:<code>"): we ask that peer for the grants and pass them on.
+    """
     status: _grants_pb2.GrantStatus.ValueType
+    @_builtins.property
+    def route(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For a middle exchange asking for an exchange behind it: its names of the exchanges
+        behind it, nearest first ("county-a"); the department is of the last one. Empty for
+        the calling exchange's own department.
+        """
+
     def __init__(
         self,
         *,
         department: _builtins.str = ...,
         dataset: _builtins.str = ...,
         status: _grants_pb2.GrantStatus.ValueType = ...,
+        route: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "department", b"department", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dataset", b"dataset", "department", b"department", "route", b"route", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

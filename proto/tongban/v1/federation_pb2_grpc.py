@@ -192,14 +192,18 @@ class PeerServiceServicer:
         signed by its node (docs/federation.md, "Grants across exchanges"): recorded as a
         pending request of "<our name for the caller>/<department>", due in our working
         days; our owner decides it with GrantService/DecideGrant. Answers the grant as we
-        keep it.
+        keep it. For a dataset of a peer of ours that we offer the caller ("<peer>:<code>"),
+        we carry the request on, signed by us and embedding the caller's ("Routing over
+        several hops"), and answer that peer's grant as we name it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListForwardedGrants(self, request, context):
-        """The calling exchange's department's grants on one of our datasets.
+        """The calling exchange's department's grants on one of our datasets (its route of
+        exchanges behind it, if any, named), or on a dataset we carry requests of to the
+        peer that offered it (we ask that peer, for "<caller>/<department>").
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

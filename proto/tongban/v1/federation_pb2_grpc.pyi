@@ -94,10 +94,15 @@ class PeerServiceStub:
     signed by its node (docs/federation.md, "Grants across exchanges"): recorded as a
     pending request of "<our name for the caller>/<department>", due in our working
     days; our owner decides it with GrantService/DecideGrant. Answers the grant as we
-    keep it.
+    keep it. For a dataset of a peer of ours that we offer the caller ("<peer>:<code>"),
+    we carry the request on, signed by us and embedding the caller's ("Routing over
+    several hops"), and answer that peer's grant as we name it.
     """
     ListForwardedGrants: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ListForwardedGrantsRequest, _grants_pb2.ListGrantsResponse]
-    """The calling exchange's department's grants on one of our datasets."""
+    """The calling exchange's department's grants on one of our datasets (its route of
+    exchanges behind it, if any, named), or on a dataset we carry requests of to the
+    peer that offered it (we ask that peer, for "<caller>/<department>").
+    """
     ForwardLicenceFetch: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ForwardLicenceFetchRequest, _federation_pb2.ForwardLicenceFetchResponse]
     """A licence held here, fetched for an approval by a department of the calling
     exchange, signed by its node (docs/federation.md, "The materials resolver and peers'
@@ -170,10 +175,15 @@ class PeerServiceAsyncStub(PeerServiceStub):
     signed by its node (docs/federation.md, "Grants across exchanges"): recorded as a
     pending request of "<our name for the caller>/<department>", due in our working
     days; our owner decides it with GrantService/DecideGrant. Answers the grant as we
-    keep it.
+    keep it. For a dataset of a peer of ours that we offer the caller ("<peer>:<code>"),
+    we carry the request on, signed by us and embedding the caller's ("Routing over
+    several hops"), and answer that peer's grant as we name it.
     """
     ListForwardedGrants: _aio.UnaryUnaryMultiCallable[_federation_pb2.ListForwardedGrantsRequest, _grants_pb2.ListGrantsResponse]  # type: ignore[assignment]
-    """The calling exchange's department's grants on one of our datasets."""
+    """The calling exchange's department's grants on one of our datasets (its route of
+    exchanges behind it, if any, named), or on a dataset we carry requests of to the
+    peer that offered it (we ask that peer, for "<caller>/<department>").
+    """
     ForwardLicenceFetch: _aio.UnaryUnaryMultiCallable[_federation_pb2.ForwardLicenceFetchRequest, _federation_pb2.ForwardLicenceFetchResponse]  # type: ignore[assignment]
     """A licence held here, fetched for an approval by a department of the calling
     exchange, signed by its node (docs/federation.md, "The materials resolver and peers'
@@ -297,7 +307,9 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         signed by its node (docs/federation.md, "Grants across exchanges"): recorded as a
         pending request of "<our name for the caller>/<department>", due in our working
         days; our owner decides it with GrantService/DecideGrant. Answers the grant as we
-        keep it.
+        keep it. For a dataset of a peer of ours that we offer the caller ("<peer>:<code>"),
+        we carry the request on, signed by us and embedding the caller's ("Routing over
+        several hops"), and answer that peer's grant as we name it.
         """
 
     @_abc_1.abstractmethod
@@ -306,7 +318,10 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _federation_pb2.ListForwardedGrantsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_grants_pb2.ListGrantsResponse, _abc.Awaitable[_grants_pb2.ListGrantsResponse]]:
-        """The calling exchange's department's grants on one of our datasets."""
+        """The calling exchange's department's grants on one of our datasets (its route of
+        exchanges behind it, if any, named), or on a dataset we carry requests of to the
+        peer that offered it (we ask that peer, for "<caller>/<department>").
+        """
 
     @_abc_1.abstractmethod
     def ForwardLicenceFetch(

@@ -2,8 +2,8 @@
 county department asks the province's owner for a grant through its own node; the
 province records it as a pending request of ``county-a/approval``, due in its working
 days; its owner decides as for a local request; the county follows it and then queries.
-Replays, another exchange's signature, datasets not offered and routed datasets are
-refused with their reasons."""
+Replays, another exchange's signature and datasets not offered are refused with their
+reasons (over two hops: test_routed_grants.py)."""
 
 from __future__ import annotations
 
@@ -156,12 +156,12 @@ async def test_bad_grant_requests_are_refused_with_their_reasons(
             "county-a/approval"
         ]
 
-    # On the county's side: an unknown peer, and a dataset reached through a middle
-    # exchange (one link only, for now).
+    # On the county's side: an unknown peer, and a route the province does not offer
+    # (routed grant requests: test_routed_grants.py).
     async with client_for(county, "approval", OFFICER) as approval:
         for dataset, reason in (
             ("nowhere:police.person", "PEER_UNKNOWN"),
-            ("province:city:police.person", "INVALID_ARGUMENT"),
+            ("province:city:police.person", "DATASET_NOT_FOUND"),
             ("province:samr.nothing", "DATASET_NOT_FOUND"),
         ):
             with pytest.raises(ExchangeError) as caught:

@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 import asyncpg
 from cryptography import x509
@@ -83,10 +83,15 @@ __all__ = [
     "DEPARTMENT",
     "NONCE",
     "OFFICER",
+    "QUERY",
     "REQUEST_TYPE",
     "Addressed",
+    "Carried",
     "ForwardedQuery",
     "Forwarding",
+    "RequestKind",
+    "carried_payload",
+    "carried_route",
     "check_addressed",
     "check_signed_answer",
     "instant",
@@ -150,10 +155,18 @@ class ForwardedQuery:
         """The route and the department: ``("county-a", "approval")``."""
         return (*self.route, self.department)
 
+    def carries(self, embedded: ForwardedQuery) -> bool:
+        """The same officer, purpose, case, fields, signing and ``as_of``, and the keys
+        or fewer."""
+        return (
+            (self.officer, self.purpose, self.case_id, self.sign, self.as_of, self.fields)
+            == (embedded.officer, embedded.purpose, embedded.case_id, embedded.sign,
+                embedded.as_of, embedded.fields)
+            and set(self.keys) <= set(embedded.keys)
+        )  # fmt: skip
+
     def payload(self) -> dict[str, object]:
-        carried: dict[str, object] = (
-            {} if self.previous is None else {"route": list(self.route), "previous": self.previous}
-        )
+        carried = carried_payload(self)
         # "sign" and "as_of" only when asked, so a request without them reads as before.
         signed: dict[str, object] = {"sign": True} if self.sign else {}
         if self.as_of is not None:
@@ -297,20 +310,77 @@ def verify_peer_signed(token: str, *, peer: Peer, typ: str, now: datetime) -> di
     return claimed
 
 
-def verify_chain(
-    request: ForwardedQuery, *, own_exchange: bytes, now: datetime, max_hops: int
-) -> tuple[ForwardedQuery, ...]:
-    """The requests ``request`` embeds, checked, nearest first (empty for a request made
-    by the calling exchange's own department).
+class Carried(Addressed, Protocol):
+    """A signed request a middle exchange may carry on: besides what ``Addressed`` names,
+    the dataset (in the receiver's names), the department, the route of exchanges
+    behind the sender and the request it carries (``previous``)."""
 
-    Each embedded request must be signed by a node of the root its own ``x5c`` carries,
-    that root must be the exchange it names, it must be addressed to the exchange that
-    carried it on, and it must ask what the carrier asked (department, officer, purpose,
-    case, fields, keys, route): PeerSignatureMismatch, PeerRequestAltered otherwise.
-    Raises PeerRouteLoop if the chain passed through us or one exchange twice,
-    PeerTooManyHops past ``max_hops``, PeerRequestExpired outside a window.
+    @property
+    def dataset(self) -> str: ...
+    @property
+    def department(self) -> str: ...
+    @property
+    def route(self) -> tuple[str, ...]: ...
+    @property
+    def previous(self) -> str | None: ...
+    def carries(self, embedded: Self) -> bool:
+        """Whether this request, made by a middle exchange, asks what ``embedded`` asked
+        of it (beyond the route, dataset and window, which ``verify_chain`` checks)."""
+        ...
+
+
+R = TypeVar("R", bound=Carried)
+
+
+@dataclass(frozen=True)
+class RequestKind(Generic[R]):
+    """One kind of signed request between exchanges: its JWS ``typ`` and how its claims
+    are read (raising PeerRequestInvalid for a malformed one)."""
+
+    typ: str
+    parse: Callable[[Mapping[str, Any]], R]
+
+
+def carried_route(claimed: Mapping[str, Any]) -> tuple[tuple[str, ...], str | None]:
+    """The ``route`` and ``previous`` of a signed request's claims (empty and None for a
+    request of the sender's own department). Raises ValueError if malformed."""
+    route, previous = claimed.get("route", []), claimed.get("previous")
+    if not (
+        isinstance(route, list)
+        and len(route) <= MAX_CHAIN
+        and all(isinstance(n, str) and DEPARTMENT.fullmatch(n) for n in route)
+        and (previous is None or isinstance(previous, str))
+        and (previous is None) == (not route)
+    ):
+        raise ValueError("a route is malformed")
+    return tuple(route), previous
+
+
+def carried_payload(request: Carried) -> dict[str, object]:
+    """The ``route`` and ``previous`` members of a carried request's payload (none for a
+    request of the sender's own department, so that one reads as before routing)."""
+    if request.previous is None:
+        return {}
+    return {"route": list(request.route), "previous": request.previous}
+
+
+def verify_chain(
+    request: R, *, kind: RequestKind[R], own_exchange: bytes, now: datetime, max_hops: int
+) -> tuple[R, ...]:
+    """The requests ``request`` embeds, checked, nearest first (empty for a request made
+    by the calling exchange's own department). One check for every kind of request a
+    middle exchange carries (queries, grant requests, subscriptions).
+
+    Each embedded request must be of ``kind``, signed by a node of the root its own
+    ``x5c`` carries, that root must be the exchange it names, it must be addressed to the
+    exchange that carried it on, and the carrier must ask what it asked (the same
+    department behind one more name, the same dataset behind one more name, a window no
+    later, and what ``Carried.carries`` compares): PeerSignatureMismatch,
+    PeerRequestAltered otherwise. Raises PeerRouteLoop if the chain passed through us or
+    one exchange twice, PeerTooManyHops past ``max_hops``, PeerRequestExpired outside a
+    window.
     """
-    chain: list[ForwardedQuery] = []
+    chain: list[R] = []
     carrier = request
     while carrier.previous is not None:
         if len(chain) + 1 >= max_hops:
@@ -319,7 +389,7 @@ def verify_chain(
                 "the most this exchange answers or carries.",
                 metadata={"max_hops": str(max_hops)},
             )
-        embedded = _embedded(carrier.previous)
+        embedded = _embedded(carrier.previous, kind)
         _same_ask(carrier, embedded)
         if not embedded.issued_at - SKEW <= now <= embedded.expires_at + SKEW:
             raise PeerRequestExpired(
@@ -337,9 +407,9 @@ def verify_chain(
     return tuple(chain)
 
 
-def _embedded(token: str) -> ForwardedQuery:
+def _embedded(token: str, kind: RequestKind[R]) -> R:
     header, claimed = _parts(token)
-    request = _request(claimed)
+    request = kind.parse(claimed)
     altered = PeerSignatureMismatch(
         "A request carried by a middle exchange is not signed by a node of the exchange it "
         "names: it was altered on the way."
@@ -352,30 +422,28 @@ def _embedded(token: str) -> ForwardedQuery:
         raise altered from e
     if certificate_fingerprint(root).hex() != request.exchange:
         raise altered
-    if header.get("typ") != REQUEST_TYPE:
-        raise PeerRequestInvalid("A carried object is not a forwarded query.")
+    if header.get("typ") != kind.typ:
+        raise PeerRequestInvalid(
+            "A carried object is not of the kind of the request that carries it."
+        )
     return request
 
 
-def _same_ask(carrier: ForwardedQuery, embedded: ForwardedQuery) -> None:
+def _same_ask(carrier: R, embedded: R) -> None:
     """Raise PeerRequestAltered unless ``carrier`` asks what ``embedded`` asked of it."""
     same = (
         embedded.audience == carrier.exchange
         and carrier.route[1:] == embedded.route
-        and (carrier.department, carrier.officer, carrier.purpose, carrier.case_id)
-        == (embedded.department, embedded.officer, embedded.purpose, embedded.case_id)
-        and carrier.sign == embedded.sign
-        and carrier.as_of == embedded.as_of
-        and carrier.fields == embedded.fields
-        and set(carrier.keys) <= set(embedded.keys)
+        and carrier.department == embedded.department
         and embedded.dataset.endswith(":" + carrier.dataset)
         and carrier.expires_at <= embedded.expires_at + SKEW
+        and carrier.carries(embedded)
     )
     if not same:
         raise PeerRequestAltered(
             "A middle exchange's request does not ask what the request it carries asked "
-            "(department, officer, purpose, case, fields, keys, dataset, signing or as_of "
-            "differ).",
+            "(department, officer, purpose, case, fields, keys, dataset, signing, as_of, "
+            "legal basis, expiry or position differ).",
         )
 
 
@@ -406,6 +474,10 @@ def _request(claimed: Mapping[str, Any]) -> ForwardedQuery:
         ) from e
 
 
+QUERY = RequestKind(REQUEST_TYPE, _request)
+"""Forwarded queries, as a middle exchange carries them."""
+
+
 def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     """Raises KeyError, TypeError or ValueError for a missing or malformed member."""
     strings = ("exchange", "audience", "department", "purpose", "case_id", "dataset", "nonce")
@@ -428,7 +500,7 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     expires_at = datetime.fromisoformat(claimed["expires_at"])
     if issued_at.tzinfo is None or expires_at.tzinfo is None:
         raise ValueError("an instant has no time zone")
-    route, previous = claimed.get("route", []), claimed.get("previous")
+    route, previous = carried_route(claimed)
     sign = claimed.get("sign", False)
     if not isinstance(sign, bool):
         raise TypeError("sign is not a boolean")
@@ -436,16 +508,8 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     as_of = None if as_of_text is None else datetime.fromisoformat(as_of_text)
     if as_of is not None and as_of.tzinfo is None:
         raise ValueError("as_of has no time zone")
-    if not (
-        isinstance(route, list)
-        and len(route) <= MAX_CHAIN
-        and all(isinstance(n, str) and DEPARTMENT.fullmatch(n) for n in route)
-        and (previous is None or isinstance(previous, str))
-        and (previous is None) == (not route)
-    ):
-        raise ValueError("a route is malformed")
     return ForwardedQuery(
-        route=tuple(route),
+        route=route,
         previous=previous,
         exchange=claimed["exchange"],
         audience=claimed["audience"],
@@ -526,14 +590,21 @@ def _by_key(records: object) -> dict[str, object] | None:
     return {str(r.get("key")): r for r in records}
 
 
-def peer_department(peer: Peer, department: str) -> str:
+def peer_department(peer: Peer, department: str, route: Sequence[str] = ()) -> str:
     """Our name for a department peer ``peer``'s node names in an unsigned request over
-    its link (an acknowledgement, a listing): InvalidArgument if it is not a code."""
+    its link (an acknowledgement, a listing), behind the exchanges ``route`` (the peer's
+    names, nearest first) when the peer asks for an exchange behind it: InvalidArgument
+    if the department or a name of the route is not a code, or the route is too long."""
     if not DEPARTMENT.fullmatch(department):
         raise InvalidArgument(
             "department is not a department code.", metadata={"field": "department"}
         )
-    return remote_department(peer.name, department)
+    if len(route) > MAX_CHAIN or not all(DEPARTMENT.fullmatch(name) for name in route):
+        raise InvalidArgument(
+            f"route names at most {MAX_CHAIN} exchanges, each by a peer's name.",
+            metadata={"field": "route"},
+        )
+    return remote_department(peer.name, *route, department)
 
 
 def remote_department(peer: str, *path: str) -> str:
@@ -739,8 +810,9 @@ class Forwarding:
             caller, request.dataset, request.fields, request.purpose, request.case_id
         )
         try:
-            verify_chain(
+            chain = verify_chain(
                 request,
+                kind=QUERY,
                 own_exchange=self._trust.own_fingerprint,
                 now=now,
                 max_hops=self.routes.max_hops,
@@ -757,7 +829,7 @@ class Forwarding:
                 caller, request, intent, [], now,
             )  # fmt: skip
         if ":" in request.dataset:
-            return await self._carry(peer, token, request, caller, intent, now)
+            return await self._carry(peer, token, request, chain, caller, intent, now)
         entry = await self._offer.offers(peer.name, request.dataset)
         keys: list[str] = []
         if entry is not None:
@@ -809,46 +881,23 @@ class Forwarding:
         peer: Peer,
         token: str,
         request: ForwardedQuery,
+        chain: Sequence[ForwardedQuery],
         caller: str,
         intent: QueryIntent,
         now: datetime,
     ) -> federation_pb2.ForwardQueryResponse:
-        """Carry ``request`` (of ``<next peer>:<code>`` in our names) to the next exchange,
-        signed by us and embedding ``token``; log it going out and the answer coming back
-        under the remote identity ``caller``. We decide nothing about the data: only
-        whether we carry it (an active peer offered it, within our hops, no loop)."""
-        hop = await self.routes.next_hop(peer, request.dataset, now=now)
-        if hop is None:
-            raise await self._logged(
-                DatasetNotFound(
-                    f"This exchange offers peer {peer.name} no dataset "
-                    f"{request.dataset[:100]!r}."
-                ),
-                caller, request, intent, [], now,
+        """Carry ``request`` (of ``<next peer>:<code>`` in our names; ``chain``, the
+        requests it embeds, checked) to the next exchange, signed by us and embedding
+        ``token``; log it going out and the answer coming back under the remote identity
+        ``caller``. We decide nothing about the data: only whether we carry it
+        (``Routes.onward``: an active peer offered it, within our hops, no loop)."""
+        try:
+            onward, remote = await self.routes.onward(
+                peer, request.dataset, passed=[request.exchange, *(r.exchange for r in chain)],
+                now=now,
             )  # fmt: skip
-        onward, remote = hop
-        chain = verify_chain(
-            request, own_exchange=self._trust.own_fingerprint, now=now, max_hops=99
-        )
-        hops = len(chain) + 2 + len(remote.route)  # behind us, us to the next, beyond it
-        if hops > self.routes.max_hops:
-            raise await self._logged(
-                PeerTooManyHops(
-                    f"Carried on, the request would cross {hops} links between exchanges; "
-                    f"this exchange carries at most {self.routes.max_hops}.",
-                    metadata={"max_hops": str(self.routes.max_hops)},
-                ),
-                caller, request, intent, [], now,
-            )  # fmt: skip
-        passed = {request.exchange, *(r.exchange for r in chain)}
-        if onward.ca_fingerprint.hex() in passed or passed & set(remote.path):
-            raise await self._logged(
-                PeerRouteLoop(
-                    "Carried on, the request would pass an exchange it came through; a "
-                    "route never loops."
-                ),
-                caller, request, intent, [], now,
-            )  # fmt: skip
+        except TongbanError as e:
+            raise await self._logged(e, caller, request, intent, [], now) from None
         try:
             keys = _keys(remote.entry.subject_kind, request.keys)
         except TongbanError as e:

@@ -11,37 +11,53 @@ any other: its owner decides with ``DecideGrant`` as for a local request. The de
 follows it with ``ListGrants`` naming the remote dataset
 (``PeerService/ListForwardedGrants``, answered only with that peer's department's grants).
 
-One link only: a dataset reached through a middle exchange is refused (later).
+Over several hops (``city:province:police.person``) a middle exchange carries the request
+as it carries queries: it checks the signed request, decides only whether it carries it
+(``Routes.onward``), logs ``grant.forward``, signs its own request to the next exchange
+embedding the one it got (``previous``), and logs the answer (``grant.receipt``). The
+owner checks the chain with ``forwarding.verify_chain`` and records the request for the
+department named by its route (``city/county-a/approval``). Listings are carried the same
+way, for that name only.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from tongban.errors import TongbanError
+from tongban.exchange.audit.log import AccessLog
+from tongban.exchange.audit.recorder import AccessRecorder, Outcome
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.federation.errors import (
+    PeerNotOwner,
     PeerRequestInvalid,
+    PeerUnavailable,
 )
 from tongban.exchange.federation.forwarding import (
     DEPARTMENT,
     NONCE,
     OFFICER,
+    RequestKind,
     admit,
+    carried_payload,
+    carried_route,
     instant,
     peer_department,
     remote_department,
     sign_claims,
+    verify_chain,
     verify_peer_signed,
 )
-from tongban.exchange.federation.links import PeerLinks
+from tongban.exchange.federation.links import PeerLinks, PeerRefusal
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.peers import Peer
 from tongban.exchange.federation.remote import RemoteCatalogue
+from tongban.exchange.federation.routing import Routes
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.identity import Caller
 from tongban.exchange.sharing.errors import DatasetNotFound
@@ -50,7 +66,7 @@ from tongban.exchange.sharing.model import Grant, GrantStatus
 from tongban.signing.clock import Clock
 from tongban.v1 import federation_pb2, grants_pb2
 
-__all__ = ["GRANT_REQUEST_TYPE", "ForwardedGrantRequest", "GrantForwarding"]
+__all__ = ["GRANT", "GRANT_REQUEST_TYPE", "ForwardedGrantRequest", "GrantForwarding"]
 
 GRANT_REQUEST_TYPE = "tongban-forwarded-grant+jws"
 _MAX_FIELDS = 200
@@ -76,9 +92,26 @@ class ForwardedGrantRequest:
     nonce: str
     issued_at: datetime
     expires_at: datetime
+    route: tuple[str, ...] = ()
+    """For a request a middle exchange carries on: its names of the exchanges behind it,
+    nearest first; the department is of the last one."""
+    previous: str | None = None
+    """For a carried request: the signed request it carries on, as received."""
+
+    @property
+    def department_path(self) -> tuple[str, ...]:
+        """The route and the department: ``("county-a", "approval")``."""
+        return (*self.route, self.department)
+
+    def carries(self, embedded: ForwardedGrantRequest) -> bool:
+        """The same officer, fields, purpose, legal basis and expiry."""
+        return (self.officer, self.fields, self.purpose, self.legal_basis, self.expiry) == (
+            embedded.officer, embedded.fields, embedded.purpose, embedded.legal_basis,
+            embedded.expiry,
+        )  # fmt: skip
 
     def payload(self) -> dict[str, object]:
-        return {
+        return carried_payload(self) | {
             "v": 1,
             "exchange": self.exchange,
             "audience": self.audience,
@@ -131,7 +164,10 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedGrantRequest | None:
     )
     if not well_formed:
         return None
+    route, previous = carried_route(claimed)
     return ForwardedGrantRequest(
+        route=route,
+        previous=previous,
         exchange=claimed["exchange"],
         audience=claimed["audience"],
         department=claimed["department"],
@@ -147,6 +183,10 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedGrantRequest | None:
     )
 
 
+GRANT = RequestKind(GRANT_REQUEST_TYPE, _parse)
+"""Forwarded grant requests, as a middle exchange carries them."""
+
+
 class GrantForwarding:
     """Both sides of a grant request across exchanges; see the module docstring."""
 
@@ -157,8 +197,11 @@ class GrantForwarding:
         links: PeerLinks,
         remote: RemoteCatalogue,
         offer: CatalogueOffer,
+        routes: Routes,
         grants: GrantStore,
+        access_log: AccessLog,
         signing: NodeSigning,
+        node_name: str,
         clock: Clock,
         request_seconds: float,
         first_use: Callable[[Peer, str, datetime], Awaitable[bool]],
@@ -167,6 +210,9 @@ class GrantForwarding:
         """``first_use(peer, nonce, expires_at)`` records a signed request's nonce and
         says whether the peer used it before (``Forwarding.first_use``: one nonce table
         for every kind of signed request)."""
+        self._routes = routes
+        self._log = access_log
+        self._recorder = AccessRecorder(node_name)  # entries name no subject
         self._trust = trust
         self._links = links
         self._remote = remote
@@ -181,15 +227,10 @@ class GrantForwarding:
     # -- the calling side ---------------------------------------------------------------
 
     async def _peer_and_code(self, dataset: str) -> tuple[Peer, str]:
+        """The peer and its name of the dataset: ``province:police.person``, or a
+        dataset it carries requests of, ``city:province:police.person``."""
         peer_name, _, code = dataset.partition(":")
-        peer = await self._trust.active_peer(peer_name)
-        if ":" in code:
-            raise InvalidArgument(
-                "A grant is asked of the owner's exchange over one link; this dataset is "
-                "reached through a middle exchange, whose operator can relay the request.",
-                metadata={"field": "dataset"},
-            )
-        return peer, code
+        return await self._trust.active_peer(peer_name), code
 
     async def request(
         self,
@@ -203,8 +244,10 @@ class GrantForwarding:
     ) -> grants_pb2.Grant:
         """Ask the owner of peer dataset ``<peer>:<code>`` for a grant; return the owner's
         pending grant as this exchange names it (dataset ``<peer>:<code>``, id
-        ``<peer>:<id>``). Raises PeerUnknown, DatasetNotFound, PeerUnavailable, or the
-        owner's refusal (InvalidArgument for a dataset no grant opens, a bad field...)."""
+        ``<peer>:<id>``); ``<code>`` may itself be ``<peer's peer>:<code>``, carried by
+        the peer. Raises PeerUnknown, DatasetNotFound, PeerUnavailable, or the refusal of
+        the owner or of an exchange on the way (InvalidArgument for a dataset no grant
+        opens, a bad field...)."""
         now = self._clock.now()
         peer, code = await self._peer_and_code(dataset)
         if await self._remote.get(peer, code, now=now) is None:
@@ -233,7 +276,7 @@ class GrantForwarding:
                 federation_pb2.ForwardGrantRequestRequest(request=token), timeout=timeout
             ),
         )
-        return _as_ours(grant, peer, caller)
+        return _as_ours(grant, peer, caller.department.code)
 
     async def list_for(
         self, caller: Caller, *, dataset: str, status: grants_pb2.GrantStatus.ValueType
@@ -251,23 +294,35 @@ class GrantForwarding:
             ),
         )
         return grants_pb2.ListGrantsResponse(
-            grants=[_as_ours(g, peer, caller) for g in reply.grants if g.dataset == code]
+            grants=[
+                _as_ours(g, peer, caller.department.code) for g in reply.grants if g.dataset == code
+            ]
         )
 
-    # -- the owner's side ---------------------------------------------------------------
+    # -- the owner's side, or a middle exchange's --------------------------------------
 
-    async def answer(self, peer: Peer, token: str) -> Grant:
-        """Record the pending grant request peer ``peer`` forwarded, for
-        ``<peer>/<department>``; return it. Raises PeerSignatureMismatch,
-        PeerRequestExpired, PeerRequestReplayed, PeerRequestInvalid, DatasetNotFound (not
-        offered to that peer) or the grant store's InvalidArgument."""
+    async def answer(self, peer: Peer, token: str) -> Grant | grants_pb2.Grant:
+        """Record the pending grant request peer ``peer`` forwarded, for the department
+        its route names (``<peer>/<department>``, ``city/county-a/approval``); return
+        it. For a dataset we reach through a peer of ours (``<peer>:<code>``), carry it
+        there instead and return that exchange's grant as we name it. Raises
+        PeerSignatureMismatch, PeerRequestAltered, PeerRequestExpired,
+        PeerRequestReplayed, PeerRequestInvalid, PeerTooManyHops, PeerRouteLoop,
+        DatasetNotFound (not offered to that peer), the grant store's InvalidArgument,
+        or, carried, the next exchange's refusal or PeerUnavailable."""
         now = self._clock.now()
         claimed = verify_peer_signed(token, peer=peer, typ=GRANT_REQUEST_TYPE, now=now)
         request = _parse(claimed)
+        chain = verify_chain(
+            request, kind=GRANT, own_exchange=self._trust.own_fingerprint, now=now,
+            max_hops=self._routes.max_hops,
+        )  # fmt: skip
         await admit(
             request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
             what="grant request", first_use=self._first_use,
         )  # fmt: skip
+        if ":" in request.dataset:
+            return await self._carry(peer, token, request, chain, now)
         entry = await self._offer.offers(peer.name, request.dataset)
         if entry is None:
             raise DatasetNotFound(
@@ -275,7 +330,7 @@ class GrantForwarding:
             )
         return await self._grants.request(
             entry=entry,
-            consumer=remote_department(peer.name, request.department),
+            consumer=remote_department(peer.name, *request.department_path),
             fields=request.fields,
             purpose=request.purpose,
             legal_basis=request.legal_basis,
@@ -284,11 +339,83 @@ class GrantForwarding:
             now=now,
         )
 
+    async def _carry(
+        self,
+        peer: Peer,
+        token: str,
+        request: ForwardedGrantRequest,
+        chain: Sequence[ForwardedGrantRequest],
+        now: datetime,
+    ) -> grants_pb2.Grant:
+        """Carry ``request`` to the exchange that offered us its dataset, signed by us and
+        embedding ``token``, as queries are carried; log it going out
+        (``grant.forward``) and the answer (``grant.receipt``) under the remote identity.
+        We decide only whether we carry it (``Routes.onward``), never the grant."""
+        caller = remote_department(peer.name, *request.department_path)
+
+        async def log(action: str, decision: Outcome, reason: str) -> None:
+            await self._log.append(
+                self._recorder.entries(
+                    [], at=self._clock.now(), department=caller, officer=request.officer,
+                    action=action, decision=decision, reason=reason,
+                    dataset=request.dataset[:200], fields=request.fields,
+                    purpose=request.purpose[:_MAX_TEXT],
+                )
+            )  # fmt: skip
+
+        try:
+            onward, remote = await self._routes.onward(
+                peer, request.dataset, passed=[request.exchange, *(r.exchange for r in chain)],
+                now=now,
+            )  # fmt: skip
+        except TongbanError as e:
+            await log("grant.forward", "denied", e.reason)
+            raise
+        await log("grant.forward", "allowed", f"peer:{onward.name}")
+        carried = replace(
+            request,
+            exchange=self._trust.own_fingerprint.hex(),
+            audience=onward.ca_fingerprint.hex(),
+            dataset=remote.code,
+            nonce=self._nonce(),
+            issued_at=now,
+            expires_at=min(now + self._lifetime, request.expires_at),
+            route=(peer.name, *request.route),
+            previous=token,
+        )
+        signed = sign_claims(carried.payload(), self._signing, GRANT_REQUEST_TYPE)
+        try:
+            grant: grants_pb2.Grant = await self._links.call(
+                onward,
+                f"a grant request on {remote.code}",
+                lambda timeout: self._links.stub(onward).ForwardGrantRequest(
+                    federation_pb2.ForwardGrantRequestRequest(request=signed), timeout=timeout
+                ),
+            )
+        except (PeerRefusal, PeerUnavailable) as e:
+            await log("grant.receipt", "denied", f"{e.reason}; peer:{onward.name}")
+            raise
+        if grant.dataset != remote.code:
+            await log("grant.receipt", "denied", f"{PeerNotOwner.reason}; peer:{onward.name}")
+            raise PeerNotOwner(
+                f"Peer {onward.name} answered for {grant.dataset[:100]!r}, not {remote.code}.",
+                metadata={"peer": onward.name},
+            )
+        await log("grant.receipt", "allowed", f"peer:{onward.name}; grant:{grant.id[:100]}")
+        return _as_ours(grant, onward, caller)
+
     async def grants_of(
-        self, peer: Peer, *, department: str, dataset: str, status: GrantStatus | None
+        self,
+        peer: Peer,
+        *,
+        department: str,
+        route: Sequence[str],
+        dataset: str,
+        status: GrantStatus | None,
     ) -> list[Grant]:
-        """Peer ``peer``'s department's grants on our ``dataset`` (only theirs)."""
-        consumer = peer_department(peer, department)
+        """Peer ``peer``'s department's grants on our ``dataset`` (only theirs; the
+        department behind ``route`` when the peer asks for an exchange behind it)."""
+        consumer = peer_department(peer, department, route)
         if not dataset or len(dataset) > 200:
             raise InvalidArgument("Name the dataset.", metadata={"field": "dataset"})
         grants = await self._grants.list(
@@ -296,14 +423,48 @@ class GrantForwarding:
         )
         return [g for g in grants if g.consumer == consumer]
 
+    async def carried_grants_of(
+        self,
+        peer: Peer,
+        *,
+        department: str,
+        route: Sequence[str],
+        dataset: str,
+        status: grants_pb2.GrantStatus.ValueType,
+    ) -> list[grants_pb2.Grant]:
+        """Peer ``peer``'s department's grants on ``<our peer>:<code>``, a dataset we
+        carry requests of: asked of our peer for ``<peer>/<route>/<department>`` and
+        named as we name things. Raises InvalidArgument, DatasetNotFound (we offer
+        ``peer`` no such dataset), PeerUnavailable or our peer's refusal."""
+        name = peer_department(peer, department, route)
+        hop = await self._routes.next_hop(peer, dataset[:300], now=self._clock.now())
+        if hop is None:
+            raise DatasetNotFound(
+                f"This exchange offers peer {peer.name} no dataset {dataset[:100]!r}."
+            )
+        onward, remote = hop
+        reply: grants_pb2.ListGrantsResponse = await self._links.call(
+            onward,
+            f"the grants on {remote.code}",
+            lambda timeout: self._links.stub(onward).ListForwardedGrants(
+                federation_pb2.ListForwardedGrantsRequest(
+                    department=department, dataset=remote.code, status=status,
+                    route=[peer.name, *route],
+                ),
+                timeout=timeout,
+            ),
+        )  # fmt: skip
+        return [_as_ours(g, onward, name) for g in reply.grants if g.dataset == remote.code]
 
-def _as_ours(grant: grants_pb2.Grant, peer: Peer, caller: Caller) -> grants_pb2.Grant:
-    """The owner's grant as this exchange names things: ``<peer>:`` before the dataset
-    and the id, ``<peer>/`` before the owner, and our department as the consumer."""
+
+def _as_ours(grant: grants_pb2.Grant, peer: Peer, consumer: str) -> grants_pb2.Grant:
+    """The grant of peer ``peer`` as this exchange names things: ``<peer>:`` before the
+    dataset and the id, ``<peer>/`` before the owner, and ``consumer`` (our department,
+    or ``<peer>/<department>`` for a grant we carried) as the consumer."""
     ours = grants_pb2.Grant()
     ours.CopyFrom(grant)
     ours.id = f"{peer.name}:{grant.id}"
     ours.dataset = f"{peer.name}:{grant.dataset}"
     ours.owner = remote_department(peer.name, grant.owner)
-    ours.consumer = caller.department.code
+    ours.consumer = consumer
     return ours

@@ -21,9 +21,11 @@ from datetime import datetime
 
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.federation.entries import RemoteEntry, sign_relayed
+from tongban.exchange.federation.errors import PeerRouteLoop, PeerTooManyHops
 from tongban.exchange.federation.peers import Peer
 from tongban.exchange.federation.remote import RemoteCatalogue
 from tongban.exchange.federation.trust import PeerTrust
+from tongban.exchange.sharing.errors import DatasetNotFound
 
 __all__ = ["Routes", "dropped_because", "relays_to"]
 
@@ -117,6 +119,34 @@ class Routes:
         remote = await self._remote.get_remote(source, rest, now=now)
         if remote is None or not relays_to(remote, source=source, to=to, max_hops=self.max_hops):
             return None
+        return source, remote
+
+    async def onward(
+        self, to: Peer, code: str, *, passed: Sequence[str], now: datetime
+    ) -> tuple[Peer, RemoteEntry]:
+        """Whether we carry a request peer ``to`` sent of ``code`` in our names
+        (``<peer>:<code>``), which passed the exchanges ``passed`` (root fingerprints,
+        hex: the one that sent it and those behind it): the neighbour to carry it to and
+        what it offers. A middle exchange decides only this, for queries, grant requests
+        and subscriptions alike. Raises DatasetNotFound (we offer ``to`` no such dataset),
+        PeerTooManyHops (carried on, it would cross more than ``max_hops`` links),
+        PeerRouteLoop (it would pass an exchange it came through)."""
+        hop = await self.next_hop(to, code, now=now)
+        if hop is None:
+            raise DatasetNotFound(f"This exchange offers peer {to.name} no dataset {code[:100]!r}.")
+        source, remote = hop
+        hops = len(passed) + 1 + len(remote.route)  # behind us, us to the next, beyond it
+        if hops > self.max_hops:
+            raise PeerTooManyHops(
+                f"Carried on, the request would cross {hops} links between exchanges; "
+                f"this exchange carries at most {self.max_hops}.",
+                metadata={"max_hops": str(self.max_hops)},
+            )
+        if source.ca_fingerprint.hex() in passed or set(passed) & set(remote.path):
+            raise PeerRouteLoop(
+                "Carried on, the request would pass an exchange it came through; a route "
+                "never loops."
+            )
         return source, remote
 
     def _sign(self, remote: RemoteEntry, source: Peer) -> str:

@@ -159,6 +159,8 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         self, request: federation_pb2.ForwardGrantRequestRequest, context: Context
     ) -> grants_pb2.Grant:
         grant = await self._grants.answer(current_peer(), request.request)
+        if isinstance(grant, grants_pb2.Grant):  # carried on: the next exchange's, renamed
+            return grant
         return grant_message(grant, self._clock.now())
 
     async def ListForwardedGrants(
@@ -170,9 +172,18 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
             if request.status != grants_pb2.GRANT_STATUS_UNSPECIFIED
             else None
         )
+        route = list(request.route)
+        if ":" in request.dataset:  # a dataset we carry requests of: its owner's grants
+            return grants_pb2.ListGrantsResponse(
+                grants=await self._grants.carried_grants_of(
+                    peer, department=request.department, route=route,
+                    dataset=request.dataset, status=request.status,
+                )
+            )  # fmt: skip
         grants = await self._grants.grants_of(
-            peer, department=request.department, dataset=request.dataset, status=status
-        )
+            peer, department=request.department, route=route, dataset=request.dataset,
+            status=status,
+        )  # fmt: skip
         now = self._clock.now()
         return grants_pb2.ListGrantsResponse(grants=[grant_message(g, now) for g in grants])
 
