@@ -426,20 +426,30 @@ class StateStore:
                 "seen_gen = max(seen_gen, excluded.seen_gen)",
                 [(stream, key, fp, gen) for key, fp in batch.fingerprints.items()],
             )
-            if batch.seen_generation is not None and batch.seen_keys:
+            # Keys just written above already carry the generation (max(seen_gen, gen)).
+            seen_only = [k for k in batch.seen_keys if k not in batch.fingerprints]
+            if batch.seen_generation is not None and seen_only:
                 conn.execute(
                     "UPDATE fingerprints SET seen_gen = ? WHERE stream = ? AND seen_gen < ? "
                     "AND key IN (SELECT value FROM json_each(?))",
-                    (gen, stream, gen, json.dumps(list(batch.seen_keys))),
+                    (gen, stream, gen, json.dumps(seen_only)),
                 )
             conn.executemany(
                 "DELETE FROM fingerprints WHERE stream = ? AND key = ?",
                 [(stream, key) for key in batch.deleted],
             )
-            conn.executemany(
-                "DELETE FROM rejects WHERE stream = ? AND ref = ?",
-                [(stream, ref) for ref in batch.cleared_rejects],
-            )
+            # Every row that passes clears its reject, if it had one; most streams have
+            # none, and then 5,000 deletes a batch that find nothing are skipped.
+            if (
+                batch.cleared_rejects
+                and conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM rejects WHERE stream = ?)", (stream,)
+                ).fetchone()[0]
+            ):
+                conn.executemany(
+                    "DELETE FROM rejects WHERE stream = ? AND ref = ?",
+                    [(stream, ref) for ref in batch.cleared_rejects],
+                )
             conn.executemany(
                 "INSERT INTO rejects (stream, ref, key, source_key, location, row, reason, "
                 "field, message, first_seen, last_seen, count, seen_gen) "

@@ -111,13 +111,23 @@ class _Pending:
 
 
 _MAP_SLICE = 250
-_Mapped = tuple[Batch, list[tuple[SourceRow | UnreadableRow, Record | Rejected | Excluded]]]
+_Outcomes = list[tuple[SourceRow | UnreadableRow, Record | Rejected | Excluded]]
+
+
+@dataclass
+class _Mapped:
+    """A batch read and mapped; ``classified`` when it was compared with the state ahead
+    of time (its pending effects and its share of the report)."""
+
+    batch: Batch
+    outcomes: _Outcomes
+    classified: tuple[_Pending, SyncReport] | None = None
 
 
 def _ref(source_key: object, key: str | None, location: str) -> str:
     """Identify a row for the reject store: by source key, else record key, else place."""
     if source_key is not None:
-        return "src:" + _tagged_json.dumps(source_key)
+        return "src:" + _tagged_json.scalar_dumps(source_key)
     if key is not None:
         return "key:" + key
     return "at:" + location
@@ -127,6 +137,13 @@ def _source_key(value: object) -> KeyValue | None:
     if isinstance(value, bool) or not isinstance(value, int | str | Decimal | uuid.UUID):
         return None
     return value
+
+
+def _add_counts(report: SyncReport, share: SyncReport) -> None:
+    """Add the counts of ``share`` (one batch's) to ``report``."""
+    for name, value in vars(share).items():
+        if isinstance(value, int):
+            setattr(report, name, getattr(report, name) + value)
 
 
 class StreamSync:
@@ -216,13 +233,16 @@ class StreamSync:
                     ahead = None
                     if mapped is None:
                         break
-                    batch, outcomes = mapped
-                    pending = self._classify(batch, outcomes, report)
+                    batch = mapped.batch
+                    if mapped.classified is None:
+                        pending = self._classify(batch, mapped.outcomes, report)
+                    else:
+                        pending, share = mapped.classified
+                        _add_counts(report, share)
                     if self._pipeline and not (self._stop is not None and self._stop.is_set()):
-                        # Read and map the next batch while this one is published: the
-                        # mapping needs no state, and the next batch is classified only
-                        # after this one is committed.
-                        ahead = asyncio.create_task(self._read_mapped(batches))
+                        # Read, map and (when it cannot depend on this batch) classify the
+                        # next batch while this one is published.
+                        ahead = asyncio.create_task(self._read_ahead(batches, pending))
                     await self._publish(pending.changes)
                     self._commit(batch, pending, report)
                 if self._progress is not None:
@@ -246,7 +266,7 @@ class StreamSync:
             batch = await anext(batches)
         except StopAsyncIteration:
             return None
-        mapped: list[tuple[SourceRow | UnreadableRow, Record | Rejected | Excluded]] = []
+        mapped: _Outcomes = []
         for start in range(0, len(batch.rows), _MAP_SLICE):
             if start:
                 # Let the event loop move the batch being published meanwhile (gRPC's
@@ -254,7 +274,36 @@ class StreamSync:
                 # request back until it is done.
                 await asyncio.sleep(0)
             mapped += [(row, self._map(row)) for row in batch.rows[start : start + _MAP_SLICE]]
-        return batch, mapped
+        return _Mapped(batch, mapped)
+
+    async def _read_ahead(
+        self, batches: AsyncIterator[Batch], previous: _Pending
+    ) -> _Mapped | None:
+        """``_read_mapped``, and the batch classified at once when the outcome cannot
+        depend on whether ``previous`` (being published meanwhile) is committed yet.
+
+        Classifying reads the state for the batch's own keys only (stored fingerprints,
+        echoes, keys the generation has seen), and committing ``previous`` writes the
+        state only for the keys ``previous`` touched. When the two sets are disjoint the
+        reads give the same answers before and after that commit, so the batch is
+        classified exactly as it would be after it. Otherwise, and for the batch that
+        completes a snapshot (which reads the whole generation), it is classified after
+        the commit, as before. Classification is synchronous: it never sees a commit
+        half done."""
+        mapped = await self._read_mapped(batches)
+        if mapped is None:
+            return None
+        checkpoint = mapped.batch.checkpoint
+        if isinstance(checkpoint, SnapshotCheckpoint) and checkpoint.complete:
+            return mapped
+        touched = (previous.fingerprints.keys() | previous.seen | set(previous.deleted)).union(
+            previous.echoes_read
+        )
+        if any(o.key in touched for _, o in mapped.outcomes if o.key is not None):
+            return mapped
+        share = SyncReport(self.name)
+        mapped.classified = (self._classify(mapped.batch, mapped.outcomes, share), share)
+        return mapped
 
     async def _check_schema(self) -> None:
         info = await self._source.describe(self.name)
@@ -268,12 +317,7 @@ class StreamSync:
         if previous is None or tuple(previous) != tuple(info.columns):
             self._state.save_source_schema(self.name, info.columns)
 
-    def _classify(
-        self,
-        batch: Batch,
-        outcomes: list[tuple[SourceRow | UnreadableRow, Record | Rejected | Excluded]],
-        report: SyncReport,
-    ) -> _Pending:
+    def _classify(self, batch: Batch, outcomes: _Outcomes, report: SyncReport) -> _Pending:
         """Compare a mapped batch with the state: what to publish, reject and commit."""
         checkpoint = batch.checkpoint
         snapshot = checkpoint if isinstance(checkpoint, SnapshotCheckpoint) else None
@@ -503,7 +547,7 @@ class StreamSync:
             by_key = {_tagged_json.dumps(row.values.get(mode.key_column)): row for row in rows}
             pending = _Pending()
             gone: list[str] = []
-            outcomes: list[tuple[SourceRow | UnreadableRow, Record | Rejected | Excluded]] = []
+            outcomes: _Outcomes = []
             for entry in chunk:
                 found = by_key.get(_tagged_json.dumps(entry.source_key))
                 if found is None:

@@ -24,7 +24,7 @@ from decimal import Decimal
 from types import MappingProxyType
 
 from tongban.adapters import _tagged_json
-from tongban.adapters._coerce import CoercionError, canonical_decimal, coerce
+from tongban.adapters._coerce import CoercionError, canonical_decimal, coercer
 from tongban.adapters.errors import ValidatorMissing
 from tongban.adapters.mapping import FieldSpec, Filter, StreamMapping
 from tongban.adapters.sdk import RejectReason
@@ -115,6 +115,18 @@ class StreamTransform:
             self._validators[name] = validator
         self._key_spec = stream.fields[stream.key]
         self._others = [(n, s) for n, s in stream.fields.items() if n != stream.key]
+        # Per field, what ``_value`` needs, looked up once rather than for every row.
+        self._reads = {
+            name: (
+                spec.is_constant,
+                spec.constant,
+                spec.column or "",
+                self._validators.get(name),
+                coercer(spec),
+            )
+            for name, spec in stream.fields.items()
+        }
+        self._text = _tagged_json.record_writer(stream.fields)
 
     def apply(self, row: Mapping[str, object]) -> Record | Rejected | Excluded:
         """Map ``row`` (source column → value) to a record, a reject or an exclusion."""
@@ -140,7 +152,10 @@ class StreamTransform:
             if isinstance(value, Rejected):
                 return Rejected(value.reason_code, value.field, value.message, key)
             values[name] = value
-        return Record(key, MappingProxyType(values), fingerprint(values))
+        text = self._text(values)  # the text ``fingerprint`` hashes, written faster
+        return Record(
+            key, MappingProxyType(values), hashlib.sha256(text.encode("utf-8")).hexdigest()
+        )
 
     def key_of(self, row: Mapping[str, object]) -> str | None:
         """Return the record key of ``row`` if it can be read, else ``None``."""
@@ -150,9 +165,9 @@ class StreamTransform:
         return key_text(value)
 
     def _value(self, name: str, spec: FieldSpec, row: Mapping[str, object]) -> object:
-        raw = spec.constant if spec.is_constant else row.get(spec.column or "")
+        is_constant, constant, column, validator, convert = self._reads[name]
         try:
-            value = coerce(spec, raw)
+            value = convert(constant if is_constant else row.get(column))
         except CoercionError as e:
             return Rejected(e.reason, name, f"Field {name}: {e.message}")
         if value is None:
@@ -163,7 +178,6 @@ class StreamTransform:
                     f"Field {name} is required but the source value is empty.",
                 )
             return None
-        validator = self._validators.get(name)
         if validator is not None:
             try:
                 value = validator(key_text(value))
@@ -174,7 +188,8 @@ class StreamTransform:
         return value
 
     def _passes(self, row: Mapping[str, object]) -> bool:
-        return all(_passes(f, row.get(f.column)) for f in self.stream.filters)
+        filters = self.stream.filters
+        return not filters or all(_passes(f, row.get(f.column)) for f in filters)
 
 
 def _filter_text(value: object) -> str | None:

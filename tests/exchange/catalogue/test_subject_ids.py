@@ -200,3 +200,12 @@ def test_the_expected_check_character_is_the_computed_one(
     error = _problem(SubjectKind.ENTERPRISE, first17 + wrong)
     assert error.metadata["expected_check_character"] == expected
     assert f"{expected!r}" in error.message
+
+
+@given(st.text(alphabet=USCC_CHARSET, min_size=17, max_size=17))
+def test_the_uscc_check_character_is_gb32100_weighted_sum(first17: str) -> None:
+    # The check is computed in one int() call (subject_ids._USCC_DIGITS); this is the
+    # standard's arithmetic written out.
+    weights = (1, 3, 9, 27, 19, 26, 16, 17, 20, 29, 25, 13, 8, 24, 10, 30, 28)
+    total = sum(USCC_CHARSET.index(c) * w for c, w in zip(first17, weights, strict=True))
+    assert uscc_check_character(first17) == USCC_CHARSET[(31 - total % 31) % 31]
