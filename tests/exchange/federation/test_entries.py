@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import json
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -20,10 +20,13 @@ from tongban.exchange.datadir import (
     init_data_dir,
     load_node_signing,
 )
-from tongban.exchange.federation.entries import sign_entry, verify_entry
+from tongban.exchange.departments import Level
+from tongban.exchange.federation.entries import sign_entry, signed_window, verify_entry
+from tongban.exchange.federation.peers import Peer, PeerStatus
+from tongban.exchange.federation.remote import VerifiedEntries
 from tongban.exchange.settings import load_settings
 from tongban.exchange.sharing.model import DatasetEntry, LegalBasis, PersonalBasis, ShareClass
-from tongban.signing.certs import certificate_fingerprint, load_pem_certificates
+from tongban.signing.certs import certificate_fingerprint, certificate_pem, load_pem_certificates
 
 NOW = datetime.now(UTC)  # the data dirs' certificates are issued now
 
@@ -140,3 +143,43 @@ def test_a_malformed_entry_is_refused(exchanges: tuple[_Exchange, _Exchange]) ->
         replace(ENTRY, share_class=ShareClass.NOT_SHARED, legal_basis=LegalBasis("法", "第一条"))
     )
     assert verify_entry(ok, peer="province", peer_root=province.root, now=NOW).entry.legal_basis
+
+
+def _peer(name: str, exchange: _Exchange) -> Peer:
+    return Peer(
+        name=name,
+        level=Level.PROVINCE,
+        is_parent=True,
+        endpoint="127.0.0.1:1",
+        ca_pem=certificate_pem(exchange.root),
+        ca_fingerprint=exchange.fingerprint,
+        status=PeerStatus.ACTIVE,
+        created_at=NOW,
+        updated_at=NOW,
+    )
+
+
+def test_a_verified_entry_is_reused_only_while_its_certificates_are_valid(
+    exchanges: tuple[_Exchange, _Exchange],
+) -> None:
+    province, city = exchanges
+    token = province.sign(ENTRY)
+    start, end = signed_window(token, "province")
+    chain = province.signing.chain
+    assert start == max(c.not_valid_before_utc for c in chain)
+    assert end == min(c.not_valid_after_utc for c in chain)
+
+    verified = VerifiedEntries()
+    peer = _peer("province", province)
+    first = verified.verify(token, peer, NOW)
+    assert first.entry == ENTRY
+    assert verified.verify(token, peer, NOW) is first  # not verified again
+    # Past the signing certificate's end the cached answer is not used: refused as new.
+    with pytest.raises(TongbanError) as refused:
+        verified.verify(token, peer, end + timedelta(seconds=1))
+    assert refused.value.reason == "PEER_SIGNATURE_INVALID"
+    # The same token from a peer pinned to another root is checked afresh: it names
+    # another exchange than that root's.
+    with pytest.raises(TongbanError) as other:
+        verified.verify(token, _peer("province", city), NOW)
+    assert other.value.reason == "PEER_NOT_OWNER"

@@ -56,6 +56,7 @@ __all__ = [
     "owner_entry_root",
     "sign_entry",
     "sign_relayed",
+    "signed_window",
     "verify_entry",
     "verify_offered",
 ]
@@ -270,6 +271,40 @@ def _verify_offered(
         route=(via, *carried.route),
         path=(via_exchange, *carried.path),
     )
+
+
+def signed_window(token: str, peer: str) -> tuple[datetime, datetime]:
+    """The span in which every certificate ``token`` carries is valid — its ``x5c`` and,
+    for a relayed entry, those of every entry inside it — as (not before, not after).
+
+    What ``verify_offered`` decided at one instant holds at any other instant of that
+    span: nothing else it checks depends on the time. Raises PeerEntryInvalid or
+    PeerSignatureInvalid for a token that is not of the form it checks.
+    """
+    start, end = datetime.min.replace(tzinfo=UTC), datetime.max.replace(tzinfo=UTC)
+    for _ in range(MAX_ROUTE + 1):
+        header, claimed = _unverified(token, peer)
+        chain = header.get("x5c")
+        if not isinstance(chain, list):
+            raise PeerSignatureInvalid(
+                f"Peer {peer} offered an entry that carries no certificate chain.",
+                metadata={"peer": peer},
+            )
+        for item in chain:
+            try:
+                cert = x509.load_der_x509_certificate(base64.b64decode(item))
+            except (ValueError, TypeError, binascii.Error) as e:
+                raise PeerSignatureInvalid(
+                    f"Peer {peer} offered an entry whose certificate chain is unreadable.",
+                    metadata={"peer": peer},
+                ) from e
+            start = max(start, cert.not_valid_before_utc)
+            end = min(end, cert.not_valid_after_utc)
+        inner = claimed.get("entry")
+        if header.get("typ") != RELAYED_TYPE or not isinstance(inner, str):
+            break
+        token = inner
+    return start, end
 
 
 def owner_entry_root(remote: RemoteEntry) -> x509.Certificate:

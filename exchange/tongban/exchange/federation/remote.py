@@ -12,11 +12,11 @@ from typing import Any
 import asyncpg
 
 from tongban.errors import TongbanError
-from tongban.exchange.federation.entries import RemoteEntry, verify_offered
+from tongban.exchange.federation.entries import RemoteEntry, signed_window, verify_offered
 from tongban.exchange.federation.peers import Peer, peer_ca
 from tongban.exchange.sharing.model import DatasetEntry
 
-__all__ = ["PullResult", "RemoteCatalogue", "StoredRemote"]
+__all__ = ["PullResult", "RemoteCatalogue", "StoredRemote", "VerifiedEntries"]
 
 
 @dataclass(frozen=True)
@@ -36,9 +36,52 @@ class StoredRemote:
     received_at: datetime
 
 
+# A forwarded query looks its dataset's entry up on every call, and verifying the stored
+# JWS again (a signature and one or more certificate chains) cost the forwarding node more
+# than the rest of its own work on the query (docs/federation.md, "Measured").
+_VERIFIED_MAX = 4096
+
+
+@dataclass(frozen=True)
+class _Verified:
+    remote: RemoteEntry
+    not_before: datetime
+    not_after: datetime
+
+
+class VerifiedEntries:
+    """``verify_offered``, remembered while every certificate the entry carries (and the
+    peer's root) is valid: inside that span nothing it checks depends on the time.
+
+    Kept by peer name, the peer's root as pinned and the token, so a new root, or a new
+    entry from the next pull, is verified afresh.
+    """
+
+    def __init__(self, size: int = _VERIFIED_MAX) -> None:
+        self._size = size
+        self._known: dict[tuple[str, bytes, str], _Verified] = {}
+
+    def verify(self, token: str, peer: Peer, now: datetime) -> RemoteEntry:
+        """What ``peer`` offers in ``token``; raises as ``verify_offered`` does."""
+        key = (peer.name, peer.ca_fingerprint, token)
+        known = self._known.get(key)
+        if known is not None and known.not_before <= now <= known.not_after:
+            return known.remote
+        root = peer_ca(peer)
+        remote = verify_offered(token, peer=peer.name, peer_root=root, now=now)
+        start, end = signed_window(token, peer.name)
+        if len(self._known) >= self._size:
+            self._known.clear()  # a few thousand entries: start again rather than track age
+        self._known[key] = _Verified(
+            remote, max(start, root.not_valid_before_utc), min(end, root.not_valid_after_utc)
+        )
+        return remote
+
+
 class RemoteCatalogue:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
+        self._verified = VerifiedEntries()
 
     async def replace(self, peer: str, entries: Sequence[RemoteEntry], now: datetime) -> PullResult:
         """Make ``entries`` the whole of what ``peer`` offers us: add and replace those
@@ -114,7 +157,7 @@ class RemoteCatalogue:
         if token is None:
             return None
         try:
-            return verify_offered(token, peer=peer.name, peer_root=peer_ca(peer), now=now)
+            return self._verified.verify(token, peer, now)
         except TongbanError:
             return None  # e.g. its signing certificate expired: the next pull replaces it
 
@@ -133,9 +176,7 @@ class RemoteCatalogue:
         for row in rows:
             peer = by_name[row["peer"]]
             try:
-                remote = verify_offered(
-                    row["signed_entry"], peer=peer.name, peer_root=peer_ca(peer), now=now
-                )
+                remote = self._verified.verify(row["signed_entry"], peer, now)
             except TongbanError:
                 continue  # e.g. its node certificate expired since: the next pull replaces it
             found.append(StoredRemote(remote, peer.level.value, row["received_at"]))
