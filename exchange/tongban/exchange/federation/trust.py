@@ -16,6 +16,7 @@ peer's node, which may call the peer service only, whatever URI it carries.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
@@ -294,7 +295,10 @@ def _root_of(
     return next((fingerprint for fingerprint, root in roots if _issued(cert, root)), None)
 
 
+@functools.lru_cache(maxsize=256)
 def _names_node(cert_pem: bytes) -> bool:
+    """Whether ``cert_pem`` names an exchange node (a pure function of the bytes, asked on
+    every peer call: remembered)."""
     try:
         cert = x509.load_pem_x509_certificate(cert_pem)
         san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
