@@ -217,3 +217,23 @@ class _DerSigner:
 def test_signer_returning_der_is_caught() -> None:
     with pytest.raises(SigningError, match="r\\|\\|s"):
         sign_cose(PAYLOAD, _DerSigner(), kid=KID)
+
+
+@pytest.mark.parametrize("size", [0, 1, 23, 24, 255, 256, 65_535, 65_536])
+def test_signature_structure_is_the_cbor_array_rfc9052_defines(size: int) -> None:
+    # The Sig_structure is joined by hand on the verify path; it must be exactly the
+    # CBOR array ["Signature1", protected, h'', payload] (RFC 9052 section 4.4).
+    from tongban.signing.cose import _sig_structure
+
+    payload = bytes(range(256)) * (size // 256) + bytes(size % 256)
+    protected = cbor2.dumps({1: -7, 4: KID})
+    assert _sig_structure(protected, payload) == cbor2.dumps(
+        ["Signature1", protected, b"", payload]
+    )
+
+
+def test_a_protected_header_decoded_before_is_refused_all_the_same_when_altered() -> None:
+    message = sign_cose(PAYLOAD, SIGNER, kid=KID)
+    assert decode_cose(message).kid == KID  # its header is now remembered
+    with pytest.raises(CoseFormatInvalid, match="only ES256"):
+        decode_cose(_message(protected=cbor2.dumps({1: -35, 4: KID})))

@@ -63,18 +63,17 @@ def b45decode(text: str) -> bytes:
             "(it may be truncated)."
         )
     whole = len(raw) - len(raw) % 3
-    # Whole groups at C speed: three strided slices, one comprehension, one pack.
-    pairs = [
-        a + b * 45 + c * 2025
-        for a, b, c in zip(raw[0:whole:3], raw[1:whole:3], raw[2:whole:3], strict=True)
-    ]
-    if pairs and max(pairs) >= _PAIR:
+    out = _whole_groups(raw, whole)
+    if out is None:
+        pairs = [
+            a + b * 45 + c * 2025
+            for a, b, c in zip(raw[0:whole:3], raw[1:whole:3], raw[2:whole:3], strict=True)
+        ]
         i = 3 * next(k for k, n in enumerate(pairs) if n >= _PAIR)
         raise LicenceFormatInvalid(
             f"The base45 group {text[i : i + 3]!r} at position {i} encodes {pairs[i // 3]}, "
             f"more than {_PAIR - 1}; the text is not valid base45."
         )
-    out = struct.pack(f">{len(pairs)}H", *pairs)
     if whole < len(raw):
         n = raw[whole] + raw[whole + 1] * 45
         if n >= _BYTE:
@@ -84,3 +83,33 @@ def b45decode(text: str) -> bytes:
             )
         out += bytes((n,))
     return out
+
+
+def _spread(digits: bytes, size: int) -> int:
+    # Each digit as the low byte of a 3-byte slot, the slots read as one big integer.
+    slots = bytearray(size)
+    slots[2::3] = digits
+    return int.from_bytes(slots, "big")
+
+
+def _whole_groups(raw: bytes, whole: int) -> bytes | None:
+    """The bytes of the first ``whole`` digit values of ``raw`` (three per group), or
+    None if a group encodes more than 65535.
+
+    Every step runs at C speed: the groups' values a + 45b + 2025c are summed in 3-byte
+    slots of one big integer (at most 91,124, so no slot carries into the next), then the
+    slots' low two bytes are the output and a non-zero high byte marks a value too large.
+    A loop over the groups in Python cost as much as a third of a QR verification.
+    """
+    total = (
+        _spread(raw[0:whole:3], whole)
+        + 45 * _spread(raw[1:whole:3], whole)
+        + 2025 * _spread(raw[2:whole:3], whole)
+    )
+    slots = total.to_bytes(whole, "big")
+    if slots[0::3].count(0) != whole // 3:
+        return None
+    out = bytearray(whole // 3 * 2)
+    out[0::2] = slots[1::3]
+    out[1::2] = slots[2::3]
+    return bytes(out)

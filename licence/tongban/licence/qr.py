@@ -32,7 +32,6 @@ import hashlib
 import io
 import threading
 import zlib
-from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -109,6 +108,8 @@ _TEXT_FIELDS = (
     "status_uri",
 )
 _NUMBER_FIELDS = ("not_before", "expires", "status_index")
+# The exact types of the claims as cbor2 decodes them, in from_cbor's order.
+_CLAIM_TYPES = (str, str, str, str, str, str, int, int, int)
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class QrClaims:
         if not isinstance(item, Mapping):
             raise LicenceFormatInvalid("The QR claims are not a CBOR map.")
         keys = set(item)
-        if any(isinstance(key, bool) for key in keys):
+        if bool in set(map(type, keys)):
             # true == 1 in Python; the claim keys are integers and text only.
             raise LicenceFormatInvalid("The QR claims use a boolean as a claim key.")
         if keys != _KEYS:
@@ -196,17 +197,30 @@ class QrClaims:
             raise LicenceFormatInvalid(
                 'The QR status claim must be {"status_list": {"idx": ..., "uri": ...}}.'
             )
+        values = (
+            item[_NUMBER], item[_TYPE], item[_SUB], item[_NAME], item[_ISS], entry["uri"],
+            item[_NBF], item[_EXP], entry["idx"],
+        )  # fmt: skip
         try:
+            if tuple(map(type, values)) != _CLAIM_TYPES:  # else _typed names the wrong one
+                values = (
+                    _typed(item, _NUMBER, str), _typed(item, _TYPE, str),
+                    _typed(item, _SUB, str), _typed(item, _NAME, str),
+                    _typed(item, _ISS, str), _typed(entry, "uri", str),
+                    _typed(item, _NBF, int), _typed(item, _EXP, int),
+                    _typed(entry, "idx", int),
+                )  # fmt: skip
+            number, kind, holder, name, issuer, uri, nbf, exp, index = values
             return cls(
-                licence_number=_typed(item, _NUMBER, str),
-                licence_type=_typed(item, _TYPE, str),
-                holder_id=_typed(item, _SUB, str),
-                holder_name=_typed(item, _NAME, str),
-                issuer=_typed(item, _ISS, str),
-                not_before=_typed(item, _NBF, int),
-                expires=_typed(item, _EXP, int),
-                status_uri=_typed(entry, "uri", str),
-                status_index=_typed(entry, "idx", int),
+                licence_number=number,
+                licence_type=kind,
+                holder_id=holder,
+                holder_name=name,
+                issuer=issuer,
+                not_before=nbf,
+                expires=exp,
+                status_uri=uri,
+                status_index=index,
             )
         except (TypeError, ValueError) as e:
             raise LicenceFormatInvalid(f"The QR claims are malformed: {e}") from e
@@ -280,11 +294,12 @@ def _at(seconds: int) -> str:
 # seal certificates again and again. A certificate that validated at one instant validates
 # at any instant inside its own and its issuers' validity (nothing else in path
 # validation depends on the time), so the result is reused only inside that window.
+# Hashing a certificate hashes its DER, so the last key is compared first (a tuple
+# comparison, element by element, is an identity check when the objects are the same).
 _SEAL_CACHE_SIZE = 256
-_seal_cache: OrderedDict[
-    tuple[x509.Certificate, tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]],
-    tuple[datetime, datetime, str],
-] = OrderedDict()
+_SealKey = tuple[x509.Certificate, tuple[x509.Certificate, ...], tuple[x509.Certificate, ...]]
+_seal_cache: dict[_SealKey, tuple[datetime, datetime, str]] = {}
+_seal_last: tuple[_SealKey, tuple[datetime, datetime, str]] | None = None
 _seal_cache_lock = threading.Lock()
 
 
@@ -296,12 +311,12 @@ def _seal_department(
 ) -> str:
     """Return the department of seal ``certificate`` once it validates to ``roots`` (via
     ``intermediates``) at ``now`` for usage "seal"; raises CertificateInvalid."""
+    global _seal_last
     key = (certificate, tuple(roots), intermediates)
-    with _seal_cache_lock:
-        hit = _seal_cache.get(key)
-        if hit is not None:
-            _seal_cache.move_to_end(key)
+    last = _seal_last
+    hit = last[1] if last is not None and last[0] == key else _seal_cache.get(key)
     if hit is not None and hit[0] <= now <= hit[1]:
+        _seal_last = (key, hit)
         return hit[2]
     chain = verify_certificate(
         certificate, roots=roots, intermediates=intermediates, now=now, usage="seal"
@@ -313,15 +328,29 @@ def _seal_department(
         department,
     )
     with _seal_cache_lock:
+        if len(_seal_cache) >= _SEAL_CACHE_SIZE:
+            _seal_cache.pop(next(iter(_seal_cache)))  # the oldest entry
         _seal_cache[key] = window
-        while len(_seal_cache) > _SEAL_CACHE_SIZE:
-            _seal_cache.popitem(last=False)
+    _seal_last = (key, window)
     return department
 
 
-@functools.lru_cache(maxsize=256)
+# Parsing the key costs a tenth of the check, and hashing a certificate (as an
+# lru_cache would) hashes its DER; keyed by identity instead, each entry holding its
+# certificate so that the id cannot be reused while the entry lives.
+_KEY_CACHE_SIZE = 256
+_public_keys: dict[int, tuple[x509.Certificate, object]] = {}
+
+
 def _public_key(certificate: x509.Certificate) -> object:
-    return certificate.public_key()  # parsing the key costs a tenth of the check
+    found = _public_keys.get(id(certificate))
+    if found is not None and found[0] is certificate:
+        return found[1]
+    key = certificate.public_key()
+    if len(_public_keys) >= _KEY_CACHE_SIZE:
+        _public_keys.clear()
+    _public_keys[id(certificate)] = (certificate, key)
+    return key
 
 
 def _signer_certificate(

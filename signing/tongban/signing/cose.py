@@ -76,9 +76,32 @@ class CoseSign1:
     """The raw ES256 signature, ``r || s`` (64 bytes)."""
 
 
+# The Sig_structure's fixed head: an array of four, the text "Signature1".
+_SIG1_HEAD = b"\x84\x6aSignature1"
+_ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
+
+
+def _bstr(data: bytes) -> bytes:
+    """``data`` as a CBOR byte string (major type 2, shortest length form)."""
+    n = len(data)
+    if n < 24:
+        head = bytes((0x40 | n,))
+    elif n < 0x100:
+        head = bytes((0x58, n))
+    elif n < 0x10000:
+        head = b"\x59" + n.to_bytes(2, "big")
+    elif n < 0x100000000:
+        head = b"\x5a" + n.to_bytes(4, "big")
+    else:
+        head = b"\x5b" + n.to_bytes(8, "big")
+    return head + data
+
+
 def _sig_structure(protected_bytes: bytes, payload: bytes) -> bytes:
-    # RFC 9052 section 4.4, with empty external_aad.
-    return cbor2.dumps(["Signature1", protected_bytes, b"", payload])
+    # RFC 9052 section 4.4, with empty external_aad (0x40): the bytes cbor2.dumps writes
+    # for ["Signature1", protected_bytes, b"", payload], joined directly (it is on every
+    # verification's path).
+    return _SIG1_HEAD + _bstr(protected_bytes) + b"\x40" + _bstr(payload)
 
 
 def sign_cose(
@@ -190,6 +213,28 @@ def _header_map(value: object, what: str) -> Mapping[int | str, object]:
     return MappingProxyType(dict(value))
 
 
+# A verifier sees the same few protected headers (alg and one kid per seal) again and
+# again; decoding is a function of the bytes alone, so a decoded header is kept.
+_PROTECTED_MEMO_SIZE = 64
+_EMPTY_HEADER: Mapping[int | str, object] = MappingProxyType({})
+_protected_memo: dict[bytes, Mapping[int | str, object]] = {}
+
+
+def _protected_header(protected_bytes: bytes) -> Mapping[int | str, object]:
+    """The protected header map of ``protected_bytes``; raises CoseFormatInvalid."""
+    found = _protected_memo.get(protected_bytes)
+    if found is not None:
+        return found
+    # RFC 9052 section 3: a zero-length protected header stands for an empty map.
+    header = _header_map(
+        _loads_exact(protected_bytes, "protected header") if protected_bytes else {}, "protected"
+    )
+    if len(_protected_memo) >= _PROTECTED_MEMO_SIZE:
+        _protected_memo.clear()
+    _protected_memo[protected_bytes] = header
+    return header
+
+
 def decode_cose(data: bytes) -> CoseSign1:
     """Return the parts of the COSE_Sign1 message ``data`` (tagged 18 or untagged),
     without checking the signature.
@@ -213,12 +258,13 @@ def decode_cose(data: bytes) -> CoseSign1:
     if not isinstance(payload, bytes) or not isinstance(signature, bytes):
         raise CoseFormatInvalid("The COSE payload and signature must be byte strings.")
 
-    # RFC 9052 section 3: a zero-length protected header stands for an empty map.
-    protected = _header_map(
-        _loads_exact(protected_bytes, "protected header") if protected_bytes else {}, "protected"
+    protected = _protected_header(protected_bytes)
+    unprotected = (
+        _EMPTY_HEADER
+        if type(unprotected_raw) is dict and not unprotected_raw  # as we write it
+        else _header_map(unprotected_raw, "unprotected")
     )
-    unprotected = _header_map(unprotected_raw, "unprotected")
-    if both := set(protected) & set(unprotected):
+    if unprotected and (both := set(protected) & set(unprotected)):
         raise CoseFormatInvalid(f"The COSE header labels {sorted(map(str, both))} appear twice.")
     if _CRIT in protected or _CRIT in unprotected:
         # Every label listed in crit must be understood, and we understand no extensions.
@@ -276,7 +322,7 @@ def verify_cose(message: CoseSign1, public_key: PublicKey) -> None:
         public_key.verify(
             encode_dss_signature(r, s),
             _sig_structure(message.protected_bytes, message.payload),
-            ec.ECDSA(hashes.SHA256()),
+            _ECDSA_SHA256,
         )
     except InvalidSignature as e:
         raise SignatureInvalid(
