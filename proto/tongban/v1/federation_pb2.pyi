@@ -675,21 +675,31 @@ class ForwardAcknowledgeRequest(_message.Message):
     DEPARTMENT_FIELD_NUMBER: _builtins.int
     SUBSCRIPTION_ID_FIELD_NUMBER: _builtins.int
     POSITION_FIELD_NUMBER: _builtins.int
+    ROUTE_FIELD_NUMBER: _builtins.int
     department: _builtins.str
     """The calling exchange's department."""
     subscription_id: _builtins.str
-    """Our subscription id, as our events named it."""
+    """Our subscription id, as our events named it ("<peer>:<id>" for a subscription we
+    carry to a peer of ours: we carry the acknowledgement there).
+    """
     position: _builtins.int
+    @_builtins.property
+    def route(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """For a middle exchange acknowledging for an exchange behind it: its names of the
+        exchanges behind it, nearest first; the department is of the last one.
+        """
+
     def __init__(
         self,
         *,
         department: _builtins.str = ...,
         subscription_id: _builtins.str = ...,
         position: _builtins.int = ...,
+        route: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "position", b"position", "subscription_id", b"subscription_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["department", b"department", "position", b"position", "route", b"route", "subscription_id", b"subscription_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

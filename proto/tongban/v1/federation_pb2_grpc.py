@@ -226,14 +226,17 @@ class PeerServiceServicer:
         decides for "<our name for the caller>/<department>" as for our own subscribers, we
         keep its acknowledged position under that name, log each delivery, and stream the
         events as SubscriptionService/Subscribe does (from after_position, or after the
-        position acknowledged last).
+        position acknowledged last). For a dataset of a peer of ours that we offer the
+        caller ("<peer>:<code>"), we carry the subscription on, signed by us and embedding
+        the caller's ("Routing over several hops"), and relay the events, logging each batch.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ForwardAcknowledge(self, request, context):
-        """The calling exchange's department acknowledges events of its subscription here.
+        """The calling exchange's department acknowledges events of its subscription here (or,
+        for one we carry, at the peer we carry it to).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

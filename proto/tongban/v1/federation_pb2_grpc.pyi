@@ -116,10 +116,14 @@ class PeerServiceStub:
     decides for "<our name for the caller>/<department>" as for our own subscribers, we
     keep its acknowledged position under that name, log each delivery, and stream the
     events as SubscriptionService/Subscribe does (from after_position, or after the
-    position acknowledged last).
+    position acknowledged last). For a dataset of a peer of ours that we offer the
+    caller ("<peer>:<code>"), we carry the subscription on, signed by us and embedding
+    the caller's ("Routing over several hops"), and relay the events, logging each batch.
     """
     ForwardAcknowledge: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ForwardAcknowledgeRequest, _events_pb2.AcknowledgeResponse]
-    """The calling exchange's department acknowledges events of its subscription here."""
+    """The calling exchange's department acknowledges events of its subscription here (or,
+    for one we carry, at the peer we carry it to).
+    """
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -197,10 +201,14 @@ class PeerServiceAsyncStub(PeerServiceStub):
     decides for "<our name for the caller>/<department>" as for our own subscribers, we
     keep its acknowledged position under that name, log each delivery, and stream the
     events as SubscriptionService/Subscribe does (from after_position, or after the
-    position acknowledged last).
+    position acknowledged last). For a dataset of a peer of ours that we offer the
+    caller ("<peer>:<code>"), we carry the subscription on, signed by us and embedding
+    the caller's ("Routing over several hops"), and relay the events, logging each batch.
     """
     ForwardAcknowledge: _aio.UnaryUnaryMultiCallable[_federation_pb2.ForwardAcknowledgeRequest, _events_pb2.AcknowledgeResponse]  # type: ignore[assignment]
-    """The calling exchange's department acknowledges events of its subscription here."""
+    """The calling exchange's department acknowledges events of its subscription here (or,
+    for one we carry, at the peer we carry it to).
+    """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -347,7 +355,9 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         decides for "<our name for the caller>/<department>" as for our own subscribers, we
         keep its acknowledged position under that name, log each delivery, and stream the
         events as SubscriptionService/Subscribe does (from after_position, or after the
-        position acknowledged last).
+        position acknowledged last). For a dataset of a peer of ours that we offer the
+        caller ("<peer>:<code>"), we carry the subscription on, signed by us and embedding
+        the caller's ("Routing over several hops"), and relay the events, logging each batch.
         """
 
     @_abc_1.abstractmethod
@@ -356,7 +366,9 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _federation_pb2.ForwardAcknowledgeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_events_pb2.AcknowledgeResponse, _abc.Awaitable[_events_pb2.AcknowledgeResponse]]:
-        """The calling exchange's department acknowledges events of its subscription here."""
+        """The calling exchange's department acknowledges events of its subscription here (or,
+        for one we carry, at the peer we carry it to).
+        """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 

@@ -13,48 +13,70 @@ the owner (``PeerService/ForwardAcknowledge``), so a subscriber that reconnects 
 link dropped, or after either exchange restarted, resumes after its acknowledged
 position.
 
-One link only: a dataset reached through a middle exchange is refused (later).
+Over several hops (``city:province:samr.enterprise``) a middle exchange carries the
+stream as it carries queries: it checks the signed subscription, decides only whether it
+carries it (``Routes.onward``), logs ``subscribe.forward``, opens its own
+``ForwardSubscribe`` at the next exchange embedding the one it got (``previous``), and
+relays each batch, with only the asked fields, logging it per subject
+(``event.receipt``). The owner checks the chain with ``forwarding.verify_chain`` and
+serves the department its route names (``city/county-a/approval``). Acknowledgements are
+carried the same way (``PeerService/ForwardAcknowledge`` with a route).
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
 import grpc
 
+from tongban.errors import TongbanError
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
-from tongban.exchange.audit.recorder import AccessRecorder
+from tongban.exchange.audit.recorder import AccessRecorder, Outcome
 from tongban.exchange.datadir import NodeSigning
-from tongban.exchange.errors import InvalidArgument
+from tongban.exchange.federation.entries import RemoteEntry
 from tongban.exchange.federation.errors import (
     PeerRequestInvalid,
+    PeerRouteLoop,
+    PeerTooManyHops,
 )
 from tongban.exchange.federation.forwarding import (
     DEPARTMENT,
     NONCE,
     OFFICER,
+    RequestKind,
     admit,
+    carried_payload,
+    carried_route,
     instant,
     peer_department,
     remote_department,
     sign_claims,
+    verify_chain,
     verify_peer_signed,
 )
 from tongban.exchange.federation.links import PeerLinks, peer_error
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.peers import Peer
 from tongban.exchange.federation.remote import RemoteCatalogue
+from tongban.exchange.federation.routing import Routes
 from tongban.exchange.federation.trust import PeerTrust
 from tongban.exchange.identity import Caller, RemoteCaller
 from tongban.exchange.sharing.errors import DatasetNotFound
 from tongban.signing.clock import Clock
 from tongban.v1 import events_pb2, federation_pb2
 
-__all__ = ["SUBSCRIPTION_TYPE", "ForwardedSubscription", "SubscriptionForwarding"]
+__all__ = [
+    "SUBSCRIPTION",
+    "SUBSCRIPTION_TYPE",
+    "Admitted",
+    "CarriedSubscription",
+    "ForwardedSubscription",
+    "SubscriptionForwarding",
+]
 
 SUBSCRIPTION_TYPE = "tongban-forwarded-subscription+jws"
 _MAX_TEXT = 200
@@ -77,9 +99,25 @@ class ForwardedSubscription:
     nonce: str
     issued_at: datetime
     expires_at: datetime
+    route: tuple[str, ...] = ()
+    """For a subscription a middle exchange carries on: its names of the exchanges
+    behind it, nearest first; the department is of the last one."""
+    previous: str | None = None
+    """For a carried subscription: the signed request it carries on, as received."""
+
+    @property
+    def department_path(self) -> tuple[str, ...]:
+        """The route and the department: ``("county-a", "approval")``."""
+        return (*self.route, self.department)
+
+    def carries(self, embedded: ForwardedSubscription) -> bool:
+        """The same officer, fields, purpose and position to resume after."""
+        return (self.officer, self.fields, self.purpose, self.after_position) == (
+            embedded.officer, embedded.fields, embedded.purpose, embedded.after_position,
+        )  # fmt: skip
 
     def payload(self) -> dict[str, object]:
-        return {
+        return carried_payload(self) | {
             "v": 1,
             "exchange": self.exchange,
             "audience": self.audience,
@@ -97,13 +135,27 @@ class ForwardedSubscription:
 
 @dataclass(frozen=True)
 class Admitted:
-    """A forwarded subscription, checked: who asks, for what."""
+    """A forwarded subscription to one of our datasets, checked: who asks, for what."""
 
     actor: RemoteCaller
     dataset: str
     fields: tuple[str, ...]
     purpose: str
     after_position: int | None
+
+
+@dataclass(frozen=True)
+class CarriedSubscription:
+    """A forwarded subscription to a dataset we reach through a peer of ours, checked,
+    and the decision to carry it: from whom, the request as received, and where to."""
+
+    peer: Peer
+    token: str
+    request: ForwardedSubscription
+    caller: str
+    """Our name for the department that asks (``county-a/approval``)."""
+    onward: Peer
+    remote: RemoteEntry
 
 
 def _parse(claimed: Mapping[str, Any]) -> ForwardedSubscription:
@@ -125,16 +177,22 @@ def _parse(claimed: Mapping[str, Any]) -> ForwardedSubscription:
             and (after is None or (type(after) is int and -1 <= after <= _MAX_POSITION))
             and None not in (issued_at.tzinfo, expires_at.tzinfo)
         )
+        route, previous = carried_route(claimed)
     except (KeyError, TypeError, ValueError) as e:
         raise bad from e
     if not well_formed:
         raise bad
     return ForwardedSubscription(
+        route=route, previous=previous,
         exchange=claimed["exchange"], audience=claimed["audience"],
         department=claimed["department"], officer=officer, dataset=claimed["dataset"],
         fields=tuple(fields), purpose=claimed["purpose"], after_position=after,
         nonce=claimed["nonce"], issued_at=issued_at, expires_at=expires_at,
     )  # fmt: skip
+
+
+SUBSCRIPTION = RequestKind(SUBSCRIPTION_TYPE, _parse)
+"""Forwarded subscriptions, as a middle exchange carries them."""
 
 
 class SubscriptionForwarding:
@@ -147,6 +205,7 @@ class SubscriptionForwarding:
         links: PeerLinks,
         remote: RemoteCatalogue,
         offer: CatalogueOffer,
+        routes: Routes,
         access_log: AccessLog,
         hasher: SubjectHasher,
         signing: NodeSigning,
@@ -160,6 +219,7 @@ class SubscriptionForwarding:
         self._links = links
         self._remote = remote
         self._offer = offer
+        self._routes = routes
         self._log = access_log
         self._recorder = AccessRecorder(node_name, hasher)
         self._signing = signing
@@ -180,17 +240,12 @@ class SubscriptionForwarding:
         after_position: int | None,
     ) -> AsyncGenerator[events_pb2.EventBatch, None]:
         """The events of peer dataset ``<peer>:<code>`` for ``caller``, as the owner's
-        exchange streams them, each batch logged here before it is passed on. Raises
-        PeerUnknown, DatasetNotFound, InvalidArgument (a routed dataset), the owner's
-        refusal, or PeerUnavailable when the link drops."""
+        exchange streams them, each batch logged here before it is passed on;
+        ``<code>`` may itself be ``<peer's peer>:<code>``, carried by the peer. Raises
+        PeerUnknown, DatasetNotFound, the refusal of the owner or of an exchange on the
+        way, or PeerUnavailable when a link drops."""
         peer_name, _, code = dataset.partition(":")
         peer = await self._trust.active_peer(peer_name)
-        if ":" in code:
-            raise InvalidArgument(
-                "A subscription is made at the owner's exchange over one link; this dataset "
-                "is reached through a middle exchange.",
-                metadata={"field": "dataset"},
-            )
         now = self._clock.now()
         if await self._remote.get(peer, code, now=now) is None:
             raise DatasetNotFound(
@@ -252,33 +307,151 @@ class SubscriptionForwarding:
             )
         )  # fmt: skip
 
-    # -- the owner's side ---------------------------------------------------------------
+    # -- the owner's side, or a middle exchange's --------------------------------------
 
-    async def admit(self, peer: Peer, token: str) -> Admitted:
+    async def admit(self, peer: Peer, token: str) -> Admitted | CarriedSubscription:
         """The subscription peer ``peer`` forwarded, checked: its node's signature for us,
-        its window and nonce, and a dataset we offer that peer. Raises
-        PeerSignatureMismatch, PeerRequestExpired, PeerRequestReplayed,
-        PeerRequestInvalid or DatasetNotFound."""
+        the chain of requests it carries (``forwarding.verify_chain``), its window and
+        nonce, and a dataset we offer that peer: one of ours (``Admitted``), or one we
+        reach through a peer of ours and carry there (``CarriedSubscription``, once
+        ``Routes.onward`` allows it; a refusal is logged). Raises PeerSignatureMismatch,
+        PeerRequestAltered, PeerRequestExpired, PeerRequestReplayed, PeerRequestInvalid,
+        PeerTooManyHops, PeerRouteLoop or DatasetNotFound."""
         now = self._clock.now()
         claimed = verify_peer_signed(token, peer=peer, typ=SUBSCRIPTION_TYPE, now=now)
         request = _parse(claimed)
+        chain = verify_chain(
+            request, kind=SUBSCRIPTION, own_exchange=self._trust.own_fingerprint, now=now,
+            max_hops=self._routes.max_hops,
+        )  # fmt: skip
         await admit(
             request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
             what="subscription request", first_use=self._first_use,
         )  # fmt: skip
+        caller = remote_department(peer.name, *request.department_path)
+        if ":" in request.dataset:
+            try:
+                onward, remote = await self._routes.onward(
+                    peer, request.dataset,
+                    passed=[request.exchange, *(r.exchange for r in chain)], now=now,
+                )  # fmt: skip
+            except TongbanError as e:
+                await self._carried(request, caller, [], "subscribe.forward", "denied", e.reason)
+                raise
+            return CarriedSubscription(peer, token, request, caller, onward, remote)
         if await self._offer.offers(peer.name, request.dataset) is None:
             raise DatasetNotFound(
                 f"This exchange offers peer {peer.name} no dataset {request.dataset[:100]!r}."
             )
         return Admitted(
-            actor=RemoteCaller(remote_department(peer.name, request.department), request.officer),
+            actor=RemoteCaller(caller, request.officer),
             dataset=request.dataset,
             fields=request.fields,
             purpose=request.purpose,
             after_position=request.after_position,
         )
 
-    @staticmethod
-    def consumer(peer: Peer, department: str) -> str:
-        """Our name for peer ``peer``'s department (InvalidArgument if it is none)."""
-        return peer_department(peer, department)
+    async def carry(
+        self, carried: CarriedSubscription
+    ) -> AsyncGenerator[events_pb2.EventBatch, None]:
+        """Carry a subscription on to the exchange that offered us its dataset, signed by
+        us and embedding the one we got, and relay its events: each batch with only the
+        asked fields, logged per subject under the remote identity before it is passed on,
+        named as we name things (dataset ``<peer>:<code>``, subscription ``<peer>:<id>``).
+        Raises the next exchange's refusal, or PeerUnavailable when the link drops."""
+        request, onward = carried.request, carried.onward
+        await self._carried(
+            request, carried.caller, [], "subscribe.forward", "allowed", f"peer:{onward.name}"
+        )
+        now = self._clock.now()
+        signed = sign_claims(
+            replace(
+                request,
+                exchange=self._trust.own_fingerprint.hex(),
+                audience=onward.ca_fingerprint.hex(),
+                dataset=carried.remote.code,
+                nonce=self._nonce(),
+                issued_at=now,
+                expires_at=min(now + self._lifetime, request.expires_at),
+                route=(carried.peer.name, *request.route),
+                previous=carried.token,
+            ).payload(),
+            self._signing,
+            SUBSCRIPTION_TYPE,
+        )
+        call = self._links.stub(onward).ForwardSubscribe(
+            federation_pb2.ForwardSubscribeRequest(request=signed)
+        )
+        fields = set(request.fields)
+        try:
+            async for batch in call:
+                keys = [e.key for e in batch.events]
+                await self._carried(
+                    request, carried.caller, keys, "event.receipt", "allowed",
+                    f"peer:{onward.name}",
+                )  # fmt: skip
+                for event in batch.events:
+                    # Only what was asked travels on (minimum fields), whatever came back.
+                    for name in [n for n in event.fields if n not in fields]:
+                        del event.fields[name]
+                    event.subscription_id = f"{onward.name}:{event.subscription_id}"
+                    event.dataset = request.dataset
+                yield batch
+        except grpc.aio.AioRpcError as e:
+            raise peer_error(onward, f"the events of {carried.remote.code}", e) from None
+        finally:
+            call.cancel()
+
+    async def _carried(
+        self, request: ForwardedSubscription, caller: str, keys: Sequence[str], action: str,
+        decision: Outcome, reason: str,
+    ) -> None:  # fmt: skip
+        await self._log.append(
+            self._recorder.entries(
+                keys, at=self._clock.now(), department=caller, officer=request.officer,
+                action=action, decision=decision, reason=reason,
+                dataset=request.dataset[:200], fields=request.fields,
+                purpose=request.purpose, case_id="subscription",
+            )
+        )  # fmt: skip
+
+    def consumer(self, peer: Peer, department: str, route: Sequence[str] = ()) -> str:
+        """Our name for peer ``peer``'s department, behind ``route`` when the peer asks
+        for an exchange behind it (InvalidArgument if it is none)."""
+        return peer_department(peer, department, route)
+
+    async def acknowledge_carried(
+        self, peer: Peer, department: str, route: Sequence[str], subscription_id: str,
+        position: int,
+    ) -> int:  # fmt: skip
+        """Carry peer ``peer``'s department's acknowledgement of ``<our peer>:<id>`` (a
+        subscription we carry) on to our peer, for ``<peer>/<route>/<department>``;
+        return the position it keeps. Raises InvalidArgument, PeerUnknown,
+        PeerTooManyHops, PeerRouteLoop, PeerUnavailable or our peer's refusal (only the
+        owner knows whose subscription it is, and answers only for that name)."""
+        self.consumer(peer, department, route)
+        name, _, remote_id = subscription_id.partition(":")
+        onward = await self._trust.active_peer(name[:100])
+        if onward.name == peer.name:
+            raise PeerRouteLoop(
+                "The acknowledgement would go back to the exchange it came from; a route "
+                "never loops."
+            )
+        if len(route) + 2 > self._routes.max_hops:
+            raise PeerTooManyHops(
+                f"Carried on, the acknowledgement would cross {len(route) + 2} links between "
+                f"exchanges; this exchange carries at most {self._routes.max_hops}.",
+                metadata={"max_hops": str(self._routes.max_hops)},
+            )
+        reply: events_pb2.AcknowledgeResponse = await self._links.call(
+            onward,
+            "an acknowledgement",
+            lambda timeout: self._links.stub(onward).ForwardAcknowledge(
+                federation_pb2.ForwardAcknowledgeRequest(
+                    department=department, subscription_id=remote_id, position=position,
+                    route=[peer.name, *route],
+                ),
+                timeout=timeout,
+            ),
+        )  # fmt: skip
+        return reply.acked_position

@@ -118,7 +118,8 @@ class FederationParts:
         )  # fmt: skip
         self.subscriptions = SubscriptionForwarding(
             trust=self.trust, links=self.links, remote=self.remote, offer=self.offer,
-            access_log=access_log, hasher=hasher, signing=signing, node_name=settings.node_name,
+            routes=self.routes, access_log=access_log, hasher=hasher, signing=signing,
+            node_name=settings.node_name,
             clock=clock, request_seconds=settings.peer_request_seconds,
             first_use=self.forwarding.first_use,
         )  # fmt: skip

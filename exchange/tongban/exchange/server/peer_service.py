@@ -23,7 +23,10 @@ from tongban.exchange.federation.grants import GrantForwarding
 from tongban.exchange.federation.licence_fetch import LicenceFetchForwarding
 from tongban.exchange.federation.offer import CatalogueOffer
 from tongban.exchange.federation.remote import RemoteCatalogue
-from tongban.exchange.federation.subscriptions import SubscriptionForwarding
+from tongban.exchange.federation.subscriptions import (
+    CarriedSubscription,
+    SubscriptionForwarding,
+)
 from tongban.exchange.federation.sync import CatalogueSync
 from tongban.exchange.federation.trail import PeerLogEntryRefused, may_see, relay_log_entry
 from tongban.exchange.federation.trust import PeerTrust
@@ -196,22 +199,30 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         self, request: federation_pb2.ForwardSubscribeRequest, context: Context
     ) -> AsyncIterator[events_pb2.EventBatch]:
         admitted = await self._subscriptions.admit(current_peer(), request.request)
-        async with contextlib.aclosing(
-            self._streams.stream(
+        if isinstance(admitted, CarriedSubscription):  # a peer's dataset: carried on
+            streamed = self._subscriptions.carry(admitted)
+        else:
+            streamed = self._streams.stream(
                 admitted.actor,
                 admitted.dataset,
                 admitted.fields,
                 admitted.purpose,
                 admitted.after_position,
             )
-        ) as batches:
+        async with contextlib.aclosing(streamed) as batches:
             async for batch in batches:
                 yield batch
 
     async def ForwardAcknowledge(
         self, request: federation_pb2.ForwardAcknowledgeRequest, context: Context
     ) -> events_pb2.AcknowledgeResponse:
-        consumer = self._subscriptions.consumer(current_peer(), request.department)
+        peer, route = current_peer(), list(request.route)
+        if ":" in request.subscription_id:  # a subscription we carry: acknowledged there
+            acked = await self._subscriptions.acknowledge_carried(
+                peer, request.department, route, request.subscription_id, request.position
+            )
+            return events_pb2.AcknowledgeResponse(acked_position=acked)
+        consumer = self._subscriptions.consumer(peer, request.department, route)
         return await self._streams.acknowledge(consumer, request.subscription_id, request.position)
 
 
