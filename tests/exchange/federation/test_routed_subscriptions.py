@@ -129,6 +129,14 @@ async def test_a_county_subscription_is_carried_by_the_city_and_survives_a_provi
         )  # fmt: skip
         # The acknowledgement goes through the city to the province, which keeps it.
         assert await approval.acknowledge(subscription, 0) == 0
+    # Another county department cannot move approval's position: the province answers
+    # only for the name the route gives.
+    async with client_for(county, "tax") as tax:
+        with pytest.raises(ExchangeError) as foreign:
+            await tax.acknowledge(subscription, 0)
+        assert (foreign.value.code, foreign.value.reason) == (
+            grpc.StatusCode.INVALID_ARGUMENT, "INVALID_ARGUMENT",
+        )  # fmt: skip
     assert await _subscriptions(province) == [("city/county-a/approval", "samr.enterprise", 0)]
     assert await _subscriptions(city) == []  # the city keeps no subscription of its own
 
