@@ -167,6 +167,12 @@ async def test_a_county_subscription_is_carried_by_the_city_and_survives_a_provi
         assert (down.value.code, down.value.reason) == (
             grpc.StatusCode.UNAVAILABLE, "PEER_UNAVAILABLE",
         )  # fmt: skip
+    assert city.db is not None
+    # The city logged the end of the stream it could not carry on.
+    ended = await city.db.pool.fetch(
+        "SELECT caller, reason FROM access_log WHERE action = 'subscribe.receipt'"
+    )
+    assert [tuple(r) for r in ended] == [("county-a/approval", "PEER_UNAVAILABLE; peer:province")]
     # It comes back on its address with an event published since: the county resumes
     # after the position it acknowledged, through the city.
     settings = province.settings
@@ -349,3 +355,10 @@ async def test_the_province_decides_every_batch_for_the_county_department(
     assert [(r["action"], r["decision"]) for r in decided] == [
         ("subscribe", "denied"), ("event", "allowed"), ("subscribe", "denied"),
     ]  # fmt: skip
+    # The city kept each refusal that ended a stream it carried.
+    assert city.db is not None
+    ended_at_city = await city.db.pool.fetch(
+        "SELECT reason FROM access_log WHERE caller = 'county-a/approval'"
+        " AND action = 'subscribe.receipt' ORDER BY idx"
+    )
+    assert [r["reason"] for r in ended_at_city] == ["GRANT_REQUIRED; peer:province"] * 2

@@ -358,7 +358,8 @@ class SubscriptionForwarding:
         us and embedding the one we got, and relay its events: each batch with only the
         asked fields, logged per subject under the remote identity before it is passed on,
         named as we name things (dataset ``<peer>:<code>``, subscription ``<peer>:<id>``).
-        Raises the next exchange's refusal, or PeerUnavailable when the link drops."""
+        Raises the next exchange's refusal, or PeerUnavailable when the link drops (either
+        logged as a denied ``subscribe.receipt``)."""
         request, onward = carried.request, carried.onward
         await self._carried(
             request, carried.caller, [], "subscribe.forward", "allowed", f"peer:{onward.name}"
@@ -398,7 +399,14 @@ class SubscriptionForwarding:
                     event.dataset = request.dataset
                 yield batch
         except grpc.aio.AioRpcError as e:
-            raise peer_error(onward, f"the events of {carried.remote.code}", e) from None
+            # The next exchange's refusal (or its being unreachable) ends the stream; we
+            # keep it as a receipt, as for a carried query.
+            error = peer_error(onward, f"the events of {carried.remote.code}", e)
+            await self._carried(
+                request, carried.caller, [], "subscribe.receipt", "denied",
+                f"{error.reason}; peer:{onward.name}",
+            )  # fmt: skip
+            raise error from None
         finally:
             call.cancel()
 
