@@ -27,6 +27,7 @@ from tongban.exchange.kafka.sealing import (
     TopicFields,
     open_event,
     seal_event,
+    seal_events,
     topic_fields,
 )
 from tongban.exchange.settings import Settings
@@ -180,6 +181,34 @@ def test_unknown_key_ids_and_unsealed_messages_are_refused() -> None:
         with pytest.raises(MessageRejected) as refused:
             open_event(_keys(1), value, headers, dataset=DATASET)
         assert refused.value.kind == "malformed"
+
+
+def test_a_message_laid_out_otherwise_opens_and_one_with_members_after_the_blob_does_not() -> None:
+    keys = _keys()
+    message = seal_event(keys, DATASET, _row(0, RECORD), ENTERPRISE_FIELDS)
+    doc = json.loads(message.value)
+    assert list(doc)[-1] == "sealed"  # the canonical clear part, then the blob
+    # Re-encoded by a tool (spaces, another member order, ASCII escapes): the clear part
+    # is serialised canonically for the check, as for messages written before.
+    reordered = json.dumps(dict(reversed(list(doc.items())))).encode()
+    assert open_event(keys, reordered, message.headers, dataset=DATASET) == _row(0, RECORD)
+    # A member after the blob would override a clear one when parsed: never delivered.
+    other = json.dumps({"name": "另一家公司"}, ensure_ascii=False).encode()
+    for extra in [b',"data":' + other, b',"position":7', b',"sealed":"AAAA"']:
+        value = message.value[:-1] + extra + b"}"
+        with pytest.raises(MessageRejected) as refused:
+            open_event(keys, value, message.headers, dataset=DATASET)
+        assert refused.value.kind == "not_authentic"
+
+
+def test_a_batch_is_sealed_with_a_nonce_per_message() -> None:
+    keys = _keys()
+    rows = [_row(i, RECORD) for i in range(3)]
+    messages = seal_events(keys, DATASET, rows, ENTERPRISE_FIELDS)
+    sealed = {base64.b64decode(json.loads(m.value)["sealed"])[:12] for m in messages}
+    assert len(sealed) == 3
+    opened = [open_event(keys, m.value, m.headers, dataset=DATASET) for m in messages]
+    assert opened == rows
 
 
 def test_rotation_keeps_old_messages_readable_and_seals_new_ones_with_the_new_key() -> None:

@@ -59,6 +59,7 @@ __all__ = [
     "TopicFields",
     "open_event",
     "seal_event",
+    "seal_events",
     "topic_fields",
 ]
 
@@ -71,6 +72,8 @@ _KEY_BYTES = 32
 _NONCE_BYTES = 12
 _AAD_PREFIX = b"tongban-kafka-event/1\x00"
 _PSEUDONYM_PREFIX = "pseudonym:"
+_SEALED_MEMBER = b',"sealed":"'
+_SEALED_TAIL = re.compile(rb'[A-Za-z0-9+/]*={0,2}"}')
 
 Rejection = Literal["unknown_key", "not_authentic", "malformed"]
 
@@ -108,6 +111,8 @@ class PayloadKeys:
     current: str
     keys: Mapping[str, bytes] = field(repr=False)
     pseudonym_key: bytes = field(repr=False)
+    _ciphers: Mapping[str, AESGCM] = field(init=False, repr=False, compare=False)
+    """An AES-GCM object per key id, made once (each message used to make its own)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "keys", MappingProxyType(dict(self.keys)))
@@ -120,6 +125,8 @@ class PayloadKeys:
             raise ValueError(f"the current key {self.current[:70]!r} is not among the keys")
         if len(self.pseudonym_key) != _KEY_BYTES:
             raise ValueError(f"the pseudonym key is not {_KEY_BYTES} bytes")
+        ciphers = {key_id: AESGCM(key) for key_id, key in self.keys.items()}
+        object.__setattr__(self, "_ciphers", MappingProxyType(ciphers))
 
     @classmethod
     def generate(
@@ -225,14 +232,34 @@ def seal_event(
     nonce = secrets.token_bytes(_NONCE_BYTES) if nonce is None else nonce
     if len(nonce) != _NONCE_BYTES:
         raise ValueError(f"a nonce is {_NONCE_BYTES} bytes")
+    return _seal(keys, dataset, row, fields, nonce)
+
+
+def seal_events(
+    keys: PayloadKeys, dataset: str, rows: Sequence[EventRow], fields: TopicFields
+) -> list[SealedMessage]:
+    """The messages of ``rows``, events of ``dataset``, as ``seal_event`` makes them:
+    each with a random nonce of its own (drawn for the whole batch in one read of the
+    system's random source)."""
+    randomness = secrets.token_bytes(_NONCE_BYTES * len(rows))
+    return [
+        _seal(keys, dataset, row, fields, randomness[i : i + _NONCE_BYTES])
+        for i, row in zip(range(0, len(randomness), _NONCE_BYTES), rows, strict=True)
+    ]
+
+
+def _seal(
+    keys: PayloadKeys, dataset: str, row: EventRow, fields: TopicFields, nonce: bytes
+) -> SealedMessage:
     clear_data: dict[str, Any] | None = None
     sealed_data: dict[str, Any] | None = None
     if row.data is not None:
         clear_data = {k: v for k, v in row.data.items() if k in fields.clear}
         sealed_data = {k: v for k, v in row.data.items() if k not in fields.clear}
     shown_key = row.key if fields.key_in_clear else _pseudonym(keys, dataset, row.key)
+    event_id = str(row.event_id)
     clear = {
-        "event_id": str(row.event_id),
+        "event_id": event_id,
         "dataset": dataset,
         "position": row.position,
         "key": shown_key,
@@ -241,17 +268,21 @@ def seal_event(
         "at": row.at.isoformat(),
         "data": clear_data,
     }
-    blob = AESGCM(keys.keys[keys.current]).encrypt(
+    # The value is the clear part in its canonical form (the associated data) with the
+    # blob as a last member, so the clear part is serialised once and the feed can
+    # authenticate the value's own bytes (``open_event``).
+    canonical = _canonical(clear)
+    blob = keys._ciphers[keys.current].encrypt(
         nonce,
         _canonical({"key": row.key, "data": sealed_data}),
-        _associated(keys.current, clear),
+        _AAD_PREFIX + keys.current.encode() + b"\x00" + canonical,
     )
-    value = dict(clear, sealed=base64.b64encode(nonce + blob).decode())
+    sealed = base64.b64encode(nonce + blob)
     return SealedMessage(
         key=shown_key.encode(),
-        value=json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode(),
+        value=canonical[:-1] + _SEALED_MEMBER + sealed + b'"}',
         headers=[
-            ("event_id", str(row.event_id).encode()),
+            ("event_id", event_id.encode()),
             (KEY_ID_HEADER, keys.current.encode()),
         ],
     )
@@ -263,26 +294,30 @@ def open_event(
     """Return the event of a sealed message from the topic of ``dataset``, its sealed
     fields and key restored. Raises MessageRejected."""
     key_id = _header(headers, KEY_ID_HEADER)
-    try:
-        doc = json.loads(value)
-        sealed = base64.b64decode(doc.pop("sealed"), validate=True)
-    except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as e:
-        raise MessageRejected("malformed", f"not a sealed Tongban event ({_what(e)})") from None
-    if key_id is None:
-        raise MessageRejected("malformed", f"no {KEY_ID_HEADER} header")
-    key = keys.keys.get(key_id)
-    if key is None:
-        raise MessageRejected(
-            "unknown_key", f"sealed with key {key_id[:70]!r}, which this node does not hold"
-        )
-    try:
-        plain = AESGCM(key).decrypt(
-            sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _associated(key_id, doc)
-        )
-    except (InvalidTag, ValueError):
-        raise MessageRejected(
-            "not_authentic", f"fails authentication under key {key_id!r}"
-        ) from None
+    cipher = keys._ciphers.get(key_id) if key_id is not None else None
+    opened = _open_as_written(cipher, key_id, value) if cipher and key_id else None
+    if opened is not None:
+        doc, plain = opened
+    else:
+        try:
+            doc = json.loads(value)
+            sealed = base64.b64decode(doc.pop("sealed"), validate=True)
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as e:
+            raise MessageRejected("malformed", f"not a sealed Tongban event ({_what(e)})") from None
+        if key_id is None:
+            raise MessageRejected("malformed", f"no {KEY_ID_HEADER} header")
+        if cipher is None:
+            raise MessageRejected(
+                "unknown_key", f"sealed with key {key_id[:70]!r}, which this node does not hold"
+            )
+        try:
+            plain = cipher.decrypt(
+                sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _associated(key_id, doc)
+            )
+        except (InvalidTag, ValueError):
+            raise MessageRejected(
+                "not_authentic", f"fails authentication under key {key_id!r}"
+            ) from None
     if doc.get("dataset") != dataset:  # authentic, but moved from another dataset's topic
         raise MessageRejected("not_authentic", f"an event of another dataset on {dataset}'s topic")
     try:
@@ -304,13 +339,41 @@ def open_event(
         raise MessageRejected("malformed", f"not a Tongban event ({_what(e)})") from None
 
 
+def _open_as_written(cipher: AESGCM, key_id: str, value: bytes) -> tuple[Any, bytes] | None:
+    """The clear part and the opened blob of a message laid out as ``seal_event`` writes
+    it — the canonical clear part, then the blob as the last member — or None if it is
+    not laid out so or does not authenticate (the caller then parses it in general).
+
+    Such a value's clear bytes are the associated data as they stand, so they need not
+    be parsed and serialised again to be checked; they are parsed only once they
+    authenticate, and what is parsed is exactly what was authenticated.
+    """
+    head, member, tail = value.rpartition(_SEALED_MEMBER)
+    if not member or _SEALED_TAIL.fullmatch(tail) is None:
+        return None
+    clear = head + b"}"
+    try:
+        sealed = base64.b64decode(tail[:-2], validate=True)
+        plain = cipher.decrypt(
+            sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _associated_bytes(key_id, clear)
+        )
+        doc = json.loads(clear)
+    except (InvalidTag, ValueError, binascii.Error):
+        return None
+    return (doc, plain) if isinstance(doc, dict) else None
+
+
 def _pseudonym(keys: PayloadKeys, dataset: str, key: str) -> str:
     mac = hmac.new(keys.pseudonym_key, f"{dataset}\x00{key}".encode(), hashlib.sha256).hexdigest()
     return _PSEUDONYM_PREFIX + mac[:32]
 
 
 def _associated(key_id: str, clear: Mapping[str, Any]) -> bytes:
-    return _AAD_PREFIX + key_id.encode() + b"\x00" + _canonical(clear)
+    return _associated_bytes(key_id, _canonical(clear))
+
+
+def _associated_bytes(key_id: str, canonical: bytes) -> bytes:
+    return _AAD_PREFIX + key_id.encode() + b"\x00" + canonical
 
 
 def _canonical(doc: Mapping[str, Any]) -> bytes:

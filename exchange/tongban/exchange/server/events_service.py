@@ -17,7 +17,6 @@ from tongban.errors import TongbanError
 from tongban.exchange.federation.subscriptions import SubscriptionForwarding
 from tongban.exchange.identity import Actor
 from tongban.exchange.server.caller import current_caller
-from tongban.exchange.server.timestamps import timestamp
 from tongban.exchange.sharing.events import EventFeed, EventRow, EventStore, SubscriptionRow
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import Allowed
@@ -157,25 +156,26 @@ class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
     ) -> events_pb2.EventBatch:
         subscription_id = str(subscription.id)
         batch = events_pb2.EventBatch()
+        add = batch.events.add  # built in place: an Event made apart is copied in
         for row in rows:
-            values = (
-                StoredRecord(row.key, row.version, row.at, row.data).values(entry, fields)
-                if row.data is not None
-                else {}
+            event = add(
+                subscription_id=subscription_id,
+                dataset=entry.code,
+                position=row.position,
+                event_id=str(row.event_id),
+                key=row.key,
+                version=row.version,
+                op=row.op,
             )
-            batch.events.append(
-                events_pb2.Event(
-                    subscription_id=subscription_id,
-                    dataset=entry.code,
-                    position=row.position,
-                    event_id=str(row.event_id),
-                    key=row.key,
-                    version=row.version,
-                    op=row.op,
-                    fields={name: to_field_value(v) for name, v in values.items()},
-                    at=timestamp(row.at),
-                )
-            )
+            if row.data is not None:
+                values = StoredRecord(row.key, row.version, row.at, row.data).values(entry, fields)
+                into = event.fields
+                for name, value in values.items():
+                    if type(value) is str:  # most fields: no FieldValue made and copied
+                        into[name].string_value = value
+                    else:
+                        into[name].CopyFrom(to_field_value(value))
+            event.at.FromDatetime(row.at)
         return batch
 
     async def Acknowledge(
