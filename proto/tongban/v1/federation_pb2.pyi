@@ -564,6 +564,29 @@ class ForwardGrantRequestRequest(_message.Message):
 Global___ForwardGrantRequestRequest: _TypeAlias = ForwardGrantRequestRequest  # noqa: Y015
 
 @_typing.final
+class ForwardGrantRevokeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    request: _builtins.str
+    """Compact JWS (typ tongban-forwarded-grant-revoke+jws) by the calling node's signing
+    key over the department, officer, the grant id in our names, the reason, a nonce and
+    a time window.
+    """
+    def __init__(
+        self,
+        *,
+        request: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardGrantRevokeRequest: _TypeAlias = ForwardGrantRevokeRequest  # noqa: Y015
+
+@_typing.final
 class ListForwardedGrantsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -87,6 +87,11 @@ class PeerServiceStub:
                 request_serializer=tongban_dot_v1_dot_federation__pb2.ListForwardedGrantsRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
                 _registered_method=True)
+        self.ForwardGrantRevoke = channel.unary_unary(
+                '/tongban.v1.PeerService/ForwardGrantRevoke',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.ForwardGrantRevokeRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_grants__pb2.Grant.FromString,
+                _registered_method=True)
         self.ForwardLicenceFetch = channel.unary_unary(
                 '/tongban.v1.PeerService/ForwardLicenceFetch',
                 request_serializer=tongban_dot_v1_dot_federation__pb2.ForwardLicenceFetchRequest.SerializeToString,
@@ -209,6 +214,18 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardGrantRevoke(self, request, context):
+        """A department of the calling exchange revokes its own grant on one of our datasets,
+        signed by its node (docs/federation.md, "Grants across exchanges"): we revoke it only
+        if its consumer is exactly "<our name for the caller>/<department>" (the route's
+        names between, if any); any other is NOT_FOUND / GRANT_NOT_FOUND, nothing changed.
+        For a grant "<peer>:<id>" held by a peer of ours, we carry the revocation on, signed
+        by us and embedding the caller's, and answer that peer's grant as we name it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ForwardLicenceFetch(self, request, context):
         """A licence held here, fetched for an approval by a department of the calling
         exchange, signed by its node (docs/federation.md, "The materials resolver and peers'
@@ -294,6 +311,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.ListForwardedGrants,
                     request_deserializer=tongban_dot_v1_dot_federation__pb2.ListForwardedGrantsRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_grants__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'ForwardGrantRevoke': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForwardGrantRevoke,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardGrantRevokeRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_grants__pb2.Grant.SerializeToString,
             ),
             'ForwardLicenceFetch': grpc.unary_unary_rpc_method_handler(
                     servicer.ForwardLicenceFetch,
@@ -581,6 +603,33 @@ class PeerService:
             '/tongban.v1.PeerService/ListForwardedGrants',
             tongban_dot_v1_dot_federation__pb2.ListForwardedGrantsRequest.SerializeToString,
             tongban_dot_v1_dot_grants__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardGrantRevoke(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/ForwardGrantRevoke',
+            tongban_dot_v1_dot_federation__pb2.ForwardGrantRevokeRequest.SerializeToString,
+            tongban_dot_v1_dot_grants__pb2.Grant.FromString,
             options,
             channel_credentials,
             insecure,

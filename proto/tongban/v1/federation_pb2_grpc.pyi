@@ -103,6 +103,14 @@ class PeerServiceStub:
     exchanges behind it, if any, named), or on a dataset we carry requests of to the
     peer that offered it (we ask that peer, for "<caller>/<department>").
     """
+    ForwardGrantRevoke: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ForwardGrantRevokeRequest, _grants_pb2.Grant]
+    """A department of the calling exchange revokes its own grant on one of our datasets,
+    signed by its node (docs/federation.md, "Grants across exchanges"): we revoke it only
+    if its consumer is exactly "<our name for the caller>/<department>" (the route's
+    names between, if any); any other is NOT_FOUND / GRANT_NOT_FOUND, nothing changed.
+    For a grant "<peer>:<id>" held by a peer of ours, we carry the revocation on, signed
+    by us and embedding the caller's, and answer that peer's grant as we name it.
+    """
     ForwardLicenceFetch: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ForwardLicenceFetchRequest, _federation_pb2.ForwardLicenceFetchResponse]
     """A licence held here, fetched for an approval by a department of the calling
     exchange, signed by its node (docs/federation.md, "The materials resolver and peers'
@@ -187,6 +195,14 @@ class PeerServiceAsyncStub(PeerServiceStub):
     """The calling exchange's department's grants on one of our datasets (its route of
     exchanges behind it, if any, named), or on a dataset we carry requests of to the
     peer that offered it (we ask that peer, for "<caller>/<department>").
+    """
+    ForwardGrantRevoke: _aio.UnaryUnaryMultiCallable[_federation_pb2.ForwardGrantRevokeRequest, _grants_pb2.Grant]  # type: ignore[assignment]
+    """A department of the calling exchange revokes its own grant on one of our datasets,
+    signed by its node (docs/federation.md, "Grants across exchanges"): we revoke it only
+    if its consumer is exactly "<our name for the caller>/<department>" (the route's
+    names between, if any); any other is NOT_FOUND / GRANT_NOT_FOUND, nothing changed.
+    For a grant "<peer>:<id>" held by a peer of ours, we carry the revocation on, signed
+    by us and embedding the caller's, and answer that peer's grant as we name it.
     """
     ForwardLicenceFetch: _aio.UnaryUnaryMultiCallable[_federation_pb2.ForwardLicenceFetchRequest, _federation_pb2.ForwardLicenceFetchResponse]  # type: ignore[assignment]
     """A licence held here, fetched for an approval by a department of the calling
@@ -329,6 +345,20 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
         """The calling exchange's department's grants on one of our datasets (its route of
         exchanges behind it, if any, named), or on a dataset we carry requests of to the
         peer that offered it (we ask that peer, for "<caller>/<department>").
+        """
+
+    @_abc_1.abstractmethod
+    def ForwardGrantRevoke(
+        self,
+        request: _federation_pb2.ForwardGrantRevokeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_grants_pb2.Grant, _abc.Awaitable[_grants_pb2.Grant]]:
+        """A department of the calling exchange revokes its own grant on one of our datasets,
+        signed by its node (docs/federation.md, "Grants across exchanges"): we revoke it only
+        if its consumer is exactly "<our name for the caller>/<department>" (the route's
+        names between, if any); any other is NOT_FOUND / GRANT_NOT_FOUND, nothing changed.
+        For a grant "<peer>:<id>" held by a peer of ours, we carry the revocation on, signed
+        by us and embedding the caller's, and answer that peer's grant as we name it.
         """
 
     @_abc_1.abstractmethod

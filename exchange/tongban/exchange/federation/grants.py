@@ -18,10 +18,18 @@ embedding the one it got (``previous``), and logs the answer (``grant.receipt``)
 owner checks the chain with ``forwarding.verify_chain`` and records the request for the
 department named by its route (``city/county-a/approval``). Listings are carried the same
 way, for that name only.
+
+The consumer may revoke its own grant from its side (``GrantService/RevokeGrant`` with the
+id as its exchange names it, ``province:<id>`` or ``city:province:<id>``): its node signs a
+revocation (JWS ``tongban-forwarded-grant-revoke+jws``), a middle exchange carries it as
+it carries grant requests (``grant-revoke.forward`` and ``grant-revoke.receipt`` in its
+log), and the owner's exchange checks the chain and revokes the grant only if its consumer
+is exactly the department the chain names.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -66,11 +74,24 @@ from tongban.exchange.sharing.model import Grant, GrantStatus
 from tongban.signing.clock import Clock
 from tongban.v1 import federation_pb2, grants_pb2
 
-__all__ = ["GRANT", "GRANT_REQUEST_TYPE", "ForwardedGrantRequest", "GrantForwarding"]
+__all__ = [
+    "GRANT",
+    "GRANT_REQUEST_TYPE",
+    "GRANT_REVOKE",
+    "GRANT_REVOKE_TYPE",
+    "ForwardedGrantRequest",
+    "ForwardedGrantRevoke",
+    "GrantForwarding",
+]
 
 GRANT_REQUEST_TYPE = "tongban-forwarded-grant+jws"
+GRANT_REVOKE_TYPE = "tongban-forwarded-grant-revoke+jws"
 _MAX_FIELDS = 200
 _MAX_TEXT = 2000
+_MAX_REASON = 500
+GRANT_ID = re.compile(r"(?:[a-z][a-z0-9-]{1,62}:){0,8}[A-Za-z0-9-]{1,64}")
+"""A grant id as an exchange names another's: the owner's id (a UUID at a Tongban
+exchange) behind the names of the exchanges on the way (``province:<id>``)."""
 
 
 @dataclass(frozen=True)
@@ -187,6 +208,92 @@ GRANT = RequestKind(GRANT_REQUEST_TYPE, _parse)
 """Forwarded grant requests, as a middle exchange carries them."""
 
 
+@dataclass(frozen=True)
+class ForwardedGrantRevoke:
+    """A department of the calling exchange revoking its own grant, as its node signed it."""
+
+    exchange: str
+    audience: str
+    department: str
+    officer: str | None
+    grant: str
+    """The grant's id as the receiver names it: its own (``<id>``), or one a peer of its
+    keeps (``province:<id>``)."""
+    reason: str
+    nonce: str
+    issued_at: datetime
+    expires_at: datetime
+    route: tuple[str, ...] = ()
+    """For a revocation a middle exchange carries on: its names of the exchanges behind
+    it, nearest first; the department is of the last one."""
+    previous: str | None = None
+    """For a carried revocation: the signed one it carries on, as received."""
+
+    @property
+    def dataset(self) -> str:
+        """What ``verify_chain`` follows from hop to hop, as it follows a dataset's name:
+        the grant's id, behind one more name at each exchange further from the owner."""
+        return self.grant
+
+    @property
+    def department_path(self) -> tuple[str, ...]:
+        return (*self.route, self.department)
+
+    def carries(self, embedded: ForwardedGrantRevoke) -> bool:
+        """The same officer and reason."""
+        return (self.officer, self.reason) == (embedded.officer, embedded.reason)
+
+    def payload(self) -> dict[str, object]:
+        return carried_payload(self) | {
+            "v": 1,
+            "exchange": self.exchange,
+            "audience": self.audience,
+            "department": self.department,
+            "officer": self.officer,
+            "grant": self.grant,
+            "reason": self.reason,
+            "nonce": self.nonce,
+            "issued_at": instant(self.issued_at),
+            "expires_at": instant(self.expires_at),
+        }
+
+
+def _parse_revoke(claimed: Mapping[str, Any]) -> ForwardedGrantRevoke:
+    """Raises PeerRequestInvalid for a missing or malformed member."""
+    bad = PeerRequestInvalid("The forwarded revocation lacks a member or holds a malformed one.")
+    try:
+        officer, grant, reason = claimed["officer"], claimed["grant"], claimed["reason"]
+        issued_at = datetime.fromisoformat(claimed["issued_at"])
+        expires_at = datetime.fromisoformat(claimed["expires_at"])
+        well_formed = (
+            all(isinstance(claimed[k], str) for k in ("exchange", "audience", "nonce"))
+            and all(len(claimed[k]) <= _MAX_TEXT for k in ("exchange", "audience"))
+            and (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
+            and DEPARTMENT.fullmatch(claimed["department"])
+            and NONCE.fullmatch(claimed["nonce"])
+            and isinstance(grant, str)
+            and GRANT_ID.fullmatch(grant)
+            and isinstance(reason, str)
+            and len(reason) <= _MAX_REASON
+            and None not in (issued_at.tzinfo, expires_at.tzinfo)
+        )
+        route, previous = carried_route(claimed)
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad from e
+    if not well_formed:
+        raise bad
+    return ForwardedGrantRevoke(
+        route=route, previous=previous, exchange=claimed["exchange"],
+        audience=claimed["audience"], department=claimed["department"], officer=officer,
+        grant=grant, reason=reason, nonce=claimed["nonce"], issued_at=issued_at,
+        expires_at=expires_at,
+    )  # fmt: skip
+
+
+GRANT_REVOKE = RequestKind(GRANT_REVOKE_TYPE, _parse_revoke)
+"""Forwarded revocations of a consumer's own grant, as a middle exchange carries them."""
+
+
 class GrantForwarding:
     """Both sides of a grant request across exchanges; see the module docstring."""
 
@@ -274,6 +381,40 @@ class GrantForwarding:
             f"a grant request on {code}",
             lambda timeout: self._links.stub(peer).ForwardGrantRequest(
                 federation_pb2.ForwardGrantRequestRequest(request=token), timeout=timeout
+            ),
+        )
+        return _as_ours(grant, peer, caller.department.code)
+
+    async def revoke(self, caller: Caller, *, grant_id: str, reason: str) -> grants_pb2.Grant:
+        """Revoke the caller's own grant ``<peer>:<id>`` (``<id>`` may itself be
+        ``<peer's peer>:<id>``, carried by the peer) at the owner's exchange; return it as
+        this exchange names it. Raises InvalidArgument (a malformed id or reason),
+        PeerUnknown, PeerUnavailable, or the refusal of the owner (GrantNotFound: none of
+        the caller's; GrantStateInvalid: already ended) or of an exchange on the way."""
+        peer_name, _, rest = grant_id.partition(":")
+        if not GRANT_ID.fullmatch(rest):
+            raise InvalidArgument(
+                f"{grant_id[:100]!r} is not a grant id of a peer exchange; use the id "
+                "ListGrants shows (<peer>:<id>).",
+                metadata={"field": "id"},
+            )
+        if len(reason) > _MAX_REASON:
+            raise InvalidArgument(
+                f"A reason has at most {_MAX_REASON} characters.", metadata={"field": "reason"}
+            )
+        peer = await self._trust.active_peer(peer_name)
+        now = self._clock.now()
+        request = ForwardedGrantRevoke(
+            exchange=self._trust.own_fingerprint.hex(), audience=peer.ca_fingerprint.hex(),
+            department=caller.department.code, officer=caller.officer_id, grant=rest,
+            reason=reason, nonce=self._nonce(), issued_at=now, expires_at=now + self._lifetime,
+        )  # fmt: skip
+        token = sign_claims(request.payload(), self._signing, GRANT_REVOKE_TYPE)
+        grant: grants_pb2.Grant = await self._links.call(
+            peer,
+            f"the revocation of grant {rest}",
+            lambda timeout: self._links.stub(peer).ForwardGrantRevoke(
+                federation_pb2.ForwardGrantRevokeRequest(request=token), timeout=timeout
             ),
         )
         return _as_ours(grant, peer, caller.department.code)
@@ -403,6 +544,107 @@ class GrantForwarding:
             )
         await log("grant.receipt", "allowed", f"peer:{onward.name}; grant:{grant.id[:100]}")
         return _as_ours(grant, onward, caller)
+
+    async def answer_revoke(self, peer: Peer, token: str) -> Grant | grants_pb2.Grant:
+        """Revoke the grant peer ``peer``'s revocation names, if its consumer is exactly the
+        department its route names (``<peer>/<department>``, ``city/county-a/approval``);
+        return it. For a grant a peer of ours keeps (``<peer>:<id>``), carry the
+        revocation there instead and return that exchange's grant as we name it. Raises
+        PeerSignatureMismatch, PeerRequestAltered, PeerRequestExpired,
+        PeerRequestReplayed, PeerRequestInvalid, PeerTooManyHops, PeerRouteLoop,
+        GrantNotFound (no such grant of that department: nothing changes),
+        GrantStateInvalid, or, carried, PeerUnknown, the next exchange's refusal or
+        PeerUnavailable."""
+        now = self._clock.now()
+        claimed = verify_peer_signed(token, peer=peer, typ=GRANT_REVOKE_TYPE, now=now)
+        request = _parse_revoke(claimed)
+        chain = verify_chain(
+            request, kind=GRANT_REVOKE, own_exchange=self._trust.own_fingerprint, now=now,
+            max_hops=self._routes.max_hops,
+        )  # fmt: skip
+        await admit(
+            request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
+            what="grant revocation", first_use=self._first_use,
+        )  # fmt: skip
+        consumer = remote_department(peer.name, *request.department_path)
+        if ":" in request.grant:
+            return await self._carry_revoke(peer, token, request, chain, consumer, now)
+        # The store revokes only for its owner or its consumer, and a peer's department is
+        # never an owner here: exactly that department's grant, or GrantNotFound.
+        return await self._grants.revoke(
+            grant_id=request.grant, caller=consumer, reason=request.reason,
+            officer=request.officer, now=now,
+        )  # fmt: skip
+
+    async def _carry_revoke(
+        self,
+        peer: Peer,
+        token: str,
+        request: ForwardedGrantRevoke,
+        chain: Sequence[ForwardedGrantRevoke],
+        caller: str,
+        now: datetime,
+    ) -> grants_pb2.Grant:
+        """Carry a revocation of ``<our peer>:<id>`` on to that peer, signed by us and
+        embedding ``token``; log it going out (``grant-revoke.forward``) and the answer
+        (``grant-revoke.receipt``) under the remote identity ``caller``. We decide only
+        whether we carry it (``Routes.towards``); the owner decides whose grant it is."""
+        name, _, rest = request.grant.partition(":")
+
+        async def log(action: str, decision: Outcome, reason: str, dataset: str | None) -> None:
+            await self._log.append(
+                self._recorder.entries(
+                    [], at=self._clock.now(), department=caller, officer=request.officer,
+                    action=action, decision=decision, reason=reason, dataset=dataset,
+                )
+            )  # fmt: skip
+
+        try:
+            onward = await self._routes.towards(
+                peer, name, passed=[request.exchange, *(r.exchange for r in chain)]
+            )
+        except TongbanError as e:
+            await log("grant-revoke.forward", "denied", e.reason, None)
+            raise
+        await log("grant-revoke.forward", "allowed", f"peer:{onward.name}; grant:{rest}", None)
+        carried = replace(
+            request,
+            exchange=self._trust.own_fingerprint.hex(),
+            audience=onward.ca_fingerprint.hex(),
+            grant=rest,
+            nonce=self._nonce(),
+            issued_at=now,
+            expires_at=min(now + self._lifetime, request.expires_at),
+            route=(peer.name, *request.route),
+            previous=token,
+        )
+        signed = sign_claims(carried.payload(), self._signing, GRANT_REVOKE_TYPE)
+        try:
+            grant: grants_pb2.Grant = await self._links.call(
+                onward,
+                f"the revocation of grant {rest}",
+                lambda timeout: self._links.stub(onward).ForwardGrantRevoke(
+                    federation_pb2.ForwardGrantRevokeRequest(request=signed), timeout=timeout
+                ),
+            )
+        except (PeerRefusal, PeerUnavailable) as e:
+            await log("grant-revoke.receipt", "denied", f"{e.reason}; peer:{onward.name}", None)
+            raise
+        if grant.id != rest:
+            await log(
+                "grant-revoke.receipt", "denied", f"{PeerNotOwner.reason}; peer:{onward.name}",
+                None,
+            )  # fmt: skip
+            raise PeerNotOwner(
+                f"Peer {onward.name} answered for grant {grant.id[:100]!r}, not {rest}.",
+                metadata={"peer": onward.name},
+            )
+        ours = _as_ours(grant, onward, caller)
+        await log(
+            "grant-revoke.receipt", "allowed", f"peer:{onward.name}; grant:{rest}",
+            ours.dataset[:200],
+        )  # fmt: skip
+        return ours
 
     async def grants_of(
         self,

@@ -149,6 +149,29 @@ class Routes:
             )
         return source, remote
 
+    async def towards(self, to: Peer, name: str, *, passed: Sequence[str]) -> Peer:
+        """Whether we carry on a request peer ``to`` sent for something our active peer
+        ``name`` holds that is not a dataset (a grant it keeps, the subscriptions it
+        keeps), which passed the exchanges ``passed`` (as for ``onward``): the peer to
+        carry it to. The same decision as ``onward`` without the offer, which the owner's
+        exchange checks instead (only the department's own grants and subscriptions).
+        Raises PeerUnknown, PeerRouteLoop (back where it came from, or to an exchange it
+        passed), PeerTooManyHops (carried on, past ``max_hops`` links)."""
+        onward = await self._trust.active_peer(name[:100])
+        if onward.name == to.name or onward.ca_fingerprint.hex() in passed:
+            raise PeerRouteLoop(
+                "Carried on, the request would pass an exchange it came through; a route "
+                "never loops."
+            )
+        hops = len(passed) + 1  # behind us, and us to the next
+        if hops > self.max_hops:
+            raise PeerTooManyHops(
+                f"Carried on, the request would cross {hops} links between exchanges; "
+                f"this exchange carries at most {self.max_hops}.",
+                metadata={"max_hops": str(self.max_hops)},
+            )
+        return onward
+
     def _sign(self, remote: RemoteEntry, source: Peer) -> str:
         key = (source.name, remote.signed)
         token = self._signed.get(key)

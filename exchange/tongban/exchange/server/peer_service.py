@@ -166,6 +166,14 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
             return grant
         return grant_message(grant, self._clock.now())
 
+    async def ForwardGrantRevoke(
+        self, request: federation_pb2.ForwardGrantRevokeRequest, context: Context
+    ) -> grants_pb2.Grant:
+        grant = await self._grants.answer_revoke(current_peer(), request.request)
+        if isinstance(grant, grants_pb2.Grant):  # carried on: the next exchange's, renamed
+            return grant
+        return grant_message(grant, self._clock.now())
+
     async def ListForwardedGrants(
         self, request: federation_pb2.ListForwardedGrantsRequest, context: Context
     ) -> grants_pb2.ListGrantsResponse:

@@ -438,9 +438,12 @@ class GrantService(grants_pb2_grpc.GrantServiceServicer):
     async def RevokeGrant(
         self, request: grants_pb2.RevokeGrantRequest, context: Context
     ) -> grants_pb2.Grant:
+        caller = current_caller()
+        if self._remote is not None and ":" in request.id:  # a grant a peer's owner keeps
+            return await self._remote.revoke(caller, grant_id=request.id, reason=request.reason)
         now = self._clock.now()
         grant = await self._sharing.revoke_grant(
-            current_caller(), grant_id=request.id, reason=request.reason, now=now
+            caller, grant_id=request.id, reason=request.reason, now=now
         )
         return grant_message(grant, now)
 
