@@ -445,3 +445,33 @@ def test_every_size_extends_the_empty_tree(new_size: int, salt: bytes) -> None:
     verify_consistency(0, new_size, EMPTY_ROOT, roots[new_size], [])
     with pytest.raises(ProofInvalid):
         verify_consistency(0, new_size, flipped(EMPTY_ROOT, 0), roots[new_size], [])
+
+
+@PROPERTY
+@given(before=st.integers(min_value=0, max_value=70), added=st.integers(min_value=0, max_value=70))
+def test_extend_completes_the_nodes_append_does(before: int, added: int) -> None:
+    leaves = distinct_leaves(before + added, b"extend")
+    one_by_one, _, _ = build(leaves[:before])
+    at_once = Frontier(one_by_one.size, list(one_by_one.roots))
+    expected = [
+        (node, digest)
+        for leaf in leaves[before:]
+        for node, digest in one_by_one.append(leaf_hash(leaf))[1:]  # above the leaf
+    ]
+    levels, indices, hashes = at_once.extend(b"".join(leaf_hash(leaf) for leaf in leaves[before:]))
+    completed = [
+        ((level, index), bytes(hashes[32 * k : 32 * k + 32]))
+        for k, (level, index) in enumerate(zip(levels, indices, strict=True))
+    ]
+    assert completed == expected
+    assert len(hashes) == 32 * len(levels)
+    assert (at_once.size, at_once.roots, at_once.root()) == (
+        one_by_one.size,
+        one_by_one.roots,
+        one_by_one.root(),
+    )
+
+
+def test_extend_refuses_a_partial_hash() -> None:
+    with pytest.raises(ValueError, match="32 bytes each"):
+        Frontier().extend(bytes(33))

@@ -33,7 +33,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from tongban.exchange.audit.log import AuditUnavailable
-from tongban.exchange.audit.merkle import Frontier
+from tongban.exchange.audit.merkle import HASH_SIZE, Frontier
 from tongban.exchange.db.guard import held_for_long
 
 __all__ = ["INTEGRATOR_LOCK", "Integrator", "integrate"]
@@ -54,20 +54,25 @@ _WAIT_POLL = 0.01
 _FIRST_BACKOFF = 0.1
 _MAX_BACKOFF = 5.0
 
-# The leaf hashes are computed and stored by PostgreSQL (RFC 6962: SHA-256(0x00 || leaf));
-# this process folds them into the interior nodes and the head.
+# The leaf hashes are computed by PostgreSQL (RFC 6962: SHA-256(0x00 || leaf)), once, and
+# come back as one value of 32 bytes each in index order; this process folds them into
+# the interior nodes and the head, and sends the leaf and node hashes back as one value
+# each (no array element, record or tuple per entry on either side).
 _READ = (
-    "SELECT idx, sha256('\\x00'::bytea || leaf) AS hash FROM access_log"
-    " WHERE idx >= $1 ORDER BY idx LIMIT $2"
+    "SELECT count(*) AS n, max(idx) AS last,"
+    " string_agg(sha256('\\x00'::bytea || leaf), ''::bytea ORDER BY idx) AS hashes"
+    " FROM (SELECT idx, leaf FROM access_log WHERE idx >= $1 ORDER BY idx LIMIT $2) AS s"
 )
+_INDICES = "SELECT idx FROM access_log WHERE idx >= $1 ORDER BY idx LIMIT $2"
 _INTEGRATE = """
     WITH leaves AS (
         INSERT INTO log_node (level, idx, hash)
-        SELECT 0, idx, sha256('\\x00'::bytea || leaf) FROM access_log
-        WHERE idx >= $4 AND idx < $5
+        SELECT 0, $4::bigint + k, substring($8::bytea FROM 32 * k + 1 FOR 32)
+        FROM generate_series(0, ($5::bigint - $4::bigint)::int - 1) AS k
     ), nodes AS (
         INSERT INTO log_node (level, idx, hash)
-        SELECT * FROM unnest($1::smallint[], $2::bigint[], $3::bytea[])
+        SELECT level, idx, substring($3::bytea FROM 32 * n::int - 31 FOR 32)
+        FROM unnest($1::smallint[], $2::bigint[]) WITH ORDINALITY AS t(level, idx, n)
     ), search AS (
         INSERT INTO access_log_search
         SELECT idx, at, caller, officer, action, dataset, purpose, case_id, subject_hmac,
@@ -86,39 +91,47 @@ async def integrate(conn: PoolConnectionProxy[asyncpg.Record], limit: int = _MAX
         head = await conn.fetchrow("SELECT size, frontier FROM log_state FOR UPDATE")
         assert head is not None  # created by the migration
         size = int(head["size"])
-        rows = await conn.fetch(_READ, size, limit)
-        if not rows:
+        read = await conn.fetchrow(_READ, size, limit)
+        assert read is not None  # an aggregate: one row
+        count: int = read["n"]
+        if not count:
             return 0
+        leaves = bytes(read["hashes"])
+        if read["last"] != size + count - 1:  # distinct indices from size: a gap among them
+            count = await _before_gap(conn, size, limit)
+            leaves = leaves[: count * HASH_SIZE]
+            if not count:
+                return 0
         frontier = Frontier(size, [bytes(h) for h in head["frontier"]])
-        levels: list[int] = []
-        indices: list[int] = []
-        hashes: list[bytes] = []
-        for row in rows:
-            if row["idx"] != frontier.size:
-                _log.error(
-                    "the access log has no entry %d but has %d: the tree stops before the "
-                    "gap; run tongban audit verify",
-                    frontier.size,
-                    row["idx"],
-                )
-                break
-            for (level, index), node in frontier.append(row["hash"])[1:]:  # above the leaf
-                levels.append(level)
-                indices.append(index)
-                hashes.append(node)
-        if frontier.size == size:
-            return 0
+        levels, indices, nodes = frontier.extend(leaves)
         await conn.execute(
             _INTEGRATE,
             levels,
             indices,
-            hashes,
+            bytes(nodes),
             size,
             frontier.size,
             frontier.root(),
             frontier.roots,
+            leaves,
         )
-        return frontier.size - size
+        return count
+
+
+async def _before_gap(conn: PoolConnectionProxy[asyncpg.Record], size: int, limit: int) -> int:
+    """How many entries run from ``size`` without a gap (logging the gap)."""
+    count = 0
+    for row in await conn.fetch(_INDICES, size, limit):
+        if row["idx"] != size + count:
+            _log.error(
+                "the access log has no entry %d but has %d: the tree stops before the "
+                "gap; run tongban audit verify",
+                size + count,
+                row["idx"],
+            )
+            break
+        count += 1
+    return count
 
 
 class Integrator:

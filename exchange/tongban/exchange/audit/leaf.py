@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+from binascii import b2a_base64
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -105,10 +106,12 @@ def sequenced_row(entry: AccessEntry) -> tuple[object, ...]:
     ``encode_leaf()`` and ``columns()`` in one pass, without the intermediate entry (the
     sequencer's per-entry work). Raises ValueError for text that is not valid Unicode."""
     at = entry.at.astimezone(UTC)
-    dataset = _cut(entry.dataset)
-    fields = [_cut(name) or "" for name in entry.fields[:200]]
-    purpose = _cut(entry.purpose)
-    case_id = _cut(entry.case_id)
+    # ``text and text[:limit]`` cuts as _cut does, keeping None and "" (a short str's
+    # slice is the str itself), without a call per text.
+    dataset = entry.dataset and entry.dataset[:_TEXT_LIMIT]
+    fields = [name[:_TEXT_LIMIT] for name in entry.fields[:200]]
+    purpose = entry.purpose and entry.purpose[:_TEXT_LIMIT]
+    case_id = entry.case_id and entry.case_id[:_TEXT_LIMIT]
     leaf = leaf_of_columns(
         at, entry.node, entry.caller, entry.officer, entry.action, dataset, fields,
         purpose, case_id, entry.subject_hmac, entry.decision, entry.reason,
@@ -130,9 +133,11 @@ def _cut(text: str | None) -> str | None:
 
 
 def _instant(at: datetime) -> str:
-    # isoformat, in C, gives exactly YYYY-MM-DDTHH:MM:SS.ffffff for a naive datetime with
-    # timespec="microseconds" (years 1000-9999, as timestamptz returns them).
-    return at.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
+    # isoformat, in C, of an instant in UTC gives YYYY-MM-DDTHH:MM:SS.ffffff+00:00, or no
+    # fraction when it is .000000 (years 1000-9999, as timestamptz returns them). Without
+    # arguments it is three times as fast as with timespec= on a naive copy.
+    text = at.astimezone(UTC).isoformat()
+    return text[:26] + "Z" if len(text) == 32 else text[:19] + ".000000Z"
 
 
 def _parse_instant(text: str) -> datetime:
@@ -178,6 +183,7 @@ def leaf_of_columns(
     # the standard library's encoder (in C), which escapes exactly as RFC 8785 does: the
     # bytes json.dumps(..., ensure_ascii=False, separators=(",", ":")) gives, in a third
     # of its time. A lone surrogate passes the encoder but not UTF-8: refused below.
+    subject = f'"{b2a_base64(subject_hmac, newline=False).decode()}"' if subject_hmac else "null"
     text = "".join(
         (
             '{"action":', _quote(action),
@@ -186,13 +192,12 @@ def leaf_of_columns(
             ',"case_id":', "null" if case_id is None else _quote(case_id),
             ',"dataset":', "null" if dataset is None else _quote(dataset),
             ',"decision":', _quote(decision),
-            ',"fields":[', ",".join([_quote(name) for name in fields]),
+            ',"fields":[', ",".join(map(_quote, fields)),
             '],"node":', _quote(node),
             ',"officer":', "null" if officer is None else _quote(officer),
             ',"purpose":', "null" if purpose is None else _quote(purpose),
             ',"reason":', "null" if reason is None else _quote(reason),
-            ',"subject":',
-            '"' + base64.b64encode(subject_hmac).decode() + '"' if subject_hmac else "null",
+            ',"subject":', subject,
             ',"v":', _VERSION, "}",
         )
     )  # fmt: skip

@@ -21,12 +21,14 @@ import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from tongban.errors import TongbanError
 
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "Completed",
     "Frontier",
     "NodeId",
     "NodeMissing",
@@ -128,6 +130,15 @@ def subtree_nodes(start: int, end: int) -> list[NodeId]:
     return nodes
 
 
+class Completed(NamedTuple):
+    """Interior nodes completed by ``Frontier.extend``, in the order it made them: node
+    ``k`` is at ``(levels[k], indices[k])`` with hash ``hashes[32k : 32k + 32]``."""
+
+    levels: list[int]
+    indices: list[int]
+    hashes: bytearray
+
+
 @dataclass
 class Frontier:
     """The compact range of a tree of ``size`` leaves: the roots of the perfect subtrees
@@ -194,6 +205,31 @@ class Frontier:
             completed.append(((level, index >> level), h))
         self.roots.append(h)
         self.size += 1
+        return completed
+
+    def extend(self, leaf_hashes: bytes) -> Completed:
+        """Add the leaves whose hashes ``leaf_hashes`` holds, 32 bytes each in index order,
+        and return the interior nodes this completes (``append`` for each, without its
+        leaves and its tuples: the integrator's per-entry work). Raises ``ValueError`` if
+        the length is not a multiple of 32."""
+        if len(leaf_hashes) % HASH_SIZE:
+            raise ValueError(f"leaf hashes come {HASH_SIZE} bytes each")
+        completed = Completed([], [], bytearray())
+        levels, indices, hashes = completed
+        roots = self.roots
+        index = self.size
+        for start in range(0, len(leaf_hashes), HASH_SIZE):
+            h = leaf_hashes[start : start + HASH_SIZE]
+            level = 0
+            while (index >> level) & 1:
+                h = node_hash(roots.pop(), h)
+                level += 1
+                levels.append(level)
+                indices.append(index >> level)
+                hashes += h
+            roots.append(h)
+            index += 1
+        self.size = index
         return completed
 
     def root(self) -> bytes:
