@@ -8,7 +8,6 @@ operator's view of every grant, read from the database.
 from __future__ import annotations
 
 import argparse
-import uuid
 from dataclasses import asdict
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
@@ -28,7 +27,7 @@ from tongban.client import Bundle, Dataset, DatasetSpec, Grant, ShareClass, Subj
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.db.database import Database
 from tongban.exchange.errors import InvalidArgument
-from tongban.exchange.sharing.events import EventStore, SubscriptionRow
+from tongban.exchange.sharing.events import EventStore
 from tongban.exchange.sharing.grants import GrantStore
 from tongban.signing.clock import SystemClock
 from tongban.v1 import catalogue_pb2, grants_pb2, values_pb2
@@ -465,36 +464,38 @@ async def _grant_list_operator(args: argparse.Namespace) -> int:
 
 
 async def _subscription_list(args: argparse.Namespace) -> int:
-    """Subscriptions and their lag: the department's own over gRPC (``--as``), or every
-    department's from the database (operator view)."""
+    """Subscriptions and their lag: the department's own over gRPC (``--as``), those held
+    for it at peer exchanges included, or every department's from the database (operator
+    view)."""
+    unlisted: list[dict[str, str]] = []
     if args.bundle is not None:
         consumer = Bundle.load(args.bundle).department
         async with department_client(args) as client:
-            found = [
-                SubscriptionRow(
-                    id=uuid.UUID(s.id),
-                    consumer=consumer,
-                    dataset=s.dataset,
-                    fields=tuple(s.fields),
-                    purpose=s.purpose,
-                    acked_position=s.acked_position,
-                    lag_events=s.lag_events,
-                    lag_seconds=s.lag_seconds,
-                )
-                for s in await client.list_subscriptions()
-            ]
+            listing = await client.subscription_listing()
+        # Ids of subscriptions held at peers are "<peer>:<id>", not UUIDs: kept as text.
+        rows = [
+            dict(asdict(s), consumer=consumer, fields=list(s.fields),
+                 lag_seconds=round(s.lag_seconds, 3))
+            for s in listing.subscriptions
+        ]  # fmt: skip
+        unlisted = [asdict(u) for u in listing.unlisted]
     else:
         settings = settings_from_args(args)
         async with await Database.open(settings, pool_size=2) as db:
             found = await EventStore(db.pool).of_consumer(None)
-    rows = [
-        dict(asdict(s), id=str(s.id), fields=list(s.fields), lag_seconds=round(s.lag_seconds, 3))
-        for s in found
-    ]
+        rows = [
+            dict(asdict(s), id=str(s.id), fields=list(s.fields),
+                 lag_seconds=round(s.lag_seconds, 3))
+            for s in found
+        ]  # fmt: skip
     lines = [
-        f"{s.consumer:<10} {s.dataset:<24} acked {s.acked_position:<7} "
-        f"lag {s.lag_events} events, {s.lag_seconds:.1f} s  {s.purpose}"
-        for s in found
+        f"{r['consumer']:<10} {r['dataset']:<24} acked {r['acked_position']:<7} "
+        f"lag {r['lag_events']} events, {r['lag_seconds']:.1f} s  {r['purpose']}"
+        for r in rows
     ]
-    emit(args, {"subscriptions": rows}, "\n".join(lines) or "no subscriptions")
+    lines += [f"not listed: peer {u['peer']} ({u['reason']}: {u['message']})" for u in unlisted]
+    payload: dict[str, object] = {"subscriptions": rows}
+    if args.bundle is not None:
+        payload["unlisted"] = unlisted
+    emit(args, payload, "\n".join(lines) or "no subscriptions")
     return 0

@@ -89,6 +89,8 @@ from tongban.client.sharing import (
     ShareClass,
     SubjectKind,
     Subscription,
+    SubscriptionListing,
+    UnlistedPeer,
 )
 
 __all__ = [
@@ -162,11 +164,13 @@ __all__ = [
     "SubjectKind",
     "SubmittedSource",
     "Subscription",
+    "SubscriptionListing",
     "SupervisedCase",
     "SupervisedCaseKind",
     "SupervisedCasePage",
     "SupervisionReport",
     "SupervisionRow",
+    "UnlistedPeer",
     "verify_answer",
     "verify_answer_sm2",
     "write_bundle",

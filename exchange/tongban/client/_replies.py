@@ -89,6 +89,8 @@ from tongban.client.sharing import (
     ShareClass,
     SubjectKind,
     Subscription,
+    SubscriptionListing,
+    UnlistedPeer,
 )
 from tongban.v1 import (
     audit_pb2,
@@ -235,6 +237,13 @@ def subscription(m: events_pb2.Subscription) -> Subscription:
         acked_position=m.acked_position,
         lag_events=m.lag_events,
         lag_seconds=m.lag_seconds,
+    )
+
+
+def subscription_listing(m: events_pb2.ListSubscriptionsResponse) -> SubscriptionListing:
+    return SubscriptionListing(
+        subscriptions=tuple(subscription(x) for x in m.subscriptions),
+        unlisted=tuple(UnlistedPeer(u.peer, u.reason, u.message) for u in m.unlisted),
     )
 
 

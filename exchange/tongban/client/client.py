@@ -51,7 +51,7 @@ from tongban.client.oversight import (
     SupervisedCasePage,
     SupervisionReport,
 )
-from tongban.client.sharing import Dataset, Grant, Subscription
+from tongban.client.sharing import Dataset, Grant, Subscription, SubscriptionListing
 from tongban.v1 import (
     audit_pb2,
     audit_pb2_grpc,
@@ -521,12 +521,18 @@ class ExchangeClient:
         return reply.acked_position
 
     async def list_subscriptions(self) -> list[Subscription]:
-        """Our subscriptions with their lag."""
+        """Our subscriptions with their lag (those held at peer exchanges too; see
+        ``subscription_listing`` for the peers that could not be asked)."""
+        return list((await self.subscription_listing()).subscriptions)
+
+    async def subscription_listing(self) -> SubscriptionListing:
+        """Our subscriptions with their lag, and the peer exchanges whose subscriptions
+        of ours could not be listed (down, or refusing)."""
         request = events_pb2.ListSubscriptionsRequest()
         reply: events_pb2.ListSubscriptionsResponse = await self._call(
             self._events.ListSubscriptions, request
         )
-        return [_replies.subscription(x) for x in reply.subscriptions]
+        return _replies.subscription_listing(reply)
 
     # -- the access log (auditor role; declare_covert_case: the covert role) ------------
 

@@ -24,6 +24,8 @@ __all__ = [
     "ShareClass",
     "SubjectKind",
     "Subscription",
+    "SubscriptionListing",
+    "UnlistedPeer",
 ]
 
 
@@ -147,3 +149,23 @@ class Subscription:
     acked_position: int
     lag_events: int
     lag_seconds: float
+
+
+@dataclass(frozen=True)
+class UnlistedPeer:
+    """An owner exchange our subscriptions there could not be listed from: its name here
+    by route (``province``, ``city:province``), the reason code and its sentence."""
+
+    peer: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class SubscriptionListing:
+    """Our subscriptions (our own exchange's, then those held at peers' owners, named
+    ``<peer>:<id>``), and the owners that could not be asked: their subscriptions are
+    missing from ``subscriptions``."""
+
+    subscriptions: tuple[Subscription, ...]
+    unlisted: tuple[UnlistedPeer, ...]

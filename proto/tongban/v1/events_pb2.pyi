@@ -249,17 +249,58 @@ class ListSubscriptionsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     SUBSCRIPTIONS_FIELD_NUMBER: _builtins.int
+    UNLISTED_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def subscriptions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Subscription]: ...
+    def subscriptions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Subscription]:
+        """The caller's subscriptions: its own here, then those held for it at peer exchanges'
+        owners (id and dataset named by the route, "province:<id>", "province:<code>").
+        """
+
+    @_builtins.property
+    def unlisted(self) -> _containers.RepeatedCompositeFieldContainer[Global___UnlistedPeer]:
+        """The owner exchanges that could not be asked (down, or refusing): their subscriptions
+        are missing from the list. Empty when every one answered (docs/federation.md).
+        """
+
     def __init__(
         self,
         *,
         subscriptions: _abc.Iterable[Global___Subscription] | None = ...,
+        unlisted: _abc.Iterable[Global___UnlistedPeer] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscriptions", b"subscriptions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["subscriptions", b"subscriptions", "unlisted", b"unlisted"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListSubscriptionsResponse: _TypeAlias = ListSubscriptionsResponse  # noqa: Y015
+
+@_typing.final
+class UnlistedPeer(_message.Message):
+    """An owner exchange the caller's subscriptions there could not be listed from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PEER_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    peer: _builtins.str
+    """Its name here, by route: "province", or "city:province" two hops away."""
+    reason: _builtins.str
+    """The reason code (PEER_UNAVAILABLE, PEER_UNKNOWN, a refusal's) and its sentence."""
+    message: _builtins.str
+    def __init__(
+        self,
+        *,
+        peer: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        message: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "peer", b"peer", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnlistedPeer: _TypeAlias = UnlistedPeer  # noqa: Y015

@@ -727,3 +727,26 @@ class ForwardAcknowledgeRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ForwardAcknowledgeRequest: _TypeAlias = ForwardAcknowledgeRequest  # noqa: Y015
+
+@_typing.final
+class ListForwardedSubscriptionsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    request: _builtins.str
+    """Compact JWS (typ tongban-forwarded-subscription-list+jws) by the calling node's
+    signing key over the department, officer, where the subscriptions are kept in our
+    names ("*": here; "<peer>:*": at a peer of ours), a nonce and a time window.
+    """
+    def __init__(
+        self,
+        *,
+        request: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListForwardedSubscriptionsRequest: _TypeAlias = ListForwardedSubscriptionsRequest  # noqa: Y015

@@ -107,6 +107,11 @@ class PeerServiceStub:
                 request_serializer=tongban_dot_v1_dot_federation__pb2.ForwardAcknowledgeRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_events__pb2.AcknowledgeResponse.FromString,
                 _registered_method=True)
+        self.ListForwardedSubscriptions = channel.unary_unary(
+                '/tongban.v1.PeerService/ListForwardedSubscriptions',
+                request_serializer=tongban_dot_v1_dot_federation__pb2.ListForwardedSubscriptionsRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_events__pb2.ListSubscriptionsResponse.FromString,
+                _registered_method=True)
 
 
 class PeerServiceServicer:
@@ -259,6 +264,17 @@ class PeerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListForwardedSubscriptions(self, request, context):
+        """The subscriptions we keep for the calling exchange's department (the route's names
+        between, if any), asked by a signed, read-only request (docs/federation.md,
+        "Subscriptions across exchanges"): only that department's own. For those a peer of
+        ours keeps ("<peer>:*"), we carry the request on, signed by us and embedding the
+        caller's, and answer that peer's list as we name things ("<peer>:<id>").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PeerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -331,6 +347,11 @@ def add_PeerServiceServicer_to_server(servicer, server):
                     servicer.ForwardAcknowledge,
                     request_deserializer=tongban_dot_v1_dot_federation__pb2.ForwardAcknowledgeRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_events__pb2.AcknowledgeResponse.SerializeToString,
+            ),
+            'ListForwardedSubscriptions': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListForwardedSubscriptions,
+                    request_deserializer=tongban_dot_v1_dot_federation__pb2.ListForwardedSubscriptionsRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_events__pb2.ListSubscriptionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -711,6 +732,33 @@ class PeerService:
             '/tongban.v1.PeerService/ForwardAcknowledge',
             tongban_dot_v1_dot_federation__pb2.ForwardAcknowledgeRequest.SerializeToString,
             tongban_dot_v1_dot_events__pb2.AcknowledgeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListForwardedSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.PeerService/ListForwardedSubscriptions',
+            tongban_dot_v1_dot_federation__pb2.ListForwardedSubscriptionsRequest.SerializeToString,
+            tongban_dot_v1_dot_events__pb2.ListSubscriptionsResponse.FromString,
             options,
             channel_credentials,
             insecure,

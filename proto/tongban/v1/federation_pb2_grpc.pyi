@@ -132,6 +132,13 @@ class PeerServiceStub:
     """The calling exchange's department acknowledges events of its subscription here (or,
     for one we carry, at the peer we carry it to).
     """
+    ListForwardedSubscriptions: _grpc.UnaryUnaryMultiCallable[_federation_pb2.ListForwardedSubscriptionsRequest, _events_pb2.ListSubscriptionsResponse]
+    """The subscriptions we keep for the calling exchange's department (the route's names
+    between, if any), asked by a signed, read-only request (docs/federation.md,
+    "Subscriptions across exchanges"): only that department's own. For those a peer of
+    ours keeps ("<peer>:*"), we carry the request on, signed by us and embedding the
+    caller's, and answer that peer's list as we name things ("<peer>:<id>").
+    """
 
 @_typing.type_check_only
 class PeerServiceAsyncStub(PeerServiceStub):
@@ -224,6 +231,13 @@ class PeerServiceAsyncStub(PeerServiceStub):
     ForwardAcknowledge: _aio.UnaryUnaryMultiCallable[_federation_pb2.ForwardAcknowledgeRequest, _events_pb2.AcknowledgeResponse]  # type: ignore[assignment]
     """The calling exchange's department acknowledges events of its subscription here (or,
     for one we carry, at the peer we carry it to).
+    """
+    ListForwardedSubscriptions: _aio.UnaryUnaryMultiCallable[_federation_pb2.ListForwardedSubscriptionsRequest, _events_pb2.ListSubscriptionsResponse]  # type: ignore[assignment]
+    """The subscriptions we keep for the calling exchange's department (the route's names
+    between, if any), asked by a signed, read-only request (docs/federation.md,
+    "Subscriptions across exchanges"): only that department's own. For those a peer of
+    ours keeps ("<peer>:*"), we carry the request on, signed by us and embedding the
+    caller's, and answer that peer's list as we name things ("<peer>:<id>").
     """
 
 class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -398,6 +412,19 @@ class PeerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_events_pb2.AcknowledgeResponse, _abc.Awaitable[_events_pb2.AcknowledgeResponse]]:
         """The calling exchange's department acknowledges events of its subscription here (or,
         for one we carry, at the peer we carry it to).
+        """
+
+    @_abc_1.abstractmethod
+    def ListForwardedSubscriptions(
+        self,
+        request: _federation_pb2.ListForwardedSubscriptionsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_events_pb2.ListSubscriptionsResponse, _abc.Awaitable[_events_pb2.ListSubscriptionsResponse]]:
+        """The subscriptions we keep for the calling exchange's department (the route's names
+        between, if any), asked by a signed, read-only request (docs/federation.md,
+        "Subscriptions across exchanges"): only that department's own. For those a peer of
+        ours keeps ("<peer>:*"), we carry the request on, signed by us and embedding the
+        caller's, and answer that peer's list as we name things ("<peer>:<id>").
         """
 
 def add_PeerServiceServicer_to_server(servicer: PeerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

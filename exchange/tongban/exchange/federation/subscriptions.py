@@ -21,10 +21,19 @@ relays each batch, with only the asked fields, logging it per subject
 (``event.receipt``). The owner checks the chain with ``forwarding.verify_chain`` and
 serves the department its route names (``city/county-a/approval``). Acknowledgements are
 carried the same way (``PeerService/ForwardAcknowledge`` with a route).
+
+``ListSubscriptions`` shows a department's subscriptions held at peers too: its node asks
+each owner exchange it reaches (every active peer, and every route its remote catalogue
+names) with a signed, read-only request (JWS ``tongban-forwarded-subscription-list+jws``,
+``PeerService/ListForwardedSubscriptions``), carried by middle exchanges as
+acknowledgements are; each owner answers only that department path's own. An owner that
+cannot be asked is named in the answer (``unlisted``) instead of failing the listing.
 """
 
 from __future__ import annotations
 
+import asyncio
+import re
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -71,14 +80,21 @@ from tongban.v1 import events_pb2, federation_pb2
 
 __all__ = [
     "SUBSCRIPTION",
+    "SUBSCRIPTION_LIST",
+    "SUBSCRIPTION_LIST_TYPE",
     "SUBSCRIPTION_TYPE",
     "Admitted",
     "CarriedSubscription",
     "ForwardedSubscription",
+    "ForwardedSubscriptionList",
     "SubscriptionForwarding",
 ]
 
 SUBSCRIPTION_TYPE = "tongban-forwarded-subscription+jws"
+SUBSCRIPTION_LIST_TYPE = "tongban-forwarded-subscription-list+jws"
+HELD = re.compile(r"(?:[a-z][a-z0-9-]{1,62}:){0,8}\*")
+"""Where a listing's subscriptions are kept, in the receiver's names: ``*`` (there), or
+``province:*`` (at its peer ``province``)."""
 _MAX_TEXT = 200
 _MAX_FIELDS = 200
 _MAX_POSITION = 2**62
@@ -195,6 +211,85 @@ SUBSCRIPTION = RequestKind(SUBSCRIPTION_TYPE, _parse)
 """Forwarded subscriptions, as a middle exchange carries them."""
 
 
+@dataclass(frozen=True)
+class ForwardedSubscriptionList:
+    """A department of the calling exchange asking which subscriptions are kept for it,
+    as its node signed it (read-only)."""
+
+    exchange: str
+    audience: str
+    department: str
+    officer: str | None
+    held: str
+    """Where, in the receiver's names: ``*`` (at the receiver), ``province:*`` (at its
+    peer ``province``)."""
+    nonce: str
+    issued_at: datetime
+    expires_at: datetime
+    route: tuple[str, ...] = ()
+    previous: str | None = None
+
+    @property
+    def dataset(self) -> str:
+        """What ``verify_chain`` follows from hop to hop, as it follows a dataset's name:
+        where the subscriptions are kept, behind one more name at each exchange further
+        from the owner."""
+        return self.held
+
+    @property
+    def department_path(self) -> tuple[str, ...]:
+        return (*self.route, self.department)
+
+    def carries(self, embedded: ForwardedSubscriptionList) -> bool:
+        """The same officer."""
+        return self.officer == embedded.officer
+
+    def payload(self) -> dict[str, object]:
+        return carried_payload(self) | {
+            "v": 1,
+            "exchange": self.exchange,
+            "audience": self.audience,
+            "department": self.department,
+            "officer": self.officer,
+            "held": self.held,
+            "nonce": self.nonce,
+            "issued_at": instant(self.issued_at),
+            "expires_at": instant(self.expires_at),
+        }
+
+
+def _parse_listing(claimed: Mapping[str, Any]) -> ForwardedSubscriptionList:
+    bad = PeerRequestInvalid("The subscription listing lacks a member or holds a malformed one.")
+    try:
+        officer, held = claimed["officer"], claimed["held"]
+        issued_at = datetime.fromisoformat(claimed["issued_at"])
+        expires_at = datetime.fromisoformat(claimed["expires_at"])
+        well_formed = (
+            all(isinstance(claimed[k], str) for k in ("exchange", "audience", "nonce"))
+            and all(len(claimed[k]) <= _MAX_TEXT for k in ("exchange", "audience"))
+            and (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
+            and DEPARTMENT.fullmatch(claimed["department"])
+            and NONCE.fullmatch(claimed["nonce"])
+            and isinstance(held, str)
+            and HELD.fullmatch(held)
+            and None not in (issued_at.tzinfo, expires_at.tzinfo)
+        )
+        route, previous = carried_route(claimed)
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad from e
+    if not well_formed:
+        raise bad
+    return ForwardedSubscriptionList(
+        route=route, previous=previous, exchange=claimed["exchange"],
+        audience=claimed["audience"], department=claimed["department"], officer=officer,
+        held=held, nonce=claimed["nonce"], issued_at=issued_at, expires_at=expires_at,
+    )  # fmt: skip
+
+
+SUBSCRIPTION_LIST = RequestKind(SUBSCRIPTION_LIST_TYPE, _parse_listing)
+"""Signed listings of a department's subscriptions, as a middle exchange carries them."""
+
+
 class SubscriptionForwarding:
     """Both sides of a subscription across exchanges; see the module docstring."""
 
@@ -293,6 +388,64 @@ class SubscriptionForwarding:
             ),
         )
         return reply.acked_position
+
+    async def held_at_peers(
+        self, caller: Caller
+    ) -> tuple[list[events_pb2.Subscription], list[events_pb2.UnlistedPeer]]:
+        """The caller's subscriptions kept at owner exchanges we reach (every active peer,
+        and every route our remote catalogue names), asked at all of them at once, named
+        as we name things (``province:<id>``, ``city:province:<code>``); and the owners
+        that could not be asked, with the reason. Raises nothing for an owner that is
+        down or refuses: a listing is never failed by a peer."""
+        now = self._clock.now()
+        active = [p for p in self._trust.peers() if p.active]
+        owners: set[tuple[str, ...]] = {(p.name,) for p in active}
+        for stored in await self._remote.list(active, now=now):
+            owners.add((stored.remote.peer, *stored.remote.route))
+        asked = await asyncio.gather(
+            *(self._held_at(caller, owner, now) for owner in sorted(owners))
+        )
+        held = [s for found in asked if isinstance(found, list) for s in found]
+        unlisted = [found for found in asked if isinstance(found, events_pb2.UnlistedPeer)]
+        return held, unlisted
+
+    async def _held_at(
+        self, caller: Caller, owner: tuple[str, ...], now: datetime
+    ) -> list[events_pb2.Subscription] | events_pb2.UnlistedPeer:
+        """The caller's subscriptions at the owner exchange ``owner`` (our route to it),
+        or why it could not be asked."""
+        try:
+            peer = await self._trust.active_peer(owner[0])
+            request = ForwardedSubscriptionList(
+                exchange=self._trust.own_fingerprint.hex(), audience=peer.ca_fingerprint.hex(),
+                department=caller.department.code, officer=caller.officer_id,
+                held=":".join((*owner[1:], "*")), nonce=self._nonce(), issued_at=now,
+                expires_at=now + self._lifetime,
+            )  # fmt: skip
+            reply = await self._list_at(peer, request)
+        except TongbanError as e:
+            return events_pb2.UnlistedPeer(peer=":".join(owner), reason=e.reason, message=e.message)
+        return reply
+
+    async def _list_at(
+        self, peer: Peer, request: ForwardedSubscriptionList
+    ) -> list[events_pb2.Subscription]:
+        """Ask ``peer`` for the subscriptions ``request`` names, signed by us; return them
+        as we name things."""
+        token = sign_claims(request.payload(), self._signing, SUBSCRIPTION_LIST_TYPE)
+        reply: events_pb2.ListSubscriptionsResponse = await self._links.call(
+            peer,
+            "the subscriptions it keeps",
+            lambda timeout: self._links.stub(peer).ListForwardedSubscriptions(
+                federation_pb2.ListForwardedSubscriptionsRequest(request=token), timeout=timeout
+            ),
+        )
+        listed = []
+        for subscription in reply.subscriptions:
+            subscription.id = f"{peer.name}:{subscription.id}"
+            subscription.dataset = f"{peer.name}:{subscription.dataset}"
+            listed.append(subscription)
+        return listed
 
     async def _record(
         self, caller: Caller, dataset: str, fields: Sequence[str], purpose: str,
@@ -422,6 +575,45 @@ class SubscriptionForwarding:
                 purpose=request.purpose, case_id="subscription",
             )
         )  # fmt: skip
+
+    async def listing(self, peer: Peer, token: str) -> str | list[events_pb2.Subscription]:
+        """Peer ``peer``'s signed listing, checked (its node's signature, the chain it
+        carries, window and nonce): our name for the department whose subscriptions we keep
+        to list (``county-a/approval``, ``city/county-a/approval``), or, for those a peer
+        of ours keeps (``<peer>:*``), the list we carried the request there for, as we
+        name things. Raises PeerSignatureMismatch, PeerRequestAltered,
+        PeerRequestExpired, PeerRequestReplayed, PeerRequestInvalid, PeerTooManyHops,
+        PeerRouteLoop, PeerUnknown, or, carried, the next exchange's refusal or
+        PeerUnavailable."""
+        now = self._clock.now()
+        claimed = verify_peer_signed(token, peer=peer, typ=SUBSCRIPTION_LIST_TYPE, now=now)
+        request = _parse_listing(claimed)
+        chain = verify_chain(
+            request, kind=SUBSCRIPTION_LIST, own_exchange=self._trust.own_fingerprint,
+            now=now, max_hops=self._routes.max_hops,
+        )  # fmt: skip
+        await admit(
+            request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
+            what="subscription listing", first_use=self._first_use,
+        )  # fmt: skip
+        if request.held == "*":
+            return remote_department(peer.name, *request.department_path)
+        name, _, rest = request.held.partition(":")
+        onward = await self._routes.towards(
+            peer, name, passed=[request.exchange, *(r.exchange for r in chain)]
+        )
+        carried = replace(
+            request,
+            exchange=self._trust.own_fingerprint.hex(),
+            audience=onward.ca_fingerprint.hex(),
+            held=rest,
+            nonce=self._nonce(),
+            issued_at=now,
+            expires_at=min(now + self._lifetime, request.expires_at),
+            route=(peer.name, *request.route),
+            previous=token,
+        )
+        return await self._list_at(onward, carried)
 
     def consumer(self, peer: Peer, department: str, route: Sequence[str] = ()) -> str:
         """Our name for peer ``peer``'s department, behind ``route`` when the peer asks

@@ -202,18 +202,29 @@ class SubscriptionService(events_pb2_grpc.SubscriptionServiceServicer):
     async def ListSubscriptions(
         self, request: events_pb2.ListSubscriptionsRequest, context: Context
     ) -> events_pb2.ListSubscriptionsResponse:
-        rows = await self._events.of_consumer(current_caller().department.code)
+        caller = current_caller()
+        local = await self.subscriptions_of(caller.department.code)
+        if self._remote is None:
+            return events_pb2.ListSubscriptionsResponse(subscriptions=local)
+        # Those held for it at peers' owners too; an owner that cannot be asked is named,
+        # never a failure of the whole listing (docs/federation.md).
+        held, unlisted = await self._remote.held_at_peers(caller)
         return events_pb2.ListSubscriptionsResponse(
-            subscriptions=[
-                events_pb2.Subscription(
-                    id=str(r.id),
-                    dataset=r.dataset,
-                    fields=list(r.fields),
-                    purpose=r.purpose,
-                    acked_position=r.acked_position,
-                    lag_events=r.lag_events,
-                    lag_seconds=r.lag_seconds,
-                )
-                for r in rows
-            ]
+            subscriptions=[*local, *held], unlisted=unlisted
         )
+
+    async def subscriptions_of(self, consumer: str) -> list[events_pb2.Subscription]:
+        """``consumer``'s subscriptions here (one of our departments, or a peer's by our
+        name for it), with their lag."""
+        return [
+            events_pb2.Subscription(
+                id=str(r.id),
+                dataset=r.dataset,
+                fields=list(r.fields),
+                purpose=r.purpose,
+                acked_position=r.acked_position,
+                lag_events=r.lag_events,
+                lag_seconds=r.lag_seconds,
+            )
+            for r in await self._events.of_consumer(consumer)
+        ]

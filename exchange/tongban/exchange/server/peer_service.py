@@ -233,6 +233,14 @@ class PeerService(federation_pb2_grpc.PeerServiceServicer):
         consumer = self._subscriptions.consumer(peer, request.department, route)
         return await self._streams.acknowledge(consumer, request.subscription_id, request.position)
 
+    async def ListForwardedSubscriptions(
+        self, request: federation_pb2.ListForwardedSubscriptionsRequest, context: Context
+    ) -> events_pb2.ListSubscriptionsResponse:
+        listed = await self._subscriptions.listing(current_peer(), request.request)
+        if isinstance(listed, str):  # kept here, for that department only
+            listed = await self._streams.subscriptions_of(listed)
+        return events_pb2.ListSubscriptionsResponse(subscriptions=listed)
+
 
 class FederationService(federation_pb2_grpc.FederationServiceServicer):
     def __init__(
