@@ -29,7 +29,6 @@ from typing import Any
 import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.producer.message_accumulator import BatchBuilder
 from asyncpg.pool import PoolConnectionProxy
 
@@ -39,6 +38,7 @@ from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.errors import BrokerUnavailable
 from tongban.exchange.kafka._lifecycle import close_detached
 from tongban.exchange.kafka.connection import KafkaConnection, start_client
+from tongban.exchange.kafka.partitioning import partition_for
 from tongban.exchange.kafka.sealing import (
     PayloadKeys,
     SealedMessage,
@@ -58,8 +58,6 @@ _log = logging.getLogger(__name__)
 RELAY_LOCK = int.from_bytes(b"tb-relay", "big", signed=True)
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
-#: What ``AIOKafkaProducer.send`` would use to choose a message's partition.
-_PARTITIONER = DefaultPartitioner()
 #: The most bytes of one partition's record batch: a relay round (1,000 events of ~600
 #: bytes) fits in one batch per partition, well under the brokers' 1 MiB message limit.
 _BATCH_BYTES = 256 * 1024
@@ -248,8 +246,9 @@ class OutboxRelay:
         The messages go in record batches built here, one per partition at a time
         (``send_batch``), rather than one ``send`` each: that call costs more Python than
         sealing the message. Each message goes to the partition the producer's default
-        partitioner would choose (murmur2 of its key), as before, so one subject's
-        events stay on one partition; a partition's batches are queued in order.
+        partitioner would choose (murmur2 of its key, ``partitioning``), as before, so
+        one subject's events stay on one partition; a partition's batches are queued in
+        order.
         """
         await self._topics.ensure({r["dataset"] for r in rows})
         by_dataset: dict[str, list[EventRow]] = {}
@@ -265,7 +264,7 @@ class OutboxRelay:
             partitions = sorted(await producer.partitions_for(topic))
             open_batches: dict[int, BatchBuilder] = {}
             for message in seal_events(self._keys, dataset, events, fields[dataset]):
-                partition = _PARTITIONER(message.key, partitions, partitions)
+                partition = partition_for(message.key, partitions)
                 batch = open_batches.get(partition)
                 if batch is None or not _append(batch, message):
                     if batch is not None:  # full: queue it, start the next

@@ -321,7 +321,7 @@ def open_event(
     if doc.get("dataset") != dataset:  # authentic, but moved from another dataset's topic
         raise MessageRejected("not_authentic", f"an event of another dataset on {dataset}'s topic")
     try:
-        inner = json.loads(plain)
+        inner = _json_decode(plain.decode())
         data: dict[str, Any] | None = None
         if doc["data"] is not None or inner["data"] is not None:
             data = {**(doc["data"] or {}), **(inner["data"] or {})}
@@ -357,7 +357,7 @@ def _open_as_written(cipher: AESGCM, key_id: str, value: bytes) -> tuple[Any, by
         plain = cipher.decrypt(
             sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:], _associated_bytes(key_id, clear)
         )
-        doc = json.loads(clear)
+        doc = _json_decode(clear.decode())
     except (InvalidTag, ValueError, binascii.Error):
         return None
     return (doc, plain) if isinstance(doc, dict) else None
@@ -376,8 +376,14 @@ def _associated_bytes(key_id: str, canonical: bytes) -> bytes:
     return _AAD_PREFIX + key_id.encode() + b"\x00" + canonical
 
 
+# Made once: json.dumps and json.loads with arguments build an encoder, and json.loads
+# of bytes first guesses their encoding, on every call (a node writes UTF-8).
+_canonical_json = json.JSONEncoder(ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode
+_json_decode = json.JSONDecoder().decode
+
+
 def _canonical(doc: Mapping[str, Any]) -> bytes:
-    return json.dumps(doc, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+    return _canonical_json(doc).encode()
 
 
 def _header(headers: Sequence[tuple[str, bytes]], name: str) -> str | None:
