@@ -56,6 +56,9 @@ _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 # Category Cc except \t, \n and \r: CRLF text from Windows-based department systems is kept.
 _CONTROL = re.compile(r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]")
 _SURROGATE = re.compile(r"[\uD800-\uDFFF]")
+# Plain notation, no leading zeros, no trailing fractional zeros, not -0: str() of a
+# decimal that is its own canonical form.
+_CANONICAL_DECIMAL = re.compile(r"0|-?(?:0\.[0-9]*[1-9]|[1-9][0-9]*(?:\.[0-9]*[1-9])?)")
 _REFUSED = re.compile(r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\uD800-\uDFFF]")  # either
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -472,6 +475,11 @@ def _canonical_decimal(value: object, field: str) -> Decimal:
         raise _record_error(
             field, "not_finite", f"Field {field} is NaN or infinite; supply a finite decimal."
         )
+    text = str(number)
+    if len(text) <= DECIMAL_MAX_DIGITS and _CANONICAL_DECIMAL.fullmatch(text):
+        # Already canonical (what the code below would rebuild digit by digit), as
+        # nearly every value sent is: no exponent, no trailing fractional zero, not -0.
+        return number
     sign, digits, exponent = number.as_tuple()
     assert isinstance(exponent, int)  # finite
     text = "".join(map(str, digits))  # no leading zeros unless the value is zero

@@ -278,9 +278,15 @@ async def _changes(request: records_pb2.PublishRecordsRequest) -> list[RawChange
         fields = change.fields
         for name in fields:  # not .items(): upb's map view yields pairs from Python code
             value = fields[name]
+            # Most values are non-empty strings, and a oneof member other than the one set
+            # reads as its default (""), so a non-empty string_value is the value.
+            text = value.string_value
+            if text:
+                values[name] = text
+                continue
             try:
-                if value.WhichOneof("kind") == "string_value":  # most values: skip a call
-                    values[name] = value.string_value
+                if value.WhichOneof("kind") == "string_value":
+                    values[name] = text
                 else:
                     values[name] = from_field_value(value)
             except ValueNotSupported as e:

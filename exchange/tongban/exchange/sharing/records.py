@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import asyncpg
 
@@ -68,6 +67,26 @@ class StoredRecord:
 Form = tuple[dict[str, object] | None, str | None]  # storage form and its JSON, or None
 _YIELD_EVERY = 500  # records encoded between two turns of other calls
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# What _dumps writes for a str; typed for any value, since a value that is not a str is
+# refused (TypeError) and then written by _dumps.
+_string_json = cast("Callable[[object], str]", json.encoder.encode_basestring)
+
+
+def _members(entry: DatasetEntry) -> dict[str, str]:
+    """Each field's name as ``_dumps`` writes it before its value (``"name":``)."""
+    return {spec.name: _string_json(spec.name) + ":" for spec in entry.schema.fields}
+
+
+def _json(values: dict[str, object], members: dict[str, str]) -> str:
+    """``_dumps(values)``, three times quicker when every value is a string (a storage
+    form's decimals, dates and datetimes are strings too): each member's text joined in
+    the dict's order, values written by the encoder's own string writer. Any other value
+    (None, a number, a boolean) or field takes ``_dumps``."""
+    try:
+        heads = map(members.__getitem__, values)
+        return "{" + ",".join(map(str.__add__, heads, map(_string_json, values.values()))) + "}"
+    except (KeyError, TypeError):
+        return _dumps(values)
 
 
 def _converted(entry: DatasetEntry) -> list[str]:
@@ -75,7 +94,9 @@ def _converted(entry: DatasetEntry) -> list[str]:
     return [spec.name for spec in entry.schema.fields if spec.type not in _AS_STORED]
 
 
-def _form(values: dict[str, object] | None, converted: Sequence[str]) -> Form:
+def _form(
+    values: dict[str, object] | None, converted: Sequence[str], members: dict[str, str]
+) -> Form:
     """The storage form of a validated record and its JSON. ``validate_record`` gives
     every field of the schema, in its order, canonical; strings, integers and booleans
     are stored as they are, so a schema of only those (most legacy tables) needs no
@@ -86,19 +107,20 @@ def _form(values: dict[str, object] | None, converted: Sequence[str]) -> Form:
         values = dict(values)
         for name in converted:
             values[name] = canonical_to_json(values[name])
-    return values, _dumps(values)
+    return values, _json(values, members)
 
 
 async def storage_forms(entry: DatasetEntry, changes: Sequence[Change]) -> list[Form]:
     """The storage forms of a batch, in slices that let other calls run."""
     converted = _converted(entry)
+    members = _members(entry)
     forms: list[Form] = []
     started = time.perf_counter()
     for index, change in enumerate(changes):
         if index and index % _YIELD_EVERY == 0:
             await yield_fairly(time.perf_counter() - started)
             started = time.perf_counter()
-        forms.append(_form(change.values, converted))
+        forms.append(_form(change.values, converted, members))
     return forms
 
 
@@ -166,8 +188,8 @@ class RecordStore:
         superseded: list[str] = []
         new_rows: list[tuple[object, ...]] = []
         if forms is None:
-            converted = _converted(entry)
-            forms = [_form(change.values, converted) for change in changes]
+            converted, members = _converted(entry), _members(entry)
+            forms = [_form(change.values, converted, members) for change in changes]
         for change, (stored, data) in zip(changes, forms, strict=True):
             row = current.get(change.key)
             live = row is not None and not row["deleted"]
@@ -284,17 +306,11 @@ async def _write_versions(
         keys.append(key)
         versions.append(version)
         datas.append(None if deleted else str(data))
-    ids: list[str] = []
-    for start in range(0, len(keys), _YIELD_EVERY):
-        if start:
-            # Holding the connection (its rows only; never held back), but handing the
-            # loop back between slices: 5,000 ids take ~6 ms.
-            await asyncio.sleep(0)
-        end = start + _YIELD_EVERY
-        ids.extend(
-            event_id(dataset, k, v)
-            for k, v in zip(keys[start:end], versions[start:end], strict=True)
-        )
+    # In one go, holding the loop as long as one slice of a batch's checks does (5,000 ids
+    # take ~6 ms): in slices, each turn handed back let the next batch's checks run a
+    # slice first, and the transaction, holding the dataset's stream row that the next
+    # batch waits for, took ~60 ms longer.
+    ids = [event_id(dataset, k, v) for k, v in zip(keys, versions, strict=True)]
     await conn.execute(_WRITE_VERSIONS, dataset, len(keys), now, keys, versions, datas, ids)
 
 

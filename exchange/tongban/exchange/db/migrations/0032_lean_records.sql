@@ -1,0 +1,15 @@
+-- A record row no longer checks its dataset against the catalogue row by row. The check
+-- was a trigger call per inserted row: in a bulk load's statement (sharing/records.py,
+-- _WRITE_VERSIONS) 25 of 87 ms for 5,000 records, proving nothing the same statement
+-- does not already prove (docs/architecture.md, "Performance notes"):
+--
+-- * record rows are inserted by that one statement only, and it first upserts the
+--   dataset's dataset_stream row, whose foreign key references the dataset (checked when
+--   the row was made; the upsert locks it until the commit);
+-- * a dataset cannot be deleted while its dataset_stream row references it, and nothing
+--   deletes stream rows or datasets;
+-- * the node checks that the dataset exists and belongs to the caller before it writes
+--   (Sharing.prepare).
+--
+-- Migration 0019 dropped the events' dataset check for the same reason.
+ALTER TABLE record DROP CONSTRAINT IF EXISTS record_dataset_fkey;
