@@ -74,15 +74,16 @@ _SCHEMAS = """
     SELECT dataset, schema::text AS schema FROM dataset_version WHERE dataset = ANY($1::text[])
 """
 
+# One statement, so one round trip and one transaction: the events marked published and
+# the partitions' offsets after them recorded together (what the Kafka feed starts from).
 _MARK = """
-    UPDATE event_outbox SET published_at = $3
-    FROM unnest($1::text[], $2::bigint[]) AS u (dataset, position)
-    WHERE event_outbox.dataset = u.dataset AND event_outbox.position = u.position
-"""
-
-_PROGRESS = """
+    WITH marked AS (
+        UPDATE event_outbox SET published_at = $6
+        FROM unnest($1::text[], $2::bigint[]) AS u (dataset, position)
+        WHERE event_outbox.dataset = u.dataset AND event_outbox.position = u.position
+    )
     INSERT INTO kafka_progress (topic, partition, next_offset, updated_at)
-    SELECT t, p, o, $4 FROM unnest($1::text[], $2::int[], $3::bigint[]) AS u (t, p, o)
+    SELECT t, p, o, $6 FROM unnest($3::text[], $4::int[], $5::bigint[]) AS u (t, p, o)
     ON CONFLICT (topic, partition) DO UPDATE
         SET next_offset = EXCLUDED.next_offset, updated_at = EXCLUDED.updated_at
 """
@@ -293,18 +294,16 @@ class OutboxRelay:
         offsets: dict[tuple[str, int], int],
         now: datetime,
     ) -> None:
-        async with conn.transaction():
-            await conn.execute(
-                _MARK, [r["dataset"] for r in rows], [r["position"] for r in rows], now
-            )
-            places = sorted(offsets)
-            await conn.execute(
-                _PROGRESS,
-                [t for t, _ in places],
-                [p for _, p in places],
-                [offsets[place] for place in places],
-                now,
-            )
+        places = sorted(offsets)
+        await conn.execute(
+            _MARK,
+            [r["dataset"] for r in rows],
+            [r["position"] for r in rows],
+            [t for t, _ in places],
+            [p for _, p in places],
+            [offsets[place] for place in places],
+            now,
+        )
 
 
 def _append(batch: BatchBuilder, message: SealedMessage) -> bool:
