@@ -199,6 +199,14 @@ class _HostilePeer(federation_pb2_grpc.PeerServiceServicer):
     ) -> grants_pb2.ListGrantsResponse:
         return grants_pb2.ListGrantsResponse()
 
+    async def ForwardGrantRevoke(self, request: object, context: object) -> grants_pb2.Grant:
+        return grants_pb2.Grant()
+
+    async def ListForwardedSubscriptions(
+        self, request: object, context: object
+    ) -> events_pb2.ListSubscriptionsResponse:
+        return events_pb2.ListSubscriptionsResponse()
+
     async def ForwardLicenceFetch(
         self, request: object, context: object
     ) -> federation_pb2.ForwardLicenceFetchResponse:
