@@ -57,7 +57,10 @@ acknowledgement rule, run at the offered rate and then with 8 closed-loop publis
 - **kafka**: aiokafka, no node: a producer with the relay's settings (acks=all, linger
   5 ms, no idempotence) sends the exact messages the relay sent (``seal_event``: the
   same key and headers, personal fields sealed) to a topic of the node's default
-  partition count, and waits for each batch's acknowledgements; a consumer assigned to
+  partition count, one ``send`` per message as a plain client does (the relay builds its
+  record batches itself, ``send_batch``, and seals with ``seal_events``; the baseline was
+  kept as it was so that its figures compare across runs), and waits for each batch's
+  acknowledgements; a consumer assigned to
   every partition reads with the feed's ``getmany`` (200 ms, 2,000 records). There is no
   acknowledgement to the broker (the feed makes none either), so its latency is
   produce→consume, to be read beside the node's receive latency, and its rate is
