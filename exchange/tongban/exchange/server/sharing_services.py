@@ -327,17 +327,8 @@ class RecordService(records_pb2_grpc.RecordServiceServicer):
         total = PublishCounts()
         dataset = None
         writing: asyncio.Task[PublishCounts] | None = None
-        requests = aiter(request_iterator)
-        # The next message is received (and checked by the interceptor) while this one is
-        # validated and the previous one written: waiting for it only once the write was
-        # under way left the loop idle ~20 ms a batch. Messages are still read one at a
-        # time and handled in order; an error in one is raised when its turn comes.
-        receiving = _next_request(requests)
-        reading: asyncio.Task[records_pb2.PublishRecordsRequest | None] | None = spawn(receiving)
         try:
-            while reading is not None and (request := await reading) is not None:
-                receiving = _next_request(requests)
-                reading = spawn(receiving)
+            async for request in request_iterator:
                 if dataset is None:
                     dataset = request.dataset
                 elif request.dataset and request.dataset != dataset:
@@ -355,26 +346,12 @@ class RecordService(records_pb2_grpc.RecordServiceServicer):
             if writing is not None:
                 previous, writing = writing, None
                 _add(total, await previous)
-            reading = None
         finally:
-            if reading is not None:  # a batch was refused: read no further
-                reading.cancel()
-                await asyncio.wait([reading])
-                if not reading.cancelled():
-                    reading.exception()  # retrieved: the refusal in hand is what is raised
-                receiving.close()  # cancelled before its first step: never started
             if writing is not None:  # a later batch was refused: the one in flight still lands
                 await writing
         if dataset is None:
             raise InvalidArgument("The stream carried no batches.")
         return _counts(total)
-
-
-async def _next_request(
-    requests: AsyncIterator[records_pb2.PublishRecordsRequest],
-) -> records_pb2.PublishRecordsRequest | None:
-    """The stream's next message, or None once the client has sent its last."""
-    return await anext(requests, None)
 
 
 def _add(total: PublishCounts, counts: PublishCounts) -> None:
