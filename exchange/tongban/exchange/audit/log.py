@@ -106,6 +106,13 @@ PIPELINE = 2
 _Pending = tuple[list[_Prepared], "asyncio.Future[range]"]
 
 _DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+# Refusals of a value in the statement, by the server (SQLSTATE classes 22 and 23) or by
+# asyncpg while encoding it: the data's fault, not the database's.
+_REFUSED_VALUE = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    asyncpg.exceptions._base.DataError,
+)
 
 
 def _prepare(entries: Sequence[AccessEntry]) -> list[_Prepared]:
@@ -277,20 +284,36 @@ class AccessLog:
         try:
             async with self._pool.acquire() as conn:
                 start = await conn.fetchval(_APPEND, rows)
+        except _REFUSED_VALUE as e:
+            if len(batch) > 1:
+                # One request's entry that the database refuses (a NUL in a text, a value
+                # a check forbids) fails the whole statement; it must not fail the other
+                # requests' entries with it. Nothing was committed: write each request's
+                # entries on their own, in order, so only the bad one is refused.
+                _log.warning("access log batch refused (%s); writing its requests one by one", e)
+                for pending in batch:
+                    await self._write([pending])
+                return
+            self._fail(batch, e)
+            return
         except _DB_ERRORS as e:
-            _log.error("access log write failed for %d requests: %s", len(batch), e)
-            error = AuditUnavailable(
-                "The access log cannot be written, so the request was not served; retry later."
-            )
-            for _, done in batch:
-                if not done.done():
-                    done.set_exception(error)
+            self._fail(batch, e)
             return
         self._written(len(rows))
         for entries, done in batch:
             if not done.done():
                 done.set_result(range(start, start + len(entries)))
             start += len(entries)
+
+    @staticmethod
+    def _fail(batch: list[_Pending], e: Exception) -> None:
+        _log.error("access log write failed for %d requests: %s", len(batch), e)
+        error = AuditUnavailable(
+            "The access log cannot be written, so the request was not served; retry later."
+        )
+        for _, done in batch:
+            if not done.done():
+                done.set_exception(error)
 
     @staticmethod
     async def _sequence_on(conn: Any, entries: list[_Prepared], *, lock_timeout_ms: int) -> int:
