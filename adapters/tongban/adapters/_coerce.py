@@ -13,7 +13,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from typing import TYPE_CHECKING, Any
 
 from tongban.adapters.sdk import RejectReason
@@ -62,10 +62,18 @@ def offset(text: str) -> tzinfo:
 
 def canonical_decimal(value: Decimal) -> Decimal:
     """Return ``value`` without trailing fractional zeros or an exponent (``1.50`` → ``1.5``,
-    ``1E+2`` → ``100``, ``-0`` → ``0``), the form the exchange stores."""
-    if value == value.to_integral_value():
-        return value.quantize(Decimal(1)) + Decimal(0)
-    return value.normalize()
+    ``1E+2`` → ``100``, ``-0`` → ``0``), the form the exchange stores. Exact for any
+    finite value: the arithmetic runs with as many digits as the value has (the default
+    context's 28 made ``quantize`` fail, and ``normalize`` round, above 28 digits)."""
+    if not value.is_finite():
+        return value
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)  # finite
+    with localcontext() as context:
+        context.prec = len(digits) + max(exponent, 0) + 1
+        if value == value.to_integral_value():
+            return value.quantize(Decimal(1)) + Decimal(0)
+        return value.normalize()
 
 
 def coerce(spec: FieldSpec, raw: object) -> object:
@@ -231,13 +239,19 @@ def _decimal(spec: DecimalField, raw: object) -> Decimal:
         )
     if not value.is_finite():
         raise CoercionError(RejectReason.BAD_DECIMAL, "the value is not a finite number.")
+    if value.adjusted() >= _DECIMAL_MAX_DIGITS:  # more integer digits than allowed: do not
+        _too_many_digits()  # write them all out (1E+100000) only to count them
     value = canonical_decimal(value)
-    digits = len(format(abs(value), "f").replace(".", "").lstrip("0"))
+    digits = len(format(value.copy_abs(), "f").replace(".", "").lstrip("0"))  # exact: no context
     if digits > _DECIMAL_MAX_DIGITS:
-        raise CoercionError(
-            RejectReason.BAD_DECIMAL, f"the number has more than {_DECIMAL_MAX_DIGITS} digits."
-        )
+        _too_many_digits()
     return value
+
+
+def _too_many_digits() -> None:
+    raise CoercionError(
+        RejectReason.BAD_DECIMAL, f"the number has more than {_DECIMAL_MAX_DIGITS} digits."
+    )
 
 
 def _date(spec: DateField, raw: object) -> date:

@@ -1,0 +1,39 @@
+"""Decimals of 29 to 38 digits are read exactly; longer ones are rejected, never crash."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import pytest
+
+from tongban.adapters._coerce import CoercionError, coerce
+from tongban.adapters.mapping import DecimalField
+from tongban.adapters.sdk import RejectReason
+
+_SPEC = DecimalField(type="decimal", column="x")
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (Decimal("1" * 29), "1" * 29),  # one digit past the default context's precision
+        ("9" * 38, "9" * 38),
+        (Decimal("1234567890123456789012345678.950"), "1234567890123456789012345678.95"),
+        (Decimal("1.5E+30"), "15" + "0" * 29),
+        (Decimal("-0.000"), "0"),
+        (Decimal("1.50"), "1.5"),
+    ],
+)
+def test_long_decimals_are_exact(raw: object, expected: str) -> None:
+    value = coerce(_SPEC, raw)
+    assert isinstance(value, Decimal)
+    assert format(value, "f") == expected
+
+
+@pytest.mark.parametrize(
+    "raw", [Decimal("1" * 39), "1" * 40, Decimal("1E+100000"), "0." + "1" * 39]
+)
+def test_too_many_digits_is_a_reject(raw: object) -> None:
+    with pytest.raises(CoercionError) as error:
+        coerce(_SPEC, raw)
+    assert error.value.reason == RejectReason.BAD_DECIMAL
