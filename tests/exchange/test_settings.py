@@ -9,13 +9,26 @@ from tongban.exchange.settings import ListenAddress, load_settings, parse_listen
 
 
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    for key in ("TONGBAN_DATA_DIR", "TONGBAN_GRPC_LISTEN", "TONGBAN_DATABASE_URL"):
+    for key in (
+        "TONGBAN_DATA_DIR",
+        "TONGBAN_GRPC_LISTEN",
+        "TONGBAN_DATABASE_URL",
+        "TONGBAN_STATUS_LIST_TTL_SECONDS",
+    ):
         monkeypatch.delenv(key, raising=False)
     settings = load_settings()
     assert settings.data_dir == Path("var/tongban")
     assert settings.grpc_listen == ListenAddress("127.0.0.1", 50051)
     assert settings.http_listen == ListenAddress("127.0.0.1", 8080)
     assert settings.database_url is None
+    assert settings.status_list_ttl_seconds == 300
+
+
+def test_status_list_ttl_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TONGBAN_STATUS_LIST_TTL_SECONDS", "1")
+    assert load_settings().status_list_ttl_seconds == 1
+    monkeypatch.setenv("TONGBAN_STATUS_LIST_TTL_SECONDS", "86400")
+    assert load_settings().status_list_ttl_seconds == 86_400
 
 
 def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -46,6 +59,12 @@ def test_environment_and_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
         ("TONGBAN_NODE_NAME", "Node One", "TONGBAN_NODE_NAME"),
         ("TONGBAN_NODE_IPS", "300.1.1.1", "TONGBAN_NODE_IPS"),
         ("TONGBAN_LOG_LEVEL", "LOUD", "TONGBAN_LOG_LEVEL"),
+        # A status list's ttl: at least a second, at most the token's one-day lifetime.
+        ("TONGBAN_STATUS_LIST_TTL_SECONDS", "0", "TONGBAN_STATUS_LIST_TTL_SECONDS='0'"),
+        ("TONGBAN_STATUS_LIST_TTL_SECONDS", "-5", "TONGBAN_STATUS_LIST_TTL_SECONDS='-5'"),
+        ("TONGBAN_STATUS_LIST_TTL_SECONDS", "86401", "less than or equal to 86400"),
+        ("TONGBAN_STATUS_LIST_TTL_SECONDS", "1.5", "TONGBAN_STATUS_LIST_TTL_SECONDS='1.5'"),
+        ("TONGBAN_STATUS_LIST_TTL_SECONDS", "5m", "TONGBAN_STATUS_LIST_TTL_SECONDS='5m'"),
     ],
 )
 def test_bad_values_are_named_in_one_sentence(

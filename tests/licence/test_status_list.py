@@ -30,6 +30,7 @@ from tongban.licence.status_list import (
     StatusList,
     sign_status_list,
     verify_status_list,
+    verify_status_list_token,
 )
 from tongban.signing import (
     LocalSigner,
@@ -274,6 +275,36 @@ def test_round_trip() -> None:
     assert verified == LIST
     assert sum(verified[i] == LicenceStatus.INVALID for i in range(len(verified))) == 131
     assert sum(verified[i] == LicenceStatus.SUSPENDED for i in range(len(verified))) == 20
+
+
+def test_the_verified_token_gives_its_ttl_and_times() -> None:
+    verified = verify_status_list_token(TOKEN, uri=URI, roots=[CA], now=NOW, issuer=DEPT)
+    assert verified.status_list == LIST
+    assert verified.ttl == TTL
+    assert (verified.issued_at, verified.expires_at) == (NOW, NOW + LIFETIME)
+
+    short = sign_status_list(
+        LIST, uri=URI, signer=SIGNER, chain=[SEAL], now=NOW, ttl=timedelta(seconds=1),
+        lifetime=LIFETIME,
+    )  # fmt: skip
+    assert verify_status_list_token(short, uri=URI, roots=[CA], now=NOW).ttl == timedelta(seconds=1)
+
+
+def test_a_token_without_ttl_leaves_it_to_the_verifier() -> None:
+    claims = _claims()
+    del claims["ttl"]
+    verified = verify_status_list_token(_token(claims), uri=URI, roots=[CA], now=NOW)
+    assert verified.ttl is None
+    assert verified.status_list == LIST
+    # verify_status_list, for its callers, gives the list alone either way.
+    assert verify_status_list(_token(claims), uri=URI, roots=[CA], now=NOW) == LIST
+
+
+def test_times_beyond_the_calendar_are_malformed() -> None:
+    for name in ("iat", "exp"):
+        token = _token(_claims(**{name: 10**20}))
+        with pytest.raises(LicenceFormatInvalid, match=name):
+            verify_status_list_token(token, uri=URI, roots=[CA], now=NOW)
 
 
 def test_token_layout() -> None:

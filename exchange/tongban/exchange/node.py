@@ -263,7 +263,12 @@ class Node:
                 self.db.pool,
                 vault=vault,
                 # The base URL is known once the HTTP listener is bound (_start_http).
-                status_lists=StatusLists(self.db.pool, vault, "http://localhost"),
+                status_lists=StatusLists(
+                    self.db.pool,
+                    vault,
+                    "http://localhost",
+                    ttl=timedelta(seconds=self.settings.status_list_ttl_seconds),
+                ),
                 registry=BUILTIN_REGISTRY,
                 feed=LicenceFeed(self.sharing.datasets),
                 records=self.sharing.records,

@@ -184,6 +184,12 @@ class Settings(BaseSettings):
     it is made (at most 1826, five years); declaring the case again extends it, and each
     declaration is in the access log."""
 
+    status_list_ttl_seconds: int = Field(default=300, ge=1, le=86_400)
+    """The ``ttl`` this exchange signs its licence status lists with, and the ``max-age``
+    its ``/status-lists/<id>`` answers carry: how long a verifier may use a list before
+    fetching it again, so how late a revocation may be seen (peer exchanges use it, to
+    at most 300 s). 1 to 86400 (a day, the lifetime of a status list token)."""
+
     peer_sync_seconds: float = Field(default=60.0, ge=1, le=86_400)
     """How often each node pulls each active peer exchange's catalogue offer; a peer's
     notice of a change pulls it at once (docs/federation.md)."""

@@ -61,8 +61,10 @@ from tongban.licence.status_list import (
     IndexAllocator,
     LicenceStatus,
     StatusList,
+    VerifiedStatusList,
     sign_status_list,
     verify_status_list,
+    verify_status_list_token,
 )
 from tongban.licence.trust_list import (
     RevokedSeal,
@@ -175,6 +177,7 @@ __all__ = [
     "VerificationResult",
     "VerifiedQr",
     "VerifiedSdJwt",
+    "VerifiedStatusList",
     "check_licence_number",
     "claimed_status",
     "default_expiry",
@@ -197,5 +200,6 @@ __all__ = [
     "verify_sd_jwt",
     "verify_sm2_licence_signature",
     "verify_status_list",
+    "verify_status_list_token",
     "verify_trust_list",
 ]

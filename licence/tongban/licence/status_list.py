@@ -18,6 +18,7 @@ import json
 import random
 import zlib
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
 
@@ -50,9 +51,11 @@ __all__ = [
     "IndexAllocator",
     "LicenceStatus",
     "StatusList",
+    "VerifiedStatusList",
     "require_valid",
     "sign_status_list",
     "verify_status_list",
+    "verify_status_list_token",
 ]
 
 #: The smallest list we publish: 2**17 entries, 32 KiB at 2 bits before compression.
@@ -395,8 +398,31 @@ def _int_claim(claims: Mapping[str, object], name: str) -> int:
     return value
 
 
+def _instant(seconds: int, name: str, now: datetime) -> datetime:
+    try:
+        return datetime.fromtimestamp(seconds, now.tzinfo)
+    except (OverflowError, OSError, ValueError) as e:
+        raise LicenceFormatInvalid(
+            f"The status list token claim {name!r} is not a time a calendar can hold."
+        ) from e
+
+
 def _reject_constant(name: str) -> object:
     raise ValueError(f"{name} is not valid JSON")
+
+
+@dataclass(frozen=True)
+class VerifiedStatusList:
+    """A Status List Token that verified: its list and its time claims."""
+
+    status_list: StatusList
+    issued_at: datetime
+    """``iat``."""
+    expires_at: datetime
+    """``exp``: the list is not to be used from then on."""
+    ttl: timedelta | None
+    """``ttl``: how long the issuer lets a verifier use the list before fetching it again;
+    None if the token has no ``ttl`` claim (the verifier then decides)."""
 
 
 def verify_status_list(
@@ -408,22 +434,39 @@ def verify_status_list(
     issuer: str | None = None,
     trusted: Collection[x509.Certificate] | None = None,
 ) -> StatusList:
-    """Return the status list carried by Status List Token ``token`` once it checks out:
+    """Return the status list carried by Status List Token ``token`` once it checks out,
+    as ``verify_status_list_token`` checks it (which see, for what it raises)."""
+    return verify_status_list_token(
+        token, uri=uri, roots=roots, now=now, issuer=issuer, trusted=trusted
+    ).status_list
+
+
+def verify_status_list_token(
+    token: str,
+    *,
+    uri: str,
+    roots: Sequence[x509.Certificate],
+    now: datetime,
+    issuer: str | None = None,
+    trusted: Collection[x509.Certificate] | None = None,
+) -> VerifiedStatusList:
+    """Return Status List Token ``token``'s list, ``iat``, ``exp`` and ``ttl`` once it
+    checks out:
     ``typ`` statuslist+jwt; ES256 signature by the ``x5c`` leaf; the leaf a seal
     certificate chaining to ``roots`` (and of department ``issuer``, if given; one of
     ``trusted``, the trust list's status-list certificates, if given); ``sub`` equal to
     ``uri``; ``now`` before ``exp``.
 
-    Raises LicenceFormatInvalid for a malformed token, wrong ``typ``, missing claims or a
-    malformed ``lst``; PayloadTooLarge if the token or list exceeds the size caps;
-    SignerUntrusted if the leaf does not chain to ``roots``, is not a seal certificate,
-    belongs to another department or is not one of ``trusted``; SignatureInvalid if the
-    signature does not verify;
+    Raises LicenceFormatInvalid for a malformed token, wrong ``typ``, missing claims,
+    times past the calendar or a malformed ``lst``; PayloadTooLarge if the token or list
+    exceeds the size caps; SignerUntrusted if the leaf does not chain to ``roots``, is not
+    a seal certificate, belongs to another department or is not one of ``trusted``;
+    SignatureInvalid if the signature does not verify;
     StatusUnavailable if ``sub`` names another list or the token has expired; ValueError
     for a naive ``now``.
     """
     if now.tzinfo is None:
-        raise ValueError("verify_status_list needs a timezone-aware `now`.")
+        raise ValueError("verify_status_list_token needs a timezone-aware `now`.")
     if len(token) > _MAX_TOKEN_CHARS:
         raise PayloadTooLarge(
             f"The status list token is {len(token)} characters, over the "
@@ -472,10 +515,9 @@ def verify_status_list(
         raise StatusUnavailable(
             f"The status list token is for {claims.get('sub')!r}, not the requested {uri!r}."
         )
-    _int_claim(claims, "iat")
+    iat = _int_claim(claims, "iat")
     exp = _int_claim(claims, "exp")
-    if "ttl" in claims:
-        _int_claim(claims, "ttl")
+    ttl = timedelta(seconds=_int_claim(claims, "ttl")) if "ttl" in claims else None
     if now.timestamp() >= exp:
         raise StatusUnavailable(
             f"The status list {uri} expired at {datetime.fromtimestamp(exp, now.tzinfo)} "
@@ -490,4 +532,9 @@ def verify_status_list(
             "The status_list claim needs bits (1, 2, 4 or 8) and lst (a string)."
         )
     assert isinstance(bits, int)
-    return StatusList.decode(lst, bits=bits)
+    return VerifiedStatusList(
+        StatusList.decode(lst, bits=bits),
+        issued_at=_instant(iat, "iat", now),
+        expires_at=_instant(exp, "exp", now),
+        ttl=ttl,
+    )

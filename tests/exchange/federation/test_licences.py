@@ -2,7 +2,8 @@
 over gRPC, QR on the console's verify page, the sealed PDF with the CLI), with the
 province's trust list fetched over the peer service and checked against the province's
 root in the county's registry; a revocation in the province is seen in the county once
-its cached status list is older than STATUS_REFRESH. Bad peers: a trust list with a bad
+its cached status list is older than STATUS_REFRESH, or than the ttl the issuing exchange
+chose (TONGBAN_STATUS_LIST_TTL_SECONDS). Bad peers: a trust list with a bad
 signature or of another root, a licence of an exchange that is not a peer, a status
 address the issuing exchange's trust list does not name (docs/federation.md, "Licences
 across exchanges")."""
@@ -13,8 +14,9 @@ import base64
 import contextlib
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -24,14 +26,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.cli_helpers import atongban
 from tests.conftest import client_for
-from tests.exchange.federation.conftest import link, parts
+from tests.exchange.federation.conftest import add_peer, county_node, link, parts
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS
 from tongban.client import Bundle, Licence
+from tongban.exchange.departments import Level
 from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.federation.errors import PeerTrustListInvalid
-from tongban.exchange.federation.licences import STATUS_REFRESH
+from tongban.exchange.federation.licences import (
+    STATUS_REFRESH,
+    STATUS_REFRESH_MIN,
+    status_fresh_until,
+)
 from tongban.exchange.node import Node
-from tongban.licence import issue_sd_jwt
+from tongban.licence import StatusList, VerifiedStatusList, issue_sd_jwt
 from tongban.licence.sdjwt import unverified_status
 from tongban.signing import LocalSigner, load_pem_certificates
 from tongban.signing.clock import FixedClock
@@ -122,6 +129,73 @@ async def test_a_province_licence_verifies_in_the_county_and_its_revocation_is_s
         "revoked",
     )
     assert revoked.exchange == "province"
+
+
+async def test_a_revocation_is_seen_once_the_issuing_exchanges_ttl_has_passed(
+    county: Node, city_database_url: str, tmp_path: Path
+) -> None:
+    """The city signs its status lists with a 1 s ttl (its setting): the county, which
+    keeps running, reads a revocation there once its clock is a second on, long before
+    STATUS_REFRESH."""
+    async with county_node(
+        tmp_path, city_database_url, name="city", status_list_ttl_seconds=1
+    ) as city:
+        await add_peer(county, "city", city, level=Level.CITY, parent=True)
+        await add_peer(city, "county-a", county, level=Level.COUNTY)
+        async with client_for(city, "samr", "SC-1") as samr:
+            licence = await samr.issue_licence("business-licence", BUSINESS_LICENCE_CLAIMS)
+
+        # The city serves its lists with its ttl, as the claim and as max-age.
+        path = urlsplit(unverified_status(licence.sd_jwt).uri).path
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{city.http_port}{path}") as response,
+        ):
+            token = await response.text()
+        assert response.status == 200, token
+        assert response.headers["Cache-Control"] == "max-age=1"
+        assert _payload(token)["ttl"] == 1
+
+        async with client_for(county, "approval") as approval:
+            valid = await approval.verify_licence(licence.sd_jwt)
+            assert valid.verified, valid.message
+            assert (valid.exchange, valid.status) == ("city", "valid")
+            async with client_for(city, "samr", "SC-1") as samr:
+                await samr.change_licence_status(licence.number, "revoke", "吊销")
+            # Within the city's ttl the county uses the list it holds ...
+            held = await approval.verify_licence(licence.sd_jwt)
+            assert (held.verified, held.status) == (True, "valid")
+            # ... and fetches it again after it, without a restart.
+            assert isinstance(county.clock, FixedClock)
+            county.clock.advance(timedelta(seconds=2))
+            assert timedelta(seconds=2) < STATUS_REFRESH
+            revoked = await approval.verify_licence(licence.qr)
+        assert (revoked.verified, revoked.reason, revoked.status, revoked.exchange) == (
+            False, "LICENCE_REVOKED", "revoked", "city",
+        )  # fmt: skip
+
+
+_AT = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _verified(ttl: timedelta | None, *, exp: timedelta = timedelta(days=1)) -> VerifiedStatusList:
+    return VerifiedStatusList(StatusList(8), issued_at=_AT, expires_at=_AT + exp, ttl=ttl)
+
+
+@pytest.mark.parametrize(
+    ("ttl", "exp", "kept"),
+    [
+        (timedelta(seconds=30), timedelta(days=1), timedelta(seconds=30)),  # the issuer's ttl
+        (None, timedelta(days=1), STATUS_REFRESH),  # no ttl: as before
+        (timedelta(hours=12), timedelta(days=1), STATUS_REFRESH),  # capped
+        (timedelta(0), timedelta(days=1), STATUS_REFRESH_MIN),  # not fetched on every use
+        (timedelta(seconds=120), timedelta(seconds=60), timedelta(seconds=60)),  # never past exp
+    ],
+)
+def test_a_peers_status_list_is_kept_for_its_ttl_within_bounds(
+    ttl: timedelta | None, exp: timedelta, kept: timedelta
+) -> None:
+    assert status_fresh_until(_verified(ttl, exp=exp), _AT) == _AT + kept
 
 
 async def test_a_peer_trust_list_must_verify_under_that_peers_root(

@@ -17,10 +17,12 @@ Caching (per node):
   good list of each peer is also kept on disk (``DATA_DIR/peers/trust-lists/<peer>.jwt``,
   verified again under the peer's root whenever read), so a node restarted while a peer
   is down still verifies that peer's licences until the list's ``exp``;
-- a status list is used for ``STATUS_REFRESH`` (300 s, the ``ttl`` and ``max-age`` the
-  issuing node serves it with), then fetched again; if that fails the status is
-  unknown (``STATUS_UNAVAILABLE``): a revocation in the issuing exchange is seen here
-  at most 300 s after it, never hidden by a peer that stops answering.
+- a status list is used for its token's ``ttl`` (the issuing exchange's
+  ``TONGBAN_STATUS_LIST_TTL_SECONDS``), held to 1 s to ``STATUS_REFRESH`` (300 s, also
+  what a token without ``ttl`` gets) and never past its ``exp``, then fetched again; if
+  that fails the status is unknown (``STATUS_UNAVAILABLE``): a revocation in the issuing
+  exchange is seen here at most one ``ttl`` (and never more than 300 s) after it, never
+  hidden by a peer that stops answering.
 """
 
 from __future__ import annotations
@@ -44,8 +46,9 @@ from tongban.licence import (
     TrustList,
     TrustListCache,
     VerificationResult,
+    VerifiedStatusList,
     verify_licence,
-    verify_status_list,
+    verify_status_list_token,
     verify_trust_list,
 )
 from tongban.licence.errors import (
@@ -57,12 +60,15 @@ from tongban.licence.verify import failure
 from tongban.signing.clock import Clock
 from tongban.v1 import federation_pb2
 
-__all__ = ["STATUS_REFRESH", "PeerLicences"]
+__all__ = ["STATUS_REFRESH", "STATUS_REFRESH_MIN", "PeerLicences", "status_fresh_until"]
 
 _log = logging.getLogger(__name__)
 
-#: How long a peer's status list is used before it is fetched again.
+#: The longest a peer's status list is used before it is fetched again, whatever its
+#: ``ttl`` says; also how long one without ``ttl`` is used.
 STATUS_REFRESH = timedelta(seconds=300)
+#: The shortest: a ``ttl`` of 0 must not make every verification fetch the list.
+STATUS_REFRESH_MIN = timedelta(seconds=1)
 _MAX_STATUS_BYTES = 4 * 1024 * 1024
 _STATUS_SECONDS = 5.0
 _STATUS_CACHE_SIZE = 1024
@@ -73,7 +79,16 @@ _NOT_THIS_EXCHANGE = frozenset({"SIGNER_UNTRUSTED"})
 @dataclass(frozen=True)
 class _HeldStatus:
     status_list: StatusList
-    fetched_at: datetime
+    fresh_until: datetime
+
+
+def status_fresh_until(verified: VerifiedStatusList, fetched_at: datetime) -> datetime:
+    """Until when a status list verified at ``fetched_at`` is used before it is fetched
+    again: its ``ttl`` later, held to ``STATUS_REFRESH_MIN``..``STATUS_REFRESH``
+    (``STATUS_REFRESH`` without a ``ttl``), and never past its ``exp``."""
+    keep = STATUS_REFRESH if verified.ttl is None else verified.ttl
+    keep = min(max(keep, STATUS_REFRESH_MIN), STATUS_REFRESH)
+    return min(fetched_at + keep, verified.expires_at)
 
 
 class PeerLicences:
@@ -286,11 +301,11 @@ class PeerLicences:
         now = self._clock.now()
         key = (peer.name, uri)
         held = self._statuses.get(key)
-        if held is not None and now - held.fetched_at < STATUS_REFRESH:
+        if held is not None and now < held.fresh_until:
             return held.status_list
         token = await _fetch(uri)
         try:
-            status_list = verify_status_list(
+            verified = verify_status_list_token(
                 token, uri=uri, roots=[peer_ca(peer)], now=now,
                 trusted=trust_list.status_list_certificates_for(issuer),
             )  # fmt: skip
@@ -302,8 +317,8 @@ class PeerLicences:
             ) from e
         if len(self._statuses) >= _STATUS_CACHE_SIZE:
             self._statuses.pop(next(iter(self._statuses)))
-        self._statuses[key] = _HeldStatus(status_list, now)
-        return status_list
+        self._statuses[key] = _HeldStatus(verified.status_list, status_fresh_until(verified, now))
+        return verified.status_list
 
 
 async def _fetch(uri: str) -> str:

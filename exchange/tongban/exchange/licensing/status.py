@@ -57,6 +57,16 @@ class StatusLists:
         lifetime: timedelta = timedelta(days=1),
         rng: random.Random | None = None,
     ) -> None:
+        """``ttl``: how long verifiers may use a token (its ``ttl`` claim and the
+        ``max-age`` it is served with); ``lifetime``: its ``exp`` after ``iat``.
+
+        Raises ValueError unless 1 s <= ``ttl`` <= ``lifetime``.
+        """
+        if not timedelta(seconds=1) <= ttl <= lifetime:
+            raise ValueError(
+                f"A status list ttl ({ttl}) must be at least a second and no longer than the "
+                f"token's lifetime ({lifetime})."
+            )
         self._pool = pool
         self._vault = vault
         self.base_url = base_url.rstrip("/")
