@@ -45,7 +45,15 @@ def _postgres_for(data_dir: Path) -> list[psutil.Process]:
 
 
 class Served:
-    def __init__(self, data_dir: Path, *extra: str, sig: int = signal.SIGTERM) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *extra: str,
+        sig: int = signal.SIGTERM,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        """``tongban serve`` on ``data_dir`` with options ``extra`` and ``TONGBAN_*``
+        variables ``env``; returns once it printed its ready line."""
         self.data_dir = data_dir
         self.sig = sig
         self.proc = subprocess.Popen(
@@ -66,7 +74,7 @@ class Served:
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
-            env=cli_env(TONGBAN_SHUTDOWN_GRACE_SECONDS="2"),
+            env=cli_env(TONGBAN_SHUTDOWN_GRACE_SECONDS="2", **(env or {})),
         )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
