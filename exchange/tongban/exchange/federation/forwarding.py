@@ -96,6 +96,7 @@ __all__ = [
     "check_signed_answer",
     "instant",
     "peer_department",
+    "receive",
     "sign_claims",
     "sign_request",
     "verify_chain",
@@ -405,6 +406,30 @@ def verify_chain(
             "a route never loops."
         )
     return tuple(chain)
+
+
+async def receive(
+    token: str,
+    *,
+    kind: RequestKind[R],
+    peer: Peer,
+    own_exchange: bytes,
+    now: datetime,
+    max_hops: int,
+    what: str,
+    first_use: Callable[[Peer, str, datetime], Awaitable[bool]],
+) -> tuple[R, tuple[R, ...]]:
+    """A signed request of ``kind`` that peer ``peer`` sent (its own department's, or one
+    it carries), checked in full: a node of ``peer`` signed it (``verify_peer_signed``),
+    the requests it embeds (``verify_chain``), then its audience, window and nonce
+    (``admit``). Returns it and the requests it embeds, nearest first. Raises what those
+    raise."""
+    request = kind.parse(verify_peer_signed(token, peer=peer, typ=kind.typ, now=now))
+    chain = verify_chain(request, kind=kind, own_exchange=own_exchange, now=now, max_hops=max_hops)
+    await admit(
+        request, peer=peer, own_exchange=own_exchange, now=now, what=what, first_use=first_use
+    )
+    return request, chain
 
 
 def _embedded(token: str, kind: RequestKind[R]) -> R:

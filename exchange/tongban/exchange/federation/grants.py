@@ -51,15 +51,13 @@ from tongban.exchange.federation.forwarding import (
     NONCE,
     OFFICER,
     RequestKind,
-    admit,
     carried_payload,
     carried_route,
     instant,
     peer_department,
+    receive,
     remote_department,
     sign_claims,
-    verify_chain,
-    verify_peer_signed,
 )
 from tongban.exchange.federation.links import PeerLinks, PeerRefusal
 from tongban.exchange.federation.offer import CatalogueOffer
@@ -452,15 +450,9 @@ class GrantForwarding:
         DatasetNotFound (not offered to that peer), the grant store's InvalidArgument,
         or, carried, the next exchange's refusal or PeerUnavailable."""
         now = self._clock.now()
-        claimed = verify_peer_signed(token, peer=peer, typ=GRANT_REQUEST_TYPE, now=now)
-        request = _parse(claimed)
-        chain = verify_chain(
-            request, kind=GRANT, own_exchange=self._trust.own_fingerprint, now=now,
-            max_hops=self._routes.max_hops,
-        )  # fmt: skip
-        await admit(
-            request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
-            what="grant request", first_use=self._first_use,
+        request, chain = await receive(
+            token, kind=GRANT, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
+            max_hops=self._routes.max_hops, what="grant request", first_use=self._first_use,
         )  # fmt: skip
         if ":" in request.dataset:
             return await self._carry(peer, token, request, chain, now)
@@ -556,15 +548,10 @@ class GrantForwarding:
         GrantStateInvalid, or, carried, PeerUnknown, the next exchange's refusal or
         PeerUnavailable."""
         now = self._clock.now()
-        claimed = verify_peer_signed(token, peer=peer, typ=GRANT_REVOKE_TYPE, now=now)
-        request = _parse_revoke(claimed)
-        chain = verify_chain(
-            request, kind=GRANT_REVOKE, own_exchange=self._trust.own_fingerprint, now=now,
-            max_hops=self._routes.max_hops,
-        )  # fmt: skip
-        await admit(
-            request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
-            what="grant revocation", first_use=self._first_use,
+        request, chain = await receive(
+            token, kind=GRANT_REVOKE, peer=peer, own_exchange=self._trust.own_fingerprint,
+            now=now, max_hops=self._routes.max_hops, what="grant revocation",
+            first_use=self._first_use,
         )  # fmt: skip
         consumer = remote_department(peer.name, *request.department_path)
         if ":" in request.grant:

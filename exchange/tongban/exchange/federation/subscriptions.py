@@ -57,15 +57,13 @@ from tongban.exchange.federation.forwarding import (
     NONCE,
     OFFICER,
     RequestKind,
-    admit,
     carried_payload,
     carried_route,
     instant,
     peer_department,
+    receive,
     remote_department,
     sign_claims,
-    verify_chain,
-    verify_peer_signed,
 )
 from tongban.exchange.federation.links import PeerLinks, peer_error
 from tongban.exchange.federation.offer import CatalogueOffer
@@ -471,15 +469,10 @@ class SubscriptionForwarding:
         PeerRequestAltered, PeerRequestExpired, PeerRequestReplayed, PeerRequestInvalid,
         PeerTooManyHops, PeerRouteLoop or DatasetNotFound."""
         now = self._clock.now()
-        claimed = verify_peer_signed(token, peer=peer, typ=SUBSCRIPTION_TYPE, now=now)
-        request = _parse(claimed)
-        chain = verify_chain(
-            request, kind=SUBSCRIPTION, own_exchange=self._trust.own_fingerprint, now=now,
-            max_hops=self._routes.max_hops,
-        )  # fmt: skip
-        await admit(
-            request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
-            what="subscription request", first_use=self._first_use,
+        request, chain = await receive(
+            token, kind=SUBSCRIPTION, peer=peer, own_exchange=self._trust.own_fingerprint,
+            now=now, max_hops=self._routes.max_hops, what="subscription request",
+            first_use=self._first_use,
         )  # fmt: skip
         caller = remote_department(peer.name, *request.department_path)
         if ":" in request.dataset:
@@ -586,15 +579,10 @@ class SubscriptionForwarding:
         PeerRouteLoop, PeerUnknown, or, carried, the next exchange's refusal or
         PeerUnavailable."""
         now = self._clock.now()
-        claimed = verify_peer_signed(token, peer=peer, typ=SUBSCRIPTION_LIST_TYPE, now=now)
-        request = _parse_listing(claimed)
-        chain = verify_chain(
-            request, kind=SUBSCRIPTION_LIST, own_exchange=self._trust.own_fingerprint,
-            now=now, max_hops=self._routes.max_hops,
-        )  # fmt: skip
-        await admit(
-            request, peer=peer, own_exchange=self._trust.own_fingerprint, now=now,
-            what="subscription listing", first_use=self._first_use,
+        request, chain = await receive(
+            token, kind=SUBSCRIPTION_LIST, peer=peer, own_exchange=self._trust.own_fingerprint,
+            now=now, max_hops=self._routes.max_hops, what="subscription listing",
+            first_use=self._first_use,
         )  # fmt: skip
         if request.held == "*":
             return remote_department(peer.name, *request.department_path)
