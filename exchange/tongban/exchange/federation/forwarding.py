@@ -92,6 +92,7 @@ __all__ = [
     "RequestKind",
     "carried_payload",
     "carried_route",
+    "carry_on",
     "check_addressed",
     "check_signed_answer",
     "instant",
@@ -430,6 +431,38 @@ async def receive(
         request, peer=peer, own_exchange=own_exchange, now=now, what=what, first_use=first_use
     )
     return request, chain
+
+
+def carry_on(
+    request: R,
+    *,
+    token: str,
+    sender: Peer,
+    onward: Peer,
+    own_exchange: bytes,
+    nonce: str,
+    now: datetime,
+    lifetime: timedelta,
+    **changes: object,
+) -> R:
+    """``request``, which peer ``sender`` sent us as ``token``, as we carry it on to
+    ``onward``: from our exchange, addressed to ``onward``'s, with a fresh nonce, a window
+    no later than the sender's, the sender's name added to its route, and ``token``
+    embedded (``previous``). ``changes`` names what it asks for in ``onward``'s names (the
+    dataset, the grant, the listing). Unsigned: the caller signs it with its kind's type.
+    """
+    carried: R = replace(
+        request,  # type: ignore[type-var]  # every kind of Carried request is a dataclass
+        exchange=own_exchange.hex(),
+        audience=onward.ca_fingerprint.hex(),
+        nonce=nonce,
+        issued_at=now,
+        expires_at=min(now + lifetime, request.expires_at),
+        route=(sender.name, *request.route),
+        previous=token,
+        **changes,
+    )
+    return carried
 
 
 def _embedded(token: str, kind: RequestKind[R]) -> R:
@@ -933,18 +966,11 @@ class Forwarding:
                 action="query.forward",
             )
         )  # fmt: skip
-        carried = replace(
-            request,
-            exchange=self._trust.own_fingerprint.hex(),
-            audience=onward.ca_fingerprint.hex(),
-            dataset=remote.code,
-            keys=tuple(keys),
-            nonce=self._nonce(),
-            issued_at=now,
-            expires_at=min(now + self._lifetime, request.expires_at),
-            route=(peer.name, *request.route),
-            previous=token,
-        )
+        carried = carry_on(
+            request, token=token, sender=peer, onward=onward,
+            own_exchange=self._trust.own_fingerprint, nonce=self._nonce(), now=now,
+            lifetime=self._lifetime, dataset=remote.code, keys=tuple(keys),
+        )  # fmt: skip
         signed = sign_request(carried, self._signing)
         try:
             answer = await self._links.call(

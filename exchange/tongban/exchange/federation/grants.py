@@ -32,7 +32,7 @@ from __future__ import annotations
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -53,6 +53,7 @@ from tongban.exchange.federation.forwarding import (
     RequestKind,
     carried_payload,
     carried_route,
+    carry_on,
     instant,
     peer_department,
     receive,
@@ -505,17 +506,11 @@ class GrantForwarding:
             await log("grant.forward", "denied", e.reason)
             raise
         await log("grant.forward", "allowed", f"peer:{onward.name}")
-        carried = replace(
-            request,
-            exchange=self._trust.own_fingerprint.hex(),
-            audience=onward.ca_fingerprint.hex(),
-            dataset=remote.code,
-            nonce=self._nonce(),
-            issued_at=now,
-            expires_at=min(now + self._lifetime, request.expires_at),
-            route=(peer.name, *request.route),
-            previous=token,
-        )
+        carried = carry_on(
+            request, token=token, sender=peer, onward=onward,
+            own_exchange=self._trust.own_fingerprint, nonce=self._nonce(), now=now,
+            lifetime=self._lifetime, dataset=remote.code,
+        )  # fmt: skip
         signed = sign_claims(carried.payload(), self._signing, GRANT_REQUEST_TYPE)
         try:
             grant: grants_pb2.Grant = await self._links.call(
@@ -594,17 +589,11 @@ class GrantForwarding:
             await log("grant-revoke.forward", "denied", e.reason, None)
             raise
         await log("grant-revoke.forward", "allowed", f"peer:{onward.name}; grant:{rest}", None)
-        carried = replace(
-            request,
-            exchange=self._trust.own_fingerprint.hex(),
-            audience=onward.ca_fingerprint.hex(),
-            grant=rest,
-            nonce=self._nonce(),
-            issued_at=now,
-            expires_at=min(now + self._lifetime, request.expires_at),
-            route=(peer.name, *request.route),
-            previous=token,
-        )
+        carried = carry_on(
+            request, token=token, sender=peer, onward=onward,
+            own_exchange=self._trust.own_fingerprint, nonce=self._nonce(), now=now,
+            lifetime=self._lifetime, grant=rest,
+        )  # fmt: skip
         signed = sign_claims(carried.payload(), self._signing, GRANT_REVOKE_TYPE)
         try:
             grant: grants_pb2.Grant = await self._links.call(

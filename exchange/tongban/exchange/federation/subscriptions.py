@@ -36,7 +36,7 @@ import asyncio
 import re
 import secrets
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -59,6 +59,7 @@ from tongban.exchange.federation.forwarding import (
     RequestKind,
     carried_payload,
     carried_route,
+    carry_on,
     instant,
     peer_department,
     receive,
@@ -511,21 +512,12 @@ class SubscriptionForwarding:
             request, carried.caller, [], "subscribe.forward", "allowed", f"peer:{onward.name}"
         )
         now = self._clock.now()
-        signed = sign_claims(
-            replace(
-                request,
-                exchange=self._trust.own_fingerprint.hex(),
-                audience=onward.ca_fingerprint.hex(),
-                dataset=carried.remote.code,
-                nonce=self._nonce(),
-                issued_at=now,
-                expires_at=min(now + self._lifetime, request.expires_at),
-                route=(carried.peer.name, *request.route),
-                previous=carried.token,
-            ).payload(),
-            self._signing,
-            SUBSCRIPTION_TYPE,
-        )
+        onward_request = carry_on(
+            request, token=carried.token, sender=carried.peer, onward=onward,
+            own_exchange=self._trust.own_fingerprint, nonce=self._nonce(), now=now,
+            lifetime=self._lifetime, dataset=carried.remote.code,
+        )  # fmt: skip
+        signed = sign_claims(onward_request.payload(), self._signing, SUBSCRIPTION_TYPE)
         call = self._links.stub(onward).ForwardSubscribe(
             federation_pb2.ForwardSubscribeRequest(request=signed)
         )
@@ -590,17 +582,11 @@ class SubscriptionForwarding:
         onward = await self._routes.towards(
             peer, name, passed=[request.exchange, *(r.exchange for r in chain)]
         )
-        carried = replace(
-            request,
-            exchange=self._trust.own_fingerprint.hex(),
-            audience=onward.ca_fingerprint.hex(),
-            held=rest,
-            nonce=self._nonce(),
-            issued_at=now,
-            expires_at=min(now + self._lifetime, request.expires_at),
-            route=(peer.name, *request.route),
-            previous=token,
-        )
+        carried = carry_on(
+            request, token=token, sender=peer, onward=onward,
+            own_exchange=self._trust.own_fingerprint, nonce=self._nonce(), now=now,
+            lifetime=self._lifetime, held=rest,
+        )  # fmt: skip
         return await self._list_at(onward, carried)
 
     def consumer(self, peer: Peer, department: str, route: Sequence[str] = ()) -> str:
