@@ -43,6 +43,12 @@ class Config:
     query_via: Literal["stub", "client"] = "stub"
     """The 64-caller query phase calls the raw QueryServiceStub (as WhoAmI is called) or
     ``ExchangeClient.query`` (which also builds an ``Answer`` per reply)."""
+    query_connections: int = 16
+    """Connections the callers of the workers comparison are spread over: ``serve
+    --workers`` shares the port (SO_REUSEPORT), so the kernel gives each connection, not
+    each call, to a worker, and one connection would keep every call on one worker."""
+    compare_workers: int = 2
+    """``serve --workers`` of the node the spread query is run on beside one worker."""
     batch_queries: int = 30
     """Sequential queries of ``batch_keys`` keys each (after one unmeasured warm-up)."""
     batch_keys: int = 1_000

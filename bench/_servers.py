@@ -40,6 +40,7 @@ __all__ = [
     "EchoServer",
     "KafkaBroker",
     "NodeServer",
+    "default_workers",
     "echo_server",
     "kafka_broker",
     "node_server",
@@ -82,6 +83,14 @@ class NodeServer:
     process: psutil.Process
     postmaster: psutil.Process | None
     """The embedded PostgreSQL's main process (not a child of the node), if found."""
+
+    def server(self) -> list[psutil.Process]:
+        """The node's processes now: ``tongban serve`` and, with ``--workers`` above 1, its
+        worker processes (the embedded PostgreSQL is not among its children)."""
+        try:
+            return [self.process, *self.process.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return [self.process]
 
     def postgres(self) -> list[psutil.Process]:
         """The PostgreSQL processes serving this node now (postmaster and its children)."""
@@ -161,12 +170,14 @@ async def _stop(process: asyncio.subprocess.Process, name: str) -> None:
 
 
 @asynccontextmanager
-async def echo_server() -> AsyncIterator[EchoServer]:
-    """Run ``bench._echo_server`` for the duration of the block."""
+async def echo_server(tls: Path | None = None) -> AsyncIterator[EchoServer]:
+    """Run ``bench._echo_server`` for the duration of the block: plaintext, or mutual TLS
+    with the keys ``tls`` holds (``bench._tls.throwaway_pki``)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "bench._echo_server",
+        *(() if tls is None else ("--tls", str(tls))),
         cwd=_REPO,
         env=_server_env(),
         stdout=asyncio.subprocess.PIPE,
@@ -188,6 +199,7 @@ async def node_server(
     profile: Path | None = None,
     *,
     default_limits: bool = False,
+    workers: int | None = None,
 ) -> AsyncIterator[NodeServer]:
     """Run ``tongban serve --demo`` on a fresh data dir for the duration of the block.
 
@@ -198,6 +210,7 @@ async def node_server(
     and the node's log live in a new temporary directory, removed afterwards unless
     PostgreSQL is still running in it (then a warning names it). Raises RuntimeError with
     the end of the node's log if the node exits or says nothing before it is ready.
+    ``workers`` is ``serve --workers``; by default ``BENCH_NODE_WORKERS``, else 1.
     """
     work = temp_root("tongban-bench-")  # as root, PostgreSQL runs as another user
     data_dir = work / "data"
@@ -214,10 +227,9 @@ async def node_server(
             process = await asyncio.create_subprocess_exec(
                 *_node_command(profile),
                 *("serve", "--json", "--demo", "--data-dir", str(data_dir)),
-                # One process, whose CPU the split shows as "node", unless
-                # BENCH_NODE_WORKERS=N: then N worker processes (serve --workers), whose
-                # CPU the split counts under "other".
-                *("--workers", os.environ.get("BENCH_NODE_WORKERS") or "1"),
+                # One process unless asked for more (serve --workers); NodeServer.server()
+                # names them all, so the CPU split counts the workers as the node's.
+                *("--workers", str(workers or default_workers())),
                 *("--grpc-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"),
                 env=node_env,
                 stdout=asyncio.subprocess.PIPE,
@@ -280,6 +292,12 @@ async def kafka_broker() -> AsyncIterator[KafkaBroker]:
 
 
 _WORKERS = "BENCH_NODE_WORKERS"
+
+
+def default_workers() -> int:
+    """``serve --workers`` of a node started without ``workers``: ``BENCH_NODE_WORKERS``,
+    else 1."""
+    return int(os.environ.get(_WORKERS) or 1)
 
 
 def _node_command(profile: Path | None) -> list[str]:

@@ -7,7 +7,16 @@ from collections.abc import Sequence
 from bench._load import LoadResult
 from bench._watch import CpuUse
 
-__all__ = ["LABEL", "cpu_header", "cpu_row", "latency_row", "load_row", "rate_row"]
+__all__ = [
+    "LABEL",
+    "cpu_header",
+    "cpu_per_call_header",
+    "cpu_per_call_row",
+    "cpu_row",
+    "latency_row",
+    "load_row",
+    "rate_row",
+]
 
 LABEL = 44
 """Width of the label column."""
@@ -42,4 +51,27 @@ def cpu_row(label: str, cpu: CpuUse, extra: Sequence[str] = ()) -> str:
     cells += [cpu.others, cpu.idle]
     return f"{label:<{LABEL}}" + "".join(
         f"{'-':>9}" if value is None else f"{value:>8.0f}%" for value in cells
+    )
+
+
+_PER_CALL_COLUMNS = ("bench", "server", "postgres")
+
+
+def cpu_per_call_header() -> str:
+    heads = (*_PER_CALL_COLUMNS, "total")
+    return f"{'':<{LABEL}}" + "".join(f"{h:>9}" for h in heads)
+
+
+def cpu_per_call_row(label: str, result: LoadResult) -> str:
+    """Each group's CPU time over the window divided by the calls completed in it, in us:
+    what one call costs the machine, which on saturated cores sets the rate."""
+    assert result.cpu is not None  # rows are only made for metered phases
+    per_call = {
+        group: result.cpu.by_group[group] * 10_000 / result.rate
+        for group in _PER_CALL_COLUMNS
+        if group in result.cpu.by_group
+    }
+    cells = [per_call.get(group) for group in _PER_CALL_COLUMNS] + [sum(per_call.values())]
+    return f"{label:<{LABEL}}" + "".join(
+        f"{'-':>9}" if value is None else f"{value:>6,.0f} us" for value in cells
     )

@@ -305,7 +305,7 @@ async def run(rows: int, changes: int, poll: float) -> tuple[AdaptersReport, Cpu
     async with node_server() as node:
         groups: dict[str, ProcessGroup] = {
             "bench": lambda: [bench],
-            "server": lambda: [node.process],
+            "server": node.server,
             "postgres": node.postgres,
         }
         dsn = await _legacy_database(node)

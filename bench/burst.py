@@ -235,7 +235,7 @@ async def run(config: Config) -> BurstReport:
                 return CpuMeter(
                     {
                         "bench": lambda: [bench],
-                        "server": lambda: [node.process],
+                        "server": node.server,
                         "postgres": node.postgres,
                         "samr": lambda: [samr.ps],
                     }

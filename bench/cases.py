@@ -304,9 +304,7 @@ async def _phase_a(
     me = psutil.Process()
 
     def meter() -> CpuMeter:
-        return CpuMeter(
-            {"bench": lambda: [me], "server": lambda: [node.process], "postgres": node.postgres}
-        )
+        return CpuMeter({"bench": lambda: [me], "server": node.server, "postgres": node.postgres})
 
     consumer = Department.of(node, bench.consumer, bench)
     async with sharing.single_key_query(consumer, keys, bench) as query:

@@ -611,7 +611,7 @@ async def _run_mode(
     async with node_server(env, Path(profile) / f"node-{mode}.prof" if profile else None) as node:
         groups: dict[str, ProcessGroup] = {
             "bench": lambda: [bench],
-            "server": lambda: [node.process],
+            "server": node.server,
             "postgres": node.postgres,
         }
         if broker is not None:

@@ -143,7 +143,7 @@ async def run(config: Config) -> FairnessReport:
                 return CpuMeter(
                     {
                         "bench": lambda: [bench],
-                        "server": lambda: [node.process],
+                        "server": node.server,
                         "postgres": node.postgres,
                         "samr": lambda: [samr.ps],
                     }

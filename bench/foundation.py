@@ -7,6 +7,9 @@ What is measured, all in one run on one machine:
    Python grpc.aio service on this machine: one process, one event loop, the same
    library, nothing else. Everything else is read as a fraction of it, which is what stays
    comparable across noisy machines and runs.
+   **echo over mutual TLS**: the same server with P-256 keys made for the run
+   (``bench._tls``), a client certificate required, nothing of the node's: what TLS
+   itself costs a call, apart from the node's own work (information, not a target).
 2. **WhoAmI over mutual TLS (node)**: ``tongban serve --demo`` on a fresh data dir and
    embedded PostgreSQL, called as the ``samr`` department, with the per-department call
    limits raised out of reach (``TONGBAN_DEPT_CALLS_PER_SECOND`` and
@@ -29,7 +32,14 @@ What is measured, all in one run on one machine:
 
 Then, on the same node and against the same echo baseline, the sharing phases 5-8 of
 ``bench.sharing``: bulk publishing, the audited key query, 1,000-key queries and the
-access log's growth. The issue's targets are printed as met or missed, never asserted.
+access log's growth. The audited query runs a second time with its callers spread over
+``query_connections`` connections, and then, once both servers have stopped, on a node
+of its own started with ``serve --workers compare_workers`` (issue 20 part 1): the
+workers share the port, so the kernel hands each connection, not each call, to one of
+them, and the workers' rate is read beside the spread run on one process. Every
+request/response phase is also shown as CPU per call (each group's CPU time over the
+window divided by the calls completed), which is what sets the rate once the cores are
+full. The issue's targets are printed as met or missed, never asserted.
 ``python -m bench`` then runs the access-log phases of ``bench.audit`` (in process, on
 their own PostgreSQL, once both servers have stopped), the change-events phases of
 ``bench.events`` (on nodes of their own, embedded and Kafka mode), and the fairness and
@@ -50,6 +60,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
@@ -66,8 +77,16 @@ from bench._config import quick as quick_config
 from bench._echo_server import ECHO_METHOD, identity
 from bench._errors import describe
 from bench._load import LoadResult, run_load
-from bench._servers import EchoServer, NodeServer, echo_server, node_server
-from bench._table import LABEL, cpu_header, cpu_row, load_row
+from bench._servers import EchoServer, NodeServer, default_workers, echo_server, node_server
+from bench._table import (
+    LABEL,
+    cpu_header,
+    cpu_per_call_header,
+    cpu_per_call_row,
+    cpu_row,
+    load_row,
+)
+from bench._tls import SERVER_NAME, EchoPki, throwaway_pki
 from bench._watch import CpuMeter, PeakRss, ProcessGroup
 from tongban.v1 import node_pb2, node_pb2_grpc
 
@@ -83,6 +102,8 @@ class Report:
     """The machine's load average just before the run."""
     config: Config
     echo: LoadResult
+    echo_tls: LoadResult
+    """The same echo over mutual TLS: the price of TLS apart from the node's own work."""
     node: LoadResult
     tls_connect: LoadResult
     plain_connect: LoadResult
@@ -92,6 +113,8 @@ class Report:
     rss_samples: int
     """Samples of the watcher over phases 2 and 3 (the sharing phases have their own)."""
     sharing: sharing.SharingReport
+    workers: LoadResult
+    """The spread query on a node with ``config.compare_workers`` worker processes."""
 
 
 async def run(config: Config) -> Report:
@@ -104,6 +127,10 @@ async def run(config: Config) -> Report:
     started = datetime.now(UTC)
     loadavg = os.getloadavg()
     bench = psutil.Process()
+    with tempfile.TemporaryDirectory(prefix="tongban-bench-echo-") as keys:
+        pki = throwaway_pki(Path(keys))
+        async with echo_server(pki.directory) as echo_tls:
+            echo_tls_result = await _echo_load(echo_tls, config, _cpu(bench, echo=echo_tls), pki)
     async with echo_server() as echo, node_server() as node:
         tls = Department.of(node, config.department, config)
         await _check_identity(tls)
@@ -111,7 +138,7 @@ async def run(config: Config) -> Report:
         echo_result = await _echo_load(echo, config, _cpu(bench, echo=echo))
 
         node_groups: Mapping[str, ProcessGroup] = {
-            "node": lambda: [node.process],
+            "node": node.server,
             "postgres": node.postgres,
         }
         with PeakRss(node_groups) as rss:
@@ -125,11 +152,13 @@ async def run(config: Config) -> Report:
         sharing_report = await sharing.run(
             node, config, lambda: _cpu(bench, node=node), node_groups
         )
+    workers_result = await sharing.workers_query(config, lambda other: _cpu(bench, node=other))
     return Report(
         started=started,
         loadavg=loadavg,
         config=config,
         echo=echo_result,
+        echo_tls=echo_tls_result,
         node=node_result,
         tls_connect=tls_result,
         plain_connect=plain_result,
@@ -137,6 +166,7 @@ async def run(config: Config) -> Report:
         postgres_peak_rss_mb=max(rss.peak_mb["postgres"], sharing_report.postgres_peak_rss_mb),
         rss_samples=rss.samples,
         sharing=sharing_report,
+        workers=workers_result,
     )
 
 
@@ -147,7 +177,7 @@ def _cpu(
     if echo is not None:
         groups["server"] = lambda: [echo.process]
     if node is not None:
-        groups["server"] = lambda: [node.process]
+        groups["server"] = node.server
         groups["postgres"] = node.postgres
     return CpuMeter(groups)
 
@@ -165,9 +195,21 @@ async def _check_identity(tls: Department) -> None:
         )
 
 
-async def _echo_load(echo: EchoServer, config: Config, cpu: CpuMeter) -> LoadResult:
+async def _echo_load(
+    echo: EchoServer, config: Config, cpu: CpuMeter, pki: EchoPki | None = None
+) -> LoadResult:
+    """The echo under load, over plaintext or, with ``pki``, over mutual TLS."""
     payload = os.urandom(config.payload_bytes)
-    async with grpc.aio.insecure_channel(echo.target) as channel:
+    channel_of = (
+        grpc.aio.insecure_channel(echo.target)
+        if pki is None
+        else grpc.aio.secure_channel(
+            echo.target,
+            pki.client,
+            options=[("grpc.ssl_target_name_override", SERVER_NAME)],
+        )
+    )
+    async with channel_of as channel:
         method = channel.unary_unary(
             ECHO_METHOD, request_serializer=identity, response_deserializer=identity
         )
@@ -236,6 +278,7 @@ _CLIENT_BOUND_PERCENT = 90
 
 _ROWS = (
     ("echo", "echo (no TLS, baseline)", "req/s", None),
+    ("echo_tls", "echo over mTLS (no node)", "req/s", "echo"),
     ("node", "WhoAmI over mTLS (node)", "req/s", "echo"),
     ("tls_connect", "new TLS connection + call", "calls/s", "plain_connect"),
     ("plain_connect", "new plaintext connection + call (baseline)", "calls/s", None),
@@ -268,6 +311,11 @@ def format_report(report: Report) -> str:
     for key, label, unit, baseline in _ROWS:
         lines.append(load_row(label, results[key], unit, results.get(baseline or "")))
     lines += sharing.rows(s, report.echo, c)
+    spread, spread_label, workers_label = _workers_rows(report)
+    lines += [
+        load_row(spread_label, spread, "req/s", report.echo),
+        load_row(workers_label, report.workers, "req/s", spread),
+    ]
     lines += [
         f"{'node peak RSS, all phases':<{LABEL}}{report.node_peak_rss_mb:>8,.0f} MB"
         f"{'':<9}(budget {c.node_rss_budget_mb:g} MB)",
@@ -286,6 +334,9 @@ def format_report(report: Report) -> str:
         assert cpu is not None  # every phase is run with a meter
         metered.append((label, cpu))
     metered += sharing.cpu_rows(s)
+    assert spread.cpu is not None  # both phases are run with a meter
+    assert report.workers.cpu is not None
+    metered += [(spread_label, spread.cpu), (workers_label, report.workers.cpu)]
     noisy, client_bound = [], []
     for label, cpu in metered:
         lines.append(cpu_row(label, cpu))
@@ -293,6 +344,15 @@ def format_report(report: Report) -> str:
             noisy.append(label)
         if cpu.by_group["bench"] >= _CLIENT_BOUND_PERCENT:
             client_bound.append(label)
+    lines += [
+        "",
+        "CPU per call (each group's CPU time over the window / the calls completed in it):",
+        cpu_per_call_header(),
+    ]
+    per_call = [(label, results[key]) for key, label, unit, _ in _ROWS if unit == "req/s"]
+    per_call += [(sharing.query_label(s), s.query), (spread_label, spread)]
+    per_call.append((workers_label, report.workers))
+    lines += [cpu_per_call_row(label, result) for label, result in per_call]
     lines += ["", "Targets from the issue (this run):"]
     for target in sharing.targets(s, report.echo, c, report.node_peak_rss_mb):
         lines.append(
@@ -324,6 +384,15 @@ def format_report(report: Report) -> str:
     return "\n".join(lines)
 
 
+def _workers_rows(report: Report) -> tuple[LoadResult, str, str]:
+    """The spread query on the main node, and the labels of it and of the workers' run."""
+    c = report.config
+    one = default_workers()
+    spread_label = f"Query 1 key, {c.query_connections} conns, {one} worker" + "s" * (one > 1)
+    workers_label = f"Query 1 key, {c.query_connections} conns, {c.compare_workers} workers"
+    return report.sharing.query_spread, spread_label, workers_label
+
+
 def _as_json(report: Report) -> dict[str, Any]:
     def load(result: LoadResult) -> dict[str, Any]:
         figures = {**asdict(result), "rate": result.rate}
@@ -343,6 +412,10 @@ def _as_json(report: Report) -> dict[str, Any]:
         },
         "config": asdict(report.config),
         "echo": load(report.echo),
+        "echo_mtls": {
+            **load(report.echo_tls),
+            "ratio_to_echo": report.echo_tls.rate / report.echo.rate,
+        },
         "node_whoami": {**load(report.node), "ratio_to_echo": report.node.rate / report.echo.rate},
         "tls_connect_call": {
             **load(report.tls_connect),
@@ -350,6 +423,18 @@ def _as_json(report: Report) -> dict[str, Any]:
         },
         "plaintext_connect_call": load(report.plain_connect),
         **sharing.as_json(report.sharing, report.echo, report.config, report.node_peak_rss_mb),
+        "query_spread": {
+            **load(report.sharing.query_spread),
+            "connections": report.config.query_connections,
+            "workers": default_workers(),
+            "ratio_to_echo": report.sharing.query_spread.rate / report.echo.rate,
+        },
+        "query_workers": {
+            **load(report.workers),
+            "connections": report.config.query_connections,
+            "workers": report.config.compare_workers,
+            "ratio_to_one_worker": report.workers.rate / report.sharing.query_spread.rate,
+        },
         "node_peak_rss_mb": report.node_peak_rss_mb,
         "node_rss_budget_mb": report.config.node_rss_budget_mb,
         "postgres_peak_rss_mb": report.postgres_peak_rss_mb,

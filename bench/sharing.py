@@ -27,21 +27,22 @@ What is measured, each beside a baseline from the same run:
 
 from __future__ import annotations
 
+import itertools
 import random
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 from typing import Any
 
 import asyncpg
 
-from bench._client import Department
+from bench._client import FRESH_CONNECTION, Department
 from bench._config import Config
 from bench._load import LoadResult, run_load
-from bench._servers import NodeServer
+from bench._servers import NodeServer, node_server
 from bench._table import LABEL, latency_row, load_row, rate_row
 from bench._watch import CpuMeter, CpuUse, PeakRss, ProcessGroup
 from tongban.client import ExchangeClient
@@ -134,6 +135,9 @@ class SharingReport:
     query: LoadResult
     query_via: str
     query_audit: AuditGrowth
+    query_spread: LoadResult
+    """The same query, its callers spread over ``config.query_connections`` connections:
+    the baseline of ``workers_query``, which runs it on several worker processes."""
     query_node_peak_rss_mb: float
     query_postgres_peak_rss_mb: float
     batch: Latencies
@@ -169,6 +173,7 @@ async def run(
                 publish = await _publish(client, rows, config, meter())
             with PeakRss(rss_groups) as query_rss:
                 query, query_audit = await _query_load(consumer, keys, config, meter(), db)
+                query_spread = await spread_query_load(consumer, keys, config, meter())
             batch, batch_sql, batch_audit = await _batch_queries(consumer, keys, config, db)
     finally:
         await db.close()
@@ -178,6 +183,7 @@ async def run(
         query=query,
         query_via=config.query_via,
         query_audit=query_audit,
+        query_spread=query_spread,
         query_node_peak_rss_mb=query_rss.peak_mb["node"],
         query_postgres_peak_rss_mb=query_rss.peak_mb["postgres"],
         batch=batch,
@@ -345,6 +351,62 @@ async def single_key_query(
                 raise RuntimeError(f"a key query answered {len(reply.records)} records")
 
         yield via_stub
+
+
+async def spread_query_load(
+    consumer: Department, keys: list[str], config: Config, cpu: CpuMeter
+) -> LoadResult:
+    """Phase 6's call from the same number of callers, spread evenly over
+    ``config.query_connections`` connections of their own (a channel each)."""
+    choose = random.Random(config.seed + 2).choice
+    fields = list(config.query_fields)
+    metadata = consumer.metadata
+    async with AsyncExitStack() as stack:
+        stubs = []
+        for _ in range(config.query_connections):
+            channel = await stack.enter_async_context(consumer.channel(FRESH_CONNECTION))
+            stubs.append(query_pb2_grpc.QueryServiceStub(channel))
+        turns = itertools.count()
+
+        async def call() -> None:
+            request = query_pb2.QueryRequest(
+                dataset=config.dataset,
+                keys=[choose(keys)],
+                fields=fields,
+                purpose=PURPOSE,
+                case_id=CASE_ID,
+            )
+            stub = stubs[next(turns) % len(stubs)]  # the connections in turn
+            reply = await stub.Query(request, metadata=metadata, timeout=consumer.timeout)
+            if len(reply.records) != 1:
+                raise RuntimeError(f"a key query answered {len(reply.records)} records")
+
+        return await run_load(
+            call,
+            concurrency=config.concurrency,
+            warmup=config.warmup_seconds,
+            duration=config.duration_seconds,
+            cpu=cpu,
+        )
+
+
+async def workers_query(config: Config, meter: Callable[[NodeServer], CpuMeter]) -> LoadResult:
+    """The spread query on a node of its own run with ``serve --workers
+    config.compare_workers`` (its dataset published as for phase 5, unmeasured); ``meter``
+    makes the CPU meter over that node. The result is read beside ``query_spread``."""
+    async with node_server(workers=config.compare_workers) as node:
+        owner = Department.of(node, config.department, config)
+        consumer = Department.of(node, config.consumer, config)
+        rows = generate_records(config.records, random.Random(config.seed))
+        async with owner.client() as client:
+            await client.register_dataset(dataset_spec(config.dataset), publish=True)
+
+            async def batches() -> AsyncIterator[list[Row]]:
+                for start in range(0, len(rows), config.publish_batch):
+                    yield rows[start : start + config.publish_batch]
+
+            await client.stream_records(config.dataset, batches())
+        return await spread_query_load(consumer, [key for key, _ in rows], config, meter(node))
 
 
 async def _log_count(db: asyncpg.Connection) -> int:
