@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import functools
 import time
+import unicodedata
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -28,7 +29,14 @@ from tongban.exchange.audit.recorder import AccessRecorder, Outcome
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.catalogue.canonical import canonical_json
 from tongban.exchange.catalogue.errors import InvalidSubjectId, RecordInvalid
-from tongban.exchange.catalogue.schema import FieldType, validate_record, value_to_json
+from tongban.exchange.catalogue.schema import (
+    _REFUSED,
+    DEFAULT_STRING_MAX_LENGTH,
+    DatasetSchema,
+    FieldType,
+    validate_record,
+    value_to_json,
+)
 from tongban.exchange.catalogue.subject_ids import SubjectKind, validate_subject_id
 from tongban.exchange.datadir import NodeSigning
 from tongban.exchange.db.notify import ChangeListener, KeyedCache
@@ -56,9 +64,11 @@ from tongban.exchange.sharing.policy import (
 from tongban.exchange.sharing.records import (
     Change,
     Form,
+    FreshBatch,
     PublishCounts,
     RecordStore,
     StoredRecord,
+    fresh_batch,
     storage_forms,
 )
 from tongban.signing.certs import certificate_fingerprint
@@ -130,6 +140,10 @@ class PreparedBatch:
     forms: list[Form]
     """The changes' storage forms, made with the checks, so that a stream's next batch
     is checked and encoded while the one before it is being written."""
+    fresh: FreshBatch | None = None
+    """The write's parameters if every key is new (``records.fresh_batch``), made with
+    the checks too: the write of a bulk load's batch, which the next batch's write
+    follows, then only sends them."""
 
 
 @dataclass(frozen=True)
@@ -337,7 +351,7 @@ class Sharing:
     async def apply(self, batch: PreparedBatch) -> PublishCounts:
         """Write a prepared batch in one transaction."""
         return await self.records.publish(
-            batch.entry, batch.changes, self._clock.now(), batch.forms
+            batch.entry, batch.changes, self._clock.now(), batch.forms, batch.fresh
         )
 
     async def prepare(
@@ -358,46 +372,57 @@ class Sharing:
             )
         validated: list[Change] = []
         seen: dict[str, int] = {}
-        key_field = entry.schema.key_field
+        schema = entry.schema
+        key_field = schema.key_field
+        strings = _all_strings(schema)
         started = time.perf_counter()
         for index, raw in enumerate(changes):
             if index and index % YIELD_EVERY == 0:
                 # A big batch must not hold the loop from other departments' calls.
                 await yield_fairly(time.perf_counter() - started)
                 started = time.perf_counter()
-            where = {"index": str(index)}
             try:
                 key = validate_subject_id(entry.subject_kind, raw.key)
             except InvalidSubjectId as e:
                 raise InvalidSubjectId(
-                    f"Record {index}: {e.message}", metadata={**e.metadata, **where}
+                    f"Record {index}: {e.message}", metadata={**e.metadata, "index": str(index)}
                 ) from None
             if key in seen:
                 raise DuplicateKey(
                     f"Records {seen[key]} and {index} both have key {key}; send each key once "
                     "per batch.",
-                    metadata={"key": key, **where},
+                    metadata={"key": key, "index": str(index)},
                 )
             seen[key] = index
-            if raw.values is None:
+            values = raw.values
+            if values is None:
                 validated.append(Change(key, None))
                 continue
-            values = dict(raw.values)
             given_key = values.get(key_field)
-            if given_key is not None and given_key != raw.key and given_key != key:
-                raise RecordInvalid(
-                    f"Record {index}: field {key_field} is {str(given_key)[:40]!r} but the "
-                    f"record key is {key}.",
-                    metadata={"field": key_field, "problem": "key_mismatch", **where},
-                )
-            values[key_field] = key
-            try:
-                validated.append(Change(key, validate_record(entry.schema, values)))
-            except RecordInvalid as e:
-                raise RecordInvalid(
-                    f"Record {index} ({key}): {e.message}", metadata={**e.metadata, **where}
-                ) from None
-        return PreparedBatch(entry, validated, await storage_forms(entry, validated))
+            if given_key != key:
+                if given_key is not None and given_key != raw.key:
+                    raise RecordInvalid(
+                        f"Record {index}: field {key_field} is {str(given_key)[:40]!r} but the "
+                        f"record key is {key}.",
+                        metadata={
+                            "field": key_field,
+                            "problem": "key_mismatch",
+                            "index": str(index),
+                        },
+                    )
+                values = {**values, key_field: key}
+            record = _checked_strings(values, strings) if strings is not None else None
+            if record is None:
+                try:
+                    record = validate_record(schema, values)
+                except RecordInvalid as e:
+                    raise RecordInvalid(
+                        f"Record {index} ({key}): {e.message}",
+                        metadata={**e.metadata, "index": str(index)},
+                    ) from None
+            validated.append(Change(key, record))
+        forms = await storage_forms(entry, validated)
+        return PreparedBatch(entry, validated, forms, fresh_batch(entry.code, validated, forms))
 
     # -- subscriptions ------------------------------------------------------------------
 
@@ -554,6 +579,45 @@ class Sharing:
             signature,
             signature_sm2,
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _all_strings(schema: DatasetSchema) -> tuple[tuple[str, ...], int] | None:
+    """For a schema of only string fields (most legacy tables): the field names, in the
+    schema's order, and the least of their length limits; None for any other schema."""
+    if any(spec.type is not FieldType.STRING for spec in schema.fields):
+        return None
+    limits = [spec.max_length or DEFAULT_STRING_MAX_LENGTH for spec in schema.fields]
+    return tuple(spec.name for spec in schema.fields), min(limits)
+
+
+def _checked_strings(
+    values: dict[str, object], strings: tuple[tuple[str, ...], int]
+) -> dict[str, object] | None:
+    """``validate_record``'s answer for a record of a schema of only strings (``_all_strings``)
+    when every field is given as a string that is already canonical (no refused character,
+    in NFC) and within the least limit: all fields checked at once, on their values joined.
+    None when one is not (absent, None, not a string, to be normalised, too long, refused,
+    or an unknown field): then ``validate_record`` checks the record field by field, and
+    says what is wrong.
+
+    Joined by line feeds, which are allowed in a value and which NFC neither composes,
+    reorders nor makes (a starter with no composition): the joined text is in NFC exactly
+    when every value is."""
+    names, limit = strings
+    try:
+        record: dict[str, object] = {name: values[name] for name in names}
+        joined = "\n".join(record.values())  # type: ignore[arg-type]  # TypeError if not str
+    except (KeyError, TypeError):
+        return None
+    if (
+        len(values) != len(record)
+        or _REFUSED.search(joined) is not None
+        or not (joined.isascii() or unicodedata.is_normalized("NFC", joined))
+        or max(map(len, record.values())) > limit  # type: ignore[arg-type]
+    ):
+        return None
+    return record
 
 
 @functools.lru_cache(maxsize=65_536)
