@@ -124,12 +124,13 @@ async def test_batches_of_new_and_known_keys_store_and_order_their_events(
     rng = random.Random(7)
 
     def record(i: int, round_: int) -> dict[str, object]:
-        return {
+        values = {
             "uscc": _uscc(i),
             "name": f"公司{i}-{round_}",
-            "address": rng.choice(["Cafe\u0301 路", "文三路\n2号", "x" * 300]),
-            "note": rng.choice(["", "备注", '引号"和\\反斜杠']),
+            "address": rng.choice(["Cafe\u0301 路", "文三路\n2号", "x" * 300, None]),
+            "note": rng.choice(["", "备注", '引号"和\\反斜杠', None]),
         }
+        return {name: value for name, value in values.items() if value is not None}
 
     first = [(_uscc(i), record(i, 0)) for i in range(600)]
 
@@ -172,6 +173,15 @@ async def test_batches_of_new_and_known_keys_store_and_order_their_events(
     addresses = {data["address"] for _, data in stored.values()}
     assert "Café 路" in addresses  # NFC, as validate_record makes it
     assert "Cafe\u0301 路" not in addresses
+    assert None in addresses  # an optional field left out is stored as null
+    for i, (_, values) in enumerate(first):
+        if i >= 50:  # as sent, but for NFC and the nulls
+            _, data = stored[_uscc(i)]
+            assert data == {
+                name: None if values.get(name) is None else data[name] for name in _FIELDS
+            }
+            assert data["name"] == values["name"]
+            assert data.get("note") == values.get("note")
 
 
 async def test_the_joined_write_falls_back_to_arrays(node: Node, samr: ExchangeClient) -> None:

@@ -422,7 +422,7 @@ class Sharing:
                     ) from None
             validated.append(Change(key, record))
         forms = await storage_forms(entry, validated)
-        return PreparedBatch(entry, validated, forms, fresh_batch(entry.code, validated, forms))
+        return PreparedBatch(entry, validated, forms, fresh_batch(entry, validated, forms))
 
     # -- subscriptions ------------------------------------------------------------------
 
