@@ -3,12 +3,13 @@ it, and in batches that give the same tree as one at a time."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tongban.exchange.audit.integrator import integrate
+from tongban.exchange.audit.integrator import _PACE, Integrator, integrate
 from tongban.exchange.audit.leaf import AccessEntry
 from tongban.exchange.audit.log import AccessLog
 from tongban.exchange.audit.merkle import leaf_hash, mth
@@ -76,3 +77,34 @@ async def test_batches_give_the_tree_of_the_leaves_and_stop_before_a_gap(
         assert stored == {i: leaf_hash(leaf) for i, leaf in enumerate(leaves)}
         searchable = await db.pool.fetchval("SELECT count(*) FROM access_log_search")
         assert searchable == 37
+
+
+async def test_the_leader_paces_its_passes_under_a_trickle_and_still_keeps_up(
+    settings: Settings,
+) -> None:
+    """One append every 5 ms for 0.6 s: the leader integrates at most once per ``_PACE``
+    (about 12 passes; one per group commit, about 120, before pacing), and the tree
+    covers every entry soon after the last, without catch_up()."""
+    passes: list[int] = []
+    async with await Database.open(settings, pool_size=4) as db:
+        log = AccessLog(db.pool)
+        await log.start()
+        integrator = Integrator(db.pool, grown=log.grown, on_integrated=passes.append)
+        await integrator.start()
+        try:
+            loop = asyncio.get_running_loop()
+            end = loop.time() + 0.6
+            appended = 0
+            while loop.time() < end:
+                await log.append(_entries(1, appended))
+                appended += 1
+                await asyncio.sleep(0.005)
+            async with asyncio.timeout(5):
+                while sum(passes) < appended:
+                    await asyncio.sleep(0.01)
+        finally:
+            await integrator.stop()
+            await log.stop()
+        assert appended >= 50
+        assert len(passes) <= 0.6 / _PACE + 4, passes
+        assert await db.pool.fetchval("SELECT size FROM log_state") == appended
