@@ -107,6 +107,36 @@ def test_serve_answers_and_exits_cleanly_on_sigterm(data_dir: Path) -> None:
     assert _postgres_for(data_dir) == [], "no postgres process is left behind"
 
 
+def test_serve_runs_on_uvloop_unless_told_asyncio(data_dir: Path) -> None:
+    served = Served(data_dir)
+    try:
+        assert served.ready["event_loop"] == "uvloop"
+    finally:
+        assert served.stop()[0] == 0
+    served = Served(data_dir, env={"TONGBAN_EVENT_LOOP": "asyncio"})
+    try:
+        assert served.ready["event_loop"] == "asyncio"
+        # The standard library's loop serves the same node: an authenticated call answers.
+        http = served.ready["http"]
+        with urllib.request.urlopen(f"http://{http}/healthz", timeout=10) as response:
+            assert json.load(response)["status"] == "ok"
+    finally:
+        assert served.stop()[0] == 0
+
+
+def test_an_unknown_event_loop_is_refused_at_start(data_dir: Path) -> None:
+    result = tongban(
+        "serve", "--workers", "1", "--data-dir", str(data_dir), "--json",
+        env=cli_env(TONGBAN_EVENT_LOOP="tokio", TONGBAN_KEY_PASSPHRASE="serve test"),
+    )  # fmt: skip
+    assert result.code == 1, result.stdout + result.stderr
+    refused = result.json()
+    assert refused["reason"] == "CONFIG_INVALID"
+    assert "TONGBAN_EVENT_LOOP" in refused["message"]
+    assert "Traceback" not in result.stdout + result.stderr
+    assert _postgres_for(data_dir) == []
+
+
 def test_sigint_also_stops_cleanly(data_dir: Path) -> None:
     served = Served(data_dir, sig=signal.SIGINT)
     code, _ = served.stop()
@@ -166,6 +196,7 @@ async def test_workers_share_the_port_restart_when_killed_and_stop_together(
     served = Served(data_dir, "--demo", "--workers", "2")
     try:
         assert served.ready["event"] == "ready"
+        assert served.ready["event_loop"] == "uvloop"  # the supervisor; its workers alike
         first, second = served.ready["workers"]
         supervisor = psutil.Process(served.proc.pid)
         assert {c.pid for c in supervisor.children()} >= {first, second}

@@ -233,6 +233,17 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loop_factory(command: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The loop of ``tongban serve`` (and so of its workers): uvloop unless
+    ``TONGBAN_EVENT_LOOP=asyncio``; the node's settings refuse any other value at start.
+    Every other command runs on the standard library's loop (None)."""
+    if command != "serve" or os.environ.get("TONGBAN_EVENT_LOOP", "uvloop") != "uvloop":
+        return None
+    import uvloop
+
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tongban`` command; return its exit code."""
     # gRPC core logs every failed TLS handshake and fork at INFO on stderr; the node
@@ -249,7 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tongban.cli import commands  # imported late: keeps --help fast
 
     try:
-        result: Any = asyncio.run(commands.run(args))
+        with asyncio.Runner(loop_factory=_loop_factory(args.command)) as runner:
+            result: Any = runner.run(commands.run(args))
     except TongbanError as e:
         if args.json:
             print(json.dumps(e.to_dict(), ensure_ascii=False), flush=True)

@@ -8,7 +8,7 @@ import gc
 import signal
 import sys
 
-from tongban.cli.common import emit, settings_from_args
+from tongban.cli.common import emit, running_loop_name, settings_from_args
 from tongban.exchange.datadir import ca_certificate_pem, init_data_dir, is_initialised
 from tongban.exchange.db.database import Database, migrate_database
 from tongban.exchange.departments import CallLimits, DepartmentStore, Level, Status
@@ -181,6 +181,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 "data_dir": str(settings.data_dir),
                 "bundles": str(bundles),
                 "enrolled": [dept.code for dept, _ in enrolled],
+                "event_loop": running_loop_name(),
             },
             f"tongban node {settings.node_name} ready: gRPC {settings.grpc_listen.host}:"
             f"{node.grpc_port} (mutual TLS), HTTP http://{settings.http_listen.host}:"

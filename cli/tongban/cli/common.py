@@ -5,6 +5,7 @@ client, the demo's data dir, listings and times. The command modules import this
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta, timezone
@@ -30,6 +31,7 @@ __all__ = [
     "local_time",
     "message_dict",
     "office_zone",
+    "running_loop_name",
     "settings_from_args",
 ]
 
@@ -143,3 +145,10 @@ def emit_listing(
         {key: [message_dict(m, message) for m in found], "more": more},
         "\n".join(lines) or empty,
     )
+
+
+def running_loop_name() -> str:
+    """``uvloop`` or ``asyncio``: the event loop this process runs on
+    (``TONGBAN_EVENT_LOOP``), as the ready line reports it."""
+    module = type(asyncio.get_running_loop()).__module__
+    return "uvloop" if module.startswith("uvloop") else "asyncio"

@@ -33,7 +33,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-from tongban.cli.common import emit, settings_from_args
+from tongban.cli.common import emit, running_loop_name, settings_from_args
 from tongban.errors import TongbanError
 from tongban.exchange.datadir import init_data_dir, is_initialised
 from tongban.exchange.db.database import Database, connections_per_node
@@ -318,6 +318,7 @@ async def run_workers(args: argparse.Namespace, requested: int | None) -> int:
                 "data_dir": str(settings.data_dir),
                 "bundles": str(bundles),
                 "enrolled": [dept.code for dept, _ in enrolled],
+                "event_loop": running_loop_name(),
             },
             f"tongban node {settings.node_name} ready with {len(workers.workers)} workers: gRPC "
             f"{grpc} (mutual TLS), HTTP http://{http}/healthz\n  department bundles in "

@@ -12,7 +12,8 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta, timezone
 from types import TracebackType
 from typing import get_args
@@ -747,9 +748,10 @@ class Node:
                 f"Cannot listen for HTTP on {listen}: {e.strerror}; choose another with "
                 "--http-listen."
             ) from e
-        server = site._server  # aiohttp exposes the bound port only here
-        assert isinstance(server, asyncio.base_events.Server)
-        self.http_port = server.sockets[0].getsockname()[1]
+        # aiohttp exposes the bound port only on its server: asyncio's or uvloop's, each
+        # with ``sockets``.
+        sockets: Sequence[socket.socket] = getattr(site._server, "sockets", ())
+        self.http_port = sockets[0].getsockname()[1]
         if self.licensing is not None:
             self.licensing.status_lists.base_url = self.settings.public_url or (
                 f"http://{self.settings.node_hostnames[0]}:{self.http_port}"

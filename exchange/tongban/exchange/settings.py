@@ -169,6 +169,13 @@ class Settings(BaseSettings):
     makeup_workdays: Annotated[tuple[date, ...], NoDecode] = ()
     """Weekend days that are working days (调休), comma-separated YYYY-MM-DD."""
 
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """The event loop ``tongban serve`` runs on: uvloop (libuv, the default), or the
+    standard library's. uvloop took 900-957 us of the node's CPU per audited query against
+    971-1,022 us on asyncio's loop (~6% less; alternating runs, bench: its loop and its
+    sockets to PostgreSQL); ``asyncio`` is the fallback should a platform or a library not
+    get on with it. Read before the loop starts (``tongban.cli.main``)."""
+
     reuse_port: bool = False
     """Share the gRPC and HTTP ports with the other node processes of this host
     (SO_REUSEPORT): set by ``tongban serve --workers N`` for its workers."""
