@@ -4,10 +4,13 @@ refuse exactly what the general code does, and events stay in order without gaps
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from hypothesis import given
@@ -18,6 +21,7 @@ from tongban.client import ExchangeClient, ExchangeError
 from tongban.exchange.catalogue.errors import RecordInvalid
 from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema, validate_record
 from tongban.exchange.catalogue.subject_ids import uscc_check_character
+from tongban.exchange.identity import Caller
 from tongban.exchange.node import Node
 from tongban.exchange.sharing import service
 from tongban.exchange.sharing.records import Change, event_id
@@ -240,3 +244,30 @@ async def test_bad_records_in_a_stream_are_refused_with_their_reason(
         "SELECT key FROM record WHERE dataset = 'samr.strings' ORDER BY key"
     )
     assert [r["key"] for r in keys] == [_uscc(1)]  # the first batch only, once
+
+
+async def test_publishers_racing_with_the_same_new_keys_write_each_once(
+    node: Node, samr: ExchangeClient
+) -> None:
+    assert node.db is not None
+    assert node.sharing is not None
+    sharing = node.sharing
+    # What prepare reads of the caller: its department's code.
+    caller = cast(Caller, SimpleNamespace(department=SimpleNamespace(code="samr")))
+    for round_ in range(5):
+        raw = [
+            service.RawChange(_uscc(10_000 * (round_ + 1) + i), {"name": f"并发{i}"})
+            for i in range(200)
+        ]
+        batches = [await sharing.prepare(caller, "samr.strings", raw) for _ in range(3)]
+        assert all(batch.fresh is not None for batch in batches)
+        results = await asyncio.gather(*(sharing.apply(batch) for batch in batches))
+        assert sum(r.inserted for r in results) == 200
+        assert sum(r.unchanged for r in results) == 400
+    positions = [
+        row["position"]
+        for row in await node.db.pool.fetch(
+            "SELECT position FROM event_outbox WHERE dataset = 'samr.strings' ORDER BY position"
+        )
+    ]
+    assert positions == list(range(positions[0], positions[0] + 1000))

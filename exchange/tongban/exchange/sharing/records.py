@@ -148,7 +148,7 @@ def _string_names(entry: DatasetEntry) -> list[str] | None:
 
 _SEP = "\x1e"
 """Between the keys, and between the records' texts, of a batch sent as one text each
-(``_WRITE_JOINED``): no storage JSON holds it (the encoder escapes every control
+(``_WRITE_FRESH``, ``_WRITE_JOINED``): no storage JSON holds it (the encoder escapes every control
 character), and no valid subject id or string value does (control characters are
 refused); a text that holds it anyway is sent as arrays (``_WRITE_VERSIONS``)."""
 _FIELD_SEP = "\x1f"
@@ -257,8 +257,13 @@ class RecordStore:
         forms: Sequence[Form],
         fresh: FreshBatch | None,
     ) -> PublishCounts:
-        async with self._pool.acquire() as conn, conn.transaction():
-            return await self.publish_in(conn, entry, changes, now, forms=forms, fresh=fresh)
+        async with self._pool.acquire() as conn:
+            if fresh is not None and await _write_fresh(conn, entry.code, fresh, now):
+                return PublishCounts(
+                    inserted=len(fresh.keys), versions=[(key, 1) for key in fresh.keys]
+                )
+            async with conn.transaction():
+                return await self.publish_in(conn, entry, changes, now, forms=forms)
 
     async def publish_in(
         self,
@@ -268,33 +273,15 @@ class RecordStore:
         now: datetime,
         *,
         forms: Sequence[Form] | None = None,
-        fresh: FreshBatch | None = None,
     ) -> PublishCounts:
         """Apply ``changes`` (distinct keys, already validated) and write their events,
         inside the caller's transaction on ``conn``: for writers whose own rows and the
         change events must commit together (licence issuance). Raises
         asyncpg.UniqueViolationError if another publisher created one of the keys
-        concurrently (the caller retries its transaction). ``fresh`` (``fresh_batch`` of
-        the same changes and forms) is written as it is if none of its keys has a record
-        yet."""
+        concurrently (the caller retries its transaction)."""
         counts = PublishCounts()
-        if fresh is not None:
-            rows = await conn.fetch(_LOCK_CURRENT_JOINED, entry.code, fresh.joined_keys)
-            if not rows:
-                statement, extra = _WRITE_JOINED, []
-                if fresh.names is not None:
-                    statement, extra = _WRITE_STRINGS, [fresh.names]
-                await conn.execute(
-                    statement, entry.code, len(fresh.keys), now, fresh.joined_keys,
-                    ",".join(["1"] * len(fresh.keys)), fresh.joined_data, fresh.joined_ids,
-                    *extra,
-                )  # fmt: skip
-                counts.inserted = len(fresh.keys)
-                counts.versions = [(key, 1) for key in fresh.keys]
-                return counts
-        else:
-            keys = [change.key for change in changes]
-            rows = await conn.fetch(_LOCK_CURRENT, entry.code, keys)
+        keys = [change.key for change in changes]
+        rows = await conn.fetch(_LOCK_CURRENT, entry.code, keys)
         current = {row["key"]: row for row in rows}
         superseded: list[str] = []
         new_rows: list[tuple[object, ...]] = []
@@ -373,11 +360,6 @@ _LOCK_CURRENT = (
     "SELECT key, version, data, deleted FROM record WHERE dataset = $1"
     " AND key = ANY($2::text[]) AND valid_to IS NULL FOR UPDATE"
 )
-_LOCK_CURRENT_JOINED = (
-    "SELECT key, version, data, deleted FROM record WHERE dataset = $1"
-    " AND key = ANY(string_to_array($2, E'\\x1e')) AND valid_to IS NULL FOR UPDATE"
-)
-
 EVENT_NAMESPACE = uuid.UUID("6f1f9a52-3c1e-5b0e-9d55-74f0b4a6c2d1")
 
 
@@ -417,7 +399,7 @@ _WRITE_VERSIONS = """
 # _SEP, a deletion's JSON as _DELETED; versions and event ids joined by commas): asyncpg
 # encodes a text in C but looks at every element of an array in Python (~1 us a record
 # for the four arrays, on the node's busy main thread).
-_WRITE_JOINED_TEMPLATE = """
+_WRITE_JOINED = """
     WITH stream AS (
         INSERT INTO dataset_stream AS s (dataset, next_position) VALUES ($1, $2)
         ON CONFLICT (dataset) DO UPDATE SET next_position = s.next_position + $2
@@ -429,7 +411,7 @@ _WRITE_JOINED_TEMPLATE = """
              WITH ORDINALITY AS v(key, version, data, id, n)
     ), versions AS (
         INSERT INTO record (dataset, key, version, data, deleted, valid_from, valid_to)
-        SELECT $1, key, version, {data}, data IS NULL, $3, NULL FROM v
+        SELECT $1, key, version, data::jsonb, data IS NULL, $3, NULL FROM v
     ), events AS (
         INSERT INTO event_outbox (dataset, position, event_id, key, version, op, at)
         SELECT $1, stream.start + v.n - 1, v.id, v.key, v.version,
@@ -438,12 +420,58 @@ _WRITE_JOINED_TEMPLATE = """
     )
     SELECT pg_notify('tongban_events', $1)
 """
-_WRITE_JOINED = _WRITE_JOINED_TEMPLATE.replace("{data}", "data::jsonb")
-# A fresh batch of a schema of only strings: each record's values joined by _FIELD_SEP
-# (a null as _NULL), made JSON with the field names in $8.
-_WRITE_STRINGS = _WRITE_JOINED_TEMPLATE.replace(
-    "{data}", "jsonb_object($8::text[], string_to_array(data, E'\\x1f', E'\\x1d'))"
+# A batch whose keys are all new (``fresh_batch``) in one statement outside any explicit
+# transaction, so one round trip in all (no BEGIN, locking read or COMMIT of their own):
+# it writes the batch, as _WRITE_JOINED does with every version 1, only if none of its
+# keys has a current record in its snapshot, and says whether it did. A key that
+# another publisher creates meanwhile meets the unique index (record_current), and the
+# statement fails as a whole (RecordStore.publish retries). The stream's row orders the
+# positions as in _WRITE_VERSIONS.
+_WRITE_FRESH_TEMPLATE = """
+    WITH known AS MATERIALIZED (
+        SELECT EXISTS (
+            SELECT 1 FROM record WHERE dataset = $1
+            AND key = ANY(string_to_array($4, E'\\x1e')) AND valid_to IS NULL
+        ) AS found
+    ), v AS MATERIALIZED (
+        SELECT key, data, id::uuid AS id, n
+        FROM known, unnest(string_to_array($4, E'\\x1e'), string_to_array($5, E'\\x1e'),
+                           string_to_array($6, ','))
+             WITH ORDINALITY AS v(key, data, id, n)
+        WHERE NOT known.found
+    ), stream AS (
+        INSERT INTO dataset_stream AS s (dataset, next_position)
+        SELECT $1, $2 FROM known WHERE NOT known.found
+        ON CONFLICT (dataset) DO UPDATE SET next_position = s.next_position + $2
+        RETURNING s.next_position - $2 AS start
+    ), versions AS (
+        INSERT INTO record (dataset, key, version, data, deleted, valid_from, valid_to)
+        SELECT $1, key, 1, {data}, false, $3, NULL FROM v
+    ), events AS (
+        INSERT INTO event_outbox (dataset, position, event_id, key, version, op, at)
+        SELECT $1, stream.start + v.n - 1, v.id, v.key, 1, 'upsert', $3
+        FROM stream, v
+    )
+    SELECT NOT found AS written, pg_notify('tongban_events', $1) FROM known
+"""
+_WRITE_FRESH = _WRITE_FRESH_TEMPLATE.replace("{data}", "data::jsonb")
+# The same for a schema of only strings: each record's values joined by _FIELD_SEP (a null
+# as _NULL), made JSON with the field names in $7.
+_WRITE_FRESH_STRINGS = _WRITE_FRESH_TEMPLATE.replace(
+    "{data}", "jsonb_object($7::text[], string_to_array(data, E'\\x1f', E'\\x1d'))"
 )
+
+
+async def _write_fresh(conn: Any, dataset: str, fresh: FreshBatch, now: datetime) -> bool:
+    """Write ``fresh`` if none of its keys has a record yet (``_WRITE_FRESH``); whether
+    it did. Raises asyncpg.UniqueViolationError as ``publish_in`` does."""
+    args: list[object] = [dataset, len(fresh.keys), now, fresh.joined_keys, fresh.joined_data]
+    args.append(fresh.joined_ids)
+    if fresh.names is None:
+        row = await conn.fetchrow(_WRITE_FRESH, *args)
+    else:
+        row = await conn.fetchrow(_WRITE_FRESH_STRINGS, *args, fresh.names)
+    return bool(row["written"])
 
 
 async def _write_versions(
