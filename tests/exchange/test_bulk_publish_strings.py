@@ -18,12 +18,13 @@ from hypothesis import strategies as st
 
 from tests.conftest import client_for
 from tongban.client import ExchangeClient, ExchangeError
+from tongban.exchange.catalogue import schema
 from tongban.exchange.catalogue.errors import RecordInvalid
 from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema, validate_record
 from tongban.exchange.catalogue.subject_ids import uscc_check_character
 from tongban.exchange.identity import Caller
 from tongban.exchange.node import Node
-from tongban.exchange.sharing import service
+from tongban.exchange.sharing import records, service
 from tongban.exchange.sharing.records import Change, event_id
 from tongban.v1 import catalogue_pb2, values_pb2
 
@@ -60,8 +61,10 @@ def test_the_quick_check_answers_what_validate_record_does(values: dict[str, obj
     quick = service._checked_strings(values, strings)
     general = _general(values)
     if quick is not None:
-        assert quick == general
-        assert list(quick) == ["id", "a", "b"]  # the schema's order, as validate_record's
+        record, text = quick
+        assert record == general
+        assert list(record) == ["id", "a", "b"]  # the schema's order, as validate_record's
+        assert text == "\x1f".join(record.values())  # type: ignore[arg-type]
     elif isinstance(general, dict):
         # Only a record with an optional field absent or null, a value that NFC changes,
         # or one over the least limit, is sent the long way.
@@ -75,9 +78,21 @@ def test_the_quick_check_takes_canonical_records() -> None:
     strings = service._all_strings(_SCHEMA)
     assert strings is not None
     values: dict[str, object] = {"b": "咖啡\n馆", "id": "x", "a": "Café"}
-    assert service._checked_strings(values, strings) == {"id": "x", "a": "Café", "b": "咖啡\n馆"}
+    assert service._checked_strings(values, strings) == (
+        {"id": "x", "a": "Café", "b": "咖啡\n馆"},
+        "x\x1fCafé\x1f咖啡\n馆",
+    )
     mixed = [FieldSpec("k", FieldType.STRING, required=True), FieldSpec("n", FieldType.INTEGER)]
     assert service._all_strings(build_schema(mixed, "k")) is None
+
+
+def test_the_quick_scan_refuses_what_validate_record_refuses_but_its_separator() -> None:
+    quick = service._REFUSED_BUT_SEPARATOR
+    for code in range(0x110000):
+        char = chr(code)
+        assert (schema._REFUSED.search(char) is not None) == (
+            quick.search(char) is not None or char == records.VALUE_SEP
+        ), hex(code)
 
 
 # -- through the node -------------------------------------------------------------------

@@ -18,6 +18,7 @@ from tongban.exchange.sharing.model import DatasetEntry
 from tongban.signing.ids import uuid5_hex
 
 __all__ = [
+    "VALUE_SEP",
     "Change",
     "Form",
     "FreshBatch",
@@ -151,7 +152,7 @@ _SEP = "\x1e"
 (``_WRITE_FRESH``, ``_WRITE_JOINED``): no storage JSON holds it (the encoder escapes every control
 character), and no valid subject id or string value does (control characters are
 refused); a text that holds it anyway is sent as arrays (``_WRITE_VERSIONS``)."""
-_FIELD_SEP = "\x1f"
+VALUE_SEP = "\x1f"
 """Between the values of a record of only string fields, sent as they are and made
 JSON by PostgreSQL (``jsonb_object``), which costs it less than parsing JSON text."""
 _NULL = "\x1d"
@@ -173,20 +174,24 @@ class FreshBatch:
     joined_ids: str
     names: list[str] | None
     """The field names, when ``joined_data`` holds each record's values (in this order,
-    joined by _FIELD_SEP) rather than its JSON."""
+    joined by VALUE_SEP) rather than its JSON."""
 
 
 def fresh_batch(
-    entry: DatasetEntry, changes: Sequence[Change], forms: Sequence[Form]
+    entry: DatasetEntry,
+    changes: Sequence[Change],
+    forms: Sequence[Form],
+    texts: Sequence[str | None] = (),
 ) -> FreshBatch | None:
     """``FreshBatch`` of ``changes`` (validated: every field of the schema, in its order)
     with their ``forms``, or None if one is a deletion (a deletion of an absent key writes
-    nothing) or the joined texts would be ambiguous."""
+    nothing) or the joined texts would be ambiguous. ``texts`` may give, for a schema of
+    only strings, a record's values already joined by VALUE_SEP (None: not given)."""
     keys = [change.key for change in changes]
     names = _string_names(entry)
     data: list[str] = []
     nulls = 0
-    for stored, text in forms:
+    for index, (stored, text) in enumerate(forms):
         if stored is None:
             return None
         if names is None:
@@ -194,20 +199,24 @@ def fresh_batch(
                 return None
             data.append(text)
             continue
+        joined = texts[index] if index < len(texts) else None
+        if joined is not None:
+            data.append(joined)
+            continue
         try:
-            data.append(_FIELD_SEP.join(stored.values()))  # type: ignore[arg-type]
+            data.append(VALUE_SEP.join(stored.values()))  # type: ignore[arg-type]
         except TypeError:  # a null (optional) field
             values = [_NULL if value is None else value for value in stored.values()]
             nulls += values.count(_NULL)
             try:
-                data.append(_FIELD_SEP.join(values))  # type: ignore[arg-type]
+                data.append(VALUE_SEP.join(values))  # type: ignore[arg-type]
             except TypeError:
                 return None
     joined_keys, joined_data = _SEP.join(keys), _SEP.join(data)
     if not (_unambiguous(joined_keys, len(keys)) and _unambiguous(joined_data, len(data))):
         return None
     if names is not None and (
-        joined_data.count(_FIELD_SEP) != len(data) * (len(names) - 1)
+        joined_data.count(VALUE_SEP) != len(data) * (len(names) - 1)
         or joined_data.count(_NULL) != nulls
     ):
         return None
@@ -455,7 +464,7 @@ _WRITE_FRESH_TEMPLATE = """
     SELECT NOT found AS written, pg_notify('tongban_events', $1) FROM known
 """
 _WRITE_FRESH = _WRITE_FRESH_TEMPLATE.replace("{data}", "data::jsonb")
-# The same for a schema of only strings: each record's values joined by _FIELD_SEP (a null
+# The same for a schema of only strings: each record's values joined by VALUE_SEP (a null
 # as _NULL), made JSON with the field names in $7.
 _WRITE_FRESH_STRINGS = _WRITE_FRESH_TEMPLATE.replace(
     "{data}", "jsonb_object($7::text[], string_to_array(data, E'\\x1f', E'\\x1d'))"
