@@ -1,5 +1,5 @@
 """``python -m bench [--quick | audit | events | fairness | burst | cluster | licence |
-keys | federation | adapters | cases | supervision]``:
+keys | federation | adapters | cases | supervision | profile]``:
 run the benchmark.
 
 ``--quick`` runs the full run's phases and the licence phases in short windows on small
@@ -32,12 +32,13 @@ from bench import (
     foundation,
     keys,
     licence,
+    profile,
     supervision,
 )
 
 USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst | cluster |
                           licence | keys | federation | adapters | cases |
-                          supervision]
+                          supervision | profile]
 
   (no argument)  every phase: foundation, sharing, the access log's, change events,
                  fairness and burst
@@ -81,7 +82,11 @@ USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst |
                  BENCH_CASES_LOOKUPS; BENCH_CASES_PROFILE=DIR)
   supervision    the supervision report (overdue, within-limit share, 即办件率, 全程网办率,
                  免提交率 per department and month) over 1,000,000 cases beside a GROUP BY
-                 of the same rows; not in the full run (BENCH_SUPERVISION_ROWS)"""
+                 of the same rows; not in the full run (BENCH_SUPERVISION_ROWS)
+  profile        py-spy on the node under the audited 1-key query (64 callers): a flame
+                 graph (docs/profiles/audited-query-node.svg, or BENCH_PROFILE_SVG) and
+                 its collapsed stacks, and the shares by thread, stage and function;
+                 BENCH_PROFILE_SECONDS (default 10); needs root or ptrace_scope 0"""
 
 
 def main(argv: list[str]) -> int:
@@ -115,6 +120,8 @@ def main(argv: list[str]) -> int:
         return cases.main()
     if argv == ["supervision"]:
         return supervision.main()
+    if argv == ["profile"]:
+        return profile.main()
     if argv[0] in ("-h", "--help"):
         print(USAGE)
         return 0
