@@ -435,7 +435,8 @@ _WRITE_JOINED = """
 # keys has a current record in its snapshot, and says whether it did. A key that
 # another publisher creates meanwhile meets the unique index (record_current), and the
 # statement fails as a whole (RecordStore.publish retries). The stream's row orders the
-# positions as in _WRITE_VERSIONS.
+# positions as in _WRITE_VERSIONS. It notifies the feeds even when it wrote nothing
+# (they then read nothing new; the general path that follows notifies again).
 _WRITE_FRESH_TEMPLATE = """
     WITH known AS MATERIALIZED (
         SELECT EXISTS (
