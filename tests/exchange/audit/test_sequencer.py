@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from tongban.exchange.audit.leaf import AccessEntry
-from tongban.exchange.audit.log import AccessLog, AuditUnavailable
+from tongban.exchange.audit.log import BATCH_REQUESTS, AccessLog, AuditUnavailable
 from tongban.exchange.db.database import Database
 from tongban.exchange.settings import Settings
 
@@ -66,3 +66,27 @@ async def test_a_refused_entry_fails_only_its_own_request(
         assert [r["idx"] for r in rows] == list(range(7))
         assert {r["case_id"] for r in rows} == {f"GA-{i}" for i in range(6)} | {None}
         assert await db.pool.fetchval("SELECT next FROM log_sequence") == 7
+
+
+async def test_more_requests_than_a_batch_holds_go_in_several_batches_without_a_gap(
+    settings: Settings,
+) -> None:
+    """Queued together, 2.5 batches' worth of requests are written as three batches (two
+    in flight at once), in the order queued, with indices 0..n-1 and no gap."""
+    async with await Database.open(settings, pool_size=2) as db:
+        log = AccessLog(db.log_pool)
+        await log.start()
+        try:
+            n = BATCH_REQUESTS * 5 // 2
+            entries = [
+                dataclasses.replace(_ENTRY, case_id=f"GA-{i}", at=_ENTRY.at + timedelta(seconds=i))
+                for i in range(n)
+            ]
+            results = await asyncio.gather(*(log.append([e]) for e in entries))
+            assert [r.start for r in results] == list(range(n))  # in the order queued
+            assert log.batches == 3
+        finally:
+            await log.stop()
+        rows = await db.pool.fetch("SELECT idx, case_id FROM access_log ORDER BY idx")
+        assert [(r["idx"], r["case_id"]) for r in rows] == [(i, f"GA-{i}") for i in range(n)]
+        assert await db.pool.fetchval("SELECT next FROM log_sequence") == n

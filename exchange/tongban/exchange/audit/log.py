@@ -16,9 +16,11 @@ is not durable; a node killed mid-batch loses only unacknowledged entries, and t
 integrator takes the tree up to every committed one. Nodes and workers sharing a
 database take indices from the same row, so the log stays one log.
 
-Commits are pipelined: up to ``PIPELINE`` batches are in flight on their own
-connections, the next waiting in PostgreSQL on the lock while the one before commits,
-while this process resolves the last batch's callers and encodes the next.
+Commits are pipelined: up to ``PIPELINE`` batches of at most ``BATCH_REQUESTS`` requests
+are in flight on their own connections. A batch commits without waiting for the disk, so
+the lock is held only while its rows are written, and is answered once a synchronous
+commit after it has flushed the WAL; meanwhile the next batch is written, and this
+process answers the last batch's callers and encodes their next entries.
 
 A request that changes state (issuing a licence, changing its status) appends its entries
 inside its own transaction instead (``AccessLog.transaction``): the change and its entries
@@ -87,11 +89,20 @@ _WRITE = f"""
     )
     SELECT first FROM seq
 """  # noqa: S608 - built from fixed names
+# The writer's batch commits without waiting for its WAL to reach the disk
+# (synchronous_commit off for this transaction only), so the sequence lock is released
+# as soon as the rows are written, and the next batch writes its rows while this one's
+# WAL is flushed; the writer then answers no caller before _FLUSH, a transaction that
+# commits synchronously after it, returns: its commit flushes the WAL up to itself, this
+# batch's commit included. See "Sequencing and integration" in docs/audit-log.md.
 _APPEND = f"""
     WITH seq AS (
-        {_TAKE} RETURNING next - cardinality($1::access_log[]) AS first
+        {_TAKE} FROM (SELECT set_config('synchronous_commit', 'off', true)) AS t
+        RETURNING next - cardinality($1::access_log[]) AS first
     ), {_WRITE}
 """
+_FLUSH = "SELECT pg_current_xact_id()"
+"""A transaction that takes an id, so that its commit is written and waited for."""
 # The same in a caller's transaction, its wait for the lock bounded by $2 (set for the
 # rest of the transaction as the FROM list is read, before the row is locked).
 _APPEND_BOUNDED = f"""
@@ -102,6 +113,10 @@ _APPEND_BOUNDED = f"""
 """
 PIPELINE = 2
 """Batches in flight at once (each on its own connection of the log's pool)."""
+BATCH_REQUESTS = 128
+"""Requests in a batch, at most: when more are queued, the rest go in the next batch, on
+the other connection, so that one batch is written while the other's callers run
+again, rather than every caller in one batch and nothing in flight while they run."""
 
 _Pending = tuple[list[_Prepared], "asyncio.Future[range]"]
 
@@ -272,7 +287,10 @@ class AccessLog:
             await self._wake.wait()
             self._wake.clear()
             if self._queue and len(in_flight) < PIPELINE:
-                batch, self._queue = self._queue, []
+                batch = self._queue[:BATCH_REQUESTS]
+                del self._queue[:BATCH_REQUESTS]
+                if self._queue:
+                    self._wake.set()  # send the rest too, if a connection is free
                 task = loop.create_task(self._write(batch), name="access-log-batch")
                 in_flight.add(task)
                 task.add_done_callback(landed)
@@ -281,11 +299,14 @@ class AccessLog:
 
     async def _write(self, batch: list[_Pending]) -> None:
         rows = [row for prepared, _ in batch for row in prepared]
+        committed = False
         try:
             async with self._pool.acquire() as conn:
                 start = await conn.fetchval(_APPEND, rows)
+                committed = True  # but perhaps not durable yet: no answer before the flush
+                await conn.execute(_FLUSH)
         except _REFUSED_VALUE as e:
-            if len(batch) > 1:
+            if len(batch) > 1 and not committed:
                 # One request's entry that the database refuses (a NUL in a text, a value
                 # a check forbids) fails the whole statement; it must not fail the other
                 # requests' entries with it. Nothing was committed: write each request's
