@@ -66,7 +66,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bench._config import Config
 from bench._errors import describe
-from bench._load import LoadResult, run_load
+from bench._load import LoadResult, run_load, settle_collector
 from bench._servers import postgres_processes
 from bench._table import LABEL, cpu_header, cpu_row, load_row, rate_row
 from bench._watch import CpuMeter, CpuUse
@@ -334,6 +334,7 @@ async def _phases(
     }
     make = EntryMaker(config.seed + 3)
     entries = make.many(config.audit_entries)
+    settle_collector()
 
     log = AccessLog(pool)
     await log.start()

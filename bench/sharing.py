@@ -41,7 +41,7 @@ import asyncpg
 
 from bench._client import FRESH_CONNECTION, Department
 from bench._config import Config
-from bench._load import LoadResult, run_load
+from bench._load import LoadResult, run_load, settle_collector
 from bench._servers import NodeServer, node_server
 from bench._table import LABEL, latency_row, load_row, rate_row
 from bench._watch import CpuMeter, CpuUse, PeakRss, ProcessGroup
@@ -164,6 +164,7 @@ async def run(
     rng = random.Random(config.seed)
     rows = generate_records(config.records, rng)
     keys = [key for key, _ in rows]
+    settle_collector()
     db = await asyncpg.connect(node.dsn())
     try:
         with PeakRss(rss_groups) as rss:
@@ -398,6 +399,7 @@ async def workers_query(config: Config, meter: Callable[[NodeServer], CpuMeter])
         owner = Department.of(node, config.department, config)
         consumer = Department.of(node, config.consumer, config)
         rows = generate_records(config.records, random.Random(config.seed))
+        settle_collector()
         async with owner.client() as client:
             await client.register_dataset(dataset_spec(config.dataset), publish=True)
 
