@@ -20,7 +20,9 @@ Commits are pipelined: up to ``PIPELINE`` batches of at most ``BATCH_REQUESTS`` 
 are in flight on their own connections. A batch commits without waiting for the disk, so
 the lock is held only while its rows are written, and is answered once a synchronous
 commit after it has flushed the WAL; meanwhile the next batch is written, and this
-process answers the last batch's callers and encodes their next entries.
+process answers the last batch's callers and encodes their next entries. A batch alone
+(none other in flight, nothing queued) has nothing to overlap and commits synchronously
+in its one statement.
 
 A request that changes state (issuing a licence, changing its status) appends its entries
 inside its own transaction instead (``AccessLog.transaction``): the change and its entries
@@ -99,6 +101,13 @@ _APPEND = f"""
     WITH seq AS (
         {_TAKE} FROM (SELECT set_config('synchronous_commit', 'off', true)) AS t
         RETURNING next - cardinality($1::access_log[]) AS first
+    ), {_WRITE}
+"""
+# A batch with no other in flight and nothing queued behind it has nothing to overlap
+# with: it commits synchronously, in its one round trip.
+_APPEND_ALONE = f"""
+    WITH seq AS (
+        {_TAKE} RETURNING next - cardinality($1::access_log[]) AS first
     ), {_WRITE}
 """
 _FLUSH = "SELECT pg_current_xact_id()"
@@ -289,22 +298,26 @@ class AccessLog:
             if self._queue and len(in_flight) < PIPELINE:
                 batch = self._queue[:BATCH_REQUESTS]
                 del self._queue[:BATCH_REQUESTS]
+                alone = not self._queue and not in_flight
                 if self._queue:
                     self._wake.set()  # send the rest too, if a connection is free
-                task = loop.create_task(self._write(batch), name="access-log-batch")
+                task = loop.create_task(self._write(batch, alone), name="access-log-batch")
                 in_flight.add(task)
                 task.add_done_callback(landed)
             if self._closing and not self._queue and not in_flight:
                 return
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _write(self, batch: list[_Pending], alone: bool = False) -> None:
         rows = [row for prepared, _ in batch for row in prepared]
         committed = False
         try:
             async with self._pool.acquire() as conn:
-                start = await conn.fetchval(_APPEND, rows)
-                committed = True  # but perhaps not durable yet: no answer before the flush
-                await conn.execute(_FLUSH)
+                if alone:
+                    start = await conn.fetchval(_APPEND_ALONE, rows)
+                else:
+                    start = await conn.fetchval(_APPEND, rows)
+                    committed = True  # perhaps not durable yet: no answer before the flush
+                    await conn.execute(_FLUSH)
         except _REFUSED_VALUE as e:
             if len(batch) > 1 and not committed:
                 # One request's entry that the database refuses (a NUL in a text, a value
