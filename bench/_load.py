@@ -20,9 +20,10 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from bench._config import Config
 from bench._watch import CpuMeter, CpuUse
 
-__all__ = ["LoadResult", "run_load", "settle_collector"]
+__all__ = ["LoadResult", "run_load", "run_phase", "settle_collector"]
 
 
 def settle_collector() -> None:
@@ -102,4 +103,17 @@ async def run_load(
         p50_ms=cuts[49] * 1000,
         p99_ms=cuts[98] * 1000,
         cpu=cpu_use,
+    )
+
+
+async def run_phase(
+    call: Callable[[], Awaitable[object]], config: Config, cpu: CpuMeter | None = None
+) -> LoadResult:
+    """``run_load`` with the long-lived-channel phases' callers, warm-up and window."""
+    return await run_load(
+        call,
+        concurrency=config.concurrency,
+        warmup=config.warmup_seconds,
+        duration=config.duration_seconds,
+        cpu=cpu,
     )

@@ -76,7 +76,7 @@ from bench._config import Config
 from bench._config import quick as quick_config
 from bench._echo_server import ECHO_METHOD, identity
 from bench._errors import describe
-from bench._load import LoadResult, run_load
+from bench._load import LoadResult, run_load, run_phase
 from bench._servers import EchoServer, NodeServer, default_workers, echo_server, node_server
 from bench._table import (
     LABEL,
@@ -217,13 +217,7 @@ async def _echo_load(
         async def call() -> None:
             await method(payload, timeout=config.call_timeout_seconds)
 
-        return await run_load(
-            call,
-            concurrency=config.concurrency,
-            warmup=config.warmup_seconds,
-            duration=config.duration_seconds,
-            cpu=cpu,
-        )
+        return await run_phase(call, config, cpu)
 
 
 async def _node_load(tls: Department, config: Config, cpu: CpuMeter) -> LoadResult:
@@ -235,13 +229,7 @@ async def _node_load(tls: Department, config: Config, cpu: CpuMeter) -> LoadResu
         async def call() -> None:
             await stub.WhoAmI(request, metadata=metadata, timeout=tls.timeout)
 
-        return await run_load(
-            call,
-            concurrency=config.concurrency,
-            warmup=config.warmup_seconds,
-            duration=config.duration_seconds,
-            cpu=cpu,
-        )
+        return await run_phase(call, config, cpu)
 
 
 async def _tls_connect_call(tls: Department) -> None:

@@ -22,18 +22,16 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import random
 import shutil
 import sys
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench import sharing
 from bench._client import Department
 from bench._config import Config
-from bench._servers import NodeServer, node_server
+from bench._servers import node_server
 from bench._table import LABEL
 
 __all__ = ["Profile", "main", "run", "summarise"]
@@ -120,27 +118,13 @@ def summarise(
     return total, threads.most_common(6), own.most_common(20), ordered
 
 
-async def _published(node: NodeServer, config: Config) -> list[str]:
-    owner = Department.of(node, config.department, config)
-    rows = sharing.generate_records(config.records, random.Random(config.seed))
-    async with owner.client() as client:
-        await client.register_dataset(sharing.dataset_spec(config.dataset), publish=True)
-
-        async def batches() -> AsyncIterator[list[sharing.Row]]:
-            for start in range(0, len(rows), config.publish_batch):
-                yield rows[start : start + config.publish_batch]
-
-        await client.stream_records(config.dataset, batches())
-    return [key for key, _ in rows]
-
-
 async def run(config: Config, seconds: float, svg: Path) -> Profile:
     """Profile the node for ``seconds`` under the query; write the SVG to ``svg``."""
     spy = _py_spy()
     svg.parent.mkdir(parents=True, exist_ok=True)
     collapsed = svg.with_suffix(".txt")
     async with node_server() as node:
-        keys = await _published(node, config)
+        keys = await sharing.load_dataset(node, config)
         consumer = Department.of(node, config.consumer, config)
         calls = 0
         stopping = False

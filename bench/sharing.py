@@ -41,7 +41,7 @@ import asyncpg
 
 from bench._client import FRESH_CONNECTION, Department
 from bench._config import Config
-from bench._load import LoadResult, run_load, settle_collector
+from bench._load import LoadResult, run_phase, settle_collector
 from bench._servers import NodeServer, node_server
 from bench._table import LABEL, latency_row, load_row, rate_row
 from bench._watch import CpuMeter, CpuUse, PeakRss, ProcessGroup
@@ -336,22 +336,36 @@ async def single_key_query(
             yield via_client
         return
     async with consumer.channel() as channel:
-        stub = query_pb2_grpc.QueryServiceStub(channel)
-        metadata = consumer.metadata
+        stubs = [query_pb2_grpc.QueryServiceStub(channel)]
+        yield _stub_query(stubs, consumer, lambda: choose(keys), config)
 
-        async def via_stub() -> None:
-            request = query_pb2.QueryRequest(
-                dataset=config.dataset,
-                keys=[choose(keys)],
-                fields=fields,
-                purpose=PURPOSE,
-                case_id=CASE_ID,
-            )
-            reply = await stub.Query(request, metadata=metadata, timeout=consumer.timeout)
-            if len(reply.records) != 1:
-                raise RuntimeError(f"a key query answered {len(reply.records)} records")
 
-        yield via_stub
+def _stub_query(
+    stubs: list[query_pb2_grpc.QueryServiceAsyncStub],
+    consumer: Department,
+    draw: Callable[[], str],
+    config: Config,
+) -> Callable[[], Awaitable[None]]:
+    """Phase 6's call through the raw stubs, each call on the next of ``stubs``: the key
+    ``draw`` gives, the bench fields, its purpose and case."""
+    fields = list(config.query_fields)
+    metadata = consumer.metadata
+    turns = itertools.count()
+
+    async def call() -> None:
+        request = query_pb2.QueryRequest(
+            dataset=config.dataset,
+            keys=[draw()],
+            fields=fields,
+            purpose=PURPOSE,
+            case_id=CASE_ID,
+        )
+        stub = stubs[next(turns) % len(stubs)]
+        reply = await stub.Query(request, metadata=metadata, timeout=consumer.timeout)
+        if len(reply.records) != 1:
+            raise RuntimeError(f"a key query answered {len(reply.records)} records")
+
+    return call
 
 
 async def spread_query_load(
@@ -360,35 +374,13 @@ async def spread_query_load(
     """Phase 6's call from the same number of callers, spread evenly over
     ``config.query_connections`` connections of their own (a channel each)."""
     choose = random.Random(config.seed + 2).choice
-    fields = list(config.query_fields)
-    metadata = consumer.metadata
     async with AsyncExitStack() as stack:
-        stubs = []
+        stubs: list[query_pb2_grpc.QueryServiceAsyncStub] = []
         for _ in range(config.query_connections):
             channel = await stack.enter_async_context(consumer.channel(FRESH_CONNECTION))
             stubs.append(query_pb2_grpc.QueryServiceStub(channel))
-        turns = itertools.count()
-
-        async def call() -> None:
-            request = query_pb2.QueryRequest(
-                dataset=config.dataset,
-                keys=[choose(keys)],
-                fields=fields,
-                purpose=PURPOSE,
-                case_id=CASE_ID,
-            )
-            stub = stubs[next(turns) % len(stubs)]  # the connections in turn
-            reply = await stub.Query(request, metadata=metadata, timeout=consumer.timeout)
-            if len(reply.records) != 1:
-                raise RuntimeError(f"a key query answered {len(reply.records)} records")
-
-        return await run_load(
-            call,
-            concurrency=config.concurrency,
-            warmup=config.warmup_seconds,
-            duration=config.duration_seconds,
-            cpu=cpu,
-        )
+        call = _stub_query(stubs, consumer, lambda: choose(keys), config)
+        return await run_phase(call, config, cpu)
 
 
 async def workers_query(config: Config, meter: Callable[[NodeServer], CpuMeter]) -> LoadResult:
@@ -396,19 +388,27 @@ async def workers_query(config: Config, meter: Callable[[NodeServer], CpuMeter])
     config.compare_workers`` (its dataset published as for phase 5, unmeasured); ``meter``
     makes the CPU meter over that node. The result is read beside ``query_spread``."""
     async with node_server(workers=config.compare_workers) as node:
-        owner = Department.of(node, config.department, config)
+        keys = await load_dataset(node, config)
         consumer = Department.of(node, config.consumer, config)
-        rows = generate_records(config.records, random.Random(config.seed))
-        settle_collector()
-        async with owner.client() as client:
-            await client.register_dataset(dataset_spec(config.dataset), publish=True)
+        return await spread_query_load(consumer, keys, config, meter(node))
 
-            async def batches() -> AsyncIterator[list[Row]]:
-                for start in range(0, len(rows), config.publish_batch):
-                    yield rows[start : start + config.publish_batch]
 
-            await client.stream_records(config.dataset, batches())
-        return await spread_query_load(consumer, [key for key, _ in rows], config, meter(node))
+async def load_dataset(node: NodeServer, config: Config) -> list[str]:
+    """Register the bench dataset on ``node`` and publish phase 5's records to it as
+    ``config.department``, unmeasured; return their keys. What was generated is frozen
+    out of the collector's sight (``settle_collector``) before it is sent."""
+    owner = Department.of(node, config.department, config)
+    rows = generate_records(config.records, random.Random(config.seed))
+    settle_collector()
+    async with owner.client() as client:
+        await client.register_dataset(dataset_spec(config.dataset), publish=True)
+
+        async def batches() -> AsyncIterator[list[Row]]:
+            for start in range(0, len(rows), config.publish_batch):
+                yield rows[start : start + config.publish_batch]
+
+        await client.stream_records(config.dataset, batches())
+    return [key for key, _ in rows]
 
 
 async def _log_count(db: asyncpg.Connection) -> int:
@@ -428,13 +428,7 @@ async def _query_load(
 
         before = await _log_count(db)
         started = time.perf_counter()
-        result = await run_load(
-            call,
-            concurrency=config.concurrency,
-            warmup=config.warmup_seconds,
-            duration=config.duration_seconds,
-            cpu=cpu,
-        )
+        result = await run_phase(call, config, cpu)
         seconds = time.perf_counter() - started
     # Each answer left only after its entry was committed, so every one is counted here.
     added = await _log_count(db) - before
