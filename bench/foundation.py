@@ -36,7 +36,9 @@ access log's growth. The audited query runs a second time with its callers sprea
 ``query_connections`` connections, and then, once both servers have stopped, on a node
 of its own started with ``serve --workers compare_workers`` (issue 20 part 1): the
 workers share the port, so the kernel hands each connection, not each call, to one of
-them, and the workers' rate is read beside the spread run on one process. Every
+them (the bench keeps opening connections until each worker has its share, WhoAmI
+naming the worker that answers), and the workers' rate is read beside the spread run on
+one process. Every
 request/response phase is also shown as CPU per call (each group's CPU time over the
 window divided by the calls completed), which is what sets the rate once the cores are
 full. The issue's targets are printed as met or missed, never asserted.

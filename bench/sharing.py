@@ -31,6 +31,7 @@ import itertools
 import random
 import statistics
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -38,6 +39,7 @@ from datetime import date, timedelta
 from typing import Any
 
 import asyncpg
+import grpc
 
 from bench._client import FRESH_CONNECTION, Department
 from bench._config import Config
@@ -47,7 +49,7 @@ from bench._table import LABEL, latency_row, load_row, rate_row
 from bench._watch import CpuMeter, CpuUse, PeakRss, ProcessGroup
 from tongban.client import ExchangeClient
 from tongban.exchange.catalogue.subject_ids import uscc_check_character
-from tongban.v1 import catalogue_pb2, query_pb2, query_pb2_grpc, values_pb2
+from tongban.v1 import catalogue_pb2, node_pb2, node_pb2_grpc, query_pb2, query_pb2_grpc, values_pb2
 
 __all__ = [
     "AuditGrowth",
@@ -369,18 +371,47 @@ def _stub_query(
 
 
 async def spread_query_load(
-    consumer: Department, keys: list[str], config: Config, cpu: CpuMeter
+    consumer: Department, keys: list[str], config: Config, cpu: CpuMeter, *, workers: int = 1
 ) -> LoadResult:
     """Phase 6's call from the same number of callers, spread evenly over
-    ``config.query_connections`` connections of their own (a channel each)."""
+    ``config.query_connections`` connections of their own (a channel each), and so evenly
+    over the node's ``workers`` processes (``balanced_channels``)."""
     choose = random.Random(config.seed + 2).choice
     async with AsyncExitStack() as stack:
-        stubs: list[query_pb2_grpc.QueryServiceAsyncStub] = []
-        for _ in range(config.query_connections):
-            channel = await stack.enter_async_context(consumer.channel(FRESH_CONNECTION))
-            stubs.append(query_pb2_grpc.QueryServiceStub(channel))
+        channels = await balanced_channels(consumer, config.query_connections, workers, stack)
+        stubs = [query_pb2_grpc.QueryServiceStub(channel) for channel in channels]
         call = _stub_query(stubs, consumer, lambda: choose(keys), config)
         return await run_phase(call, config, cpu)
+
+
+async def balanced_channels(
+    consumer: Department, count: int, workers: int, stack: AsyncExitStack
+) -> list[grpc.aio.Channel]:
+    """``count`` channels of their own, ``count / workers`` to each worker process.
+
+    The workers of ``serve --workers`` share the port, and the kernel hands each new
+    connection to one of them by a hash of its addresses, so 16 connections can land 11
+    and 5. Each channel asks WhoAmI which node (worker) answered; one to a worker that
+    already has its share is closed and another opened, up to ``8 * count`` tries (then
+    the channels are as the kernel gave them). The kept ones are closed with ``stack``."""
+    share = -(-count // workers)
+    kept: list[grpc.aio.Channel] = []
+    per_worker: Counter[str] = Counter()
+    for _ in range(8 * count):
+        channel = consumer.channel(FRESH_CONNECTION)
+        reply = await node_pb2_grpc.NodeServiceStub(channel).WhoAmI(
+            node_pb2.WhoAmIRequest(), metadata=consumer.metadata, timeout=consumer.timeout
+        )
+        if per_worker[reply.node] >= share:
+            await channel.close(None)
+            continue
+        per_worker[reply.node] += 1
+        kept.append(await stack.enter_async_context(channel))
+        if len(kept) == count:
+            return kept
+    while len(kept) < count:  # the kernel kept choosing full workers: take what comes
+        kept.append(await stack.enter_async_context(consumer.channel(FRESH_CONNECTION)))
+    return kept
 
 
 async def workers_query(config: Config, meter: Callable[[NodeServer], CpuMeter]) -> LoadResult:
@@ -390,7 +421,9 @@ async def workers_query(config: Config, meter: Callable[[NodeServer], CpuMeter])
     async with node_server(workers=config.compare_workers) as node:
         keys = await load_dataset(node, config)
         consumer = Department.of(node, config.consumer, config)
-        return await spread_query_load(consumer, keys, config, meter(node))
+        return await spread_query_load(
+            consumer, keys, config, meter(node), workers=config.compare_workers
+        )
 
 
 async def load_dataset(node: NodeServer, config: Config) -> list[str]:
