@@ -90,6 +90,7 @@ __all__ = [
     "ForwardedQuery",
     "Forwarding",
     "RequestKind",
+    "carried_members",
     "carried_payload",
     "carried_route",
     "carry_on",
@@ -358,6 +359,38 @@ def carried_route(claimed: Mapping[str, Any]) -> tuple[tuple[str, ...], str | No
     return tuple(route), previous
 
 
+def carried_members(claimed: Mapping[str, Any], *, max_text: int) -> dict[str, Any]:
+    """The members every signed request between exchanges carries, read and checked, as
+    keyword arguments of the request's class: ``route``, ``previous``, ``exchange``,
+    ``audience``, ``department``, ``officer``, ``nonce``, ``issued_at`` and
+    ``expires_at``. ``max_text`` bounds the exchange and audience. Each kind reads its
+    own members beside these. Raises KeyError, TypeError or ValueError for a missing or
+    malformed one."""
+    exchange, audience, department, officer, nonce = (
+        claimed[k] for k in ("exchange", "audience", "department", "officer", "nonce")
+    )
+    if not all(isinstance(text, str) for text in (exchange, audience, department, nonce)):
+        raise TypeError("a text member is not a string")
+    if not (
+        len(exchange) <= max_text
+        and len(audience) <= max_text
+        and DEPARTMENT.fullmatch(department)
+        and NONCE.fullmatch(nonce)
+        and (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
+    ):
+        raise ValueError("a member is malformed")
+    issued_at = datetime.fromisoformat(claimed["issued_at"])
+    expires_at = datetime.fromisoformat(claimed["expires_at"])
+    if issued_at.tzinfo is None or expires_at.tzinfo is None:
+        raise ValueError("an instant has no time zone")
+    route, previous = carried_route(claimed)
+    return {
+        "route": route, "previous": previous, "exchange": exchange, "audience": audience,
+        "department": department, "officer": officer, "nonce": nonce,
+        "issued_at": issued_at, "expires_at": expires_at,
+    }  # fmt: skip
+
+
 def carried_payload(request: Carried) -> dict[str, object]:
     """The ``route`` and ``previous`` members of a carried request's payload (none for a
     request of the sender's own department, so that one reads as before routing)."""
@@ -536,29 +569,24 @@ QUERY = RequestKind(REQUEST_TYPE, _request)
 """Forwarded queries, as a middle exchange carries them."""
 
 
+_MAX_TEXT = 2000
+"""The longest exchange or audience a forwarded query may name (both are fingerprints)."""
+
+
 def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     """Raises KeyError, TypeError or ValueError for a missing or malformed member."""
-    strings = ("exchange", "audience", "department", "purpose", "case_id", "dataset", "nonce")
-    if not all(isinstance(claimed[k], str) for k in strings):
+    members = carried_members(claimed, max_text=_MAX_TEXT)
+    if not all(isinstance(claimed[k], str) for k in ("purpose", "case_id", "dataset")):
         raise TypeError("a text member is not a string")
-    officer = claimed["officer"]
     fields, keys = claimed["fields"], claimed["keys"]
     if not (
-        (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
-        and DEPARTMENT.fullmatch(claimed["department"])
-        and NONCE.fullmatch(claimed["nonce"])
-        and isinstance(fields, list)
+        isinstance(fields, list)
         and all(isinstance(f, str) for f in fields)
         and isinstance(keys, list)
         and all(isinstance(k, str) for k in keys)
         and len(keys) <= MAX_KEYS
     ):
         raise ValueError("a member is malformed")
-    issued_at = datetime.fromisoformat(claimed["issued_at"])
-    expires_at = datetime.fromisoformat(claimed["expires_at"])
-    if issued_at.tzinfo is None or expires_at.tzinfo is None:
-        raise ValueError("an instant has no time zone")
-    route, previous = carried_route(claimed)
     sign = claimed.get("sign", False)
     if not isinstance(sign, bool):
         raise TypeError("sign is not a boolean")
@@ -567,20 +595,12 @@ def _members(claimed: Mapping[str, Any]) -> ForwardedQuery:
     if as_of is not None and as_of.tzinfo is None:
         raise ValueError("as_of has no time zone")
     return ForwardedQuery(
-        route=route,
-        previous=previous,
-        exchange=claimed["exchange"],
-        audience=claimed["audience"],
-        department=claimed["department"],
-        officer=officer,
+        **members,
         purpose=claimed["purpose"],
         case_id=claimed["case_id"],
         dataset=claimed["dataset"],
         fields=tuple(fields),
         keys=tuple(keys),
-        nonce=claimed["nonce"],
-        issued_at=issued_at,
-        expires_at=expires_at,
         sign=sign,
         as_of=as_of,
     )

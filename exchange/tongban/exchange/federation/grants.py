@@ -47,12 +47,9 @@ from tongban.exchange.federation.errors import (
     PeerUnavailable,
 )
 from tongban.exchange.federation.forwarding import (
-    DEPARTMENT,
-    NONCE,
-    OFFICER,
     RequestKind,
+    carried_members,
     carried_payload,
-    carried_route,
     carry_on,
     instant,
     peer_department,
@@ -150,57 +147,28 @@ class ForwardedGrantRequest:
 
 def _parse(claimed: Mapping[str, Any]) -> ForwardedGrantRequest:
     """Raises PeerRequestInvalid for a missing or malformed member."""
+    bad = PeerRequestInvalid("The forwarded grant request lacks a member or holds a malformed one.")
     try:
-        request = _members(claimed)
-    except (KeyError, TypeError, ValueError) as e:
-        raise PeerRequestInvalid(
-            "The forwarded grant request lacks a member or holds a malformed one."
-        ) from e
-    if request is None:
-        raise PeerRequestInvalid(
-            "The forwarded grant request lacks a member or holds a malformed one."
+        members = carried_members(claimed, max_text=_MAX_TEXT)
+        fields, expiry = claimed["fields"], datetime.fromisoformat(claimed["expiry"])
+        well_formed = (
+            all(
+                isinstance(claimed[k], str) and len(claimed[k]) <= _MAX_TEXT
+                for k in ("dataset", "purpose", "legal_basis")
+            )
+            and isinstance(fields, list)
+            and len(fields) <= _MAX_FIELDS
+            and all(isinstance(f, str) for f in fields)
+            and expiry.tzinfo is not None
         )
-    return request
-
-
-def _members(claimed: Mapping[str, Any]) -> ForwardedGrantRequest | None:
-    """None for a malformed member; KeyError, TypeError or ValueError for a missing or
-    unreadable one."""
-    texts = ("exchange", "audience", "department", "dataset", "purpose", "legal_basis")
-    officer, fields = claimed["officer"], claimed["fields"]
-    expiry, issued_at, expires_at = (
-        datetime.fromisoformat(claimed[k]) for k in ("expiry", "issued_at", "expires_at")
-    )
-    well_formed = (
-        all(isinstance(claimed[k], str) and len(claimed[k]) <= _MAX_TEXT for k in texts)
-        and isinstance(claimed["nonce"], str)
-        and (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
-        and DEPARTMENT.fullmatch(claimed["department"])
-        and NONCE.fullmatch(claimed["nonce"])
-        and isinstance(fields, list)
-        and len(fields) <= _MAX_FIELDS
-        and all(isinstance(f, str) for f in fields)
-        and None not in (expiry.tzinfo, issued_at.tzinfo, expires_at.tzinfo)
-    )
+    except (KeyError, TypeError, ValueError) as e:
+        raise bad from e
     if not well_formed:
-        return None
-    route, previous = carried_route(claimed)
+        raise bad
     return ForwardedGrantRequest(
-        route=route,
-        previous=previous,
-        exchange=claimed["exchange"],
-        audience=claimed["audience"],
-        department=claimed["department"],
-        officer=officer,
-        dataset=claimed["dataset"],
-        fields=tuple(fields),
-        purpose=claimed["purpose"],
-        legal_basis=claimed["legal_basis"],
-        expiry=expiry,
-        nonce=claimed["nonce"],
-        issued_at=issued_at,
-        expires_at=expires_at,
-    )
+        **members, dataset=claimed["dataset"], fields=tuple(fields),
+        purpose=claimed["purpose"], legal_basis=claimed["legal_basis"], expiry=expiry,
+    )  # fmt: skip
 
 
 GRANT = RequestKind(GRANT_REQUEST_TYPE, _parse)
@@ -261,32 +229,19 @@ def _parse_revoke(claimed: Mapping[str, Any]) -> ForwardedGrantRevoke:
     """Raises PeerRequestInvalid for a missing or malformed member."""
     bad = PeerRequestInvalid("The forwarded revocation lacks a member or holds a malformed one.")
     try:
-        officer, grant, reason = claimed["officer"], claimed["grant"], claimed["reason"]
-        issued_at = datetime.fromisoformat(claimed["issued_at"])
-        expires_at = datetime.fromisoformat(claimed["expires_at"])
+        members = carried_members(claimed, max_text=_MAX_TEXT)
+        grant, reason = claimed["grant"], claimed["reason"]
         well_formed = (
-            all(isinstance(claimed[k], str) for k in ("exchange", "audience", "nonce"))
-            and all(len(claimed[k]) <= _MAX_TEXT for k in ("exchange", "audience"))
-            and (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
-            and DEPARTMENT.fullmatch(claimed["department"])
-            and NONCE.fullmatch(claimed["nonce"])
-            and isinstance(grant, str)
+            isinstance(grant, str)
             and GRANT_ID.fullmatch(grant)
             and isinstance(reason, str)
             and len(reason) <= _MAX_REASON
-            and None not in (issued_at.tzinfo, expires_at.tzinfo)
         )
-        route, previous = carried_route(claimed)
     except (KeyError, TypeError, ValueError) as e:
         raise bad from e
     if not well_formed:
         raise bad
-    return ForwardedGrantRevoke(
-        route=route, previous=previous, exchange=claimed["exchange"],
-        audience=claimed["audience"], department=claimed["department"], officer=officer,
-        grant=grant, reason=reason, nonce=claimed["nonce"], issued_at=issued_at,
-        expires_at=expires_at,
-    )  # fmt: skip
+    return ForwardedGrantRevoke(**members, grant=grant, reason=reason)
 
 
 GRANT_REVOKE = RequestKind(GRANT_REVOKE_TYPE, _parse_revoke)

@@ -53,12 +53,9 @@ from tongban.exchange.federation.errors import (
     PeerTooManyHops,
 )
 from tongban.exchange.federation.forwarding import (
-    DEPARTMENT,
-    NONCE,
-    OFFICER,
     RequestKind,
+    carried_members,
     carried_payload,
-    carried_route,
     carry_on,
     instant,
     peer_department,
@@ -176,33 +173,25 @@ class CarriedSubscription:
 def _parse(claimed: Mapping[str, Any]) -> ForwardedSubscription:
     bad = PeerRequestInvalid("The forwarded subscription lacks a member or holds a malformed one.")
     try:
-        texts = ("exchange", "audience", "department", "dataset", "purpose")
-        officer, fields, after = claimed["officer"], claimed["fields"], claimed["after_position"]
-        issued_at = datetime.fromisoformat(claimed["issued_at"])
-        expires_at = datetime.fromisoformat(claimed["expires_at"])
+        members = carried_members(claimed, max_text=_MAX_TEXT)
+        fields, after = claimed["fields"], claimed["after_position"]
         well_formed = (
-            all(isinstance(claimed[k], str) and len(claimed[k]) <= _MAX_TEXT for k in texts)
-            and isinstance(claimed["nonce"], str)
-            and (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
-            and DEPARTMENT.fullmatch(claimed["department"])
-            and NONCE.fullmatch(claimed["nonce"])
+            all(
+                isinstance(claimed[k], str) and len(claimed[k]) <= _MAX_TEXT
+                for k in ("dataset", "purpose")
+            )
             and isinstance(fields, list)
             and len(fields) <= _MAX_FIELDS
             and all(isinstance(f, str) for f in fields)
             and (after is None or (type(after) is int and -1 <= after <= _MAX_POSITION))
-            and None not in (issued_at.tzinfo, expires_at.tzinfo)
         )
-        route, previous = carried_route(claimed)
     except (KeyError, TypeError, ValueError) as e:
         raise bad from e
     if not well_formed:
         raise bad
     return ForwardedSubscription(
-        route=route, previous=previous,
-        exchange=claimed["exchange"], audience=claimed["audience"],
-        department=claimed["department"], officer=officer, dataset=claimed["dataset"],
-        fields=tuple(fields), purpose=claimed["purpose"], after_position=after,
-        nonce=claimed["nonce"], issued_at=issued_at, expires_at=expires_at,
+        **members, dataset=claimed["dataset"], fields=tuple(fields),
+        purpose=claimed["purpose"], after_position=after,
     )  # fmt: skip
 
 
@@ -260,29 +249,14 @@ class ForwardedSubscriptionList:
 def _parse_listing(claimed: Mapping[str, Any]) -> ForwardedSubscriptionList:
     bad = PeerRequestInvalid("The subscription listing lacks a member or holds a malformed one.")
     try:
-        officer, held = claimed["officer"], claimed["held"]
-        issued_at = datetime.fromisoformat(claimed["issued_at"])
-        expires_at = datetime.fromisoformat(claimed["expires_at"])
-        well_formed = (
-            all(isinstance(claimed[k], str) for k in ("exchange", "audience", "nonce"))
-            and all(len(claimed[k]) <= _MAX_TEXT for k in ("exchange", "audience"))
-            and (officer is None or (isinstance(officer, str) and OFFICER.fullmatch(officer)))
-            and DEPARTMENT.fullmatch(claimed["department"])
-            and NONCE.fullmatch(claimed["nonce"])
-            and isinstance(held, str)
-            and HELD.fullmatch(held)
-            and None not in (issued_at.tzinfo, expires_at.tzinfo)
-        )
-        route, previous = carried_route(claimed)
+        members = carried_members(claimed, max_text=_MAX_TEXT)
+        held = claimed["held"]
+        well_formed = isinstance(held, str) and HELD.fullmatch(held)
     except (KeyError, TypeError, ValueError) as e:
         raise bad from e
     if not well_formed:
         raise bad
-    return ForwardedSubscriptionList(
-        route=route, previous=previous, exchange=claimed["exchange"],
-        audience=claimed["audience"], department=claimed["department"], officer=officer,
-        held=held, nonce=claimed["nonce"], issued_at=issued_at, expires_at=expires_at,
-    )  # fmt: skip
+    return ForwardedSubscriptionList(**members, held=held)
 
 
 SUBSCRIPTION_LIST = RequestKind(SUBSCRIPTION_LIST_TYPE, _parse_listing)
