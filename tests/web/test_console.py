@@ -144,7 +144,8 @@ async def test_auditor_searches_the_log_opens_a_proof_and_verifies_it(
     page = await _login(node, context, "audit", "JW-0001")
     assert page.url.endswith("/console/audit")
     await page.fill("#f-subject", OWNER_ID)
-    await page.click("#search")
+    async with page.expect_navigation():  # the search is a form: wait for its page
+        await page.click("#search")
     rows = await page.locator("#entries tbody tr").all_text_contents()
     assert any("SW-9" in r and "拒绝" in r for r in rows)
     assert any("GA-1" in r for r in rows)

@@ -38,7 +38,8 @@ async def test_auditors_see_the_covert_cases_and_others_are_refused(
 
     # Filtered to another department: none.
     await page.fill("#covert-form input[name=department]", "tax")
-    await page.click("#search")
+    async with page.expect_navigation():  # the search is a form: wait for its page
+        await page.click("#search")
     assert await page.locator("#no-cases").count() == 1
 
     # Once the short embargo ended it is listed only with "include ended", as ended.
@@ -49,7 +50,8 @@ async def test_auditors_see_the_covert_cases_and_others_are_refused(
     rows = await page.locator("#covert-cases tbody tr").all_text_contents()
     assert [("GA-SECRET" in r, "In force" in r) for r in rows] == [(True, True)]
     await page.check("#covert-form input[name=all]")
-    await page.click("#search")
+    async with page.expect_navigation():  # the search is a form: wait for its page
+        await page.click("#search")
     rows = await page.locator("#covert-cases tbody tr").all_text_contents()
     assert [("GA-BRIEF" in r, "Ended" in r) for r in rows] == [(True, True), (False, False)]
 
