@@ -14,8 +14,9 @@ baseline from the same run:
    and says so. Baseline: asyncpg COPY of the same rows (index and leaf precomputed) into
    ``bench_access_log``, a copy of ``access_log``'s shape (``LIKE ... INCLUDING ALL``:
    the same columns, keys and indexes), in batches of the sequencer's mean batch, each
-   its own transaction. The sequencer also writes about two ``log_node`` rows per entry
-   and moves the tree head in each transaction; the baseline does neither.
+   its own transaction. The integrator also writes each entry's search row, a
+   ``log_node`` row per ~128 entries, and moves the tree head in each transaction; the
+   baseline does none of it.
 2. **one entry's latency**: ``append([entry])`` by 64 tasks at once (1 s warm-up, 5 s
    window), p50/p99; baseline: the same 64 tasks each INSERTing one row into
    ``bench_access_log`` in its own transaction through the same pool (what writing each
@@ -23,7 +24,9 @@ baseline from the same run:
    against sequential single-row INSERTs: the price of one durable commit.
 3. **inclusion proof**: ``AuditStore.inclusion`` for 500 random indices at the log's size
    after phase 1, each proof verified once (untimed) against the tree head's root;
-   baseline: the single-row ``SELECT hash FROM log_node`` of the same index.
+   a proof reads the stored nodes it names and up to 256 leaves, whose hashes give the
+   smaller ones. Baseline: the single-row ``SELECT leaf FROM access_log`` of the same
+   index.
 4. **checkpoint latency**: a ``Checkpointer`` (interval 0.5 s) on the log's ``grown``
    event, while a trickle of background appends (100/s) keeps it cycling; 20 times an
    entry is appended at a random moment, and ``max(size)`` of ``log_checkpoint`` is
@@ -31,8 +34,8 @@ baseline from the same run:
    Baseline: ``sign_now()`` alone, timed, after appending one entry.
 5. **verify**: ``verify_log`` over the whole log (a checkpoint signed first); baselines:
    ``SELECT idx, leaf FROM access_log`` read by index in chunks of 20,000 (the read
-   without any checking), and ``verify_log``'s own query (all columns joined to the leaf
-   hashes) in the same chunks, unchecked. They run before ``verify_log``.
+   without any checking), and ``verify_log``'s own query (all columns, and whether the
+   search row matches them) in the same chunks, unchecked. They run before ``verify_log``.
 6. this process's peak RSS (the 1,000,000 generated entries and the baseline's rows are
    in it).
 
@@ -62,6 +65,7 @@ from typing import Any
 
 import asyncpg
 import psutil
+import uvloop
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bench._config import Config
@@ -78,7 +82,7 @@ from tongban.exchange.audit.leaf import COLUMNS, AccessEntry, encode_leaf
 from tongban.exchange.audit.log import AccessLog, SubjectHasher
 from tongban.exchange.audit.merkle import ProofInvalid, leaf_hash, verify_inclusion
 from tongban.exchange.audit.store import AuditStore
-from tongban.exchange.audit.verify import verify_log
+from tongban.exchange.audit.verify import CHUNK_SQL, verify_log
 from tongban.exchange.datadir import init_data_dir, load_log_signer, log_origin
 from tongban.exchange.db.database import Database
 from tongban.exchange.db.embedded import temp_root
@@ -94,13 +98,8 @@ _INSERT = (
     f"INSERT INTO {SCRATCH} (idx, leaf, {', '.join(COLUMNS)})"
     f" VALUES ({', '.join(f'${i}' for i in range(1, len(COLUMNS) + 3))})"
 )
+_ONE_LEAF = "SELECT leaf FROM access_log WHERE idx = $1"
 _LEAVES_SQL = "SELECT idx, leaf FROM access_log WHERE idx > $1 ORDER BY idx LIMIT $2"
-_VERIFY_SQL = (  # verify_log's read, as it is written there
-    "SELECT a.idx, a.leaf, a.at, a.node, a.caller, a.officer, a.action, a.dataset,"
-    " a.fields, a.purpose, a.case_id, a.subject_hmac, a.decision, a.reason, n.hash"
-    " FROM access_log a LEFT JOIN log_node n ON n.level = 0 AND n.idx = a.idx"
-    " WHERE a.idx > $1 ORDER BY a.idx LIMIT $2"
-)
 _POLL_SECONDS = 0.02
 _CHECKPOINT_GIVE_UP = 30.0
 
@@ -388,7 +387,7 @@ async def _phases(
         head = await cp.sign_now()
 
         read_leaves = await _read_all(pool, _LEAVES_SQL, config.audit_read_chunk, meter())
-        read_verify = await _read_all(pool, _VERIFY_SQL, config.audit_read_chunk, meter())
+        read_verify = await _read_all(pool, CHUNK_SQL, config.audit_read_chunk, meter(), head.size)
         verify = await _verify(pool, origin, key, meter())
         if verify.size != head.size or read_leaves.items != verify.size:
             raise RuntimeError(
@@ -552,18 +551,18 @@ async def _proofs(pool: asyncpg.Pool, config: Config) -> tuple[int, Samples, Sam
     indices = rng.sample(range(size), min(config.audit_proofs, size))
     for index in rng.sample(range(size), min(20, size)):  # warm-up: plans, connections
         await store.inclusion(index, size)
-        await pool.fetchval("SELECT hash FROM log_node WHERE level = 0 AND idx = $1", index)
+        await pool.fetchval(_ONE_LEAF, index)
     proofs: list[float] = []
     selects: list[float] = []
     for index in indices:
         t0 = time.perf_counter()
         proof = await store.inclusion(index, size)
         t1 = time.perf_counter()
-        await pool.fetchval("SELECT hash FROM log_node WHERE level = 0 AND idx = $1", index)
+        await pool.fetchval(_ONE_LEAF, index)
         t2 = time.perf_counter()
         proofs.append((t1 - t0) * 1000)
         selects.append((t2 - t1) * 1000)
-        leaf = await pool.fetchval("SELECT leaf FROM access_log WHERE idx = $1", index)
+        leaf = await pool.fetchval(_ONE_LEAF, index)
         try:
             verify_inclusion(leaf_hash(bytes(leaf)), index, size, proof, root)
         except ProofInvalid as e:
@@ -633,14 +632,17 @@ async def _sign_alone(
 # --- phase 5: verify and the plain reads ------------------------------------------------
 
 
-async def _read_all(pool: asyncpg.Pool, sql: str, chunk: int, cpu: CpuMeter) -> Throughput:
-    """Read the whole log by index, ``chunk`` rows at a time, as ``verify_log`` does."""
+async def _read_all(
+    pool: asyncpg.Pool, sql: str, chunk: int, cpu: CpuMeter, *more: object
+) -> Throughput:
+    """Read the whole log by index, ``chunk`` rows at a time, as ``verify_log`` does
+    (``more``: the query's parameters after the index and the chunk)."""
     rows = 0
     last = -1
     cpu.start()
     started = time.perf_counter()
     while True:
-        got = await pool.fetch(sql, last, chunk)
+        got = await pool.fetch(sql, last, chunk, *more)
         if not got:
             break
         rows += len(got)
@@ -723,7 +725,7 @@ def rows(report: AuditReport) -> list[str]:
             report.proof,
             f"   {report.proof.p50_ms / report.node_select.p50_ms:4.1f}x baseline p50",
         ),
-        _p99_row("SELECT 1 leaf hash from log_node (baseline)", report.node_select),
+        _p99_row("SELECT 1 leaf by index (baseline)", report.node_select),
         _max_row(
             f"checkpoint covers an entry ({len(report.checkpoint.samples_ms)} entries)",
             report.checkpoint,
@@ -820,7 +822,8 @@ def format_report(report: AuditReport) -> str:
         f"Tongban benchmark (access log, in process)  {report.started:%Y-%m-%d %H:%M:%S %Z}",
         f"{cores} CPUs (load average before the run "
         + " ".join(f"{load:.2f}" for load in report.loadavg)
-        + f"), Python {platform.python_version()}, embedded PostgreSQL {pg['server_version']}"
+        + f"), Python {platform.python_version()} on uvloop,"
+        f" embedded PostgreSQL {pg['server_version']}"
         f" (fsync={pg['fsync']}, synchronous_commit={pg['synchronous_commit']},"
         f" shared_buffers={pg['shared_buffers']})",
         f"appends: {_shape(c)} per call, generated beforehand; latency: "
@@ -955,7 +958,9 @@ FAILURES = (RuntimeError, TongbanError, asyncpg.PostgresError, OSError, Exceptio
 
 
 def run_sync(config: Config) -> AuditReport:
-    return asyncio.run(run(config))
+    """Run the phases on uvloop, the loop ``tongban serve`` runs its access log on."""
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(run(config))
 
 
 def main() -> int:

@@ -24,6 +24,7 @@ from tongban.exchange.audit.merkle import (
     leaf_hash,
     mth,
     node_hash,
+    nodes_from_leaves,
     subtree_nodes,
     verify_consistency,
     verify_inclusion,
@@ -475,3 +476,36 @@ def test_extend_completes_the_nodes_append_does(before: int, added: int) -> None
 def test_extend_refuses_a_partial_hash() -> None:
     with pytest.raises(ValueError, match="32 bytes each"):
         Frontier().extend(bytes(33))
+
+
+@PROPERTY
+@given(
+    run=st.integers(min_value=0, max_value=3),
+    count=st.integers(min_value=1, max_value=64),
+    levels=st.sets(st.integers(min_value=0, max_value=4), min_size=1),
+)
+def test_nodes_from_leaves_equal_the_stored_ones_and_leave_out_what_the_leaves_lack(
+    run: int, count: int, levels: set[int]
+) -> None:
+    """Given the leaves ``[16 * run, 16 * run + count)`` (a run of a tree of subtrees of 16),
+    every node wholly inside comes out as ``append`` stores it; one reaching past the last
+    leaf, or starting before the first, is left out."""
+    leaves = distinct_leaves(16 * run + count, b"run")
+    _, stored, _ = build(leaves)
+    first = 16 * run
+    digests = b"".join(leaf_hash(leaf) for leaf in leaves[first:])
+    wanted = [(level, i) for level in levels for i in range(((first + count) >> level) + 2)]
+    found = nodes_from_leaves(first, digests, wanted)
+    assert found == {
+        (level, i): stored[(level, i)]
+        for level, i in wanted
+        if first <= i << level and (i + 1) << level <= first + count
+    }
+
+
+def test_nodes_from_leaves_refuses_a_run_that_starts_no_wanted_subtree() -> None:
+    digests = leaf_hash(b"a") * 4
+    with pytest.raises(ValueError, match="does not start a subtree"):
+        nodes_from_leaves(2, digests, [(2, 0)])
+    with pytest.raises(ValueError, match="32 bytes each"):
+        nodes_from_leaves(0, digests[:-1], [(0, 0)])

@@ -3,7 +3,8 @@
 The sequencer (``audit/log.py``) makes an entry durable in ``access_log`` with its index
 and nothing more. The integrator then takes the entries past the tree head, in index
 order, and in one transaction: locks the head (``log_state``), hashes their leaves,
-writes every newly completed perfect-subtree hash (``log_node``), copies their searchable
+writes every newly completed perfect subtree of 256 leaves or more (``log_node``; smaller
+ones are computed from their leaves when a proof needs them), copies their searchable
 columns into ``access_log_search`` (the auditors' indexes), and moves the head. The
 checkpointer signs what the head says.
 
@@ -34,6 +35,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from tongban.exchange.audit.log import AuditUnavailable
 from tongban.exchange.audit.merkle import HASH_SIZE, Frontier
+from tongban.exchange.audit.store import STORED_LEVEL
 from tongban.exchange.db.guard import held_for_long
 
 __all__ = ["INTEGRATOR_LOCK", "Integrator", "integrate"]
@@ -60,8 +62,9 @@ _MAX_BACKOFF = 5.0
 
 # The leaf hashes are computed by PostgreSQL (RFC 6962: SHA-256(0x00 || leaf)), once, and
 # come back as one value of 32 bytes each in index order; this process folds them into
-# the interior nodes and the head, and sends the leaf and node hashes back as one value
-# each (no array element, record or tuple per entry on either side).
+# the interior nodes and the head, and sends back, as one value, the hashes of the nodes
+# of STORED_LEVEL and up (the smaller ones are computed from their leaves when a proof
+# needs them; no array element, record or tuple per entry on either side).
 _READ = (
     "SELECT count(*) AS n, max(idx) AS last,"
     " string_agg(sha256('\\x00'::bytea || leaf), ''::bytea ORDER BY idx) AS hashes"
@@ -69,11 +72,7 @@ _READ = (
 )
 _INDICES = "SELECT idx FROM access_log WHERE idx >= $1 ORDER BY idx LIMIT $2"
 _INTEGRATE = """
-    WITH leaves AS (
-        INSERT INTO log_node (level, idx, hash)
-        SELECT 0, $4::bigint + k, substring($8::bytea FROM 32 * k + 1 FOR 32)
-        FROM generate_series(0, ($5::bigint - $4::bigint)::int - 1) AS k
-    ), nodes AS (
+    WITH nodes AS (
         INSERT INTO log_node (level, idx, hash)
         SELECT level, idx, substring($3::bytea FROM 32 * n::int - 31 FOR 32)
         FROM unnest($1::smallint[], $2::bigint[]) WITH ORDINALITY AS t(level, idx, n)
@@ -107,7 +106,7 @@ async def integrate(conn: PoolConnectionProxy[asyncpg.Record], limit: int = _MAX
             if not count:
                 return 0
         frontier = Frontier(size, [bytes(h) for h in head["frontier"]])
-        levels, indices, nodes = frontier.extend(leaves)
+        levels, indices, nodes = frontier.extend(leaves, min_level=STORED_LEVEL)
         await conn.execute(
             _INTEGRATE,
             levels,
@@ -117,7 +116,6 @@ async def integrate(conn: PoolConnectionProxy[asyncpg.Record], limit: int = _MAX
             frontier.size,
             frontier.root(),
             frontier.roots,
-            leaves,
         )
         return count
 

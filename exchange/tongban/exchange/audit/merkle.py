@@ -1,9 +1,10 @@
 """RFC 6962 / RFC 9162 Merkle tree math over SHA-256, as plain functions over plain data.
 
-The access log stores every leaf hash and the hash of every *perfect* subtree: node
-``(level, index)`` is the root of leaves ``[index * 2**level, (index + 1) * 2**level)``, and
-level 0 holds the leaf hashes. Those nodes never change once written, so the database side
-stores what :meth:`Frontier.append` returns and, to answer a proof request, fetches the
+Proofs are made of the hashes of *perfect* subtrees: node ``(level, index)`` is the root
+of leaves ``[index * 2**level, (index + 1) * 2**level)``, and level 0 holds the leaf
+hashes. Those nodes never change once written, so the database side keeps the large ones
+(what :meth:`Frontier.extend` returns from some level up), computes the small ones from
+their leaves (:func:`nodes_from_leaves`) and, to answer a proof request, gathers the
 nodes named by :func:`inclusion_nodes` or :func:`consistency_nodes` and passes them to
 :func:`inclusion_proof` or :func:`consistency_proof`.
 
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -41,6 +42,7 @@ __all__ = [
     "leaf_hash",
     "mth",
     "node_hash",
+    "nodes_from_leaves",
     "subtree_nodes",
     "verify_consistency",
     "verify_inclusion",
@@ -207,11 +209,11 @@ class Frontier:
         self.size += 1
         return completed
 
-    def extend(self, leaf_hashes: bytes) -> Completed:
+    def extend(self, leaf_hashes: bytes, min_level: int = 1) -> Completed:
         """Add the leaves whose hashes ``leaf_hashes`` holds, 32 bytes each in index order,
-        and return the interior nodes this completes (``append`` for each, without its
-        leaves and its tuples: the integrator's per-entry work). Raises ``ValueError`` if
-        the length is not a multiple of 32."""
+        and return the interior nodes this completes at ``min_level`` or above (``append``
+        for each, without its leaves and its tuples: the integrator's per-entry work).
+        Raises ``ValueError`` if the length is not a multiple of 32."""
         if len(leaf_hashes) % HASH_SIZE:
             raise ValueError(f"leaf hashes come {HASH_SIZE} bytes each")
         completed = Completed([], [], bytearray())
@@ -224,9 +226,10 @@ class Frontier:
             while (index >> level) & 1:
                 h = node_hash(roots.pop(), h)
                 level += 1
-                levels.append(level)
-                indices.append(index >> level)
-                hashes += h
+                if level >= min_level:
+                    levels.append(level)
+                    indices.append(index >> level)
+                    hashes += h
             roots.append(h)
             index += 1
         self.size = index
@@ -236,6 +239,34 @@ class Frontier:
         """Return the RFC 6962 Merkle Tree Hash of the whole tree (:data:`EMPTY_ROOT` for an
         empty tree)."""
         return _fold(self.roots)
+
+
+def nodes_from_leaves(
+    first: int, leaf_hashes: bytes, wanted: Iterable[NodeId]
+) -> dict[NodeId, bytes]:
+    """Return the hashes of the nodes in ``wanted`` that lie wholly within the leaves
+    ``[first, first + n)``, whose hashes ``leaf_hashes`` holds (32 bytes each, in index
+    order), computed level by level; a node not wholly within them is left out (so
+    :func:`_lookup` reports it missing). ``first`` must be a multiple of ``2**level`` for
+    every wanted level: the first leaf of a stored subtree. Raises ``ValueError`` if it is
+    not, or if the length of ``leaf_hashes`` is not a multiple of 32."""
+    if len(leaf_hashes) % HASH_SIZE:
+        raise ValueError(f"leaf hashes come {HASH_SIZE} bytes each")
+    by_level: dict[int, list[int]] = {}
+    for level, index in wanted:
+        by_level.setdefault(level, []).append(index)
+    if any(first % (1 << level) for level in by_level):
+        raise ValueError(f"leaf {first} does not start a subtree of every wanted level")
+    row = [leaf_hashes[i : i + HASH_SIZE] for i in range(0, len(leaf_hashes), HASH_SIZE)]
+    found: dict[NodeId, bytes] = {}
+    for level in range(max(by_level, default=-1) + 1):
+        if level:
+            row = [node_hash(row[i], row[i + 1]) for i in range(0, len(row) - 1, 2)]
+        start = first >> level
+        for index in by_level.get(level, ()):
+            if start <= index < start + len(row):
+                found[(level, index)] = row[index - start]
+    return found
 
 
 def inclusion_nodes(index: int, size: int) -> list[list[NodeId]]:

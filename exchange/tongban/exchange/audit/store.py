@@ -16,18 +16,21 @@ from tongban.exchange.audit.merkle import (
     consistency_proof,
     inclusion_nodes,
     inclusion_proof,
+    nodes_from_leaves,
 )
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.pagetokens import PageTokenInvalid, PageTokens, peek_unverified
 
 __all__ = [
     "MAX_INDEX",
+    "STORED_LEVEL",
     "AuditStore",
     "LogEntry",
     "SearchFilters",
     "SubjectAccess",
     "decode_token",
     "fetch_nodes",
+    "stored_nodes",
 ]
 
 MAX_PAGE = 1000
@@ -194,19 +197,70 @@ def _page_size(page_size: int) -> int:
     return page_size or 100
 
 
+STORED_LEVEL = 8
+"""``log_node`` holds the perfect subtrees of ``2**8`` = 256 leaves and more, about one row
+per 128 entries; a smaller one that a proof names is computed from its leaves (at most
+256, read by index). Storing every node had cost two rows and two index entries per entry
+on the integrator's path (docs/audit-log.md, "Sequencing and integration")."""
+_CHUNK = 1 << STORED_LEVEL
+
+# The stored nodes asked for, then the leaf hashes of each 256-leaf run the smaller nodes
+# lie in (level -1, idx the run's first leaf), with how many leaves the run holds. Each
+# run is its own subquery (LATERAL), so that it is read as a range of the primary key
+# whatever the number of runs: joined to the runs instead, a generic plan, which assumes
+# ten of them, scanned the whole table (30 ms at 200,000 entries).
+_STORED = (
+    "SELECT n.level, n.idx, n.hash, 0 AS n FROM log_node n"
+    " JOIN unnest($1::smallint[], $2::bigint[]) AS w(level, idx)"
+    " ON n.level = w.level AND n.idx = w.idx"
+)
+_NODES = (
+    f"{_STORED} UNION ALL"  # noqa: S608 - built from fixed text
+    " SELECT -1, r.lo, l.hashes, l.n FROM unnest($3::bigint[], $4::bigint[]) AS r(lo, hi),"
+    " LATERAL (SELECT string_agg(sha256('\\x00'::bytea || a.leaf), ''::bytea ORDER BY a.idx)"
+    " AS hashes, count(*) AS n FROM access_log a WHERE a.idx >= r.lo AND a.idx < r.hi) AS l"
+)
+
+
+async def stored_nodes(
+    pool: asyncpg.Pool, levels: Sequence[int], indices: Sequence[int]
+) -> dict[NodeId, bytes]:
+    """The hashes ``log_node`` holds for the nodes ``zip(levels, indices)``."""
+    rows = await pool.fetch(_STORED, levels, indices)
+    return {(row["level"], row["idx"]): bytes(row["hash"]) for row in rows}
+
+
 async def fetch_nodes(
     pool: asyncpg.Pool, wanted: Sequence[Sequence[NodeId]]
 ) -> dict[NodeId, bytes]:
-    """The stored hashes of the perfect nodes named in ``wanted``, in one query."""
-    ids = sorted({node for group in wanted for node in group})
+    """The hashes of the perfect nodes named in ``wanted``, in one query: those of
+    ``STORED_LEVEL`` and up as stored, the smaller ones computed from their leaves. A node
+    the log cannot give (a leaf missing from its run) is left out."""
+    stored: list[NodeId] = []
+    small: dict[int, list[NodeId]] = {}  # by the first leaf of the run each lies in
+    run_end: dict[int, int] = {}  # the run's leaves up to the last a wanted node needs
+    for node in sorted({node for group in wanted for node in group}):
+        level, index = node
+        if level >= STORED_LEVEL:
+            stored.append(node)
+            continue
+        first = (index << level) & -_CHUNK
+        small.setdefault(first, []).append(node)
+        run_end[first] = max(run_end.get(first, first), (index + 1) << level)
     rows = await pool.fetch(
-        "SELECT n.level, n.idx, n.hash FROM log_node n"
-        " JOIN unnest($1::smallint[], $2::bigint[]) AS w(level, idx)"
-        " ON n.level = w.level AND n.idx = w.idx",
-        [level for level, _ in ids],
-        [index for _, index in ids],
+        _NODES,
+        [level for level, _ in stored],
+        [index for _, index in stored],
+        list(run_end),
+        list(run_end.values()),
     )
-    return {(row["level"], row["idx"]): bytes(row["hash"]) for row in rows}
+    found: dict[NodeId, bytes] = {}
+    for row in rows:
+        if row["level"] >= 0:
+            found[(row["level"], row["idx"])] = bytes(row["hash"])
+        elif row["n"] == run_end[row["idx"]] - row["idx"]:  # every leaf of the run is there
+            found.update(nodes_from_leaves(row["idx"], bytes(row["hash"]), small[row["idx"]]))
+    return found
 
 
 class AuditStore:

@@ -5,7 +5,8 @@ Recomputes the Merkle tree from the stored leaves and checks, in one pass:
 - indices run 0, 1, 2, ... with no gap (a deleted row shows as a missing index);
 - each leaf is a canonical version-1 entry and the searchable columns equal what it says
   (an edited column shows as a mismatch at its index);
-- each leaf's hash equals the stored level-0 node (an edited leaf shows at its index);
+- each stored subtree hash (``log_node``: every perfect subtree of 256 leaves or more)
+  equals the one recomputed from its leaves, so the proofs served from it hold;
 - at every signed checkpoint, its signature verifies under the log's key and the
   recomputed root equals the signed root (a rewrite that also fixed the stored hashes
   still cannot match a signature);
@@ -42,6 +43,8 @@ from tongban.exchange.audit.key_changes import (
 )
 from tongban.exchange.audit.leaf import LeafInvalid, decode_leaf, leaf_of_columns
 from tongban.exchange.audit.merkle import (
+    HASH_SIZE,
+    Completed,
     Frontier,
     ProofInvalid,
     consistency_nodes,
@@ -51,10 +54,10 @@ from tongban.exchange.audit.merkle import (
 )
 from tongban.exchange.audit.note import NoteInvalid, open_checkpoint
 from tongban.exchange.audit.sm2_note import sm2_signature_status
-from tongban.exchange.audit.store import fetch_nodes
+from tongban.exchange.audit.store import STORED_LEVEL, fetch_nodes, stored_nodes
 from tongban.signing.sm2 import Sm2PublicKey
 
-__all__ = ["LogCorrupt", "VerifyReport", "verify_log"]
+__all__ = ["CHUNK_SQL", "LogCorrupt", "VerifyReport", "verify_log"]
 
 _CHUNK = 20_000
 # Whether an entry's search row (s) holds its columns (a).
@@ -64,12 +67,11 @@ _SEARCH_MATCHES = (
     f"(s.idx IS NOT NULL AND ({', '.join('s.' + c for c in _SEARCHED)})"
     f" IS NOT DISTINCT FROM ({', '.join('a.' + c for c in _SEARCHED)}))"
 )
-_CHUNK_SQL = (
+CHUNK_SQL = (  # $1: the index before the chunk, $2: its rows at most, $3: the tree's size
     "SELECT a.idx, a.leaf, a.at, a.node, a.caller, a.officer, a.action, a.dataset,"  # noqa: S608 - built from fixed names
-    " a.fields, a.purpose, a.case_id, a.subject_hmac, a.decision, a.reason, n.hash,"
+    " a.fields, a.purpose, a.case_id, a.subject_hmac, a.decision, a.reason,"
     f" {_SEARCH_MATCHES} AS searchable"
-    " FROM access_log a LEFT JOIN log_node n ON n.level = 0 AND n.idx = a.idx"
-    " LEFT JOIN access_log_search s ON s.idx = a.idx"
+    " FROM access_log a LEFT JOIN access_log_search s ON s.idx = a.idx"
     " WHERE a.idx > $1 AND a.idx < $3 ORDER BY a.idx LIMIT $2"
 )
 
@@ -129,6 +131,35 @@ def _name_mismatch(index: int, row: asyncpg.Record, leaf: bytes) -> NoReturn:
     if columns != entry.columns():
         raise _corrupt(index, "has columns that differ from its leaf")
     raise AssertionError(f"entry {index}: the leaf and its columns agree after all")
+
+
+def _add(frontier: Frontier, digests: bytearray, completed: Completed) -> None:
+    """Add the leaves ``digests`` holds to ``frontier`` and empty it, collecting the stored
+    nodes they complete in ``completed``."""
+    levels, indices, hashes = frontier.extend(bytes(digests), min_level=STORED_LEVEL)
+    completed.levels.extend(levels)
+    completed.indices.extend(indices)
+    completed.hashes.extend(hashes)
+    digests.clear()
+
+
+async def _check_stored(pool: asyncpg.Pool, completed: Completed) -> None:
+    """Raise LogCorrupt unless ``log_node`` holds each node of ``completed`` with the hash
+    recomputed from its leaves (the proofs are served from these)."""
+    if not completed.levels:
+        return
+    stored = await stored_nodes(pool, completed.levels, completed.indices)
+    for k, node in enumerate(zip(completed.levels, completed.indices, strict=True)):
+        level, index = node
+        first, size = index << level, 1 << level
+        held = stored.get(node)
+        if held is None:
+            raise _corrupt(first, f"starts a subtree of {size:,} entries whose hash is not stored")
+        if held != completed.hashes[k * HASH_SIZE : (k + 1) * HASH_SIZE]:
+            raise _corrupt(
+                first,
+                f"starts a subtree of {size:,} entries whose stored hash differs from its leaves",
+            )
 
 
 def _corrupt(index: int, what: str) -> LogCorrupt:
@@ -217,7 +248,7 @@ async def verify_log(
 
     async def chunk_after(index: int) -> list[asyncpg.Record]:
         return await pool.fetch(
-            _CHUNK_SQL,
+            CHUNK_SQL,
             index,
             _CHUNK,
             total,
@@ -232,30 +263,35 @@ async def verify_log(
                 break
             reading = asyncio.ensure_future(chunk_after(rows[-1]["idx"]))
             await asyncio.sleep(0)  # let the read go out before the checks hold the loop
+            digests = bytearray()  # of the leaves past the frontier, not yet added to it
+            completed = Completed([], [], bytearray())  # the stored nodes they complete
             for row in rows:
                 index = row["idx"]
-                if index != frontier.size:
-                    raise _corrupt(frontier.size, "is missing (deleted)")
+                if index != frontier.size + len(digests) // HASH_SIZE:
+                    raise _corrupt(
+                        frontier.size + len(digests) // HASH_SIZE, "is missing (deleted)"
+                    )
                 leaf = bytes(row["leaf"])
                 if not _leaf_matches_columns(row, leaf):
                     _name_mismatch(index, row, leaf)
                 if not row["searchable"] and unsearchable is None:
                     unsearchable = index  # said last: the log's own findings come first
-                digest = leaf_hash(leaf)
-                if row["hash"] is None or bytes(row["hash"]) != digest:
-                    raise _corrupt(index, "has a leaf whose hash differs from the stored tree")
-                frontier.append(digest)
-                while next_checkpoint < len(due) and due[next_checkpoint].size == frontier.size:
-                    if frontier.root() != due[next_checkpoint].root:
-                        raise LogCorrupt(
-                            f"The entries before index {frontier.size} no longer match the "
-                            f"checkpoint signed at size {frontier.size}.",
-                            metadata={
-                                "first_bad_index": "unknown",
-                                "checkpoint_size": str(frontier.size),
-                            },
-                        )
-                    next_checkpoint += 1
+                digests += leaf_hash(leaf)
+                if next_checkpoint < len(due) and due[next_checkpoint].size == index + 1:
+                    _add(frontier, digests, completed)
+                    while next_checkpoint < len(due) and due[next_checkpoint].size == index + 1:
+                        if frontier.root() != due[next_checkpoint].root:
+                            raise LogCorrupt(
+                                f"The entries before index {frontier.size} no longer match the "
+                                f"checkpoint signed at size {frontier.size}.",
+                                metadata={
+                                    "first_bad_index": "unknown",
+                                    "checkpoint_size": str(frontier.size),
+                                },
+                            )
+                        next_checkpoint += 1
+            _add(frontier, digests, completed)
+            await _check_stored(pool, completed)
             if progress is not None:
                 progress(frontier.size, total)
     finally:
