@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from decimal import Decimal
+from decimal import Decimal, localcontext
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from tongban.adapters._coerce import CoercionError, coerce
+from tongban.adapters._coerce import CoercionError, canonical_decimal, coerce
 from tongban.adapters.mapping import DecimalField
 from tongban.adapters.sdk import RejectReason
 
@@ -37,3 +39,23 @@ def test_too_many_digits_is_a_reject(raw: object) -> None:
     with pytest.raises(CoercionError) as error:
         coerce(_SPEC, raw)
     assert error.value.reason == RejectReason.BAD_DECIMAL
+
+
+def _by_context(value: Decimal) -> Decimal:
+    """The canonical form the way ``canonical_decimal`` once made it: ``quantize`` or
+    ``normalize`` in a context of the value's own digits (exact, but slow)."""
+    _, digits, exponent = value.as_tuple()
+    assert isinstance(exponent, int)
+    with localcontext() as context:
+        context.prec = len(digits) + max(exponent, 0) + 1
+        if value == value.to_integral_value():
+            return value.quantize(Decimal(1)) + Decimal(0)
+        return value.normalize()
+
+
+@given(st.decimals(allow_nan=False, allow_infinity=False))
+def test_the_canonical_form_moves_digits_as_a_context_would_round_them(value: Decimal) -> None:
+    """Moving the digits (no context) gives the digits and exponent of ``quantize`` or
+    ``normalize`` in a context wide enough to be exact, for either sign."""
+    for number in (value, -value):
+        assert canonical_decimal(number).as_tuple() == _by_context(number).as_tuple()

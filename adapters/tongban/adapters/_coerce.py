@@ -13,7 +13,7 @@ import re
 import unicodedata
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
-from decimal import Decimal, localcontext
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 from tongban.adapters.sdk import RejectReason
@@ -63,17 +63,26 @@ def offset(text: str) -> tzinfo:
 def canonical_decimal(value: Decimal) -> Decimal:
     """Return ``value`` without trailing fractional zeros or an exponent (``1.50`` → ``1.5``,
     ``1E+2`` → ``100``, ``-0`` → ``0``), the form the exchange stores. Exact for any
-    finite value: the arithmetic runs with as many digits as the value has (the default
-    context's 28 made ``quantize`` fail, and ``normalize`` round, above 28 digits)."""
+    finite value: the digits are moved, never rounded (a decimal context's precision, 28
+    by default, made ``quantize`` fail and ``normalize`` round above 28 digits; a context
+    of the value's own digits was exact but cost more than the rest of the coercion)."""
     if not value.is_finite():
         return value
-    _, digits, exponent = value.as_tuple()
+    sign, digits, exponent = value.as_tuple()
     assert isinstance(exponent, int)  # finite
-    with localcontext() as context:
-        context.prec = len(digits) + max(exponent, 0) + 1
-        if value == value.to_integral_value():
-            return value.quantize(Decimal(1)) + Decimal(0)
-        return value.normalize()
+    if digits == (0,):
+        return _ZERO
+    if exponent > 0:
+        return Decimal((sign, digits + (0,) * exponent, 0))
+    zeros = 0
+    while zeros < -exponent and digits[-1 - zeros] == 0:
+        zeros += 1
+    if not zeros:
+        return value
+    return Decimal((sign, digits[:-zeros], exponent + zeros))
+
+
+_ZERO = Decimal(0)
 
 
 def coerce(spec: FieldSpec, raw: object) -> object:
