@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 
 from tongban.exchange.audit.leaf import AccessEntry
-from tongban.exchange.audit.log import BATCH_REQUESTS, AccessLog, AuditUnavailable
+from tongban.exchange.audit.log import BATCH_REQUESTS, OVERLAP_AT_LEAST, AccessLog, AuditUnavailable
 from tongban.exchange.db.database import Database
 from tongban.exchange.settings import Settings
 
@@ -93,3 +94,47 @@ async def test_more_requests_than_a_batch_holds_go_in_several_batches_without_a_
         assert [r["idx"] for r in rows] == list(range(n))
         assert [rows[r.start]["case_id"] for r in results] == [f"GA-{i}" for i in range(n)]
         assert await db.pool.fetchval("SELECT next FROM log_sequence") == n
+
+
+async def _waiting_on_the_sequence(conn: Any, count: int) -> None:
+    """Return once ``count`` sessions wait for a lock (the sequence row, which the test
+    holds in a transaction on ``conn``: the activity snapshot is cleared for each look)."""
+    async with asyncio.timeout(10):
+        while (
+            await conn.fetchval(
+                "SELECT count(*) FROM pg_stat_activity, pg_stat_clear_snapshot()"
+                " WHERE wait_event_type = 'Lock'"
+            )
+            != count
+        ):
+            await asyncio.sleep(0.01)
+
+
+@pytest.mark.parametrize(("queued", "overlapping"), [(3, False), (OVERLAP_AT_LEAST, True)])
+async def test_a_second_batch_overlaps_the_first_only_when_enough_is_queued(
+    settings: Settings, queued: int, overlapping: bool
+) -> None:
+    """While a batch is in flight (held here on the sequence row's lock), requests queued
+    behind it go out as a second batch at once only when there are OVERLAP_AT_LEAST of
+    them; fewer wait for the first to land and then go together, alone. Either way every
+    request is answered with its index, in order, no gap."""
+    async with await Database.open(settings, pool_size=2) as db:
+        log = AccessLog(db.log_pool)
+        await log.start()
+        try:
+            async with db.pool.acquire() as holder, holder.transaction():
+                await holder.execute("SELECT next FROM log_sequence FOR UPDATE")
+                first = asyncio.ensure_future(log.append([_ENTRY]))
+                await _waiting_on_the_sequence(holder, 1)
+                rest = [asyncio.ensure_future(log.append([_ENTRY])) for _ in range(queued)]
+                if overlapping:
+                    await _waiting_on_the_sequence(holder, 2)
+                else:
+                    await asyncio.sleep(0.2)  # time enough for a second batch to be sent
+                    await _waiting_on_the_sequence(holder, 1)
+            assert await first == range(1)
+            assert [await r for r in rest] == [range(i, i + 1) for i in range(1, queued + 1)]
+            assert log.batches == 2
+        finally:
+            await log.stop()
+        assert await db.pool.fetchval("SELECT next FROM log_sequence") == queued + 1

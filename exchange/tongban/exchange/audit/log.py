@@ -17,7 +17,8 @@ integrator takes the tree up to every committed one. Nodes and workers sharing a
 database take indices from the same row, so the log stays one log.
 
 Commits are pipelined: up to ``PIPELINE`` batches of at most ``BATCH_REQUESTS`` requests
-are in flight on their own connections. A batch commits without waiting for the disk, so
+are in flight on their own connections (a second only once ``OVERLAP_AT_LEAST`` requests
+are queued). A batch commits without waiting for the disk, so
 the lock is held only while its rows are written, and is answered once a synchronous
 commit after it has flushed the WAL; meanwhile the next batch is written, and this
 process answers the last batch's callers and encodes their next entries. A batch alone
@@ -126,6 +127,15 @@ BATCH_REQUESTS = 128
 """Requests in a batch, at most: when more are queued, the rest go in the next batch, on
 the other connection, so that one batch is written while the other's callers run
 again, rather than every caller in one batch and nothing in flight while they run."""
+
+OVERLAP_AT_LEAST = 16
+"""Requests queued, at least, for a batch to go while another is in flight. Fewer wait
+for the batch in flight to land and go with what queued meanwhile, in one batch alone:
+a few entries overlapping would cost a transaction and a flush round trip of their own
+and wait on the first batch's lock anyway. Under the audited query at 64 callers
+(batches of one or two) the node served 1,199-1,284 queries/s this way against 950-974
+sending each at once, and PostgreSQL's CPU a query fell from ~406 to ~250 us; a full
+queue (256 appending tasks) overlaps as before."""
 
 _Pending = tuple[list[_Prepared], "asyncio.Future[range]"]
 
@@ -295,7 +305,11 @@ class AccessLog:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self._queue and len(in_flight) < PIPELINE:
+            if (
+                self._queue
+                and len(in_flight) < PIPELINE
+                and (not in_flight or len(self._queue) >= OVERLAP_AT_LEAST)
+            ):
                 batch = self._queue[:BATCH_REQUESTS]
                 del self._queue[:BATCH_REQUESTS]
                 alone = not self._queue and not in_flight
