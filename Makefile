@@ -79,7 +79,7 @@ proto-check: $(VENV)/.dev  ## fail if the generated code is not what `make proto
 bench: $(VENV)/.dev  ## run the benchmarks; each figure is printed beside its baseline
 	$(BIN)/python -m bench
 
-bench-quick: $(VENV)/.dev  ## every phase in short windows on small data (about 3 minutes)
+bench-quick: $(VENV)/.dev  ## every phase in short windows on small data (about 2 minutes)
 	$(BIN)/python -m bench --quick
 
 clean:
