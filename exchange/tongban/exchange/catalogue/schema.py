@@ -32,6 +32,7 @@ from tongban.exchange.catalogue.errors import RecordInvalid, SchemaInvalid
 __all__ = [
     "DECIMAL_MAX_DIGITS",
     "DEFAULT_STRING_MAX_LENGTH",
+    "REFUSED_BUT_UNIT_SEPARATOR",
     "DatasetSchema",
     "FieldSpec",
     "FieldType",
@@ -54,12 +55,19 @@ _MAX_LENGTH_LIMIT = 100_000
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 # Category Cc except \t, \n and \r: CRLF text from Windows-based department systems is kept.
-_CONTROL = re.compile(r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F]")
-_SURROGATE = re.compile(r"[\uD800-\uDFFF]")
+# Written without U+001F, the unit separator, and with it, so that a scan of values joined
+# by it can use the same class (``REFUSED_BUT_UNIT_SEPARATOR``).
+_CONTROL_BUT_US = r"\x00-\x08\x0B\x0C\x0E-\x1E\x7F-\x9F"
+_SURROGATES = r"\uD800-\uDFFF"
+_CONTROL = re.compile(f"[{_CONTROL_BUT_US}\\x1F]")
+_SURROGATE = re.compile(f"[{_SURROGATES}]")
+REFUSED_BUT_UNIT_SEPARATOR = _CONTROL_BUT_US + _SURROGATES
+"""The characters a text value may not hold (controls and lone surrogates), as the body
+of a regular expression's character class, all but U+001F."""
 # Plain notation, no leading zeros, no trailing fractional zeros, not -0: str() of a
 # decimal that is its own canonical form.
 _CANONICAL_DECIMAL = re.compile(r"0|-?(?:0\.[0-9]*[1-9]|[1-9][0-9]*(?:\.[0-9]*[1-9])?)")
-_REFUSED = re.compile(r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\uD800-\uDFFF]")  # either
+_REFUSED = re.compile(f"[{REFUSED_BUT_UNIT_SEPARATOR}\\x1F]")  # either
 _DECIMAL_TEXT = re.compile(r"-?[0-9]+(?:\.[0-9]+)?")
 _DATE_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _DATETIME_TEXT = re.compile(

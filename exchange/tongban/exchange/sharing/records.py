@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -12,7 +13,12 @@ from typing import Any, cast
 
 import asyncpg
 
-from tongban.exchange.catalogue.schema import FieldType, canonical_to_json, value_from_json
+from tongban.exchange.catalogue.schema import (
+    DatasetSchema,
+    FieldType,
+    canonical_to_json,
+    value_from_json,
+)
 from tongban.exchange.fairness import yield_fairly
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.signing.ids import uuid5_hex
@@ -27,6 +33,7 @@ __all__ = [
     "StoredRecord",
     "fresh_batch",
     "storage_forms",
+    "string_field_names",
 ]
 
 _RETRIES = 3
@@ -125,7 +132,7 @@ async def storage_forms(entry: DatasetEntry, changes: Sequence[Change]) -> list[
     only string fields stores its validated records as they are, and their JSON is left
     out (None): a batch of new keys sends the values themselves (``fresh_batch``), and
     ``publish_in`` writes the JSON of the others."""
-    if _string_names(entry) is not None:
+    if string_field_names(entry.schema) is not None:
         return [(change.values, None) for change in changes]
     converted = _converted(entry)
     members = _members(entry)
@@ -139,12 +146,13 @@ async def storage_forms(entry: DatasetEntry, changes: Sequence[Change]) -> list[
     return forms
 
 
-def _string_names(entry: DatasetEntry) -> list[str] | None:
-    """The field names of a schema of only string fields, in its order; None otherwise."""
-    fields = entry.schema.fields
-    if any(spec.type is not FieldType.STRING for spec in fields):
+@functools.lru_cache(maxsize=256)
+def string_field_names(schema: DatasetSchema) -> tuple[str, ...] | None:
+    """The field names of a schema of only string fields (most legacy tables), in its
+    order; None for any other schema."""
+    if any(spec.type is not FieldType.STRING for spec in schema.fields):
         return None
-    return [spec.name for spec in fields]
+    return tuple(spec.name for spec in schema.fields)
 
 
 _SEP = "\x1e"
@@ -188,7 +196,7 @@ def fresh_batch(
     nothing) or the joined texts would be ambiguous. ``texts`` may give, for a schema of
     only strings, a record's values already joined by VALUE_SEP (None: not given)."""
     keys = [change.key for change in changes]
-    names = _string_names(entry)
+    names = string_field_names(entry.schema)
     data: list[str] = []
     nulls = 0
     for index, (stored, text) in enumerate(forms):
@@ -221,7 +229,7 @@ def fresh_batch(
     ):
         return None
     ids = ",".join([event_id(entry.code, key, 1) for key in keys])
-    return FreshBatch(keys, joined_keys, joined_data, ids, names)
+    return FreshBatch(keys, joined_keys, joined_data, ids, None if names is None else list(names))
 
 
 def _unambiguous(joined: str, parts: int) -> bool:

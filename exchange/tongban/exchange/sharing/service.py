@@ -32,6 +32,7 @@ from tongban.exchange.catalogue.canonical import canonical_json
 from tongban.exchange.catalogue.errors import InvalidSubjectId, RecordInvalid
 from tongban.exchange.catalogue.schema import (
     DEFAULT_STRING_MAX_LENGTH,
+    REFUSED_BUT_UNIT_SEPARATOR,
     DatasetSchema,
     FieldType,
     validate_record,
@@ -71,6 +72,7 @@ from tongban.exchange.sharing.records import (
     StoredRecord,
     fresh_batch,
     storage_forms,
+    string_field_names,
 )
 from tongban.signing.certs import certificate_fingerprint
 from tongban.signing.clock import Clock
@@ -590,14 +592,15 @@ class Sharing:
 def _all_strings(schema: DatasetSchema) -> tuple[tuple[str, ...], int] | None:
     """For a schema of only string fields (most legacy tables): the field names, in the
     schema's order, and the least of their length limits; None for any other schema."""
-    if any(spec.type is not FieldType.STRING for spec in schema.fields):
+    names = string_field_names(schema)
+    if names is None:
         return None
-    limits = [spec.max_length or DEFAULT_STRING_MAX_LENGTH for spec in schema.fields]
-    return tuple(spec.name for spec in schema.fields), min(limits)
+    return names, min(spec.max_length or DEFAULT_STRING_MAX_LENGTH for spec in schema.fields)
 
 
-_REFUSED_BUT_SEPARATOR = re.compile(r"[\x00-\x08\x0B\x0C\x0E-\x1E\x7F-\x9F\uD800-\uDFFF]")
-"""``schema._REFUSED`` but for ``VALUE_SEP`` (\\x1f), which joins the values it scans."""
+_REFUSED_BUT_SEPARATOR = re.compile(f"[{REFUSED_BUT_UNIT_SEPARATOR}]")
+"""The characters a value may not hold but ``VALUE_SEP`` (\\x1f), which joins the values
+it scans."""
 
 
 def _checked_strings(
