@@ -124,17 +124,24 @@ def test_serve_runs_on_uvloop_unless_told_asyncio(data_dir: Path) -> None:
         assert served.stop()[0] == 0
 
 
-def test_an_unknown_event_loop_is_refused_at_start(data_dir: Path) -> None:
+def _refused_at_start(data_dir: Path, workers: str, **env: str) -> Any:
+    """Run ``serve --workers N --json`` with ``env``; check it stops at start with exit 1,
+    no traceback and no PostgreSQL left running (what it started, it stopped); return
+    the refusal it printed."""
     result = tongban(
-        "serve", "--workers", "1", "--data-dir", str(data_dir), "--json",
-        env=cli_env(TONGBAN_EVENT_LOOP="tokio", TONGBAN_KEY_PASSPHRASE="serve test"),
+        "serve", "--workers", workers, "--data-dir", str(data_dir), "--json",
+        env=cli_env(TONGBAN_KEY_PASSPHRASE="serve test", **env),
     )  # fmt: skip
     assert result.code == 1, result.stdout + result.stderr
-    refused = result.json()
-    assert refused["reason"] == "CONFIG_INVALID"
-    assert "TONGBAN_EVENT_LOOP" in refused["message"]
     assert "Traceback" not in result.stdout + result.stderr
     assert _postgres_for(data_dir) == []
+    return result.json()
+
+
+def test_an_unknown_event_loop_is_refused_at_start(data_dir: Path) -> None:
+    refused = _refused_at_start(data_dir, "1", TONGBAN_EVENT_LOOP="tokio")
+    assert refused["reason"] == "CONFIG_INVALID"
+    assert "TONGBAN_EVENT_LOOP" in refused["message"]
 
 
 def test_sigint_also_stops_cleanly(data_dir: Path) -> None:
@@ -252,16 +259,9 @@ def test_more_workers_than_the_database_has_connections_for_are_refused(
 ) -> None:
     # 64 workers of 10 + 2 connections each (the pool and the log writer's two) would need
     # 768; the embedded server takes 200.
-    result = tongban(
-        "serve", "--workers", "64", "--data-dir", str(data_dir), "--json",
-        env=cli_env(TONGBAN_KEY_PASSPHRASE="serve test", TONGBAN_DB_POOL_SIZE="10"),
-    )  # fmt: skip
-    assert result.code == 1, result.stdout + result.stderr
-    refused = result.json()
+    refused = _refused_at_start(data_dir, "64", TONGBAN_DB_POOL_SIZE="10")
     assert refused["reason"] == "TOO_MANY_WORKERS"
     assert "768 database connections" in refused["message"]
-    assert "Traceback" not in result.stdout + result.stderr
-    assert _postgres_for(data_dir) == []  # the supervisor stopped what it started
 
 
 def test_the_default_is_one_worker_per_usable_core(data_dir: Path) -> None:

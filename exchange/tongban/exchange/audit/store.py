@@ -202,7 +202,8 @@ STORED_LEVEL = 8
 per 128 entries; a smaller one that a proof names is computed from its leaves (at most
 256, read by index). Storing every node had cost two rows and two index entries per entry
 on the integrator's path (docs/audit-log.md, "Sequencing and integration")."""
-_CHUNK = 1 << STORED_LEVEL
+_RUN = 1 << STORED_LEVEL
+"""Leaves in a run whose hashes give the smaller nodes of a proof."""
 
 # The stored nodes asked for, then the leaf hashes of each 256-leaf run the smaller nodes
 # lie in (level -1, idx the run's first leaf), with how many leaves the run holds. Each
@@ -244,7 +245,7 @@ async def fetch_nodes(
         if level >= STORED_LEVEL:
             stored.append(node)
             continue
-        first = (index << level) & -_CHUNK
+        first = (index << level) & -_RUN
         small.setdefault(first, []).append(node)
         run_end[first] = max(run_end.get(first, first), (index + 1) << level)
     rows = await pool.fetch(
