@@ -40,27 +40,61 @@ def test_alone_a_department_never_waits() -> None:
     assert share.use("samr") > 0.5
 
 
-def test_the_heavy_department_is_held_back_while_another_waits() -> None:
-    clock = Clock()
-    share = _share(clock)
+def _held_back(clock: Clock, share: CpuShare) -> None:
+    """samr (8 ms steps) and tax (1 ms ones) fill the loop until samr is held back."""
     share.enter("samr")
     share.enter("tax")
-    for _ in range(50):  # samr takes 8 ms steps, tax 1 ms ones, the loop is full
+    for _ in range(50):
         share.charge("samr", 0.008)
         share.charge("tax", 0.001)
         clock.now += 0.009
-    # samr's next step waits twice its last step (backoff 2), counted per department.
     assert share.wait("samr") > 0.0
+
+
+def test_the_heavy_department_is_held_back_while_another_waits() -> None:
+    clock = Clock()
+    share = _share(clock)
+    _held_back(clock, share)
     assert share.wait("tax") == 0.0
-    held = share.wait("samr")
+    # Once samr has waited, its next step's pause is twice that step (backoff 2), and
+    # the pauses of its steps add up, counted per department.
+    clock.now += share.wait("samr")
     share.charge("samr", 0.008)
-    assert share.wait("samr") == pytest.approx(held + 0.016)
+    assert share.wait("samr") == pytest.approx(0.016)
+    share.charge("samr", 0.008)
+    assert share.wait("samr") == pytest.approx(0.032)
     # When tax's calls end, samr is alone again and goes on at once.
     share.leave("tax")
-    share.charge("samr", 0.008)
-    share.leave("samr")
-    share.enter("samr")
     assert share.wait("samr") == 0.0
+
+
+def test_a_department_left_alone_goes_on_at_once_with_its_calls_still_running() -> None:
+    clock = Clock()
+    share = _share(clock)
+    _held_back(clock, share)
+    # tax's last call ends while samr's calls go on: nobody is left to make room for.
+    share.leave("tax")
+    assert share.wait("samr") == 0.0
+    share.charge("samr", 0.008)
+    assert share.wait("samr") == 0.0
+    # tax comes back: samr, still far above its share, is held back again from now on.
+    share.enter("tax")
+    share.charge("samr", 0.008)
+    assert share.wait("samr") == pytest.approx(0.016)
+
+
+def test_a_department_is_held_back_at_most_max_hold_however_many_steps_it_ran() -> None:
+    clock = Clock()
+    share = CpuShare(half_life=0.5, busy=0.3, margin=1.2, backoff=2.0, max_hold=0.1, clock=clock)
+    _held_back(clock, share)
+    # 64 of samr's calls each finish a step at once (steps not held: they were running, or
+    # held a pooled connection); their pauses add up to 1 s, but samr waits 0.1 s at most.
+    for _ in range(64):
+        share.charge("samr", 0.008)
+    assert share.wait("samr") == pytest.approx(0.1)
+    clock.now += 0.04
+    assert share.wait("samr") == pytest.approx(0.06)
+    assert share.wait("tax") == 0.0
 
 
 def test_a_loop_with_time_to_spare_holds_nobody_back() -> None:
