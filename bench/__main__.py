@@ -1,5 +1,5 @@
 """``python -m bench [--quick | audit | events | fairness | burst | cluster | licence |
-keys | federation | adapters | cases | supervision | profile]``:
+keys | federation | adapters | cases | supervision | soak | profile]``:
 run the benchmark.
 
 ``--quick`` runs the full run's phases and the licence phases in short windows on small
@@ -13,7 +13,8 @@ those phases (their own results file). ``cluster`` (not part of the full run) me
 several nodes on one PostgreSQL and subscriber failover (``bench.cluster``); ``cases``
 (not part of it either) case transitions, the overdue report and the progress page
 (``bench.cases``); ``supervision`` (not part of it either) the supervision report over
-1,000,000 cases (``bench.supervision``).
+1,000,000 cases (``bench.supervision``); ``soak`` (not part of it either) a mixed load
+of good and bad calls for minutes, round after round (``bench.soak``).
 """
 
 from __future__ import annotations
@@ -33,12 +34,13 @@ from bench import (
     keys,
     licence,
     profile,
+    soak,
     supervision,
 )
 
 USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst | cluster |
                           licence | keys | federation | adapters | cases |
-                          supervision | profile]
+                          supervision | soak | profile]
 
   (no argument)  every phase: foundation, sharing, the access log's, change events,
                  fairness and burst
@@ -83,6 +85,12 @@ USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst |
   supervision    the supervision report (overdue, within-limit share, 即办件率, 全程网办率,
                  免提交率 per department and month) over 1,000,000 cases beside a GROUP BY
                  of the same rows; not in the full run (BENCH_SUPERVISION_ROWS)
+  soak           64 callers without a break for 10 rounds of 30 s, of every ten calls six
+                 audited queries, three bad ones (a key that is no USCC, a dataset that
+                 does not exist, an unknown field) and one republish; each answer checked,
+                 and per round the rate, p99, slowest call and the node's memory, files and
+                 threads; the last round beside the first; not in the full run
+                 (BENCH_SOAK_ROUNDS, BENCH_SOAK_SECONDS)
   profile        py-spy on the node under the audited 1-key query (64 callers): a flame
                  graph (docs/profiles/audited-query-node.svg, or BENCH_PROFILE_SVG) and
                  its collapsed stacks, and the shares by thread, stage and function;
@@ -120,6 +128,8 @@ def main(argv: list[str]) -> int:
         return cases.main()
     if argv == ["supervision"]:
         return supervision.main()
+    if argv == ["soak"]:
+        return soak.main()
     if argv == ["profile"]:
         return profile.main()
     if argv[0] in ("-h", "--help"):

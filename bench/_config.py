@@ -165,6 +165,12 @@ class Config:
     burst_idle_seconds: float = 3.0
     """The consumer's catalogue loop alone (its waits' baseline)."""
 
+    # -- the soak (bench.soak), on a node with its default limits; not in the full run --
+    # BENCH_SOAK_* environment variables override these (bench.soak.configured).
+    soak_rounds: int = 10
+    """Rounds measured one after another, without a break in the load."""
+    soak_round_seconds: float = 30.0
+
 
 def quick(config: Config) -> Config:
     """``config`` cut down for ``python -m bench --quick``: every phase of the full run, in

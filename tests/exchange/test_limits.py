@@ -25,7 +25,7 @@ from tongban.exchange.identity import Caller
 from tongban.exchange.node import Node
 from tongban.exchange.server.limits import CallLimiter, RateLimited, TooManySubscriptions
 from tongban.exchange.server.request_checks import MAX_STRING, check_request
-from tongban.v1 import catalogue_pb2, query_pb2
+from tongban.v1 import catalogue_pb2, events_pb2, events_pb2_grpc, query_pb2
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -249,6 +249,65 @@ async def test_subscriptions_per_department_are_bounded(node: Node) -> None:
         opened.cancel()
         await asyncio.gather(opened, return_exceptions=True)
         await first.aclose()  # type: ignore[attr-defined]
+
+
+async def test_a_subscription_the_client_drops_gives_its_place_back(node: Node) -> None:
+    """A client that cancels its stream, or whose connection just goes, must not keep its
+    department's place: with one subscription allowed, tax subscribes again each time."""
+    await _until_applied(node, "tax", CallLimits(subscriptions=1))
+    async with client_for(node, "samr") as samr:
+        await samr.register_dataset(ENTERPRISE, publish=True)
+    request = events_pb2.SubscribeRequest(
+        dataset="samr.enterprise", fields=["name"], purpose="税务登记"
+    )
+    metadata = (("x-tongban-officer", "TX-1"),)
+    async with client_for(node, "tax") as tax:
+        for attempt in range(6):
+            channel = _raw_channel(node, "tax")
+            stub = events_pb2_grpc.SubscriptionServiceStub(channel)
+            for _ in range(100):  # until the last probe's stream has given the place back
+                stream = stub.Subscribe(request, metadata=metadata)
+                await asyncio.sleep(0.2)
+                if not stream.done():  # open and waiting for events: it holds the place
+                    break
+                assert await stream.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+            else:
+                pytest.fail(f"attempt {attempt}: the place never came back")
+            assert not await _subscribes(tax)
+            if attempt % 2:
+                await channel.close(None)  # the connection goes without a word
+            else:
+                stream.cancel()
+                await channel.close(None)
+            # The place comes back once the node has seen the stream end.
+            assert await _eventually(lambda: _subscribes(tax), True), attempt
+
+
+async def _subscribes(client: Any) -> bool:
+    """Whether tax may subscribe now: True if the stream is open and waiting for events
+    after 0.3 s, False if it is refused for the department's limit."""
+    stream = client.subscribe("samr.enterprise", fields=["name"], purpose="税务登记")
+    try:
+        await asyncio.wait_for(stream.__anext__(), timeout=0.3)
+    except TimeoutError:
+        return True
+    except ExchangeError as e:
+        if e.reason != "TOO_MANY_SUBSCRIPTIONS":
+            raise
+        return False
+    finally:
+        await stream.aclose()
+    raise AssertionError("an event came from a dataset with no records")
+
+
+async def _eventually(check: Any, wanted: bool, seconds: float = 10.0) -> bool:
+    """Whether ``check()`` answers ``wanted`` within ``seconds``."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while asyncio.get_running_loop().time() < deadline:
+        if await check() is wanted:
+            return True
+        await asyncio.sleep(0.05)
+    return False
 
 
 def test_dept_limits_command(tmp_path: Path, database_url: str) -> None:

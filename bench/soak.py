@@ -1,0 +1,484 @@
+"""The soak benchmark: one node under a steady mixed load for minutes, round after round;
+does it stay up, stay as fast, and answer every bad call as it should?
+
+One node (``tongban serve --demo`` on a fresh data dir and embedded PostgreSQL, as every
+phase starts it) on its default per-department limits. The setup is ``bench.fairness``'s:
+``samr`` registers ``samr.bench`` and loads the generated records into it.
+
+Then 64 callers run without a break for ``soak_rounds`` rounds of ``soak_round_seconds``
+(a warm-up round of ``warmup_seconds`` first, not counted). Of every ten calls:
+
+- six are ``tax``'s audited one-key query of three fields (answered with one record);
+- one names a key that is not a USCC (``INVALID_SUBJECT_ID``);
+- one names a dataset that does not exist, one of 100 such names (``DATASET_NOT_FOUND``;
+  a few names, so that the node's dataset cache, which is bounded, does not grow through
+  the run and read as a leak);
+- one asks for a field the dataset does not have (``UNKNOWN_FIELD``);
+- one is samr republishing one of its records as it is (``PublishRecords``, unchanged).
+
+Each call's answer is checked against what it should be; any other (a wrong code or
+reason, ``INTERNAL``, a timeout) is counted as unexpected and printed with its reason. A
+call refused for a department limit is retried after the node's delay, as a client
+should, and the refusal counted.
+
+After each round: calls/s, the queries' p50, p99 and slowest, the slowest of any call,
+and the node's resident memory, open files and threads and PostgreSQL's processes. The
+first round is the baseline of the last: rate and p99 as a share of it, memory growth
+per minute over the second half of the run (after the caches have filled), and the peak
+beside the node's memory budget. Nothing is asserted; a line says whether each holds.
+
+BENCH_SOAK_ROUNDS (default 10) and BENCH_SOAK_SECONDS (a round, default 30) change a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import random
+import sys
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+from bench import sharing
+from bench._client import Department, admitted
+from bench._config import Config
+from bench._errors import describe
+from bench._peer import percentiles
+from bench._servers import NodeServer, node_server
+from bench._table import LABEL, cpu_header, cpu_row
+from bench._watch import CpuMeter, CpuUse
+from bench.fairness import FAILURES, RESULTS_DIR
+from tongban.client import ExchangeClient, ExchangeError
+from tongban.v1 import query_pb2, query_pb2_grpc
+
+__all__ = ["Round", "SoakReport", "as_json", "configured", "format_report", "main", "run"]
+
+_ENV = {  # BENCH_SOAK_* variable -> Config field
+    "BENCH_SOAK_ROUNDS": "soak_rounds",
+    "BENCH_SOAK_SECONDS": "soak_round_seconds",
+}
+UNKNOWN_DATASETS = 100
+"""Names of datasets that do not exist, asked for in turn."""
+
+# The ten kinds of call, in the order they are made, and the answer each should get
+# (status, reason; "" for none).
+_KINDS = (*["query"] * 6, "bad key", "no dataset", "no field", "republish")
+EXPECTED: dict[str, tuple[str, str]] = {
+    "query": ("OK", ""),
+    "bad key": ("INVALID_ARGUMENT", "INVALID_SUBJECT_ID"),
+    "no dataset": ("NOT_FOUND", "DATASET_NOT_FOUND"),
+    "no field": ("INVALID_ARGUMENT", "UNKNOWN_FIELD"),
+    "republish": ("OK", ""),
+}
+
+
+def configured(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
+    """``config`` with the BENCH_SOAK_* variables applied; ValueError if one is bad."""
+    changes: dict[str, Any] = {}
+    for variable, name in _ENV.items():
+        text = environ.get(variable, "").strip()
+        if not text:
+            continue
+        try:
+            value = float(text) if name == "soak_round_seconds" else int(text)
+        except ValueError:
+            raise ValueError(f"{variable}={text!r} is not a number") from None
+        if value <= 0:
+            raise ValueError(f"{variable} must be positive")
+        changes[name] = value
+    if changes.get("soak_rounds", config.soak_rounds) < 2:
+        raise ValueError("BENCH_SOAK_ROUNDS must be at least 2 (the first is the baseline)")
+    return replace(config, **changes)
+
+
+@dataclass(frozen=True)
+class Round:
+    """What one round measured, and the node as the round ended."""
+
+    seconds: float
+    calls: int
+    query_p50_ms: float
+    query_p99_ms: float
+    query_max_ms: float
+    slowest_ms: float
+    """The slowest call of any kind."""
+    slowest_kind: str
+    node_rss_mb: float
+    node_fds: int
+    node_threads: int
+    postgres_processes: int
+    cpu: CpuUse
+
+    @property
+    def rate(self) -> float:
+        return self.calls / self.seconds
+
+
+@dataclass(frozen=True)
+class SoakReport:
+    started: datetime
+    loadavg: tuple[float, float, float]
+    config: Config
+    rounds: list[Round]
+    answers: dict[str, dict[str, int]]
+    """Answers by kind of call, then "expected" or the status and reason of another."""
+    refused: dict[str, int]
+    """Refusals for a department limit the callers saw (and retried), by reason."""
+
+    @property
+    def unexpected(self) -> int:
+        return sum(
+            n for kinds in self.answers.values() for a, n in kinds.items() if a != "expected"
+        )
+
+    @property
+    def rss_growth_mb_per_min(self) -> float:
+        """Memory growth over the second half of the rounds, MB a minute (least squares)."""
+        half = self.rounds[len(self.rounds) // 2 - 1 :]
+        ends = [sum(r.seconds for r in self.rounds[: i + 1]) / 60 for i in range(len(self.rounds))]
+        xs = ends[len(self.rounds) // 2 - 1 :]
+        ys = [r.node_rss_mb for r in half]
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        spread = sum((x - mx) ** 2 for x in xs)
+        return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / spread
+
+
+@dataclass
+class _Tally:
+    """What the callers saw in the round under way."""
+
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    slowest: tuple[float, str] = (0.0, "")
+
+    def add(self, kind: str, seconds: float) -> None:
+        self.latencies.setdefault(kind, []).append(seconds)
+        if seconds > self.slowest[0]:
+            self.slowest = (seconds, kind)
+
+
+async def run(config: Config) -> SoakReport:
+    """Start a node on its default limits, set up, run the rounds; stop the node; return
+    the figures. Raises RuntimeError if the node or the setup fails, TongbanError if a
+    setup call fails."""
+    started = datetime.now(UTC)
+    loadavg = os.getloadavg()
+    async with node_server(default_limits=True) as node:
+        owner = Department.of(node, config.department, config)
+        consumer = Department.of(node, config.consumer, config)
+        rows = sharing.generate_records(config.records, random.Random(config.seed))
+        async with owner.client() as client:
+            await client.register_dataset(sharing.dataset_spec(config.dataset), publish=True)
+
+            async def batches() -> AsyncIterator[list[sharing.Row]]:
+                for start in range(0, len(rows), config.publish_batch):
+                    yield rows[start : start + config.publish_batch]
+
+            await client.stream_records(config.dataset, batches())
+            async with consumer.channel() as channel:
+                calls = _Calls(
+                    query_pb2_grpc.QueryServiceStub(channel), client, consumer, rows, config
+                )
+                rounds = await _rounds(calls, node, config)
+    return SoakReport(
+        started=started,
+        loadavg=loadavg,
+        config=config,
+        rounds=rounds,
+        answers={kind: dict(counts) for kind, counts in calls.answers.items()},
+        refused=dict(calls.refused),
+    )
+
+
+class _Calls:
+    """The ten kinds of call, each checked against the answer it should get."""
+
+    def __init__(
+        self,
+        query: query_pb2_grpc.QueryServiceAsyncStub,
+        owner: ExchangeClient,
+        consumer: Department,
+        rows: list[sharing.Row],
+        config: Config,
+    ) -> None:
+        self._query = query
+        self._owner = owner
+        self._consumer = consumer
+        self._rows = rows
+        self._config = config
+        self._random = random.Random(config.seed + 2)
+        self._made = 0
+        self.answers: dict[str, Counter[str]] = {kind: Counter() for kind in EXPECTED}
+        self.refused: Counter[str] = Counter()
+        self.tally = _Tally()
+
+    async def one(self) -> None:
+        """Make the next call, time it, and count its answer."""
+        made = self._made
+        self._made += 1
+        kind = _KINDS[made % len(_KINDS)]
+        call = self._call(kind, made)
+        started = time.perf_counter()
+        try:
+            await admitted(call, self.refused)
+            answer = ("OK", "")
+        except ExchangeError as e:
+            answer = (e.code.name, e.reason)
+        except _WrongAnswer as e:
+            answer = ("OK", str(e))
+        self.tally.add(kind, time.perf_counter() - started)
+        self.answers[kind]["expected" if answer == EXPECTED[kind] else " ".join(answer)] += 1
+
+    def _call(self, kind: str, made: int) -> Callable[[], Awaitable[object]]:
+        key, values = self._random.choice(self._rows)
+        if kind == "republish":
+
+            async def republish() -> None:
+                counts = await self._owner.publish_records(self._config.dataset, [(key, values)])
+                if counts.unchanged != 1:
+                    raise _WrongAnswer(f"republished as {counts}")
+
+            return republish
+        config, consumer = self._config, self._consumer
+        fields = list(config.query_fields)
+        dataset = config.dataset
+        if kind == "bad key":
+            key = f"not-a-uscc-{made % 1000}"
+        elif kind == "no dataset":
+            dataset = f"nowhere.ds{made % UNKNOWN_DATASETS}"
+        elif kind == "no field":
+            fields = ["no_such_field"]
+        request = query_pb2.QueryRequest(
+            dataset=dataset,
+            keys=[key],
+            fields=fields,
+            purpose=sharing.PURPOSE,
+            case_id=sharing.CASE_ID,
+        )
+
+        async def query() -> None:
+            answer = await self._query.Query(
+                request, metadata=consumer.metadata, timeout=consumer.timeout
+            )
+            if len(answer.records) != 1:
+                raise _WrongAnswer(f"{len(answer.records)} records")
+
+        return query
+
+
+class _WrongAnswer(Exception):
+    """A call answered OK, but not with what it should have."""
+
+
+async def _rounds(calls: _Calls, node: NodeServer, config: Config) -> list[Round]:
+    stopping = False
+
+    async def caller() -> None:
+        while not stopping:
+            await calls.one()
+
+    def meter() -> CpuMeter:
+        return CpuMeter(
+            {"bench": lambda: [psutil.Process()], "server": node.server, "postgres": node.postgres}
+        )
+
+    rounds: list[Round] = []
+    async with asyncio.TaskGroup() as group:
+        for _ in range(config.concurrency):
+            group.create_task(caller())
+        try:
+            await asyncio.sleep(config.warmup_seconds)
+            for number in range(config.soak_rounds):
+                calls.tally = _Tally()
+                cpu = meter()
+                cpu.start()
+                began = time.perf_counter()
+                await asyncio.sleep(config.soak_round_seconds)
+                tally, seconds = calls.tally, time.perf_counter() - began
+                rounds.append(_round(tally, seconds, cpu.stop(), node))
+                print(_progress(number + 1, config.soak_rounds, rounds[-1]), file=sys.stderr)
+        finally:
+            stopping = True
+    return rounds
+
+
+def _round(tally: _Tally, seconds: float, cpu: CpuUse, node: NodeServer) -> Round:
+    queries = sorted(tally.latencies.get("query", []))
+    p50, p99 = percentiles(queries)
+    rss = fds = threads = 0
+    for process in node.server():
+        try:
+            rss += process.memory_info().rss
+            fds += process.num_fds()
+            threads += process.num_threads()
+        except psutil.NoSuchProcess:
+            continue
+    return Round(
+        seconds=seconds,
+        calls=sum(len(v) for v in tally.latencies.values()),
+        query_p50_ms=p50 * 1000,
+        query_p99_ms=p99 * 1000,
+        query_max_ms=(queries[-1] if queries else float("nan")) * 1000,
+        slowest_ms=tally.slowest[0] * 1000,
+        slowest_kind=tally.slowest[1],
+        node_rss_mb=rss / 2**20,
+        node_fds=fds,
+        node_threads=threads,
+        postgres_processes=len(node.postgres()),
+        cpu=cpu,
+    )
+
+
+# --- output -----------------------------------------------------------------------------
+
+
+def _progress(number: int, of: int, r: Round) -> str:
+    return (
+        f"round {number}/{of}: {r.rate:,.0f} calls/s, query p99 {r.query_p99_ms:.0f} ms, "
+        f"node {r.node_rss_mb:.0f} MB"
+    )
+
+
+def format_report(report: SoakReport) -> str:
+    """The human table: each round, then the last beside the first, then the checks."""
+    c = report.config
+    cores = os.cpu_count() or 1
+    first, last = report.rounds[0], report.rounds[-1]
+    lines = [
+        "Tongban benchmark: soak, a mixed load round after round  "
+        f"{report.started:%Y-%m-%d %H:%M:%S %Z}",
+        f"{cores} CPUs (load average before the run "
+        + " ".join(f"{load:.2f}" for load in report.loadavg)
+        + f"), Python {platform.python_version()}, grpcio {grpc.__version__}",
+        f"{c.concurrency} callers without a break, {c.soak_rounds} rounds of "
+        f"{c.soak_round_seconds:g} s after {c.warmup_seconds:g} s of warm-up; node on its "
+        "default limits",
+        f"of every ten calls: 6 {c.consumer} audited 1-key queries of {c.dataset} "
+        f"({c.records:,} records), 1 key that is no USCC, 1 dataset that does not exist, "
+        f"1 unknown field, 1 {c.department} republishing a record as it is",
+        "",
+        f"{'round':<6}{'calls/s':>9}{'query p50':>11}{'p99':>8}{'max':>8}"
+        f"{'slowest call':>22}{'node MB':>9}{'files':>7}{'threads':>9}{'pg procs':>10}",
+    ]
+    for number, r in enumerate(report.rounds, 1):
+        lines.append(
+            f"{number:<6}{r.rate:>9,.0f}{r.query_p50_ms:>9.1f}ms{r.query_p99_ms:>6.0f}ms"
+            f"{r.query_max_ms:>6.0f}ms{f'{r.slowest_ms:.0f} ms ({r.slowest_kind})':>22}"
+            f"{r.node_rss_mb:>9.1f}{r.node_fds:>7}{r.node_threads:>9}{r.postgres_processes:>10}"
+        )
+    lines += [
+        "",
+        f"CPU per round, % of one core ({cores} cores = {100 * cores}%):",
+        cpu_header(),
+        cpu_row("first round", first.cpu),
+        cpu_row("last round", last.cpu),
+        "",
+        "Answers (each checked against the one it should get):",
+    ]
+    for kind, (status, reason) in EXPECTED.items():
+        counts = report.answers.get(kind, {})
+        others = {a: n for a, n in counts.items() if a != "expected"}
+        should = status + (f" {reason}" if reason else "")
+        lines.append(
+            (
+                f"  {kind:<12}{counts.get('expected', 0):>9,} {should:<36}"
+                + (f"UNEXPECTED: {others}" if others else "")
+            ).rstrip()
+        )
+    if report.refused:
+        lines.append(f"  refused for a department limit and retried: {report.refused}")
+    growth = report.rss_growth_mb_per_min
+    peak = max(r.node_rss_mb for r in report.rounds)
+    budget = c.node_rss_budget_mb
+    # A leak keeps growing; the pools open and close connections (and files) as they go,
+    # within their bounds: the last round is held to the most of the first half.
+    early = report.rounds[: max(1, len(report.rounds) // 2)]
+    held = {
+        "open files": (max(r.node_fds for r in early), last.node_fds),
+        "threads": (max(r.node_threads for r in early), last.node_threads),
+        "PostgreSQL processes": (max(r.postgres_processes for r in early), last.postgres_processes),
+    }
+    grew = [name for name, (before, after) in held.items() if after > before]
+    lines += [
+        "",
+        "Last round beside the first (this run):",
+        f"  {'calls/s':<{LABEL - 2}}{last.rate / first.rate:>7.0%} of the first",
+        f"  {'query p99':<{LABEL - 2}}{last.query_p99_ms / first.query_p99_ms:>7.2f}x the first",
+        "",
+        "Checks (this run; printed, never asserted):",
+        f"  {'unexpected answers':<{LABEL - 2}}{report.unexpected:>7,}   "
+        + ("none" if report.unexpected == 0 else "SOME: see above"),
+        f"  {'node memory, second half':<{LABEL - 2}}{growth:>+7.2f} MB a minute; "
+        f"peak {peak:.0f} MB of the {budget:g} MB budget: "
+        + ("within" if peak <= budget else "OVER"),
+        f"  {'open files, threads, PostgreSQL processes':<{LABEL - 2}}"
+        + (
+            f"MORE in the last round: {', '.join(grew)}"
+            if grew
+            else "in the last round, not more than in the first half"
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def as_json(report: SoakReport) -> dict[str, Any]:
+    def one(r: Round) -> dict[str, Any]:
+        cpu = {**asdict(r.cpu), "others": r.cpu.others, "idle": r.cpu.idle}
+        return {**asdict(r), "rate": r.rate, "cpu": cpu}
+
+    return {
+        "benchmark": "soak",
+        "started": report.started.isoformat(),
+        "host": {
+            "cpus": os.cpu_count(),
+            "loadavg_before": list(report.loadavg),
+            "python": platform.python_version(),
+            "grpcio": grpc.__version__,
+            "platform": platform.platform(),
+        },
+        "config": asdict(report.config),
+        "rounds": [one(r) for r in report.rounds],
+        "answers": report.answers,
+        "expected": {kind: list(answer) for kind, answer in EXPECTED.items()},
+        "unexpected": report.unexpected,
+        "refused_and_retried": report.refused,
+        "node_rss_growth_mb_per_min_second_half": report.rss_growth_mb_per_min,
+    }
+
+
+def write_json(report: SoakReport, directory: Path = RESULTS_DIR) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"soak-{report.started:%Y%m%dT%H%M%SZ}.json"
+    path.write_text(json.dumps(as_json(report), indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def main() -> int:
+    """Run the soak, print the table, write the JSON; return the status."""
+    try:
+        config = configured(Config())
+    except ValueError as e:
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(run(config))
+    except KeyboardInterrupt:
+        print("interrupted; servers stopped", file=sys.stderr)
+        return 130
+    except FAILURES as e:
+        print(f"bench failed: {describe(e)}", file=sys.stderr)
+        return 1
+    print(format_report(report))
+    path = write_json(report)
+    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    print(f"\nfigures written to {shown}")
+    return 0
