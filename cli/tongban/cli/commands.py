@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import resource
 import signal
 import sys
 
@@ -147,9 +148,28 @@ def settle_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+OPEN_FILES = 65_536
+"""Open files ``serve`` asks for (its soft limit), as far as the hard limit allows."""
+
+
+def raise_open_files_limit(wanted: int = OPEN_FILES) -> int:
+    """Raise this process's soft limit on open files towards ``wanted``, never above the
+    hard limit nor below where it is; return the limit now. Every client connection is a
+    file, and a service manager's usual soft limit (1,024) would let a few hundred
+    department systems, or one that leaks channels, leave the node unable to accept a
+    connection or open a database one. Worker processes inherit it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        soft = target
+    return soft
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from tongban.cli.workers import run_workers, usable_cores
 
+    raise_open_files_limit()
     requested: int | None = getattr(args, "workers", None)
     if (requested or usable_cores()) > 1:
         return await run_workers(args, requested)
@@ -182,6 +202,7 @@ async def _serve(args: argparse.Namespace) -> int:
                 "bundles": str(bundles),
                 "enrolled": [dept.code for dept, _ in enrolled],
                 "event_loop": running_loop_name(),
+                "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             },
             f"tongban node {settings.node_name} ready: gRPC {settings.grpc_listen.host}:"
             f"{node.grpc_port} (mutual TLS), HTTP http://{settings.http_listen.host}:"

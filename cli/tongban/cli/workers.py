@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import os
+import resource
 import signal
 import socket
 import sys
@@ -319,6 +320,7 @@ async def run_workers(args: argparse.Namespace, requested: int | None) -> int:
                 "bundles": str(bundles),
                 "enrolled": [dept.code for dept, _ in enrolled],
                 "event_loop": running_loop_name(),
+                "open_files": resource.getrlimit(resource.RLIMIT_NOFILE)[0],
             },
             f"tongban node {settings.node_name} ready with {len(workers.workers)} workers: gRPC "
             f"{grpc} (mutual TLS), HTTP http://{http}/healthz\n  department bundles in "

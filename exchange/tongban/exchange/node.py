@@ -475,6 +475,13 @@ class Node:
                 ("grpc.max_send_message_length", _MAX_MESSAGE),
                 # Several worker processes of one host share the port (serve --workers).
                 ("grpc.so_reuseport", 1 if self.settings.reuse_port else 0),
+                # Connections that hold nothing are closed: idle ones, and new ones that
+                # never finish their handshakes (docs/deploy.md, "Connections").
+                ("grpc.max_connection_idle_ms", int(self.settings.grpc_idle_seconds * 1000)),
+                (
+                    "grpc.server_handshake_timeout_ms",
+                    int(self.settings.grpc_handshake_seconds * 1000),
+                ),
             ],
         )
         assert self.sharing is not None

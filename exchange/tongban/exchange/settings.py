@@ -130,6 +130,16 @@ class Settings(BaseSettings):
     dept_max_subscriptions: int = Field(default=16, ge=0, le=100_000)
     """Open subscriptions (Subscribe, Export) one department may hold at once."""
 
+    grpc_idle_seconds: float = Field(default=300.0, gt=0, le=86_400)
+    """A client connection with no call in progress for this long is closed (HTTP/2
+    GOAWAY); gRPC clients connect again by themselves on their next call. Bounds what a
+    client that opens a channel per call and never closes it holds on the node."""
+
+    grpc_handshake_seconds: float = Field(default=10.0, gt=0, le=600)
+    """A new connection must finish its TLS and HTTP/2 handshakes within this, or it is
+    closed: a silent connection cannot hold a file descriptor for long (gRPC's own
+    default is 120 s)."""
+
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
     """How long in-flight calls may run after SIGTERM before they are cancelled."""
 
