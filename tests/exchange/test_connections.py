@@ -1,6 +1,7 @@
 """Connections that hold nothing are closed: a client's idle connection after
 ``grpc_idle_seconds`` (and the client connects again by itself), a silent new connection
-after ``grpc_handshake_seconds``; and ``serve`` raises its open-files limit."""
+after ``grpc_handshake_seconds``, an HTTP connection idle or with unfinished headers
+after ``http_idle_seconds``; and ``serve`` raises its open-files limit."""
 
 from __future__ import annotations
 
@@ -28,7 +29,9 @@ from tongban.v1 import node_pb2, node_pb2_grpc
 @pytest_asyncio.fixture
 async def impatient_node(settings: Settings) -> AsyncIterator[Node]:
     """A node that closes a connection idle for 1 s, or silent for 1 s after it opened."""
-    quick = settings.model_copy(update={"grpc_idle_seconds": 1.0, "grpc_handshake_seconds": 1.0})
+    quick = settings.model_copy(
+        update={"grpc_idle_seconds": 1.0, "grpc_handshake_seconds": 1.0, "http_idle_seconds": 1.0}
+    )
     async with Node(quick, clock=FixedClock(SystemClock().now())) as running:
         await enrol_demo(quick)
         yield running
@@ -76,6 +79,23 @@ async def test_a_connection_that_never_says_a_word_is_closed(impatient_node: Nod
         received = await loop.run_in_executor(None, sock.recv, 4096)
     assert received == b""
     assert time.monotonic() - started < 10  # gRPC's default would hold it 120 s
+
+
+async def test_an_http_connection_silent_or_half_asked_is_closed(impatient_node: Node) -> None:
+    loop = asyncio.get_running_loop()
+    for sent in (b"", b"GET /healthz HTTP/1.1\r\nHost: node\r\n"):  # no blank line
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", impatient_node.http_port), timeout=15) as sock:
+            sock.sendall(sent)
+            received = await loop.run_in_executor(None, sock.recv, 4096)
+        assert received == b"", sent
+        assert time.monotonic() - started < 10, sent
+    # A whole request is answered, and the connection kept for the next one.
+    with socket.create_connection(("127.0.0.1", impatient_node.http_port), timeout=15) as sock:
+        for _ in range(2):
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: node\r\n\r\n")
+            answer = await loop.run_in_executor(None, sock.recv, 4096)
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
 
 
 def test_serve_raises_its_open_files_limit_towards_the_hard_limit() -> None:

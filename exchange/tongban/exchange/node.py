@@ -743,7 +743,13 @@ class Node:
             licensing=self.licensing,
             console=console,
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app,
+            access_log=None,
+            handle_signals=False,
+            # Idle connections, and those whose request headers never finish, are closed.
+            keepalive_timeout=self.settings.http_idle_seconds,
+        )
         await runner.setup()
         self._http = runner
         listen = self.settings.http_listen

@@ -140,6 +140,11 @@ class Settings(BaseSettings):
     closed: a silent connection cannot hold a file descriptor for long (gRPC's own
     default is 120 s)."""
 
+    http_idle_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    """An HTTP connection is closed when no request has come on it for this long, counted
+    from its opening or its last answer; a request whose headers have not all arrived by
+    then is dropped with it. (aiohttp's own default holds a silent connection an hour.)"""
+
     shutdown_grace_seconds: float = Field(default=10.0, ge=0, le=600)
     """How long in-flight calls may run after SIGTERM before they are cancelled."""
 
