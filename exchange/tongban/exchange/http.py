@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tongban.errors import TongbanError
 from tongban.exchange.db.database import Database
+from tongban.exchange.db.fair_pool import DATABASE_GONE
 from tongban.exchange.errors import DatabaseUnavailable
 from tongban.exchange.metrics import NodeMetrics
 
@@ -83,14 +84,35 @@ def _refusal(status: int, reason: str, message: str) -> web.Response:
     return web.json_response({"reason": reason, "message": message}, status=status)
 
 
+DATABASE_GONE_RETRY_SECONDS = 5
+
+
+def database_gone_refusal() -> web.Response:
+    """503 DATABASE_UNAVAILABLE, with a Retry-After, for a request the database was not
+    there to serve."""
+    response = _refusal(
+        503,
+        DatabaseUnavailable.reason,
+        "The node could not reach its database, so the request was not served; retry in a moment.",
+    )
+    response.headers["Retry-After"] = str(DATABASE_GONE_RETRY_SECONDS)
+    return response
+
+
 @web.middleware
 async def _json_refusals(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
     """aiohttp's own refusals (no such path, wrong method, body too large) as JSON with a
-    reason code, like every other refusal; the console renders its own (web/app.py)."""
+    reason code, like every other refusal, and the database not there as 503; the console
+    renders its own (web/app.py)."""
     try:
         return await handler(request)
+    except DATABASE_GONE as e:
+        if request.path.startswith("/console"):
+            raise
+        _log.warning("database not available for %s: %s", request.path, e)
+        return database_gone_refusal()
     except web.HTTPException as e:
         known = _HTTP_REASONS.get(e.status)
         if known is None or request.path.startswith("/console"):
@@ -129,6 +151,16 @@ def _licence_routes(app: web.Application, trust: LicenceTrust) -> None:
             result = await trust.verify(text)
         except TongbanError as e:
             return _problem(http_status(e), e.reason, e.message)
+        except DATABASE_GONE as e:
+            _log.warning("database not available for /verify: %s", e)
+            problem = _problem(
+                503,
+                DatabaseUnavailable.reason,
+                "The node could not reach its database to check the licence's status; "
+                "retry in a moment.",
+            )
+            problem.headers["Retry-After"] = str(DATABASE_GONE_RETRY_SECONDS)
+            return problem
         except Exception:  # noqa: BLE001 - a public endpoint answers JSON, never a trace
             incident = secrets.token_hex(6)
             _log.exception("incident %s in /verify", incident)

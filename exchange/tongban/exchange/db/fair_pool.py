@@ -22,12 +22,39 @@ from typing import Any
 
 import asyncpg
 from asyncpg import connection as _connection
+from asyncpg import exceptions as _exceptions
 from asyncpg import protocol as _protocol
 
-__all__ = ["FairPool", "department", "share_of"]
+__all__ = ["DATABASE_GONE", "DatabaseUnreachable", "FairPool", "department", "share_of"]
 
 department: ContextVar[str | None] = ContextVar("tongban_pool_department", default=None)
 """Whose work the current task does: a department code, or None for the node's own."""
+
+
+class DatabaseUnreachable(ConnectionError):
+    """No connection to PostgreSQL could be opened for a call: it is down, restarting,
+    refusing connections or out of them. A ``ConnectionError``, so code that handles the
+    driver's connection failures as ``OSError`` still does; the gRPC interceptor answers
+    it UNAVAILABLE / DATABASE_UNAVAILABLE. Its cause is the driver's error."""
+
+
+_UNREACHABLE = (
+    OSError,  # refused, reset, no such socket file, no such host
+    asyncpg.PostgresConnectionError,
+    _exceptions.CannotConnectNowError,  # starting up or shutting down
+    _exceptions.TooManyConnectionsError,
+)
+"""What opening a connection raises when the database is not there to serve it."""
+
+DATABASE_GONE = (
+    DatabaseUnreachable,  # no connection could be opened for the call
+    asyncpg.PostgresConnectionError,  # the connection went in the middle of a statement
+    _exceptions.AdminShutdownError,  # the server was told to stop, or the session was ended
+    _exceptions.CrashShutdownError,
+    _exceptions.CannotConnectNowError,
+)
+"""The database not there for a request: the gRPC interceptor answers these UNAVAILABLE,
+the HTTP side 503, both DATABASE_UNAVAILABLE, to be retried; not INTERNAL or 500."""
 
 
 def share_of(size: int) -> int:
@@ -49,7 +76,7 @@ class FairPool(asyncpg.Pool):
     async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109
         code = department.get()
         if code is None:
-            return await super()._acquire(timeout)  # type: ignore[misc]
+            return await self._connected(timeout)
         gate = self._gates.get(code)
         if gate is None:
             gate = self._gates[code] = asyncio.Semaphore(self._share)
@@ -57,12 +84,20 @@ class FairPool(asyncpg.Pool):
         async with asyncio.timeout(timeout):
             await gate.acquire()
         try:
-            proxy = await super()._acquire(timeout)  # type: ignore[misc]
+            proxy = await self._connected(timeout)
         except BaseException:
             gate.release()
             raise
         self._held[id(proxy)] = gate
         return proxy
+
+    async def _connected(self, timeout: float | None) -> Any:  # noqa: ASYNC109
+        """asyncpg's acquire, which opens a new connection when the one it hands out is
+        closed; failing that, DatabaseUnreachable (an OSError too, as before)."""
+        try:
+            return await super()._acquire(timeout)  # type: ignore[misc]
+        except _UNREACHABLE as e:
+            raise DatabaseUnreachable(f"cannot open a database connection: {e}") from e
 
     async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
         gate = self._held.pop(id(connection), None)

@@ -8,7 +8,10 @@ MALFORMED_REQUEST, on streams too, and ``request_checks`` applies the rules ever
 keeps); the call runs with the caller in a context variable; a ``TongbanError``
 becomes its status with a ``google.rpc.ErrorInfo`` (reason, domain ``tongban``, metadata)
 and its message; anything else is logged with an incident id and becomes ``INTERNAL``
-with that id and no detail, so no stack trace or internal text reaches a caller.
+with that id and no detail, so no stack trace or internal text reaches a caller. The
+database not there for a call (``DATABASE_GONE``: no connection could be opened, or
+it went in the middle) is UNAVAILABLE / DATABASE_UNAVAILABLE instead: nothing is wrong
+with the call, and it may be retried.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from tongban.errors import TongbanError
+from tongban.exchange.db.fair_pool import DATABASE_GONE
+from tongban.exchange.errors import DatabaseUnavailable
 from tongban.exchange.fairness import CpuShare, metered, set_pacer
 from tongban.exchange.federation.errors import PeerOnly
 from tongban.exchange.federation.trust import PeerTrust
@@ -251,6 +256,9 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except TongbanError as e:
                 code = grpc.StatusCode[e.status]
                 await self._abort(context, e)
+            except DATABASE_GONE as e:
+                code = grpc.StatusCode.UNAVAILABLE
+                await self._abort_connection_lost(context, method, e)
             except Exception as e:  # noqa: BLE001 - the one boundary: logged, then INTERNAL
                 code = grpc.StatusCode.INTERNAL
                 await self._abort_internal(context, method, e)
@@ -292,6 +300,9 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except TongbanError as e:
                 code = grpc.StatusCode[e.status]
                 await self._abort(context, e)
+            except DATABASE_GONE as e:
+                code = grpc.StatusCode.UNAVAILABLE
+                await self._abort_connection_lost(context, method, e)
             except Exception as e:  # noqa: BLE001 - the one boundary: logged, then INTERNAL
                 code = grpc.StatusCode.INTERNAL
                 await self._abort_internal(context, method, e)
@@ -348,6 +359,17 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         code, trailers = status_details(error)
         await context.abort(code, error.message, trailing_metadata=trailers)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    async def _abort_connection_lost(
+        self, context: Context, method: str, error: Exception
+    ) -> NoReturn:
+        _log.warning("database connection lost in %s: %s", method, error)
+        await self._abort(
+            context,
+            DatabaseUnavailable(
+                "The node lost its database connection while serving this call; retry in a moment."
+            ),
+        )
 
     async def _abort_internal(self, context: Context, method: str, error: Exception) -> NoReturn:
         incident = secrets.token_hex(6)

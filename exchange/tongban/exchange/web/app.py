@@ -12,7 +12,9 @@ from collections.abc import Awaitable, Callable
 from aiohttp import BodyPartReader, web
 
 from tongban.errors import TongbanError
-from tongban.exchange.http import http_status
+from tongban.exchange.db.fair_pool import DATABASE_GONE
+from tongban.exchange.errors import DatabaseUnavailable
+from tongban.exchange.http import DATABASE_GONE_RETRY_SECONDS, http_status
 from tongban.exchange.web.audit_pages import AuditPages
 from tongban.exchange.web.base import (
     _COOKIE,
@@ -108,6 +110,13 @@ class WebConsole(AuditPages, SubjectPages, CataloguePages, ConsoleBase):
             page = self._message(request, http_status(e), e.message, reason=e.reason)
             if e.retry_after is not None:
                 page.headers["Retry-After"] = str(math.ceil(e.retry_after))
+            return page
+        except DATABASE_GONE as e:
+            _log.warning("database not available for %s: %s", request.path, e)
+            page = self._message(
+                request, 503, t("error.database"), reason=DatabaseUnavailable.reason
+            )
+            page.headers["Retry-After"] = str(DATABASE_GONE_RETRY_SECONDS)
             return page
         except Exception:  # noqa: BLE001 - a page, never a stack trace; the log has it
             incident = secrets.token_hex(6)

@@ -407,6 +407,10 @@ _TEXT: dict[str, tuple[str, str]] = {
         "提交的内容太大：表单最多 1 MB。",
         "What was sent is too large: a form takes at most 1 MB.",
     ),
+    "error.database": (
+        "暂时无法连接数据库，请稍后重试。",
+        "The service cannot reach its database just now; please retry in a moment.",
+    ),
     "error.internal": (
         "服务出错（事件 {incident}），请稍后重试。",
         "The service failed (incident {incident}); please retry later.",
