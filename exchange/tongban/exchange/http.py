@@ -85,12 +85,13 @@ def _refusal(status: int, reason: str, message: str) -> web.Response:
 
 
 DATABASE_GONE_RETRY_SECONDS = 5
+"""Retry-After of a 503 for a request the database was not there to serve."""
 
 
-def database_gone_refusal() -> web.Response:
-    """503 DATABASE_UNAVAILABLE, with a Retry-After, for a request the database was not
-    there to serve."""
-    response = _refusal(
+def _database_gone(answer: Callable[[int, str, str], web.Response]) -> web.Response:
+    """``answer`` (``_refusal`` or ``_problem``) as 503 DATABASE_UNAVAILABLE, with a
+    Retry-After, for a request the database was not there to serve."""
+    response = answer(
         503,
         DatabaseUnavailable.reason,
         "The node could not reach its database, so the request was not served; retry in a moment.",
@@ -112,7 +113,7 @@ async def _json_refusals(
         if request.path.startswith("/console"):
             raise
         _log.warning("database not available for %s: %s", request.path, e)
-        return database_gone_refusal()
+        return _database_gone(_refusal)
     except web.HTTPException as e:
         known = _HTTP_REASONS.get(e.status)
         if known is None or request.path.startswith("/console"):
@@ -153,14 +154,7 @@ def _licence_routes(app: web.Application, trust: LicenceTrust) -> None:
             return _problem(http_status(e), e.reason, e.message)
         except DATABASE_GONE as e:
             _log.warning("database not available for /verify: %s", e)
-            problem = _problem(
-                503,
-                DatabaseUnavailable.reason,
-                "The node could not reach its database to check the licence's status; "
-                "retry in a moment.",
-            )
-            problem.headers["Retry-After"] = str(DATABASE_GONE_RETRY_SECONDS)
-            return problem
+            return _database_gone(_problem)
         except Exception:  # noqa: BLE001 - a public endpoint answers JSON, never a trace
             incident = secrets.token_hex(6)
             _log.exception("incident %s in /verify", incident)

@@ -258,7 +258,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await self._abort(context, e)
             except DATABASE_GONE as e:
                 code = grpc.StatusCode.UNAVAILABLE
-                await self._abort_connection_lost(context, method, e)
+                await self._abort_database_gone(context, method, e)
             except Exception as e:  # noqa: BLE001 - the one boundary: logged, then INTERNAL
                 code = grpc.StatusCode.INTERNAL
                 await self._abort_internal(context, method, e)
@@ -302,7 +302,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 await self._abort(context, e)
             except DATABASE_GONE as e:
                 code = grpc.StatusCode.UNAVAILABLE
-                await self._abort_connection_lost(context, method, e)
+                await self._abort_database_gone(context, method, e)
             except Exception as e:  # noqa: BLE001 - the one boundary: logged, then INTERNAL
                 code = grpc.StatusCode.INTERNAL
                 await self._abort_internal(context, method, e)
@@ -360,14 +360,15 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         await context.abort(code, error.message, trailing_metadata=trailers)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
-    async def _abort_connection_lost(
+    async def _abort_database_gone(
         self, context: Context, method: str, error: Exception
     ) -> NoReturn:
-        _log.warning("database connection lost in %s: %s", method, error)
+        _log.warning("database not available in %s: %s", method, error)
         await self._abort(
             context,
             DatabaseUnavailable(
-                "The node lost its database connection while serving this call; retry in a moment."
+                "The node could not reach its database, so the call was not served (or not "
+                "to its end); retry in a moment."
             ),
         )
 
