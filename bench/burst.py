@@ -40,18 +40,15 @@ run. Targets: no failures at any C (printed as met or missed, never asserted).
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import platform
 import statistics
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager, suppress
 from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -60,7 +57,7 @@ import psutil
 
 from bench._client import Department, admitted
 from bench._config import Config
-from bench._errors import describe
+from bench._main import run_main, write_results
 from bench._peer import LICENCE_TYPE, BurstFigures, Peer, peer, percentiles
 from bench._servers import NodeServer, node_server
 from bench._table import LABEL, cpu_header, cpu_row, rate_row
@@ -72,7 +69,6 @@ from tongban.v1 import catalogue_pb2, catalogue_pb2_grpc
 
 __all__ = ["BurstReport", "as_json", "configured", "format_report", "main", "run"]
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WARM_UP_ISSUES = 8
 _ISSUE_TIMEOUT = 180.0
 """Deadline of samr's Issue calls: the last of 256 queued calls waits for the 255 before it
@@ -393,34 +389,16 @@ def as_json(report: BurstReport) -> dict[str, Any]:
     }
 
 
-def write_json(report: BurstReport, directory: Path = RESULTS_DIR) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"burst-{report.started:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(as_json(report), indent=2) + "\n", encoding="utf-8")
-    return path
-
-
 FAILURES = (RuntimeError, TongbanError, asyncpg.PostgresError, OSError, ExceptionGroup)
 """What ``run`` raises when the benchmark cannot complete (reported, not a traceback)."""
 
 
 def main() -> int:
     """Run the burst phases, print the table, write the JSON; return the status."""
-    try:
-        config = configured(Config())
-    except ValueError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 2
-    try:
-        report = asyncio.run(run(config))
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        return 130
-    except FAILURES as e:
-        print(f"bench failed: {describe(e)}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    path = write_json(report)
-    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
-    print(f"\nfigures written to {shown}")
-    return 0
+    return run_main(
+        configured,
+        run,
+        format_report,
+        lambda report: write_results("burst", report.started, as_json(report)),
+        FAILURES,
+    )

@@ -34,18 +34,14 @@ BENCH_FAIRNESS_RECORDS (records queried, default 100,000) and BENCH_FAIRNESS_ISS
 
 from __future__ import annotations
 
-import asyncio
-import json
 import os
 import platform
 import random
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -55,8 +51,8 @@ import psutil
 from bench import sharing
 from bench._client import Department, admitted
 from bench._config import Config
-from bench._errors import describe
 from bench._load import LoadResult, run_load
+from bench._main import from_environment, run_main, write_results
 from bench._peer import LoadFigures, Peer, peer, percentiles
 from bench._servers import node_server
 from bench._table import LABEL, cpu_header, cpu_row, load_row, rate_row
@@ -66,7 +62,6 @@ from tongban.exchange.settings import Settings
 
 __all__ = ["FairnessReport", "as_json", "configured", "format_report", "main", "run"]
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 WARM_UP_ISSUES = 8
 _ENV = {  # BENCH_FAIRNESS_* variable -> Config field
     "BENCH_FAIRNESS_SECONDS": "duration_seconds",
@@ -77,19 +72,7 @@ _ENV = {  # BENCH_FAIRNESS_* variable -> Config field
 
 def configured(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
     """``config`` with the BENCH_FAIRNESS_* variables applied; ValueError if one is bad."""
-    changes: dict[str, Any] = {}
-    for variable, name in _ENV.items():
-        text = environ.get(variable, "").strip()
-        if not text:
-            continue
-        try:
-            value = float(text) if name == "duration_seconds" else int(text)
-        except ValueError:
-            raise ValueError(f"{variable}={text!r} is not a number") from None
-        if value <= 0:
-            raise ValueError(f"{variable} must be positive")
-        changes[name] = value
-    return replace(config, **changes)
+    return from_environment(config, _ENV, floats={"duration_seconds"}, environ=environ)
 
 
 def _default(name: str) -> Any:
@@ -385,34 +368,16 @@ def as_json(report: FairnessReport) -> dict[str, Any]:
     }
 
 
-def write_json(report: FairnessReport, directory: Path = RESULTS_DIR) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"fairness-{report.started:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(as_json(report), indent=2) + "\n", encoding="utf-8")
-    return path
-
-
 FAILURES = (RuntimeError, TongbanError, aiohttp.ClientError, OSError, ExceptionGroup)
 """What ``run`` raises when the benchmark cannot complete (reported, not a traceback)."""
 
 
 def main() -> int:
     """Run the fairness phases, print the table, write the JSON; return the status."""
-    try:
-        config = configured(Config())
-    except ValueError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 2
-    try:
-        report = asyncio.run(run(config))
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        return 130
-    except FAILURES as e:
-        print(f"bench failed: {describe(e)}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    path = write_json(report)
-    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
-    print(f"\nfigures written to {shown}")
-    return 0
+    return run_main(
+        configured,
+        run,
+        format_report,
+        lambda report: write_results("fairness", report.started, as_json(report)),
+        FAILURES,
+    )

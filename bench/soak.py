@@ -33,7 +33,6 @@ BENCH_SOAK_ROUNDS (default 10) and BENCH_SOAK_SECONDS (a round, default 30) chan
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import platform
 import random
@@ -41,9 +40,8 @@ import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -52,13 +50,13 @@ import psutil
 from bench import sharing
 from bench._client import Department, admitted
 from bench._config import Config
-from bench._errors import describe
+from bench._main import from_environment, run_main, write_results
 from bench._peer import percentiles
 from bench._servers import NodeServer, node_server
 from bench._table import LABEL, cpu_header, cpu_row
 from bench._watch import CpuMeter, CpuUse
-from bench.fairness import FAILURES, RESULTS_DIR
 from tongban.client import ExchangeClient, ExchangeError
+from tongban.errors import TongbanError
 from tongban.v1 import query_pb2, query_pb2_grpc
 
 __all__ = ["Round", "SoakReport", "as_json", "configured", "format_report", "main", "run"]
@@ -84,21 +82,10 @@ EXPECTED: dict[str, tuple[str, str]] = {
 
 def configured(config: Config, environ: Mapping[str, str] = os.environ) -> Config:
     """``config`` with the BENCH_SOAK_* variables applied; ValueError if one is bad."""
-    changes: dict[str, Any] = {}
-    for variable, name in _ENV.items():
-        text = environ.get(variable, "").strip()
-        if not text:
-            continue
-        try:
-            value = float(text) if name == "soak_round_seconds" else int(text)
-        except ValueError:
-            raise ValueError(f"{variable}={text!r} is not a number") from None
-        if value <= 0:
-            raise ValueError(f"{variable} must be positive")
-        changes[name] = value
-    if changes.get("soak_rounds", config.soak_rounds) < 2:
+    config = from_environment(config, _ENV, floats={"soak_round_seconds"}, environ=environ)
+    if config.soak_rounds < 2:
         raise ValueError("BENCH_SOAK_ROUNDS must be at least 2 (the first is the baseline)")
-    return replace(config, **changes)
+    return config
 
 
 @dataclass(frozen=True)
@@ -455,30 +442,16 @@ def as_json(report: SoakReport) -> dict[str, Any]:
     }
 
 
-def write_json(report: SoakReport, directory: Path = RESULTS_DIR) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"soak-{report.started:%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(as_json(report), indent=2) + "\n", encoding="utf-8")
-    return path
+FAILURES = (RuntimeError, TongbanError, OSError, ExceptionGroup)
+"""What ``run`` raises when the soak cannot complete (reported, not a traceback)."""
 
 
 def main() -> int:
     """Run the soak, print the table, write the JSON; return the status."""
-    try:
-        config = configured(Config())
-    except ValueError as e:
-        print(f"bench: {e}", file=sys.stderr)
-        return 2
-    try:
-        report = asyncio.run(run(config))
-    except KeyboardInterrupt:
-        print("interrupted; servers stopped", file=sys.stderr)
-        return 130
-    except FAILURES as e:
-        print(f"bench failed: {describe(e)}", file=sys.stderr)
-        return 1
-    print(format_report(report))
-    path = write_json(report)
-    shown = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
-    print(f"\nfigures written to {shown}")
-    return 0
+    return run_main(
+        configured,
+        run,
+        format_report,
+        lambda report: write_results("soak", report.started, as_json(report)),
+        FAILURES,
+    )
