@@ -73,23 +73,22 @@ async def test_an_idle_connection_is_closed_and_the_client_connects_again(
 
 async def test_a_connection_that_never_says_a_word_is_closed(impatient_node: Node) -> None:
     loop = asyncio.get_running_loop()
-    started = time.monotonic()
+    # The socket's own timeout (15 s) raises if the node holds the connection (gRPC's
+    # default would hold it 120 s).
     with socket.create_connection(("127.0.0.1", impatient_node.grpc_port), timeout=15) as sock:
         # No TLS ClientHello: the node waits for one, then gives up and closes.
         received = await loop.run_in_executor(None, sock.recv, 4096)
     assert received == b""
-    assert time.monotonic() - started < 10  # gRPC's default would hold it 120 s
 
 
 async def test_an_http_connection_silent_or_half_asked_is_closed(impatient_node: Node) -> None:
     loop = asyncio.get_running_loop()
     for sent in (b"", b"GET /healthz HTTP/1.1\r\nHost: node\r\n"):  # no blank line
-        started = time.monotonic()
+        # As above, the socket's timeout (15 s) raises if the node holds the connection.
         with socket.create_connection(("127.0.0.1", impatient_node.http_port), timeout=15) as sock:
             sock.sendall(sent)
             received = await loop.run_in_executor(None, sock.recv, 4096)
         assert received == b"", sent
-        assert time.monotonic() - started < 10, sent
     # A whole request is answered, and the connection kept for the next one.
     with socket.create_connection(("127.0.0.1", impatient_node.http_port), timeout=15) as sock:
         for _ in range(2):
