@@ -87,9 +87,10 @@ USAGE = """usage: python -m bench [--quick | audit | events | fairness | burst |
                  of the same rows; not in the full run (BENCH_SUPERVISION_ROWS)
   soak           64 callers without a break for 10 rounds of 30 s, of every ten calls six
                  audited queries, three bad ones (a key that is no USCC, a dataset that
-                 does not exist, an unknown field) and one republish; each answer checked,
-                 and per round the rate, p99, slowest call and the node's memory, files and
-                 threads; the last round beside the first; not in the full run
+                 does not exist, an unknown field) and one change to a record, which a
+                 subscription receives; each answer checked, every change delivered in
+                 order, and per round the rate, p99, slowest call and the node's memory,
+                 files and threads; the last round beside the first; not in the full run
                  (BENCH_SOAK_ROUNDS, BENCH_SOAK_SECONDS)
   profile        py-spy on the node under the audited 1-key query (64 callers): a flame
                  graph (docs/profiles/audited-query-node.svg, or BENCH_PROFILE_SVG) and

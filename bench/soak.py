@@ -14,18 +14,24 @@ Then 64 callers run without a break for ``soak_rounds`` rounds of ``soak_round_s
   a few names, so that the node's dataset cache, which is bounded, does not grow through
   the run and read as a leak);
 - one asks for a field the dataset does not have (``UNKNOWN_FIELD``);
-- one is samr republishing one of its records as it is (``PublishRecords``, unchanged).
+- one is samr changing one of its records' address (``PublishRecords``, one updated).
+
+Meanwhile ``tax`` subscribes to the dataset's name and address from where the setup's
+records end, acknowledges every 500 events, and checks that the positions it receives
+follow one another; at the end it must have received every change samr made.
 
 Each call's answer is checked against what it should be; any other (a wrong code or
 reason, ``INTERNAL``, a timeout) is counted as unexpected and printed with its reason. A
 call refused for a department limit is retried after the node's delay, as a client
-should, and the refusal counted.
+should, and the refusal counted; so is an acknowledgement. A subscription stream that
+ends is counted by its reason and opened again after the last position received.
 
-After each round: calls/s, the queries' p50, p99 and slowest, the slowest of any call,
-and the node's resident memory, open files and threads and PostgreSQL's processes. The
-first round is the baseline of the last: rate and p99 as a share of it, memory growth
-per minute over the second half of the run (after the caches have filled), and the peak
-beside the node's memory budget. Nothing is asserted; a line says whether each holds.
+After each round: calls/s, events received/s, the queries' p50, p99 and slowest, the
+slowest of any call, and the node's resident memory, open files and threads and
+PostgreSQL's processes. The first round is the baseline of the last: rate and p99 as a
+share of it, memory growth per minute over the second half of the run (after the caches
+have filled), and the peak beside the node's memory budget. Nothing is asserted; a line
+says whether each holds.
 
 BENCH_SOAK_ROUNDS (default 10) and BENCH_SOAK_SECONDS (a round, default 30) change a run.
 """
@@ -33,6 +39,9 @@ BENCH_SOAK_ROUNDS (default 10) and BENCH_SOAK_SECONDS (a round, default 30) chan
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
+import math
 import os
 import platform
 import random
@@ -67,16 +76,18 @@ _ENV = {  # BENCH_SOAK_* variable -> Config field
 }
 UNKNOWN_DATASETS = 100
 """Names of datasets that do not exist, asked for in turn."""
+ACK_EVERY = 500
+"""Events the subscriber receives between two acknowledgements."""
 
 # The ten kinds of call, in the order they are made, and the answer each should get
 # (status, reason; "" for none).
-_KINDS = (*["query"] * 6, "bad key", "no dataset", "no field", "republish")
+_KINDS = (*["query"] * 6, "bad key", "no dataset", "no field", "update")
 EXPECTED: dict[str, tuple[str, str]] = {
     "query": ("OK", ""),
     "bad key": ("INVALID_ARGUMENT", "INVALID_SUBJECT_ID"),
     "no dataset": ("NOT_FOUND", "DATASET_NOT_FOUND"),
     "no field": ("INVALID_ARGUMENT", "UNKNOWN_FIELD"),
-    "republish": ("OK", ""),
+    "update": ("OK", ""),
 }
 
 
@@ -94,6 +105,8 @@ class Round:
 
     seconds: float
     calls: int
+    events: int
+    """Events the subscriber received in the round."""
     query_p50_ms: float
     query_p99_ms: float
     query_max_ms: float
@@ -121,6 +134,7 @@ class SoakReport:
     """Answers by kind of call, then "expected" or the status and reason of another."""
     refused: dict[str, int]
     """Refusals for a department limit the callers saw (and retried), by reason."""
+    feed: _FeedFigures
 
     @property
     def unexpected(self) -> int:
@@ -171,18 +185,21 @@ async def run(config: Config) -> SoakReport:
                     yield rows[start : start + config.publish_batch]
 
             await client.stream_records(config.dataset, batches())
-            async with consumer.channel() as channel:
+            async with consumer.channel() as channel, consumer.client() as tax:
                 calls = _Calls(
                     query_pb2_grpc.QueryServiceStub(channel), client, consumer, rows, config
                 )
-                rounds = await _rounds(calls, node, config)
+                # The setup's records are the events 0 .. records - 1; changes come after.
+                subscriber = _Subscriber(tax, len(rows) - 1, config)
+                rounds, feed = await _rounds(calls, subscriber, node, config)
     return SoakReport(
         started=started,
         loadavg=loadavg,
         config=config,
         rounds=rounds,
         answers={kind: dict(counts) for kind, counts in calls.answers.items()},
-        refused=dict(calls.refused),
+        refused=dict(calls.refused + subscriber.refused),
+        feed=feed,
     )
 
 
@@ -227,14 +244,15 @@ class _Calls:
 
     def _call(self, kind: str, made: int) -> Callable[[], Awaitable[object]]:
         key, values = self._random.choice(self._rows)
-        if kind == "republish":
+        if kind == "update":
+            changed = {**values, "address": f"{values['address']}（{made}）"}
 
-            async def republish() -> None:
-                counts = await self._owner.publish_records(self._config.dataset, [(key, values)])
-                if counts.unchanged != 1:
-                    raise _WrongAnswer(f"republished as {counts}")
+            async def update() -> None:
+                counts = await self._owner.publish_records(self._config.dataset, [(key, changed)])
+                if counts.updated != 1:
+                    raise _WrongAnswer(f"published as {counts}")
 
-            return republish
+            return update
         config, consumer = self._config, self._consumer
         fields = list(config.query_fields)
         dataset = config.dataset
@@ -266,7 +284,82 @@ class _WrongAnswer(Exception):
     """A call answered OK, but not with what it should have."""
 
 
-async def _rounds(calls: _Calls, node: NodeServer, config: Config) -> list[Round]:
+@dataclass(frozen=True)
+class _FeedFigures:
+    """What the subscriber saw over the whole run."""
+
+    updates: int
+    """Changes samr made (answered: one record updated)."""
+    first: int
+    """The position after the setup's records: the first change's."""
+    last: int
+    """The last position received; every change is in by ``first + updates - 1``."""
+    gaps: int
+    """Times a position came that was not the one after the last (a duplicate or a gap)."""
+    ended: dict[str, int]
+    """Streams that ended, by reason (each opened again)."""
+
+
+class _Subscriber:
+    """tax's subscription to the dataset: counts events, acknowledges every ``ACK_EVERY``,
+    checks that positions follow one another, and reopens a stream that ends."""
+
+    def __init__(self, client: ExchangeClient, after: int, config: Config) -> None:
+        self._client = client
+        self._config = config
+        self.first = after + 1
+        self.last = after
+        self.received = 0
+        self.gaps = 0
+        self.ended: Counter[str] = Counter()
+        self.refused: Counter[str] = Counter()
+        self._wanted = math.inf
+        self._reached = asyncio.Event()
+
+    async def run(self) -> None:
+        """Receive until cancelled."""
+        while True:
+            try:
+                await self._stream()
+            except ExchangeError as e:
+                self.ended[e.reason] += 1
+                await asyncio.sleep(e.retry_after or 1.0)
+
+    async def _stream(self) -> None:
+        events = self._client.subscribe(
+            self._config.dataset,
+            fields=list(self._config.events_fields),
+            purpose=sharing.PURPOSE,
+            after_position=self.last,
+        )
+        async for event in events:
+            if event.position != self.last + 1:
+                self.gaps += 1
+            self.last = max(self.last, event.position)
+            self.received += 1
+            if self.last >= self._wanted:
+                self._reached.set()
+            if self.received % ACK_EVERY == 0:
+                await admitted(
+                    functools.partial(
+                        self._client.acknowledge, event.subscription_id, event.position
+                    ),
+                    self.refused,
+                )
+
+    async def caught_up(self, last: int, seconds: float) -> None:
+        """Wait until ``last`` has been received, or ``seconds``."""
+        self._wanted = last
+        if self.last >= last:
+            return
+        self._reached.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._reached.wait(), seconds)
+
+
+async def _rounds(
+    calls: _Calls, subscriber: _Subscriber, node: NodeServer, config: Config
+) -> tuple[list[Round], _FeedFigures]:
     stopping = False
 
     async def caller() -> None:
@@ -279,26 +372,39 @@ async def _rounds(calls: _Calls, node: NodeServer, config: Config) -> list[Round
         )
 
     rounds: list[Round] = []
-    async with asyncio.TaskGroup() as group:
-        for _ in range(config.concurrency):
-            group.create_task(caller())
-        try:
-            await asyncio.sleep(config.warmup_seconds)
-            for number in range(config.soak_rounds):
-                calls.tally = _Tally()
-                cpu = meter()
-                cpu.start()
-                began = time.perf_counter()
-                await asyncio.sleep(config.soak_round_seconds)
-                tally, seconds = calls.tally, time.perf_counter() - began
-                rounds.append(_round(tally, seconds, cpu.stop(), node))
-                print(_progress(number + 1, config.soak_rounds, rounds[-1]), file=sys.stderr)
-        finally:
-            stopping = True
-    return rounds
+    feed = asyncio.create_task(subscriber.run())
+    try:
+        async with asyncio.TaskGroup() as group:
+            for _ in range(config.concurrency):
+                group.create_task(caller())
+            try:
+                await asyncio.sleep(config.warmup_seconds)
+                for number in range(config.soak_rounds):
+                    calls.tally = _Tally()
+                    received = subscriber.received
+                    cpu = meter()
+                    cpu.start()
+                    began = time.perf_counter()
+                    await asyncio.sleep(config.soak_round_seconds)
+                    tally, seconds = calls.tally, time.perf_counter() - began
+                    events = subscriber.received - received
+                    rounds.append(_round(tally, events, seconds, cpu.stop(), node))
+                    print(_progress(number + 1, config.soak_rounds, rounds[-1]), file=sys.stderr)
+            finally:
+                stopping = True
+        updates = calls.answers["update"]["expected"]
+        await subscriber.caught_up(subscriber.first + updates - 1, seconds=30)
+    finally:
+        feed.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feed
+    figures = _FeedFigures(
+        updates, subscriber.first, subscriber.last, subscriber.gaps, dict(subscriber.ended)
+    )
+    return rounds, figures
 
 
-def _round(tally: _Tally, seconds: float, cpu: CpuUse, node: NodeServer) -> Round:
+def _round(tally: _Tally, events: int, seconds: float, cpu: CpuUse, node: NodeServer) -> Round:
     queries = sorted(tally.latencies.get("query", []))
     p50, p99 = percentiles(queries)
     rss = fds = threads = 0
@@ -312,6 +418,7 @@ def _round(tally: _Tally, seconds: float, cpu: CpuUse, node: NodeServer) -> Roun
     return Round(
         seconds=seconds,
         calls=sum(len(v) for v in tally.latencies.values()),
+        events=events,
         query_p50_ms=p50 * 1000,
         query_p99_ms=p99 * 1000,
         query_max_ms=(queries[-1] if queries else float("nan")) * 1000,
@@ -351,15 +458,17 @@ def format_report(report: SoakReport) -> str:
         "default limits",
         f"of every ten calls: 6 {c.consumer} audited 1-key queries of {c.dataset} "
         f"({c.records:,} records), 1 key that is no USCC, 1 dataset that does not exist, "
-        f"1 unknown field, 1 {c.department} republishing a record as it is",
+        f"1 unknown field, 1 {c.department} changing a record's address; {c.consumer} subscribed "
+        f"to {', '.join(c.events_fields)}",
         "",
-        f"{'round':<6}{'calls/s':>9}{'query p50':>11}{'p99':>8}{'max':>8}"
+        f"{'round':<6}{'calls/s':>9}{'events/s':>9}{'query p50':>11}{'p99':>8}{'max':>8}"
         f"{'slowest call':>22}{'node MB':>9}{'files':>7}{'threads':>9}{'pg procs':>10}",
     ]
     for number, r in enumerate(report.rounds, 1):
         lines.append(
-            f"{number:<6}{r.rate:>9,.0f}{r.query_p50_ms:>9.1f}ms{r.query_p99_ms:>6.0f}ms"
-            f"{r.query_max_ms:>6.0f}ms{f'{r.slowest_ms:.0f} ms ({r.slowest_kind})':>22}"
+            f"{number:<6}{r.rate:>9,.0f}{r.events / r.seconds:>9,.0f}"
+            f"{r.query_p50_ms:>9.1f}ms{r.query_p99_ms:>6.0f}ms{r.query_max_ms:>6.0f}ms"
+            f"{f'{r.slowest_ms:.0f} ms ({r.slowest_kind})':>22}"
             f"{r.node_rss_mb:>9.1f}{r.node_fds:>7}{r.node_threads:>9}{r.postgres_processes:>10}"
         )
     lines += [
@@ -383,6 +492,13 @@ def format_report(report: SoakReport) -> str:
         )
     if report.refused:
         lines.append(f"  refused for a department limit and retried: {report.refused}")
+    feed = report.feed
+    wanted = feed.first + feed.updates - 1
+    lines.append(
+        f"  {'subscription':<12}{feed.last - feed.first + 1:>9,} positions received of the "
+        f"{feed.updates:,} changes made; {feed.gaps:,} out of order"
+        + (f"; streams ended and reopened: {feed.ended}" if feed.ended else "")
+    )
     growth = report.rss_growth_mb_per_min
     peak = max(r.node_rss_mb for r in report.rounds)
     budget = c.node_rss_budget_mb
@@ -404,6 +520,12 @@ def format_report(report: SoakReport) -> str:
         "Checks (this run; printed, never asserted):",
         f"  {'unexpected answers':<{LABEL - 2}}{report.unexpected:>7,}   "
         + ("none" if report.unexpected == 0 else "SOME: see above"),
+        f"  {'every change delivered, in order':<{LABEL - 2}}"
+        + (
+            "yes"
+            if feed.last == wanted and feed.gaps == 0
+            else f"NO: up to position {feed.last:,} of {wanted:,}, {feed.gaps:,} out of order"
+        ),
         f"  {'node memory, second half':<{LABEL - 2}}{growth:>+7.2f} MB a minute; "
         f"peak {peak:.0f} MB of the {budget:g} MB budget: "
         + ("within" if peak <= budget else "OVER"),
@@ -438,6 +560,7 @@ def as_json(report: SoakReport) -> dict[str, Any]:
         "expected": {kind: list(answer) for kind, answer in EXPECTED.items()},
         "unexpected": report.unexpected,
         "refused_and_retried": report.refused,
+        "subscription": asdict(report.feed),
         "node_rss_growth_mb_per_min_second_half": report.rss_growth_mb_per_min,
     }
 
