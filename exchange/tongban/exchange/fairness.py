@@ -147,8 +147,8 @@ class CpuShare:
         until = self._next.get(department)
         if until is None:
             return 0.0
-        if len(self._active) <= (department in self._active):
-            # No other department has a call in progress: nobody to make room for.
+        others = len(self._active) - (1 if department in self._active else 0)
+        if others == 0:  # no other department has a call in progress: nobody to wait for
             del self._next[department]
             return 0.0
         return max(0.0, until - self._clock())
