@@ -303,3 +303,42 @@ def _serve(settings: Settings) -> subprocess.Popen[str]:
     assert line, "serve exited before it was ready"
     assert json.loads(line)["event"] == "ready"
     return proc
+
+
+async def test_a_stream_that_starts_while_the_broker_is_down_is_served_from_the_outbox(
+    settings: Settings,
+) -> None:
+    """Kafka down when a stream is to start reading it: the stream does not end, it is
+    served from the outbox (on PostgreSQL's notifications) and reads Kafka once it is
+    back. (It used to end with BROKER_UNAVAILABLE.)"""
+    broker = TansuBroker()
+    broker.start()
+    settings = kafka_settings(settings, broker.bootstrap)
+    try:
+        async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
+            assert node.db is not None
+            await enrol_demo(settings)
+            async with client_for(node, "samr", "SC-1") as samr:
+                await samr.register_dataset(ENTERPRISE, publish=True)
+            await _publish_versions(node, rounds=2)
+            await _wait_published(node.db.pool)
+            broker.stop(kill=True)
+            async with client_for(node, "tax", "TX-1") as tax:
+                stream = tax.subscribe(DATASET, fields=["name", "address"], purpose="登记信息同步")
+                got = await _next(stream, 2 * len(USCCS))  # the outbox up to now
+                await _publish_versions(node, rounds=4)  # versions 2 and 3 are new
+                got += await _next(stream, 2 * len(USCCS))  # while Kafka is still down
+                assert node._feed is not None
+                assert getattr(node._feed, "outbox_while_down", 0) >= 1
+                broker.start()  # same port, empty
+                await _publish_versions(node, rounds=6)  # versions 4 and 5
+                got += await _next(stream, 2 * len(USCCS), within=60)
+            assert [e.position for e in got] == list(range(6 * len(USCCS)))
+    finally:
+        broker.stop()
+
+
+async def _next(stream: AsyncIterator[Event], n: int, within: float = 30) -> list[Event]:
+    """The next ``n`` events of ``stream`` (which goes on after)."""
+    async with asyncio.timeout(within):
+        return [await anext(stream) for _ in range(n)]

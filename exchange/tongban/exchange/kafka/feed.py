@@ -11,7 +11,9 @@ a relay that restarts may publish an event twice; the stream puts events back in
 position order with a small buffer and drops what it has already delivered. If the next
 position does not arrive within ``gap_seconds`` of PostgreSQL announcing it (the broker
 is down, or lost a message), the stream reads it from the outbox instead: Kafka is the
-fast path, never the only one.
+fast path, never the only one. A stream that is to start reading Kafka while the brokers
+cannot be reached is served from the outbox, waking on PostgreSQL's notifications, and
+tries Kafka again every ``KAFKA_RETRY_SECONDS``.
 
 Messages are opened with the nodes' payload keys (``sealing``) before anything else looks
 at them. One the node cannot open — sealed with a key it does not hold, failing
@@ -32,6 +34,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from tongban.exchange.errors import BrokerUnavailable, KafkaSecurityFailed
 from tongban.exchange.kafka._lifecycle import close_detached
 from tongban.exchange.kafka.connection import KafkaConnection, start_client
 from tongban.exchange.kafka.sealing import MessageRejected, PayloadKeys, Rejection, open_event
@@ -44,6 +47,9 @@ _log = logging.getLogger(__name__)
 
 #: Poll the outbox at least this often even without a notification (a lost NOTIFY).
 _SAFETY_POLL = 10.0
+
+KAFKA_RETRY_SECONDS = 5.0
+"""While Kafka cannot be reached, how often a stream served from the outbox tries it."""
 
 
 class KafkaFeed:
@@ -71,6 +77,9 @@ class KafkaFeed:
         """Batches read from the outbox because Kafka had not delivered them in time."""
         self.opened = 0
         """Messages read from Kafka and opened: authentic, under a key this node holds."""
+        self.outbox_while_down = 0
+        """Times a stream was served from the outbox because Kafka could not be reached
+        when it was to start reading it."""
 
     async def batches(self, dataset: str, after: int) -> AsyncGenerator[list[EventRow], None]:
         topic = self._topics.name(dataset)
@@ -80,7 +89,31 @@ class KafkaFeed:
         while rows := await self._store.after(dataset, cursor):
             yield rows
             cursor = rows[-1].position
-        consumer = await self._consumer(dataset, topic, start)
+        while True:
+            try:
+                consumer = await self._consumer(dataset, topic, start)
+                break
+            except KafkaSecurityFailed:
+                raise  # the node's Kafka settings are wrong: say so, waiting will not help
+            except BrokerUnavailable as e:
+                # Kafka is the fast path, never the only one: a stream that opens (or
+                # catches up) while the brokers are down is served from the outbox until
+                # they are back, instead of ending.
+                _log.warning(
+                    "Kafka unreachable for %s (%s); serving it from the outbox, trying "
+                    "Kafka again in %g s",
+                    dataset,
+                    e.message,
+                    KAFKA_RETRY_SECONDS,
+                )
+                self.outbox_while_down += 1
+                retry_at = time.monotonic() + KAFKA_RETRY_SECONDS
+                while (now := time.monotonic()) < retry_at:
+                    since = self._waker.last_notified(dataset)
+                    while rows := await self._store.after(dataset, cursor):
+                        yield rows
+                        cursor = rows[-1].position
+                    await self._waker.wait(dataset, within=retry_at - now, since=since)
         try:
             async for batch in self._tail(dataset, consumer, cursor):
                 yield batch
