@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import platform
 import sys
 from collections.abc import Callable, Collection, Coroutine, Mapping
 from dataclasses import replace
@@ -14,10 +15,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import grpc
+
 from bench._config import Config
 from bench._errors import describe
 
-__all__ = ["RESULTS_DIR", "from_environment", "run_main", "write_results"]
+__all__ = ["RESULTS_DIR", "from_environment", "host_figures", "run_main", "write_results"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -46,6 +49,17 @@ def from_environment(
             raise ValueError(f"{variable} must be positive")
         changes[name] = value
     return replace(config, **changes)
+
+
+def host_figures(loadavg: tuple[float, float, float]) -> dict[str, Any]:
+    """The machine a results file was measured on, with its load average before the run."""
+    return {
+        "cpus": os.cpu_count(),
+        "loadavg_before": list(loadavg),
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "platform": platform.platform(),
+    }
 
 
 def write_results(name: str, started: datetime, figures: dict[str, Any]) -> Path:

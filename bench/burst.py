@@ -57,7 +57,7 @@ import psutil
 
 from bench._client import Department, admitted
 from bench._config import Config
-from bench._main import run_main, write_results
+from bench._main import host_figures, run_main, write_results
 from bench._peer import LICENCE_TYPE, BurstFigures, Peer, peer, percentiles
 from bench._servers import NodeServer, node_server
 from bench._table import LABEL, cpu_header, cpu_row, rate_row
@@ -369,13 +369,7 @@ def as_json(report: BurstReport) -> dict[str, Any]:
     return {
         "benchmark": "burst",
         "started": report.started.isoformat(),
-        "host": {
-            "cpus": os.cpu_count(),
-            "loadavg_before": list(report.loadavg),
-            "python": platform.python_version(),
-            "grpcio": grpc.__version__,
-            "platform": platform.platform(),
-        },
+        "host": host_figures(report.loadavg),
         "config": asdict(report.config),
         "node_limits": {
             "concurrent": _DEFAULT_CONCURRENT,

@@ -52,7 +52,7 @@ from bench import sharing
 from bench._client import Department, admitted
 from bench._config import Config
 from bench._load import LoadResult, run_load
-from bench._main import from_environment, run_main, write_results
+from bench._main import from_environment, host_figures, run_main, write_results
 from bench._peer import LoadFigures, Peer, peer, percentiles
 from bench._servers import node_server
 from bench._table import LABEL, cpu_header, cpu_row, load_row, rate_row
@@ -324,13 +324,7 @@ def as_json(report: FairnessReport) -> dict[str, Any]:
     return {
         "benchmark": "fairness",
         "started": report.started.isoformat(),
-        "host": {
-            "cpus": os.cpu_count(),
-            "loadavg_before": list(report.loadavg),
-            "python": platform.python_version(),
-            "grpcio": grpc.__version__,
-            "platform": platform.platform(),
-        },
+        "host": host_figures(report.loadavg),
         "config": asdict(report.config),
         "node_limits": {
             "concurrent": _default("dept_max_concurrent_calls"),

@@ -59,7 +59,7 @@ import psutil
 from bench import sharing
 from bench._client import Department, admitted
 from bench._config import Config
-from bench._main import from_environment, run_main, write_results
+from bench._main import from_environment, host_figures, run_main, write_results
 from bench._peer import percentiles
 from bench._servers import NodeServer, node_server
 from bench._table import LABEL, cpu_header, cpu_row
@@ -547,13 +547,7 @@ def as_json(report: SoakReport) -> dict[str, Any]:
     return {
         "benchmark": "soak",
         "started": report.started.isoformat(),
-        "host": {
-            "cpus": os.cpu_count(),
-            "loadavg_before": list(report.loadavg),
-            "python": platform.python_version(),
-            "grpcio": grpc.__version__,
-            "platform": platform.platform(),
-        },
+        "host": host_figures(report.loadavg),
         "config": asdict(report.config),
         "rounds": [one(r) for r in report.rounds],
         "answers": report.answers,
