@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import asyncpg
+import grpc
 import pytest
 import pytest_asyncio
 
@@ -150,6 +151,22 @@ async def events_node(
     async with Node(settings, clock=FixedClock(SystemClock().now())) as running:
         await enrol_demo(settings)
         yield running
+
+
+def raw_channel(node: Node, code: str) -> grpc.aio.Channel:
+    """A bare grpc.aio channel to ``node`` over mutual TLS as department ``code`` of the
+    demo, for tests that call stubs (or hold connections) themselves."""
+    bundle = Bundle.load(bundle_dir(node.settings, code))
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=bundle.ca_pem,
+        private_key=bundle.tls_key_pem,
+        certificate_chain=bundle.tls_cert_pem,
+    )
+    return grpc.aio.secure_channel(
+        f"127.0.0.1:{node.grpc_port}",
+        credentials,
+        options=[("grpc.ssl_target_name_override", bundle.server_name)],
+    )
 
 
 def client_for(node: Node, code: str, officer: str | None = None) -> ExchangeClient:

@@ -17,9 +17,7 @@ from collections.abc import AsyncIterator
 import grpc
 import pytest_asyncio
 
-from tests.conftest import client_for, enrol_demo
-from tongban.client import Bundle
-from tongban.exchange.enrolment import bundle_dir
+from tests.conftest import client_for, enrol_demo, raw_channel
 from tongban.exchange.node import Node
 from tongban.exchange.settings import Settings
 from tongban.signing.clock import FixedClock, SystemClock
@@ -40,17 +38,7 @@ async def impatient_node(settings: Settings) -> AsyncIterator[Node]:
 async def test_an_idle_connection_is_closed_and_the_client_connects_again(
     impatient_node: Node,
 ) -> None:
-    bundle = Bundle.load(bundle_dir(impatient_node.settings, "tax"))
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=bundle.ca_pem,
-        private_key=bundle.tls_key_pem,
-        certificate_chain=bundle.tls_cert_pem,
-    )
-    async with grpc.aio.secure_channel(
-        f"127.0.0.1:{impatient_node.grpc_port}",
-        credentials,
-        options=[("grpc.ssl_target_name_override", bundle.server_name)],
-    ) as channel:
+    async with raw_channel(impatient_node, "tax") as channel:
         stub = node_pb2_grpc.NodeServiceStub(channel)
         metadata = (("x-tongban-officer", "TX-1"),)
         first = await stub.WhoAmI(node_pb2.WhoAmIRequest(), metadata=metadata, timeout=10)

@@ -12,13 +12,12 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from tests.cli_helpers import cli_env, tongban
-from tests.conftest import client_for
+from tests.conftest import client_for, raw_channel
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS, ENTERPRISE
-from tongban.client import Bundle, ExchangeError
+from tongban.client import ExchangeError
 from tongban.exchange.audit.refusals import refusals_in
 from tongban.exchange.db.database import Database
 from tongban.exchange.departments import CallLimits, Department, DepartmentStore, Level, Status
-from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.fairness import BACKOFF
 from tongban.exchange.identity import Caller
@@ -263,7 +262,7 @@ async def test_a_subscription_the_client_drops_gives_its_place_back(node: Node) 
     metadata = (("x-tongban-officer", "TX-1"),)
     async with client_for(node, "tax") as tax:
         for attempt in range(6):
-            channel = _raw_channel(node, "tax")
+            channel = raw_channel(node, "tax")
             stub = events_pb2_grpc.SubscriptionServiceStub(channel)
             for _ in range(100):  # until the last probe's stream has given the place back
                 stream = stub.Subscribe(request, metadata=metadata)
@@ -343,20 +342,6 @@ def test_dept_limits_command(tmp_path: Path, database_url: str) -> None:
         assert "Traceback" not in refused.stderr
 
 
-def _raw_channel(node: Node, code: str) -> grpc.aio.Channel:
-    bundle = Bundle.load(bundle_dir(node.settings, code))
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=bundle.ca_pem,
-        private_key=bundle.tls_key_pem,
-        certificate_chain=bundle.tls_cert_pem,
-    )
-    return grpc.aio.secure_channel(
-        f"127.0.0.1:{node.grpc_port}",
-        credentials,
-        options=[("grpc.ssl_target_name_override", bundle.server_name)],
-    )
-
-
 def _reason(error: grpc.aio.AioRpcError) -> str:
     trailers: Any = error.trailing_metadata() or ()
     for key, value in trailers:
@@ -372,7 +357,7 @@ async def test_undecodable_requests_are_malformed_on_unary_and_streaming_calls(
     node: Node,
 ) -> None:
     garbage = b"\x0a\xff\xff\xff\xff\x0f"  # field 1, a length far past the end
-    async with _raw_channel(node, "samr") as channel:
+    async with raw_channel(node, "samr") as channel:
         query = channel.unary_unary("/tongban.v1.QueryService/Query", None, None)
         with pytest.raises(grpc.aio.AioRpcError) as unary:
             await query(garbage)
