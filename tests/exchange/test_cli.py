@@ -8,10 +8,12 @@ import socket
 import stat
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import asyncpg
 import pytest
 
-from tests.cli_helpers import TONGBAN, cli_env, tongban
+from tests.cli_helpers import TONGBAN, atongban, cli_env, tongban
 from tongban.exchange.db.embedded import temp_root
 
 
@@ -341,3 +343,31 @@ def test_the_key_passphrase_from_a_secret_file(tmp_path: Path, env: dict[str, st
     assert result.json()["reason"] == "DATA_DIR_UNUSABLE"
     assert "TONGBAN_KEY_PASSPHRASE_FILE" in result.json()["message"]
     assert not (tmp_path / "absent").exists(), "a named secret file is never generated"
+
+
+async def test_a_read_only_database_fails_a_command_cleanly(
+    tmp_path: Path, env: dict[str, str], database_url: str, admin_dsn: str
+) -> None:
+    """A command that writes, run while the database takes no writes (a standby, a
+    failover under way), exits 1 with DATABASE_UNAVAILABLE / read_only and no trace, and
+    leaves no bundle for the department it could not add."""
+    data = str(tmp_path / "d")
+    assert (await atongban("init", "--data-dir", data, env=env)).code == 0
+    name = urlsplit(database_url).path.lstrip("/")
+    args = ["dept", "add", "tax", "--name", "县税务局", "--level", "county"]
+    admin = await asyncpg.connect(admin_dsn)
+    try:
+        await admin.execute(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+        result = await atongban(*args, "--data-dir", data, "--json", env=env)
+        assert result.code == 1, result.stdout + result.stderr
+        assert result.json()["reason"] == "DATABASE_UNAVAILABLE"
+        assert result.json()["metadata"] == {"condition": "read_only", "sqlstate": "25006"}
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "d" / "bundles" / "tax").exists()
+        plain = await atongban(*args, "--data-dir", data, env=env)
+        assert plain.stderr.strip().startswith("tongban: The node's database takes no changes")
+        assert plain.stderr.strip().endswith("[DATABASE_UNAVAILABLE]")
+    finally:
+        await admin.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+        await admin.close()
+    assert (await atongban(*args, "--data-dir", data, env=env)).code == 0

@@ -244,6 +244,14 @@ def _loop_factory(command: str) -> Callable[[], asyncio.AbstractEventLoop] | Non
     return uvloop.new_event_loop
 
 
+def _failed(error: TongbanError, as_json: bool) -> int:
+    if as_json:
+        print(json.dumps(error.to_dict(), ensure_ascii=False), flush=True)
+    else:
+        print(f"tongban: {error.diagnostics()}", file=sys.stderr)
+    return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``tongban`` command; return its exit code."""
     # gRPC core logs every failed TLS handshake and fork at INFO on stderr; the node
@@ -258,16 +266,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from tongban.cli import commands  # imported late: keeps --help fast
+    from tongban.exchange.db import trouble
 
     try:
         with asyncio.Runner(loop_factory=_loop_factory(args.command)) as runner:
             result: Any = runner.run(commands.run(args))
     except TongbanError as e:
-        if args.json:
-            print(json.dumps(e.to_dict(), ensure_ascii=False), flush=True)
-        else:
-            print(f"tongban: {e.diagnostics()}", file=sys.stderr)
-        return 1
+        return _failed(e, args.json)
+    except trouble.DATABASE_TROUBLE as e:
+        # Out of disk, read-only, gone mid-command: the command's transaction rolled back.
+        return _failed(trouble.refusal(e), args.json)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

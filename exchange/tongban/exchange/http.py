@@ -14,11 +14,12 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tongban.errors import TongbanError
+from tongban.exchange.db import trouble
 from tongban.exchange.db.database import Database
-from tongban.exchange.db.fair_pool import DATABASE_GONE
 from tongban.exchange.errors import DatabaseUnavailable
 from tongban.exchange.metrics import NodeMetrics
 
@@ -84,45 +85,48 @@ def _refusal(status: int, reason: str, message: str) -> web.Response:
     return web.json_response({"reason": reason, "message": message}, status=status)
 
 
-DATABASE_GONE_RETRY_SECONDS = 5
-"""Retry-After of a 503 for a request the database was not there to serve."""
-
-
-def _database_gone(answer: Callable[[int, str, str], web.Response]) -> web.Response:
+def _database_trouble(
+    answer: Callable[[int, str, str], web.Response],
+    error: BaseException,
+    where: str,
+    metrics: NodeMetrics,
+) -> web.Response:
     """``answer`` (``_refusal`` or ``_problem``) as 503 DATABASE_UNAVAILABLE, with a
-    Retry-After, for a request the database was not there to serve."""
-    response = answer(
-        503,
-        DatabaseUnavailable.reason,
-        "The node could not reach its database, so the request was not served; retry in a moment.",
-    )
-    response.headers["Retry-After"] = str(DATABASE_GONE_RETRY_SECONDS)
+    Retry-After, for a request the database could not serve (``trouble.DATABASE_TROUBLE``)."""
+    refusal = trouble.refused(error, where)
+    metrics.database_unavailable.labels(refusal.metadata["condition"]).inc()
+    response = answer(503, refusal.reason, refusal.message)
+    response.headers["Retry-After"] = str(trouble.RETRY_SECONDS)
     return response
 
 
-@web.middleware
-async def _json_refusals(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
+def _json_refusals(metrics: NodeMetrics) -> Middleware:
     """aiohttp's own refusals (no such path, wrong method, body too large) as JSON with a
-    reason code, like every other refusal, and the database not there as 503; the console
+    reason code, like every other refusal, and the database's trouble as 503; the console
     renders its own (web/app.py)."""
-    try:
-        return await handler(request)
-    except DATABASE_GONE as e:
-        if request.path.startswith("/console"):
-            raise
-        _log.warning("database not available for %s: %s", request.path, e)
-        return _database_gone(_refusal)
-    except web.HTTPException as e:
-        known = _HTTP_REASONS.get(e.status)
-        if known is None or request.path.startswith("/console"):
-            raise
-        reason, message = known
-        return _refusal(e.status, reason, message)
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except trouble.DATABASE_TROUBLE as e:
+            if request.path.startswith("/console"):
+                raise
+            # The raw path: percent-encoded, so no line breaks in the log; no query string.
+            return _database_trouble(_refusal, e, request.rel_url.raw_path, metrics)
+        except web.HTTPException as e:
+            known = _HTTP_REASONS.get(e.status)
+            if known is None or request.path.startswith("/console"):
+                raise
+            reason, message = known
+            return _refusal(e.status, reason, message)
+
+    return middleware
 
 
-def _licence_routes(app: web.Application, trust: LicenceTrust) -> None:
+def _licence_routes(app: web.Application, trust: LicenceTrust, metrics: NodeMetrics) -> None:
     async def verify(request: web.Request) -> web.Response:
         try:
             text: object
@@ -152,9 +156,8 @@ def _licence_routes(app: web.Application, trust: LicenceTrust) -> None:
             result = await trust.verify(text)
         except TongbanError as e:
             return _problem(http_status(e), e.reason, e.message)
-        except DATABASE_GONE as e:
-            _log.warning("database not available for /verify: %s", e)
-            return _database_gone(_problem)
+        except trouble.DATABASE_TROUBLE as e:
+            return _database_trouble(_problem, e, "/verify", metrics)
         except Exception:  # noqa: BLE001 - a public endpoint answers JSON, never a trace
             incident = secrets.token_hex(6)
             _log.exception("incident %s in /verify", incident)
@@ -231,11 +234,11 @@ def build_http_app(
         body = generate_latest(metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
-    app = web.Application(client_max_size=1024 * 1024, middlewares=[_json_refusals])
+    app = web.Application(client_max_size=1024 * 1024, middlewares=[_json_refusals(metrics)])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     if licensing is not None:
-        _licence_routes(app, licensing.trust)
+        _licence_routes(app, licensing.trust, metrics)
     if console is not None:
         console.add_routes(app)
     return app

@@ -45,6 +45,14 @@ class NodeMetrics:
             ["department", "reason"],
             registry=self.registry,
         )
+        self.database_unavailable = Counter(
+            "tongban_database_unavailable",
+            "Calls and requests the database could not serve (answered UNAVAILABLE or 503), "
+            "by condition: unreachable, disk_full, out_of_memory, too_many_connections, "
+            "resource_limit, read_only.",
+            ["condition"],
+            registry=self.registry,
+        )
         self.db_pool_size = Gauge(
             "tongban_db_pool_connections",
             "Connections open in the node's PostgreSQL pool.",

@@ -728,6 +728,7 @@ class Node:
                 ratings=self.ratings,
                 working_offset=timedelta(hours=self.settings.working_utc_offset_hours),
                 trails=self._follow_trail if self.federation is not None else None,
+                metrics=self.metrics,
             )
         self.console = console
         app = build_http_app(

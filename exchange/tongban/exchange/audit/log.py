@@ -47,6 +47,7 @@ import asyncpg
 
 from tongban.errors import TongbanError
 from tongban.exchange.audit.leaf import COLUMNS, AccessEntry, sequenced_row
+from tongban.exchange.db import trouble
 from tongban.exchange.pagetokens import PageTokens
 
 __all__ = ["AccessEntry", "AccessLog", "AuditUnavailable", "LogTransaction", "SubjectHasher"]
@@ -147,6 +148,16 @@ _REFUSED_VALUE = (
     asyncpg.IntegrityConstraintViolationError,
     asyncpg.exceptions._base.DataError,
 )
+
+
+def _report(error: Exception, what: str) -> None:
+    """Log an append that failed. The database's trouble (out of disk, read-only, not
+    there) fails every append until it is fixed, hundreds a second: that goes through
+    ``trouble.report``, a line every few seconds; anything else is logged each time."""
+    if isinstance(error, trouble.DATABASE_TROUBLE):
+        trouble.report(f"the access log ({what})", error)
+    else:
+        _log.error("access log write failed for %s: %s", what, error)
 
 
 def _prepare(entries: Sequence[AccessEntry]) -> list[_Prepared]:
@@ -279,7 +290,7 @@ class AccessLog:
                             conn, recorded._prepared, lock_timeout_ms=int(self._timeout * 1000)
                         )
                 except _DB_ERRORS as e:
-                    _log.error("access log append in a transaction failed: %s", e)
+                    _report(e, "an append in a transaction")
                     raise AuditUnavailable(
                         "The access log cannot be written, so the change was not made; retry later."
                     ) from None
@@ -355,7 +366,7 @@ class AccessLog:
 
     @staticmethod
     def _fail(batch: list[_Pending], e: Exception) -> None:
-        _log.error("access log write failed for %d requests: %s", len(batch), e)
+        _report(e, f"a batch of {len(batch)} requests")
         error = AuditUnavailable(
             "The access log cannot be written, so the request was not served; retry later."
         )

@@ -25,7 +25,7 @@ from asyncpg import connection as _connection
 from asyncpg import exceptions as _exceptions
 from asyncpg import protocol as _protocol
 
-__all__ = ["DATABASE_GONE", "DatabaseUnreachable", "FairPool", "department", "share_of"]
+__all__ = ["DatabaseUnreachable", "FairPool", "department", "share_of"]
 
 department: ContextVar[str | None] = ContextVar("tongban_pool_department", default=None)
 """Whose work the current task does: a department code, or None for the node's own."""
@@ -35,7 +35,7 @@ class DatabaseUnreachable(ConnectionError):
     """No connection to PostgreSQL could be opened for a call: it is down, restarting,
     refusing connections or out of them. A ``ConnectionError``, so code that handles the
     driver's connection failures as ``OSError`` still does; the gRPC interceptor answers
-    it UNAVAILABLE / DATABASE_UNAVAILABLE. Its cause is the driver's error."""
+    it UNAVAILABLE / DATABASE_UNAVAILABLE (``db.trouble``). Its cause is the driver's error."""
 
 
 _UNREACHABLE = (
@@ -45,16 +45,6 @@ _UNREACHABLE = (
     _exceptions.TooManyConnectionsError,
 )
 """What opening a connection raises when the database is not there to serve it."""
-
-DATABASE_GONE = (
-    DatabaseUnreachable,  # no connection could be opened for the call
-    asyncpg.PostgresConnectionError,  # the connection went in the middle of a statement
-    _exceptions.AdminShutdownError,  # the server was told to stop, or the session was ended
-    _exceptions.CrashShutdownError,
-    _exceptions.CannotConnectNowError,
-)
-"""The database not there for a request: the gRPC interceptor answers these UNAVAILABLE,
-the HTTP side 503, both DATABASE_UNAVAILABLE, to be retried; not INTERNAL or 500."""
 
 
 def share_of(size: int) -> int:

@@ -9,9 +9,9 @@ keeps); the call runs with the caller in a context variable; a ``TongbanError``
 becomes its status with a ``google.rpc.ErrorInfo`` (reason, domain ``tongban``, metadata)
 and its message; anything else is logged with an incident id and becomes ``INTERNAL``
 with that id and no detail, so no stack trace or internal text reaches a caller. The
-database not there for a call (``DATABASE_GONE``: no connection could be opened, or
-it went in the middle) is UNAVAILABLE / DATABASE_UNAVAILABLE instead: nothing is wrong
-with the call, and it may be retried.
+database unable to serve a call (``db.trouble.DATABASE_TROUBLE``: not there, out of disk
+or memory, taking no writes) is UNAVAILABLE / DATABASE_UNAVAILABLE instead: nothing is
+wrong with the call, nothing was half-written, and it may be retried.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2, status_pb2
 
 from tongban.errors import TongbanError
-from tongban.exchange.db.fair_pool import DATABASE_GONE
-from tongban.exchange.errors import DatabaseUnavailable
+from tongban.exchange.db import trouble
 from tongban.exchange.fairness import CpuShare, metered, set_pacer
 from tongban.exchange.federation.errors import PeerOnly
 from tongban.exchange.federation.trust import PeerTrust
@@ -256,9 +255,9 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except TongbanError as e:
                 code = grpc.StatusCode[e.status]
                 await self._abort(context, e)
-            except DATABASE_GONE as e:
+            except trouble.DATABASE_TROUBLE as e:
                 code = grpc.StatusCode.UNAVAILABLE
-                await self._abort_database_gone(context, method, e)
+                await self._abort_database_trouble(context, method, e)
             except Exception as e:  # noqa: BLE001 - the one boundary: logged, then INTERNAL
                 code = grpc.StatusCode.INTERNAL
                 await self._abort_internal(context, method, e)
@@ -300,9 +299,9 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             except TongbanError as e:
                 code = grpc.StatusCode[e.status]
                 await self._abort(context, e)
-            except DATABASE_GONE as e:
+            except trouble.DATABASE_TROUBLE as e:
                 code = grpc.StatusCode.UNAVAILABLE
-                await self._abort_database_gone(context, method, e)
+                await self._abort_database_trouble(context, method, e)
             except Exception as e:  # noqa: BLE001 - the one boundary: logged, then INTERNAL
                 code = grpc.StatusCode.INTERNAL
                 await self._abort_internal(context, method, e)
@@ -360,17 +359,12 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         await context.abort(code, error.message, trailing_metadata=trailers)
         raise AssertionError("unreachable: abort raises")  # pragma: no cover
 
-    async def _abort_database_gone(
+    async def _abort_database_trouble(
         self, context: Context, method: str, error: Exception
     ) -> NoReturn:
-        _log.warning("database not available in %s: %s", method, error)
-        await self._abort(
-            context,
-            DatabaseUnavailable(
-                "The node could not reach its database, so the call was not served (or not "
-                "to its end); retry in a moment."
-            ),
-        )
+        refusal = trouble.refused(error, method)
+        self._metrics.database_unavailable.labels(refusal.metadata["condition"]).inc()
+        await self._abort(context, refusal)
 
     async def _abort_internal(self, context: Context, method: str, error: Exception) -> NoReturn:
         incident = secrets.token_hex(6)

@@ -12,9 +12,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import BodyPartReader, web
 
 from tongban.errors import TongbanError
-from tongban.exchange.db.fair_pool import DATABASE_GONE
-from tongban.exchange.errors import DatabaseUnavailable
-from tongban.exchange.http import DATABASE_GONE_RETRY_SECONDS, http_status
+from tongban.exchange.db import trouble
+from tongban.exchange.http import http_status
 from tongban.exchange.web.audit_pages import AuditPages
 from tongban.exchange.web.base import (
     _COOKIE,
@@ -38,6 +37,9 @@ from tongban.licence.uploads import (
 )
 
 __all__ = ["WebConsole"]
+
+_NO_WRITES = frozenset({"disk_full", "read_only", "resource_limit"})
+"""``trouble.condition``s under which the database is there but takes no changes."""
 
 
 class WebConsole(AuditPages, SubjectPages, CataloguePages, ConsoleBase):
@@ -111,12 +113,16 @@ class WebConsole(AuditPages, SubjectPages, CataloguePages, ConsoleBase):
             if e.retry_after is not None:
                 page.headers["Retry-After"] = str(math.ceil(e.retry_after))
             return page
-        except DATABASE_GONE as e:
-            _log.warning("database not available for %s: %s", request.path, e)
-            page = self._message(
-                request, 503, t("error.database"), reason=DatabaseUnavailable.reason
-            )
-            page.headers["Retry-After"] = str(DATABASE_GONE_RETRY_SECONDS)
+        except trouble.DATABASE_TROUBLE as e:
+            unavailable = trouble.refused(e, request.rel_url.raw_path)
+            condition = unavailable.metadata["condition"]
+            if self._metrics is not None:
+                self._metrics.database_unavailable.labels(condition).inc()
+            # Out of disk, read-only, past a limit: the database is there but takes no
+            # changes; otherwise it cannot be reached (or has nothing to spare) just now.
+            key = "error.database_writes" if condition in _NO_WRITES else "error.database"
+            page = self._message(request, 503, t(key), reason=unavailable.reason)
+            page.headers["Retry-After"] = str(trouble.RETRY_SECONDS)
             return page
         except Exception:  # noqa: BLE001 - a page, never a stack trace; the log has it
             incident = secrets.token_hex(6)

@@ -36,6 +36,7 @@ from tongban.exchange.licensing.service import Licensing
 from tongban.exchange.licensing.supervision_cases import (
     SupervisedCasesReader,
 )
+from tongban.exchange.metrics import NodeMetrics
 from tongban.exchange.sharing.service import Sharing
 from tongban.exchange.web.i18n import translator
 from tongban.exchange.web.sessions import Session, SessionStore
@@ -192,11 +193,14 @@ class ConsoleBase:
         ratings: RatingStore | None = None,
         working_offset: timedelta = timedelta(hours=8),
         trails: Callable[[str], Awaitable[CaseTrail]] | None = None,
+        metrics: NodeMetrics | None = None,
     ) -> None:
         """``trails(case_id)``: the case followed across exchanges (the federation's
         ``CaseTrails.follow``); None without federation, and the trail page shows only
-        the local entries then."""
+        the local entries then. ``metrics``: where pages the database could not serve
+        are counted (``tongban_database_unavailable``)."""
         self._trails = trails
+        self._metrics = metrics
         self._pool = pool
         self._working_offset = working_offset
         # Where the offices are: how instants are shown, bare times read and days counted.

@@ -411,6 +411,11 @@ _TEXT: dict[str, tuple[str, str]] = {
         "暂时无法连接数据库，请稍后重试。",
         "The service cannot reach its database just now; please retry in a moment.",
     ),
+    "error.database_writes": (
+        "数据库暂时无法保存更改，本次操作未作任何更改，请稍后重试。",
+        "The service's database cannot take changes just now, so nothing was changed; "
+        "please retry later.",
+    ),
     "error.internal": (
         "服务出错（事件 {incident}），请稍后重试。",
         "The service failed (incident {incident}); please retry later.",
