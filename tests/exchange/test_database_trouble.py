@@ -5,6 +5,8 @@ line per condition every few seconds, not one per call."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
@@ -14,19 +16,21 @@ import asyncpg
 import grpc
 import pytest
 
-from tests.conftest import client_for
+from tests.conftest import client_for, enrol_demo
 from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE
 from tongban.client import ExchangeClient, ExchangeError
 from tongban.exchange.db import trouble
 from tongban.exchange.db.fair_pool import DatabaseUnreachable
 from tongban.exchange.node import Node
+from tongban.exchange.settings import Settings
+from tongban.signing.clock import FixedClock, SystemClock
 
 T = TypeVar("T")
 MOVED = dict(COMPANY, address="杭州市西湖区文三路 90 号")
 
 
-@pytest.fixture
-async def owner(node: Node, admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+@contextlib.asynccontextmanager
+async def _superuser(node: Node, admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     """A superuser session on the node's database (to break it and mend it)."""
     assert node.settings.database_url is not None
     name = urlsplit(node.settings.database_url.get_secret_value()).path.lstrip("/")
@@ -36,6 +40,12 @@ async def owner(node: Node, admin_dsn: str) -> AsyncIterator[asyncpg.Connection]
     finally:
         await conn.execute(f"ALTER DATABASE {name} RESET default_transaction_read_only")
         await conn.close()
+
+
+@pytest.fixture
+async def owner(node: Node, admin_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    async with _superuser(node, admin_dsn) as conn:
+        yield conn
 
 
 async def _address(tax: ExchangeClient) -> str:
@@ -160,6 +170,78 @@ async def test_a_read_only_database_changes_nothing_and_is_unavailable(
         )
         assert await _stored(owner) == (before[0] + 1, before[1] + 1)
         assert await _address(tax) == MOVED["address"]
+
+
+@contextlib.asynccontextmanager
+async def _node_with(settings: Settings, **limits: float) -> AsyncIterator[Node]:
+    changed = settings.model_copy(update=limits)
+    async with Node(changed, clock=FixedClock(SystemClock().now())) as running:
+        await enrol_demo(changed)
+        yield running
+
+
+async def test_calls_waiting_on_a_lock_are_stopped_and_free_their_connections(
+    settings: Settings, admin_dsn: str
+) -> None:
+    """A table locked by a long transaction (an operator's maintenance; a migration
+    queued behind a long query) would hold each query waiting on it, and its pooled
+    connection, until the driver's own timeout. With ``db_lock_wait_seconds`` each is
+    stopped: UNAVAILABLE / lock_timeout, more of them than the pool has connections;
+    meanwhile calls that need no such lock are served; once the lock is gone, so are
+    the queries."""
+    async with (
+        _node_with(settings, db_lock_wait_seconds=0.5) as node,
+        client_for(node, "samr") as samr,
+        client_for(node, "tax", "TX-1") as tax,
+    ):
+        await samr.register_dataset(ENTERPRISE, publish=True)
+        await samr.publish_records("samr.enterprise", [(COMPANY_USCC, COMPANY)])
+        async with _superuser(node, admin_dsn) as holder, holder.transaction():
+            await holder.execute("LOCK TABLE record IN ACCESS EXCLUSIVE MODE")
+            waiting = node.settings.db_pool_size + 4
+            answers = await asyncio.gather(
+                *(_address(tax) for _ in range(waiting)), return_exceptions=True
+            )
+            for answer in answers:
+                assert isinstance(answer, ExchangeError), answer
+                assert answer.code is grpc.StatusCode.UNAVAILABLE, answer
+                assert answer.metadata == {"condition": "lock_timeout", "sqlstate": "55P03"}
+                assert "another transaction" in answer.message
+            assert (await samr.who_am_i()).department == "samr"
+        assert await _address(tax) == COMPANY["address"]
+        counted = node.metrics.database_unavailable.labels("lock_timeout")._value.get()
+        assert counted == waiting
+
+
+async def test_a_statement_that_runs_too_long_is_stopped_and_changes_nothing(
+    settings: Settings, admin_dsn: str
+) -> None:
+    """A publish whose last write runs past ``db_statement_seconds`` (a trigger that
+    sleeps) is stopped: UNAVAILABLE / statement_timeout, nothing stored."""
+    async with (
+        _node_with(settings, db_statement_seconds=0.5) as node,
+        client_for(node, "samr") as samr,
+    ):
+        await samr.register_dataset(ENTERPRISE, publish=True)
+        await samr.publish_records("samr.enterprise", [(COMPANY_USCC, COMPANY)])
+        async with _superuser(node, admin_dsn) as owner:
+            before = await _stored(owner)
+            await owner.execute(
+                """CREATE FUNCTION slow() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN
+                    PERFORM pg_sleep(30); RETURN NULL;
+                END $$;
+                CREATE TRIGGER slow BEFORE INSERT ON event_outbox
+                FOR EACH STATEMENT EXECUTE FUNCTION slow();"""
+            )
+            with pytest.raises(ExchangeError) as caught:
+                await samr.publish_records("samr.enterprise", [(COMPANY_USCC, MOVED)])
+            assert caught.value.code is grpc.StatusCode.UNAVAILABLE
+            assert caught.value.metadata == {"condition": "statement_timeout", "sqlstate": "57014"}
+            assert "nothing was changed" in caught.value.message
+            assert await _stored(owner) == before
+            await owner.execute("DROP TRIGGER slow ON event_outbox")
+            await samr.publish_records("samr.enterprise", [(COMPANY_USCC, MOVED)])
+            assert await _stored(owner) == (before[0] + 1, before[1] + 1)
 
 
 def test_conditions_are_named_from_the_drivers_error() -> None:

@@ -57,6 +57,7 @@ from tongban.exchange.datadir import (
 )
 from tongban.exchange.db.database import Database
 from tongban.exchange.db.notify import ChangeListener
+from tongban.exchange.db.trouble import DRIVER_ERRORS
 from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.errors import AddressInUse, DatabaseUnavailable
 from tongban.exchange.fairness import CpuShare
@@ -787,7 +788,7 @@ class Node:
         assert self.sharing is not None
         try:
             overdue = await self.sharing.grants.overdue_count(self.clock.now())
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except DRIVER_ERRORS as e:
             raise DatabaseUnavailable("Cannot count overdue grants.") from e
         self.metrics.grants_overdue.set(overdue)
 
@@ -799,7 +800,7 @@ class Node:
             return
         try:
             found = await find_anomalies(self.db.pool, start=now - timedelta(days=1), end=now)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except DRIVER_ERRORS as e:
             raise DatabaseUnavailable("Cannot read the access log for anomalies.") from e
         self._anomalies_at = now
         for kind in ANOMALY_KINDS:
@@ -815,7 +816,7 @@ class Node:
         try:
             overdue = await overdue_report(self.db.pool, now=now)
             recent = await recent_decisions(self.db.pool, now=now, days=RECENT_DAYS)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except DRIVER_ERRORS as e:
             raise DatabaseUnavailable("Cannot read the cases for the supervision gauges.") from e
         self.metrics.set_supervision(
             {d.department: (d.past_promised, d.past_legal) for d in overdue.departments},
@@ -829,7 +830,7 @@ class Node:
         try:
             subscriptions = await self._events.of_consumer(None)
             unpublished = await self._events.unpublished() if self.relay is not None else 0
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except DRIVER_ERRORS as e:
             raise DatabaseUnavailable("Cannot read the subscriptions' lag.") from e
         # One series per consumer and dataset, the worst of its subscriptions: /metrics
         # is unauthenticated, so it names no subscription, and its size does not grow

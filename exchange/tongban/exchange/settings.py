@@ -118,6 +118,17 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(default=10, ge=1, le=200)
     """Connections in the node's PostgreSQL pool."""
 
+    db_lock_wait_seconds: float = Field(default=10.0, gt=0, le=3_600)
+    """A statement that waits this long for a lock another transaction holds (rows being
+    changed, a table under maintenance) is stopped (PostgreSQL's ``lock_timeout``) and its
+    call answered UNAVAILABLE / DATABASE_UNAVAILABLE, condition ``lock_timeout``: calls do
+    not pile up behind one long transaction, each holding a pooled connection."""
+
+    db_statement_seconds: float = Field(default=60.0, gt=0, le=86_400)
+    """A statement that runs this long is stopped (``statement_timeout``) and its call
+    answered UNAVAILABLE / DATABASE_UNAVAILABLE, condition ``statement_timeout``. The
+    driver gives up 10 s later still, should the server not answer at all."""
+
     dept_max_concurrent_calls: int = Field(default=64, ge=1, le=100_000)
     """Calls one department may have in progress at once (unary and client-streaming);
     past it a call is refused RESOURCE_EXHAUSTED / RATE_LIMITED. A department's own limit

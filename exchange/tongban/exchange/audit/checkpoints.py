@@ -30,6 +30,7 @@ from tongban.exchange.audit.integrator import Integrator
 from tongban.exchange.audit.key_changes import announce
 from tongban.exchange.audit.note import checkpoint_body, sign_note, verifier_key
 from tongban.exchange.audit.sm2_note import add_sm2_signature, sm2_verifier_key
+from tongban.exchange.db.trouble import DRIVER_ERRORS
 from tongban.signing.clock import Clock
 from tongban.signing.keys import Signer
 from tongban.signing.sm2 import Sm2PrivateKey
@@ -199,7 +200,7 @@ class Checkpointer:
             self._task = None
         try:
             await self.sign_now()  # cover what this node appended last
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TongbanError) as e:
+        except (*DRIVER_ERRORS, TongbanError) as e:
             _log.warning("no last checkpoint signed at stop (%s)", e)
 
     async def _run(self, grown: asyncio.Event) -> None:
@@ -209,7 +210,7 @@ class Checkpointer:
             await asyncio.sleep(self._interval)  # let a burst of appends land together
             try:
                 await self.sign_now()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TongbanError) as e:
+            except (*DRIVER_ERRORS, TongbanError) as e:
                 _log.warning("checkpoint not signed (%s); retrying after the next append", e)
 
     async def sign_now(self) -> CheckpointRow:

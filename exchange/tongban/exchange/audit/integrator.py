@@ -37,6 +37,7 @@ from tongban.exchange.audit.log import AuditUnavailable
 from tongban.exchange.audit.merkle import HASH_SIZE, Frontier
 from tongban.exchange.audit.store import STORED_LEVEL
 from tongban.exchange.db.guard import held_for_long
+from tongban.exchange.db.trouble import DRIVER_ERRORS
 
 __all__ = ["INTEGRATOR_LOCK", "Integrator", "integrate"]
 
@@ -45,7 +46,7 @@ _log = logging.getLogger(__name__)
 #: The advisory lock key the leading integrator holds (the bytes of "tb-integ").
 INTEGRATOR_LOCK = int.from_bytes(b"tb-integ", "big", signed=True)
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_DB_ERRORS = DRIVER_ERRORS
 _MAX_BATCH = 20_000
 """Entries per integration transaction, at most."""
 _POLL = 0.1

@@ -140,7 +140,7 @@ queue (256 appending tasks) overlaps as before."""
 
 _Pending = tuple[list[_Prepared], "asyncio.Future[range]"]
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
+_DB_ERRORS = (*trouble.DRIVER_ERRORS, TimeoutError)
 # Refusals of a value in the statement, by the server (SQLSTATE classes 22 and 23) or by
 # asyncpg while encoding it: the data's fault, not the database's.
 _REFUSED_VALUE = (

@@ -18,6 +18,7 @@ from tongban.exchange.db.embedded import EmbeddedPostgres
 from tongban.exchange.db.fair_pool import create_fair_pool, share_of
 from tongban.exchange.db.guard import one_per_task
 from tongban.exchange.db.migrate import apply_migrations, check_migrations
+from tongban.exchange.db.trouble import DRIVER_ERRORS
 from tongban.exchange.errors import ConfigInvalid, DatabaseUnavailable, MigrationFailed
 from tongban.exchange.settings import Settings
 
@@ -117,9 +118,10 @@ class Database:
                     password=lambda: _node_role_password(settings, dsn_password),
                     dsn_password=dsn_password,
                 )
-            pool = await _create_pool(dsn, where, size, login, name, dsn_password)
+            limits = _Limits(settings.db_lock_wait_seconds, settings.db_statement_seconds)
+            pool = await _create_pool(dsn, where, size, login, name, limits, dsn_password)
             log_pool = await _create_pool(
-                dsn, where, _LOG_POOL_SIZE, login, name + "-log", dsn_password
+                dsn, where, _LOG_POOL_SIZE, login, name + "-log", limits, dsn_password
             )
         except BaseException:
             if pool is not None:
@@ -134,7 +136,7 @@ class Database:
         try:
             async with asyncio.timeout(within):
                 await self.pool.fetchval("SELECT 1")
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+        except (*DRIVER_ERRORS, TimeoutError) as e:
             raise DatabaseUnavailable(f"The database ({self.where}) does not answer.") from e
 
     async def close(self) -> None:
@@ -280,7 +282,7 @@ async def _connect(
 ) -> asyncpg.Connection:
     try:
         return await asyncpg.connect(dsn, timeout=_CONNECT_TIMEOUT, password=password)
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+    except (*DRIVER_ERRORS, TimeoutError) as e:
         raise DatabaseUnavailable(
             f"Cannot connect to the database ({where}): {_short(e)}. "
             f"Check {setting} and that the server is running."
@@ -395,17 +397,39 @@ async def _keep_session(conn: object) -> None:
     """
 
 
+@dataclass(frozen=True)
+class _Limits:
+    """How long a pooled session's statement may wait for a lock, and run."""
+
+    lock_wait: float
+    statement: float
+
+    def server_settings(self) -> dict[str, str]:
+        # Startup parameters, so RESET ALL (the pool's reset) returns to them; a
+        # transaction may still SET LOCAL its own (the access log's append does).
+        return {
+            "lock_timeout": f"{round(self.lock_wait * 1000)}ms",
+            "statement_timeout": f"{round(self.statement * 1000)}ms",
+        }
+
+
+_DRIVER_GRACE = 10.0
+"""Seconds the driver waits past the server's statement_timeout before it gives up on a
+statement itself (a server that does not answer at all)."""
+
+
 async def _create_pool(
     dsn: str,
     where: str,
     size: int,
     login: _Login,
     application_name: str,
+    limits: _Limits,
     dsn_password: str | None = None,
 ) -> asyncpg.Pool:
     # The node's name, so pg_stat_activity and pg_locks tell the nodes' sessions apart
     # (which node holds the relay lock, which one is slow).
-    server_settings = {"application_name": application_name}
+    server_settings = {"application_name": application_name, **limits.server_settings()}
     credentials: dict[str, str] = {} if dsn_password is None else {"password": dsn_password}
     if login.password is not None and login.role is not None:
         credentials = {"user": login.role, "password": login.password}  # over the DSN's
@@ -419,13 +443,13 @@ async def _create_pool(
             min_size=1,
             max_size=size,
             timeout=_CONNECT_TIMEOUT,
-            command_timeout=60,
+            command_timeout=limits.statement + _DRIVER_GRACE,
             server_settings=server_settings,
             reset=_keep_session,
             setup=one_per_task,
             **credentials,
         )
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as e:
+    except (*DRIVER_ERRORS, TimeoutError) as e:
         raise DatabaseUnavailable(
             f"Cannot connect to the database ({where}): {_short(e)}. "
             "Check TONGBAN_DATABASE_URL and that the server is running."

@@ -23,6 +23,7 @@ from typing import Any
 import asyncpg
 from asyncpg import connection as _connection
 from asyncpg import exceptions as _exceptions
+from asyncpg import pool as _pool
 from asyncpg import protocol as _protocol
 
 __all__ = ["DatabaseUnreachable", "FairPool", "department", "share_of"]
@@ -47,6 +48,28 @@ _UNREACHABLE = (
 """What opening a connection raises when the database is not there to serve it."""
 
 
+class _Acquired(_pool.PoolAcquireContext):
+    """``async with pool.acquire()`` (and ``pool.fetch()`` and the like, which use it).
+
+    A connection whose session the server ended while it sat idle in the pool (an
+    operator's ``pg_terminate_backend``, a failover, ``idle_session_timeout``) may have
+    read the server's FATAL message and not yet its end of file. asyncpg hands it out in
+    that state, and its next statement fails with InternalClientError ("cannot switch to
+    state …; another operation (2) is in progress", MagicStack/asyncpg#1069), which is
+    no fault of the call and must not be INTERNAL. Whatever the cause, a connection in
+    that state cannot be used again: the block closes it, so that it does not go back to
+    the pool as it is, and raises DatabaseUnreachable; the next acquire opens a new one."""
+
+    async def __aexit__(self, *exc: Any) -> None:
+        error = exc[1]
+        if not isinstance(error, _exceptions.InternalClientError) or self.connection is None:
+            await super().__aexit__(*exc)
+            return
+        self.connection.terminate()
+        await super().__aexit__(*exc)
+        raise DatabaseUnreachable(f"the connection can no longer be used: {error}") from error
+
+
 def share_of(size: int) -> int:
     """Connections one department may hold from a pool of ``size``: half, at least one."""
     return max(1, size // 2)
@@ -60,6 +83,10 @@ class FairPool(asyncpg.Pool):
         self._share = share
         self._gates: dict[str, asyncio.Semaphore] = {}
         self._held: dict[int, asyncio.Semaphore] = {}
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        """asyncpg's ``acquire``, whose block closes a connection found broken (below)."""
+        return _Acquired(self, timeout)
 
     # asyncpg's own method names and signatures: every acquire, pool.fetch() included,
     # goes through _acquire, and every release through release.

@@ -20,6 +20,7 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from tongban.exchange.db.guard import held_for_long
+from tongban.exchange.db.trouble import DRIVER_ERRORS
 
 __all__ = ["BARRIER_CHANNEL", "ChangeListener", "KeyedCache"]
 
@@ -104,7 +105,7 @@ class ChangeListener:
         try:
             conn = await self._pool.acquire()
             held_for_long(conn)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except DRIVER_ERRORS as e:
             _log.warning("change notifications unavailable (%s); caches off, retrying", e)
             self._schedule_retry()
             return
@@ -112,7 +113,7 @@ class ChangeListener:
             conn.add_termination_listener(self._on_lost)
             for channel in self._subscribers:
                 await conn.add_listener(channel, self._dispatch)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except DRIVER_ERRORS as e:
             _log.warning("cannot LISTEN (%s); caches off, retrying", e)
             await self._pool.release(conn)
             self._schedule_retry()

@@ -2,8 +2,11 @@
 
 Some failures say nothing about the call and nothing about the node's code: PostgreSQL
 is not there (down, restarting, refusing connections), it has run out of something
-(disk, memory, a configured limit), or it takes no writes (a hot standby, a server being
-failed over, ``default_transaction_read_only``). Every transaction the node runs rolls
+(disk, memory, a configured limit), it takes no writes (a hot standby, a server being
+failed over, ``default_transaction_read_only``), or it stopped a statement that waited
+too long for a lock or ran too long (the node's ``lock_timeout`` and
+``statement_timeout``, ``TONGBAN_DB_LOCK_WAIT_SECONDS`` and ``_STATEMENT_SECONDS``; or an
+operator's ``pg_cancel_backend``). Every transaction the node runs rolls
 back on such an error, so nothing was half-written; the caller may retry once the
 operator has fixed the database. ``DATABASE_TROUBLE`` lists them; ``refusal`` is the
 caller's answer (UNAVAILABLE / DATABASE_UNAVAILABLE, one sentence saying which, and the
@@ -35,6 +38,7 @@ from tongban.exchange.errors import DatabaseUnavailable
 __all__ = [
     "DATABASE_GONE",
     "DATABASE_TROUBLE",
+    "DRIVER_ERRORS",
     "REPORT_EVERY",
     "RETRY_SECONDS",
     "TroubleReports",
@@ -62,9 +66,25 @@ _EXHAUSTED = _exceptions.InsufficientResourcesError
 _READ_ONLY = _exceptions.ReadOnlySQLTransactionError
 """SQLSTATE 25006: a write on a server that takes none just now."""
 
-DATABASE_TROUBLE = (*DATABASE_GONE, _EXHAUSTED, _READ_ONLY)
+_LOCK_WAIT = _exceptions.LockNotAvailableError
+"""SQLSTATE 55P03: the statement waited ``lock_timeout`` for a lock."""
+
+_STOPPED = _exceptions.QueryCanceledError
+"""SQLSTATE 57014: ``statement_timeout``, or a cancel request from the server's side."""
+
+DATABASE_TROUBLE = (*DATABASE_GONE, _EXHAUSTED, _READ_ONLY, _LOCK_WAIT, _STOPPED)
 """What the gRPC interceptor answers UNAVAILABLE and the HTTP side 503, both
 DATABASE_UNAVAILABLE, to be retried; not INTERNAL or 500."""
+
+DRIVER_ERRORS = (
+    OSError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    _exceptions.InternalClientError,  # a connection the server ended (FairPool's _Acquired)
+)
+"""What a statement may raise when the database or its connection fails: what the
+background duties (integrator, relay, listener, checkpoints) catch before they try
+again, so that none of them ends for good on a database that comes back."""
 
 RETRY_SECONDS = 5
 """The delay a caller is told to wait (RetryInfo, Retry-After) before trying again."""
@@ -78,12 +98,15 @@ _CONDITIONS: tuple[tuple[type[BaseException], str], ...] = (
     (_exceptions.TooManyConnectionsError, "too_many_connections"),
     (_EXHAUSTED, "resource_limit"),
     (_READ_ONLY, "read_only"),
+    (_LOCK_WAIT, "lock_timeout"),
+    (_STOPPED, "statement_timeout"),
 )
 
 
 def condition(error: BaseException) -> str:
     """A short name for what is wrong: ``unreachable``, ``disk_full``, ``out_of_memory``,
-    ``too_many_connections``, ``resource_limit`` or ``read_only``. Looks through a
+    ``too_many_connections``, ``resource_limit``, ``read_only``, ``lock_timeout`` or
+    ``statement_timeout``. Looks through a
     ``DatabaseUnreachable`` to the driver's error that caused it."""
     if isinstance(error, DatabaseUnreachable) and error.__cause__ is not None:
         error = error.__cause__
@@ -106,7 +129,16 @@ _SENTENCES = {
     "was changed; retry later, or ask the operator.",
     "read_only": "The node's database takes no changes just now (a standby, or a failover "
     "under way), so nothing was changed; retry in a moment.",
+    "lock_timeout": "The call waited too long for data that another transaction holds (a "
+    "long change, or maintenance), so it was stopped and nothing was changed; retry in a "
+    "moment.",
+    "statement_timeout": "The database took too long over this call, so it was stopped and "
+    "nothing was changed; retry later, or ask for less at once.",
 }
+
+
+_OPERATOR_MUST_ACT = frozenset({"disk_full", "out_of_memory", "resource_limit"})
+"""Conditions that last until someone acts: logged as errors, the rest as warnings."""
 
 
 class _Refusal(DatabaseUnavailable):
@@ -141,7 +173,8 @@ class TroubleReports:
         """Log ``error``, met while serving ``where``, unless a line about the same
         condition was written less than ``every`` seconds ago; return whether it was.
         Running out of something is an error (the operator must act), the rest
-        warnings."""
+        warnings (``too_many_connections`` too: the pool's own bound is the usual
+        cause, and it passes)."""
         name = condition(error)
         now = self._clock()
         logged_at, left_out = self._last.get(name, (-math.inf, 0))
@@ -150,7 +183,7 @@ class TroubleReports:
             return False
         self._last[name] = (now, 0)
         more = f" ({left_out} more since the last line)" if left_out else ""
-        level = logging.WARNING if name in ("unreachable", "read_only") else logging.ERROR
+        level = logging.ERROR if name in _OPERATOR_MUST_ACT else logging.WARNING
         _log.log(level, "database %s, met by %s: %s%s", name, where, error, more)
         return True
 

@@ -13,10 +13,9 @@ import asyncio
 import contextlib
 import logging
 
-import asyncpg
-
 from tongban.errors import TongbanError
 from tongban.exchange.db.notify import ChangeListener
+from tongban.exchange.db.trouble import DRIVER_ERRORS
 from tongban.exchange.federation.entries import verify_offered
 from tongban.exchange.federation.errors import PeerEntryInvalid
 from tongban.exchange.federation.links import PeerLinks
@@ -155,7 +154,7 @@ class CatalogueSync:
             await self.pull(peer)
         except TongbanError:
             pass  # noted as the peer's last pull error; the timer tries again
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except DRIVER_ERRORS as e:
             _log.warning("cannot store the catalogue of peer %s (%s)", peer.name, e)
 
     # -- poking our peers when our offer changes ----------------------------------------
@@ -178,7 +177,7 @@ class CatalogueSync:
         await asyncio.sleep(POKE_DELAY)
         try:
             self._federated = await self._offer.federated_codes()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except DRIVER_ERRORS as e:
             _log.warning("cannot read the federated datasets (%s)", e)
         await asyncio.gather(*(self._poke(peer) for peer in self._trust.peers() if peer.active))
 

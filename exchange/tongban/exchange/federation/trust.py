@@ -28,6 +28,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from tongban.exchange.db.notify import ChangeListener
+from tongban.exchange.db.trouble import DRIVER_ERRORS
 from tongban.exchange.federation.errors import (
     PeerNotADepartment,
     PeerOnly,
@@ -265,7 +266,7 @@ class PeerTrust:
             seen = self._dirty
             try:
                 snapshot = await self._read()
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+            except DRIVER_ERRORS as e:
                 _log.warning("cannot read the peers (%s); retrying in 1 s", e)
                 await asyncio.sleep(1.0)
                 continue

@@ -35,6 +35,7 @@ from asyncpg.pool import PoolConnectionProxy
 from tongban.exchange.catalogue.schema import DatasetSchema, schema_from_json
 from tongban.exchange.db.guard import held_for_long
 from tongban.exchange.db.notify import ChangeListener
+from tongban.exchange.db.trouble import DRIVER_ERRORS
 from tongban.exchange.errors import BrokerUnavailable
 from tongban.exchange.kafka._lifecycle import close_detached
 from tongban.exchange.kafka.connection import KafkaConnection, start_client
@@ -57,7 +58,7 @@ _log = logging.getLogger(__name__)
 #: The advisory lock key the leading relay holds (the bytes of "tb-relay" as a bigint).
 RELAY_LOCK = int.from_bytes(b"tb-relay", "big", signed=True)
 
-_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError)
+_DB_ERRORS = DRIVER_ERRORS
 #: The most bytes of one partition's record batch: a relay round (1,000 events of ~600
 #: bytes) fits in one batch per partition, well under the brokers' 1 MiB message limit.
 _BATCH_BYTES = 256 * 1024

@@ -38,8 +38,16 @@ from tongban.licence.uploads import (
 
 __all__ = ["WebConsole"]
 
-_NO_WRITES = frozenset({"disk_full", "read_only", "resource_limit"})
-"""``trouble.condition``s under which the database is there but takes no changes."""
+_TROUBLE_PAGES = {
+    # There, but it takes no changes:
+    "disk_full": "error.database_writes",
+    "read_only": "error.database_writes",
+    "resource_limit": "error.database_writes",
+    # There, but it stopped the request's work:
+    "lock_timeout": "error.database_busy",
+    "statement_timeout": "error.database_busy",
+}
+"""The page's sentence for a ``trouble.condition``; the others: "cannot reach"."""
 
 
 class WebConsole(AuditPages, SubjectPages, CataloguePages, ConsoleBase):
@@ -118,9 +126,7 @@ class WebConsole(AuditPages, SubjectPages, CataloguePages, ConsoleBase):
             condition = unavailable.metadata["condition"]
             if self._metrics is not None:
                 self._metrics.database_unavailable.labels(condition).inc()
-            # Out of disk, read-only, past a limit: the database is there but takes no
-            # changes; otherwise it cannot be reached (or has nothing to spare) just now.
-            key = "error.database_writes" if condition in _NO_WRITES else "error.database"
+            key = _TROUBLE_PAGES.get(condition, "error.database")
             page = self._message(request, 503, t(key), reason=unavailable.reason)
             page.headers["Retry-After"] = str(trouble.RETRY_SECONDS)
             return page

@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-import asyncpg
 from aiohttp import web
 
 from tongban.errors import TongbanError
@@ -22,6 +21,7 @@ from tongban.exchange.audit.merkle import leaf_hash, verify_inclusion
 from tongban.exchange.audit.note import open_checkpoint
 from tongban.exchange.audit.store import SearchFilters
 from tongban.exchange.audit.verify import verify_log
+from tongban.exchange.db.trouble import DRIVER_ERRORS
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.federation.trail import CaseTrail
 from tongban.exchange.sharing.policy import MAX_CASE_ID
@@ -208,7 +208,7 @@ class AuditPages(ConsoleBase):
                 e.message,
             )
             return
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as e:
+        except DRIVER_ERRORS as e:
             job.state, job.message = (
                 "failed",
                 f"The database could not be read ({type(e).__name__}).",

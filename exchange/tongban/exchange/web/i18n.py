@@ -416,6 +416,11 @@ _TEXT: dict[str, tuple[str, str]] = {
         "The service's database cannot take changes just now, so nothing was changed; "
         "please retry later.",
     ),
+    "error.database_busy": (
+        "数据库繁忙，本次操作已停止，未作任何更改，请稍后重试。",
+        "The service's database is busy, so the request was stopped and nothing was "
+        "changed; please retry in a moment.",
+    ),
     "error.internal": (
         "服务出错（事件 {incident}），请稍后重试。",
         "The service failed (incident {incident}); please retry later.",

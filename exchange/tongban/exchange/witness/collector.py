@@ -39,6 +39,7 @@ from tongban.exchange.audit.cosignature import (
 )
 from tongban.exchange.audit.note import key_hash
 from tongban.exchange.audit.store import AuditStore
+from tongban.exchange.db.trouble import DRIVER_ERRORS
 from tongban.exchange.witness.protocol import (
     add_checkpoint_body,
     parse_cosignature_lines,
@@ -283,7 +284,7 @@ class Cosigner:
         w = next(w for w in self._witnesses if w.endpoint == endpoint)
         try:
             outcome = await self._ask(w)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TongbanError) as e:
+        except (*DRIVER_ERRORS, TongbanError) as e:
             message = e.diagnostics() if isinstance(e, TongbanError) else repr(e)
             _log.warning("witness %s not asked: %s", endpoint.key.label, message)
             outcome = "unavailable"
