@@ -53,6 +53,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import grpc
 import psutil
 
@@ -117,6 +118,11 @@ class Round:
     node_fds: int
     node_threads: int
     postgres_processes: int
+    database_mb: float
+    """The node's database on disk as the round ended (``pg_database_size``: tables,
+    indexes and TOAST, not the WAL)."""
+    log_entries: int
+    """Access-log entries sequenced as the round ended."""
     cpu: CpuUse
 
     @property
@@ -141,6 +147,17 @@ class SoakReport:
         return sum(
             n for kinds in self.answers.values() for a, n in kinds.items() if a != "expected"
         )
+
+    @property
+    def database_growth(self) -> tuple[float, float, float]:
+        """How the database grew from the end of the first round to the end of the last:
+        MB a minute, bytes per call, bytes per access-log entry."""
+        first, last = self.rounds[0], self.rounds[-1]
+        grown = (last.database_mb - first.database_mb) * 2**20
+        minutes = sum(r.seconds for r in self.rounds[1:]) / 60
+        calls = sum(r.calls for r in self.rounds[1:])
+        entries = last.log_entries - first.log_entries
+        return grown / 2**20 / minutes, grown / calls, grown / entries if entries else math.nan
 
     @property
     def rss_growth_mb_per_min(self) -> float:
@@ -372,6 +389,7 @@ async def _rounds(
         )
 
     rounds: list[Round] = []
+    database = await asyncpg.connect(node.dsn())
     feed = asyncio.create_task(subscriber.run())
     try:
         async with asyncio.TaskGroup() as group:
@@ -388,7 +406,9 @@ async def _rounds(
                     await asyncio.sleep(config.soak_round_seconds)
                     tally, seconds = calls.tally, time.perf_counter() - began
                     events = subscriber.received - received
-                    rounds.append(_round(tally, events, seconds, cpu.stop(), node))
+                    stored = await database.fetchrow(_STORED)
+                    assert stored is not None
+                    rounds.append(_round(tally, events, seconds, cpu.stop(), node, stored))
                     print(_progress(number + 1, config.soak_rounds, rounds[-1]), file=sys.stderr)
             finally:
                 stopping = True
@@ -398,13 +418,24 @@ async def _rounds(
         feed.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await feed
+        await database.close()
     figures = _FeedFigures(
         updates, subscriber.first, subscriber.last, subscriber.gaps, dict(subscriber.ended)
     )
     return rounds, figures
 
 
-def _round(tally: _Tally, events: int, seconds: float, cpu: CpuUse, node: NodeServer) -> Round:
+_STORED = "SELECT pg_database_size(current_database()) AS bytes, next FROM log_sequence"
+
+
+def _round(
+    tally: _Tally,
+    events: int,
+    seconds: float,
+    cpu: CpuUse,
+    node: NodeServer,
+    stored: asyncpg.Record,
+) -> Round:
     queries = sorted(tally.latencies.get("query", []))
     p50, p99 = percentiles(queries)
     rss = fds = threads = 0
@@ -428,6 +459,8 @@ def _round(tally: _Tally, events: int, seconds: float, cpu: CpuUse, node: NodeSe
         node_fds=fds,
         node_threads=threads,
         postgres_processes=len(node.postgres()),
+        database_mb=stored["bytes"] / 2**20,
+        log_entries=stored["next"],
         cpu=cpu,
     )
 
@@ -462,7 +495,8 @@ def format_report(report: SoakReport) -> str:
         f"to {', '.join(c.events_fields)}",
         "",
         f"{'round':<6}{'calls/s':>9}{'events/s':>9}{'query p50':>11}{'p99':>8}{'max':>8}"
-        f"{'slowest call':>22}{'node MB':>9}{'files':>7}{'threads':>9}{'pg procs':>10}",
+        f"{'slowest call':>22}{'node MB':>9}{'files':>7}{'threads':>9}{'pg procs':>10}"
+        f"{'db MB':>9}",
     ]
     for number, r in enumerate(report.rounds, 1):
         lines.append(
@@ -470,6 +504,7 @@ def format_report(report: SoakReport) -> str:
             f"{r.query_p50_ms:>9.1f}ms{r.query_p99_ms:>6.0f}ms{r.query_max_ms:>6.0f}ms"
             f"{f'{r.slowest_ms:.0f} ms ({r.slowest_kind})':>22}"
             f"{r.node_rss_mb:>9.1f}{r.node_fds:>7}{r.node_threads:>9}{r.postgres_processes:>10}"
+            f"{r.database_mb:>9.0f}"
         )
     lines += [
         "",
@@ -511,11 +546,19 @@ def format_report(report: SoakReport) -> str:
         "PostgreSQL processes": (max(r.postgres_processes for r in early), last.postgres_processes),
     }
     grew = [name for name, (before, after) in held.items() if after > before]
+    per_minute, per_call, per_entry = report.database_growth
     lines += [
         "",
         "Last round beside the first (this run):",
         f"  {'calls/s':<{LABEL - 2}}{last.rate / first.rate:>7.0%} of the first",
         f"  {'query p99':<{LABEL - 2}}{last.query_p99_ms / first.query_p99_ms:>7.2f}x the first",
+        "",
+        "Disk (the database without its WAL; for sizing, docs/deploy.md):",
+        f"  {'grew':<{LABEL - 2}}{per_minute:>7.1f} MB a minute ({first.database_mb:,.0f} -> "
+        f"{last.database_mb:,.0f} MB after the first round)",
+        f"  {'per call':<{LABEL - 2}}{per_call:>7,.0f} bytes",
+        f"  {'per access-log entry':<{LABEL - 2}}{per_entry:>7,.0f} bytes (with the records' "
+        "versions and events that came with them)",
         "",
         "Checks (this run; printed, never asserted):",
         f"  {'unexpected answers':<{LABEL - 2}}{report.unexpected:>7,}   "
@@ -556,6 +599,13 @@ def as_json(report: SoakReport) -> dict[str, Any]:
         "refused_and_retried": report.refused,
         "subscription": asdict(report.feed),
         "node_rss_growth_mb_per_min_second_half": report.rss_growth_mb_per_min,
+        "database_growth": dict(
+            zip(
+                ("mb_per_min", "bytes_per_call", "bytes_per_log_entry"),
+                report.database_growth,
+                strict=True,
+            )
+        ),
     }
 
 
