@@ -7,12 +7,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from tests.cli_helpers import cli_env, tongban
-from tests.conftest import client_for, raw_channel
+from tests.conftest import client_for, enrol_demo, raw_channel
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS, ENTERPRISE
 from tongban.client import ExchangeError
 from tongban.exchange.audit.refusals import refusals_in
@@ -24,6 +25,8 @@ from tongban.exchange.identity import Caller
 from tongban.exchange.node import Node
 from tongban.exchange.server.limits import CallLimiter, RateLimited, TooManySubscriptions
 from tongban.exchange.server.request_checks import MAX_STRING, check_request
+from tongban.exchange.settings import Settings
+from tongban.signing.clock import FixedClock, SystemClock
 from tongban.v1 import catalogue_pb2, events_pb2, events_pb2_grpc, query_pb2
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -398,3 +401,49 @@ async def test_long_work_pauses_while_another_department_has_calls_in_progress()
     await pace(0.05)
     assert loop.time() - started < 0.05
     bulk()
+
+
+async def test_http_visitors_are_held_to_the_limits_in_buckets_of_their_own(
+    settings: Settings,
+) -> None:
+    """The HTTP listener's visitors pass the same limiter as the departments' calls, the
+    verifiers' endpoints in one bucket for all (``http:public``), the console in another:
+    a burst past the node's default rate is refused 429 with a Retry-After; the
+    operator's /healthz is never refused; the console and the departments are served
+    meanwhile; the requests' loop time is charged to their party."""
+    limited = settings.model_copy(update={"dept_calls_per_second": 5.0})
+    async with Node(limited, clock=FixedClock(SystemClock().now())) as node:
+        await enrol_demo(limited)
+        base = f"http://127.0.0.1:{node.http_port}"
+        async with aiohttp.ClientSession() as http:
+
+            async def get(path: str) -> tuple[int, str | None, dict[str, Any] | None]:
+                async with http.get(base + path, allow_redirects=False) as response:
+                    json = response.content_type == "application/json"
+                    body = await response.json() if json else {"page": await response.text()}
+                    return response.status, response.headers.get("Retry-After"), body
+
+            answers = await asyncio.gather(*(get("/trust-list") for _ in range(20)))
+            refused = [a for a in answers if a[0] == 429]
+            assert refused, "20 requests at once against a limit of 5 per second"
+            assert any(status == 200 for status, _, _ in answers)
+            for _, retry_after, body in refused:
+                assert retry_after is not None
+                assert int(retry_after) >= 1
+                assert body is not None
+                assert body["reason"] == "RATE_LIMITED"
+                assert "Retry-After" in body["message"]
+            health = await asyncio.gather(*(get("/healthz") for _ in range(20)))
+            assert {status for status, _, _ in health} == {200}
+            console, _, _ = await get("/console/")
+            assert console != 429  # a bucket of its own
+            pages = await asyncio.gather(*(get("/console/") for _ in range(20)))
+            busy = [body for status, _, body in pages if status == 429]
+            assert busy, "the console's own bucket has the same limit"
+            assert all("RATE_LIMITED" in str(body) for body in busy)  # a page, not JSON
+        async with client_for(node, "tax") as tax:
+            assert (await tax.who_am_i()).department == "tax"
+    counted = node.metrics.calls_refused.labels("http:public", "RATE_LIMITED")._value.get()
+    assert counted == len(refused)
+    assert node.admission is not None
+    assert node.admission.share.use("http:public") > 0

@@ -8,9 +8,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import re
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -20,15 +22,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from tongban.errors import TongbanError
 from tongban.exchange.db import trouble
 from tongban.exchange.db.database import Database
+from tongban.exchange.db.fair_pool import department as pool_department
 from tongban.exchange.errors import DatabaseUnavailable
+from tongban.exchange.fairness import CpuShare, metered
 from tongban.exchange.metrics import NodeMetrics
+from tongban.exchange.server.limits import CallLimiter, RateLimited
 
 if TYPE_CHECKING:
     from tongban.exchange.licensing.service import Licensing
     from tongban.exchange.licensing.trust import LicenceTrust
     from tongban.exchange.web import WebConsole
 
-__all__ = ["MAX_VERIFY_BODY", "build_http_app", "http_status"]
+__all__ = ["CONSOLE", "MAX_VERIFY_BODY", "PUBLIC", "Admission", "build_http_app", "http_status"]
 
 _log = logging.getLogger(__name__)
 
@@ -126,6 +131,72 @@ def _json_refusals(metrics: NodeMetrics) -> Middleware:
     return middleware
 
 
+@dataclass(frozen=True)
+class Admission:
+    """The gRPC side's call limiter and loop share, which the HTTP listener's visitors
+    pass too (``_admitted``)."""
+
+    limiter: CallLimiter
+    share: CpuShare
+
+
+PUBLIC = "http:public"
+"""The party of the verifiers' endpoints (``/verify``, ``/status-lists``, ``/trust-list``),
+open to anyone: one bucket for all their clients."""
+
+CONSOLE = "http:console"
+"""The party of the web console's pages (citizens, auditors, officers)."""
+
+
+def _party(path: str) -> str | None:
+    """Whose bucket a request to ``path`` is charged to; None for the operator's
+    ``/healthz`` and ``/metrics`` (a load balancer's checks must not be refused)."""
+    if path.startswith("/console"):
+        return CONSOLE
+    if path in ("/healthz", "/metrics"):
+        return None
+    return PUBLIC
+
+
+def _admitted(admission: Admission) -> Middleware:
+    """Each request but the operator's passes the call limiter in its party's bucket
+    (the node's default limits per department: calls started per second, in progress at
+    once) and runs with its loop time charged to that party (``fairness.metered``) and
+    its pooled connections under that party's share (``fair_pool.department``). A flood
+    from the internet, or a verifier's app retrying in a loop, is refused 429 with a
+    Retry-After once past the limits, and gets one party's share of a busy node, not the
+    node: the departments' calls go on."""
+
+    @web.middleware
+    async def middleware(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        party = _party(request.path)
+        if party is None:
+            return await handler(request)
+        try:
+            release = admission.limiter.enter_party(party)
+        except RateLimited as e:
+            if party == CONSOLE:
+                raise  # the console renders it as a page (web/app.py)
+            response = _refusal(
+                429,
+                e.reason,
+                "The node is taking as many requests as it can just now; retry after the "
+                "delay in Retry-After.",
+            )
+            response.headers["Retry-After"] = str(max(1, math.ceil(e.retry_after or 1)))
+            return response
+        token = pool_department.set(party)
+        try:
+            return await metered(handler(request), party, admission.share)
+        finally:
+            pool_department.reset(token)
+            release()
+
+    return middleware
+
+
 def _licence_routes(app: web.Application, trust: LicenceTrust, metrics: NodeMetrics) -> None:
     async def verify(request: web.Request) -> web.Response:
         try:
@@ -209,10 +280,12 @@ def build_http_app(
     before_scrape: Sequence[Callable[[], Awaitable[None]]] = (),
     licensing: Licensing | None = None,
     console: WebConsole | None = None,
+    admission: Admission | None = None,
 ) -> web.Application:
     """The node's HTTP routes; ``before_scrape`` hooks refresh gauges read from the database;
     with ``licensing``, the public licence endpoints too; with ``console``, the web console
-    under ``/console/`` (docs/web.md)."""
+    under ``/console/`` (docs/web.md); with ``admission``, every request but ``/healthz``
+    and ``/metrics`` passes the node's limits and share (``_admitted``)."""
 
     async def healthz(request: web.Request) -> web.Response:
         try:
@@ -235,10 +308,12 @@ def build_http_app(
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     app = web.Application(client_max_size=1024 * 1024, middlewares=[_json_refusals(metrics)])
+    if console is not None:
+        console.add_routes(app)  # its middleware renders its refusals as pages: before ours
+    if admission is not None:
+        app.middlewares.append(_admitted(admission))
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics_view)
     if licensing is not None:
         _licence_routes(app, licensing.trust, metrics)
-    if console is not None:
-        console.add_routes(app)
     return app

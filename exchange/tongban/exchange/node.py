@@ -64,7 +64,7 @@ from tongban.exchange.fairness import CpuShare
 from tongban.exchange.federation.peers import PeerStore
 from tongban.exchange.federation.trail import CaseTrail, CaseTrails
 from tongban.exchange.federation.wiring import FederationParts
-from tongban.exchange.http import build_http_app
+from tongban.exchange.http import Admission, build_http_app
 from tongban.exchange.identity import Caller
 from tongban.exchange.kafka.connection import kafka_connection
 from tongban.exchange.kafka.feed import KafkaFeed
@@ -187,6 +187,7 @@ class Node:
         self.licensing: Licensing | None = None
         self._grpc: grpc.aio.Server | None = None
         self._http: web.AppRunner | None = None
+        self.admission: Admission | None = None
         self.console: WebConsole | None = None
         self.cases: CaseStore | None = None
         self.packages: PackageStore | None = None
@@ -460,14 +461,16 @@ class Node:
 
     async def _start_grpc(self, key_pem: bytes, chain_pem: bytes, ca_pem: bytes) -> None:
         assert self._auth is not None
+        # One limiter and one loop share for the gRPC calls and the HTTP requests alike.
+        admission = self.admission = Admission(self._call_limiter(), CpuShare())
         server = grpc.aio.server(
             interceptors=[
                 ExchangeInterceptor(
                     self._auth,
                     self.metrics,
-                    self._call_limiter(),
+                    admission.limiter,
                     on_auth_refused=self._auth_refusal_logger(),
-                    share=CpuShare(),
+                    share=admission.share,
                     peers=self.federation.trust if self.federation is not None else None,
                 )
             ],
@@ -744,6 +747,7 @@ class Node:
             ],
             licensing=self.licensing,
             console=console,
+            admission=self.admission,
         )
         runner = web.AppRunner(
             app,

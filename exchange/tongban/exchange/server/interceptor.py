@@ -211,7 +211,7 @@ class ExchangeInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if method.startswith(PEER_SERVICE_PREFIX):
             peer = await self._authenticate_peer(context)
             # A peer's node is held to the node's default limits, in a bucket of its own.
-            return None if self._limiter is None else self._limiter.enter_peer(peer, method)
+            return None if self._limiter is None else self._limiter.enter_party(f"peer:{peer}")
         caller = await self._authenticate(context)
         if self._limiter is None:
             return None

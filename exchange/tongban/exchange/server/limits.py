@@ -23,8 +23,10 @@ second, so a flood of refused calls cannot flood the log, and every refusal is c
 some entry, the tail of a burst included (the entry's purpose says how many).
 
 A peer exchange's node (``PeerService``) is held to the same default limits in a bucket of
-its own, ``peer:<name>`` (``enter_peer``), so a peer cannot take the node from the
-departments; its refusals are counted in the metric only (docs/federation.md).
+its own, ``peer:<name>`` (``enter_party``), so a peer cannot take the node from the
+departments; its refusals are counted in the metric only (docs/federation.md). So are the
+HTTP listener's two kinds of visitor, ``http:public`` (the verifiers' endpoints, open to
+anyone) and ``http:console`` (the web console), each in one bucket for all its clients.
 """
 
 from __future__ import annotations
@@ -117,13 +119,15 @@ class CallLimiter:
             raise error
         return self._holding(usage, stream=stream)
 
-    def enter_peer(self, peer: str, method: str) -> Callable[[], None]:
-        """Admit a call from peer exchange ``peer``'s node under the node's default limits
-        per department, kept apart from every department's (``peer:<name>``), so a peer in
-        a burst, or a compromised one, cannot take the node from the departments. Raises
-        RateLimited; the refusal is counted in ``tongban_calls_refused`` (a peer has no
-        department to name in the access log)."""
-        key = f"peer:{peer}"
+    def enter_party(self, key: str) -> Callable[[], None]:
+        """Admit a call or request of a party that is no department, under the node's
+        default limits per department in a bucket of its own, kept apart from every
+        department's: a peer exchange's node (``peer:<name>``), the HTTP listener's
+        public endpoints or console (``http:public``, ``http:console``). So a peer in a
+        burst, or a compromised one, or a flood from the internet, cannot take the node
+        from the departments. Raises RateLimited; the refusal is counted in
+        ``tongban_calls_refused`` (such a party has no department to name in the access
+        log)."""
         usage, error = self._take(key, self._default, stream=False, now=self._clock())
         if error is not None:
             usage.refused[error.reason] = usage.refused.get(error.reason, 0) + 1
