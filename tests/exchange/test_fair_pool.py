@@ -16,7 +16,7 @@ from tongban.exchange.db.fair_pool import (
     department,
     share_of,
 )
-from tongban.exchange.db.trouble import DATABASE_TROUBLE
+from tongban.exchange.db.trouble import DATABASE_TROUBLE, condition, refusal
 
 
 @pytest.fixture
@@ -150,3 +150,25 @@ async def test_a_connection_the_server_ended_while_idle_is_not_used_again(
         finally:
             await admin.close()
             await pool.close()
+
+
+async def test_a_statement_the_server_does_not_answer_in_time_is_unreachable(
+    database_url: str,
+) -> None:
+    """The driver's own timeout (``command_timeout``: the server's statement_timeout
+    and a grace, for a server that hangs or a network cut) leaves the block as
+    DatabaseUnreachable, condition ``no_answer``, not a bare TimeoutError (answered
+    INTERNAL); the connection serves the next statement once the server has cancelled
+    the first."""
+    pool = await create_fair_pool(
+        database_url, share=1, min_size=1, max_size=1, command_timeout=0.2
+    )
+    try:
+        with pytest.raises(DatabaseUnreachable) as caught:
+            await pool.fetchval("SELECT pg_sleep(5)")
+        assert isinstance(caught.value.__cause__, TimeoutError)
+        assert condition(caught.value) == "no_answer"
+        assert "look whether it did" in refusal(caught.value).message
+        assert await pool.fetchval("SELECT 3") == 3
+    finally:
+        await pool.close()

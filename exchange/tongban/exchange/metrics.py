@@ -49,7 +49,7 @@ class NodeMetrics:
             "tongban_database_unavailable",
             "Calls and requests the database could not serve (answered UNAVAILABLE or 503), "
             "by condition: unreachable, disk_full, out_of_memory, too_many_connections, "
-            "resource_limit, read_only.",
+            "resource_limit, read_only, lock_timeout, statement_timeout, no_answer.",
             ["condition"],
             registry=self.registry,
         )

@@ -51,23 +51,32 @@ _UNREACHABLE = (
 class _Acquired(_pool.PoolAcquireContext):
     """``async with pool.acquire()`` (and ``pool.fetch()`` and the like, which use it).
 
-    A connection whose session the server ended while it sat idle in the pool (an
-    operator's ``pg_terminate_backend``, a failover, ``idle_session_timeout``) may have
-    read the server's FATAL message and not yet its end of file. asyncpg hands it out in
-    that state, and its next statement fails with InternalClientError ("cannot switch to
-    state …; another operation (2) is in progress", MagicStack/asyncpg#1069), which is
-    no fault of the call and must not be INTERNAL. Whatever the cause, a connection in
-    that state cannot be used again: the block closes it, so that it does not go back to
-    the pool as it is, and raises DatabaseUnreachable; the next acquire opens a new one."""
+    Two failures of the connection rather than of the call leave the block as
+    DatabaseUnreachable, which the call's answer treats as the database not there
+    (UNAVAILABLE, ``db.trouble``), not as a fault of the node:
+
+    - InternalClientError ("cannot switch to state …; another operation (2) is in
+      progress"): a connection whose session the server ended while it sat idle in the
+      pool (an operator's ``pg_terminate_backend``, a failover) may have read the
+      server's FATAL message and not yet its end of file; asyncpg hands it out in that
+      state (MagicStack/asyncpg#1069). It cannot be used again: the block closes it, so
+      that it does not go back to the pool as it is; the next acquire opens a new one.
+    - TimeoutError: the driver's own ``command_timeout`` (the server's
+      ``statement_timeout`` and a grace) passed with no answer from the server: a
+      network cut, a server that hangs. asyncpg has asked the server to cancel.
+    """
 
     async def __aexit__(self, *exc: Any) -> None:
         error = exc[1]
-        if not isinstance(error, _exceptions.InternalClientError) or self.connection is None:
+        broken = isinstance(error, _exceptions.InternalClientError)
+        if not (broken or isinstance(error, TimeoutError)) or self.connection is None:
             await super().__aexit__(*exc)
             return
-        self.connection.terminate()
+        if broken:
+            self.connection.terminate()
         await super().__aexit__(*exc)
-        raise DatabaseUnreachable(f"the connection can no longer be used: {error}") from error
+        what = "can no longer be used" if broken else "had no answer from the server in time"
+        raise DatabaseUnreachable(f"the connection {what}: {error!r}") from error
 
 
 def share_of(size: int) -> int:

@@ -105,11 +105,13 @@ _CONDITIONS: tuple[tuple[type[BaseException], str], ...] = (
 
 def condition(error: BaseException) -> str:
     """A short name for what is wrong: ``unreachable``, ``disk_full``, ``out_of_memory``,
-    ``too_many_connections``, ``resource_limit``, ``read_only``, ``lock_timeout`` or
-    ``statement_timeout``. Looks through a
+    ``too_many_connections``, ``resource_limit``, ``read_only``, ``lock_timeout``,
+    ``statement_timeout`` or ``no_answer``. Looks through a
     ``DatabaseUnreachable`` to the driver's error that caused it."""
     if isinstance(error, DatabaseUnreachable) and error.__cause__ is not None:
         error = error.__cause__
+        if isinstance(error, TimeoutError):
+            return "no_answer"
     for kind, name in _CONDITIONS:
         if isinstance(error, kind):
             return name
@@ -134,6 +136,9 @@ _SENTENCES = {
     "moment.",
     "statement_timeout": "The database took too long over this call, so it was stopped and "
     "nothing was changed; retry later, or ask for less at once.",
+    # The driver gave up waiting: whether a commit under way went through is unknown.
+    "no_answer": "The node's database did not answer in time, so the call was stopped; "
+    "if it was to change something, look whether it did before you retry.",
 }
 
 
