@@ -151,6 +151,10 @@ class Config:
     """Callers of ``department`` issuing business licences in a loop in phase B."""
     fairness_target_p99_ratio: float = 2.0
     """The issue's target: the consumer's p99 in B at most this multiple of its p99 in A."""
+    fairness_verifiers: int = 64
+    """Verifiers posting QR texts to the node's public /verify in a loop in phase C."""
+    fairness_licences: int = 20
+    """Licences the verifiers of phase C take turns with (issued first, unmeasured)."""
 
     # -- the burst phases (bench.burst), on a node with its default limits ---------------
     # BENCH_BURST_* environment variables override some of these (bench.burst.configured).

@@ -19,6 +19,11 @@ have answered a WhoAmI, then answers each command read from its stdin:
 - ``burst``: ``calls`` Issue calls from ``concurrency`` callers, each taking the next call
   until all are made. The answer gives the time, the latencies and the failures by reason
   (a refusal is a failure here, not retried).
+- ``verify``: the public at the node's HTTP port ``http``: ``callers`` verifiers each
+  posting one of ``licences`` QR texts (issued first, unmeasured) to ``/verify`` in a
+  loop, as fast as they are answered, until ``stop``. A 429 is not retried after its
+  delay: a flood does not wait. The answer counts the window's answers by HTTP status,
+  with the verified ones' latencies.
 
 End of input, or ``quit``, ends the child.
 """
@@ -38,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import psutil
 
@@ -50,7 +56,15 @@ from tongban.client import ExchangeClient, ExchangeError
 from tongban.v1 import node_pb2, node_pb2_grpc, records_pb2, records_pb2_grpc
 from tongban.v1.values_pb2 import FieldValue
 
-__all__ = ["LICENCE_TYPE", "BurstFigures", "LoadFigures", "Peer", "peer", "percentiles"]
+__all__ = [
+    "LICENCE_TYPE",
+    "BurstFigures",
+    "LoadFigures",
+    "Peer",
+    "VerifyFigures",
+    "peer",
+    "percentiles",
+]
 
 LICENCE_TYPE = "business-licence"
 _CASE_ID = "BENCH"
@@ -92,6 +106,25 @@ class LoadFigures:
     @property
     def licences_rate(self) -> float:
         return self.licences / self.seconds
+
+
+@dataclass(frozen=True)
+class VerifyFigures:
+    """What the public's verifiers got inside the measured window."""
+
+    seconds: float
+    statuses: dict[int, int]
+    """Answers by HTTP status: 200 verified, 429 refused for the public's limit."""
+    latencies_ms: tuple[float, ...]
+    """Of the verified ones."""
+
+    @property
+    def verified_rate(self) -> float:
+        return self.statuses.get(200, 0) / self.seconds
+
+    @property
+    def refused_rate(self) -> float:
+        return self.statuses.get(429, 0) / self.seconds
 
 
 @dataclass(frozen=True)
@@ -149,6 +182,30 @@ class Peer:
             inserted=answer["inserted"],
             sent=answer["sent"],
             refused=dict(answer["refused"]),
+        )
+
+    async def start_verifying(
+        self, *, http: str, callers: int, licences: int, warmup: float, duration: float
+    ) -> None:
+        """Start the public's verifying (after issuing its licences, which the window's
+        ``warmup`` should cover); the window opens ``warmup`` seconds from now."""
+        self._send(
+            op="verify",
+            http=http,
+            callers=callers,
+            licences=licences,
+            warmup=warmup,
+            duration=duration,
+        )
+
+    async def stop_verifying(self) -> VerifyFigures:
+        """Stop verifying; return the figures. Raises RuntimeError if it failed."""
+        self._send(op="stop")
+        answer = await self._answer()
+        return VerifyFigures(
+            seconds=answer["seconds"],
+            statuses={int(status): n for status, n in answer["statuses"].items()},
+            latencies_ms=tuple(answer["latencies_ms"]),
         )
 
     async def burst(self, concurrency: int, calls: int) -> BurstFigures:
@@ -323,6 +380,46 @@ async def _load(
     }
 
 
+async def _verify(
+    client: ExchangeClient, command: dict[str, Any], stopped: asyncio.Event
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    window = (started + command["warmup"], started + command["warmup"] + command["duration"])
+    texts = [
+        (await client.issue_licence(LICENCE_TYPE, BUSINESS_LICENCE_CLAIMS, case_id=_CASE_ID)).qr
+        for _ in range(int(command["licences"]))
+    ]
+    url = f"http://{command['http']}/verify"
+    statuses: Counter[int] = Counter()
+    latencies: list[float] = []
+
+    async def verifier(http: aiohttp.ClientSession, number: int) -> None:
+        turn = number
+        while not stopped.is_set():
+            turn += 1
+            t0 = time.perf_counter()
+            async with http.post(url, json={"qr": texts[turn % len(texts)]}) as response:
+                await response.read()
+                status = response.status
+            t1 = time.perf_counter()
+            if window[0] <= t1 < window[1]:
+                statuses[status] += 1
+                if status == 200:
+                    latencies.append(t1 - t0)
+            if status not in (200, 429):
+                raise RuntimeError(f"/verify answered {status}")
+
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as http, asyncio.TaskGroup() as group:
+        for number in range(int(command["callers"])):
+            group.create_task(verifier(http, number))
+    return {
+        "seconds": window[1] - window[0],
+        "statuses": {str(status): n for status, n in statuses.items()},
+        "latencies_ms": [s * 1000 for s in latencies],
+    }
+
+
 async def _burst(client: ExchangeClient, concurrency: int, calls: int) -> dict[str, Any]:
     latencies: list[float] = []
     failures: Counter[str] = Counter()
@@ -385,6 +482,10 @@ async def _serve(department: Department) -> None:
             if op == "load" and loading is None:
                 stopped.clear()
                 loading = asyncio.create_task(_load(department, client, records, command, stopped))
+                continue
+            if op == "verify" and loading is None:
+                stopped.clear()
+                loading = asyncio.create_task(_verify(client, command, stopped))
                 continue
             if op == "stop" and loading is not None:
                 stopped.set()

@@ -18,6 +18,14 @@ B. **tax while samr runs at full speed**: the same load again, while ``samr``, f
    ``samr.bench_load`` through one StreamRecords stream (5,000 a message, as fast as the
    node takes them) and 16 callers issue business licences (the story's claims) in a
    loop. samr's records/s and licences/s are counted over the same window.
+C. **tax while the public verifies at full speed**: the same load again, while
+   ``fairness_verifiers`` clients (from samr's process, as the public's scanners would
+   be: no client certificate) post QR texts of 20 licences to the node's ``/verify`` in
+   a loop, a refusal (429, past the public's bucket: the node's default limits per
+   department) not waited out. The verified and refused requests/s are counted over the
+   same window. The node's HTTP visitors pass the departments' limiter and loop share
+   (``http:public``), so tax should keep its rate and p99 about as in B; before they
+   did, the flood was served at any rate as the node's own work.
 
 The issue's target: tax's p99 in B at most 2x its p99 in A (printed as met or missed,
 never asserted). A call refused for a limit (RESOURCE_EXHAUSTED) is retried after the
@@ -28,8 +36,8 @@ department and reason for each phase.
 Every process shares this machine's cores: samr's client process, this one (tax's), the
 node and PostgreSQL. B therefore also measures the CPU samr's client takes from the node;
 the CPU split shows how much. BENCH_FAIRNESS_SECONDS (measured window, default 8),
-BENCH_FAIRNESS_RECORDS (records queried, default 100,000) and BENCH_FAIRNESS_ISSUERS
-(default 16) change a run.
+BENCH_FAIRNESS_RECORDS (records queried, default 100,000), BENCH_FAIRNESS_ISSUERS
+(default 16) and BENCH_FAIRNESS_VERIFIERS (default 64) change a run.
 """
 
 from __future__ import annotations
@@ -53,7 +61,7 @@ from bench._client import Department, admitted
 from bench._config import Config
 from bench._load import LoadResult, run_load
 from bench._main import from_environment, host_figures, run_main, write_results
-from bench._peer import LoadFigures, Peer, peer, percentiles
+from bench._peer import LoadFigures, Peer, VerifyFigures, peer, percentiles
 from bench._servers import node_server
 from bench._table import LABEL, cpu_header, cpu_row, load_row, rate_row
 from bench._watch import CpuMeter, CpuUse
@@ -67,6 +75,7 @@ _ENV = {  # BENCH_FAIRNESS_* variable -> Config field
     "BENCH_FAIRNESS_SECONDS": "duration_seconds",
     "BENCH_FAIRNESS_RECORDS": "records",
     "BENCH_FAIRNESS_ISSUERS": "fairness_issuers",
+    "BENCH_FAIRNESS_VERIFIERS": "fairness_verifiers",
 }
 
 
@@ -102,6 +111,12 @@ class FairnessReport:
     tax_retried_alone: dict[str, int]
     """Refusals tax's callers saw (and retried), by reason."""
     tax_retried_shared: dict[str, int]
+    public: LoadResult
+    """tax's query load in C."""
+    verifiers: VerifyFigures
+    """The public's verifying in C."""
+    refused_public: Refused
+    tax_retried_public: dict[str, int]
 
     @property
     def p99_ratio(self) -> float:
@@ -139,6 +154,10 @@ async def run(config: Config) -> FairnessReport:
                 samr, consumer, keys, config, meter()
             )
             after = await node.calls_refused()
+            public, tax_public, verifiers = await _with_public_verifying(
+                samr, node.http, consumer, keys, config, meter()
+            )
+            last = await node.calls_refused()
     return FairnessReport(
         started=started,
         loadavg=loadavg,
@@ -151,6 +170,10 @@ async def run(config: Config) -> FairnessReport:
         refused_shared=_difference(middle, after),
         tax_retried_alone=dict(tax_alone),
         tax_retried_shared=dict(tax_shared),
+        public=public,
+        verifiers=verifiers,
+        refused_public=_difference(after, last),
+        tax_retried_public=dict(tax_public),
     )
 
 
@@ -212,6 +235,28 @@ async def _with_samr_loading(
     return result, refused, figures
 
 
+async def _with_public_verifying(
+    samr: Peer,
+    http: str,
+    consumer: Department,
+    keys: list[str],
+    config: Config,
+    cpu: CpuMeter,
+) -> tuple[LoadResult, Counter[str], VerifyFigures]:
+    await samr.start_verifying(
+        http=http,
+        callers=config.fairness_verifiers,
+        licences=config.fairness_licences,
+        warmup=config.warmup_seconds,
+        duration=config.duration_seconds,
+    )
+    try:
+        result, refused = await _tax_load(consumer, keys, config, cpu)
+    finally:
+        figures = await samr.stop_verifying()
+    return result, refused, figures
+
+
 def _difference(before: Counter[tuple[str, str]], after: Counter[tuple[str, str]]) -> Refused:
     refused: Refused = {}
     for (department, reason), count in (after - before).items():
@@ -234,6 +279,14 @@ def _refused_row(label: str, refused: Refused, departments: tuple[str, ...]) -> 
     return f"{label:<{LABEL}}{'':>8} {'':<10}{detail}"
 
 
+def _beside(load: LoadResult, alone: LoadResult) -> str:
+    return (
+        f"p50 {load.p50_ms:5.1f} ms  p99 {load.p99_ms:5.1f} ms   of A: rate "
+        f"{load.rate / alone.rate:.0%}, p50 {load.p50_ms / alone.p50_ms:.2f}x, "
+        f"p99 {load.p99_ms / alone.p99_ms:.2f}x"
+    )
+
+
 def format_report(report: FairnessReport) -> str:
     """The human table: tax in B beside A, samr's load, refusals, CPU, the target."""
     c = report.config
@@ -241,7 +294,8 @@ def format_report(report: FairnessReport) -> str:
     tax, samr = c.consumer, c.department
     cores = os.cpu_count() or 1
     p50, p99 = percentiles(s.issue_latencies_ms)
-    a, b = report.alone, report.shared
+    a, b, c_, v = report.alone, report.shared, report.public, report.verifiers
+    v50, v99 = percentiles(v.latencies_ms)
     lines = [
         f"Tongban benchmark: fairness between departments  {report.started:%Y-%m-%d %H:%M:%S %Z}",
         f"{cores} CPUs (load average before the run "
@@ -257,14 +311,16 @@ def format_report(report: FairnessReport) -> str:
         f"{c.duration_seconds:g} s measured",
         f"B: {samr} (its own process) StreamRecords {c.publish_batch:,}/batch into "
         f"{c.fairness_dataset} + {c.fairness_issuers} callers issuing business licences",
+        f"C: the public (samr's process, no client certificate) posting QR texts of "
+        f"{c.fairness_licences} licences to /verify, {c.fairness_verifiers} verifiers, 429s "
+        "not waited out",
         "",
         load_row(f"A: {tax} query alone (baseline)", report.alone, "req/s", None),
         rate_row(
             f"B: {tax} query, {samr} at full speed",
             b.rate,
             "req/s",
-            f"p50 {b.p50_ms:5.1f} ms  p99 {b.p99_ms:5.1f} ms   of A: rate {b.rate / a.rate:.0%}, "
-            f"p50 {b.p50_ms / a.p50_ms:.2f}x, p99 {b.p99_ms / a.p99_ms:.2f}x",
+            _beside(b, a),
         ),
         rate_row(
             f"B: {samr} bulk load (StreamRecords)",
@@ -278,8 +334,23 @@ def format_report(report: FairnessReport) -> str:
             "issued/s",
             f"p50 {p50:5.1f} ms  p99 {p99:5.1f} ms",
         ),
+        rate_row(
+            f"C: {tax} query, the public verifying",
+            c_.rate,
+            "req/s",
+            _beside(c_, a),
+        ),
+        rate_row(
+            f"C: /verify, {c.fairness_verifiers} verifiers",
+            v.verified_rate,
+            "verified/s",
+            f"p50 {v50:5.1f} ms  p99 {v99:5.1f} ms; refused 429: {v.refused_rate:,.0f}/s",
+        ),
         _refused_row("A: calls refused RATE_LIMITED (node)", report.refused_alone, (tax, samr)),
         _refused_row("B: calls refused RATE_LIMITED (node)", report.refused_shared, (tax, samr)),
+        _refused_row(
+            "C: calls refused RATE_LIMITED (node)", report.refused_public, (tax, "http:public")
+        ),
         "",
         f"CPU in each measured window, % of one core ({cores} cores = {100 * cores}%):",
         cpu_header(("samr",)),
@@ -287,6 +358,7 @@ def format_report(report: FairnessReport) -> str:
     for label, result in (
         (f"A: {tax} query alone", report.alone),
         (f"B: {tax} query, {samr} loading", report.shared),
+        (f"C: {tax} query, the public verifying", report.public),
     ):
         assert result.cpu is not None  # both are run with a meter
         lines.append(cpu_row(label, result.cpu, ("samr",)))
@@ -298,13 +370,17 @@ def format_report(report: FairnessReport) -> str:
         f"  {f'{tax} p99 in B / p99 in A':<{LABEL - 2}}{f'<= {target:g}x':<22}"
         f"{f'{report.p99_ratio:.2f}x':<20}" + ("met" if met else "MISSED"),
     ]
-    retried = {**report.tax_retried_alone, **report.tax_retried_shared}
+    retried = {
+        **report.tax_retried_alone,
+        **report.tax_retried_shared,
+        **report.tax_retried_public,
+    }
     if retried:
         lines += [
             "",
             f"note: {tax}'s callers were refused and retried after the node's delay: "
-            f"A {report.tax_retried_alone}, B {report.tax_retried_shared}; the waits are in "
-            "its latencies.",
+            f"A {report.tax_retried_alone}, B {report.tax_retried_shared}, "
+            f"C {report.tax_retried_public}; the waits are in its latencies.",
         ]
     if s.refused:
         lines.append(f"note: {samr}'s callers were refused and retried: {s.refused}")
@@ -319,8 +395,9 @@ def as_json(report: FairnessReport) -> dict[str, Any]:
     def load(result: LoadResult) -> dict[str, Any]:
         return {**asdict(result), "rate": result.rate, "cpu": _cpu_json(result.cpu)}
 
-    s = report.samr
+    s, v = report.samr, report.verifiers
     p50, p99 = percentiles(s.issue_latencies_ms)
+    v50, v99 = percentiles(v.latencies_ms)
     return {
         "benchmark": "fairness",
         "started": report.started.isoformat(),
@@ -349,10 +426,29 @@ def as_json(report: FairnessReport) -> dict[str, Any]:
             "issue_p99_ms": p99,
             "refused_and_retried": s.refused,
         },
-        "refused_by_node": {"alone": report.refused_alone, "shared": report.refused_shared},
+        "tax_with_the_public_verifying": {
+            **load(report.public),
+            "rate_of_alone": report.public.rate / report.alone.rate,
+            "p99_of_alone": report.public.p99_ms / report.alone.p99_ms,
+        },
+        "public_verifying": {
+            "seconds": v.seconds,
+            "verifiers": report.config.fairness_verifiers,
+            "statuses": {str(status): n for status, n in v.statuses.items()},
+            "verified_per_s": v.verified_rate,
+            "refused_per_s": v.refused_rate,
+            "verify_p50_ms": v50,
+            "verify_p99_ms": v99,
+        },
+        "refused_by_node": {
+            "alone": report.refused_alone,
+            "shared": report.refused_shared,
+            "public": report.refused_public,
+        },
         "tax_refused_and_retried": {
             "alone": report.tax_retried_alone,
             "shared": report.tax_retried_shared,
+            "public": report.tax_retried_public,
         },
         "target": {
             "p99_ratio_at_most": report.config.fairness_target_p99_ratio,
