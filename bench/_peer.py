@@ -71,6 +71,9 @@ _CASE_ID = "BENCH"
 _REPO = Path(__file__).resolve().parent.parent
 _READY_TIMEOUT = 60.0
 _QUIT_TIMEOUT = 30.0
+_ANSWER_LIMIT = 64 * 2**20
+"""The longest answer line read from the child: its latencies, a number each (a window of
+thousands of verifications is well past asyncio's default of 64 KiB)."""
 
 
 def percentiles(samples: Sequence[float]) -> tuple[float, float]:
@@ -254,6 +257,7 @@ async def peer(
         cwd=_REPO,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
+        limit=_ANSWER_LIMIT,
         process_group=0,  # a Ctrl-C reaches the benchmark only, which then ends this
     )
     try:

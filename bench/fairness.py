@@ -343,8 +343,8 @@ def format_report(report: FairnessReport) -> str:
         rate_row(
             f"C: /verify, {c.fairness_verifiers} verifiers",
             v.verified_rate,
-            "verified/s",
-            f"p50 {v50:5.1f} ms  p99 {v99:5.1f} ms; refused 429: {v.refused_rate:,.0f}/s",
+            "req/s",
+            f"p50 {v50:5.1f} ms  p99 {v99:5.1f} ms verified; refused 429: {v.refused_rate:,.0f}/s",
         ),
         _refused_row("A: calls refused RATE_LIMITED (node)", report.refused_alone, (tax, samr)),
         _refused_row("B: calls refused RATE_LIMITED (node)", report.refused_shared, (tax, samr)),
