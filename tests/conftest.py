@@ -21,6 +21,7 @@ import pytest_asyncio
 
 from tests.kafka_broker import TansuBroker
 from tongban.client import Bundle, ExchangeClient
+from tongban.exchange.catalogue.subject_ids import uscc_check_character
 from tongban.exchange.datadir import init_data_dir
 from tongban.exchange.db import guard
 from tongban.exchange.db.database import Database
@@ -179,3 +180,9 @@ def client_for(node: Node, code: str, officer: str | None = None) -> ExchangeCli
 def softhsm(tmp_path_factory: pytest.TempPathFactory) -> SoftHsm:
     """This run's SoftHSM2 token directory (each test makes its own token in it)."""
     return SoftHsm(tmp_path_factory.mktemp("softhsm"))
+
+
+def uscc(n: int) -> str:
+    """A well-formed 统一社会信用代码, different for each ``n``."""
+    first17 = f"91110108{n:09d}"
+    return first17 + uscc_check_character(first17)

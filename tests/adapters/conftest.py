@@ -16,7 +16,6 @@ from tongban.adapters.transform import Validator
 from tongban.exchange.catalogue.subject_ids import (
     SubjectKind,
     citizen_id_check_digit,
-    uscc_check_character,
     validate_subject_id,
 )
 from tongban.signing.clock import FixedClock
@@ -25,12 +24,6 @@ VALIDATORS: dict[str, Validator] = {
     "uscc": lambda value: validate_subject_id(SubjectKind.ENTERPRISE, value),
     "citizen_id": lambda value: validate_subject_id(SubjectKind.PERSON, value),
 }
-
-
-def uscc(n: int) -> str:
-    """A well-formed 统一社会信用代码, different for each ``n``."""
-    first17 = f"91110108{n:09d}"
-    return first17 + uscc_check_character(first17)
 
 
 def citizen_id(n: int, born: str = "19900101") -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from tests.adapters.conftest import VALIDATORS, Crash, RecordingSink, uscc, write_mapping
+from tests.adapters.conftest import VALIDATORS, Crash, RecordingSink, write_mapping
+from tests.conftest import uscc
 from tongban.adapters import (
     AdapterMapping,
     Op,

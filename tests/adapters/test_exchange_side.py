@@ -14,8 +14,8 @@ from typing import Any, cast
 
 import asyncpg
 
-from tests.adapters.conftest import VALIDATORS, uscc, write_mapping
-from tests.conftest import client_for
+from tests.adapters.conftest import VALIDATORS, write_mapping
+from tests.conftest import client_for, uscc
 from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE
 from tongban.adapters import StateStore, StreamSync, apply_commands
 from tongban.adapters.exchange import ExchangeSink, WriteBackLoop, command_of

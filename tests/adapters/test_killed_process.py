@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.adapters.conftest import uscc
 from tests.adapters.test_sqlite_source import MAPPING
+from tests.conftest import uscc
 
 ROOT = Path(__file__).resolve().parents[2]
 ROWS = 9

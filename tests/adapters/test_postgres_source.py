@@ -14,7 +14,8 @@ import pytest
 import pytest_asyncio
 from asyncpg.transaction import Transaction
 
-from tests.adapters.conftest import VALIDATORS, RecordingSink, uscc, write_mapping
+from tests.adapters.conftest import VALIDATORS, RecordingSink, write_mapping
+from tests.conftest import uscc
 from tongban.adapters import (
     AdapterMapping,
     CursorCheckpoint,

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.adapters.conftest import VALIDATORS, Crash, RecordingSink, uscc, write_mapping
+from tests.adapters.conftest import VALIDATORS, Crash, RecordingSink, write_mapping
+from tests.conftest import uscc
 from tongban.adapters import (
     AdapterMapping,
     CursorCheckpoint,

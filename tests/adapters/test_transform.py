@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.adapters.conftest import VALIDATORS, citizen_id, uscc, write_mapping
+from tests.adapters.conftest import VALIDATORS, citizen_id, write_mapping
+from tests.conftest import uscc
 from tongban.adapters import (
     AdapterMapping,
     Excluded,

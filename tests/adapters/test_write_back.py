@@ -14,7 +14,8 @@ import asyncpg
 import pytest
 import pytest_asyncio
 
-from tests.adapters.conftest import uscc, write_mapping
+from tests.adapters.conftest import write_mapping
+from tests.conftest import uscc
 from tongban.adapters import (
     Op,
     StateStore,

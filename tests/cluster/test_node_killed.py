@@ -32,11 +32,10 @@ from tests.cluster.cluster import (
     wait_for,
 )
 from tests.cluster.conftest import enrol
-from tests.conftest import kafka_settings
+from tests.conftest import kafka_settings, uscc
 from tests.kafka_broker import TansuBroker
 from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE
 from tongban.client import Event, ExchangeClient, ExchangeError
-from tongban.exchange.catalogue.subject_ids import uscc_check_character
 from tongban.exchange.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -48,11 +47,6 @@ QUERIERS = 4
 QUERIES_PER_QUERIER = 60
 ACK_EVERY = 10
 PURPOSE = "登记信息同步"
-
-
-def _uscc(i: int) -> str:
-    first17 = f"9133010{i:010d}"
-    return first17 + uscc_check_character(first17)
 
 
 @dataclass
@@ -83,7 +77,7 @@ class Subscriber:
 
 async def _publish(cluster: Cluster, load: Load, worker: int) -> None:
     for b in range(BATCHES_PER_PUBLISHER):
-        keys = [_uscc(1 + (worker * BATCHES_PER_PUBLISHER + b) * BATCH + k) for k in range(BATCH)]
+        keys = [uscc(1 + (worker * BATCHES_PER_PUBLISHER + b) * BATCH + k) for k in range(BATCH)]
         records = [(key, dict(COMPANY, name=f"企业{key}")) for key in keys]
 
         async def call(

@@ -16,12 +16,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import client_for
+from tests.conftest import client_for, uscc
 from tongban.client import ExchangeClient, ExchangeError
 from tongban.exchange.catalogue import schema
 from tongban.exchange.catalogue.errors import RecordInvalid
 from tongban.exchange.catalogue.schema import FieldSpec, FieldType, build_schema, validate_record
-from tongban.exchange.catalogue.subject_ids import uscc_check_character
 from tongban.exchange.identity import Caller
 from tongban.exchange.node import Node
 from tongban.exchange.sharing import records, service
@@ -98,11 +97,6 @@ def test_the_quick_scan_refuses_what_validate_record_refuses_but_its_separator()
 # -- through the node -------------------------------------------------------------------
 
 
-def _uscc(i: int) -> str:
-    first17 = f"9144030{i:010d}"
-    return first17 + uscc_check_character(first17)
-
-
 _FIELDS = ("uscc", "name", "address", "note")
 _SPEC = catalogue_pb2.DatasetSpec(
     code="samr.strings",
@@ -144,26 +138,26 @@ async def test_batches_of_new_and_known_keys_store_and_order_their_events(
 
     def record(i: int, round_: int) -> dict[str, object]:
         values = {
-            "uscc": _uscc(i),
+            "uscc": uscc(i),
             "name": f"公司{i}-{round_}",
             "address": rng.choice(["Cafe\u0301 路", "文三路\n2号", "x" * 300, None]),
             "note": rng.choice(["", "备注", '引号"和\\反斜杠', None]),
         }
         return {name: value for name, value in values.items() if value is not None}
 
-    first = [(_uscc(i), record(i, 0)) for i in range(600)]
+    first = [(uscc(i), record(i, 0)) for i in range(600)]
 
     async def batches() -> AsyncIterator[list[tuple[str, dict[str, object]]]]:
         yield first[:300]  # all new
         yield first[300:]  # all new
         # Known keys (50 changed, 10 the same), and a new key given in lower case.
-        changed = [(_uscc(i), record(i, 1)) for i in range(50)]
-        yield [*changed, *first[50:60], (_uscc(600).lower(), record(600, 0))]
+        changed = [(uscc(i), record(i, 1)) for i in range(50)]
+        yield [*changed, *first[50:60], (uscc(600).lower(), record(600, 0))]
 
     counts = await samr.stream_records("samr.strings", batches())
     assert (counts.inserted, counts.updated, counts.unchanged) == (601, 50, 10)
     await samr.publish_records(
-        "samr.strings", [(_uscc(2), record(2, 2))], deletes=[_uscc(1), _uscc(9999)]
+        "samr.strings", [(uscc(2), record(2, 2))], deletes=[uscc(1), uscc(9999)]
     )
     assert node.db is not None
     pool = node.db.pool
@@ -178,8 +172,8 @@ async def test_batches_of_new_and_known_keys_store_and_order_their_events(
     for e in events:
         assert e["event_id"].hex == event_id("samr.strings", e["key"], e["version"])
     assert [(e["key"], e["version"], e["op"]) for e in events[-2:]] == [
-        (_uscc(2), 3, "upsert"),
-        (_uscc(1), 3, "delete"),
+        (uscc(2), 3, "upsert"),
+        (uscc(1), 3, "delete"),
     ]
     rows = await pool.fetch(
         "SELECT key, version, data FROM record WHERE dataset = 'samr.strings'"
@@ -187,15 +181,15 @@ async def test_batches_of_new_and_known_keys_store_and_order_their_events(
     )
     stored = {row["key"]: (row["version"], json.loads(row["data"])) for row in rows}
     assert len(stored) == 600  # 601 keys, one deleted
-    assert stored[_uscc(600)][1]["uscc"] == _uscc(600)  # the key field normalised
-    assert stored[_uscc(3)][0] == 2
+    assert stored[uscc(600)][1]["uscc"] == uscc(600)  # the key field normalised
+    assert stored[uscc(3)][0] == 2
     addresses = {data["address"] for _, data in stored.values()}
     assert "Café 路" in addresses  # NFC, as validate_record makes it
     assert "Cafe\u0301 路" not in addresses
     assert None in addresses  # an optional field left out is stored as null
     for i, (_, values) in enumerate(first):
         if i >= 50:  # as sent, but for NFC and the nulls
-            _, data = stored[_uscc(i)]
+            _, data = stored[uscc(i)]
             assert data == {
                 name: None if values.get(name) is None else data[name] for name in _FIELDS
             }
@@ -233,14 +227,14 @@ async def test_the_joined_write_falls_back_to_arrays(node: Node, samr: ExchangeC
 async def test_bad_records_in_a_stream_are_refused_with_their_reason(
     node: Node, samr: ExchangeClient
 ) -> None:
-    good: tuple[str, dict[str, object]] = (_uscc(1), {"name": "好"})
+    good: tuple[str, dict[str, object]] = (uscc(1), {"name": "好"})
     cases: list[tuple[dict[str, object], str, str]] = [
         ({"name": 12}, "RECORD_INVALID", "name"),  # not a string
         ({"address": "无名"}, "RECORD_INVALID", "name"),  # a required field missing
         ({"name": "甲", "nope": "x"}, "RECORD_INVALID", "nope"),  # an unknown field
         ({"name": "甲" * 4001}, "RECORD_INVALID", "name"),  # over the default limit
         ({"name": "a\x07b"}, "RECORD_INVALID", "name"),  # a control character
-        ({"name": "甲", "uscc": _uscc(3)}, "RECORD_INVALID", "uscc"),  # not the record's key
+        ({"name": "甲", "uscc": uscc(3)}, "RECORD_INVALID", "uscc"),  # not the record's key
     ]
     for values, reason, field in cases:
 
@@ -248,7 +242,7 @@ async def test_bad_records_in_a_stream_are_refused_with_their_reason(
             values: dict[str, object] = values,
         ) -> AsyncIterator[list[tuple[str, dict[str, object]]]]:
             yield [good]
-            yield [(_uscc(2), {"name": "乙"}), (_uscc(4), values)]
+            yield [(uscc(2), {"name": "乙"}), (uscc(4), values)]
 
         error = await _reason(samr.stream_records("samr.strings", batches()))
         assert error.reason == reason, (values, error.message)
@@ -258,7 +252,7 @@ async def test_bad_records_in_a_stream_are_refused_with_their_reason(
     keys = await node.db.pool.fetch(
         "SELECT key FROM record WHERE dataset = 'samr.strings' ORDER BY key"
     )
-    assert [r["key"] for r in keys] == [_uscc(1)]  # the first batch only, once
+    assert [r["key"] for r in keys] == [uscc(1)]  # the first batch only, once
 
 
 async def test_publishers_racing_with_the_same_new_keys_write_each_once(
@@ -271,7 +265,7 @@ async def test_publishers_racing_with_the_same_new_keys_write_each_once(
     caller = cast(Caller, SimpleNamespace(department=SimpleNamespace(code="samr")))
     for round_ in range(5):
         raw = [
-            service.RawChange(_uscc(10_000 * (round_ + 1) + i), {"name": f"并发{i}"})
+            service.RawChange(uscc(10_000 * (round_ + 1) + i), {"name": f"并发{i}"})
             for i in range(200)
         ]
         batches = [await sharing.prepare(caller, "samr.strings", raw) for _ in range(3)]

@@ -8,6 +8,7 @@ from tongban.errors import TongbanError
 from tongban.exchange.sharing.policy import DENIAL_REASONS, Denied
 
 __all__ = [
+    "ConcurrentChange",
     "DatasetNotFound",
     "DuplicateKey",
     "GrantNotFound",
@@ -38,6 +39,15 @@ class NotSharedNeedsBasis(TongbanError):
 class SchemaIncompatible(TongbanError):
     reason = "SCHEMA_INCOMPATIBLE"
     status = "FAILED_PRECONDITION"
+
+
+class ConcurrentChange(TongbanError):
+    """Other publishers kept creating the same new records at the same moment, past the
+    retries; nothing of this call was written."""
+
+    reason = "CONCURRENT_CHANGE"
+    status = "ABORTED"
+    retry_after = 0.1
 
 
 class DuplicateKey(TongbanError):
