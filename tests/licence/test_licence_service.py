@@ -4,6 +4,7 @@ the access log."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from datetime import timedelta
 from functools import partial
@@ -355,6 +356,32 @@ async def test_amendment_supersedes_the_old_version(node: Node) -> None:
         assert (await samr.verify_licence(amended.qr)).verified
         renewed = await samr.amend_licence(number, renew=True, reason="换发")
         assert renewed.version == 3
+
+
+async def test_amendments_of_one_licence_at_once_follow_one_another(node: Node) -> None:
+    """Eight amendments of one licence at once: each one that waited for another's lock
+    used to find the version it waited for superseded and the new one not yet visible,
+    and was answered "no licence … exists" (6 of 8). Now each applies on top of the one
+    before it: versions 2 to 9, one current, eight amendments in the history."""
+    number = await _issue_business_licence(node)
+    async with client_for(node, "samr", "SC-0002") as samr:
+        amended = await asyncio.gather(
+            *(
+                samr.amend_licence(
+                    number, claims={"address": f"浙江省杭州市上城区解放路{i}号"}, reason="住所变更"
+                )
+                for i in range(8)
+            )
+        )
+        assert sorted(a.version for a in amended) == list(range(2, 10))
+        current = await samr.get_licence(number)
+        assert current.version == 9
+        assert [h.action for h in current.history] == ["issue", *["amend"] * 8]
+    assert node.db is not None
+    statuses = await node.db.pool.fetch(
+        "SELECT status, count(*) AS n FROM licence WHERE number = $1 GROUP BY status", number
+    )
+    assert {r["status"]: r["n"] for r in statuses} == {"valid": 1, "superseded": 8}
 
 
 async def test_status_indices_are_random_and_distinct(node: Node) -> None:

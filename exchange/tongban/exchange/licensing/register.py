@@ -106,6 +106,10 @@ HISTORY_COLUMNS = (
     "officer", "at",
 )  # fmt: skip
 """The columns of table ``licence_history``."""
+_HAS_CURRENT = "SELECT EXISTS (SELECT 1 FROM licence WHERE number = $1 AND status <> 'superseded')"
+_RELOCKS = 64
+"""Locked reads ``LicenceRegister.load`` makes again at most, each after another change of
+the same licence committed (a department has at most 64 calls in progress by default)."""
 _SELECT = "SELECT " + ", ".join(LICENCE_COLUMNS) + " FROM licence"  # noqa: S608
 
 
@@ -230,11 +234,23 @@ class LicenceRegister:
         self, number: str, *, conn: Any = None, lock: bool = False
     ) -> LicenceView | None:
         """The current version of licence ``number`` (not logged), or None; with ``lock``,
-        its row locked for update on ``conn``."""
+        its row locked for update on ``conn``.
+
+        A version another transaction superseded while this one waited for its lock is
+        not the current one once that commits, and the version it wrote is newer than
+        the statement's snapshot: the locked read finds nothing. Two amendments of one
+        licence at once answered the second "no licence … exists". So while a current
+        version exists, the locked read is made again, with a newer snapshot."""
         sql = _SELECT + " WHERE number = $1 AND status <> 'superseded'"
-        if lock:
-            sql += " FOR UPDATE"
-        row = await (conn or self._pool).fetchrow(sql, number)
+        if not lock:
+            row = await (conn or self._pool).fetchrow(sql, number)
+            return None if row is None else self._view(row)
+        sql += " FOR UPDATE"
+        row = await conn.fetchrow(sql, number)
+        for _ in range(_RELOCKS):
+            if row is not None or not await conn.fetchval(_HAS_CURRENT, number):
+                break
+            row = await conn.fetchrow(sql, number)
         return None if row is None else self._view(row)
 
     def _view(self, row: Any) -> LicenceView:
