@@ -6,6 +6,9 @@ seal makes what it signed fail with SEAL_REVOKED."""
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
 
 from tests.cli_helpers import atongban, cli_env
 from tests.conftest import client_for
@@ -31,6 +34,7 @@ async def _cli(node: Node, *args: str) -> dict[str, object]:
         *args, "--data-dir", str(node.settings.data_dir), "--json", env=_env(node)
     )
     assert done.code == 0, done.stdout + done.stderr
+    await node.caches_settled()  # the node has seen what the command changed (seals)
     result: dict[str, object] = done.json()
     return result
 
@@ -107,3 +111,31 @@ async def test_bad_rotation_requests(node: Node) -> None:
         assert done.json()["reason"] == reason, (args, done.stdout)
     assert node.licensing is not None
     assert len(await node.licensing.vault.keys(SAMR)) == 1  # nothing half-written
+
+
+async def test_the_seals_are_read_once_until_one_changes(
+    node: Node, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Verification asks for the trust list on every call; the seals it names are read
+    from the database once, and again after a change another session makes (here the
+    operator's CLI revoking a seal), notified to every node: from then on, what the
+    revoked seal signed fails."""
+    assert node.licensing is not None
+    vault = node.licensing.vault
+    reads = 0
+    read = vault.trust
+
+    async def counted(now: datetime) -> Any:
+        nonlocal reads
+        reads += 1
+        return await read(now)
+
+    monkeypatch.setattr(vault, "trust", counted)
+    qr, _, seal = await _issue(node)
+    for _ in range(5):
+        assert await _verify(node, qr) == (True, "")
+    assert reads == 1
+    await _cli(node, "key", "revoke", "seal", SAMR, seal.hex(), "--reason", "私钥疑似泄露")
+    # samr's only seal: the list now names no seal of samr's at all.
+    assert await _verify(node, qr) == (False, "SIGNER_UNTRUSTED")
+    assert reads == 2

@@ -47,6 +47,7 @@ async def _cli(node: Node, *args: str) -> tuple[int, dict[str, object], str]:
         *args, "--data-dir", str(node.settings.data_dir), "--json", env=_env(node)
     )
     body = json.loads(done.stdout) if done.stdout.strip().startswith("{") else {}
+    await node.caches_settled()  # the node has seen what the command changed (seals)
     return done.code, body, done.stdout + done.stderr
 
 

@@ -286,6 +286,8 @@ class Node:
                 sm2_seals=sm2_seals_for(self.db.pool, self.settings, self.clock),
                 sm2_roots=functools.partial(sm2_roots, self.settings),
             )
+            # The seals the trust list names are read again only when one changes.
+            self.licensing.trust.watch(self._changes)
             # Licences of peer exchanges, with their trust lists (docs/federation.md).
             self.licensing.trust.peers = self.federation.licences.verify
             self.licensing.peer_roots = self.federation.trust.active_roots

@@ -6,7 +6,7 @@ only the seals' chains, the status lists, the node's signing key and the roots."
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 import asyncpg
@@ -14,6 +14,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from tongban.exchange.datadir import NodeSigning
+from tongban.exchange.db.notify import ChangeListener
 from tongban.exchange.licensing.custody import STATUS_LIST_HOLDER, SealVault
 from tongban.exchange.licensing.sm2_seals import Sm2Seals
 from tongban.exchange.licensing.status import StatusLists, StatusToken
@@ -21,6 +22,7 @@ from tongban.licence import (
     LicenceCancelled,
     LicenceSuperseded,
     LicenceTypeRegistry,
+    RevokedSeal,
     TrustList,
     TrustListEntry,
     VerificationFailed,
@@ -33,15 +35,34 @@ from tongban.licence import (
 )
 from tongban.signing import Clock
 
-__all__ = ["LicenceTrust", "PeerVerifier"]
+__all__ = ["SEAL_CHANNEL", "LicenceTrust", "PeerVerifier"]
 
 #: Verify a licence with peers' trust lists, given the text and our own result.
 PeerVerifier = Callable[[str, VerificationResult], Awaitable[VerificationResult]]
 
 _SHA256 = hashes.SHA256()
 _TRUST_LIST_RESIGN = timedelta(hours=1)
+SEAL_CHANNEL = "tongban_seal"
+"""Notified on any change to a department seal or an SM2 seal (migration 0034)."""
+_SEALS_AT_MOST = timedelta(minutes=5)
+"""How long the seals read once are used at most, even with no change notified."""
 #: The largest status index a licence row can hold (an int4 column).
 _MAX_STATUS_INDEX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class _Seals:
+    """What the seals in custody say, read at once (``LicenceTrust._current_seals``)."""
+
+    certificates: dict[str, tuple[x509.Certificate, ...]]
+    revoked: list[RevokedSeal]
+    chained: tuple[x509.Certificate, ...]
+    sm2: dict[str, tuple[x509.Certificate, ...]]
+    issuers: list[str]
+    key: tuple[frozenset[bytes], ...]
+    """What the trust list says: its cached signed form is reused while this holds."""
+    read_at: datetime
+    until: datetime
 
 
 class LicenceTrust:
@@ -77,22 +98,40 @@ class LicenceTrust:
         self.roots = tuple(roots)
         self._clock = clock
         self._trust_list: tuple[tuple[frozenset[bytes], ...], TrustList] | None = None
+        self._seals: _Seals | None = None
+        self._seal_changes = 0
+        self._listener: ChangeListener | None = None
         self.peers: PeerVerifier | None = None
         """Verifies, with peers' trust lists, a licence ours does not vouch for (set by
         the node when federation is on; docs/federation.md, "Licences across exchanges")."""
 
-    async def trust_list(self) -> TrustList:
-        """The current signed trust list: the seal certificates of the departments that
-        issue licence types, the status-list certificate and the base URL status lists are
-        served under (verifiers fetch from nowhere else), re-signed when any of them
-        changes or after an hour (its ``next_update`` is a day, its ``exp`` 30 days)."""
-        now = self._clock.now()
+    def watch(self, listener: ChangeListener) -> None:
+        """Keep the seals read from the database until one changes (``SEAL_CHANNEL``),
+        the listener is lost, one of them expires, or ``_SEALS_AT_MOST`` has passed;
+        while ``listener`` is not live they are read for every call, as before."""
+        self._listener = listener
+        listener.subscribe(SEAL_CHANNEL, self._seal_changed)
+        listener.on_reset(lambda: self._seal_changed(""))
+
+    def _seal_changed(self, _holder: str) -> None:
+        self._seal_changes += 1
+        self._seals = None
+
+    async def _current_seals(self, now: datetime) -> _Seals:
+        """The seals the trust list names, as of ``now``: from the database, or as read
+        before if nothing has changed since (``watch``). Verification asks on every call:
+        two reads and a certificate parse each, which were most of ``/verify``'s
+        database time (docs/licences.md, "Performance")."""
+        seals = self._seals
+        live = self._listener is not None and self._listener.live
+        if seals is not None and live and seals.read_at <= now < seals.until:
+            return seals
+        changes = self._seal_changes
         certificates, revoked, chained = await self.vault.trust(now)
         sm2 = await self._sm2_seals.listed(now) if self._sm2_seals is not None else {}
         issuers = sorted(
             {d for t in self.registry for d in t.issuers} & set(certificates) - {STATUS_LIST_HOLDER}
         )
-        status_certificates = certificates.get(STATUS_LIST_HOLDER, ())
         # What the list says: trusted and revoked apart (a certificate moving from one to
         # the other must change the key).
         key = (
@@ -105,6 +144,33 @@ class LicenceTrust:
             frozenset(c.fingerprint(_SHA256) for c in chained),
             frozenset(c.fingerprint(_SHA256) for d in issuers for c in sm2.get(d, ())),
         )
+        # Read again once the first of them expires: expired ones are left out.
+        ends = [
+            c.not_valid_after_utc
+            for group in (*certificates.values(), *sm2.values())
+            for c in group
+        ]
+        until = min([now + _SEALS_AT_MOST, *ends])
+        seals = _Seals(certificates, revoked, chained, sm2, issuers, key, now, until)
+        if live and changes == self._seal_changes:  # no change notified while reading
+            self._seals = seals
+        return seals
+
+    async def trust_list(self) -> TrustList:
+        """The current signed trust list: the seal certificates of the departments that
+        issue licence types, the status-list certificate and the base URL status lists are
+        served under (verifiers fetch from nowhere else), re-signed when any of them
+        changes or after an hour (its ``next_update`` is a day, its ``exp`` 30 days)."""
+        now = self._clock.now()
+        seals = await self._current_seals(now)
+        certificates, revoked, chained, sm2 = (
+            seals.certificates,
+            seals.revoked,
+            seals.chained,
+            seals.sm2,
+        )
+        issuers, key = seals.issuers, seals.key
+        status_certificates = certificates.get(STATUS_LIST_HOLDER, ())
         bases = (self.status_lists.uri_base,)
         cached = self._trust_list
         if (
