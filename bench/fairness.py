@@ -47,10 +47,10 @@ import platform
 import random
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import grpc
@@ -61,7 +61,7 @@ from bench._client import Department, admitted
 from bench._config import Config
 from bench._load import LoadResult, run_load
 from bench._main import from_environment, host_figures, run_main, write_results
-from bench._peer import LoadFigures, Peer, VerifyFigures, peer, percentiles
+from bench._peer import LoadFigures, VerifyFigures, peer, percentiles
 from bench._servers import node_server
 from bench._table import LABEL, cpu_header, cpu_row, load_row, rate_row
 from bench._watch import CpuMeter, CpuUse
@@ -71,6 +71,7 @@ from tongban.exchange.settings import Settings
 __all__ = ["FairnessReport", "as_json", "configured", "format_report", "main", "run"]
 
 WARM_UP_ISSUES = 8
+F = TypeVar("F")
 _ENV = {  # BENCH_FAIRNESS_* variable -> Config field
     "BENCH_FAIRNESS_SECONDS": "duration_seconds",
     "BENCH_FAIRNESS_RECORDS": "records",
@@ -150,12 +151,34 @@ async def run(config: Config) -> FairnessReport:
             before = await node.calls_refused()
             alone, tax_alone = await _tax_load(consumer, keys, config, meter())
             middle = await node.calls_refused()
-            shared, tax_shared, samr_figures = await _with_samr_loading(
-                samr, consumer, keys, config, meter()
+            shared, tax_shared, samr_figures = await _tax_beside(
+                samr.start_load(
+                    dataset=config.fairness_dataset,
+                    batch=config.publish_batch,
+                    issuers=config.fairness_issuers,
+                    warmup=config.warmup_seconds,
+                    duration=config.duration_seconds,
+                ),
+                samr.stop_load,
+                consumer,
+                keys,
+                config,
+                meter(),
             )
             after = await node.calls_refused()
-            public, tax_public, verifiers = await _with_public_verifying(
-                samr, node.http, consumer, keys, config, meter()
+            public, tax_public, verifiers = await _tax_beside(
+                samr.start_verifying(
+                    http=node.http,
+                    callers=config.fairness_verifiers,
+                    licences=config.fairness_licences,
+                    warmup=config.warmup_seconds,
+                    duration=config.duration_seconds,
+                ),
+                samr.stop_verifying,
+                consumer,
+                keys,
+                config,
+                meter(),
             )
             last = await node.calls_refused()
     return FairnessReport(
@@ -217,43 +240,21 @@ async def _tax_load(
     return result, refused
 
 
-async def _with_samr_loading(
-    samr: Peer, consumer: Department, keys: list[str], config: Config, cpu: CpuMeter
-) -> tuple[LoadResult, Counter[str], LoadFigures]:
-    # samr's window opens warmup seconds from its command, as tax's does from here.
-    await samr.start_load(
-        dataset=config.fairness_dataset,
-        batch=config.publish_batch,
-        issuers=config.fairness_issuers,
-        warmup=config.warmup_seconds,
-        duration=config.duration_seconds,
-    )
-    try:
-        result, refused = await _tax_load(consumer, keys, config, cpu)
-    finally:
-        figures = await samr.stop_load()
-    return result, refused, figures
-
-
-async def _with_public_verifying(
-    samr: Peer,
-    http: str,
+async def _tax_beside(
+    started: Awaitable[None],
+    stop: Callable[[], Awaitable[F]],
     consumer: Department,
     keys: list[str],
     config: Config,
     cpu: CpuMeter,
-) -> tuple[LoadResult, Counter[str], VerifyFigures]:
-    await samr.start_verifying(
-        http=http,
-        callers=config.fairness_verifiers,
-        licences=config.fairness_licences,
-        warmup=config.warmup_seconds,
-        duration=config.duration_seconds,
-    )
+) -> tuple[LoadResult, Counter[str], F]:
+    """tax's load while samr's process does what ``started`` told it (its window opens
+    warmup seconds from its command, as tax's does from here); then ``stop``'s figures."""
+    await started
     try:
         result, refused = await _tax_load(consumer, keys, config, cpu)
     finally:
-        figures = await samr.stop_verifying()
+        figures = await stop()
     return result, refused, figures
 
 
