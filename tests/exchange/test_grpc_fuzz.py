@@ -37,7 +37,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import client_for
+from tests.conftest import client_for, raw_channel
 from tests.stories.restaurant import (
     BUSINESS_LICENCE_CLAIMS,
     CASE_ID,
@@ -50,8 +50,6 @@ from tests.stories.restaurant import (
     PURPOSE,
     SERVICE_ITEM,
 )
-from tongban.client import Bundle
-from tongban.exchange.enrolment import bundle_dir
 from tongban.exchange.node import Node
 
 # The classes of garbage; docs/architecture.md ("Input checks") says what each gets.
@@ -627,20 +625,6 @@ async def _prepare(node: Node) -> Story:
     return Story(licence.number, (licence.sd_jwt, licence.qr, "TB1:" + "A" * 40))
 
 
-def _channel(node: Node, code: str) -> grpc.aio.Channel:
-    bundle = Bundle.load(bundle_dir(node.settings, code))
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=bundle.ca_pem,
-        private_key=bundle.tls_key_pem,
-        certificate_chain=bundle.tls_cert_pem,
-    )
-    return grpc.aio.secure_channel(
-        f"127.0.0.1:{node.grpc_port}",
-        credentials,
-        options=[("grpc.ssl_target_name_override", bundle.server_name)],
-    )
-
-
 def _requests_of(
     method: Method, kind: str, payload: st.SearchStrategy[bytes], valid: st.SearchStrategy[bytes]
 ) -> st.SearchStrategy[bytes | list[bytes]]:
@@ -715,7 +699,7 @@ def _show(request: bytes | list[bytes]) -> str:
 async def test_garbage_never_escapes(node: Node) -> None:
     story = await _prepare(node)
     plausible = _plausible(story)
-    channels = {code: _channel(node, code) for code in CALLERS}
+    channels = {code: raw_channel(node, code) for code in CALLERS}
     loop = asyncio.get_running_loop()
     codes: dict[str, Counter[str]] = defaultdict(Counter)
     by_kind: dict[str, Counter[str]] = defaultdict(Counter)

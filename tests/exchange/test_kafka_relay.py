@@ -5,6 +5,7 @@ outage and a node killed mid-relay lose nothing, and duplicates carry identical 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -148,7 +149,7 @@ async def test_relay_publishes_every_event_in_order_and_marks_it(
         outbox = await _outbox(node.db.pool)
         assert len(outbox) == 20 * len(USCCS)
         messages = await _read_topic(
-            kafka_broker.bootstrap, settings.kafka_topic_prefix + DATASET, len(outbox)
+            kafka_broker.bootstrap, node.settings.kafka_topic_prefix + DATASET, len(outbox)
         )
         _check_messages(messages, outbox)
         assert len(messages) == len(outbox)  # a healthy relay sends each event once
@@ -179,46 +180,54 @@ async def test_subscribers_are_fed_from_kafka(
         assert getattr(node._feed, "gap_fills", None) == 0  # nothing needed the outbox
 
 
-async def test_broker_outage_loses_nothing(settings: Settings) -> None:
-    """The broker stops under load: the outbox grows, the relay retries, drains when the
-    broker returns (empty: Tansu keeps topics in memory), and subscribers miss nothing."""
+@contextlib.asynccontextmanager
+async def _node_on_own_broker(settings: Settings) -> AsyncIterator[tuple[Node, TansuBroker]]:
+    """A node in Kafka mode on a broker of its own (the test stops and starts it), with
+    the demo's departments enrolled and samr's dataset registered."""
     broker = TansuBroker()
     broker.start()
     settings = kafka_settings(settings, broker.bootstrap)
     try:
         async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
-            assert node.db is not None
             await enrol_demo(settings)
             async with client_for(node, "samr", "SC-1") as samr:
                 await samr.register_dataset(ENTERPRISE, publish=True)
-            async with client_for(node, "tax", "TX-1") as tax:
-                stream = tax.subscribe(DATASET, fields=["name", "address"], purpose="登记信息同步")
-                total = 12 * len(USCCS)
-                reader = asyncio.create_task(_take(stream, total, within=90))
-                await _publish_versions(node, rounds=4)
-                await _wait_published(node.db.pool)
-
-                broker.stop(kill=True)
-                await _publish_versions(node, rounds=8)
-                async with asyncio.timeout(60):  # the relay's sends time out, it backs off
-                    while not node.metrics.relay_errors._value.get():
-                        await asyncio.sleep(0.2)
-                await asyncio.sleep(2)
-                backlog = await _unpublished(node.db.pool)
-                assert backlog == 8 * len(USCCS)  # waiting in the outbox, none lost
-
-                broker.start()  # same port, empty
-                await _wait_published(node.db.pool)
-                events = await reader
-            assert [e.position for e in events] == list(range(total))
-            messages = await _read_topic(
-                broker.bootstrap, settings.kafka_topic_prefix + DATASET, backlog
-            )
-            outbox = await _outbox(node.db.pool)
-            after_outage = {p: r for p, r in outbox.items() if p >= 4 * len(USCCS)}
-            _check_messages([m for m in messages if m["position"] in after_outage], after_outage)
+            yield node, broker
     finally:
         broker.stop()
+
+
+async def test_broker_outage_loses_nothing(settings: Settings) -> None:
+    """The broker stops under load: the outbox grows, the relay retries, drains when the
+    broker returns (empty: Tansu keeps topics in memory), and subscribers miss nothing."""
+    async with _node_on_own_broker(settings) as (node, broker):
+        assert node.db is not None
+        async with client_for(node, "tax", "TX-1") as tax:
+            stream = tax.subscribe(DATASET, fields=["name", "address"], purpose="登记信息同步")
+            total = 12 * len(USCCS)
+            reader = asyncio.create_task(_take(stream, total, within=90))
+            await _publish_versions(node, rounds=4)
+            await _wait_published(node.db.pool)
+
+            broker.stop(kill=True)
+            await _publish_versions(node, rounds=8)
+            async with asyncio.timeout(60):  # the relay's sends time out, it backs off
+                while not node.metrics.relay_errors._value.get():
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(2)
+            backlog = await _unpublished(node.db.pool)
+            assert backlog == 8 * len(USCCS)  # waiting in the outbox, none lost
+
+            broker.start()  # same port, empty
+            await _wait_published(node.db.pool)
+            events = await reader
+        assert [e.position for e in events] == list(range(total))
+        messages = await _read_topic(
+            broker.bootstrap, node.settings.kafka_topic_prefix + DATASET, backlog
+        )
+        outbox = await _outbox(node.db.pool)
+        after_outage = {p: r for p, r in outbox.items() if p >= 4 * len(USCCS)}
+        _check_messages([m for m in messages if m["position"] in after_outage], after_outage)
 
 
 async def test_node_killed_mid_relay_loses_nothing(
@@ -311,31 +320,22 @@ async def test_a_stream_that_starts_while_the_broker_is_down_is_served_from_the_
     """Kafka down when a stream is to start reading it: the stream does not end, it is
     served from the outbox (on PostgreSQL's notifications) and reads Kafka once it is
     back. (It used to end with BROKER_UNAVAILABLE.)"""
-    broker = TansuBroker()
-    broker.start()
-    settings = kafka_settings(settings, broker.bootstrap)
-    try:
-        async with Node(settings, clock=FixedClock(SystemClock().now())) as node:
-            assert node.db is not None
-            await enrol_demo(settings)
-            async with client_for(node, "samr", "SC-1") as samr:
-                await samr.register_dataset(ENTERPRISE, publish=True)
-            await _publish_versions(node, rounds=2)
-            await _wait_published(node.db.pool)
-            broker.stop(kill=True)
-            async with client_for(node, "tax", "TX-1") as tax:
-                stream = tax.subscribe(DATASET, fields=["name", "address"], purpose="登记信息同步")
-                got = await _next(stream, 2 * len(USCCS))  # the outbox up to now
-                await _publish_versions(node, rounds=4)  # versions 2 and 3 are new
-                got += await _next(stream, 2 * len(USCCS))  # while Kafka is still down
-                assert node._feed is not None
-                assert getattr(node._feed, "outbox_while_down", 0) >= 1
-                broker.start()  # same port, empty
-                await _publish_versions(node, rounds=6)  # versions 4 and 5
-                got += await _next(stream, 2 * len(USCCS), within=60)
-            assert [e.position for e in got] == list(range(6 * len(USCCS)))
-    finally:
-        broker.stop()
+    async with _node_on_own_broker(settings) as (node, broker):
+        assert node.db is not None
+        await _publish_versions(node, rounds=2)
+        await _wait_published(node.db.pool)
+        broker.stop(kill=True)
+        async with client_for(node, "tax", "TX-1") as tax:
+            stream = tax.subscribe(DATASET, fields=["name", "address"], purpose="登记信息同步")
+            got = await _next(stream, 2 * len(USCCS))  # the outbox up to now
+            await _publish_versions(node, rounds=4)  # versions 2 and 3 are new
+            got += await _next(stream, 2 * len(USCCS))  # while Kafka is still down
+            assert node._feed is not None
+            assert getattr(node._feed, "outbox_while_down", 0) >= 1
+            broker.start()  # same port, empty
+            await _publish_versions(node, rounds=6)  # versions 4 and 5
+            got += await _next(stream, 2 * len(USCCS), within=60)
+        assert [e.position for e in got] == list(range(6 * len(USCCS)))
 
 
 async def _next(stream: AsyncIterator[Event], n: int, within: float = 30) -> list[Event]:

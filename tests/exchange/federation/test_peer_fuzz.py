@@ -14,12 +14,12 @@ from collections import Counter, defaultdict
 import grpc
 import pytest
 
+from tests.conftest import raw_channel
 from tests.exchange.federation.conftest import link
 from tests.exchange.test_grpc_fuzz import (
     KINDS,
     Method,
     Outcome,
-    _channel,
     discover_methods,
     fuzz_method,
     invoke,
@@ -43,7 +43,7 @@ def _peer_channel(caller: Node, target: Node) -> grpc.aio.Channel:
 @pytest.mark.timeout(180)
 async def test_garbage_from_a_peer_never_escapes(province: Node, county: Node) -> None:
     await link(province, county)
-    department = _channel(province, "samr")
+    department = raw_channel(province, "samr")
     peer = _peer_channel(county, province)
     loop = asyncio.get_running_loop()
     codes: dict[str, Counter[str]] = defaultdict(Counter)

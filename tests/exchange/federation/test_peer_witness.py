@@ -21,6 +21,7 @@ import pytest_asyncio
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from tests.cli_helpers import atongban, cli_env
+from tests.conftest import raw_channel as department_channel
 from tests.exchange.federation.conftest import (
     county_node,
     link,
@@ -28,7 +29,6 @@ from tests.exchange.federation.conftest import (
     parts,
     set_peer_status,
 )
-from tests.exchange.test_grpc_fuzz import _channel as department_channel
 from tests.exchange.witness.test_node_witnessing import grow, until_kept, verify
 from tongban.client.errors import ExchangeError, from_rpc_error
 from tongban.exchange.audit.cosignature import WitnessKey, open_cosignatures
