@@ -22,6 +22,8 @@ from tongban.adapters.exchange import ExchangeSink, WriteBackLoop, command_of
 from tongban.adapters.runner import AdapterRunner
 from tongban.adapters.sources import PostgresSource, SqliteSource
 from tongban.client import Event
+from tongban.exchange.db.database import Database
+from tongban.exchange.departments import DepartmentStore
 from tongban.exchange.node import Node
 from tongban.v1 import catalogue_pb2, values_pb2
 
@@ -260,3 +262,48 @@ async def test_what_is_written_back_is_not_published_again(node: Node, tmp_path:
         assert answer.records[0].fields == {"name": COMPANY["name"], "status": "非正常户"}
     with StateStore.open(tmp_path / "tax.state.sqlite") as state:
         assert state.echo_count() == 0  # read back and cleared
+
+
+async def test_an_adapter_past_its_departments_quota_stops_and_loses_nothing(
+    node: Node, tmp_path: Path
+) -> None:
+    """A storage quota refusal needs the operator, not a retry: a running adapter stops
+    the stream with the reason (it does not retry in a loop), and once the quota is
+    raised the next run publishes the rest, from where it stopped."""
+    _tax_legacy(tmp_path / "legacy.db")
+    conn = sqlite3.connect(tmp_path / "legacy.db")
+    conn.executemany(
+        "INSERT INTO t_nsr (tyshxydm, nsrmc, dz) VALUES (?, ?, ?)",
+        [(uscc(n), f"纳税人 {n}", f"某县某路 {n} 号") for n in range(300)],
+    )
+    conn.commit()
+    conn.close()
+    mapping = write_mapping(tmp_path, TAX_SQLITE.split("write_back:")[0])
+    async with client_for(node, "tax", "SW-1") as tax:
+        await tax.register_dataset(TAXPAYER, publish=True)
+        await tax.publish_records(
+            "tax.taxpayer", [(uscc(1000), {"uscc": uscc(1000), "name": "甲", "status": "正常"})]
+        )
+        assert node.db is not None
+        one = await node.db.pool.fetchval(
+            "SELECT stored_bytes FROM dataset_stream WHERE dataset = 'tax.taxpayer'"
+        )
+        async with await Database.open(node.settings, pool_size=1, owner=True) as owner:
+            await DepartmentStore(owner.pool).set_storage_quota("tax", one * 2)
+        events: list[dict[str, Any]] = []
+        runner = AdapterRunner(mapping, client=tax, validators=VALIDATORS, on_event=events.append)
+        stop = asyncio.Event()
+        asyncio.get_running_loop().call_later(30, stop.set)
+        summary = await runner.run(stop=stop)
+        assert not stop.is_set()  # it stopped by itself
+        assert [e["reason"] for e in summary.errors] == ["STORAGE_QUOTA_EXCEEDED"]
+        assert not [e for e in events if e["event"] == "retry"]
+
+        async with await Database.open(node.settings, pool_size=1, owner=True) as owner:
+            await DepartmentStore(owner.pool).set_storage_quota("tax", None)
+        again = await runner.run(once=True)
+        assert again.ok, again.errors
+        held = await node.db.pool.fetchval(
+            "SELECT count(*) FROM record WHERE dataset = 'tax.taxpayer' AND valid_to IS NULL"
+        )
+        assert held == 301

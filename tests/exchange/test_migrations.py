@@ -10,6 +10,7 @@ import pytest_asyncio
 from tongban.exchange.db import migrate
 from tongban.exchange.db.migrate import Migration, apply_migrations, load_migrations
 from tongban.exchange.errors import MigrationFailed
+from tongban.exchange.sharing.storage import VERSION_BYTES
 
 
 @pytest_asyncio.fixture
@@ -73,3 +74,41 @@ async def test_a_database_from_a_newer_version_is_refused(pool: asyncpg.Pool) ->
     )
     with pytest.raises(MigrationFailed, match="newer version"):
         await _apply(pool)
+
+
+async def test_the_storage_quota_migration_counts_what_is_stored_already(
+    pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migration 0035 gives every dataset its stream row (a dataset with no record yet had
+    none) and counts the record versions already written, as a write would have."""
+    everything = load_migrations()
+    monkeypatch.setattr(migrate, "load_migrations", lambda: everything[:34])
+    await _apply(pool)
+    await pool.execute(
+        "INSERT INTO department (code, name, level, tls_fingerprint)"
+        " VALUES ('samr', '市场监管局', 'county', $1)",
+        bytes(32),
+    )
+    for code in ("samr.enterprise", "samr.empty"):
+        await pool.execute(
+            "INSERT INTO dataset (code, owner, current_version, created_at, updated_at)"
+            " VALUES ($1, 'samr', 1, now(), now())",
+            code,
+        )
+    await pool.execute(
+        "INSERT INTO record (dataset, key, version, data, deleted, valid_from, valid_to)"
+        " VALUES ('samr.enterprise', 'k1', 1, '{\"名称\": \"甲\"}', false, now(), now()),"
+        " ('samr.enterprise', 'k1', 2, NULL, true, now(), NULL),"
+        " ('samr.enterprise', 'k22', 1, '{\"a\": 1}', false, now(), NULL)"
+    )
+    await pool.execute(
+        "INSERT INTO dataset_stream (dataset, next_position) VALUES ('samr.enterprise', 3)"
+    )
+    monkeypatch.setattr(migrate, "load_migrations", lambda: everything)
+    assert [m.version for m in await _apply(pool)] == [35]
+    rows = await pool.fetch("SELECT * FROM dataset_stream ORDER BY dataset")
+    json_bytes = len('{"名称": "甲"}'.encode()) + len('{"a": 1}')
+    assert [(r["dataset"], r["next_position"], r["stored_bytes"]) for r in rows] == [
+        ("samr.empty", 0, 0),
+        ("samr.enterprise", 3, 2 + 2 + 3 + json_bytes + 3 * VERSION_BYTES),
+    ]

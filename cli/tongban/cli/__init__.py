@@ -20,7 +20,9 @@ from typing import Any, NoReturn
 
 from tongban.errors import TongbanError
 from tongban.exchange.departments import Level
+from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.settings import parse_listen_address
+from tongban.exchange.sizes import parse_size
 
 __all__ = ["main"]
 
@@ -36,6 +38,18 @@ class _Parser(argparse.ArgumentParser):
             self.print_usage(sys.stderr)
             print(f"tongban: error: {message}", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _size(text: str) -> int | None:
+    """A storage quota: a size such as 50GiB, or 'default' (the node's setting) as None."""
+    if text == "default":
+        return None
+    try:
+        return parse_size(text)
+    except InvalidArgument as e:
+        raise argparse.ArgumentTypeError(
+            f"{e.message} Or 'default' for the node's setting."
+        ) from None
 
 
 def _limit(kind: type[int] | type[float]) -> Callable[[str], float | None]:
@@ -186,6 +200,12 @@ def _build_parser() -> argparse.ArgumentParser:
         limits.add_argument(
             option, type=_limit(kind), default=argparse.SUPPRESS, help=f"{what}, or 'default'"
         )
+    limits.add_argument(
+        "--stored",
+        type=_size,
+        default=argparse.SUPPRESS,
+        help="what its datasets may hold (storage quota), such as 50GiB, or 'default'",
+    )
 
     from tongban.cli.sharing_cmds import add_parsers
 

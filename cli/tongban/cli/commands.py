@@ -16,6 +16,8 @@ from tongban.exchange.departments import CallLimits, DepartmentStore, Level, Sta
 from tongban.exchange.enrolment import enrol_demo_departments, enrol_department
 from tongban.exchange.errors import InvalidArgument
 from tongban.exchange.node import Node
+from tongban.exchange.sharing.storage import storage_usage
+from tongban.exchange.sizes import format_size
 from tongban.signing.clock import SystemClock
 
 __all__ = ["run"]
@@ -291,18 +293,36 @@ async def _dept(args: argparse.Namespace) -> int:
                     getattr(args, "subscriptions", own.subscriptions),
                 )
                 department = await store.set_limits(args.code, own)
+            if hasattr(args, "stored"):
+                department = await store.set_storage_quota(args.code, args.stored)
             shown = {
                 "concurrent": (own.concurrent, settings.dept_max_concurrent_calls),
                 "per_second": (own.per_second, settings.dept_calls_per_second),
                 "subscriptions": (own.subscriptions, settings.dept_max_subscriptions),
             }
+            lines = [
+                f"{name:<14} {f'{value:g}' if value is not None else f'{default:g} (default)'}"
+                for name, (value, default) in shown.items()
+            ]
+            (usage,) = await storage_usage(db.pool, args.code)
+            quota = department.max_stored_bytes
+            if quota is None:
+                quota = settings.dept_max_stored_bytes
+                lines.append(f"{'stored':<14} {format_size(quota)} (default)")
+            else:
+                lines.append(f"{'stored':<14} {format_size(quota)}")
+            share = f" ({usage.stored_bytes / quota:.0%})" if quota else ""
+            lines.append(
+                f"{'in use':<14} {format_size(usage.stored_bytes)}{share}"
+                f" in {usage.datasets} dataset{'' if usage.datasets == 1 else 's'}"
+            )
             emit(
                 args,
-                {"department": department.to_dict()},
-                "\n".join(
-                    f"{name:<14} {f'{value:g}' if value is not None else f'{default:g} (default)'}"
-                    for name, (value, default) in shown.items()
-                ),
+                {
+                    "department": department.to_dict(),
+                    "storage": {**usage.to_dict(), "quota_bytes": quota},
+                },
+                "\n".join(lines),
             )
         else:
             status = Status.SUSPENDED if args.dept_command == "suspend" else Status.ACTIVE

@@ -40,7 +40,7 @@ class ExchangeError(TongbanError):
         """Whether the same call may succeed later without anyone changing anything: the
         node is down, busy, past the call's deadline, or asked to retry (``retry_after``
         then says when). Everything else needs a change first (input, grant, identity)."""
-        return self.code in _RETRIABLE
+        return self.code in _RETRIABLE and self.reason not in _NEEDS_A_CHANGE
 
     @classmethod
     def unavailable(cls, message: str) -> ExchangeError:
@@ -56,6 +56,10 @@ _RETRIABLE = frozenset(
         grpc.StatusCode.ABORTED,
     }
 )
+
+_NEEDS_A_CHANGE = frozenset({"STORAGE_QUOTA_EXCEEDED"})
+"""Reasons under a retriable status that no retry fixes: the operator has to act (raise
+the department's storage quota) before the same call can succeed."""
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> ExchangeError:

@@ -105,6 +105,8 @@ class Department:
     created_at: datetime
     updated_at: datetime
     limits: CallLimits = CallLimits()
+    max_stored_bytes: int | None = None
+    """Its own storage quota (migration 0035); None: the node's default."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -119,6 +121,7 @@ class Department:
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
             "limits": self.limits.to_dict(),
+            "max_stored_bytes": self.max_stored_bytes,
         }
 
 
@@ -166,7 +169,8 @@ def validate_roles(roles: Sequence[str]) -> frozenset[str]:
 
 _COLUMNS = (
     "code, name, level, parent, roles, status, tls_fingerprint, seal_fingerprint, "
-    "created_at, updated_at, max_concurrent_calls, calls_per_second, max_subscriptions"
+    "created_at, updated_at, max_concurrent_calls, calls_per_second, max_subscriptions, "
+    "max_stored_bytes"
 )
 
 
@@ -185,6 +189,7 @@ def _row(row: asyncpg.Record) -> Department:
         limits=CallLimits(
             row["max_concurrent_calls"], row["calls_per_second"], row["max_subscriptions"]
         ),
+        max_stored_bytes=row["max_stored_bytes"],
     )
 
 
@@ -280,6 +285,33 @@ class DepartmentStore:
         )
         if row is None:
             raise DepartmentNotFound(f"No department {code!r} is registered.")
+        return _row(row)
+
+    async def set_storage_quota(self, code: str, quota: int | None) -> Department:
+        """Set what a department's datasets may hold, in bytes (None: the node's
+        default). Writes check it from then on, on every node; a lower quota than the
+        datasets hold refuses their next writes, and removes nothing. Raises
+        DepartmentNotFound."""
+        if quota is not None and not 0 <= quota < 2**63:
+            raise InvalidArgument(
+                "The storage quota must be between 0 and 8 EiB.", metadata={"field": "stored"}
+            )
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await conn.fetchrow(
+                "UPDATE department SET max_stored_bytes = $2, updated_at = now()"  # noqa: S608
+                f" WHERE code = $1 RETURNING {_COLUMNS}",
+                code,
+                quota,
+            )
+            if row is None:
+                raise DepartmentNotFound(f"No department {code!r} is registered.")
+            # The headroom its datasets were granted under the old quota goes, so that
+            # their next writes are checked against the new one.
+            await conn.execute(
+                "UPDATE dataset_stream SET headroom_until = 0"
+                " WHERE dataset IN (SELECT code FROM dataset WHERE owner = $1)",
+                code,
+            )
         return _row(row)
 
     async def set_roles(self, code: str, roles: Sequence[str]) -> Department:

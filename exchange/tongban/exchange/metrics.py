@@ -128,6 +128,20 @@ class NodeMetrics:
             ["department", "severity"],
             registry=self.registry,
         )
+        self.stored_bytes = Gauge(
+            "tongban_department_stored_bytes",
+            "What a department's datasets hold: every record version's key and JSON, and "
+            "400 bytes each for its rows and index entries (what its storage quota counts).",
+            ["department"],
+            registry=self.registry,
+        )
+        self.storage_quota = Gauge(
+            "tongban_department_storage_quota_bytes",
+            "A department's storage quota (its own, or the node's default): writes past it "
+            "are refused STORAGE_QUOTA_EXCEEDED.",
+            ["department"],
+            registry=self.registry,
+        )
         self.cases_within_promised = Gauge(
             "tongban_cases_decided_within_promised_ratio",
             "Of the cases a department decided in the last 30 days, the share decided by "
@@ -183,6 +197,14 @@ class NodeMetrics:
     def witness_cosigned(self, witness: str, size: int) -> None:
         """``witness`` cosigned the checkpoint of ``size`` entries."""
         self.witness_cosigned_size.labels(witness).set(size)
+
+    def set_storage(self, usage: Mapping[str, tuple[int, int]]) -> None:
+        """Replace the storage gauges: per department, what it holds and its quota."""
+        self.stored_bytes.clear()
+        self.storage_quota.clear()
+        for department, (stored, quota) in usage.items():
+            self.stored_bytes.labels(department).set(stored)
+            self.storage_quota.labels(department).set(quota)
 
     def set_supervision(
         self, overdue: Mapping[str, tuple[int, int]], within_promised: Mapping[str, float]

@@ -109,6 +109,7 @@ from tongban.exchange.server.supervision_service import SupervisionService
 from tongban.exchange.settings import Settings
 from tongban.exchange.sharing.events import EventFeed, EventStore, EventWaker, PostgresFeed
 from tongban.exchange.sharing.service import Sharing
+from tongban.exchange.sharing.storage import storage_usage
 from tongban.exchange.web import WebConsole
 from tongban.exchange.witness.collector import Cosigner, parse_witness_endpoints
 from tongban.exchange.witness.keys import find_witness
@@ -746,6 +747,7 @@ class Node:
                 self._count_anomalies,
                 self._measure_events,
                 self._measure_supervision,
+                self._measure_storage,
             ],
             licensing=self.licensing,
             console=console,
@@ -829,6 +831,22 @@ class Node:
             {r.department: r.within_promised / r.decided for r in recent if r.decided},
         )
         self._supervision_at = now
+
+    async def _measure_storage(self) -> None:
+        """Refresh the storage gauges: what each department's datasets hold, beside its
+        quota (one row per department, read on each scrape)."""
+        assert self.db is not None
+        try:
+            usage = await storage_usage(self.db.pool)
+        except DRIVER_ERRORS as e:
+            raise DatabaseUnavailable("Cannot read what the departments store.") from e
+        default = self.settings.dept_max_stored_bytes
+        self.metrics.set_storage(
+            {
+                u.department: (u.stored_bytes, default if u.quota_bytes is None else u.quota_bytes)
+                for u in usage
+            }
+        )
 
     async def _measure_events(self) -> None:
         """Refresh the subscription lag gauges and, in Kafka mode, the relay backlog."""

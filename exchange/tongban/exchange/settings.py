@@ -16,7 +16,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from tongban.exchange.errors import ConfigInvalid
+from tongban.exchange.errors import ConfigInvalid, InvalidArgument
+from tongban.exchange.sizes import parse_size
 
 __all__ = ["ListenAddress", "Settings", "load_settings", "parse_listen_address"]
 
@@ -140,6 +141,15 @@ class Settings(BaseSettings):
 
     dept_max_subscriptions: int = Field(default=16, ge=0, le=100_000)
     """Open subscriptions (Subscribe, Export) one department may hold at once."""
+
+    dept_max_stored_bytes: int = Field(default=20 * 1024**3, ge=0, le=2**63 - 1)
+    """What one department's datasets may hold (bytes, or a size such as ``20GiB`` or
+    ``500GB``): every record version written to them, keys and JSON, and 400 bytes each
+    for its rows and index entries. A write that would take them past it is refused
+    RESOURCE_EXHAUSTED / STORAGE_QUOTA_EXCEEDED and writes nothing, so one department's
+    broken or hijacked adapter cannot fill the database's disk for every department. A
+    department's own quota in the registry (`tongban dept limits CODE --stored SIZE`)
+    takes precedence."""
 
     grpc_idle_seconds: float = Field(default=300.0, gt=0, le=86_400)
     """A client connection with no call in progress for this long is closed (HTTP/2
@@ -284,6 +294,16 @@ class Settings(BaseSettings):
     @classmethod
     def _listen(cls, value: Any) -> Any:
         return parse_listen_address(value) if isinstance(value, str) else value
+
+    @field_validator("dept_max_stored_bytes", mode="before")
+    @classmethod
+    def _size(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        try:
+            return parse_size(value)
+        except InvalidArgument as e:
+            raise ValueError(e.message) from None
 
     @field_validator(
         "node_hostnames",

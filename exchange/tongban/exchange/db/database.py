@@ -118,7 +118,11 @@ class Database:
                     password=lambda: _node_role_password(settings, dsn_password),
                     dsn_password=dsn_password,
                 )
-            limits = _Limits(settings.db_lock_wait_seconds, settings.db_statement_seconds)
+            limits = _Limits(
+                settings.db_lock_wait_seconds,
+                settings.db_statement_seconds,
+                settings.dept_max_stored_bytes,
+            )
             pool = await _create_pool(dsn, where, size, login, name, limits, dsn_password)
             log_pool = await _create_pool(
                 dsn, where, _LOG_POOL_SIZE, login, name + "-log", limits, dsn_password
@@ -399,10 +403,13 @@ async def _keep_session(conn: object) -> None:
 
 @dataclass(frozen=True)
 class _Limits:
-    """How long a pooled session's statement may wait for a lock, and run."""
+    """How long a pooled session's statement may wait for a lock, and run; and the
+    departments' default storage quota, which the quota's trigger reads (migration
+    0035)."""
 
     lock_wait: float
     statement: float
+    stored_bytes: int
 
     def server_settings(self) -> dict[str, str]:
         # Startup parameters, so RESET ALL (the pool's reset) returns to them; a
@@ -410,6 +417,7 @@ class _Limits:
         return {
             "lock_timeout": f"{round(self.lock_wait * 1000)}ms",
             "statement_timeout": f"{round(self.statement * 1000)}ms",
+            "tongban.max_stored_bytes": str(self.stored_bytes),
         }
 
 

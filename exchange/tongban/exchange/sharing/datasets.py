@@ -22,6 +22,7 @@ from tongban.exchange.sharing.errors import (
     SchemaIncompatible,
 )
 from tongban.exchange.sharing.model import DatasetEntry, LegalBasis, PersonalBasis, ShareClass
+from tongban.exchange.sharing.storage import VERSION_BYTES, quota_checked
 
 __all__ = [
     "MAX_VERSION",
@@ -298,6 +299,13 @@ class DatasetStore:
                     publish,
                     now,
                 )
+                # Its stream row, which counts the bytes its records take: every write
+                # updates it, and the storage quota's check is a trigger on that update
+                # (migration 0035).
+                await conn.execute(
+                    "INSERT INTO dataset_stream (dataset, next_position) VALUES ($1, 0)",
+                    spec.code,
+                )
             else:
                 current = _entry(row)
                 if current.owner != owner:
@@ -343,6 +351,18 @@ class DatasetStore:
                 now,
                 _bases_to_json(spec.personal_bases),
             )
+            # A catalogue version is stored for good, as a record version is: it counts
+            # toward the owner's storage quota the same way (its row as stored).
+            with quota_checked():
+                await conn.execute(
+                    "UPDATE dataset_stream SET stored_bytes = stored_bytes + $3 + ("
+                    "  SELECT pg_column_size(v.*) FROM dataset_version v"
+                    "  WHERE v.dataset = $1 AND v.version = $2"
+                    ") WHERE dataset = $1",
+                    spec.code,
+                    version,
+                    VERSION_BYTES,
+                )
             if version > 1:
                 await conn.execute(
                     "UPDATE dataset SET current_version = $2, updated_at = $3,"

@@ -17,6 +17,7 @@ __all__ = [
     "NotSharedNeedsBasis",
     "QueryDenied",
     "SchemaIncompatible",
+    "StorageQuotaExceeded",
     "TooManyKeys",
 ]
 
@@ -48,6 +49,15 @@ class ConcurrentChange(TongbanError):
     reason = "CONCURRENT_CHANGE"
     status = "ABORTED"
     retry_after = 0.1
+
+
+class StorageQuotaExceeded(TongbanError):
+    """A write would take the department's datasets past its storage quota (migration
+    0035); nothing of the call was written. Retrying does not help until the operator
+    raises the quota, so no retry delay is given."""
+
+    reason = "STORAGE_QUOTA_EXCEEDED"
+    status = "RESOURCE_EXHAUSTED"
 
 
 class DuplicateKey(TongbanError):

@@ -22,6 +22,7 @@ from tongban.exchange.catalogue.schema import (
 from tongban.exchange.fairness import yield_fairly
 from tongban.exchange.sharing.errors import ConcurrentChange
 from tongban.exchange.sharing.model import DatasetEntry
+from tongban.exchange.sharing.storage import VERSION_BYTES, quota_checked
 from tongban.signing.ids import uuid5_hex
 
 __all__ = [
@@ -428,12 +429,17 @@ def event_id(dataset: str, key: str, version: int) -> str:
 # publishers of one dataset serialise on it and positions stay contiguous), then the
 # record rows and the events at the positions it freed, then the NOTIFY that wakes the
 # feeds. Inserting the rows needs the old versions closed first (record_current is
-# unique): publish_in does that in the statement before.
-_WRITE_VERSIONS = """
+# unique): publish_in does that in the statement before. The same upsert adds the bytes
+# the versions take to the row's stored_bytes, which the storage quota's trigger checks
+# (sharing/storage.py, migration 0035): $8 here, the texts' lengths in the others.
+_STREAM_UPSERT = """
+        ON CONFLICT (dataset) DO UPDATE SET next_position = s.next_position + $2,
+            stored_bytes = s.stored_bytes + EXCLUDED.stored_bytes
+        RETURNING s.next_position - $2 AS start"""
+_WRITE_VERSIONS = f"""
     WITH stream AS (
-        INSERT INTO dataset_stream AS s (dataset, next_position) VALUES ($1, $2)
-        ON CONFLICT (dataset) DO UPDATE SET next_position = s.next_position + $2
-        RETURNING s.next_position - $2 AS start
+        INSERT INTO dataset_stream AS s (dataset, next_position, stored_bytes)
+        VALUES ($1, $2, $8 + $2::bigint * {VERSION_BYTES}){_STREAM_UPSERT}
     ), versions AS (
         INSERT INTO record (dataset, key, version, data, deleted, valid_from, valid_to)
         SELECT $1, key, version, data::jsonb, data IS NULL, $3, NULL
@@ -446,17 +452,17 @@ _WRITE_VERSIONS = """
              WITH ORDINALITY AS v(id, key, version, data, n)
     )
     SELECT pg_notify('tongban_events', $1)
-"""
+"""  # noqa: S608 - constants only
 
 # _WRITE_VERSIONS with each array sent as one text (keys and storage JSON joined by
 # _SEP, a deletion's JSON as _DELETED; versions and event ids joined by commas): asyncpg
 # encodes a text in C but looks at every element of an array in Python (~1 us a record
 # for the four arrays, on the node's busy main thread).
-_WRITE_JOINED = """
+_WRITE_JOINED = f"""
     WITH stream AS (
-        INSERT INTO dataset_stream AS s (dataset, next_position) VALUES ($1, $2)
-        ON CONFLICT (dataset) DO UPDATE SET next_position = s.next_position + $2
-        RETURNING s.next_position - $2 AS start
+        INSERT INTO dataset_stream AS s (dataset, next_position, stored_bytes)
+        VALUES ($1, $2, octet_length($4) + octet_length($6) + $2::bigint * {VERSION_BYTES})
+        {_STREAM_UPSERT}
     ), v AS MATERIALIZED (
         SELECT key, version::integer AS version, data, id::uuid AS id, n
         FROM unnest(string_to_array($4, E'\\x1e'), string_to_array($5, ','),
@@ -472,7 +478,7 @@ _WRITE_JOINED = """
         FROM stream, v
     )
     SELECT pg_notify('tongban_events', $1)
-"""
+"""  # noqa: S608 - constants only
 # A batch whose keys are all new (``fresh_batch``) in one statement outside any explicit
 # transaction, so one round trip in all (no BEGIN, locking read or COMMIT of their own):
 # it writes the batch, as _WRITE_JOINED does with every version 1, only if none of its
@@ -481,7 +487,7 @@ _WRITE_JOINED = """
 # statement fails as a whole (RecordStore.publish retries). The stream's row orders the
 # positions as in _WRITE_VERSIONS. It notifies the feeds even when it wrote nothing
 # (they then read nothing new; the general path that follows notifies again).
-_WRITE_FRESH_TEMPLATE = """
+_WRITE_FRESH_TEMPLATE = f"""
     WITH known AS MATERIALIZED (
         SELECT EXISTS (
             SELECT 1 FROM record WHERE dataset = $1
@@ -494,26 +500,27 @@ _WRITE_FRESH_TEMPLATE = """
              WITH ORDINALITY AS v(key, data, id, n)
         WHERE NOT known.found
     ), stream AS (
-        INSERT INTO dataset_stream AS s (dataset, next_position)
-        SELECT $1, $2 FROM known WHERE NOT known.found
-        ON CONFLICT (dataset) DO UPDATE SET next_position = s.next_position + $2
-        RETURNING s.next_position - $2 AS start
+        INSERT INTO dataset_stream AS s (dataset, next_position, stored_bytes)
+        SELECT $1, $2,
+               octet_length($4) + octet_length($5) + $2::bigint * ({VERSION_BYTES} + {{json}})
+        FROM known WHERE NOT known.found{_STREAM_UPSERT}
     ), versions AS (
         INSERT INTO record (dataset, key, version, data, deleted, valid_from, valid_to)
-        SELECT $1, key, 1, {data}, false, $3, NULL FROM v
+        SELECT $1, key, 1, {{data}}, false, $3, NULL FROM v
     ), events AS (
         INSERT INTO event_outbox (dataset, position, event_id, key, version, op, at)
         SELECT $1, stream.start + v.n - 1, v.id, v.key, 1, 'upsert', $3
         FROM stream, v
     )
     SELECT NOT found AS written, pg_notify('tongban_events', $1) FROM known
-"""
-_WRITE_FRESH = _WRITE_FRESH_TEMPLATE.replace("{data}", "data::jsonb")
+"""  # noqa: S608 - constants only
+_WRITE_FRESH = _WRITE_FRESH_TEMPLATE.replace("{data}", "data::jsonb").replace("{json}", "0")
 # The same for a schema of only strings: each record's values joined by VALUE_SEP (a null
-# as _NULL), made JSON with the field names in $7.
+# as _NULL), made JSON with the field names in $7. Its JSON also holds the names, and
+# six characters a field more (quotes, colon, comma) than the values it was sent.
 _WRITE_FRESH_STRINGS = _WRITE_FRESH_TEMPLATE.replace(
     "{data}", "jsonb_object($7::text[], string_to_array(data, E'\\x1f', E'\\x1d'))"
-)
+).replace("{json}", "octet_length(array_to_string($7::text[], '')) + 6 * cardinality($7::text[])")
 
 
 async def _write_fresh(conn: Any, dataset: str, fresh: FreshBatch, now: datetime) -> bool:
@@ -521,10 +528,11 @@ async def _write_fresh(conn: Any, dataset: str, fresh: FreshBatch, now: datetime
     it did. Raises asyncpg.UniqueViolationError as ``publish_in`` does."""
     args: list[object] = [dataset, len(fresh.keys), now, fresh.joined_keys, fresh.joined_data]
     args.append(fresh.joined_ids)
-    if fresh.names is None:
-        row = await conn.fetchrow(_WRITE_FRESH, *args)
-    else:
-        row = await conn.fetchrow(_WRITE_FRESH_STRINGS, *args, fresh.names)
+    with quota_checked():
+        if fresh.names is None:
+            row = await conn.fetchrow(_WRITE_FRESH, *args)
+        else:
+            row = await conn.fetchrow(_WRITE_FRESH_STRINGS, *args, fresh.names)
     return bool(row["written"])
 
 
@@ -550,13 +558,19 @@ async def _write_versions(
     ids = [event_id(dataset, k, v) for k, v in zip(keys, versions, strict=True)]
     joined_keys = _SEP.join(keys)
     joined_data = _SEP.join([_DELETED if data is None else data for data in datas])
-    if _unambiguous(joined_keys, len(keys)) and _unambiguous(joined_data, len(datas)):
-        await conn.execute(
-            _WRITE_JOINED, dataset, len(keys), now, joined_keys, ",".join(map(str, versions)),
-            joined_data, ",".join(ids),
-        )  # fmt: skip
-    else:
-        await conn.execute(_WRITE_VERSIONS, dataset, len(keys), now, keys, versions, datas, ids)
+    with quota_checked():
+        if _unambiguous(joined_keys, len(keys)) and _unambiguous(joined_data, len(datas)):
+            await conn.execute(
+                _WRITE_JOINED, dataset, len(keys), now, joined_keys,
+                ",".join(map(str, versions)), joined_data, ",".join(ids),
+            )  # fmt: skip
+        else:
+            size = sum(
+                len(k.encode()) + len((d or "").encode()) for k, d in zip(keys, datas, strict=True)
+            )
+            await conn.execute(
+                _WRITE_VERSIONS, dataset, len(keys), now, keys, versions, datas, ids, size
+            )
 
 
 def _by_key(rows: Sequence[asyncpg.Record]) -> dict[str, StoredRecord]:
