@@ -15,7 +15,6 @@ from tongban.exchange.db.database import Database, migrate_database
 from tongban.exchange.departments import CallLimits, DepartmentStore, Level, Status
 from tongban.exchange.enrolment import enrol_demo_departments, enrol_department
 from tongban.exchange.errors import InvalidArgument
-from tongban.exchange.node import Node
 from tongban.exchange.sharing.storage import storage_usage
 from tongban.exchange.sizes import format_size
 from tongban.signing.clock import SystemClock
@@ -179,6 +178,8 @@ async def _serve(args: argparse.Namespace) -> int:
     clock = SystemClock()
     if not is_initialised(settings.data_dir):
         await asyncio.to_thread(init_data_dir, settings, clock.now())
+    from tongban.exchange.node import Node  # only serve needs the node (~0.8 s to import)
+
     node = Node(settings, clock=clock)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

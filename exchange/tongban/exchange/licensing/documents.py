@@ -7,23 +7,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cryptography import x509
 
+from tongban import signing
 from tongban.exchange.licensing.custody import Seal
 from tongban.exchange.licensing.register import LicenceView
 from tongban.licence import LicenceType
-from tongban.signing import (
-    DocumentInvalid,
-    SealBroken,
-    SealError,
-    SealInfo,
-    SealMissing,
-    SealUntrusted,
-    seal_pdf_async,
-    verify_sealed_pdf_async,
-)
+
+if TYPE_CHECKING:
+    from tongban.signing import SealInfo
 
 __all__ = [
     "MAX_PDF_BYTES",
@@ -82,10 +76,10 @@ async def seal_document(
     """Return ``pdf`` with ``seal`` added (PAdES B-B, incremental update). Raises
     DocumentInvalid (not a PDF), SealingFailed."""
     if not pdf:
-        raise DocumentInvalid("No PDF was given.")
+        raise signing.DocumentInvalid("No PDF was given.")
     if len(pdf) > MAX_PDF_BYTES:
-        raise DocumentInvalid(f"The PDF is over {MAX_PDF_BYTES // (1024 * 1024)} MiB.")
-    return await seal_pdf_async(
+        raise signing.DocumentInvalid(f"The PDF is over {MAX_PDF_BYTES // (1024 * 1024)} MiB.")
+    return await signing.seal_pdf_async(
         pdf,
         key=seal.signer,
         chain=seal.chain,
@@ -114,16 +108,16 @@ async def verify_document(
     A broken, untrusted or missing seal is a result, not an error."""
     try:
         if len(pdf) > MAX_PDF_BYTES:
-            raise DocumentInvalid(f"The PDF is over {MAX_PDF_BYTES // (1024 * 1024)} MiB.")
-        report = await verify_sealed_pdf_async(pdf, roots=roots, now=now)
-    except SealError as e:
+            raise signing.DocumentInvalid(f"The PDF is over {MAX_PDF_BYTES // (1024 * 1024)} MiB.")
+        report = await signing.verify_sealed_pdf_async(pdf, roots=roots, now=now)
+    except signing.SealError as e:
         check = e.metadata.get("check") or (
             "trust"
-            if isinstance(e, SealUntrusted)
+            if isinstance(e, signing.SealUntrusted)
             else "format"
-            if isinstance(e, DocumentInvalid | SealMissing)
+            if isinstance(e, signing.DocumentInvalid | signing.SealMissing)
             else "integrity"
-            if isinstance(e, SealBroken)
+            if isinstance(e, signing.SealBroken)
             else "seal"
         )
         return PdfVerification(False, check, e.reason, e.message, ())
