@@ -57,9 +57,9 @@ _RETRIABLE = frozenset(
     }
 )
 
-_NEEDS_A_CHANGE = frozenset({"STORAGE_QUOTA_EXCEEDED"})
-"""Reasons under a retriable status that no retry fixes: the operator has to act (raise
-the department's storage quota) before the same call can succeed."""
+_NEEDS_A_CHANGE = frozenset({"STORAGE_QUOTA_EXCEEDED", "TOO_MANY_PENDING_GRANTS"})
+"""Reasons under a retriable status that no retry fixes: someone has to act first (the
+operator raise the department's storage quota; the owner answer grant requests)."""
 
 
 def from_rpc_error(error: grpc.aio.AioRpcError) -> ExchangeError:

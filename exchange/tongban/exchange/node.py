@@ -244,6 +244,7 @@ class Node:
                 self.settings.grant_answer_days,
                 timezone(timedelta(hours=self.settings.working_utc_offset_hours)),
                 on_decision=self.metrics.count_decision,
+                max_pending_grants=self.settings.dept_max_pending_grants,
             )
             self.federation = FederationParts(
                 settings=self.settings,

@@ -151,6 +151,12 @@ class Settings(BaseSettings):
     department's own quota in the registry (`tongban dept limits CODE --stored SIZE`)
     takes precedence."""
 
+    dept_max_pending_grants: int = Field(default=100, ge=1, le=100_000)
+    """Grant requests one department may have awaiting one owner's answer at once; past
+    it a request is refused RESOURCE_EXHAUSTED / TOO_MANY_PENDING_GRANTS until the owner
+    answers or the consumer withdraws some, so no consumer can bury an owner's officers
+    under requests."""
+
     grpc_idle_seconds: float = Field(default=300.0, gt=0, le=86_400)
     """A client connection with no call in progress for this long is closed (HTTP/2
     GOAWAY); gRPC clients connect again by themselves on their next call. Bounds what a

@@ -19,6 +19,7 @@ __all__ = [
     "SchemaIncompatible",
     "StorageQuotaExceeded",
     "TooManyKeys",
+    "TooManyPendingGrants",
 ]
 
 
@@ -68,6 +69,15 @@ class DuplicateKey(TongbanError):
 class TooManyKeys(TongbanError):
     reason = "TOO_MANY_KEYS"
     status = "INVALID_ARGUMENT"
+
+
+class TooManyPendingGrants(TongbanError):
+    """A consumer asked an owner for another grant while the most it may have awaiting
+    that owner's answer already do. Retrying does not help until the owner answers or
+    the consumer withdraws some, so no retry delay is given."""
+
+    reason = "TOO_MANY_PENDING_GRANTS"
+    status = "RESOURCE_EXHAUSTED"
 
 
 class GrantNotFound(TongbanError):

@@ -10,7 +10,12 @@ import asyncpg
 
 from tongban.exchange.catalogue.calendar import WorkingCalendar
 from tongban.exchange.errors import InvalidArgument
-from tongban.exchange.sharing.errors import GrantNotFound, GrantStateInvalid, NotOwner
+from tongban.exchange.sharing.errors import (
+    GrantNotFound,
+    GrantStateInvalid,
+    NotOwner,
+    TooManyPendingGrants,
+)
 from tongban.exchange.sharing.model import (
     DatasetEntry,
     Grant,
@@ -79,10 +84,15 @@ class GrantStore:
         calendar: WorkingCalendar,
         answer_days: int,
         office_zone: tzinfo = timezone(timedelta(hours=8)),
+        max_pending: int = 100,
     ) -> None:
         self._pool = pool
         self._calendar = calendar
         self._answer_days = answer_days
+        self._max_pending = max_pending
+        """Requests one department may have awaiting one owner's answer at once: a
+        consumer's system gone wrong (or in an attacker's hands) cannot bury the
+        owner's officers under requests (TONGBAN_DEPT_MAX_PENDING_GRANTS)."""
         self._zone = office_zone
         self.on_change: Callable[[str, str], None] | None = None
         """Called with (consumer, dataset) after a grant change commits on this node."""
@@ -138,26 +148,51 @@ class GrantStore:
                 "The expiry must be in the future and within three years.",
                 metadata={"field": "expiry"},
             )
-        row = await self._pool.fetchrow(
-            """
-            INSERT INTO data_grant (id, dataset, owner, consumer, requested_fields, purpose,
-                legal_basis, requested_expiry, status, requested_at, due_at, requested_by)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11)
-            RETURNING *
-            """,
-            uuid.uuid4(),
-            entry.code,
-            entry.owner,
-            consumer,
-            list(chosen),
-            purpose,
-            basis,
-            expiry,
-            now,
-            # Working days end at midnight where the offices are, not in UTC.
-            self._calendar.add_working_days(now.astimezone(self._zone), self._answer_days),
-            officer,
-        )
+        async with self._pool.acquire() as conn, conn.transaction():
+            # One request of this consumer to this owner at a time, so that two at once
+            # cannot both find room for one.
+            await conn.execute(
+                "SELECT pg_advisory_xact_lock(hashtext($1))",
+                f"grant-request {consumer} {entry.owner}",
+            )
+            pending = await conn.fetchval(
+                "SELECT count(*) FROM data_grant"
+                " WHERE owner = $1 AND status = 'pending' AND consumer = $2",
+                entry.owner,
+                consumer,
+            )
+            if pending >= self._max_pending:
+                raise TooManyPendingGrants(
+                    f"{consumer} has {pending} grant requests awaiting {entry.owner}'s "
+                    f"answer, the most one department may have with another; wait for "
+                    f"answers, or withdraw some (tongban grant revoke ID), then ask again.",
+                    metadata={
+                        "owner": entry.owner,
+                        "pending": str(pending),
+                        "limit": str(self._max_pending),
+                    },
+                )
+            row = await conn.fetchrow(
+                """
+                INSERT INTO data_grant (id, dataset, owner, consumer, requested_fields,
+                    purpose, legal_basis, requested_expiry, status, requested_at, due_at,
+                    requested_by)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'pending', $9, $10, $11)
+                RETURNING *
+                """,
+                uuid.uuid4(),
+                entry.code,
+                entry.owner,
+                consumer,
+                list(chosen),
+                purpose,
+                basis,
+                expiry,
+                now,
+                # Working days end at midnight where the offices are, not in UTC.
+                self._calendar.add_working_days(now.astimezone(self._zone), self._answer_days),
+                officer,
+            )
         assert row is not None
         return _grant(row)
 

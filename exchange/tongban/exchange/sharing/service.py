@@ -171,11 +171,12 @@ class Sharing:
         answer_days: int,
         office_zone: tzinfo,
         on_decision: Callable[[str, str | None], object] | None = None,
+        max_pending_grants: int = 100,
     ) -> None:
         self._on_decision = on_decision
         self.datasets = DatasetStore(pool, hasher.page_tokens())
         self.records = RecordStore(pool)
-        self.grants = GrantStore(pool, calendar, answer_days, office_zone)
+        self.grants = GrantStore(pool, calendar, answer_days, office_zone, max_pending_grants)
         self._log = access_log
         self._hasher = hasher
         self._signing = signing
