@@ -311,3 +311,49 @@ def test_sizes_are_shown_in_binary_units() -> None:
     assert parse_size("8000000TiB") == 8_000_000 * 1024**4
     with pytest.raises(InvalidArgument, match="more bytes than can be counted"):
         parse_size("9000000000 TiB")
+
+
+async def test_a_licence_counts_its_own_rows_beside_its_feed_record(node: Node) -> None:
+    """A licence row (its SD-JWT, QR text and claims) is several times its holder feed's
+    record: issuing and changing a licence count the rows they store toward the issuer's
+    quota, beside the feed's record versions."""
+    assert node.db is not None
+    pool = node.db.pool
+    feed = "samr.licence_business_licence"
+
+    async def counted() -> int:
+        value = await pool.fetchval(
+            "SELECT stored_bytes FROM dataset_stream WHERE dataset = $1", feed
+        )
+        return int(value or 0)
+
+    async def record_bytes(version: int) -> int:
+        value = await pool.fetchval(
+            "SELECT sum(octet_length(key) + octet_length(data::text) + $3) FROM record"
+            " WHERE dataset = $1 AND version = $2",
+            feed,
+            version,
+            VERSION_BYTES,
+        )
+        return int(value)
+
+    async with client_for(node, "samr", "SC-0001") as samr:
+        issued = await samr.issue_licence(
+            "business-licence", BUSINESS_LICENCE_CLAIMS, case_id="DJ-Q-2", reason="设立登记"
+        )
+        after_issue = await counted()
+        await samr.change_licence_status(issued.number, "suspend", "核查中")
+        after_suspend = await counted()
+    catalogue = await pool.fetchval(
+        "SELECT sum(pg_column_size(v.*) + $2) FROM dataset_version v WHERE dataset = $1",
+        feed,
+        VERSION_BYTES,
+    )
+    licence = await pool.fetchval(
+        "SELECT pg_column_size(l.*) FROM licence l WHERE number = $1", issued.number
+    )
+    first = await record_bytes(1)
+    assert licence > 2 * first  # what went uncounted before
+    assert after_issue - catalogue - first >= licence
+    # The suspension stored a new feed version and a history row, and counted both.
+    assert after_suspend - after_issue >= await record_bytes(2) + VERSION_BYTES

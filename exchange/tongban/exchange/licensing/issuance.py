@@ -42,6 +42,7 @@ from tongban.exchange.licensing.status import StatusLists
 from tongban.exchange.sharing.model import DatasetEntry
 from tongban.exchange.sharing.policy import MAX_CASE_ID
 from tongban.exchange.sharing.records import RecordStore
+from tongban.exchange.sharing.storage import row_bytes
 from tongban.licence import (
     LicenceStatus,
     LicenceType,
@@ -255,6 +256,7 @@ class Issuance:
         async with self._pool.acquire() as conn, self._log.transaction(conn) as log:
             slots = await self._status_lists.allocate(conn, len(prepared))
             rows, history, changes = [], [], []
+            sizes: dict[str, int] = {}
             for (licence_type, claims, holder, nbf, exp, case_id, reason), slot in zip(
                 prepared, slots, strict=True
             ):
@@ -274,11 +276,12 @@ class Issuance:
                 history.append((number, 1, "issue", None, "valid", reason or "颁发",
                                 caller.department.code, caller.officer_id, now))  # fmt: skip
                 changes.append((licence_type, view))
+                sizes[number] = row_bytes(rows[-1], history[-1])
             await conn.copy_records_to_table("licence", records=rows, columns=LICENCE_COLUMNS)
             await conn.copy_records_to_table(
                 "licence_history", records=history, columns=HISTORY_COLUMNS
             )
-            await self._publish(conn, entries, changes, now)
+            await self._publish(conn, entries, changes, now, sizes)
             for code in entries:
                 batch = [v for v in views if v.licence_type == code]
                 log.record(
@@ -300,10 +303,16 @@ class Issuance:
         entries: Mapping[str, Any],
         changes: Sequence[tuple[LicenceType, LicenceView]],
         now: datetime,
+        sizes: Mapping[str, int],
     ) -> None:
+        """Write the holder feeds' records of ``changes``; ``sizes`` (by licence number)
+        are the bytes of the licence and history rows written for them, which count
+        toward the issuer's storage quota with the feed (StorageQuotaExceeded)."""
         by_dataset: dict[str, dict[str, Any]] = {}
+        stored: dict[str, int] = {}
         for licence_type, view in changes:
             entry = entries[licence_type.code]
+            stored[entry.code] = stored.get(entry.code, 0) + sizes.get(view.number, 0)
             values = record_values(
                 licence_type,
                 number=view.number,
@@ -319,7 +328,9 @@ class Issuance:
             )
         for code, holder_changes in by_dataset.items():
             entry = next(e for e in entries.values() if e.code == code)
-            await self._records.publish_in(conn, entry, list(holder_changes.values()), now)
+            await self._records.publish_in(
+                conn, entry, list(holder_changes.values()), now, extra_bytes=stored[code]
+            )
 
     # -- status changes, amendment, renewal ---------------------------------------------
 
@@ -381,14 +392,21 @@ class Issuance:
             )
             list_id = int(view.status_uri.rsplit("/", 1)[1])
             await self._status_lists.set_status(conn, [(list_id, view.status_index)], bit)
+            entry_row = (number, view.version, action.value, view.status, to_status, reason,
+                         caller.department.code, caller.officer_id, now)  # fmt: skip
             await conn.execute(
                 "INSERT INTO licence_history (number, version, action, from_status, to_status,"
                 " reason, department, officer, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                number, view.version, action.value, view.status, to_status, reason,
-                caller.department.code, caller.officer_id, now,
-            )  # fmt: skip
+                *entry_row,
+            )
             changed = LicenceView(**{**view.__dict__, "status": to_status, "updated_at": now})
-            await self._publish(conn, {licence_type.code: entry}, [(licence_type, changed)], now)
+            await self._publish(
+                conn,
+                {licence_type.code: entry},
+                [(licence_type, changed)],
+                now,
+                {number: row_bytes(entry_row)},
+            )
             log.record(
                 self._register.entries(caller, f"licence-{action.value}", dataset=entry.code,
                                        holders=[view.holder_id], now=now, purpose=reason)
@@ -469,19 +487,23 @@ class Issuance:
             await self._status_lists.set_status(
                 conn, [(old_list, old.status_index)], LicenceStatus.INVALID
             )
-            await conn.copy_records_to_table(
-                "licence",
-                records=[licence_row(view, caller.officer_id)],
-                columns=LICENCE_COLUMNS,
-            )
+            row = licence_row(view, caller.officer_id)
+            await conn.copy_records_to_table("licence", records=[row], columns=LICENCE_COLUMNS)
             action = "renew" if renew else "amend"
+            entry_row = (number, view.version, action, "valid", "valid", reason,
+                         caller.department.code, caller.officer_id, now)  # fmt: skip
             await conn.execute(
                 "INSERT INTO licence_history (number, version, action, from_status, to_status,"
                 " reason, department, officer, at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-                number, view.version, action, "valid", "valid", reason,
-                caller.department.code, caller.officer_id, now,
-            )  # fmt: skip
-            await self._publish(conn, {licence_type.code: entry}, [(licence_type, view)], now)
+                *entry_row,
+            )
+            await self._publish(
+                conn,
+                {licence_type.code: entry},
+                [(licence_type, view)],
+                now,
+                {number: row_bytes(row, entry_row)},
+            )
             log.record(
                 self._register.entries(caller, f"licence-{action}", dataset=entry.code,
                                        holders=[holder], now=now, purpose=reason)

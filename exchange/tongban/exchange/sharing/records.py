@@ -295,12 +295,15 @@ class RecordStore:
         now: datetime,
         *,
         forms: Sequence[Form] | None = None,
+        extra_bytes: int = 0,
     ) -> PublishCounts:
         """Apply ``changes`` (distinct keys, already validated) and write their events,
         inside the caller's transaction on ``conn``: for writers whose own rows and the
-        change events must commit together (licence issuance). Raises
-        asyncpg.UniqueViolationError if another publisher created one of the keys
-        concurrently (the caller retries its transaction)."""
+        change events must commit together (licence issuance). ``extra_bytes``: what
+        the caller's own rows take, counted toward the owner's storage quota with the
+        versions (StorageQuotaExceeded past it). Raises asyncpg.UniqueViolationError if
+        another publisher created one of the keys concurrently (the caller retries its
+        transaction)."""
         counts = PublishCounts()
         current = await _lock_current(conn, entry.code, [change.key for change in changes])
         superseded: list[str] = []
@@ -341,7 +344,7 @@ class RecordStore:
                 now,
             )
         if new_rows:
-            await _write_versions(conn, entry.code, new_rows, now)
+            await _write_versions(conn, entry.code, new_rows, now, extra_bytes)
         return counts
 
     async def fetch(
@@ -431,7 +434,8 @@ def event_id(dataset: str, key: str, version: int) -> str:
 # feeds. Inserting the rows needs the old versions closed first (record_current is
 # unique): publish_in does that in the statement before. The same upsert adds the bytes
 # the versions take to the row's stored_bytes, which the storage quota's trigger checks
-# (sharing/storage.py, migration 0035): $8 here, the texts' lengths in the others.
+# (sharing/storage.py, migration 0035): $8 here, the texts' lengths (and in
+# _WRITE_JOINED, $8: the caller's own rows, publish_in's extra_bytes) in the others.
 _STREAM_UPSERT = """
         ON CONFLICT (dataset) DO UPDATE SET next_position = s.next_position + $2,
             stored_bytes = s.stored_bytes + EXCLUDED.stored_bytes
@@ -461,7 +465,7 @@ _WRITE_VERSIONS = f"""
 _WRITE_JOINED = f"""
     WITH stream AS (
         INSERT INTO dataset_stream AS s (dataset, next_position, stored_bytes)
-        VALUES ($1, $2, octet_length($4) + octet_length($6) + $2::bigint * {VERSION_BYTES})
+        VALUES ($1, $2, octet_length($4) + octet_length($6) + $2::bigint * {VERSION_BYTES} + $8)
         {_STREAM_UPSERT}
     ), v AS MATERIALIZED (
         SELECT key, version::integer AS version, data, id::uuid AS id, n
@@ -537,7 +541,7 @@ async def _write_fresh(conn: Any, dataset: str, fresh: FreshBatch, now: datetime
 
 
 async def _write_versions(
-    conn: Any, dataset: str, new_rows: list[tuple[object, ...]], now: datetime
+    conn: Any, dataset: str, new_rows: list[tuple[object, ...]], now: datetime, extra: int = 0
 ) -> None:
     """Insert the new record versions and append one event each, in the caller's
     transaction (the outbox)."""
@@ -562,10 +566,10 @@ async def _write_versions(
         if _unambiguous(joined_keys, len(keys)) and _unambiguous(joined_data, len(datas)):
             await conn.execute(
                 _WRITE_JOINED, dataset, len(keys), now, joined_keys,
-                ",".join(map(str, versions)), joined_data, ",".join(ids),
+                ",".join(map(str, versions)), joined_data, ",".join(ids), extra,
             )  # fmt: skip
         else:
-            size = sum(
+            size = extra + sum(
                 len(k.encode()) + len((d or "").encode()) for k, d in zip(keys, datas, strict=True)
             )
             await conn.execute(

@@ -9,15 +9,17 @@ what one department's datasets may hold, so the others keep their room.
 What counts is every record version written to a department's datasets, by whichever
 call (publishes, bulk loads, and the feeds written beside licences and cases): its key
 and its JSON as written, and ``VERSION_BYTES`` for its row, its change event and their
-index entries. Versions are history and are never removed, so a deletion frees nothing
-(it writes a version too). Migration 0035 keeps the count and checks it, in the
-database, with every write; see docs/architecture.md, "Storage quotas".
+index entries; and the licence rows and their history an issuer stores (``row_bytes``),
+which are several times the size of their feed records. Versions are history and are
+never removed, so a deletion frees nothing (it writes a version too). Migration 0035
+keeps the count and checks it, in the database, with every write; see
+docs/architecture.md, "Storage quotas".
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,6 +34,7 @@ __all__ = [
     "StorageUsage",
     "quota_checked",
     "quota_exceeded",
+    "row_bytes",
     "storage_usage",
 ]
 
@@ -74,6 +77,24 @@ def quota_exceeded(error: BaseException) -> StorageQuotaExceeded | None:
             "quota_bytes": str(quota),
         },
     )
+
+
+def row_bytes(*rows: Sequence[object]) -> int:
+    """What ``rows`` (tuples of column values, as COPY takes them) count toward a storage
+    quota: their texts' UTF-8 bytes and bytes' lengths, 8 for any other value, and
+    ``VERSION_BYTES`` a row. For writers that store rows of their own beside record
+    versions (a licence and its history: ``RecordStore.publish_in``'s ``extra_bytes``)."""
+    total = 0
+    for row in rows:
+        total += VERSION_BYTES
+        for value in row:
+            if isinstance(value, str):
+                total += len(value.encode())
+            elif isinstance(value, bytes | bytearray | memoryview):
+                total += len(value)
+            else:
+                total += 8
+    return total
 
 
 @contextlib.contextmanager
