@@ -344,6 +344,33 @@ def test_dept_limits_command(tmp_path: Path, database_url: str) -> None:
         assert says in refused.stderr
         assert "Traceback" not in refused.stderr
 
+    # The storage quota (tests/exchange/test_storage_quota.py) beside the call limits.
+    assert "stored         20.0 GiB (default)" in shown.stdout
+    assert "in use         0 B (0%) in 0 datasets" in shown.stdout
+    set_ = tongban(
+        "dept", "limits", "tax", "--stored", "1.5GiB", "--data-dir", data, "--json", env=env
+    )
+    assert set_.code == 0, set_.stderr
+    assert set_.json()["department"]["max_stored_bytes"] == 1536 * 1024**2
+    assert set_.json()["storage"] == {
+        "department": "tax",
+        "stored_bytes": 0,
+        "datasets": 0,
+        "quota_bytes": 1536 * 1024**2,
+    }
+    shown = tongban("dept", "limits", "tax", "--data-dir", data, env=env)
+    assert "stored         1.5 GiB\n" in shown.stdout
+    assert "concurrent     64 (default)" in shown.stdout  # the call limits kept
+    reset = tongban(
+        "dept", "limits", "tax", "--stored", "default", "--data-dir", data, "--json", env=env
+    )
+    assert reset.json()["department"]["max_stored_bytes"] is None
+    for bad in ("lots", "-5GB", "5 XB", "1e9"):
+        refused = tongban("dept", "limits", "tax", f"--stored={bad}", "--data-dir", data, env=env)
+        assert refused.code != 0
+        assert "is not a size" in refused.stderr
+        assert "Traceback" not in refused.stderr
+
 
 def _reason(error: grpc.aio.AioRpcError) -> str:
     trailers: Any = error.trailing_metadata() or ()

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
-from pathlib import Path
 
 import aiohttp
 import grpc
 import pytest
 import pytest_asyncio
 
-from tests.cli_helpers import cli_env, tongban
 from tests.conftest import client_for, enrol_demo, uscc
 from tests.stories.restaurant import BUSINESS_LICENCE_CLAIMS, COMPANY, ENTERPRISE
 from tongban.client import ExchangeError
@@ -238,44 +236,6 @@ async def test_the_node_default_applies_unless_a_department_has_its_own(
         assert f'tongban_department_stored_bytes{{department="tax"}} {float(stored)}' in metrics
         assert 'tongban_department_storage_quota_bytes{department="tax"} 1e+07' in metrics
         assert 'tongban_department_storage_quota_bytes{department="samr"} 60000.0' in metrics
-
-
-def test_dept_limits_shows_and_sets_the_storage_quota(tmp_path: Path, database_url: str) -> None:
-    env = cli_env(TONGBAN_DATABASE_URL=database_url, TONGBAN_KEY_PASSPHRASE="quota test")
-    data = str(tmp_path / "d")
-    assert tongban("init", "--data-dir", data, env=env).code == 0
-    added = tongban(
-        "dept", "add", "tax", "--name", "税务局", "--level", "county", "--data-dir", data, env=env
-    )
-    assert added.code == 0, added.stderr
-    shown = tongban("dept", "limits", "tax", "--data-dir", data, env=env)
-    assert shown.code == 0, shown.stderr
-    assert "stored         20.0 GiB (default)" in shown.stdout
-    assert "in use         0 B (0%) in 0 datasets" in shown.stdout
-    set_ = tongban(
-        "dept", "limits", "tax", "--stored", "1.5GiB", "--data-dir", data, "--json", env=env
-    )
-    assert set_.code == 0, set_.stderr
-    assert set_.json()["department"]["max_stored_bytes"] == 1536 * 1024**2
-    assert set_.json()["storage"] == {
-        "department": "tax",
-        "stored_bytes": 0,
-        "datasets": 0,
-        "quota_bytes": 1536 * 1024**2,
-    }
-    assert (
-        "stored         1.5 GiB\n"
-        in tongban("dept", "limits", "tax", "--data-dir", data, env=env).stdout
-    )
-    reset = tongban(
-        "dept", "limits", "tax", "--stored", "default", "--data-dir", data, "--json", env=env
-    )
-    assert reset.json()["department"]["max_stored_bytes"] is None
-    for bad in ("lots", "-5GB", "5 XB", "1e9"):
-        refused = tongban("dept", "limits", "tax", f"--stored={bad}", "--data-dir", data, env=env)
-        assert refused.code != 0
-        assert "is not a size" in refused.stderr
-        assert "Traceback" not in refused.stderr
 
 
 @pytest.mark.parametrize(
