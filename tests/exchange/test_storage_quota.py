@@ -108,6 +108,11 @@ async def test_writes_past_the_quota_are_refused_whole_and_others_go_on(node: No
         )
         assert [r["a"] for r in addresses] == ["起始"]
 
+        # A department can look before it writes.
+        seen = await samr.storage()
+        assert (seen.department, seen.datasets) == ("samr", 1)
+        assert (seen.stored_bytes, seen.quota_bytes) == (before[1], int(held + per_batch * 1.5))
+
         # Smaller writes still fit while there is room: one record. With the quota at
         # what the datasets hold, not even a licence does.
         await samr.publish_records(DATASET, _records(200, 1))
@@ -226,6 +231,8 @@ async def test_the_node_default_applies_unless_a_department_has_its_own(
         _refused(refused.value)
         assert refused.value.metadata["quota_bytes"] == "60000"
         assert (await tax.publish_records("tax.enterprise", _records(0, 200))).inserted == 200
+        assert (await samr.storage()).quota_bytes == 60_000  # the node's default
+        assert (await tax.storage()).quota_bytes == 10_000_000  # its own
 
         async with (
             aiohttp.ClientSession() as http,

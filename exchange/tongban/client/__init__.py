@@ -52,7 +52,15 @@ from tongban.client.cases import (
     StepState,
     SubmittedSource,
 )
-from tongban.client.client import Answer, Event, ExchangeClient, Identity, PublishCounts, Record
+from tongban.client.client import (
+    Answer,
+    Event,
+    ExchangeClient,
+    Identity,
+    PublishCounts,
+    Record,
+    Storage,
+)
 from tongban.client.errors import ExchangeError
 from tongban.client.licences import (
     ClaimSpec,
@@ -159,6 +167,7 @@ __all__ = [
     "ServiceItem",
     "ShareClass",
     "StepState",
+    "Storage",
     "SubjectAccess",
     "SubjectAccessPage",
     "SubjectKind",

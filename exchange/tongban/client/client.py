@@ -216,6 +216,16 @@ class Identity:
     server_time: datetime
 
 
+@dataclass(frozen=True)
+class Storage:
+    """What our department's datasets hold, beside our storage quota."""
+
+    department: str
+    stored_bytes: int
+    quota_bytes: int
+    datasets: int
+
+
 class ExchangeClient:
     """Calls an exchange node as the department of ``bundle``.
 
@@ -284,6 +294,14 @@ class ExchangeClient:
             return await method(request, timeout=self._timeout, metadata=self._metadata)
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from None
+
+    async def storage(self) -> Storage:
+        """What our datasets hold and our storage quota (past it, writes are refused
+        STORAGE_QUOTA_EXCEEDED): to look before a bulk load."""
+        reply: node_pb2.Storage = await self._call(
+            self._node.GetStorage, node_pb2.GetStorageRequest()
+        )
+        return Storage(reply.department, reply.stored_bytes, reply.quota_bytes, reply.datasets)
 
     async def who_am_i(self) -> Identity:
         """Return the department the node recognised from our certificate."""

@@ -493,8 +493,15 @@ class Node:
             ],
         )
         assert self.sharing is not None
+        assert self.db is not None
         node_pb2_grpc.add_NodeServiceServicer_to_server(
-            NodeService(self.settings.node_name, self.clock), server
+            NodeService(
+                self.settings.node_name,
+                self.clock,
+                self.db.pool,
+                self.settings.dept_max_stored_bytes,
+            ),
+            server,
         )
         catalogue_pb2_grpc.add_CatalogueServiceServicer_to_server(
             CatalogueService(self.sharing, self.clock), server

@@ -25,21 +25,25 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tongban/v1/node.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"i\n\nDepartment\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x05level\x18\x03 \x01(\x0e\x32\x11.tongban.v1.Level\x12\x0e\n\x06parent\x18\x04 \x01(\t\x12\r\n\x05roles\x18\x05 \x03(\t\"\x0f\n\rWhoAmIRequest\"\x8f\x01\n\x0eWhoAmIResponse\x12*\n\ndepartment\x18\x01 \x01(\x0b\x32\x16.tongban.v1.Department\x12\x12\n\nofficer_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*h\n\x05Level\x12\x15\n\x11LEVEL_UNSPECIFIED\x10\x00\x12\x12\n\x0eLEVEL_PROVINCE\x10\x01\x12\x0e\n\nLEVEL_CITY\x10\x02\x12\x10\n\x0cLEVEL_COUNTY\x10\x03\x12\x12\n\x0eLEVEL_TOWNSHIP\x10\x04\x32N\n\x0bNodeService\x12?\n\x06WhoAmI\x12\x19.tongban.v1.WhoAmIRequest\x1a\x1a.tongban.v1.WhoAmIResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15tongban/v1/node.proto\x12\ntongban.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"i\n\nDepartment\x12\x0c\n\x04\x63ode\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12 \n\x05level\x18\x03 \x01(\x0e\x32\x11.tongban.v1.Level\x12\x0e\n\x06parent\x18\x04 \x01(\t\x12\r\n\x05roles\x18\x05 \x03(\t\"\x0f\n\rWhoAmIRequest\"\x8f\x01\n\x0eWhoAmIResponse\x12*\n\ndepartment\x18\x01 \x01(\x0b\x32\x16.tongban.v1.Department\x12\x12\n\nofficer_id\x18\x02 \x01(\t\x12\x0c\n\x04node\x18\x03 \x01(\t\x12/\n\x0bserver_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x13\n\x11GetStorageRequest\"Z\n\x07Storage\x12\x12\n\ndepartment\x18\x01 \x01(\t\x12\x14\n\x0cstored_bytes\x18\x02 \x01(\x03\x12\x13\n\x0bquota_bytes\x18\x03 \x01(\x03\x12\x10\n\x08\x64\x61tasets\x18\x04 \x01(\x05*h\n\x05Level\x12\x15\n\x11LEVEL_UNSPECIFIED\x10\x00\x12\x12\n\x0eLEVEL_PROVINCE\x10\x01\x12\x0e\n\nLEVEL_CITY\x10\x02\x12\x10\n\x0cLEVEL_COUNTY\x10\x03\x12\x12\n\x0eLEVEL_TOWNSHIP\x10\x04\x32\x90\x01\n\x0bNodeService\x12?\n\x06WhoAmI\x12\x19.tongban.v1.WhoAmIRequest\x1a\x1a.tongban.v1.WhoAmIResponse\x12@\n\nGetStorage\x12\x1d.tongban.v1.GetStorageRequest\x1a\x13.tongban.v1.Storageb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tongban.v1.node_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_LEVEL']._serialized_start=340
-  _globals['_LEVEL']._serialized_end=444
+  _globals['_LEVEL']._serialized_start=453
+  _globals['_LEVEL']._serialized_end=557
   _globals['_DEPARTMENT']._serialized_start=70
   _globals['_DEPARTMENT']._serialized_end=175
   _globals['_WHOAMIREQUEST']._serialized_start=177
   _globals['_WHOAMIREQUEST']._serialized_end=192
   _globals['_WHOAMIRESPONSE']._serialized_start=195
   _globals['_WHOAMIRESPONSE']._serialized_end=338
-  _globals['_NODESERVICE']._serialized_start=446
-  _globals['_NODESERVICE']._serialized_end=524
+  _globals['_GETSTORAGEREQUEST']._serialized_start=340
+  _globals['_GETSTORAGEREQUEST']._serialized_end=359
+  _globals['_STORAGE']._serialized_start=361
+  _globals['_STORAGE']._serialized_end=451
+  _globals['_NODESERVICE']._serialized_start=560
+  _globals['_NODESERVICE']._serialized_end=704
 # @@protoc_insertion_point(module_scope)

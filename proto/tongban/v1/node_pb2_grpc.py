@@ -40,6 +40,11 @@ class NodeServiceStub:
                 request_serializer=tongban_dot_v1_dot_node__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=tongban_dot_v1_dot_node__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.GetStorage = channel.unary_unary(
+                '/tongban.v1.NodeService/GetStorage',
+                request_serializer=tongban_dot_v1_dot_node__pb2.GetStorageRequest.SerializeToString,
+                response_deserializer=tongban_dot_v1_dot_node__pb2.Storage.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -54,6 +59,15 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetStorage(self, request, context):
+        """GetStorage returns what the caller's department's datasets hold, beside its storage
+        quota: past the quota a write is refused RESOURCE_EXHAUSTED / STORAGE_QUOTA_EXCEEDED
+        and writes nothing, so a department system can look before a bulk load.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -61,6 +75,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.WhoAmI,
                     request_deserializer=tongban_dot_v1_dot_node__pb2.WhoAmIRequest.FromString,
                     response_serializer=tongban_dot_v1_dot_node__pb2.WhoAmIResponse.SerializeToString,
+            ),
+            'GetStorage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetStorage,
+                    request_deserializer=tongban_dot_v1_dot_node__pb2.GetStorageRequest.FromString,
+                    response_serializer=tongban_dot_v1_dot_node__pb2.Storage.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -91,6 +110,33 @@ class NodeService:
             '/tongban.v1.NodeService/WhoAmI',
             tongban_dot_v1_dot_node__pb2.WhoAmIRequest.SerializeToString,
             tongban_dot_v1_dot_node__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetStorage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tongban.v1.NodeService/GetStorage',
+            tongban_dot_v1_dot_node__pb2.GetStorageRequest.SerializeToString,
+            tongban_dot_v1_dot_node__pb2.Storage.FromString,
             options,
             channel_credentials,
             insecure,

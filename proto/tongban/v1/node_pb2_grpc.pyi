@@ -46,6 +46,11 @@ class NodeServiceStub:
     """WhoAmI returns the department the node recognised from the caller's certificate.
     It does no other work, so it is also the cheapest authenticated call.
     """
+    GetStorage: _grpc.UnaryUnaryMultiCallable[_node_pb2.GetStorageRequest, _node_pb2.Storage]
+    """GetStorage returns what the caller's department's datasets hold, beside its storage
+    quota: past the quota a write is refused RESOURCE_EXHAUSTED / STORAGE_QUOTA_EXCEEDED
+    and writes nothing, so a department system can look before a bulk load.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -55,6 +60,11 @@ class NodeServiceAsyncStub(NodeServiceStub):
     WhoAmI: _aio.UnaryUnaryMultiCallable[_node_pb2.WhoAmIRequest, _node_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """WhoAmI returns the department the node recognised from the caller's certificate.
     It does no other work, so it is also the cheapest authenticated call.
+    """
+    GetStorage: _aio.UnaryUnaryMultiCallable[_node_pb2.GetStorageRequest, _node_pb2.Storage]  # type: ignore[assignment]
+    """GetStorage returns what the caller's department's datasets hold, beside its storage
+    quota: past the quota a write is refused RESOURCE_EXHAUSTED / STORAGE_QUOTA_EXCEEDED
+    and writes nothing, so a department system can look before a bulk load.
     """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -68,6 +78,17 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_node_pb2.WhoAmIResponse, _abc.Awaitable[_node_pb2.WhoAmIResponse]]:
         """WhoAmI returns the department the node recognised from the caller's certificate.
         It does no other work, so it is also the cheapest authenticated call.
+        """
+
+    @_abc_1.abstractmethod
+    def GetStorage(
+        self,
+        request: _node_pb2.GetStorageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_node_pb2.Storage, _abc.Awaitable[_node_pb2.Storage]]:
+        """GetStorage returns what the caller's department's datasets hold, beside its storage
+        quota: past the quota a write is refused RESOURCE_EXHAUSTED / STORAGE_QUOTA_EXCEEDED
+        and writes nothing, so a department system can look before a bulk load.
         """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

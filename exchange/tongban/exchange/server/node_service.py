@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from tongban.exchange.departments import Department, Level
 from tongban.exchange.server.caller import current_caller
+from tongban.exchange.sharing.storage import storage_usage
 from tongban.signing.clock import Clock
 from tongban.v1 import node_pb2, node_pb2_grpc
 
@@ -33,9 +34,11 @@ def department_message(department: Department) -> node_pb2.Department:
 
 
 class NodeService(node_pb2_grpc.NodeServiceServicer):
-    def __init__(self, node_name: str, clock: Clock) -> None:
+    def __init__(self, node_name: str, clock: Clock, pool: Any, default_quota: int) -> None:
         self._node_name = node_name
         self._clock = clock
+        self._pool = pool
+        self._default_quota = default_quota
 
     async def WhoAmI(
         self,
@@ -50,4 +53,19 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
             officer_id=caller.officer_id or "",
             node=self._node_name,
             server_time=now,
+        )
+
+    async def GetStorage(
+        self,
+        request: node_pb2.GetStorageRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> node_pb2.Storage:
+        caller = current_caller()
+        (usage,) = await storage_usage(self._pool, caller.department.code)
+        quota = self._default_quota if usage.quota_bytes is None else usage.quota_bytes
+        return node_pb2.Storage(
+            department=usage.department,
+            stored_bytes=usage.stored_bytes,
+            quota_bytes=quota,
+            datasets=usage.datasets,
         )
