@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Any, cast
 
 import asyncpg
+import pytest
 
 from tests.adapters.conftest import VALIDATORS, write_mapping
 from tests.conftest import client_for, uscc
 from tests.stories.restaurant import COMPANY, COMPANY_USCC, ENTERPRISE
-from tongban.adapters import StateStore, StreamSync, apply_commands
+from tongban.adapters import StateStore, StorageFull, StreamSync, apply_commands
 from tongban.adapters.exchange import ExchangeSink, WriteBackLoop, command_of
-from tongban.adapters.runner import AdapterRunner
+from tongban.adapters.runner import AdapterRunner, check_adapter
 from tongban.adapters.sources import PostgresSource, SqliteSource
 from tongban.client import Event
 from tongban.exchange.db.database import Database
@@ -299,8 +300,20 @@ async def test_an_adapter_past_its_departments_quota_stops_and_loses_nothing(
         assert [e["reason"] for e in summary.errors] == ["STORAGE_QUOTA_EXCEEDED"]
         assert not [e for e in events if e["event"] == "retry"]
 
+        # `tongban adapter check` says so before a run once the quota is all used.
+        held = await tax.storage()
+        async with await Database.open(node.settings, pool_size=1, owner=True) as owner:
+            await DepartmentStore(owner.pool).set_storage_quota("tax", held.stored_bytes)
+        with pytest.raises(StorageFull, match="its whole storage quota"):
+            await check_adapter(mapping, tax)
+
         async with await Database.open(node.settings, pool_size=1, owner=True) as owner:
             await DepartmentStore(owner.pool).set_storage_quota("tax", None)
+        assert [c["check"] for c in await check_adapter(mapping, tax)][:3] == [
+            "source",
+            "exchange",
+            "storage",
+        ]
         again = await runner.run(once=True)
         assert again.ok, again.errors
         held = await node.db.pool.fetchval(

@@ -372,7 +372,10 @@ async def test_adapter_run_once_as_a_command(
 
     checked = await atongban("adapter", "check", str(config), "--json")
     assert checked.code == 0, checked.stderr
-    assert {c["check"] for c in checked.json()["checks"]} == {"source", "exchange", "stream"}
+    checks = {c["check"]: c for c in checked.json()["checks"]}
+    assert set(checks) == {"source", "exchange", "storage", "stream"}
+    assert checks["storage"]["quota_bytes"] == 20 * 1024**3  # the node's default
+    assert 0 < checks["storage"]["stored_bytes"] < 1024**2
 
     first = await atongban("adapter", "run", str(config), "--once", "--json")
     assert first.code == 0, first.stderr

@@ -29,6 +29,7 @@ __all__ = [
     "SourceUnsupported",
     "StateLocked",
     "StateStoreUnusable",
+    "StorageFull",
     "StreamNotFound",
     "ValidatorMissing",
     "WriteBackTargetInvalid",
@@ -140,6 +141,15 @@ class SourceUnsupported(AdapterError):
 
     reason = "SOURCE_UNSUPPORTED"
     status = "FAILED_PRECONDITION"
+
+
+class StorageFull(AdapterError):
+    """The department's datasets hold its whole storage quota: the exchange would refuse
+    everything the adapter publishes (STORAGE_QUOTA_EXCEEDED) until the operator raises
+    it, so ``tongban adapter check`` says so before a run."""
+
+    reason = "STORAGE_QUOTA_EXCEEDED"
+    status = "RESOURCE_EXHAUSTED"
 
 
 class StreamNotFound(AdapterError):

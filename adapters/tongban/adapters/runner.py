@@ -31,6 +31,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from tongban.adapters.errors import StorageFull
 from tongban.adapters.exchange import ExchangeSink, WriteBackLoop, WriteBackReport, is_retriable
 from tongban.adapters.mapping import (
     AdapterMapping,
@@ -292,8 +293,10 @@ async def check_adapter(
     mapping: AdapterMapping, client: ExchangeClient, *, clock: Clock | None = None
 ) -> list[RunnerEvent]:
     """Check that the adapter can run: the legacy system answers and has every table,
-    file or endpoint; the exchange knows us; each published dataset exists, is ours and
-    has every mapped field; each written-back dataset has the fields the columns map.
+    file or endpoint; the exchange knows us; if we publish, our datasets have room left
+    under our storage quota (the line says how much is used); each published dataset
+    exists, is ours and has every mapped field; each written-back dataset has the fields
+    the columns map.
 
     Returns one line per check; raises the first failure (a ``TongbanError``).
     """
@@ -303,6 +306,28 @@ async def check_adapter(
     lines.append({"check": "source", "ok": True, "kind": mapping.source.kind})
     me = await client.who_am_i()
     lines.append({"check": "exchange", "ok": True, "department": me.department})
+    if mapping.streams:
+        storage = await client.storage()
+        if storage.stored_bytes >= storage.quota_bytes:
+            raise StorageFull(
+                f"{me.department}'s datasets hold {storage.stored_bytes:,} bytes, its whole "
+                f"storage quota of {storage.quota_bytes:,}: the exchange will refuse what "
+                "this adapter publishes until the operator raises the quota "
+                f"(tongban dept limits {me.department} --stored SIZE).",
+                metadata={
+                    "stored_bytes": str(storage.stored_bytes),
+                    "quota_bytes": str(storage.quota_bytes),
+                },
+            )
+        lines.append(
+            {
+                "check": "storage",
+                "ok": True,
+                "stored_bytes": storage.stored_bytes,
+                "quota_bytes": storage.quota_bytes,
+                "used": f"{storage.stored_bytes / storage.quota_bytes:.1%}",
+            }
+        )
     for stream in mapping.streams:
         dataset = await client.get_dataset(stream.dataset)
         known = {f.name for f in dataset.spec.fields}
