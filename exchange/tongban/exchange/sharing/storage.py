@@ -46,7 +46,7 @@ DETAIL."""
 VERSION_BYTES = 400
 """Bytes counted for each record version beside its key and JSON: its row's header and
 other columns, its change event's row, and their index entries. Measured: a bulk load
-of 100,000 records grew the record and event tables and their indexes by this much a
+of 50,000 records grew the record and event tables and their indexes by 405 bytes a
 version more than the keys' and JSON's bytes (docs/architecture.md, "Storage quotas");
 migration 0035 counts the records already stored with the same figure."""
 
