@@ -306,12 +306,9 @@ async def _dept(args: argparse.Namespace) -> int:
                 for name, (value, default) in shown.items()
             ]
             (usage,) = await storage_usage(db.pool, args.code)
-            quota = department.max_stored_bytes
-            if quota is None:
-                quota = settings.dept_max_stored_bytes
-                lines.append(f"{'stored':<14} {format_size(quota)} (default)")
-            else:
-                lines.append(f"{'stored':<14} {format_size(quota)}")
+            quota = usage.quota_or(settings.dept_max_stored_bytes)
+            which = " (default)" if usage.quota_bytes is None else ""
+            lines.append(f"{'stored':<14} {format_size(quota)}{which}")
             share = f" ({usage.stored_bytes / quota:.0%})" if quota else ""
             lines.append(
                 f"{'in use':<14} {format_size(usage.stored_bytes)}{share}"

@@ -850,10 +850,7 @@ class Node:
             raise DatabaseUnavailable("Cannot read what the departments store.") from e
         default = self.settings.dept_max_stored_bytes
         self.metrics.set_storage(
-            {
-                u.department: (u.stored_bytes, default if u.quota_bytes is None else u.quota_bytes)
-                for u in usage
-            }
+            {u.department: (u.stored_bytes, u.quota_or(default)) for u in usage}
         )
 
     async def _measure_events(self) -> None:

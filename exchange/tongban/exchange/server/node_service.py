@@ -62,7 +62,7 @@ class NodeService(node_pb2_grpc.NodeServiceServicer):
     ) -> node_pb2.Storage:
         caller = current_caller()
         (usage,) = await storage_usage(self._pool, caller.department.code)
-        quota = self._default_quota if usage.quota_bytes is None else usage.quota_bytes
+        quota = usage.quota_or(self._default_quota)
         return node_pb2.Storage(
             department=usage.department,
             stored_bytes=usage.stored_bytes,

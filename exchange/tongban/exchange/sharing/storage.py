@@ -121,6 +121,10 @@ class StorageUsage:
     quota_bytes: int | None
     """The department's own quota; None: the node's default."""
 
+    def quota_or(self, default: int) -> int:
+        """The quota that applies: its own, else ``default`` (the node's)."""
+        return default if self.quota_bytes is None else self.quota_bytes
+
     def to_dict(self) -> dict[str, object]:
         return {
             "department": self.department,
